@@ -1,0 +1,86 @@
+//! Wire types of the VM0 API. Every struct reads both the documented snake_case shape and
+//! the final camelCase shape (serde aliases), so one client works against either server.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// The two kinds of storage the API serves; they are mirror images of each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    Volume,
+    Artifact,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Volume, Kind::Artifact];
+
+    /// The path segment of this kind in the API and in the mount (`volumes`, `artifacts`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Volume => "volumes",
+            Kind::Artifact => "artifacts",
+        }
+    }
+
+    /// The singular noun, for messages ("volume input-data").
+    pub fn singular(self) -> &'static str {
+        match self {
+            Kind::Volume => "volume",
+            Kind::Artifact => "artifact",
+        }
+    }
+
+    pub fn from_plural(s: &str) -> Option<Kind> {
+        match s {
+            "volumes" => Some(Kind::Volume),
+            "artifacts" => Some(Kind::Artifact),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.singular())
+    }
+}
+
+/// A volume or an artifact, as listed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Storage {
+    /// A UUID.
+    pub id: String,
+    pub name: String,
+    /// The current ("latest") version; may be older than the newest row of the versions list.
+    pub current_version_id: Option<String>,
+    /// May be stale: trust the version object's size.
+    pub size: u64,
+    pub file_count: u64,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+/// `GET /v1/{kind}/{id}`: the storage plus its current version object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageDetail {
+    pub storage: Storage,
+    pub current_version: Option<Version>,
+}
+
+/// One immutable, content-addressed version of a storage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Version {
+    /// 64 lowercase hex characters (a SHA-256).
+    pub id: String,
+    /// `volume_id` or `artifact_id` on the wire.
+    pub storage_id: String,
+    /// Uncompressed total of the files.
+    pub size: u64,
+    pub file_count: u64,
+    pub message: Option<String>,
+    /// `"user"` or `"agent"`.
+    pub created_by: Option<String>,
+    pub created_at: SystemTime,
+}

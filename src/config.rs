@@ -1,0 +1,1 @@
+//! Plain configuration structs with their defaults. No clap, no I/O.
