@@ -1,10 +1,34 @@
-//! The blocking HTTP client of the VM0 API.
+//! The blocking HTTP client of the VM0 API: requests with the token, retries, pagination and
+//! the mapping of every answer of the contract to a typed [`ApiError`].
+//!
+//! Streaming an archive (the object store, presigned URLs, resuming) lives in
+//! [`super::download`]; this file only asks the API where an archive is.
 
+use std::collections::HashSet;
 use std::fmt;
-use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::blocking::RequestBuilder;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::download::Download;
+use super::retry::Retrier;
+use super::wire::{self, ErrorEnvelope, Page, WireStorage, WireVersion};
 use super::{ApiError, Kind, Storage, StorageDetail, Version};
+
+/// Rows asked per page: the maximum the API allows.
+const PAGE_LIMIT: &str = "100";
+/// A listing that needs more pages than this is a server bug (a million rows at 100 a page),
+/// not a reason to loop on.
+const MAX_PAGES: usize = 10_000;
+/// JSON bodies are small: the whole answer must arrive within this many `io_timeout`s.
+const JSON_TIMEOUT_FACTOR: u32 = 4;
+/// At most this many characters of an unexpected body go into an error message.
+const SNIPPET_CHARS: usize = 200;
 
 /// An API token. Its `Debug` and `Display` never show the secret.
 #[derive(Clone)]
@@ -57,55 +81,796 @@ pub struct ClientConfig {
     pub token: Token,
     pub retry: RetryPolicy,
     /// Connect timeout, and the longest a response may stall without sending a byte.
+    /// Zero means no timeout.
     pub io_timeout: Duration,
 }
 
 /// The VM0 API client. Cheap to clone; safe to share between threads.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Client {
-    _config: ClientConfig,
+    inner: Arc<Inner>,
 }
 
-/// A version's archive being downloaded: the raw `tar.gz` bytes, streamed.
-pub struct Download {
-    _reader: Box<dyn Read + Send>,
-    /// `Content-Length` of the archive, when the store sent one.
-    pub compressed_size: Option<u64>,
+struct Inner {
+    /// Redirects disabled: the download endpoint's 302 is followed by hand, without the token.
+    http: reqwest::blocking::Client,
+    base: Url,
+    token: Token,
+    /// `Bearer <token>`, marked sensitive so that no reqwest or hyper log shows it.
+    authorization: HeaderValue,
+    retry: RetryPolicy,
+    io_timeout: Option<Duration>,
 }
 
-impl Read for Download {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self._reader.read(buf)
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.inner.base.as_str())
+            .field("token", &self.inner.token)
+            .field("retry", &self.inner.retry)
+            .field("io_timeout", &self.inner.io_timeout)
+            .finish()
     }
+}
+
+/// What a request is about, for messages: `volume 3f1c…`, `versions of volume 3f1c…`.
+#[derive(Debug, Clone)]
+pub(crate) struct Resource {
+    /// The thing being fetched.
+    pub what: String,
+    /// The thing a 404 says is missing (listing the versions of a volume that does not exist
+    /// is "volume … not found", not "versions of volume … not found").
+    pub missing: String,
+}
+
+impl Resource {
+    fn same(what: String) -> Resource {
+        Resource {
+            missing: what.clone(),
+            what,
+        }
+    }
+
+    pub fn archive(kind: Kind, storage_id: &str, version_id: Option<&str>) -> Resource {
+        match version_id {
+            Some(v) => Resource::same(format!("version {v} of {kind} {storage_id}")),
+            None => Resource::same(format!("the current version of {kind} {storage_id}")),
+        }
+    }
+}
+
+/// One failed attempt: either final, or worth another try (after at least `retry_after`).
+pub(crate) enum Failure {
+    Fatal(ApiError),
+    Retryable {
+        error: ApiError,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// An answer of the API whose (small) body was read in full.
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub request_id: Option<String>,
 }
 
 impl Client {
     pub fn new(config: ClientConfig) -> Result<Client, ApiError> {
-        Ok(Client { _config: config })
+        let base = Url::parse(config.base_url.trim()).map_err(|err| ApiError::Config {
+            detail: format!(
+                "the API URL {:?} is not a URL ({err}); check VM0_API_URL",
+                config.base_url
+            ),
+        })?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(ApiError::Config {
+                detail: format!(
+                    "the API URL {:?} is not an http(s) URL; check VM0_API_URL",
+                    config.base_url
+                ),
+            });
+        }
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", config.token.expose()))
+            .map_err(|_| ApiError::Config {
+                detail: "the token holds characters that cannot be sent in an HTTP header; check VM0_TOKEN".into(),
+            })?;
+        authorization.set_sensitive(true);
+        let io_timeout = Some(config.io_timeout).filter(|t| !t.is_zero());
+        // On a *blocking* reqwest client, `timeout` is not a deadline for the whole exchange:
+        // it bounds the wait for the response head and then each `Response::read` call
+        // separately (reqwest 0.12 `blocking::Response::read` wraps every read in
+        // `wait::timeout`). That makes it the stall timeout that an archive of many GiB needs.
+        // Reading a body in one go (`bytes()`, `json()`) gets a single deadline, which is why
+        // JSON requests set a longer per-request timeout below.
+        let http = reqwest::blocking::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("vm0fs/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(io_timeout)
+            .timeout(io_timeout)
+            .tcp_keepalive(Some(Duration::from_secs(30)))
+            .build()
+            .map_err(|err| ApiError::Config {
+                detail: format!("cannot build the HTTP client: {}", error_chain(&err)),
+            })?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                token: config.token,
+                authorization,
+                retry: config.retry,
+                io_timeout,
+            }),
+        })
+    }
+
+    /// The API URL this client talks to.
+    pub fn base_url(&self) -> &str {
+        self.inner.base.as_str()
     }
 
     /// Every storage of a kind (all pages, de-duplicated by id).
-    pub fn list_storages(&self, _kind: Kind) -> Result<Vec<Storage>, ApiError> {
-        todo!()
+    pub fn list_storages(&self, kind: Kind) -> Result<Vec<Storage>, ApiError> {
+        let resource = Resource::same(format!("the list of {}", kind.plural()));
+        let rows: Vec<WireStorage> =
+            self.list_all(&[kind.plural()], &resource, |s: &WireStorage| &s.id)?;
+        Ok(rows.into_iter().map(WireStorage::into_storage).collect())
     }
 
     /// One storage with its current version.
-    pub fn get_storage(&self, _kind: Kind, _storage_id: &str) -> Result<StorageDetail, ApiError> {
-        todo!()
+    pub fn get_storage(&self, kind: Kind, storage_id: &str) -> Result<StorageDetail, ApiError> {
+        let resource = Resource::same(format!("{kind} {storage_id}"));
+        let url = self.api_url(&[kind.plural(), storage_id]);
+        let answer = self.api_get(&url, &resource)?;
+        let detail: WireStorage = self.decode_ok(&answer, &resource)?;
+        Ok(detail.into_detail())
     }
 
     /// Every version of a storage, newest first (all pages, de-duplicated by id).
-    pub fn list_versions(&self, _kind: Kind, _storage_id: &str) -> Result<Vec<Version>, ApiError> {
-        todo!()
+    pub fn list_versions(&self, kind: Kind, storage_id: &str) -> Result<Vec<Version>, ApiError> {
+        let resource = Resource {
+            what: format!("the versions of {kind} {storage_id}"),
+            missing: format!("{kind} {storage_id}"),
+        };
+        let rows: Vec<WireVersion> = self.list_all(
+            &[kind.plural(), storage_id, "versions"],
+            &resource,
+            |v: &WireVersion| &v.id,
+        )?;
+        let mut versions: Vec<Version> = rows
+            .into_iter()
+            .map(|v| v.into_version(storage_id))
+            .collect();
+        // Pages can repeat or skip rows, so the order across pages is not guaranteed; the
+        // contract's order is newest first (stable, so equal times keep the server's order).
+        versions.sort_by_key(|v| std::cmp::Reverse(v.created_at));
+        Ok(versions)
     }
 
     /// Stream the archive of a version (`None`: the current one).
+    ///
+    /// The API answers with a redirect to a presigned object-store URL, which is fetched
+    /// without the token. The returned reader resumes by itself (`Range`) when the connection
+    /// breaks, and asks the API for a fresh URL when the old one has expired.
     pub fn download(
         &self,
-        _kind: Kind,
-        _storage_id: &str,
-        _version_id: Option<&str>,
+        kind: Kind,
+        storage_id: &str,
+        version_id: Option<&str>,
     ) -> Result<Download, ApiError> {
-        todo!()
+        Download::open(self.clone(), kind, storage_id, version_id)
+    }
+
+    /// Asks the API for a presigned URL of a version's archive (`GET …/download`, 302).
+    pub(crate) fn presign(
+        &self,
+        kind: Kind,
+        storage_id: &str,
+        version_id: Option<&str>,
+        resource: &Resource,
+    ) -> Result<Url, ApiError> {
+        let mut url = self.api_url(&[kind.plural(), storage_id, "download"]);
+        if let Some(v) = version_id {
+            // Both names: the documented shape reads `version_id`, the final one `versionId`.
+            url.query_pairs_mut()
+                .append_pair("version_id", v)
+                .append_pair("versionId", v);
+        }
+        let answer = self.api_get(&url, resource)?;
+        let location = answer
+            .headers
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok());
+        match location {
+            Some(location) if answer.status.is_redirection() => {
+                url.join(location).map_err(|err| ApiError::Protocol {
+                    resource: resource.what.clone(),
+                    detail: format!("the download redirect has an invalid Location ({err})"),
+                })
+            }
+            _ => Err(ApiError::UnexpectedBody {
+                resource: resource.what.clone(),
+                status: answer.status.as_u16(),
+                snippet: format!(
+                    "expected a redirect to the archive, got: {}",
+                    self.scrub(wire::snippet(&answer.body, SNIPPET_CHARS))
+                ),
+                request_id: answer.request_id,
+            }),
+        }
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::blocking::Client {
+        &self.inner.http
+    }
+
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
+        &self.inner.retry
+    }
+
+    /// `base/segment/segment…`, each segment percent-encoded; a trailing slash of the base
+    /// URL is ignored.
+    fn api_url(&self, segments: &[&str]) -> Url {
+        let mut url = self.inner.base.clone();
+        url.path_segments_mut()
+            .expect("checked in Client::new: the base URL can be a base")
+            .pop_if_empty()
+            .extend(segments);
+        url
+    }
+
+    /// Follows the cursor until `has_more` is false, de-duplicating rows by id.
+    fn list_all<W: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        resource: &Resource,
+        id_of: fn(&W) -> &String,
+    ) -> Result<Vec<W>, ApiError> {
+        let mut rows = Vec::new();
+        let mut ids = HashSet::new();
+        let mut cursors = HashSet::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut url = self.api_url(segments);
+            {
+                let mut query = url.query_pairs_mut();
+                query.append_pair("limit", PAGE_LIMIT);
+                if let Some(cursor) = &cursor {
+                    query.append_pair("cursor", cursor);
+                }
+            }
+            let answer = self.api_get(&url, resource)?;
+            let page: Page<W> = self.decode_ok(&answer, resource)?;
+            for row in page.data {
+                if ids.insert(id_of(&row).clone()) {
+                    rows.push(row);
+                }
+            }
+            let pagination = page.pagination.unwrap_or_default();
+            let next = pagination.next_cursor.filter(|c| !c.is_empty());
+            if !pagination.has_more.unwrap_or(next.is_some()) {
+                return Ok(rows);
+            }
+            let Some(next) = next else {
+                return Err(ApiError::Protocol {
+                    resource: resource.what.clone(),
+                    detail: "a page says there are more rows but gives no cursor".into(),
+                });
+            };
+            if !cursors.insert(next.clone()) {
+                return Err(ApiError::Protocol {
+                    resource: resource.what.clone(),
+                    detail: format!(
+                        "the pagination cursor {:?} came back a second time; stopped instead of \
+                         looping forever",
+                        wire::snippet(next.as_bytes(), 40)
+                    ),
+                });
+            }
+            cursor = Some(next);
+        }
+        Err(ApiError::Protocol {
+            resource: resource.what.clone(),
+            detail: format!("the listing did not end after {MAX_PAGES} pages"),
+        })
+    }
+
+    /// Decodes a 2xx JSON answer; anything else is an `UnexpectedBody`.
+    fn decode_ok<T: DeserializeOwned>(
+        &self,
+        answer: &Answer,
+        resource: &Resource,
+    ) -> Result<T, ApiError> {
+        let unexpected = |detail: String| ApiError::UnexpectedBody {
+            resource: resource.what.clone(),
+            status: answer.status.as_u16(),
+            snippet: self.scrub(format!(
+                "{} ({detail})",
+                wire::snippet(&answer.body, SNIPPET_CHARS)
+            )),
+            request_id: answer.request_id.clone(),
+        };
+        if !answer.status.is_success() {
+            return Err(unexpected("expected a JSON answer".into()));
+        }
+        serde_json::from_slice(&answer.body)
+            .map_err(|err| unexpected(format!("not the documented JSON: {err}")))
+    }
+
+    /// A GET to the API with the token, retried; `Ok` for 2xx and 3xx answers.
+    fn api_get(&self, url: &Url, resource: &Resource) -> Result<Answer, ApiError> {
+        self.with_retries(resource, || self.api_attempt(url, resource))
+    }
+
+    fn api_attempt(&self, url: &Url, resource: &Resource) -> Result<Answer, Failure> {
+        let mut request: RequestBuilder = self
+            .inner
+            .http
+            .get(url.clone())
+            .header(header::AUTHORIZATION, self.inner.authorization.clone())
+            .header(header::ACCEPT, "application/json");
+        if let Some(t) = self.inner.io_timeout {
+            request = request.timeout(t * JSON_TIMEOUT_FACTOR);
+        }
+        let response = request
+            .send()
+            .map_err(|err| self.transport_failure(resource, url, err))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let request_id = request_id(&headers);
+        let body = response
+            .bytes()
+            .map_err(|err| self.transport_failure(resource, url, err))?;
+        let answer = Answer {
+            status,
+            headers,
+            body: body.to_vec(),
+            request_id,
+        };
+        if status.is_success() || status.is_redirection() {
+            Ok(answer)
+        } else {
+            Err(self.classify(answer, resource))
+        }
+    }
+
+    /// Maps an error answer of the API to its `ApiError`, and says whether it is transient.
+    fn classify(&self, answer: Answer, resource: &Resource) -> Failure {
+        let Answer {
+            status,
+            headers,
+            body,
+            request_id,
+        } = answer;
+        let code = status.as_u16();
+        // A body that is not the documented error JSON is reported as such: a 404 page from a
+        // proxy or a wrong VM0_API_URL must not read as "volume not found".
+        let message = serde_json::from_slice::<ErrorEnvelope>(&body)
+            .ok()
+            .map(|e| self.scrub(e.error.describe()));
+        let unexpected = || ApiError::UnexpectedBody {
+            resource: resource.what.clone(),
+            status: code,
+            snippet: self.scrub(wire::snippet(&body, SNIPPET_CHARS)),
+            request_id: request_id.clone(),
+        };
+        let what = resource.what.clone();
+        match code {
+            // The status alone says what to do, whatever the body.
+            401 => Failure::Fatal(ApiError::Authentication { request_id }),
+            429 => {
+                let retry_after = retry_after(&headers);
+                Failure::Retryable {
+                    error: ApiError::RateLimited {
+                        resource: what,
+                        retry_after,
+                        request_id,
+                    },
+                    status: Some(code),
+                    retry_after,
+                }
+            }
+            500..=599 => Failure::Retryable {
+                error: match message {
+                    Some(message) => ApiError::Server {
+                        resource: what,
+                        status: code,
+                        message,
+                        request_id,
+                    },
+                    None => unexpected(),
+                },
+                status: Some(code),
+                retry_after: retry_after(&headers),
+            },
+            _ => Failure::Fatal(match (code, message) {
+                (403, Some(message)) => ApiError::Authorization {
+                    resource: what,
+                    message,
+                    request_id,
+                },
+                (404, Some(message)) => ApiError::NotFound {
+                    resource: resource.missing.clone(),
+                    message,
+                    request_id,
+                },
+                (400..=499, Some(message)) => ApiError::InvalidRequest {
+                    resource: what,
+                    message,
+                    request_id,
+                },
+                _ => unexpected(),
+            }),
+        }
+    }
+
+    pub(crate) fn transport_failure(
+        &self,
+        resource: &Resource,
+        url: &Url,
+        err: reqwest::Error,
+    ) -> Failure {
+        Failure::Retryable {
+            error: ApiError::Transport {
+                resource: resource.what.clone(),
+                url: redact_url(url),
+                source: Box::new(err.without_url()),
+            },
+            status: None,
+            retry_after: None,
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the retry policy is spent.
+    pub(crate) fn with_retries<T>(
+        &self,
+        resource: &Resource,
+        mut attempt: impl FnMut() -> Result<T, Failure>,
+    ) -> Result<T, ApiError> {
+        let mut retrier = Retrier::new(&self.inner.retry);
+        loop {
+            let number = retrier.start_attempt();
+            let (error, status, retry_after) = match attempt() {
+                Ok(value) => return Ok(value),
+                Err(Failure::Fatal(error)) => return Err(error),
+                Err(Failure::Retryable {
+                    error,
+                    status,
+                    retry_after,
+                }) => (error, status, retry_after),
+            };
+            let Some(delay) = retrier.next_delay(retry_after) else {
+                return Err(error);
+            };
+            tracing::warn!(
+                resource = %resource.what,
+                status,
+                attempt = number,
+                request_id = error.request_id(),
+                delay_ms = delay.as_millis() as u64,
+                error = %error_chain(&error),
+                "VM0 API request failed; retrying"
+            );
+            std::thread::sleep(delay);
+        }
+    }
+
+    /// Removes the token from text that came from a server (an error message could echo it).
+    pub(crate) fn scrub(&self, text: String) -> String {
+        let token = self.inner.token.expose();
+        // A very short "token" would mangle ordinary words; real tokens are 73 characters.
+        if token.len() >= 8 && text.contains(token) {
+            text.replace(token, "<redacted>")
+        } else {
+            text
+        }
+    }
+}
+
+/// `X-Request-Id` of an API answer (`x-amz-request-id` for the object store).
+pub(crate) fn request_id(headers: &HeaderMap) -> Option<String> {
+    ["x-request-id", "x-amz-request-id"]
+        .iter()
+        .find_map(|name| headers.get(*name))
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by the API and is ignored).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let secs: f64 = value.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
+}
+
+/// A URL for messages: no query (presigned URLs carry their signature there), no user info.
+pub(crate) fn redact_url(url: &Url) -> String {
+    let mut url = url.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.to_string()
+}
+
+/// `error: cause: cause`, for one-line logs.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str =
+        "vm0_test_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn client(base: &str) -> Client {
+        Client::new(ClientConfig {
+            base_url: base.into(),
+            token: Token::new(SECRET),
+            retry: RetryPolicy::default(),
+            io_timeout: Duration::from_secs(5),
+        })
+        .unwrap()
+    }
+
+    fn answer(status: u16, headers: &[(&'static str, &str)], body: &str) -> Answer {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, value.parse().unwrap());
+        }
+        Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            request_id: request_id(&map),
+            headers: map,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn json_error(kind: &str, message: &str) -> String {
+        format!(r#"{{"error":{{"type":"{kind}","code":"c","message":"{message}"}}}}"#)
+    }
+
+    #[test]
+    fn client_is_cheap_to_share() {
+        fn check<T: Send + Sync + Clone>() {}
+        check::<Client>();
+        fn send<T: Send>() {}
+        send::<super::super::Download>();
+    }
+
+    #[test]
+    fn urls_are_built_under_the_base_with_or_without_a_trailing_slash() {
+        for base in ["http://127.0.0.1:1234/v1", "http://127.0.0.1:1234/v1/"] {
+            let c = client(base);
+            assert_eq!(
+                c.api_url(&["volumes", "a b/c", "versions"]).as_str(),
+                "http://127.0.0.1:1234/v1/volumes/a%20b%2Fc/versions"
+            );
+        }
+        assert_eq!(
+            client("http://h").api_url(&["volumes"]).as_str(),
+            "http://h/volumes"
+        );
+    }
+
+    #[test]
+    fn bad_configurations_are_config_errors_without_the_token() {
+        for (url, token) in [
+            ("not a url", SECRET),
+            ("ftp://h/v1", SECRET),
+            ("http://h/v1", "bad\ntoken_0123456789"),
+        ] {
+            let err = Client::new(ClientConfig {
+                base_url: url.into(),
+                token: Token::new(token),
+                retry: RetryPolicy::default(),
+                io_timeout: Duration::from_secs(1),
+            })
+            .unwrap_err();
+            assert!(matches!(err, ApiError::Config { .. }), "{err:?}");
+            assert!(!format!("{err} {err:?}").contains("0123456789"), "{err}");
+        }
+    }
+
+    /// Every row of the contract's error table, and what the client makes of it.
+    #[test]
+    fn error_answers_map_to_typed_errors() {
+        let c = client("http://127.0.0.1:1/v1");
+        let resource = Resource {
+            what: "the versions of volume v1".into(),
+            missing: "volume v1".into(),
+        };
+        let rid = ("x-request-id", "req_0123");
+        // (status, headers, body, expected variant, retryable, words in the message)
+        type Check = fn(&ApiError) -> bool;
+        let cases: Vec<(u16, Vec<(&'static str, &str)>, String, Check, bool, &[&str])> = vec![
+            (
+                401,
+                vec![rid],
+                json_error("authentication_error", "Invalid API key provided"),
+                |e| matches!(e, ApiError::Authentication { .. }),
+                false,
+                &["401", "VM0_TOKEN", "req_0123"],
+            ),
+            (
+                401,
+                vec![],
+                "<html>".into(),
+                |e| matches!(e, ApiError::Authentication { request_id: None }),
+                false,
+                &["VM0_TOKEN"],
+            ),
+            (
+                403,
+                vec![rid],
+                json_error("authorization_error", "scope not configured"),
+                |e| matches!(e, ApiError::Authorization { .. }),
+                false,
+                &[
+                    "403",
+                    "scope not configured",
+                    "req_0123",
+                    "the versions of volume v1",
+                ],
+            ),
+            (
+                404,
+                vec![rid],
+                json_error("not_found_error", "Volume not found"),
+                |e| matches!(e, ApiError::NotFound { resource, .. } if resource == "volume v1"),
+                false,
+                &["volume v1 not found", "Volume not found", "req_0123"],
+            ),
+            (
+                400,
+                vec![rid],
+                json_error("invalid_request_error", "bad limit"),
+                |e| matches!(e, ApiError::InvalidRequest { .. }),
+                false,
+                &["400", "bad limit", "req_0123"],
+            ),
+            (
+                422,
+                vec![],
+                json_error("invalid_request_error", "odd"),
+                |e| matches!(e, ApiError::InvalidRequest { .. }),
+                false,
+                &["odd"],
+            ),
+            (
+                500,
+                vec![rid],
+                json_error("api_error", "boom"),
+                |e| matches!(e, ApiError::Server { status: 500, .. }),
+                true,
+                &["HTTP 500", "boom", "req_0123", "try again later"],
+            ),
+            (
+                503,
+                vec![],
+                "".into(),
+                |e| matches!(e, ApiError::UnexpectedBody { status: 503, .. }),
+                true,
+                &["HTTP 503", "(empty body)"],
+            ),
+            (
+                429,
+                vec![rid, ("retry-after", "7")],
+                json_error("rate_limit_error", "slow down"),
+                |e| matches!(e, ApiError::RateLimited { retry_after: Some(d), .. } if d.as_secs() == 7),
+                true,
+                &["429", "7s", "req_0123"],
+            ),
+            (
+                404,
+                vec![],
+                "<html><body>Not Found</body></html>".into(),
+                |e| matches!(e, ApiError::UnexpectedBody { status: 404, .. }),
+                false,
+                &["HTTP 404", "Not Found", "VM0_API_URL"],
+            ),
+            (
+                502,
+                vec![("content-type", "text/html")],
+                "<html>Bad gateway</html>".into(),
+                |e| matches!(e, ApiError::UnexpectedBody { status: 502, .. }),
+                true,
+                &["HTTP 502", "Bad gateway"],
+            ),
+            (
+                418,
+                vec![],
+                "{}".into(),
+                |e| matches!(e, ApiError::UnexpectedBody { status: 418, .. }),
+                false,
+                &["418"],
+            ),
+        ];
+        for (status, headers, body, check, retryable, words) in cases {
+            let (err, was_retryable) = match c.classify(answer(status, &headers, &body), &resource)
+            {
+                Failure::Fatal(e) => (e, false),
+                Failure::Retryable { error, .. } => (error, true),
+            };
+            assert!(check(&err), "{status} {body}: {err:?}");
+            assert_eq!(was_retryable, retryable, "{status} {body}");
+            let text = err.to_string();
+            for word in words {
+                assert!(text.contains(word), "{status}: {text:?} lacks {word:?}");
+            }
+            assert!(!format!("{text} {err:?}").contains(SECRET));
+        }
+    }
+
+    #[test]
+    fn a_token_echoed_by_the_server_is_scrubbed() {
+        let c = client("http://127.0.0.1:1/v1");
+        let resource = Resource::same("volume v".into());
+        let body = json_error("invalid_request_error", &format!("bad key {SECRET}"));
+        let Failure::Fatal(err) = c.classify(answer(400, &[], &body), &resource) else {
+            panic!("400 is not retried")
+        };
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains(SECRET), "{text}");
+        assert!(text.contains("bad key <redacted>"), "{text}");
+    }
+
+    #[test]
+    fn debug_of_the_client_and_config_hides_the_token() {
+        let c = client("http://127.0.0.1:1/v1");
+        let config = ClientConfig {
+            base_url: "http://h".into(),
+            token: Token::new(SECRET),
+            retry: RetryPolicy::default(),
+            io_timeout: Duration::from_secs(1),
+        };
+        for text in [format!("{c:?}"), format!("{c:#?}"), format!("{config:?}")] {
+            assert!(!text.contains(SECRET), "{text}");
+            assert!(text.contains("redacted"), "{text}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds() {
+        let cases = [
+            ("3", Some(3_000)),
+            (" 0 ", Some(0)),
+            ("1.5", Some(1_500)),
+            ("-1", None),
+            ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+        ];
+        for (value, expected) in cases {
+            let mut map = HeaderMap::new();
+            map.insert(header::RETRY_AFTER, value.parse().unwrap());
+            assert_eq!(
+                retry_after(&map).map(|d| d.as_millis() as u64),
+                expected,
+                "{value}"
+            );
+        }
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn urls_in_messages_lose_their_signature() {
+        let url =
+            Url::parse("http://user:pw@store:9/b/k/archive.tar.gz?X-Amz-Signature=abc#f").unwrap();
+        assert_eq!(redact_url(&url), "http://store:9/b/k/archive.tar.gz");
     }
 }

@@ -7,9 +7,13 @@
 //! shapes are read by the same types).
 
 mod client;
+mod download;
 mod error;
+mod retry;
 mod types;
+mod wire;
 
-pub use client::{Client, ClientConfig, Download, RetryPolicy, Token};
+pub use client::{Client, ClientConfig, RetryPolicy, Token};
+pub use download::Download;
 pub use error::ApiError;
 pub use types::{Kind, Storage, StorageDetail, Version};

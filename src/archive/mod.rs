@@ -12,7 +12,11 @@
 //! This module knows nothing of HTTP, the cache budget's bookkeeping or inodes.
 
 mod index;
+mod tree;
 mod unpack;
 
 pub use index::{DirEntry, Index, Node, NodeKind, INDEX_FORMAT_VERSION};
 pub use unpack::{blob_path, unpack, ArchiveError, Skipped, UnpackOptions, UnpackStats, Unpacked};
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,464 @@
-//! cache
+//! Unpacked versions on disk under a byte budget.
+//!
+//! The cache owns the cache directory (see [`disk`] for its layout): it decides which
+//! versions stay (LRU order, the `lru` crate), makes room before a download starts, pins
+//! versions that are in use, makes sure that concurrent requests for the same cold version
+//! fetch it once (single-flight), and commits new versions crash-safely.
+//!
+//! It stores versions under their immutable id and knows nothing of HTTP or inodes: the
+//! caller passes a `fetch` closure that fills a directory (with [`crate::archive::unpack`]).
+//!
+//! Pinning: every [`CachedVersion`] handed out is an `Arc`; while any caller holds one
+//! (an open file, an operation in progress) the version is never evicted.
+
+mod disk;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::api::Kind;
+use crate::archive::{Index, Unpacked};
+use crate::size::ByteSize;
+pub use disk::CACHE_FORMAT_VERSION;
+use disk::{Layout, Meta};
+
+/// A version's identity in the cache: its kind and its immutable, content-addressed id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VersionKey {
+    pub kind: Kind,
+    pub id: String,
+}
+
+impl VersionKey {
+    pub fn new(kind: Kind, id: &str) -> VersionKey {
+        VersionKey { kind, id: id.to_string() }
+    }
+
+    /// The directory name under `versions/`. Ids come from the API: anything but lowercase
+    /// hex is replaced, so a hostile id can never name a path outside the cache.
+    pub fn dir_name(&self) -> String {
+        let safe: String = self
+            .id
+            .chars()
+            .map(|c| if c.is_ascii_hexdigit() { c.to_ascii_lowercase() } else { '_' })
+            .collect();
+        format!("{}-{}", self.kind.plural(), safe)
+    }
+}
+
+impl fmt::Display for VersionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} version {}", self.kind, self.id)
+    }
+}
+
+/// A complete version on disk. Holding the `Arc` pins it.
+#[derive(Debug)]
+pub struct CachedVersion {
+    pub key: VersionKey,
+    /// The version directory: contents at [`crate::archive::blob_path`]`(dir, n)`.
+    pub dir: PathBuf,
+    pub index: Index,
+    pub disk_bytes: u64,
+}
+
+/// What the caller knows of a version before fetching it (from the API's version object).
+#[derive(Debug, Clone, Copy)]
+pub struct Announced {
+    /// Uncompressed total of the files.
+    pub size: u64,
+    pub file_count: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{key} is {} unpacked, more than the whole cache budget of {}; raise --cache-size", ByteSize(*.size), ByteSize(*.budget))]
+    TooLarge { key: VersionKey, size: u64, budget: u64 },
+    #[error("no room in the cache for {key} ({} needed, budget {}): every cached version is in use; close files or raise --cache-size", ByteSize(*.needed), ByteSize(*.budget))]
+    NoRoom { key: VersionKey, needed: u64, budget: u64 },
+    #[error("cache directory {} is in use by another vm0fs (pid {holder}); unmount it or pass another --cache-dir", .dir.display())]
+    Locked { dir: PathBuf, holder: String },
+    #[error("cache I/O error on {}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{key}: {source}")]
+    Fetch {
+        key: VersionKey,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A failure shared by every caller that waited on the same fetch.
+pub type SharedError = Arc<CacheError>;
+
+/// What a fetch closure gets: where to unpack and how many content bytes it may write.
+pub struct FetchTarget<'a> {
+    pub dir: &'a Path,
+    pub max_bytes: u64,
+}
+
+/// One version's line in [`Cache::snapshot`].
+#[derive(Debug, Clone)]
+pub struct ResidentInfo {
+    pub key: VersionKey,
+    pub disk_bytes: u64,
+    pub pinned: bool,
+    pub last_used: SystemTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub budget: u64,
+    /// Bytes of resident versions plus reservations of fetches in flight.
+    pub used: u64,
+    /// Least recently used first.
+    pub resident: Vec<ResidentInfo>,
+    pub in_flight: Vec<VersionKey>,
+}
+
+enum Slot {
+    /// Loaded: index in memory. Pinned while the `Arc` has other holders.
+    Ready(Arc<CachedVersion>),
+    /// Complete on disk (found at start), index not read yet.
+    OnDisk,
+}
+
+struct Entry {
+    slot: Slot,
+    disk_bytes: u64,
+    last_used: SystemTime,
+    last_touch: Instant,
+}
+
+impl Entry {
+    fn pinned(&self) -> bool {
+        matches!(&self.slot, Slot::Ready(v) if Arc::strong_count(v) > 1)
+    }
+}
+
+#[derive(Default)]
+struct Flight {
+    done: Mutex<Option<Result<Arc<CachedVersion>, SharedError>>>,
+    cond: Condvar,
+}
+
+impl Flight {
+    fn wait(&self) -> Result<Arc<CachedVersion>, SharedError> {
+        let mut done = self.done.lock();
+        while done.is_none() {
+            self.cond.wait(&mut done);
+        }
+        done.clone().expect("loop exits only when set")
+    }
+
+    fn finish(&self, result: Result<Arc<CachedVersion>, SharedError>) {
+        *self.done.lock() = Some(result);
+        self.cond.notify_all();
+    }
+}
+
+struct State {
+    lru: lru::LruCache<VersionKey, Entry>,
+    flights: HashMap<VersionKey, Arc<Flight>>,
+    /// Reservations of fetches in flight, by key.
+    reserved: HashMap<VersionKey, u64>,
+    used: u64,
+}
+
+/// The version cache. Cheap to share (`Arc` inside).
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    layout: Layout,
+    budget: u64,
+    state: Mutex<State>,
+}
+
+/// How often a version's last use is written to disk at most (its `meta.json` mtime).
+const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Room kept for a version beyond its content bytes: one block per file (small files
+/// still take a whole block) plus the index and the completion record.
+fn reservation(a: Announced) -> u64 {
+    a.size.saturating_add(a.file_count.saturating_mul(4096)).saturating_add(64 * 1024)
+}
+
+impl Cache {
+    /// Open (or create) the cache directory with a byte budget. Reuses every complete
+    /// version found there, removes leftovers, and trims to the budget.
+    pub fn open(dir: &Path, budget: u64) -> Result<Cache, CacheError> {
+        let layout = Layout::open(dir)?;
+        let mut found = layout.scan();
+        // Oldest use first, so that pushing in order leaves the newest most recent.
+        found.sort_by_key(|f| f.last_used);
+        let mut state = State {
+            lru: lru::LruCache::unbounded(),
+            flights: HashMap::new(),
+            reserved: HashMap::new(),
+            used: 0,
+        };
+        for f in found {
+            state.used += f.disk_bytes;
+            state.lru.put(
+                f.key,
+                Entry {
+                    slot: Slot::OnDisk,
+                    disk_bytes: f.disk_bytes,
+                    last_used: f.last_used,
+                    last_touch: Instant::now(),
+                },
+            );
+        }
+        let cache = Cache { inner: Arc::new(Inner { layout, budget, state: Mutex::new(state) }) };
+        let count = cache.inner.state.lock().lru.len();
+        let mut trash = Vec::new();
+        {
+            let mut st = cache.inner.state.lock();
+            cache.evict_until(&mut st, budget, None, &mut trash);
+            tracing::info!(
+                cache = %dir.display(),
+                versions = st.lru.len(),
+                trimmed = count - st.lru.len(),
+                used = %ByteSize(st.used),
+                budget = %ByteSize(budget),
+                "cache opened"
+            );
+        }
+        purge(trash);
+        Ok(cache)
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.inner.budget
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.layout.root
+    }
+
+    /// The version `key`, from the cache or fetched now. Concurrent calls for the same key
+    /// share one fetch. The returned `Arc` pins the version until dropped.
+    pub fn get<F>(&self, key: &VersionKey, announced: Announced, fetch: F) -> Result<Arc<CachedVersion>, SharedError>
+    where
+        F: FnOnce(FetchTarget<'_>) -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut st = self.inner.state.lock();
+        if let Some(flight) = st.flights.get(key).cloned() {
+            drop(st);
+            return flight.wait();
+        }
+        let on_disk = match st.lru.get_mut(key) {
+            Some(entry) => {
+                entry.last_used = SystemTime::now();
+                if entry.last_touch.elapsed() >= TOUCH_INTERVAL {
+                    entry.last_touch = Instant::now();
+                    self.inner.layout.touch(key);
+                }
+                match &entry.slot {
+                    Slot::Ready(v) => return Ok(v.clone()),
+                    Slot::OnDisk => true,
+                }
+            }
+            None => false,
+        };
+        let flight = Arc::new(Flight::default());
+        st.flights.insert(key.clone(), flight.clone());
+        drop(st);
+
+        let result = if on_disk {
+            match self.load(key) {
+                Some(v) => Ok(v),
+                None => self.fetch(key, announced, fetch),
+            }
+        } else {
+            self.fetch(key, announced, fetch)
+        };
+        self.inner.state.lock().flights.remove(key);
+        flight.finish(result.clone());
+        result
+    }
+
+    /// The version `key` if it is resident and loaded; never fetches. Pins like [`Cache::get`].
+    pub fn peek(&self, key: &VersionKey) -> Option<Arc<CachedVersion>> {
+        let mut st = self.inner.state.lock();
+        match &st.lru.get(key)?.slot {
+            Slot::Ready(v) => Some(v.clone()),
+            Slot::OnDisk => None,
+        }
+    }
+
+    /// A consistent picture of the cache for the status file and tests.
+    pub fn snapshot(&self) -> Snapshot {
+        let st = self.inner.state.lock();
+        Snapshot {
+            budget: self.inner.budget,
+            used: st.used,
+            resident: st
+                .lru
+                .iter()
+                .rev()
+                .map(|(k, e)| ResidentInfo {
+                    key: k.clone(),
+                    disk_bytes: e.disk_bytes,
+                    pinned: e.pinned(),
+                    last_used: e.last_used,
+                })
+                .collect(),
+            in_flight: st.flights.keys().cloned().collect(),
+        }
+    }
+
+    /// Read the index of a version found on disk at start. On failure (a damaged index), the
+    /// version is dropped from the cache and `None` tells the caller to fetch it again.
+    fn load(&self, key: &VersionKey) -> Option<Arc<CachedVersion>> {
+        let dir = self.inner.layout.version_dir(key);
+        let loaded = Index::load(&dir.join("index.bin"));
+        let mut st = self.inner.state.lock();
+        let entry = st.lru.get_mut(key)?;
+        match loaded {
+            Ok(index) => {
+                let v = Arc::new(CachedVersion { key: key.clone(), dir, index, disk_bytes: entry.disk_bytes });
+                entry.slot = Slot::Ready(v.clone());
+                Some(v)
+            }
+            Err(e) => {
+                tracing::warn!(version = %key, error = %e, "cached index unreadable; downloading the version again");
+                let bytes = entry.disk_bytes;
+                st.lru.pop(key);
+                st.used -= bytes;
+                let trash = self.inner.layout.discard(&dir);
+                drop(st);
+                purge(trash.into_iter().collect());
+                None
+            }
+        }
+    }
+
+    fn fetch<F>(&self, key: &VersionKey, announced: Announced, fetch: F) -> Result<Arc<CachedVersion>, SharedError>
+    where
+        F: FnOnce(FetchTarget<'_>) -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let budget = self.inner.budget;
+        if announced.size > budget {
+            let err = CacheError::TooLarge { key: key.clone(), size: announced.size, budget };
+            tracing::error!(version = %key, size = announced.size, budget, "{err}");
+            return Err(Arc::new(err));
+        }
+        let need = reservation(announced).min(budget);
+        let mut trash = Vec::new();
+        {
+            let mut st = self.inner.state.lock();
+            self.evict_until(&mut st, budget.saturating_sub(need), None, &mut trash);
+            if st.used + need > budget {
+                drop(st);
+                purge(trash);
+                let err = CacheError::NoRoom { key: key.clone(), needed: need, budget };
+                tracing::error!(version = %key, "{err}");
+                return Err(Arc::new(err));
+            }
+            st.used += need;
+            st.reserved.insert(key.clone(), need);
+        }
+        // Deleting evicted versions before the download starts keeps the real usage
+        // within the budget plus the one version being unpacked.
+        purge(trash);
+
+        let release = |st: &mut State| {
+            if let Some(r) = st.reserved.remove(key) {
+                st.used -= r;
+            }
+        };
+        let result = self.fetch_into_tmp(key, announced, fetch);
+        let mut st = self.inner.state.lock();
+        release(&mut st);
+        let (dir, unpacked, disk_bytes) = match result {
+            Ok(ok) => ok,
+            Err(e) => return Err(Arc::new(e)),
+        };
+        let v = Arc::new(CachedVersion { key: key.clone(), dir, index: unpacked.index, disk_bytes });
+        st.used += disk_bytes;
+        st.lru.put(
+            key.clone(),
+            Entry {
+                slot: Slot::Ready(v.clone()),
+                disk_bytes,
+                last_used: SystemTime::now(),
+                last_touch: Instant::now(),
+            },
+        );
+        let mut trash = Vec::new();
+        // The real usage can exceed the reservation only by what blocks cost beyond the
+        // estimate; trim others (never the new one) to get back under the budget.
+        self.evict_until(&mut st, budget, Some(key), &mut trash);
+        drop(st);
+        purge(trash);
+        Ok(v)
+    }
+
+    fn fetch_into_tmp<F>(&self, key: &VersionKey, announced: Announced, fetch: F) -> Result<(PathBuf, Unpacked, u64), CacheError>
+    where
+        F: FnOnce(FetchTarget<'_>) -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let layout = &self.inner.layout;
+        let tmp = layout.new_tmp_dir(key)?;
+        let outcome = (|| {
+            let unpacked = fetch(FetchTarget { dir: &tmp, max_bytes: announced.size.min(self.inner.budget) })
+                .map_err(|source| CacheError::Fetch { key: key.clone(), source })?;
+            let index_path = tmp.join("index.bin");
+            unpacked.index.save(&index_path).map_err(|source| CacheError::Io { path: index_path, source })?;
+            let disk_bytes = disk::disk_usage(&tmp) + 4096;
+            let meta = Meta {
+                format: CACHE_FORMAT_VERSION,
+                kind: key.kind,
+                id: key.id.clone(),
+                disk_bytes,
+                files: unpacked.stats.files,
+                bytes: unpacked.stats.bytes,
+            };
+            let dir = layout.commit(key, &tmp, &meta)?;
+            Ok((dir, unpacked, disk_bytes))
+        })();
+        if outcome.is_err() {
+            // Nothing of a failed fetch is kept.
+            disk::remove_all(&tmp);
+        }
+        outcome
+    }
+
+    /// Evict unpinned versions, least recently used first, until `used <= target`.
+    fn evict_until(&self, st: &mut State, target: u64, keep: Option<&VersionKey>, trash: &mut Vec<PathBuf>) {
+        while st.used > target {
+            let victim = st
+                .lru
+                .iter()
+                .rev()
+                .find(|(k, e)| !e.pinned() && Some(*k) != keep && !st.flights.contains_key(*k))
+                .map(|(k, _)| k.clone());
+            let Some(victim) = victim else { break };
+            let entry = st.lru.pop(&victim).expect("victim was just found");
+            st.used -= entry.disk_bytes;
+            tracing::info!(version = %victim, bytes = entry.disk_bytes, "evicting from the cache");
+            if let Some(t) = self.inner.layout.discard(&self.inner.layout.version_dir(&victim)) {
+                trash.push(t);
+            }
+        }
+    }
+}
+
+fn purge(paths: Vec<PathBuf>) {
+    for p in paths {
+        disk::remove_all(&p);
+    }
+}

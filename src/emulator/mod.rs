@@ -1,1 +1,324 @@
-//! emulator
+//! A faithful emulator of the VM0 API (see `/work/shared/vm0-api.md`), served over real
+//! HTTP on loopback, for the tests, the demo and the benchmarks of vm0fs.
+//!
+//! Two listeners: the API (`/v1/...`, plus the test-only admin endpoints under
+//! `/_emulator/`) and an S3-like object store that the API's download redirects point to.
+//! The data comes from a data directory (see [`load`]) and/or a built-in demo set
+//! (see [`demo`]); archives live on disk, never in memory, so gigabyte versions are fine.
+//!
+//! This file owns the configuration, the state the listeners share, and starting and
+//! stopping them. The `vm0-emulator` binary is a thin wrapper around [`start`].
+//!
+//! ```no_run
+//! let emu = vm0fs::emulator::start(vm0fs::emulator::EmulatorConfig {
+//!     demo: true,
+//!     ..Default::default()
+//! })?;
+//! println!("{} {}", emu.api_url(), emu.token());
+//! emu.shutdown();
+//! # anyhow::Ok(())
+//! ```
+
+mod admin;
+mod api;
+pub mod demo;
+pub mod faults;
+pub mod load;
+pub mod model;
+pub mod pack;
+mod store;
+pub mod wire;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use parking_lot::RwLock;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub use model::{content_version_id, storage_id, Kind};
+pub use wire::Shape;
+
+/// The token the emulator accepts when none is configured:
+/// `vm0_test_` + hex(sha256("vm0fs-emulator-demo")). Fixed so the demo and scripts can use
+/// it without passing it around.
+pub fn default_token() -> String {
+    format!(
+        "vm0_test_{}",
+        hex::encode(Sha256::digest(b"vm0fs-emulator-demo"))
+    )
+}
+
+/// How to start an emulator. `Default` gives a snake-shaped API on random loopback ports
+/// with no data, the default token and one-hour URLs.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// Data directories to load (layout in [`load`]).
+    pub data_dirs: Vec<PathBuf>,
+    /// Add the built-in demo data set.
+    pub demo: bool,
+    pub shape: Shape,
+    /// `None`: [`default_token`].
+    pub token: Option<String>,
+    pub listen: SocketAddr,
+    pub store_listen: SocketAddr,
+    /// Every page after the first repeats the last row of the previous page, as the real
+    /// service can (it orders by creation time but filters on id).
+    pub pagination_quirk: bool,
+    /// Lifetime of presigned store URLs; 0 makes them expire at once.
+    pub url_ttl_secs: u64,
+    /// Where built archives go; `None`: a temporary directory removed on shutdown.
+    pub work_dir: Option<PathBuf>,
+    /// Worker threads of the API listener: a slow (delayed) answer holds one of them.
+    pub api_threads: usize,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("a valid socket address");
+        EmulatorConfig {
+            data_dirs: Vec::new(),
+            demo: false,
+            shape: Shape::Snake,
+            token: None,
+            listen: loopback,
+            store_listen: loopback,
+            pagination_quirk: false,
+            url_ttl_secs: 3600,
+            work_dir: None,
+            api_threads: 16,
+        }
+    }
+}
+
+/// What the admin endpoint `/_emulator/config` can change while running.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Runtime {
+    pub token: String,
+    pub shape: Shape,
+    pub pagination_quirk: bool,
+    /// Every list page says `has_more` with the same next cursor, so a client must detect
+    /// the repeated cursor instead of looping.
+    pub stuck_cursor: bool,
+    pub url_ttl_secs: u64,
+}
+
+/// State shared by the API workers and the store's connection threads.
+pub(crate) struct Shared {
+    pub runtime: RwLock<Runtime>,
+    pub data: RwLock<model::Data>,
+    pub faults: faults::Faults,
+    pub counters: faults::Counters,
+    /// Per-process key of the store's URL signatures: URLs of an earlier run are invalid.
+    pub secret: [u8; 32],
+    /// `http://127.0.0.1:PORT`, the base of presigned URLs.
+    pub store_url: String,
+    /// Where pushed versions' archives are written.
+    pub archives_dir: PathBuf,
+}
+
+/// The one line the binary prints on stdout once both listeners are bound.
+#[derive(Debug, Serialize)]
+pub struct ReadyLine {
+    pub api_url: String,
+    pub store_url: String,
+    pub admin_url: String,
+    pub token: String,
+}
+
+/// A running emulator; dropping it shuts it down.
+pub struct RunningEmulator {
+    api_addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    store: store::StoreServer,
+    /// A work directory we created, removed on shutdown.
+    temp_dir: Option<PathBuf>,
+}
+
+/// Loads the data, binds both listeners and starts serving.
+pub fn start(config: EmulatorConfig) -> anyhow::Result<RunningEmulator> {
+    let (work_dir, temp_dir) = match &config.work_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            remove_stale_work_dirs();
+            let dir = std::env::temp_dir().join(format!(
+                "{TEMP_PREFIX}{}-{}",
+                std::process::id(),
+                hex::encode(rand::random::<[u8; 4]>())
+            ));
+            (dir.clone(), Some(dir))
+        }
+    };
+    let result = start_in(&config, work_dir, temp_dir.clone());
+    if result.is_err() {
+        if let Some(dir) = &temp_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    result
+}
+
+/// Prefix of the temporary work directories, followed by `<pid>-<random>`.
+const TEMP_PREFIX: &str = "vm0-emulator-";
+
+/// Removes the temporary work directories of emulators that died without cleaning up
+/// (tests kill the emulator with SIGKILL when they cannot wait for it), so that runs of a
+/// test suite do not fill the temporary directory with archives.
+fn remove_stale_work_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the process exists; nothing is delivered.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn start_in(
+    config: &EmulatorConfig,
+    work_dir: PathBuf,
+    temp_dir: Option<PathBuf>,
+) -> anyhow::Result<RunningEmulator> {
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("cannot create the work directory {}", work_dir.display()))?;
+    let archives_dir = work_dir.join("archives");
+    let mut roots = config.data_dirs.clone();
+    if config.demo {
+        let demo_dir = work_dir.join("demo");
+        demo::write(&demo_dir).context("cannot write the demo data set")?;
+        roots.push(demo_dir);
+    }
+    let storages = load::load(&roots, &archives_dir)?;
+    tracing::info!(storages = storages.len(), "data loaded");
+
+    let server = tiny_http::Server::http(config.listen)
+        .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
+    let api_addr = server
+        .server_addr()
+        .to_ip()
+        .context("the API listener has no IP address")?;
+    let store_listener = TcpListener::bind(config.store_listen)
+        .with_context(|| format!("cannot listen on {}", config.store_listen))?;
+    let store_addr = store_listener.local_addr()?;
+
+    let shared = Arc::new(Shared {
+        runtime: RwLock::new(Runtime {
+            token: config.token.clone().unwrap_or_else(default_token),
+            shape: config.shape,
+            pagination_quirk: config.pagination_quirk,
+            stuck_cursor: false,
+            url_ttl_secs: config.url_ttl_secs,
+        }),
+        data: RwLock::new(model::Data { storages }),
+        faults: faults::Faults::default(),
+        counters: faults::Counters::default(),
+        secret: rand::random(),
+        store_url: format!("http://{store_addr}"),
+        archives_dir,
+    });
+
+    let server = Arc::new(server);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for i in 0..config.api_threads.max(1) {
+        let (server, shared, stop) = (Arc::clone(&server), Arc::clone(&shared), Arc::clone(&stop));
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("api-{i}"))
+                .spawn(move || loop {
+                    match server.recv() {
+                        Ok(request) => api::handle(&shared, request),
+                        Err(_) if stop.load(Ordering::SeqCst) => break,
+                        Err(err) => tracing::debug!(%err, "API listener error"),
+                    }
+                })?,
+        );
+    }
+    let store = store::StoreServer::spawn(store_listener, Arc::clone(&shared))?;
+    tracing::info!(api = %api_addr, store = %store_addr, "emulator listening");
+    Ok(RunningEmulator {
+        api_addr,
+        shared,
+        server,
+        stop,
+        workers,
+        store,
+        temp_dir,
+    })
+}
+
+impl RunningEmulator {
+    /// `http://127.0.0.1:PORT/v1`
+    pub fn api_url(&self) -> String {
+        format!("http://{}/v1", self.api_addr)
+    }
+
+    /// `http://127.0.0.1:PORT2`
+    pub fn store_url(&self) -> String {
+        self.shared.store_url.clone()
+    }
+
+    /// `http://127.0.0.1:PORT/_emulator`
+    pub fn admin_url(&self) -> String {
+        format!("http://{}/_emulator", self.api_addr)
+    }
+
+    /// The token accepted right now (the admin endpoint can change it).
+    pub fn token(&self) -> String {
+        self.shared.runtime.read().token.clone()
+    }
+
+    pub fn ready_line(&self) -> ReadyLine {
+        ReadyLine {
+            api_url: self.api_url(),
+            store_url: self.store_url(),
+            admin_url: self.admin_url(),
+            token: self.token(),
+        }
+    }
+
+    /// Stops both listeners and removes a temporary work directory.
+    pub fn shutdown(mut self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for _ in 0..self.workers.len() {
+            self.server.unblock();
+        }
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+        self.store.shutdown();
+        if let Some(dir) = self.temp_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Drop for RunningEmulator {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}

@@ -1,1 +1,725 @@
-//! fs
+//! The filesystem: the tree `volumes|artifacts/<name>/{latest,<version-id>}/...` and every
+//! operation on it as a plain method returning `Result<_, FsError>`.
+//!
+//! This module owns the inode table, the metadata listings (names and versions, refreshed
+//! after a TTL) and the open file and directory handles. It reaches the network only
+//! through [`Remote`] and versions only through the [`Cache`], and never sees fuser's
+//! requests or replies, so all of it is testable without a mount (see `tests` below).
+
+mod error;
+mod fetch;
+mod inode;
+mod remote;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use crate::api::{Kind, Storage, Version};
+use crate::archive::{blob_path, Index, Node, NodeKind};
+use crate::cache::{Announced, Cache, CachedVersion, VersionKey};
+pub use error::{FetchError, FsError};
+use inode::{InodeTable, Meta, Range, Resolved};
+pub use inode::ROOT;
+pub use remote::{Remote, RemoteArchive};
+
+pub type Result<T, E = FsError> = std::result::Result<T, E>;
+
+/// Attributes of what is inside a version never change: the kernel may keep them this long.
+pub const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How long a name that was just missing may be looked up again at the API before the TTL
+/// runs out: a user who pushed a version a moment ago finds it without waiting a whole TTL,
+/// and a tool that stats many missing names does not flood the API.
+const MISS_REFRESH_AFTER: Duration = Duration::from_secs(2);
+
+/// Minimum length of a version id prefix that resolves (same rule as the API's).
+const MIN_PREFIX: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// How long names and version lists are trusted before they are fetched again.
+    pub metadata_ttl: Duration,
+    /// Owner shown for every inode (the mounting user).
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Directory,
+    RegularFile,
+    Symlink,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub size: u64,
+    pub blocks: u64,
+    pub perm: u16,
+    pub nlink: u32,
+    pub mtime: SystemTime,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// An answer to `lookup`/`getattr`: attributes and how long the kernel may keep them.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub attr: Attr,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirItem {
+    pub name: OsString,
+    pub entry: Entry,
+}
+
+/// `statfs` figures.
+#[derive(Debug, Clone)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+enum Handle {
+    /// An open file: the content file and a pin on its version.
+    File { file: File, _version: Arc<CachedVersion> },
+    /// A directory listing snapshot taken at `opendir`, so that a listing read in many
+    /// `readdir` calls is consistent and built once.
+    Dir(Arc<Vec<DirItem>>),
+}
+
+struct Listing<T> {
+    fetched: Instant,
+    data: Arc<T>,
+}
+
+type StorageMap = BTreeMap<String, Storage>;
+
+#[derive(Default)]
+struct MetaState {
+    storages: HashMap<Kind, Listing<StorageMap>>,
+    versions: HashMap<(Kind, String), Listing<Vec<Version>>>,
+}
+
+/// The filesystem. Every method takes `&self`: the FUSE session is multi-threaded.
+pub struct Fs {
+    remote: Arc<dyn Remote>,
+    cache: Cache,
+    config: FsConfig,
+    started: SystemTime,
+    inodes: Mutex<InodeTable>,
+    meta: Mutex<MetaState>,
+    /// One lock per listing, so that concurrent misses fetch a listing once.
+    fetch_locks: Mutex<HashMap<(Kind, Option<String>), Arc<Mutex<()>>>>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+}
+
+fn dir_attr_perm() -> u16 {
+    0o755
+}
+
+impl Fs {
+    pub fn new(remote: Arc<dyn Remote>, cache: Cache, config: FsConfig) -> Fs {
+        Fs {
+            remote,
+            cache,
+            config,
+            started: SystemTime::now(),
+            inodes: Mutex::new(InodeTable::default()),
+            meta: Mutex::new(MetaState::default()),
+            fetch_locks: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    // ----- operations -------------------------------------------------------------------
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry> {
+        let resolved = self.resolve(parent)?;
+        match resolved {
+            Resolved::Meta(Meta::Root) => {
+                let kind = name.to_str().and_then(Kind::from_plural).ok_or(FsError::NotFound)?;
+                self.meta_entry(Meta::KindDir(kind))
+            }
+            Resolved::Meta(Meta::KindDir(kind)) => {
+                let name = name.to_str().ok_or(FsError::NotFound)?;
+                self.find_storage(kind, name)?;
+                self.meta_entry(Meta::Storage { kind, name: name.to_string() })
+            }
+            Resolved::Meta(Meta::Storage { kind, name: storage }) => {
+                let name = name.to_str().ok_or(FsError::NotFound)?;
+                self.lookup_in_storage(kind, &storage, name)
+            }
+            Resolved::Meta(Meta::Version { kind, name: storage, version }) => {
+                let (range, v) = self.load_version(kind, &storage, &version)?;
+                let node = v.index.lookup(0, name.as_bytes()).ok_or(FsError::NotFound)?;
+                Ok(self.content_entry(&range, &v.index, node))
+            }
+            Resolved::Content { range, node } => {
+                let v = self.version_of(&range)?;
+                match v.index.nodes.get(node as usize).map(|n| &n.kind) {
+                    Some(NodeKind::Dir { .. }) => {}
+                    Some(_) => return Err(FsError::NotDir),
+                    None => return Err(FsError::NotFound),
+                }
+                let child = v.index.lookup(node, name.as_bytes()).ok_or(FsError::NotFound)?;
+                Ok(self.content_entry(&range, &v.index, child))
+            }
+            Resolved::Meta(Meta::Latest { .. } | Meta::PrefixLink { .. }) => Err(FsError::NotDir),
+        }
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Entry> {
+        match self.resolve(ino)? {
+            Resolved::Meta(m) => self.meta_entry(m),
+            Resolved::Content { range, node } => {
+                let v = self.version_of(&range)?;
+                Ok(self.content_entry(&range, &v.index, node))
+            }
+        }
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        match self.resolve(ino)? {
+            Resolved::Meta(Meta::Latest { kind, name }) => {
+                let storage = self.find_storage(kind, &name)?;
+                storage.current_version_id.map(String::into_bytes).ok_or(FsError::NotFound)
+            }
+            Resolved::Meta(Meta::PrefixLink { version, .. }) => Ok(version.into_bytes()),
+            Resolved::Content { range, node } => {
+                let v = self.version_of(&range)?;
+                match &v.index.nodes.get(node as usize).ok_or(FsError::NotFound)?.kind {
+                    NodeKind::Symlink { target } => Ok(target.clone()),
+                    _ => Err(FsError::NotSymlink),
+                }
+            }
+            Resolved::Meta(_) => Err(FsError::NotSymlink),
+        }
+    }
+
+    /// Open a file for reading. Any write access is `EROFS`.
+    pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+        let write_flags = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT;
+        if flags & write_flags != 0 {
+            return Err(FsError::ReadOnly);
+        }
+        let (range, node) = match self.resolve(ino)? {
+            Resolved::Content { range, node } => (range, node),
+            Resolved::Meta(Meta::Latest { .. } | Meta::PrefixLink { .. }) => return Err(FsError::NotFound),
+            Resolved::Meta(_) => return Err(FsError::IsDir),
+        };
+        let v = self.version_of(&range)?;
+        let blob = match &v.index.nodes.get(node as usize).ok_or(FsError::NotFound)?.kind {
+            NodeKind::File { blob, .. } => *blob,
+            NodeKind::Dir { .. } => return Err(FsError::IsDir),
+            NodeKind::Symlink { .. } => return Err(FsError::NotFound),
+        };
+        let file = File::open(blob_path(&v.dir, blob))?;
+        Ok(self.add_handle(Handle::File { file, _version: v }))
+    }
+
+    /// Read up to `size` bytes at `offset`; short only at end of file.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let handle = self.handle(fh)?;
+        let Handle::File { file, .. } = &*handle else { return Err(FsError::IsDir) };
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
+    /// Snapshot a directory's listing (`.` and `..` included) into a handle.
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let items = self.list_dir(ino)?;
+        Ok(self.add_handle(Handle::Dir(Arc::new(items))))
+    }
+
+    /// The entries of an open directory from position `offset` on.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirItem>>> {
+        let _ = offset;
+        match &*self.handle(fh)? {
+            Handle::Dir(items) => Ok(items.clone()),
+            Handle::File { .. } => Err(FsError::NotDir),
+        }
+    }
+
+    /// Drop a file or directory handle (and the pin it holds).
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().remove(&fh);
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        let snap = self.cache.snapshot();
+        let bsize = 4096u64;
+        StatFs {
+            blocks: snap.budget / bsize,
+            bfree: snap.budget.saturating_sub(snap.used) / bsize,
+            // Nothing is writable by anyone.
+            bavail: 0,
+            files: self.inodes.lock().len(),
+            ffree: 0,
+            bsize: bsize as u32,
+            namelen: 255,
+        }
+    }
+
+    /// `access(2)`: the mount never grants write access; read and search follow the modes
+    /// (the kernel checks them itself with `default_permissions`).
+    pub fn access(&self, ino: u64, write: bool) -> Result<()> {
+        self.resolve(ino)?;
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    /// The names of the extended attributes of `ino`, NUL-terminated, as `listxattr` wants.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for (name, _) in self.xattrs(ino)? {
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        let name = name.to_str().ok_or(FsError::NoAttr)?;
+        self.xattrs(ino)?
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.into_bytes())
+            .ok_or(FsError::NoAttr)
+    }
+
+    /// `user.vm0.*` attributes: what the API says of a storage or a version, so that
+    /// `getfattr -d` answers "where does this come from" without another tool.
+    fn xattrs(&self, ino: u64) -> Result<Vec<(&'static str, String)>> {
+        let mut out = Vec::new();
+        match self.resolve(ino)? {
+            Resolved::Meta(Meta::Storage { kind, name }) => {
+                let s = self.find_storage(kind, &name)?;
+                out.push(("user.vm0.kind", kind.singular().to_string()));
+                out.push(("user.vm0.id", s.id));
+                out.push(("user.vm0.name", s.name));
+                if let Some(v) = s.current_version_id {
+                    out.push(("user.vm0.current_version_id", v));
+                }
+                out.push(("user.vm0.created_at", format_time(s.created_at)));
+                out.push(("user.vm0.updated_at", format_time(s.updated_at)));
+            }
+            Resolved::Meta(Meta::Version { kind, name, version }) => {
+                let s = self.find_storage(kind, &name)?;
+                let v = self.find_version(kind, &name, &version)?;
+                out.push(("user.vm0.kind", kind.singular().to_string()));
+                out.push(("user.vm0.id", s.id));
+                out.push(("user.vm0.name", s.name));
+                out.push(("user.vm0.version_id", v.id));
+                out.push(("user.vm0.created_at", format_time(v.created_at)));
+                if let Some(by) = v.created_by {
+                    out.push(("user.vm0.created_by", by));
+                }
+                if let Some(m) = v.message {
+                    out.push(("user.vm0.message", m));
+                }
+                out.push(("user.vm0.size", v.size.to_string()));
+                out.push(("user.vm0.file_count", v.file_count.to_string()));
+            }
+            _ => {}
+        }
+        Ok(out)
+    }
+
+    // ----- the tree -------------------------------------------------------------------
+
+    fn resolve(&self, ino: u64) -> Result<Resolved> {
+        self.inodes.lock().resolve(ino).ok_or(FsError::NotFound)
+    }
+
+    fn lookup_in_storage(&self, kind: Kind, storage: &str, name: &str) -> Result<Entry> {
+        if name == "latest" {
+            let s = self.find_storage(kind, storage)?;
+            if s.current_version_id.is_none() {
+                return Err(FsError::NotFound);
+            }
+            return self.meta_entry(Meta::Latest { kind, name: storage.to_string() });
+        }
+        if !is_hex(name) || name.len() < MIN_PREFIX || name.len() > 64 {
+            return Err(FsError::NotFound);
+        }
+        let version = self.find_version(kind, storage, name)?;
+        if version.id == name {
+            self.meta_entry(Meta::Version { kind, name: storage.to_string(), version: version.id })
+        } else {
+            self.meta_entry(Meta::PrefixLink { kind, name: storage.to_string(), version: version.id })
+        }
+    }
+
+    fn meta_entry(&self, m: Meta) -> Result<Entry> {
+        let ttl = self.config.metadata_ttl;
+        let dir = |ino, mtime| self.attr(ino, FileKind::Directory, 0, dir_attr_perm(), 2, mtime);
+        let ino = self.inodes.lock().meta_ino(m.clone());
+        let entry = match m {
+            Meta::Root | Meta::KindDir(_) => Entry { attr: dir(ino, self.started), ttl },
+            Meta::Storage { kind, name } => {
+                let s = self.find_storage(kind, &name)?;
+                Entry { attr: dir(ino, s.updated_at), ttl }
+            }
+            Meta::Latest { kind, name } => {
+                let s = self.find_storage(kind, &name)?;
+                let target = s.current_version_id.ok_or(FsError::NotFound)?;
+                Entry { attr: self.attr(ino, FileKind::Symlink, target.len() as u64, 0o777, 1, s.updated_at), ttl }
+            }
+            Meta::PrefixLink { kind, name, version } => {
+                let v = self.find_version(kind, &name, &version)?;
+                Entry {
+                    attr: self.attr(ino, FileKind::Symlink, version.len() as u64, 0o777, 1, v.created_at),
+                    ttl: IMMUTABLE_TTL,
+                }
+            }
+            Meta::Version { kind, name, version } => {
+                // A resident version shows its root as unpacked (an archive may carry an
+                // entry for "./"); a cold one is described from its metadata alone, so that
+                // listing versions never downloads them.
+                if let Some(v) = self.cache.peek(&VersionKey::new(kind, &version)) {
+                    let range = self.inodes.lock().range(kind, &name, &version, v.index.nodes.len() as u64);
+                    return Ok(self.content_entry(&range, &v.index, 0));
+                }
+                let v = self.find_version(kind, &name, &version)?;
+                Entry { attr: dir(ino, v.created_at), ttl: IMMUTABLE_TTL }
+            }
+        };
+        Ok(entry)
+    }
+
+    fn content_entry(&self, range: &Range, index: &Index, node: u32) -> Entry {
+        let ino = range.ino(node);
+        let n: &Node = &index.nodes[node as usize];
+        let mtime = to_system_time(n.mtime_sec, n.mtime_nsec);
+        let attr = match &n.kind {
+            NodeKind::Dir { .. } => self.attr(ino, FileKind::Directory, 4096, n.perm, n.nlink, mtime),
+            NodeKind::File { size, .. } => self.attr(ino, FileKind::RegularFile, *size, n.perm, n.nlink, mtime),
+            NodeKind::Symlink { target } => {
+                self.attr(ino, FileKind::Symlink, target.len() as u64, 0o777, n.nlink, mtime)
+            }
+        };
+        Entry { attr, ttl: IMMUTABLE_TTL }
+    }
+
+    fn attr(&self, ino: u64, kind: FileKind, size: u64, perm: u16, nlink: u32, mtime: SystemTime) -> Attr {
+        Attr {
+            ino,
+            kind,
+            size,
+            blocks: size.div_ceil(512),
+            perm,
+            nlink,
+            mtime,
+            uid: self.config.uid,
+            gid: self.config.gid,
+        }
+    }
+
+    fn list_dir(&self, ino: u64) -> Result<Vec<DirItem>> {
+        let mut items = Vec::new();
+        let here = self.getattr(ino)?;
+        if here.attr.kind != FileKind::Directory {
+            return Err(FsError::NotDir);
+        }
+        let item = |name: &[u8], entry: Entry| DirItem { name: OsString::from_vec(name.to_vec()), entry };
+        match self.resolve(ino)? {
+            Resolved::Meta(Meta::Root) => {
+                items.push(item(b".", here.clone()));
+                items.push(item(b"..", here));
+                for kind in Kind::ALL {
+                    items.push(item(kind.plural().as_bytes(), self.meta_entry(Meta::KindDir(kind))?));
+                }
+            }
+            Resolved::Meta(Meta::KindDir(kind)) => {
+                items.push(item(b".", here));
+                items.push(item(b"..", self.meta_entry(Meta::Root)?));
+                let storages = self.storages(kind, None)?;
+                for (name, s) in storages.iter() {
+                    let ino = self.inodes.lock().meta_ino(Meta::Storage { kind, name: name.clone() });
+                    let attr = self.attr(ino, FileKind::Directory, 0, dir_attr_perm(), 2, s.updated_at);
+                    items.push(item(name.as_bytes(), Entry { attr, ttl: self.config.metadata_ttl }));
+                }
+            }
+            Resolved::Meta(Meta::Storage { kind, name }) => {
+                items.push(item(b".", here));
+                items.push(item(b"..", self.meta_entry(Meta::KindDir(kind))?));
+                let storage = self.find_storage(kind, &name)?;
+                if storage.current_version_id.is_some() {
+                    items.push(item(b"latest", self.meta_entry(Meta::Latest { kind, name: name.clone() })?));
+                }
+                let versions = self.versions(kind, &name, None)?;
+                for v in versions.iter() {
+                    let entry = self.meta_entry(Meta::Version { kind, name: name.clone(), version: v.id.clone() })?;
+                    items.push(item(v.id.as_bytes(), entry));
+                }
+            }
+            Resolved::Meta(Meta::Version { kind, name, version }) => {
+                let (range, v) = self.load_version(kind, &name, &version)?;
+                items.push(item(b".", self.content_entry(&range, &v.index, 0)));
+                items.push(item(b"..", self.meta_entry(Meta::Storage { kind, name })?));
+                self.push_children(&mut items, &range, &v.index, 0);
+            }
+            Resolved::Content { range, node } => {
+                let v = self.version_of(&range)?;
+                let parent = match &v.index.nodes[node as usize].kind {
+                    NodeKind::Dir { parent, .. } => *parent,
+                    _ => return Err(FsError::NotDir),
+                };
+                items.push(item(b".", self.content_entry(&range, &v.index, node)));
+                let parent_entry = if parent == 0 {
+                    self.getattr(range.root)?
+                } else {
+                    self.content_entry(&range, &v.index, parent)
+                };
+                items.push(item(b"..", parent_entry));
+                self.push_children(&mut items, &range, &v.index, node);
+            }
+            Resolved::Meta(Meta::Latest { .. } | Meta::PrefixLink { .. }) => return Err(FsError::NotDir),
+        }
+        Ok(items)
+    }
+
+    fn push_children(&self, items: &mut Vec<DirItem>, range: &Range, index: &Index, node: u32) {
+        if let NodeKind::Dir { entries, .. } = &index.nodes[node as usize].kind {
+            items.reserve(entries.len());
+            for e in entries {
+                items.push(DirItem {
+                    name: OsString::from_vec(e.name.clone()),
+                    entry: self.content_entry(range, index, e.node),
+                });
+            }
+        }
+    }
+
+    // ----- metadata -------------------------------------------------------------------
+
+    fn fetch_lock(&self, key: (Kind, Option<String>)) -> Arc<Mutex<()>> {
+        self.fetch_locks.lock().entry(key).or_default().clone()
+    }
+
+    /// The storages of a kind, fetched if the listing is older than `max_age` (default: the
+    /// metadata TTL). A failed refresh serves the previous listing when there is one.
+    fn storages(&self, kind: Kind, max_age: Option<Duration>) -> Result<Arc<StorageMap>> {
+        let max_age = max_age.unwrap_or(self.config.metadata_ttl);
+        let fresh = |st: &MetaState| {
+            st.storages.get(&kind).filter(|l| l.fetched.elapsed() < max_age).map(|l| l.data.clone())
+        };
+        if let Some(d) = fresh(&self.meta.lock()) {
+            return Ok(d);
+        }
+        let lock = self.fetch_lock((kind, None));
+        let _guard = lock.lock();
+        if let Some(d) = fresh(&self.meta.lock()) {
+            return Ok(d);
+        }
+        match self.remote.list_storages(kind) {
+            Ok(list) => {
+                let map: StorageMap = list.into_iter().map(|s| (s.name.clone(), s)).collect();
+                let data = Arc::new(map);
+                self.meta
+                    .lock()
+                    .storages
+                    .insert(kind, Listing { fetched: Instant::now(), data: data.clone() });
+                Ok(data)
+            }
+            Err(e) => {
+                let stale = self.meta.lock().storages.get(&kind).map(|l| l.data.clone());
+                match stale {
+                    Some(d) if !e.is_auth() => {
+                        tracing::warn!(kind = kind.plural(), error = %e, "refreshing the list failed; serving the previous one");
+                        Ok(d)
+                    }
+                    _ => {
+                        tracing::warn!(kind = kind.plural(), error = %e, "listing failed");
+                        Err(e.into())
+                    }
+                }
+            }
+        }
+    }
+
+    fn find_storage(&self, kind: Kind, name: &str) -> Result<Storage> {
+        if let Some(s) = self.storages(kind, None)?.get(name) {
+            return Ok(s.clone());
+        }
+        // Not in a listing younger than the TTL: look again once, in case it was just made.
+        self.storages(kind, Some(MISS_REFRESH_AFTER))?.get(name).cloned().ok_or(FsError::NotFound)
+    }
+
+    fn versions(&self, kind: Kind, name: &str, max_age: Option<Duration>) -> Result<Arc<Vec<Version>>> {
+        let max_age = max_age.unwrap_or(self.config.metadata_ttl);
+        let key = (kind, name.to_string());
+        let fresh = |st: &MetaState| {
+            st.versions.get(&key).filter(|l| l.fetched.elapsed() < max_age).map(|l| l.data.clone())
+        };
+        if let Some(d) = fresh(&self.meta.lock()) {
+            return Ok(d);
+        }
+        let storage = self.find_storage(kind, name)?;
+        let lock = self.fetch_lock((kind, Some(name.to_string())));
+        let _guard = lock.lock();
+        if let Some(d) = fresh(&self.meta.lock()) {
+            return Ok(d);
+        }
+        match self.remote.list_versions(kind, &storage.id) {
+            Ok(list) => {
+                let data = Arc::new(list);
+                self.meta.lock().versions.insert(key, Listing { fetched: Instant::now(), data: data.clone() });
+                Ok(data)
+            }
+            Err(e) => {
+                let stale = self.meta.lock().versions.get(&key).map(|l| l.data.clone());
+                match stale {
+                    Some(d) if !e.is_auth() && !e.is_not_found() => {
+                        tracing::warn!(storage = name, error = %e, "refreshing versions failed; serving the previous list");
+                        Ok(d)
+                    }
+                    _ => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// The version of `storage` whose id is `id` or starts with it (a unique prefix).
+    fn find_version(&self, kind: Kind, storage: &str, id: &str) -> Result<Version> {
+        let pick = |list: &[Version]| -> Option<Result<Version>> {
+            let mut hits = list.iter().filter(|v| v.id.starts_with(id));
+            let first = hits.next()?;
+            if first.id != id && hits.next().is_some() {
+                // Ambiguous prefix: not found, as the API answers.
+                return Some(Err(FsError::NotFound));
+            }
+            Some(Ok(first.clone()))
+        };
+        if let Some(r) = pick(&self.versions(kind, storage, None)?) {
+            return r;
+        }
+        pick(&self.versions(kind, storage, Some(MISS_REFRESH_AFTER))?).unwrap_or(Err(FsError::NotFound))
+    }
+
+    // ----- versions -------------------------------------------------------------------
+
+    /// A loaded version for a content inode: the cache's copy when resident (no API call),
+    /// else through the metadata path (which may download it again after an eviction).
+    fn version_of(&self, range: &Range) -> Result<Arc<CachedVersion>> {
+        if let Some(v) = self.cache.peek(&VersionKey::new(range.kind, &range.version)) {
+            return Ok(v);
+        }
+        Ok(self.load_version(range.kind, &range.name, &range.version)?.1)
+    }
+
+    /// Make a version available (downloading and unpacking it when cold) and allocate its
+    /// content inodes.
+    fn load_version(&self, kind: Kind, storage: &str, id: &str) -> Result<(Range, Arc<CachedVersion>)> {
+        let key = VersionKey::new(kind, id);
+        let v = match self.cache.peek(&key) {
+            Some(v) => v,
+            None => {
+                let s = self.find_storage(kind, storage)?;
+                let version = self.find_version(kind, storage, id)?;
+                if version.id != id {
+                    return Err(FsError::NotFound);
+                }
+                if version.file_count == 0 {
+                    // No archive exists for a 0-file version (the API answers 404): it is an
+                    // empty directory, kept out of the cache.
+                    Arc::new(CachedVersion {
+                        key: key.clone(),
+                        dir: Default::default(),
+                        index: empty_index(version.created_at),
+                        disk_bytes: 0,
+                    })
+                } else {
+                    let announced = Announced { size: version.size, file_count: version.file_count };
+                    self.cache.get(&key, announced, |target| {
+                        fetch::fetch(&*self.remote, kind, storage, &s.id, &version, target)
+                    })?
+                }
+            }
+        };
+        let range = self.inodes.lock().range(kind, storage, id, v.index.nodes.len() as u64);
+        Ok((range, v))
+    }
+
+    // ----- handles ----------------------------------------------------------------------
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, Arc::new(h));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
+        self.handles.lock().get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+}
+
+/// The index of a version with no files: a root directory and nothing else.
+fn empty_index(mtime: SystemTime) -> Index {
+    let sec = mtime.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    Index {
+        nodes: vec![Node {
+            kind: NodeKind::Dir { parent: 0, entries: Vec::new() },
+            perm: 0o755,
+            mtime_sec: sec,
+            mtime_nsec: 0,
+            nlink: 2,
+        }],
+    }
+}
+
+/// ISO-8601 UTC with milliseconds, as the API writes timestamps.
+fn format_time(t: SystemTime) -> String {
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from(t).format(&fmt).unwrap_or_else(|_| format!("{t:?}"))
+}
+
+fn is_hex(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn to_system_time(sec: i64, nsec: u32) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(u64::from(nsec))
+    }
+}

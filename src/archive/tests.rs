@@ -1,0 +1,1183 @@
+//! Tests of the archive module: archives are built in memory (with `tar::Builder`, and by
+//! hand for what the builder refuses to write), unpacked into a temporary directory, and
+//! the index and blobs checked.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use tar::{EntryType, Header};
+use tempfile::TempDir;
+
+use super::tree::normalize;
+use super::unpack::parse_pax_time;
+use super::*;
+
+const MTIME: u64 = 1_600_000_000;
+const IMPLIED_MTIME: i64 = 1_234_567;
+
+// ---------------------------------------------------------------------------------------
+// Building archives
+
+/// A tar archive built in memory.
+struct Tar {
+    builder: tar::Builder<Vec<u8>>,
+}
+
+fn header(kind: EntryType, mode: u32, size: u64) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(MTIME);
+    h.set_uid(1000);
+    h.set_gid(1000);
+    h
+}
+
+impl Tar {
+    fn new() -> Tar {
+        Tar {
+            builder: tar::Builder::new(Vec::new()),
+        }
+    }
+
+    fn file(self, path: &str, data: &[u8]) -> Tar {
+        self.file_mode(path, data, 0o644)
+    }
+
+    fn file_mode(mut self, path: &str, data: &[u8], mode: u32) -> Tar {
+        let mut h = header(EntryType::Regular, mode, data.len() as u64);
+        self.builder.append_data(&mut h, path, data).unwrap();
+        self
+    }
+
+    fn dir(mut self, path: &str, mode: u32) -> Tar {
+        let mut h = header(EntryType::Directory, mode, 0);
+        self.builder.append_data(&mut h, path, io::empty()).unwrap();
+        self
+    }
+
+    fn symlink(mut self, path: &str, target: &str) -> Tar {
+        let mut h = header(EntryType::Symlink, 0o777, 0);
+        self.builder.append_link(&mut h, path, target).unwrap();
+        self
+    }
+
+    fn hard_link(mut self, path: &str, target: &str) -> Tar {
+        let mut h = header(EntryType::Link, 0o644, 0);
+        self.builder.append_link(&mut h, path, target).unwrap();
+        self
+    }
+
+    /// A member with raw name and link name bytes (at most 100 each), bypassing every check
+    /// of the tar crate's builder: the hostile cases.
+    fn raw(mut self, kind: EntryType, name: &[u8], link: &[u8], mode: u32, data: &[u8]) -> Tar {
+        let mut h = header(kind, mode, data.len() as u64);
+        let old = h.as_old_mut();
+        old.name[..name.len()].copy_from_slice(name);
+        old.linkname[..link.len()].copy_from_slice(link);
+        h.set_cksum();
+        self.builder.append(&h, data).unwrap();
+        self
+    }
+
+    /// A pax extended header (`x`) for the next member.
+    fn pax(self, records: &[(&str, &[u8])]) -> Tar {
+        let data: Vec<u8> = records
+            .iter()
+            .flat_map(|(k, v)| pax_record(k, v))
+            .collect();
+        self.raw(EntryType::XHeader, b"PaxHeaders/next", b"", 0o644, &data)
+    }
+
+    /// A header appended as is (its checksum must be set).
+    fn header(mut self, h: &Header, data: &[u8]) -> Tar {
+        self.builder.append(h, data).unwrap();
+        self
+    }
+
+    fn tar(self) -> Vec<u8> {
+        self.builder.into_inner().unwrap()
+    }
+
+    fn gz(self) -> Vec<u8> {
+        gzip(&self.tar())
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+/// One pax record: `"<len> <key>=<value>\n"`, where `len` counts the whole record.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3;
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    let mut record = format!("{len} {key}=").into_bytes();
+    record.extend_from_slice(value);
+    record.push(b'\n');
+    record
+}
+
+/// Content that shows where each byte came from (a shifted blob would not match).
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Unpacking and checking
+
+struct Run {
+    _tmp: TempDir,
+    dest: PathBuf,
+    sentinel: PathBuf,
+}
+
+impl Run {
+    fn new() -> Run {
+        let tmp = TempDir::new().unwrap();
+        let dest = tmp.path().join("dest");
+        let sentinel = tmp.path().join("sentinel");
+        fs::create_dir(&dest).unwrap();
+        fs::create_dir(&sentinel).unwrap();
+        Run {
+            _tmp: tmp,
+            dest,
+            sentinel,
+        }
+    }
+
+    fn unpack(&self, input: impl Read, max_bytes: u64) -> Result<Unpacked, ArchiveError> {
+        let opts = UnpackOptions {
+            max_bytes,
+            implied_dir_mtime: IMPLIED_MTIME,
+        };
+        unpack(input, &self.dest, &opts, &mut |_| {})
+    }
+
+    /// Nothing was created next to `dest`, and inside it only `data/<n>` files.
+    fn assert_contained(&self) {
+        assert_eq!(fs::read_dir(&self.sentinel).unwrap().count(), 0, "sentinel touched");
+        let top: Vec<_> = fs::read_dir(&self.dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(top.iter().all(|n| n == "data"), "unexpected files in dest: {top:?}");
+        for e in fs::read_dir(self.dest.join("data")).unwrap() {
+            let e = e.unwrap();
+            assert!(e.file_type().unwrap().is_file(), "{:?} is not a file", e.path());
+            let name = e.file_name().into_string().unwrap();
+            assert!(name.parse::<u32>().is_ok(), "unexpected blob name {name}");
+        }
+    }
+}
+
+/// Unpack `archive`, which must succeed, and check every invariant of the result.
+fn unpack_ok(archive: &[u8]) -> (Run, Unpacked) {
+    let run = Run::new();
+    let u = run
+        .unpack(archive, u64::MAX)
+        .unwrap_or_else(|e| panic!("unpack failed: {e}"));
+    check(&run, &u);
+    assert_eq!(u.stats.compressed_bytes, archive.len() as u64);
+    (run, u)
+}
+
+/// Unpack `archive`, expecting an error, and return it.
+fn unpack_err(archive: &[u8]) -> ArchiveError {
+    let run = Run::new();
+    match run.unpack(archive, u64::MAX) {
+        Ok(u) => panic!("unpack succeeded: {:?}", u.index),
+        Err(e) => {
+            assert_eq!(fs::read_dir(&run.sentinel).unwrap().count(), 0);
+            e
+        }
+    }
+}
+
+/// The invariants the cache and filesystem rely on.
+fn check(run: &Run, u: &Unpacked) {
+    run.assert_contained();
+    let nodes = &u.index.nodes;
+    assert!(matches!(nodes[0].kind, NodeKind::Dir { parent: 0, .. }));
+    let mut names = vec![0u32; nodes.len()];
+    let mut blobs = HashSet::new();
+    let (mut files, mut bytes) = (0, 0);
+    for (id, node) in nodes.iter().enumerate() {
+        match &node.kind {
+            NodeKind::Dir { entries, .. } => {
+                let mut subdirs = 0;
+                for pair in entries.windows(2) {
+                    assert!(pair[0].name < pair[1].name, "entries not sorted in {id}");
+                }
+                for e in entries {
+                    assert!(!e.name.is_empty() && e.name != b"." && e.name != b"..");
+                    assert!(!e.name.contains(&b'/') && !e.name.contains(&0));
+                    names[e.node as usize] += 1;
+                    if let NodeKind::Dir { parent, .. } = &nodes[e.node as usize].kind {
+                        assert_eq!(*parent as usize, id, "wrong parent of {}", e.node);
+                        subdirs += 1;
+                    }
+                }
+                assert_eq!(node.nlink, 2 + subdirs, "nlink of dir {id}");
+            }
+            NodeKind::File { size, blob } => {
+                files += 1;
+                if blobs.insert(*blob) {
+                    bytes += size;
+                }
+                let meta = fs::metadata(blob_path(&run.dest, *blob)).unwrap();
+                assert_eq!(meta.len(), *size, "size of blob {blob}");
+            }
+            NodeKind::Symlink { target } => assert!(!target.is_empty()),
+        }
+        assert_eq!(node.perm & 0o6000, 0, "setuid/setgid kept on {id}");
+    }
+    for (id, node) in nodes.iter().enumerate().skip(1) {
+        assert!(names[id] >= 1, "node {id} unreachable");
+        if !matches!(node.kind, NodeKind::Dir { .. }) {
+            assert_eq!(node.nlink, names[id], "nlink of {id}");
+        } else {
+            assert_eq!(names[id], 1, "directory {id} has several names");
+        }
+    }
+    // Blob numbers are dense, and the data directory holds exactly them.
+    assert_eq!(blobs.len(), files, "each file node has its own blob");
+    assert_eq!(blobs, (0..files as u32).collect::<HashSet<_>>());
+    let on_disk = fs::read_dir(run.dest.join("data")).unwrap().count();
+    assert_eq!(on_disk, files);
+    assert_eq!(u.stats.files, files as u64);
+    assert_eq!(u.stats.bytes, bytes);
+    assert!(u.stats.disk_bytes > 0, "the data directory itself takes space");
+}
+
+fn resolve(index: &Index, path: &str) -> Option<u32> {
+    let mut node = 0;
+    for comp in path.split('/').filter(|c| !c.is_empty()) {
+        node = index.lookup(node, comp.as_bytes())?;
+    }
+    Some(node)
+}
+
+fn node<'a>(u: &'a Unpacked, path: &str) -> &'a Node {
+    let id = resolve(&u.index, path).unwrap_or_else(|| panic!("{path} not in index"));
+    &u.index.nodes[id as usize]
+}
+
+fn content(run: &Run, u: &Unpacked, path: &str) -> Vec<u8> {
+    match &node(u, path).kind {
+        NodeKind::File { blob, .. } => fs::read(blob_path(&run.dest, *blob)).unwrap(),
+        other => panic!("{path} is not a file: {other:?}"),
+    }
+}
+
+fn skipped_members(u: &Unpacked) -> Vec<&str> {
+    u.stats.skipped.iter().map(|s| s.member.as_str()).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Trees and contents
+
+#[test]
+fn nested_dirs_sizes_and_names() {
+    let sizes = [0, 1, 4095, 4096, 4097, 131071, 131072, 131073];
+    let mut tar = Tar::new();
+    for size in sizes {
+        tar = tar.file(&format!("sizes/deep/er/f{size}"), &pattern(size));
+    }
+    let tar = tar
+        .file("with space/a b.txt", b"space")
+        .file("ünïcødé/日本語.txt", "unicode".as_bytes())
+        .file("empty", b"")
+        .file("./dot/slash", b"dot")
+        .file("top", b"top");
+    let (run, u) = unpack_ok(&tar.gz());
+    for size in sizes {
+        let path = format!("sizes/deep/er/f{size}");
+        assert_eq!(content(&run, &u, &path), pattern(size), "{path}");
+        assert!(matches!(node(&u, &path).kind, NodeKind::File { size: s, .. } if s == size as u64));
+    }
+    assert_eq!(content(&run, &u, "with space/a b.txt"), b"space");
+    assert_eq!(content(&run, &u, "ünïcødé/日本語.txt"), "unicode".as_bytes());
+    assert_eq!(content(&run, &u, "empty"), b"");
+    assert_eq!(content(&run, &u, "dot/slash"), b"dot");
+    assert_eq!(u.stats.files, sizes.len() as u64 + 5);
+    assert!(u.stats.skipped.is_empty());
+    // Implied directories: 0755 and the implied mtime.
+    let dir = node(&u, "sizes/deep");
+    assert_eq!((dir.perm, dir.mtime_sec, dir.mtime_nsec), (0o755, IMPLIED_MTIME, 0));
+    assert_eq!(node(&u, "").nlink, 2 + 4);
+    let file = node(&u, "top");
+    assert_eq!((file.perm, file.mtime_sec, file.nlink), (0o644, MTIME as i64, 1));
+    // The index lists what the root holds, in byte order.
+    let NodeKind::Dir { entries, .. } = &u.index.nodes[0].kind else {
+        panic!("root is not a directory")
+    };
+    let names: Vec<_> = entries.iter().map(|e| e.name.as_slice()).collect();
+    let expected: [&[u8]; 6] = [
+        b"dot",
+        b"empty",
+        b"sizes",
+        b"top",
+        b"with space",
+        "ünïcødé".as_bytes(),
+    ];
+    assert_eq!(names, expected);
+}
+
+#[test]
+fn non_utf8_names_are_kept_as_bytes() {
+    let tar = Tar::new().raw(EntryType::Regular, b"caf\xe9/n\xff", b"", 0o644, b"latin1");
+    let (run, u) = unpack_ok(&tar.gz());
+    let dir = u.index.lookup(0, b"caf\xe9").unwrap();
+    let file = u.index.lookup(dir, b"n\xff").unwrap();
+    let NodeKind::File { blob, .. } = u.index.nodes[file as usize].kind else {
+        panic!("not a file")
+    };
+    assert_eq!(fs::read(blob_path(&run.dest, blob)).unwrap(), b"latin1");
+}
+
+#[test]
+fn empty_inputs_are_empty_versions() {
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("zero bytes", Vec::new()),
+        ("empty tar", Tar::new().gz()),
+        ("gzip of nothing", gzip(b"")),
+        ("tar of only zero blocks", gzip(&[0; 10240])),
+    ];
+    for (what, archive) in cases {
+        let (_run, u) = unpack_ok(&archive);
+        assert_eq!(u.index.nodes.len(), 1, "{what}");
+        assert!(matches!(&u.index.nodes[0].kind, NodeKind::Dir { entries, .. } if entries.is_empty()));
+        assert_eq!((u.stats.files, u.stats.bytes), (0, 0), "{what}");
+    }
+}
+
+#[test]
+fn modes_are_kept_without_setuid_and_setgid() {
+    let cases = [
+        (0o600, 0o600),
+        (0o755, 0o755),
+        (0o444, 0o444),
+        (0o4755, 0o755),
+        (0o2755, 0o755),
+        (0o6777, 0o777),
+        (0o1777, 0o1777),
+        (0o100644, 0o644),
+    ];
+    let mut tar = Tar::new();
+    for (i, (mode, _)) in cases.iter().enumerate() {
+        tar = tar.file_mode(&format!("f{i}"), b"x", *mode);
+    }
+    tar = tar.dir("sticky", 0o1777).dir("private", 0o4700);
+    let (_run, u) = unpack_ok(&tar.gz());
+    for (i, (mode, perm)) in cases.iter().enumerate() {
+        assert_eq!(node(&u, &format!("f{i}")).perm, *perm, "mode {mode:o}");
+    }
+    assert_eq!(node(&u, "sticky").perm, 0o1777);
+    assert_eq!(node(&u, "private").perm, 0o700);
+}
+
+#[test]
+fn pax_mtime_with_fractions() {
+    let cases: [(&[u8], (i64, u32)); 5] = [
+        (b"1700000000.123456789", (1_700_000_000, 123_456_789)),
+        (b"1700000000.5", (1_700_000_000, 500_000_000)),
+        (b"1700000000", (1_700_000_000, 0)),
+        (b"1700000000.1234567891234", (1_700_000_000, 123_456_789)),
+        (b"-1.25", (-2, 750_000_000)),
+    ];
+    let mut tar = Tar::new();
+    for (i, (value, _)) in cases.iter().enumerate() {
+        tar = tar
+            .pax(&[("mtime", *value)])
+            .file(&format!("f{i}"), b"x");
+    }
+    let (_run, u) = unpack_ok(&tar.gz());
+    for (i, (value, want)) in cases.iter().enumerate() {
+        let n = node(&u, &format!("f{i}"));
+        assert_eq!(
+            (n.mtime_sec, n.mtime_nsec),
+            *want,
+            "{}",
+            String::from_utf8_lossy(value)
+        );
+    }
+}
+
+#[test]
+fn pax_time_parsing() {
+    let cases: [(&[u8], Option<(i64, u32)>); 10] = [
+        (b"0", Some((0, 0))),
+        (b"12.000000001", Some((12, 1))),
+        (b"-3", Some((-3, 0))),
+        (b"-0.5", Some((-1, 500_000_000))),
+        (b"", None),
+        (b".5", None),
+        (b"1e9", None),
+        (b"12.3x", None),
+        (b"99999999999999999999", None),
+        (b"\xff", None),
+    ];
+    for (value, want) in cases {
+        assert_eq!(parse_pax_time(value), want, "{}", String::from_utf8_lossy(value));
+    }
+}
+
+#[test]
+fn path_normalization() {
+    // (path, its components joined by `/`, or `None` if refused)
+    let cases: [(&[u8], Option<&str>); 15] = [
+        (b"a/b", Some("a/b")),
+        (b"./a/b", Some("a/b")),
+        (b"a//b/", Some("a/b")),
+        (b"a/./b", Some("a/b")),
+        (b".", Some("")),
+        (b"./", Some("")),
+        (b"", Some("")),
+        (b"...", Some("...")),
+        (b"..a/b..", Some("..a/b..")),
+        (b"../a", None),
+        (b"a/../b", None),
+        (b"a/..", None),
+        (b"/etc/passwd", None),
+        (b"//x", None),
+        (b"a\0b", None),
+    ];
+    for (path, want) in cases {
+        let got = normalize(path).ok().map(|c| c.join(&b'/'));
+        assert_eq!(got, want.map(|w| w.as_bytes().to_vec()), "{}", String::from_utf8_lossy(path));
+    }
+    let long = [b'n'; 256];
+    assert!(normalize(&long).is_err());
+    assert!(normalize(&long[..255]).is_ok());
+}
+
+#[test]
+fn long_names_via_gnu_and_pax() {
+    let long_dir = "d".repeat(120);
+    let gnu_path = format!("{long_dir}/{}", "g".repeat(150));
+    let pax_path = format!("{long_dir}/{}", "p".repeat(200));
+    let link_target = format!("{long_dir}/{}", "t".repeat(180));
+    let pax_link_target = format!("/somewhere/{}", "q".repeat(190));
+    let tar = Tar::new()
+        // The builder writes GNU long name (`L`) and long link name (`K`) members.
+        .file(&gnu_path, b"gnu")
+        .symlink("gnu-link", &link_target)
+        .hard_link("gnu-hard", &gnu_path)
+        .pax(&[("path", pax_path.as_bytes())])
+        .file("short-placeholder", b"pax")
+        .pax(&[("linkpath", pax_link_target.as_bytes())])
+        .raw(EntryType::Symlink, b"pax-link", b"ignored", 0o777, b"")
+        .pax(&[("path", b"pax-hard"), ("linkpath", pax_path.as_bytes())])
+        .raw(EntryType::Link, b"x", b"y", 0o644, b"");
+    let (run, u) = unpack_ok(&tar.gz());
+    assert!(u.stats.skipped.is_empty(), "{:?}", u.stats.skipped);
+    assert_eq!(content(&run, &u, &gnu_path), b"gnu");
+    assert_eq!(content(&run, &u, &pax_path), b"pax");
+    assert!(resolve(&u.index, "short-placeholder").is_none());
+    let target = |path| match &node(&u, path).kind {
+        NodeKind::Symlink { target } => target.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(target("gnu-link"), link_target.as_bytes());
+    assert_eq!(target("pax-link"), pax_link_target.as_bytes());
+    assert_eq!(resolve(&u.index, "gnu-hard"), resolve(&u.index, &gnu_path));
+    assert_eq!(resolve(&u.index, "pax-hard"), resolve(&u.index, &pax_path));
+}
+
+#[test]
+fn symlinks_are_kept_byte_for_byte_and_never_created() {
+    let targets: [&[u8]; 5] = [
+        b"plain",
+        b"../../../../etc/passwd",
+        b"/etc/shadow",
+        b"a/./b//c/",
+        b"non-utf8-\xfe",
+    ];
+    let mut tar = Tar::new();
+    for (i, target) in targets.iter().enumerate() {
+        tar = tar.raw(EntryType::Symlink, format!("l{i}").as_bytes(), target, 0o777, b"");
+    }
+    let (run, u) = unpack_ok(&tar.gz());
+    for (i, target) in targets.iter().enumerate() {
+        let n = node(&u, &format!("l{i}"));
+        assert_eq!(n.kind, NodeKind::Symlink { target: target.to_vec() });
+        assert_eq!((n.perm, n.nlink), (0o777, 1));
+    }
+    assert_eq!(u.stats.files, 0);
+    run.assert_contained();
+}
+
+#[test]
+fn hard_links_share_one_node() {
+    let tar = Tar::new()
+        .file("dir/original", b"shared")
+        .hard_link("copy", "dir/original")
+        .hard_link("./dir/again", "./dir//original")
+        .symlink("sym", "dir")
+        .hard_link("sym-hard", "sym");
+    let (run, u) = unpack_ok(&tar.gz());
+    let id = resolve(&u.index, "dir/original").unwrap();
+    assert_eq!(resolve(&u.index, "copy"), Some(id));
+    assert_eq!(resolve(&u.index, "dir/again"), Some(id));
+    assert_eq!(u.index.nodes[id as usize].nlink, 3);
+    assert_eq!(content(&run, &u, "copy"), b"shared");
+    assert_eq!(u.stats.files, 1, "one blob for three names");
+    assert_eq!(resolve(&u.index, "sym-hard"), resolve(&u.index, "sym"));
+    assert_eq!(node(&u, "sym").nlink, 2);
+}
+
+#[test]
+fn directory_entries_after_their_children() {
+    let tar = Tar::new()
+        .file("a/b/c", b"c")
+        .dir("a/b", 0o700)
+        .dir("a/", 0o750)
+        .dir("./", 0o711);
+    let (_run, u) = unpack_ok(&tar.gz());
+    let (a, b) = (node(&u, "a"), node(&u, "a/b"));
+    assert_eq!((a.perm, a.mtime_sec), (0o750, MTIME as i64));
+    assert_eq!((b.perm, b.mtime_sec), (0o700, MTIME as i64));
+    assert_eq!(node(&u, "").perm, 0o711);
+    assert_eq!(a.nlink, 3);
+    assert!(u.stats.skipped.is_empty());
+}
+
+#[test]
+fn old_style_directory_with_trailing_slash() {
+    let tar = Tar::new().raw(EntryType::Regular, b"olddir/", b"", 0o755, b"");
+    let (_run, u) = unpack_ok(&tar.gz());
+    assert!(matches!(node(&u, "olddir").kind, NodeKind::Dir { .. }));
+}
+
+/// Each case: the archive, then what the last name must be (`None`: absent).
+#[test]
+fn repeated_entries_last_one_wins() {
+    enum Want {
+        File(&'static [u8]),
+        Dir,
+        Symlink,
+    }
+    let cases: Vec<(&str, Tar, &str, Want, usize)> = vec![
+        (
+            "file replaced by file",
+            Tar::new().file("f", b"old").file("f", b"new"),
+            "f",
+            Want::File(b"new"),
+            0,
+        ),
+        (
+            "file replaced by dir",
+            Tar::new().file("f", b"old").dir("f", 0o755),
+            "f",
+            Want::Dir,
+            0,
+        ),
+        (
+            "empty dir replaced by file",
+            Tar::new().dir("d", 0o755).file("d", b"new"),
+            "d",
+            Want::File(b"new"),
+            0,
+        ),
+        (
+            "non-empty dir not replaced by file",
+            Tar::new().file("d/x", b"x").file("d", b"new"),
+            "d/x",
+            Want::File(b"x"),
+            1,
+        ),
+        (
+            "dir entry repeated",
+            Tar::new().dir("d", 0o700).dir("d", 0o755),
+            "d",
+            Want::Dir,
+            0,
+        ),
+        (
+            "symlink replaced by file",
+            Tar::new().symlink("s", "t").file("s", b"new"),
+            "s",
+            Want::File(b"new"),
+            0,
+        ),
+        (
+            "file replaced by symlink",
+            Tar::new().file("s", b"old").symlink("s", "t"),
+            "s",
+            Want::Symlink,
+            0,
+        ),
+        (
+            "hard link to itself",
+            Tar::new().file("f", b"same").hard_link("f", "f"),
+            "f",
+            Want::File(b"same"),
+            0,
+        ),
+        (
+            "file replaced by hard link",
+            Tar::new()
+                .file("a", b"a")
+                .file("b", b"b")
+                .hard_link("a", "b"),
+            "a",
+            Want::File(b"b"),
+            0,
+        ),
+    ];
+    for (what, tar, path, want, skipped) in cases {
+        let (run, u) = unpack_ok(&tar.gz());
+        match want {
+            Want::File(data) => assert_eq!(content(&run, &u, path), data, "{what}"),
+            Want::Dir => assert!(matches!(node(&u, path).kind, NodeKind::Dir { .. }), "{what}"),
+            Want::Symlink => {
+                assert!(matches!(node(&u, path).kind, NodeKind::Symlink { .. }), "{what}")
+            }
+        }
+        assert_eq!(u.stats.skipped.len(), skipped, "{what}: {:?}", u.stats.skipped);
+    }
+}
+
+#[test]
+fn replaced_file_keeps_content_under_its_other_names() {
+    let tar = Tar::new()
+        .file("a", b"first")
+        .file("middle", b"m")
+        .hard_link("b", "a")
+        .file("a", b"second")
+        .file("a", b"third");
+    let (run, u) = unpack_ok(&tar.gz());
+    assert_eq!(content(&run, &u, "a"), b"third");
+    assert_eq!(content(&run, &u, "b"), b"first");
+    assert_eq!(content(&run, &u, "middle"), b"m");
+    assert_eq!(node(&u, "a").nlink, 1);
+    assert_eq!(node(&u, "b").nlink, 1);
+    // "second" was written, then deleted: blob numbers are dense again (checked by `check`).
+    assert_eq!(u.stats.files, 3);
+    assert_eq!(u.stats.bytes, 5 + 1 + 5);
+}
+
+#[test]
+fn gnu_sparse_member_is_expanded() {
+    let octal = |v: u64| {
+        let mut field = [0u8; 12];
+        field[..11].copy_from_slice(format!("{v:011o}").as_bytes());
+        field
+    };
+    let mut h = header(EntryType::GNUSparse, 0o644, 512);
+    h.set_path("sparse").unwrap();
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.realsize = octal(8192);
+    gnu.sparse[0].offset = octal(4096);
+    gnu.sparse[0].numbytes = octal(512);
+    gnu.sparse[1].offset = octal(8192);
+    gnu.sparse[1].numbytes = octal(0);
+    h.set_cksum();
+    let tar = Tar::new().header(&h, &[b'x'; 512]).file("after", b"after");
+    let (run, u) = unpack_ok(&tar.gz());
+    let mut want = vec![0u8; 8192];
+    want[4096..4608].fill(b'x');
+    assert_eq!(content(&run, &u, "sparse"), want);
+    assert_eq!(content(&run, &u, "after"), b"after");
+}
+
+#[test]
+fn pax_sparse_and_global_headers() {
+    let tar = Tar::new()
+        .raw(
+            EntryType::XGlobalHeader,
+            b"pax_global_header",
+            b"",
+            0o644,
+            &pax_record("comment", b"commit 1234"),
+        )
+        .pax(&[("GNU.sparse.major", b"1"), ("GNU.sparse.minor", b"0")])
+        .file("GNUSparseFile.0/sparse", b"1\n0\n512\nxx")
+        .file("next", b"next");
+    let (run, u) = unpack_ok(&tar.gz());
+    assert_eq!(skipped_members(&u), ["GNUSparseFile.0/sparse"]);
+    assert_eq!(content(&run, &u, "next"), b"next");
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile archives
+
+#[test]
+fn hostile_members_are_skipped_and_nothing_escapes() {
+    let long_name = "n".repeat(256);
+    // (what, archive, members that must be skipped, path that must not exist)
+    let cases: Vec<(&str, Tar, Vec<&str>, &str)> = vec![
+        (
+            "dot-dot",
+            Tar::new().raw(EntryType::Regular, b"../sentinel/x", b"", 0o644, b"evil"),
+            vec!["../sentinel/x"],
+            "sentinel",
+        ),
+        (
+            "dot-dot inside",
+            Tar::new().raw(EntryType::Regular, b"a/../../x", b"", 0o644, b"evil"),
+            vec!["a/../../x"],
+            "a",
+        ),
+        (
+            "absolute",
+            Tar::new().raw(EntryType::Regular, b"/tmp/evil", b"", 0o644, b"evil"),
+            vec!["/tmp/evil"],
+            "tmp",
+        ),
+        (
+            "through a symlink",
+            Tar::new()
+                .symlink("evil", "/tmp")
+                .raw(EntryType::Regular, b"evil/x", b"", 0o644, b"evil"),
+            vec!["evil/x"],
+            "evil/x",
+        ),
+        (
+            "through a relative symlink",
+            Tar::new()
+                .symlink("up", "../sentinel")
+                .raw(EntryType::Regular, b"up/x", b"", 0o644, b"evil")
+                .dir("up/d", 0o755)
+                .symlink("up/l", "/")
+                .hard_link("up/h", "up"),
+            vec!["up/x", "up/d", "up/l", "up/h"],
+            "up/x",
+        ),
+        (
+            "through a regular file",
+            Tar::new().file("f", b"f").file("f/x", b"evil"),
+            vec!["f/x"],
+            "f/x",
+        ),
+        (
+            "hard link outside",
+            Tar::new()
+                .raw(EntryType::Link, b"h1", b"../sentinel/x", 0o644, b"")
+                .raw(EntryType::Link, b"h2", b"/etc/passwd", 0o644, b"")
+                .raw(EntryType::Link, b"h3", b"missing", 0o644, b"")
+                .raw(EntryType::Link, b"h4", b"later", 0o644, b"")
+                .file("later", b"later"),
+            vec!["h1", "h2", "h3", "h4"],
+            "h1",
+        ),
+        (
+            "hard link to a directory or through a symlink",
+            Tar::new()
+                .dir("d", 0o755)
+                .raw(EntryType::Link, b"h1", b"d", 0o644, b"")
+                .raw(EntryType::Link, b"h2", b".", 0o644, b"")
+                .symlink("s", "d")
+                .file("d/f", b"f")
+                .raw(EntryType::Link, b"h3", b"s/f", 0o644, b""),
+            vec!["h1", "h2", "h3"],
+            "h1",
+        ),
+        (
+            "devices and fifos",
+            Tar::new()
+                .raw(EntryType::Char, b"null", b"", 0o666, b"")
+                .raw(EntryType::Block, b"sda", b"", 0o660, b"")
+                .raw(EntryType::Fifo, b"fifo", b"", 0o644, b"")
+                .raw(EntryType::new(b'V'), b"volume", b"", 0o644, b""),
+            vec!["null", "sda", "fifo", "volume"],
+            "null",
+        ),
+        (
+            "root replaced by a file",
+            Tar::new().raw(EntryType::Regular, b".", b"", 0o644, b"").raw(
+                EntryType::Symlink,
+                b"./",
+                b"/",
+                0o777,
+                b"",
+            ),
+            vec![".", "./"],
+            "x",
+        ),
+        (
+            "bad symlinks",
+            Tar::new()
+                .raw(EntryType::Symlink, b"empty", b"", 0o777, b"")
+                .pax(&[("linkpath", &[b'x'; 5000])])
+                .raw(EntryType::Symlink, b"huge", b"", 0o777, b""),
+            vec!["empty", "huge"],
+            "empty",
+        ),
+        (
+            "names Linux cannot hold",
+            Tar::new()
+                .pax(&[("path", b"a\0b")])
+                .file("nul", b"x")
+                .pax(&[("path", &[b'n'; 256])])
+                .file("long", b"x"),
+            vec!["a\u{0}b", &long_name],
+            "a",
+        ),
+    ];
+    for (what, tar, skipped, absent) in cases {
+        let (_run, u) = unpack_ok(&tar.gz());
+        assert_eq!(skipped_members(&u), skipped, "{what}: {:?}", u.stats.skipped);
+        assert!(resolve(&u.index, absent).is_none(), "{what}: {absent} exists");
+        assert!(u.stats.skipped.iter().all(|s| !s.reason.is_empty()));
+    }
+}
+
+#[test]
+fn skipped_member_content_is_passed_over() {
+    let big = pattern(100_000);
+    let tar = Tar::new()
+        .raw(EntryType::Regular, b"../x", b"", 0o644, &big)
+        .raw(EntryType::Char, b"dev", b"", 0o644, &big)
+        .file("after", b"after");
+    let (run, u) = unpack_ok(&tar.gz());
+    assert_eq!(content(&run, &u, "after"), b"after");
+    assert_eq!(u.stats.skipped.len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Limits
+
+#[test]
+fn too_large_stops_before_the_limit() {
+    let mut tar = Tar::new();
+    for i in 0..10 {
+        tar = tar.file(&format!("f{i}"), &pattern(300 * 1024));
+    }
+    let run = Run::new();
+    let limit = 1024 * 1024;
+    let err = run.unpack(&tar.gz()[..], limit).unwrap_err();
+    match err {
+        ArchiveError::TooLarge { limit: l, written } => {
+            assert_eq!(l, limit);
+            assert_eq!(written, 3 * 300 * 1024);
+        }
+        other => panic!("{other}"),
+    }
+    let on_disk: u64 = fs::read_dir(run.dest.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(on_disk <= limit, "{on_disk} bytes written");
+    // Exactly at the limit is fine.
+    let run = Run::new();
+    let tar = Tar::new().file("a", &pattern(1000)).file("b", &pattern(24));
+    assert!(run.unpack(&tar.gz()[..], 1024).is_ok());
+}
+
+#[test]
+fn decompression_bomb_writes_nothing() {
+    // A 64 MiB member of zeros: some 64 KiB compressed.
+    let size = 64u64 << 20;
+    let mut h = header(EntryType::Regular, 0o644, size);
+    h.set_path("bomb").unwrap();
+    h.set_cksum();
+    let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
+    enc.write_all(h.as_bytes()).unwrap();
+    io::copy(&mut io::repeat(0).take(size + 1024), &mut enc).unwrap();
+    let archive = enc.finish().unwrap();
+    let run = Run::new();
+    let err = run.unpack(&archive[..], 1 << 20).unwrap_err();
+    assert!(matches!(err, ArchiveError::TooLarge { written: 0, .. }), "{err}");
+    assert_eq!(fs::read_dir(run.dest.join("data")).unwrap().count(), 0);
+}
+
+#[test]
+fn oversized_metadata_is_refused() {
+    let tar = Tar::new()
+        .file("first", b"x")
+        .pax(&[("comment", &vec![b'c'; 9 << 20])])
+        .file("second", b"x");
+    let err = unpack_err(&tar.gz());
+    assert!(matches!(err, ArchiveError::Tar(_)), "{err}");
+    assert!(err.to_string().contains("larger than 8 MiB"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Broken inputs
+
+#[test]
+fn broken_inputs() {
+    let good = Tar::new().file("a", &pattern(200_000)).file("b", b"b").gz();
+    let mut bad_crc = good.clone();
+    let n = bad_crc.len();
+    bad_crc[n - 8] ^= 0xff;
+    let mut bad_header = good.clone();
+    bad_header[3] = 0xff; // reserved flag bits set
+    let plain_tar = Tar::new().file("a", b"a").tar();
+    let mut truncated_tar = Tar::new().file("a", &pattern(5000)).tar();
+    truncated_tar.truncate(2048);
+    let cases: Vec<(&str, Vec<u8>, fn(&ArchiveError) -> bool)> = vec![
+        ("text", b"hello world".to_vec(), |e| matches!(e, ArchiveError::NotGzip)),
+        ("one byte", b"x".to_vec(), |e| matches!(e, ArchiveError::NotGzip)),
+        ("plain tar", plain_tar, |e| matches!(e, ArchiveError::NotGzip)),
+        ("half", good[..good.len() / 2].to_vec(), |e| matches!(e, ArchiveError::Truncated)),
+        ("no trailer", good[..good.len() - 8].to_vec(), |e| matches!(e, ArchiveError::Truncated)),
+        ("header only", good[..10].to_vec(), |e| matches!(e, ArchiveError::Truncated)),
+        ("magic only", good[..2].to_vec(), |e| matches!(e, ArchiveError::Truncated)),
+        ("bad crc", bad_crc, |e| matches!(e, ArchiveError::Gzip(_))),
+        ("bad gzip header", bad_header, |e| matches!(e, ArchiveError::Gzip(_))),
+        ("gzip of text", gzip(b"hello world\n"), |e| matches!(e, ArchiveError::NotTar)),
+        ("gzip of a page", gzip(&[b'a'; 4096]), |e| matches!(e, ArchiveError::NotTar)),
+        ("truncated tar", gzip(&truncated_tar), |e| matches!(e, ArchiveError::Tar(_))),
+    ];
+    for (what, archive, expected) in cases {
+        let err = unpack_err(&archive);
+        assert!(expected(&err), "{what}: got {err:?}");
+        assert!(!err.to_string().is_empty());
+    }
+}
+
+#[test]
+fn error_messages_say_what_happened() {
+    assert_eq!(
+        ArchiveError::Truncated.to_string(),
+        "the archive ends early (truncated download?); try again"
+    );
+    let err = unpack_err(&gzip(&[b'a'; 4096]));
+    assert_eq!(
+        err.to_string(),
+        "the archive is gzip-compressed but does not hold a tar archive"
+    );
+}
+
+/// A source that gives `data`, then fails like a dropped connection.
+struct FailingSource {
+    data: io::Cursor<Vec<u8>>,
+}
+
+impl Read for FailingSource {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.data.read(buf)? {
+            0 => Err(io::Error::new(io::ErrorKind::ConnectionReset, "peer reset")),
+            n => Ok(n),
+        }
+    }
+}
+
+#[test]
+fn source_errors_are_read_errors() {
+    let good = Tar::new().file("a", &pattern(300_000)).gz();
+    for cut in [0, 1, 10, good.len() / 2, good.len() - 1] {
+        let run = Run::new();
+        let source = FailingSource {
+            data: io::Cursor::new(good[..cut].to_vec()),
+        };
+        match run.unpack(source, u64::MAX) {
+            Err(ArchiveError::Read(e)) => {
+                assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "cut at {cut}");
+                assert_eq!(e.to_string(), "peer reset");
+            }
+            other => panic!("cut at {cut}: {other:?}"),
+        }
+    }
+}
+
+/// A source that gives one byte per read, and is interrupted in between.
+struct Trickle {
+    data: Vec<u8>,
+    pos: usize,
+    interrupt: bool,
+}
+
+impl Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.interrupt = !self.interrupt;
+        if self.interrupt {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
+        let Some(&b) = self.data.get(self.pos) else {
+            return Ok(0);
+        };
+        match buf.first_mut() {
+            Some(slot) => *slot = b,
+            None => return Ok(0),
+        }
+        self.pos += 1;
+        Ok(1)
+    }
+}
+
+#[test]
+fn slow_source_and_multi_member_gzip() {
+    let first = Tar::new().file("a", &pattern(10_000)).tar();
+    // `tar` ends with two zero blocks: drop them to continue into the second member.
+    let second = Tar::new().file("b", &pattern(3000)).tar();
+    let mut archive = gzip(&first[..first.len() - 1024]);
+    archive.extend(gzip(&second));
+    let run = Run::new();
+    let source = Trickle {
+        data: archive.clone(),
+        pos: 0,
+        interrupt: false,
+    };
+    let u = run.unpack(source, u64::MAX).unwrap();
+    check(&run, &u);
+    assert_eq!(content(&run, &u, "a"), pattern(10_000));
+    assert_eq!(content(&run, &u, "b"), pattern(3000));
+    assert_eq!(u.stats.compressed_bytes, archive.len() as u64);
+}
+
+#[test]
+fn trailing_garbage_after_gzip_is_ignored() {
+    let mut archive = Tar::new().file("a", b"a").gz();
+    archive.extend([0u8; 1000]);
+    let run = Run::new();
+    let u = run.unpack(&archive[..], u64::MAX).unwrap();
+    check(&run, &u);
+    assert_eq!(content(&run, &u, "a"), b"a");
+}
+
+#[test]
+fn missing_destination_is_a_write_error() {
+    let run = Run::new();
+    let opts = UnpackOptions {
+        max_bytes: u64::MAX,
+        implied_dir_mtime: 0,
+    };
+    let missing = run.dest.join("missing");
+    let err = unpack(&Tar::new().gz()[..], &missing, &opts, &mut |_| {}).unwrap_err();
+    match err {
+        ArchiveError::Write { path, .. } => assert_eq!(path, missing.join("data")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn progress_is_reported_every_few_mib_and_at_the_end() {
+    let size = 10 << 20;
+    let archive = Tar::new().file("big", &pattern(size)).gz();
+    let run = Run::new();
+    let opts = UnpackOptions {
+        max_bytes: u64::MAX,
+        implied_dir_mtime: 0,
+    };
+    let mut calls = Vec::new();
+    let u = unpack(&archive[..], &run.dest, &opts, &mut |s| {
+        calls.push((s.bytes, s.compressed_bytes))
+    })
+    .unwrap();
+    check(&run, &u);
+    assert!((3..=4).contains(&calls.len()), "{calls:?}");
+    assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+    assert_eq!(calls.last(), Some(&(size as u64, archive.len() as u64)));
+    assert!(u.stats.disk_bytes >= size as u64);
+}
+
+// ---------------------------------------------------------------------------------------
+// The index on disk
+
+fn small_index() -> Index {
+    Index {
+        nodes: vec![
+            Node {
+                kind: NodeKind::Dir {
+                    parent: 0,
+                    entries: vec![
+                        DirEntry {
+                            name: b"f".to_vec(),
+                            node: 1,
+                        },
+                        DirEntry {
+                            name: b"l".to_vec(),
+                            node: 2,
+                        },
+                    ],
+                },
+                perm: 0o755,
+                mtime_sec: -1,
+                mtime_nsec: 5,
+                nlink: 2,
+            },
+            Node {
+                kind: NodeKind::File { size: 3, blob: 0 },
+                perm: 0o644,
+                mtime_sec: 1_700_000_000,
+                mtime_nsec: 0,
+                nlink: 1,
+            },
+            Node {
+                kind: NodeKind::Symlink {
+                    target: b"f".to_vec(),
+                },
+                perm: 0o777,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                nlink: 1,
+            },
+        ],
+    }
+}
+
+#[test]
+fn index_save_load_round_trip() {
+    let tmp = TempDir::new().unwrap();
+    let path = tmp.path().join("index");
+    let index = small_index();
+    index.save(&path).unwrap();
+    assert_eq!(Index::load(&path).unwrap(), index);
+    // Another format version is refused, not misread.
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[0] = bytes[0].wrapping_add(1);
+    fs::write(&path, &bytes).unwrap();
+    assert_eq!(
+        Index::load(&path).unwrap_err().kind(),
+        io::ErrorKind::InvalidData
+    );
+    // So is garbage.
+    fs::write(&path, b"\x01\0\0\0garbage").unwrap();
+    assert_eq!(
+        Index::load(&path).unwrap_err().kind(),
+        io::ErrorKind::InvalidData
+    );
+}
+
+#[test]
+fn index_of_an_unpacked_version_round_trips() {
+    let tar = Tar::new()
+        .file("a/b", b"b")
+        .symlink("l", "a")
+        .hard_link("h", "a/b");
+    let (run, u) = unpack_ok(&tar.gz());
+    let path = run.dest.join("index");
+    u.index.save(&path).unwrap();
+    assert_eq!(Index::load(&path).unwrap(), u.index);
+}
+
+#[test]
+fn index_format_is_pinned() {
+    let expected: &[u8] = &[
+        // nodes: 3
+        3, 0, 0, 0, 0, 0, 0, 0, //
+        // node 0: Dir (variant 0), parent 0, 2 entries
+        0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, //
+        1, 0, 0, 0, 0, 0, 0, 0, b'f', 1, 0, 0, 0, //
+        1, 0, 0, 0, 0, 0, 0, 0, b'l', 2, 0, 0, 0, //
+        // perm 0o755, mtime -1 s + 5 ns, nlink 2
+        0xed, 0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 5, 0, 0, 0, 2, 0, 0, 0, //
+        // node 1: File (variant 1), size 3, blob 0
+        1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
+        0xa4, 0x01, 0x00, 0xf1, 0x53, 0x65, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, //
+        // node 2: Symlink (variant 2), target "f"
+        2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b'f', //
+        0xff, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+    ];
+    let actual = bincode::serialize(&small_index()).unwrap();
+    assert!(
+        actual == expected,
+        "serialized index format appears to have changed, bump INDEX_FORMAT_VERSION\n\
+         actual: {actual:?}"
+    );
+    assert_eq!(INDEX_FORMAT_VERSION, 1);
+}

@@ -1,0 +1,467 @@
+//! The tree of a version while it is being unpacked, and the path rules that keep an
+//! untrusted archive inside it.
+//!
+//! Members arrive in any order and may repeat, so the tree is kept in a form that is cheap
+//! to change (a hash map of names per directory, nodes that can be detached) and turned
+//! into the compact, sorted [`Index`] once at the end by [`Tree::finish`]. Nothing here
+//! touches the disk: the caller writes and deletes blobs as this module tells it to.
+
+use std::collections::HashMap;
+
+use super::{DirEntry, Index, Node, NodeKind};
+
+/// Longest name of one path component Linux can represent (`NAME_MAX`). FUSE would fail a
+/// whole `readdir` on longer names, so such members are refused.
+const NAME_MAX: usize = 255;
+
+/// Why a member is not unpacked, in words for the log.
+pub(super) type Refusal = String;
+
+/// Permission bits and modification time of a node.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Meta {
+    pub perm: u16,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+}
+
+/// What a new member will be, for [`Tree::prepare`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Want {
+    Dir,
+    NonDir,
+    /// A second name for this existing node.
+    HardLink(u32),
+}
+
+/// Where a member goes, decided by [`Tree::prepare`].
+#[derive(Debug, PartialEq)]
+pub(super) enum Slot {
+    /// A free name in directory `dir`: call [`Tree::attach`] or [`Tree::link`].
+    Free { dir: u32, name: Vec<u8> },
+    /// The member is a directory and this directory already exists.
+    ExistingDir(u32),
+    /// The member is a hard link and the name already refers to its target.
+    AlreadyLinked,
+}
+
+/// The result of [`Tree::prepare`]: where the member goes, and the blob of a file that
+/// lost its last name to it (the caller deletes that blob).
+#[derive(Debug, PartialEq)]
+pub(super) struct Prepared {
+    pub slot: Slot,
+    pub freed_blob: Option<u32>,
+}
+
+/// What [`Tree::finish`] returns: the index, plus the blob renames (`from`, `to`) that make
+/// blob numbers dense again, to be done in order.
+pub(super) struct Finished {
+    pub index: Index,
+    pub renames: Vec<(u32, u32)>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Dir {
+        parent: u32,
+        entries: HashMap<Vec<u8>, u32>,
+    },
+    File {
+        size: u64,
+        blob: u32,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
+    /// A node that lost its last name; it is not carried into the index.
+    Gone,
+}
+
+#[derive(Debug)]
+struct WorkNode {
+    kind: Kind,
+    meta: Meta,
+    /// Names that refer to this node (only kept for non-directories).
+    names: u32,
+}
+
+/// The content of a new non-directory node.
+pub(super) enum Content {
+    File { size: u64, blob: u32 },
+    Symlink { target: Vec<u8> },
+}
+
+#[derive(Debug)]
+pub(super) struct Tree {
+    nodes: Vec<WorkNode>,
+}
+
+/// Split a member path into its components under the path rules: a leading `/` is refused,
+/// `.` and empty components (from `./a` or `a//b`) are dropped, a `..` component is refused
+/// (an archive has no business naming anything above its root), and so are names Linux
+/// cannot hold (a NUL byte, a component longer than `NAME_MAX`).
+pub(super) fn normalize(path: &[u8]) -> Result<Vec<&[u8]>, Refusal> {
+    if path.first() == Some(&b'/') {
+        return Err("the path is absolute".into());
+    }
+    if path.contains(&0) {
+        return Err("the path contains a NUL byte".into());
+    }
+    let mut comps = Vec::new();
+    for comp in path.split(|&b| b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => return Err("the path has a `..` component".into()),
+            _ if comp.len() > NAME_MAX => {
+                return Err(format!("a name in the path is longer than {NAME_MAX} bytes"))
+            }
+            _ => comps.push(comp),
+        }
+    }
+    Ok(comps)
+}
+
+/// `a/b/c` for the first `n` components, for messages.
+fn shown(comps: &[&[u8]], n: usize) -> String {
+    let joined = comps.iter().take(n).copied().collect::<Vec<_>>().join(&b'/');
+    String::from_utf8_lossy(&joined).into_owned()
+}
+
+impl Tree {
+    /// A tree holding only its root directory.
+    pub fn new(root: Meta) -> Tree {
+        Tree {
+            nodes: vec![WorkNode {
+                kind: Kind::Dir {
+                    parent: 0,
+                    entries: HashMap::new(),
+                },
+                meta: root,
+                names: 1,
+            }],
+        }
+    }
+
+    fn child(&self, dir: u32, name: &[u8]) -> Option<u32> {
+        match &self.nodes.get(dir as usize)?.kind {
+            Kind::Dir { entries, .. } => entries.get(name).copied(),
+            _ => None,
+        }
+    }
+
+    fn is_dir(&self, node: u32) -> bool {
+        matches!(
+            self.nodes.get(node as usize).map(|n| &n.kind),
+            Some(Kind::Dir { .. })
+        )
+    }
+
+    fn push(&mut self, node: WorkNode) -> Result<u32, Refusal> {
+        let id = u32::try_from(self.nodes.len())
+            .map_err(|_| Refusal::from("the archive has more than 2^32 members"))?;
+        self.nodes.push(node);
+        Ok(id)
+    }
+
+    /// Walk from the root through `comps` (all of them directories), creating the missing
+    /// ones with `implied` metadata when `create` is set.
+    fn walk(&mut self, comps: &[&[u8]], implied: Meta, create: bool) -> Result<u32, Refusal> {
+        let mut dir = 0u32;
+        for (i, comp) in comps.iter().enumerate() {
+            let next = match self.child(dir, comp) {
+                Some(node) => node,
+                None if create => {
+                    let node = self.push(WorkNode {
+                        kind: Kind::Dir {
+                            parent: dir,
+                            entries: HashMap::new(),
+                        },
+                        meta: implied,
+                        names: 1,
+                    })?;
+                    self.insert_name(dir, comp.to_vec(), node);
+                    node
+                }
+                None => return Err(format!("`{}` does not exist", shown(comps, i + 1))),
+            };
+            match self.nodes.get(next as usize).map(|n| &n.kind) {
+                Some(Kind::Dir { .. }) => dir = next,
+                Some(Kind::Symlink { .. }) => {
+                    return Err(format!(
+                        "the path goes through the symbolic link `{}`",
+                        shown(comps, i + 1)
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "the path goes through the regular file `{}`",
+                        shown(comps, i + 1)
+                    ))
+                }
+            }
+        }
+        Ok(dir)
+    }
+
+    fn insert_name(&mut self, dir: u32, name: Vec<u8>, node: u32) {
+        if let Some(WorkNode {
+            kind: Kind::Dir { entries, .. },
+            ..
+        }) = self.nodes.get_mut(dir as usize)
+        {
+            entries.insert(name, node);
+        }
+    }
+
+    /// The existing non-directory node at `comps` (the target of a hard link). Nothing is
+    /// created: a hard link may only name what the archive already holds.
+    pub fn link_target(&mut self, comps: &[&[u8]]) -> Result<u32, Refusal> {
+        let Some((last, parents)) = comps.split_last() else {
+            return Err("it links to the archive's root directory".into());
+        };
+        // `walk` without `create` never changes the tree; the placeholder meta is unused.
+        let unused = Meta {
+            perm: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+        };
+        let dir = self.walk(parents, unused, false)?;
+        match self.child(dir, last) {
+            None => Err(format!(
+                "its target `{}` is not an earlier member of the archive",
+                shown(comps, comps.len())
+            )),
+            Some(node) if self.is_dir(node) => Err(format!(
+                "its target `{}` is a directory",
+                shown(comps, comps.len())
+            )),
+            Some(node) => Ok(node),
+        }
+    }
+
+    /// Decide where a member at `comps` goes, creating the directories its path implies and
+    /// removing what it replaces. The last member of a name wins, as with GNU tar, except
+    /// that a non-empty directory is never replaced by a non-directory.
+    pub fn prepare(
+        &mut self,
+        comps: &[&[u8]],
+        implied: Meta,
+        want: Want,
+    ) -> Result<Prepared, Refusal> {
+        let Some((last, parents)) = comps.split_last() else {
+            return match want {
+                Want::Dir => Ok(Prepared {
+                    slot: Slot::ExistingDir(0),
+                    freed_blob: None,
+                }),
+                _ => Err("it names the archive's root directory".into()),
+            };
+        };
+        let dir = self.walk(parents, implied, true)?;
+        let free = Slot::Free {
+            dir,
+            name: last.to_vec(),
+        };
+        let Some(old) = self.child(dir, last) else {
+            return Ok(Prepared {
+                slot: free,
+                freed_blob: None,
+            });
+        };
+        if want == Want::HardLink(old) {
+            return Ok(Prepared {
+                slot: Slot::AlreadyLinked,
+                freed_blob: None,
+            });
+        }
+        if let Some(Kind::Dir { entries, .. }) = self.nodes.get(old as usize).map(|n| &n.kind) {
+            if want == Want::Dir {
+                return Ok(Prepared {
+                    slot: Slot::ExistingDir(old),
+                    freed_blob: None,
+                });
+            }
+            if !entries.is_empty() {
+                return Err(format!(
+                    "it would replace the non-empty directory `{}`",
+                    shown(comps, comps.len())
+                ));
+            }
+        }
+        let freed_blob = self.unlink(dir, last, old);
+        Ok(Prepared {
+            slot: free,
+            freed_blob,
+        })
+    }
+
+    /// Remove the name `name` (of `node`) from `dir`; returns the blob of a file that lost
+    /// its last name.
+    fn unlink(&mut self, dir: u32, name: &[u8], node: u32) -> Option<u32> {
+        if let Some(WorkNode {
+            kind: Kind::Dir { entries, .. },
+            ..
+        }) = self.nodes.get_mut(dir as usize)
+        {
+            entries.remove(name);
+        }
+        let n = self.nodes.get_mut(node as usize)?;
+        n.names = n.names.saturating_sub(1);
+        if n.names > 0 {
+            return None;
+        }
+        match std::mem::replace(&mut n.kind, Kind::Gone) {
+            Kind::File { blob, .. } => Some(blob),
+            _ => None,
+        }
+    }
+
+    /// A new node under a [`Slot::Free`] name; `None` content makes a directory.
+    pub fn attach(
+        &mut self,
+        dir: u32,
+        name: Vec<u8>,
+        content: Option<Content>,
+        meta: Meta,
+    ) -> Result<u32, Refusal> {
+        let kind = match content {
+            None => Kind::Dir {
+                parent: dir,
+                entries: HashMap::new(),
+            },
+            Some(Content::File { size, blob }) => Kind::File { size, blob },
+            Some(Content::Symlink { target }) => Kind::Symlink { target },
+        };
+        let node = self.push(WorkNode {
+            kind,
+            meta,
+            names: 1,
+        })?;
+        self.insert_name(dir, name, node);
+        Ok(node)
+    }
+
+    /// A second name for the existing non-directory `node` under a [`Slot::Free`] name.
+    pub fn link(&mut self, dir: u32, name: Vec<u8>, node: u32) {
+        if let Some(n) = self.nodes.get_mut(node as usize) {
+            n.names = n.names.saturating_add(1);
+            self.insert_name(dir, name, node);
+        }
+    }
+
+    /// Change the metadata of `node` (a directory entry for an existing directory).
+    pub fn set_meta(&mut self, node: u32, meta: Meta) {
+        if let Some(n) = self.nodes.get_mut(node as usize) {
+            n.meta = meta;
+        }
+    }
+
+    /// Build the index: nodes reachable from the root, numbered breadth-first with each
+    /// directory's entries in name order; entries sorted by name bytes; link counts
+    /// counted from the tree; blob numbers made dense again in their old order (so that
+    /// renaming `from -> to` in the returned order never overwrites a live blob).
+    pub fn finish(mut self) -> Finished {
+        const UNSEEN: u32 = u32::MAX;
+        let mut new_id = vec![UNSEEN; self.nodes.len()];
+        // Old ids in new order; the position in `order` is the new id.
+        let mut order: Vec<u32> = vec![0];
+        new_id[0] = 0;
+        let mut nlink = vec![0u32; 1];
+        nlink[0] = 2;
+        let mut sorted_entries: Vec<Vec<(Vec<u8>, u32)>> = Vec::new();
+        let mut i = 0;
+        while i < order.len() {
+            let old = order[i] as usize;
+            i += 1;
+            let Kind::Dir { entries, .. } = &mut self.nodes[old].kind else {
+                sorted_entries.push(Vec::new());
+                continue;
+            };
+            let mut list: Vec<(Vec<u8>, u32)> = entries.drain().collect();
+            list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let this = new_id[old] as usize;
+            for (_, child) in &list {
+                let child = *child as usize;
+                let child_is_dir = matches!(self.nodes[child].kind, Kind::Dir { .. });
+                if new_id[child] == UNSEEN {
+                    new_id[child] = order.len() as u32;
+                    order.push(child as u32);
+                    nlink.push(if child_is_dir { 2 } else { 0 });
+                }
+                let c = new_id[child] as usize;
+                if child_is_dir {
+                    nlink[this] += 1;
+                } else {
+                    nlink[c] += 1;
+                }
+            }
+            sorted_entries.push(list);
+        }
+
+        let mut live_blobs: Vec<u32> = order
+            .iter()
+            .filter_map(|&old| match self.nodes[old as usize].kind {
+                Kind::File { blob, .. } => Some(blob),
+                _ => None,
+            })
+            .collect();
+        live_blobs.sort_unstable();
+        let new_blob: HashMap<u32, u32> = live_blobs
+            .iter()
+            .enumerate()
+            .map(|(rank, &blob)| (blob, rank as u32))
+            .collect();
+        let renames = live_blobs
+            .iter()
+            .enumerate()
+            .filter(|&(rank, &blob)| rank as u32 != blob)
+            .map(|(rank, &blob)| (blob, rank as u32))
+            .collect();
+
+        let mut nodes = Vec::with_capacity(order.len());
+        for (new, (&old, entries)) in order.iter().zip(sorted_entries).enumerate() {
+            let node = std::mem::replace(
+                &mut self.nodes[old as usize],
+                WorkNode {
+                    kind: Kind::Gone,
+                    meta: Meta {
+                        perm: 0,
+                        mtime_sec: 0,
+                        mtime_nsec: 0,
+                    },
+                    names: 0,
+                },
+            );
+            let kind = match node.kind {
+                Kind::Dir { parent, .. } => NodeKind::Dir {
+                    parent: new_id[parent as usize],
+                    entries: entries
+                        .into_iter()
+                        .map(|(name, child)| DirEntry {
+                            name,
+                            node: new_id[child as usize],
+                        })
+                        .collect(),
+                },
+                Kind::File { size, blob } => NodeKind::File {
+                    size,
+                    blob: new_blob.get(&blob).copied().unwrap_or(blob),
+                },
+                Kind::Symlink { target } => NodeKind::Symlink { target },
+                // Only reachable nodes are in `order`, and a reachable node is never gone.
+                Kind::Gone => unreachable!("a node with a name was detached"),
+            };
+            nodes.push(Node {
+                kind,
+                perm: node.meta.perm,
+                mtime_sec: node.meta.mtime_sec,
+                mtime_nsec: node.meta.mtime_nsec,
+                nlink: nlink[new],
+            });
+        }
+        Finished {
+            index: Index { nodes },
+            renames,
+        }
+    }
+}

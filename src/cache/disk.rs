@@ -1,0 +1,281 @@
+//! The cache directory's on-disk layout, and the only code that touches it.
+//!
+//! ```text
+//! CACHE/lock                  flock(2)ed by the running daemon; holds its pid
+//! CACHE/FORMAT                the on-disk format version (CACHE_FORMAT_VERSION)
+//! CACHE/versions/<key>/       complete versions, <key> = "<kind>-<64-hex id>"
+//!        data/<n>             file contents (written by crate::archive)
+//!        index.bin            the version's tree (crate::archive::Index)
+//!        meta.json            the completion record; its mtime is the version's last use
+//! CACHE/tmp/<key>.<pid>.<n>/  versions being unpacked; removed at start
+//! CACHE/trash/<...>/          evicted versions being deleted; removed at start
+//! ```
+//!
+//! A version becomes visible only by the atomic rename of its fully written temporary
+//! directory (completion record included) into `versions/`, so a crash at any moment
+//! leaves either a complete version or garbage in `tmp/` that the next start removes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::{CacheError, VersionKey};
+use crate::api::Kind;
+
+/// Bump when anything under `CACHE/` changes meaning; a cache of another format is cleared.
+/// `tests::format_is_pinned` fails when the serialized records change without a bump.
+pub const CACHE_FORMAT_VERSION: u32 = 1;
+
+/// The completion record of a version (`meta.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub format: u32,
+    pub kind: Kind,
+    pub id: String,
+    /// Real disk usage of the version directory, in bytes of allocated blocks.
+    pub disk_bytes: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// A complete version found in the cache directory at start.
+#[derive(Debug)]
+pub struct Found {
+    pub key: VersionKey,
+    pub disk_bytes: u64,
+    pub last_used: SystemTime,
+}
+
+pub struct Layout {
+    pub root: PathBuf,
+    _lock: File,
+    tmp_counter: AtomicU64,
+}
+
+impl Layout {
+    /// Create (mode 0700) or open the cache directory, take its lock, check its format, and
+    /// clear leftovers of interrupted unpacks and evictions.
+    pub fn open(root: &Path) -> Result<Layout, CacheError> {
+        let io_err = |path: &Path, source| CacheError::Io { path: path.to_path_buf(), source };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|e| io_err(root, e))?;
+        let lock = take_lock(root)?;
+        let layout = Layout { root: root.to_path_buf(), _lock: lock, tmp_counter: AtomicU64::new(0) };
+
+        let format_path = root.join("FORMAT");
+        let found_format = fs::read_to_string(&format_path).ok();
+        let expected = CACHE_FORMAT_VERSION.to_string();
+        match found_format.as_deref().map(str::trim) {
+            Some(f) if f == expected => {}
+            other => {
+                if let Some(other) = other {
+                    tracing::warn!(
+                        cache = %root.display(),
+                        found = other,
+                        expected = CACHE_FORMAT_VERSION,
+                        "cache directory was written by an incompatible vm0fs; clearing it"
+                    );
+                }
+                for sub in ["versions", "tmp", "trash"] {
+                    remove_all(&root.join(sub));
+                }
+                write_file_atomic(&format_path, expected.as_bytes())
+                    .map_err(|e| io_err(&format_path, e))?;
+            }
+        }
+        for sub in ["versions", "tmp", "trash"] {
+            let p = root.join(sub);
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(&p).map_err(|e| io_err(&p, e))?;
+        }
+        // Leftovers of an interrupted run: never served, always removed.
+        for sub in ["tmp", "trash"] {
+            let dir = root.join(sub);
+            if let Ok(entries) = fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    tracing::info!(path = %e.path().display(), "removing leftover of an interrupted run");
+                    remove_all(&e.path());
+                }
+            }
+        }
+        Ok(layout)
+    }
+
+    pub fn version_dir(&self, key: &VersionKey) -> PathBuf {
+        self.root.join("versions").join(key.dir_name())
+    }
+
+    /// A fresh temporary directory to unpack `key` into.
+    pub fn new_tmp_dir(&self, key: &VersionKey) -> Result<PathBuf, CacheError> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let path = self.root.join("tmp").join(format!("{}.{}.{n}", key.dir_name(), std::process::id()));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|source| CacheError::Io { path: path.clone(), source })?;
+        Ok(path)
+    }
+
+    /// Scan `versions/` for complete versions: one small `meta.json` read per version.
+    pub fn scan(&self) -> Vec<Found> {
+        let mut found = Vec::new();
+        let dir = self.root.join("versions");
+        let Ok(entries) = fs::read_dir(&dir) else { return found };
+        for e in entries.flatten() {
+            let path = e.path();
+            let meta_path = path.join("meta.json");
+            let parsed = fs::read(&meta_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Meta>(&b).ok())
+                .filter(|m| m.format == CACHE_FORMAT_VERSION);
+            let key = parsed.as_ref().map(|m| VersionKey::new(m.kind, &m.id));
+            match (parsed, key) {
+                (Some(meta), Some(key)) if Some(key.dir_name().as_str()) == path.file_name().and_then(|n| n.to_str()) => {
+                    let last_used = fs::metadata(&meta_path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+                    found.push(Found { key, disk_bytes: meta.disk_bytes, last_used });
+                }
+                _ => {
+                    tracing::warn!(path = %path.display(), "removing a cache entry without a valid completion record");
+                    remove_all(&path);
+                }
+            }
+        }
+        found
+    }
+
+    /// Write the completion record into `tmp` and atomically move it into `versions/`.
+    /// Returns the final directory.
+    pub fn commit(&self, key: &VersionKey, tmp: &Path, meta: &Meta) -> Result<PathBuf, CacheError> {
+        let meta_path = tmp.join("meta.json");
+        let body = serde_json::to_vec(meta).expect("Meta always serializes");
+        write_file_atomic(&meta_path, &body).map_err(|source| CacheError::Io { path: meta_path, source })?;
+        let dest = self.version_dir(key);
+        // A stale copy (cannot normally exist: the caller owns the key) is replaced.
+        if dest.exists() {
+            self.discard(&dest);
+        }
+        fs::rename(tmp, &dest).map_err(|source| CacheError::Io { path: dest.clone(), source })?;
+        if let Ok(d) = File::open(self.root.join("versions")) {
+            // The rename is only durable once the directory itself is synced.
+            let _ = d.sync_all();
+        }
+        Ok(dest)
+    }
+
+    /// Move a version directory out of sight (atomic), to be deleted by [`Layout::purge`].
+    pub fn discard(&self, dir: &Path) -> Option<PathBuf> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let name = dir.file_name()?.to_string_lossy().into_owned();
+        let trash = self.root.join("trash").join(format!("{name}.{}.{n}", std::process::id()));
+        match fs::rename(dir, &trash) {
+            Ok(()) => Some(trash),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!(path = %dir.display(), error = %e, "could not move an evicted version aside; deleting in place");
+                Some(dir.to_path_buf())
+            }
+        }
+    }
+
+    /// Record a use of a version (its `meta.json` mtime), so LRU order survives restarts.
+    pub fn touch(&self, key: &VersionKey) {
+        let path = self.version_dir(key).join("meta.json");
+        if let Ok(f) = OpenOptions::new().write(true).open(&path) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+    }
+}
+
+/// Delete a directory tree, logging (not failing) on error: a leftover is retried at the
+/// next start.
+pub fn remove_all(path: &Path) {
+    match fs::remove_dir_all(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove a cache directory"),
+    }
+}
+
+/// Allocated bytes of every file under `path` (blocks * 512), like `du -s --bytes` of the
+/// allocation rather than of the apparent sizes.
+pub fn disk_usage(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir() {
+        if let Ok(entries) = fs::read_dir(path) {
+            for e in entries.flatten() {
+                total += disk_usage(&e.path());
+            }
+        }
+    }
+    total
+}
+
+fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("partial");
+    {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+}
+
+/// Take an exclusive, non-blocking `flock` on `CACHE/lock`. The kernel drops it when the
+/// process dies, so a crashed daemon never leaves the cache locked.
+fn take_lock(root: &Path) -> Result<File, CacheError> {
+    let path = root.join("lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| CacheError::Io { path: path.clone(), source })?;
+    // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        return Err(CacheError::Locked { dir: root.to_path_buf(), holder: holder.trim().to_string() });
+    }
+    file.set_len(0).map_err(|source| CacheError::Io { path: path.clone(), source })?;
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_is_pinned() {
+        let meta = Meta {
+            format: CACHE_FORMAT_VERSION,
+            kind: Kind::Artifact,
+            id: "ab".repeat(32),
+            disk_bytes: 8192,
+            files: 2,
+            bytes: 10,
+        };
+        let json = serde_json::to_string(&meta).unwrap();
+        let expected = format!(
+            r#"{{"format":1,"kind":"Artifact","id":"{}","disk_bytes":8192,"files":2,"bytes":10}}"#,
+            "ab".repeat(32)
+        );
+        assert_eq!(
+            json, expected,
+            "serialized disk format appears to have changed, version bump required"
+        );
+        assert_eq!(CACHE_FORMAT_VERSION, 1, "update the pinned record above with the bump");
+    }
+}

@@ -1,0 +1,309 @@
+//! What goes on the wire of the API listener: JSON with a stable field order, the two
+//! shapes of field names, the contract's error bodies, and sending a reply through
+//! `tiny_http` with the headers every JSON answer carries (`X-Request-Id`, `X-API-Version`).
+
+use std::io::Cursor;
+
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The two shapes of the API (see the contract's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    Snake,
+    Camel,
+}
+
+impl Shape {
+    /// The name of a field in this shape, given its snake_case name.
+    pub fn field(self, snake: &'static str) -> &'static str {
+        if self == Shape::Snake {
+            return snake;
+        }
+        match snake {
+            "current_version_id" => "currentVersionId",
+            "current_version" => "currentVersion",
+            "file_count" => "fileCount",
+            "created_at" => "createdAt",
+            "updated_at" => "updatedAt",
+            "volume_id" => "volumeId",
+            "artifact_id" => "artifactId",
+            "created_by" => "createdBy",
+            "has_more" => "hasMore",
+            "next_cursor" => "nextCursor",
+            "version_id" => "versionId",
+            other => other,
+        }
+    }
+}
+
+/// A JSON value whose objects keep their insertion order: `serde_json::Value` sorts keys
+/// (the crate is built without `preserve_order`), and answers read better with `id` first.
+#[derive(Debug, Clone)]
+pub enum Json {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(String, Json)>),
+}
+
+impl Json {
+    pub fn obj() -> Json {
+        Json::Obj(Vec::new())
+    }
+
+    /// Adds a field (on an object; a no-op on anything else).
+    pub fn with(mut self, key: &str, value: impl Into<Json>) -> Json {
+        if let Json::Obj(fields) = &mut self {
+            fields.push((key.to_string(), value.into()));
+        }
+        self
+    }
+
+    pub fn render(&self) -> String {
+        serde_json::to_string(self).expect("serializing JSON to a string cannot fail")
+    }
+}
+
+impl From<&str> for Json {
+    fn from(s: &str) -> Json {
+        Json::Str(s.to_string())
+    }
+}
+impl From<String> for Json {
+    fn from(s: String) -> Json {
+        Json::Str(s)
+    }
+}
+impl From<u64> for Json {
+    fn from(n: u64) -> Json {
+        Json::Int(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+}
+impl From<bool> for Json {
+    fn from(b: bool) -> Json {
+        Json::Bool(b)
+    }
+}
+impl<T: Into<Json>> From<Option<T>> for Json {
+    fn from(o: Option<T>) -> Json {
+        o.map_or(Json::Null, Into::into)
+    }
+}
+impl From<Vec<Json>> for Json {
+    fn from(v: Vec<Json>) -> Json {
+        Json::Arr(v)
+    }
+}
+
+impl From<serde_json::Value> for Json {
+    fn from(v: serde_json::Value) -> Json {
+        use serde_json::Value;
+        match v {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(b),
+            Value::Number(n) => n.as_i64().map_or_else(|| Json::Str(n.to_string()), Json::Int),
+            Value::String(s) => Json::Str(s),
+            Value::Array(items) => Json::Arr(items.into_iter().map(Json::from).collect()),
+            Value::Object(map) => Json::Obj(map.into_iter().map(|(k, v)| (k, v.into())).collect()),
+        }
+    }
+}
+
+impl Serialize for Json {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Json::Null => s.serialize_unit(),
+            Json::Bool(b) => s.serialize_bool(*b),
+            Json::Int(n) => s.serialize_i64(*n),
+            Json::Str(v) => s.serialize_str(v),
+            Json::Arr(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Json::Obj(fields) => {
+                let mut map = s.serialize_map(Some(fields.len()))?;
+                for (k, v) in fields {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+/// An answer of the API listener, before headers are added.
+#[derive(Debug)]
+pub enum Reply {
+    /// A JSON answer: carries `X-Request-Id`, `X-API-Version` and `Content-Type`.
+    Json {
+        status: u16,
+        body: Json,
+        headers: Vec<(String, String)>,
+    },
+    /// A 302 to the object store: redirects carry none of the JSON headers.
+    Redirect { location: String },
+    /// A body that is not the API's (a proxy's HTML page from a fault rule).
+    Raw {
+        status: u16,
+        content_type: String,
+        body: String,
+        headers: Vec<(String, String)>,
+    },
+}
+
+impl Reply {
+    pub fn json(status: u16, body: Json) -> Reply {
+        Reply::Json {
+            status,
+            body,
+            headers: Vec::new(),
+        }
+    }
+
+    /// The contract's error body `{"error":{"type","code","message","param"?}}`.
+    pub fn error(status: u16, kind: &str, code: &str, message: &str, param: Option<&str>) -> Reply {
+        let mut error = Json::obj()
+            .with("type", kind)
+            .with("code", code)
+            .with("message", message);
+        if let Some(param) = param {
+            error = error.with("param", param);
+        }
+        Reply::json(status, Json::obj().with("error", error))
+    }
+
+    pub fn unauthorized() -> Reply {
+        Reply::error(
+            401,
+            "authentication_error",
+            "invalid_api_key",
+            "Invalid API key provided",
+            None,
+        )
+    }
+
+    pub fn not_found(message: &str) -> Reply {
+        Reply::error(404, "not_found_error", "resource_not_found", message, None)
+    }
+
+    pub fn bad_param(param: &str, message: &str) -> Reply {
+        Reply::error(
+            400,
+            "invalid_request_error",
+            "invalid_parameter",
+            message,
+            Some(param),
+        )
+    }
+
+    /// The error the real service would give for a status, for fault rules.
+    pub fn for_status(status: u16) -> Reply {
+        let (kind, code, message) = match status {
+            400 => ("invalid_request_error", "invalid_parameter", "Invalid request"),
+            401 => return Reply::unauthorized(),
+            403 => (
+                "authorization_error",
+                "scope_not_configured",
+                "The API key does not have the scope required for this request",
+            ),
+            404 => ("not_found_error", "resource_not_found", "Resource not found"),
+            429 => ("rate_limit_error", "rate_limit_exceeded", "Too many requests"),
+            s if s >= 500 => ("api_error", "internal_error", "An internal error occurred"),
+            _ => ("invalid_request_error", "invalid_parameter", "Invalid request"),
+        };
+        Reply::error(status, kind, code, message, None)
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Reply {
+        match &mut self {
+            Reply::Json { headers, .. } | Reply::Raw { headers, .. } => {
+                headers.push((name.to_string(), value.to_string()));
+            }
+            Reply::Redirect { .. } => {}
+        }
+        self
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Reply::Json { status, .. } | Reply::Raw { status, .. } => *status,
+            Reply::Redirect { .. } => 302,
+        }
+    }
+}
+
+fn header(name: &str, value: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
+        .expect("header names and values built by the emulator are ASCII")
+}
+
+/// A fresh `req_<32 hex>` request id.
+pub fn request_id() -> String {
+    format!("req_{}", hex::encode(rand::random::<[u8; 16]>()))
+}
+
+/// Sends a reply; errors are the client hanging up, which is its business.
+pub fn send(request: tiny_http::Request, reply: Reply) {
+    let response = match reply {
+        Reply::Json {
+            status,
+            body,
+            headers,
+        } => {
+            let data = body.render().into_bytes();
+            let len = data.len();
+            let mut response = tiny_http::Response::new(
+                status.into(),
+                vec![
+                    header("Content-Type", "application/json"),
+                    header("X-Request-Id", &request_id()),
+                    header("X-API-Version", "v1"),
+                ],
+                Cursor::new(data),
+                Some(len),
+                None,
+            );
+            for (name, value) in headers {
+                response.add_header(header(&name, &value));
+            }
+            response
+        }
+        Reply::Redirect { location } => tiny_http::Response::new(
+            302.into(),
+            vec![header("Location", &location)],
+            Cursor::new(Vec::new()),
+            Some(0),
+            None,
+        ),
+        Reply::Raw {
+            status,
+            content_type,
+            body,
+            headers,
+        } => {
+            let data = body.into_bytes();
+            let len = data.len();
+            let mut response = tiny_http::Response::new(
+                status.into(),
+                vec![header("Content-Type", &content_type)],
+                Cursor::new(data),
+                Some(len),
+                None,
+            );
+            for (name, value) in headers {
+                response.add_header(header(&name, &value));
+            }
+            response
+        }
+    };
+    if let Err(err) = request.respond(response) {
+        tracing::debug!(%err, "client went away before the answer was sent");
+    }
+}

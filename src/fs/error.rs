@@ -1,0 +1,98 @@
+//! The filesystem's error type and its mapping to errno: the one place where a failure
+//! becomes a number the kernel understands.
+
+use std::sync::Arc;
+
+use crate::api::ApiError;
+use crate::archive::ArchiveError;
+use crate::cache::{CacheError, SharedError};
+
+/// Why fetching a version failed: the network or the archive.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("download failed: {0}")]
+    Api(#[from] ApiError),
+    #[error("{0}")]
+    Archive(#[from] ArchiveError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// A name or inode that does not exist (user-caused: logged at DEBUG only).
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("not a symbolic link")]
+    NotSymlink,
+    /// Any attempt to change the mount.
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("buffer too small")]
+    Range,
+    /// A file or directory handle the kernel should not have sent.
+    #[error("bad file handle")]
+    BadHandle,
+    /// The API failed to answer a metadata request (listing names or versions).
+    #[error("{0}")]
+    Remote(Arc<ApiError>),
+    /// A version could not be made available (download, unpack, budget).
+    #[error("{0}")]
+    Cache(SharedError),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl FsError {
+    /// The errno answered to the kernel. Exhaustive on purpose: a new variant must be
+    /// given its errno here, not fall into a default.
+    pub fn errno(&self) -> libc::c_int {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotSymlink => libc::EINVAL,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::NoAttr => libc::ENODATA,
+            FsError::Range => libc::ERANGE,
+            FsError::BadHandle => libc::EBADF,
+            FsError::Remote(e) => api_errno(e),
+            FsError::Cache(e) => match e.as_ref() {
+                CacheError::TooLarge { .. } => libc::EFBIG,
+                CacheError::NoRoom { .. } => libc::ENOSPC,
+                CacheError::Locked { .. } | CacheError::Io { .. } => libc::EIO,
+                CacheError::Fetch { source, .. } => match source.downcast_ref::<FetchError>() {
+                    Some(FetchError::Api(api)) => api_errno(api),
+                    Some(FetchError::Archive(_)) | None => libc::EIO,
+                },
+            },
+            FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}
+
+fn api_errno(e: &ApiError) -> libc::c_int {
+    if e.is_auth() {
+        libc::EACCES
+    } else if e.is_not_found() {
+        libc::ENOENT
+    } else {
+        libc::EIO
+    }
+}
+
+impl From<SharedError> for FsError {
+    fn from(e: SharedError) -> Self {
+        FsError::Cache(e)
+    }
+}
+
+impl From<ApiError> for FsError {
+    fn from(e: ApiError) -> Self {
+        FsError::Remote(Arc::new(e))
+    }
+}

@@ -1,0 +1,180 @@
+//! Fetching one version: download from the API and unpack into the cache's temporary
+//! directory in one streaming pipeline, with progress in the log.
+
+use std::io::{self, Read};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::api::{Kind, Version};
+use crate::archive::{self, UnpackOptions, UnpackStats, Unpacked};
+use crate::cache::FetchTarget;
+use crate::size::ByteSize;
+
+use super::{FetchError, Remote};
+
+/// How often a running download logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Chunk size handed from the download thread to the unpacking thread.
+const CHUNK: usize = 1 << 20;
+
+/// Download `version` of storage `storage` and unpack it into `target.dir`.
+///
+/// The download runs on its own thread and feeds the unpacker through a bounded channel,
+/// so network reads, inflate and disk writes overlap (two of them at least on two cores)
+/// without ever holding more than a few MiB of the archive in memory.
+pub fn fetch(
+    remote: &dyn Remote,
+    kind: Kind,
+    storage: &str,
+    storage_id: &str,
+    version: &Version,
+    target: FetchTarget<'_>,
+) -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>> {
+    let started = Instant::now();
+    let what = format!("{kind} {storage} version {}", version.id);
+    tracing::info!(version = %version.id, storage, size = version.size, files = version.file_count, "downloading {what}");
+    let result = (|| -> Result<Unpacked, FetchError> {
+        let archive = remote.download(kind, storage_id, &version.id)?;
+        let compressed = archive.compressed_size;
+        let reader = ChannelReader::spawn(archive.reader);
+        let opts = UnpackOptions {
+            max_bytes: target.max_bytes,
+            implied_dir_mtime: version
+                .created_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+        };
+        let mut last_log = Instant::now();
+        let mut progress = |s: &UnpackStats| {
+            if last_log.elapsed() >= PROGRESS_EVERY {
+                last_log = Instant::now();
+                log_progress(&what, s, version.size, compressed, started);
+            }
+        };
+        let unpacked = archive::unpack(reader, target.dir, &opts, &mut progress);
+        // Prefer the network's own error over the unpacker's view of a failed read.
+        Ok(unpacked?)
+    })();
+    match &result {
+        Ok(u) => {
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            tracing::info!(
+                version = %version.id,
+                files = u.stats.files,
+                bytes = u.stats.bytes,
+                "downloaded {what}: {} in {} files, {secs:.1} s, {}/s{}",
+                ByteSize(u.stats.bytes),
+                u.stats.files,
+                ByteSize((u.stats.bytes as f64 / secs) as u64),
+                if u.stats.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} members skipped", u.stats.skipped.len())
+                }
+            );
+        }
+        Err(e) => tracing::error!(version = %version.id, storage, "could not fetch {what}: {e}"),
+    }
+    result.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+}
+
+fn log_progress(what: &str, s: &UnpackStats, size: u64, compressed: Option<u64>, started: Instant) {
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    let percent = match compressed {
+        Some(c) if c > 0 => s.compressed_bytes as f64 * 100.0 / c as f64,
+        _ if size > 0 => s.bytes as f64 * 100.0 / size as f64,
+        _ => 0.0,
+    };
+    tracing::info!(
+        "downloading {what}: {:.0}%, {} of {} unpacked, {} files, {}/s",
+        percent.min(100.0),
+        ByteSize(s.bytes),
+        ByteSize(size),
+        s.files,
+        ByteSize((s.bytes as f64 / secs) as u64)
+    );
+}
+
+/// A reader fed by a thread that reads the source in large chunks.
+struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl ChannelReader {
+    fn spawn(mut source: Box<dyn Read + Send>) -> ChannelReader {
+        // Four chunks in flight: enough to keep both sides busy, little memory.
+        let (tx, rx) = mpsc::sync_channel(4);
+        std::thread::Builder::new()
+            .name("vm0fs-download".into())
+            .spawn(move || loop {
+                let mut chunk = vec![0u8; CHUNK];
+                let mut filled = 0;
+                // Fill whole chunks: the network hands out small reads.
+                let res = loop {
+                    match source.read(&mut chunk[filled..]) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            filled += n;
+                            if filled == chunk.len() {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                chunk.truncate(filled);
+                let eof = filled == 0;
+                match res {
+                    Ok(()) if eof => return,
+                    Ok(()) => {
+                        if tx.send(Ok(chunk)).is_err() {
+                            return; // the unpacker stopped (an error or a limit): stop downloading
+                        }
+                    }
+                    Err(e) => {
+                        if filled > 0 && tx.send(Ok(chunk)).is_err() {
+                            return;
+                        }
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            })
+            .expect("spawning a thread only fails when the system is out of resources");
+        ChannelReader { rx, buf: Vec::new(), pos: 0, done: false }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.buf = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

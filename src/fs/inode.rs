@@ -1,0 +1,197 @@
+//! The inode table: stable inode numbers for everything the mount shows.
+//!
+//! Two families of inodes share one number space:
+//!
+//! - *Metadata* inodes (the root, `volumes/`, `artifacts/`, a storage's directory, its
+//!   `latest` link, prefix links, a version's directory) are allocated one by one, keyed by
+//!   what they name, and never reused for the life of the mount.
+//! - *Content* inodes (everything inside a version) are a contiguous range per version:
+//!   node `n > 0` of the version's index is `base + n - 1`, node 0 is the version's
+//!   directory inode. A version's index is deterministic, so its range stays valid when
+//!   the version is evicted and downloaded again.
+//!
+//! Nothing is freed on `forget`: numbers must stay stable, and the table costs a few dozen
+//! bytes per metadata inode and per version.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::api::Kind;
+
+pub const ROOT: u64 = 1;
+
+/// What a metadata inode names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Meta {
+    Root,
+    KindDir(Kind),
+    Storage { kind: Kind, name: String },
+    Latest { kind: Kind, name: String },
+    PrefixLink { kind: Kind, name: String, version: String },
+    Version { kind: Kind, name: String, version: String },
+}
+
+/// A version whose content inodes are allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    pub kind: Kind,
+    pub name: String,
+    pub version: String,
+    /// Inode of the version's directory (node 0).
+    pub root: u64,
+    pub base: u64,
+    /// Number of index nodes, node 0 included.
+    pub nodes: u64,
+}
+
+/// What an inode number resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    Meta(Meta),
+    Content { range: Range, node: u32 },
+}
+
+#[derive(Debug)]
+pub struct InodeTable {
+    meta: HashMap<u64, Meta>,
+    by_meta: HashMap<Meta, u64>,
+    ranges: BTreeMap<u64, Range>,
+    range_of: HashMap<(Kind, String), u64>,
+    next: u64,
+}
+
+impl Default for InodeTable {
+    fn default() -> Self {
+        let mut t = InodeTable {
+            meta: HashMap::new(),
+            by_meta: HashMap::new(),
+            ranges: BTreeMap::new(),
+            range_of: HashMap::new(),
+            next: ROOT,
+        };
+        t.meta_ino(Meta::Root);
+        t.meta_ino(Meta::KindDir(Kind::Volume));
+        t.meta_ino(Meta::KindDir(Kind::Artifact));
+        t
+    }
+}
+
+impl InodeTable {
+    /// The inode of a metadata node, allocated on first use.
+    pub fn meta_ino(&mut self, m: Meta) -> u64 {
+        if let Some(&ino) = self.by_meta.get(&m) {
+            return ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.meta.insert(ino, m.clone());
+        self.by_meta.insert(m, ino);
+        ino
+    }
+
+    /// The content range of a version with `nodes` index nodes, allocated on first use.
+    pub fn range(&mut self, kind: Kind, name: &str, version: &str, nodes: u64) -> Range {
+        if let Some(base) = self.range_of.get(&(kind, version.to_string())) {
+            let r = &self.ranges[base];
+            if r.nodes == nodes {
+                return r.clone();
+            }
+            // An immutable version cannot change its index; if it somehow did (a server
+            // that broke the content-address promise), give it fresh numbers rather than
+            // alias other inodes.
+            tracing::warn!(version, "version index changed size; allocating new inode numbers");
+        }
+        let root = self.meta_ino(Meta::Version {
+            kind,
+            name: name.to_string(),
+            version: version.to_string(),
+        });
+        let base = self.next;
+        self.next += nodes.saturating_sub(1).max(1);
+        let r = Range {
+            kind,
+            name: name.to_string(),
+            version: version.to_string(),
+            root,
+            base,
+            nodes,
+        };
+        self.ranges.insert(base, r.clone());
+        self.range_of.insert((kind, version.to_string()), base);
+        r
+    }
+
+    /// Inode numbers handed out so far.
+    pub fn len(&self) -> u64 {
+        self.next - 1
+    }
+
+    pub fn resolve(&self, ino: u64) -> Option<Resolved> {
+        if let Some(m) = self.meta.get(&ino) {
+            return Some(Resolved::Meta(m.clone()));
+        }
+        let (_, r) = self.ranges.range(..=ino).next_back()?;
+        let offset = ino - r.base;
+        if offset + 1 < r.nodes {
+            Some(Resolved::Content { range: r.clone(), node: (offset + 1) as u32 })
+        } else {
+            None
+        }
+    }
+}
+
+impl Range {
+    /// The inode of index node `node` of this version.
+    pub fn ino(&self, node: u32) -> u64 {
+        if node == 0 {
+            self.root
+        } else {
+            self.base + u64::from(node) - 1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_inodes_for_root_and_kinds() {
+        let mut t = InodeTable::default();
+        assert_eq!(t.meta_ino(Meta::Root), ROOT);
+        assert_eq!(t.meta_ino(Meta::KindDir(Kind::Volume)), 2);
+        assert_eq!(t.meta_ino(Meta::KindDir(Kind::Artifact)), 3);
+    }
+
+    #[test]
+    fn content_ranges_resolve_and_stay_stable() {
+        let mut t = InodeTable::default();
+        let a = t.range(Kind::Volume, "a", "v1", 5);
+        let b = t.range(Kind::Artifact, "b", "v2", 3);
+        assert_eq!(t.range(Kind::Volume, "a", "v1", 5), a, "same version, same numbers");
+        for n in 1..5u32 {
+            assert_eq!(t.resolve(a.ino(n)), Some(Resolved::Content { range: a.clone(), node: n }));
+        }
+        for n in 1..3u32 {
+            assert_eq!(t.resolve(b.ino(n)), Some(Resolved::Content { range: b.clone(), node: n }));
+        }
+        assert_eq!(
+            t.resolve(a.ino(0)),
+            Some(Resolved::Meta(Meta::Version { kind: Kind::Volume, name: "a".into(), version: "v1".into() }))
+        );
+        // All numbers distinct and non-zero.
+        let mut all: Vec<u64> = (0..5).map(|n| a.ino(n)).chain((0..3).map(|n| b.ino(n))).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 8);
+        assert!(!all.contains(&0));
+    }
+
+    #[test]
+    fn a_version_with_only_a_root_allocates_no_content() {
+        let mut t = InodeTable::default();
+        let r = t.range(Kind::Volume, "e", "v0", 1);
+        let next = t.meta_ino(Meta::Root);
+        assert_eq!(next, ROOT);
+        assert_eq!(t.resolve(r.base), None);
+    }
+}

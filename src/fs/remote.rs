@@ -1,0 +1,35 @@
+//! The filesystem's only way to reach the network: a small trait that the API client
+//! implements and that library tests replace with an in-memory fake.
+
+use std::io::Read;
+
+use crate::api::{ApiError, Client, Kind, Storage, Version};
+
+/// A version's archive, streamed.
+pub struct RemoteArchive {
+    pub reader: Box<dyn Read + Send>,
+    /// Compressed size, when known (for progress).
+    pub compressed_size: Option<u64>,
+}
+
+pub trait Remote: Send + Sync + 'static {
+    fn list_storages(&self, kind: Kind) -> Result<Vec<Storage>, ApiError>;
+    fn list_versions(&self, kind: Kind, storage_id: &str) -> Result<Vec<Version>, ApiError>;
+    fn download(&self, kind: Kind, storage_id: &str, version_id: &str) -> Result<RemoteArchive, ApiError>;
+}
+
+impl Remote for Client {
+    fn list_storages(&self, kind: Kind) -> Result<Vec<Storage>, ApiError> {
+        Client::list_storages(self, kind)
+    }
+
+    fn list_versions(&self, kind: Kind, storage_id: &str) -> Result<Vec<Version>, ApiError> {
+        Client::list_versions(self, kind, storage_id)
+    }
+
+    fn download(&self, kind: Kind, storage_id: &str, version_id: &str) -> Result<RemoteArchive, ApiError> {
+        let d = Client::download(self, kind, storage_id, Some(version_id))?;
+        let compressed_size = d.compressed_size;
+        Ok(RemoteArchive { reader: Box::new(d), compressed_size })
+    }
+}

@@ -1,0 +1,786 @@
+//! The API client against the real emulator binary, over HTTP on loopback: pagination in
+//! both shapes, every error of the contract, retries, the redirect to the object store,
+//! expired URLs and resumed downloads.
+//!
+//! Each test starts its own emulator (killed on drop) so that fault rules and counters never
+//! leak between tests that run in parallel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use vm0fs::api::{ApiError, Client, ClientConfig, Download, Kind, RetryPolicy, Token};
+
+/// Small and fast: 4 attempts, 10 ms first backoff, nothing past 5 s.
+fn quick_policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 4,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(100),
+        max_elapsed: Duration::from_secs(5),
+    }
+}
+
+/// A running `vm0-emulator`, killed on drop.
+struct Emulator {
+    child: Child,
+    api_url: String,
+    admin_url: String,
+    token: String,
+    admin: reqwest::blocking::Client,
+    /// Kept alive as long as the emulator reads from it.
+    _data: Option<TempDir>,
+}
+
+impl Emulator {
+    fn start(args: &[&str]) -> Emulator {
+        Emulator::start_with_data(args, None)
+    }
+
+    /// Starts the emulator with `--data` pointing at `data` (when given).
+    fn start_with_data(args: &[&str], data: Option<TempDir>) -> Emulator {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vm0-emulator"));
+        command.arg("--demo").args(args);
+        if let Some(dir) = &data {
+            command.arg("--data").arg(dir.path());
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn vm0-emulator");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        // The emulator prints its line once it listens; a big data dir takes a few seconds.
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("vm0-emulator printed no line within 60 s");
+            }
+        };
+        let info: Value = serde_json::from_str(line.trim()).unwrap_or_else(|err| {
+            let _ = child.kill();
+            panic!("vm0-emulator printed {line:?}, not JSON: {err}")
+        });
+        let field = |name: &str| {
+            info[name]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {name} in {info}"))
+                .to_string()
+        };
+        Emulator {
+            api_url: field("api_url"),
+            admin_url: field("admin_url"),
+            token: field("token"),
+            child,
+            admin: reqwest::blocking::Client::new(),
+            _data: data,
+        }
+    }
+
+    fn client(&self) -> Client {
+        self.client_with(&self.token, quick_policy(), Duration::from_secs(5))
+    }
+
+    fn client_with(&self, token: &str, retry: RetryPolicy, io_timeout: Duration) -> Client {
+        Client::new(ClientConfig {
+            base_url: self.api_url.clone(),
+            token: Token::new(token),
+            retry,
+            io_timeout,
+        })
+        .expect("client")
+    }
+
+    fn admin_post(&self, path: &str, body: Value) {
+        let response = self
+            .admin
+            .post(format!("{}/{path}", self.admin_url))
+            .json(&body)
+            .send()
+            .expect("admin request");
+        assert!(
+            response.status().is_success(),
+            "POST {path} {body}: {}",
+            response.status()
+        );
+    }
+
+    fn fault(&self, rule: Value) {
+        self.admin_post("faults", rule);
+    }
+
+    fn clear_faults(&self) {
+        let response = self
+            .admin
+            .delete(format!("{}/faults", self.admin_url))
+            .send()
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+
+    fn config(&self, config: Value) {
+        self.admin_post("config", config);
+    }
+
+    fn reset_counters(&self) {
+        self.admin_post("counters/reset", json!({}));
+    }
+
+    fn counters(&self) -> BTreeMap<String, u64> {
+        self.admin
+            .get(format!("{}/counters", self.admin_url))
+            .send()
+            .expect("counters")
+            .json()
+            .expect("counters JSON")
+    }
+
+    fn count(&self, key: &str) -> u64 {
+        self.counters().get(key).copied().unwrap_or(0)
+    }
+
+    fn push(&self, kind: &str, name: &str, files: Value) {
+        self.admin_post("push", json!({"kind": kind, "name": name, "files": files}));
+    }
+
+    /// The id of a storage by name.
+    fn storage_id(&self, kind: Kind, name: &str) -> String {
+        self.client()
+            .list_storages(kind)
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no {kind} named {name}"))
+            .id
+    }
+
+    /// Fails the test if the token shows in any rendering of `err`.
+    fn assert_secret_safe(&self, err: &ApiError) {
+        for text in [
+            format!("{err}"),
+            format!("{err:?}"),
+            format!("{err:#?}"),
+            error_chain(err),
+        ] {
+            assert!(!text.contains(&self.token), "the token leaked: {text}");
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+fn sha256(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn write(path: &Path, content: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+/// Random bytes (incompressible), deterministic per seed.
+fn noise(len: usize, seed: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut block = Sha256::digest([seed]).to_vec();
+    while out.len() < len {
+        block = Sha256::digest(&block).to_vec();
+        out.extend_from_slice(&block);
+    }
+    out.truncate(len);
+    out
+}
+
+/// A data dir with one volume `big` whose only version is `archive` served byte for byte
+/// (the emulator serves a `<label>.tar.gz` as is, even when it is not a valid archive).
+fn big_archive_data(archive: &[u8]) -> TempDir {
+    let dir = TempDir::new().unwrap();
+    write(&dir.path().join("volumes/big/v1.tar.gz"), archive);
+    dir
+}
+
+fn read_all(mut download: Download) -> Result<Vec<u8>, std::io::Error> {
+    let mut data = Vec::new();
+    download.read_to_end(&mut data)?;
+    Ok(data)
+}
+
+fn api_error(err: &std::io::Error) -> &ApiError {
+    err.get_ref()
+        .and_then(|e| e.downcast_ref::<ApiError>())
+        .unwrap_or_else(|| panic!("the io::Error does not carry an ApiError: {err:?}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Pagination
+
+#[test]
+fn lists_every_storage_and_version_across_pages_in_both_shapes_and_with_the_quirk() {
+    // 230 volumes (3 pages of 100) and one volume with 150 versions (2 pages).
+    let data = TempDir::new().unwrap();
+    let mut names = BTreeSet::new();
+    for i in 0..230 {
+        let name = format!("bulk-{i:03}");
+        write(
+            &data.path().join(format!("volumes/{name}/v1/file.txt")),
+            name.as_bytes(),
+        );
+        names.insert(name);
+    }
+    for i in 0..150 {
+        write(
+            &data.path().join(format!("volumes/many/v{i:03}/n.txt")),
+            format!("{i}").as_bytes(),
+        );
+    }
+    names.insert("many".into());
+    let emulator = Emulator::start_with_data(&[], Some(data));
+    let client = emulator.client();
+    let demo: BTreeSet<String> = {
+        // Whatever the demo adds besides our data: our names must all be there, no duplicates.
+        let all = client.list_storages(Kind::Volume).unwrap();
+        all.iter()
+            .map(|s| s.name.clone())
+            .filter(|n| !names.contains(n))
+            .collect()
+    };
+    let mut expected = names.clone();
+    expected.extend(demo);
+
+    for shape in ["snake", "camel"] {
+        for quirk in [false, true] {
+            emulator.config(json!({"shape": shape, "pagination_quirk": quirk}));
+            emulator.reset_counters();
+            let storages = client.list_storages(Kind::Volume).unwrap();
+            let listed: Vec<&str> = storages.iter().map(|s| s.name.as_str()).collect();
+            let unique: BTreeSet<String> = listed.iter().map(|s| s.to_string()).collect();
+            assert_eq!(
+                listed.len(),
+                unique.len(),
+                "{shape} quirk={quirk}: duplicates"
+            );
+            assert_eq!(unique, expected, "{shape} quirk={quirk}");
+            assert!(
+                emulator.count("volumes.list") >= 3,
+                "{shape}: fewer pages than rows/100"
+            );
+            for s in &storages {
+                assert!(s.current_version_id.is_some(), "{shape}: {s:?}");
+                assert!(s.created_at > std::time::UNIX_EPOCH, "{shape}: {s:?}");
+            }
+
+            let many = storages.iter().find(|s| s.name == "many").unwrap();
+            let versions = client.list_versions(Kind::Volume, &many.id).unwrap();
+            let ids: BTreeSet<&str> = versions.iter().map(|v| v.id.as_str()).collect();
+            assert_eq!(versions.len(), 150, "{shape} quirk={quirk}");
+            assert_eq!(ids.len(), 150, "{shape} quirk={quirk}: duplicates");
+            assert!(
+                versions
+                    .windows(2)
+                    .all(|w| w[0].created_at >= w[1].created_at),
+                "newest first"
+            );
+            assert!(versions
+                .iter()
+                .all(|v| v.storage_id == many.id && v.file_count == 1));
+
+            let detail = client.get_storage(Kind::Volume, &many.id).unwrap();
+            assert_eq!(detail.storage.id, many.id);
+            let current = detail.current_version.expect("a current version");
+            assert_eq!(Some(&current.id), many.current_version_id.as_ref());
+            assert_eq!(current.storage_id, many.id);
+        }
+    }
+}
+
+#[test]
+fn a_stuck_cursor_is_a_protocol_error_not_a_hang() {
+    let emulator = Emulator::start(&[]);
+    emulator.config(json!({"stuck_cursor": true}));
+    // Enough storages for more than one page, whatever the demo holds.
+    for i in 0..120 {
+        emulator.push("artifacts", &format!("stuck-{i:03}"), json!({"a.txt": "a"}));
+    }
+    let started = Instant::now();
+    let err = emulator.client().list_storages(Kind::Artifact).unwrap_err();
+    assert!(matches!(err, ApiError::Protocol { .. }), "{err:?}");
+    assert!(err.to_string().contains("cursor"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    emulator.assert_secret_safe(&err);
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+
+#[test]
+fn a_bad_token_is_an_authentication_error_that_names_vm0_token() {
+    let emulator = Emulator::start(&[]);
+    let wrong = format!("vm0_live_{}", "0".repeat(64));
+    let client = emulator.client_with(&wrong, quick_policy(), Duration::from_secs(5));
+    emulator.reset_counters();
+    let err = client.list_storages(Kind::Volume).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ApiError::Authentication {
+                request_id: Some(_)
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_auth());
+    let text = err.to_string();
+    assert!(
+        text.contains("VM0_TOKEN") && text.contains("401") && text.contains("req_"),
+        "{text}"
+    );
+    assert!(!text.contains(&wrong) && !format!("{err:?} {client:?}").contains(&wrong));
+    assert_eq!(emulator.count("volumes.list"), 1, "a 401 is not retried");
+    emulator.assert_secret_safe(&err);
+}
+
+#[test]
+fn unknown_storages_and_versions_are_not_found_and_name_the_resource() {
+    let emulator = Emulator::start(&[]);
+    emulator.push("volumes", "known", json!({"a.txt": "a"}));
+    let client = emulator.client();
+    let unknown = "00000000-0000-4000-8000-000000000000";
+
+    let err = client.get_storage(Kind::Volume, unknown).unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    assert!(
+        err.to_string().contains(&format!("volume {unknown}")),
+        "{err}"
+    );
+    assert!(
+        err.request_id().is_some_and(|id| id.starts_with("req_")),
+        "{err:?}"
+    );
+    emulator.assert_secret_safe(&err);
+
+    let err = client.list_versions(Kind::Artifact, unknown).unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    assert!(
+        err.to_string().contains(&format!("artifact {unknown}")),
+        "{err}"
+    );
+
+    let known = emulator.storage_id(Kind::Volume, "known");
+    let missing = "ab".repeat(32);
+    let err = client
+        .download(Kind::Volume, &known, Some(&missing))
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains(&format!("version {missing} of volume {known}")),
+        "{err}"
+    );
+    emulator.assert_secret_safe(&err);
+
+    let err = client.download(Kind::Volume, unknown, None).unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+}
+
+#[test]
+fn injected_400_and_403_are_typed_and_not_retried() {
+    let emulator = Emulator::start(&[]);
+    let client = emulator.client();
+    for (status, route) in [(400, "volumes.list"), (403, "artifacts.list")] {
+        emulator.reset_counters();
+        emulator.fault(json!({"route": route, "status": status, "count": 1}));
+        let kind = if route.starts_with("volumes") {
+            Kind::Volume
+        } else {
+            Kind::Artifact
+        };
+        let err = client.list_storages(kind).unwrap_err();
+        match status {
+            400 => assert!(matches!(err, ApiError::InvalidRequest { .. }), "{err:?}"),
+            _ => assert!(
+                matches!(err, ApiError::Authorization { .. }) && err.is_auth(),
+                "{err:?}"
+            ),
+        }
+        assert!(err.to_string().contains(&status.to_string()), "{err}");
+        assert!(err.request_id().is_some(), "{err:?}");
+        assert_eq!(emulator.count(route), 1, "{status} is not retried");
+        emulator.assert_secret_safe(&err);
+    }
+}
+
+#[test]
+fn a_500_that_clears_after_two_faults_is_retried_to_success() {
+    let emulator = Emulator::start(&[]);
+    emulator.reset_counters();
+    emulator.fault(json!({"route": "volumes.list", "status": 500, "count": 2}));
+    emulator.client().list_storages(Kind::Volume).unwrap();
+    assert_eq!(emulator.count("volumes.list"), 3);
+}
+
+#[test]
+fn a_500_that_never_clears_is_a_server_error_within_the_retry_budget() {
+    let emulator = Emulator::start(&[]);
+    emulator.reset_counters();
+    emulator.fault(json!({"route": "volumes.list", "status": 500, "count": 0}));
+    let started = Instant::now();
+    let err = emulator.client().list_storages(Kind::Volume).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        matches!(err, ApiError::Server { status: 500, .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("HTTP 500") && text.contains("try again later"),
+        "{text}"
+    );
+    assert!(text.contains("req_"), "{text}");
+    assert_eq!(
+        emulator.count("volumes.list"),
+        u64::from(quick_policy().max_attempts)
+    );
+    emulator.assert_secret_safe(&err);
+}
+
+#[test]
+fn a_429_waits_at_least_its_retry_after() {
+    let emulator = Emulator::start(&[]);
+    emulator.reset_counters();
+    emulator.fault(json!({"route": "volumes.list", "status": 429, "retry_after": 1, "count": 1}));
+    let started = Instant::now();
+    emulator.client().list_storages(Kind::Volume).unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(emulator.count("volumes.list"), 2);
+
+    // A Retry-After beyond the retry budget gives up at once instead of sleeping in vain.
+    emulator.fault(json!({"route": "volumes.list", "status": 429, "retry_after": 60, "count": 1}));
+    let started = Instant::now();
+    let err = emulator.client().list_storages(Kind::Volume).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        matches!(err, ApiError::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(60)),
+        "{err:?}"
+    );
+    emulator.assert_secret_safe(&err);
+}
+
+#[test]
+fn an_html_error_page_is_an_unexpected_body_naming_the_status() {
+    let emulator = Emulator::start(&[]);
+    let page = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>";
+    emulator.fault(json!({
+        "route": "volumes.list", "status": 502, "count": 0,
+        "body": page, "content_type": "text/html",
+    }));
+    let err = emulator.client().list_storages(Kind::Volume).unwrap_err();
+    assert!(
+        matches!(err, ApiError::UnexpectedBody { status: 502, .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("HTTP 502") && text.contains("Bad Gateway"),
+        "{text}"
+    );
+    emulator.assert_secret_safe(&err);
+
+    // The same page with a 404 must not read as "not found".
+    emulator.clear_faults();
+    emulator.fault(
+        json!({"route": "volumes.get", "status": 404, "body": page, "content_type": "text/html"}),
+    );
+    let err = emulator
+        .client()
+        .get_storage(Kind::Volume, "00000000-0000-4000-8000-000000000000")
+        .unwrap_err();
+    assert!(
+        matches!(err, ApiError::UnexpectedBody { status: 404, .. }) && !err.is_not_found(),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_refused_connection_is_a_transport_error() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let token = format!("vm0_test_{}", "f".repeat(64));
+    let client = Client::new(ClientConfig {
+        base_url: format!("http://127.0.0.1:{port}/v1/"),
+        token: Token::new(token.clone()),
+        retry: quick_policy(),
+        io_timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    let started = Instant::now();
+    let err = client.list_storages(Kind::Volume).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(matches!(err, ApiError::Transport { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}")) && text.contains("VM0_API_URL"),
+        "{text}"
+    );
+    for text in [
+        text,
+        format!("{err:?}"),
+        error_chain(&err),
+        format!("{client:?}"),
+    ] {
+        assert!(!text.contains(&token), "{text}");
+    }
+}
+
+#[test]
+fn a_stalled_answer_times_out_and_is_retried() {
+    let emulator = Emulator::start(&[]);
+    emulator.reset_counters();
+    emulator.fault(json!({"route": "volumes.list", "delay_ms": 3000, "count": 1}));
+    let client = emulator.client_with(&emulator.token, quick_policy(), Duration::from_millis(300));
+    let started = Instant::now();
+    client.list_storages(Kind::Volume).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(emulator.count("volumes.list"), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Downloads
+
+#[test]
+fn the_redirect_is_followed_without_the_token() {
+    let archive = noise(300_000, 1);
+    let emulator = Emulator::start_with_data(&[], Some(big_archive_data(&archive)));
+    let id = emulator.storage_id(Kind::Volume, "big");
+    emulator.reset_counters();
+    let download = emulator.client().download(Kind::Volume, &id, None).unwrap();
+    assert_eq!(download.compressed_size, Some(archive.len() as u64));
+    let data = read_all(download).unwrap();
+    assert_eq!(sha256(&data), sha256(&archive));
+    assert_eq!(emulator.count("volumes.download"), 1);
+    assert_eq!(emulator.count("store.get"), 1);
+
+    // Proof that it matters: the store answers 400 to the same URL with the token.
+    let raw = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let redirect = raw
+        .get(format!("{}/volumes/{id}/download", emulator.api_url))
+        .bearer_auth(&emulator.token)
+        .send()
+        .unwrap();
+    assert_eq!(redirect.status(), 302);
+    let location = redirect.headers()["location"].to_str().unwrap().to_string();
+    let with_token = raw
+        .get(&location)
+        .bearer_auth(&emulator.token)
+        .send()
+        .unwrap();
+    assert_eq!(with_token.status(), 400);
+    assert_eq!(raw.get(&location).send().unwrap().status(), 200);
+}
+
+#[test]
+fn both_version_parameter_names_select_the_version_in_both_shapes() {
+    let emulator = Emulator::start(&[]);
+    emulator.push("volumes", "two", json!({"a.txt": "first"}));
+    emulator.push("volumes", "two", json!({"a.txt": "second, longer"}));
+    let client = emulator.client();
+    let id = emulator.storage_id(Kind::Volume, "two");
+    let versions = client.list_versions(Kind::Volume, &id).unwrap();
+    assert_eq!(versions.len(), 2);
+    let older = &versions[1];
+    for shape in ["snake", "camel"] {
+        emulator.config(json!({"shape": shape}));
+        emulator.reset_counters();
+        let data = read_all(client.download(Kind::Volume, &id, Some(&older.id)).unwrap()).unwrap();
+        assert!(!data.is_empty());
+        assert_eq!(
+            emulator.count(&format!("download:{}", older.id)),
+            1,
+            "{shape}"
+        );
+        // A unique prefix of 8 hex characters works too.
+        let prefix = &older.id[..8];
+        let same = read_all(client.download(Kind::Volume, &id, Some(prefix)).unwrap()).unwrap();
+        assert_eq!(sha256(&same), sha256(&data), "{shape}");
+    }
+}
+
+#[test]
+fn a_refused_url_is_replaced_by_a_fresh_one() {
+    let archive = noise(50_000, 2);
+    let emulator = Emulator::start_with_data(&[], Some(big_archive_data(&archive)));
+    let id = emulator.storage_id(Kind::Volume, "big");
+    let client = emulator.client();
+
+    // One 403 from the store: one more URL is asked of the API.
+    emulator.reset_counters();
+    emulator.fault(json!({"route": "store.get", "status": 403, "count": 1}));
+    let data = read_all(client.download(Kind::Volume, &id, None).unwrap()).unwrap();
+    assert_eq!(sha256(&data), sha256(&archive));
+    assert_eq!(
+        (
+            emulator.count("volumes.download"),
+            emulator.count("store.get")
+        ),
+        (2, 2)
+    );
+
+    // URLs that are expired when used: a bounded number of fresh ones, then DownloadUrl.
+    emulator.config(json!({"url_ttl_secs": 0}));
+    emulator.reset_counters();
+    let started = Instant::now();
+    let err = client.download(Kind::Volume, &id, None).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        matches!(err, ApiError::DownloadUrl { status: 403, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("volume"), "{err}");
+    emulator.assert_secret_safe(&err);
+    let asked = emulator.count("volumes.download");
+    assert!((2..=5).contains(&asked), "{asked} URLs asked");
+    assert_eq!(emulator.count("store.get"), asked);
+
+    // Back to normal: the next download works at once.
+    emulator.config(json!({"url_ttl_secs": 3600}));
+    emulator.reset_counters();
+    let data = read_all(client.download(Kind::Volume, &id, None).unwrap()).unwrap();
+    assert_eq!(sha256(&data), sha256(&archive));
+    assert_eq!(emulator.count("volumes.download"), 1);
+}
+
+#[test]
+fn a_cut_connection_is_resumed_with_range_and_the_bytes_are_identical() {
+    let archive = noise(2_000_000, 3);
+    let emulator = Emulator::start_with_data(&[], Some(big_archive_data(&archive)));
+    let id = emulator.storage_id(Kind::Volume, "big");
+    let client = emulator.client();
+
+    let uncut = read_all(client.download(Kind::Volume, &id, None).unwrap()).unwrap();
+    assert_eq!(sha256(&uncut), sha256(&archive));
+
+    emulator.reset_counters();
+    emulator.fault(json!({"route": "store.get", "cut_after_bytes": 700_000, "count": 2}));
+    let mut download = client.download(Kind::Volume, &id, None).unwrap();
+    let mut cut = Vec::new();
+    download.read_to_end(&mut cut).unwrap();
+    assert_eq!(download.resumes(), 2);
+    assert_eq!(download.bytes_read(), archive.len() as u64);
+    assert_eq!(sha256(&cut), sha256(&uncut));
+    assert_eq!(emulator.count("store.get"), 3);
+    assert_eq!(
+        emulator.count("volumes.download"),
+        1,
+        "the URL was still valid"
+    );
+}
+
+#[test]
+fn a_resume_after_the_url_expired_asks_for_a_fresh_url() {
+    let archive = noise(1_000_000, 4);
+    let emulator = Emulator::start_with_data(&[], Some(big_archive_data(&archive)));
+    let id = emulator.storage_id(Kind::Volume, "big");
+    emulator.config(json!({"url_ttl_secs": 1}));
+    emulator.reset_counters();
+    emulator.fault(json!({"route": "store.get", "cut_after_bytes": 100_000, "count": 1}));
+    let mut download = emulator.client().download(Kind::Volume, &id, None).unwrap();
+    let mut data = vec![0; 1000];
+    download.read_exact(&mut data).unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+    download.read_to_end(&mut data).unwrap();
+    assert_eq!(sha256(&data), sha256(&archive));
+    assert_eq!(download.resumes(), 1);
+    assert_eq!(emulator.count("volumes.download"), 2);
+    assert_eq!(
+        emulator.count("store.get"),
+        3,
+        "first GET, refused resume, resume"
+    );
+}
+
+#[test]
+fn a_cut_that_repeats_beyond_the_budget_fails_the_read_with_the_api_error() {
+    let archive = noise(1_000_000, 5);
+    let emulator = Emulator::start_with_data(&[], Some(big_archive_data(&archive)));
+    let id = emulator.storage_id(Kind::Volume, "big");
+    emulator.fault(json!({"route": "store.get", "cut_after_bytes": 1000, "count": 0}));
+    let started = Instant::now();
+    let download = emulator.client().download(Kind::Volume, &id, None).unwrap();
+    let err = read_all(download).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let api = api_error(&err);
+    assert!(matches!(api, ApiError::Transport { .. }), "{api:?}");
+    let text = api.to_string();
+    assert!(
+        text.contains("resumes") && text.contains("volume"),
+        "{text}"
+    );
+    assert!(!text.contains("X-Amz-Signature"), "{text}");
+    emulator.assert_secret_safe(api);
+}
+
+#[test]
+fn a_slow_reader_is_not_cut_by_the_io_timeout() {
+    // The stall timeout bounds each read, not the whole download.
+    let archive = noise(1_000_000, 6);
+    let emulator = Emulator::start_with_data(&[], Some(big_archive_data(&archive)));
+    let id = emulator.storage_id(Kind::Volume, "big");
+    let client = emulator.client_with(&emulator.token, quick_policy(), Duration::from_millis(200));
+    let mut download = client.download(Kind::Volume, &id, None).unwrap();
+    let started = Instant::now();
+    let mut data = Vec::new();
+    let mut chunk = vec![0; 64 * 1024];
+    loop {
+        let n = download.read(&mut chunk).unwrap();
+        if n == 0 {
+            break;
+        }
+        data.extend_from_slice(&chunk[..n]);
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    assert!(started.elapsed() > Duration::from_millis(400));
+    assert_eq!(sha256(&data), sha256(&archive));
+    assert_eq!(download.resumes(), 0);
+}

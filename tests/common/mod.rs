@@ -1,0 +1,341 @@
+//! Shared helpers of the integration tests: the emulator as a child process, a real vm0fs
+//! mount of it, test-built archives, and running real tools.
+//!
+//! Mount tests need root (or fusermount3) and /dev/fuse. When they are missing the tests
+//! fail loudly: a mount test that silently skips proves nothing.
+
+#![allow(dead_code)] // Each test binary uses a different part of this module.
+
+pub mod archives;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A running `vm0-emulator`, killed on drop.
+pub struct Emulator {
+    child: Child,
+    pub api_url: String,
+    pub store_url: String,
+    pub admin_url: String,
+    pub token: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Emulator {
+    /// Start the emulator with `args` (e.g. `["--data", dir]`).
+    pub fn start(args: &[&str]) -> Emulator {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vm0-emulator"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start vm0-emulator");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the emulator's ready line");
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("emulator ready line {line:?} is not JSON: {e}"));
+        let s = |k: &str| v[k].as_str().unwrap_or_else(|| panic!("{k} missing in {line}")).to_string();
+        Emulator {
+            api_url: s("api_url"),
+            store_url: s("store_url"),
+            admin_url: s("admin_url"),
+            token: s("token"),
+            child,
+            http: reqwest::blocking::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn with_data(dir: &Path) -> Emulator {
+        Emulator::start(&["--data", dir.to_str().unwrap()])
+    }
+
+    pub fn counters(&self) -> Value {
+        self.http.get(format!("{}/counters", self.admin_url)).send().unwrap().json().unwrap()
+    }
+
+    /// A counter by key (0 when absent).
+    pub fn counter(&self, key: &str) -> u64 {
+        self.counters()[key].as_u64().unwrap_or(0)
+    }
+
+    pub fn reset_counters(&self) {
+        self.post("counters/reset", &serde_json::json!({}));
+    }
+
+    pub fn fault(&self, rule: Value) {
+        self.post("faults", &rule);
+    }
+
+    pub fn clear_faults(&self) {
+        self.http.delete(format!("{}/faults", self.admin_url)).send().unwrap();
+    }
+
+    pub fn config(&self, cfg: Value) {
+        self.post("config", &cfg);
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Value {
+        let resp = self.http.post(format!("{}/{path}", self.admin_url)).json(body).send().unwrap();
+        assert!(resp.status().is_success(), "admin {path}: {}", resp.status());
+        resp.json().unwrap_or(Value::Null)
+    }
+
+    /// GET an API path (e.g. `/volumes`) with the token; the JSON answer.
+    pub fn api_get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.api_url))
+            .bearer_auth(&self.token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    /// The storage object named `name` of `kind` (`volumes`/`artifacts`), all pages read.
+    pub fn storage(&self, kind: &str, name: &str) -> Value {
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/{kind}?limit=100");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let page = self.api_get(&path);
+            if let Some(s) = page["data"].as_array().unwrap().iter().find(|s| s["name"] == name) {
+                return s.clone();
+            }
+            let p = &page["pagination"];
+            if !(p["has_more"].as_bool().or(p["hasMore"].as_bool()).unwrap_or(false)) {
+                panic!("{kind} {name} not found");
+            }
+            cursor = p["next_cursor"].as_str().or(p["nextCursor"].as_str()).map(String::from);
+        }
+    }
+
+    /// The current version id of a storage, as the API says.
+    pub fn current_version(&self, kind: &str, name: &str) -> String {
+        let s = self.storage(kind, name);
+        s["current_version_id"].as_str().or(s["currentVersionId"].as_str()).unwrap().to_string()
+    }
+
+    /// Every version id of a storage, newest first.
+    pub fn versions(&self, kind: &str, name: &str) -> Vec<String> {
+        let id = self.storage(kind, name)["id"].as_str().unwrap().to_string();
+        let page = self.api_get(&format!("/{kind}/{id}/versions?limit=100"));
+        page["data"].as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_string()).collect()
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn vm0fs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vm0fs")
+}
+
+/// Fail (never skip) when this machine cannot mount.
+pub fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: mount tests need FUSE (they fail rather than skip)"
+    );
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let helper = Command::new("fusermount3").arg("-V").output().is_ok();
+    assert!(root || helper, "mount tests need root or fusermount3 (apt-get install fuse3)");
+}
+
+/// A vm0fs mount of an emulator, in the foreground as a child process; unmounted and
+/// stopped on drop.
+pub struct Mount {
+    pub dir: TempDir,
+    pub cache: PathBuf,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+pub struct MountOpts<'a> {
+    pub token: Option<&'a str>,
+    pub extra: Vec<String>,
+    pub cache: Option<PathBuf>,
+}
+
+impl Default for MountOpts<'_> {
+    fn default() -> Self {
+        MountOpts { token: None, extra: Vec::new(), cache: None }
+    }
+}
+
+impl Mount {
+    pub fn new(emu: &Emulator) -> Mount {
+        Mount::with(emu, MountOpts::default())
+    }
+
+    pub fn with(emu: &Emulator, opts: MountOpts) -> Mount {
+        Mount::try_with(emu, opts).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Mount, or the daemon's output if it exited before the mount answered.
+    pub fn try_with(emu: &Emulator, opts: MountOpts) -> Result<Mount, String> {
+        require_fuse();
+        let dir = tempfile::Builder::new().prefix("vm0fs-mnt").tempdir().unwrap();
+        let work = tempfile::Builder::new().prefix("vm0fs-work").tempdir().unwrap().keep();
+        let cache = opts.cache.clone().unwrap_or_else(|| work.join("cache"));
+        let log = work.join("vm0fs.log");
+        let mut cmd = Command::new(vm0fs_bin());
+        cmd.arg("mount")
+            .arg(dir.path())
+            .arg("--foreground")
+            .arg("--api-url")
+            .arg(&emu.api_url)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(&opts.extra)
+            .env("VM0_TOKEN", opts.token.unwrap_or(&emu.token))
+            .env("RUST_LOG", "vm0fs=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = cmd.spawn().expect("start vm0fs");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let out = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("vm0fs exited with {status} before mounting:\n{out}"));
+            }
+            if std::fs::metadata(dir.path()).map(|m| m.ino() == 1).unwrap_or(false) {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("mount did not answer within 60 s:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Mount { dir, cache, child: Some(child), log })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Unmount with `vm0fs unmount` and wait for the daemon to exit; its exit status.
+    pub fn unmount(mut self) -> std::process::ExitStatus {
+        let out = run(Command::new(vm0fs_bin()).arg("unmount").arg(self.dir.path()));
+        assert!(out.status.success(), "vm0fs unmount failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut child = self.child.take().unwrap();
+        wait_timeout(&mut child, Duration::from_secs(20)).expect("daemon exits after unmount")
+    }
+
+    /// Take the daemon process (the caller kills or signals it); the mount stays.
+    pub fn take_child(&mut self) -> Child {
+        self.child.take().unwrap()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // Lazy unmount first: it works even when the daemon is dead or wedged.
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).stderr(Stdio::null()).status();
+        if let Some(mut c) = self.child.take() {
+            if wait_timeout(&mut c, Duration::from_secs(10)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Run a command to completion, capturing its output.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Run a command that must succeed; its stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A shell command line that must succeed; its stdout.
+pub fn sh(script: &str) -> String {
+    ok(Command::new("bash").arg("-c").arg(script))
+}
+
+/// Extract `archive` with the real `tar -xzf` into a new directory.
+pub fn tar_extract(archive: &Path) -> TempDir {
+    let out = tempfile::Builder::new().prefix("vm0fs-tar").tempdir().unwrap();
+    ok(Command::new("tar").arg("-xzf").arg(archive).arg("-C").arg(out.path()));
+    out
+}
+
+/// One line per path below `dir`: type, mode, size, mtime (ns), link count, link target,
+/// as `find -printf` reports them through `lstat`. Two trees with equal listings agree in
+/// everything `ls -l` and `rsync -a` look at.
+pub fn tree_listing(dir: &Path) -> String {
+    let out = ok(Command::new("find")
+        .arg(".")
+        .arg("-mindepth")
+        .arg("1")
+        .arg("-printf")
+        .arg("%P|%y|%m|%s|%T@|%n|%l\n")
+        .current_dir(dir));
+    // A directory's size is the file system's business (ext4 and tmpfs differ): blank it.
+    let mut lines: Vec<String> = out
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split('|').collect();
+            if f.get(1) == Some(&"d") {
+                f[3] = "-";
+            }
+            f.join("|")
+        })
+        .collect();
+    lines.sort();
+    lines.join("\n")
+}
