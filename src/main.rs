@@ -41,7 +41,11 @@ fn init_logging(level: &str, log_file: Option<&Path>) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open the log file {}", path.display()))?;
             builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => {
+            use std::io::IsTerminal;
+            let ansi = std::io::stderr().is_terminal();
+            builder.with_ansi(ansi).with_writer(std::io::stderr).init()
+        }
     }
     Ok(())
 }

@@ -47,6 +47,11 @@ impl Emulator {
     fn start_with_data(args: &[&str], data: Option<TempDir>) -> Emulator {
         let mut command = Command::new(env!("CARGO_BIN_EXE_vm0-emulator"));
         command.arg("--demo").args(args);
+        // The emulator logs every push and config change at INFO; keep test output readable
+        // unless the caller asks for more.
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
         if let Some(dir) = &data {
             command.arg("--data").arg(dir.path());
         }
@@ -783,4 +788,161 @@ fn a_slow_reader_is_not_cut_by_the_io_timeout() {
     assert!(started.elapsed() > Duration::from_millis(400));
     assert_eq!(sha256(&data), sha256(&archive));
     assert_eq!(download.resumes(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Object stores that behave in ways the emulator does not
+
+/// A hand-written HTTP server for what the emulator does not do (a store that ignores
+/// `Range`, or answers with the wrong range). For the `n`th connection, `respond(n, head)`
+/// gives the raw bytes to write; the connection is then closed, so a response whose body is
+/// shorter than its `Content-Length` is a cut connection. Returns the base URL and the
+/// request heads received.
+fn fake_server(
+    respond: impl Fn(usize, &str) -> Vec<u8> + Send + 'static,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            seen.lock().unwrap().push(head.clone());
+            let _ = stream.write_all(&respond(n, &head));
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    (base, heads)
+}
+
+fn http_response(status: &str, headers: &[String], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+    for h in headers {
+        out.push_str(h);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Serves `GET /v1/volumes/x/download` with a 302 to `/store/obj`; store requests go to
+/// `store(n, head)` where `n` counts store requests from 0.
+fn fake_api_and_store(
+    store: impl Fn(usize, &str) -> Vec<u8> + Send + 'static,
+) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let store_requests = std::sync::atomic::AtomicUsize::new(0);
+    let (base, heads) = fake_server(move |_, head| {
+        if head.starts_with("GET /v1/volumes/x/download") {
+            let location = "Location: /store/obj?X-Amz-Signature=sig".to_string();
+            http_response("302 Found", &[location, "Content-Length: 0".into()], b"")
+        } else {
+            store(
+                store_requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                head,
+            )
+        }
+    });
+    let client = Client::new(ClientConfig {
+        base_url: format!("{base}/v1"),
+        token: Token::new(format!("vm0_test_{}", "c".repeat(64))),
+        retry: quick_policy(),
+        io_timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    (client, heads)
+}
+
+/// The first store answer: the whole length announced, only `sent` bytes sent.
+fn cut_answer(body: &[u8], sent: usize) -> Vec<u8> {
+    http_response(
+        "200 OK",
+        &[format!("Content-Length: {}", body.len())],
+        &body[..sent],
+    )
+}
+
+#[test]
+fn a_store_that_ignores_range_is_read_past_the_resume_point() {
+    let body = noise(200_000, 7);
+    let served = body.clone();
+    let (client, heads) = fake_api_and_store(move |n, _| match n {
+        0 => cut_answer(&served, 50_000),
+        _ => http_response(
+            "200 OK",
+            &[format!("Content-Length: {}", served.len())],
+            &served,
+        ),
+    });
+    let mut download = client.download(Kind::Volume, "x", None).unwrap();
+    let mut data = Vec::new();
+    download.read_to_end(&mut data).unwrap();
+    assert_eq!(sha256(&data), sha256(&body));
+    assert_eq!(download.resumes(), 1);
+    let heads = heads.lock().unwrap();
+    let store: Vec<&String> = heads
+        .iter()
+        .filter(|h| h.starts_with("GET /store/"))
+        .collect();
+    assert_eq!(store.len(), 2, "{heads:?}");
+    assert!(
+        store[1].to_ascii_lowercase().contains("range: bytes="),
+        "{}",
+        store[1]
+    );
+    for head in &store {
+        assert!(
+            !head.to_ascii_lowercase().contains("authorization"),
+            "{head}"
+        );
+    }
+    let api = heads.iter().find(|h| h.starts_with("GET /v1/")).unwrap();
+    assert!(
+        api.to_ascii_lowercase()
+            .contains("authorization: bearer vm0_test_"),
+        "{api}"
+    );
+    assert!(
+        api.contains(concat!("vm0fs/", env!("CARGO_PKG_VERSION"))),
+        "{api}"
+    );
+}
+
+#[test]
+fn a_resumed_answer_with_another_range_is_a_protocol_error() {
+    let body = noise(100_000, 8);
+    let served = body.clone();
+    let (client, _) = fake_api_and_store(move |n, _| match n {
+        0 => cut_answer(&served, 30_000),
+        // Claims to start at 0 whatever was asked.
+        _ => http_response(
+            "206 Partial Content",
+            &[
+                format!("Content-Length: {}", served.len()),
+                format!(
+                    "Content-Range: bytes 0-{}/{}",
+                    served.len() - 1,
+                    served.len()
+                ),
+            ],
+            &served,
+        ),
+    });
+    let download = client.download(Kind::Volume, "x", None).unwrap();
+    let err = read_all(download).unwrap_err();
+    let api = api_error(&err);
+    assert!(matches!(api, ApiError::Protocol { .. }), "{api:?}");
+    assert!(api.to_string().contains("Content-Range"), "{api}");
 }

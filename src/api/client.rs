@@ -697,9 +697,17 @@ mod tests {
             missing: "volume v1".into(),
         };
         let rid = ("x-request-id", "req_0123");
-        // (status, headers, body, expected variant, retryable, words in the message)
         type Check = fn(&ApiError) -> bool;
-        let cases: Vec<(u16, Vec<(&'static str, &str)>, String, Check, bool, &[&str])> = vec![
+        /// (status, headers, body, expected variant, retryable, words in the message)
+        type Case<'a> = (
+            u16,
+            Vec<(&'static str, &'a str)>,
+            String,
+            Check,
+            bool,
+            &'a [&'a str],
+        );
+        let cases: Vec<Case> = vec![
             (
                 401,
                 vec![rid],

@@ -462,3 +462,6 @@ fn purge(paths: Vec<PathBuf>) {
         disk::remove_all(&p);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -49,7 +49,13 @@ fn ok() -> Reply {
 }
 
 fn bad_request(message: &str) -> Reply {
-    Reply::error(400, "invalid_request_error", "invalid_parameter", message, None)
+    Reply::error(
+        400,
+        "invalid_request_error",
+        "invalid_parameter",
+        message,
+        None,
+    )
 }
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Reply> {
@@ -90,7 +96,10 @@ fn add_fault(shared: &Shared, body: &[u8]) -> Reply {
     }
     tracing::info!(?rule, "fault rule added");
     let rules = shared.faults.add(rule);
-    Reply::json(200, Json::obj().with("ok", true).with("rules", rules as u64))
+    Reply::json(
+        200,
+        Json::obj().with("ok", true).with("rules", rules as u64),
+    )
 }
 
 #[derive(Debug, Deserialize)]

@@ -132,7 +132,10 @@ fn api(shared: &Shared, request: &tiny_http::Request, path: &str, query: &str) -
         Some(id) => match data.get(kind, id) {
             Some(storage) => storage,
             None => {
-                return Reply::not_found(&format!("{} '{id}' not found", capitalize(kind.singular())))
+                return Reply::not_found(&format!(
+                    "{} '{id}' not found",
+                    capitalize(kind.singular())
+                ))
             }
         },
     };
@@ -226,9 +229,18 @@ pub(crate) fn storage_json(storage: &Storage, shape: Shape) -> Json {
         .with("name", storage.name.as_str())
         .with(shape.field("current_version_id"), storage.current.clone())
         .with("size", current.map_or(0, |v| v.size))
-        .with(shape.field("file_count"), current.map_or(0, |v| v.file_count))
-        .with(shape.field("created_at"), format_timestamp(storage.created_at_ms))
-        .with(shape.field("updated_at"), format_timestamp(storage.updated_at_ms))
+        .with(
+            shape.field("file_count"),
+            current.map_or(0, |v| v.file_count),
+        )
+        .with(
+            shape.field("created_at"),
+            format_timestamp(storage.created_at_ms),
+        )
+        .with(
+            shape.field("updated_at"),
+            format_timestamp(storage.updated_at_ms),
+        )
 }
 
 pub(crate) fn version_json(storage: &Storage, version: &Version, shape: Shape) -> Json {
@@ -243,7 +255,10 @@ pub(crate) fn version_json(storage: &Storage, version: &Version, shape: Shape) -
         .with(shape.field("file_count"), version.file_count)
         .with("message", version.message.clone())
         .with(shape.field("created_by"), version.created_by.as_str())
-        .with(shape.field("created_at"), format_timestamp(version.created_at_ms))
+        .with(
+            shape.field("created_at"),
+            format_timestamp(version.created_at_ms),
+        )
 }
 
 /// Cursors are opaque to clients; here, the hex of `offset:N`.

@@ -32,11 +32,13 @@ const INTRO: &str = "# Guide\n\n`data/customers.csv` has one row per customer; \
 `data/orders.csv` one row per order.\nAmounts are in euros.\n";
 const NOTES: &str = "Notes from the kickoff call:\n- keep the CSVs UTF-8\n- one file per table\n";
 const UNICODE: &str = "Données de référence — ne pas modifier à la main.\n";
-const PREPARE: &str = "#!/bin/sh\n# Recomputes the summary columns.\nset -eu\necho \"preparing $1\"\n";
+const PREPARE: &str =
+    "#!/bin/sh\n# Recomputes the summary columns.\nset -eu\necho \"preparing $1\"\n";
 
 const SYSTEM_V1: &str = "You are a careful analyst. Answer in English.\n";
 const SYSTEM_V2: &str = "You are a careful analyst. Answer in English, cite the file you used.\n";
-const EXAMPLE: &str = "Q: How many customers signed up in January?\nA: Two (rows 4 and 5 of data/customers.csv).\n";
+const EXAMPLE: &str =
+    "Q: How many customers signed up in January?\nA: Two (rows 4 and 5 of data/customers.csv).\n";
 
 const REPORT_V1: &str = "# Onboarding report\n\nStatus: in progress.\n";
 const REPORT_V2: &str = "# Onboarding report\n\nStatus: analysis done, 5 customers, 4 orders.\n";
@@ -60,7 +62,10 @@ struct DemoVersion {
 const INPUT_DATA: &[DemoVersion] = &[
     DemoVersion {
         label: "v1",
-        files: &[("README.md", README_V1, false), ("data/customers.csv", CUSTOMERS_V1, false)],
+        files: &[
+            ("README.md", README_V1, false),
+            ("data/customers.csv", CUSTOMERS_V1, false),
+        ],
         symlinks: &[],
         sidecar: r#"{"message":"Initial customer list","created_by":"user"}"#,
     },
@@ -100,7 +105,10 @@ const PROMPTS: &[DemoVersion] = &[
     },
     DemoVersion {
         label: "v2",
-        files: &[("system.md", SYSTEM_V2, false), ("few-shot/example-1.md", EXAMPLE, false)],
+        files: &[
+            ("system.md", SYSTEM_V2, false),
+            ("few-shot/example-1.md", EXAMPLE, false),
+        ],
         symlinks: &[],
         sidecar: r#"{"message":"Ask for citations","created_by":"user"}"#,
     },
@@ -115,7 +123,10 @@ const AGENT_REPORT: &[DemoVersion] = &[
     },
     DemoVersion {
         label: "v2",
-        files: &[("report.md", REPORT_V2, false), ("output/results.json", RESULTS_V2, false)],
+        files: &[
+            ("report.md", REPORT_V2, false),
+            ("output/results.json", RESULTS_V2, false),
+        ],
         symlinks: &[],
         sidecar: r#"{"message":"Run 1: analysis","created_by":"agent"}"#,
     },
@@ -198,7 +209,10 @@ pub fn write(dir: &Path) -> io::Result<()> {
                 std::os::unix::fs::symlink(target, &link)?;
                 set_symlink_mtime(&link, 1_768_903_200)?;
             }
-            fs::write(storage_dir.join(format!("{}.json", version.label)), version.sidecar)?;
+            fs::write(
+                storage_dir.join(format!("{}.json", version.label)),
+                version.sidecar,
+            )?;
         }
     }
     Ok(())

@@ -188,7 +188,9 @@ mod tests {
     #[test]
     fn version_rules_match_by_prefix() {
         let faults = Faults::default();
-        faults.add(rule(r#"{"route":"store.get","version":"abcd1234","count":0}"#));
+        faults.add(rule(
+            r#"{"route":"store.get","version":"abcd1234","count":0}"#,
+        ));
         assert!(faults.take("store.get", None).is_none());
         assert!(faults.take("store.get", Some("ffff")).is_none());
         assert!(faults.take("store.get", Some("abcd1234ef")).is_some());

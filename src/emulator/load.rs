@@ -76,7 +76,11 @@ pub fn load(roots: &[PathBuf], archives_dir: &Path) -> anyhow::Result<Vec<Storag
                 }
                 let dir = read_storage_dir(&path)?;
                 if dirs.insert((kind, entry.clone()), dir).is_some() {
-                    bail!("{} '{}' is defined in two data directories", kind.singular(), entry);
+                    bail!(
+                        "{} '{}' is defined in two data directories",
+                        kind.singular(),
+                        entry
+                    );
                 }
             }
         }
@@ -90,7 +94,10 @@ pub fn load(roots: &[PathBuf], archives_dir: &Path) -> anyhow::Result<Vec<Storag
                 (Some(tree), None) => Job::Tree(tree.clone()),
                 (None, Some(archive)) => Job::Archive(archive.clone()),
                 (Some(_), Some(_)) => {
-                    bail!("{} '{name}': label '{label}' is both a directory and a .tar.gz", kind.singular())
+                    bail!(
+                        "{} '{name}': label '{label}' is both a directory and a .tar.gz",
+                        kind.singular()
+                    )
                 }
                 (None, None) => {
                     tracing::warn!(storage = %name, %label, "sidecar without a version, ignored");
@@ -131,7 +138,10 @@ pub fn load(roots: &[PathBuf], archives_dir: &Path) -> anyhow::Result<Vec<Storag
 
     let mut storages = Vec::new();
     for kind in Kind::ALL {
-        let names = dirs.keys().filter(|(k, _)| *k == kind).map(|(_, n)| n.clone());
+        let names = dirs
+            .keys()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, n)| n.clone());
         for (index, name) in names.enumerate() {
             let dir = &dirs[&(kind, name.clone())];
             // One day per storage keeps the order across storages deterministic.
@@ -186,7 +196,10 @@ fn assemble(
     }
     if let Some(label) = &dir.current {
         if current.is_none() {
-            bail!("{} '{name}': current label '{label}' is not a version", kind.singular());
+            bail!(
+                "{} '{name}': current label '{label}' is not a version",
+                kind.singular()
+            );
         }
     }
     let current = current.or(last_label_id);

@@ -116,7 +116,10 @@ impl Storage {
         if self.versions.is_empty() {
             return Err(LookupError::NoVersions);
         }
-        if !query.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !query
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(LookupError::NotHex);
         }
         if query.len() < MIN_PREFIX {
@@ -181,9 +184,9 @@ impl LookupError {
             LookupError::Ambiguous(n) => {
                 format!("Version prefix '{q}' is ambiguous in {what}: it matches {n} versions")
             }
-            LookupError::NoFiles => format!(
-                "The version of the {what} has no files, so it has no archive to download"
-            ),
+            LookupError::NoFiles => {
+                format!("The version of the {what} has no files, so it has no archive to download")
+            }
         }
     }
 }
@@ -340,7 +343,10 @@ mod tests {
             parse_timestamp("2026-01-20T10:00:00.000Z"),
             Some(BASE_TIME_MS)
         );
-        assert_eq!(format_timestamp(BASE_TIME_MS + 61_001), "2026-01-20T10:01:01.001Z");
+        assert_eq!(
+            format_timestamp(BASE_TIME_MS + 61_001),
+            "2026-01-20T10:01:01.001Z"
+        );
     }
 
     #[test]
@@ -358,7 +364,10 @@ mod tests {
         let a = content_version_id("s", [("a", &b"1"[..]), ("b", &b"2"[..])]);
         let b = content_version_id("s", [("b", &b"2"[..]), ("a", &b"1"[..])]);
         assert_eq!(a, b);
-        assert_ne!(a, content_version_id("t", [("a", &b"1"[..]), ("b", &b"2"[..])]));
+        assert_ne!(
+            a,
+            content_version_id("t", [("a", &b"1"[..]), ("b", &b"2"[..])])
+        );
     }
 
     fn storage_with(ids: &[&str]) -> Storage {

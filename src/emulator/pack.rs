@@ -127,9 +127,17 @@ pub fn pack(storage_id: &str, mut entries: Vec<PackEntry>, out_dir: &Path) -> io
             archive: None,
         });
     }
-    entries.sort_by(|a, b| a.path.as_os_str().as_bytes().cmp(b.path.as_os_str().as_bytes()));
+    entries.sort_by(|a, b| {
+        a.path
+            .as_os_str()
+            .as_bytes()
+            .cmp(b.path.as_os_str().as_bytes())
+    });
     fs::create_dir_all(out_dir)?;
-    let tmp = out_dir.join(format!("tmp-{}.tar.gz", hex::encode(rand::random::<[u8; 8]>())));
+    let tmp = out_dir.join(format!(
+        "tmp-{}.tar.gz",
+        hex::encode(rand::random::<[u8; 8]>())
+    ));
     let result = write_archive(&tmp, &entries, &mut hasher);
     let (size, file_count) = match result {
         Ok(counts) => counts,

@@ -66,7 +66,8 @@ fn now_secs() -> i64 {
 
 /// `YYYYMMDDTHHMMSSZ`, SigV4's date format.
 fn amz_date(secs: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format!(
         "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
         t.year(),
@@ -85,7 +86,12 @@ fn parse_amz_date(s: &str) -> Option<i64> {
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<u32>().ok();
     let month = time::Month::try_from(u8::try_from(num(4..6)?).ok()?).ok()?;
-    let date = time::Date::from_calendar_date(i32::try_from(num(0..4)?).ok()?, month, u8::try_from(num(6..8)?).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(
+        i32::try_from(num(0..4)?).ok()?,
+        month,
+        u8::try_from(num(6..8)?).ok()?,
+    )
+    .ok()?;
     let time = time::Time::from_hms(
         u8::try_from(num(9..11)?).ok()?,
         u8::try_from(num(11..13)?).ok()?,
@@ -101,7 +107,8 @@ fn http_date(secs: i64) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format!(
         "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
         DAYS[t.weekday().number_days_from_monday() as usize],
@@ -200,7 +207,14 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
             Ok(None) => return,
             Err(err) => {
                 tracing::debug!(%err, "bad request on the store listener");
-                let _ = write_xml_error(&mut stream, 400, "BadRequest", "Malformed request", &[], false);
+                let _ = write_xml_error(
+                    &mut stream,
+                    400,
+                    "BadRequest",
+                    "Malformed request",
+                    &[],
+                    false,
+                );
                 let _ = stream.shutdown(Shutdown::Both);
                 return;
             }
@@ -232,11 +246,17 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
             if lines.is_empty() {
                 return Ok(None);
             }
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated request head"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "truncated request head",
+            ));
         }
         total += n;
         if total > MAX_HEAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too large",
+            ));
         }
         let line = line.trim_end_matches(['\r', '\n']).to_string();
         if line.is_empty() {
@@ -280,7 +300,10 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
         keep_alive,
     };
     if request.header("transfer-encoding").is_some() {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "request bodies are not supported"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "request bodies are not supported",
+        ));
     }
     // A body on a GET is odd but legal; skip it so the next request parses.
     if let Some(len) = request.header("content-length") {
@@ -323,7 +346,14 @@ fn handle(stream: &mut TcpStream, request: &Request, shared: &Shared) -> io::Res
     }
     let head_only = request.method == "HEAD";
     if request.method != "GET" && !head_only {
-        write_xml_error(stream, 405, "MethodNotAllowed", "The specified method is not allowed against this resource.", &[], head_only)?;
+        write_xml_error(
+            stream,
+            405,
+            "MethodNotAllowed",
+            "The specified method is not allowed against this resource.",
+            &[],
+            head_only,
+        )?;
         return Ok(Flow::KeepAlive);
     }
 
@@ -395,7 +425,14 @@ fn handle(stream: &mut TcpStream, request: &Request, shared: &Shared) -> io::Res
             ("ServerTime", amz_iso(now)),
             ("X-Amz-Expires", expires.to_string()),
         ];
-        write_xml_error(stream, 403, "AccessDenied", "Request has expired", &extra, head_only)?;
+        write_xml_error(
+            stream,
+            403,
+            "AccessDenied",
+            "Request has expired",
+            &extra,
+            head_only,
+        )?;
         return Ok(Flow::KeepAlive);
     }
 
@@ -407,11 +444,25 @@ fn handle(stream: &mut TcpStream, request: &Request, shared: &Shared) -> io::Res
             .and_then(|v| v.archive.clone())
     });
     let Some(archive) = archive else {
-        write_xml_error(stream, 404, "NoSuchKey", "The specified key does not exist.", &[], head_only)?;
+        write_xml_error(
+            stream,
+            404,
+            "NoSuchKey",
+            "The specified key does not exist.",
+            &[],
+            head_only,
+        )?;
         return Ok(Flow::KeepAlive);
     };
     let version_id = target.as_ref().map_or("", |t| t.version_id.as_str());
-    serve_archive(stream, request, &archive, version_id, fault.as_ref(), head_only)
+    serve_archive(
+        stream,
+        request,
+        &archive,
+        version_id,
+        fault.as_ref(),
+        head_only,
+    )
 }
 
 /// S3 writes times in its XML errors as ISO-8601 without milliseconds.
@@ -455,7 +506,9 @@ impl Body {
                 io::copy(&mut garbage.take(len), out)
             }
             Body::Memory(bytes) => {
-                let start = usize::try_from(start).unwrap_or(usize::MAX).min(bytes.len());
+                let start = usize::try_from(start)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
                 io::copy(&mut (&bytes[start..]).take(len), out)
             }
         }
@@ -491,7 +544,10 @@ impl Read for Garbage {
 fn not_a_tar() -> Vec<u8> {
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
     for i in 0..1024 {
-        let _ = writeln!(gz, "line {i}: this gzip stream holds text, not a tar archive");
+        let _ = writeln!(
+            gz,
+            "line {i}: this gzip stream holds text, not a tar archive"
+        );
     }
     gz.finish().expect("writing to a Vec cannot fail")
 }
@@ -510,14 +566,18 @@ fn parse_range(header: Option<&str>, total: u64) -> Result<Option<(u64, u64)>, (
     };
     let (first, last) = (first.trim(), last.trim());
     if first.is_empty() {
-        let Ok(suffix) = last.parse::<u64>() else { return Ok(None) };
+        let Ok(suffix) = last.parse::<u64>() else {
+            return Ok(None);
+        };
         if suffix == 0 || total == 0 {
             return Err(());
         }
         let start = total.saturating_sub(suffix);
         return Ok(Some((start, total - 1)));
     }
-    let Ok(start) = first.parse::<u64>() else { return Ok(None) };
+    let Ok(start) = first.parse::<u64>() else {
+        return Ok(None);
+    };
     let end = if last.is_empty() {
         total.saturating_sub(1)
     } else {
@@ -568,7 +628,10 @@ fn serve_archive(
             Some(format!("bytes {start}-{end}/{total}")),
         ),
         Err(()) => {
-            let extra = [("RangeRequested", request.header("range").unwrap_or("").to_string())];
+            let extra = [(
+                "RangeRequested",
+                request.header("range").unwrap_or("").to_string(),
+            )];
             write_xml_error(
                 stream,
                 416,
@@ -689,7 +752,10 @@ fn write_fault(stream: &mut impl Write, rule: &FaultRule, head_only: bool) -> io
     let status = rule.status.unwrap_or(500);
     let mut headers = Vec::new();
     if status == 429 || status == 503 || rule.retry_after.is_some() {
-        headers.push(("Retry-After".to_string(), rule.retry_after.unwrap_or(1).to_string()));
+        headers.push((
+            "Retry-After".to_string(),
+            rule.retry_after.unwrap_or(1).to_string(),
+        ));
     }
     if let Some(body) = &rule.body {
         let content_type = rule.content_type.as_deref().unwrap_or("text/html");
@@ -700,12 +766,22 @@ fn write_fault(stream: &mut impl Write, rule: &FaultRule, head_only: bool) -> io
         403 => ("AccessDenied", "Access Denied"),
         404 => ("NoSuchKey", "The specified key does not exist."),
         429 | 503 => ("SlowDown", "Please reduce your request rate."),
-        _ => ("InternalError", "We encountered an internal error. Please try again."),
+        _ => (
+            "InternalError",
+            "We encountered an internal error. Please try again.",
+        ),
     };
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>"
     );
-    write_simple(stream, status, "application/xml", &body, &headers, head_only)
+    write_simple(
+        stream,
+        status,
+        "application/xml",
+        &body,
+        &headers,
+        head_only,
+    )
 }
 
 #[cfg(test)]
@@ -746,7 +822,12 @@ mod tests {
     fn garbage_is_not_gzip() {
         let mut first = [0u8; 2];
         for seed in 1..200 {
-            Garbage { state: seed, pos: 0 }.read_exact(&mut first).unwrap();
+            Garbage {
+                state: seed,
+                pos: 0,
+            }
+            .read_exact(&mut first)
+            .unwrap();
             assert_ne!(first[0], 0x1f);
         }
     }

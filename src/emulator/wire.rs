@@ -105,7 +105,9 @@ impl From<serde_json::Value> for Json {
         match v {
             Value::Null => Json::Null,
             Value::Bool(b) => Json::Bool(b),
-            Value::Number(n) => n.as_i64().map_or_else(|| Json::Str(n.to_string()), Json::Int),
+            Value::Number(n) => n
+                .as_i64()
+                .map_or_else(|| Json::Str(n.to_string()), Json::Int),
             Value::String(s) => Json::Str(s),
             Value::Array(items) => Json::Arr(items.into_iter().map(Json::from).collect()),
             Value::Object(map) => Json::Obj(map.into_iter().map(|(k, v)| (k, v.into())).collect()),
@@ -206,17 +208,33 @@ impl Reply {
     /// The error the real service would give for a status, for fault rules.
     pub fn for_status(status: u16) -> Reply {
         let (kind, code, message) = match status {
-            400 => ("invalid_request_error", "invalid_parameter", "Invalid request"),
+            400 => (
+                "invalid_request_error",
+                "invalid_parameter",
+                "Invalid request",
+            ),
             401 => return Reply::unauthorized(),
             403 => (
                 "authorization_error",
                 "scope_not_configured",
                 "The API key does not have the scope required for this request",
             ),
-            404 => ("not_found_error", "resource_not_found", "Resource not found"),
-            429 => ("rate_limit_error", "rate_limit_exceeded", "Too many requests"),
+            404 => (
+                "not_found_error",
+                "resource_not_found",
+                "Resource not found",
+            ),
+            429 => (
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                "Too many requests",
+            ),
             s if s >= 500 => ("api_error", "internal_error", "An internal error occurred"),
-            _ => ("invalid_request_error", "invalid_parameter", "Invalid request"),
+            _ => (
+                "invalid_request_error",
+                "invalid_parameter",
+                "Invalid request",
+            ),
         };
         Reply::error(status, kind, code, message, None)
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::api::ApiError;
 use crate::archive::ArchiveError;
 use crate::cache::{CacheError, SharedError};
+use crate::size::ByteSize;
 
 /// Why fetching a version failed: the network or the archive.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +15,10 @@ pub enum FetchError {
     Api(#[from] ApiError),
     #[error("{0}")]
     Archive(#[from] ArchiveError),
+    /// The archive unpacks to more than the API announced: an archive can lie, and a
+    /// decompression bomb must not fill the disk.
+    #[error("the archive unpacks to more than the {} the API announced for it; stopped and discarded (a corrupt or hostile archive)", ByteSize(*.announced))]
+    LargerThanAnnounced { announced: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +72,9 @@ impl FsError {
                 CacheError::Locked { .. } | CacheError::Io { .. } => libc::EIO,
                 CacheError::Fetch { source, .. } => match source.downcast_ref::<FetchError>() {
                     Some(FetchError::Api(api)) => api_errno(api),
-                    Some(FetchError::Archive(_)) | None => libc::EIO,
+                    Some(FetchError::Archive(_) | FetchError::LargerThanAnnounced { .. }) | None => {
+                        libc::EIO
+                    }
                 },
             },
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),

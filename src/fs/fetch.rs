@@ -53,9 +53,15 @@ pub fn fetch(
                 log_progress(&what, s, version.size, compressed, started);
             }
         };
-        let unpacked = archive::unpack(reader, target.dir, &opts, &mut progress);
-        // Prefer the network's own error over the unpacker's view of a failed read.
-        Ok(unpacked?)
+        match archive::unpack(reader, target.dir, &opts, &mut progress) {
+            Ok(u) => Ok(u),
+            // The cache passes the announced size as the limit (it already refused versions
+            // larger than the budget), so passing it means the archive lied.
+            Err(archive::ArchiveError::TooLarge { .. }) if target.max_bytes == version.size => {
+                Err(FetchError::LargerThanAnnounced { announced: version.size })
+            }
+            Err(e) => Err(e.into()),
+        }
     })();
     match &result {
         Ok(u) => {

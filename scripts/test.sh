@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test of vm0fs: unit tests, library-level filesystem tests, the API client
+# and emulator over real HTTP, and real FUSE mounts checked with real tools.
+# Mount tests need /dev/fuse and root (or fusermount3); they fail, never skip, without.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/deps.sh
+
+cargo build --all-targets
+cargo test --all-targets -- --test-threads "${VM0FS_TEST_THREADS:-4}"

@@ -1,0 +1,230 @@
+//! The cache through real mounts: the byte budget holds at every moment, LRU order and
+//! pinning, refusals, restarts, crashes and the lock.
+
+mod common;
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::archives::{pattern, put_archive, ArchiveBuilder};
+use common::{Emulator, Mount, MountOpts};
+
+const MIB: u64 = 1 << 20;
+
+/// Allocated bytes under `path`, as the budget counts them.
+fn disk_usage(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir() {
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for e in entries.flatten() {
+                total += disk_usage(&e.path());
+            }
+        }
+    }
+    total
+}
+
+/// `n` artifacts `art-0..n`, each one version of 4 files of `size/4` incompressible bytes.
+fn data_with_versions(n: usize, size: usize) -> tempfile::TempDir {
+    let data = tempfile::tempdir().unwrap();
+    for i in 0..n {
+        let mut b = ArchiveBuilder::new();
+        for j in 0..4 {
+            b.file(&format!("part-{j}.bin"), 0o644, 1_700_000_000, &pattern(size / 4, (i * 10 + j) as u64));
+        }
+        put_archive(data.path(), "artifacts", &format!("art-{i}"), "v1", &b.finish());
+    }
+    data
+}
+
+fn read_all(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn cache_opts(cache: &Path, size: &str) -> MountOpts<'static> {
+    MountOpts {
+        cache: Some(cache.to_path_buf()),
+        extra: vec!["--cache-size".into(), size.into()],
+        ..Default::default()
+    }
+}
+
+fn resident_versions(cache: &Path) -> usize {
+    std::fs::read_dir(cache.join("versions")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn the_budget_holds_at_every_moment_while_reading_many_versions() {
+    let data = data_with_versions(6, MIB as usize);
+    let emu = Emulator::with_data(data.path());
+    let cache = tempfile::tempdir().unwrap();
+    let budget = 3 * MIB;
+    let m = Mount::with(&emu, cache_opts(cache.path(), "3M"));
+
+    // Sample the cache directory's real usage all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (stop, peak, root) = (stop.clone(), peak.clone(), cache.path().to_path_buf());
+        std::thread::spawn(move || {
+            let mut samples = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(disk_usage(&root), Ordering::Relaxed);
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            samples
+        })
+    };
+    for round in 0..2 {
+        for i in 0..6 {
+            for j in 0..4 {
+                let got = read_all(&m.join(&format!("artifacts/art-{i}/latest/part-{j}.bin")));
+                assert_eq!(got, pattern(MIB as usize / 4, (i * 10 + j) as u64), "round {round} art-{i}");
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.join().unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    // At most the budget plus the one version being unpacked (1 MiB and its metadata).
+    assert!(samples > 10, "too few samples ({samples})");
+    assert!(peak <= budget + MIB + 64 * 1024, "peak usage {peak} over budget {budget} + one version");
+    assert!(disk_usage(cache.path()) <= budget, "final usage over budget");
+    // Least recently used went first: the last versions read are the ones left.
+    for i in 0..6 {
+        let present = cache.path().join("versions").read_dir().unwrap().flatten().any(|e| {
+            let v = emu.current_version("artifacts", &format!("art-{i}"));
+            e.file_name().to_string_lossy().ends_with(&v)
+        });
+        assert_eq!(present, i >= 4, "art-{i} resident: {present}");
+    }
+}
+
+#[test]
+fn an_open_file_pins_its_version_under_pressure() {
+    let data = data_with_versions(4, MIB as usize);
+    let emu = Emulator::with_data(data.path());
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::with(&emu, cache_opts(cache.path(), "2600K"));
+    let mut pinned = File::open(m.join("artifacts/art-0/latest/part-0.bin")).unwrap();
+    for i in 1..4 {
+        read_all(&m.join(&format!("artifacts/art-{i}/latest/part-1.bin")));
+    }
+    let mut got = Vec::new();
+    pinned.read_to_end(&mut got).unwrap();
+    assert_eq!(got, pattern(MIB as usize / 4, 0));
+    let v0 = emu.current_version("artifacts", "art-0");
+    assert!(cache.path().join(format!("versions/artifacts-{v0}")).exists(), "pinned version evicted");
+    drop(pinned);
+    assert!(disk_usage(cache.path()) <= 2600 * 1024);
+}
+
+#[test]
+fn a_version_larger_than_the_whole_budget_is_efbig_with_a_clear_log_line() {
+    let data = data_with_versions(1, 2 * MIB as usize);
+    let emu = Emulator::with_data(data.path());
+    let m = Mount::with(&emu, cache_opts(&tempfile::tempdir().unwrap().keep(), "1M"));
+    let err = std::fs::read(m.join("artifacts/art-0/latest/part-0.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+    let log = m.log_text();
+    let v = emu.current_version("artifacts", "art-0");
+    let line = log.lines().find(|l| l.contains(&v) && l.contains("budget")).unwrap_or_else(|| panic!("no log line:\n{log}"));
+    assert!(line.contains("2.0 MiB") && line.contains("1.0 MiB") && line.contains("--cache-size"), "{line}");
+    assert_eq!(emu.counter("store.get"), 0, "nothing downloaded");
+}
+
+#[test]
+fn an_archive_bigger_than_its_announced_size_is_stopped() {
+    let data = data_with_versions(1, 2 * MIB as usize);
+    // The API announces far less than the archive holds.
+    std::fs::write(data.path().join("artifacts/art-0/v1.json"), r#"{"size": 65536, "file_count": 4}"#).unwrap();
+    let emu = Emulator::with_data(data.path());
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::with(&emu, cache_opts(cache.path(), "100M"));
+    let err = std::fs::read(m.join("artifacts/art-0/latest/part-0.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(m.log_text().contains("announced"), "{}", m.log_text());
+    assert_eq!(resident_versions(cache.path()), 0);
+    assert!(disk_usage(&cache.path().join("tmp")) < 256 * 1024, "stopped early");
+}
+
+#[test]
+fn a_restart_reuses_the_cache_and_a_lowered_budget_trims_it() {
+    let data = data_with_versions(3, MIB as usize);
+    let emu = Emulator::with_data(data.path());
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::with(&emu, cache_opts(cache.path(), "100M"));
+    for i in 0..3 {
+        read_all(&m.join(&format!("artifacts/art-{i}/latest/part-0.bin")));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(m.unmount().success());
+    assert_eq!(resident_versions(cache.path()), 3);
+
+    emu.reset_counters();
+    let m = Mount::with(&emu, cache_opts(cache.path(), "100M"));
+    for i in 0..3 {
+        assert_eq!(read_all(&m.join(&format!("artifacts/art-{i}/latest/part-3.bin"))), pattern(MIB as usize / 4, (i * 10 + 3) as u64));
+    }
+    assert_eq!(emu.counter("store.get"), 0, "restart downloaded again: {}", emu.counters());
+    assert!(m.unmount().success());
+
+    // A budget for one version: trimmed at start, the most recently used kept.
+    let m = Mount::with(&emu, cache_opts(cache.path(), "1200K"));
+    assert!(disk_usage(cache.path()) <= 1200 * 1024);
+    assert_eq!(resident_versions(cache.path()), 1);
+    read_all(&m.join("artifacts/art-2/latest/part-0.bin"));
+    assert_eq!(emu.counter("store.get"), 0, "the most recent version was kept");
+}
+
+#[test]
+fn kill_9_during_an_unpack_leaves_nothing_partial() {
+    let data = tempfile::tempdir().unwrap();
+    let mut b = ArchiveBuilder::new();
+    for j in 0..24 {
+        b.file(&format!("big-{j:02}.bin"), 0o644, 1_700_000_000, &pattern(MIB as usize, j));
+    }
+    put_archive(data.path(), "artifacts", "big", "v1", &b.finish());
+    let emu = Emulator::with_data(data.path());
+    let cache = tempfile::tempdir().unwrap();
+    let mut m = Mount::with(&emu, cache_opts(cache.path(), "1G"));
+    let reader = {
+        let p = m.join("artifacts/big/latest/big-23.bin");
+        std::thread::spawn(move || std::fs::read(p).is_ok())
+    };
+    let tmp = cache.path().join("tmp");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while disk_usage(&tmp) < 2 * MIB {
+        assert!(Instant::now() < deadline, "the unpack never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut child = m.take_child();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(resident_versions(cache.path()), 0, "killed before completion: nothing complete");
+    let _ = reader.join();
+    drop(m);
+
+    emu.reset_counters();
+    let m = Mount::with(&emu, cache_opts(cache.path(), "1G"));
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "leftovers removed at start");
+    assert_eq!(read_all(&m.join("artifacts/big/latest/big-23.bin")), pattern(MIB as usize, 23));
+    assert_eq!(emu.counter("store.get"), 1, "downloaded again after the crash");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_cache_is_refused() {
+    let data = data_with_versions(1, 4096);
+    let emu = Emulator::with_data(data.path());
+    let cache = tempfile::tempdir().unwrap();
+    let _first = Mount::with(&emu, cache_opts(cache.path(), "10M"));
+    let err = Mount::try_with(&emu, cache_opts(cache.path(), "10M")).err().expect("second daemon must fail");
+    assert!(err.contains("in use by another vm0fs") && err.contains("--cache-dir"), "{err}");
+}
