@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use fuser::{MountOption, SessionACL};
 
-use crate::api::{Client, ClientConfig, Kind, RetryPolicy};
+use crate::api::{Client, ClientConfig, RetryPolicy};
 use crate::cache::Cache;
 use crate::config::{Access, MountConfig};
 use crate::fs::{Fs, FsConfig, Remote};
@@ -116,8 +116,7 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
     // budget so that a wrong URL fails in seconds, not after the full backoff.
     let quick = RetryPolicy { max_attempts: 3, max_elapsed: Duration::from_secs(10), ..RetryPolicy::default() };
     client(cfg, quick)?
-        .list_storages(Kind::Volume)
-        .map(|_| ())
+        .check()
         .with_context(|| format!("cannot use the VM0 API at {}", cfg.api_url))?;
 
     let cache = Cache::open(&cfg.cache_dir, cfg.cache_size)
@@ -297,6 +296,7 @@ fn fusermount_unmount(path: &Path, lazy: bool) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::Kind;
 
     #[test]
     fn mountinfo_paths_are_unescaped() {

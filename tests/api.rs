@@ -727,22 +727,22 @@ fn a_resume_after_the_url_expired_asks_for_a_fresh_url() {
     let archive = noise(1_000_000, 4);
     let emulator = Emulator::start_with_data(&[], Some(big_archive_data(&archive)));
     let id = emulator.storage_id(Kind::Volume, "big");
-    emulator.config(json!({"url_ttl_secs": 1}));
+    emulator.config(json!({"url_ttl_secs": 2}));
     emulator.reset_counters();
     emulator.fault(json!({"route": "store.get", "cut_after_bytes": 100_000, "count": 1}));
     let mut download = emulator.client().download(Kind::Volume, &id, None).unwrap();
     let mut data = vec![0; 1000];
     download.read_exact(&mut data).unwrap();
-    std::thread::sleep(Duration::from_millis(2100));
+    // Past the URL's lifetime (whole seconds from its signing second).
+    std::thread::sleep(Duration::from_millis(3100));
     download.read_to_end(&mut data).unwrap();
     assert_eq!(sha256(&data), sha256(&archive));
     assert_eq!(download.resumes(), 1);
-    assert_eq!(emulator.count("volumes.download"), 2);
-    assert_eq!(
-        emulator.count("store.get"),
-        3,
-        "first GET, refused resume, resume"
-    );
+    // Normally 2 URLs and 3 GETs (first GET, refused resume, resume); one more of each if
+    // the first URL happened to expire before its first use on a loaded machine.
+    let urls = emulator.count("volumes.download");
+    assert!((2..=3).contains(&urls), "{urls}");
+    assert_eq!(emulator.count("store.get"), urls + 1);
 }
 
 #[test]
@@ -768,24 +768,20 @@ fn a_cut_that_repeats_beyond_the_budget_fails_the_read_with_the_api_error() {
 
 #[test]
 fn a_slow_reader_is_not_cut_by_the_io_timeout() {
-    // The stall timeout bounds each read, not the whole download.
+    // The io timeout bounds each read, not the whole download, and time the caller spends
+    // between reads does not count: a download that outlasts it many times still completes.
     let archive = noise(1_000_000, 6);
     let emulator = Emulator::start_with_data(&[], Some(big_archive_data(&archive)));
     let id = emulator.storage_id(Kind::Volume, "big");
-    let client = emulator.client_with(&emulator.token, quick_policy(), Duration::from_millis(200));
-    let mut download = client.download(Kind::Volume, &id, None).unwrap();
+    let io_timeout = Duration::from_millis(500);
+    let client = emulator.client_with(&emulator.token, quick_policy(), io_timeout);
     let started = Instant::now();
-    let mut data = Vec::new();
-    let mut chunk = vec![0; 64 * 1024];
-    loop {
-        let n = download.read(&mut chunk).unwrap();
-        if n == 0 {
-            break;
-        }
-        data.extend_from_slice(&chunk[..n]);
-        std::thread::sleep(Duration::from_millis(40));
-    }
-    assert!(started.elapsed() > Duration::from_millis(400));
+    let mut download = client.download(Kind::Volume, &id, None).unwrap();
+    let mut data = vec![0; 100_000];
+    download.read_exact(&mut data).unwrap();
+    std::thread::sleep(io_timeout * 3);
+    download.read_to_end(&mut data).unwrap();
+    assert!(started.elapsed() > io_timeout * 3);
     assert_eq!(sha256(&data), sha256(&archive));
     assert_eq!(download.resumes(), 0);
 }

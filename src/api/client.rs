@@ -212,6 +212,17 @@ impl Client {
         self.inner.base.as_str()
     }
 
+    /// Check the URL and the token with one request (the first volume), as a mount does
+    /// before it mounts anything.
+    pub fn check(&self) -> Result<(), ApiError> {
+        let resource = Resource::same("the list of volumes".to_string());
+        let mut url = self.api_url(&[Kind::Volume.plural()]);
+        url.query_pairs_mut().append_pair("limit", "1");
+        let answer = self.api_get(&url, &resource)?;
+        let _: Page<WireStorage> = self.decode_ok(&answer, &resource)?;
+        Ok(())
+    }
+
     /// Every storage of a kind (all pages, de-duplicated by id).
     pub fn list_storages(&self, kind: Kind) -> Result<Vec<Storage>, ApiError> {
         let resource = Resource::same(format!("the list of {}", kind.plural()));
@@ -394,7 +405,17 @@ impl Client {
             request_id: answer.request_id.clone(),
         };
         if !answer.status.is_success() {
-            return Err(unexpected("expected a JSON answer".into()));
+            // Redirects are not followed for the API (the token must not travel to another
+            // host); a redirect here usually means an http:// URL that should be https://.
+            let detail = match answer
+                .headers
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+            {
+                Some(location) => format!("expected a JSON answer, got a redirect to {location}"),
+                None => "expected a JSON answer".into(),
+            };
+            return Err(unexpected(detail));
         }
         serde_json::from_slice(&answer.body)
             .map_err(|err| unexpected(format!("not the documented JSON: {err}")))

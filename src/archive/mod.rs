@@ -9,6 +9,23 @@
 //! - The tree itself (names, directories, symlinks, modes, mtimes) lives only in the
 //!   [`Index`], which the caller persists with [`Index::save`].
 //!
+//! The rules for an untrusted archive (each refused member is skipped, listed in
+//! [`UnpackStats::skipped`] with a reason and logged at WARN; the rest is unpacked):
+//!
+//! - Paths are normalized (`./a//b/` is `a/b`); absolute paths, `..` components, NUL bytes
+//!   and names longer than 255 bytes are refused, and so is any path that goes through a
+//!   symlink or a regular file the archive made earlier.
+//! - Symlinks are kept as their target bytes, never followed or created on disk. Hard links
+//!   must name an earlier non-directory member; they become a second name of its node.
+//! - Device nodes, FIFOs and unknown member types are skipped; pax global headers are
+//!   ignored; GNU sparse files are expanded (the pax-format variant is skipped).
+//! - A repeated name: the last member wins, as with GNU tar, except that a non-empty
+//!   directory is never replaced by a non-directory.
+//! - Modes keep their permission bits without setuid and setgid; directories the archive
+//!   only implies are 0755 with [`UnpackOptions::implied_dir_mtime`].
+//! - Content is checked against [`UnpackOptions::max_bytes`] before it is written, and the
+//!   metadata held in memory per member (long names, pax records) is bounded.
+//!
 //! This module knows nothing of HTTP, the cache budget's bookkeeping or inodes.
 
 mod index;

@@ -87,10 +87,7 @@ impl Tar {
 
     /// A pax extended header (`x`) for the next member.
     fn pax(self, records: &[(&str, &[u8])]) -> Tar {
-        let data: Vec<u8> = records
-            .iter()
-            .flat_map(|(k, v)| pax_record(k, v))
-            .collect();
+        let data: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
         self.raw(EntryType::XHeader, b"PaxHeaders/next", b"", 0o644, &data)
     }
 
@@ -166,15 +163,26 @@ impl Run {
 
     /// Nothing was created next to `dest`, and inside it only `data/<n>` files.
     fn assert_contained(&self) {
-        assert_eq!(fs::read_dir(&self.sentinel).unwrap().count(), 0, "sentinel touched");
+        assert_eq!(
+            fs::read_dir(&self.sentinel).unwrap().count(),
+            0,
+            "sentinel touched"
+        );
         let top: Vec<_> = fs::read_dir(&self.dest)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert!(top.iter().all(|n| n == "data"), "unexpected files in dest: {top:?}");
+        assert!(
+            top.iter().all(|n| n == "data"),
+            "unexpected files in dest: {top:?}"
+        );
         for e in fs::read_dir(self.dest.join("data")).unwrap() {
             let e = e.unwrap();
-            assert!(e.file_type().unwrap().is_file(), "{:?} is not a file", e.path());
+            assert!(
+                e.file_type().unwrap().is_file(),
+                "{:?} is not a file",
+                e.path()
+            );
             let name = e.file_name().into_string().unwrap();
             assert!(name.parse::<u32>().is_ok(), "unexpected blob name {name}");
         }
@@ -257,7 +265,10 @@ fn check(run: &Run, u: &Unpacked) {
     assert_eq!(on_disk, files);
     assert_eq!(u.stats.files, files as u64);
     assert_eq!(u.stats.bytes, bytes);
-    assert!(u.stats.disk_bytes > 0, "the data directory itself takes space");
+    assert!(
+        u.stats.disk_bytes > 0,
+        "the data directory itself takes space"
+    );
 }
 
 fn resolve(index: &Index, path: &str) -> Option<u32> {
@@ -307,17 +318,26 @@ fn nested_dirs_sizes_and_names() {
         assert!(matches!(node(&u, &path).kind, NodeKind::File { size: s, .. } if s == size as u64));
     }
     assert_eq!(content(&run, &u, "with space/a b.txt"), b"space");
-    assert_eq!(content(&run, &u, "ünïcødé/日本語.txt"), "unicode".as_bytes());
+    assert_eq!(
+        content(&run, &u, "ünïcødé/日本語.txt"),
+        "unicode".as_bytes()
+    );
     assert_eq!(content(&run, &u, "empty"), b"");
     assert_eq!(content(&run, &u, "dot/slash"), b"dot");
     assert_eq!(u.stats.files, sizes.len() as u64 + 5);
     assert!(u.stats.skipped.is_empty());
     // Implied directories: 0755 and the implied mtime.
     let dir = node(&u, "sizes/deep");
-    assert_eq!((dir.perm, dir.mtime_sec, dir.mtime_nsec), (0o755, IMPLIED_MTIME, 0));
+    assert_eq!(
+        (dir.perm, dir.mtime_sec, dir.mtime_nsec),
+        (0o755, IMPLIED_MTIME, 0)
+    );
     assert_eq!(node(&u, "").nlink, 2 + 4);
     let file = node(&u, "top");
-    assert_eq!((file.perm, file.mtime_sec, file.nlink), (0o644, MTIME as i64, 1));
+    assert_eq!(
+        (file.perm, file.mtime_sec, file.nlink),
+        (0o644, MTIME as i64, 1)
+    );
     // The index lists what the root holds, in byte order.
     let NodeKind::Dir { entries, .. } = &u.index.nodes[0].kind else {
         panic!("root is not a directory")
@@ -357,7 +377,9 @@ fn empty_inputs_are_empty_versions() {
     for (what, archive) in cases {
         let (_run, u) = unpack_ok(&archive);
         assert_eq!(u.index.nodes.len(), 1, "{what}");
-        assert!(matches!(&u.index.nodes[0].kind, NodeKind::Dir { entries, .. } if entries.is_empty()));
+        assert!(
+            matches!(&u.index.nodes[0].kind, NodeKind::Dir { entries, .. } if entries.is_empty())
+        );
         assert_eq!((u.stats.files, u.stats.bytes), (0, 0), "{what}");
     }
 }
@@ -398,9 +420,7 @@ fn pax_mtime_with_fractions() {
     ];
     let mut tar = Tar::new();
     for (i, (value, _)) in cases.iter().enumerate() {
-        tar = tar
-            .pax(&[("mtime", *value)])
-            .file(&format!("f{i}"), b"x");
+        tar = tar.pax(&[("mtime", *value)]).file(&format!("f{i}"), b"x");
     }
     let (_run, u) = unpack_ok(&tar.gz());
     for (i, (value, want)) in cases.iter().enumerate() {
@@ -416,7 +436,8 @@ fn pax_mtime_with_fractions() {
 
 #[test]
 fn pax_time_parsing() {
-    let cases: [(&[u8], Option<(i64, u32)>); 10] = [
+    type Case = (&'static [u8], Option<(i64, u32)>);
+    let cases: [Case; 10] = [
         (b"0", Some((0, 0))),
         (b"12.000000001", Some((12, 1))),
         (b"-3", Some((-3, 0))),
@@ -429,7 +450,12 @@ fn pax_time_parsing() {
         (b"\xff", None),
     ];
     for (value, want) in cases {
-        assert_eq!(parse_pax_time(value), want, "{}", String::from_utf8_lossy(value));
+        assert_eq!(
+            parse_pax_time(value),
+            want,
+            "{}",
+            String::from_utf8_lossy(value)
+        );
     }
 }
 
@@ -455,7 +481,12 @@ fn path_normalization() {
     ];
     for (path, want) in cases {
         let got = normalize(path).ok().map(|c| c.join(&b'/'));
-        assert_eq!(got, want.map(|w| w.as_bytes().to_vec()), "{}", String::from_utf8_lossy(path));
+        assert_eq!(
+            got,
+            want.map(|w| w.as_bytes().to_vec()),
+            "{}",
+            String::from_utf8_lossy(path)
+        );
     }
     let long = [b'n'; 256];
     assert!(normalize(&long).is_err());
@@ -506,12 +537,23 @@ fn symlinks_are_kept_byte_for_byte_and_never_created() {
     ];
     let mut tar = Tar::new();
     for (i, target) in targets.iter().enumerate() {
-        tar = tar.raw(EntryType::Symlink, format!("l{i}").as_bytes(), target, 0o777, b"");
+        tar = tar.raw(
+            EntryType::Symlink,
+            format!("l{i}").as_bytes(),
+            target,
+            0o777,
+            b"",
+        );
     }
     let (run, u) = unpack_ok(&tar.gz());
     for (i, target) in targets.iter().enumerate() {
         let n = node(&u, &format!("l{i}"));
-        assert_eq!(n.kind, NodeKind::Symlink { target: target.to_vec() });
+        assert_eq!(
+            n.kind,
+            NodeKind::Symlink {
+                target: target.to_vec()
+            }
+        );
         assert_eq!((n.perm, n.nlink), (0o777, 1));
     }
     assert_eq!(u.stats.files, 0);
@@ -640,12 +682,23 @@ fn repeated_entries_last_one_wins() {
         let (run, u) = unpack_ok(&tar.gz());
         match want {
             Want::File(data) => assert_eq!(content(&run, &u, path), data, "{what}"),
-            Want::Dir => assert!(matches!(node(&u, path).kind, NodeKind::Dir { .. }), "{what}"),
+            Want::Dir => assert!(
+                matches!(node(&u, path).kind, NodeKind::Dir { .. }),
+                "{what}"
+            ),
             Want::Symlink => {
-                assert!(matches!(node(&u, path).kind, NodeKind::Symlink { .. }), "{what}")
+                assert!(
+                    matches!(node(&u, path).kind, NodeKind::Symlink { .. }),
+                    "{what}"
+                )
             }
         }
-        assert_eq!(u.stats.skipped.len(), skipped, "{what}: {:?}", u.stats.skipped);
+        assert_eq!(
+            u.stats.skipped.len(),
+            skipped,
+            "{what}: {:?}",
+            u.stats.skipped
+        );
     }
 }
 
@@ -738,9 +791,13 @@ fn hostile_members_are_skipped_and_nothing_escapes() {
         ),
         (
             "through a symlink",
-            Tar::new()
-                .symlink("evil", "/tmp")
-                .raw(EntryType::Regular, b"evil/x", b"", 0o644, b"evil"),
+            Tar::new().symlink("evil", "/tmp").raw(
+                EntryType::Regular,
+                b"evil/x",
+                b"",
+                0o644,
+                b"evil",
+            ),
             vec!["evil/x"],
             "evil/x",
         ),
@@ -796,13 +853,9 @@ fn hostile_members_are_skipped_and_nothing_escapes() {
         ),
         (
             "root replaced by a file",
-            Tar::new().raw(EntryType::Regular, b".", b"", 0o644, b"").raw(
-                EntryType::Symlink,
-                b"./",
-                b"/",
-                0o777,
-                b"",
-            ),
+            Tar::new()
+                .raw(EntryType::Regular, b".", b"", 0o644, b"")
+                .raw(EntryType::Symlink, b"./", b"/", 0o777, b""),
             vec![".", "./"],
             "x",
         ),
@@ -828,8 +881,16 @@ fn hostile_members_are_skipped_and_nothing_escapes() {
     ];
     for (what, tar, skipped, absent) in cases {
         let (_run, u) = unpack_ok(&tar.gz());
-        assert_eq!(skipped_members(&u), skipped, "{what}: {:?}", u.stats.skipped);
-        assert!(resolve(&u.index, absent).is_none(), "{what}: {absent} exists");
+        assert_eq!(
+            skipped_members(&u),
+            skipped,
+            "{what}: {:?}",
+            u.stats.skipped
+        );
+        assert!(
+            resolve(&u.index, absent).is_none(),
+            "{what}: {absent} exists"
+        );
         assert!(u.stats.skipped.iter().all(|s| !s.reason.is_empty()));
     }
 }
@@ -889,7 +950,10 @@ fn decompression_bomb_writes_nothing() {
     let archive = enc.finish().unwrap();
     let run = Run::new();
     let err = run.unpack(&archive[..], 1 << 20).unwrap_err();
-    assert!(matches!(err, ArchiveError::TooLarge { written: 0, .. }), "{err}");
+    assert!(
+        matches!(err, ArchiveError::TooLarge { written: 0, .. }),
+        "{err}"
+    );
     assert_eq!(fs::read_dir(run.dest.join("data")).unwrap().count(), 0);
 }
 
@@ -918,19 +982,42 @@ fn broken_inputs() {
     let plain_tar = Tar::new().file("a", b"a").tar();
     let mut truncated_tar = Tar::new().file("a", &pattern(5000)).tar();
     truncated_tar.truncate(2048);
-    let cases: Vec<(&str, Vec<u8>, fn(&ArchiveError) -> bool)> = vec![
-        ("text", b"hello world".to_vec(), |e| matches!(e, ArchiveError::NotGzip)),
-        ("one byte", b"x".to_vec(), |e| matches!(e, ArchiveError::NotGzip)),
-        ("plain tar", plain_tar, |e| matches!(e, ArchiveError::NotGzip)),
-        ("half", good[..good.len() / 2].to_vec(), |e| matches!(e, ArchiveError::Truncated)),
-        ("no trailer", good[..good.len() - 8].to_vec(), |e| matches!(e, ArchiveError::Truncated)),
-        ("header only", good[..10].to_vec(), |e| matches!(e, ArchiveError::Truncated)),
-        ("magic only", good[..2].to_vec(), |e| matches!(e, ArchiveError::Truncated)),
+    type Case = (&'static str, Vec<u8>, fn(&ArchiveError) -> bool);
+    let cases: Vec<Case> = vec![
+        ("text", b"hello world".to_vec(), |e| {
+            matches!(e, ArchiveError::NotGzip)
+        }),
+        ("one byte", b"x".to_vec(), |e| {
+            matches!(e, ArchiveError::NotGzip)
+        }),
+        ("plain tar", plain_tar, |e| {
+            matches!(e, ArchiveError::NotGzip)
+        }),
+        ("half", good[..good.len() / 2].to_vec(), |e| {
+            matches!(e, ArchiveError::Truncated)
+        }),
+        ("no trailer", good[..good.len() - 8].to_vec(), |e| {
+            matches!(e, ArchiveError::Truncated)
+        }),
+        ("header only", good[..10].to_vec(), |e| {
+            matches!(e, ArchiveError::Truncated)
+        }),
+        ("magic only", good[..2].to_vec(), |e| {
+            matches!(e, ArchiveError::Truncated)
+        }),
         ("bad crc", bad_crc, |e| matches!(e, ArchiveError::Gzip(_))),
-        ("bad gzip header", bad_header, |e| matches!(e, ArchiveError::Gzip(_))),
-        ("gzip of text", gzip(b"hello world\n"), |e| matches!(e, ArchiveError::NotTar)),
-        ("gzip of a page", gzip(&[b'a'; 4096]), |e| matches!(e, ArchiveError::NotTar)),
-        ("truncated tar", gzip(&truncated_tar), |e| matches!(e, ArchiveError::Tar(_))),
+        ("bad gzip header", bad_header, |e| {
+            matches!(e, ArchiveError::Gzip(_))
+        }),
+        ("gzip of text", gzip(b"hello world\n"), |e| {
+            matches!(e, ArchiveError::NotTar)
+        }),
+        ("gzip of a page", gzip(&[b'a'; 4096]), |e| {
+            matches!(e, ArchiveError::NotTar)
+        }),
+        ("truncated tar", gzip(&truncated_tar), |e| {
+            matches!(e, ArchiveError::Tar(_))
+        }),
     ];
     for (what, archive, expected) in cases {
         let err = unpack_err(&archive);
@@ -1070,7 +1157,9 @@ fn progress_is_reported_every_few_mib_and_at_the_end() {
     .unwrap();
     check(&run, &u);
     assert!((3..=4).contains(&calls.len()), "{calls:?}");
-    assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+    assert!(calls
+        .windows(2)
+        .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
     assert_eq!(calls.last(), Some(&(size as u64, archive.len() as u64)));
     assert!(u.stats.disk_bytes >= size as u64);
 }
@@ -1180,4 +1269,52 @@ fn index_format_is_pinned() {
          actual: {actual:?}"
     );
     assert_eq!(INDEX_FORMAT_VERSION, 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Robustness
+
+/// Damaged archives (random bytes changed in the tar data, or in the gzip stream) give an
+/// error or an unpack that keeps every invariant; never a panic.
+#[test]
+fn damaged_archives_never_panic() {
+    let long = "l".repeat(150);
+    let tar = Tar::new()
+        .file("a/b", &pattern(3000))
+        .dir("a", 0o700)
+        .symlink("s", "a/b")
+        .hard_link("h", "a/b")
+        .file(&format!("{long}/x"), b"long")
+        .pax(&[("mtime", b"1.5"), ("path", b"p/q")])
+        .file("placeholder", b"pax")
+        .tar();
+    let gz = gzip(&tar);
+    // xorshift64: deterministic, and no dependency.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..400 {
+        let damaged = if round % 2 == 0 {
+            let mut t = tar.clone();
+            for _ in 0..1 + random() % 8 {
+                let at = (random() % t.len() as u64) as usize;
+                t[at] = random() as u8;
+            }
+            gzip(&t)
+        } else {
+            let mut g = gz.clone();
+            let at = (random() % g.len() as u64) as usize;
+            g[at] ^= 1 << (random() % 8);
+            g
+        };
+        let run = Run::new();
+        if let Ok(u) = run.unpack(&damaged[..], u64::MAX) {
+            check(&run, &u);
+        }
+        assert_eq!(fs::read_dir(&run.sentinel).unwrap().count(), 0);
+    }
 }

@@ -113,7 +113,9 @@ pub(super) fn normalize(path: &[u8]) -> Result<Vec<&[u8]>, Refusal> {
             b"" | b"." => {}
             b".." => return Err("the path has a `..` component".into()),
             _ if comp.len() > NAME_MAX => {
-                return Err(format!("a name in the path is longer than {NAME_MAX} bytes"))
+                return Err(format!(
+                    "a name in the path is longer than {NAME_MAX} bytes"
+                ))
             }
             _ => comps.push(comp),
         }
@@ -123,7 +125,12 @@ pub(super) fn normalize(path: &[u8]) -> Result<Vec<&[u8]>, Refusal> {
 
 /// `a/b/c` for the first `n` components, for messages.
 fn shown(comps: &[&[u8]], n: usize) -> String {
-    let joined = comps.iter().take(n).copied().collect::<Vec<_>>().join(&b'/');
+    let joined = comps
+        .iter()
+        .take(n)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(&b'/');
     String::from_utf8_lossy(&joined).into_owned()
 }
 

@@ -24,6 +24,7 @@ use tar::EntryType;
 
 use super::tree::{normalize, Content, Meta, Prepared, Slot, Tree, Want};
 use super::Index;
+use crate::size::ByteSize;
 
 /// Limits and defaults for one unpack.
 #[derive(Debug, Clone)]
@@ -67,9 +68,7 @@ pub enum ArchiveError {
     /// Reading the archive from its source (the download) failed.
     #[error("reading the archive failed: {0}")]
     Read(#[source] io::Error),
-    #[error(
-        "the archive is not gzip-compressed data (a version archive must be a .tar.gz file)"
-    )]
+    #[error("the archive is not gzip-compressed data (a version archive must be a .tar.gz file)")]
     NotGzip,
     #[error("the archive ends early (truncated download?); try again")]
     Truncated,
@@ -79,9 +78,13 @@ pub enum ArchiveError {
     NotTar,
     #[error("the archive's tar data is damaged: {0}")]
     Tar(#[source] io::Error),
+    /// Writing the next file would pass [`UnpackOptions::max_bytes`]; checked before it is
+    /// written, so at most `limit` bytes are on disk.
     #[error(
-        "the archive unpacks to more than the limit of {limit} bytes (stopped after writing \
-         {written} bytes); if the version really is this large, raise the cache size"
+        "the archive unpacks to more than the limit of {} for it; stopped after writing {} \
+         so as not to fill the disk",
+        ByteSize(*limit),
+        ByteSize(*written)
     )]
     TooLarge { limit: u64, written: u64 },
     #[error("cannot write {} in the cache: {source}", path.display())]
@@ -446,9 +449,7 @@ impl Unpacker<'_> {
             }
             EntryType::Symlink => self.symlink(entry, name, &comps, meta),
             EntryType::Link => self.hard_link(entry, name, &comps),
-            EntryType::Char | EntryType::Block => {
-                self.skip(name, "device nodes are not supported")
-            }
+            EntryType::Char | EntryType::Block => self.skip(name, "device nodes are not supported"),
             EntryType::Fifo => self.skip(name, "FIFOs are not supported"),
             other => self.skip(
                 name,
@@ -489,7 +490,9 @@ impl Unpacker<'_> {
         let target = entry.link_name_bytes().map(|t| t.into_owned());
         let target = match target {
             None => return self.skip(name, "the symbolic link has no target"),
-            Some(t) if t.is_empty() => return self.skip(name, "the symbolic link's target is empty"),
+            Some(t) if t.is_empty() => {
+                return self.skip(name, "the symbolic link's target is empty")
+            }
             Some(t) if t.contains(&0) => {
                 return self.skip(name, "the symbolic link's target contains a NUL byte")
             }
@@ -746,7 +749,9 @@ pub(super) fn parse_pax_time(value: &[u8]) -> Option<(i64, u32)> {
 /// The mtime a member's header gives, pax first.
 fn member_mtime(header: &tar::Header, pax: &PaxFields) -> Meta {
     let (mtime_sec, mtime_nsec) = pax.mtime.unwrap_or_else(|| {
-        let sec = header.mtime().map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX));
+        let sec = header
+            .mtime()
+            .map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX));
         (sec, 0)
     });
     Meta {

@@ -149,6 +149,10 @@ const EMPTY_RUN: &[DemoVersion] = &[DemoVersion {
     sidecar: r#"{"message":"Run 2: failed before writing output","created_by":"agent"}"#,
 }];
 
+/// Fixed mtimes (the base time of the data set, 2026-01-20T10:00:00Z) so the demo's
+/// archives are the same bytes on every run.
+const MTIME_SECS: i64 = 1_768_903_200;
+
 /// Sets the mtime of a symlink itself (std can only set it through the link).
 fn set_symlink_mtime(link: &Path, secs: i64) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
@@ -186,8 +190,7 @@ pub fn write(dir: &Path) -> io::Result<()> {
         ("artifacts", "agent-report", AGENT_REPORT),
         ("artifacts", "empty-run", EMPTY_RUN),
     ];
-    // Fixed mtimes (the base time of the data set) so archives are the same on every run.
-    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(1_768_903_200);
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(MTIME_SECS as u64);
     for (kind, name, versions) in storages {
         let storage_dir = dir.join(kind).join(name);
         for version in versions {
@@ -207,7 +210,7 @@ pub fn write(dir: &Path) -> io::Result<()> {
             for (path, target) in version.symlinks {
                 let link = root.join(path);
                 std::os::unix::fs::symlink(target, &link)?;
-                set_symlink_mtime(&link, 1_768_903_200)?;
+                set_symlink_mtime(&link, MTIME_SECS)?;
             }
             fs::write(
                 storage_dir.join(format!("{}.json", version.label)),

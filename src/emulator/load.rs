@@ -107,30 +107,16 @@ pub fn load(roots: &[PathBuf], archives_dir: &Path) -> anyhow::Result<Vec<Storag
             jobs.push((sid.clone(), (*kind, name.clone(), label.clone()), job));
         }
     }
+    let cache = LoadCache::open(archives_dir);
     let results = parallel_map(jobs, |(sid, key, job)| {
         let packed = match job {
-            Job::Tree(tree) => pack::scan_dir(&tree)
-                .and_then(|entries| pack::pack(&sid, entries, archives_dir))
+            Job::Tree(tree) => build_tree(&sid, &tree, archives_dir, &cache)
                 .with_context(|| format!("cannot build the archive of {}", tree.display())),
-            Job::Archive(path) => match pack::scan_archive(&sid, &path) {
-                Ok(packed) => Ok(packed),
-                Err(err) => {
-                    // Corrupt on purpose, most likely: the version still has an archive, the
-                    // client is the one that has to cope with it.
-                    tracing::info!(path = %path.display(), %err, "unreadable archive, hashing raw bytes");
-                    pack::raw_archive_id(&sid, &path)
-                        .map(|version_id| pack::Packed {
-                            version_id,
-                            size: 0,
-                            file_count: 0,
-                            archive: Some(path.clone()),
-                        })
-                        .with_context(|| format!("cannot read {}", path.display()))
-                }
-            },
+            Job::Archive(path) => scan_ready_archive(&sid, &path, &cache),
         };
         (key, packed)
     });
+    cache.save();
     let mut packed: BTreeMap<(Kind, String, String), pack::Packed> = BTreeMap::new();
     for (key, result) in results {
         packed.insert(key, result?);
@@ -150,6 +136,112 @@ pub fn load(roots: &[PathBuf], archives_dir: &Path) -> anyhow::Result<Vec<Storag
         }
     }
     Ok(storages)
+}
+
+/// Results of earlier runs in a persistent work directory (`--work-dir`), so restarting
+/// the emulator over gigabytes of data (the benchmarks do) neither rebuilds nor rescans
+/// archives whose inputs did not change. Keys digest the inputs' metadata.
+struct LoadCache {
+    file: PathBuf,
+    old: BTreeMap<String, pack::Packed>,
+    /// Entries used by this run: what is saved, so stale entries drop out.
+    used: Mutex<BTreeMap<String, pack::Packed>>,
+}
+
+const CACHE_FILE: &str = "load-cache.json";
+
+impl LoadCache {
+    fn open(dir: &Path) -> LoadCache {
+        let file = dir.join(CACHE_FILE);
+        // A missing or unreadable cache only costs time.
+        let old = fs::read(&file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        LoadCache {
+            file,
+            old,
+            used: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<pack::Packed> {
+        let hit = self.old.get(key)?;
+        // The archive may have been deleted since: then it is rebuilt.
+        if hit.archive.as_ref().is_some_and(|a| !a.exists()) {
+            return None;
+        }
+        self.put(key, hit.clone());
+        Some(hit.clone())
+    }
+
+    fn put(&self, key: &str, packed: pack::Packed) {
+        self.used.lock().insert(key.to_string(), packed);
+    }
+
+    fn save(&self) {
+        let used = self.used.lock();
+        if used.is_empty() && self.old.is_empty() {
+            return;
+        }
+        let tmp = self.file.with_extension("json.tmp");
+        let written = fs::create_dir_all(self.file.parent().unwrap_or(Path::new(".")))
+            .and_then(|()| fs::write(&tmp, serde_json::to_vec(&*used).unwrap_or_default()))
+            .and_then(|()| fs::rename(&tmp, &self.file));
+        if let Err(err) = written {
+            tracing::warn!(%err, "cannot save the load cache");
+        }
+    }
+}
+
+fn build_tree(
+    sid: &str,
+    tree: &Path,
+    archives_dir: &Path,
+    cache: &LoadCache,
+) -> std::io::Result<pack::Packed> {
+    let entries = pack::scan_dir(tree)?;
+    let key = format!("tree:{}", pack::tree_fingerprint(sid, &entries));
+    if let Some(hit) = cache.get(&key) {
+        return Ok(hit);
+    }
+    let packed = pack::pack(sid, entries, archives_dir)?;
+    cache.put(&key, packed.clone());
+    Ok(packed)
+}
+
+fn scan_ready_archive(sid: &str, path: &Path, cache: &LoadCache) -> anyhow::Result<pack::Packed> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let key = format!(
+        "archive:{sid}:{}:{}:{}:{}.{}",
+        path.display(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    if let Some(hit) = cache.get(&key) {
+        return Ok(hit);
+    }
+    let packed = match pack::scan_archive(sid, path) {
+        Ok(packed) => packed,
+        Err(err) => {
+            // Corrupt on purpose, most likely: the version still has an archive, the client
+            // is the one that has to cope with it.
+            tracing::info!(path = %path.display(), %err, "unreadable archive, hashing raw bytes");
+            let version_id = pack::raw_archive_id(sid, path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            pack::Packed {
+                version_id,
+                size: 0,
+                file_count: 0,
+                archive: Some(path.to_path_buf()),
+            }
+        }
+    };
+    cache.put(&key, packed.clone());
+    Ok(packed)
 }
 
 fn assemble(

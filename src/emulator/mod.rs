@@ -322,3 +322,38 @@ impl Drop for RunningEmulator {
         self.stop_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_and_shuts_down_in_process() {
+        let emu = start(EmulatorConfig {
+            demo: true,
+            ..EmulatorConfig::default()
+        })
+        .expect("start the emulator");
+        let work_dir = emu.temp_dir.clone().expect("a temporary work directory");
+        assert!(work_dir.join("archives").is_dir());
+        let http = reqwest::blocking::Client::new();
+        let resp = http
+            .get(format!("{}/volumes", emu.api_url()))
+            .bearer_auth(emu.token())
+            .send()
+            .expect("GET /volumes");
+        assert_eq!(resp.status(), 200);
+        let api = emu.api_addr;
+        emu.shutdown();
+        assert!(
+            !work_dir.exists(),
+            "the temporary work directory is removed"
+        );
+        // The listener is gone: a connection is refused or closed without an answer.
+        let after = http
+            .get(format!("http://{api}/v1/volumes"))
+            .timeout(std::time::Duration::from_secs(2))
+            .send();
+        assert!(after.is_err());
+    }
+}

@@ -159,12 +159,13 @@ impl StoreServer {
 
     /// Stops accepting connections. Connections in flight finish on their own threads.
     pub fn shutdown(&mut self) {
+        let Some(handle) = self.accept.take() else {
+            return;
+        };
         self.stop.store(true, Ordering::SeqCst);
         // The accept loop only sees the flag when a connection arrives: make one.
         let _ = TcpStream::connect(self.addr);
-        if let Some(handle) = self.accept.take() {
-            let _ = handle.join();
-        }
+        let _ = handle.join();
     }
 }
 

@@ -112,6 +112,9 @@ struct Listing<T> {
 
 type StorageMap = BTreeMap<String, Storage>;
 
+/// A listing: the storages of a kind (`None`) or the versions of one storage.
+type ListingKey = (Kind, Option<String>);
+
 #[derive(Default)]
 struct MetaState {
     storages: HashMap<Kind, Listing<StorageMap>>,
@@ -127,7 +130,7 @@ pub struct Fs {
     inodes: Mutex<InodeTable>,
     meta: Mutex<MetaState>,
     /// One lock per listing, so that concurrent misses fetch a listing once.
-    fetch_locks: Mutex<HashMap<(Kind, Option<String>), Arc<Mutex<()>>>>,
+    fetch_locks: Mutex<HashMap<ListingKey, Arc<Mutex<()>>>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
 }
@@ -529,7 +532,7 @@ impl Fs {
 
     // ----- metadata -------------------------------------------------------------------
 
-    fn fetch_lock(&self, key: (Kind, Option<String>)) -> Arc<Mutex<()>> {
+    fn fetch_lock(&self, key: ListingKey) -> Arc<Mutex<()>> {
         self.fetch_locks.lock().entry(key).or_default().clone()
     }
 

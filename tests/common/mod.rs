@@ -7,6 +7,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
 pub mod archives;
+pub mod hostile;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
@@ -167,16 +168,11 @@ pub struct Mount {
     pub log: PathBuf,
 }
 
+#[derive(Default)]
 pub struct MountOpts<'a> {
     pub token: Option<&'a str>,
     pub extra: Vec<String>,
     pub cache: Option<PathBuf>,
-}
-
-impl Default for MountOpts<'_> {
-    fn default() -> Self {
-        MountOpts { token: None, extra: Vec::new(), cache: None }
-    }
 }
 
 impl Mount {

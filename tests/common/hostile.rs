@@ -1,0 +1,547 @@
+//! Helpers of the hostile-archive, fault and security tests: tar members written by hand
+//! (everything `tar::Builder` refuses to write: `..`, absolute paths, raw link names), a
+//! sandbox around the cache directory that proves nothing was written outside it, polling
+//! with deadlines, and a mount started with an environment of the test's choosing (the
+//! shared [`super::Mount`] always sets `VM0_TOKEN`).
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tar::{EntryType, Header};
+use tempfile::TempDir;
+
+use super::{Emulator, Mount, MountOpts};
+
+/// mtime of hand-made members.
+pub const MTIME: u64 = 1_700_000_000;
+
+// ---------------------------------------------------------------------------------------
+// Archives written by hand
+
+/// A tar archive built member by member, with raw name and link bytes where needed.
+pub struct RawTar {
+    builder: tar::Builder<Vec<u8>>,
+}
+
+impl Default for RawTar {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn gnu_header(kind: EntryType, mode: u32, size: u64) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(MTIME);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+impl RawTar {
+    pub fn new() -> RawTar {
+        RawTar { builder: tar::Builder::new(Vec::new()) }
+    }
+
+    /// A member whose name and link name (at most 100 bytes each) go into the header as
+    /// they are, bypassing every check of the tar crate's builder.
+    pub fn raw(&mut self, kind: EntryType, name: &[u8], link: &[u8], mode: u32, data: &[u8]) -> &mut Self {
+        assert!(name.len() <= 100 && link.len() <= 100, "raw names are at most 100 bytes");
+        let mut h = gnu_header(kind, mode, data.len() as u64);
+        let old = h.as_old_mut();
+        old.name = [0; 100];
+        old.name[..name.len()].copy_from_slice(name);
+        old.linkname = [0; 100];
+        old.linkname[..link.len()].copy_from_slice(link);
+        h.set_cksum();
+        self.builder.append(&h, data).unwrap();
+        self
+    }
+
+    /// A regular file with a raw name.
+    pub fn file(&mut self, name: &str, mode: u32, data: &[u8]) -> &mut Self {
+        self.raw(EntryType::Regular, name.as_bytes(), b"", mode, data)
+    }
+
+    pub fn dir(&mut self, name: &str, mode: u32) -> &mut Self {
+        self.raw(EntryType::Directory, name.as_bytes(), b"", mode, b"")
+    }
+
+    pub fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.raw(EntryType::Symlink, name.as_bytes(), target.as_bytes(), 0o777, b"")
+    }
+
+    pub fn hard_link(&mut self, name: &str, target: &str) -> &mut Self {
+        self.raw(EntryType::Link, name.as_bytes(), target.as_bytes(), 0o644, b"")
+    }
+
+    /// A character or block device node.
+    pub fn device(&mut self, kind: EntryType, name: &str, major: u32, minor: u32) -> &mut Self {
+        let mut h = gnu_header(kind, 0o666, 0);
+        h.set_path(name).unwrap();
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        h.set_cksum();
+        self.builder.append(&h, &[][..]).unwrap();
+        self
+    }
+
+    /// A member whose (long) name and link name travel in GNU `L` and `K` headers, raw.
+    pub fn gnu_long(&mut self, kind: EntryType, name: &[u8], link: &[u8], mode: u32, data: &[u8]) -> &mut Self {
+        for (long_kind, value) in [(EntryType::GNULongName, name), (EntryType::GNULongLink, link)] {
+            if value.len() > 100 {
+                let mut body = value.to_vec();
+                body.push(0);
+                let mut h = gnu_header(long_kind, 0o644, body.len() as u64);
+                h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+                h.set_cksum();
+                self.builder.append(&h, &body[..]).unwrap();
+            }
+        }
+        let short = |v: &[u8]| v[..v.len().min(100)].to_vec();
+        self.raw(kind, &short(name), &short(link), mode, data)
+    }
+
+    /// A pax extended header with `records`, then the member it applies to (whose own name
+    /// and link name are placeholders, raw).
+    pub fn pax(
+        &mut self,
+        records: &[(&str, &[u8])],
+        kind: EntryType,
+        placeholder: &str,
+        link: &[u8],
+        mode: u32,
+        data: &[u8],
+    ) -> &mut Self {
+        let body: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record_bytes(k, v)).collect();
+        self.raw(EntryType::XHeader, b"PaxHeaders/member", b"", 0o644, &body);
+        self.raw(kind, placeholder.as_bytes(), link, mode, data)
+    }
+
+    /// The tar bytes (with the end-of-archive marker).
+    pub fn tar(self) -> Vec<u8> {
+        self.builder.into_inner().unwrap()
+    }
+
+    pub fn gz(self) -> Vec<u8> {
+        gzip(&self.tar())
+    }
+}
+
+/// One pax record, `"<len> <key>=<value>\n"`, where `len` counts the whole record.
+pub fn pax_record_bytes(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3;
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    let mut out = format!("{len} {key}=").into_bytes();
+    out.extend_from_slice(value);
+    out.push(b'\n');
+    out
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+/// The output of the system's `gzip -1` on what `write` writes: fast even in a debug build
+/// (where the `flate2` encoder takes seconds per 100 MiB), for the bombs of hundreds of MiB.
+pub fn gzip_stream(write: impl FnOnce(&mut dyn Write)) -> Vec<u8> {
+    let mut child = Command::new("gzip")
+        .arg("-1")
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run gzip");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut out).unwrap();
+        out
+    });
+    {
+        let mut stdin = std::io::BufWriter::new(child.stdin.take().unwrap());
+        write(&mut stdin);
+        stdin.flush().unwrap();
+    }
+    assert!(child.wait().unwrap().success(), "gzip failed");
+    reader.join().unwrap()
+}
+
+/// Write `len` bytes of `byte`, in pieces.
+pub fn write_repeated(out: &mut dyn Write, byte: u8, len: u64) {
+    let chunk = vec![byte; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        out.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+}
+
+/// Zero padding to the next 512-byte block after `len` bytes of member data.
+pub fn write_padding(out: &mut dyn Write, len: u64) {
+    let pad = (512 - (len % 512) as usize) % 512;
+    out.write_all(&vec![0u8; pad]).unwrap();
+}
+
+/// A tar.gz of `count` files `name-<i>` of `len` zero bytes each, never in memory whole.
+pub fn zero_bomb(name: &str, count: usize, len: u64) -> Vec<u8> {
+    gzip_stream(|out| {
+        for i in 0..count {
+            let mut h = gnu_header(EntryType::Regular, 0o644, len);
+            h.set_path(format!("{name}-{i}")).unwrap();
+            h.set_cksum();
+            out.write_all(h.as_bytes()).unwrap();
+            write_repeated(out, 0, len);
+            write_padding(out, len);
+        }
+        out.write_all(&[0u8; 1024]).unwrap();
+    })
+}
+
+/// A tar.gz whose first member has a pax header (`huge_pax`) or a GNU long name
+/// (`!huge_pax`) of `len` bytes, followed by a small file.
+pub fn huge_header_archive(huge_pax: bool, len: u64) -> Vec<u8> {
+    gzip_stream(|out| {
+        let (kind, body_len) = if huge_pax {
+            // One record: "<n> comment=<len bytes>\n", where n counts the whole record.
+            let body = len + " comment=\n".len() as u64;
+            let mut n = body + 1;
+            while n != body + n.to_string().len() as u64 {
+                n = body + n.to_string().len() as u64;
+            }
+            (EntryType::XHeader, n)
+        } else {
+            (EntryType::GNULongName, len + 1)
+        };
+        let mut h = gnu_header(kind, 0o644, body_len);
+        h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_cksum();
+        out.write_all(h.as_bytes()).unwrap();
+        if huge_pax {
+            write!(out, "{body_len} comment=").unwrap();
+            write_repeated(out, b'a', len);
+            out.write_all(b"\n").unwrap();
+        } else {
+            write_repeated(out, b'n', len);
+            out.write_all(&[0]).unwrap();
+        }
+        write_padding(out, body_len);
+        let data = b"behind a huge header\n";
+        let mut h = gnu_header(EntryType::Regular, 0o644, data.len() as u64);
+        h.set_path("after-huge-header.txt").unwrap();
+        h.set_cksum();
+        out.write_all(h.as_bytes()).unwrap();
+        out.write_all(data).unwrap();
+        write_padding(out, data.len() as u64);
+        out.write_all(&[0u8; 1024]).unwrap();
+    })
+}
+
+/// Write the `<label>.json` sidecar of a data-dir version (what the API announces).
+pub fn put_sidecar(data: &Path, kind: &str, name: &str, label: &str, sidecar: &Value) {
+    let dir = data.join(kind).join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{label}.json")), sidecar.to_string()).unwrap();
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+// ---------------------------------------------------------------------------------------
+// The sandbox around the cache
+
+/// A directory holding the cache directory, a sentinel directory next to it, a file
+/// `outside` (the target of hostile hard links), and a sentinel directory under /tmp: an
+/// archive that escapes its version directory would write into one of them.
+pub struct Sandbox {
+    pub root: TempDir,
+    pub cache: PathBuf,
+    pub sentinel: PathBuf,
+    pub outside: PathBuf,
+    /// `/tmp/vm0fs-sentinel-<pid>-<n>`: the target of absolute member paths.
+    pub tmp_sentinel: PathBuf,
+    root_entries: BTreeSet<String>,
+}
+
+pub const OUTSIDE_CONTENT: &[u8] = b"outside the cache: must never change\n";
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let root = tempfile::Builder::new().prefix("vm0fs-sandbox").tempdir().unwrap();
+        let cache = root.path().join("cache");
+        let sentinel = root.path().join("sentinel");
+        std::fs::create_dir(&sentinel).unwrap();
+        let outside = root.path().join("outside");
+        std::fs::write(&outside, OUTSIDE_CONTENT).unwrap();
+        let tmp_sentinel = tempfile::Builder::new().prefix("vm0fs-sentinel").tempdir().unwrap().keep();
+        let root_entries = ["cache", "outside", "sentinel"].map(String::from).into();
+        Sandbox { root, cache, sentinel, outside, tmp_sentinel, root_entries }
+    }
+
+    pub fn opts(&self) -> MountOpts<'static> {
+        MountOpts { cache: Some(self.cache.clone()), ..Default::default() }
+    }
+
+    /// Nothing was written outside the cache's own layout: the sentinels are empty, the
+    /// cache's parent holds only what it held, `outside` is unchanged, and every path under
+    /// the cache directory is one the cache itself makes.
+    pub fn assert_untouched(&self) {
+        for dir in [&self.sentinel, &self.tmp_sentinel] {
+            let found: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
+            assert!(found.is_empty(), "written into the sentinel {}: {found:?}", dir.display());
+        }
+        let entries: BTreeSet<String> = std::fs::read_dir(self.root.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(entries, self.root_entries, "new entries next to the cache directory");
+        assert_eq!(std::fs::read(&self.outside).unwrap(), OUTSIDE_CONTENT, "`outside` changed");
+        assert_eq!(std::fs::metadata(&self.outside).unwrap().nlink(), 1, "`outside` got a hard link");
+        assert_cache_layout(&self.cache);
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.tmp_sentinel);
+    }
+}
+
+/// Every path under a cache directory is one the cache makes (see `src/cache/disk.rs`):
+/// `lock`, `FORMAT`, `versions|tmp|trash/<key>/{index.bin,meta.json,data/<n>}`. Anything
+/// else (a name that came from an archive member) fails the test.
+pub fn assert_cache_layout(cache: &Path) {
+    let mut bad = Vec::new();
+    walk(cache, &mut |rel: &Path, meta: &std::fs::Metadata| {
+        let parts: Vec<String> = rel.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+        let p: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let key_ok = |k: &str| k.starts_with("volumes-") || k.starts_with("artifacts-");
+        let ok = match p.as_slice() {
+            ["lock" | "FORMAT"] => meta.is_file(),
+            [f] if f.starts_with("FORMAT") || f.starts_with("vm0fs.log") => meta.is_file(),
+            ["versions" | "tmp" | "trash"] => meta.is_dir(),
+            ["versions" | "tmp" | "trash", k] => key_ok(k) && meta.is_dir(),
+            ["versions" | "tmp" | "trash", k, "data"] => key_ok(k) && meta.is_dir(),
+            ["versions" | "tmp" | "trash", k, "index.bin" | "meta.json"] => key_ok(k) && meta.is_file(),
+            ["versions" | "tmp" | "trash", k, f] if f.starts_with("meta.json") => key_ok(k) && meta.is_file(),
+            ["versions" | "tmp" | "trash", k, "data", n] => {
+                key_ok(k) && meta.is_file() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+            }
+            _ => false,
+        };
+        // Nothing the cache makes is a symlink, a device, a FIFO, or has several names.
+        let plain = meta.file_type().is_dir() || (meta.file_type().is_file() && meta.nlink() == 1);
+        if !ok || !plain {
+            bad.push(rel.display().to_string());
+        }
+    });
+    assert!(bad.is_empty(), "paths in the cache directory that the cache does not make: {bad:#?}");
+}
+
+fn walk(root: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) {
+    fn inner(root: &Path, dir: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            f(path.strip_prefix(root).unwrap(), &meta);
+            if meta.is_dir() {
+                inner(root, &path, f);
+            }
+        }
+    }
+    inner(root, root, f)
+}
+
+/// Names under the cache's `versions/`.
+pub fn cached_versions(cache: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(cache.join("versions"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Whether `versions/` holds the version `id`.
+pub fn is_cached(cache: &Path, id: &str) -> bool {
+    cached_versions(cache).iter().any(|v| v.ends_with(id))
+}
+
+/// Entries of the cache's `tmp/`.
+pub fn tmp_entries(cache: &Path) -> Vec<String> {
+    std::fs::read_dir(cache.join("tmp"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Allocated bytes under `path`.
+pub fn disk_usage(path: &Path) -> u64 {
+    let mut total = std::fs::symlink_metadata(path).map(|m| m.blocks() * 512).unwrap_or(0);
+    walk(path, &mut |_, m| total += m.blocks() * 512);
+    total
+}
+
+// ---------------------------------------------------------------------------------------
+// Waiting
+
+/// Poll `f` until it is true; panic with `what` after `limit`.
+pub fn poll_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Run `f` on a thread and wait for it at most `limit`; `None` if it did not return (the
+/// thread is left behind, stuck in the mount, which the test then fails on).
+pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// Read a file through the mount, failing the test if the read does not return in time.
+pub fn read_within(limit: Duration, path: &Path) -> std::io::Result<Vec<u8>> {
+    let p = path.to_path_buf();
+    within(limit, move || std::fs::read(p))
+        .unwrap_or_else(|| panic!("reading {} did not return within {limit:?}", path.display()))
+}
+
+/// The daemon's log once `pred` holds for it (polled: the daemon logs after it answers).
+pub fn log_when(m: &Mount, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = m.log_text();
+        if pred(&log) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "the log never showed {what}:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The log line saying member `member` was skipped, if there is one.
+pub fn skip_line<'a>(log: &'a str, member: &str) -> Option<&'a str> {
+    let field = format!("member={member} reason=");
+    log.lines().find(|l| l.contains("WARN") && l.contains("skipping archive member") && l.contains(&field))
+}
+
+// ---------------------------------------------------------------------------------------
+// The emulator's versions
+
+/// The id of the version of `kind/name` whose message is `message` (the sidecars of the
+/// tests set the message to the label, so a test can find each version).
+pub fn version_with_message(emu: &Emulator, kind: &str, name: &str, message: &str) -> String {
+    let id = emu.storage(kind, name)["id"].as_str().unwrap().to_string();
+    let page = emu.api_get(&format!("/{kind}/{id}/versions?limit=100"));
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["message"] == message)
+        .unwrap_or_else(|| panic!("no version of {kind}/{name} with message {message}: {page}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// A mount with an environment of the test's choosing
+
+/// `vm0fs mount --foreground` with exactly the arguments and environment given (no
+/// `VM0_TOKEN` unless the test sets it); unmounted and stopped on drop.
+pub struct RawMount {
+    pub dir: TempDir,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl RawMount {
+    /// Start and wait until the mount answers, or the daemon's output if it exits first.
+    pub fn start(args: &[String], env: &[(&str, &str)]) -> Result<RawMount, String> {
+        super::require_fuse();
+        let dir = tempfile::Builder::new().prefix("vm0fs-mnt").tempdir().unwrap();
+        let work = tempfile::Builder::new().prefix("vm0fs-work").tempdir().unwrap().keep();
+        let log = work.join("vm0fs.log");
+        let mut cmd = Command::new(super::vm0fs_bin());
+        cmd.arg("mount")
+            .arg(dir.path())
+            .arg("--foreground")
+            .args(args)
+            .env_remove("VM0_TOKEN")
+            .env_remove("VM0_API_URL")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start vm0fs");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let out = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("vm0fs exited with {status} before mounting:\n{out}"));
+            }
+            if std::fs::metadata(dir.path()).map(|m| m.ino() == 1).unwrap_or(false) {
+                return Ok(RawMount { dir, log, child: Some(child) });
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("mount did not answer within 60 s:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RawMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).stderr(Stdio::null()).status();
+        if let Some(mut c) = self.child.take() {
+            if super::wait_timeout(&mut c, Duration::from_secs(10)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
