@@ -86,7 +86,10 @@ impl MountArgs {
                     .with_context(|| format!("cannot read the token file {}", path.display()))?;
                 s.trim().to_string()
             }
-            None => std::env::var("VM0_TOKEN").unwrap_or_default().trim().to_string(),
+            None => std::env::var("VM0_TOKEN")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
         };
         if token.is_empty() {
             bail!("no API token: set VM0_TOKEN (export VM0_TOKEN=vm0_live_...) or pass --token-file FILE");
@@ -104,13 +107,18 @@ impl MountArgs {
         let mountpoint = if self.mountpoint.is_absolute() {
             self.mountpoint.clone()
         } else {
-            std::env::current_dir().context("cannot read the current directory")?.join(&self.mountpoint)
+            std::env::current_dir()
+                .context("cannot read the current directory")?
+                .join(&self.mountpoint)
         };
         Ok(MountConfig {
             mountpoint,
             api_url: self.api_url.clone(),
             token: Token::new(token),
-            cache_dir: self.cache_dir.clone().unwrap_or_else(config::default_cache_dir),
+            cache_dir: self
+                .cache_dir
+                .clone()
+                .unwrap_or_else(config::default_cache_dir),
             cache_size: self.cache_size.0,
             metadata_ttl: Duration::from_secs(self.metadata_ttl),
             access,

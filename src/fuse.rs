@@ -106,8 +106,9 @@ impl fuser::Filesystem for FuseFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
+            Ok(o) if o.direct_io => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO),
             // Contents never change: keep the page cache across opens.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(o) => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(fail("open", &e)),
         }
     }
@@ -186,7 +187,14 @@ impl fuser::Filesystem for FuseFs {
         for (i, item) in items.iter().enumerate().skip(offset as usize) {
             let attr = file_attr(&item.entry.attr);
             let ino = INodeNo(item.entry.attr.ino);
-            if reply.add(ino, i as u64 + 1, &item.name, &item.entry.ttl, &attr, Generation(0)) {
+            if reply.add(
+                ino,
+                i as u64 + 1,
+                &item.name,
+                &item.entry.ttl,
+                &attr,
+                Generation(0),
+            ) {
                 break;
             }
         }
@@ -207,7 +215,9 @@ impl fuser::Filesystem for FuseFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.fs.statfs();
-        reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize);
+        reply.statfs(
+            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -407,4 +417,3 @@ fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
         reply.data(value);
     }
 }
-

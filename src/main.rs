@@ -30,8 +30,12 @@ fn init_logging(level: &str, log_file: Option<&Path>) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(format!("vm0fs={level},warn")))
-        .with_context(|| format!("invalid --log-level {level:?}: use error, warn, info, debug or trace"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+        .with_context(|| {
+            format!("invalid --log-level {level:?}: use error, warn, info, debug or trace")
+        })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     match log_file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
@@ -39,7 +43,10 @@ fn init_logging(level: &str, log_file: Option<&Path>) -> anyhow::Result<()> {
                 .append(true)
                 .open(path)
                 .with_context(|| format!("cannot open the log file {}", path.display()))?;
-            builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
         }
         None => {
             use std::io::IsTerminal;
@@ -87,7 +94,11 @@ fn daemonize(args: &MountArgs, cache_dir: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the vm0fs executable")?;
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut cmd = Command::new(exe);
-    cmd.args(&argv).arg("--daemon-child").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.args(&argv)
+        .arg("--daemon-child")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     // The daemon must outlive this terminal's session and its signals.
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
@@ -120,7 +131,10 @@ fn daemonize(args: &MountArgs, cache_dir: &Path) -> anyhow::Result<()> {
         }
         _ => {
             let status = child.wait().ok();
-            anyhow::bail!("the vm0fs daemon exited before the mount was ready ({status:?}); see {}", log.display())
+            anyhow::bail!(
+                "the vm0fs daemon exited before the mount was ready ({status:?}); see {}",
+                log.display()
+            )
         }
     }
 }

@@ -48,7 +48,8 @@ pub fn check_mountpoint(path: &Path) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let mut entries = std::fs::read_dir(path).with_context(|| format!("cannot read mountpoint {}", path.display()))?;
+    let mut entries = std::fs::read_dir(path)
+        .with_context(|| format!("cannot read mountpoint {}", path.display()))?;
     if entries.next().is_some() {
         bail!(
             "mountpoint {} is not empty; mounting over it would hide its files: use an empty directory",
@@ -64,18 +65,30 @@ pub fn check_mountpoint(path: &Path) -> anyhow::Result<()> {
 /// Whether `path` is a mount point, from `/proc/self/mountinfo` (no `stat`, which would hang
 /// or fail on a dead FUSE mount).
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(abs) = absolute(path) else { return false };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(abs) = absolute(path) else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     info.lines().any(|line| {
-        line.split(' ').nth(4).map(unescape_mountinfo).is_some_and(|p| Path::new(&p) == abs)
+        line.split(' ')
+            .nth(4)
+            .map(unescape_mountinfo)
+            .is_some_and(|p| Path::new(&p) == abs)
     })
 }
 
 /// An absolute, `..`-free path without following the last component (which may be a
 /// dead mount that cannot be stat'ed).
 fn absolute(path: &Path) -> io::Result<PathBuf> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| io::Error::other("path has no final component"))?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("path has no final component"))?;
     Ok(std::fs::canonicalize(parent)?.join(name))
 }
 
@@ -85,7 +98,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -114,17 +130,40 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
 
     // One request checks the token and the API before anything is mounted; a short retry
     // budget so that a wrong URL fails in seconds, not after the full backoff.
-    let quick = RetryPolicy { max_attempts: 3, max_elapsed: Duration::from_secs(10), ..RetryPolicy::default() };
+    let quick = RetryPolicy {
+        max_attempts: 3,
+        max_elapsed: Duration::from_secs(10),
+        ..RetryPolicy::default()
+    };
     client(cfg, quick)?
         .check()
         .with_context(|| format!("cannot use the VM0 API at {}", cfg.api_url))?;
 
-    let cache = Cache::open(&cfg.cache_dir, cfg.cache_size)
-        .with_context(|| format!("cannot open the cache directory {}", cfg.cache_dir.display()))?;
+    let cache = Cache::open(&cfg.cache_dir, cfg.cache_size).with_context(|| {
+        format!(
+            "cannot open the cache directory {}",
+            cfg.cache_dir.display()
+        )
+    })?;
     let remote: Arc<dyn Remote> = Arc::new(client(cfg, RetryPolicy::default())?);
     // SAFETY: getuid/getgid have no preconditions and cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let fs = Fs::new(remote, cache, FsConfig { metadata_ttl: cfg.metadata_ttl, uid, gid });
+    let fs = Fs::new(
+        remote,
+        cache,
+        FsConfig {
+            metadata_ttl: cfg.metadata_ttl,
+            uid,
+            gid,
+            label: format!(
+                "vm0fs {} mounted at {} from {} since {}",
+                env!("CARGO_PKG_VERSION"),
+                cfg.mountpoint.display(),
+                cfg.api_url,
+                crate::fs::format_time(std::time::SystemTime::now())
+            ),
+        },
+    );
 
     let mut options = vec![
         MountOption::FSName("vm0fs".into()),
@@ -149,23 +188,31 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
     fuse_cfg.n_threads = Some(cfg.threads.max(1));
     fuse_cfg.clone_fd = true;
 
-    let mut session = fuser::Session::new(FuseFs::new(fs), &cfg.mountpoint, &fuse_cfg).map_err(|e| mount_error(&cfg.mountpoint, e, cfg.access))?;
+    let mut session = fuser::Session::new(FuseFs::new(fs), &cfg.mountpoint, &fuse_cfg)
+        .map_err(|e| mount_error(&cfg.mountpoint, e, cfg.access))?;
     let mut unmounter = session.unmount_callable();
 
     let (tx, rx) = mpsc::channel::<Event>();
     let session_tx = tx.clone();
-    std::thread::Builder::new().name("vm0fs-session".into()).spawn(move || {
-        let result = session.run();
-        let _ = session_tx.send(Event::Ended(result));
-    })?;
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    std::thread::Builder::new()
+        .name("vm0fs-session".into())
+        .spawn(move || {
+            let result = session.run();
+            let _ = session_tx.send(Event::Ended(result));
+        })?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
     let handle = signals.handle();
     let signal_tx = tx;
-    std::thread::Builder::new().name("vm0fs-signals".into()).spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            let _ = signal_tx.send(Event::Signal(sig));
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("vm0fs-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let _ = signal_tx.send(Event::Signal(sig));
+            }
+        })?;
 
     wait_until_answering(&cfg.mountpoint)?;
     tracing::info!(
@@ -281,7 +328,11 @@ fn fusermount_unmount(path: &Path, lazy: bool) -> anyhow::Result<()> {
         match cmd.arg(path).output() {
             Ok(out) if out.status.success() => return Ok(()),
             Ok(out) => {
-                bail!("cannot unmount {}: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim())
+                bail!(
+                    "cannot unmount {}: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )
             }
             Err(e) => last = Some(e),
         }
@@ -308,8 +359,13 @@ mod tests {
 
     #[test]
     fn a_missing_mountpoint_says_how_to_create_it() {
-        let err = check_mountpoint(Path::new("/nonexistent/vm0fs-mnt")).unwrap_err().to_string();
-        assert!(err.contains("does not exist") && err.contains("mkdir -p"), "{err}");
+        let err = check_mountpoint(Path::new("/nonexistent/vm0fs-mnt"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not exist") && err.contains("mkdir -p"),
+            "{err}"
+        );
     }
 
     #[test]

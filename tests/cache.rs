@@ -18,7 +18,9 @@ const MIB: u64 = 1 << 20;
 
 /// Allocated bytes under `path`, as the budget counts them.
 fn disk_usage(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
     let mut total = meta.blocks() * 512;
     if meta.is_dir() {
         if let Ok(entries) = std::fs::read_dir(path) {
@@ -36,9 +38,20 @@ fn data_with_versions(n: usize, size: usize) -> tempfile::TempDir {
     for i in 0..n {
         let mut b = ArchiveBuilder::new();
         for j in 0..4 {
-            b.file(&format!("part-{j}.bin"), 0o644, 1_700_000_000, &pattern(size / 4, (i * 10 + j) as u64));
+            b.file(
+                &format!("part-{j}.bin"),
+                0o644,
+                1_700_000_000,
+                &pattern(size / 4, (i * 10 + j) as u64),
+            );
         }
-        put_archive(data.path(), "artifacts", &format!("art-{i}"), "v1", &b.finish());
+        put_archive(
+            data.path(),
+            "artifacts",
+            &format!("art-{i}"),
+            "v1",
+            &b.finish(),
+        );
     }
     data
 }
@@ -56,7 +69,9 @@ fn cache_opts(cache: &Path, size: &str) -> MountOpts<'static> {
 }
 
 fn resident_versions(cache: &Path) -> usize {
-    std::fs::read_dir(cache.join("versions")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(cache.join("versions"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -86,7 +101,11 @@ fn the_budget_holds_at_every_moment_while_reading_many_versions() {
         for i in 0..6 {
             for j in 0..4 {
                 let got = read_all(&m.join(&format!("artifacts/art-{i}/latest/part-{j}.bin")));
-                assert_eq!(got, pattern(MIB as usize / 4, (i * 10 + j) as u64), "round {round} art-{i}");
+                assert_eq!(
+                    got,
+                    pattern(MIB as usize / 4, (i * 10 + j) as u64),
+                    "round {round} art-{i}"
+                );
             }
         }
     }
@@ -95,14 +114,26 @@ fn the_budget_holds_at_every_moment_while_reading_many_versions() {
     let peak = peak.load(Ordering::Relaxed);
     // At most the budget plus the one version being unpacked (1 MiB and its metadata).
     assert!(samples > 10, "too few samples ({samples})");
-    assert!(peak <= budget + MIB + 64 * 1024, "peak usage {peak} over budget {budget} + one version");
-    assert!(disk_usage(cache.path()) <= budget, "final usage over budget");
+    assert!(
+        peak <= budget + MIB + 64 * 1024,
+        "peak usage {peak} over budget {budget} + one version"
+    );
+    assert!(
+        disk_usage(cache.path()) <= budget,
+        "final usage over budget"
+    );
     // Least recently used went first: the last versions read are the ones left.
     for i in 0..6 {
-        let present = cache.path().join("versions").read_dir().unwrap().flatten().any(|e| {
-            let v = emu.current_version("artifacts", &format!("art-{i}"));
-            e.file_name().to_string_lossy().ends_with(&v)
-        });
+        let present = cache
+            .path()
+            .join("versions")
+            .read_dir()
+            .unwrap()
+            .flatten()
+            .any(|e| {
+                let v = emu.current_version("artifacts", &format!("art-{i}"));
+                e.file_name().to_string_lossy().ends_with(&v)
+            });
         assert_eq!(present, i >= 4, "art-{i} resident: {present}");
     }
 }
@@ -121,7 +152,13 @@ fn an_open_file_pins_its_version_under_pressure() {
     pinned.read_to_end(&mut got).unwrap();
     assert_eq!(got, pattern(MIB as usize / 4, 0));
     let v0 = emu.current_version("artifacts", "art-0");
-    assert!(cache.path().join(format!("versions/artifacts-{v0}")).exists(), "pinned version evicted");
+    assert!(
+        cache
+            .path()
+            .join(format!("versions/artifacts-{v0}"))
+            .exists(),
+        "pinned version evicted"
+    );
     drop(pinned);
     assert!(disk_usage(cache.path()) <= 2600 * 1024);
 }
@@ -135,8 +172,14 @@ fn a_version_larger_than_the_whole_budget_is_efbig_with_a_clear_log_line() {
     assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
     let log = m.log_text();
     let v = emu.current_version("artifacts", "art-0");
-    let line = log.lines().find(|l| l.contains(&v) && l.contains("budget")).unwrap_or_else(|| panic!("no log line:\n{log}"));
-    assert!(line.contains("2.0 MiB") && line.contains("1.0 MiB") && line.contains("--cache-size"), "{line}");
+    let line = log
+        .lines()
+        .find(|l| l.contains(&v) && l.contains("budget"))
+        .unwrap_or_else(|| panic!("no log line:\n{log}"));
+    assert!(
+        line.contains("2.0 MiB") && line.contains("1.0 MiB") && line.contains("--cache-size"),
+        "{line}"
+    );
     assert_eq!(emu.counter("store.get"), 0, "nothing downloaded");
 }
 
@@ -144,7 +187,11 @@ fn a_version_larger_than_the_whole_budget_is_efbig_with_a_clear_log_line() {
 fn an_archive_bigger_than_its_announced_size_is_stopped() {
     let data = data_with_versions(1, 2 * MIB as usize);
     // The API announces far less than the archive holds.
-    std::fs::write(data.path().join("artifacts/art-0/v1.json"), r#"{"size": 65536, "file_count": 4}"#).unwrap();
+    std::fs::write(
+        data.path().join("artifacts/art-0/v1.json"),
+        r#"{"size": 65536, "file_count": 4}"#,
+    )
+    .unwrap();
     let emu = Emulator::with_data(data.path());
     let cache = tempfile::tempdir().unwrap();
     let m = Mount::with(&emu, cache_opts(cache.path(), "100M"));
@@ -152,7 +199,10 @@ fn an_archive_bigger_than_its_announced_size_is_stopped() {
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert!(m.log_text().contains("announced"), "{}", m.log_text());
     assert_eq!(resident_versions(cache.path()), 0);
-    assert!(disk_usage(&cache.path().join("tmp")) < 256 * 1024, "stopped early");
+    assert!(
+        disk_usage(&cache.path().join("tmp")) < 256 * 1024,
+        "stopped early"
+    );
 }
 
 #[test]
@@ -171,9 +221,17 @@ fn a_restart_reuses_the_cache_and_a_lowered_budget_trims_it() {
     emu.reset_counters();
     let m = Mount::with(&emu, cache_opts(cache.path(), "100M"));
     for i in 0..3 {
-        assert_eq!(read_all(&m.join(&format!("artifacts/art-{i}/latest/part-3.bin"))), pattern(MIB as usize / 4, (i * 10 + 3) as u64));
+        assert_eq!(
+            read_all(&m.join(&format!("artifacts/art-{i}/latest/part-3.bin"))),
+            pattern(MIB as usize / 4, (i * 10 + 3) as u64)
+        );
     }
-    assert_eq!(emu.counter("store.get"), 0, "restart downloaded again: {}", emu.counters());
+    assert_eq!(
+        emu.counter("store.get"),
+        0,
+        "restart downloaded again: {}",
+        emu.counters()
+    );
     assert!(m.unmount().success());
 
     // A budget for one version: trimmed at start, the most recently used kept.
@@ -181,7 +239,11 @@ fn a_restart_reuses_the_cache_and_a_lowered_budget_trims_it() {
     assert!(disk_usage(cache.path()) <= 1200 * 1024);
     assert_eq!(resident_versions(cache.path()), 1);
     read_all(&m.join("artifacts/art-2/latest/part-0.bin"));
-    assert_eq!(emu.counter("store.get"), 0, "the most recent version was kept");
+    assert_eq!(
+        emu.counter("store.get"),
+        0,
+        "the most recent version was kept"
+    );
 }
 
 #[test]
@@ -189,7 +251,12 @@ fn kill_9_during_an_unpack_leaves_nothing_partial() {
     let data = tempfile::tempdir().unwrap();
     let mut b = ArchiveBuilder::new();
     for j in 0..24 {
-        b.file(&format!("big-{j:02}.bin"), 0o644, 1_700_000_000, &pattern(MIB as usize, j));
+        b.file(
+            &format!("big-{j:02}.bin"),
+            0o644,
+            1_700_000_000,
+            &pattern(MIB as usize, j),
+        );
     }
     put_archive(data.path(), "artifacts", "big", "v1", &b.finish());
     let emu = Emulator::with_data(data.path());
@@ -208,15 +275,30 @@ fn kill_9_during_an_unpack_leaves_nothing_partial() {
     let mut child = m.take_child();
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(resident_versions(cache.path()), 0, "killed before completion: nothing complete");
+    assert_eq!(
+        resident_versions(cache.path()),
+        0,
+        "killed before completion: nothing complete"
+    );
     let _ = reader.join();
     drop(m);
 
     emu.reset_counters();
     let m = Mount::with(&emu, cache_opts(cache.path(), "1G"));
-    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "leftovers removed at start");
-    assert_eq!(read_all(&m.join("artifacts/big/latest/big-23.bin")), pattern(MIB as usize, 23));
-    assert_eq!(emu.counter("store.get"), 1, "downloaded again after the crash");
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "leftovers removed at start"
+    );
+    assert_eq!(
+        read_all(&m.join("artifacts/big/latest/big-23.bin")),
+        pattern(MIB as usize, 23)
+    );
+    assert_eq!(
+        emu.counter("store.get"),
+        1,
+        "downloaded again after the crash"
+    );
 }
 
 #[test]
@@ -225,6 +307,11 @@ fn a_second_daemon_on_the_same_cache_is_refused() {
     let emu = Emulator::with_data(data.path());
     let cache = tempfile::tempdir().unwrap();
     let _first = Mount::with(&emu, cache_opts(cache.path(), "10M"));
-    let err = Mount::try_with(&emu, cache_opts(cache.path(), "10M")).err().expect("second daemon must fail");
-    assert!(err.contains("in use by another vm0fs") && err.contains("--cache-dir"), "{err}");
+    let err = Mount::try_with(&emu, cache_opts(cache.path(), "10M"))
+        .err()
+        .expect("second daemon must fail");
+    assert!(
+        err.contains("in use by another vm0fs") && err.contains("--cache-dir"),
+        "{err}"
+    );
 }

@@ -25,8 +25,8 @@ use tar::EntryType;
 
 use common::archives::{pattern, put_archive, ArchiveBuilder};
 use common::hostile::{
-    assert_cache_layout, disk_usage, gzip, is_cached, log_when, put_sidecar,
-    read_within, skip_line, tmp_entries, version_with_message, huge_header_archive, zero_bomb, RawTar, Sandbox,
+    assert_cache_layout, disk_usage, gzip, huge_header_archive, is_cached, log_when, put_sidecar,
+    read_within, skip_line, tmp_entries, version_with_message, zero_bomb, RawTar, Sandbox,
 };
 use common::{ok, tar_extract, tree_listing, Emulator, Mount};
 
@@ -48,7 +48,14 @@ fn paths_under(dir: &Path) -> BTreeMap<String, char> {
             } else {
                 'f'
             };
-            out.insert(e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned(), kind);
+            out.insert(
+                e.path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+                kind,
+            );
             if meta.is_dir() {
                 walk(root, &e.path(), out);
             }
@@ -92,7 +99,9 @@ fn escaping_members_write_nothing_outside_the_cache_and_the_safe_ones_are_served
     }
     // (member name, how it is written) for every member that must be refused.
     let mut refused: Vec<String> = Vec::new();
-    let mut escapes: Vec<String> = (1..=6).map(|depth| format!("{}sentinel/x{depth}", "../".repeat(depth))).collect();
+    let mut escapes: Vec<String> = (1..=6)
+        .map(|depth| format!("{}sentinel/x{depth}", "../".repeat(depth)))
+        .collect();
     escapes.push("dir/../../sentinel/y".into());
     escapes.push("./../outside".into());
     escapes.push(format!("{sentinel}/abs"));
@@ -128,11 +137,31 @@ fn escaping_members_write_nothing_outside_the_cache_and_the_safe_ones_are_served
     }
     t.hard_link("hl-ok", "README.md");
     // Long names and link names in GNU and pax headers get the same rules.
-    t.gnu_long(EntryType::Regular, deep_escape.as_bytes(), b"", 0o644, b"gnu long escape\n");
+    t.gnu_long(
+        EntryType::Regular,
+        deep_escape.as_bytes(),
+        b"",
+        0o644,
+        b"gnu long escape\n",
+    );
     refused.push(deep_escape.clone());
-    t.pax(&[("path", pax_escape.as_bytes())], EntryType::Regular, "pax-placeholder", b"", 0o644, b"pax escape\n");
+    t.pax(
+        &[("path", pax_escape.as_bytes())],
+        EntryType::Regular,
+        "pax-placeholder",
+        b"",
+        0o644,
+        b"pax escape\n",
+    );
     refused.push(pax_escape.clone());
-    t.pax(&[("linkpath", b"/etc/shadow")], EntryType::Link, "hl-pax-shadow", b"README.md", 0o644, b"");
+    t.pax(
+        &[("linkpath", b"/etc/shadow")],
+        EntryType::Link,
+        "hl-pax-shadow",
+        b"README.md",
+        0o644,
+        b"",
+    );
     refused.push("hl-pax-shadow".into());
     let archive = t.gz();
 
@@ -145,15 +174,28 @@ fn escaping_members_write_nothing_outside_the_cache_and_the_safe_ones_are_served
 
     // (b) The safe members, byte for byte.
     for (name, want) in &safe {
-        let got = read_within(DEADLINE, &version.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got =
+            read_within(DEADLINE, &version.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(&got, want, "content of {name}");
     }
-    for (link, target) in [("evil", sentinel.as_str()), ("up", "../../sentinel"), ("abs-link", "/etc/passwd")] {
-        assert_eq!(std::fs::read_link(version.join(link)).unwrap(), Path::new(target), "{link}");
+    for (link, target) in [
+        ("evil", sentinel.as_str()),
+        ("up", "../../sentinel"),
+        ("abs-link", "/etc/passwd"),
+    ] {
+        assert_eq!(
+            std::fs::read_link(version.join(link)).unwrap(),
+            Path::new(target),
+            "{link}"
+        );
     }
     let readme = std::fs::metadata(version.join("README.md")).unwrap();
     let hl = std::fs::metadata(version.join("hl-ok")).unwrap();
-    assert_eq!((hl.ino(), hl.nlink()), (readme.ino(), 2), "hl-ok is a second name of README.md");
+    assert_eq!(
+        (hl.ino(), hl.nlink()),
+        (readme.ino(), 2),
+        "hl-ok is a second name of README.md"
+    );
 
     // (c) Exactly the safe members are there: the refused ones are absent.
     let got = paths_under(&version);
@@ -193,7 +235,13 @@ fn device_nodes_fifos_and_unknown_member_types_are_skipped_and_logged() {
     // letters of their own: none of them may become anything but a log line.
     t.raw(EntryType::new(b'V'), b"volume-label", b"", 0o644, b"");
     t.raw(EntryType::new(b's'), b"socket", b"", 0o755, b"");
-    t.raw(EntryType::new(b'Z'), b"unknown-type", b"", 0o644, b"some content\n");
+    t.raw(
+        EntryType::new(b'Z'),
+        b"unknown-type",
+        b"",
+        0o644,
+        b"some content\n",
+    );
     t.file("after.txt", 0o644, b"after the oddities\n");
     let data = tempfile::tempdir().unwrap();
     put_archive(data.path(), "volumes", "devices", "v1", &t.gz());
@@ -201,12 +249,27 @@ fn device_nodes_fifos_and_unknown_member_types_are_skipped_and_logged() {
     let m = Mount::with(&emu, sb.opts());
     let version = m.join("volumes/devices/latest/");
 
-    assert_eq!(read_within(DEADLINE, &version.join("keep.txt")).unwrap(), b"kept\n");
-    assert_eq!(std::fs::read(version.join("after.txt")).unwrap(), b"after the oddities\n");
+    assert_eq!(
+        read_within(DEADLINE, &version.join("keep.txt")).unwrap(),
+        b"kept\n"
+    );
+    assert_eq!(
+        std::fs::read(version.join("after.txt")).unwrap(),
+        b"after the oddities\n"
+    );
     let got: Vec<String> = paths_under(&version).into_keys().collect();
     assert_eq!(got, ["after.txt", "keep.txt"]);
-    let skipped = ["dev-null", "dev-sda", "fifo", "volume-label", "socket", "unknown-type"];
-    let log = log_when(&m, "the skipped members", |log| skipped.iter().all(|s| skip_line(log, s).is_some()));
+    let skipped = [
+        "dev-null",
+        "dev-sda",
+        "fifo",
+        "volume-label",
+        "socket",
+        "unknown-type",
+    ];
+    let log = log_when(&m, "the skipped members", |log| {
+        skipped.iter().all(|s| skip_line(log, s).is_some())
+    });
     assert!(skip_line(&log, "dev-null").unwrap().contains("device"));
     assert!(skip_line(&log, "fifo").unwrap().contains("FIFO"));
     sb.assert_untouched();
@@ -243,10 +306,19 @@ fn setuid_and_setgid_bits_are_dropped() {
     // The sticky bit is harmless and kept, as tar keeps it.
     assert_eq!(mode("sticky-dir"), 0o1777);
     // `stat` agrees (no s/S in the symbolic mode).
-    let out = ok(std::process::Command::new("stat").arg("-c").arg("%A").arg(version.join("both")));
+    let out = ok(std::process::Command::new("stat")
+        .arg("-c")
+        .arg("%A")
+        .arg(version.join("both")));
     assert_eq!(out.trim(), "-rwxrwxrwx");
-    let opts = common::sh(&format!("findmnt -n -o OPTIONS --target {}", m.path().display()));
-    assert!(opts.split(',').any(|o| o == "nosuid"), "mount options: {opts}");
+    let opts = common::sh(&format!(
+        "findmnt -n -o OPTIONS --target {}",
+        m.path().display()
+    ));
+    assert!(
+        opts.split(',').any(|o| o == "nosuid"),
+        "mount options: {opts}"
+    );
     sb.assert_untouched();
 }
 
@@ -256,26 +328,69 @@ fn names_linux_cannot_hold_are_skipped_and_logged() {
     let long = "n".repeat(256);
     let just_fits = "m".repeat(255);
     let mut t = RawTar::new();
-    t.gnu_long(EntryType::Regular, long.as_bytes(), b"", 0o644, b"too long\n");
-    t.gnu_long(EntryType::Regular, just_fits.as_bytes(), b"", 0o644, b"fits\n");
-    t.pax(&[("path", b"nul\0byte")], EntryType::Regular, "placeholder", b"", 0o644, b"nul\n");
-    t.raw(EntryType::Regular, b".", b"", 0o644, b"the root as a file\n");
+    t.gnu_long(
+        EntryType::Regular,
+        long.as_bytes(),
+        b"",
+        0o644,
+        b"too long\n",
+    );
+    t.gnu_long(
+        EntryType::Regular,
+        just_fits.as_bytes(),
+        b"",
+        0o644,
+        b"fits\n",
+    );
+    t.pax(
+        &[("path", b"nul\0byte")],
+        EntryType::Regular,
+        "placeholder",
+        b"",
+        0o644,
+        b"nul\n",
+    );
+    t.raw(
+        EntryType::Regular,
+        b".",
+        b"",
+        0o644,
+        b"the root as a file\n",
+    );
     t.raw(EntryType::Symlink, b"empty-target", b"", 0o777, b"");
-    t.pax(&[("linkpath", &[b'x'; 5000])], EntryType::Symlink, "huge-target", b"", 0o777, b"");
+    t.pax(
+        &[("linkpath", &[b'x'; 5000])],
+        EntryType::Symlink,
+        "huge-target",
+        b"",
+        0o777,
+        b"",
+    );
     t.file("ok.txt", 0o644, b"ok\n");
     let data = tempfile::tempdir().unwrap();
     put_archive(data.path(), "artifacts", "names", "v1", &t.gz());
     let emu = Emulator::with_data(data.path());
     let m = Mount::with(&emu, sb.opts());
     let version = m.join("artifacts/names/latest/");
-    assert_eq!(read_within(DEADLINE, &version.join("ok.txt")).unwrap(), b"ok\n");
+    assert_eq!(
+        read_within(DEADLINE, &version.join("ok.txt")).unwrap(),
+        b"ok\n"
+    );
     assert_eq!(std::fs::read(version.join(&just_fits)).unwrap(), b"fits\n");
     let got: BTreeSet<String> = paths_under(&version).into_keys().collect();
     assert_eq!(got, [just_fits.clone(), "ok.txt".into()].into());
     // `ls` works on the directory: one bad name must not break a whole readdir.
     ok(std::process::Command::new("ls").arg("-la").arg(&version));
-    let skipped = [long.as_str(), "nul\0byte", ".", "empty-target", "huge-target"];
-    log_when(&m, "the skipped members", |log| skipped.iter().all(|s| skip_line(log, s).is_some()));
+    let skipped = [
+        long.as_str(),
+        "nul\0byte",
+        ".",
+        "empty-target",
+        "huge-target",
+    ];
+    log_when(&m, "the skipped members", |log| {
+        skipped.iter().all(|s| skip_line(log, s).is_some())
+    });
     sb.assert_untouched();
 }
 
@@ -290,11 +405,26 @@ fn long_names_pax_times_late_directories_and_repeats_match_tar_xzf() {
     let pax_file = format!("{long_dir}/pax-{}", "p".repeat(110));
     let mut t = RawTar::new();
     // GNU long name, and a GNU long link name on a symlink.
-    t.gnu_long(EntryType::Regular, long_file.as_bytes(), b"", 0o640, b"gnu long name\n");
-    t.gnu_long(EntryType::Symlink, b"gnu-long-link", long_target.as_bytes(), 0o777, b"");
+    t.gnu_long(
+        EntryType::Regular,
+        long_file.as_bytes(),
+        b"",
+        0o640,
+        b"gnu long name\n",
+    );
+    t.gnu_long(
+        EntryType::Symlink,
+        b"gnu-long-link",
+        long_target.as_bytes(),
+        0o777,
+        b"",
+    );
     // pax path with a fractional mtime, pax linkpath on a symlink and on a hard link.
     t.pax(
-        &[("path", pax_file.as_bytes()), ("mtime", b"1700000123.123456789")],
+        &[
+            ("path", pax_file.as_bytes()),
+            ("mtime", b"1700000123.123456789"),
+        ],
         EntryType::Regular,
         "placeholder-1",
         b"",
@@ -302,19 +432,35 @@ fn long_names_pax_times_late_directories_and_repeats_match_tar_xzf() {
         b"pax long name\n",
     );
     t.pax(
-        &[("linkpath", long_target.as_bytes()), ("mtime", b"1700000124.5")],
+        &[
+            ("linkpath", long_target.as_bytes()),
+            ("mtime", b"1700000124.5"),
+        ],
         EntryType::Symlink,
         "pax-long-link",
         b"placeholder",
         0o777,
         b"",
     );
-    t.pax(&[("linkpath", long_file.as_bytes())], EntryType::Link, "pax-hard-link", b"x", 0o640, b"");
+    t.pax(
+        &[("linkpath", long_file.as_bytes())],
+        EntryType::Link,
+        "pax-hard-link",
+        b"x",
+        0o640,
+        b"",
+    );
     // Directory entries after their children (modes and mtimes come from the late entry).
     t.file("late/sub/f.txt", 0o644, b"late\n");
     t.raw(EntryType::Directory, b"late/sub/", b"", 0o750, b"");
     t.raw(EntryType::Directory, b"late/", b"", 0o755, b"");
-    t.raw(EntryType::Directory, "d".repeat(90).as_bytes(), b"", 0o755, b"");
+    t.raw(
+        EntryType::Directory,
+        "d".repeat(90).as_bytes(),
+        b"",
+        0o755,
+        b"",
+    );
     t.gnu_long(EntryType::Directory, long_dir.as_bytes(), b"", 0o700, b"");
     // Repeats: the last member of a name wins.
     t.file("rep.txt", 0o644, b"first\n");
@@ -338,14 +484,33 @@ fn long_names_pax_times_late_directories_and_repeats_match_tar_xzf() {
     let expected = tar_extract(&path);
     let _ = read_within(DEADLINE, &version.join("rep.txt"));
     assert_eq!(tree_listing(&version), tree_listing(expected.path()));
-    ok(std::process::Command::new("diff").arg("-r").arg("--no-dereference").arg(expected.path()).arg(&version));
+    ok(std::process::Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(expected.path())
+        .arg(&version));
     // Spot checks that the comparison is not vacuous.
-    assert_eq!(std::fs::read(version.join("rep.txt")).unwrap(), b"second, and longer\n");
-    assert_eq!(std::fs::read(version.join("keeps-old")).unwrap(), b"old content\n");
-    assert_eq!(std::fs::read_link(version.join("pax-long-link")).unwrap(), Path::new(&long_target));
+    assert_eq!(
+        std::fs::read(version.join("rep.txt")).unwrap(),
+        b"second, and longer\n"
+    );
+    assert_eq!(
+        std::fs::read(version.join("keeps-old")).unwrap(),
+        b"old content\n"
+    );
+    assert_eq!(
+        std::fs::read_link(version.join("pax-long-link")).unwrap(),
+        Path::new(&long_target)
+    );
     let mtime = std::fs::metadata(version.join(&pax_file)).unwrap();
-    assert_eq!((mtime.mtime(), mtime.mtime_nsec()), (1_700_000_123, 123_456_789));
-    assert_eq!(std::fs::metadata(version.join("late/sub")).unwrap().mode() & 0o777, 0o750);
+    assert_eq!(
+        (mtime.mtime(), mtime.mtime_nsec()),
+        (1_700_000_123, 123_456_789)
+    );
+    assert_eq!(
+        std::fs::metadata(version.join("late/sub")).unwrap().mode() & 0o777,
+        0o750
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -354,20 +519,43 @@ fn long_names_pax_times_late_directories_and_repeats_match_tar_xzf() {
 /// A valid archive of a few files, distinct per `seed`.
 fn small_archive(seed: u64) -> Vec<u8> {
     let mut b = ArchiveBuilder::new();
-    b.file("a.txt", 0o644, 1_700_000_000, format!("archive {seed}\n").as_bytes());
+    b.file(
+        "a.txt",
+        0o644,
+        1_700_000_000,
+        format!("archive {seed}\n").as_bytes(),
+    );
     b.file("b.bin", 0o644, 1_700_000_000, &pattern(300_000, seed));
     b.finish()
 }
 
 /// The checks after a version failed: EIO for it, the log says what is wrong, nothing of it
 /// is cached, and `good` (a path in another version) still reads `good_content`.
-fn assert_failed_cleanly(m: &Mount, cache: &Path, id: &str, path: &Path, problem: &str, good: &Path, good_content: &[u8]) {
+fn assert_failed_cleanly(
+    m: &Mount,
+    cache: &Path,
+    id: &str,
+    path: &Path,
+    problem: &str,
+    good: &Path,
+    good_content: &[u8],
+) {
     let err = read_within(DEADLINE, path).expect_err("a corrupt version must not read");
     assert_eq!(errno(&err), libc::EIO, "{}: {err}", path.display());
-    log_when(m, problem, |log| log.lines().any(|l| l.contains(id) && l.contains(problem)));
+    log_when(m, problem, |log| {
+        log.lines().any(|l| l.contains(id) && l.contains(problem))
+    });
     assert!(!is_cached(cache, id), "a corrupt version was cached");
-    assert!(tmp_entries(cache).is_empty(), "leftovers in tmp/: {:?}", tmp_entries(cache));
-    assert_eq!(read_within(DEADLINE, good).unwrap(), good_content, "another version broke");
+    assert!(
+        tmp_entries(cache).is_empty(),
+        "leftovers in tmp/: {:?}",
+        tmp_entries(cache)
+    );
+    assert_eq!(
+        read_within(DEADLINE, good).unwrap(),
+        good_content,
+        "another version broke"
+    );
     assert_cache_layout(cache);
 }
 
@@ -396,7 +584,13 @@ fn corrupt_archives_in_the_data_give_eio_for_that_version_only() {
     for (label, bytes) in &versions {
         put_archive(data.path(), "artifacts", "mixed", label, bytes);
         // The API announces what the archive would hold: files to download.
-        put_sidecar(data.path(), "artifacts", "mixed", label, &json!({"size": 400_000, "file_count": 2, "message": label}));
+        put_sidecar(
+            data.path(),
+            "artifacts",
+            "mixed",
+            label,
+            &json!({"size": 400_000, "file_count": 2, "message": label}),
+        );
     }
     let emu = Emulator::with_data(data.path());
     let sb = Sandbox::new();
@@ -414,13 +608,28 @@ fn corrupt_archives_in_the_data_give_eio_for_that_version_only() {
     ] {
         let v = id(label);
         let path = m.join(&format!("artifacts/mixed/{v}/a.txt"));
-        assert_failed_cleanly(&m, &sb.cache, &v, &path, problem, &good_path, b"archive 1\n");
+        assert_failed_cleanly(
+            &m,
+            &sb.cache,
+            &v,
+            &path,
+            problem,
+            &good_path,
+            b"archive 1\n",
+        );
         // Listing the failed version is EIO too, not an empty directory.
-        let err = std::fs::read_dir(m.join(&format!("artifacts/mixed/{v}"))).and_then(|mut d| d.next().transpose());
-        assert_eq!(err.map_err(|e| errno(&e)).err(), Some(libc::EIO), "{label}: listing");
+        let err = std::fs::read_dir(m.join(&format!("artifacts/mixed/{v}")))
+            .and_then(|mut d| d.next().transpose());
+        assert_eq!(
+            err.map_err(|e| errno(&e)).err(),
+            Some(libc::EIO),
+            "{label}: listing"
+        );
     }
     // The version list itself is intact.
-    let listed = std::fs::read_dir(m.join("artifacts/mixed")).unwrap().count();
+    let listed = std::fs::read_dir(m.join("artifacts/mixed"))
+        .unwrap()
+        .count();
     assert_eq!(listed, 6, "5 versions and latest");
     sb.assert_untouched();
 }
@@ -429,18 +638,34 @@ fn corrupt_archives_in_the_data_give_eio_for_that_version_only() {
 fn a_corrupting_store_gives_eio_nothing_cached_and_the_next_try_works() {
     let data = tempfile::tempdir().unwrap();
     put_archive(data.path(), "artifacts", "victim", "v1", &small_archive(3));
-    put_archive(data.path(), "artifacts", "bystander", "v1", &small_archive(4));
+    put_archive(
+        data.path(),
+        "artifacts",
+        "bystander",
+        "v1",
+        &small_archive(4),
+    );
     let emu = Emulator::with_data(data.path());
     let sb = Sandbox::new();
     let m = Mount::with(&emu, sb.opts());
     let victim = emu.current_version("artifacts", "victim");
     let bystander = m.join("artifacts/bystander/latest/a.txt");
     let path = m.join(&format!("artifacts/victim/{victim}/a.txt"));
-    for (corrupt, problem) in
-        [("truncate", "ends early"), ("garbage", "not gzip-compressed"), ("notar", "does not hold a tar archive")]
-    {
+    for (corrupt, problem) in [
+        ("truncate", "ends early"),
+        ("garbage", "not gzip-compressed"),
+        ("notar", "does not hold a tar archive"),
+    ] {
         emu.fault(json!({"route": "store.get", "version": victim, "corrupt": corrupt, "count": 1}));
-        assert_failed_cleanly(&m, &sb.cache, &victim, &path, problem, &bystander, b"archive 4\n");
+        assert_failed_cleanly(
+            &m,
+            &sb.cache,
+            &victim,
+            &path,
+            problem,
+            &bystander,
+            b"archive 4\n",
+        );
     }
     // The faults are spent: the same version now downloads, unpacks and stays.
     assert_eq!(read_within(DEADLINE, &path).unwrap(), b"archive 3\n");
@@ -476,33 +701,72 @@ fn a_decompression_bomb_is_stopped_before_it_fills_the_disk() {
     let data = tempfile::tempdir().unwrap();
     // 200 MiB of zeros in one file: a few hundred KiB of archive.
     let bomb = zero_bomb("zeros", 1, 200 * MIB);
-    assert!(bomb.len() < 2 * MIB as usize, "the bomb is {} bytes", bomb.len());
+    assert!(
+        bomb.len() < 2 * MIB as usize,
+        "the bomb is {} bytes",
+        bomb.len()
+    );
     put_archive(data.path(), "artifacts", "bomb", "v1", &bomb);
-    put_sidecar(data.path(), "artifacts", "bomb", "v1", &json!({"size": 4096, "file_count": 1}));
+    put_sidecar(
+        data.path(),
+        "artifacts",
+        "bomb",
+        "v1",
+        &json!({"size": 4096, "file_count": 1}),
+    );
     // Many files each under the limit, together far over it.
-    put_archive(data.path(), "artifacts", "many", "v1", &zero_bomb("part", 64, MIB));
-    put_sidecar(data.path(), "artifacts", "many", "v1", &json!({"size": 2 * MIB, "file_count": 64}));
+    put_archive(
+        data.path(),
+        "artifacts",
+        "many",
+        "v1",
+        &zero_bomb("part", 64, MIB),
+    );
+    put_sidecar(
+        data.path(),
+        "artifacts",
+        "many",
+        "v1",
+        &json!({"size": 2 * MIB, "file_count": 64}),
+    );
     put_archive(data.path(), "artifacts", "fine", "v1", &small_archive(5));
     let emu = Emulator::with_data(data.path());
     let sb = Sandbox::new();
     let m = Mount::with(&emu, sb.opts());
 
     let id = emu.current_version("artifacts", "bomb");
-    let (err, peak) = read_failing_while_sampling(&m.join("artifacts/bomb/latest/zeros-0"), &sb.cache);
+    let (err, peak) =
+        read_failing_while_sampling(&m.join("artifacts/bomb/latest/zeros-0"), &sb.cache);
     assert_eq!(errno(&err), libc::EIO, "{err}");
-    assert!(peak < MIB, "the cache grew to {peak} bytes for a 4 KiB version");
-    log_when(&m, "the bomb", |log| log.lines().any(|l| l.contains(&id) && l.contains("announced")));
+    assert!(
+        peak < MIB,
+        "the cache grew to {peak} bytes for a 4 KiB version"
+    );
+    log_when(&m, "the bomb", |log| {
+        log.lines()
+            .any(|l| l.contains(&id) && l.contains("announced"))
+    });
     assert!(!is_cached(&sb.cache, &id) && tmp_entries(&sb.cache).is_empty());
 
     let id = emu.current_version("artifacts", "many");
-    let (err, peak) = read_failing_while_sampling(&m.join("artifacts/many/latest/part-0"), &sb.cache);
+    let (err, peak) =
+        read_failing_while_sampling(&m.join("artifacts/many/latest/part-0"), &sb.cache);
     assert_eq!(errno(&err), libc::EIO, "{err}");
     // The announced 2 MiB (plus blocks and directories), never the 64 MiB of the archive.
-    assert!(peak < 3 * MIB, "the cache grew to {peak} bytes for a 2 MiB version");
-    log_when(&m, "the many-file bomb", |log| log.lines().any(|l| l.contains(&id) && l.contains("announced")));
+    assert!(
+        peak < 3 * MIB,
+        "the cache grew to {peak} bytes for a 2 MiB version"
+    );
+    log_when(&m, "the many-file bomb", |log| {
+        log.lines()
+            .any(|l| l.contains(&id) && l.contains("announced"))
+    });
     assert!(!is_cached(&sb.cache, &id) && tmp_entries(&sb.cache).is_empty());
 
-    assert_eq!(read_within(DEADLINE, &m.join("artifacts/fine/latest/a.txt")).unwrap(), b"archive 5\n");
+    assert_eq!(
+        read_within(DEADLINE, &m.join("artifacts/fine/latest/a.txt")).unwrap(),
+        b"archive 5\n"
+    );
     sb.assert_untouched();
 }
 
@@ -510,7 +774,12 @@ fn a_decompression_bomb_is_stopped_before_it_fills_the_disk() {
 fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 #[test]
@@ -519,8 +788,20 @@ fn huge_headers_are_refused_without_holding_them_in_memory() {
     // holds headers whole needs that much memory.
     let data = tempfile::tempdir().unwrap();
     for (name, pax) in [("huge-pax", true), ("huge-gnu", false)] {
-        put_archive(data.path(), "artifacts", name, "v1", &huge_header_archive(pax, 64 * MIB));
-        put_sidecar(data.path(), "artifacts", name, "v1", &json!({"size": 100, "file_count": 1}));
+        put_archive(
+            data.path(),
+            "artifacts",
+            name,
+            "v1",
+            &huge_header_archive(pax, 64 * MIB),
+        );
+        put_sidecar(
+            data.path(),
+            "artifacts",
+            name,
+            "v1",
+            &json!({"size": 100, "file_count": 1}),
+        );
     }
     put_archive(data.path(), "artifacts", "fine", "v1", &small_archive(6));
     let emu = Emulator::with_data(data.path());
@@ -532,7 +813,15 @@ fn huge_headers_are_refused_without_holding_them_in_memory() {
     for name in ["huge-pax", "huge-gnu"] {
         let id = emu.current_version("artifacts", name);
         let path = m.join(&format!("artifacts/{name}/{id}/after-huge-header.txt"));
-        assert_failed_cleanly(&m, &sb.cache, &id, &path, "tar data is damaged", &fine, b"archive 6\n");
+        assert_failed_cleanly(
+            &m,
+            &sb.cache,
+            &id,
+            &path,
+            "tar data is damaged",
+            &fine,
+            b"archive 6\n",
+        );
     }
     let after = peak_rss(m.pid());
     eprintln!("daemon peak memory: {before} bytes before, {after} bytes after");

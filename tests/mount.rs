@@ -28,7 +28,11 @@ fn fixture() -> Fixture {
     let archive = put_archive(data.path(), "artifacts", "report", "v2", &feature_archive());
     std::fs::create_dir_all(data.path().join("volumes/empty-vol/v1")).unwrap();
     let emu = Emulator::with_data(data.path());
-    Fixture { _data: data, archive, emu }
+    Fixture {
+        _data: data,
+        archive,
+        emu,
+    }
 }
 
 #[test]
@@ -41,15 +45,32 @@ fn tree_matches_tar_xzf_of_the_same_archive() {
 
     // Content, types, modes, sizes, mtimes (with nanoseconds), link counts and targets.
     assert_eq!(tree_listing(&version), tree_listing(expected.path()));
-    ok(Command::new("diff").arg("-r").arg("--no-dereference").arg(expected.path()).arg(&version));
+    ok(Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(expected.path())
+        .arg(&version));
 
     // rsync sees nothing to change, in either direction, with checksums.
-    for (from, to) in [(&version, expected.path()), (&expected.path().to_path_buf(), version.as_path())] {
+    for (from, to) in [
+        (&version, expected.path()),
+        (&expected.path().to_path_buf(), version.as_path()),
+    ] {
         let out = ok(Command::new("rsync")
-            .args(["-a", "-c", "-H", "--dry-run", "--itemize-changes", "--exclude=/."])
+            .args([
+                "-a",
+                "-c",
+                "-H",
+                "--dry-run",
+                "--itemize-changes",
+                "--exclude=/.",
+            ])
             .arg(format!("{}/", from.display()))
             .arg(format!("{}/", to.display())));
-        let changes: Vec<&str> = out.lines().filter(|l| !l.starts_with(".d") || !l.ends_with("./")).collect();
+        let changes: Vec<&str> = out
+            .lines()
+            .filter(|l| !l.starts_with(".d") || !l.ends_with("./"))
+            .collect();
         assert!(changes.is_empty(), "rsync itemized changes: {changes:#?}");
     }
 }
@@ -65,7 +86,12 @@ fn inode_numbers_agree_between_stat_and_readdir_and_hard_links_share_one() {
         for e in std::fs::read_dir(&dir).unwrap() {
             let e = e.unwrap();
             let meta = std::fs::symlink_metadata(e.path()).unwrap();
-            assert_eq!(e.ino(), meta.ino(), "d_ino vs st_ino of {}", e.path().display());
+            assert_eq!(
+                e.ino(),
+                meta.ino(),
+                "d_ino vs st_ino of {}",
+                e.path().display()
+            );
             assert_ne!(meta.ino(), 0);
             seen.insert(meta.ino());
             if meta.is_dir() {
@@ -78,7 +104,10 @@ fn inode_numbers_agree_between_stat_and_readdir_and_hard_links_share_one() {
     assert_eq!(a.ino(), b.ino());
     assert_eq!(a.nlink(), 2);
     // Stable: the same numbers on a second walk.
-    assert_eq!(std::fs::metadata(root.join("README.md")).unwrap().ino(), a.ino());
+    assert_eq!(
+        std::fs::metadata(root.join("README.md")).unwrap().ino(),
+        a.ino()
+    );
 }
 
 #[test]
@@ -105,7 +134,11 @@ fn random_reads_past_eof_and_mmap_match_the_archive() {
                 }
             }
             let end = (off + len).min(want.len());
-            let exp = if off >= want.len() { &[][..] } else { &want[off..end] };
+            let exp = if off >= want.len() {
+                &[][..]
+            } else {
+                &want[off..end]
+            };
             assert_eq!(&buf[..got], exp, "{name} at {off}+{len}");
         }
         if !want.is_empty() {
@@ -119,8 +152,20 @@ fn mmap_read(file: &File, len: usize) -> Vec<u8> {
     // SAFETY: a private read-only mapping of `len` bytes of an open file; it is copied out
     // and unmapped before returning, and the file is not truncated meanwhile (read-only fs).
     unsafe {
-        let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0);
-        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
         let out = std::slice::from_raw_parts(p as *const u8, len).to_vec();
         libc::munmap(p, len);
         out
@@ -149,17 +194,28 @@ fn latest_prefixes_and_listing() {
 
     // A unique prefix of 8+ hex characters is a link to the full id.
     let prefix = &current[..8];
-    assert_eq!(std::fs::read_link(m.join(&format!("artifacts/report/{prefix}"))).unwrap(), Path::new(&current));
+    assert_eq!(
+        std::fs::read_link(m.join(&format!("artifacts/report/{prefix}"))).unwrap(),
+        Path::new(&current)
+    );
     assert_eq!(
         std::fs::read(m.join(&format!("artifacts/report/{prefix}/README.md"))).unwrap(),
         b"# Agent output\n\nSee docs/.\n"
     );
     // Too short, unknown, or not hex: not found.
     for bad in [&current[..7], "0000000000000000", "zzzzzzzz", "latestx"] {
-        assert!(!m.join(&format!("artifacts/report/{bad}")).exists(), "{bad} should not exist");
+        assert!(
+            !m.join(&format!("artifacts/report/{bad}")).exists(),
+            "{bad} should not exist"
+        );
     }
     // Top level.
-    assert_eq!(ok(Command::new("ls").arg(m.path())).split_whitespace().collect::<Vec<_>>(), ["artifacts", "volumes"]);
+    assert_eq!(
+        ok(Command::new("ls").arg(m.path()))
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["artifacts", "volumes"]
+    );
     assert!(!m.join("artifacts/no-such-name").exists());
 }
 
@@ -171,7 +227,12 @@ fn an_empty_version_is_an_empty_directory() {
     let dir = m.join(&format!("volumes/empty-vol/{id}"));
     assert!(dir.is_dir());
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
-    assert_eq!(std::fs::read_dir(m.join("volumes/empty-vol/latest/")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(m.join("volumes/empty-vol/latest/"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -181,14 +242,28 @@ fn many_names_across_pages() {
     for i in 0..230 {
         let name = format!("vol-{i:04}");
         std::fs::create_dir_all(data.path().join(format!("volumes/{name}/v1"))).unwrap();
-        std::fs::write(data.path().join(format!("volumes/{name}/v1/f.txt")), format!("{i}\n")).unwrap();
+        std::fs::write(
+            data.path().join(format!("volumes/{name}/v1/f.txt")),
+            format!("{i}\n"),
+        )
+        .unwrap();
         names.push(name);
     }
-    let emu = Emulator::start(&["--data", data.path().to_str().unwrap(), "--pagination-quirk"]);
+    let emu = Emulator::start(&[
+        "--data",
+        data.path().to_str().unwrap(),
+        "--pagination-quirk",
+    ]);
     let m = Mount::new(&emu);
-    let got: Vec<String> = ok(Command::new("ls").arg("-1").arg(m.join("volumes"))).lines().map(String::from).collect();
+    let got: Vec<String> = ok(Command::new("ls").arg("-1").arg(m.join("volumes")))
+        .lines()
+        .map(String::from)
+        .collect();
     assert_eq!(got, names);
-    assert_eq!(std::fs::read_to_string(m.join("volumes/vol-0177/latest/f.txt")).unwrap(), "177\n");
+    assert_eq!(
+        std::fs::read_to_string(m.join("volumes/vol-0177/latest/f.txt")).unwrap(),
+        "177\n"
+    );
 }
 
 #[test]
@@ -198,7 +273,8 @@ fn sixteen_parallel_readers_of_a_cold_version_download_it_once() {
     let id = f.emu.current_version("artifacts", "report");
     f.emu.reset_counters();
     // Slow the object store so that every reader arrives while the download runs.
-    f.emu.fault(serde_json::json!({"route": "store.get", "delay_ms": 500, "count": 1}));
+    f.emu
+        .fault(serde_json::json!({"route": "store.get", "delay_ms": 500, "count": 1}));
     let expected = std::fs::read(tar_extract(&f.archive).path().join("sizes/f131072.bin")).unwrap();
     let path = m.join(&format!("artifacts/report/{id}/sizes/f131072.bin"));
     let readers: Vec<_> = (0..16)
@@ -210,7 +286,12 @@ fn sixteen_parallel_readers_of_a_cold_version_download_it_once() {
     for r in readers {
         assert_eq!(r.join().unwrap(), expected);
     }
-    assert_eq!(f.emu.counter(&format!("store.get:{id}")), 1, "{}", f.emu.counters());
+    assert_eq!(
+        f.emu.counter(&format!("store.get:{id}")),
+        1,
+        "{}",
+        f.emu.counters()
+    );
     // Warm now: more reads, no more downloads.
     let _ = std::fs::read(m.join(&format!("artifacts/report/{id}/README.md"))).unwrap();
     assert_eq!(f.emu.counter(&format!("store.get:{id}")), 1);
@@ -249,9 +330,16 @@ fn every_write_is_refused_with_erofs() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("Read-only file system"), "{a}: {err}");
     }
-    let out = ok(Command::new("stat").arg("-f").arg("-c").arg("%T").arg(m.path()));
+    let out = ok(Command::new("stat")
+        .arg("-f")
+        .arg("-c")
+        .arg("%T")
+        .arg(m.path()));
     assert!(out.contains("fuse"), "{out}");
-    let opts = sh(&format!("findmnt -n -o OPTIONS --target {}", m.path().display()));
+    let opts = sh(&format!(
+        "findmnt -n -o OPTIONS --target {}",
+        m.path().display()
+    ));
     assert!(opts.split(',').any(|o| o == "ro"), "mount options: {opts}");
 }
 
@@ -265,8 +353,15 @@ fn rsync_twice_gives_the_tar_tree_and_transfers_nothing_the_second_time() {
     ok(Command::new("rsync").args(["-a", "-H"]).arg(&src).arg(&dst));
     let expected = tar_extract(&f.archive);
     assert_eq!(tree_listing(out.path()), tree_listing(expected.path()));
-    ok(Command::new("diff").arg("-r").arg("--no-dereference").arg(expected.path()).arg(out.path()));
-    let second = ok(Command::new("rsync").args(["-a", "-H", "--stats"]).arg(&src).arg(&dst));
+    ok(Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(expected.path())
+        .arg(out.path()));
+    let second = ok(Command::new("rsync")
+        .args(["-a", "-H", "--stats"])
+        .arg(&src)
+        .arg(&dst));
     assert!(
         second.contains("Number of regular files transferred: 0"),
         "second rsync transferred files:\n{second}"
@@ -278,14 +373,21 @@ fn a_failed_download_is_eio_then_retried_on_the_next_access() {
     let f = fixture();
     let m = Mount::new(&f.emu);
     let id = f.emu.current_version("artifacts", "report");
-    f.emu.fault(serde_json::json!({"route": "store.get", "corrupt": "garbage", "count": 1}));
+    f.emu
+        .fault(serde_json::json!({"route": "store.get", "corrupt": "garbage", "count": 1}));
     let path = m.join(&format!("artifacts/report/{id}/README.md"));
     let err = std::fs::read(&path).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     let log = m.log_text();
-    assert!(log.contains(&id) && log.contains("report"), "the log names the version:\n{log}");
+    assert!(
+        log.contains(&id) && log.contains("report"),
+        "the log names the version:\n{log}"
+    );
     // Nothing was cached: the next access downloads again and succeeds.
-    assert_eq!(std::fs::read(&path).unwrap(), b"# Agent output\n\nSee docs/.\n");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"# Agent output\n\nSee docs/.\n"
+    );
     let cached: Vec<_> = std::fs::read_dir(m.cache.join("tmp")).unwrap().collect();
     assert!(cached.is_empty(), "no leftovers in tmp/");
 }
@@ -293,11 +395,20 @@ fn a_failed_download_is_eio_then_retried_on_the_next_access() {
 #[test]
 fn a_bad_token_fails_before_mounting_and_names_the_fix() {
     let f = fixture();
-    let err = Mount::try_with(&f.emu, MountOpts { token: Some("vm0_live_bad"), ..Default::default() })
-        .err()
-        .expect("mount with a bad token must fail");
+    let err = Mount::try_with(
+        &f.emu,
+        MountOpts {
+            token: Some("vm0_live_bad"),
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("mount with a bad token must fail");
     assert!(err.contains("VM0_TOKEN"), "{err}");
-    assert!(!err.contains("vm0_live_bad"), "the token must not be printed: {err}");
+    assert!(
+        !err.contains("vm0_live_bad"),
+        "the token must not be printed: {err}"
+    );
 }
 
 #[test]
@@ -305,7 +416,12 @@ fn an_unreachable_api_fails_before_mounting() {
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
     let out = run(Command::new(common::vm0fs_bin())
-        .args(["mount", "--foreground", "--api-url", "http://127.0.0.1:9/v1"])
+        .args([
+            "mount",
+            "--foreground",
+            "--api-url",
+            "http://127.0.0.1:9/v1",
+        ])
         .arg(dir.path())
         .env("VM0_TOKEN", &f.emu.token));
     assert!(!out.status.success());
@@ -329,7 +445,8 @@ fn unmount_works_for_a_live_and_for_a_dead_daemon_and_sigterm_exits_zero() {
     let mut child = m.take_child();
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = common::wait_timeout(&mut child, std::time::Duration::from_secs(20)).expect("exit on SIGTERM");
+    let status = common::wait_timeout(&mut child, std::time::Duration::from_secs(20))
+        .expect("exit on SIGTERM");
     assert!(status.success(), "{status}");
     assert!(!vm0fs::mount::is_mounted(m.path()));
 
@@ -341,10 +458,17 @@ fn unmount_works_for_a_live_and_for_a_dead_daemon_and_sigterm_exits_zero() {
     // (readdir, not stat: the kernel may still answer a stat from its attribute cache)
     let err = std::fs::read_dir(m.path()).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
-    ok(Command::new(common::vm0fs_bin()).arg("unmount").arg(m.path()));
+    ok(Command::new(common::vm0fs_bin())
+        .arg("unmount")
+        .arg(m.path()));
     assert!(!vm0fs::mount::is_mounted(m.path()));
     // And the mountpoint can be mounted again.
-    let again = Mount::with(&f.emu, MountOpts { ..Default::default() });
+    let again = Mount::with(
+        &f.emu,
+        MountOpts {
+            ..Default::default()
+        },
+    );
     assert!(again.join("artifacts/report/latest").exists());
 }
 
@@ -362,11 +486,130 @@ fn daemon_mode_returns_once_the_mount_answers() {
         .arg("--cache-dir")
         .arg(cache.path())
         .env("VM0_TOKEN", &f.emu.token));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // No polling: it must answer right away.
-    let listed = std::fs::read_dir(dir.path().join("artifacts")).unwrap().count();
+    let listed = std::fs::read_dir(dir.path().join("artifacts"))
+        .unwrap()
+        .count();
     assert_eq!(listed, 1);
     assert!(cache.path().join("vm0fs.log").exists());
-    ok(Command::new(common::vm0fs_bin()).arg("unmount").arg(dir.path()));
+    ok(Command::new(common::vm0fs_bin())
+        .arg("unmount")
+        .arg(dir.path()));
     assert!(!vm0fs::mount::is_mounted(dir.path()));
+}
+
+#[test]
+fn the_status_file_shows_the_cache_and_its_versions() {
+    let f = fixture();
+    let m = Mount::new(&f.emu);
+    let id = f.emu.current_version("artifacts", "report");
+    let before = ok(Command::new("cat").arg(m.join(".vm0fs/status")));
+    assert!(
+        before.contains("cache:") && before.contains("errors since start: 0"),
+        "{before}"
+    );
+    assert!(!before.contains(&id), "{before}");
+    std::fs::read(m.join("artifacts/report/latest/README.md")).unwrap();
+    let after = ok(Command::new("cat").arg(m.join(".vm0fs/status")));
+    let line = after
+        .lines()
+        .find(|l| l.contains(&id))
+        .unwrap_or_else(|| panic!("{after}"));
+    assert!(
+        line.contains("artifact") && line.contains("report"),
+        "{line}"
+    );
+    assert!(ok(Command::new("ls").arg("-a").arg(m.path())).contains(".vm0fs"));
+    let err = run(Command::new("bash")
+        .arg("-c")
+        .arg(format!("echo x > {}/.vm0fs/status", m.path().display())));
+    assert!(!err.status.success());
+}
+
+#[test]
+fn extended_attributes_describe_storages_and_versions() {
+    let f = fixture();
+    let m = Mount::new(&f.emu);
+    let id = f.emu.current_version("artifacts", "report");
+    let storage = f.emu.storage("artifacts", "report");
+    let out = ok(Command::new("getfattr")
+        .arg("-d")
+        .arg(m.join(&format!("artifacts/report/{id}"))));
+    assert!(
+        out.contains(&format!("user.vm0.version_id=\"{id}\"")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "user.vm0.id=\"{}\"",
+            storage["id"].as_str().unwrap()
+        )),
+        "{out}"
+    );
+    for key in [
+        "user.vm0.created_at",
+        "user.vm0.size",
+        "user.vm0.file_count",
+        "user.vm0.name=\"report\"",
+    ] {
+        assert!(out.contains(key), "{key} missing: {out}");
+    }
+    let out = ok(Command::new("getfattr")
+        .arg("-d")
+        .arg(m.join("artifacts/report")));
+    assert!(
+        out.contains(&format!("user.vm0.current_version_id=\"{id}\"")),
+        "{out}"
+    );
+}
+
+#[test]
+fn latest_follows_a_new_push_after_the_metadata_ttl() {
+    let f = fixture();
+    let m = Mount::with(
+        &f.emu,
+        MountOpts {
+            extra: vec!["--metadata-ttl".into(), "1".into()],
+            ..Default::default()
+        },
+    );
+    let old = std::fs::read_link(m.join("artifacts/report/latest")).unwrap();
+    let pushed = f.emu.post(
+        "push",
+        &serde_json::json!({"kind": "artifacts", "name": "report", "files": {"new.txt": "fresh\n"}}),
+    );
+    let new_id = pushed["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("push answer: {pushed}"))
+        .to_string();
+    assert_ne!(old, Path::new(&new_id));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if std::fs::read_link(m.join("artifacts/report/latest")).unwrap() == Path::new(&new_id) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "latest never moved to {new_id}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::read_to_string(m.join("artifacts/report/latest/new.txt")).unwrap(),
+        "fresh\n"
+    );
+    // A brand-new storage appears too.
+    f.emu.post(
+        "push",
+        &serde_json::json!({"kind": "volumes", "name": "brand-new", "files": {"a": "b"}}),
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.join("volumes/brand-new/latest/a")).unwrap(),
+        "b"
+    );
 }

@@ -62,14 +62,21 @@ impl Layout {
     /// Create (mode 0700) or open the cache directory, take its lock, check its format, and
     /// clear leftovers of interrupted unpacks and evictions.
     pub fn open(root: &Path) -> Result<Layout, CacheError> {
-        let io_err = |path: &Path, source| CacheError::Io { path: path.to_path_buf(), source };
+        let io_err = |path: &Path, source| CacheError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(root)
             .map_err(|e| io_err(root, e))?;
         let lock = take_lock(root)?;
-        let layout = Layout { root: root.to_path_buf(), _lock: lock, tmp_counter: AtomicU64::new(0) };
+        let layout = Layout {
+            root: root.to_path_buf(),
+            _lock: lock,
+            tmp_counter: AtomicU64::new(0),
+        };
 
         let format_path = root.join("FORMAT");
         let found_format = fs::read_to_string(&format_path).ok();
@@ -94,7 +101,11 @@ impl Layout {
         }
         for sub in ["versions", "tmp", "trash"] {
             let p = root.join(sub);
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(&p).map_err(|e| io_err(&p, e))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&p)
+                .map_err(|e| io_err(&p, e))?;
         }
         // Leftovers of an interrupted run: never served, always removed.
         for sub in ["tmp", "trash"] {
@@ -116,11 +127,17 @@ impl Layout {
     /// A fresh temporary directory to unpack `key` into.
     pub fn new_tmp_dir(&self, key: &VersionKey) -> Result<PathBuf, CacheError> {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let path = self.root.join("tmp").join(format!("{}.{}.{n}", key.dir_name(), std::process::id()));
+        let path =
+            self.root
+                .join("tmp")
+                .join(format!("{}.{}.{n}", key.dir_name(), std::process::id()));
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
-            .map_err(|source| CacheError::Io { path: path.clone(), source })?;
+            .map_err(|source| CacheError::Io {
+                path: path.clone(),
+                source,
+            })?;
         Ok(path)
     }
 
@@ -128,7 +145,9 @@ impl Layout {
     pub fn scan(&self) -> Vec<Found> {
         let mut found = Vec::new();
         let dir = self.root.join("versions");
-        let Ok(entries) = fs::read_dir(&dir) else { return found };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return found;
+        };
         for e in entries.flatten() {
             let path = e.path();
             let meta_path = path.join("meta.json");
@@ -138,9 +157,18 @@ impl Layout {
                 .filter(|m| m.format == CACHE_FORMAT_VERSION);
             let key = parsed.as_ref().map(|m| VersionKey::new(m.kind, &m.id));
             match (parsed, key) {
-                (Some(meta), Some(key)) if Some(key.dir_name().as_str()) == path.file_name().and_then(|n| n.to_str()) => {
-                    let last_used = fs::metadata(&meta_path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
-                    found.push(Found { key, disk_bytes: meta.disk_bytes, last_used });
+                (Some(meta), Some(key))
+                    if Some(key.dir_name().as_str())
+                        == path.file_name().and_then(|n| n.to_str()) =>
+                {
+                    let last_used = fs::metadata(&meta_path)
+                        .and_then(|m| m.modified())
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    found.push(Found {
+                        key,
+                        disk_bytes: meta.disk_bytes,
+                        last_used,
+                    });
                 }
                 _ => {
                     tracing::warn!(path = %path.display(), "removing a cache entry without a valid completion record");
@@ -156,13 +184,19 @@ impl Layout {
     pub fn commit(&self, key: &VersionKey, tmp: &Path, meta: &Meta) -> Result<PathBuf, CacheError> {
         let meta_path = tmp.join("meta.json");
         let body = serde_json::to_vec(meta).expect("Meta always serializes");
-        write_file_atomic(&meta_path, &body).map_err(|source| CacheError::Io { path: meta_path, source })?;
+        write_file_atomic(&meta_path, &body).map_err(|source| CacheError::Io {
+            path: meta_path,
+            source,
+        })?;
         let dest = self.version_dir(key);
         // A stale copy (cannot normally exist: the caller owns the key) is replaced.
         if dest.exists() {
             self.discard(&dest);
         }
-        fs::rename(tmp, &dest).map_err(|source| CacheError::Io { path: dest.clone(), source })?;
+        fs::rename(tmp, &dest).map_err(|source| CacheError::Io {
+            path: dest.clone(),
+            source,
+        })?;
         if let Ok(d) = File::open(self.root.join("versions")) {
             // The rename is only durable once the directory itself is synced.
             let _ = d.sync_all();
@@ -174,7 +208,10 @@ impl Layout {
     pub fn discard(&self, dir: &Path) -> Option<PathBuf> {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let name = dir.file_name()?.to_string_lossy().into_owned();
-        let trash = self.root.join("trash").join(format!("{name}.{}.{n}", std::process::id()));
+        let trash = self
+            .root
+            .join("trash")
+            .join(format!("{name}.{}.{n}", std::process::id()));
         match fs::rename(dir, &trash) {
             Ok(()) => Some(trash),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -200,14 +237,18 @@ pub fn remove_all(path: &Path) {
     match fs::remove_dir_all(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove a cache directory"),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a cache directory")
+        }
     }
 }
 
 /// Allocated bytes of every file under `path` (blocks * 512), like `du -s --bytes` of the
 /// allocation rather than of the apparent sizes.
 pub fn disk_usage(path: &Path) -> u64 {
-    let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
     let mut total = meta.blocks() * 512;
     if meta.is_dir() {
         if let Ok(entries) = fs::read_dir(path) {
@@ -222,7 +263,12 @@ pub fn disk_usage(path: &Path) -> u64 {
 fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("partial");
     {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -240,15 +286,24 @@ fn take_lock(root: &Path) -> Result<File, CacheError> {
         .truncate(false)
         .mode(0o600)
         .open(&path)
-        .map_err(|source| CacheError::Io { path: path.clone(), source })?;
+        .map_err(|source| CacheError::Io {
+            path: path.clone(),
+            source,
+        })?;
     // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
-        return Err(CacheError::Locked { dir: root.to_path_buf(), holder: holder.trim().to_string() });
+        return Err(CacheError::Locked {
+            dir: root.to_path_buf(),
+            holder: holder.trim().to_string(),
+        });
     }
-    file.set_len(0).map_err(|source| CacheError::Io { path: path.clone(), source })?;
+    file.set_len(0).map_err(|source| CacheError::Io {
+        path: path.clone(),
+        source,
+    })?;
     let _ = writeln!(file, "{}", std::process::id());
     Ok(file)
 }
@@ -276,6 +331,9 @@ mod tests {
             json, expected,
             "serialized disk format appears to have changed, version bump required"
         );
-        assert_eq!(CACHE_FORMAT_VERSION, 1, "update the pinned record above with the bump");
+        assert_eq!(
+            CACHE_FORMAT_VERSION, 1,
+            "update the pinned record above with the bump"
+        );
     }
 }

@@ -36,7 +36,10 @@ pub struct VersionKey {
 
 impl VersionKey {
     pub fn new(kind: Kind, id: &str) -> VersionKey {
-        VersionKey { kind, id: id.to_string() }
+        VersionKey {
+            kind,
+            id: id.to_string(),
+        }
     }
 
     /// The directory name under `versions/`. Ids come from the API: anything but lowercase
@@ -45,7 +48,13 @@ impl VersionKey {
         let safe: String = self
             .id
             .chars()
-            .map(|c| if c.is_ascii_hexdigit() { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_hexdigit() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
             .collect();
         format!("{}-{}", self.kind.plural(), safe)
     }
@@ -78,9 +87,17 @@ pub struct Announced {
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("{key} is {} unpacked, more than the whole cache budget of {}; raise --cache-size", ByteSize(*.size), ByteSize(*.budget))]
-    TooLarge { key: VersionKey, size: u64, budget: u64 },
+    TooLarge {
+        key: VersionKey,
+        size: u64,
+        budget: u64,
+    },
     #[error("no room in the cache for {key} ({} needed, budget {}): every cached version is in use; close files or raise --cache-size", ByteSize(*.needed), ByteSize(*.budget))]
-    NoRoom { key: VersionKey, needed: u64, budget: u64 },
+    NoRoom {
+        key: VersionKey,
+        needed: u64,
+        budget: u64,
+    },
     #[error("cache directory {} is in use by another vm0fs (pid {holder}); unmount it or pass another --cache-dir", .dir.display())]
     Locked { dir: PathBuf, holder: String },
     #[error("cache I/O error on {}: {source}", .path.display())]
@@ -192,7 +209,9 @@ const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
 /// Room kept for a version beyond its content bytes: one block per file (small files
 /// still take a whole block) plus the index and the completion record.
 fn reservation(a: Announced) -> u64 {
-    a.size.saturating_add(a.file_count.saturating_mul(4096)).saturating_add(64 * 1024)
+    a.size
+        .saturating_add(a.file_count.saturating_mul(4096))
+        .saturating_add(64 * 1024)
 }
 
 impl Cache {
@@ -221,7 +240,13 @@ impl Cache {
                 },
             );
         }
-        let cache = Cache { inner: Arc::new(Inner { layout, budget, state: Mutex::new(state) }) };
+        let cache = Cache {
+            inner: Arc::new(Inner {
+                layout,
+                budget,
+                state: Mutex::new(state),
+            }),
+        };
         let count = cache.inner.state.lock().lru.len();
         let mut trash = Vec::new();
         {
@@ -250,7 +275,12 @@ impl Cache {
 
     /// The version `key`, from the cache or fetched now. Concurrent calls for the same key
     /// share one fetch. The returned `Arc` pins the version until dropped.
-    pub fn get<F>(&self, key: &VersionKey, announced: Announced, fetch: F) -> Result<Arc<CachedVersion>, SharedError>
+    pub fn get<F>(
+        &self,
+        key: &VersionKey,
+        announced: Announced,
+        fetch: F,
+    ) -> Result<Arc<CachedVersion>, SharedError>
     where
         F: FnOnce(FetchTarget<'_>) -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>>,
     {
@@ -329,7 +359,12 @@ impl Cache {
         let entry = st.lru.get_mut(key)?;
         match loaded {
             Ok(index) => {
-                let v = Arc::new(CachedVersion { key: key.clone(), dir, index, disk_bytes: entry.disk_bytes });
+                let v = Arc::new(CachedVersion {
+                    key: key.clone(),
+                    dir,
+                    index,
+                    disk_bytes: entry.disk_bytes,
+                });
                 entry.slot = Slot::Ready(v.clone());
                 Some(v)
             }
@@ -346,13 +381,22 @@ impl Cache {
         }
     }
 
-    fn fetch<F>(&self, key: &VersionKey, announced: Announced, fetch: F) -> Result<Arc<CachedVersion>, SharedError>
+    fn fetch<F>(
+        &self,
+        key: &VersionKey,
+        announced: Announced,
+        fetch: F,
+    ) -> Result<Arc<CachedVersion>, SharedError>
     where
         F: FnOnce(FetchTarget<'_>) -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>>,
     {
         let budget = self.inner.budget;
         if announced.size > budget {
-            let err = CacheError::TooLarge { key: key.clone(), size: announced.size, budget };
+            let err = CacheError::TooLarge {
+                key: key.clone(),
+                size: announced.size,
+                budget,
+            };
             tracing::error!(version = %key, size = announced.size, budget, "{err}");
             return Err(Arc::new(err));
         }
@@ -364,7 +408,11 @@ impl Cache {
             if st.used + need > budget {
                 drop(st);
                 purge(trash);
-                let err = CacheError::NoRoom { key: key.clone(), needed: need, budget };
+                let err = CacheError::NoRoom {
+                    key: key.clone(),
+                    needed: need,
+                    budget,
+                };
                 tracing::error!(version = %key, "{err}");
                 return Err(Arc::new(err));
             }
@@ -387,7 +435,12 @@ impl Cache {
             Ok(ok) => ok,
             Err(e) => return Err(Arc::new(e)),
         };
-        let v = Arc::new(CachedVersion { key: key.clone(), dir, index: unpacked.index, disk_bytes });
+        let v = Arc::new(CachedVersion {
+            key: key.clone(),
+            dir,
+            index: unpacked.index,
+            disk_bytes,
+        });
         st.used += disk_bytes;
         st.lru.put(
             key.clone(),
@@ -407,17 +460,34 @@ impl Cache {
         Ok(v)
     }
 
-    fn fetch_into_tmp<F>(&self, key: &VersionKey, announced: Announced, fetch: F) -> Result<(PathBuf, Unpacked, u64), CacheError>
+    fn fetch_into_tmp<F>(
+        &self,
+        key: &VersionKey,
+        announced: Announced,
+        fetch: F,
+    ) -> Result<(PathBuf, Unpacked, u64), CacheError>
     where
         F: FnOnce(FetchTarget<'_>) -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>>,
     {
         let layout = &self.inner.layout;
         let tmp = layout.new_tmp_dir(key)?;
         let outcome = (|| {
-            let unpacked = fetch(FetchTarget { dir: &tmp, max_bytes: announced.size.min(self.inner.budget) })
-                .map_err(|source| CacheError::Fetch { key: key.clone(), source })?;
+            let unpacked = fetch(FetchTarget {
+                dir: &tmp,
+                max_bytes: announced.size.min(self.inner.budget),
+            })
+            .map_err(|source| CacheError::Fetch {
+                key: key.clone(),
+                source,
+            })?;
             let index_path = tmp.join("index.bin");
-            unpacked.index.save(&index_path).map_err(|source| CacheError::Io { path: index_path, source })?;
+            unpacked
+                .index
+                .save(&index_path)
+                .map_err(|source| CacheError::Io {
+                    path: index_path,
+                    source,
+                })?;
             let disk_bytes = disk::disk_usage(&tmp) + 4096;
             let meta = Meta {
                 format: CACHE_FORMAT_VERSION,
@@ -438,7 +508,13 @@ impl Cache {
     }
 
     /// Evict unpinned versions, least recently used first, until `used <= target`.
-    fn evict_until(&self, st: &mut State, target: u64, keep: Option<&VersionKey>, trash: &mut Vec<PathBuf>) {
+    fn evict_until(
+        &self,
+        st: &mut State,
+        target: u64,
+        keep: Option<&VersionKey>,
+        trash: &mut Vec<PathBuf>,
+    ) {
         while st.used > target {
             let victim = st
                 .lru
@@ -450,7 +526,11 @@ impl Cache {
             let entry = st.lru.pop(&victim).expect("victim was just found");
             st.used -= entry.disk_bytes;
             tracing::info!(version = %victim, bytes = entry.disk_bytes, "evicting from the cache");
-            if let Some(t) = self.inner.layout.discard(&self.inner.layout.version_dir(&victim)) {
+            if let Some(t) = self
+                .inner
+                .layout
+                .discard(&self.inner.layout.version_dir(&victim))
+            {
                 trash.push(t);
             }
         }

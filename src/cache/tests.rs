@@ -18,17 +18,26 @@ const KIB: u64 = 1024;
 fn targz(files: usize, size: usize, seed: u8) -> Vec<u8> {
     let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), flate2::Compression::fast()));
     for i in 0..files {
-        let data: Vec<u8> = (0..size).map(|j| (j as u8).wrapping_add(seed).wrapping_add(i as u8)).collect();
+        let data: Vec<u8> = (0..size)
+            .map(|j| (j as u8).wrapping_add(seed).wrapping_add(i as u8))
+            .collect();
         let mut h = tar::Header::new_gnu();
         h.set_size(size as u64);
         h.set_mode(0o644);
-        b.append_data(&mut h, format!("f{i}.bin"), &data[..]).unwrap();
+        b.append_data(&mut h, format!("f{i}.bin"), &data[..])
+            .unwrap();
     }
     b.into_inner().unwrap().finish().unwrap()
 }
 
-fn unpack_bytes(bytes: &[u8], t: FetchTarget<'_>) -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>> {
-    let opts = UnpackOptions { max_bytes: t.max_bytes, implied_dir_mtime: 0 };
+fn unpack_bytes(
+    bytes: &[u8],
+    t: FetchTarget<'_>,
+) -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>> {
+    let opts = UnpackOptions {
+        max_bytes: t.max_bytes,
+        implied_dir_mtime: 0,
+    };
     Ok(archive::unpack(bytes, t.dir, &opts, &mut |_| {})?)
 }
 
@@ -37,7 +46,10 @@ fn key(n: u8) -> VersionKey {
 }
 
 /// 4 files of 25 KiB: 100 KiB of content, about as much on disk.
-const A: Announced = Announced { size: 100 * KIB, file_count: 4 };
+const A: Announced = Announced {
+    size: 100 * KIB,
+    file_count: 4,
+};
 
 fn load(cache: &Cache, k: &VersionKey, seed: u8) -> Result<Arc<CachedVersion>, SharedError> {
     let bytes = targz(4, 25 * 1024, seed);
@@ -45,14 +57,28 @@ fn load(cache: &Cache, k: &VersionKey, seed: u8) -> Result<Arc<CachedVersion>, S
 }
 
 fn resident(cache: &Cache) -> Vec<VersionKey> {
-    cache.snapshot().resident.into_iter().map(|r| r.key).collect()
+    cache
+        .snapshot()
+        .resident
+        .into_iter()
+        .map(|r| r.key)
+        .collect()
 }
 
 fn assert_within_budget(cache: &Cache) {
     let snap = cache.snapshot();
-    assert!(snap.used <= snap.budget, "accounted {} > budget {}", snap.used, snap.budget);
+    assert!(
+        snap.used <= snap.budget,
+        "accounted {} > budget {}",
+        snap.used,
+        snap.budget
+    );
     let real = disk::disk_usage(&cache.root().join("versions"));
-    assert!(real <= snap.budget, "real usage {real} > budget {}", snap.budget);
+    assert!(
+        real <= snap.budget,
+        "real usage {real} > budget {}",
+        snap.budget
+    );
 }
 
 #[test]
@@ -65,7 +91,11 @@ fn least_recently_used_versions_are_evicted_first() {
     drop(load(&cache, &key(1), 1).unwrap()); // 1 is now more recent than 2
     drop(load(&cache, &key(3), 3).unwrap());
     assert_eq!(resident(&cache), vec![key(1), key(3)]);
-    assert!(!cache.root().join("versions").join(key(2).dir_name()).exists());
+    assert!(!cache
+        .root()
+        .join("versions")
+        .join(key(2).dir_name())
+        .exists());
     assert_within_budget(&cache);
 }
 
@@ -77,7 +107,10 @@ fn a_pinned_version_survives_pressure_and_a_full_pin_set_fails_fast() {
     drop(load(&cache, &key(2), 2).unwrap());
     drop(load(&cache, &key(3), 3).unwrap()); // must evict 2, not the older but pinned 1
     assert_eq!(resident(&cache), vec![key(1), key(3)]);
-    assert_eq!(std::fs::read(blob_file(&pinned, 0)).unwrap().len(), 25 * 1024);
+    assert_eq!(
+        std::fs::read(blob_file(&pinned, 0)).unwrap().len(),
+        25 * 1024
+    );
 
     let pinned3 = load(&cache, &key(3), 3).unwrap();
     let err = load(&cache, &key(4), 4).unwrap_err();
@@ -98,13 +131,20 @@ fn a_version_larger_than_the_budget_is_refused_without_downloading() {
     let dir = TempDir::new().unwrap();
     let cache = Cache::open(dir.path(), 50 * KIB).unwrap();
     let err = cache
-        .get(&key(1), A, |_| -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>> {
-            panic!("must not fetch a version that cannot fit")
-        })
+        .get(
+            &key(1),
+            A,
+            |_| -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>> {
+                panic!("must not fetch a version that cannot fit")
+            },
+        )
         .unwrap_err();
     assert!(matches!(*err, CacheError::TooLarge { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains(&key(1).id) && msg.contains("100.0 KiB") && msg.contains("50.0 KiB"), "{msg}");
+    assert!(
+        msg.contains(&key(1).id) && msg.contains("100.0 KiB") && msg.contains("50.0 KiB"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -112,11 +152,27 @@ fn an_archive_bigger_than_announced_is_stopped_and_nothing_is_kept() {
     let dir = TempDir::new().unwrap();
     let cache = Cache::open(dir.path(), 10 << 20).unwrap();
     let bytes = targz(8, 64 * 1024, 9); // 512 KiB real
-    let announced = Announced { size: 100 * KIB, file_count: 8 };
-    let err = cache.get(&key(1), announced, |t| unpack_bytes(&bytes, t)).unwrap_err();
-    assert!(err.to_string().contains("announced") || format!("{err:?}").contains("TooLarge"), "{err:?}");
-    assert_eq!(std::fs::read_dir(cache.root().join("tmp")).unwrap().count(), 0);
-    assert_eq!(std::fs::read_dir(cache.root().join("versions")).unwrap().count(), 0);
+    let announced = Announced {
+        size: 100 * KIB,
+        file_count: 8,
+    };
+    let err = cache
+        .get(&key(1), announced, |t| unpack_bytes(&bytes, t))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("announced") || format!("{err:?}").contains("TooLarge"),
+        "{err:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(cache.root().join("tmp")).unwrap().count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(cache.root().join("versions"))
+            .unwrap()
+            .count(),
+        0
+    );
     assert_eq!(cache.snapshot().used, 0);
 }
 
@@ -160,7 +216,10 @@ fn a_failed_fetch_caches_nothing_and_the_next_access_fetches_again() {
         })
         .unwrap_err();
     assert!(err.to_string().contains("connection reset"), "{err}");
-    assert_eq!(std::fs::read_dir(cache.root().join("tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(cache.root().join("tmp")).unwrap().count(),
+        0
+    );
     assert_eq!(cache.snapshot().used, 0);
     assert!(load(&cache, &key(1), 1).is_ok());
 }
@@ -174,9 +233,13 @@ fn a_restart_reuses_complete_versions_without_fetching() {
     };
     let cache = Cache::open(dir.path(), 10 << 20).unwrap();
     let v = cache
-        .get(&key(1), A, |_| -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>> {
-            panic!("a cached version must not be fetched again")
-        })
+        .get(
+            &key(1),
+            A,
+            |_| -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>> {
+                panic!("a cached version must not be fetched again")
+            },
+        )
         .unwrap();
     assert_eq!(v.index, index);
     assert!(cache.snapshot().used > 100 * KIB);
@@ -220,20 +283,33 @@ fn a_cache_of_another_format_is_cleared() {
         let cache = Cache::open(dir.path(), 10 << 20).unwrap();
         drop(load(&cache, &key(1), 1).unwrap());
     }
-    std::fs::File::create(dir.path().join("FORMAT")).unwrap().write_all(b"0\n").unwrap();
+    std::fs::File::create(dir.path().join("FORMAT"))
+        .unwrap()
+        .write_all(b"0\n")
+        .unwrap();
     let cache = Cache::open(dir.path(), 10 << 20).unwrap();
     assert!(resident(&cache).is_empty());
-    assert_eq!(std::fs::read_to_string(dir.path().join("FORMAT")).unwrap().trim(), CACHE_FORMAT_VERSION.to_string());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("FORMAT"))
+            .unwrap()
+            .trim(),
+        CACHE_FORMAT_VERSION.to_string()
+    );
 }
 
 #[test]
 fn a_second_user_of_the_directory_is_refused() {
     let dir = TempDir::new().unwrap();
     let _first = Cache::open(dir.path(), 10 << 20).unwrap();
-    let err = Cache::open(dir.path(), 10 << 20).err().expect("second open must fail");
+    let err = Cache::open(dir.path(), 10 << 20)
+        .err()
+        .expect("second open must fail");
     assert!(matches!(err, CacheError::Locked { .. }));
     let msg = err.to_string();
-    assert!(msg.contains("in use by another vm0fs") && msg.contains(&std::process::id().to_string()), "{msg}");
+    assert!(
+        msg.contains("in use by another vm0fs") && msg.contains(&std::process::id().to_string()),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -72,9 +72,8 @@ impl FsError {
                 CacheError::Locked { .. } | CacheError::Io { .. } => libc::EIO,
                 CacheError::Fetch { source, .. } => match source.downcast_ref::<FetchError>() {
                     Some(FetchError::Api(api)) => api_errno(api),
-                    Some(FetchError::Archive(_) | FetchError::LargerThanAnnounced { .. }) | None => {
-                        libc::EIO
-                    }
+                    Some(FetchError::Archive(_) | FetchError::LargerThanAnnounced { .. })
+                    | None => libc::EIO,
                 },
             },
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),

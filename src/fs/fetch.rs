@@ -10,7 +10,8 @@ use crate::archive::{self, UnpackOptions, UnpackStats, Unpacked};
 use crate::cache::FetchTarget;
 use crate::size::ByteSize;
 
-use super::{FetchError, Remote};
+use super::{Activity, FetchError, Remote};
+use crate::cache::VersionKey;
 
 /// How often a running download logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -25,6 +26,7 @@ const CHUNK: usize = 1 << 20;
 /// without ever holding more than a few MiB of the archive in memory.
 pub fn fetch(
     remote: &dyn Remote,
+    activity: &Activity,
     kind: Kind,
     storage: &str,
     storage_id: &str,
@@ -32,6 +34,8 @@ pub fn fetch(
     target: FetchTarget<'_>,
 ) -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>> {
     let started = Instant::now();
+    let key = VersionKey::new(kind, &version.id);
+    activity.start(&key, storage, version.size);
     let what = format!("{kind} {storage} version {}", version.id);
     tracing::info!(version = %version.id, storage, size = version.size, files = version.file_count, "downloading {what}");
     let result = (|| -> Result<Unpacked, FetchError> {
@@ -48,6 +52,7 @@ pub fn fetch(
         };
         let mut last_log = Instant::now();
         let mut progress = |s: &UnpackStats| {
+            activity.update(&key, s.bytes, s.files);
             if last_log.elapsed() >= PROGRESS_EVERY {
                 last_log = Instant::now();
                 log_progress(&what, s, version.size, compressed, started);
@@ -58,7 +63,9 @@ pub fn fetch(
             // The cache passes the announced size as the limit (it already refused versions
             // larger than the budget), so passing it means the archive lied.
             Err(archive::ArchiveError::TooLarge { .. }) if target.max_bytes == version.size => {
-                Err(FetchError::LargerThanAnnounced { announced: version.size })
+                Err(FetchError::LargerThanAnnounced {
+                    announced: version.size,
+                })
             }
             Err(e) => Err(e.into()),
         }
@@ -81,8 +88,12 @@ pub fn fetch(
                 }
             );
         }
-        Err(e) => tracing::error!(version = %version.id, storage, "could not fetch {what}: {e}"),
+        Err(e) => {
+            tracing::error!(version = %version.id, storage, "could not fetch {what}: {e}");
+            activity.error(format!("could not fetch {what}: {e}"));
+        }
     }
+    activity.finish(&key);
     result.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
 }
 
@@ -153,7 +164,12 @@ impl ChannelReader {
                 }
             })
             .expect("spawning a thread only fails when the system is out of resources");
-        ChannelReader { rx, buf: Vec::new(), pos: 0, done: false }
+        ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+            done: false,
+        }
     }
 }
 

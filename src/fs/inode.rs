@@ -24,10 +24,27 @@ pub const ROOT: u64 = 1;
 pub enum Meta {
     Root,
     KindDir(Kind),
-    Storage { kind: Kind, name: String },
-    Latest { kind: Kind, name: String },
-    PrefixLink { kind: Kind, name: String, version: String },
-    Version { kind: Kind, name: String, version: String },
+    Storage {
+        kind: Kind,
+        name: String,
+    },
+    Latest {
+        kind: Kind,
+        name: String,
+    },
+    PrefixLink {
+        kind: Kind,
+        name: String,
+        version: String,
+    },
+    Version {
+        kind: Kind,
+        name: String,
+        version: String,
+    },
+    /// `MOUNT/.vm0fs/` and its `status` file.
+    StatusDir,
+    StatusFile,
 }
 
 /// A version whose content inodes are allocated.
@@ -98,7 +115,10 @@ impl InodeTable {
             // An immutable version cannot change its index; if it somehow did (a server
             // that broke the content-address promise), give it fresh numbers rather than
             // alias other inodes.
-            tracing::warn!(version, "version index changed size; allocating new inode numbers");
+            tracing::warn!(
+                version,
+                "version index changed size; allocating new inode numbers"
+            );
         }
         let root = self.meta_ino(Meta::Version {
             kind,
@@ -120,6 +140,12 @@ impl InodeTable {
         r
     }
 
+    /// The storage name of a version whose inodes are allocated.
+    pub fn storage_of(&self, kind: Kind, version: &str) -> Option<String> {
+        let base = self.range_of.get(&(kind, version.to_string()))?;
+        Some(self.ranges[base].name.clone())
+    }
+
     /// Inode numbers handed out so far.
     pub fn len(&self) -> u64 {
         self.next - 1
@@ -132,7 +158,10 @@ impl InodeTable {
         let (_, r) = self.ranges.range(..=ino).next_back()?;
         let offset = ino - r.base;
         if offset + 1 < r.nodes {
-            Some(Resolved::Content { range: r.clone(), node: (offset + 1) as u32 })
+            Some(Resolved::Content {
+                range: r.clone(),
+                node: (offset + 1) as u32,
+            })
         } else {
             None
         }
@@ -167,19 +196,42 @@ mod tests {
         let mut t = InodeTable::default();
         let a = t.range(Kind::Volume, "a", "v1", 5);
         let b = t.range(Kind::Artifact, "b", "v2", 3);
-        assert_eq!(t.range(Kind::Volume, "a", "v1", 5), a, "same version, same numbers");
+        assert_eq!(
+            t.range(Kind::Volume, "a", "v1", 5),
+            a,
+            "same version, same numbers"
+        );
         for n in 1..5u32 {
-            assert_eq!(t.resolve(a.ino(n)), Some(Resolved::Content { range: a.clone(), node: n }));
+            assert_eq!(
+                t.resolve(a.ino(n)),
+                Some(Resolved::Content {
+                    range: a.clone(),
+                    node: n
+                })
+            );
         }
         for n in 1..3u32 {
-            assert_eq!(t.resolve(b.ino(n)), Some(Resolved::Content { range: b.clone(), node: n }));
+            assert_eq!(
+                t.resolve(b.ino(n)),
+                Some(Resolved::Content {
+                    range: b.clone(),
+                    node: n
+                })
+            );
         }
         assert_eq!(
             t.resolve(a.ino(0)),
-            Some(Resolved::Meta(Meta::Version { kind: Kind::Volume, name: "a".into(), version: "v1".into() }))
+            Some(Resolved::Meta(Meta::Version {
+                kind: Kind::Volume,
+                name: "a".into(),
+                version: "v1".into()
+            }))
         );
         // All numbers distinct and non-zero.
-        let mut all: Vec<u64> = (0..5).map(|n| a.ino(n)).chain((0..3).map(|n| b.ino(n))).collect();
+        let mut all: Vec<u64> = (0..5)
+            .map(|n| a.ino(n))
+            .chain((0..3).map(|n| b.ino(n)))
+            .collect();
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 8);

@@ -10,6 +10,7 @@ mod error;
 mod fetch;
 mod inode;
 mod remote;
+mod status;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -26,9 +27,10 @@ use crate::api::{Kind, Storage, Version};
 use crate::archive::{blob_path, Index, Node, NodeKind};
 use crate::cache::{Announced, Cache, CachedVersion, VersionKey};
 pub use error::{FetchError, FsError};
-use inode::{InodeTable, Meta, Range, Resolved};
 pub use inode::ROOT;
+use inode::{InodeTable, Meta, Range, Resolved};
 pub use remote::{Remote, RemoteArchive};
+use status::Activity;
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
 
@@ -47,6 +49,8 @@ const MIN_PREFIX: usize = 8;
 pub struct FsConfig {
     /// How long names and version lists are trusted before they are fetched again.
     pub metadata_ttl: Duration,
+    /// First line of the status file (what is mounted where).
+    pub label: String,
     /// Owner shown for every inode (the mounting user).
     pub uid: u32,
     pub gid: u32,
@@ -97,9 +101,25 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
+/// An open file handle and how the kernel should cache its pages.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    /// Generated content (the status file): no page cache, reads go to the daemon.
+    pub direct_io: bool,
+}
+
+/// The name of the hidden directory that holds the status file.
+pub const STATUS_DIR: &str = ".vm0fs";
+
 enum Handle {
+    /// Generated content, fixed at `open`.
+    Static(Vec<u8>),
     /// An open file: the content file and a pin on its version.
-    File { file: File, _version: Arc<CachedVersion> },
+    File {
+        file: File,
+        _version: Arc<CachedVersion>,
+    },
     /// A directory listing snapshot taken at `opendir`, so that a listing read in many
     /// `readdir` calls is consistent and built once.
     Dir(Arc<Vec<DirItem>>),
@@ -133,6 +153,7 @@ pub struct Fs {
     fetch_locks: Mutex<HashMap<ListingKey, Arc<Mutex<()>>>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
+    activity: Arc<Activity>,
 }
 
 fn dir_attr_perm() -> u16 {
@@ -151,6 +172,7 @@ impl Fs {
             fetch_locks: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            activity: Arc::new(Activity::default()),
         }
     }
 
@@ -164,21 +186,45 @@ impl Fs {
         let resolved = self.resolve(parent)?;
         match resolved {
             Resolved::Meta(Meta::Root) => {
-                let kind = name.to_str().and_then(Kind::from_plural).ok_or(FsError::NotFound)?;
+                if name == STATUS_DIR {
+                    return self.meta_entry(Meta::StatusDir);
+                }
+                let kind = name
+                    .to_str()
+                    .and_then(Kind::from_plural)
+                    .ok_or(FsError::NotFound)?;
                 self.meta_entry(Meta::KindDir(kind))
             }
+            Resolved::Meta(Meta::StatusDir) if name == "status" => {
+                self.meta_entry(Meta::StatusFile)
+            }
+            Resolved::Meta(Meta::StatusDir) => Err(FsError::NotFound),
+            Resolved::Meta(Meta::StatusFile) => Err(FsError::NotDir),
             Resolved::Meta(Meta::KindDir(kind)) => {
                 let name = name.to_str().ok_or(FsError::NotFound)?;
                 self.find_storage(kind, name)?;
-                self.meta_entry(Meta::Storage { kind, name: name.to_string() })
+                self.meta_entry(Meta::Storage {
+                    kind,
+                    name: name.to_string(),
+                })
             }
-            Resolved::Meta(Meta::Storage { kind, name: storage }) => {
+            Resolved::Meta(Meta::Storage {
+                kind,
+                name: storage,
+            }) => {
                 let name = name.to_str().ok_or(FsError::NotFound)?;
                 self.lookup_in_storage(kind, &storage, name)
             }
-            Resolved::Meta(Meta::Version { kind, name: storage, version }) => {
+            Resolved::Meta(Meta::Version {
+                kind,
+                name: storage,
+                version,
+            }) => {
                 let (range, v) = self.load_version(kind, &storage, &version)?;
-                let node = v.index.lookup(0, name.as_bytes()).ok_or(FsError::NotFound)?;
+                let node = v
+                    .index
+                    .lookup(0, name.as_bytes())
+                    .ok_or(FsError::NotFound)?;
                 Ok(self.content_entry(&range, &v.index, node))
             }
             Resolved::Content { range, node } => {
@@ -188,11 +234,24 @@ impl Fs {
                     Some(_) => return Err(FsError::NotDir),
                     None => return Err(FsError::NotFound),
                 }
-                let child = v.index.lookup(node, name.as_bytes()).ok_or(FsError::NotFound)?;
+                let child = v
+                    .index
+                    .lookup(node, name.as_bytes())
+                    .ok_or(FsError::NotFound)?;
                 Ok(self.content_entry(&range, &v.index, child))
             }
             Resolved::Meta(Meta::Latest { .. } | Meta::PrefixLink { .. }) => Err(FsError::NotDir),
         }
+    }
+
+    /// The text of `MOUNT/.vm0fs/status`.
+    pub fn status_text(&self) -> String {
+        let snap = self.cache.snapshot();
+        let root = self.cache.root().display().to_string();
+        let inodes = self.inodes.lock();
+        self.activity.render(&self.config.label, &snap, &root, |k| {
+            inodes.storage_of(k.kind, &k.id)
+        })
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Entry> {
@@ -209,12 +268,21 @@ impl Fs {
         match self.resolve(ino)? {
             Resolved::Meta(Meta::Latest { kind, name }) => {
                 let storage = self.find_storage(kind, &name)?;
-                storage.current_version_id.map(String::into_bytes).ok_or(FsError::NotFound)
+                storage
+                    .current_version_id
+                    .map(String::into_bytes)
+                    .ok_or(FsError::NotFound)
             }
             Resolved::Meta(Meta::PrefixLink { version, .. }) => Ok(version.into_bytes()),
             Resolved::Content { range, node } => {
                 let v = self.version_of(&range)?;
-                match &v.index.nodes.get(node as usize).ok_or(FsError::NotFound)?.kind {
+                match &v
+                    .index
+                    .nodes
+                    .get(node as usize)
+                    .ok_or(FsError::NotFound)?
+                    .kind
+                {
                     NodeKind::Symlink { target } => Ok(target.clone()),
                     _ => Err(FsError::NotSymlink),
                 }
@@ -224,30 +292,57 @@ impl Fs {
     }
 
     /// Open a file for reading. Any write access is `EROFS`.
-    pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
-        let write_flags = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT;
+    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+        let write_flags =
+            libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT;
         if flags & write_flags != 0 {
             return Err(FsError::ReadOnly);
         }
         let (range, node) = match self.resolve(ino)? {
             Resolved::Content { range, node } => (range, node),
-            Resolved::Meta(Meta::Latest { .. } | Meta::PrefixLink { .. }) => return Err(FsError::NotFound),
+            Resolved::Meta(Meta::StatusFile) => {
+                let fh = self.add_handle(Handle::Static(self.status_text().into_bytes()));
+                return Ok(Opened {
+                    fh,
+                    direct_io: true,
+                });
+            }
+            Resolved::Meta(Meta::Latest { .. } | Meta::PrefixLink { .. }) => {
+                return Err(FsError::NotFound)
+            }
             Resolved::Meta(_) => return Err(FsError::IsDir),
         };
         let v = self.version_of(&range)?;
-        let blob = match &v.index.nodes.get(node as usize).ok_or(FsError::NotFound)?.kind {
+        let blob = match &v
+            .index
+            .nodes
+            .get(node as usize)
+            .ok_or(FsError::NotFound)?
+            .kind
+        {
             NodeKind::File { blob, .. } => *blob,
             NodeKind::Dir { .. } => return Err(FsError::IsDir),
             NodeKind::Symlink { .. } => return Err(FsError::NotFound),
         };
         let file = File::open(blob_path(&v.dir, blob))?;
-        Ok(self.add_handle(Handle::File { file, _version: v }))
+        Ok(Opened {
+            fh: self.add_handle(Handle::File { file, _version: v }),
+            direct_io: false,
+        })
     }
 
     /// Read up to `size` bytes at `offset`; short only at end of file.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let handle = self.handle(fh)?;
-        let Handle::File { file, .. } = &*handle else { return Err(FsError::IsDir) };
+        let file = match &*handle {
+            Handle::File { file, .. } => file,
+            Handle::Static(data) => {
+                let start = (offset as usize).min(data.len());
+                let end = start.saturating_add(size as usize).min(data.len());
+                return Ok(data[start..end].to_vec());
+            }
+            Handle::Dir(_) => return Err(FsError::IsDir),
+        };
         let mut buf = vec![0u8; size as usize];
         let mut filled = 0;
         while filled < buf.len() {
@@ -273,7 +368,7 @@ impl Fs {
         let _ = offset;
         match &*self.handle(fh)? {
             Handle::Dir(items) => Ok(items.clone()),
-            Handle::File { .. } => Err(FsError::NotDir),
+            Handle::File { .. } | Handle::Static(_) => Err(FsError::NotDir),
         }
     }
 
@@ -342,7 +437,11 @@ impl Fs {
                 out.push(("user.vm0.created_at", format_time(s.created_at)));
                 out.push(("user.vm0.updated_at", format_time(s.updated_at)));
             }
-            Resolved::Meta(Meta::Version { kind, name, version }) => {
+            Resolved::Meta(Meta::Version {
+                kind,
+                name,
+                version,
+            }) => {
                 let s = self.find_storage(kind, &name)?;
                 let v = self.find_version(kind, &name, &version)?;
                 out.push(("user.vm0.kind", kind.singular().to_string()));
@@ -376,16 +475,27 @@ impl Fs {
             if s.current_version_id.is_none() {
                 return Err(FsError::NotFound);
             }
-            return self.meta_entry(Meta::Latest { kind, name: storage.to_string() });
+            return self.meta_entry(Meta::Latest {
+                kind,
+                name: storage.to_string(),
+            });
         }
         if !is_hex(name) || name.len() < MIN_PREFIX || name.len() > 64 {
             return Err(FsError::NotFound);
         }
         let version = self.find_version(kind, storage, name)?;
         if version.id == name {
-            self.meta_entry(Meta::Version { kind, name: storage.to_string(), version: version.id })
+            self.meta_entry(Meta::Version {
+                kind,
+                name: storage.to_string(),
+                version: version.id,
+            })
         } else {
-            self.meta_entry(Meta::PrefixLink { kind, name: storage.to_string(), version: version.id })
+            self.meta_entry(Meta::PrefixLink {
+                kind,
+                name: storage.to_string(),
+                version: version.id,
+            })
         }
     }
 
@@ -394,33 +504,82 @@ impl Fs {
         let dir = |ino, mtime| self.attr(ino, FileKind::Directory, 0, dir_attr_perm(), 2, mtime);
         let ino = self.inodes.lock().meta_ino(m.clone());
         let entry = match m {
-            Meta::Root | Meta::KindDir(_) => Entry { attr: dir(ino, self.started), ttl },
+            Meta::Root | Meta::KindDir(_) => Entry {
+                attr: dir(ino, self.started),
+                ttl,
+            },
+            Meta::StatusDir => Entry {
+                attr: self.attr(ino, FileKind::Directory, 0, 0o555, 2, self.started),
+                ttl,
+            },
+            Meta::StatusFile => {
+                // Its size changes all the time: never cached (and opened with direct I/O).
+                let len = self.status_text().len() as u64;
+                Entry {
+                    attr: self.attr(ino, FileKind::RegularFile, len, 0o444, 1, SystemTime::now()),
+                    ttl: Duration::ZERO,
+                }
+            }
             Meta::Storage { kind, name } => {
                 let s = self.find_storage(kind, &name)?;
-                Entry { attr: dir(ino, s.updated_at), ttl }
+                Entry {
+                    attr: dir(ino, s.updated_at),
+                    ttl,
+                }
             }
             Meta::Latest { kind, name } => {
                 let s = self.find_storage(kind, &name)?;
                 let target = s.current_version_id.ok_or(FsError::NotFound)?;
-                Entry { attr: self.attr(ino, FileKind::Symlink, target.len() as u64, 0o777, 1, s.updated_at), ttl }
+                Entry {
+                    attr: self.attr(
+                        ino,
+                        FileKind::Symlink,
+                        target.len() as u64,
+                        0o777,
+                        1,
+                        s.updated_at,
+                    ),
+                    ttl,
+                }
             }
-            Meta::PrefixLink { kind, name, version } => {
+            Meta::PrefixLink {
+                kind,
+                name,
+                version,
+            } => {
                 let v = self.find_version(kind, &name, &version)?;
                 Entry {
-                    attr: self.attr(ino, FileKind::Symlink, version.len() as u64, 0o777, 1, v.created_at),
+                    attr: self.attr(
+                        ino,
+                        FileKind::Symlink,
+                        version.len() as u64,
+                        0o777,
+                        1,
+                        v.created_at,
+                    ),
                     ttl: IMMUTABLE_TTL,
                 }
             }
-            Meta::Version { kind, name, version } => {
+            Meta::Version {
+                kind,
+                name,
+                version,
+            } => {
                 // A resident version shows its root as unpacked (an archive may carry an
                 // entry for "./"); a cold one is described from its metadata alone, so that
                 // listing versions never downloads them.
                 if let Some(v) = self.cache.peek(&VersionKey::new(kind, &version)) {
-                    let range = self.inodes.lock().range(kind, &name, &version, v.index.nodes.len() as u64);
+                    let range =
+                        self.inodes
+                            .lock()
+                            .range(kind, &name, &version, v.index.nodes.len() as u64);
                     return Ok(self.content_entry(&range, &v.index, 0));
                 }
                 let v = self.find_version(kind, &name, &version)?;
-                Entry { attr: dir(ino, v.created_at), ttl: IMMUTABLE_TTL }
+                Entry {
+                    attr: dir(ino, v.created_at),
+                    ttl: IMMUTABLE_TTL,
+                }
             }
         };
         Ok(entry)
@@ -431,16 +590,36 @@ impl Fs {
         let n: &Node = &index.nodes[node as usize];
         let mtime = to_system_time(n.mtime_sec, n.mtime_nsec);
         let attr = match &n.kind {
-            NodeKind::Dir { .. } => self.attr(ino, FileKind::Directory, 4096, n.perm, n.nlink, mtime),
-            NodeKind::File { size, .. } => self.attr(ino, FileKind::RegularFile, *size, n.perm, n.nlink, mtime),
-            NodeKind::Symlink { target } => {
-                self.attr(ino, FileKind::Symlink, target.len() as u64, 0o777, n.nlink, mtime)
+            NodeKind::Dir { .. } => {
+                self.attr(ino, FileKind::Directory, 4096, n.perm, n.nlink, mtime)
             }
+            NodeKind::File { size, .. } => {
+                self.attr(ino, FileKind::RegularFile, *size, n.perm, n.nlink, mtime)
+            }
+            NodeKind::Symlink { target } => self.attr(
+                ino,
+                FileKind::Symlink,
+                target.len() as u64,
+                0o777,
+                n.nlink,
+                mtime,
+            ),
         };
-        Entry { attr, ttl: IMMUTABLE_TTL }
+        Entry {
+            attr,
+            ttl: IMMUTABLE_TTL,
+        }
     }
 
-    fn attr(&self, ino: u64, kind: FileKind, size: u64, perm: u16, nlink: u32, mtime: SystemTime) -> Attr {
+    fn attr(
+        &self,
+        ino: u64,
+        kind: FileKind,
+        size: u64,
+        perm: u16,
+        nlink: u32,
+        mtime: SystemTime,
+    ) -> Attr {
         Attr {
             ino,
             kind,
@@ -460,23 +639,54 @@ impl Fs {
         if here.attr.kind != FileKind::Directory {
             return Err(FsError::NotDir);
         }
-        let item = |name: &[u8], entry: Entry| DirItem { name: OsString::from_vec(name.to_vec()), entry };
+        let item = |name: &[u8], entry: Entry| DirItem {
+            name: OsString::from_vec(name.to_vec()),
+            entry,
+        };
         match self.resolve(ino)? {
             Resolved::Meta(Meta::Root) => {
                 items.push(item(b".", here.clone()));
                 items.push(item(b"..", here));
                 for kind in Kind::ALL {
-                    items.push(item(kind.plural().as_bytes(), self.meta_entry(Meta::KindDir(kind))?));
+                    items.push(item(
+                        kind.plural().as_bytes(),
+                        self.meta_entry(Meta::KindDir(kind))?,
+                    ));
                 }
+                items.push(item(
+                    STATUS_DIR.as_bytes(),
+                    self.meta_entry(Meta::StatusDir)?,
+                ));
+            }
+            Resolved::Meta(Meta::StatusDir) => {
+                items.push(item(b".", here));
+                items.push(item(b"..", self.meta_entry(Meta::Root)?));
+                items.push(item(b"status", self.meta_entry(Meta::StatusFile)?));
             }
             Resolved::Meta(Meta::KindDir(kind)) => {
                 items.push(item(b".", here));
                 items.push(item(b"..", self.meta_entry(Meta::Root)?));
                 let storages = self.storages(kind, None)?;
                 for (name, s) in storages.iter() {
-                    let ino = self.inodes.lock().meta_ino(Meta::Storage { kind, name: name.clone() });
-                    let attr = self.attr(ino, FileKind::Directory, 0, dir_attr_perm(), 2, s.updated_at);
-                    items.push(item(name.as_bytes(), Entry { attr, ttl: self.config.metadata_ttl }));
+                    let ino = self.inodes.lock().meta_ino(Meta::Storage {
+                        kind,
+                        name: name.clone(),
+                    });
+                    let attr = self.attr(
+                        ino,
+                        FileKind::Directory,
+                        0,
+                        dir_attr_perm(),
+                        2,
+                        s.updated_at,
+                    );
+                    items.push(item(
+                        name.as_bytes(),
+                        Entry {
+                            attr,
+                            ttl: self.config.metadata_ttl,
+                        },
+                    ));
                 }
             }
             Resolved::Meta(Meta::Storage { kind, name }) => {
@@ -484,15 +694,29 @@ impl Fs {
                 items.push(item(b"..", self.meta_entry(Meta::KindDir(kind))?));
                 let storage = self.find_storage(kind, &name)?;
                 if storage.current_version_id.is_some() {
-                    items.push(item(b"latest", self.meta_entry(Meta::Latest { kind, name: name.clone() })?));
+                    items.push(item(
+                        b"latest",
+                        self.meta_entry(Meta::Latest {
+                            kind,
+                            name: name.clone(),
+                        })?,
+                    ));
                 }
                 let versions = self.versions(kind, &name, None)?;
                 for v in versions.iter() {
-                    let entry = self.meta_entry(Meta::Version { kind, name: name.clone(), version: v.id.clone() })?;
+                    let entry = self.meta_entry(Meta::Version {
+                        kind,
+                        name: name.clone(),
+                        version: v.id.clone(),
+                    })?;
                     items.push(item(v.id.as_bytes(), entry));
                 }
             }
-            Resolved::Meta(Meta::Version { kind, name, version }) => {
+            Resolved::Meta(Meta::Version {
+                kind,
+                name,
+                version,
+            }) => {
                 let (range, v) = self.load_version(kind, &name, &version)?;
                 items.push(item(b".", self.content_entry(&range, &v.index, 0)));
                 items.push(item(b"..", self.meta_entry(Meta::Storage { kind, name })?));
@@ -513,7 +737,9 @@ impl Fs {
                 items.push(item(b"..", parent_entry));
                 self.push_children(&mut items, &range, &v.index, node);
             }
-            Resolved::Meta(Meta::Latest { .. } | Meta::PrefixLink { .. }) => return Err(FsError::NotDir),
+            Resolved::Meta(Meta::Latest { .. } | Meta::PrefixLink { .. } | Meta::StatusFile) => {
+                return Err(FsError::NotDir)
+            }
         }
         Ok(items)
     }
@@ -541,7 +767,10 @@ impl Fs {
     fn storages(&self, kind: Kind, max_age: Option<Duration>) -> Result<Arc<StorageMap>> {
         let max_age = max_age.unwrap_or(self.config.metadata_ttl);
         let fresh = |st: &MetaState| {
-            st.storages.get(&kind).filter(|l| l.fetched.elapsed() < max_age).map(|l| l.data.clone())
+            st.storages
+                .get(&kind)
+                .filter(|l| l.fetched.elapsed() < max_age)
+                .map(|l| l.data.clone())
         };
         if let Some(d) = fresh(&self.meta.lock()) {
             return Ok(d);
@@ -555,10 +784,13 @@ impl Fs {
             Ok(list) => {
                 let map: StorageMap = list.into_iter().map(|s| (s.name.clone(), s)).collect();
                 let data = Arc::new(map);
-                self.meta
-                    .lock()
-                    .storages
-                    .insert(kind, Listing { fetched: Instant::now(), data: data.clone() });
+                self.meta.lock().storages.insert(
+                    kind,
+                    Listing {
+                        fetched: Instant::now(),
+                        data: data.clone(),
+                    },
+                );
                 Ok(data)
             }
             Err(e) => {
@@ -570,6 +802,8 @@ impl Fs {
                     }
                     _ => {
                         tracing::warn!(kind = kind.plural(), error = %e, "listing failed");
+                        self.activity
+                            .error(format!("listing {}: {e}", kind.plural()));
                         Err(e.into())
                     }
                 }
@@ -582,14 +816,25 @@ impl Fs {
             return Ok(s.clone());
         }
         // Not in a listing younger than the TTL: look again once, in case it was just made.
-        self.storages(kind, Some(MISS_REFRESH_AFTER))?.get(name).cloned().ok_or(FsError::NotFound)
+        self.storages(kind, Some(MISS_REFRESH_AFTER))?
+            .get(name)
+            .cloned()
+            .ok_or(FsError::NotFound)
     }
 
-    fn versions(&self, kind: Kind, name: &str, max_age: Option<Duration>) -> Result<Arc<Vec<Version>>> {
+    fn versions(
+        &self,
+        kind: Kind,
+        name: &str,
+        max_age: Option<Duration>,
+    ) -> Result<Arc<Vec<Version>>> {
         let max_age = max_age.unwrap_or(self.config.metadata_ttl);
         let key = (kind, name.to_string());
         let fresh = |st: &MetaState| {
-            st.versions.get(&key).filter(|l| l.fetched.elapsed() < max_age).map(|l| l.data.clone())
+            st.versions
+                .get(&key)
+                .filter(|l| l.fetched.elapsed() < max_age)
+                .map(|l| l.data.clone())
         };
         if let Some(d) = fresh(&self.meta.lock()) {
             return Ok(d);
@@ -603,7 +848,13 @@ impl Fs {
         match self.remote.list_versions(kind, &storage.id) {
             Ok(list) => {
                 let data = Arc::new(list);
-                self.meta.lock().versions.insert(key, Listing { fetched: Instant::now(), data: data.clone() });
+                self.meta.lock().versions.insert(
+                    key,
+                    Listing {
+                        fetched: Instant::now(),
+                        data: data.clone(),
+                    },
+                );
                 Ok(data)
             }
             Err(e) => {
@@ -613,7 +864,12 @@ impl Fs {
                         tracing::warn!(storage = name, error = %e, "refreshing versions failed; serving the previous list");
                         Ok(d)
                     }
-                    _ => Err(e.into()),
+                    _ => {
+                        tracing::warn!(storage = name, error = %e, "listing versions failed");
+                        self.activity
+                            .error(format!("listing the versions of {kind} {name}: {e}"));
+                        Err(e.into())
+                    }
                 }
             }
         }
@@ -633,7 +889,8 @@ impl Fs {
         if let Some(r) = pick(&self.versions(kind, storage, None)?) {
             return r;
         }
-        pick(&self.versions(kind, storage, Some(MISS_REFRESH_AFTER))?).unwrap_or(Err(FsError::NotFound))
+        pick(&self.versions(kind, storage, Some(MISS_REFRESH_AFTER))?)
+            .unwrap_or(Err(FsError::NotFound))
     }
 
     // ----- versions -------------------------------------------------------------------
@@ -641,15 +898,25 @@ impl Fs {
     /// A loaded version for a content inode: the cache's copy when resident (no API call),
     /// else through the metadata path (which may download it again after an eviction).
     fn version_of(&self, range: &Range) -> Result<Arc<CachedVersion>> {
-        if let Some(v) = self.cache.peek(&VersionKey::new(range.kind, &range.version)) {
+        if let Some(v) = self
+            .cache
+            .peek(&VersionKey::new(range.kind, &range.version))
+        {
             return Ok(v);
         }
-        Ok(self.load_version(range.kind, &range.name, &range.version)?.1)
+        Ok(self
+            .load_version(range.kind, &range.name, &range.version)?
+            .1)
     }
 
     /// Make a version available (downloading and unpacking it when cold) and allocate its
     /// content inodes.
-    fn load_version(&self, kind: Kind, storage: &str, id: &str) -> Result<(Range, Arc<CachedVersion>)> {
+    fn load_version(
+        &self,
+        kind: Kind,
+        storage: &str,
+        id: &str,
+    ) -> Result<(Range, Arc<CachedVersion>)> {
         let key = VersionKey::new(kind, id);
         let v = match self.cache.peek(&key) {
             Some(v) => v,
@@ -669,14 +936,28 @@ impl Fs {
                         disk_bytes: 0,
                     })
                 } else {
-                    let announced = Announced { size: version.size, file_count: version.file_count };
+                    let announced = Announced {
+                        size: version.size,
+                        file_count: version.file_count,
+                    };
                     self.cache.get(&key, announced, |target| {
-                        fetch::fetch(&*self.remote, kind, storage, &s.id, &version, target)
+                        fetch::fetch(
+                            &*self.remote,
+                            &self.activity,
+                            kind,
+                            storage,
+                            &s.id,
+                            &version,
+                            target,
+                        )
                     })?
                 }
             }
         };
-        let range = self.inodes.lock().range(kind, storage, id, v.index.nodes.len() as u64);
+        let range = self
+            .inodes
+            .lock()
+            .range(kind, storage, id, v.index.nodes.len() as u64);
         Ok((range, v))
     }
 
@@ -689,16 +970,26 @@ impl Fs {
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
-        self.handles.lock().get(&fh).cloned().ok_or(FsError::BadHandle)
+        self.handles
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
     }
 }
 
 /// The index of a version with no files: a root directory and nothing else.
 fn empty_index(mtime: SystemTime) -> Index {
-    let sec = mtime.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let sec = mtime
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     Index {
         nodes: vec![Node {
-            kind: NodeKind::Dir { parent: 0, entries: Vec::new() },
+            kind: NodeKind::Dir {
+                parent: 0,
+                entries: Vec::new(),
+            },
             perm: 0o755,
             mtime_sec: sec,
             mtime_nsec: 0,
@@ -708,11 +999,13 @@ fn empty_index(mtime: SystemTime) -> Index {
 }
 
 /// ISO-8601 UTC with milliseconds, as the API writes timestamps.
-fn format_time(t: SystemTime) -> String {
+pub(crate) fn format_time(t: SystemTime) -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    time::OffsetDateTime::from(t).format(&fmt).unwrap_or_else(|_| format!("{t:?}"))
+    time::OffsetDateTime::from(t)
+        .format(&fmt)
+        .unwrap_or_else(|_| format!("{t:?}"))
 }
 
 fn is_hex(s: &str) -> bool {

@@ -15,7 +15,12 @@ pub struct RemoteArchive {
 pub trait Remote: Send + Sync + 'static {
     fn list_storages(&self, kind: Kind) -> Result<Vec<Storage>, ApiError>;
     fn list_versions(&self, kind: Kind, storage_id: &str) -> Result<Vec<Version>, ApiError>;
-    fn download(&self, kind: Kind, storage_id: &str, version_id: &str) -> Result<RemoteArchive, ApiError>;
+    fn download(
+        &self,
+        kind: Kind,
+        storage_id: &str,
+        version_id: &str,
+    ) -> Result<RemoteArchive, ApiError>;
 }
 
 impl Remote for Client {
@@ -27,9 +32,17 @@ impl Remote for Client {
         Client::list_versions(self, kind, storage_id)
     }
 
-    fn download(&self, kind: Kind, storage_id: &str, version_id: &str) -> Result<RemoteArchive, ApiError> {
+    fn download(
+        &self,
+        kind: Kind,
+        storage_id: &str,
+        version_id: &str,
+    ) -> Result<RemoteArchive, ApiError> {
         let d = Client::download(self, kind, storage_id, Some(version_id))?;
         let compressed_size = d.compressed_size;
-        Ok(RemoteArchive { reader: Box::new(d), compressed_size })
+        Ok(RemoteArchive {
+            reader: Box::new(d),
+            compressed_size,
+        })
     }
 }

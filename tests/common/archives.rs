@@ -9,10 +9,14 @@ use tar::{EntryType, Header};
 
 /// Deterministic bytes (an LCG), so that content checks catch any offset error.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (x >> 33) as u8
         })
         .collect()
@@ -122,8 +126,16 @@ pub fn feature_archive() -> Vec<u8> {
     b.file("secret.key", 0o600, t + 2, b"not really a key\n");
     b.file("run.sh", 0o755, t + 3, b"#!/bin/sh\necho hi\n");
     b.file("frozen.txt", 0o444, t + 4, b"read only\n");
-    for (i, size) in [4095usize, 4096, 4097, 131071, 131072, 131073].into_iter().enumerate() {
-        b.file(&format!("sizes/f{size}.bin"), 0o644, t + 10 + i as u64, &pattern(size, size as u64));
+    for (i, size) in [4095usize, 4096, 4097, 131071, 131072, 131073]
+        .into_iter()
+        .enumerate()
+    {
+        b.file(
+            &format!("sizes/f{size}.bin"),
+            0o644,
+            t + 10 + i as u64,
+            &pattern(size, size as u64),
+        );
     }
     b.dir("sizes", 0o755, t + 20);
     // Children first, their directory entries after.
@@ -137,13 +149,24 @@ pub fn feature_archive() -> Vec<u8> {
     b.symlink("docs/same-dir", "guide/intro.md", t + 61);
     b.dir("docs", 0o755, t + 35);
     b.dir("données", 0o755, t + 40);
-    b.file("données/résumé final.txt", 0o644, t + 41, "ünïcödé ✓\n".as_bytes());
+    b.file(
+        "données/résumé final.txt",
+        0o644,
+        t + 41,
+        "ünïcödé ✓\n".as_bytes(),
+    );
     b.file("with space.txt", 0o644, t + 42, b"spaces\n");
     b.file("日本語.md", 0o644, t + 43, "こんにちは\n".as_bytes());
-    let long_dir = "a-long-directory-name-that-goes-on-and-on/another-long-directory-name-for-good-measure";
+    let long_dir =
+        "a-long-directory-name-that-goes-on-and-on/another-long-directory-name-for-good-measure";
     b.dir("a-long-directory-name-that-goes-on-and-on", 0o755, t + 50);
     b.dir(long_dir, 0o755, t + 51);
-    b.file(&format!("{long_dir}/gnu-long-file-name-well-past-one-hundred-bytes.txt"), 0o644, t + 52, b"gnu long\n");
+    b.file(
+        &format!("{long_dir}/gnu-long-file-name-well-past-one-hundred-bytes.txt"),
+        0o644,
+        t + 52,
+        b"gnu long\n",
+    );
     b.pax_file(
         &format!("{long_dir}/pax-long-file-name-with-fractional-mtime-also-past-one-hundred.txt"),
         0o644,
@@ -167,16 +190,30 @@ pub fn many_files_archive(n: usize, dirs: usize) -> Vec<u8> {
         b.dir(&format!("d{d:03}"), 0o755, 1_700_000_000);
     }
     for i in 0..n {
-        b.file(&format!("d{:03}/file-{i:06}.txt", i % dirs), 0o644, 1_700_000_000 + i as u64, format!("file {i}\n").as_bytes());
+        b.file(
+            &format!("d{:03}/file-{i:06}.txt", i % dirs),
+            0o644,
+            1_700_000_000 + i as u64,
+            format!("file {i}\n").as_bytes(),
+        );
     }
     b.finish()
 }
 
 /// Write `bytes` as the version `label` of storage `name` of `kind` in an emulator data dir.
-pub fn put_archive(data: &Path, kind: &str, name: &str, label: &str, bytes: &[u8]) -> std::path::PathBuf {
+pub fn put_archive(
+    data: &Path,
+    kind: &str,
+    name: &str,
+    label: &str,
+    bytes: &[u8],
+) -> std::path::PathBuf {
     let dir = data.join(kind).join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{label}.tar.gz"));
-    std::fs::File::create(&path).unwrap().write_all(bytes).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
     path
 }

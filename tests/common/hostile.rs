@@ -51,13 +51,25 @@ fn gnu_header(kind: EntryType, mode: u32, size: u64) -> Header {
 
 impl RawTar {
     pub fn new() -> RawTar {
-        RawTar { builder: tar::Builder::new(Vec::new()) }
+        RawTar {
+            builder: tar::Builder::new(Vec::new()),
+        }
     }
 
     /// A member whose name and link name (at most 100 bytes each) go into the header as
     /// they are, bypassing every check of the tar crate's builder.
-    pub fn raw(&mut self, kind: EntryType, name: &[u8], link: &[u8], mode: u32, data: &[u8]) -> &mut Self {
-        assert!(name.len() <= 100 && link.len() <= 100, "raw names are at most 100 bytes");
+    pub fn raw(
+        &mut self,
+        kind: EntryType,
+        name: &[u8],
+        link: &[u8],
+        mode: u32,
+        data: &[u8],
+    ) -> &mut Self {
+        assert!(
+            name.len() <= 100 && link.len() <= 100,
+            "raw names are at most 100 bytes"
+        );
         let mut h = gnu_header(kind, mode, data.len() as u64);
         let old = h.as_old_mut();
         old.name = [0; 100];
@@ -79,11 +91,23 @@ impl RawTar {
     }
 
     pub fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
-        self.raw(EntryType::Symlink, name.as_bytes(), target.as_bytes(), 0o777, b"")
+        self.raw(
+            EntryType::Symlink,
+            name.as_bytes(),
+            target.as_bytes(),
+            0o777,
+            b"",
+        )
     }
 
     pub fn hard_link(&mut self, name: &str, target: &str) -> &mut Self {
-        self.raw(EntryType::Link, name.as_bytes(), target.as_bytes(), 0o644, b"")
+        self.raw(
+            EntryType::Link,
+            name.as_bytes(),
+            target.as_bytes(),
+            0o644,
+            b"",
+        )
     }
 
     /// A character or block device node.
@@ -98,8 +122,18 @@ impl RawTar {
     }
 
     /// A member whose (long) name and link name travel in GNU `L` and `K` headers, raw.
-    pub fn gnu_long(&mut self, kind: EntryType, name: &[u8], link: &[u8], mode: u32, data: &[u8]) -> &mut Self {
-        for (long_kind, value) in [(EntryType::GNULongName, name), (EntryType::GNULongLink, link)] {
+    pub fn gnu_long(
+        &mut self,
+        kind: EntryType,
+        name: &[u8],
+        link: &[u8],
+        mode: u32,
+        data: &[u8],
+    ) -> &mut Self {
+        for (long_kind, value) in [
+            (EntryType::GNULongName, name),
+            (EntryType::GNULongLink, link),
+        ] {
             if value.len() > 100 {
                 let mut body = value.to_vec();
                 body.push(0);
@@ -124,7 +158,10 @@ impl RawTar {
         mode: u32,
         data: &[u8],
     ) -> &mut Self {
-        let body: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record_bytes(k, v)).collect();
+        let body: Vec<u8> = records
+            .iter()
+            .flat_map(|(k, v)| pax_record_bytes(k, v))
+            .collect();
         self.raw(EntryType::XHeader, b"PaxHeaders/member", b"", 0o644, &body);
         self.raw(kind, placeholder.as_bytes(), link, mode, data)
     }
@@ -285,19 +322,36 @@ pub const OUTSIDE_CONTENT: &[u8] = b"outside the cache: must never change\n";
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        let root = tempfile::Builder::new().prefix("vm0fs-sandbox").tempdir().unwrap();
+        let root = tempfile::Builder::new()
+            .prefix("vm0fs-sandbox")
+            .tempdir()
+            .unwrap();
         let cache = root.path().join("cache");
         let sentinel = root.path().join("sentinel");
         std::fs::create_dir(&sentinel).unwrap();
         let outside = root.path().join("outside");
         std::fs::write(&outside, OUTSIDE_CONTENT).unwrap();
-        let tmp_sentinel = tempfile::Builder::new().prefix("vm0fs-sentinel").tempdir().unwrap().keep();
+        let tmp_sentinel = tempfile::Builder::new()
+            .prefix("vm0fs-sentinel")
+            .tempdir()
+            .unwrap()
+            .keep();
         let root_entries = ["cache", "outside", "sentinel"].map(String::from).into();
-        Sandbox { root, cache, sentinel, outside, tmp_sentinel, root_entries }
+        Sandbox {
+            root,
+            cache,
+            sentinel,
+            outside,
+            tmp_sentinel,
+            root_entries,
+        }
     }
 
     pub fn opts(&self) -> MountOpts<'static> {
-        MountOpts { cache: Some(self.cache.clone()), ..Default::default() }
+        MountOpts {
+            cache: Some(self.cache.clone()),
+            ..Default::default()
+        }
     }
 
     /// Nothing was written outside the cache's own layout: the sentinels are empty, the
@@ -305,17 +359,36 @@ impl Sandbox {
     /// the cache directory is one the cache itself makes.
     pub fn assert_untouched(&self) {
         for dir in [&self.sentinel, &self.tmp_sentinel] {
-            let found: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
-            assert!(found.is_empty(), "written into the sentinel {}: {found:?}", dir.display());
+            let found: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            assert!(
+                found.is_empty(),
+                "written into the sentinel {}: {found:?}",
+                dir.display()
+            );
         }
         let entries: BTreeSet<String> = std::fs::read_dir(self.root.path())
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(entries, self.root_entries, "new entries next to the cache directory");
-        assert_eq!(std::fs::read(&self.outside).unwrap(), OUTSIDE_CONTENT, "`outside` changed");
-        assert_eq!(std::fs::metadata(&self.outside).unwrap().nlink(), 1, "`outside` got a hard link");
+        assert_eq!(
+            entries, self.root_entries,
+            "new entries next to the cache directory"
+        );
+        assert_eq!(
+            std::fs::read(&self.outside).unwrap(),
+            OUTSIDE_CONTENT,
+            "`outside` changed"
+        );
+        assert_eq!(
+            std::fs::metadata(&self.outside).unwrap().nlink(),
+            1,
+            "`outside` got a hard link"
+        );
         assert_cache_layout(&self.cache);
     }
 }
@@ -332,7 +405,10 @@ impl Drop for Sandbox {
 pub fn assert_cache_layout(cache: &Path) {
     let mut bad = Vec::new();
     walk(cache, &mut |rel: &Path, meta: &std::fs::Metadata| {
-        let parts: Vec<String> = rel.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+        let parts: Vec<String> = rel
+            .iter()
+            .map(|c| c.to_string_lossy().into_owned())
+            .collect();
         let p: Vec<&str> = parts.iter().map(String::as_str).collect();
         let key_ok = |k: &str| k.starts_with("volumes-") || k.starts_with("artifacts-");
         let ok = match p.as_slice() {
@@ -341,10 +417,17 @@ pub fn assert_cache_layout(cache: &Path) {
             ["versions" | "tmp" | "trash"] => meta.is_dir(),
             ["versions" | "tmp" | "trash", k] => key_ok(k) && meta.is_dir(),
             ["versions" | "tmp" | "trash", k, "data"] => key_ok(k) && meta.is_dir(),
-            ["versions" | "tmp" | "trash", k, "index.bin" | "meta.json"] => key_ok(k) && meta.is_file(),
-            ["versions" | "tmp" | "trash", k, f] if f.starts_with("meta.json") => key_ok(k) && meta.is_file(),
+            ["versions" | "tmp" | "trash", k, "index.bin" | "meta.json"] => {
+                key_ok(k) && meta.is_file()
+            }
+            ["versions" | "tmp" | "trash", k, f] if f.starts_with("meta.json") => {
+                key_ok(k) && meta.is_file()
+            }
             ["versions" | "tmp" | "trash", k, "data", n] => {
-                key_ok(k) && meta.is_file() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+                key_ok(k)
+                    && meta.is_file()
+                    && !n.is_empty()
+                    && n.bytes().all(|b| b.is_ascii_digit())
             }
             _ => false,
         };
@@ -354,15 +437,22 @@ pub fn assert_cache_layout(cache: &Path) {
             bad.push(rel.display().to_string());
         }
     });
-    assert!(bad.is_empty(), "paths in the cache directory that the cache does not make: {bad:#?}");
+    assert!(
+        bad.is_empty(),
+        "paths in the cache directory that the cache does not make: {bad:#?}"
+    );
 }
 
 fn walk(root: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) {
     fn inner(root: &Path, dir: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in entries.flatten() {
             let path = e.path();
-            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
             f(path.strip_prefix(root).unwrap(), &meta);
             if meta.is_dir() {
                 inner(root, &path, f);
@@ -375,7 +465,11 @@ fn walk(root: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) {
 /// Names under the cache's `versions/`.
 pub fn cached_versions(cache: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(cache.join("versions"))
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -389,13 +483,19 @@ pub fn is_cached(cache: &Path, id: &str) -> bool {
 /// Entries of the cache's `tmp/`.
 pub fn tmp_entries(cache: &Path) -> Vec<String> {
     std::fs::read_dir(cache.join("tmp"))
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Allocated bytes under `path`.
 pub fn disk_usage(path: &Path) -> u64 {
-    let mut total = std::fs::symlink_metadata(path).map(|m| m.blocks() * 512).unwrap_or(0);
+    let mut total = std::fs::symlink_metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0);
     walk(path, &mut |_, m| total += m.blocks() * 512);
     total
 }
@@ -407,14 +507,20 @@ pub fn disk_usage(path: &Path) -> u64 {
 pub fn poll_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !f() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// Run `f` on a thread and wait for it at most `limit`; `None` if it did not return (the
 /// thread is left behind, stuck in the mount, which the test then fails on).
-pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
@@ -437,7 +543,10 @@ pub fn log_when(m: &Mount, what: &str, pred: impl Fn(&str) -> bool) -> String {
         if pred(&log) {
             return log;
         }
-        assert!(Instant::now() < deadline, "the log never showed {what}:\n{log}");
+        assert!(
+            Instant::now() < deadline,
+            "the log never showed {what}:\n{log}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -445,7 +554,8 @@ pub fn log_when(m: &Mount, what: &str, pred: impl Fn(&str) -> bool) -> String {
 /// The log line saying member `member` was skipped, if there is one.
 pub fn skip_line<'a>(log: &'a str, member: &str) -> Option<&'a str> {
     let field = format!("member={member} reason=");
-    log.lines().find(|l| l.contains("WARN") && l.contains("skipping archive member") && l.contains(&field))
+    log.lines()
+        .find(|l| l.contains("WARN") && l.contains("skipping archive member") && l.contains(&field))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -461,7 +571,8 @@ pub fn version_with_message(emu: &Emulator, kind: &str, name: &str, message: &st
         .unwrap()
         .iter()
         .find(|v| v["message"] == message)
-        .unwrap_or_else(|| panic!("no version of {kind}/{name} with message {message}: {page}"))["id"]
+        .unwrap_or_else(|| panic!("no version of {kind}/{name} with message {message}: {page}"))
+        ["id"]
         .as_str()
         .unwrap()
         .to_string()
@@ -482,8 +593,15 @@ impl RawMount {
     /// Start and wait until the mount answers, or the daemon's output if it exits first.
     pub fn start(args: &[String], env: &[(&str, &str)]) -> Result<RawMount, String> {
         super::require_fuse();
-        let dir = tempfile::Builder::new().prefix("vm0fs-mnt").tempdir().unwrap();
-        let work = tempfile::Builder::new().prefix("vm0fs-work").tempdir().unwrap().keep();
+        let dir = tempfile::Builder::new()
+            .prefix("vm0fs-mnt")
+            .tempdir()
+            .unwrap();
+        let work = tempfile::Builder::new()
+            .prefix("vm0fs-work")
+            .tempdir()
+            .unwrap()
+            .keep();
         let log = work.join("vm0fs.log");
         let mut cmd = Command::new(super::vm0fs_bin());
         cmd.arg("mount")
@@ -504,14 +622,26 @@ impl RawMount {
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 let out = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!("vm0fs exited with {status} before mounting:\n{out}"));
+                return Err(format!(
+                    "vm0fs exited with {status} before mounting:\n{out}"
+                ));
             }
-            if std::fs::metadata(dir.path()).map(|m| m.ino() == 1).unwrap_or(false) {
-                return Ok(RawMount { dir, log, child: Some(child) });
+            if std::fs::metadata(dir.path())
+                .map(|m| m.ino() == 1)
+                .unwrap_or(false)
+            {
+                return Ok(RawMount {
+                    dir,
+                    log,
+                    child: Some(child),
+                });
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("mount did not answer within 60 s:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+                panic!(
+                    "mount did not answer within 60 s:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -536,7 +666,11 @@ impl RawMount {
 
 impl Drop for RawMount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).stderr(Stdio::null()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .stderr(Stdio::null())
+            .status();
         if let Some(mut c) = self.child.take() {
             if super::wait_timeout(&mut c, Duration::from_secs(10)).is_none() {
                 let _ = c.kill();

@@ -39,10 +39,16 @@ impl Emulator {
             .expect("start vm0-emulator");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the emulator's ready line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the emulator's ready line");
         let v: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("emulator ready line {line:?} is not JSON: {e}"));
-        let s = |k: &str| v[k].as_str().unwrap_or_else(|| panic!("{k} missing in {line}")).to_string();
+        let s = |k: &str| {
+            v[k].as_str()
+                .unwrap_or_else(|| panic!("{k} missing in {line}"))
+                .to_string()
+        };
         Emulator {
             api_url: s("api_url"),
             store_url: s("store_url"),
@@ -61,7 +67,12 @@ impl Emulator {
     }
 
     pub fn counters(&self) -> Value {
-        self.http.get(format!("{}/counters", self.admin_url)).send().unwrap().json().unwrap()
+        self.http
+            .get(format!("{}/counters", self.admin_url))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
     }
 
     /// A counter by key (0 when absent).
@@ -78,7 +89,10 @@ impl Emulator {
     }
 
     pub fn clear_faults(&self) {
-        self.http.delete(format!("{}/faults", self.admin_url)).send().unwrap();
+        self.http
+            .delete(format!("{}/faults", self.admin_url))
+            .send()
+            .unwrap();
     }
 
     pub fn config(&self, cfg: Value) {
@@ -86,8 +100,17 @@ impl Emulator {
     }
 
     pub fn post(&self, path: &str, body: &Value) -> Value {
-        let resp = self.http.post(format!("{}/{path}", self.admin_url)).json(body).send().unwrap();
-        assert!(resp.status().is_success(), "admin {path}: {}", resp.status());
+        let resp = self
+            .http
+            .post(format!("{}/{path}", self.admin_url))
+            .json(body)
+            .send()
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "admin {path}: {}",
+            resp.status()
+        );
         resp.json().unwrap_or(Value::Null)
     }
 
@@ -111,28 +134,49 @@ impl Emulator {
                 path.push_str(&format!("&cursor={c}"));
             }
             let page = self.api_get(&path);
-            if let Some(s) = page["data"].as_array().unwrap().iter().find(|s| s["name"] == name) {
+            if let Some(s) = page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == name)
+            {
                 return s.clone();
             }
             let p = &page["pagination"];
-            if !(p["has_more"].as_bool().or(p["hasMore"].as_bool()).unwrap_or(false)) {
+            if !(p["has_more"]
+                .as_bool()
+                .or(p["hasMore"].as_bool())
+                .unwrap_or(false))
+            {
                 panic!("{kind} {name} not found");
             }
-            cursor = p["next_cursor"].as_str().or(p["nextCursor"].as_str()).map(String::from);
+            cursor = p["next_cursor"]
+                .as_str()
+                .or(p["nextCursor"].as_str())
+                .map(String::from);
         }
     }
 
     /// The current version id of a storage, as the API says.
     pub fn current_version(&self, kind: &str, name: &str) -> String {
         let s = self.storage(kind, name);
-        s["current_version_id"].as_str().or(s["currentVersionId"].as_str()).unwrap().to_string()
+        s["current_version_id"]
+            .as_str()
+            .or(s["currentVersionId"].as_str())
+            .unwrap()
+            .to_string()
     }
 
     /// Every version id of a storage, newest first.
     pub fn versions(&self, kind: &str, name: &str) -> Vec<String> {
         let id = self.storage(kind, name)["id"].as_str().unwrap().to_string();
         let page = self.api_get(&format!("/{kind}/{id}/versions?limit=100"));
-        page["data"].as_array().unwrap().iter().map(|v| v["id"].as_str().unwrap().to_string()).collect()
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_string())
+            .collect()
     }
 }
 
@@ -156,7 +200,10 @@ pub fn require_fuse() {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let helper = Command::new("fusermount3").arg("-V").output().is_ok();
-    assert!(root || helper, "mount tests need root or fusermount3 (apt-get install fuse3)");
+    assert!(
+        root || helper,
+        "mount tests need root or fusermount3 (apt-get install fuse3)"
+    );
 }
 
 /// A vm0fs mount of an emulator, in the foreground as a child process; unmounted and
@@ -187,8 +234,15 @@ impl Mount {
     /// Mount, or the daemon's output if it exited before the mount answered.
     pub fn try_with(emu: &Emulator, opts: MountOpts) -> Result<Mount, String> {
         require_fuse();
-        let dir = tempfile::Builder::new().prefix("vm0fs-mnt").tempdir().unwrap();
-        let work = tempfile::Builder::new().prefix("vm0fs-work").tempdir().unwrap().keep();
+        let dir = tempfile::Builder::new()
+            .prefix("vm0fs-mnt")
+            .tempdir()
+            .unwrap();
+        let work = tempfile::Builder::new()
+            .prefix("vm0fs-work")
+            .tempdir()
+            .unwrap()
+            .keep();
         let cache = opts.cache.clone().unwrap_or_else(|| work.join("cache"));
         let log = work.join("vm0fs.log");
         let mut cmd = Command::new(vm0fs_bin());
@@ -210,18 +264,31 @@ impl Mount {
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 let out = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!("vm0fs exited with {status} before mounting:\n{out}"));
+                return Err(format!(
+                    "vm0fs exited with {status} before mounting:\n{out}"
+                ));
             }
-            if std::fs::metadata(dir.path()).map(|m| m.ino() == 1).unwrap_or(false) {
+            if std::fs::metadata(dir.path())
+                .map(|m| m.ino() == 1)
+                .unwrap_or(false)
+            {
                 break;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("mount did not answer within 60 s:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+                panic!(
+                    "mount did not answer within 60 s:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Mount { dir, cache, child: Some(child), log })
+        Ok(Mount {
+            dir,
+            cache,
+            child: Some(child),
+            log,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -242,8 +309,14 @@ impl Mount {
 
     /// Unmount with `vm0fs unmount` and wait for the daemon to exit; its exit status.
     pub fn unmount(mut self) -> std::process::ExitStatus {
-        let out = run(Command::new(vm0fs_bin()).arg("unmount").arg(self.dir.path()));
-        assert!(out.status.success(), "vm0fs unmount failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = run(Command::new(vm0fs_bin())
+            .arg("unmount")
+            .arg(self.dir.path()));
+        assert!(
+            out.status.success(),
+            "vm0fs unmount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut child = self.child.take().unwrap();
         wait_timeout(&mut child, Duration::from_secs(20)).expect("daemon exits after unmount")
     }
@@ -257,7 +330,11 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         // Lazy unmount first: it works even when the daemon is dead or wedged.
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).stderr(Stdio::null()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .stderr(Stdio::null())
+            .status();
         if let Some(mut c) = self.child.take() {
             if wait_timeout(&mut c, Duration::from_secs(10)).is_none() {
                 let _ = c.kill();
@@ -282,7 +359,8 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process
 
 /// Run a command to completion, capturing its output.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// Run a command that must succeed; its stdout.
@@ -305,8 +383,15 @@ pub fn sh(script: &str) -> String {
 
 /// Extract `archive` with the real `tar -xzf` into a new directory.
 pub fn tar_extract(archive: &Path) -> TempDir {
-    let out = tempfile::Builder::new().prefix("vm0fs-tar").tempdir().unwrap();
-    ok(Command::new("tar").arg("-xzf").arg(archive).arg("-C").arg(out.path()));
+    let out = tempfile::Builder::new()
+        .prefix("vm0fs-tar")
+        .tempdir()
+        .unwrap();
+    ok(Command::new("tar")
+        .arg("-xzf")
+        .arg(archive)
+        .arg("-C")
+        .arg(out.path()));
     out
 }
 

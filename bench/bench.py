@@ -1,0 +1,832 @@
+"""The vm0fs benchmark (issue 6): every path measured against its native baseline, in the
+same run, so that the ratio (not the absolute figure) is what counts on a noisy machine.
+
+Run it through `scripts/bench.sh` (which installs the tools and builds the release
+binaries first). `bench.sh --help` lists the options; doc/BENCHMARKS.md explains each case.
+
+Shape of a run: generate (or reuse) the data set (bench/gen.py), start `vm0-emulator` on
+it, then run the selected cases. Mounts are `vm0fs mount --foreground` started in the
+background (so the daemon's pid is known: RSS, clean stop), each with its own cache
+directory. Within a case, baseline and vm0fs runs alternate (baseline, vm0fs, baseline,
+...) so that a burst of load from the machine's other users hits both sides alike; the
+figure reported for each side is the median of its runs. Every temporary thing lives
+under one run directory; mounts, the emulator and that directory are removed on exit,
+also on failure or Ctrl-C (bench.sh double-checks from a state file).
+"""
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gen  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+BENCH_DIR = os.path.join(ROOT, "target", "bench")
+STATE = os.path.join(BENCH_DIR, "state.json")
+MiB = 1024 * 1024
+
+# Sizes and repetitions. "reps" is the number of timed runs of each side; "slow_reps" for
+# the cases that move a whole large version per run.
+MODES = {
+    "full": dict(cold_bytes=256 * MiB, big_bytes=1024 * MiB, tree_files=50_000, rss_files=100_000,
+                 volumes=1000, cat_files=10_000, reps=5, slow_reps=3),
+    "quick": dict(cold_bytes=8 * MiB, big_bytes=32 * MiB, tree_files=2_000, rss_files=5_000,
+                  volumes=100, cat_files=1_000, reps=3, slow_reps=2),
+}
+DATA_PARAMS = ("cold_bytes", "big_bytes", "tree_files", "rss_files", "volumes")
+
+# The cases in run order: name, rows it produces, what it measures.
+CASES = [
+    ("cold_first_cat", "first `cat` of one file in a cold mixed version (downloads and unpacks it) vs curl | tar -xzf"),
+    ("cold_unpack", "unpack throughput of a large version (first cat of a small file in it) vs gzip -dc | tar -x"),
+    ("warm_seq", "sequential read of the large file, page cache dropped, vs cat of its cache blob"),
+    ("warm_reread", "re-read of the large file, page cache kept, vs re-read of its blob"),
+    ("find_ls", "find -ls over the warm many-file version vs the same tree on local disk"),
+    ("ls_lR", "ls -lR of the same"),
+    ("rsync_second", "second rsync -a of the version to a synced copy (nothing to send) vs local"),
+    ("cat_small", "cat of many small files, warm, vs local"),
+    ("rss_100k", "daemon peak RSS (VmHWM) after find over a cold 100k-file version"),
+    ("ls_volumes", "warm ls MOUNT/volumes: time, and API requests it makes (must be 0)"),
+]
+CASE_NAMES = [c[0] for c in CASES]
+
+# Issue 6's targets: (direction, threshold). "<=": vm0fs/baseline at most; ">=": at least.
+TARGETS = {
+    "cold_first_cat": ("<=", 1.0),
+    "cold_unpack": (">=", 1.0),
+    "warm_seq": (">=", 0.9),
+    "warm_reread": (">=", 0.95),
+    "find_ls": ("<=", 1.5),
+    "ls_lR": ("<=", 1.5),
+    "rsync_second": ("<=", 1.5),
+    "cat_small": ("<=", 2.0),
+    "rss_100k": ("<=", 128.0),  # MiB, absolute
+    "ls_volumes_api_requests": ("<=", 0),  # absolute
+}
+
+
+class BenchError(Exception):
+    """Something broke (not a missed target): the script exits non-zero."""
+
+
+def log(msg):
+    print("bench: " + msg, file=sys.stderr, flush=True)
+
+
+def sh(cmd, cwd=None, check=True, capture=False, timeout=None):
+    """Run a bash command line (with pipefail); raise BenchError if it fails."""
+    r = subprocess.run(["bash", "-c", "set -o pipefail; " + cmd], cwd=cwd, timeout=timeout,
+                       stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    if check and r.returncode != 0:
+        raise BenchError("command failed (exit %d): %s\n%s" % (r.returncode, cmd, r.stderr.strip()[-2000:]))
+    return r.stdout if capture else r
+
+
+def timed(cmd, cwd=None):
+    """Wall time in seconds of a bash command line, output discarded."""
+    t0 = time.perf_counter()
+    sh(cmd, cwd=cwd)
+    return time.perf_counter() - t0
+
+
+def q(path):
+    """Shell-quote a path for the command lines."""
+    return "'" + str(path).replace("'", "'\\''") + "'"
+
+
+def drop_caches():
+    sh("sync")
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def can_drop_caches():
+    try:
+        drop_caches()
+        return True
+    except OSError:
+        return False
+
+
+def is_mounted(path):
+    path = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split(" ")
+            mp = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+            if mp == path:
+                return True
+    return False
+
+
+class State:
+    """What bench.sh must clean up if this process dies without doing it (kill -9)."""
+
+    def __init__(self, run_dir):
+        self.data = {"run_dir": run_dir, "pids": [], "mounts": []}
+        self.save()
+
+    def save(self):
+        tmp = STATE + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.data, f)
+        os.replace(tmp, STATE)
+
+    def add(self, key, value):
+        self.data[key].append(value)
+        self.save()
+
+    def remove(self, key, value):
+        if value in self.data[key]:
+            self.data[key].remove(value)
+            self.save()
+
+    def done(self):
+        try:
+            os.remove(STATE)
+        except FileNotFoundError:
+            pass
+
+
+class Emulator:
+    def __init__(self, bench, data_dir):
+        self.bench = bench
+        work = os.path.join(BENCH_DIR, "emulator-work-" + bench.mode)
+        os.makedirs(work, exist_ok=True)
+        self.log_path = os.path.join(bench.run_dir, "emulator.log")
+        self.log_file = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "vm0-emulator"), "--data", data_dir, "--work-dir", work],
+            stdout=subprocess.PIPE, stderr=self.log_file, text=True, start_new_session=True)
+        bench.state.add("pids", self.proc.pid)
+        line = self.proc.stdout.readline()  # the emulator prints it once it listens
+        if not line:
+            self.proc.wait()
+            raise BenchError("the emulator exited at start (%s); its log:\n%s" % (
+                self.proc.returncode, tail(self.log_path)))
+        ready = json.loads(line)
+        self.api_url = ready["api_url"]
+        self.admin_url = ready["admin_url"]
+        self.token = ready["token"]
+
+    def request(self, method, url, headers=None):
+        u = urllib.parse.urlsplit(url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        path = u.path + ("?" + u.query if u.query else "")
+        conn.request(method, path, headers=headers or {})
+        r = conn.getresponse()
+        body = r.read()
+        conn.close()
+        return r.status, r.getheader("Location"), body
+
+    def api(self, path):
+        status, _, body = self.request("GET", self.api_url + path, {"Authorization": "Bearer " + self.token})
+        if status != 200:
+            raise BenchError("GET %s: HTTP %d %s" % (path, status, body[:200]))
+        return json.loads(body)
+
+    def storage(self, kind, name):
+        cursor = None
+        while True:
+            page = self.api("/%s?limit=100%s" % (kind, "&cursor=" + cursor if cursor else ""))
+            for s in page["data"]:
+                if s["name"] == name:
+                    return s
+            p = page.get("pagination", {})
+            cursor = p.get("next_cursor") or p.get("nextCursor")
+            if not cursor:
+                raise BenchError("%s %s not found in the emulator" % (kind, name))
+
+    def presigned_url(self, kind, name):
+        """The store URL of the current version's archive: the API's 302 Location."""
+        s = self.storage(kind, name)
+        vid = s.get("current_version_id") or s.get("currentVersionId")
+        url = "%s/%s/%s/download?version_id=%s&versionId=%s" % (self.api_url, kind, s["id"], vid, vid)
+        status, location, body = self.request("GET", url, {"Authorization": "Bearer " + self.token})
+        if status != 302 or not location:
+            raise BenchError("download of %s %s: expected a 302, got HTTP %d %s" % (kind, name, status, body[:200]))
+        return vid, location
+
+    def counters(self):
+        status, _, body = self.request("GET", self.admin_url + "/counters")
+        if status != 200:
+            raise BenchError("GET /_emulator/counters: HTTP %d" % status)
+        return json.loads(body)
+
+    def reset_counters(self):
+        status, _, _ = self.request("POST", self.admin_url + "/counters/reset")
+        if status != 200:
+            raise BenchError("POST /_emulator/counters/reset: HTTP %d" % status)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.bench.state.remove("pids", self.proc.pid)
+        self.log_file.close()
+
+
+def tail(path, n=30):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+class Mount:
+    """One `vm0fs mount --foreground` in the background, with its own cache directory."""
+
+    def __init__(self, bench, name, cache_size="8G"):
+        self.bench = bench
+        base = os.path.join(bench.run_dir, name)
+        self.mnt = os.path.join(base, "mnt")
+        self.cache = os.path.join(base, "cache")
+        self.log_path = os.path.join(base, "vm0fs.log")
+        os.makedirs(self.mnt)
+        os.makedirs(self.cache)
+        argv = [os.path.join(BIN, "vm0fs"), "mount", self.mnt, "--foreground",
+                "--api-url", bench.emu.api_url, "--cache-dir", self.cache, "--cache-size", cache_size]
+        argv += bench.args.mount_arg
+        env = dict(os.environ, VM0_TOKEN=bench.emu.token)
+        self.log_file = open(self.log_path, "w")
+        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=self.log_file,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        bench.state.add("pids", self.proc.pid)
+        bench.state.add("mounts", self.mnt)
+        deadline = time.time() + 30
+        while True:
+            if self.proc.poll() is not None:
+                bench.state.remove("pids", self.proc.pid)
+                raise BenchError("vm0fs mount exited (%s); its log:\n%s" % (self.proc.returncode, tail(self.log_path)))
+            if is_mounted(self.mnt):
+                try:
+                    if os.stat(self.mnt).st_ino == 1:
+                        break
+                except OSError:
+                    pass
+            if time.time() > deadline:
+                raise BenchError("the mount at %s did not answer within 30 s; log:\n%s" % (self.mnt, tail(self.log_path)))
+            time.sleep(0.02)
+        self.pid = self.proc.pid
+
+    def path(self, kind, name, *rest):
+        return os.path.join(self.mnt, kind, name, *rest)
+
+    def version_dir(self, kind, name, vid):
+        """Look up the storage and the version without downloading it (metadata only)."""
+        sh("ls %s >/dev/null && stat %s >/dev/null" % (q(self.path(kind, name)), q(self.path(kind, name, vid))))
+        return self.path(kind, name, vid)
+
+    def status(self):
+        """VmHWM and VmRSS of the daemon, in MiB."""
+        out = {}
+        with open("/proc/%d/status" % self.pid) as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("VmHWM", "VmRSS"):
+                    out[k] = int(v.split()[0]) / 1024.0
+        return out
+
+    def fuse_settings(self):
+        """Read-ahead and background limits the kernel uses for this mount (levers)."""
+        st = os.stat(self.mnt)
+        dev = "%d:%d" % (os.major(st.st_dev), os.minor(st.st_dev))
+        out = {}
+        for key, path in [("read_ahead_kb", "/sys/class/bdi/%s/read_ahead_kb" % dev),
+                          ("max_background", "/sys/fs/fuse/connections/%d/max_background" % os.minor(st.st_dev)),
+                          ("congestion_threshold", "/sys/fs/fuse/connections/%d/congestion_threshold" % os.minor(st.st_dev))]:
+            try:
+                with open(path) as f:
+                    out[key] = int(f.read().strip())
+            except (OSError, ValueError):
+                pass
+        return out
+
+    def stop(self):
+        if is_mounted(self.mnt):
+            r = subprocess.run([os.path.join(BIN, "vm0fs"), "unmount", self.mnt],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=30)
+            if r.returncode != 0:
+                log("vm0fs unmount %s failed (%s); detaching" % (self.mnt, r.stderr.strip()))
+                subprocess.run(["umount", "-l", self.mnt], stderr=subprocess.DEVNULL)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            log("vm0fs daemon %d did not exit after the unmount; terminating it" % self.proc.pid)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.bench.state.remove("pids", self.proc.pid)
+        self.bench.state.remove("mounts", self.mnt)
+        self.log_file.close()
+
+    def remove(self):
+        """Stop, then delete the cache (a scratch mount's last step)."""
+        self.stop()
+        shutil.rmtree(os.path.dirname(self.mnt), ignore_errors=True)
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.mode = "quick" if args.quick else "full"
+        self.p = dict(MODES[self.mode])
+        if args.reps:
+            self.p["reps"] = args.reps
+            self.p["slow_reps"] = args.reps
+        os.makedirs(BENCH_DIR, exist_ok=True)
+        self.run_dir = tempfile.mkdtemp(prefix="run-", dir=BENCH_DIR)
+        self.state = State(self.run_dir)
+        self.emu = None
+        self.main = None
+        self.mounts = []
+        self.mount_count = 0
+        self.rows = []
+        self.failures = []
+        self.warm = set()
+        self.local = {}
+        self.meta = {}
+
+    # ----- setup -------------------------------------------------------------------
+
+    def setup(self):
+        data = os.path.join(BENCH_DIR, "data-" + self.mode)
+        params = {k: self.p[k] for k in DATA_PARAMS}
+        self.archives = gen.ensure(data, params, log)
+        log("starting the emulator")
+        self.emu = Emulator(self, data)
+        self.can_drop = can_drop_caches()
+        if not self.can_drop:
+            log("cannot write /proc/sys/vm/drop_caches (not root?): warm_seq will be skipped")
+
+    def mount(self, name, cache_size="8G"):
+        self.mount_count += 1
+        m = Mount(self, "%s-%d" % (name, self.mount_count), cache_size)
+        self.mounts.append(m)
+        return m
+
+    def main_mount(self):
+        if self.main is None:
+            self.main = self.mount("main")
+            self.meta["fuse"] = self.main.fuse_settings()
+        return self.main
+
+    def version(self, name):
+        """(version id, archive info) of artifact `name`'s only version."""
+        info = self.archives["artifacts/" + name]
+        if "vid" not in info:
+            s = self.emu.storage("artifacts", name)
+            info["vid"] = s.get("current_version_id") or s.get("currentVersionId")
+        return info["vid"], info
+
+    def warm_version(self, name):
+        """The version downloaded and listed once on the main mount: `find` over it."""
+        m = self.main_mount()
+        vid, info = self.version(name)
+        root = m.path("artifacts", name, vid)
+        if name not in self.warm:
+            log("warming %s on the main mount (download + one listing)" % name)
+            sh("find %s >/dev/null" % q(root))
+            self.warm.add(name)
+        return root, info
+
+    def local_tree(self, name):
+        """The same version extracted on local disk (the native baseline's tree)."""
+        if name not in self.local:
+            _, info = self.version(name)
+            dest = os.path.join(self.run_dir, "local", name)
+            os.makedirs(dest)
+            sh("tar -xzf %s -C %s" % (q(info["path"]), q(dest)))
+            self.local[name] = dest
+        return self.local[name]
+
+    def cleanup(self):
+        for m in reversed(self.mounts):
+            try:
+                m.stop()
+            except Exception as e:  # keep cleaning up the rest
+                log("cleanup: %s" % e)
+        if self.emu is not None:
+            try:
+                self.emu.stop()
+            except Exception as e:
+                log("cleanup: %s" % e)
+        if self.args.keep:
+            log("kept %s" % self.run_dir)
+        else:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.state.done()
+
+    # ----- measuring ---------------------------------------------------------------
+
+    def pairs(self, reps, baseline, vm0fs, before=None):
+        """Alternate baseline and vm0fs runs; `before(side)` runs untimed before each."""
+        b, v = [], []
+        for _ in range(reps):
+            for side, fn, out in (("baseline", baseline, b), ("vm0fs", vm0fs, v)):
+                if before:
+                    before(side)
+                out.append(fn())
+        return b, v
+
+    def row(self, name, value, unit, baseline=None, samples=None, baseline_samples=None, note=None, ratio=None):
+        if ratio is None and baseline:
+            ratio = value / baseline
+        target = TARGETS.get(name)
+        check = ratio if baseline is not None else value
+        met = None
+        if target is not None and check is not None:
+            op, limit = target
+            met = check <= limit if op == "<=" else check >= limit
+        r = {"name": name, "value": round(value, 3), "unit": unit,
+             "baseline": None if baseline is None else round(baseline, 3),
+             "ratio": None if ratio is None else round(ratio, 3),
+             "target": None if target is None else "%s %s" % target,
+             "met": met}
+        if samples:
+            r["samples"] = [round(s, 4) for s in samples]
+        if baseline_samples:
+            r["baseline_samples"] = [round(s, 4) for s in baseline_samples]
+        if note:
+            r["note"] = note
+        self.rows.append(r)
+        log("  %s: %s" % (name, fmt_row(r)))
+
+    def time_row(self, name, b, v, note=None):
+        self.row(name, median(v) * 1000, "ms", median(b) * 1000, [x * 1000 for x in v], [x * 1000 for x in b], note)
+
+    def rate_row(self, name, nbytes, b, v, note=None):
+        rate = lambda t: nbytes / MiB / t  # noqa: E731
+        self.row(name, rate(median(v)), "MiB/s", rate(median(b)), [rate(x) for x in v], [rate(x) for x in b], note)
+
+    # ----- the cases ---------------------------------------------------------------
+
+    def case_cold_first_cat(self):
+        name = "cold-mixed"
+        vid, info = self.version(name)
+        _, url = self.emu.presigned_url("artifacts", name)
+        dest = os.path.join(self.run_dir, "cold-extract")
+        state = {}
+
+        def before(side):
+            shutil.rmtree(dest, ignore_errors=True)
+            if side == "vm0fs":
+                # A fresh daemon and an empty cache; the storage and version are looked
+                # up first (no download), so only the first content access is timed.
+                m = self.mount("cold", "8G")
+                state["m"] = m
+                state["file"] = os.path.join(m.version_dir("artifacts", name, vid), "README.md")
+            sh("sync")
+
+        def baseline():
+            os.makedirs(dest)
+            return timed("curl -sf %s | tar -xzf - -C %s" % (q(url), q(dest)))
+
+        def vm0fs():
+            t = timed("cat %s >/dev/null" % q(state["file"]))
+            state["m"].remove()
+            self.mounts.remove(state["m"])
+            return t
+
+        b, v = self.pairs(self.p["reps"], baseline, vm0fs, before)
+        shutil.rmtree(dest, ignore_errors=True)
+        self.time_row("cold_first_cat", b, v, "%.0f MiB unpacked, %d files, %.0f MiB tar.gz" % (
+            info["bytes"] / MiB, info["files"], info["compressed"] / MiB))
+
+    def case_cold_unpack(self):
+        name = "big"
+        vid, info = self.version(name)
+        dest = os.path.join(self.run_dir, "big-extract")
+        state = {}
+
+        def before(side):
+            shutil.rmtree(dest, ignore_errors=True)
+            if side == "vm0fs":
+                m = self.mount("cold", "8G")
+                state["m"] = m
+                state["file"] = os.path.join(m.version_dir("artifacts", name, vid), "README.md")
+            sh("sync")
+
+        def baseline():
+            os.makedirs(dest)
+            return timed("gzip -dc %s | tar -xf - -C %s" % (q(info["path"]), q(dest)))
+
+        def vm0fs():
+            t = timed("cat %s >/dev/null" % q(state["file"]))
+            state["m"].remove()
+            self.mounts.remove(state["m"])
+            return t
+
+        b, v = self.pairs(self.p["slow_reps"], baseline, vm0fs, before)
+        shutil.rmtree(dest, ignore_errors=True)
+        self.rate_row("cold_unpack", info["bytes"], b, v, "%.0f MiB unpacked (one %.0f MiB file), %.0f MiB tar.gz" % (
+            info["bytes"] / MiB, self.p["big_bytes"] / MiB, info["compressed"] / MiB))
+
+    def big_file_and_blob(self):
+        root, info = self.warm_version("big")
+        f = os.path.join(root, "huge.bin")
+        size = os.path.getsize(f)
+        blob = None
+        versions = os.path.join(self.main.cache, "versions")
+        for d in os.listdir(versions):
+            data = os.path.join(versions, d, "data")
+            if os.path.isdir(data):
+                for b in os.listdir(data):
+                    if os.path.getsize(os.path.join(data, b)) == size:
+                        blob = os.path.join(data, b)
+        if blob is None:
+            raise BenchError("no blob of %d bytes in %s" % (size, versions))
+        return f, blob, size
+
+    def case_warm_seq(self):
+        if not self.can_drop:
+            log("  warm_seq: skipped (cannot drop the page cache)")
+            return
+        f, blob, size = self.big_file_and_blob()
+        b, v = self.pairs(self.p["reps"], lambda: timed("cat %s >/dev/null" % q(blob)),
+                          lambda: timed("cat %s >/dev/null" % q(f)), lambda side: drop_caches())
+        self.rate_row("warm_seq", size, b, v, "%.0f MiB file; sync + drop_caches before each run" % (size / MiB))
+
+    def case_warm_reread(self):
+        f, blob, size = self.big_file_and_blob()
+        sh("cat %s >/dev/null; cat %s >/dev/null" % (q(blob), q(f)))  # both in the page cache
+        b, v = self.pairs(self.p["reps"], lambda: timed("cat %s >/dev/null" % q(blob)),
+                          lambda: timed("cat %s >/dev/null" % q(f)))
+        self.rate_row("warm_reread", size, b, v, "%.0f MiB file, page cache kept" % (size / MiB))
+
+    def tree_pair(self, case, cmd, note):
+        """`cmd` (with {dir}) over the warm many-file version vs its local copy, one
+        untimed run of each first."""
+        root, info = self.warm_version("files-50k")
+        local = self.local_tree("files-50k")
+        sh(cmd.format(dir=q(local)))
+        sh(cmd.format(dir=q(root)))
+        b, v = self.pairs(self.p["reps"], lambda: timed(cmd.format(dir=q(local))),
+                          lambda: timed(cmd.format(dir=q(root))))
+        self.time_row(case, b, v, "%d files; %s" % (info["files"], note))
+
+    def case_find_ls(self):
+        self.tree_pair("find_ls", "find {dir} -ls >/dev/null", "find DIR -ls")
+
+    def case_ls_lR(self):
+        self.tree_pair("ls_lR", "ls -lR {dir} >/dev/null", "ls -lR DIR")
+
+    def case_rsync_second(self):
+        root, info = self.warm_version("files-50k")
+        local = self.local_tree("files-50k")
+        dst_local = os.path.join(self.run_dir, "rsync-local")
+        dst_fuse = os.path.join(self.run_dir, "rsync-vm0fs")
+        cmd = "rsync -a {src}/ {dst}/"
+        sh(cmd.format(src=q(local), dst=q(dst_local)))  # the first sync, untimed
+        sh(cmd.format(src=q(root), dst=q(dst_fuse)))
+        check = sh("rsync -a --stats %s/ %s/" % (q(root), q(dst_fuse)), capture=True)
+        sent = [l for l in check.splitlines() if l.startswith("Number of regular files transferred")]
+        if not sent or not sent[0].rstrip().endswith(": 0"):
+            raise BenchError("the second rsync from the mount transferred files: %s" % sent)
+        b, v = self.pairs(self.p["reps"], lambda: timed(cmd.format(src=q(local), dst=q(dst_local))),
+                          lambda: timed(cmd.format(src=q(root), dst=q(dst_fuse))))
+        self.time_row("rsync_second", b, v, "%d files, 0 transferred" % info["files"])
+
+    def case_cat_small(self):
+        root, info = self.warm_version("files-50k")
+        local = self.local_tree("files-50k")
+        n = self.p["cat_files"]
+        lst = os.path.join(self.run_dir, "cat-list")
+        sh("cd %s && find . -type f | sort | head -n %d > %s" % (q(local), n, q(lst)))
+        cmd = "cd {dir} && xargs -d '\\n' -a %s cat >/dev/null" % q(lst)
+        sh(cmd.format(dir=q(local)))  # warm-up: both sides' content in the page cache
+        sh(cmd.format(dir=q(root)))
+        b, v = self.pairs(self.p["reps"], lambda: timed(cmd.format(dir=q(local))),
+                          lambda: timed(cmd.format(dir=q(root))))
+        self.time_row("cat_small", b, v, "%d files (xargs cat), content already in the page cache" % n)
+
+    def case_rss_100k(self):
+        name = "files-100k"
+        vid, info = self.version(name)
+        m = self.mount("rss", "8G")
+        try:
+            root = m.version_dir("artifacts", name, vid)
+            t = timed("find %s >/dev/null" % q(root))
+            s = m.status()
+        finally:
+            m.remove()
+            self.mounts.remove(m)
+        self.row("rss_100k", s["VmHWM"], "MiB",
+                 note="%d files; fresh daemon, cold cache, one find (%.1f s incl. download); VmRSS after: %.1f MiB" % (
+                     info["files"], t, s["VmRSS"]))
+
+    def case_ls_volumes(self):
+        m = self.main_mount()
+        n = self.p["volumes"]
+        local = os.path.join(self.run_dir, "local-volumes")
+        os.makedirs(local)
+        for i in range(n):
+            os.mkdir(os.path.join(local, "vol-%04d" % i))
+        vols = os.path.join(m.mnt, "volumes")
+        listed = sh("ls %s" % q(vols), capture=True).split()
+        if len(listed) != n:
+            raise BenchError("ls %s listed %d volumes, expected %d" % (vols, len(listed), n))
+        sh("ls %s >/dev/null" % q(local))
+        self.emu.reset_counters()
+        b, v = self.pairs(self.p["reps"], lambda: timed("ls %s >/dev/null" % q(local)),
+                          lambda: timed("ls %s >/dev/null" % q(vols)))
+        counts = self.emu.counters()
+        requests = sum(c for k, c in counts.items() if k.split(".")[0] in ("volumes", "artifacts"))
+        self.time_row("ls_volumes", b, v, "%d volumes, listed once before; baseline: ls of %d local directories" % (n, n))
+        self.row("ls_volumes_api_requests", requests, "requests",
+                 note="API requests made by the %d timed ls runs (emulator counters)" % len(v))
+
+    # ----- driving -----------------------------------------------------------------
+
+    def run(self, cases):
+        self.setup()
+        for name in cases:
+            log("case %s" % name)
+            t0 = time.time()
+            try:
+                getattr(self, "case_" + name)()
+            except BenchError as e:
+                log("case %s FAILED: %s" % (name, e))
+                self.failures.append(name)
+                self.rows.append({"name": name, "value": None, "unit": None, "baseline": None,
+                                  "ratio": None, "error": str(e)[:500]})
+            log("case %s took %.1f s" % (name, time.time() - t0))
+
+
+def fmt_num(x):
+    if x is None:
+        return "-"
+    if isinstance(x, int) or abs(x) >= 100:
+        return "%.0f" % x
+    if abs(x) >= 10:
+        return "%.1f" % x
+    return "%.2f" % x
+
+
+def fmt_row(r):
+    if r.get("error"):
+        return "ERROR"
+    s = "%s %s" % (fmt_num(r["value"]), r["unit"])
+    if r["baseline"] is not None:
+        s += " vs %s %s, ratio %.2f" % (fmt_num(r["baseline"]), r["unit"], r["ratio"])
+    return s
+
+
+def table(rows):
+    head = ["case", "vm0fs", "baseline", "unit", "ratio", "target", "met"]
+    lines = []
+    for r in rows:
+        if r.get("error"):
+            lines.append([r["name"], "ERROR", "", "", "", TARGET_STR(r["name"]), ""])
+            continue
+        met = {True: "yes", False: "NO", None: ""}[r.get("met")]
+        lines.append([r["name"], fmt_num(r["value"]), fmt_num(r["baseline"]), r["unit"],
+                      "" if r["ratio"] is None else "%.2f" % r["ratio"], r.get("target") or "", met])
+    widths = [max(len(str(x[i])) for x in [head] + lines) for i in range(len(head))]
+    out = []
+    for i, l in enumerate([head] + lines):
+        out.append("  ".join(str(c).ljust(w) if j == 0 else str(c).rjust(w) for j, (c, w) in enumerate(zip(l, widths))))
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def TARGET_STR(name):
+    t = TARGETS.get(name)
+    return "" if t is None else "%s %s" % t
+
+
+def machine():
+    def read(path):
+        try:
+            with open(path) as f:
+                return f.read()
+        except OSError:
+            return ""
+    mem = [l for l in read("/proc/meminfo").splitlines() if l.startswith("MemTotal")]
+    cpu = [l.split(":", 1)[1].strip() for l in read("/proc/cpuinfo").splitlines() if l.startswith("model name")]
+    root_dev = subprocess.run(["findmnt", "-no", "SOURCE,FSTYPE", "-T", BENCH_DIR], capture_output=True, text=True).stdout.strip()
+    disk = subprocess.run(["lsblk", "-dno", "NAME,ROTA,SIZE,MODEL"], capture_output=True, text=True).stdout.strip()
+    git = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"],
+                           capture_output=True, text=True).stdout.strip()
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu[0] if cpu else "",
+        "mem": mem[0].split(":", 1)[1].strip() if mem else "",
+        "kernel": platform.release(),
+        "filesystem": root_dev,
+        "disks": disk.replace("\n", "; "),
+        "git": git + (" (src modified)" if dirty else ""),
+        "loadavg_start": read("/proc/loadavg").split()[:3],
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="scripts/bench.sh", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="cases, in run order:\n" + "\n".join("  %-15s %s" % c for c in CASES))
+    ap.add_argument("--quick", action="store_true", help="small sizes, few runs (about a minute; CI)")
+    ap.add_argument("--only", metavar="CASE[,CASE]", help="run only these cases (comma-separated)")
+    ap.add_argument("--reps", type=int, metavar="N", help="timed runs per side (default: 5, 3 for the slow cases; quick: 3/2)")
+    ap.add_argument("--out", metavar="FILE", default=os.path.join(BENCH_DIR, "results.json"),
+                    help="JSON results (default: target/bench/results.json)")
+    ap.add_argument("--mount-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument for every `vm0fs mount` (repeatable), e.g. --mount-arg=--threads=4")
+    ap.add_argument("--keep", action="store_true", help="keep the run directory (logs, caches) for inspection")
+    ap.add_argument("--list", action="store_true", help="list the cases and exit")
+    args = ap.parse_args()
+    if args.list:
+        for c in CASES:
+            print("%-15s %s" % c)
+        return 0
+    cases = CASE_NAMES
+    if args.only:
+        cases = [c.strip() for c in args.only.split(",") if c.strip()]
+        unknown = [c for c in cases if c not in CASE_NAMES]
+        if unknown:
+            ap.error("unknown case(s) %s; cases: %s" % (", ".join(unknown), ", ".join(CASE_NAMES)))
+
+    bench = Bench(args)
+    stopped = []
+
+    def on_signal(sig, _frame):
+        stopped.append(sig)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    info = machine()
+    t0 = time.time()
+    broken = None
+    try:
+        bench.run(cases)
+    except KeyboardInterrupt:
+        broken = "interrupted"
+    except BenchError as e:
+        broken = str(e)
+    finally:
+        bench.cleanup()
+    info["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    info["elapsed_s"] = round(time.time() - t0, 1)
+    info["mode"] = bench.mode
+    info["mount_args"] = args.mount_arg
+    info.update(bench.meta)
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(bench.rows, f, indent=1)
+        f.write("\n")
+    meta_path = os.path.splitext(args.out)[0] + ".meta.json"
+    with open(meta_path, "w") as f:
+        json.dump(info, f, indent=1)
+        f.write("\n")
+
+    print()
+    print("vm0fs benchmark (%s mode), %s, %d CPUs, %s, load %s -> %s, %.0f s" % (
+        bench.mode, info["date"], info["nproc"], info["mem"], " ".join(info["loadavg_start"]),
+        " ".join(info["loadavg_end"]), info["elapsed_s"]))
+    if bench.meta.get("fuse"):
+        print("FUSE mount: %s" % ", ".join("%s=%s" % kv for kv in bench.meta["fuse"].items()))
+    print()
+    print(table(bench.rows))
+    print()
+    print("ratio = vm0fs / baseline (medians of runs alternating with the baseline's); met = issue 6's target")
+    print("results: %s (machine: %s)" % (os.path.relpath(args.out, os.getcwd()), os.path.relpath(meta_path, os.getcwd())))
+    if broken:
+        log("the benchmark did not complete: %s" % broken)
+        return 1
+    if bench.failures:
+        log("failed cases: %s" % ", ".join(bench.failures))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
