@@ -31,7 +31,7 @@ pub enum Command {
     Unmount(UnmountArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct MountArgs {
     /// An existing, empty directory.
     pub mountpoint: PathBuf,
@@ -79,6 +79,34 @@ pub struct UnmountArgs {
 }
 
 impl MountArgs {
+    /// The `vm0fs mount ...` arguments that mean these settings, for the background daemon
+    /// (whatever form they were given in: flags, or mount helper options).
+    pub fn to_argv(&self) -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = vec!["mount".into(), self.mountpoint.clone().into()];
+        let mut flag = |name: &str, value: std::ffi::OsString| {
+            v.push(name.into());
+            v.push(value);
+        };
+        flag("--api-url", self.api_url.clone().into());
+        if let Some(f) = &self.token_file {
+            flag("--token-file", f.clone().into());
+        }
+        if let Some(d) = &self.cache_dir {
+            flag("--cache-dir", d.clone().into());
+        }
+        flag("--cache-size", self.cache_size.0.to_string().into());
+        flag("--metadata-ttl", self.metadata_ttl.to_string().into());
+        flag("--threads", self.threads.to_string().into());
+        flag("--log-level", self.log_level.clone().into());
+        if self.allow_other {
+            v.push("--allow-other".into());
+        }
+        if self.allow_root {
+            v.push("--allow-root".into());
+        }
+        v
+    }
+
     pub fn to_config(&self) -> anyhow::Result<MountConfig> {
         let token = match &self.token_file {
             Some(path) => {
@@ -124,5 +152,172 @@ impl MountArgs {
             access,
             threads: self.threads,
         })
+    }
+}
+
+/// Whether this program was started as a mount(8) helper (`/sbin/mount.vm0fs` or
+/// `/sbin/mount.fuse.vm0fs`, usually a symlink to `vm0fs`).
+pub fn is_mount_helper(argv0: &std::ffi::OsStr) -> bool {
+    let name = std::path::Path::new(argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    name == "mount.vm0fs" || name == "mount.fuse.vm0fs"
+}
+
+/// Options of mount(8) and fstab that say nothing to vm0fs: accepted and ignored.
+fn is_generic_mount_option(o: &str) -> bool {
+    matches!(
+        o,
+        // mount(8) passes `rw` unless told `ro`; the mount is read-only either way.
+        "defaults"
+            | "ro"
+            | "rw"
+            | "auto"
+            | "noauto"
+            | "nofail"
+            | "_netdev"
+            | "user"
+            | "nouser"
+            | "users"
+            | "owner"
+            | "group"
+            | "nosuid"
+            | "nodev"
+            | "noexec"
+            | "exec"
+            | "suid"
+            | "dev"
+            | "atime"
+            | "noatime"
+            | "relatime"
+            | "async"
+            | "sync"
+            | "nodiratime"
+            | "comment"
+    ) || o.starts_with("x-")
+        || o.starts_with("comment=")
+}
+
+/// Parse the arguments mount(8) gives a helper: `SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]`.
+/// SOURCE is ignored; OPTIONS are vm0fs's flags in fstab form (`cache_size=20G`, `allow_other`).
+pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
+    let mut positional = Vec::new();
+    let mut options = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-o" => options.extend(
+                it.next()
+                    .context("-o needs a value, e.g. -o token_file=/etc/vm0fs/token")?
+                    .split(',')
+                    .map(String::from),
+            ),
+            o if o.starts_with("-o") => options.extend(o[2..].split(',').map(String::from)),
+            // sloppy, fake, no-mtab, verbose: nothing to do for a FUSE mount.
+            "-s" | "-f" | "-n" | "-v" => {}
+            o if o.starts_with('-') => bail!("unknown mount helper option {o:?}"),
+            p => positional.push(p.to_string()),
+        }
+    }
+    let [_source, mountpoint] = <[String; 2]>::try_from(positional).map_err(|p| {
+        anyhow::anyhow!("usage: mount.vm0fs vm0fs MOUNTPOINT -o OPTIONS (got {p:?})")
+    })?;
+    let mut m = MountArgs {
+        mountpoint: PathBuf::from(mountpoint),
+        api_url: std::env::var("VM0_API_URL")
+            .unwrap_or_else(|_| config::DEFAULT_API_URL.to_string()),
+        token_file: None,
+        cache_dir: None,
+        cache_size: ByteSize(config::DEFAULT_CACHE_SIZE),
+        metadata_ttl: config::DEFAULT_METADATA_TTL.as_secs(),
+        foreground: false,
+        allow_other: false,
+        allow_root: false,
+        threads: config::DEFAULT_THREADS,
+        log_level: "info".into(),
+        daemon_child: false,
+    };
+    for o in options.iter().filter(|o| !o.is_empty()) {
+        let (key, value) = match o.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (o.as_str(), None),
+        };
+        let need =
+            || value.with_context(|| format!("mount option {key} needs a value ({key}=...)"));
+        match key {
+            "api_url" => m.api_url = need()?.to_string(),
+            "token_file" => m.token_file = Some(PathBuf::from(need()?)),
+            "cache_dir" => m.cache_dir = Some(PathBuf::from(need()?)),
+            "cache_size" => m.cache_size = need()?.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+            "metadata_ttl" => {
+                m.metadata_ttl = need()?.parse().with_context(|| format!("metadata_ttl={:?} is not a number of seconds", value))?
+            }
+            "threads" => m.threads = need()?.parse().with_context(|| format!("threads={value:?} is not a number"))?,
+            "log_level" => m.log_level = need()?.to_string(),
+            "allow_other" => m.allow_other = true,
+            "allow_root" => m.allow_root = true,
+            o if is_generic_mount_option(o) => {}
+            other => bail!(
+                "unknown mount option {other:?}; vm0fs takes api_url, token_file, cache_dir, cache_size, metadata_ttl, threads, log_level, allow_other, allow_root"
+            ),
+        }
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn mount_helper_options_map_to_flags() {
+        let m = from_mount_helper(&args(
+            "vm0fs /mnt/vm0 -o rw=no,noauto,nofail,_netdev,x-systemd.automount,token_file=/etc/vm0fs/token,cache_dir=/var/cache/vm0fs,cache_size=20G,allow_other,metadata_ttl=5,threads=4,log_level=debug,api_url=http://127.0.0.1:1/v1",
+        ));
+        // `rw=no` is not the `rw` flag but it is not a vm0fs option either.
+        assert!(m.is_err());
+        let m = from_mount_helper(&args(
+            "vm0fs /mnt/vm0 -n -o noauto,nofail,_netdev,x-systemd.automount,token_file=/etc/vm0fs/token -o cache_dir=/var/cache/vm0fs,cache_size=20G,allow_other,metadata_ttl=5,threads=4,log_level=debug,api_url=http://127.0.0.1:1/v1",
+        ))
+        .unwrap();
+        assert_eq!(m.mountpoint, PathBuf::from("/mnt/vm0"));
+        assert_eq!(m.token_file, Some(PathBuf::from("/etc/vm0fs/token")));
+        assert_eq!(m.cache_dir, Some(PathBuf::from("/var/cache/vm0fs")));
+        assert_eq!(m.cache_size, ByteSize(20 << 30));
+        assert!(m.allow_other && !m.allow_root && !m.foreground);
+        assert_eq!(
+            (m.metadata_ttl, m.threads, m.log_level.as_str()),
+            (5, 4, "debug")
+        );
+        assert_eq!(m.api_url, "http://127.0.0.1:1/v1");
+    }
+
+    #[test]
+    fn mount_helper_refuses_unknown_options_with_the_list() {
+        assert!(
+            from_mount_helper(&args("vm0fs /m -o rw")).is_ok(),
+            "mount(8) passes rw by default"
+        );
+        let err = from_mount_helper(&args("vm0fs /m -o colour=blue"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("colour") && err.contains("token_file"),
+            "{err}"
+        );
+        let err = from_mount_helper(&args("/m")).unwrap_err().to_string();
+        assert!(err.contains("usage"), "{err}");
+    }
+
+    #[test]
+    fn helper_names() {
+        assert!(is_mount_helper(std::ffi::OsStr::new("/sbin/mount.vm0fs")));
+        assert!(is_mount_helper(std::ffi::OsStr::new("mount.fuse.vm0fs")));
+        assert!(!is_mount_helper(std::ffi::OsStr::new("/usr/bin/vm0fs")));
     }
 }

@@ -12,11 +12,22 @@ use clap::Parser;
 use cli::{Cli, MountArgs};
 
 fn main() -> ExitCode {
+    // Installed as /sbin/mount.vm0fs, this program serves `mount -t vm0fs` and fstab.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if cli::is_mount_helper(&argv0) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        return finish(cli::from_mount_helper(&args).and_then(mount));
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         cli::Command::Mount(args) => mount(args),
         cli::Command::Unmount(args) => vm0fs::mount::unmount(&args.mountpoint, args.lazy),
     };
+    finish(result)
+}
+
+/// Print the error chain (`{:#}`: each cause after a colon) and pick the exit code.
+fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -69,16 +80,19 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         return vm0fs::mount::run(&config, || {});
     }
     if args.daemon_child {
-        std::fs::create_dir_all(&config.cache_dir).ok();
-        init_logging(&args.log_level, Some(&log_file_for(&config.cache_dir)))?;
-        let result = vm0fs::mount::run(&config, || {
-            // Tell the waiting parent, then let go of the pipe: the parent exits next.
-            println!("ready");
-            let _ = std::io::stdout().flush();
-            redirect_stdout_to_null();
-        });
+        let result = vm0fs::mount::prepare_cache_dir(&config.cache_dir)
+            .and_then(|()| init_logging(&args.log_level, Some(&log_file_for(&config.cache_dir))))
+            .and_then(|()| {
+                vm0fs::mount::run(&config, || {
+                    // Tell the waiting parent, then let go of the pipe: the parent exits next.
+                    println!("ready");
+                    let _ = std::io::stdout().flush();
+                    redirect_stdout_to_null();
+                })
+            });
         if let Err(e) = &result {
             tracing::error!("{e:#}");
+            // Before "ready" the parent is listening and shows this to the user.
             println!("error: {e:#}");
         }
         return result;
@@ -92,9 +106,8 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
 /// "ready" (or why it failed). The token travels in the environment, never in argv.
 fn daemonize(args: &MountArgs, cache_dir: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the vm0fs executable")?;
-    let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut cmd = Command::new(exe);
-    cmd.args(&argv)
+    cmd.args(args.to_argv())
         .arg("--daemon-child")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

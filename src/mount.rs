@@ -113,6 +113,27 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Create the cache directory (mode 0700) if needed and check that it is writable, with a
+/// message that says what to do when it is not.
+pub fn prepare_cache_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let fix = "pass a writable directory with --cache-dir";
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the cache directory {}; {fix}", dir.display()))?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"").with_context(|| {
+        format!(
+            "the cache directory {} is not writable; {fix}",
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
 /// The client used by a mount.
 pub fn client(cfg: &MountConfig, retry: RetryPolicy) -> anyhow::Result<Client> {
     Ok(Client::new(ClientConfig {
@@ -139,6 +160,7 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
         .check()
         .with_context(|| format!("cannot use the VM0 API at {}", cfg.api_url))?;
 
+    prepare_cache_dir(&cfg.cache_dir)?;
     let cache = Cache::open(&cfg.cache_dir, cfg.cache_size).with_context(|| {
         format!(
             "cannot open the cache directory {}",

@@ -613,3 +613,61 @@ fn latest_follows_a_new_push_after_the_metadata_ttl() {
         "b"
     );
 }
+
+/// `mount -t vm0fs` and an fstab line, through the `mount.vm0fs` helper (a symlink to the
+/// vm0fs binary, installed for the test where mount(8) looks for helpers).
+#[test]
+fn mount_t_vm0fs_and_fstab_work_through_the_helper() {
+    let f = fixture();
+    common::require_fuse();
+    let helper = Path::new("/sbin/mount.vm0fs");
+    let _ = std::fs::remove_file(helper);
+    std::os::unix::fs::symlink(common::vm0fs_bin(), helper)
+        .expect("install /sbin/mount.vm0fs (tests run as root)");
+    struct Remove<'a>(&'a Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+    let _cleanup = Remove(helper);
+
+    let work = tempfile::tempdir().unwrap();
+    let token = work.path().join("token");
+    std::fs::write(&token, format!("{}\n", f.emu.token)).unwrap();
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let opts = format!(
+        "noauto,nofail,_netdev,api_url={},token_file={},cache_dir={},cache_size=100M",
+        f.emu.api_url,
+        token.display(),
+        work.path().join("cache").display()
+    );
+    ok(Command::new("mount")
+        .args(["-t", "vm0fs", "vm0fs"])
+        .arg(&mnt)
+        .arg("-o")
+        .arg(&opts)
+        .env_remove("VM0_TOKEN"));
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("artifacts/report/latest/README.md")).unwrap(),
+        "# Agent output\n\nSee docs/.\n"
+    );
+    ok(Command::new(common::vm0fs_bin()).arg("unmount").arg(&mnt));
+
+    // The same from an fstab line.
+    let fstab = work.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!("vm0fs {} vm0fs {opts} 0 0\n", mnt.display()),
+    )
+    .unwrap();
+    ok(Command::new("mount")
+        .arg("--fstab")
+        .arg(&fstab)
+        .arg(&mnt)
+        .env_remove("VM0_TOKEN"));
+    assert!(mnt.join("artifacts/report/latest/README.md").exists());
+    ok(Command::new(common::vm0fs_bin()).arg("unmount").arg(&mnt));
+    assert!(!vm0fs::mount::is_mounted(&mnt));
+}
