@@ -617,7 +617,14 @@ class Bench:
         local = self.local_tree("files-50k")
         n = self.p["cat_files"]
         lst = os.path.join(self.run_dir, "cat-list")
-        sh("cd %s && find . -type f | sort | head -n %d > %s" % (q(local), n, q(lst)))
+        files = []
+        for d, dirs, names in os.walk(local):
+            dirs.sort()
+            files += [os.path.relpath(os.path.join(d, x), local) for x in sorted(names)]
+            if len(files) >= n:
+                break
+        with open(lst, "w") as f:
+            f.write("".join(x + "\n" for x in files[:n]))
         cmd = "cd {dir} && xargs -d '\\n' -a %s cat >/dev/null" % q(lst)
         sh(cmd.format(dir=q(local)))  # warm-up: both sides' content in the page cache
         sh(cmd.format(dir=q(root)))

@@ -62,6 +62,10 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = config::DEFAULT_THREADS)]
     pub threads: usize,
+    /// Serve every read through the daemon instead of kernel passthrough (which needs Linux
+    /// 6.9+ and root, and is used automatically when available).
+    #[arg(long)]
+    pub no_passthrough: bool,
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -103,6 +107,9 @@ impl MountArgs {
         }
         if self.allow_root {
             v.push("--allow-root".into());
+        }
+        if self.no_passthrough {
+            v.push("--no-passthrough".into());
         }
         v
     }
@@ -151,6 +158,7 @@ impl MountArgs {
             metadata_ttl: Duration::from_secs(self.metadata_ttl),
             access,
             threads: self.threads,
+            passthrough: !self.no_passthrough,
         })
     }
 }
@@ -236,6 +244,7 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
         allow_root: false,
         threads: config::DEFAULT_THREADS,
         log_level: "info".into(),
+        no_passthrough: false,
         daemon_child: false,
     };
     for o in options.iter().filter(|o| !o.is_empty()) {
@@ -257,9 +266,10 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
             "log_level" => m.log_level = need()?.to_string(),
             "allow_other" => m.allow_other = true,
             "allow_root" => m.allow_root = true,
+            "no_passthrough" => m.no_passthrough = true,
             o if is_generic_mount_option(o) => {}
             other => bail!(
-                "unknown mount option {other:?}; vm0fs takes api_url, token_file, cache_dir, cache_size, metadata_ttl, threads, log_level, allow_other, allow_root"
+                "unknown mount option {other:?}; vm0fs takes api_url, token_file, cache_dir, cache_size, metadata_ttl, threads, log_level, allow_other, allow_root, no_passthrough"
             ),
         }
     }

@@ -32,6 +32,8 @@ pub struct MountConfig {
     pub metadata_ttl: Duration,
     pub access: Access,
     pub threads: usize,
+    /// Let the kernel read unpacked files directly (FUSE passthrough) when it can.
+    pub passthrough: bool,
 }
 
 /// `$XDG_CACHE_HOME/vm0fs`, else `~/.cache/vm0fs`, else a directory under /tmp.

@@ -15,15 +15,56 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use fuser::BackingId;
+use parking_lot::Mutex;
+
 use crate::fs::{Attr, FileKind, Fs, FsError};
 
 pub struct FuseFs {
     fs: Fs,
+    /// Whether the kernel agreed to passthrough reads (set in `init`).
+    passthrough: bool,
+    backing: Mutex<Backing>,
+}
+
+/// Backing files registered with the kernel for passthrough. The kernel wants one backing
+/// file per inode for as long as any handle of that inode is open, so ids are shared by
+/// inode (weakly) and held by handle (strongly), as in fuser's passthrough example.
+#[derive(Default)]
+struct Backing {
+    by_handle: HashMap<u64, Arc<BackingId>>,
+    by_inode: HashMap<u64, Weak<BackingId>>,
 }
 
 impl FuseFs {
-    pub fn new(fs: Fs) -> FuseFs {
-        FuseFs { fs }
+    /// `allow_passthrough`: ask the kernel for passthrough reads (it may still refuse).
+    pub fn new(fs: Fs, allow_passthrough: bool) -> FuseFs {
+        FuseFs { fs, passthrough: allow_passthrough, backing: Mutex::new(Backing::default()) }
+    }
+
+    /// Register the content file of `fh` with the kernel, so that reads (and mmap) of this
+    /// inode go straight to it without a round trip through the daemon.
+    fn backing_for(&self, reply: &ReplyOpen, ino: u64, fh: u64) -> Option<Arc<BackingId>> {
+        let mut b = self.backing.lock();
+        let id = match b.by_inode.get(&ino).and_then(Weak::upgrade) {
+            Some(id) => id,
+            None => {
+                let id = self.fs.with_open_file(fh, |f| reply.open_backing(f))?;
+                match id {
+                    Ok(id) => Arc::new(id),
+                    Err(e) => {
+                        tracing::debug!(ino, error = %e, "passthrough refused; serving reads through the daemon");
+                        return None;
+                    }
+                }
+            }
+        };
+        b.by_inode.insert(ino, Arc::downgrade(&id));
+        b.by_handle.insert(fh, id.clone());
+        Some(id)
     }
 }
 
@@ -78,8 +119,16 @@ impl fuser::Filesystem for FuseFs {
         ] {
             let _ = config.add_capabilities(cap);
         }
+        // max_pages follows the largest of max_write and max_readahead: 1 MiB requests.
+        let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
+        // Passthrough (Linux 6.9+, needs CAP_SYS_ADMIN): reads of unpacked files go from the
+        // kernel to the cache's files directly. Without it, reads go through `read` below.
+        self.passthrough = self.passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        tracing::info!(passthrough = self.passthrough, "FUSE session initialized");
         Ok(())
     }
 
@@ -107,6 +156,12 @@ impl fuser::Filesystem for FuseFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
             Ok(o) if o.direct_io => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(o) if self.passthrough => match self.backing_for(&reply, ino.0, o.fh) {
+                // No FOPEN_KEEP_CACHE here: the kernel answers EIO to passthrough opens that
+                // carry it (the page cache is the backing file's own anyway).
+                Some(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id),
+                None => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE),
+            },
             // Contents never change: keep the page cache across opens.
             Ok(o) => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(fail("open", &e)),
@@ -133,13 +188,20 @@ impl fuser::Filesystem for FuseFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        {
+            let mut b = self.backing.lock();
+            b.by_handle.remove(&fh.0);
+            if b.by_inode.get(&ino.0).is_some_and(|w| w.strong_count() == 0) {
+                b.by_inode.remove(&ino.0);
+            }
+        }
         self.fs.release(fh.0);
         reply.ok();
     }

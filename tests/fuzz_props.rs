@@ -153,6 +153,16 @@ fn build_tar(members: &[Member]) -> Vec<u8> {
     tar
 }
 
+/// Whether an archive has none of the extension headers that can break the tar structure
+/// itself (local pax headers, GNU long names and sparse members written as "other" types).
+fn is_clean(members: &[Member]) -> bool {
+    members.iter().all(|m| match m {
+        Member::Pax { global, .. } => *global,
+        Member::Other { kind, .. } => !b"LKSx".contains(kind),
+        _ => true,
+    })
+}
+
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
     enc.write_all(data).unwrap();
@@ -336,8 +346,15 @@ proptest! {
     #[test]
     fn generated_archives_keep_every_invariant(members in prop::collection::vec(member(), 0..12)) {
         let tar = build_tar(&members);
-        // Unmutated, the archive is well-formed: hostile members are skipped, not fatal.
-        unpack_checked(&gzip(&tar), u64::MAX).map_err(TestCaseError::fail)?;
+        match unpack_checked(&gzip(&tar), u64::MAX) {
+            Ok(_) => {}
+            // Extension headers can make the tar data itself invalid: a local pax header or
+            // a GNU long name with no member after it, two of them for one member, a pax
+            // `size` that misplaces the next header, a sparse map that does not fit.
+            Err(e) if !is_clean(&members) => prop_assert!(e.starts_with("the archive's tar data is damaged"), "{}", e),
+            // Without them the archive is well-formed: hostile members are skipped, not fatal.
+            Err(e) => prop_assert!(false, "a well-formed archive failed: {}", e),
+        }
     }
 
     #[test]
@@ -483,7 +500,7 @@ impl Server {
                 });
             }
         });
-        Server { url, answer }
+        Server { url, answer, store }
     }
 
     fn answer(&self, a: Answer) {

@@ -112,8 +112,23 @@ fn inode_numbers_agree_between_stat_and_readdir_and_hard_links_share_one() {
 
 #[test]
 fn random_reads_past_eof_and_mmap_match_the_archive() {
+    random_reads_and_mmap(&[]);
+}
+
+/// The same reads served by the daemon itself rather than by kernel passthrough.
+#[test]
+fn random_reads_and_mmap_without_passthrough() {
+    random_reads_and_mmap(&["--no-passthrough"]);
+}
+
+fn random_reads_and_mmap(flags: &[&str]) {
     let f = fixture();
-    let m = Mount::new(&f.emu);
+    let extra = flags.iter().map(|s| s.to_string()).collect();
+    let m = Mount::with(&f.emu, MountOpts { extra, ..Default::default() });
+    // Passthrough is used when the kernel offers it (Linux 6.9+ as root); the flag turns it off.
+    if !flags.is_empty() {
+        assert!(m.log_text().contains("passthrough=false"), "{}", m.log_text());
+    }
     let expected = tar_extract(&f.archive);
     for name in ["sizes/f4095.bin", "sizes/f131073.bin", "empty.txt"] {
         let want = std::fs::read(expected.path().join(name)).unwrap();

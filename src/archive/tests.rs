@@ -982,6 +982,10 @@ fn broken_inputs() {
     let plain_tar = Tar::new().file("a", b"a").tar();
     let mut truncated_tar = Tar::new().file("a", &pattern(5000)).tar();
     truncated_tar.truncate(2048);
+    let dangling_pax = Tar::new().pax(&[("path", b"a")]).gz();
+    let dangling_long_name = Tar::new()
+        .raw(EntryType::GNULongName, b"././@LongLink", b"", 0o644, b"a-long-name\0")
+        .gz();
     type Case = (&'static str, Vec<u8>, fn(&ArchiveError) -> bool);
     let cases: Vec<Case> = vec![
         ("text", b"hello world".to_vec(), |e| {
@@ -1016,6 +1020,14 @@ fn broken_inputs() {
             matches!(e, ArchiveError::NotTar)
         }),
         ("truncated tar", gzip(&truncated_tar), |e| {
+            matches!(e, ArchiveError::Tar(_))
+        }),
+        // A valid first header (an extension header) with nothing after it: damaged tar
+        // data, not "not a tar" (found by tests/fuzz_props.rs).
+        ("a pax header with no member", dangling_pax, |e| {
+            matches!(e, ArchiveError::Tar(_))
+        }),
+        ("a GNU long name with no member", dangling_long_name, |e| {
             matches!(e, ArchiveError::Tar(_))
         }),
     ];

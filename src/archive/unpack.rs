@@ -118,6 +118,8 @@ const MAX_TRAILER: u64 = 1024 * 1024;
 /// Linux's `PATH_MAX` including the terminating NUL: longer symlink targets cannot exist.
 const MAX_SYMLINK_TARGET: usize = 4095;
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// The size of a tar header block.
+const TAR_BLOCK: u64 = 512;
 
 /// State shared by the reader wrappers and the unpacker.
 #[derive(Default)]
@@ -367,11 +369,15 @@ impl Unpacker<'_> {
             let budget = MAX_MEMBER_METADATA.saturating_add(left);
             self.shared.metadata_budget.set(Some(budget));
             let next = entries.next();
+            let consumed = budget - self.shared.metadata_budget.get().unwrap_or(budget);
             self.shared.metadata_budget.set(None);
             let mut entry = match next {
                 None => return Ok(()),
                 Some(Ok(entry)) => entry,
-                Some(Err(e)) => return Err(self.error(e, first)),
+                // Only an error in the very first header block means "not a tar": past it,
+                // a valid header was read (a pax or GNU long-name header, say) and what
+                // follows is damaged tar data.
+                Some(Err(e)) => return Err(self.error(e, first && consumed <= TAR_BLOCK)),
             };
             first = false;
             let name = entry.path_bytes().into_owned();

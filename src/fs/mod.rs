@@ -372,6 +372,15 @@ impl Fs {
         }
     }
 
+    /// Run `f` on the content file behind an open handle (the FUSE adapter hands it to the
+    /// kernel for passthrough reads).
+    pub fn with_open_file<R>(&self, fh: u64, f: impl FnOnce(&File) -> R) -> Option<R> {
+        match &*self.handle(fh).ok()? {
+            Handle::File { file, .. } => Some(f(file)),
+            Handle::Static(_) | Handle::Dir(_) => None,
+        }
+    }
+
     /// Drop a file or directory handle (and the pin it holds).
     pub fn release(&self, fh: u64) {
         self.handles.lock().remove(&fh);
