@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 
 cargo build --all-targets
-cargo test --all-targets -- --test-threads "${VM0FS_TEST_THREADS:-4}"
+cargo test -- --test-threads "${VM0FS_TEST_THREADS:-4}"

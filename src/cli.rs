@@ -69,6 +69,9 @@ pub struct MountArgs {
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// Internal: `mount -f` through the mount helper: check everything, mount nothing.
+    #[arg(long, hide = true)]
+    pub fake: bool,
     /// Internal: set on the background process that `vm0fs mount` starts.
     #[arg(long, hide = true)]
     pub daemon_child: bool,
@@ -204,6 +207,7 @@ fn is_generic_mount_option(o: &str) -> bool {
             | "nodiratime"
             | "comment"
     ) || o.starts_with("x-")
+        || o.starts_with("user=")
         || o.starts_with("comment=")
 }
 
@@ -212,6 +216,7 @@ fn is_generic_mount_option(o: &str) -> bool {
 pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
     let mut positional = Vec::new();
     let mut options = Vec::new();
+    let mut m_fake = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -222,8 +227,10 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
                     .map(String::from),
             ),
             o if o.starts_with("-o") => options.extend(o[2..].split(',').map(String::from)),
-            // sloppy, fake, no-mtab, verbose: nothing to do for a FUSE mount.
-            "-s" | "-f" | "-n" | "-v" => {}
+            // sloppy, no-mtab, verbose: nothing to do for a FUSE mount.
+            "-s" | "-n" | "-v" => {}
+            // "fake": mount(8) -f wants everything done but the mount itself.
+            "-f" => m_fake = true,
             o if o.starts_with('-') => bail!("unknown mount helper option {o:?}"),
             p => positional.push(p.to_string()),
         }
@@ -246,6 +253,7 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
         log_level: "info".into(),
         no_passthrough: false,
         daemon_child: false,
+        fake: m_fake,
     };
     for o in options.iter().filter(|o| !o.is_empty()) {
         let (key, value) = match o.split_once('=') {

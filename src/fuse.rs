@@ -42,7 +42,11 @@ struct Backing {
 impl FuseFs {
     /// `allow_passthrough`: ask the kernel for passthrough reads (it may still refuse).
     pub fn new(fs: Fs, allow_passthrough: bool) -> FuseFs {
-        FuseFs { fs, passthrough: allow_passthrough, backing: Mutex::new(Backing::default()) }
+        FuseFs {
+            fs,
+            passthrough: allow_passthrough,
+            backing: Mutex::new(Backing::default()),
+        }
     }
 
     /// Register the content file of `fh` with the kernel, so that reads (and mmap) of this
@@ -198,7 +202,10 @@ impl fuser::Filesystem for FuseFs {
         {
             let mut b = self.backing.lock();
             b.by_handle.remove(&fh.0);
-            if b.by_inode.get(&ino.0).is_some_and(|w| w.strong_count() == 0) {
+            if b.by_inode
+                .get(&ino.0)
+                .is_some_and(|w| w.strong_count() == 0)
+            {
                 b.by_inode.remove(&ino.0);
             }
         }

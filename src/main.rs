@@ -99,6 +99,9 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
     }
     // Check what can be checked here, so that common mistakes are reported at once.
     vm0fs::mount::check_mountpoint(&config.mountpoint)?;
+    if args.fake {
+        return Ok(());
+    }
     daemonize(&args, &config.cache_dir)
 }
 

@@ -210,8 +210,9 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
     fuse_cfg.n_threads = Some(cfg.threads.max(1));
     fuse_cfg.clone_fd = true;
 
-    let mut session = fuser::Session::new(FuseFs::new(fs, cfg.passthrough), &cfg.mountpoint, &fuse_cfg)
-        .map_err(|e| mount_error(&cfg.mountpoint, e, cfg.access))?;
+    let mut session =
+        fuser::Session::new(FuseFs::new(fs, cfg.passthrough), &cfg.mountpoint, &fuse_cfg)
+            .map_err(|e| mount_error(&cfg.mountpoint, e, cfg.access))?;
     let mut unmounter = session.unmount_callable();
 
     let (tx, rx) = mpsc::channel::<Event>();

@@ -31,8 +31,16 @@ use tar::{EntryType, Header};
 use vm0fs::api::{ApiError, Client, ClientConfig, Kind, RetryPolicy, Token};
 use vm0fs::archive::{blob_path, unpack, ArchiveError, Index, NodeKind, UnpackOptions, Unpacked};
 
+/// 256 cases per property, or `PROPTEST_CASES` for a longer run.
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: 256, ..ProptestConfig::default() }
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    }
 }
 
 // =======================================================================================
@@ -41,14 +49,34 @@ fn config() -> ProptestConfig {
 /// One member of a generated archive.
 #[derive(Debug, Clone)]
 enum Member {
-    File { name: Vec<u8>, mode: u32, data: Vec<u8> },
-    Dir { name: Vec<u8>, mode: u32 },
-    Symlink { name: Vec<u8>, target: Vec<u8> },
-    HardLink { name: Vec<u8>, target: Vec<u8> },
+    File {
+        name: Vec<u8>,
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Dir {
+        name: Vec<u8>,
+        mode: u32,
+    },
+    Symlink {
+        name: Vec<u8>,
+        target: Vec<u8>,
+    },
+    HardLink {
+        name: Vec<u8>,
+        target: Vec<u8>,
+    },
     /// A pax header (`x`, or `g` when global) for the next member.
-    Pax { global: bool, records: Vec<(String, Vec<u8>)> },
+    Pax {
+        global: bool,
+        records: Vec<(String, Vec<u8>)>,
+    },
     /// Any other type byte (devices, FIFOs, GNU extensions, garbage).
-    Other { kind: u8, name: Vec<u8>, data: Vec<u8> },
+    Other {
+        kind: u8,
+        name: Vec<u8>,
+        data: Vec<u8>,
+    },
 }
 
 fn component() -> impl Strategy<Value = Vec<u8>> {
@@ -77,12 +105,26 @@ fn member() -> impl Strategy<Value = Member> {
     let data = prop::collection::vec(any::<u8>(), 0..2000);
     let mode = prop::sample::select(vec![0o644u32, 0o755, 0o4755, 0o2777, 0o7777, 0o000, 0o1777]);
     let pax_key = prop::sample::select(vec![
-        "path", "linkpath", "mtime", "size", "uid", "comment", "GNU.sparse.map", "GNU.sparse.size",
+        "path",
+        "linkpath",
+        "mtime",
+        "size",
+        "uid",
+        "comment",
+        "GNU.sparse.map",
+        "GNU.sparse.size",
     ]);
     let pax_value = prop_oneof![
         path(),
-        prop::sample::select(vec!["1700000000.5", "-1.25", "x", "", "99999999999999999999", "1e9"])
-            .prop_map(|s| s.as_bytes().to_vec()),
+        prop::sample::select(vec![
+            "1700000000.5",
+            "-1.25",
+            "x",
+            "",
+            "99999999999999999999",
+            "1e9"
+        ])
+        .prop_map(|s| s.as_bytes().to_vec()),
         prop::collection::vec(any::<u8>(), 0..20),
     ];
     prop_oneof![
@@ -112,7 +154,10 @@ fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
 /// Append one header (with raw name and link bytes; GNU `L`/`K` headers first when they are
 /// longer than the header's fields) and its data.
 fn append(tar: &mut Vec<u8>, kind: EntryType, name: &[u8], link: &[u8], mode: u32, data: &[u8]) {
-    for (long, value) in [(EntryType::GNULongName, name), (EntryType::GNULongLink, link)] {
+    for (long, value) in [
+        (EntryType::GNULongName, name),
+        (EntryType::GNULongLink, link),
+    ] {
         if value.len() > 100 {
             let mut body = value.to_vec();
             body.push(0);
@@ -137,16 +182,30 @@ fn build_tar(members: &[Member]) -> Vec<u8> {
     let mut tar = Vec::new();
     for m in members {
         match m {
-            Member::File { name, mode, data } => append(&mut tar, EntryType::Regular, name, b"", *mode, data),
-            Member::Dir { name, mode } => append(&mut tar, EntryType::Directory, name, b"", *mode, b""),
-            Member::Symlink { name, target } => append(&mut tar, EntryType::Symlink, name, target, 0o777, b""),
-            Member::HardLink { name, target } => append(&mut tar, EntryType::Link, name, target, 0o644, b""),
+            Member::File { name, mode, data } => {
+                append(&mut tar, EntryType::Regular, name, b"", *mode, data)
+            }
+            Member::Dir { name, mode } => {
+                append(&mut tar, EntryType::Directory, name, b"", *mode, b"")
+            }
+            Member::Symlink { name, target } => {
+                append(&mut tar, EntryType::Symlink, name, target, 0o777, b"")
+            }
+            Member::HardLink { name, target } => {
+                append(&mut tar, EntryType::Link, name, target, 0o644, b"")
+            }
             Member::Pax { global, records } => {
                 let body: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
-                let kind = if *global { EntryType::XGlobalHeader } else { EntryType::XHeader };
+                let kind = if *global {
+                    EntryType::XGlobalHeader
+                } else {
+                    EntryType::XHeader
+                };
                 append(&mut tar, kind, b"PaxHeaders/x", b"", 0o644, &body);
             }
-            Member::Other { kind, name, data } => append(&mut tar, EntryType::new(*kind), name, b"", 0o644, data),
+            Member::Other { kind, name, data } => {
+                append(&mut tar, EntryType::new(*kind), name, b"", 0o644, data)
+            }
         }
     }
     tar.extend_from_slice(&[0u8; 1024]);
@@ -219,14 +278,28 @@ fn unpack_checked(input: &[u8], max_bytes: u64) -> Result<Unpacked, String> {
     let sentinel = tmp.path().join("sentinel");
     std::fs::create_dir(&dest).unwrap();
     std::fs::create_dir(&sentinel).unwrap();
-    let opts = UnpackOptions { max_bytes, implied_dir_mtime: 1_234_567 };
+    let opts = UnpackOptions {
+        max_bytes,
+        implied_dir_mtime: 1_234_567,
+    };
     let result = unpack(input, &dest, &opts, &mut |_| {});
     // Nothing but `dest/data/<n>` regular files, whatever happened.
-    assert_eq!(std::fs::read_dir(&sentinel).unwrap().count(), 0, "the sentinel was written");
-    let top: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(
+        std::fs::read_dir(&sentinel).unwrap().count(),
+        0,
+        "the sentinel was written"
+    );
+    let top: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(top.len(), 2, "new entries next to dest: {top:?}");
     for e in std::fs::read_dir(&dest).unwrap() {
-        assert_eq!(e.unwrap().file_name(), "data", "a name other than data/ in dest");
+        assert_eq!(
+            e.unwrap().file_name(),
+            "data",
+            "a name other than data/ in dest"
+        );
     }
     let mut on_disk = 0u64;
     for e in std::fs::read_dir(dest.join("data")).unwrap() {
@@ -240,14 +313,23 @@ fn unpack_checked(input: &[u8], max_bytes: u64) -> Result<Unpacked, String> {
     match result {
         Ok(u) => {
             check_index(&dest, &u);
-            assert!(u.stats.bytes <= max_bytes, "{} bytes written, limit {max_bytes}", u.stats.bytes);
+            assert!(
+                u.stats.bytes <= max_bytes,
+                "{} bytes written, limit {max_bytes}",
+                u.stats.bytes
+            );
             Ok(u)
         }
         Err(e) => {
-            assert!(on_disk <= max_bytes, "{on_disk} bytes on disk after an error, limit {max_bytes}");
+            assert!(
+                on_disk <= max_bytes,
+                "{on_disk} bytes on disk after an error, limit {max_bytes}"
+            );
             match &e {
                 // The source is a slice and the disk is fine: these would misplace the blame.
-                ArchiveError::Read(_) | ArchiveError::Write { .. } => panic!("wrong kind of error: {e}"),
+                ArchiveError::Read(_) | ArchiveError::Write { .. } => {
+                    panic!("wrong kind of error: {e}")
+                }
                 ArchiveError::TooLarge { limit, written } => {
                     assert_eq!(*limit, max_bytes);
                     assert!(*written <= *limit);
@@ -268,7 +350,10 @@ fn unpack_checked(input: &[u8], max_bytes: u64) -> Result<Unpacked, String> {
 fn check_index(dest: &Path, u: &Unpacked) {
     let nodes = &u.index.nodes;
     assert!(!nodes.is_empty());
-    assert!(matches!(nodes[0].kind, NodeKind::Dir { parent: 0, .. }), "node 0 is not the root");
+    assert!(
+        matches!(nodes[0].kind, NodeKind::Dir { parent: 0, .. }),
+        "node 0 is not the root"
+    );
     let mut names = vec![0u32; nodes.len()];
     let mut blobs = HashSet::new();
     let (mut files, mut bytes) = (0usize, 0u64);
@@ -279,18 +364,33 @@ fn check_index(dest: &Path, u: &Unpacked) {
             NodeKind::Dir { entries, .. } => {
                 let mut subdirs = 0;
                 for pair in entries.windows(2) {
-                    assert!(pair[0].name < pair[1].name, "entries of {id} not sorted and unique");
+                    assert!(
+                        pair[0].name < pair[1].name,
+                        "entries of {id} not sorted and unique"
+                    );
                 }
                 for e in entries {
-                    assert!(!e.name.is_empty() && e.name != b"." && e.name != b"..", "bad name {:?}", e.name);
+                    assert!(
+                        !e.name.is_empty() && e.name != b"." && e.name != b"..",
+                        "bad name {:?}",
+                        e.name
+                    );
                     assert!(!e.name.contains(&b'/') && !e.name.contains(&0) && e.name.len() <= 255);
-                    assert!((e.node as usize) < nodes.len() && e.node != 0, "entry to node {}", e.node);
+                    assert!(
+                        (e.node as usize) < nodes.len() && e.node != 0,
+                        "entry to node {}",
+                        e.node
+                    );
                     names[e.node as usize] += 1;
                     if let NodeKind::Dir { parent, .. } = &nodes[e.node as usize].kind {
                         assert_eq!(*parent as usize, id, "parent of {}", e.node);
                         subdirs += 1;
                     }
-                    assert_eq!(u.index.lookup(id as u32, &e.name), Some(e.node), "lookup in {id}");
+                    assert_eq!(
+                        u.index.lookup(id as u32, &e.name),
+                        Some(e.node),
+                        "lookup in {id}"
+                    );
                 }
                 assert_eq!(node.nlink, 2 + subdirs, "nlink of directory {id}");
             }
@@ -313,9 +413,21 @@ fn check_index(dest: &Path, u: &Unpacked) {
             _ => assert_eq!(node.nlink, names[id], "nlink of {id}"),
         }
     }
-    assert_eq!(blobs, (0..files as u32).collect::<HashSet<_>>(), "blob numbers are not dense");
-    assert_eq!(std::fs::read_dir(dest.join("data")).unwrap().count(), files, "blobs on disk");
-    assert_eq!((u.stats.files, u.stats.bytes), (files as u64, bytes), "stats");
+    assert_eq!(
+        blobs,
+        (0..files as u32).collect::<HashSet<_>>(),
+        "blob numbers are not dense"
+    );
+    assert_eq!(
+        std::fs::read_dir(dest.join("data")).unwrap().count(),
+        files,
+        "blobs on disk"
+    );
+    assert_eq!(
+        (u.stats.files, u.stats.bytes),
+        (files as u64, bytes),
+        "stats"
+    );
     // The index survives its own serialization.
     let path = dest.join("../index.bin");
     u.index.save(&path).unwrap();
@@ -464,7 +576,11 @@ impl Server {
     fn start() -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let empty = Answer { status: 200, headers: vec![], body: vec![] };
+        let empty = Answer {
+            status: 200,
+            headers: vec![],
+            body: vec![],
+        };
         let answer = Arc::new(Mutex::new(empty.clone()));
         let store = Arc::new(Mutex::new(empty));
         let (api_shared, store_shared) = (answer.clone(), store.clone());
@@ -483,8 +599,15 @@ impl Server {
                             Ok(_) => {}
                         }
                     }
-                    let to_store = first.split(' ').nth(1).is_some_and(|t| t.starts_with("/store/"));
-                    let answer = if to_store { store.lock().unwrap().clone() } else { api.lock().unwrap().clone() };
+                    let to_store = first
+                        .split(' ')
+                        .nth(1)
+                        .is_some_and(|t| t.starts_with("/store/"));
+                    let answer = if to_store {
+                        store.lock().unwrap().clone()
+                    } else {
+                        api.lock().unwrap().clone()
+                    };
                     let mut out = conn;
                     let mut head = format!(
                         "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -533,21 +656,52 @@ impl Server {
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
     use serde_json::Value;
     let key = prop::sample::select(vec![
-        "data", "pagination", "has_more", "hasMore", "next_cursor", "nextCursor", "id", "name",
-        "current_version_id", "currentVersionId", "current_version", "currentVersion", "size",
-        "file_count", "fileCount", "created_at", "createdAt", "updated_at", "updatedAt",
-        "volume_id", "artifact_id", "storageId", "message", "created_by", "error", "type", "code",
-        "param", "doc_url", "x",
+        "data",
+        "pagination",
+        "has_more",
+        "hasMore",
+        "next_cursor",
+        "nextCursor",
+        "id",
+        "name",
+        "current_version_id",
+        "currentVersionId",
+        "current_version",
+        "currentVersion",
+        "size",
+        "file_count",
+        "fileCount",
+        "created_at",
+        "createdAt",
+        "updated_at",
+        "updatedAt",
+        "volume_id",
+        "artifact_id",
+        "storageId",
+        "message",
+        "created_by",
+        "error",
+        "type",
+        "code",
+        "param",
+        "doc_url",
+        "x",
     ]);
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         prop::sample::select(vec![
-            "2026-01-20T10:00:00.000Z", "2026-13-45T99:99:99Z", "", "latest", "cursor-1",
-            "9b2d000000000000000000000000000000000000000000000000000000000000", "é\u{0}\u{202e}",
+            "2026-01-20T10:00:00.000Z",
+            "2026-13-45T99:99:99Z",
+            "",
+            "latest",
+            "cursor-1",
+            "9b2d000000000000000000000000000000000000000000000000000000000000",
+            "é\u{0}\u{202e}",
         ])
         .prop_map(|s| Value::String(s.to_string())),
         any::<String>().prop_map(Value::String),
@@ -555,8 +709,9 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
     leaf.prop_recursive(4, 48, 6, move |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((key.clone(), inner), 0..8)
-                .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+            prop::collection::vec((key.clone(), inner), 0..8).prop_map(|kv| Value::Object(
+                kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+            )),
         ]
     })
 }
@@ -588,25 +743,52 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn answer() -> impl Strategy<Value = Answer> {
-    let status = prop::sample::select(vec![200u16, 200, 200, 201, 204, 302, 400, 401, 403, 404, 409, 429, 500, 503]);
+    let status = prop::sample::select(vec![
+        200u16, 200, 200, 201, 204, 302, 400, 401, 403, 404, 409, 429, 500, 503,
+    ]);
     let header = prop_oneof![
         any::<u32>().prop_map(|n| ("Retry-After".to_string(), n.to_string())),
-        prop::sample::select(vec!["-1", "1e400", "NaN", "0.5", "Wed, 21 Oct 2015 07:28:00 GMT"])
-            .prop_map(|v| ("Retry-After".to_string(), v.to_string())),
-        prop::sample::select(vec!["req_0123", "", "x y"]).prop_map(|v| ("X-Request-Id".to_string(), v.to_string())),
-        prop::sample::select(vec!["/v1/store/a.tar.gz", "http://127.0.0.1:9/x", "::::", "", "//evil"])
-            .prop_map(|v| ("Location".to_string(), v.to_string())),
+        prop::sample::select(vec![
+            "-1",
+            "1e400",
+            "NaN",
+            "0.5",
+            "Wed, 21 Oct 2015 07:28:00 GMT"
+        ])
+        .prop_map(|v| ("Retry-After".to_string(), v.to_string())),
+        prop::sample::select(vec!["req_0123", "", "x y"])
+            .prop_map(|v| ("X-Request-Id".to_string(), v.to_string())),
+        prop::sample::select(vec![
+            "/v1/store/a.tar.gz",
+            "http://127.0.0.1:9/x",
+            "::::",
+            "",
+            "//evil"
+        ])
+        .prop_map(|v| ("Location".to_string(), v.to_string())),
         Just(("Content-Type".to_string(), "application/json".to_string())),
     ];
-    (status, prop::collection::vec(header, 0..3), body()).prop_map(|(status, headers, body)| Answer { status, headers, body })
+    (status, prop::collection::vec(header, 0..3), body()).prop_map(|(status, headers, body)| {
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    })
 }
 
 /// The checks on every error: a message that names something and never holds the token.
 fn check_error(e: &ApiError) {
     let text = e.to_string();
     assert!(!text.is_empty());
-    assert!(!text.contains(TOKEN), "the token is in an error message: {text}");
-    assert!(!format!("{e:?}").contains(TOKEN), "the token is in an error's Debug: {e:?}");
+    assert!(
+        !text.contains(TOKEN),
+        "the token is in an error message: {text}"
+    );
+    assert!(
+        !format!("{e:?}").contains(TOKEN),
+        "the token is in an error's Debug: {e:?}"
+    );
 }
 
 proptest! {
@@ -669,7 +851,11 @@ fn download(client: &Client) -> Result<(), TestCaseError> {
                 let text = e.to_string();
                 prop_assert!(!text.contains(TOKEN), "{}", text);
                 let inner = e.get_ref().and_then(|i| i.downcast_ref::<ApiError>());
-                prop_assert!(inner.is_some(), "a download error that is not an ApiError: {:?}", e);
+                prop_assert!(
+                    inner.is_some(),
+                    "a download error that is not an ApiError: {:?}",
+                    e
+                );
                 check_error(inner.unwrap());
             }
         }

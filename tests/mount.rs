@@ -124,10 +124,20 @@ fn random_reads_and_mmap_without_passthrough() {
 fn random_reads_and_mmap(flags: &[&str]) {
     let f = fixture();
     let extra = flags.iter().map(|s| s.to_string()).collect();
-    let m = Mount::with(&f.emu, MountOpts { extra, ..Default::default() });
+    let m = Mount::with(
+        &f.emu,
+        MountOpts {
+            extra,
+            ..Default::default()
+        },
+    );
     // Passthrough is used when the kernel offers it (Linux 6.9+ as root); the flag turns it off.
     if !flags.is_empty() {
-        assert!(m.log_text().contains("passthrough=false"), "{}", m.log_text());
+        assert!(
+            m.log_text().contains("passthrough=false"),
+            "{}",
+            m.log_text()
+        );
     }
     let expected = tar_extract(&f.archive);
     for name in ["sizes/f4095.bin", "sizes/f131073.bin", "empty.txt"] {

@@ -984,7 +984,16 @@ fn broken_inputs() {
     truncated_tar.truncate(2048);
     let dangling_pax = Tar::new().pax(&[("path", b"a")]).gz();
     let dangling_long_name = Tar::new()
-        .raw(EntryType::GNULongName, b"././@LongLink", b"", 0o644, b"a-long-name\0")
+        .raw(
+            EntryType::GNULongName,
+            b"././@LongLink",
+            b"",
+            0o644,
+            b"a-long-name\0",
+        )
+        .gz();
+    let empty_sparse = Tar::new()
+        .raw(EntryType::GNUSparse, b"s", b"", 0o644, b"")
         .gz();
     type Case = (&'static str, Vec<u8>, fn(&ArchiveError) -> bool);
     let cases: Vec<Case> = vec![
@@ -1028,6 +1037,9 @@ fn broken_inputs() {
             matches!(e, ArchiveError::Tar(_))
         }),
         ("a GNU long name with no member", dangling_long_name, |e| {
+            matches!(e, ArchiveError::Tar(_))
+        }),
+        ("a GNU sparse header with no map", empty_sparse, |e| {
             matches!(e, ArchiveError::Tar(_))
         }),
     ];

@@ -119,7 +119,7 @@ const MAX_TRAILER: u64 = 1024 * 1024;
 const MAX_SYMLINK_TARGET: usize = 4095;
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// The size of a tar header block.
-const TAR_BLOCK: u64 = 512;
+const TAR_BLOCK: usize = 512;
 
 /// State shared by the reader wrappers and the unpacker.
 #[derive(Default)]
@@ -132,6 +132,9 @@ struct Shared {
     /// Bytes the tar reader may still read before the current member (`None`: unbounded).
     metadata_budget: Cell<Option<u64>>,
     metadata_exceeded: Cell<bool>,
+    /// The first header block of the tar data (up to [`TAR_BLOCK`] bytes), kept to tell
+    /// "not a tar" from "a tar whose first member is damaged".
+    first_block: RefCell<Vec<u8>>,
 }
 
 /// A copy of `e` to pass up the reader stack while the original is kept in [`Shared`].
@@ -222,6 +225,12 @@ impl<R: Read> Read for TarInput<R> {
         };
         match self.inner.read(&mut buf[..want]) {
             Ok(n) => {
+                let mut first = self.shared.first_block.borrow_mut();
+                if first.len() < TAR_BLOCK {
+                    let take = n.min(TAR_BLOCK - first.len());
+                    first.extend_from_slice(&buf[..take]);
+                }
+                drop(first);
                 if let Some(left) = budget {
                     self.shared
                         .metadata_budget
@@ -313,6 +322,20 @@ pub fn unpack(
     unpacker.finish()
 }
 
+/// Whether `block` is a whole tar header block whose checksum is right.
+fn is_tar_header(block: &[u8]) -> bool {
+    let Ok(block) = <&[u8; TAR_BLOCK]>::try_from(block) else {
+        return false;
+    };
+    let mut header = tar::Header::new_old();
+    header.as_mut_bytes().copy_from_slice(block);
+    let Ok(stored) = header.cksum() else {
+        return false;
+    };
+    header.set_cksum();
+    header.cksum().is_ok_and(|computed| computed == stored)
+}
+
 /// A blob written so far.
 struct Blob {
     size: u64,
@@ -349,7 +372,14 @@ impl Unpacker<'_> {
                 ArchiveError::Gzip(gzip)
             };
         }
-        if first_header && !self.shared.metadata_exceeded.get() {
+        // Only a first block that is not a tar header means "not a tar". A valid first
+        // header followed by trouble (an extension header with no member after it, a GNU
+        // sparse header whose map is invalid) is damaged tar data (found by
+        // tests/fuzz_props.rs).
+        if first_header
+            && !self.shared.metadata_exceeded.get()
+            && !is_tar_header(&self.shared.first_block.borrow())
+        {
             return ArchiveError::NotTar;
         }
         ArchiveError::Tar(e)
@@ -369,15 +399,11 @@ impl Unpacker<'_> {
             let budget = MAX_MEMBER_METADATA.saturating_add(left);
             self.shared.metadata_budget.set(Some(budget));
             let next = entries.next();
-            let consumed = budget - self.shared.metadata_budget.get().unwrap_or(budget);
             self.shared.metadata_budget.set(None);
             let mut entry = match next {
                 None => return Ok(()),
                 Some(Ok(entry)) => entry,
-                // Only an error in the very first header block means "not a tar": past it,
-                // a valid header was read (a pax or GNU long-name header, say) and what
-                // follows is damaged tar data.
-                Some(Err(e)) => return Err(self.error(e, first && consumed <= TAR_BLOCK)),
+                Some(Err(e)) => return Err(self.error(e, first)),
             };
             first = false;
             let name = entry.path_bytes().into_owned();

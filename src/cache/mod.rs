@@ -291,11 +291,7 @@ impl Cache {
         }
         let on_disk = match st.lru.get_mut(key) {
             Some(entry) => {
-                entry.last_used = SystemTime::now();
-                if entry.last_touch.elapsed() >= TOUCH_INTERVAL {
-                    entry.last_touch = Instant::now();
-                    self.inner.layout.touch(key);
-                }
+                self.used_now(key, entry);
                 match &entry.slot {
                     Slot::Ready(v) => return Ok(v.clone()),
                     Slot::OnDisk => true,
@@ -321,11 +317,23 @@ impl Cache {
     }
 
     /// The version `key` if it is resident and loaded; never fetches. Pins like [`Cache::get`].
+    /// Like `get`, a hit counts as a use (LRU order, and the last use recorded on disk).
     pub fn peek(&self, key: &VersionKey) -> Option<Arc<CachedVersion>> {
         let mut st = self.inner.state.lock();
-        match &st.lru.get(key)?.slot {
-            Slot::Ready(v) => Some(v.clone()),
-            Slot::OnDisk => None,
+        let entry = st.lru.get_mut(key)?;
+        let Slot::Ready(v) = &entry.slot else {
+            return None;
+        };
+        let v = v.clone();
+        self.used_now(key, entry);
+        Some(v)
+    }
+
+    fn used_now(&self, key: &VersionKey, entry: &mut Entry) {
+        entry.last_used = SystemTime::now();
+        if entry.last_touch.elapsed() >= TOUCH_INTERVAL {
+            entry.last_touch = Instant::now();
+            self.inner.layout.touch(key);
         }
     }
 

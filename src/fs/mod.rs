@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 
 use crate::api::{Kind, Storage, Version};
 use crate::archive::{blob_path, Index, Node, NodeKind};
-use crate::cache::{Announced, Cache, CachedVersion, VersionKey};
+use crate::cache::{Announced, Cache, CacheError, CachedVersion, VersionKey};
 pub use error::{FetchError, FsError};
 pub use inode::ROOT;
 use inode::{InodeTable, Meta, Range, Resolved};
@@ -393,7 +393,9 @@ impl Fs {
             blocks: snap.budget / bsize,
             bfree: snap.budget.saturating_sub(snap.used) / bsize,
             // Nothing is writable by anyone.
-            bavail: 0,
+            // Room left in the cache; nothing is writable (the mount is read-only), but
+            // `df` reads "available" as what is left, and 100% full would alarm for nothing.
+            bavail: snap.budget.saturating_sub(snap.used) / bsize,
             files: self.inodes.lock().len(),
             ffree: 0,
             bsize: bsize as u32,
@@ -510,7 +512,7 @@ impl Fs {
 
     fn meta_entry(&self, m: Meta) -> Result<Entry> {
         let ttl = self.config.metadata_ttl;
-        let dir = |ino, mtime| self.attr(ino, FileKind::Directory, 0, dir_attr_perm(), 2, mtime);
+        let dir = |ino, mtime| self.attr(ino, FileKind::Directory, 4096, dir_attr_perm(), 2, mtime);
         let ino = self.inodes.lock().meta_ino(m.clone());
         let entry = match m {
             Meta::Root | Meta::KindDir(_) => Entry {
@@ -584,10 +586,18 @@ impl Fs {
                             .range(kind, &name, &version, v.index.nodes.len() as u64);
                     return Ok(self.content_entry(&range, &v.index, 0));
                 }
+                // Until it is unpacked, its link count (and an archive's own "./" entry) are
+                // unknown: keep the kernel's copy short-lived so it picks up the real ones.
                 let v = self.find_version(kind, &name, &version)?;
+                let secs = v
+                    .created_at
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let mtime = UNIX_EPOCH + Duration::from_secs(secs);
                 Entry {
-                    attr: dir(ino, v.created_at),
-                    ttl: IMMUTABLE_TTL,
+                    attr: self.attr(ino, FileKind::Directory, 4096, dir_attr_perm(), 2, mtime),
+                    ttl,
                 }
             }
         };
@@ -949,7 +959,7 @@ impl Fs {
                         size: version.size,
                         file_count: version.file_count,
                     };
-                    self.cache.get(&key, announced, |target| {
+                    let got = self.cache.get(&key, announced, |target| {
                         fetch::fetch(
                             &*self.remote,
                             &self.activity,
@@ -959,7 +969,18 @@ impl Fs {
                             &version,
                             target,
                         )
-                    })?
+                    });
+                    match got {
+                        Ok(v) => v,
+                        Err(e) => {
+                            // Fetch failures were recorded where they happened; refusals by
+                            // the cache itself (too large, no room, disk errors) are noted here.
+                            if !matches!(*e, CacheError::Fetch { .. }) {
+                                self.activity.error(format!("{storage}: {e}"));
+                            }
+                            return Err(e.into());
+                        }
+                    }
                 }
             }
         };
@@ -1028,3 +1049,6 @@ fn to_system_time(sec: i64, nsec: u32) -> SystemTime {
         UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(u64::from(nsec))
     }
 }
+
+#[cfg(test)]
+mod tests;

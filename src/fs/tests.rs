@@ -1,0 +1,392 @@
+//! The filesystem without FUSE: every operation called directly against a fake remote that
+//! serves archives built in memory.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use flate2::write::GzEncoder;
+
+use super::*;
+use crate::api::ApiError;
+
+fn t(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn targz(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o640);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+#[derive(Default)]
+struct Fake {
+    storages: Mutex<HashMap<Kind, Vec<Storage>>>,
+    versions: Mutex<HashMap<String, Vec<Version>>>,
+    archives: Mutex<HashMap<String, Vec<u8>>>,
+    fail_downloads: AtomicUsize,
+    lists: AtomicUsize,
+    downloads: AtomicUsize,
+}
+
+impl Remote for Fake {
+    fn list_storages(&self, kind: Kind) -> Result<Vec<Storage>, ApiError> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        Ok(self.storages.lock().get(&kind).cloned().unwrap_or_default())
+    }
+
+    fn list_versions(&self, _kind: Kind, storage_id: &str) -> Result<Vec<Version>, ApiError> {
+        Ok(self
+            .versions
+            .lock()
+            .get(storage_id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn download(
+        &self,
+        _kind: Kind,
+        _storage_id: &str,
+        version_id: &str,
+    ) -> Result<RemoteArchive, ApiError> {
+        self.downloads.fetch_add(1, Ordering::SeqCst);
+        if self.fail_downloads.load(Ordering::SeqCst) > 0 {
+            self.fail_downloads.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::Server {
+                resource: format!("version {version_id}"),
+                status: 500,
+                message: "internal_error".into(),
+                request_id: None,
+            });
+        }
+        let bytes = self
+            .archives
+            .lock()
+            .get(version_id)
+            .cloned()
+            .expect("archive of a known version");
+        Ok(RemoteArchive {
+            reader: Box::new(Cursor::new(bytes)),
+            compressed_size: None,
+        })
+    }
+}
+
+impl Fake {
+    /// Add a storage whose versions are `archives` (oldest first; the last is current).
+    fn add(&self, kind: Kind, name: &str, archives: Vec<Option<Vec<u8>>>) -> Vec<String> {
+        let storage_id = format!("id-{name}");
+        let mut ids = Vec::new();
+        let mut versions = Vec::new();
+        for (i, a) in archives.into_iter().enumerate() {
+            // Content-addressed like the real ids: 64 hex characters.
+            let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!(
+                "{name}/{i}"
+            )));
+            let file_count = if a.is_some() { 1 } else { 0 };
+            if let Some(a) = a {
+                self.archives.lock().insert(id.clone(), a);
+            }
+            versions.insert(
+                0,
+                Version {
+                    id: id.clone(),
+                    storage_id: storage_id.clone(),
+                    size: 1 << 20,
+                    file_count,
+                    message: None,
+                    created_by: Some("agent".into()),
+                    created_at: t(1_700_000_000 + i as u64),
+                },
+            );
+            ids.push(id);
+        }
+        self.versions.lock().insert(storage_id.clone(), versions);
+        self.storages.lock().entry(kind).or_default().push(Storage {
+            id: storage_id,
+            name: name.into(),
+            current_version_id: ids.last().cloned(),
+            size: 0,
+            file_count: 0,
+            created_at: t(1_600_000_000),
+            updated_at: t(1_700_000_100),
+        });
+        ids
+    }
+}
+
+fn fs_with(fake: Arc<Fake>, ttl: Duration) -> (Fs, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path(), 100 << 20).unwrap();
+    let fs = Fs::new(
+        fake,
+        cache,
+        FsConfig {
+            metadata_ttl: ttl,
+            uid: 1000,
+            gid: 1000,
+            label: "test".into(),
+        },
+    );
+    (fs, dir)
+}
+
+fn lookup_path(fs: &Fs, path: &str) -> Result<Entry> {
+    let mut ino = ROOT;
+    let mut entry = fs.getattr(ROOT)?;
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        entry = fs.lookup(ino, OsStr::new(c))?;
+        ino = entry.attr.ino;
+    }
+    Ok(entry)
+}
+
+fn names(fs: &Fs, ino: u64) -> Vec<String> {
+    let fh = fs.opendir(ino).unwrap();
+    let items = fs.readdir(fh, 0).unwrap();
+    fs.release(fh);
+    items
+        .iter()
+        .map(|i| i.name.to_string_lossy().into_owned())
+        .collect()
+}
+
+fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
+    let o = fs.open(ino, libc::O_RDONLY).unwrap();
+    let data = fs.read(o.fh, 0, 1 << 20).unwrap();
+    fs.release(o.fh);
+    data
+}
+
+#[test]
+fn the_tree_from_root_to_file_contents() {
+    let fake = Arc::new(Fake::default());
+    let ids = fake.add(
+        Kind::Artifact,
+        "report",
+        vec![
+            Some(targz(&[("a.txt", b"one")])),
+            Some(targz(&[("dir/b.txt", b"two"), ("c.txt", b"three")])),
+        ],
+    );
+    let (fs, _dir) = fs_with(fake.clone(), Duration::from_secs(60));
+
+    assert_eq!(
+        names(&fs, ROOT),
+        [".", "..", "volumes", "artifacts", ".vm0fs"]
+    );
+    let report = lookup_path(&fs, "artifacts/report").unwrap();
+    let mut want = vec![".".to_string(), "..".into(), "latest".into()];
+    want.extend(ids.iter().rev().cloned());
+    assert_eq!(names(&fs, report.attr.ino), want);
+    assert_eq!(
+        report.attr.mtime,
+        t(1_700_000_100),
+        "a storage's mtime is its updated_at"
+    );
+
+    let latest = lookup_path(&fs, "artifacts/report/latest").unwrap();
+    assert_eq!(latest.attr.kind, FileKind::Symlink);
+    assert_eq!(fs.readlink(latest.attr.ino).unwrap(), ids[1].as_bytes());
+    assert_eq!(
+        fake.downloads.load(Ordering::SeqCst),
+        0,
+        "nothing downloaded by listing"
+    );
+
+    let file = lookup_path(&fs, &format!("artifacts/report/{}/dir/b.txt", ids[1])).unwrap();
+    assert_eq!(
+        (file.attr.kind, file.attr.size, file.attr.perm),
+        (FileKind::RegularFile, 3, 0o640)
+    );
+    assert_eq!(file.attr.uid, 1000);
+    assert_eq!(read_all(&fs, file.attr.ino), b"two");
+    assert_eq!(file.ttl, IMMUTABLE_TTL);
+
+    let prefix = lookup_path(&fs, &format!("artifacts/report/{}", &ids[0][..8])).unwrap();
+    assert_eq!(fs.readlink(prefix.attr.ino).unwrap(), ids[0].as_bytes());
+    assert!(matches!(
+        lookup_path(&fs, &format!("artifacts/report/{}", &ids[0][..7])),
+        Err(FsError::NotFound)
+    ));
+    assert!(matches!(
+        lookup_path(&fs, "artifacts/nope"),
+        Err(FsError::NotFound)
+    ));
+    assert!(matches!(
+        lookup_path(&fs, "elsewhere"),
+        Err(FsError::NotFound)
+    ));
+}
+
+#[test]
+fn inode_numbers_are_stable_and_agree_between_lookup_and_readdir() {
+    let fake = Arc::new(Fake::default());
+    let ids = fake.add(
+        Kind::Volume,
+        "v",
+        vec![Some(targz(&[("x/y.txt", b"1"), ("z.txt", b"2")]))],
+    );
+    let (fs, _dir) = fs_with(fake, Duration::from_secs(60));
+    let root = lookup_path(&fs, &format!("volumes/v/{}", ids[0]))
+        .unwrap()
+        .attr
+        .ino;
+    let fh = fs.opendir(root).unwrap();
+    for item in fs.readdir(fh, 0).unwrap().iter().skip(2) {
+        let looked = fs.lookup(root, &item.name).unwrap();
+        assert_eq!(looked.attr.ino, item.entry.attr.ino, "{:?}", item.name);
+        assert_eq!(fs.getattr(looked.attr.ino).unwrap().attr, looked.attr);
+    }
+    let again = lookup_path(&fs, &format!("volumes/v/{}/x/y.txt", ids[0]))
+        .unwrap()
+        .attr
+        .ino;
+    assert_eq!(
+        lookup_path(&fs, &format!("volumes/v/{}/x/y.txt", ids[0]))
+            .unwrap()
+            .attr
+            .ino,
+        again
+    );
+    assert_eq!(
+        lookup_path(&fs, &format!("volumes/v/{}", ids[0]))
+            .unwrap()
+            .attr
+            .ino,
+        root
+    );
+}
+
+#[test]
+fn a_version_without_files_is_empty_and_never_downloaded() {
+    let fake = Arc::new(Fake::default());
+    let ids = fake.add(Kind::Artifact, "empty", vec![None]);
+    let (fs, _dir) = fs_with(fake.clone(), Duration::from_secs(60));
+    let v = lookup_path(&fs, &format!("artifacts/empty/{}", ids[0])).unwrap();
+    assert_eq!(names(&fs, v.attr.ino), [".", ".."]);
+    assert_eq!(fake.downloads.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn writes_are_read_only_and_handles_are_checked() {
+    let fake = Arc::new(Fake::default());
+    let ids = fake.add(Kind::Volume, "v", vec![Some(targz(&[("f", b"x")]))]);
+    let (fs, _dir) = fs_with(fake, Duration::from_secs(60));
+    let f = lookup_path(&fs, &format!("volumes/v/{}/f", ids[0])).unwrap();
+    for flags in [
+        libc::O_WRONLY,
+        libc::O_RDWR,
+        libc::O_RDONLY | libc::O_TRUNC,
+        libc::O_APPEND,
+    ] {
+        assert_eq!(fs.open(f.attr.ino, flags).unwrap_err().errno(), libc::EROFS);
+    }
+    assert_eq!(
+        fs.access(f.attr.ino, true).unwrap_err().errno(),
+        libc::EROFS
+    );
+    assert!(fs.access(f.attr.ino, false).is_ok());
+    assert_eq!(fs.read(9999, 0, 10).unwrap_err().errno(), libc::EBADF);
+    let dir = lookup_path(&fs, &format!("volumes/v/{}", ids[0])).unwrap();
+    assert_eq!(
+        fs.open(dir.attr.ino, libc::O_RDONLY).unwrap_err().errno(),
+        libc::EISDIR
+    );
+}
+
+#[test]
+fn a_failed_download_is_eio_and_retried_next_time() {
+    let fake = Arc::new(Fake::default());
+    let ids = fake.add(Kind::Volume, "v", vec![Some(targz(&[("f", b"x")]))]);
+    fake.fail_downloads.store(1, Ordering::SeqCst);
+    let (fs, _dir) = fs_with(fake.clone(), Duration::from_secs(60));
+    let err = lookup_path(&fs, &format!("volumes/v/{}/f", ids[0])).unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    assert!(
+        fs.status_text().contains("errors since start: 1"),
+        "{}",
+        fs.status_text()
+    );
+    let f = lookup_path(&fs, &format!("volumes/v/{}/f", ids[0])).unwrap();
+    assert_eq!(read_all(&fs, f.attr.ino), b"x");
+    assert_eq!(fake.downloads.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn listings_are_fetched_once_per_ttl() {
+    let fake = Arc::new(Fake::default());
+    fake.add(Kind::Volume, "v", vec![Some(targz(&[("f", b"x")]))]);
+    let (fs, _dir) = fs_with(fake.clone(), Duration::from_secs(3600));
+    for _ in 0..5 {
+        names(&fs, lookup_path(&fs, "volumes").unwrap().attr.ino);
+        lookup_path(&fs, "volumes/v").unwrap();
+    }
+    assert_eq!(fake.lists.load(Ordering::SeqCst), 1);
+
+    let (fs, _dir) = fs_with(fake.clone(), Duration::ZERO);
+    let before = fake.lists.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        lookup_path(&fs, "volumes/v").unwrap();
+    }
+    assert!(
+        fake.lists.load(Ordering::SeqCst) >= before + 3,
+        "a zero TTL asks every time"
+    );
+}
+
+#[test]
+fn errno_mapping() {
+    let cases: Vec<(FsError, libc::c_int)> = vec![
+        (FsError::NotFound, libc::ENOENT),
+        (FsError::NotDir, libc::ENOTDIR),
+        (FsError::IsDir, libc::EISDIR),
+        (FsError::ReadOnly, libc::EROFS),
+        (FsError::NoAttr, libc::ENODATA),
+        (FsError::BadHandle, libc::EBADF),
+        (
+            ApiError::Authentication { request_id: None }.into(),
+            libc::EACCES,
+        ),
+        (
+            ApiError::NotFound {
+                resource: "v".into(),
+                message: "m".into(),
+                request_id: None,
+            }
+            .into(),
+            libc::ENOENT,
+        ),
+        (
+            FsError::Io(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            libc::ENOSPC,
+        ),
+        (
+            FsError::Cache(Arc::new(CacheError::TooLarge {
+                key: VersionKey::new(Kind::Volume, "a"),
+                size: 2,
+                budget: 1,
+            })),
+            libc::EFBIG,
+        ),
+        (
+            FsError::Cache(Arc::new(CacheError::NoRoom {
+                key: VersionKey::new(Kind::Volume, "a"),
+                needed: 2,
+                budget: 1,
+            })),
+            libc::ENOSPC,
+        ),
+    ];
+    for (e, want) in cases {
+        assert_eq!(e.errno(), want, "{e}");
+    }
+}
