@@ -256,6 +256,9 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
         fake: m_fake,
     };
     for o in options.iter().filter(|o| !o.is_empty()) {
+        if is_generic_mount_option(o) {
+            continue;
+        }
         let (key, value) = match o.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (o.as_str(), None),
@@ -275,7 +278,6 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
             "allow_other" => m.allow_other = true,
             "allow_root" => m.allow_root = true,
             "no_passthrough" => m.no_passthrough = true,
-            o if is_generic_mount_option(o) => {}
             other => bail!(
                 "unknown mount option {other:?}; vm0fs takes api_url, token_file, cache_dir, cache_size, metadata_ttl, threads, log_level, allow_other, allow_root, no_passthrough"
             ),
