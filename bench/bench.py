@@ -34,24 +34,26 @@ import gen  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 BENCH_DIR = os.path.join(ROOT, "target", "bench")
-STATE = os.path.join(BENCH_DIR, "state.json")
+# bench.sh passes its pid: the state file is per run, so that it can clean up after a
+# run killed with -9 without touching another run that is still going.
+STATE = os.path.join(BENCH_DIR, "state.%s.json" % os.environ.get("VM0FS_BENCH_OWNER", os.getpid()))
 MiB = 1024 * 1024
 
 # Sizes and repetitions. "reps" is the number of timed runs of each side; "slow_reps" for
 # the cases that move a whole large version per run.
 MODES = {
     "full": dict(cold_bytes=256 * MiB, big_bytes=1024 * MiB, tree_files=50_000, rss_files=100_000,
-                 volumes=1000, cat_files=10_000, reps=5, slow_reps=3),
+                 volumes=1000, cat_files=10_000, reps=7, slow_reps=3),
     "quick": dict(cold_bytes=8 * MiB, big_bytes=32 * MiB, tree_files=2_000, rss_files=5_000,
                   volumes=100, cat_files=1_000, reps=3, slow_reps=2),
 }
 DATA_PARAMS = ("cold_bytes", "big_bytes", "tree_files", "rss_files", "volumes")
 
-# The cases in run order: name, rows it produces, what it measures.
+# The cases in run order: name, what it measures.
 CASES = [
     ("cold_first_cat", "first `cat` of one file in a cold mixed version (downloads and unpacks it) vs curl | tar -xzf"),
     ("cold_unpack", "unpack throughput of a large version (first cat of a small file in it) vs gzip -dc | tar -x"),
-    ("warm_seq", "sequential read of the large file, page cache dropped, vs cat of its cache blob"),
+    ("warm_seq", "sequential read of the large file, its pages evicted first, vs cat of its cache blob"),
     ("warm_reread", "re-read of the large file, page cache kept, vs re-read of its blob"),
     ("find_ls", "find -ls over the warm many-file version vs the same tree on local disk"),
     ("ls_lR", "ls -lR of the same"),
@@ -107,18 +109,26 @@ def q(path):
     return "'" + str(path).replace("'", "'\\''") + "'"
 
 
-def drop_caches():
-    sh("sync")
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
+def evict(*paths):
+    """Drop these files' pages from the page cache (POSIX_FADV_DONTNEED), for a cold read
+    without dropping the whole machine's caches (others work on it too). On a FUSE file it
+    drops the mount's own page cache of it; the cache blob behind it is evicted separately."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
-def can_drop_caches():
+def resident_bytes(path):
+    """Bytes of `path` in the page cache (fincore), or None if unknown."""
+    r = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path],
+                       capture_output=True, text=True)
     try:
-        drop_caches()
-        return True
-    except OSError:
-        return False
+        return int(r.stdout.split()[0])
+    except (IndexError, ValueError):
+        return None
 
 
 def is_mounted(path):
@@ -286,6 +296,21 @@ class Mount:
                 raise BenchError("the mount at %s did not answer within 30 s; log:\n%s" % (self.mnt, tail(self.log_path)))
             time.sleep(0.02)
         self.pid = self.proc.pid
+        if bench.args.read_ahead_kb is not None:
+            self.set_read_ahead(bench.args.read_ahead_kb)
+
+    def bdi(self):
+        st = os.stat(self.mnt)
+        return "/sys/class/bdi/%d:%d" % (os.major(st.st_dev), os.minor(st.st_dev))
+
+    def set_read_ahead(self, kb):
+        """The kernel offers FUSE at most its default read-ahead (128 KiB) at INIT; root
+        can raise it afterwards through the mount's backing device (a lever to measure)."""
+        try:
+            with open(self.bdi() + "/read_ahead_kb", "w") as f:
+                f.write("%d\n" % kb)
+        except OSError as e:
+            raise BenchError("cannot set read_ahead_kb on %s: %s" % (self.mnt, e))
 
     def path(self, kind, name, *rest):
         return os.path.join(self.mnt, kind, name, *rest)
@@ -308,9 +333,8 @@ class Mount:
     def fuse_settings(self):
         """Read-ahead and background limits the kernel uses for this mount (levers)."""
         st = os.stat(self.mnt)
-        dev = "%d:%d" % (os.major(st.st_dev), os.minor(st.st_dev))
         out = {}
-        for key, path in [("read_ahead_kb", "/sys/class/bdi/%s/read_ahead_kb" % dev),
+        for key, path in [("read_ahead_kb", self.bdi() + "/read_ahead_kb"),
                           ("max_background", "/sys/fs/fuse/connections/%d/max_background" % os.minor(st.st_dev)),
                           ("congestion_threshold", "/sys/fs/fuse/connections/%d/congestion_threshold" % os.minor(st.st_dev))]:
             try:
@@ -380,9 +404,6 @@ class Bench:
         self.archives = gen.ensure(data, params, log)
         log("starting the emulator")
         self.emu = Emulator(self, data)
-        self.can_drop = can_drop_caches()
-        if not self.can_drop:
-            log("cannot write /proc/sys/vm/drop_caches (not root?): warm_seq will be skipped")
 
     def mount(self, name, cache_size="8G"):
         self.mount_count += 1
@@ -412,6 +433,7 @@ class Bench:
         if name not in self.warm:
             log("warming %s on the main mount (download + one listing)" % name)
             sh("find %s >/dev/null" % q(root))
+            sh("sync")  # the unpack's writeback must not slow down the first timed runs
             self.warm.add(name)
         return root, info
 
@@ -564,13 +586,18 @@ class Bench:
         return f, blob, size
 
     def case_warm_seq(self):
-        if not self.can_drop:
-            log("  warm_seq: skipped (cannot drop the page cache)")
-            return
         f, blob, size = self.big_file_and_blob()
+        left = []
+
+        def before(side):
+            evict(f, blob)
+            left.append(resident_bytes(blob) or 0)
+
         b, v = self.pairs(self.p["reps"], lambda: timed("cat %s >/dev/null" % q(blob)),
-                          lambda: timed("cat %s >/dev/null" % q(f)), lambda side: drop_caches())
-        self.rate_row("warm_seq", size, b, v, "%.0f MiB file; sync + drop_caches before each run" % (size / MiB))
+                          lambda: timed("cat %s >/dev/null" % q(f)), before)
+        self.rate_row("warm_seq", size, b, v, "%.0f MiB file; its pages (FUSE file and cache blob) evicted with "
+                      "fadvise(DONTNEED) before each run (at most %.1f MiB stayed resident)" % (
+                          size / MiB, max(left) / MiB))
 
     def case_warm_reread(self):
         f, blob, size = self.big_file_and_blob()
@@ -728,6 +755,18 @@ def TARGET_STR(name):
     return "" if t is None else "%s %s" % t
 
 
+def sha256(path):
+    import hashlib
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()[:16]
+
+
 def machine():
     def read(path):
         try:
@@ -761,11 +800,13 @@ def main():
                                  epilog="cases, in run order:\n" + "\n".join("  %-15s %s" % c for c in CASES))
     ap.add_argument("--quick", action="store_true", help="small sizes, few runs (about a minute; CI)")
     ap.add_argument("--only", metavar="CASE[,CASE]", help="run only these cases (comma-separated)")
-    ap.add_argument("--reps", type=int, metavar="N", help="timed runs per side (default: 5, 3 for the slow cases; quick: 3/2)")
+    ap.add_argument("--reps", type=int, metavar="N", help="timed runs per side (default: 7, 3 for the slow cases; quick: 3/2)")
     ap.add_argument("--out", metavar="FILE", default=os.path.join(BENCH_DIR, "results.json"),
                     help="JSON results (default: target/bench/results.json)")
     ap.add_argument("--mount-arg", action="append", default=[], metavar="ARG",
                     help="extra argument for every `vm0fs mount` (repeatable), e.g. --mount-arg=--threads=4")
+    ap.add_argument("--read-ahead-kb", type=int, metavar="KB",
+                    help="set the FUSE mounts' read_ahead_kb (sysfs, root) after mounting: a lever to measure")
     ap.add_argument("--keep", action="store_true", help="keep the run directory (logs, caches) for inspection")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     args = ap.parse_args()
@@ -799,11 +840,16 @@ def main():
     except BenchError as e:
         broken = str(e)
     finally:
+        # A second Ctrl-C or TERM must not cut the cleanup short.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         bench.cleanup()
     info["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     info["elapsed_s"] = round(time.time() - t0, 1)
     info["mode"] = bench.mode
     info["mount_args"] = args.mount_arg
+    info["read_ahead_kb_option"] = args.read_ahead_kb
+    info["vm0fs_sha256"] = sha256(os.path.join(BIN, "vm0fs"))
     info.update(bench.meta)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -819,11 +865,15 @@ def main():
     print("vm0fs benchmark (%s mode), %s, %d CPUs, %s, load %s -> %s, %.0f s" % (
         bench.mode, info["date"], info["nproc"], info["mem"], " ".join(info["loadavg_start"]),
         " ".join(info["loadavg_end"]), info["elapsed_s"]))
+    print("vm0fs: %s, binary sha256 %s%s" % (info["git"], info["vm0fs_sha256"],
+          "".join(" " + a for a in args.mount_arg) and ", mount args:" + "".join(" " + a for a in args.mount_arg)))
     if bench.meta.get("fuse"):
         print("FUSE mount: %s" % ", ".join("%s=%s" % kv for kv in bench.meta["fuse"].items()))
     print()
     print(table(bench.rows))
     print()
+    judged = [r for r in bench.rows if r.get("met") is not None]
+    print("targets met: %d of %d" % (sum(1 for r in judged if r["met"]), len(judged)))
     print("ratio = vm0fs / baseline (medians of runs alternating with the baseline's); met = issue 6's target")
     print("results: %s (machine: %s)" % (os.path.relpath(args.out, os.getcwd()), os.path.relpath(meta_path, os.getcwd())))
     if broken:

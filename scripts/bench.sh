@@ -14,32 +14,51 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
-state="$root/target/bench/state.json"
+bench_dir="$root/target/bench"
 
-# Leftovers of a run that could not clean up after itself (killed with -9): its state
-# file names its mounts, processes and run directory.
-cleanup_leftovers() {
-    [ -f "$state" ] || return 0
-    python3 - "$state" "$root/target/release/vm0fs" <<'EOF' || true
+# Each run records its mounts, processes and run directory in target/bench/state.<pid>.json
+# (pid of this script) and removes the file once it has cleaned up. A file left behind
+# means a run was killed (-9) before it could: clean up after it, but only if that run's
+# script is no longer alive (two runs may share the checkout).
+cleanup_state() {
+    python3 - "$1" "$root/target/release/vm0fs" <<'PY' || true
 import json, os, shutil, signal, subprocess, sys
-st = json.load(open(sys.argv[1]))
+path, vm0fs = sys.argv[1], sys.argv[2]
+try:
+    st = json.load(open(path))
+except (OSError, ValueError):
+    st = {}
 for m in st.get("mounts", []):
     if subprocess.run(["grep", "-qs", " %s " % m, "/proc/self/mountinfo"]).returncode == 0:
-        if subprocess.run([sys.argv[2], "unmount", m], stderr=subprocess.DEVNULL).returncode != 0:
+        if subprocess.run([vm0fs, "unmount", m], stderr=subprocess.DEVNULL).returncode != 0:
             subprocess.run(["umount", "-l", m], stderr=subprocess.DEVNULL)
 for pid in st.get("pids", []):
     try:
-        # Only our own processes: the pid must still run vm0fs or the emulator.
-        exe = os.readlink("/proc/%d/exe" % pid)
-        if os.path.basename(exe) in ("vm0fs", "vm0-emulator"):
+        # Only our own processes: the pid must still be vm0fs or the emulator.
+        if os.path.basename(os.readlink("/proc/%d/exe" % pid)) in ("vm0fs", "vm0-emulator"):
             os.kill(pid, signal.SIGTERM)
     except OSError:
         pass
-run_dir = st.get("run_dir")
-if run_dir and os.path.basename(run_dir).startswith("run-"):
+run_dir = st.get("run_dir") or ""
+if os.path.basename(run_dir).startswith("run-"):
     shutil.rmtree(run_dir, ignore_errors=True)
-os.remove(sys.argv[1])
-EOF
+try:
+    os.remove(path)
+except OSError:
+    pass
+PY
+}
+
+cleanup_leftovers() {
+    local f owner
+    for f in "$bench_dir"/state.*.json; do
+        [ -e "$f" ] || continue
+        owner="${f##*/state.}"
+        owner="${owner%.json}"
+        if [ "$owner" = "$$" ] || ! kill -0 "$owner" 2>/dev/null; then
+            cleanup_state "$f"
+        fi
+    done
 }
 
 case "${1:-}" in
@@ -48,6 +67,7 @@ case "${1:-}" in
         ;;
 esac
 
+mkdir -p "$bench_dir"
 cleanup_leftovers
 trap cleanup_leftovers EXIT
 
@@ -55,11 +75,23 @@ bash scripts/deps.sh
 for tool in gzip:gzip tar:tar lsblk:util-linux; do
     if ! command -v "${tool%%:*}" >/dev/null 2>&1; then
         echo "installing ${tool#*:}" >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null
+        sudo=""
+        if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${tool#*:}" >/dev/null
     fi
 done
 
 echo "bench: building vm0fs (release)..." >&2
 cargo build --release --bins --quiet
 
-python3 bench/bench.py "$@"
+# In the background so that a signal to this script reaches the benchmark, which then
+# cleans up (the EXIT trap above is the fallback if it cannot).
+VM0FS_BENCH_OWNER=$$ python3 bench/bench.py "$@" &
+py=$!
+trap 'kill -TERM "$py" 2>/dev/null || true' INT TERM HUP
+rc=0
+while kill -0 "$py" 2>/dev/null; do
+    # Returns early (status > 128) when a trapped signal arrives: wait again.
+    if wait "$py"; then rc=0; else rc=$?; fi
+done
+exit "$rc"

@@ -109,6 +109,9 @@ fn the_token_never_appears_in_the_log_the_cache_or_the_process_list() {
     emu.config(json!({"token": "vm0_live_1111111111111111111111111111111111111111111111111111111111111111"}));
     assert!(read_within(DEADLINE, &a(3)).is_err());
 
+    // The mount's own status file says what it is doing, never with what token.
+    let status = std::fs::read_to_string(m.join(".vm0fs/status")).unwrap_or_default();
+    assert!(!status.contains(&token), "the token is in .vm0fs/status");
     let log = m.log_text();
     // The errors did happen and were logged: the test is not vacuous.
     assert!(
@@ -288,41 +291,64 @@ struct Seen {
     head: String,
 }
 
-/// A minimal VM0 API and object store on loopback that record every request head: one
-/// artifact `rec` whose download redirects to a separate store, and one `same` whose
-/// download redirects to a path of the API's own host and port (a client that decides by
-/// origin whether to send the token would leak it there).
-struct Recorder {
+/// An artifact of the [`FakeApi`], its fields exactly as the fake server sends them (a
+/// hostile server sends whatever it likes).
+#[derive(Debug, Clone)]
+struct FakeStorage {
+    sid: String,
+    name: String,
+    current: String,
+    versions: Vec<String>,
+    /// The download redirects to a path of the API's own host and port (a client that
+    /// decides by origin whether to send the token would leak it there) instead of the
+    /// separate store listener.
+    same_origin: bool,
+}
+
+impl FakeStorage {
+    fn new(n: u32, name: &str, current: &str, versions: &[&str]) -> FakeStorage {
+        FakeStorage {
+            sid: format!("3f1c9a2e-6b1d-4c1e-9a55-{n:012x}"),
+            name: name.to_string(),
+            current: current.to_string(),
+            versions: versions.iter().map(|v| v.to_string()).collect(),
+            same_origin: false,
+        }
+    }
+}
+
+/// A minimal VM0 API and object store on loopback that serve the given artifacts (every
+/// version's archive is `archive`) and record every request head.
+struct FakeApi {
     api_url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
-const REC_SID: &str = "3f1c9a2e-6b1d-4c1e-9a55-0d2f7b8e4a10";
-const SAME_SID: &str = "7a6b5c4d-1111-4c1e-9a55-0d2f7b8e4a10";
-const REC_VID: &str = "9b2d00000000000000000000000000000000000000000000000000000000000a";
-const SAME_VID: &str = "9b2d00000000000000000000000000000000000000000000000000000000000b";
+/// A 64-hex version id.
+fn vid(n: u32) -> String {
+    format!("{n:064x}")
+}
 
-impl Recorder {
-    fn start(archive: Vec<u8>) -> Recorder {
+impl FakeApi {
+    fn start(archive: Vec<u8>, storages: Vec<FakeStorage>) -> FakeApi {
         let api = TcpListener::bind("127.0.0.1:0").unwrap();
         let store = TcpListener::bind("127.0.0.1:0").unwrap();
-        let api_addr = api.local_addr().unwrap();
-        let store_addr = store.local_addr().unwrap();
+        let addrs = (api.local_addr().unwrap(), store.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let archive = Arc::new(archive);
+        let shared = Arc::new((archive, storages));
         for (name, listener) in [("api", api), ("store", store)] {
-            let (seen, archive) = (seen.clone(), archive.clone());
+            let (seen, shared) = (seen.clone(), shared.clone());
             std::thread::spawn(move || {
                 for conn in listener.incoming().flatten() {
-                    let (seen, archive) = (seen.clone(), archive.clone());
+                    let (seen, shared) = (seen.clone(), shared.clone());
                     std::thread::spawn(move || {
-                        let _ = serve(conn, name, &seen, &archive, api_addr, store_addr);
+                        let _ = serve(conn, name, &seen, &shared.0, &shared.1, addrs);
                     });
                 }
             });
         }
-        Recorder {
-            api_url: format!("http://{api_addr}/v1"),
+        FakeApi {
+            api_url: format!("http://{}/v1", addrs.0),
             seen,
         }
     }
@@ -337,8 +363,8 @@ fn serve(
     listener: &'static str,
     seen: &Mutex<Vec<Seen>>,
     archive: &[u8],
-    api_addr: std::net::SocketAddr,
-    store_addr: std::net::SocketAddr,
+    storages: &[FakeStorage],
+    (api_addr, store_addr): (std::net::SocketAddr, std::net::SocketAddr),
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut head = String::new();
@@ -356,40 +382,58 @@ fn serve(
     let target = head.split(' ').nth(1).unwrap_or("").to_string();
     let path = target.split('?').next().unwrap_or("");
     let time = "2026-01-20T10:00:00.000Z";
-    let vid = |sid: &str| if sid == REC_SID { REC_VID } else { SAME_VID };
-    let storage = |sid: &str, name: &str| {
-        json!({"id": sid, "name": name, "current_version_id": vid(sid), "size": 9, "file_count": 1,
-               "created_at": time, "updated_at": time})
-    };
     let page = |rows: Vec<serde_json::Value>| {
-        json!({"data": rows, "pagination": {"has_more": false}}).to_string()
+        json!({"data": rows, "pagination": {"has_more": false}})
+            .to_string()
+            .into_bytes()
     };
-    let version = |sid: &str| json!({"id": vid(sid), "artifact_id": sid, "size": 9, "file_count": 1, "created_by": "user", "created_at": time});
-    let (status, headers, body): (&str, Vec<String>, Vec<u8>) = match (listener, path) {
-        ("api", "/v1/volumes") => ("200 OK", vec![], page(vec![]).into_bytes()),
-        ("api", "/v1/artifacts") => {
-            ("200 OK", vec![], page(vec![storage(REC_SID, "rec"), storage(SAME_SID, "same")]).into_bytes())
+    let ok = |body: Vec<u8>| ("200 OK", vec![], body);
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let by_sid = |sid: &str| storages.iter().find(|s| s.sid == sid);
+    let (status, headers, body): (&str, Vec<String>, Vec<u8>) = match (
+        listener,
+        segments.as_slice(),
+    ) {
+        ("api", ["v1", "volumes"]) => ok(page(vec![])),
+        ("api", ["v1", "artifacts"]) => ok(page(
+            storages
+                .iter()
+                .map(|s| {
+                    json!({"id": s.sid, "name": s.name, "current_version_id": s.current, "size": 9,
+                           "file_count": 1, "created_at": time, "updated_at": time})
+                })
+                .collect(),
+        )),
+        ("api", ["v1", "artifacts", sid, "versions"]) if by_sid(sid).is_some() => ok(page(
+            by_sid(sid)
+                .unwrap()
+                .versions
+                .iter()
+                .map(|v| {
+                    json!({"id": v, "artifact_id": sid, "size": 9, "file_count": 1,
+                           "created_by": "user", "created_at": time})
+                })
+                .collect(),
+        )),
+        ("api", ["v1", "artifacts", sid, "download"]) if by_sid(sid).is_some() => {
+            let location = if by_sid(sid).unwrap().same_origin {
+                format!("http://{api_addr}/store/{sid}/archive.tar.gz?X-Amz-Signature=def")
+            } else {
+                format!("http://{store_addr}/bucket/{sid}/archive.tar.gz?X-Amz-Signature=abc")
+            };
+            ("302 Found", vec![format!("Location: {location}")], vec![])
         }
-        ("api", p) if p == format!("/v1/artifacts/{REC_SID}/versions") => {
-            ("200 OK", vec![], page(vec![version(REC_SID)]).into_bytes())
-        }
-        ("api", p) if p == format!("/v1/artifacts/{SAME_SID}/versions") => {
-            ("200 OK", vec![], page(vec![version(SAME_SID)]).into_bytes())
-        }
-        ("api", p) if p == format!("/v1/artifacts/{REC_SID}/download") => (
-            "302 Found",
-            vec![format!("Location: http://{store_addr}/bucket/archive.tar.gz?X-Amz-Signature=abc&X-Amz-Expires=3600")],
-            vec![],
+        ("api", ["store", _, "archive.tar.gz"]) | ("store", ["bucket", _, "archive.tar.gz"]) => (
+            "200 OK",
+            vec!["Content-Type: application/gzip".into()],
+            archive.to_vec(),
         ),
-        ("api", p) if p == format!("/v1/artifacts/{SAME_SID}/download") => (
-            "302 Found",
-            vec![format!("Location: http://{api_addr}/store/archive.tar.gz?X-Amz-Signature=def&X-Amz-Expires=3600")],
-            vec![],
+        _ => (
+            "404 Not Found",
+            vec!["Content-Type: application/json".into()],
+            br#"{"error":{"type":"not_found_error","code":"resource_not_found","message":"no"}}"#
+                .to_vec(),
         ),
-        ("api", "/store/archive.tar.gz") | ("store", "/bucket/archive.tar.gz") => {
-            ("200 OK", vec!["Content-Type: application/gzip".into()], archive.to_vec())
-        }
-        _ => ("404 Not Found", vec![], br#"{"error":{"type":"not_found_error","code":"resource_not_found","message":"no"}}"#.to_vec()),
     };
     let mut out = conn;
     let mut response = format!(
@@ -397,7 +441,9 @@ fn serve(
         body.len()
     );
     if status.starts_with("200") && !path.ends_with(".tar.gz") {
-        response.push_str("Content-Type: application/json\r\nX-Request-Id: req_00000000000000000000000000000000\r\n");
+        response.push_str(
+            "Content-Type: application/json\r\nX-Request-Id: req_00000000000000000000000000000000\r\n",
+        );
     }
     for h in headers {
         response.push_str(&h);
@@ -411,7 +457,14 @@ fn serve(
 
 #[test]
 fn the_object_store_never_receives_the_token_as_recorded_on_the_wire() {
-    let rec = Recorder::start(small_archive("recorded\n"));
+    let rec_vid = vid(0xa);
+    let same_vid = vid(0xb);
+    let mut same = FakeStorage::new(2, "same", &same_vid, &[&same_vid]);
+    same.same_origin = true;
+    let rec = FakeApi::start(
+        small_archive("recorded\n"),
+        vec![FakeStorage::new(1, "rec", &rec_vid, &[&rec_vid]), same],
+    );
     let token = "vm0_test_5555555555555555555555555555555555555555555555555555555555555555";
     let args: Vec<String> = vec!["--api-url".into(), rec.api_url.clone()];
     let m = RawMount::start(&args, &[("VM0_TOKEN", token)]).unwrap();
@@ -446,6 +499,103 @@ fn the_object_store_never_receives_the_token_as_recorded_on_the_wire() {
             "an Authorization header went to the store:\n{}",
             s.head
         );
+    }
+}
+
+/// A mount of a [`FakeApi`] serving `storages` (every version's archive holds
+/// `a.txt` = `good\n`).
+fn hostile_api_mount(storages: Vec<FakeStorage>) -> (FakeApi, RawMount) {
+    let api = FakeApi::start(small_archive("good\n"), storages);
+    let token = "vm0_test_6666666666666666666666666666666666666666666666666666666666666666";
+    let args: Vec<String> = vec!["--api-url".into(), api.api_url.clone()];
+    let m = RawMount::start(&args, &[("VM0_TOKEN", token)]).unwrap();
+    (api, m)
+}
+
+/// The names in a directory of the mount, or the error of listing it.
+fn names_in(dir: &Path) -> std::io::Result<Vec<String>> {
+    let entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(entries
+        .iter()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect())
+}
+
+/// Storage names come from the server. One that cannot be a file name (`/` in it, empty)
+/// must not break the whole listing: the kernel fails a `readdir` with EIO when one entry
+/// has such a name (fs/fuse/readdir.c, `fuse_parse_dirfile`).
+#[test]
+fn a_storage_name_that_cannot_be_a_file_name_does_not_break_the_listing() {
+    let long = "n".repeat(300);
+    let mut storages = vec![FakeStorage::new(1, "good-name", &vid(1), &[&vid(1)])];
+    for (i, name) in ["a/b", "", "..", ".", long.as_str(), "nul\0byte"]
+        .iter()
+        .enumerate()
+    {
+        storages.push(FakeStorage::new(
+            10 + i as u32,
+            name,
+            &vid(10 + i as u32),
+            &[&vid(10 + i as u32)],
+        ));
+    }
+    let (_api, m) = hostile_api_mount(storages);
+    let names = names_in(&m.join("artifacts"))
+        .unwrap_or_else(|e| panic!("ls artifacts: {e}\n{}", m.log_text()));
+    assert!(names.iter().any(|n| n == "good-name"), "{names:?}");
+    let got = read_within(DEADLINE, &m.join("artifacts/good-name/latest/a.txt")).unwrap();
+    assert_eq!(got, b"good\n");
+}
+
+/// Version ids come from the server too; the contract makes them 64 hex characters. One
+/// that is not (empty: a prefix of every id; with `/`: not a file name) must not break
+/// the listing of its storage.
+#[test]
+fn a_bogus_version_id_does_not_break_the_listing_of_its_storage() {
+    let good = vid(1);
+    let long = "f".repeat(300);
+    let storages = vec![FakeStorage::new(
+        1,
+        "good-name",
+        &good,
+        &[&good, "", "a/b", "../../../../etc", long.as_str()],
+    )];
+    let (_api, m) = hostile_api_mount(storages);
+    let names = names_in(&m.join("artifacts/good-name"))
+        .unwrap_or_else(|e| panic!("ls artifacts/good-name: {e}\n{}", m.log_text()));
+    assert!(
+        names.contains(&good) && names.iter().any(|n| n == "latest"),
+        "{names:?}"
+    );
+    let got = read_within(
+        DEADLINE,
+        &m.join(&format!("artifacts/good-name/{good}/a.txt")),
+    )
+    .unwrap();
+    assert_eq!(got, b"good\n");
+}
+
+/// `latest` is a link that vm0fs makes from the server's `current_version_id`: it must be
+/// a version id or absent, never a path out of the mount (`cp -r latest/ backup/` would
+/// then copy from anywhere on the host).
+#[test]
+fn latest_never_points_outside_the_mount() {
+    let storages = vec![
+        FakeStorage::new(1, "evil-latest", "../../../../../../../../etc", &[&vid(1)]),
+        FakeStorage::new(2, "abs-latest", "/etc", &[&vid(2)]),
+    ];
+    let (_api, m) = hostile_api_mount(storages);
+    for name in ["evil-latest", "abs-latest"] {
+        match std::fs::read_link(m.join(&format!("artifacts/{name}/latest"))) {
+            Ok(target) => {
+                let t = target.to_string_lossy();
+                assert!(
+                    t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "{name}/latest points to {t:?}"
+                );
+            }
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{name}/latest: {e}"),
+        }
     }
 }
 
@@ -500,8 +650,8 @@ fn a_token_file_works_without_vm0_token() {
         "vm0_live_9999999999999999999999999999999999999999999999999999999999999999\n",
     )
     .unwrap();
-    let err = RawMount::start(&args, &[]).err().expect("wrong token");
-    assert!(!err.contains("vm0_live_9999"), "{err}");
+    let wrong = RawMount::start(&args, &[]).err().expect("wrong token");
+    assert!(!wrong.contains("vm0_live_9999"), "{wrong}");
     // A missing file: named.
     let missing: Vec<String> = vec![
         "--api-url".into(),
@@ -513,6 +663,12 @@ fn a_token_file_works_without_vm0_token() {
         .err()
         .expect("missing token file");
     assert!(err.contains("/nonexistent/token"), "{err}");
+    // The fix to suggest for a wrong token is the file it came from, not VM0_TOKEN (which
+    // is not even set).
+    assert!(
+        wrong.contains(file.to_str().unwrap()),
+        "the error does not name the token file: {wrong}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -618,11 +774,13 @@ fn every_write_type_operation_is_erofs() {
         m.join("artifacts/report"),
         version.clone(),
         version.join("docs"),
+        m.join(".vm0fs"),
     ];
     let files = [
         file.clone(),
         version.join("run.sh"),
         version.join("sizes/f4096.bin"),
+        m.join(".vm0fs/status"),
     ];
     let mut failures = Vec::new();
     let mut expect = |what: String, got: i32| {

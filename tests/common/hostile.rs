@@ -607,8 +607,13 @@ impl RawMount {
         cmd.arg("mount")
             .arg(dir.path())
             .arg("--foreground")
-            .args(args)
-            .env_remove("VM0_TOKEN")
+            .args(args);
+        // A fresh cache unless the test gives one: never the user's default cache, whose
+        // versions from an earlier run would be served without a download.
+        if !args.iter().any(|a| a == "--cache-dir") {
+            cmd.arg("--cache-dir").arg(work.join("cache"));
+        }
+        cmd.env_remove("VM0_TOKEN")
             .env_remove("VM0_API_URL")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
