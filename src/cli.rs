@@ -153,6 +153,10 @@ impl MountArgs {
             mountpoint,
             api_url: self.api_url.clone(),
             token: Token::new(token),
+            token_source: match &self.token_file {
+                Some(path) => format!("the token file {}", path.display()),
+                None => "VM0_TOKEN".into(),
+            },
             cache_dir: self
                 .cache_dir
                 .clone()

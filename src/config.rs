@@ -27,6 +27,8 @@ pub struct MountConfig {
     pub mountpoint: PathBuf,
     pub api_url: String,
     pub token: Token,
+    /// Where the token came from ("VM0_TOKEN" or "the token file PATH"), for messages.
+    pub token_source: String,
     pub cache_dir: PathBuf,
     pub cache_size: u64,
     pub metadata_ttl: Duration,

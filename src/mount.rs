@@ -156,9 +156,22 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
         max_elapsed: Duration::from_secs(10),
         ..RetryPolicy::default()
     };
-    client(cfg, quick)?
-        .check()
-        .with_context(|| format!("cannot use the VM0 API at {}", cfg.api_url))?;
+    match client(cfg, quick)?.check() {
+        Ok(()) => {}
+        Err(e) if e.is_auth() => {
+            bail!(
+            "the VM0 API at {} rejected the token from {}{}; check that it holds a valid API key",
+            cfg.api_url,
+            cfg.token_source,
+            e.request_id().map(|id| format!(" (request id {id})")).unwrap_or_default()
+        )
+        }
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot use the VM0 API at {}", cfg.api_url))
+            )
+        }
+    }
 
     prepare_cache_dir(&cfg.cache_dir)?;
     let cache = Cache::open(&cfg.cache_dir, cfg.cache_size).with_context(|| {

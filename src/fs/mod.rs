@@ -723,12 +723,18 @@ impl Fs {
                 }
                 let versions = self.versions(kind, &name, None)?;
                 for v in versions.iter() {
-                    let entry = self.meta_entry(Meta::Version {
+                    let version = v.id.clone();
+                    // One entry that cannot be described must not hide the others.
+                    match self.meta_entry(Meta::Version {
                         kind,
                         name: name.clone(),
-                        version: v.id.clone(),
-                    })?;
-                    items.push(item(v.id.as_bytes(), entry));
+                        version,
+                    }) {
+                        Ok(entry) => items.push(item(v.id.as_bytes(), entry)),
+                        Err(e) => {
+                            tracing::debug!(storage = %name, version = %v.id, error = %e, "version left out of the listing")
+                        }
+                    }
                 }
             }
             Resolved::Meta(Meta::Version {
@@ -801,7 +807,11 @@ impl Fs {
         }
         match self.remote.list_storages(kind) {
             Ok(list) => {
-                let map: StorageMap = list.into_iter().map(|s| (s.name.clone(), s)).collect();
+                let map: StorageMap = list
+                    .into_iter()
+                    .filter_map(|s| sane_storage(kind, s))
+                    .map(|s| (s.name.clone(), s))
+                    .collect();
                 let data = Arc::new(map);
                 self.meta.lock().storages.insert(
                     kind,
@@ -866,6 +876,16 @@ impl Fs {
         }
         match self.remote.list_versions(kind, &storage.id) {
             Ok(list) => {
+                let list: Vec<Version> = list
+                    .into_iter()
+                    .filter(|v| {
+                        let ok = is_version_id(&v.id);
+                        if !ok {
+                            tracing::warn!(storage = name, id = ?v.id, "ignoring a version whose id is not 64 hex characters");
+                        }
+                        ok
+                    })
+                    .collect();
                 let data = Arc::new(list);
                 self.meta.lock().versions.insert(
                     key,
@@ -1036,6 +1056,33 @@ pub(crate) fn format_time(t: SystemTime) -> String {
     time::OffsetDateTime::from(t)
         .format(&fmt)
         .unwrap_or_else(|_| format!("{t:?}"))
+}
+
+/// A storage as the mount can show it, or `None` (with a warning) when the API sent a name
+/// that cannot be a file name. A `current_version_id` that is not a version id is dropped,
+/// so that `latest` can only ever point at a sibling directory.
+fn sane_storage(kind: Kind, mut s: Storage) -> Option<Storage> {
+    let name_ok = !s.name.is_empty()
+        && s.name != "."
+        && s.name != ".."
+        && s.name.len() <= 255
+        && !s.name.contains(['/', '\0']);
+    if !name_ok {
+        tracing::warn!(kind = kind.plural(), id = %s.id, name = ?s.name, "ignoring a storage whose name cannot be a file name");
+        return None;
+    }
+    if let Some(cur) = &s.current_version_id {
+        if !is_version_id(cur) {
+            tracing::warn!(storage = %s.name, current = ?cur, "ignoring a current version id that is not 64 hex characters");
+            s.current_version_id = None;
+        }
+    }
+    Some(s)
+}
+
+/// A full version id: 64 lowercase hex characters (a SHA-256).
+fn is_version_id(id: &str) -> bool {
+    id.len() == 64 && is_hex(id)
 }
 
 fn is_hex(s: &str) -> bool {
