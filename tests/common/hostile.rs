@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -583,15 +583,11 @@ pub fn version_with_message(emu: &Emulator, kind: &str, name: &str, message: &st
 
 /// `vm0fs mount --foreground` with exactly the arguments and environment given (no
 /// `VM0_TOKEN` unless the test sets it); unmounted and stopped on drop.
-pub struct RawMount {
-    pub dir: TempDir,
-    pub log: PathBuf,
-    child: Option<Child>,
-}
+pub struct RawMount;
 
 impl RawMount {
     /// Start and wait until the mount answers, or the daemon's output if it exits first.
-    pub fn start(args: &[String], env: &[(&str, &str)]) -> Result<RawMount, String> {
+    pub fn start(args: &[String], env: &[(&str, &str)]) -> Result<Mount, String> {
         super::require_fuse();
         let dir = tempfile::Builder::new()
             .prefix("vm0fs-mnt")
@@ -610,8 +606,9 @@ impl RawMount {
             .args(args);
         // A fresh cache unless the test gives one: never the user's default cache, whose
         // versions from an earlier run would be served without a download.
+        let cache = work.join("cache");
         if !args.iter().any(|a| a == "--cache-dir") {
-            cmd.arg("--cache-dir").arg(work.join("cache"));
+            cmd.arg("--cache-dir").arg(&cache);
         }
         cmd.env_remove("VM0_TOKEN")
             .env_remove("VM0_API_URL")
@@ -622,65 +619,6 @@ impl RawMount {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start vm0fs");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                let out = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!(
-                    "vm0fs exited with {status} before mounting:\n{out}"
-                ));
-            }
-            if std::fs::metadata(dir.path())
-                .map(|m| m.ino() == 1)
-                .unwrap_or(false)
-            {
-                return Ok(RawMount {
-                    dir,
-                    log,
-                    child: Some(child),
-                });
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "mount did not answer within 60 s:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    pub fn join(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for RawMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .stderr(Stdio::null())
-            .status();
-        if let Some(mut c) = self.child.take() {
-            if super::wait_timeout(&mut c, Duration::from_secs(10)).is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        Mount::spawn(cmd, dir, cache, log)
     }
 }

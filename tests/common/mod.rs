@@ -259,6 +259,17 @@ impl Mount {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
+        Mount::spawn(cmd, dir, cache, log)
+    }
+
+    /// Start `cmd` (a `vm0fs mount --foreground` of `dir`, stderr to `log`) and wait until
+    /// the mount answers, or return the daemon's output if it exits first.
+    pub fn spawn(
+        mut cmd: Command,
+        dir: TempDir,
+        cache: PathBuf,
+        log: PathBuf,
+    ) -> Result<Mount, String> {
         let mut child = cmd.spawn().expect("start vm0fs");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -272,7 +283,12 @@ impl Mount {
                 .map(|m| m.ino() == 1)
                 .unwrap_or(false)
             {
-                break;
+                return Ok(Mount {
+                    dir,
+                    cache,
+                    child: Some(child),
+                    log,
+                });
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -283,12 +299,6 @@ impl Mount {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Mount {
-            dir,
-            cache,
-            child: Some(child),
-            log,
-        })
     }
 
     pub fn path(&self) -> &Path {
