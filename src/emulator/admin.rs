@@ -134,6 +134,7 @@ fn set_config(shared: &Shared, body: &[u8]) -> Reply {
         Ok(change) => change,
         Err(reply) => return reply,
     };
+    let token_changed = change.token.is_some();
     {
         let mut rt = shared.runtime.write();
         if let Some(v) = change.url_ttl_secs {
@@ -151,7 +152,15 @@ fn set_config(shared: &Shared, body: &[u8]) -> Reply {
         if let Some(v) = change.stuck_cursor {
             rt.stuck_cursor = v;
         }
-        tracing::info!(config = ?*rt, "runtime configuration changed");
+        // The token stays out of the log, as in vm0fs itself.
+        tracing::info!(
+            url_ttl_secs = rt.url_ttl_secs,
+            shape = ?rt.shape,
+            pagination_quirk = rt.pagination_quirk,
+            stuck_cursor = rt.stuck_cursor,
+            token_changed,
+            "runtime configuration changed"
+        );
     }
     config(shared)
 }

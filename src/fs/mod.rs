@@ -425,7 +425,10 @@ impl Fs {
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
         // `ls -l` asks every file for its ACL: answer without resolving anything.
-        let name = name.to_str().filter(|n| n.starts_with("user.vm0.")).ok_or(FsError::NoAttr)?;
+        let name = name
+            .to_str()
+            .filter(|n| n.starts_with("user.vm0."))
+            .ok_or(FsError::NoAttr)?;
         self.xattrs(ino)?
             .into_iter()
             .find(|(n, _)| *n == name)
