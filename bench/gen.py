@@ -18,7 +18,6 @@ Layout written under DATA (the emulator's `--data`):
 The set is regenerated only when `params` (the sizes) or GENERATOR change; see `ensure`.
 """
 
-import bisect
 import gzip
 import json
 import multiprocessing
@@ -79,14 +78,15 @@ class Content:
     """A file-like object that generates `size` bytes on demand (never all at once)."""
 
     def __init__(self, size, kind, seed):
-        self.left = size
+        self.left = size  # bytes not yet returned (and not yet generated, past `buf`)
         self.kind = kind  # "text", "bin" or "alt" (1 MiB blocks alternating text/binary)
         self.rng = random.Random(seed)
         self.block = 0
         self.buf = b""
+        self.pos = 0
 
     def _next_block(self):
-        n = min(BLOCK, self.left - len(self.buf))
+        n = min(BLOCK, self.left)
         kind = self.kind
         if kind == "alt":
             kind = "text" if self.block % 2 == 0 else "bin"
@@ -100,10 +100,28 @@ class Content:
         if n is None or n < 0:
             n = self.left
         n = min(n, self.left)
-        while len(self.buf) < n:
-            self.buf += self._next_block()
-        out, self.buf = self.buf[:n], self.buf[n:]
-        self.left -= n
+        parts = []
+        while n > 0:
+            if self.pos == len(self.buf):
+                self.buf, self.pos = self._next_block(), 0
+            take = min(n, len(self.buf) - self.pos)
+            parts.append(self.buf[self.pos:self.pos + take])
+            self.pos += take
+            self.left -= take
+            n -= take
+        return b"".join(parts)
+
+
+class Fixed:
+    """A file-like object over bytes in memory (READMEs, the volumes' tiny files)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            n = len(self.data)
+        out, self.data = self.data[:n], self.data[n:]
         return out
 
 
@@ -150,17 +168,6 @@ def files_many(count, max_size, seed):
 def files_volume(i):
     body = ("volume %d\n" % i).encode()
     yield "data.txt", len(body), Fixed(body)
-
-
-class Fixed:
-    def __init__(self, data):
-        self.data = data
-
-    def read(self, n=-1):
-        if n is None or n < 0:
-            n = len(self.data)
-        out, self.data = self.data[:n], self.data[n:]
-        return out
 
 
 def write_archive(path, entries):
