@@ -76,6 +76,9 @@ impl FuseFs {
 /// on close, so spare every `close(2)` a round trip to the daemon.
 const CACHED_OPEN: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
 
+/// Files at least this large are read through kernel passthrough (when available).
+const PASSTHROUGH_MIN_SIZE: u64 = 1 << 20;
+
 fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
@@ -167,14 +170,19 @@ impl fuser::Filesystem for FuseFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
             Ok(o) if o.direct_io => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO),
-            Ok(o) if self.passthrough => match self.backing_for(&reply, ino.0, o.fh) {
-                // No FOPEN_KEEP_CACHE here: the kernel answers EIO to passthrough opens that
-                // carry it (the page cache is the backing file's own anyway).
-                Some(id) => {
-                    reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id)
+            // Small files go through the page cache: once read, opening one again costs a
+            // single round trip, where passthrough would register and unregister a backing
+            // file with the kernel on every open and close.
+            Ok(o) if self.passthrough && o.size >= PASSTHROUGH_MIN_SIZE => {
+                match self.backing_for(&reply, ino.0, o.fh) {
+                    // No FOPEN_KEEP_CACHE here: the kernel answers EIO to passthrough opens that
+                    // carry it (the page cache is the backing file's own anyway).
+                    Some(id) => {
+                        reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id)
+                    }
+                    None => reply.opened(FileHandle(o.fh), CACHED_OPEN),
                 }
-                None => reply.opened(FileHandle(o.fh), CACHED_OPEN),
-            },
+            }
             Ok(o) => reply.opened(FileHandle(o.fh), CACHED_OPEN),
             Err(e) => reply.error(fail("open", &e)),
         }
@@ -223,7 +231,12 @@ impl fuser::Filesystem for FuseFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // A directory inside a version never changes: let the kernel keep its listing.
+            Ok(o) if o.immutable => reply.opened(
+                FileHandle(o.fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Ok(o) => reply.opened(FileHandle(o.fh), FopenFlags::empty()),
             Err(e) => reply.error(fail("opendir", &e)),
         }
     }

@@ -107,6 +107,10 @@ pub struct Opened {
     pub fh: u64,
     /// Generated content (the status file): no page cache, reads go to the daemon.
     pub direct_io: bool,
+    /// Inside a version: the content (or listing) never changes, the kernel may cache it.
+    pub immutable: bool,
+    /// File size (0 for directories).
+    pub size: u64,
 }
 
 /// The name of the hidden directory that holds the status file.
@@ -305,6 +309,8 @@ impl Fs {
                 return Ok(Opened {
                     fh,
                     direct_io: true,
+                    immutable: false,
+                    size: 0,
                 });
             }
             Resolved::Meta(Meta::Latest { .. } | Meta::PrefixLink { .. }) => {
@@ -313,21 +319,24 @@ impl Fs {
             Resolved::Meta(_) => return Err(FsError::IsDir),
         };
         let v = self.version_of(&range)?;
-        let blob = match &v
+        let (blob, size) = match &v
             .index
             .nodes
             .get(node as usize)
             .ok_or(FsError::NotFound)?
             .kind
         {
-            NodeKind::File { blob, .. } => *blob,
+            NodeKind::File { blob, size } => (*blob, *size),
             NodeKind::Dir { .. } => return Err(FsError::IsDir),
             NodeKind::Symlink { .. } => return Err(FsError::NotFound),
         };
         let file = File::open(blob_path(&v.dir, blob))?;
+        let fh = self.add_handle(Handle::File { file, _version: v });
         Ok(Opened {
-            fh: self.add_handle(Handle::File { file, _version: v }),
+            fh,
             direct_io: false,
+            immutable: true,
+            size,
         })
     }
 
@@ -358,9 +367,19 @@ impl Fs {
     }
 
     /// Snapshot a directory's listing (`.` and `..` included) into a handle.
-    pub fn opendir(&self, ino: u64) -> Result<u64> {
+    pub fn opendir(&self, ino: u64) -> Result<Opened> {
         let items = self.list_dir(ino)?;
-        Ok(self.add_handle(Handle::Dir(Arc::new(items))))
+        let immutable = matches!(
+            self.resolve(ino)?,
+            Resolved::Content { .. } | Resolved::Meta(Meta::Version { .. })
+        );
+        let fh = self.add_handle(Handle::Dir(Arc::new(items)));
+        Ok(Opened {
+            fh,
+            direct_io: false,
+            immutable,
+            size: 0,
+        })
     }
 
     /// The entries of an open directory from position `offset` on.

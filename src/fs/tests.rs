@@ -150,7 +150,7 @@ fn lookup_path(fs: &Fs, path: &str) -> Result<Entry> {
 }
 
 fn names(fs: &Fs, ino: u64) -> Vec<String> {
-    let fh = fs.opendir(ino).unwrap();
+    let fh = fs.opendir(ino).unwrap().fh;
     let items = fs.readdir(fh, 0).unwrap();
     fs.release(fh);
     items
@@ -240,7 +240,7 @@ fn inode_numbers_are_stable_and_agree_between_lookup_and_readdir() {
         .unwrap()
         .attr
         .ino;
-    let fh = fs.opendir(root).unwrap();
+    let fh = fs.opendir(root).unwrap().fh;
     for item in fs.readdir(fh, 0).unwrap().iter().skip(2) {
         let looked = fs.lookup(root, &item.name).unwrap();
         assert_eq!(looked.attr.ino, item.entry.attr.ino, "{:?}", item.name);

@@ -137,6 +137,8 @@ pub fn feature_archive() -> Vec<u8> {
             &pattern(size, size as u64),
         );
     }
+    // Large enough to be read through kernel passthrough where the kernel offers it.
+    b.file("sizes/big.bin", 0o644, t + 16, &pattern(3 << 19, 7));
     b.dir("sizes", 0o755, t + 20);
     // Children first, their directory entries after.
     b.file("docs/guide/intro.md", 0o644, t + 30, b"intro\n");
