@@ -1,4 +1,4 @@
-"""The vm0fs benchmark (issue 6): every path measured against its native baseline, in the
+"""The vm0fs benchmark: every path measured against its native baseline, in the
 same run, so that the ratio (not the absolute figure) is what counts on a noisy machine.
 
 Run it through `scripts/bench.sh` (which installs the tools and builds the release
@@ -65,7 +65,7 @@ CASES = [
 ]
 CASE_NAMES = [c[0] for c in CASES]
 
-# Issue 6's targets: (direction, threshold). "<=": vm0fs/baseline at most; ">=": at least.
+# The targets: (direction, threshold). "<=": vm0fs/baseline at most; ">=": at least.
 TARGETS = {
     "cold_first_cat": ("<=", 1.0),
     "cold_unpack": (">=", 1.0),
@@ -875,7 +875,7 @@ def main():
     print()
     judged = [r for r in bench.rows if r.get("met") is not None]
     print("targets met: %d of %d" % (sum(1 for r in judged if r["met"]), len(judged)))
-    print("ratio = vm0fs / baseline (medians of runs alternating with the baseline's); met = issue 6's target")
+    print("ratio = vm0fs / baseline (medians of runs alternating with the baseline's); met = the target")
     print("results: %s (machine: %s)" % (os.path.relpath(args.out, os.getcwd()), os.path.relpath(meta_path, os.getcwd())))
     if broken:
         log("the benchmark did not complete: %s" % broken)

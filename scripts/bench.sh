@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The vm0fs benchmark (issue 6): every path measured against its native baseline in the
+# The vm0fs benchmark: every path measured against its native baseline in the
 # same run; the ratio is what counts. See doc/BENCHMARKS.md for the cases and how each is
 # measured, and `scripts/bench.sh --help` for the options.
 #

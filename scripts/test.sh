@@ -9,3 +9,7 @@ bash scripts/deps.sh
 
 cargo build --all-targets
 cargo test -- --test-threads "${VM0FS_TEST_THREADS:-4}"
+
+# The benchmark must keep running (its figures are not judged here: timings never decide
+# whether tests pass).
+bash scripts/bench.sh --quick
