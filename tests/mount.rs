@@ -140,7 +140,12 @@ fn random_reads_and_mmap(flags: &[&str]) {
         );
     }
     let expected = tar_extract(&f.archive);
-    for name in ["sizes/f4095.bin", "sizes/f131073.bin", "sizes/big.bin", "empty.txt"] {
+    for name in [
+        "sizes/f4095.bin",
+        "sizes/f131073.bin",
+        "sizes/big.bin",
+        "empty.txt",
+    ] {
         let want = std::fs::read(expected.path().join(name)).unwrap();
         let path = m.join(&format!("artifacts/report/latest/{name}"));
         let file = File::open(&path).unwrap();

@@ -18,7 +18,7 @@ use std::fs::File;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -119,14 +119,31 @@ pub const STATUS_DIR: &str = ".vm0fs";
 enum Handle {
     /// Generated content, fixed at `open`.
     Static(Vec<u8>),
-    /// An open file: the content file and a pin on its version.
-    File {
-        file: File,
-        _version: Arc<CachedVersion>,
-    },
+    /// An open file: its content file and a pin on its version.
+    File(OpenFile),
     /// A directory listing snapshot taken at `opendir`, so that a listing read in many
     /// `readdir` calls is consistent and built once.
     Dir(Arc<Vec<DirItem>>),
+}
+
+/// A file opened by the kernel. The content file itself is opened on the first read: a file
+/// whose pages the kernel already caches is then opened and closed without a system call.
+struct OpenFile {
+    path: std::path::PathBuf,
+    file: OnceLock<File>,
+    _version: Arc<CachedVersion>,
+}
+
+impl OpenFile {
+    fn file(&self) -> std::io::Result<&File> {
+        if let Some(f) = self.file.get() {
+            return Ok(f);
+        }
+        let f = File::open(&self.path)?;
+        // Two first reads may race; either file will do.
+        let _ = self.file.set(f);
+        Ok(self.file.get().expect("set just above"))
+    }
 }
 
 struct Listing<T> {
@@ -330,8 +347,12 @@ impl Fs {
             NodeKind::Dir { .. } => return Err(FsError::IsDir),
             NodeKind::Symlink { .. } => return Err(FsError::NotFound),
         };
-        let file = File::open(blob_path(&v.dir, blob))?;
-        let fh = self.add_handle(Handle::File { file, _version: v });
+        let path = blob_path(&v.dir, blob);
+        let fh = self.add_handle(Handle::File(OpenFile {
+            path,
+            file: OnceLock::new(),
+            _version: v,
+        }));
         Ok(Opened {
             fh,
             direct_io: false,
@@ -344,7 +365,7 @@ impl Fs {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let handle = self.handle(fh)?;
         let file = match &*handle {
-            Handle::File { file, .. } => file,
+            Handle::File(f) => f.file()?,
             Handle::Static(data) => {
                 let start = (offset as usize).min(data.len());
                 let end = start.saturating_add(size as usize).min(data.len());
@@ -387,7 +408,7 @@ impl Fs {
         let _ = offset;
         match &*self.handle(fh)? {
             Handle::Dir(items) => Ok(items.clone()),
-            Handle::File { .. } | Handle::Static(_) => Err(FsError::NotDir),
+            Handle::File(_) | Handle::Static(_) => Err(FsError::NotDir),
         }
     }
 
@@ -395,7 +416,7 @@ impl Fs {
     /// kernel for passthrough reads).
     pub fn with_open_file<R>(&self, fh: u64, f: impl FnOnce(&File) -> R) -> Option<R> {
         match &*self.handle(fh).ok()? {
-            Handle::File { file, .. } => Some(f(file)),
+            Handle::File(open) => open.file().ok().map(f),
             Handle::Static(_) | Handle::Dir(_) => None,
         }
     }
