@@ -11,12 +11,19 @@ use vm0fs::api::Token;
 use vm0fs::config::{self, Access, MountConfig};
 use vm0fs::size::ByteSize;
 
+/// The environment variables, shown under every `--help`.
+const ENV_HELP: &str = "Environment:
+  VM0_TOKEN       API token (vm0_live_... or vm0_test_...); never passed on the command line
+  VM0_API_URL     API base URL (default https://api.vm0.ai/v1)
+  RUST_LOG        log filter, e.g. vm0fs=debug (overrides --log-level)
+  XDG_CACHE_HOME  default cache location ($XDG_CACHE_HOME/vm0fs, else ~/.cache/vm0fs)";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "vm0fs",
     version,
     about = "Mount the volumes and artifacts of the VM0 agent platform as a read-only directory tree",
-    after_help = "Environment:\n  VM0_TOKEN     API token (vm0_live_... or vm0_test_...); never passed on the command line\n  VM0_API_URL   API base URL (default https://api.vm0.ai/v1)\n  RUST_LOG      log filter, e.g. vm0fs=debug (overrides --log-level)\n  XDG_CACHE_HOME  default cache location ($XDG_CACHE_HOME/vm0fs, else ~/.cache/vm0fs)"
+    after_help = ENV_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -26,6 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount the VM0 volumes and artifacts at MOUNTPOINT (read-only).
+    #[command(after_help = ENV_HELP)]
     Mount(MountArgs),
     /// Unmount a vm0fs mount (also one whose daemon died).
     Unmount(UnmountArgs),
