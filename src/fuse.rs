@@ -170,7 +170,9 @@ impl fuser::Filesystem for FuseFs {
             Ok(o) if self.passthrough => match self.backing_for(&reply, ino.0, o.fh) {
                 // No FOPEN_KEEP_CACHE here: the kernel answers EIO to passthrough opens that
                 // carry it (the page cache is the backing file's own anyway).
-                Some(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id),
+                Some(id) => {
+                    reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id)
+                }
                 None => reply.opened(FileHandle(o.fh), CACHED_OPEN),
             },
             Ok(o) => reply.opened(FileHandle(o.fh), CACHED_OPEN),
