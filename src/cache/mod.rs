@@ -304,6 +304,10 @@ struct Inner {
     state: Mutex<State>,
 }
 
+/// How long a fetch that finds every other version pinned waits for a pin to drop before
+/// it refuses with `NoRoom`.
+const PIN_GRACE: Duration = Duration::from_millis(500);
+
 /// How often a version's last use is written to disk at most (its `meta.json` mtime).
 const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -563,22 +567,44 @@ impl Cache {
         }
         let need = reservation(announced).min(budget);
         let mut trash = Vec::new();
-        {
+        let mut refuse_after: Option<Instant> = None;
+        loop {
             let mut st = self.inner.state.lock();
             self.evict_until(&mut st, budget.saturating_sub(need), None, &mut trash);
-            if st.used + need > budget {
-                drop(st);
-                purge(trash);
-                let err = CacheError::NoRoom {
-                    key: key.clone(),
-                    needed: need,
-                    budget,
-                };
-                tracing::error!(version = %key, "{err}");
-                return Err(Arc::new(err));
+            if st.used + need <= budget {
+                st.used += need;
+                st.reserved.insert(key.clone(), need);
+                break;
             }
-            st.used += need;
-            st.reserved.insert(key.clone(), need);
+            // Other downloads in progress hold reservations; once complete (and unpinned)
+            // they can be evicted, so wait for one rather than refuse. Only flights that
+            // hold a reservation are waited for: they never wait for room themselves, so
+            // two fetches can never wait for each other.
+            let busy = st.reserved.keys().find_map(|k| st.flights.get(k).cloned());
+            drop(st);
+            match busy {
+                Some(flight) => {
+                    let _ = flight.wait();
+                }
+                // A file closed a moment ago may still hold its pin: the kernel sends
+                // FUSE_RELEASE asynchronously after close(2) returns. Give such pins a
+                // moment to drop before refusing.
+                None if *refuse_after.get_or_insert_with(|| Instant::now() + PIN_GRACE)
+                    > Instant::now() =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                None => {
+                    purge(trash);
+                    let err = CacheError::NoRoom {
+                        key: key.clone(),
+                        needed: need,
+                        budget,
+                    };
+                    tracing::error!(version = %key, "{err}");
+                    return Err(Arc::new(err));
+                }
+            }
         }
         // Deleting evicted versions before the download starts keeps the real usage
         // within the budget plus the one version being unpacked.

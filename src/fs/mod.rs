@@ -123,6 +123,16 @@ pub struct Opened {
     pub direct_io: bool,
 }
 
+/// What keeps the version of an open file from being evicted.
+#[allow(dead_code)] // Held only for what holding it does: the fields are never read.
+enum Pin {
+    Version(Arc<CachedVersion>),
+    /// A file opened while its version was unpacked: the flight keeps its outcome, so once
+    /// the version is complete the flight pins it. (The descriptor alone keeps the content
+    /// readable in any case, across the commit rename and a failed download.)
+    Flight(Arc<Flight>),
+}
+
 /// A version as far as it is available now.
 enum Available {
     Ready(Arc<CachedVersion>),
@@ -136,12 +146,8 @@ pub const STATUS_DIR: &str = ".vm0fs";
 enum Handle {
     /// Generated content, fixed at `open`.
     Static(Vec<u8>),
-    /// An open file: the content file and a pin on its version (none for a file opened
-    /// while its version was still being unpacked: the descriptor alone keeps it readable).
-    File {
-        file: File,
-        _version: Option<Arc<CachedVersion>>,
-    },
+    /// An open file: the content file and a pin on its version.
+    File { file: File, _pin: Pin },
     /// A directory listing snapshot taken at `opendir`, so that a listing read in many
     /// `readdir` calls is consistent and built once.
     Dir(Arc<Vec<DirItem>>),
@@ -372,7 +378,7 @@ impl Fs {
                             return Ok(Opened {
                                 fh: self.add_handle(Handle::File {
                                     file,
-                                    _version: None,
+                                    _pin: Pin::Flight(flight.clone()),
                                 }),
                                 direct_io: false,
                             })
@@ -400,7 +406,7 @@ impl Fs {
         Ok(Opened {
             fh: self.add_handle(Handle::File {
                 file,
-                _version: Some(v),
+                _pin: Pin::Version(v),
             }),
             direct_io: false,
         })
