@@ -413,6 +413,9 @@ fn a_failed_download_is_eio_then_retried_on_the_next_access() {
         std::fs::read(&path).unwrap(),
         b"# Agent output\n\nSee docs/.\n"
     );
+    // The read may be answered while the rest is still unpacked; a listing waits for the
+    // end, after which the temporary directory is gone.
+    std::fs::read_dir(m.join(&format!("artifacts/report/{id}"))).unwrap();
     let cached: Vec<_> = std::fs::read_dir(m.cache.join("tmp")).unwrap().collect();
     assert!(cached.is_empty(), "no leftovers in tmp/");
 }
