@@ -543,6 +543,8 @@ fn the_status_file_shows_the_cache_and_its_versions() {
     );
     assert!(!before.contains(&id), "{before}");
     std::fs::read(m.join("artifacts/report/latest/README.md")).unwrap();
+    // The read may be answered before the version is complete; a listing waits for it.
+    std::fs::read_dir(m.join("artifacts/report/latest")).unwrap();
     let after = ok(Command::new("cat").arg(m.join(".vm0fs/status")));
     let line = after
         .lines()
