@@ -94,11 +94,10 @@ impl Published {
     /// Forget `name` in `dir`, and the node `gone` (see [`Publish::withdraw`]).
     pub fn withdraw(&mut self, dir: u32, name: &[u8], gone: Option<u32>) {
         self.names.remove(&(dir, name.to_vec()));
+        // A node that is gone has no other name (it lost its last one), and only an empty
+        // directory can be replaced, so no name lives under it: forgetting the node is all.
         if let Some(node) = gone {
             self.nodes.remove(&node);
-            // Names under a directory that is gone went with it (only an empty directory
-            // can be replaced, so there are none; this keeps the map honest regardless).
-            self.names.retain(|_, n| *n != node);
         }
     }
 

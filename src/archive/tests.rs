@@ -1451,3 +1451,25 @@ fn published_files_match_the_finished_index() {
     let d = resolve(&u.index, "d").unwrap();
     assert!(published.lookup(d, b"three").is_none());
 }
+
+#[test]
+fn a_directory_seen_before_its_own_member_is_shown_owner_only() {
+    let tar = Tar::new()
+        .file("d/f", b"f")
+        .dir("d", 0o750)
+        .dir("e", 0o755)
+        .file("e/g", b"g");
+    let run = Run::new();
+    let rec = Recorder::default();
+    let opts = UnpackOptions {
+        max_bytes: u64::MAX,
+        implied_dir_mtime: IMPLIED_MTIME,
+    };
+    let u = unpack_published(&tar.gz()[..], &run.dest, &opts, &mut |_| {}, &rec).unwrap();
+    let (published, _) = rec.state.into_inner().unwrap();
+    // `d` was only implied when `d/f` was published: its final mode could be stricter.
+    assert_eq!(published.lookup(0, b"d").unwrap().1.perm, 0o700);
+    assert_eq!(node(&u, "d").perm, 0o750);
+    // `e` had its own member first: its mode is the archive's.
+    assert_eq!(published.lookup(0, b"e").unwrap().1.perm, 0o755);
+}

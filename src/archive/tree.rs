@@ -106,6 +106,8 @@ struct WorkNode {
     meta: Meta,
     /// Names that refer to this node (only kept for non-directories).
     names: u32,
+    /// The metadata comes from a member of its own (not implied by a path).
+    explicit: bool,
 }
 
 /// One step of a path, from [`Tree::chain`].
@@ -178,6 +180,7 @@ impl Tree {
                 },
                 meta: root,
                 names: 1,
+                explicit: false,
             }],
         }
     }
@@ -218,6 +221,7 @@ impl Tree {
                         },
                         meta: implied,
                         names: 1,
+                        explicit: false,
                     })?;
                     self.insert_name(dir, comp.to_vec(), node);
                     node
@@ -397,6 +401,7 @@ impl Tree {
             kind,
             meta,
             names: 1,
+            explicit: true,
         };
         let node = match reuse {
             Some(old)
@@ -422,12 +427,21 @@ impl Tree {
         for comp in comps {
             let node = self.child(dir, comp)?;
             let n = &self.nodes[node as usize];
+            let is_dir = matches!(n.kind, Kind::Dir { .. });
+            let mut meta = n.meta;
+            if is_dir && !n.explicit {
+                // The archive may still give this directory a member of its own with a
+                // stricter mode (tar writes a directory's entry after its files when it
+                // restores modes). Until then only the owner may enter: a mode shown
+                // early must never grant what the final one refuses to other users.
+                meta.perm &= 0o700;
+            }
             steps.push(ChainStep {
                 dir,
                 name: comp.to_vec(),
                 node,
-                meta: n.meta,
-                is_dir: matches!(n.kind, Kind::Dir { .. }),
+                meta,
+                is_dir,
             });
             dir = node;
         }
@@ -446,6 +460,7 @@ impl Tree {
     pub fn set_meta(&mut self, node: u32, meta: Meta) {
         if let Some(n) = self.nodes.get_mut(node as usize) {
             n.meta = meta;
+            n.explicit = true;
         }
     }
 
