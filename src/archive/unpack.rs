@@ -11,6 +11,11 @@
 //! The wrappers exist so that an `io::Error` coming out of the tar reader can be told
 //! apart: a failing download, a truncated or corrupt gzip stream, or bad tar data each
 //! become their own [`ArchiveError`].
+//!
+//! Each regular file is published ([`Publish`]) right after its blob is written and closed,
+//! and a name a later member takes over is withdrawn before that member writes anything.
+//! Published content is complete as the tar stream gave it; the gzip checksum of the whole
+//! stream is only known at the end, which is why a version is committed only then.
 
 use std::cell::{Cell, RefCell};
 use std::fs::{self, File, OpenOptions};
