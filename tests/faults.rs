@@ -329,7 +329,10 @@ fn a_server_that_stays_down_gives_eio_in_bounded_time_and_the_mount_recovers() {
     // The server is back: the cold version reads.
     emu.clear_faults();
     assert_eq!(read_within(DEADLINE, &cold_path).unwrap(), a_txt(1));
-    assert!(is_cached(&sb.cache, &cold));
+    // The read may be answered before the version is complete and committed.
+    poll_until(DEADLINE, "the version to be cached", || {
+        is_cached(&sb.cache, &cold)
+    });
 }
 
 #[test]

@@ -25,8 +25,9 @@ use tar::EntryType;
 
 use common::archives::{pattern, put_archive, ArchiveBuilder};
 use common::hostile::{
-    assert_cache_layout, disk_usage, gzip, huge_header_archive, is_cached, log_when, put_sidecar,
-    read_within, skip_line, tmp_entries, version_with_message, zero_bomb, RawTar, Sandbox,
+    assert_cache_layout, disk_usage, gzip, huge_header_archive, is_cached, log_when, poll_until,
+    put_sidecar, read_within, skip_line, tmp_entries, version_with_message, zero_bomb, RawTar,
+    Sandbox,
 };
 use common::{ok, tar_extract, tree_listing, Emulator, Mount};
 
@@ -607,7 +608,9 @@ fn corrupt_archives_in_the_data_give_eio_for_that_version_only() {
         ("v5-badtar", "tar data is damaged"),
     ] {
         let v = id(label);
-        let path = m.join(&format!("artifacts/mixed/{v}/a.txt"));
+        // Not `a.txt`: it comes first and is complete in the truncated archive, so it may be
+        // served (correctly) before the damage further on is found. `b.bin` is never whole.
+        let path = m.join(&format!("artifacts/mixed/{v}/b.bin"));
         assert_failed_cleanly(
             &m,
             &sb.cache,
@@ -650,6 +653,9 @@ fn a_corrupting_store_gives_eio_nothing_cached_and_the_next_try_works() {
     let m = Mount::with(&emu, sb.opts());
     let victim = emu.current_version("artifacts", "victim");
     let bystander = m.join("artifacts/bystander/latest/a.txt");
+    // `b.bin`, not `a.txt`: a file complete before the damage may be served while the
+    // archive is read (progressive availability); `b.bin` is cut by the truncation.
+    let broken = m.join(&format!("artifacts/victim/{victim}/b.bin"));
     let path = m.join(&format!("artifacts/victim/{victim}/a.txt"));
     for (corrupt, problem) in [
         ("truncate", "ends early"),
@@ -661,7 +667,7 @@ fn a_corrupting_store_gives_eio_nothing_cached_and_the_next_try_works() {
             &m,
             &sb.cache,
             &victim,
-            &path,
+            &broken,
             problem,
             &bystander,
             b"archive 4\n",
@@ -669,7 +675,10 @@ fn a_corrupting_store_gives_eio_nothing_cached_and_the_next_try_works() {
     }
     // The faults are spent: the same version now downloads, unpacks and stays.
     assert_eq!(read_within(DEADLINE, &path).unwrap(), b"archive 3\n");
-    assert!(is_cached(&sb.cache, &victim));
+    // The read may be answered before the version is complete and committed.
+    poll_until(DEADLINE, "the version to be cached", || {
+        is_cached(&sb.cache, &victim)
+    });
     sb.assert_untouched();
 }
 
@@ -749,8 +758,10 @@ fn a_decompression_bomb_is_stopped_before_it_fills_the_disk() {
     assert!(!is_cached(&sb.cache, &id) && tmp_entries(&sb.cache).is_empty());
 
     let id = emu.current_version("artifacts", "many");
+    // The last part, never unpacked: the first ones are complete within the limit and may
+    // be served while the archive is read (progressive availability).
     let (err, peak) =
-        read_failing_while_sampling(&m.join("artifacts/many/latest/part-0"), &sb.cache);
+        read_failing_while_sampling(&m.join("artifacts/many/latest/part-63"), &sb.cache);
     assert_eq!(errno(&err), libc::EIO, "{err}");
     // The announced 2 MiB (plus blocks and directories), never the 64 MiB of the archive.
     assert!(

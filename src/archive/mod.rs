@@ -26,14 +26,23 @@
 //! - Content is checked against [`UnpackOptions::max_bytes`] before it is written, and the
 //!   metadata held in memory per member (long names, pax records) is bounded.
 //!
+//! While the archive is read, each regular file is published ([`Publish`]) as soon as its
+//! content is complete, under the node number it keeps in the finished index (nodes are
+//! numbered in creation order, see `tree.rs`), so that a reader can serve it early.
+//!
 //! This module knows nothing of HTTP, the cache budget's bookkeeping or inodes.
 
 mod index;
+mod publish;
 mod tree;
 mod unpack;
 
 pub use index::{DirEntry, Index, Node, NodeKind, INDEX_FORMAT_VERSION};
-pub use unpack::{blob_path, unpack, ArchiveError, Skipped, UnpackOptions, UnpackStats, Unpacked};
+pub use publish::{BlobId, Publish, Published, PublishedFile, PublishedKind, PublishedNode, Step};
+pub use unpack::{
+    blob_path, unpack, unpack_published, ArchiveError, Skipped, UnpackOptions, UnpackStats,
+    Unpacked,
+};
 
 #[cfg(test)]
 mod tests;

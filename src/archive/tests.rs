@@ -251,6 +251,12 @@ fn check(run: &Run, u: &Unpacked) {
         assert_eq!(node.perm & 0o6000, 0, "setuid/setgid kept on {id}");
     }
     for (id, node) in nodes.iter().enumerate().skip(1) {
+        // A node that lost its last name to a hard link keeps its number as a hole: an
+        // empty directory that no name reaches (numbers are final once handed out).
+        let hole = matches!(&node.kind, NodeKind::Dir { parent: 0, entries } if entries.is_empty());
+        if names[id] == 0 && hole {
+            continue;
+        }
         assert!(names[id] >= 1, "node {id} unreachable");
         if !matches!(node.kind, NodeKind::Dir { .. }) {
             assert_eq!(node.nlink, names[id], "nlink of {id}");
@@ -1341,4 +1347,129 @@ fn damaged_archives_never_panic() {
         }
         assert_eq!(fs::read_dir(&run.sentinel).unwrap().count(), 0);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Numbering and publishing while unpacking
+
+/// Records what an unpack publishes, applying it to a [`Published`] as a reader would see.
+#[derive(Default)]
+struct Recorder {
+    state: std::sync::Mutex<(Published, Vec<String>)>,
+}
+
+impl Publish for Recorder {
+    fn file(&self, steps: &[Step], file: &PublishedFile) {
+        let mut st = self.state.lock().unwrap();
+        // Complete and closed when published: the blob has its whole content.
+        assert_eq!(fs::metadata(&file.blob).unwrap().len(), file.size);
+        st.0.add(steps);
+        let path: Vec<_> = steps
+            .iter()
+            .map(|s| String::from_utf8_lossy(&s.name).into_owned())
+            .collect();
+        st.1.push(format!("+{}", path.join("/")));
+    }
+
+    fn withdraw(&self, dir: u32, name: &[u8], gone: Option<u32>) {
+        let mut st = self.state.lock().unwrap();
+        st.0.withdraw(dir, name, gone);
+        st.1.push(format!("-{}", String::from_utf8_lossy(name)));
+    }
+}
+
+#[test]
+fn node_numbers_follow_first_appearance() {
+    let tar = Tar::new()
+        .file("z/first", b"1")
+        .file("a", b"2")
+        .dir("m", 0o700)
+        .file("z/first", b"replaced");
+    let (run, u) = unpack_ok(&tar.gz());
+    // Creation order: z (implied by z/first), z/first, a, m; the replacement keeps 2.
+    assert_eq!(resolve(&u.index, "z"), Some(1));
+    assert_eq!(resolve(&u.index, "z/first"), Some(2));
+    assert_eq!(resolve(&u.index, "a"), Some(3));
+    assert_eq!(resolve(&u.index, "m"), Some(4));
+    assert_eq!(u.index.nodes.len(), 5);
+    assert_eq!(content(&run, &u, "z/first"), b"replaced");
+}
+
+#[test]
+fn a_file_replaced_by_a_hard_link_leaves_a_hole() {
+    let tar = Tar::new()
+        .file("a", b"a")
+        .file("b", b"b")
+        .hard_link("a", "b");
+    let (run, u) = unpack_ok(&tar.gz());
+    assert_eq!(resolve(&u.index, "a"), Some(2));
+    assert_eq!(resolve(&u.index, "b"), Some(2));
+    assert_eq!(content(&run, &u, "a"), b"b");
+    assert!(
+        matches!(&u.index.nodes[1].kind, NodeKind::Dir { parent: 0, entries } if entries.is_empty()),
+        "node 1 is a hole: {:?}",
+        u.index.nodes[1]
+    );
+}
+
+#[test]
+fn published_files_match_the_finished_index() {
+    let tar = Tar::new()
+        .file("d/e/one", b"one")
+        .file("two", b"two")
+        .symlink("link", "two")
+        .file("d/three", b"3")
+        .file("two", b"two again")
+        .hard_link("d/three", "d/e/one");
+    let run = Run::new();
+    let rec = Recorder::default();
+    let opts = UnpackOptions {
+        max_bytes: u64::MAX,
+        implied_dir_mtime: IMPLIED_MTIME,
+    };
+    let u = unpack_published(&tar.gz()[..], &run.dest, &opts, &mut |_| {}, &rec).unwrap();
+    check(&run, &u);
+    let (published, events) = rec.state.into_inner().unwrap();
+    assert_eq!(
+        events,
+        ["+d/e/one", "+two", "+d/three", "-two", "+two", "-three"],
+        "each file once complete; a taken-over name withdrawn before its new content"
+    );
+    // Every name still published leads to the node the index has for it.
+    for path in ["d", "d/e", "d/e/one", "two"] {
+        let (parent, name) = match path.rsplit_once('/') {
+            Some((p, n)) => (resolve(&u.index, p).unwrap(), n),
+            None => (0, path),
+        };
+        let (node, _) = published.lookup(parent, name.as_bytes()).unwrap();
+        assert_eq!(Some(node), resolve(&u.index, path), "{path}");
+    }
+    let two = published.lookup(0, b"two").unwrap().1;
+    assert!(matches!(&two.kind, PublishedKind::File(f) if f.size == 9));
+    // Not published: symlinks and hard links (they wait for the end), withdrawn names.
+    assert!(published.lookup(0, b"link").is_none());
+    let d = resolve(&u.index, "d").unwrap();
+    assert!(published.lookup(d, b"three").is_none());
+}
+
+#[test]
+fn a_directory_seen_before_its_own_member_is_shown_owner_only() {
+    let tar = Tar::new()
+        .file("d/f", b"f")
+        .dir("d", 0o750)
+        .dir("e", 0o755)
+        .file("e/g", b"g");
+    let run = Run::new();
+    let rec = Recorder::default();
+    let opts = UnpackOptions {
+        max_bytes: u64::MAX,
+        implied_dir_mtime: IMPLIED_MTIME,
+    };
+    let u = unpack_published(&tar.gz()[..], &run.dest, &opts, &mut |_| {}, &rec).unwrap();
+    let (published, _) = rec.state.into_inner().unwrap();
+    // `d` was only implied when `d/f` was published: its final mode could be stricter.
+    assert_eq!(published.lookup(0, b"d").unwrap().1.perm, 0o700);
+    assert_eq!(node(&u, "d").perm, 0o750);
+    // `e` had its own member first: its mode is the archive's.
+    assert_eq!(published.lookup(0, b"e").unwrap().1.perm, 0o755);
 }

@@ -3,8 +3,15 @@
 //!
 //! Members arrive in any order and may repeat, so the tree is kept in a form that is cheap
 //! to change (a hash map of names per directory, nodes that can be detached) and turned
-//! into the compact, sorted [`Index`] once at the end by [`Tree::finish`]. Nothing here
-//! touches the disk: the caller writes and deletes blobs as this module tells it to.
+//! into the sorted [`Index`] once at the end by [`Tree::finish`]. Nothing here touches the
+//! disk: the caller writes and deletes blobs as this module tells it to.
+//!
+//! Node numbers are final from the moment a node is created: the index keeps creation
+//! order, so that a file published while the archive is still being read (see
+//! [`super::Publish`]) already has the number, and so the inode, it has in the finished
+//! version. For the same reason a member that replaces the last name of a node takes over
+//! that node's number; only a node that loses its last name to a hard link leaves a hole,
+//! kept in the index as an empty directory that no name reaches.
 
 use std::collections::HashMap;
 
@@ -37,20 +44,36 @@ pub(super) enum Want {
 /// Where a member goes, decided by [`Tree::prepare`].
 #[derive(Debug, PartialEq)]
 pub(super) enum Slot {
-    /// A free name in directory `dir`: call [`Tree::attach`] or [`Tree::link`].
-    Free { dir: u32, name: Vec<u8> },
+    /// A free name in directory `dir`: call [`Tree::attach`] or [`Tree::link`]. `reuse`
+    /// is the number of the node the member replaces, for [`Tree::attach`] to take over.
+    Free {
+        dir: u32,
+        name: Vec<u8>,
+        reuse: Option<u32>,
+    },
     /// The member is a directory and this directory already exists.
     ExistingDir(u32),
     /// The member is a hard link and the name already refers to its target.
     AlreadyLinked,
 }
 
-/// The result of [`Tree::prepare`]: where the member goes, and the blob of a file that
-/// lost its last name to it (the caller deletes that blob).
+/// The result of [`Tree::prepare`]: where the member goes, the blob of a file that lost
+/// its last name to it (the caller deletes that blob), and the name it took from an older
+/// node (the caller withdraws what it published under that name).
 #[derive(Debug, PartialEq)]
 pub(super) struct Prepared {
     pub slot: Slot,
     pub freed_blob: Option<u32>,
+    pub replaced: Option<Replaced>,
+}
+
+/// A name taken from an older node by a later member.
+#[derive(Debug, PartialEq)]
+pub(super) struct Replaced {
+    pub dir: u32,
+    pub node: u32,
+    /// The old node lost its last name (its number is reused or becomes a hole).
+    pub gone: bool,
 }
 
 /// What [`Tree::finish`] returns: the index, plus the blob renames (`from`, `to`) that make
@@ -73,7 +96,7 @@ enum Kind {
     Symlink {
         target: Vec<u8>,
     },
-    /// A node that lost its last name; it is not carried into the index.
+    /// A node that lost its last name; a hole in the index (an unreachable empty directory).
     Gone,
 }
 
@@ -83,6 +106,18 @@ struct WorkNode {
     meta: Meta,
     /// Names that refer to this node (only kept for non-directories).
     names: u32,
+    /// The metadata comes from a member of its own (not implied by a path).
+    explicit: bool,
+}
+
+/// One step of a path, from [`Tree::chain`].
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct ChainStep {
+    pub dir: u32,
+    pub name: Vec<u8>,
+    pub node: u32,
+    pub meta: Meta,
+    pub is_dir: bool,
 }
 
 /// The content of a new non-directory node.
@@ -145,6 +180,7 @@ impl Tree {
                 },
                 meta: root,
                 names: 1,
+                explicit: false,
             }],
         }
     }
@@ -185,6 +221,7 @@ impl Tree {
                         },
                         meta: implied,
                         names: 1,
+                        explicit: false,
                     })?;
                     self.insert_name(dir, comp.to_vec(), node);
                     node
@@ -260,25 +297,28 @@ impl Tree {
                 Want::Dir => Ok(Prepared {
                     slot: Slot::ExistingDir(0),
                     freed_blob: None,
+                    replaced: None,
                 }),
                 _ => Err("it names the archive's root directory".into()),
             };
         };
         let dir = self.walk(parents, implied, true)?;
-        let free = Slot::Free {
-            dir,
-            name: last.to_vec(),
-        };
         let Some(old) = self.child(dir, last) else {
             return Ok(Prepared {
-                slot: free,
+                slot: Slot::Free {
+                    dir,
+                    name: last.to_vec(),
+                    reuse: None,
+                },
                 freed_blob: None,
+                replaced: None,
             });
         };
         if want == Want::HardLink(old) {
             return Ok(Prepared {
                 slot: Slot::AlreadyLinked,
                 freed_blob: None,
+                replaced: None,
             });
         }
         if let Some(Kind::Dir { entries, .. }) = self.nodes.get(old as usize).map(|n| &n.kind) {
@@ -286,6 +326,7 @@ impl Tree {
                 return Ok(Prepared {
                     slot: Slot::ExistingDir(old),
                     freed_blob: None,
+                    replaced: None,
                 });
             }
             if !entries.is_empty() {
@@ -295,16 +336,29 @@ impl Tree {
                 ));
             }
         }
-        let freed_blob = self.unlink(dir, last, old);
+        let (freed_blob, gone) = self.unlink(dir, last, old);
+        // A new node takes over the number of the one it replaces, so that an inode handed
+        // out for this path while the archive was read stays this path's inode. A hard
+        // link brings its own node: the old number becomes a hole.
+        let reuse = (gone && !matches!(want, Want::HardLink(_))).then_some(old);
         Ok(Prepared {
-            slot: free,
+            slot: Slot::Free {
+                dir,
+                name: last.to_vec(),
+                reuse,
+            },
             freed_blob,
+            replaced: Some(Replaced {
+                dir,
+                node: old,
+                gone,
+            }),
         })
     }
 
     /// Remove the name `name` (of `node`) from `dir`; returns the blob of a file that lost
-    /// its last name.
-    fn unlink(&mut self, dir: u32, name: &[u8], node: u32) -> Option<u32> {
+    /// its last name, and whether the node lost its last name.
+    fn unlink(&mut self, dir: u32, name: &[u8], node: u32) -> (Option<u32>, bool) {
         if let Some(WorkNode {
             kind: Kind::Dir { entries, .. },
             ..
@@ -312,22 +366,26 @@ impl Tree {
         {
             entries.remove(name);
         }
-        let n = self.nodes.get_mut(node as usize)?;
+        let Some(n) = self.nodes.get_mut(node as usize) else {
+            return (None, false);
+        };
         n.names = n.names.saturating_sub(1);
         if n.names > 0 {
-            return None;
+            return (None, false);
         }
         match std::mem::replace(&mut n.kind, Kind::Gone) {
-            Kind::File { blob, .. } => Some(blob),
-            _ => None,
+            Kind::File { blob, .. } => (Some(blob), true),
+            _ => (None, true),
         }
     }
 
-    /// A new node under a [`Slot::Free`] name; `None` content makes a directory.
+    /// A new node under a [`Slot::Free`] name; `None` content makes a directory. `reuse`
+    /// (from the slot) is the number it takes over, if any.
     pub fn attach(
         &mut self,
         dir: u32,
         name: Vec<u8>,
+        reuse: Option<u32>,
         content: Option<Content>,
         meta: Meta,
     ) -> Result<u32, Refusal> {
@@ -339,13 +397,55 @@ impl Tree {
             Some(Content::File { size, blob }) => Kind::File { size, blob },
             Some(Content::Symlink { target }) => Kind::Symlink { target },
         };
-        let node = self.push(WorkNode {
+        let new = WorkNode {
             kind,
             meta,
             names: 1,
-        })?;
+            explicit: true,
+        };
+        let node = match reuse {
+            Some(old)
+                if matches!(
+                    self.nodes.get(old as usize).map(|n| &n.kind),
+                    Some(Kind::Gone)
+                ) =>
+            {
+                self.nodes[old as usize] = new;
+                old
+            }
+            _ => self.push(new)?,
+        };
         self.insert_name(dir, name, node);
         Ok(node)
+    }
+
+    /// The nodes on the way to the node at `comps`, as (directory, name, node, metadata,
+    /// is a directory), or `None` if the path does not lead to a node (for publishing).
+    pub fn chain(&self, comps: &[&[u8]]) -> Option<Vec<ChainStep>> {
+        let mut dir = 0u32;
+        let mut steps = Vec::with_capacity(comps.len());
+        for comp in comps {
+            let node = self.child(dir, comp)?;
+            let n = &self.nodes[node as usize];
+            let is_dir = matches!(n.kind, Kind::Dir { .. });
+            let mut meta = n.meta;
+            if is_dir && !n.explicit {
+                // The archive may still give this directory a member of its own with a
+                // stricter mode (tar writes a directory's entry after its files when it
+                // restores modes). Until then only the owner may enter: a mode shown
+                // early must never grant what the final one refuses to other users.
+                meta.perm &= 0o700;
+            }
+            steps.push(ChainStep {
+                dir,
+                name: comp.to_vec(),
+                node,
+                meta,
+                is_dir,
+            });
+            dir = node;
+        }
+        Some(steps)
     }
 
     /// A second name for the existing non-directory `node` under a [`Slot::Free`] name.
@@ -360,59 +460,47 @@ impl Tree {
     pub fn set_meta(&mut self, node: u32, meta: Meta) {
         if let Some(n) = self.nodes.get_mut(node as usize) {
             n.meta = meta;
+            n.explicit = true;
         }
     }
 
-    /// Build the index: nodes reachable from the root, numbered breadth-first with each
-    /// directory's entries in name order; entries sorted by name bytes; link counts
-    /// counted from the tree; blob numbers made dense again in their old order (so that
-    /// renaming `from -> to` in the returned order never overwrites a live blob).
-    pub fn finish(mut self) -> Finished {
-        const UNSEEN: u32 = u32::MAX;
-        let mut new_id = vec![UNSEEN; self.nodes.len()];
-        // Old ids in new order; the position in `order` is the new id.
-        let mut order: Vec<u32> = vec![0];
-        new_id[0] = 0;
-        let mut nlink = vec![0u32; 1];
-        nlink[0] = 2;
-        let mut sorted_entries: Vec<Vec<(Vec<u8>, u32)>> = Vec::new();
-        let mut i = 0;
-        while i < order.len() {
-            let old = order[i] as usize;
-            i += 1;
-            let Kind::Dir { entries, .. } = &mut self.nodes[old].kind else {
-                sorted_entries.push(Vec::new());
-                continue;
-            };
-            let mut list: Vec<(Vec<u8>, u32)> = entries.drain().collect();
-            list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            let this = new_id[old] as usize;
-            for (_, child) in &list {
-                let child = *child as usize;
-                let child_is_dir = matches!(self.nodes[child].kind, Kind::Dir { .. });
-                if new_id[child] == UNSEEN {
-                    new_id[child] = order.len() as u32;
-                    order.push(child as u32);
-                    nlink.push(if child_is_dir { 2 } else { 0 });
-                }
-                let c = new_id[child] as usize;
-                if child_is_dir {
-                    nlink[this] += 1;
-                } else {
-                    nlink[c] += 1;
+    /// Build the index: every node under the number it was created with (a node that lost
+    /// its last name stays as a hole: an empty directory no name reaches); entries sorted
+    /// by name bytes; link counts counted from the tree; blob numbers made dense again in
+    /// their old order (so that renaming `from -> to` in the returned order never
+    /// overwrites a live blob).
+    pub fn finish(self) -> Finished {
+        let count = self.nodes.len();
+        let mut nlink: Vec<u32> = self
+            .nodes
+            .iter()
+            .map(|n| match n.kind {
+                Kind::Dir { .. } | Kind::Gone => 2,
+                _ => 0,
+            })
+            .collect();
+        for (id, n) in self.nodes.iter().enumerate() {
+            if let Kind::Dir { entries, .. } = &n.kind {
+                for &child in entries.values() {
+                    if matches!(self.nodes[child as usize].kind, Kind::Dir { .. }) {
+                        nlink[id] += 1;
+                    } else {
+                        nlink[child as usize] += 1;
+                    }
                 }
             }
-            sorted_entries.push(list);
         }
 
-        let mut live_blobs: Vec<u32> = order
+        let mut live_blobs: Vec<u32> = self
+            .nodes
             .iter()
-            .filter_map(|&old| match self.nodes[old as usize].kind {
+            .filter_map(|n| match n.kind {
                 Kind::File { blob, .. } => Some(blob),
                 _ => None,
             })
             .collect();
         live_blobs.sort_unstable();
+        live_blobs.dedup();
         let new_blob: HashMap<u32, u32> = live_blobs
             .iter()
             .enumerate()
@@ -425,45 +513,33 @@ impl Tree {
             .map(|(rank, &blob)| (blob, rank as u32))
             .collect();
 
-        let mut nodes = Vec::with_capacity(order.len());
-        for (new, (&old, entries)) in order.iter().zip(sorted_entries).enumerate() {
-            let node = std::mem::replace(
-                &mut self.nodes[old as usize],
-                WorkNode {
-                    kind: Kind::Gone,
-                    meta: Meta {
-                        perm: 0,
-                        mtime_sec: 0,
-                        mtime_nsec: 0,
-                    },
-                    names: 0,
-                },
-            );
+        let mut nodes = Vec::with_capacity(count);
+        for (id, node) in self.nodes.into_iter().enumerate() {
             let kind = match node.kind {
-                Kind::Dir { parent, .. } => NodeKind::Dir {
-                    parent: new_id[parent as usize],
-                    entries: entries
+                Kind::Dir { parent, entries } => {
+                    let mut entries: Vec<DirEntry> = entries
                         .into_iter()
-                        .map(|(name, child)| DirEntry {
-                            name,
-                            node: new_id[child as usize],
-                        })
-                        .collect(),
-                },
+                        .map(|(name, node)| DirEntry { name, node })
+                        .collect();
+                    entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                    NodeKind::Dir { parent, entries }
+                }
                 Kind::File { size, blob } => NodeKind::File {
                     size,
                     blob: new_blob.get(&blob).copied().unwrap_or(blob),
                 },
                 Kind::Symlink { target } => NodeKind::Symlink { target },
-                // Only reachable nodes are in `order`, and a reachable node is never gone.
-                Kind::Gone => unreachable!("a node with a name was detached"),
+                Kind::Gone => NodeKind::Dir {
+                    parent: 0,
+                    entries: Vec::new(),
+                },
             };
             nodes.push(Node {
                 kind,
                 perm: node.meta.perm,
                 mtime_sec: node.meta.mtime_sec,
                 mtime_nsec: node.meta.mtime_nsec,
-                nlink: nlink[new],
+                nlink: nlink[id],
             });
         }
         Finished {

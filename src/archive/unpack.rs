@@ -11,6 +11,11 @@
 //! The wrappers exist so that an `io::Error` coming out of the tar reader can be told
 //! apart: a failing download, a truncated or corrupt gzip stream, or bad tar data each
 //! become their own [`ArchiveError`].
+//!
+//! Each regular file is published ([`Publish`]) right after its blob is written and closed,
+//! and a name a later member takes over is withdrawn before that member writes anything.
+//! Published content is complete as the tar stream gave it; the gzip checksum of the whole
+//! stream is only known at the end, which is why a version is committed only then.
 
 use std::cell::{Cell, RefCell};
 use std::fs::{self, File, OpenOptions};
@@ -22,7 +27,8 @@ use std::rc::Rc;
 use flate2::bufread::GzDecoder;
 use tar::EntryType;
 
-use super::tree::{normalize, Content, Meta, Prepared, Slot, Tree, Want};
+use super::publish::{BlobId, Publish, PublishedFile, PublishedKind, PublishedNode, Step};
+use super::tree::{normalize, Content, Meta, Prepared, Replaced, Slot, Tree, Want};
 use super::Index;
 use crate::size::ByteSize;
 
@@ -261,6 +267,18 @@ pub fn unpack(
     opts: &UnpackOptions,
     progress: &mut dyn FnMut(&UnpackStats),
 ) -> Result<Unpacked, ArchiveError> {
+    unpack_published(reader, dest, opts, progress, &())
+}
+
+/// [`unpack`], publishing each regular file to `publish` as soon as its content is
+/// complete (see [`Publish`]).
+pub fn unpack_published(
+    reader: impl Read,
+    dest: &Path,
+    opts: &UnpackOptions,
+    progress: &mut dyn FnMut(&UnpackStats),
+    publish: &dyn Publish,
+) -> Result<Unpacked, ArchiveError> {
     let shared = Rc::new(Shared::default());
     let data_dir = dest.join("data");
     fs::create_dir(&data_dir).map_err(|source| ArchiveError::Write {
@@ -276,6 +294,7 @@ pub fn unpack(
         dest,
         opts,
         progress,
+        publish,
         shared: Rc::clone(&shared),
         tree: Tree::new(implied),
         implied,
@@ -346,6 +365,7 @@ struct Unpacker<'a> {
     dest: &'a Path,
     opts: &'a UnpackOptions,
     progress: &'a mut dyn FnMut(&UnpackStats),
+    publish: &'a dyn Publish,
     shared: Rc<Shared>,
     tree: Tree,
     implied: Meta,
@@ -497,12 +517,21 @@ impl Unpacker<'_> {
     fn directory(&mut self, name: &[u8], comps: &[&[u8]], meta: Meta) {
         match self.tree.prepare(comps, self.implied, Want::Dir) {
             Err(reason) => self.skip(name, reason),
-            Ok(Prepared { slot, freed_blob }) => {
+            Ok(Prepared {
+                slot,
+                freed_blob,
+                replaced,
+            }) => {
+                self.replaced(&slot, replaced);
                 self.free_blob(freed_blob);
                 match slot {
                     Slot::ExistingDir(node) => self.tree.set_meta(node, meta),
-                    Slot::Free { dir, name: last } => {
-                        if let Err(reason) = self.tree.attach(dir, last, None, meta) {
+                    Slot::Free {
+                        dir,
+                        name: last,
+                        reuse,
+                    } => {
+                        if let Err(reason) = self.tree.attach(dir, last, reuse, None, meta) {
                             self.skip(name, reason);
                         }
                     }
@@ -543,11 +572,21 @@ impl Unpacker<'_> {
         };
         match self.tree.prepare(comps, self.implied, Want::NonDir) {
             Err(reason) => self.skip(name, reason),
-            Ok(Prepared { slot, freed_blob }) => {
+            Ok(Prepared {
+                slot,
+                freed_blob,
+                replaced,
+            }) => {
+                self.replaced(&slot, replaced);
                 self.free_blob(freed_blob);
-                if let Slot::Free { dir, name: last } = slot {
+                if let Slot::Free {
+                    dir,
+                    name: last,
+                    reuse,
+                } = slot
+                {
                     let content = Some(Content::Symlink { target });
-                    if let Err(reason) = self.tree.attach(dir, last, content, meta) {
+                    if let Err(reason) = self.tree.attach(dir, last, reuse, content, meta) {
                         self.skip(name, reason);
                     }
                 }
@@ -569,9 +608,17 @@ impl Unpacker<'_> {
         };
         match self.tree.prepare(comps, self.implied, Want::HardLink(node)) {
             Err(reason) => self.skip(name, reason),
-            Ok(Prepared { slot, freed_blob }) => {
+            Ok(Prepared {
+                slot,
+                freed_blob,
+                replaced,
+            }) => {
+                self.replaced(&slot, replaced);
                 self.free_blob(freed_blob);
-                if let Slot::Free { dir, name: last } = slot {
+                if let Slot::Free {
+                    dir, name: last, ..
+                } = slot
+                {
                     self.tree.link(dir, last, node);
                 }
             }
@@ -585,16 +632,25 @@ impl Unpacker<'_> {
         comps: &[&[u8]],
         meta: Meta,
     ) -> Result<bool, ArchiveError> {
-        let Prepared { slot, freed_blob } =
-            match self.tree.prepare(comps, self.implied, Want::NonDir) {
-                Ok(prepared) => prepared,
-                Err(reason) => {
-                    self.skip(name, reason);
-                    return Ok(false);
-                }
-            };
+        let Prepared {
+            slot,
+            freed_blob,
+            replaced,
+        } = match self.tree.prepare(comps, self.implied, Want::NonDir) {
+            Ok(prepared) => prepared,
+            Err(reason) => {
+                self.skip(name, reason);
+                return Ok(false);
+            }
+        };
+        self.replaced(&slot, replaced);
         self.free_blob(freed_blob);
-        let Slot::Free { dir, name: last } = slot else {
+        let Slot::Free {
+            dir,
+            name: last,
+            reuse,
+        } = slot
+        else {
             return Ok(false);
         };
         let size = entry.size();
@@ -618,21 +674,71 @@ impl Unpacker<'_> {
             .open(&path)
             .map_err(Self::write_error(path.clone()))?;
         self.copy(entry, &mut file, &path, name, size)?;
-        let disk_bytes = file
-            .metadata()
-            .map_err(Self::write_error(path.clone()))?
-            .blocks()
-            * 512;
+        let written = file.metadata().map_err(Self::write_error(path.clone()))?;
+        let disk_bytes = written.blocks() * 512;
         drop(file);
         self.blobs.push(Some(Blob { size, disk_bytes }));
         self.stats.files += 1;
         self.stats.disk_bytes += disk_bytes;
         let content = Some(Content::File { size, blob });
-        if let Err(reason) = self.tree.attach(dir, last, content, meta) {
-            self.free_blob(Some(blob));
-            self.skip(name, reason);
+        match self.tree.attach(dir, last, reuse, content, meta) {
+            Ok(_) => {
+                let published = PublishedFile {
+                    size,
+                    blob: path,
+                    id: BlobId {
+                        dev: written.dev(),
+                        ino: written.ino(),
+                    },
+                };
+                self.publish_file(comps, published);
+            }
+            Err(reason) => {
+                self.free_blob(Some(blob));
+                self.skip(name, reason);
+            }
         }
         Ok(true)
+    }
+
+    /// Publish the file at `comps` (just written and closed) and the directories on its way.
+    fn publish_file(&mut self, comps: &[&[u8]], file: PublishedFile) {
+        let Some(chain) = self.tree.chain(comps) else {
+            return;
+        };
+        let steps: Vec<Step> = chain
+            .into_iter()
+            .map(|c| {
+                let kind = if c.is_dir {
+                    PublishedKind::Dir
+                } else {
+                    PublishedKind::File(file.clone())
+                };
+                Step {
+                    dir: c.dir,
+                    name: c.name,
+                    node: c.node,
+                    attrs: PublishedNode {
+                        kind,
+                        perm: c.meta.perm,
+                        mtime_sec: c.meta.mtime_sec,
+                        mtime_nsec: c.meta.mtime_nsec,
+                        // A new file has one name; a directory's count is not known yet.
+                        nlink: if c.is_dir { 2 } else { 1 },
+                    },
+                }
+            })
+            .collect();
+        self.publish.file(&steps, &file);
+    }
+
+    /// Withdraw what was published under a name a later member takes over, before anything
+    /// of the new member is written.
+    fn replaced(&self, slot: &Slot, replaced: Option<Replaced>) {
+        let (Some(r), Slot::Free { name, .. }) = (replaced, slot) else {
+            return;
+        };
+        self.publish.withdraw(r.dir, name, r.gone.then_some(r.node));
     }
 
     /// Copy `size` bytes of content from `entry` to `file`, counting them and calling

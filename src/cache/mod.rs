@@ -10,6 +10,13 @@
 //!
 //! Pinning: every [`CachedVersion`] handed out is an `Arc`; while any caller holds one
 //! (an open file, an operation in progress) the version is never evicted.
+//!
+//! Progressive availability: [`Cache::start`] runs a fetch on a background thread owned by
+//! its [`Flight`] and returns at once. The fetch publishes each file as soon as it is
+//! unpacked (see [`crate::archive::Publish`]) into the flight, where callers can wait for
+//! either a name to be published or the whole fetch to end ([`Flight::lookup`]). Nothing
+//! published is cached: only a complete, committed version enters the LRU, and a failed
+//! fetch leaves nothing behind (its published files live on only in handles already open).
 
 mod disk;
 
@@ -22,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::{Condvar, Mutex};
 
 use crate::api::Kind;
-use crate::archive::{Index, Unpacked};
+use crate::archive::{Index, Publish, Published, PublishedNode, Step, Unpacked};
 use crate::size::ByteSize;
 pub use disk::CACHE_FORMAT_VERSION;
 use disk::{Layout, Meta};
@@ -117,11 +124,16 @@ pub enum CacheError {
 /// A failure shared by every caller that waited on the same fetch.
 pub type SharedError = Arc<CacheError>;
 
-/// What a fetch closure gets: where to unpack and how many content bytes it may write.
+/// What a fetch closure gets: where to unpack, how many content bytes it may write, and
+/// where to publish files as they are complete.
 pub struct FetchTarget<'a> {
     pub dir: &'a Path,
     pub max_bytes: u64,
+    pub publish: &'a dyn Publish,
 }
+
+/// A boxed fetch error, as fetch closures return it.
+pub type FetchResult = Result<Unpacked, Box<dyn std::error::Error + Send + Sync>>;
 
 /// One version's line in [`Cache::snapshot`].
 #[derive(Debug, Clone)]
@@ -162,25 +174,114 @@ impl Entry {
     }
 }
 
+/// One fetch (or load) of a version in progress, shared by everyone who asked for it.
 #[derive(Default)]
-struct Flight {
-    done: Mutex<Option<Result<Arc<CachedVersion>, SharedError>>>,
+pub struct Flight {
+    state: Mutex<FlightState>,
     cond: Condvar,
+    reported: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct FlightState {
+    done: Option<Result<Arc<CachedVersion>, SharedError>>,
+    published: Published,
+}
+
+/// What a caller waiting on a [`Flight`] gets: something published, or the end.
+#[derive(Debug)]
+pub enum Progress<T> {
+    Published(T),
+    Done(Result<Arc<CachedVersion>, SharedError>),
 }
 
 impl Flight {
-    fn wait(&self) -> Result<Arc<CachedVersion>, SharedError> {
-        let mut done = self.done.lock();
-        while done.is_none() {
-            self.cond.wait(&mut done);
+    /// Wait for the end of the fetch.
+    pub fn wait(&self) -> Result<Arc<CachedVersion>, SharedError> {
+        let mut st = self.state.lock();
+        loop {
+            if let Some(done) = &st.done {
+                return done.clone();
+            }
+            self.cond.wait(&mut st);
         }
-        done.clone().expect("loop exits only when set")
+    }
+
+    /// Wait until `name` in directory node `dir` is published, or the fetch ends. Once it
+    /// has ended only the version itself answers: after a failure, nothing published is.
+    pub fn lookup(&self, dir: u32, name: &[u8]) -> Progress<(u32, PublishedNode)> {
+        self.wait_for(|p| p.lookup(dir, name).map(|(n, a)| (n, a.clone())))
+    }
+
+    /// Wait until node `node` is published, or the fetch ends.
+    pub fn node(&self, node: u32) -> Progress<PublishedNode> {
+        self.wait_for(|p| p.node(node).cloned())
+    }
+
+    /// True for the first caller only: lets one of the many waiters of a failed flight
+    /// record its error.
+    pub fn report_once(&self) -> bool {
+        !self
+            .reported
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the fetch has ended (for tests and the status file).
+    pub fn is_done(&self) -> bool {
+        self.state.lock().done.is_some()
+    }
+
+    fn wait_for<T>(&self, mut find: impl FnMut(&Published) -> Option<T>) -> Progress<T> {
+        let mut st = self.state.lock();
+        loop {
+            if let Some(done) = &st.done {
+                return Progress::Done(done.clone());
+            }
+            if let Some(found) = find(&st.published) {
+                return Progress::Published(found);
+            }
+            self.cond.wait(&mut st);
+        }
     }
 
     fn finish(&self, result: Result<Arc<CachedVersion>, SharedError>) {
-        *self.done.lock() = Some(result);
+        let mut st = self.state.lock();
+        st.done = Some(result);
+        // The blob paths it holds are gone (renamed, committed or deleted).
+        st.published = Published::default();
+        drop(st);
         self.cond.notify_all();
     }
+}
+
+impl Publish for Flight {
+    fn file(&self, steps: &[Step], _file: &crate::archive::PublishedFile) {
+        self.state.lock().published.add(steps);
+        self.cond.notify_all();
+    }
+
+    fn withdraw(&self, dir: u32, name: &[u8], gone: Option<u32>) {
+        self.state.lock().published.withdraw(dir, name, gone);
+    }
+}
+
+/// What [`Cache::start`] returns.
+pub enum Access {
+    /// Complete and loaded; pinned while held.
+    Ready(Arc<CachedVersion>),
+    /// Being fetched (or loaded) in the background.
+    Pending(Arc<Flight>),
+}
+
+/// What [`Cache::begin`] found.
+enum Begin {
+    Ready(Arc<CachedVersion>),
+    Join(Arc<Flight>),
+    /// A new flight the caller must run; `on_disk`: complete on disk, only to be loaded.
+    Run {
+        flight: Arc<Flight>,
+        on_disk: bool,
+    },
 }
 
 struct State {
@@ -202,6 +303,10 @@ struct Inner {
     budget: u64,
     state: Mutex<State>,
 }
+
+/// How long a fetch that finds every other version pinned waits for a pin to drop before
+/// it refuses with `NoRoom`.
+const PIN_GRACE: Duration = Duration::from_millis(500);
 
 /// How often a version's last use is written to disk at most (its `meta.json` mtime).
 const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
@@ -273,8 +378,9 @@ impl Cache {
         &self.inner.layout.root
     }
 
-    /// The version `key`, from the cache or fetched now. Concurrent calls for the same key
-    /// share one fetch. The returned `Arc` pins the version until dropped.
+    /// The version `key`, from the cache or fetched now on the calling thread. Concurrent
+    /// calls for the same key share one fetch. The returned `Arc` pins the version until
+    /// dropped.
     pub fn get<F>(
         &self,
         key: &VersionKey,
@@ -282,18 +388,59 @@ impl Cache {
         fetch: F,
     ) -> Result<Arc<CachedVersion>, SharedError>
     where
-        F: FnOnce(FetchTarget<'_>) -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>>,
+        F: FnOnce(FetchTarget<'_>) -> FetchResult,
     {
+        match self.begin(key) {
+            Begin::Ready(v) => Ok(v),
+            Begin::Join(flight) => flight.wait(),
+            Begin::Run { flight, on_disk } => self.run(key, &flight, on_disk, announced, fetch),
+        }
+    }
+
+    /// The version `key` if it is complete, else the flight that fetches it, started now on
+    /// a background thread if none is running. Never waits for a download.
+    pub fn start<F>(&self, key: &VersionKey, announced: Announced, fetch: F) -> Access
+    where
+        F: FnOnce(FetchTarget<'_>) -> FetchResult + Send + 'static,
+    {
+        let (flight, on_disk) = match self.begin(key) {
+            Begin::Ready(v) => return Access::Ready(v),
+            Begin::Join(flight) => return Access::Pending(flight),
+            Begin::Run { flight, on_disk } => (flight, on_disk),
+        };
+        let cache = self.clone();
+        let owned = key.clone();
+        let running = flight.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vm0fs-fetch".into())
+            .spawn(move || {
+                let _ = cache.run(&owned, &running, on_disk, announced, fetch);
+            });
+        if let Err(e) = spawned {
+            self.inner.state.lock().flights.remove(key);
+            flight.finish(Err(Arc::new(CacheError::Io {
+                path: self.root().to_path_buf(),
+                source: e,
+            })));
+        }
+        Access::Pending(flight)
+    }
+
+    /// The flight of `key`, if one is running.
+    pub fn in_flight(&self, key: &VersionKey) -> Option<Arc<Flight>> {
+        self.inner.state.lock().flights.get(key).cloned()
+    }
+
+    fn begin(&self, key: &VersionKey) -> Begin {
         let mut st = self.inner.state.lock();
         if let Some(flight) = st.flights.get(key).cloned() {
-            drop(st);
-            return flight.wait();
+            return Begin::Join(flight);
         }
         let on_disk = match st.lru.get_mut(key) {
             Some(entry) => {
                 self.used_now(key, entry);
                 match &entry.slot {
-                    Slot::Ready(v) => return Ok(v.clone()),
+                    Slot::Ready(v) => return Begin::Ready(v.clone()),
                     Slot::OnDisk => true,
                 }
             }
@@ -301,15 +448,24 @@ impl Cache {
         };
         let flight = Arc::new(Flight::default());
         st.flights.insert(key.clone(), flight.clone());
-        drop(st);
+        Begin::Run { flight, on_disk }
+    }
 
-        let result = if on_disk {
-            match self.load(key) {
-                Some(v) => Ok(v),
-                None => self.fetch(key, announced, fetch),
-            }
-        } else {
-            self.fetch(key, announced, fetch)
+    /// Load or fetch `key` for `flight`, then end the flight.
+    fn run<F>(
+        &self,
+        key: &VersionKey,
+        flight: &Arc<Flight>,
+        on_disk: bool,
+        announced: Announced,
+        fetch: F,
+    ) -> Result<Arc<CachedVersion>, SharedError>
+    where
+        F: FnOnce(FetchTarget<'_>) -> FetchResult,
+    {
+        let result = match on_disk.then(|| self.load(key)).flatten() {
+            Some(v) => Ok(v),
+            None => self.fetch(key, announced, fetch, &**flight),
         };
         self.inner.state.lock().flights.remove(key);
         flight.finish(result.clone());
@@ -394,9 +550,10 @@ impl Cache {
         key: &VersionKey,
         announced: Announced,
         fetch: F,
+        publish: &dyn Publish,
     ) -> Result<Arc<CachedVersion>, SharedError>
     where
-        F: FnOnce(FetchTarget<'_>) -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>>,
+        F: FnOnce(FetchTarget<'_>) -> FetchResult,
     {
         let budget = self.inner.budget;
         if announced.size > budget {
@@ -410,22 +567,44 @@ impl Cache {
         }
         let need = reservation(announced).min(budget);
         let mut trash = Vec::new();
-        {
+        let mut refuse_after: Option<Instant> = None;
+        loop {
             let mut st = self.inner.state.lock();
             self.evict_until(&mut st, budget.saturating_sub(need), None, &mut trash);
-            if st.used + need > budget {
-                drop(st);
-                purge(trash);
-                let err = CacheError::NoRoom {
-                    key: key.clone(),
-                    needed: need,
-                    budget,
-                };
-                tracing::error!(version = %key, "{err}");
-                return Err(Arc::new(err));
+            if st.used + need <= budget {
+                st.used += need;
+                st.reserved.insert(key.clone(), need);
+                break;
             }
-            st.used += need;
-            st.reserved.insert(key.clone(), need);
+            // Other downloads in progress hold reservations; once complete (and unpinned)
+            // they can be evicted, so wait for one rather than refuse. Only flights that
+            // hold a reservation are waited for: they never wait for room themselves, so
+            // two fetches can never wait for each other.
+            let busy = st.reserved.keys().find_map(|k| st.flights.get(k).cloned());
+            drop(st);
+            match busy {
+                Some(flight) => {
+                    let _ = flight.wait();
+                }
+                // A file closed a moment ago may still hold its pin: the kernel sends
+                // FUSE_RELEASE asynchronously after close(2) returns. Give such pins a
+                // moment to drop before refusing.
+                None if *refuse_after.get_or_insert_with(|| Instant::now() + PIN_GRACE)
+                    > Instant::now() =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                None => {
+                    purge(trash);
+                    let err = CacheError::NoRoom {
+                        key: key.clone(),
+                        needed: need,
+                        budget,
+                    };
+                    tracing::error!(version = %key, "{err}");
+                    return Err(Arc::new(err));
+                }
+            }
         }
         // Deleting evicted versions before the download starts keeps the real usage
         // within the budget plus the one version being unpacked.
@@ -436,7 +615,7 @@ impl Cache {
                 st.used -= r;
             }
         };
-        let result = self.fetch_into_tmp(key, announced, fetch);
+        let result = self.fetch_into_tmp(key, announced, fetch, publish);
         let mut st = self.inner.state.lock();
         release(&mut st);
         let (dir, unpacked, disk_bytes) = match result {
@@ -473,9 +652,10 @@ impl Cache {
         key: &VersionKey,
         announced: Announced,
         fetch: F,
+        publish: &dyn Publish,
     ) -> Result<(PathBuf, Unpacked, u64), CacheError>
     where
-        F: FnOnce(FetchTarget<'_>) -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>>,
+        F: FnOnce(FetchTarget<'_>) -> FetchResult,
     {
         let layout = &self.inner.layout;
         let tmp = layout.new_tmp_dir(key)?;
@@ -483,6 +663,7 @@ impl Cache {
             let unpacked = fetch(FetchTarget {
                 dir: &tmp,
                 max_bytes: announced.size.min(self.inner.budget),
+                publish,
             })
             .map_err(|source| CacheError::Fetch {
                 key: key.clone(),

@@ -1,5 +1,6 @@
 //! Fetching one version: download from the API and unpack into the cache's temporary
-//! directory in one streaming pipeline, with progress in the log.
+//! directory in one streaming pipeline, with progress in the log. Each file is published
+//! to the cache's flight as soon as it is unpacked, for the filesystem to serve early.
 
 use std::io::{self, Read};
 use std::sync::mpsc;
@@ -58,7 +59,7 @@ pub fn fetch(
                 log_progress(&what, s, version.size, compressed, started);
             }
         };
-        match archive::unpack(reader, target.dir, &opts, &mut progress) {
+        match archive::unpack_published(reader, target.dir, &opts, &mut progress, target.publish) {
             Ok(u) => Ok(u),
             // The cache passes the announced size as the limit (it already refused versions
             // larger than the budget), so passing it means the archive lied.

@@ -8,7 +8,10 @@
 //! - *Content* inodes (everything inside a version) are a contiguous range per version:
 //!   node `n > 0` of the version's index is `base + n - 1`, node 0 is the version's
 //!   directory inode. A version's index is deterministic, so its range stays valid when
-//!   the version is evicted and downloaded again.
+//!   the version is evicted and downloaded again. Every range spans [`VERSION_SPAN`]
+//!   numbers, room for any index (node numbers are `u32`), because a range is handed out
+//!   before the version's node count is known: files are served while the archive is
+//!   still being unpacked, under the node numbers the finished index will give them.
 //!
 //! Nothing is freed on `forget`: numbers must stay stable, and the table costs a few dozen
 //! bytes per metadata inode and per version.
@@ -18,6 +21,10 @@ use std::collections::{BTreeMap, HashMap};
 use crate::api::Kind;
 
 pub const ROOT: u64 = 1;
+
+/// Inode numbers reserved per version: one per possible index node (`u32`) except node 0,
+/// the version's directory. With `u64` inode numbers this allows 2^31 versions per mount.
+pub const VERSION_SPAN: u64 = 1 << 32;
 
 /// What a metadata inode names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -56,8 +63,6 @@ pub struct Range {
     /// Inode of the version's directory (node 0).
     pub root: u64,
     pub base: u64,
-    /// Number of index nodes, node 0 included.
-    pub nodes: u64,
 }
 
 /// What an inode number resolves to.
@@ -105,20 +110,10 @@ impl InodeTable {
         ino
     }
 
-    /// The content range of a version with `nodes` index nodes, allocated on first use.
-    pub fn range(&mut self, kind: Kind, name: &str, version: &str, nodes: u64) -> Range {
+    /// The content range of a version, allocated on first use.
+    pub fn range(&mut self, kind: Kind, name: &str, version: &str) -> Range {
         if let Some(base) = self.range_of.get(&(kind, version.to_string())) {
-            let r = &self.ranges[base];
-            if r.nodes == nodes {
-                return r.clone();
-            }
-            // An immutable version cannot change its index; if it somehow did (a server
-            // that broke the content-address promise), give it fresh numbers rather than
-            // alias other inodes.
-            tracing::warn!(
-                version,
-                "version index changed size; allocating new inode numbers"
-            );
+            return self.ranges[base].clone();
         }
         let root = self.meta_ino(Meta::Version {
             kind,
@@ -126,14 +121,13 @@ impl InodeTable {
             version: version.to_string(),
         });
         let base = self.next;
-        self.next += nodes.saturating_sub(1).max(1);
+        self.next += VERSION_SPAN - 1;
         let r = Range {
             kind,
             name: name.to_string(),
             version: version.to_string(),
             root,
             base,
-            nodes,
         };
         self.ranges.insert(base, r.clone());
         self.range_of.insert((kind, version.to_string()), base);
@@ -146,9 +140,9 @@ impl InodeTable {
         Some(self.ranges[base].name.clone())
     }
 
-    /// Inode numbers handed out so far.
+    /// Metadata inodes and version ranges allocated so far (for `statfs`).
     pub fn len(&self) -> u64 {
-        self.next - 1
+        (self.meta.len() + self.ranges.len()) as u64
     }
 
     pub fn resolve(&self, ino: u64) -> Option<Resolved> {
@@ -157,7 +151,9 @@ impl InodeTable {
         }
         let (_, r) = self.ranges.range(..=ino).next_back()?;
         let offset = ino - r.base;
-        if offset + 1 < r.nodes {
+        // Whether the node exists is the version's business: its index, or what has been
+        // published of it so far.
+        if offset + 1 < VERSION_SPAN {
             Some(Resolved::Content {
                 range: r.clone(),
                 node: (offset + 1) as u32,
@@ -194,10 +190,10 @@ mod tests {
     #[test]
     fn content_ranges_resolve_and_stay_stable() {
         let mut t = InodeTable::default();
-        let a = t.range(Kind::Volume, "a", "v1", 5);
-        let b = t.range(Kind::Artifact, "b", "v2", 3);
+        let a = t.range(Kind::Volume, "a", "v1");
+        let b = t.range(Kind::Artifact, "b", "v2");
         assert_eq!(
-            t.range(Kind::Volume, "a", "v1", 5),
+            t.range(Kind::Volume, "a", "v1"),
             a,
             "same version, same numbers"
         );
@@ -239,11 +235,25 @@ mod tests {
     }
 
     #[test]
-    fn a_version_with_only_a_root_allocates_no_content() {
+    fn ranges_have_room_for_any_index_and_do_not_overlap() {
         let mut t = InodeTable::default();
-        let r = t.range(Kind::Volume, "e", "v0", 1);
-        let next = t.meta_ino(Meta::Root);
-        assert_eq!(next, ROOT);
-        assert_eq!(t.resolve(r.base), None);
+        let a = t.range(Kind::Volume, "a", "v1");
+        let b = t.range(Kind::Volume, "b", "v2");
+        let last = a.ino(u32::MAX);
+        assert!(last < b.base, "the last node of a is below b's range");
+        assert_eq!(
+            t.resolve(last),
+            Some(Resolved::Content {
+                range: a.clone(),
+                node: u32::MAX
+            })
+        );
+        // Metadata inodes allocated after a range come after it.
+        let m = t.meta_ino(Meta::StatusDir);
+        assert!(m > b.ino(u32::MAX));
+        assert!(matches!(
+            t.resolve(m),
+            Some(Resolved::Meta(Meta::StatusDir))
+        ));
     }
 }

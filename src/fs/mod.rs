@@ -5,6 +5,18 @@
 //! after a TTL) and the open file and directory handles. It reaches the network only
 //! through [`Remote`] and versions only through the [`Cache`], and never sees fuser's
 //! requests or replies, so all of it is testable without a mount (see `tests` below).
+//!
+//! Progressive availability: the first access to a cold version starts its download in
+//! the background ([`Cache::start`]) and does not wait for the end of it. While the archive
+//! is unpacked, a lookup of a name already published (a file whose content is complete,
+//! or a directory on the way to one) is answered at once, `getattr` of a published node
+//! too, and `open` of a published file opens its blob where it was unpacked (the
+//! descriptor stays valid across the cache's commit rename and even an eviction). These
+//! answers carry a zero TTL so that the kernel asks again and gets the final attributes
+//! once the version is complete. Everything else (a name not published yet, `readdir`,
+//! `readlink`) waits for the end of the archive, so no partial listing and no partial file
+//! is ever served. Inode numbers do not change at the end: published nodes carry the
+//! numbers of the finished index.
 
 mod error;
 mod fetch;
@@ -24,8 +36,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use crate::api::{Kind, Storage, Version};
-use crate::archive::{blob_path, Index, Node, NodeKind};
-use crate::cache::{Announced, Cache, CacheError, CachedVersion, VersionKey};
+use crate::archive::{blob_path, Index, Node, NodeKind, PublishedKind, PublishedNode};
+use crate::cache::{
+    Access, Announced, Cache, CacheError, CachedVersion, Flight, Progress, SharedError, VersionKey,
+};
 pub use error::{FetchError, FsError};
 pub use inode::ROOT;
 use inode::{InodeTable, Meta, Range, Resolved};
@@ -113,6 +127,23 @@ pub struct Opened {
     pub size: u64,
 }
 
+/// What keeps the version of an open file from being evicted.
+#[allow(dead_code)] // Held only for what holding it does: the fields are never read.
+enum Pin {
+    Version(Arc<CachedVersion>),
+    /// A file opened while its version was unpacked: the flight keeps its outcome, so once
+    /// the version is complete the flight pins it. (The descriptor alone keeps the content
+    /// readable in any case, across the commit rename and a failed download.)
+    Flight(Arc<Flight>),
+}
+
+/// A version as far as it is available now.
+enum Available {
+    Ready(Arc<CachedVersion>),
+    /// Being downloaded: parts of it may be published already.
+    Pending(Arc<Flight>),
+}
+
 /// The name of the hidden directory that holds the status file.
 pub const STATUS_DIR: &str = ".vm0fs";
 
@@ -131,7 +162,7 @@ enum Handle {
 struct OpenFile {
     path: std::path::PathBuf,
     file: OnceLock<File>,
-    _version: Arc<CachedVersion>,
+    _pin: Pin,
 }
 
 impl OpenFile {
@@ -241,25 +272,12 @@ impl Fs {
                 name: storage,
                 version,
             }) => {
-                let (range, v) = self.load_version(kind, &storage, &version)?;
-                let node = v
-                    .index
-                    .lookup(0, name.as_bytes())
-                    .ok_or(FsError::NotFound)?;
-                Ok(self.content_entry(&range, &v.index, node))
+                let (range, now) = self.version_now(kind, &storage, &version)?;
+                self.lookup_content(&range, now, 0, name)
             }
             Resolved::Content { range, node } => {
-                let v = self.version_of(&range)?;
-                match v.index.nodes.get(node as usize).map(|n| &n.kind) {
-                    Some(NodeKind::Dir { .. }) => {}
-                    Some(_) => return Err(FsError::NotDir),
-                    None => return Err(FsError::NotFound),
-                }
-                let child = v
-                    .index
-                    .lookup(node, name.as_bytes())
-                    .ok_or(FsError::NotFound)?;
-                Ok(self.content_entry(&range, &v.index, child))
+                let now = self.version_now_of(&range)?;
+                self.lookup_content(&range, now, node, name)
             }
             Resolved::Meta(Meta::Latest { .. } | Meta::PrefixLink { .. }) => Err(FsError::NotDir),
         }
@@ -279,10 +297,51 @@ impl Fs {
         match self.resolve(ino)? {
             Resolved::Meta(m) => self.meta_entry(m),
             Resolved::Content { range, node } => {
-                let v = self.version_of(&range)?;
+                let v = match self.version_now_of(&range)? {
+                    Available::Ready(v) => v,
+                    Available::Pending(flight) => match flight.node(node) {
+                        Progress::Published(attrs) => {
+                            return Ok(self.published_entry(&range, node, &attrs))
+                        }
+                        Progress::Done(r) => self.finished(&range.name, &flight, r)?,
+                    },
+                };
+                if v.index.nodes.get(node as usize).is_none() {
+                    return Err(FsError::NotFound);
+                }
                 Ok(self.content_entry(&range, &v.index, node))
             }
         }
+    }
+
+    /// Look up `name` in directory node `dir` of a version: from what is published while it
+    /// is being unpacked, else (a name not published yet) from the complete version.
+    fn lookup_content(
+        &self,
+        range: &Range,
+        now: Available,
+        dir: u32,
+        name: &OsStr,
+    ) -> Result<Entry> {
+        let v = match now {
+            Available::Ready(v) => v,
+            Available::Pending(flight) => match flight.lookup(dir, name.as_bytes()) {
+                Progress::Published((node, attrs)) => {
+                    return Ok(self.published_entry(range, node, &attrs))
+                }
+                Progress::Done(r) => self.finished(&range.name, &flight, r)?,
+            },
+        };
+        match v.index.nodes.get(dir as usize).map(|n| &n.kind) {
+            Some(NodeKind::Dir { .. }) => {}
+            Some(_) => return Err(FsError::NotDir),
+            None => return Err(FsError::NotFound),
+        }
+        let child = v
+            .index
+            .lookup(dir, name.as_bytes())
+            .ok_or(FsError::NotFound)?;
+        Ok(self.content_entry(range, &v.index, child))
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
@@ -335,7 +394,34 @@ impl Fs {
             }
             Resolved::Meta(_) => return Err(FsError::IsDir),
         };
-        let v = self.version_of(&range)?;
+        let v = match self.version_now_of(&range)? {
+            Available::Ready(v) => v,
+            Available::Pending(flight) => match flight.node(node) {
+                Progress::Published(attrs) => match &attrs.kind {
+                    PublishedKind::Dir => return Err(FsError::IsDir),
+                    PublishedKind::File(f) => match open_published(f) {
+                        Some(file) => {
+                            let size = f.size;
+                            let fh = self.add_handle(Handle::File(OpenFile {
+                                path: Default::default(),
+                                file: OnceLock::from(file),
+                                _pin: Pin::Flight(flight.clone()),
+                            }));
+                            return Ok(Opened {
+                                fh,
+                                direct_io: false,
+                                immutable: true,
+                                size,
+                            });
+                        }
+                        // The unpack ended in the meantime and moved the blob: the
+                        // complete version has it.
+                        None => self.finished(&range.name, &flight, flight.wait())?,
+                    },
+                },
+                Progress::Done(r) => self.finished(&range.name, &flight, r)?,
+            },
+        };
         let (blob, size) = match &v
             .index
             .nodes
@@ -351,7 +437,7 @@ impl Fs {
         let fh = self.add_handle(Handle::File(OpenFile {
             path,
             file: OnceLock::new(),
-            _version: v,
+            _pin: Pin::Version(v),
         }));
         Ok(Opened {
             fh,
@@ -624,10 +710,7 @@ impl Fs {
                 // entry for "./"); a cold one is described from its metadata alone, so that
                 // listing versions never downloads them.
                 if let Some(v) = self.cache.peek(&VersionKey::new(kind, &version)) {
-                    let range =
-                        self.inodes
-                            .lock()
-                            .range(kind, &name, &version, v.index.nodes.len() as u64);
+                    let range = self.inodes.lock().range(kind, &name, &version);
                     return Ok(self.content_entry(&range, &v.index, 0));
                 }
                 // Until it is unpacked, its link count (and an archive's own "./" entry) are
@@ -646,6 +729,25 @@ impl Fs {
             }
         };
         Ok(entry)
+    }
+
+    /// The entry of a node published while its version is unpacked. Zero TTL: a directory's
+    /// attributes may still change, and a file's name may be taken over by a later member
+    /// of the archive, so the kernel must ask again (and gets the final answer once the
+    /// version is complete).
+    fn published_entry(&self, range: &Range, node: u32, p: &PublishedNode) -> Entry {
+        let ino = range.ino(node);
+        let mtime = to_system_time(p.mtime_sec, p.mtime_nsec);
+        let attr = match &p.kind {
+            PublishedKind::Dir => self.attr(ino, FileKind::Directory, 4096, p.perm, p.nlink, mtime),
+            PublishedKind::File(f) => {
+                self.attr(ino, FileKind::RegularFile, f.size, p.perm, p.nlink, mtime)
+            }
+        };
+        Entry {
+            attr,
+            ttl: Duration::ZERO,
+        }
     }
 
     fn content_entry(&self, range: &Range, index: &Index, node: u32) -> Entry {
@@ -793,9 +895,10 @@ impl Fs {
             }
             Resolved::Content { range, node } => {
                 let v = self.version_of(&range)?;
-                let parent = match &v.index.nodes[node as usize].kind {
-                    NodeKind::Dir { parent, .. } => *parent,
-                    _ => return Err(FsError::NotDir),
+                let parent = match v.index.nodes.get(node as usize).map(|n| &n.kind) {
+                    Some(NodeKind::Dir { parent, .. }) => *parent,
+                    Some(_) => return Err(FsError::NotDir),
+                    None => return Err(FsError::NotFound),
                 };
                 items.push(item(b".", self.content_entry(&range, &v.index, node)));
                 let parent_entry = if parent == 0 {
@@ -992,17 +1095,43 @@ impl Fs {
             .1)
     }
 
+    /// A version for a content inode as far as it is available: the cache's copy when
+    /// resident, the running download when there is one, else through the metadata path
+    /// (which may start a download again after an eviction).
+    fn version_now_of(&self, range: &Range) -> Result<Available> {
+        let key = VersionKey::new(range.kind, &range.version);
+        if let Some(v) = self.cache.peek(&key) {
+            return Ok(Available::Ready(v));
+        }
+        if let Some(flight) = self.cache.in_flight(&key) {
+            return Ok(Available::Pending(flight));
+        }
+        Ok(self.version_now(range.kind, &range.name, &range.version)?.1)
+    }
+
     /// Make a version available (downloading and unpacking it when cold) and allocate its
-    /// content inodes.
+    /// content inodes; waits for the end of a download.
     fn load_version(
         &self,
         kind: Kind,
         storage: &str,
         id: &str,
     ) -> Result<(Range, Arc<CachedVersion>)> {
+        match self.version_now(kind, storage, id)? {
+            (range, Available::Ready(v)) => Ok((range, v)),
+            (range, Available::Pending(flight)) => {
+                let v = self.finished(storage, &flight, flight.wait())?;
+                Ok((range, v))
+            }
+        }
+    }
+
+    /// A version and its content inodes; a cold version's download is started in the
+    /// background and not waited for.
+    fn version_now(&self, kind: Kind, storage: &str, id: &str) -> Result<(Range, Available)> {
         let key = VersionKey::new(kind, id);
-        let v = match self.cache.peek(&key) {
-            Some(v) => v,
+        let now = match self.cache.peek(&key) {
+            Some(v) => Available::Ready(v),
             None => {
                 let s = self.find_storage(kind, storage)?;
                 let version = self.find_version(kind, storage, id)?;
@@ -1012,47 +1141,49 @@ impl Fs {
                 if version.file_count == 0 {
                     // No archive exists for a 0-file version (the API answers 404): it is an
                     // empty directory, kept out of the cache.
-                    Arc::new(CachedVersion {
+                    Available::Ready(Arc::new(CachedVersion {
                         key: key.clone(),
                         dir: Default::default(),
                         index: empty_index(version.created_at),
                         disk_bytes: 0,
-                    })
+                    }))
                 } else {
                     let announced = Announced {
                         size: version.size,
                         file_count: version.file_count,
                     };
-                    let got = self.cache.get(&key, announced, |target| {
-                        fetch::fetch(
-                            &*self.remote,
-                            &self.activity,
-                            kind,
-                            storage,
-                            &s.id,
-                            &version,
-                            target,
-                        )
+                    let remote = self.remote.clone();
+                    let activity = self.activity.clone();
+                    let name = storage.to_string();
+                    let access = self.cache.start(&key, announced, move |target| {
+                        fetch::fetch(&*remote, &activity, kind, &name, &s.id, &version, target)
                     });
-                    match got {
-                        Ok(v) => v,
-                        Err(e) => {
-                            // Fetch failures were recorded where they happened; refusals by
-                            // the cache itself (too large, no room, disk errors) are noted here.
-                            if !matches!(*e, CacheError::Fetch { .. }) {
-                                self.activity.error(format!("{storage}: {e}"));
-                            }
-                            return Err(e.into());
-                        }
+                    match access {
+                        Access::Ready(v) => Available::Ready(v),
+                        Access::Pending(flight) => Available::Pending(flight),
                     }
                 }
             }
         };
-        let range = self
-            .inodes
-            .lock()
-            .range(kind, storage, id, v.index.nodes.len() as u64);
-        Ok((range, v))
+        let range = self.inodes.lock().range(kind, storage, id);
+        Ok((range, now))
+    }
+
+    /// The outcome of a flight as the filesystem answers it.
+    fn finished(
+        &self,
+        storage: &str,
+        flight: &Flight,
+        result: std::result::Result<Arc<CachedVersion>, SharedError>,
+    ) -> Result<Arc<CachedVersion>> {
+        result.map_err(|e| {
+            // Fetch failures were recorded where they happened; refusals by the cache
+            // itself (too large, no room, disk errors) are noted here, once per flight.
+            if !matches!(*e, CacheError::Fetch { .. }) && flight.report_once() {
+                self.activity.error(format!("{storage}: {e}"));
+            }
+            e.into()
+        })
     }
 
     // ----- handles ----------------------------------------------------------------------
@@ -1070,6 +1201,15 @@ impl Fs {
             .cloned()
             .ok_or(FsError::BadHandle)
     }
+}
+
+/// Open a blob published during an unpack, if the path still names that blob: the unpack
+/// renames blobs when it ends, so another blob could have taken the path by now.
+fn open_published(f: &crate::archive::PublishedFile) -> Option<File> {
+    use std::os::unix::fs::MetadataExt;
+    let file = File::open(&f.blob).ok()?;
+    let meta = file.metadata().ok()?;
+    (meta.dev() == f.id.dev && meta.ino() == f.id.ino).then_some(file)
 }
 
 /// The index of a version with no files: a root directory and nothing else.

@@ -32,6 +32,8 @@ struct Fake {
     versions: Mutex<HashMap<String, Vec<Version>>>,
     archives: Mutex<HashMap<String, Vec<u8>>>,
     fail_downloads: AtomicUsize,
+    /// Downloads to hold after a number of bytes until told to go on (`true`) or fail.
+    gates: Mutex<HashMap<String, (usize, std::sync::mpsc::Receiver<bool>)>>,
     lists: AtomicUsize,
     downloads: AtomicUsize,
 }
@@ -73,11 +75,70 @@ impl Remote for Fake {
             .get(version_id)
             .cloned()
             .expect("archive of a known version");
+        if let Some((at, go)) = self.gates.lock().remove(version_id) {
+            return Ok(RemoteArchive {
+                reader: Box::new(Gated {
+                    bytes,
+                    pos: 0,
+                    at,
+                    go: Some(go),
+                    failed: false,
+                }),
+                compressed_size: None,
+            });
+        }
         Ok(RemoteArchive {
             reader: Box::new(Cursor::new(bytes)),
             compressed_size: None,
         })
     }
+}
+
+/// An archive download that stops after `at` bytes until the test lets it go on or fail.
+struct Gated {
+    bytes: Vec<u8>,
+    pos: usize,
+    at: usize,
+    go: Option<std::sync::mpsc::Receiver<bool>>,
+    failed: bool,
+}
+
+impl std::io::Read for Gated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.at {
+            if let Some(go) = self.go.take() {
+                self.failed = !go.recv().unwrap_or(false);
+            }
+        }
+        if self.failed {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "connection reset",
+            ));
+        }
+        let end = if self.pos < self.at {
+            self.at
+        } else {
+            self.bytes.len()
+        };
+        let n = buf.len().min(end - self.pos);
+        buf[..n].copy_from_slice(&self.bytes[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Bytes gzip cannot shrink, so that an archive's compressed offsets track its content.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 impl Fake {
@@ -209,7 +270,15 @@ fn the_tree_from_root_to_file_contents() {
     );
     assert_eq!(file.attr.uid, 1000);
     assert_eq!(read_all(&fs, file.attr.ino), b"two");
-    assert_eq!(file.ttl, IMMUTABLE_TTL);
+    // Answered while the version may still be unpacking (zero TTL) or after (immutable).
+    assert!(file.ttl == IMMUTABLE_TTL || file.ttl.is_zero());
+    // Listing waits for the end of the archive; then the same path has the same inode,
+    // for good.
+    let dir = lookup_path(&fs, &format!("artifacts/report/{}/dir", ids[1])).unwrap();
+    fs.release(fs.opendir(dir.attr.ino).unwrap().fh);
+    let again = lookup_path(&fs, &format!("artifacts/report/{}/dir/b.txt", ids[1])).unwrap();
+    assert_eq!(again.attr.ino, file.attr.ino);
+    assert_eq!(again.ttl, IMMUTABLE_TTL);
 
     let prefix = lookup_path(&fs, &format!("artifacts/report/{}", &ids[0][..8])).unwrap();
     assert_eq!(fs.readlink(prefix.attr.ino).unwrap(), ids[0].as_bytes());
@@ -389,4 +458,96 @@ fn errno_mapping() {
     for (e, want) in cases {
         assert_eq!(e.errno(), want, "{e}");
     }
+}
+
+/// A version whose download is held after its first MiB (the fetch hands the unpacker
+/// whole 1 MiB chunks): `first.txt` is unpacked, `last.txt` is not. Returns the fake, the
+/// version id and the gate.
+fn held_version() -> (Arc<Fake>, String, std::sync::mpsc::Sender<bool>) {
+    let fake = Arc::new(Fake::default());
+    let big = noise(3 << 20, 7);
+    let archive = targz(&[
+        ("first.txt", b"early"),
+        ("big.bin", &big),
+        ("last.txt", b"late"),
+    ]);
+    assert!(archive.len() > 2 << 20, "the archive is incompressible");
+    let ids = fake.add(Kind::Artifact, "big", vec![Some(archive)]);
+    for v in fake.versions.lock().get_mut("id-big").unwrap() {
+        v.size = 4 << 20;
+    }
+    let (go, gate) = std::sync::mpsc::channel();
+    fake.gates.lock().insert(ids[0].clone(), (1 << 20, gate));
+    (fake, ids[0].clone(), go)
+}
+
+#[test]
+fn a_published_file_is_served_before_the_version_is_complete() {
+    let (fake, id, go) = held_version();
+    let (fs, _dir) = fs_with(fake.clone(), Duration::from_secs(60));
+    let key = VersionKey::new(Kind::Artifact, &id);
+    let first = lookup_path(&fs, &format!("artifacts/big/{id}/first.txt")).unwrap();
+    assert_eq!(
+        first.ttl,
+        Duration::ZERO,
+        "answered from the published state"
+    );
+    assert_eq!(
+        (first.attr.kind, first.attr.size),
+        (FileKind::RegularFile, 5)
+    );
+    assert_eq!(fs.getattr(first.attr.ino).unwrap().attr, first.attr);
+    assert_eq!(read_all(&fs, first.attr.ino), b"early");
+    assert_eq!(
+        fs.cache().snapshot().in_flight,
+        vec![key.clone()],
+        "still downloading"
+    );
+    assert!(fs.cache().snapshot().resident.is_empty());
+
+    // The rest arrives: a listing (which waited for it) has everything, same inode.
+    go.send(true).unwrap();
+    let version = lookup_path(&fs, &format!("artifacts/big/{id}")).unwrap();
+    let fh = fs.opendir(version.attr.ino).unwrap().fh;
+    let items = fs.readdir(fh, 0).unwrap();
+    fs.release(fh);
+    let ino_of = |name: &str| {
+        items
+            .iter()
+            .find(|i| i.name == name)
+            .map(|i| i.entry.attr.ino)
+    };
+    assert_eq!(ino_of("first.txt"), Some(first.attr.ino));
+    assert!(ino_of("last.txt").is_some() && ino_of("big.bin").is_some());
+    let again = lookup_path(&fs, &format!("artifacts/big/{id}/first.txt")).unwrap();
+    assert_eq!((again.attr.ino, again.ttl), (first.attr.ino, IMMUTABLE_TTL));
+    assert_eq!(fake.downloads.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_failed_download_keeps_open_early_files_and_fails_new_accesses() {
+    let (fake, id, go) = held_version();
+    let (fs, dir) = fs_with(fake.clone(), Duration::from_secs(60));
+    let first = lookup_path(&fs, &format!("artifacts/big/{id}/first.txt")).unwrap();
+    let open = fs.open(first.attr.ino, libc::O_RDONLY).unwrap();
+
+    // The next download (a new access after the failure starts one) fails too.
+    fake.fail_downloads.store(1, Ordering::SeqCst);
+    go.send(false).unwrap();
+    // A name not published waits for the end, which is the failure.
+    let err = lookup_path(&fs, &format!("artifacts/big/{id}/last.txt")).unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    // The handle opened early still reads; new accesses of the same file fail (they try
+    // again: failures are not remembered).
+    assert_eq!(fs.read(open.fh, 0, 100).unwrap(), b"early");
+    fs.release(open.fh);
+    assert_eq!(
+        fs.open(first.attr.ino, libc::O_RDONLY).unwrap_err().errno(),
+        libc::EIO
+    );
+    // Nothing of it is cached or left behind.
+    let snap = fs.cache().snapshot();
+    assert!(snap.resident.is_empty() && snap.in_flight.is_empty());
+    let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+    assert!(tmp.is_empty(), "no leftovers in tmp/: {tmp:?}");
 }

@@ -1,0 +1,203 @@
+//! What an unpack in progress makes visible before the archive ends.
+//!
+//! A regular file is *published* once its content is completely written and closed: its
+//! node, attributes and blob, and every (directory, name) -> node step of its path. A
+//! reader may then serve it while the rest of the archive is still being read. Node numbers
+//! are the final ones (see [`super::Tree`]'s numbering), so an inode derived from a
+//! published node is the inode the finished version gives the same path.
+//!
+//! Directories on the way are only *seen*: their mode, mtime and link count may still
+//! change (a directory member may come after its children), so readers should not let
+//! them be cached. A name that a later member takes over is withdrawn at once, before the
+//! new member's content is written, so that nothing partial or stale is ever answered for
+//! it; the new content is published again when it is complete. Blob paths are only valid
+//! until the unpack ends (blobs are renamed then, and the directory is moved by the
+//! cache): a reader checks that the file it opened is the one published ([`BlobId`]).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Where published state goes. The unpack calls it from its own thread.
+pub trait Publish: Sync {
+    /// The file `steps.last()` is complete; `steps` are the path to it from the root.
+    fn file(&self, steps: &[Step], file: &PublishedFile);
+    /// The name `name` in `dir` was taken by a later member; `gone` is the node that lost
+    /// its last name with it (it is not valid until it is published again).
+    fn withdraw(&self, dir: u32, name: &[u8], gone: Option<u32>);
+}
+
+/// Publishing nowhere (an unpack nobody reads early).
+impl Publish for () {
+    fn file(&self, _: &[Step], _: &PublishedFile) {}
+    fn withdraw(&self, _: u32, _: &[u8], _: Option<u32>) {}
+}
+
+/// One step of a published path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub dir: u32,
+    pub name: Vec<u8>,
+    pub node: u32,
+    /// Attributes at the time of publishing; for directories they may still change.
+    pub attrs: PublishedNode,
+}
+
+/// The identity of a blob file on disk (device and inode), to tell after `open` that a
+/// path still names the published blob and not one renamed into its place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// A complete regular file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishedFile {
+    pub size: u64,
+    pub blob: PathBuf,
+    pub id: BlobId,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PublishedKind {
+    /// Seen on the way to a published file; attributes not final.
+    Dir,
+    File(PublishedFile),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishedNode {
+    pub kind: PublishedKind,
+    pub perm: u16,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    pub nlink: u32,
+}
+
+/// The published state of one unpack: plain data, for a [`Publish`] implementation to
+/// keep under its own lock.
+#[derive(Debug, Default)]
+pub struct Published {
+    names: HashMap<(u32, Vec<u8>), u32>,
+    nodes: HashMap<u32, PublishedNode>,
+}
+
+impl Published {
+    /// Record a published file and the path to it.
+    pub fn add(&mut self, steps: &[Step]) {
+        for step in steps {
+            self.names.insert((step.dir, step.name.clone()), step.node);
+            self.nodes.insert(step.node, step.attrs.clone());
+        }
+    }
+
+    /// Forget `name` in `dir`, and the node `gone` (see [`Publish::withdraw`]).
+    pub fn withdraw(&mut self, dir: u32, name: &[u8], gone: Option<u32>) {
+        self.names.remove(&(dir, name.to_vec()));
+        // A node that is gone has no other name (it lost its last one), and only an empty
+        // directory can be replaced, so no name lives under it: forgetting the node is all.
+        if let Some(node) = gone {
+            self.nodes.remove(&node);
+        }
+    }
+
+    /// The node published as `name` in `dir`.
+    pub fn lookup(&self, dir: u32, name: &[u8]) -> Option<(u32, &PublishedNode)> {
+        let node = *self.names.get(&(dir, name.to_vec()))?;
+        Some((node, self.nodes.get(&node)?))
+    }
+
+    /// The attributes of a published node.
+    pub fn node(&self, node: u32) -> Option<&PublishedNode> {
+        self.nodes.get(&node)
+    }
+
+    /// Published names (for the status file and tests).
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_step(dir: u32, name: &str, node: u32) -> Step {
+        Step {
+            dir,
+            name: name.into(),
+            node,
+            attrs: PublishedNode {
+                kind: PublishedKind::Dir,
+                perm: 0o755,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                nlink: 2,
+            },
+        }
+    }
+
+    fn file_step(dir: u32, name: &str, node: u32, size: u64) -> Step {
+        Step {
+            dir,
+            name: name.into(),
+            node,
+            attrs: PublishedNode {
+                kind: PublishedKind::File(PublishedFile {
+                    size,
+                    blob: format!("data/{node}").into(),
+                    id: BlobId {
+                        dev: 1,
+                        ino: node.into(),
+                    },
+                }),
+                perm: 0o644,
+                mtime_sec: 1,
+                mtime_nsec: 0,
+                nlink: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn published_paths_resolve_step_by_step() {
+        let mut p = Published::default();
+        assert!(p.is_empty());
+        p.add(&[dir_step(0, "a", 1), file_step(1, "f", 2, 10)]);
+        p.add(&[dir_step(0, "a", 1), file_step(1, "g", 3, 20)]);
+        assert_eq!(p.lookup(0, b"a").map(|(n, _)| n), Some(1));
+        assert!(matches!(
+            p.lookup(0, b"a").unwrap().1.kind,
+            PublishedKind::Dir
+        ));
+        let (node, attrs) = p.lookup(1, b"g").unwrap();
+        assert_eq!(node, 3);
+        assert!(matches!(&attrs.kind, PublishedKind::File(f) if f.size == 20));
+        assert_eq!(p.lookup(1, b"missing"), None);
+        assert_eq!(p.lookup(0, b"f"), None, "names are per directory");
+        assert!(p.node(2).is_some());
+        assert_eq!(p.len(), 3);
+    }
+
+    #[test]
+    fn withdrawn_names_and_nodes_are_not_answered() {
+        let mut p = Published::default();
+        p.add(&[file_step(0, "f", 1, 3)]);
+        p.add(&[file_step(0, "link", 1, 3)]);
+        // One name of a hard-linked node taken over: the node stays under its other name.
+        p.withdraw(0, b"link", None);
+        assert_eq!(p.lookup(0, b"link"), None);
+        assert!(p.lookup(0, b"f").is_some());
+        // Its last name taken over: neither the name nor the node is answered until the
+        // new content is published (under the same number).
+        p.withdraw(0, b"f", Some(1));
+        assert_eq!(p.lookup(0, b"f"), None);
+        assert_eq!(p.node(1), None);
+        p.add(&[file_step(0, "f", 1, 7)]);
+        assert!(matches!(&p.node(1).unwrap().kind, PublishedKind::File(f) if f.size == 7));
+    }
+}
