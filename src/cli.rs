@@ -74,6 +74,9 @@ pub struct MountArgs {
     /// 6.9+ and root, and is used automatically when available).
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Seconds between progress lines of a running download in the log.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    pub progress_interval: f64,
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -113,6 +116,10 @@ impl MountArgs {
         flag("--metadata-ttl", self.metadata_ttl.to_string().into());
         flag("--threads", self.threads.to_string().into());
         flag("--log-level", self.log_level.clone().into());
+        flag(
+            "--progress-interval",
+            self.progress_interval.to_string().into(),
+        );
         if self.allow_other {
             v.push("--allow-other".into());
         }
@@ -174,6 +181,10 @@ impl MountArgs {
             access,
             threads: self.threads,
             passthrough: !self.no_passthrough,
+            progress_every: Duration::try_from_secs_f64(self.progress_interval)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .context("--progress-interval must be a positive number of seconds")?,
         })
     }
 }
@@ -263,6 +274,7 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
         allow_root: false,
         threads: config::DEFAULT_THREADS,
         log_level: "info".into(),
+        progress_interval: 2.0,
         no_passthrough: false,
         daemon_child: false,
         fake: m_fake,
@@ -287,11 +299,14 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
             }
             "threads" => m.threads = need()?.parse().with_context(|| format!("threads={value:?} is not a number"))?,
             "log_level" => m.log_level = need()?.to_string(),
+            "progress_interval" => {
+                m.progress_interval = need()?.parse().with_context(|| format!("progress_interval={value:?} is not a number of seconds"))?
+            }
             "allow_other" => m.allow_other = true,
             "allow_root" => m.allow_root = true,
             "no_passthrough" => m.no_passthrough = true,
             other => bail!(
-                "unknown mount option {other:?}; vm0fs takes api_url, token_file, cache_dir, cache_size, metadata_ttl, threads, log_level, allow_other, allow_root, no_passthrough"
+                "unknown mount option {other:?}; vm0fs takes api_url, token_file, cache_dir, cache_size, metadata_ttl, threads, log_level, progress_interval, allow_other, allow_root, no_passthrough"
             ),
         }
     }

@@ -36,6 +36,8 @@ pub struct MountConfig {
     pub threads: usize,
     /// Let the kernel read unpacked files directly (FUSE passthrough) when it can.
     pub passthrough: bool,
+    /// How often a running download logs its progress.
+    pub progress_every: Duration,
 }
 
 /// `$XDG_CACHE_HOME/vm0fs`, else `~/.cache/vm0fs`, else a directory under /tmp.

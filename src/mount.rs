@@ -188,6 +188,7 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
         cache,
         FsConfig {
             metadata_ttl: cfg.metadata_ttl,
+            progress_every: cfg.progress_every,
             uid,
             gid,
             label: format!(

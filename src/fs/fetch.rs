@@ -14,13 +14,21 @@ use crate::size::ByteSize;
 use super::{Activity, FetchError, Remote};
 use crate::cache::VersionKey;
 
-/// How often a running download logs its progress.
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
-
 /// Chunk size handed from the download thread to the unpacking thread.
 const CHUNK: usize = 1 << 20;
 
-/// Download `version` of storage `storage` and unpack it into `target.dir`.
+/// One version to fetch.
+pub struct Job {
+    pub kind: Kind,
+    /// The storage's name (for messages) and id (for the API).
+    pub storage: String,
+    pub storage_id: String,
+    pub version: Version,
+    /// How often a running download logs its progress.
+    pub progress_every: Duration,
+}
+
+/// Download `job.version` and unpack it into `target.dir`.
 ///
 /// The download runs on its own thread and feeds the unpacker through a bounded channel,
 /// so network reads, inflate and disk writes overlap (two of them at least on two cores)
@@ -28,12 +36,22 @@ const CHUNK: usize = 1 << 20;
 pub fn fetch(
     remote: &dyn Remote,
     activity: &Activity,
-    kind: Kind,
-    storage: &str,
-    storage_id: &str,
-    version: &Version,
+    job: &Job,
     target: FetchTarget<'_>,
 ) -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>> {
+    let Job {
+        kind,
+        storage,
+        storage_id,
+        version,
+        progress_every,
+    } = job;
+    let (kind, storage, storage_id, progress_every) = (
+        *kind,
+        storage.as_str(),
+        storage_id.as_str(),
+        *progress_every,
+    );
     let started = Instant::now();
     let key = VersionKey::new(kind, &version.id);
     activity.start(&key, storage, version.size);
@@ -54,7 +72,7 @@ pub fn fetch(
         let mut last_log = Instant::now();
         let mut progress = |s: &UnpackStats| {
             activity.update(&key, s.bytes, s.files);
-            if last_log.elapsed() >= PROGRESS_EVERY {
+            if last_log.elapsed() >= progress_every {
                 last_log = Instant::now();
                 log_progress(&what, s, version.size, compressed, started);
             }

@@ -63,6 +63,8 @@ const MIN_PREFIX: usize = 8;
 pub struct FsConfig {
     /// How long names and version lists are trusted before they are fetched again.
     pub metadata_ttl: Duration,
+    /// How often a running download logs its progress.
+    pub progress_every: Duration,
     /// First line of the status file (what is mounted where).
     pub label: String,
     /// Owner shown for every inode (the mounting user).
@@ -1154,9 +1156,15 @@ impl Fs {
                     };
                     let remote = self.remote.clone();
                     let activity = self.activity.clone();
-                    let name = storage.to_string();
+                    let job = fetch::Job {
+                        kind,
+                        storage: storage.to_string(),
+                        storage_id: s.id.clone(),
+                        version,
+                        progress_every: self.config.progress_every,
+                    };
                     let access = self.cache.start(&key, announced, move |target| {
-                        fetch::fetch(&*remote, &activity, kind, &name, &s.id, &version, target)
+                        fetch::fetch(&*remote, &activity, &job, target)
                     });
                     match access {
                         Access::Ready(v) => Available::Ready(v),

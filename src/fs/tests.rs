@@ -195,6 +195,7 @@ fn fs_with(fake: Arc<Fake>, ttl: Duration) -> (Fs, tempfile::TempDir) {
             uid: 1000,
             gid: 1000,
             label: "test".into(),
+            progress_every: Duration::from_secs(2),
         },
     );
     (fs, dir)
