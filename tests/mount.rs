@@ -712,21 +712,48 @@ fn a_download_logs_its_progress_and_a_summary() {
     let data = tempfile::tempdir().unwrap();
     let mut b = ArchiveBuilder::new();
     for j in 0..6 {
-        b.file(&format!("part-{j}.bin"), 0o644, 1_700_000_000, &pattern(4 << 20, j));
+        b.file(
+            &format!("part-{j}.bin"),
+            0o644,
+            1_700_000_000,
+            &pattern(4 << 20, j),
+        );
     }
     put_archive(data.path(), "artifacts", "big", "v1", &b.finish());
     let emu = Emulator::with_data(data.path());
-    let m = Mount::with(&emu, MountOpts { extra: vec!["--progress-interval".into(), "0.001".into()], ..Default::default() });
+    let m = Mount::with(
+        &emu,
+        MountOpts {
+            extra: vec!["--progress-interval".into(), "0.001".into()],
+            ..Default::default()
+        },
+    );
     let id = emu.current_version("artifacts", "big");
     // Listing waits for the whole version, so the log is complete afterwards.
-    assert_eq!(std::fs::read_dir(m.join("artifacts/big/latest/")).unwrap().count(), 6);
+    assert_eq!(
+        std::fs::read_dir(m.join("artifacts/big/latest/"))
+            .unwrap()
+            .count(),
+        6
+    );
     let log = m.log_text();
-    let progress: Vec<&str> = log.lines().filter(|l| l.contains(&format!("downloading artifact big version {id}:"))).collect();
+    let progress: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("downloading artifact big version {id}:")))
+        .collect();
     assert!(!progress.is_empty(), "no progress lines:\n{log}");
-    assert!(progress.iter().all(|l| l.contains('%') && l.contains("unpacked") && l.contains("/s")), "{progress:#?}");
+    assert!(
+        progress
+            .iter()
+            .all(|l| l.contains('%') && l.contains("unpacked") && l.contains("/s")),
+        "{progress:#?}"
+    );
     let summary = log
         .lines()
         .find(|l| l.contains(&format!("downloaded artifact big version {id}:")))
         .unwrap_or_else(|| panic!("no summary line:\n{log}"));
-    assert!(summary.contains("24.0 MiB in 6 files") && summary.contains("/s"), "{summary}");
+    assert!(
+        summary.contains("24.0 MiB in 6 files") && summary.contains("/s"),
+        "{summary}"
+    );
 }
