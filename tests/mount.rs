@@ -601,6 +601,36 @@ fn extended_attributes_describe_storages_and_versions() {
         out.contains(&format!("user.vm0.current_version_id=\"{id}\"")),
         "{out}"
     );
+
+    // Labels and trusted attributes are not carried at all: "not supported", which `ls -l`
+    // remembers for the whole device. An unknown user attribute is simply absent.
+    let file = m.join(&format!("artifacts/report/{id}/README.md"));
+    for (name, expected) in [
+        ("security.selinux", libc::EOPNOTSUPP),
+        ("trusted.x", libc::EOPNOTSUPP),
+        ("user.vm0.nope", libc::ENODATA),
+        ("system.posix_acl_access", libc::ENODATA),
+    ] {
+        let path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+        let cname = std::ffi::CString::new(name).unwrap();
+        let mut buf = [0u8; 256];
+        // SAFETY: both strings are NUL-terminated and the buffer's length is passed.
+        let rc = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                cname.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        assert_eq!(
+            (rc, errno),
+            (-1, Some(expected)),
+            "lgetxattr {name} on {}",
+            file.display()
+        );
+    }
 }
 
 #[test]

@@ -37,6 +37,9 @@ pub enum FsError {
     ReadOnly,
     #[error("no such attribute")]
     NoAttr,
+    /// An attribute namespace the mount does not carry at all (`security.*`, `trusted.*`).
+    #[error("attribute namespace not supported")]
+    NotSupported,
     #[error("buffer too small")]
     Range,
     /// A file or directory handle the kernel should not have sent.
@@ -63,6 +66,7 @@ impl FsError {
             FsError::NotSymlink => libc::EINVAL,
             FsError::ReadOnly => libc::EROFS,
             FsError::NoAttr => libc::ENODATA,
+            FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::Range => libc::ERANGE,
             FsError::BadHandle => libc::EBADF,
             FsError::Remote(e) => api_errno(e),

@@ -520,7 +520,6 @@ impl Fs {
         StatFs {
             blocks: snap.budget / bsize,
             bfree: snap.budget.saturating_sub(snap.used) / bsize,
-            // Nothing is writable by anyone.
             // Room left in the cache; nothing is writable (the mount is read-only), but
             // `df` reads "available" as what is left, and 100% full would alarm for nothing.
             bavail: snap.budget.saturating_sub(snap.used) / bsize,
@@ -552,7 +551,15 @@ impl Fs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
-        // `ls -l` asks every file for its ACL: answer without resolving anything.
+        // `ls -l` asks every entry for its SELinux label, and the kernel caches no answer
+        // of a FUSE file system. "Not supported" (rather than "no such attribute") is
+        // the truth for these namespaces, and `ls` remembers it for the whole device, so
+        // a listing costs one such round trip instead of one per entry.
+        let bytes = name.as_encoded_bytes();
+        if bytes.starts_with(b"security.") || bytes.starts_with(b"trusted.") {
+            return Err(FsError::NotSupported);
+        }
+        // Other names (ACLs included) are answered without resolving anything.
         let name = name
             .to_str()
             .filter(|n| n.starts_with("user.vm0."))

@@ -421,6 +421,7 @@ fn errno_mapping() {
         (FsError::IsDir, libc::EISDIR),
         (FsError::ReadOnly, libc::EROFS),
         (FsError::NoAttr, libc::ENODATA),
+        (FsError::NotSupported, libc::EOPNOTSUPP),
         (FsError::BadHandle, libc::EBADF),
         (
             ApiError::Authentication { request_id: None }.into(),
