@@ -515,8 +515,29 @@ impl Unpacker<'_> {
     }
 
     fn directory(&mut self, name: &[u8], comps: &[&[u8]], meta: Meta) {
-        match self.tree.prepare(comps, self.implied, Want::Dir) {
-            Err(reason) => self.skip(name, reason),
+        match self.prepare(name, comps, Want::Dir) {
+            Some(Slot::ExistingDir(node)) => self.tree.set_meta(node, meta),
+            Some(Slot::Free {
+                dir,
+                name: last,
+                reuse,
+            }) => {
+                if let Err(reason) = self.tree.attach(dir, last, reuse, None, meta) {
+                    self.skip(name, reason);
+                }
+            }
+            Some(Slot::AlreadyLinked) | None => {}
+        }
+    }
+
+    /// Makes room for member `name` at `comps` (replacing what was there, as tar does),
+    /// or skips it with the reason. `None` when it was skipped.
+    fn prepare(&mut self, name: &[u8], comps: &[&[u8]], want: Want) -> Option<Slot> {
+        match self.tree.prepare(comps, self.implied, want) {
+            Err(reason) => {
+                self.skip(name, reason);
+                None
+            }
             Ok(Prepared {
                 slot,
                 freed_blob,
@@ -524,19 +545,7 @@ impl Unpacker<'_> {
             }) => {
                 self.replaced(&slot, replaced);
                 self.free_blob(freed_blob);
-                match slot {
-                    Slot::ExistingDir(node) => self.tree.set_meta(node, meta),
-                    Slot::Free {
-                        dir,
-                        name: last,
-                        reuse,
-                    } => {
-                        if let Err(reason) = self.tree.attach(dir, last, reuse, None, meta) {
-                            self.skip(name, reason);
-                        }
-                    }
-                    Slot::AlreadyLinked => {}
-                }
+                Some(slot)
             }
         }
     }
@@ -570,26 +579,15 @@ impl Unpacker<'_> {
             perm: 0o777,
             ..meta
         };
-        match self.tree.prepare(comps, self.implied, Want::NonDir) {
-            Err(reason) => self.skip(name, reason),
-            Ok(Prepared {
-                slot,
-                freed_blob,
-                replaced,
-            }) => {
-                self.replaced(&slot, replaced);
-                self.free_blob(freed_blob);
-                if let Slot::Free {
-                    dir,
-                    name: last,
-                    reuse,
-                } = slot
-                {
-                    let content = Some(Content::Symlink { target });
-                    if let Err(reason) = self.tree.attach(dir, last, reuse, content, meta) {
-                        self.skip(name, reason);
-                    }
-                }
+        if let Some(Slot::Free {
+            dir,
+            name: last,
+            reuse,
+        }) = self.prepare(name, comps, Want::NonDir)
+        {
+            let content = Some(Content::Symlink { target });
+            if let Err(reason) = self.tree.attach(dir, last, reuse, content, meta) {
+                self.skip(name, reason);
             }
         }
     }
@@ -606,22 +604,11 @@ impl Unpacker<'_> {
             Ok(node) => node,
             Err(reason) => return self.skip(name, format!("hard link target: {reason}")),
         };
-        match self.tree.prepare(comps, self.implied, Want::HardLink(node)) {
-            Err(reason) => self.skip(name, reason),
-            Ok(Prepared {
-                slot,
-                freed_blob,
-                replaced,
-            }) => {
-                self.replaced(&slot, replaced);
-                self.free_blob(freed_blob);
-                if let Slot::Free {
-                    dir, name: last, ..
-                } = slot
-                {
-                    self.tree.link(dir, last, node);
-                }
-            }
+        if let Some(Slot::Free {
+            dir, name: last, ..
+        }) = self.prepare(name, comps, Want::HardLink(node))
+        {
+            self.tree.link(dir, last, node);
         }
     }
 
@@ -632,24 +619,11 @@ impl Unpacker<'_> {
         comps: &[&[u8]],
         meta: Meta,
     ) -> Result<bool, ArchiveError> {
-        let Prepared {
-            slot,
-            freed_blob,
-            replaced,
-        } = match self.tree.prepare(comps, self.implied, Want::NonDir) {
-            Ok(prepared) => prepared,
-            Err(reason) => {
-                self.skip(name, reason);
-                return Ok(false);
-            }
-        };
-        self.replaced(&slot, replaced);
-        self.free_blob(freed_blob);
-        let Slot::Free {
+        let Some(Slot::Free {
             dir,
             name: last,
             reuse,
-        } = slot
+        }) = self.prepare(name, comps, Want::NonDir)
         else {
             return Ok(false);
         };
