@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::Command;
 
 use common::archives::{feature_archive, pattern, put_archive, ArchiveBuilder};
-use common::{ok, run, sh, tar_extract, tree_listing, Emulator, Mount, MountOpts};
+use common::{
+    c_path, libc_errno, ok, run, sh, tar_extract, tree_listing, Emulator, Mount, MountOpts,
+};
 
 /// An emulator serving the feature archive as artifact `report` (two versions: an older
 /// small one and the feature archive, current), plus a 0-file version.
@@ -605,13 +607,13 @@ fn extended_attributes_describe_storages_and_versions() {
     // Labels and trusted attributes are not carried at all: "not supported", which `ls -l`
     // remembers for the whole device. An unknown user attribute is simply absent.
     let file = m.join(&format!("artifacts/report/{id}/README.md"));
+    let path = c_path(&file);
     for (name, expected) in [
         ("security.selinux", libc::EOPNOTSUPP),
         ("trusted.x", libc::EOPNOTSUPP),
         ("user.vm0.nope", libc::ENODATA),
         ("system.posix_acl_access", libc::ENODATA),
     ] {
-        let path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
         let cname = std::ffi::CString::new(name).unwrap();
         let mut buf = [0u8; 256];
         // SAFETY: both strings are NUL-terminated and the buffer's length is passed.
@@ -623,10 +625,9 @@ fn extended_attributes_describe_storages_and_versions() {
                 buf.len(),
             )
         };
-        let errno = std::io::Error::last_os_error().raw_os_error();
         assert_eq!(
-            (rc, errno),
-            (-1, Some(expected)),
+            libc_errno(rc),
+            expected,
             "lgetxattr {name} on {}",
             file.display()
         );

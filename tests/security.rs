@@ -8,7 +8,6 @@ mod common;
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,7 +18,7 @@ use serde_json::json;
 
 use common::archives::{feature_archive, put_archive, ArchiveBuilder};
 use common::hostile::{read_within, RawMount, Sandbox};
-use common::{ok, run, vm0fs_bin, Emulator, Mount, MountOpts};
+use common::{c_path, libc_errno, ok, run, vm0fs_bin, Emulator, Mount, MountOpts};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -744,18 +743,6 @@ fn other_users_are_refused_unless_allow_other_and_then_the_modes_hold() {
 
 // ---------------------------------------------------------------------------------------
 // Writes
-
-fn c_path(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
-}
-
-/// The errno of a libc call that returns -1 on failure; 0 when it succeeded.
-fn libc_errno(rc: libc::c_int) -> i32 {
-    if rc != -1 {
-        return 0;
-    }
-    std::io::Error::last_os_error().raw_os_error().unwrap()
-}
 
 #[test]
 fn every_write_type_operation_is_erofs() {

@@ -430,3 +430,16 @@ pub fn tree_listing(dir: &Path) -> String {
     lines.sort();
     lines.join("\n")
 }
+
+/// `p` as a C string, for calling libc directly.
+pub fn c_path(p: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+/// The errno of a libc call that returns -1 on failure; 0 when it succeeded.
+pub fn libc_errno<T: PartialEq + From<i8>>(rc: T) -> i32 {
+    if rc != T::from(-1) {
+        return 0;
+    }
+    std::io::Error::last_os_error().raw_os_error().unwrap()
+}
