@@ -26,8 +26,8 @@ use tar::EntryType;
 use common::archives::{pattern, put_archive, ArchiveBuilder};
 use common::hostile::{
     assert_cache_layout, disk_usage, gzip, huge_header_archive, is_cached, log_when, poll_until,
-    put_sidecar, read_within, skip_line, tmp_entries, version_with_message, zero_bomb, RawTar,
-    Sandbox,
+    put_sidecar, read_within, skip_line, tmp_entries, version_with_message, within, zero_bomb,
+    RawTar, Sandbox,
 };
 use common::{ok, tar_extract, tree_listing, Emulator, Mount};
 
@@ -541,6 +541,14 @@ fn assert_failed_cleanly(
     good: &Path,
     good_content: &[u8],
 ) {
+    // The other version whole first (a listing waits for its commit), so that `tmp/` below
+    // can hold nothing of it: a read alone may be answered while it is still unpacking.
+    let good_dir = good.parent().expect("a path in a version").to_path_buf();
+    within(DEADLINE, move || {
+        std::fs::read_dir(good_dir).map(Iterator::count)
+    })
+    .expect("listing the other version did not return in time")
+    .expect("the other version lists");
     let err = read_within(DEADLINE, path).expect_err("a corrupt version must not read");
     assert_eq!(errno(&err), libc::EIO, "{}: {err}", path.display());
     log_when(m, problem, |log| {

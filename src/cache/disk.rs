@@ -184,7 +184,9 @@ impl Layout {
     pub fn commit(&self, key: &VersionKey, tmp: &Path, meta: &Meta) -> Result<PathBuf, CacheError> {
         let meta_path = tmp.join("meta.json");
         let body = serde_json::to_vec(meta).expect("Meta always serializes");
-        write_file_atomic(&meta_path, &body).map_err(|source| CacheError::Io {
+        // Written in place: `tmp` is out of sight until the rename below, which is the
+        // atomic step; the sync makes the record durable before the version can be.
+        write_synced(&meta_path, &body).map_err(|source| CacheError::Io {
             path: meta_path,
             source,
         })?;
@@ -260,18 +262,23 @@ pub fn disk_usage(path: &Path) -> u64 {
     total
 }
 
+/// Create or replace `path` with `bytes` (mode 0600), synced to disk.
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Replace `path` with `bytes` so that a reader sees the old or the new content, never a
+/// part of it.
 fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("partial");
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
+    write_synced(&tmp, bytes)?;
     fs::rename(&tmp, path)
 }
 
