@@ -70,8 +70,14 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = config::DEFAULT_THREADS)]
     pub threads: usize,
-    /// Serve every read through the daemon instead of kernel passthrough (which needs Linux
-    /// 6.9+ and root, and is used automatically when available).
+    /// Have the kernel ask the daemon at every open and close (one round trip per open).
+    /// Default: files open without a round trip, and the cache finds open files in /proc.
+    /// Needed for kernel passthrough reads of large files.
+    #[arg(long)]
+    pub track_opens: bool,
+    /// With --track-opens: serve every read through the daemon instead of kernel
+    /// passthrough (which needs Linux 6.9+ and root, and is used automatically when
+    /// available).
     #[arg(long)]
     pub no_passthrough: bool,
     /// Seconds between progress lines of a running download in the log.
@@ -125,6 +131,9 @@ impl MountArgs {
         }
         if self.allow_root {
             v.push("--allow-root".into());
+        }
+        if self.track_opens {
+            v.push("--track-opens".into());
         }
         if self.no_passthrough {
             v.push("--no-passthrough".into());
@@ -180,6 +189,7 @@ impl MountArgs {
             metadata_ttl: Duration::from_secs(self.metadata_ttl),
             access,
             threads: self.threads,
+            track_opens: self.track_opens,
             passthrough: !self.no_passthrough,
             progress_every: Duration::try_from_secs_f64(self.progress_interval)
                 .ok()
@@ -275,6 +285,7 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
         threads: config::DEFAULT_THREADS,
         log_level: "info".into(),
         progress_interval: 2.0,
+        track_opens: false,
         no_passthrough: false,
         daemon_child: false,
         fake: m_fake,
@@ -304,9 +315,10 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
             }
             "allow_other" => m.allow_other = true,
             "allow_root" => m.allow_root = true,
+            "track_opens" => m.track_opens = true,
             "no_passthrough" => m.no_passthrough = true,
             other => bail!(
-                "unknown mount option {other:?}; vm0fs takes api_url, token_file, cache_dir, cache_size, metadata_ttl, threads, log_level, progress_interval, allow_other, allow_root, no_passthrough"
+                "unknown mount option {other:?}; vm0fs takes api_url, token_file, cache_dir, cache_size, metadata_ttl, threads, log_level, progress_interval, allow_other, allow_root, track_opens, no_passthrough"
             ),
         }
     }
@@ -329,7 +341,7 @@ mod tests {
         // `rw=no` is not the `rw` flag but it is not a vm0fs option either.
         assert!(m.is_err());
         let m = from_mount_helper(&args(
-            "vm0fs /mnt/vm0 -n -o noauto,nofail,_netdev,x-systemd.automount,token_file=/etc/vm0fs/token -o cache_dir=/var/cache/vm0fs,cache_size=20G,allow_other,metadata_ttl=5,threads=4,log_level=debug,api_url=http://127.0.0.1:1/v1",
+            "vm0fs /mnt/vm0 -n -o noauto,nofail,_netdev,x-systemd.automount,token_file=/etc/vm0fs/token -o cache_dir=/var/cache/vm0fs,cache_size=20G,allow_other,metadata_ttl=5,threads=4,log_level=debug,api_url=http://127.0.0.1:1/v1,track_opens,no_passthrough",
         ))
         .unwrap();
         assert_eq!(m.mountpoint, PathBuf::from("/mnt/vm0"));
@@ -337,6 +349,7 @@ mod tests {
         assert_eq!(m.cache_dir, Some(PathBuf::from("/var/cache/vm0fs")));
         assert_eq!(m.cache_size, ByteSize(20 << 30));
         assert!(m.allow_other && !m.allow_root && !m.foreground);
+        assert!(m.track_opens && m.no_passthrough);
         assert_eq!(
             (m.metadata_ttl, m.threads, m.log_level.as_str()),
             (5, 4, "debug")

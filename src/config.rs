@@ -34,7 +34,11 @@ pub struct MountConfig {
     pub metadata_ttl: Duration,
     pub access: Access,
     pub threads: usize,
-    /// Let the kernel read unpacked files directly (FUSE passthrough) when it can.
+    /// Have the kernel send every open and close to the daemon (else, where it can, it opens
+    /// files without asking, and the cache finds the files in use in `/proc`).
+    pub track_opens: bool,
+    /// With `track_opens`: let the kernel read unpacked files directly (FUSE passthrough)
+    /// when it can.
     pub passthrough: bool,
     /// How often a running download logs its progress.
     pub progress_every: Duration,

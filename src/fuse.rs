@@ -3,6 +3,14 @@
 //! Just a thin wrapper: each callback calls the matching `Fs` method and turns its result
 //! into a reply or an errno. No logic lives here, because logic here could only be tested
 //! through a real mount. Every operation that would change the tree answers `EROFS`.
+//!
+//! Opens: by default the kernel opens and closes files without a round trip. The first
+//! `OPEN` answers `ENOSYS` (`FUSE_NO_OPEN_SUPPORT`), after which the kernel sends no `OPEN`
+//! and no `RELEASE` for the whole connection, keeps every file's pages across opens, and
+//! reads carry no handle: [`Fs::read_ino`] serves them. Contents are immutable, so nothing
+//! per open is needed, except knowing which versions are in use, which the cache learns
+//! from `/proc` instead ([`crate::openfiles`]). With `--track-opens` every open is a request
+//! and a handle, which kernel passthrough for large files needs.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -25,6 +33,11 @@ use crate::fs::{Attr, FileKind, Fs, FsError};
 
 pub struct FuseFs {
     fs: Fs,
+    /// Whether to have the kernel send `OPEN` and `RELEASE` (`--track-opens`).
+    track_opens: bool,
+    /// Whether opens are answered `ENOSYS`, so that the kernel stops sending them (set in
+    /// `init`, where the kernel says whether it can).
+    no_open: bool,
     /// Whether the kernel agreed to passthrough reads (set in `init`).
     passthrough: bool,
     backing: Mutex<Backing>,
@@ -40,10 +53,14 @@ struct Backing {
 }
 
 impl FuseFs {
-    /// `allow_passthrough`: ask the kernel for passthrough reads (it may still refuse).
-    pub fn new(fs: Fs, allow_passthrough: bool) -> FuseFs {
+    /// `track_opens`: have the kernel send every open and close (else it sends none where
+    /// it can). `allow_passthrough`: with `track_opens`, ask the kernel for passthrough reads
+    /// (it may still refuse).
+    pub fn new(fs: Fs, track_opens: bool, allow_passthrough: bool) -> FuseFs {
         FuseFs {
             fs,
+            track_opens,
+            no_open: false,
             passthrough: allow_passthrough,
             backing: Mutex::new(Backing::default()),
         }
@@ -137,24 +154,40 @@ impl fuser::Filesystem for FuseFs {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
+        // No OPEN and RELEASE (see the module docs). Then the status file, whose content
+        // changes, cannot be opened with direct I/O: its mtime changes at every GETATTR, and
+        // FUSE_AUTO_INVAL_DATA makes the kernel drop its cached pages when it sees that.
+        self.no_open = !self.track_opens
+            && config
+                .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
+                .is_ok()
+            && config
+                .add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA)
+                .is_ok();
         // Passthrough (Linux 6.9+, needs CAP_SYS_ADMIN): reads of unpacked files go from the
-        // kernel to the cache's files directly. Without it, reads go through `read` below.
+        // kernel to the cache's files directly. It is handed over at OPEN, so only with
+        // `--track-opens`. Without it, reads go through `read` below.
         self.passthrough = self.passthrough
+            && !self.no_open
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
-        tracing::info!(passthrough = self.passthrough, "FUSE session initialized");
+        tracing::info!(
+            open_requests = !self.no_open,
+            passthrough = self.passthrough,
+            "FUSE session initialized"
+        );
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(parent.0, name, Some(req.pid())) {
             Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
             Err(e) => reply.error(fail("lookup", &e)),
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0, Some(req.pid())) {
             Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
             Err(e) => reply.error(fail("getattr", &e)),
         }
@@ -168,6 +201,11 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_open {
+            // Only the first open of the connection gets here; the mount is read-only, so
+            // the kernel has refused opens for writing already.
+            return reply.error(Errno::ENOSYS);
+        }
         match self.fs.open(ino.0, flags.0) {
             Ok(o) if o.direct_io => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO),
             // Small files go through the page cache: once read, opening one again costs a
@@ -190,8 +228,8 @@ impl fuser::Filesystem for FuseFs {
 
     fn read(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -199,7 +237,12 @@ impl fuser::Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
+        let data = if self.no_open {
+            self.fs.read_ino(ino.0, offset, size, req.pid())
+        } else {
+            self.fs.read(fh.0, offset, size)
+        };
+        match data {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(fail("read", &e)),
         }

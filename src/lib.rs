@@ -18,4 +18,5 @@ pub mod emulator;
 pub mod fs;
 pub mod fuse;
 pub mod mount;
+pub mod openfiles;
 pub mod size;

@@ -21,6 +21,7 @@ use crate::cache::Cache;
 use crate::config::{Access, MountConfig};
 use crate::fs::{Fs, FsConfig, Remote};
 use crate::fuse::FuseFs;
+use crate::openfiles::OpenFiles;
 use crate::size::ByteSize;
 
 /// Check a mountpoint before mounting: it exists, is a directory, is empty and is not
@@ -224,9 +225,18 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
     fuse_cfg.n_threads = Some(cfg.threads.max(1));
     fuse_cfg.clone_fd = true;
 
-    let mut session =
-        fuser::Session::new(FuseFs::new(fs, cfg.passthrough), &cfg.mountpoint, &fuse_cfg)
-            .map_err(|e| mount_error(&cfg.mountpoint, e, cfg.access))?;
+    if !cfg.track_opens {
+        // The kernel will not say which files are open: the cache looks in /proc for them
+        // under the path the kernel prints, the canonical one (taken before mounting).
+        let canonical = std::fs::canonicalize(&cfg.mountpoint)
+            .with_context(|| format!("cannot resolve mountpoint {}", cfg.mountpoint.display()))?;
+        let open_files = OpenFiles::new(canonical);
+        fs.cache()
+            .set_in_use(Box::new(move || open_files.versions()));
+    }
+    let fuse_fs = FuseFs::new(fs, cfg.track_opens, cfg.passthrough);
+    let mut session = fuser::Session::new(fuse_fs, &cfg.mountpoint, &fuse_cfg)
+        .map_err(|e| mount_error(&cfg.mountpoint, e, cfg.access))?;
     let mut unmounter = session.unmount_callable();
 
     let (tx, rx) = mpsc::channel::<Event>();

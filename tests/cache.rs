@@ -138,29 +138,146 @@ fn the_budget_holds_at_every_moment_while_reading_many_versions() {
     }
 }
 
+/// The two ways a mount knows which files are open: by default the kernel sends no `OPEN`
+/// and the cache looks in /proc; with `--track-opens` every open is a handle.
+const OPEN_MODES: [&[&str]; 2] = [&[], &["--track-opens"]];
+
+fn cache_opts_in(cache: &Path, size: &str, mode: &[&str]) -> MountOpts<'static> {
+    let mut opts = cache_opts(cache, size);
+    opts.extra.extend(mode.iter().map(|a| a.to_string()));
+    opts
+}
+
+fn is_resident(emu: &Emulator, cache: &Path, name: &str) -> bool {
+    let v = emu.current_version("artifacts", name);
+    cache.join(format!("versions/artifacts-{v}")).exists()
+}
+
 #[test]
 fn an_open_file_pins_its_version_under_pressure() {
-    let data = data_with_versions(4, MIB as usize);
+    for mode in OPEN_MODES {
+        let data = data_with_versions(4, MIB as usize);
+        let emu = Emulator::with_data(data.path());
+        let cache = tempfile::tempdir().unwrap();
+        // Room for two versions: reading three others must evict.
+        let m = Mount::with(&emu, cache_opts_in(cache.path(), "2600K", mode));
+        let mut pinned = File::open(m.join("artifacts/art-0/latest/part-0.bin")).unwrap();
+        for i in 1..4 {
+            read_all(&m.join(&format!("artifacts/art-{i}/latest/part-1.bin")));
+        }
+        assert!(
+            is_resident(&emu, cache.path(), "art-0"),
+            "{mode:?}: pinned version evicted"
+        );
+        assert!(
+            !is_resident(&emu, cache.path(), "art-1"),
+            "{mode:?}: nothing was evicted, the test proves nothing"
+        );
+        let mut got = Vec::new();
+        pinned.read_to_end(&mut got).unwrap();
+        assert_eq!(got, pattern(MIB as usize / 4, 0), "{mode:?}");
+        assert_eq!(
+            emu.counter("store.get"),
+            4,
+            "{mode:?}: a version was downloaded twice"
+        );
+        drop(pinned);
+        // Closed, it can go: two more versions (art-3 is older, then art-0) evict it.
+        for i in 1..3 {
+            read_all(&m.join(&format!("artifacts/art-{i}/latest/part-1.bin")));
+        }
+        assert!(
+            !is_resident(&emu, cache.path(), "art-0"),
+            "{mode:?}: the closed file still pins its version"
+        );
+        assert!(disk_usage(cache.path()) <= 2600 * 1024, "{mode:?}");
+    }
+}
+
+/// A mapping pins its version too, after its descriptor is closed (seen in /proc/PID/maps).
+#[test]
+fn a_mapped_file_pins_its_version() {
+    let data = data_with_versions(3, MIB as usize);
     let emu = Emulator::with_data(data.path());
     let cache = tempfile::tempdir().unwrap();
     let m = Mount::with(&emu, cache_opts(cache.path(), "2600K"));
-    let mut pinned = File::open(m.join("artifacts/art-0/latest/part-0.bin")).unwrap();
-    for i in 1..4 {
+    let len = MIB as usize / 4;
+    let file = File::open(m.join("artifacts/art-0/latest/part-2.bin")).unwrap();
+    // SAFETY: a fresh read-only shared mapping of an open file, unmapped below; nothing
+    // else refers to it.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+        )
+    };
+    assert_ne!(
+        addr,
+        libc::MAP_FAILED,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    drop(file);
+    for i in 1..3 {
         read_all(&m.join(&format!("artifacts/art-{i}/latest/part-1.bin")));
     }
-    let mut got = Vec::new();
-    pinned.read_to_end(&mut got).unwrap();
-    assert_eq!(got, pattern(MIB as usize / 4, 0));
-    let v0 = emu.current_version("artifacts", "art-0");
     assert!(
-        cache
-            .path()
-            .join(format!("versions/artifacts-{v0}"))
-            .exists(),
-        "pinned version evicted"
+        is_resident(&emu, cache.path(), "art-0"),
+        "mapped version evicted"
     );
-    drop(pinned);
-    assert!(disk_usage(cache.path()) <= 2600 * 1024);
+    assert!(
+        !is_resident(&emu, cache.path(), "art-1"),
+        "nothing was evicted"
+    );
+    // SAFETY: `addr` maps `len` readable bytes until the munmap below.
+    let mapped = unsafe { std::slice::from_raw_parts(addr as *const u8, len) }.to_vec();
+    // SAFETY: unmaps exactly the mapping made above, no longer referred to.
+    unsafe { libc::munmap(addr, len) };
+    assert_eq!(mapped, pattern(len, 2));
+    assert_eq!(
+        emu.counter("store.get"),
+        3,
+        "a version was downloaded twice"
+    );
+}
+
+/// With every resident version in use, a new version is refused at once with ENOSPC and a
+/// log line that says what to do; once the file is closed, the same read works.
+#[test]
+fn when_every_version_is_in_use_a_new_one_is_refused_with_enospc() {
+    for mode in OPEN_MODES {
+        let data = data_with_versions(2, MIB as usize);
+        let emu = Emulator::with_data(data.path());
+        let cache = tempfile::tempdir().unwrap();
+        let m = Mount::with(&emu, cache_opts_in(cache.path(), "1600K", mode));
+        let held = File::open(m.join("artifacts/art-0/latest/part-0.bin")).unwrap();
+        let started = Instant::now();
+        let err = match std::fs::read(m.join("artifacts/art-1/latest/part-0.bin")) {
+            Ok(data) => panic!("{mode:?}: read {} bytes, not ENOSPC", data.len()),
+            Err(e) => e,
+        };
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{mode:?}: {err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{mode:?}: refused only after {:?}",
+            started.elapsed()
+        );
+        let v1 = emu.current_version("artifacts", "art-1");
+        let log = m.log_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&v1) && l.contains("in use") && l.contains("close files")),
+            "{mode:?}: no clear log line:\n{log}"
+        );
+        drop(held);
+        let got = read_all(&m.join("artifacts/art-1/latest/part-0.bin"));
+        assert_eq!(got, pattern(MIB as usize / 4, 10), "{mode:?}");
+        assert!(!is_resident(&emu, cache.path(), "art-0"), "{mode:?}");
+    }
 }
 
 #[test]

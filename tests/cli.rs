@@ -38,6 +38,7 @@ fn help_lists_every_flag_with_its_default_and_the_environment() {
         "/etc/fuse.conf",
         "--allow-root",
         "--threads",
+        "--track-opens",
         "--no-passthrough",
         "--log-level",
         "VM0_TOKEN",

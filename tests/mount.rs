@@ -114,16 +114,28 @@ fn inode_numbers_agree_between_stat_and_readdir_and_hard_links_share_one() {
 
 #[test]
 fn random_reads_past_eof_and_mmap_match_the_archive() {
-    random_reads_and_mmap(&[]);
+    // By default the kernel sends no OPEN: reads carry no handle.
+    random_reads_and_mmap(&[], "open_requests=false");
 }
 
-/// The same reads served by the daemon itself rather than by kernel passthrough.
+/// Every open a request: large files are read through kernel passthrough where the kernel
+/// offers it (Linux 6.9+ as root), the others through their handle.
 #[test]
-fn random_reads_and_mmap_without_passthrough() {
-    random_reads_and_mmap(&["--no-passthrough"]);
+fn random_reads_and_mmap_with_tracked_opens() {
+    random_reads_and_mmap(&["--track-opens"], "open_requests=true");
 }
 
-fn random_reads_and_mmap(flags: &[&str]) {
+/// Every open a request, and every read served by the daemon through its handle.
+#[test]
+fn random_reads_and_mmap_with_tracked_opens_without_passthrough() {
+    random_reads_and_mmap(
+        &["--track-opens", "--no-passthrough"],
+        "open_requests=true passthrough=false",
+    );
+}
+
+/// `session` is what the daemon's "FUSE session initialized" line must say.
+fn random_reads_and_mmap(flags: &[&str], session: &str) {
     let f = fixture();
     let extra = flags.iter().map(|s| s.to_string()).collect();
     let m = Mount::with(
@@ -133,14 +145,12 @@ fn random_reads_and_mmap(flags: &[&str]) {
             ..Default::default()
         },
     );
-    // Passthrough is used when the kernel offers it (Linux 6.9+ as root); the flag turns it off.
-    if !flags.is_empty() {
-        assert!(
-            m.log_text().contains("passthrough=false"),
-            "{}",
-            m.log_text()
-        );
-    }
+    let log = m.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("FUSE session initialized") && l.contains(session)),
+        "{log}"
+    );
     let expected = tar_extract(&f.archive);
     for name in [
         "sizes/f4095.bin",
@@ -561,6 +571,24 @@ fn the_status_file_shows_the_cache_and_its_versions() {
         line.contains("artifact") && line.contains("report"),
         "{line}"
     );
+    // A file held open marks its version in use, in either way of tracking opens.
+    let held = std::fs::File::open(m.join("artifacts/report/latest/run.sh")).unwrap();
+    let line_of = |text: String| text.lines().find(|l| l.contains(&id)).map(str::to_string);
+    let open_line = line_of(ok(Command::new("cat").arg(m.join(".vm0fs/status"))));
+    assert!(
+        open_line.is_some_and(|l| l.ends_with("[in use]")),
+        "{after}"
+    );
+    drop(held);
+    let closed = ok(Command::new("cat").arg(m.join(".vm0fs/status")));
+    assert!(!closed.contains("[in use]"), "{closed}");
+    // The text changes while its size stays the same: the version's last use moves on the
+    // next second. A cached page of the old text must not be served.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::read(m.join("artifacts/report/latest/frozen.txt")).unwrap();
+    let later = ok(Command::new("cat").arg(m.join(".vm0fs/status")));
+    assert_eq!(later.len(), closed.len(), "{closed}\n{later}");
+    assert_ne!(later, closed, "stale status text");
     assert!(ok(Command::new("ls").arg("-a").arg(m.path())).contains(".vm0fs"));
     let err = run(Command::new("bash")
         .arg("-c")

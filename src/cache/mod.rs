@@ -9,7 +9,9 @@
 //! caller passes a `fetch` closure that fills a directory (with [`crate::archive::unpack`]).
 //!
 //! Pinning: every [`CachedVersion`] handed out is an `Arc`; while any caller holds one
-//! (an open file, an operation in progress) the version is never evicted.
+//! (an open file, an operation in progress) the version is never evicted. Where the kernel
+//! does not report opens, the owner also installs an [`InUse`] probe (see
+//! [`crate::openfiles`]), asked before each eviction: the versions it names are pinned too.
 //!
 //! Progressive availability: [`Cache::start`] runs a fetch on a background thread owned by
 //! its [`Flight`] and returns at once. The fetch publishes each file as soon as it is
@@ -20,10 +22,10 @@
 
 mod disk;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Condvar, Mutex};
@@ -302,7 +304,14 @@ struct Inner {
     layout: Layout,
     budget: u64,
     state: Mutex<State>,
+    in_use: OnceLock<InUse>,
 }
+
+/// Names the versions in use beyond the `Arc`s the cache handed out: files that processes
+/// hold open without the daemon holding a handle for them. It may take milliseconds, so it
+/// is asked only when something must be evicted (and for [`Cache::snapshot`]), and never
+/// while the cache's lock is held.
+pub type InUse = Box<dyn Fn() -> HashSet<VersionKey> + Send + Sync>;
 
 /// How long a fetch that finds every other version pinned waits for a pin to drop before
 /// it refuses with `NoRoom`.
@@ -350,13 +359,14 @@ impl Cache {
                 layout,
                 budget,
                 state: Mutex::new(state),
+                in_use: OnceLock::new(),
             }),
         };
         let count = cache.inner.state.lock().lru.len();
         let mut trash = Vec::new();
         {
             let mut st = cache.inner.state.lock();
-            cache.evict_until(&mut st, budget, None, &mut trash);
+            cache.evict_until(&mut st, budget, None, &HashSet::new(), &mut trash);
             tracing::info!(
                 cache = %dir.display(),
                 versions = st.lru.len(),
@@ -493,8 +503,32 @@ impl Cache {
         }
     }
 
-    /// A consistent picture of the cache for the status file and tests.
+    /// Pin the versions `probe` names whenever eviction is considered (set once; later
+    /// calls are ignored).
+    pub fn set_in_use(&self, probe: InUse) {
+        let _ = self.inner.in_use.set(probe);
+    }
+
+    fn in_use(&self) -> HashSet<VersionKey> {
+        self.inner.in_use.get().map(|p| p()).unwrap_or_default()
+    }
+
+    /// Whether adding `need` bytes would pass the budget, so that eviction must look for
+    /// victims (and needs to know which versions are in use).
+    fn over_budget_with(&self, need: u64) -> bool {
+        self.inner.state.lock().used + need > self.inner.budget
+    }
+
+    /// The budget and the bytes in use (resident versions plus reservations), without the
+    /// cost of [`Cache::snapshot`].
+    pub fn usage(&self) -> (u64, u64) {
+        (self.inner.budget, self.inner.state.lock().used)
+    }
+
+    /// A consistent picture of the cache for the status file and tests (the versions in
+    /// use per the probe count as pinned).
     pub fn snapshot(&self) -> Snapshot {
+        let in_use = self.in_use();
         let st = self.inner.state.lock();
         Snapshot {
             budget: self.inner.budget,
@@ -506,7 +540,7 @@ impl Cache {
                 .map(|(k, e)| ResidentInfo {
                     key: k.clone(),
                     disk_bytes: e.disk_bytes,
-                    pinned: e.pinned(),
+                    pinned: e.pinned() || in_use.contains(k),
                     last_used: e.last_used,
                 })
                 .collect(),
@@ -569,8 +603,14 @@ impl Cache {
         let mut trash = Vec::new();
         let mut refuse_after: Option<Instant> = None;
         loop {
+            let in_use = if self.over_budget_with(need) {
+                self.in_use()
+            } else {
+                HashSet::new()
+            };
             let mut st = self.inner.state.lock();
-            self.evict_until(&mut st, budget.saturating_sub(need), None, &mut trash);
+            let target = budget.saturating_sub(need);
+            self.evict_until(&mut st, target, None, &in_use, &mut trash);
             if st.used + need <= budget {
                 st.used += need;
                 st.reserved.insert(key.clone(), need);
@@ -588,11 +628,12 @@ impl Cache {
                 }
                 // A file closed a moment ago may still hold its pin: the kernel sends
                 // FUSE_RELEASE asynchronously after close(2) returns. Give such pins a
-                // moment to drop before refusing.
+                // moment to drop before refusing. (Each round asks the in-use probe again,
+                // which walks /proc: a few rounds, not hundreds.)
                 None if *refuse_after.get_or_insert_with(|| Instant::now() + PIN_GRACE)
                     > Instant::now() =>
                 {
-                    std::thread::sleep(Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 None => {
                     purge(trash);
@@ -641,7 +682,12 @@ impl Cache {
         let mut trash = Vec::new();
         // The real usage can exceed the reservation only by what blocks cost beyond the
         // estimate; trim others (never the new one) to get back under the budget.
-        self.evict_until(&mut st, budget, Some(key), &mut trash);
+        if st.used > budget {
+            drop(st);
+            let in_use = self.in_use();
+            st = self.inner.state.lock();
+            self.evict_until(&mut st, budget, Some(key), &in_use, &mut trash);
+        }
         drop(st);
         purge(trash);
         Ok(v)
@@ -696,12 +742,14 @@ impl Cache {
         outcome
     }
 
-    /// Evict unpinned versions, least recently used first, until `used <= target`.
+    /// Evict unpinned versions not `in_use`, least recently used first, until
+    /// `used <= target`.
     fn evict_until(
         &self,
         st: &mut State,
         target: u64,
         keep: Option<&VersionKey>,
+        in_use: &HashSet<VersionKey>,
         trash: &mut Vec<PathBuf>,
     ) {
         while st.used > target {
@@ -709,7 +757,12 @@ impl Cache {
                 .lru
                 .iter()
                 .rev()
-                .find(|(k, e)| !e.pinned() && Some(*k) != keep && !st.flights.contains_key(*k))
+                .find(|(k, e)| {
+                    !e.pinned()
+                        && Some(*k) != keep
+                        && !in_use.contains(*k)
+                        && !st.flights.contains_key(*k)
+                })
                 .map(|(k, _)| k.clone());
             let Some(victim) = victim else { break };
             let entry = st.lru.pop(&victim).expect("victim was just found");

@@ -29,6 +29,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -159,6 +160,36 @@ enum Handle {
     Dir(Arc<Vec<DirItem>>),
 }
 
+/// How long one reader (a pid) is shown the same status text. Without `OPEN`, the file has
+/// no handle to hold a copy: the kernel learns the size at a `LOOKUP` or `GETATTR` and then
+/// reads pages, asking for the attributes again before each `read(2)`. So that the size it
+/// learnt and the bytes it reads come from one text (a `cat` never prints the start of one
+/// and the end of another), each reader keeps its text this long.
+const STATUS_HOLD: Duration = Duration::from_secs(1);
+
+/// How many readers' status texts are kept (a reader beyond them gets a fresh text).
+const STATUS_READERS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(64) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
+/// One status text, as shown to one reader.
+#[derive(Clone)]
+struct StatusText {
+    text: Arc<Vec<u8>>,
+    made: Instant,
+    /// Its mtime: the kernel drops cached pages of the file when this changes.
+    at: SystemTime,
+}
+
+/// What a file's content is read from.
+enum Content {
+    /// The status file: generated.
+    Status,
+    /// A file of a version, and its size.
+    File(OpenFile, u64),
+}
+
 /// A file opened by the kernel. The content file itself is opened on the first read: a file
 /// whose pages the kernel already caches is then opened and closed without a system call.
 struct OpenFile {
@@ -207,6 +238,8 @@ pub struct Fs {
     fetch_locks: Mutex<HashMap<ListingKey, Arc<Mutex<()>>>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
+    /// The status file's text per reader (pid), see [`STATUS_HOLD`].
+    status: Mutex<lru::LruCache<u32, StatusText>>,
     activity: Arc<Activity>,
 }
 
@@ -226,6 +259,7 @@ impl Fs {
             fetch_locks: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            status: Mutex::new(lru::LruCache::new(STATUS_READERS)),
             activity: Arc::new(Activity::default()),
         }
     }
@@ -236,7 +270,8 @@ impl Fs {
 
     // ----- operations -------------------------------------------------------------------
 
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry> {
+    /// `reader`: the pid asking, if any (see [`STATUS_HOLD`]).
+    pub fn lookup(&self, parent: u64, name: &OsStr, reader: Option<u32>) -> Result<Entry> {
         let resolved = self.resolve(parent)?;
         match resolved {
             Resolved::Meta(Meta::Root) => {
@@ -249,9 +284,7 @@ impl Fs {
                     .ok_or(FsError::NotFound)?;
                 self.meta_entry(Meta::KindDir(kind))
             }
-            Resolved::Meta(Meta::StatusDir) if name == "status" => {
-                self.meta_entry(Meta::StatusFile)
-            }
+            Resolved::Meta(Meta::StatusDir) if name == "status" => Ok(self.status_entry(reader)),
             Resolved::Meta(Meta::StatusDir) => Err(FsError::NotFound),
             Resolved::Meta(Meta::StatusFile) => Err(FsError::NotDir),
             Resolved::Meta(Meta::KindDir(kind)) => {
@@ -295,8 +328,10 @@ impl Fs {
         })
     }
 
-    pub fn getattr(&self, ino: u64) -> Result<Entry> {
+    /// `reader`: the pid asking, if any (see [`STATUS_HOLD`]).
+    pub fn getattr(&self, ino: u64, reader: Option<u32>) -> Result<Entry> {
         match self.resolve(ino)? {
+            Resolved::Meta(Meta::StatusFile) => Ok(self.status_entry(reader)),
             Resolved::Meta(m) => self.meta_entry(m),
             Resolved::Content { range, node } => {
                 let v = match self.version_now_of(&range)? {
@@ -380,17 +415,30 @@ impl Fs {
         if flags & write_flags != 0 {
             return Err(FsError::ReadOnly);
         }
-        let (range, node) = match self.resolve(ino)? {
-            Resolved::Content { range, node } => (range, node),
-            Resolved::Meta(Meta::StatusFile) => {
+        match self.content(ino)? {
+            Content::Status => {
                 let fh = self.add_handle(Handle::Static(self.status_text().into_bytes()));
-                return Ok(Opened {
+                Ok(Opened {
                     fh,
                     direct_io: true,
                     immutable: false,
                     size: 0,
-                });
+                })
             }
+            Content::File(file, size) => Ok(Opened {
+                fh: self.add_handle(Handle::File(file)),
+                direct_io: false,
+                immutable: true,
+                size,
+            }),
+        }
+    }
+
+    /// Where the content of file `ino` comes from, with its version pinned.
+    fn content(&self, ino: u64) -> Result<Content> {
+        let (range, node) = match self.resolve(ino)? {
+            Resolved::Content { range, node } => (range, node),
+            Resolved::Meta(Meta::StatusFile) => return Ok(Content::Status),
             Resolved::Meta(Meta::Latest { .. } | Meta::PrefixLink { .. }) => {
                 return Err(FsError::NotFound)
             }
@@ -403,18 +451,12 @@ impl Fs {
                     PublishedKind::Dir => return Err(FsError::IsDir),
                     PublishedKind::File(f) => match open_published(f) {
                         Some(file) => {
-                            let size = f.size;
-                            let fh = self.add_handle(Handle::File(OpenFile {
+                            let open = OpenFile {
                                 path: Default::default(),
                                 file: OnceLock::from(file),
                                 _pin: Pin::Flight(flight.clone()),
-                            }));
-                            return Ok(Opened {
-                                fh,
-                                direct_io: false,
-                                immutable: true,
-                                size,
-                            });
+                            };
+                            return Ok(Content::File(open, f.size));
                         }
                         // The unpack ended in the meantime and moved the blob: the
                         // complete version has it.
@@ -435,44 +477,89 @@ impl Fs {
             NodeKind::Dir { .. } => return Err(FsError::IsDir),
             NodeKind::Symlink { .. } => return Err(FsError::NotFound),
         };
-        let path = blob_path(&v.dir, blob);
-        let fh = self.add_handle(Handle::File(OpenFile {
-            path,
+        let open = OpenFile {
+            path: blob_path(&v.dir, blob),
             file: OnceLock::new(),
             _pin: Pin::Version(v),
-        }));
-        Ok(Opened {
-            fh,
-            direct_io: false,
-            immutable: true,
-            size,
-        })
+        };
+        Ok(Content::File(open, size))
     }
 
-    /// Read up to `size` bytes at `offset`; short only at end of file.
+    /// Read up to `size` bytes at `offset` of an open handle; short only at end of file.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let handle = self.handle(fh)?;
-        let file = match &*handle {
-            Handle::File(f) => f.file()?,
-            Handle::Static(data) => {
-                let start = (offset as usize).min(data.len());
-                let end = start.saturating_add(size as usize).min(data.len());
-                return Ok(data[start..end].to_vec());
-            }
-            Handle::Dir(_) => return Err(FsError::IsDir),
-        };
-        let mut buf = vec![0u8; size as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
+        match &*self.handle(fh)? {
+            Handle::File(f) => read_at(f.file()?, offset, size),
+            Handle::Static(data) => Ok(slice_at(data, offset, size)),
+            Handle::Dir(_) => Err(FsError::IsDir),
+        }
+    }
+
+    /// Read up to `size` bytes at `offset` of file `ino`, with no handle: when the kernel
+    /// sends no `OPEN` (see `fuse.rs`). The version is pinned for the read and its content
+    /// file opened for it; a version evicted since an earlier read is fetched again.
+    /// `reader` is the pid reading (see [`STATUS_HOLD`]).
+    pub fn read_ino(&self, ino: u64, offset: u64, size: u32, reader: u32) -> Result<Vec<u8>> {
+        match self.content(ino)? {
+            Content::Status => Ok(slice_at(&self.status_for(Some(reader)).text, offset, size)),
+            Content::File(f, _) => {
+                let file = f.file()?;
+                let data = read_at(file, offset, size)?;
+                // The kernel keeps what it read in the mount's own page cache: drop the
+                // blob's copy, so that a file read through the mount is cached once.
+                // SAFETY: posix_fadvise only reads its arguments; `file` is open.
+                unsafe {
+                    libc::posix_fadvise(
+                        file.as_raw_fd(),
+                        offset as libc::off_t,
+                        data.len() as libc::off_t,
+                        libc::POSIX_FADV_DONTNEED,
+                    );
+                }
+                Ok(data)
             }
         }
-        buf.truncate(filled);
-        Ok(buf)
+    }
+
+    /// The status text `reader` is shown: the one made for it less than [`STATUS_HOLD`]
+    /// ago, else a new one (which it keeps). Without a reader, always a new one.
+    fn status_for(&self, reader: Option<u32>) -> StatusText {
+        if let Some(pid) = reader {
+            if let Some(t) = self.status.lock().get(&pid) {
+                if t.made.elapsed() < STATUS_HOLD {
+                    return t.clone();
+                }
+            }
+        }
+        let t = StatusText {
+            text: Arc::new(self.status_text().into_bytes()),
+            made: Instant::now(),
+            at: SystemTime::now(),
+        };
+        if let Some(pid) = reader {
+            self.status.lock().put(pid, t.clone());
+        }
+        t
+    }
+
+    /// The status file's attributes as `reader` sees them. They are never cached, and the
+    /// size and mtime are those of the text its reads will get: a new text has a new mtime,
+    /// which makes the kernel drop the pages it holds of an older one
+    /// (`FUSE_AUTO_INVAL_DATA`, where it sends no `OPEN`; else the file is opened with
+    /// direct I/O).
+    fn status_entry(&self, reader: Option<u32>) -> Entry {
+        let ino = self.inodes.lock().meta_ino(Meta::StatusFile);
+        let t = self.status_for(reader);
+        Entry {
+            attr: self.attr(
+                ino,
+                FileKind::RegularFile,
+                t.text.len() as u64,
+                0o444,
+                1,
+                t.at,
+            ),
+            ttl: Duration::ZERO,
+        }
     }
 
     /// Snapshot a directory's listing (`.` and `..` included) into a handle.
@@ -515,14 +602,14 @@ impl Fs {
     }
 
     pub fn statfs(&self) -> StatFs {
-        let snap = self.cache.snapshot();
+        let (budget, used) = self.cache.usage();
         let bsize = 4096u64;
         StatFs {
-            blocks: snap.budget / bsize,
-            bfree: snap.budget.saturating_sub(snap.used) / bsize,
+            blocks: budget / bsize,
+            bfree: budget.saturating_sub(used) / bsize,
             // Room left in the cache; nothing is writable (the mount is read-only), but
             // `df` reads "available" as what is left, and 100% full would alarm for nothing.
-            bavail: snap.budget.saturating_sub(snap.used) / bsize,
+            bavail: budget.saturating_sub(used) / bsize,
             files: self.inodes.lock().len(),
             ffree: 0,
             bsize: bsize as u32,
@@ -662,14 +749,7 @@ impl Fs {
                 attr: self.attr(ino, FileKind::Directory, 0, 0o555, 2, self.started),
                 ttl,
             },
-            Meta::StatusFile => {
-                // Its size changes all the time: never cached (and opened with direct I/O).
-                let len = self.status_text().len() as u64;
-                Entry {
-                    attr: self.attr(ino, FileKind::RegularFile, len, 0o444, 1, SystemTime::now()),
-                    ttl: Duration::ZERO,
-                }
-            }
+            Meta::StatusFile => return Ok(self.status_entry(None)),
             Meta::Storage { kind, name } => {
                 let s = self.find_storage(kind, &name)?;
                 Entry {
@@ -809,7 +889,7 @@ impl Fs {
 
     fn list_dir(&self, ino: u64) -> Result<Vec<DirItem>> {
         let mut items = Vec::new();
-        let here = self.getattr(ino)?;
+        let here = self.getattr(ino, None)?;
         if here.attr.kind != FileKind::Directory {
             return Err(FsError::NotDir);
         }
@@ -911,7 +991,7 @@ impl Fs {
                 };
                 items.push(item(b".", self.content_entry(&range, &v.index, node)));
                 let parent_entry = if parent == 0 {
-                    self.getattr(range.root)?
+                    self.getattr(range.root, None)?
                 } else {
                     self.content_entry(&range, &v.index, parent)
                 };
@@ -1220,6 +1300,31 @@ impl Fs {
 
 /// Open a blob published during an unpack, if the path still names that blob: the unpack
 /// renames blobs when it ends, so another blob could have taken the path by now.
+/// Up to `size` bytes of `file` at `offset`; short only at end of file.
+fn read_at(file: &File, offset: u64, size: u32) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; size as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// Up to `size` bytes of `data` at `offset`.
+fn slice_at(data: &[u8], offset: u64, size: u32) -> Vec<u8> {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let end = start.saturating_add(size as usize).min(data.len());
+    data[start..end].to_vec()
+}
+
 fn open_published(f: &crate::archive::PublishedFile) -> Option<File> {
     use std::os::unix::fs::MetadataExt;
     let file = File::open(&f.blob).ok()?;

@@ -203,9 +203,9 @@ fn fs_with(fake: Arc<Fake>, ttl: Duration) -> (Fs, tempfile::TempDir) {
 
 fn lookup_path(fs: &Fs, path: &str) -> Result<Entry> {
     let mut ino = ROOT;
-    let mut entry = fs.getattr(ROOT)?;
+    let mut entry = fs.getattr(ROOT, None)?;
     for c in path.split('/').filter(|c| !c.is_empty()) {
-        entry = fs.lookup(ino, OsStr::new(c))?;
+        entry = fs.lookup(ino, OsStr::new(c), None)?;
         ino = entry.attr.ino;
     }
     Ok(entry)
@@ -221,10 +221,17 @@ fn names(fs: &Fs, ino: u64) -> Vec<String> {
         .collect()
 }
 
+/// The whole file through a handle, checked against the same read without one (as when
+/// the kernel sends no `OPEN`).
 fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
     let o = fs.open(ino, libc::O_RDONLY).unwrap();
     let data = fs.read(o.fh, 0, 1 << 20).unwrap();
     fs.release(o.fh);
+    assert_eq!(
+        fs.read_ino(ino, 0, 1 << 20, 1).unwrap(),
+        data,
+        "read_ino({ino})"
+    );
     data
 }
 
@@ -312,9 +319,9 @@ fn inode_numbers_are_stable_and_agree_between_lookup_and_readdir() {
         .ino;
     let fh = fs.opendir(root).unwrap().fh;
     for item in fs.readdir(fh, 0).unwrap().iter().skip(2) {
-        let looked = fs.lookup(root, &item.name).unwrap();
+        let looked = fs.lookup(root, &item.name, None).unwrap();
         assert_eq!(looked.attr.ino, item.entry.attr.ino, "{:?}", item.name);
-        assert_eq!(fs.getattr(looked.attr.ino).unwrap().attr, looked.attr);
+        assert_eq!(fs.getattr(looked.attr.ino, None).unwrap().attr, looked.attr);
     }
     let again = lookup_path(&fs, &format!("volumes/v/{}/x/y.txt", ids[0]))
         .unwrap()
@@ -389,6 +396,37 @@ fn a_failed_download_is_eio_and_retried_next_time() {
     let f = lookup_path(&fs, &format!("volumes/v/{}/f", ids[0])).unwrap();
     assert_eq!(read_all(&fs, f.attr.ino), b"x");
     assert_eq!(fake.downloads.load(Ordering::SeqCst), 2);
+}
+
+/// Without `OPEN`, each reader keeps the status text its first look made for a moment, so
+/// that the size the kernel learnt and the bytes it then reads belong to one text; another
+/// reader, or the same one later, gets the current text.
+#[test]
+fn each_reader_of_the_status_file_keeps_one_text_for_a_moment() {
+    let fake = Arc::new(Fake::default());
+    let (fs, _dir) = fs_with(fake, Duration::from_secs(60));
+    let status = lookup_path(&fs, ".vm0fs/status").unwrap().attr.ino;
+    let first = fs.getattr(status, Some(7)).unwrap().attr;
+    fs.activity.error("something failed".into());
+    // The same reader: the same size, mtime and bytes, though the text has changed since.
+    assert_eq!(fs.getattr(status, Some(7)).unwrap().attr, first);
+    let seen = fs.read_ino(status, 0, 1 << 20, 7).unwrap();
+    assert_eq!(seen.len() as u64, first.size);
+    assert!(String::from_utf8(seen)
+        .unwrap()
+        .contains("errors since start: 0"));
+    // Any other reader sees the new text, and so does no reader in particular.
+    let other = fs.getattr(status, Some(8)).unwrap().attr;
+    assert!(
+        other.size > first.size && other.mtime > first.mtime,
+        "{other:?}"
+    );
+    let now = fs.read_ino(status, 0, 1 << 20, 8).unwrap();
+    assert_eq!(now.len() as u64, other.size);
+    assert!(String::from_utf8(now).unwrap().contains("something failed"));
+    assert!(fs.getattr(status, None).unwrap().attr.size > first.size);
+    // A read past the end of the text gets nothing.
+    assert!(fs.read_ino(status, other.size, 4096, 8).unwrap().is_empty());
 }
 
 #[test]
@@ -498,7 +536,7 @@ fn a_published_file_is_served_before_the_version_is_complete() {
         (first.attr.kind, first.attr.size),
         (FileKind::RegularFile, 5)
     );
-    assert_eq!(fs.getattr(first.attr.ino).unwrap().attr, first.attr);
+    assert_eq!(fs.getattr(first.attr.ino, None).unwrap().attr, first.attr);
     assert_eq!(read_all(&fs, first.attr.ino), b"early");
     assert_eq!(
         fs.cache().snapshot().in_flight,
