@@ -19,6 +19,7 @@ import http.client
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -345,6 +346,17 @@ class Mount:
                     out[key] = int(f.read().strip())
             except (OSError, ValueError):
                 pass
+        # What the daemon and the kernel agreed on at INIT (its "FUSE session initialized" line).
+        try:
+            with open(self.log_path, errors="replace") as f:
+                for line in f:
+                    if "FUSE session initialized" in line:
+                        for key in ("open_requests", "passthrough"):
+                            m = re.search(r"\b%s=(\w+)" % key, line)
+                            if m:
+                                out[key] = m.group(1)
+        except OSError:
+            pass
         return out
 
     def stop(self):

@@ -262,6 +262,7 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
         })?;
 
     wait_until_answering(&cfg.mountpoint)?;
+    raise_read_ahead(&cfg.mountpoint);
     tracing::info!(
         mountpoint = %cfg.mountpoint.display(),
         api = %cfg.api_url,
@@ -325,6 +326,30 @@ fn wait_until_answering(path: &Path) -> anyhow::Result<()> {
             bail!("the mount at {} did not answer within 30 s", path.display());
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The read-ahead the mount asks for: as large as one FUSE request (1 MiB, see `fuse.rs`).
+const READ_AHEAD_KB: u32 = 1024;
+
+/// Raise the mount's read-ahead to [`READ_AHEAD_KB`]. The kernel starts every FUSE mount at
+/// its default (128 KiB) whatever the daemon asks at INIT, so sequential reads that miss the
+/// page cache would come in 128 KiB requests; 1 MiB requests cost an eighth of the round
+/// trips. Only root may write the setting (`/sys/class/bdi/<dev>/read_ahead_kb`, which
+/// lives as long as the mount); otherwise the default stays, which is only slower.
+fn raise_read_ahead(mountpoint: &Path) {
+    let dev = match std::fs::metadata(mountpoint) {
+        Ok(m) => m.dev(),
+        Err(_) => return,
+    };
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    match std::fs::write(&path, format!("{READ_AHEAD_KB}\n")) {
+        Ok(()) => tracing::debug!(path, kb = READ_AHEAD_KB, "read-ahead raised"),
+        Err(e) => tracing::debug!(path, error = %e, "read-ahead left at the kernel's default"),
     }
 }
 

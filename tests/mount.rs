@@ -151,6 +151,14 @@ fn random_reads_and_mmap(flags: &[&str], session: &str) {
             .any(|l| l.contains("FUSE session initialized") && l.contains(session)),
         "{log}"
     );
+    // Read-ahead as large as a request (root may set it; these tests run as root).
+    let dev = std::fs::metadata(m.path()).unwrap().dev();
+    let ra = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    assert_eq!(std::fs::read_to_string(&ra).unwrap().trim(), "1024", "{ra}");
     let expected = tar_extract(&f.archive);
     for name in [
         "sizes/f4095.bin",
