@@ -300,6 +300,12 @@ class Mount:
                 raise BenchError("the mount at %s did not answer within 30 s; log:\n%s" % (self.mnt, tail(self.log_path)))
             time.sleep(0.02)
         self.pid = self.proc.pid
+        # The daemon sets its own read-ahead between answering and logging "ready"; an
+        # override must come after that.
+        while " ready mountpoint=" not in open(self.log_path, errors="replace").read():
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise BenchError("vm0fs at %s never logged ready; log:\n%s" % (self.mnt, tail(self.log_path)))
+            time.sleep(0.02)
         if bench.args.read_ahead_kb is not None:
             self.set_read_ahead(bench.args.read_ahead_kb)
 
