@@ -155,8 +155,8 @@ impl fuser::Filesystem for FuseFs {
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
         // No OPEN and RELEASE (see the module docs). Then the status file, whose content
-        // changes, cannot be opened with direct I/O: its mtime changes at every GETATTR, and
-        // FUSE_AUTO_INVAL_DATA makes the kernel drop its cached pages when it sees that.
+        // changes, cannot be opened with direct I/O: each new text of it has a new mtime,
+        // and FUSE_AUTO_INVAL_DATA makes the kernel drop its cached pages when it sees that.
         self.no_open = !self.track_opens
             && config
                 .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
@@ -202,8 +202,9 @@ impl fuser::Filesystem for FuseFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if self.no_open {
-            // Only the first open of the connection gets here; the mount is read-only, so
-            // the kernel has refused opens for writing already.
+            // Only the first opens of the connection get here (until the kernel has seen
+            // this answer); the mount is read-only, so the kernel has refused opens for
+            // writing already.
             return reply.error(Errno::ENOSYS);
         }
         match self.fs.open(ino.0, flags.0) {

@@ -17,6 +17,11 @@
 //! `readlink`) waits for the end of the archive, so no partial listing and no partial file
 //! is ever served. Inode numbers do not change at the end: published nodes carry the
 //! numbers of the finished index.
+//!
+//! Reads come two ways: through a handle from `open` ([`Fs::read`]), or by inode alone
+//! ([`Fs::read_ino`]) when the kernel sends no `OPEN` (the default, see `fuse.rs`). Both
+//! find the content the same way (`content`); the second pins the version only for the
+//! read, so the cache learns about open files from `/proc` instead (`crate::openfiles`).
 
 mod error;
 mod fetch;
@@ -168,10 +173,7 @@ enum Handle {
 const STATUS_HOLD: Duration = Duration::from_secs(1);
 
 /// How many readers' status texts are kept (a reader beyond them gets a fresh text).
-const STATUS_READERS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(64) {
-    Some(n) => n,
-    None => unreachable!(),
-};
+const STATUS_READERS: std::num::NonZeroUsize = std::num::NonZeroUsize::new(64).expect("not zero");
 
 /// One status text, as shown to one reader.
 #[derive(Clone)]
@@ -1298,8 +1300,6 @@ impl Fs {
     }
 }
 
-/// Open a blob published during an unpack, if the path still names that blob: the unpack
-/// renames blobs when it ends, so another blob could have taken the path by now.
 /// Up to `size` bytes of `file` at `offset`; short only at end of file.
 fn read_at(file: &File, offset: u64, size: u32) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; size as usize];
@@ -1325,6 +1325,8 @@ fn slice_at(data: &[u8], offset: u64, size: u32) -> Vec<u8> {
     data[start..end].to_vec()
 }
 
+/// Open a blob published during an unpack, if the path still names that blob: the unpack
+/// renames blobs when it ends, so another blob could have taken the path by now.
 fn open_published(f: &crate::archive::PublishedFile) -> Option<File> {
     use std::os::unix::fs::MetadataExt;
     let file = File::open(&f.blob).ok()?;
