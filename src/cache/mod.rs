@@ -305,7 +305,14 @@ struct Inner {
     budget: u64,
     state: Mutex<State>,
     in_use: OnceLock<InUse>,
+    /// The probe's last answer and when it came, for [`Cache::snapshot`].
+    in_use_seen: Mutex<Option<(Instant, Arc<HashSet<VersionKey>>)>>,
 }
+
+/// How old an answer of the in-use probe [`Cache::snapshot`] may show. Eviction always asks
+/// afresh; the status file, which may be read many times a second, need not walk `/proc`
+/// each time.
+const IN_USE_SNAPSHOT_AGE: Duration = Duration::from_secs(1);
 
 /// Names the versions in use beyond the `Arc`s the cache handed out: files that processes
 /// hold open without the daemon holding a handle for them. It may take milliseconds, so it
@@ -360,6 +367,7 @@ impl Cache {
                 budget,
                 state: Mutex::new(state),
                 in_use: OnceLock::new(),
+                in_use_seen: Mutex::new(None),
             }),
         };
         let count = cache.inner.state.lock().lru.len();
@@ -510,7 +518,22 @@ impl Cache {
     }
 
     fn in_use(&self) -> HashSet<VersionKey> {
-        self.inner.in_use.get().map(|p| p()).unwrap_or_default()
+        let Some(probe) = self.inner.in_use.get() else {
+            return HashSet::new();
+        };
+        let found = probe();
+        *self.inner.in_use_seen.lock() = Some((Instant::now(), Arc::new(found.clone())));
+        found
+    }
+
+    /// The probe's answer, at most [`IN_USE_SNAPSHOT_AGE`] old.
+    fn in_use_recent(&self) -> Arc<HashSet<VersionKey>> {
+        if let Some((at, found)) = &*self.inner.in_use_seen.lock() {
+            if at.elapsed() < IN_USE_SNAPSHOT_AGE {
+                return found.clone();
+            }
+        }
+        Arc::new(self.in_use())
     }
 
     /// Whether adding `need` bytes would pass the budget, so that eviction must look for
@@ -526,9 +549,9 @@ impl Cache {
     }
 
     /// A consistent picture of the cache for the status file and tests (the versions in
-    /// use per the probe count as pinned).
+    /// use per the probe, as of at most a second ago, count as pinned).
     pub fn snapshot(&self) -> Snapshot {
-        let in_use = self.in_use();
+        let in_use = self.in_use_recent();
         let st = self.inner.state.lock();
         Snapshot {
             budget: self.inner.budget,

@@ -122,6 +122,41 @@ fn a_pinned_version_survives_pressure_and_a_full_pin_set_fails_fast() {
     assert_within_budget(&cache);
 }
 
+/// Versions the in-use probe names are pinned like held `Arc`s, and the probe is asked
+/// only when something must be evicted.
+#[test]
+fn versions_the_in_use_probe_names_are_not_evicted() {
+    let dir = TempDir::new().unwrap();
+    let cache = Cache::open(dir.path(), 360 * KIB).unwrap();
+    let open = Arc::new(Mutex::new(HashSet::from([key(1)])));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (o, a) = (open.clone(), asked.clone());
+    cache.set_in_use(Box::new(move || {
+        a.fetch_add(1, Ordering::SeqCst);
+        o.lock().clone()
+    }));
+    drop(load(&cache, &key(1), 1).unwrap());
+    drop(load(&cache, &key(2), 2).unwrap());
+    assert_eq!(asked.load(Ordering::SeqCst), 0, "no eviction, no walk");
+    drop(load(&cache, &key(3), 3).unwrap()); // must evict 2, not the older but open 1
+    assert!(asked.load(Ordering::SeqCst) >= 1);
+    assert_eq!(resident(&cache), vec![key(1), key(3)]);
+    assert!(cache
+        .snapshot()
+        .resident
+        .iter()
+        .any(|r| r.key == key(1) && r.pinned));
+    // Everything in use: refused, not evicted.
+    open.lock().insert(key(3));
+    let err = load(&cache, &key(4), 4).unwrap_err();
+    assert!(matches!(*err, CacheError::NoRoom { .. }), "{err}");
+    // Closed: the oldest goes.
+    open.lock().clear();
+    drop(load(&cache, &key(4), 4).unwrap());
+    assert_eq!(resident(&cache), vec![key(3), key(4)]);
+    assert_within_budget(&cache);
+}
+
 fn blob_file(v: &CachedVersion, n: u32) -> PathBuf {
     archive::blob_path(&v.dir, n)
 }
