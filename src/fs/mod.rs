@@ -160,9 +160,9 @@ enum Handle {
     Static(Vec<u8>),
     /// An open file: its content file and a pin on its version.
     File(OpenFile),
-    /// A directory listing snapshot taken at `opendir`, so that a listing read in many
-    /// `readdir` calls is consistent and built once.
-    Dir(Arc<Vec<DirItem>>),
+    /// A directory listing, built once per handle so that a listing read in many
+    /// `readdir` calls is consistent.
+    Dir(DirHandle),
 }
 
 /// How long one reader (a pid) is shown the same status text. Without `OPEN`, the file has
@@ -182,6 +182,16 @@ struct StatusText {
     made: Instant,
     /// Its mtime: the kernel drops cached pages of the file when this changes.
     at: SystemTime,
+}
+
+/// An open directory. A listing of storages or versions is taken at `opendir` (it changes
+/// over time); a directory inside a version never changes and is listed at the first
+/// `readdir`, which often never comes: the kernel keeps such listings (`FOPEN_CACHE_DIR`)
+/// and then answers `readdir` itself, so `find` or `rsync` over a warm version only opens
+/// and closes directories.
+struct DirHandle {
+    ino: u64,
+    listing: OnceLock<Arc<Vec<DirItem>>>,
 }
 
 /// What a file's content is read from.
@@ -566,12 +576,19 @@ impl Fs {
 
     /// Snapshot a directory's listing (`.` and `..` included) into a handle.
     pub fn opendir(&self, ino: u64) -> Result<Opened> {
-        let items = self.list_dir(ino)?;
         let immutable = matches!(
             self.resolve(ino)?,
             Resolved::Content { .. } | Resolved::Meta(Meta::Version { .. })
         );
-        let fh = self.add_handle(Handle::Dir(Arc::new(items)));
+        let listing = if immutable {
+            if self.getattr(ino, None)?.attr.kind != FileKind::Directory {
+                return Err(FsError::NotDir);
+            }
+            OnceLock::new()
+        } else {
+            OnceLock::from(Arc::new(self.list_dir(ino)?))
+        };
+        let fh = self.add_handle(Handle::Dir(DirHandle { ino, listing }));
         Ok(Opened {
             fh,
             direct_io: false,
@@ -584,7 +601,14 @@ impl Fs {
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirItem>>> {
         let _ = offset;
         match &*self.handle(fh)? {
-            Handle::Dir(items) => Ok(items.clone()),
+            Handle::Dir(d) => {
+                if let Some(items) = d.listing.get() {
+                    return Ok(items.clone());
+                }
+                let items = Arc::new(self.list_dir(d.ino)?);
+                // Two first readdirs may race; both lists are the same.
+                Ok(d.listing.get_or_init(|| items).clone())
+            }
             Handle::File(_) | Handle::Static(_) => Err(FsError::NotDir),
         }
     }

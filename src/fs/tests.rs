@@ -235,6 +235,40 @@ fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
     data
 }
 
+/// A directory inside a version is listed at its first `readdir`, not at `opendir`: the
+/// kernel answers most `readdir`s of such directories from its own cache, and opening a
+/// cold version's directory downloads nothing.
+#[test]
+fn a_version_directory_is_listed_at_its_first_readdir() {
+    let fake = Arc::new(Fake::default());
+    let ids = fake.add(Kind::Volume, "v", vec![Some(targz(&[("d/f", b"x")]))]);
+    let (fs, _dir) = fs_with(fake.clone(), Duration::from_secs(60));
+    let version = lookup_path(&fs, &format!("volumes/v/{}", ids[0])).unwrap();
+    let fh = fs.opendir(version.attr.ino).unwrap().fh;
+    assert_eq!(
+        fake.downloads.load(Ordering::SeqCst),
+        0,
+        "opendir downloads"
+    );
+    let listed = |fh| -> Vec<String> {
+        fs.readdir(fh, 0)
+            .unwrap()
+            .iter()
+            .map(|i| i.name.to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(listed(fh), [".", "..", "d"]);
+    assert_eq!(fake.downloads.load(Ordering::SeqCst), 1);
+    // The same listing on every later readdir of the handle.
+    assert_eq!(listed(fh), [".", "..", "d"]);
+    fs.release(fh);
+    let file = lookup_path(&fs, &format!("volumes/v/{}/d/f", ids[0])).unwrap();
+    assert_eq!(
+        fs.opendir(file.attr.ino).unwrap_err().errno(),
+        libc::ENOTDIR
+    );
+}
+
 #[test]
 fn the_tree_from_root_to_file_contents() {
     let fake = Arc::new(Fake::default());
@@ -283,7 +317,9 @@ fn the_tree_from_root_to_file_contents() {
     // Listing waits for the end of the archive; then the same path has the same inode,
     // for good.
     let dir = lookup_path(&fs, &format!("artifacts/report/{}/dir", ids[1])).unwrap();
-    fs.release(fs.opendir(dir.attr.ino).unwrap().fh);
+    let fh = fs.opendir(dir.attr.ino).unwrap().fh;
+    fs.readdir(fh, 0).unwrap();
+    fs.release(fh);
     let again = lookup_path(&fs, &format!("artifacts/report/{}/dir/b.txt", ids[1])).unwrap();
     assert_eq!(again.attr.ino, file.attr.ino);
     assert_eq!(again.ttl, IMMUTABLE_TTL);
