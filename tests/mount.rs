@@ -440,7 +440,9 @@ fn a_failed_download_is_eio_then_retried_on_the_next_access() {
     );
     // The read may be answered while the rest is still unpacked; a listing waits for the
     // end, after which the temporary directory is gone.
-    std::fs::read_dir(m.join(&format!("artifacts/report/{id}"))).unwrap();
+    std::fs::read_dir(m.join(&format!("artifacts/report/{id}")))
+        .unwrap()
+        .count();
     let cached: Vec<_> = std::fs::read_dir(m.cache.join("tmp")).unwrap().collect();
     assert!(cached.is_empty(), "no leftovers in tmp/");
 }
@@ -569,7 +571,9 @@ fn the_status_file_shows_the_cache_and_its_versions() {
     assert!(!before.contains(&id), "{before}");
     std::fs::read(m.join("artifacts/report/latest/README.md")).unwrap();
     // The read may be answered before the version is complete; a listing waits for it.
-    std::fs::read_dir(m.join("artifacts/report/latest")).unwrap();
+    std::fs::read_dir(m.join("artifacts/report/latest"))
+        .unwrap()
+        .count();
     let after = ok(Command::new("cat").arg(m.join(".vm0fs/status")));
     let line = after
         .lines()
