@@ -302,12 +302,16 @@ class Mount:
         self.pid = self.proc.pid
         # The daemon sets its own read-ahead between answering and logging "ready"; an
         # override must come after that.
-        while " ready mountpoint=" not in open(self.log_path, errors="replace").read():
+        while not self.logged(" ready mountpoint="):
             if self.proc.poll() is not None or time.time() > deadline:
                 raise BenchError("vm0fs at %s never logged ready; log:\n%s" % (self.mnt, tail(self.log_path)))
             time.sleep(0.02)
         if bench.args.read_ahead_kb is not None:
             self.set_read_ahead(bench.args.read_ahead_kb)
+
+    def logged(self, text):
+        with open(self.log_path, errors="replace") as f:
+            return text in f.read()
 
     def bdi(self):
         st = os.stat(self.mnt)

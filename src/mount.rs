@@ -261,8 +261,8 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
             }
         })?;
 
-    wait_until_answering(&cfg.mountpoint)?;
-    raise_read_ahead(&cfg.mountpoint);
+    let device = wait_until_answering(&cfg.mountpoint)?;
+    raise_read_ahead(device);
     tracing::info!(
         mountpoint = %cfg.mountpoint.display(),
         api = %cfg.api_url,
@@ -314,12 +314,13 @@ fn mount_error(path: &Path, e: io::Error, access: Access) -> anyhow::Error {
 
 /// Poll the mountpoint until the new mount answers (its root has inode 1), so that
 /// `vm0fs mount` returns only once the mount is usable.
-fn wait_until_answering(path: &Path) -> anyhow::Result<()> {
+/// Wait until the mount's root answers; returns the mount's device number.
+fn wait_until_answering(path: &Path) -> anyhow::Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(m) = std::fs::metadata(path) {
             if m.ino() == crate::fs::ROOT && is_mounted(path) {
-                return Ok(());
+                return Ok(m.dev());
             }
         }
         if Instant::now() > deadline {
@@ -332,16 +333,12 @@ fn wait_until_answering(path: &Path) -> anyhow::Result<()> {
 /// The read-ahead the mount asks for: as large as one FUSE request (1 MiB, see `fuse.rs`).
 const READ_AHEAD_KB: u32 = 1024;
 
-/// Raise the mount's read-ahead to [`READ_AHEAD_KB`]. The kernel starts every FUSE mount at
+/// Raise the read-ahead of the mount on device `dev` to [`READ_AHEAD_KB`]. The kernel starts every FUSE mount at
 /// its default (128 KiB) whatever the daemon asks at INIT, so sequential reads that miss the
 /// page cache would come in 128 KiB requests; 1 MiB requests cost an eighth of the round
 /// trips. Only root may write the setting (`/sys/class/bdi/<dev>/read_ahead_kb`, which
 /// lives as long as the mount); otherwise the default stays, which is only slower.
-fn raise_read_ahead(mountpoint: &Path) {
-    let dev = match std::fs::metadata(mountpoint) {
-        Ok(m) => m.dev(),
-        Err(_) => return,
-    };
+fn raise_read_ahead(dev: u64) {
     let path = format!(
         "/sys/class/bdi/{}:{}/read_ahead_kb",
         libc::major(dev),

@@ -153,6 +153,28 @@ fn is_resident(emu: &Emulator, cache: &Path, name: &str) -> bool {
     cache.join(format!("versions/artifacts-{v}")).exists()
 }
 
+/// Read a file of each of `art-{others}`, which makes the cache evict, then check that
+/// art-0 (which the caller holds) stayed and that something did go (art-1).
+fn press_and_check_art0_stays(
+    m: &Mount,
+    emu: &Emulator,
+    cache: &Path,
+    others: std::ops::Range<usize>,
+    what: &str,
+) {
+    for i in others {
+        read_all(&m.join(&format!("artifacts/art-{i}/latest/part-1.bin")));
+    }
+    assert!(
+        is_resident(emu, cache, "art-0"),
+        "{what}: the held version was evicted"
+    );
+    assert!(
+        !is_resident(emu, cache, "art-1"),
+        "{what}: nothing was evicted, the test proves nothing"
+    );
+}
+
 #[test]
 fn an_open_file_pins_its_version_under_pressure() {
     for mode in OPEN_MODES {
@@ -162,17 +184,7 @@ fn an_open_file_pins_its_version_under_pressure() {
         // Room for two versions: reading three others must evict.
         let m = Mount::with(&emu, cache_opts_in(cache.path(), "2600K", mode));
         let mut pinned = File::open(m.join("artifacts/art-0/latest/part-0.bin")).unwrap();
-        for i in 1..4 {
-            read_all(&m.join(&format!("artifacts/art-{i}/latest/part-1.bin")));
-        }
-        assert!(
-            is_resident(&emu, cache.path(), "art-0"),
-            "{mode:?}: pinned version evicted"
-        );
-        assert!(
-            !is_resident(&emu, cache.path(), "art-1"),
-            "{mode:?}: nothing was evicted, the test proves nothing"
-        );
+        press_and_check_art0_stays(&m, &emu, cache.path(), 1..4, &format!("{mode:?}"));
         let mut got = Vec::new();
         pinned.read_to_end(&mut got).unwrap();
         assert_eq!(got, pattern(MIB as usize / 4, 0), "{mode:?}");
@@ -222,17 +234,7 @@ fn a_mapped_file_pins_its_version() {
         std::io::Error::last_os_error()
     );
     drop(file);
-    for i in 1..3 {
-        read_all(&m.join(&format!("artifacts/art-{i}/latest/part-1.bin")));
-    }
-    assert!(
-        is_resident(&emu, cache.path(), "art-0"),
-        "mapped version evicted"
-    );
-    assert!(
-        !is_resident(&emu, cache.path(), "art-1"),
-        "nothing was evicted"
-    );
+    press_and_check_art0_stays(&m, &emu, cache.path(), 1..3, "mapped");
     // SAFETY: `addr` maps `len` readable bytes until the munmap below.
     let mapped = unsafe { std::slice::from_raw_parts(addr as *const u8, len) }.to_vec();
     // SAFETY: unmaps exactly the mapping made above, no longer referred to.

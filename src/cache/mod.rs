@@ -517,12 +517,12 @@ impl Cache {
         let _ = self.inner.in_use.set(probe);
     }
 
-    fn in_use(&self) -> HashSet<VersionKey> {
+    fn in_use(&self) -> Arc<HashSet<VersionKey>> {
         let Some(probe) = self.inner.in_use.get() else {
-            return HashSet::new();
+            return Arc::default();
         };
-        let found = probe();
-        *self.inner.in_use_seen.lock() = Some((Instant::now(), Arc::new(found.clone())));
+        let found = Arc::new(probe());
+        *self.inner.in_use_seen.lock() = Some((Instant::now(), found.clone()));
         found
     }
 
@@ -533,7 +533,7 @@ impl Cache {
                 return found.clone();
             }
         }
-        Arc::new(self.in_use())
+        self.in_use()
     }
 
     /// Whether adding `need` bytes would pass the budget, so that eviction must look for
@@ -629,7 +629,7 @@ impl Cache {
             let in_use = if self.over_budget_with(need) {
                 self.in_use()
             } else {
-                HashSet::new()
+                Arc::default()
             };
             let mut st = self.inner.state.lock();
             let target = budget.saturating_sub(need);

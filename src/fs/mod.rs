@@ -296,7 +296,10 @@ impl Fs {
                     .ok_or(FsError::NotFound)?;
                 self.meta_entry(Meta::KindDir(kind))
             }
-            Resolved::Meta(Meta::StatusDir) if name == "status" => Ok(self.status_entry(reader)),
+            Resolved::Meta(Meta::StatusDir) if name == "status" => {
+                let ino = self.inodes.lock().meta_ino(Meta::StatusFile);
+                Ok(self.status_entry(ino, reader))
+            }
             Resolved::Meta(Meta::StatusDir) => Err(FsError::NotFound),
             Resolved::Meta(Meta::StatusFile) => Err(FsError::NotDir),
             Resolved::Meta(Meta::KindDir(kind)) => {
@@ -343,7 +346,7 @@ impl Fs {
     /// `reader`: the pid asking, if any (see [`STATUS_HOLD`]).
     pub fn getattr(&self, ino: u64, reader: Option<u32>) -> Result<Entry> {
         match self.resolve(ino)? {
-            Resolved::Meta(Meta::StatusFile) => Ok(self.status_entry(reader)),
+            Resolved::Meta(Meta::StatusFile) => Ok(self.status_entry(ino, reader)),
             Resolved::Meta(m) => self.meta_entry(m),
             Resolved::Content { range, node } => {
                 let v = match self.version_now_of(&range)? {
@@ -558,8 +561,7 @@ impl Fs {
     /// which makes the kernel drop the pages it holds of an older one
     /// (`FUSE_AUTO_INVAL_DATA`, where it sends no `OPEN`; else the file is opened with
     /// direct I/O).
-    fn status_entry(&self, reader: Option<u32>) -> Entry {
-        let ino = self.inodes.lock().meta_ino(Meta::StatusFile);
+    fn status_entry(&self, ino: u64, reader: Option<u32>) -> Entry {
         let t = self.status_for(reader);
         Entry {
             attr: self.attr(
@@ -775,7 +777,7 @@ impl Fs {
                 attr: self.attr(ino, FileKind::Directory, 0, 0o555, 2, self.started),
                 ttl,
             },
-            Meta::StatusFile => return Ok(self.status_entry(None)),
+            Meta::StatusFile => return Ok(self.status_entry(ino, None)),
             Meta::Storage { kind, name } => {
                 let s = self.find_storage(kind, &name)?;
                 Entry {
