@@ -313,8 +313,7 @@ fn mount_error(path: &Path, e: io::Error, access: Access) -> anyhow::Error {
 }
 
 /// Poll the mountpoint until the new mount answers (its root has inode 1), so that
-/// `vm0fs mount` returns only once the mount is usable.
-/// Wait until the mount's root answers; returns the mount's device number.
+/// `vm0fs mount` returns only once the mount is usable. Returns the mount's device number.
 fn wait_until_answering(path: &Path) -> anyhow::Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -333,11 +332,12 @@ fn wait_until_answering(path: &Path) -> anyhow::Result<u64> {
 /// The read-ahead the mount asks for: as large as one FUSE request (1 MiB, see `fuse.rs`).
 const READ_AHEAD_KB: u32 = 1024;
 
-/// Raise the read-ahead of the mount on device `dev` to [`READ_AHEAD_KB`]. The kernel starts every FUSE mount at
-/// its default (128 KiB) whatever the daemon asks at INIT, so sequential reads that miss the
-/// page cache would come in 128 KiB requests; 1 MiB requests cost an eighth of the round
-/// trips. Only root may write the setting (`/sys/class/bdi/<dev>/read_ahead_kb`, which
-/// lives as long as the mount); otherwise the default stays, which is only slower.
+/// Raise the read-ahead of the mount on device `dev` to [`READ_AHEAD_KB`]. The kernel starts
+/// every FUSE mount at its default (128 KiB) whatever the daemon asks at INIT, so sequential
+/// reads that miss the page cache would come in 128 KiB requests; 1 MiB requests cost an
+/// eighth of the round trips. Only root may write the setting
+/// (`/sys/class/bdi/<dev>/read_ahead_kb`, which lives as long as the mount); otherwise the
+/// default stays, which is only slower.
 fn raise_read_ahead(dev: u64) {
     let path = format!(
         "/sys/class/bdi/{}:{}/read_ahead_kb",

@@ -153,68 +153,84 @@ fn is_resident(emu: &Emulator, cache: &Path, name: &str) -> bool {
     cache.join(format!("versions/artifacts-{v}")).exists()
 }
 
-/// Read a file of each of `art-{others}`, which makes the cache evict, then check that
-/// art-0 (which the caller holds) stayed and that something did go (art-1).
-fn press_and_check_art0_stays(
-    m: &Mount,
-    emu: &Emulator,
-    cache: &Path,
-    others: std::ops::Range<usize>,
-    what: &str,
-) {
-    for i in others {
-        read_all(&m.join(&format!("artifacts/art-{i}/latest/part-1.bin")));
+/// `n` one-version artifacts (`data_with_versions`, 1 MiB each) mounted over a fresh cache
+/// of `budget`, in one of the `OPEN_MODES`. Fields drop in order: the mount goes first.
+struct Pressed {
+    m: Mount,
+    emu: Emulator,
+    cache: tempfile::TempDir,
+    _data: tempfile::TempDir,
+}
+
+impl Pressed {
+    fn new(n: usize, budget: &str, mode: &[&str]) -> Pressed {
+        let data = data_with_versions(n, MIB as usize);
+        let emu = Emulator::with_data(data.path());
+        let cache = tempfile::tempdir().unwrap();
+        let m = Mount::with(&emu, cache_opts_in(cache.path(), budget, mode));
+        Pressed {
+            m,
+            emu,
+            cache,
+            _data: data,
+        }
     }
-    assert!(
-        is_resident(emu, cache, "art-0"),
-        "{what}: the held version was evicted"
-    );
-    assert!(
-        !is_resident(emu, cache, "art-1"),
-        "{what}: nothing was evicted, the test proves nothing"
-    );
+
+    fn resident(&self, name: &str) -> bool {
+        is_resident(&self.emu, self.cache.path(), name)
+    }
+
+    /// Read a file of each of `art-{others}`, which makes the cache evict, then check that
+    /// art-0 (which the caller holds) stayed and that something did go (art-1).
+    fn press_and_check_art0_stays(&self, others: std::ops::Range<usize>, what: &str) {
+        for i in others {
+            read_all(&self.m.join(&format!("artifacts/art-{i}/latest/part-1.bin")));
+        }
+        assert!(
+            self.resident("art-0"),
+            "{what}: the held version was evicted"
+        );
+        assert!(
+            !self.resident("art-1"),
+            "{what}: nothing was evicted, the test proves nothing"
+        );
+    }
 }
 
 #[test]
 fn an_open_file_pins_its_version_under_pressure() {
     for mode in OPEN_MODES {
-        let data = data_with_versions(4, MIB as usize);
-        let emu = Emulator::with_data(data.path());
-        let cache = tempfile::tempdir().unwrap();
         // Room for two versions: reading three others must evict.
-        let m = Mount::with(&emu, cache_opts_in(cache.path(), "2600K", mode));
-        let mut pinned = File::open(m.join("artifacts/art-0/latest/part-0.bin")).unwrap();
-        press_and_check_art0_stays(&m, &emu, cache.path(), 1..4, &format!("{mode:?}"));
+        let p = Pressed::new(4, "2600K", mode);
+        let mut pinned = File::open(p.m.join("artifacts/art-0/latest/part-0.bin")).unwrap();
+        p.press_and_check_art0_stays(1..4, &format!("{mode:?}"));
         let mut got = Vec::new();
         pinned.read_to_end(&mut got).unwrap();
         assert_eq!(got, pattern(MIB as usize / 4, 0), "{mode:?}");
         assert_eq!(
-            emu.counter("store.get"),
+            p.emu.counter("store.get"),
             4,
             "{mode:?}: a version was downloaded twice"
         );
         drop(pinned);
         // Closed, it can go: two more versions (art-3 is older, then art-0) evict it.
         for i in 1..3 {
-            read_all(&m.join(&format!("artifacts/art-{i}/latest/part-1.bin")));
+            read_all(&p.m.join(&format!("artifacts/art-{i}/latest/part-1.bin")));
         }
         assert!(
-            !is_resident(&emu, cache.path(), "art-0"),
+            !p.resident("art-0"),
             "{mode:?}: the closed file still pins its version"
         );
-        assert!(disk_usage(cache.path()) <= 2600 * 1024, "{mode:?}");
+        assert!(disk_usage(p.cache.path()) <= 2600 * 1024, "{mode:?}");
     }
 }
 
 /// A mapping pins its version too, after its descriptor is closed (seen in /proc/PID/maps).
 #[test]
 fn a_mapped_file_pins_its_version() {
-    let data = data_with_versions(3, MIB as usize);
-    let emu = Emulator::with_data(data.path());
-    let cache = tempfile::tempdir().unwrap();
-    let m = Mount::with(&emu, cache_opts(cache.path(), "2600K"));
+    let p = Pressed::new(3, "2600K", OPEN_MODES[0]);
     let len = MIB as usize / 4;
-    let file = File::open(m.join("artifacts/art-0/latest/part-2.bin")).unwrap();
+    let file = File::open(p.m.join("artifacts/art-0/latest/part-2.bin")).unwrap();
     // SAFETY: a fresh read-only shared mapping of an open file, unmapped below; nothing
     // else refers to it.
     let addr = unsafe {
@@ -234,14 +250,14 @@ fn a_mapped_file_pins_its_version() {
         std::io::Error::last_os_error()
     );
     drop(file);
-    press_and_check_art0_stays(&m, &emu, cache.path(), 1..3, "mapped");
+    p.press_and_check_art0_stays(1..3, "mapped");
     // SAFETY: `addr` maps `len` readable bytes until the munmap below.
     let mapped = unsafe { std::slice::from_raw_parts(addr as *const u8, len) }.to_vec();
     // SAFETY: unmaps exactly the mapping made above, no longer referred to.
     unsafe { libc::munmap(addr, len) };
     assert_eq!(mapped, pattern(len, 2));
     assert_eq!(
-        emu.counter("store.get"),
+        p.emu.counter("store.get"),
         3,
         "a version was downloaded twice"
     );
@@ -252,10 +268,8 @@ fn a_mapped_file_pins_its_version() {
 #[test]
 fn when_every_version_is_in_use_a_new_one_is_refused_with_enospc() {
     for mode in OPEN_MODES {
-        let data = data_with_versions(2, MIB as usize);
-        let emu = Emulator::with_data(data.path());
-        let cache = tempfile::tempdir().unwrap();
-        let m = Mount::with(&emu, cache_opts_in(cache.path(), "1600K", mode));
+        let p = Pressed::new(2, "1600K", mode);
+        let (m, emu) = (&p.m, &p.emu);
         let held = File::open(m.join("artifacts/art-0/latest/part-0.bin")).unwrap();
         let started = Instant::now();
         let err = match std::fs::read(m.join("artifacts/art-1/latest/part-0.bin")) {
@@ -278,7 +292,7 @@ fn when_every_version_is_in_use_a_new_one_is_refused_with_enospc() {
         drop(held);
         let got = read_all(&m.join("artifacts/art-1/latest/part-0.bin"));
         assert_eq!(got, pattern(MIB as usize / 4, 10), "{mode:?}");
-        assert!(!is_resident(&emu, cache.path(), "art-0"), "{mode:?}");
+        assert!(!p.resident("art-0"), "{mode:?}");
     }
 }
 

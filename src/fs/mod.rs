@@ -348,22 +348,24 @@ impl Fs {
         match self.resolve(ino)? {
             Resolved::Meta(Meta::StatusFile) => Ok(self.status_entry(ino, reader)),
             Resolved::Meta(m) => self.meta_entry(m),
-            Resolved::Content { range, node } => {
-                let v = match self.version_now_of(&range)? {
-                    Available::Ready(v) => v,
-                    Available::Pending(flight) => match flight.node(node) {
-                        Progress::Published(attrs) => {
-                            return Ok(self.published_entry(&range, node, &attrs))
-                        }
-                        Progress::Done(r) => self.finished(&range.name, &flight, r)?,
-                    },
-                };
-                if v.index.nodes.get(node as usize).is_none() {
-                    return Err(FsError::NotFound);
-                }
-                Ok(self.content_entry(&range, &v.index, node))
-            }
+            Resolved::Content { range, node } => self.content_getattr(&range, node),
         }
+    }
+
+    /// The attributes of node `node` of a version: as published while it is being
+    /// unpacked, else from the complete version.
+    fn content_getattr(&self, range: &Range, node: u32) -> Result<Entry> {
+        let v = match self.version_now_of(range)? {
+            Available::Ready(v) => v,
+            Available::Pending(flight) => match flight.node(node) {
+                Progress::Published(attrs) => return Ok(self.published_entry(range, node, &attrs)),
+                Progress::Done(r) => self.finished(&range.name, &flight, r)?,
+            },
+        };
+        if v.index.nodes.get(node as usize).is_none() {
+            return Err(FsError::NotFound);
+        }
+        Ok(self.content_entry(range, &v.index, node))
     }
 
     /// Look up `name` in directory node `dir` of a version: from what is published while it
@@ -578,17 +580,16 @@ impl Fs {
 
     /// Snapshot a directory's listing (`.` and `..` included) into a handle.
     pub fn opendir(&self, ino: u64) -> Result<Opened> {
-        let immutable = matches!(
-            self.resolve(ino)?,
-            Resolved::Content { .. } | Resolved::Meta(Meta::Version { .. })
-        );
-        let listing = if immutable {
-            if self.getattr(ino, None)?.attr.kind != FileKind::Directory {
-                return Err(FsError::NotDir);
+        let (immutable, listing) = match self.resolve(ino)? {
+            // A version's root is always a directory.
+            Resolved::Meta(Meta::Version { .. }) => (true, OnceLock::new()),
+            Resolved::Content { range, node } => {
+                if self.content_getattr(&range, node)?.attr.kind != FileKind::Directory {
+                    return Err(FsError::NotDir);
+                }
+                (true, OnceLock::new())
             }
-            OnceLock::new()
-        } else {
-            OnceLock::from(Arc::new(self.list_dir(ino)?))
+            Resolved::Meta(_) => (false, OnceLock::from(Arc::new(self.list_dir(ino)?))),
         };
         let fh = self.add_handle(Handle::Dir(DirHandle { ino, listing }));
         Ok(Opened {
