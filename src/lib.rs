@@ -17,6 +17,7 @@ pub mod config;
 pub mod emulator;
 pub mod fs;
 pub mod fuse;
+pub mod ids;
 pub mod mount;
 pub mod openfiles;
 pub mod size;
