@@ -33,6 +33,8 @@
 //! This module knows nothing of HTTP, the cache budget's bookkeeping or inodes.
 
 mod index;
+mod input;
+mod pax;
 mod publish;
 mod tree;
 mod unpack;

@@ -12,8 +12,8 @@ use flate2::Compression;
 use tar::{EntryType, Header};
 use tempfile::TempDir;
 
+use super::pax::parse_pax_time;
 use super::tree::normalize;
-use super::unpack::parse_pax_time;
 use super::*;
 
 const MTIME: u64 = 1_600_000_000;

@@ -8,16 +8,16 @@
 //!           bounds the metadata read per member) -> tar::Archive -> Unpacker
 //! ```
 //!
-//! The wrappers exist so that an `io::Error` coming out of the tar reader can be told
-//! apart: a failing download, a truncated or corrupt gzip stream, or bad tar data each
-//! become their own [`ArchiveError`].
+//! The wrappers (`input.rs`) exist so that an `io::Error` coming out of the tar reader can
+//! be told apart: a failing download, a truncated or corrupt gzip stream, or bad tar data
+//! each become their own [`ArchiveError`]. Pax records the `tar` crate leaves to its caller
+//! are read in `pax.rs`; this file holds the per-member rules.
 //!
 //! Each regular file is published ([`Publish`]) right after its blob is written and closed,
 //! and a name a later member takes over is withdrawn before that member writes anything.
 //! Published content is complete as the tar stream gave it; the gzip checksum of the whole
 //! stream is only known at the end, which is why a version is committed only then.
 
-use std::cell::{Cell, RefCell};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -27,6 +27,11 @@ use std::rc::Rc;
 use flate2::bufread::GzDecoder;
 use tar::EntryType;
 
+use super::input::{
+    is_tar_header, GzMembers, Shared, Source, TarInput, GZIP_MAGIC, MAX_MEMBER_METADATA,
+    MAX_TRAILER, READ_BUFFER,
+};
+use super::pax::{member_meta, PaxFields};
 use super::publish::{BlobId, Publish, PublishedFile, PublishedKind, PublishedNode, Step};
 use super::tree::{normalize, Content, Meta, Prepared, Replaced, Slot, Tree, Want};
 use super::Index;
@@ -106,154 +111,13 @@ pub fn blob_path(dest: &Path, blob: u32) -> PathBuf {
     dest.join("data").join(blob.to_string())
 }
 
-/// Read buffer around the source: large reads keep the per-call overhead of the network
-/// stream and of the decompressor's input handling low.
-const READ_BUFFER: usize = 256 * 1024;
 /// File content is decompressed straight into this buffer and written with one `write`
 /// per chunk (so a small file costs one `write`).
 const WRITE_CHUNK: usize = 1024 * 1024;
 /// Call `progress` after at least this many content bytes.
 const PROGRESS_EVERY: u64 = 4 * 1024 * 1024;
-/// Most bytes the tar reader may read to get from one member to the next: padding, the
-/// headers, GNU long names and pax extensions. The `tar` crate holds long names and pax
-/// extensions in memory whole, so this bounds the memory a hostile archive can make it use.
-const MAX_MEMBER_METADATA: u64 = 8 * 1024 * 1024;
-/// Most decompressed bytes read after the tar's end-of-archive marker (normally a few KiB
-/// of zero padding) to let gzip check its trailer; a gzip bomb after the end is not read.
-const MAX_TRAILER: u64 = 1024 * 1024;
 /// Linux's `PATH_MAX` including the terminating NUL: longer symlink targets cannot exist.
 const MAX_SYMLINK_TARGET: usize = 4095;
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-/// The size of a tar header block.
-const TAR_BLOCK: usize = 512;
-
-/// State shared by the reader wrappers and the unpacker.
-#[derive(Default)]
-struct Shared {
-    compressed_bytes: Cell<u64>,
-    /// The first error of the source itself.
-    source_error: RefCell<Option<io::Error>>,
-    /// The first error of the gzip decoder (not caused by the source).
-    gzip_error: RefCell<Option<io::Error>>,
-    /// Bytes the tar reader may still read before the current member (`None`: unbounded).
-    metadata_budget: Cell<Option<u64>>,
-    metadata_exceeded: Cell<bool>,
-    /// The first header block of the tar data (up to [`TAR_BLOCK`] bytes), kept to tell
-    /// "not a tar" from "a tar whose first member is damaged".
-    first_block: RefCell<Vec<u8>>,
-}
-
-/// A copy of `e` to pass up the reader stack while the original is kept in [`Shared`].
-fn copy_error(e: &io::Error) -> io::Error {
-    io::Error::new(e.kind(), e.to_string())
-}
-
-/// The source, counted; its errors are recorded so they are reported as
-/// [`ArchiveError::Read`] whatever the decompressor or tar reader make of them.
-struct Source<R> {
-    inner: R,
-    shared: Rc<Shared>,
-}
-
-impl<R: Read> Read for Source<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match self.inner.read(buf) {
-                Ok(n) => {
-                    let total = &self.shared.compressed_bytes;
-                    total.set(total.get() + n as u64);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let copy = copy_error(&e);
-                    self.shared.source_error.borrow_mut().get_or_insert(e);
-                    return Err(copy);
-                }
-            }
-        }
-    }
-}
-
-/// The decompressed content of all gzip members in a row (a gzip file may have several:
-/// `cat a.gz b.gz` is valid gzip). Like `gzip -d`, trailing bytes that do not start another
-/// member (zero padding from some tools) end the stream with a warning, not an error.
-struct GzMembers<R> {
-    decoder: Option<GzDecoder<R>>,
-}
-
-impl<R: BufRead> Read for GzMembers<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        while let Some(decoder) = self.decoder.as_mut() {
-            let n = decoder.read(buf)?;
-            if n > 0 {
-                return Ok(n);
-            }
-            // This member ended and its CRC and length matched; is there another one?
-            let Some(decoder) = self.decoder.take() else {
-                break;
-            };
-            let mut rest = decoder.into_inner();
-            let next = rest.fill_buf()?;
-            match next.first() {
-                None => {}
-                Some(&b) if b == GZIP_MAGIC[0] => self.decoder = Some(GzDecoder::new(rest)),
-                Some(_) => tracing::warn!("ignoring trailing data after the archive's gzip stream"),
-            }
-        }
-        Ok(0)
-    }
-}
-
-/// The tar reader's input: keeps the decompressor's own errors, and enforces
-/// [`MAX_MEMBER_METADATA`] while the tar reader looks for the next member.
-struct TarInput<R> {
-    inner: R,
-    shared: Rc<Shared>,
-}
-
-impl<R: Read> Read for TarInput<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let budget = self.shared.metadata_budget.get();
-        let want = match budget {
-            Some(0) if !buf.is_empty() => {
-                self.shared.metadata_exceeded.set(true);
-                return Err(io::Error::other(format!(
-                    "a member's headers (long names, pax extensions) are larger than {} MiB",
-                    MAX_MEMBER_METADATA >> 20
-                )));
-            }
-            Some(left) => buf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
-            None => buf.len(),
-        };
-        match self.inner.read(&mut buf[..want]) {
-            Ok(n) => {
-                let mut first = self.shared.first_block.borrow_mut();
-                if first.len() < TAR_BLOCK {
-                    let take = n.min(TAR_BLOCK - first.len());
-                    first.extend_from_slice(&buf[..take]);
-                }
-                drop(first);
-                if let Some(left) = budget {
-                    self.shared
-                        .metadata_budget
-                        .set(Some(left.saturating_sub(n as u64)));
-                }
-                Ok(n)
-            }
-            Err(e) => {
-                let copy = copy_error(&e);
-                if self.shared.source_error.borrow().is_none() {
-                    self.shared.gzip_error.borrow_mut().get_or_insert(e);
-                }
-                Err(copy)
-            }
-        }
-    }
-}
 
 /// Unpack `reader` (gzip-compressed tar) into `dest` (an existing empty directory).
 ///
@@ -339,20 +203,6 @@ pub fn unpack_published(
         );
     }
     unpacker.finish()
-}
-
-/// Whether `block` is a whole tar header block whose checksum is right.
-fn is_tar_header(block: &[u8]) -> bool {
-    let Ok(block) = <&[u8; TAR_BLOCK]>::try_from(block) else {
-        return false;
-    };
-    let mut header = tar::Header::new_old();
-    header.as_mut_bytes().copy_from_slice(block);
-    let Ok(stored) = header.cksum() else {
-        return false;
-    };
-    header.set_cksum();
-    header.cksum().is_ok_and(|computed| computed == stored)
 }
 
 /// A blob written so far.
@@ -793,95 +643,4 @@ impl Unpacker<'_> {
             stats: self.stats,
         })
     }
-}
-
-/// What the member's pax extensions say that the `tar` crate does not apply itself.
-#[derive(Default)]
-struct PaxFields {
-    mtime: Option<(i64, u32)>,
-    size: Option<u64>,
-    /// GNU sparse file in pax format (`GNU.sparse.*` keys): its data is a sparse map plus
-    /// the non-hole parts, which the `tar` crate does not expand.
-    sparse: bool,
-}
-
-impl PaxFields {
-    fn of<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<PaxFields> {
-        let mut fields = PaxFields::default();
-        if let Some(extensions) = entry.pax_extensions()? {
-            // A malformed record is ignored, as the tar crate does for `path`.
-            for ext in extensions.flatten() {
-                match ext.key_bytes() {
-                    b"mtime" => fields.mtime = parse_pax_time(ext.value_bytes()),
-                    b"size" => {
-                        fields.size = std::str::from_utf8(ext.value_bytes())
-                            .ok()
-                            .and_then(|v| v.parse().ok())
-                    }
-                    key if key.starts_with(b"GNU.sparse.") => fields.sparse = true,
-                    _ => {}
-                }
-            }
-        }
-        Ok(fields)
-    }
-}
-
-/// A pax time: decimal seconds, optionally negative, optionally with a fraction
-/// (`1700000000.123456789`); digits past nanoseconds are dropped.
-pub(super) fn parse_pax_time(value: &[u8]) -> Option<(i64, u32)> {
-    let text = std::str::from_utf8(value).ok()?;
-    let (negative, text) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
-    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let sec: i64 = int.parse().ok()?;
-    let mut nsec: u32 = 0;
-    for i in 0..9 {
-        let digit = frac.as_bytes().get(i).map_or(0, |d| u32::from(d - b'0'));
-        nsec = nsec * 10 + digit;
-    }
-    if !negative {
-        Some((sec, nsec))
-    } else if nsec == 0 {
-        Some((-sec, 0))
-    } else {
-        // -1.25 s is 1.75 s before -1 s... that is, -2 s plus 0.75 s.
-        Some((-sec - 1, 1_000_000_000 - nsec))
-    }
-}
-
-/// The mtime a member's header gives, pax first.
-fn member_mtime(header: &tar::Header, pax: &PaxFields) -> Meta {
-    let (mtime_sec, mtime_nsec) = pax.mtime.unwrap_or_else(|| {
-        let sec = header
-            .mtime()
-            .map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX));
-        (sec, 0)
-    });
-    Meta {
-        perm: 0,
-        mtime_sec,
-        mtime_nsec,
-    }
-}
-
-/// Permission bits and mtime of a member. Setuid and setgid are dropped: nothing on a
-/// vm0fs mount should run with another user's rights.
-fn member_meta(header: &tar::Header, pax: &PaxFields) -> Result<Meta, String> {
-    let mode = header
-        .mode()
-        .map_err(|_| "its header's mode field is unreadable".to_string())?;
-    let perm = (mode & 0o7777 & !0o6000) as u16;
-    Ok(Meta {
-        perm,
-        ..member_mtime(header, pax)
-    })
 }

@@ -1,0 +1,169 @@
+//! The reader stack under the unpacker: the source, gzip members, and the tar reader's
+//! input.
+//!
+//! Each layer keeps the errors it sees in [`Shared`], so that when an `io::Error` comes out
+//! of the tar reader the unpacker can say whose fault it was: the download (the source),
+//! the gzip stream, or the tar data. The tar input also bounds the metadata the `tar` crate
+//! may read (and hold in memory) between two members.
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, BufRead, Read};
+use std::rc::Rc;
+
+use flate2::bufread::GzDecoder;
+
+/// Read buffer around the source: large reads keep the per-call overhead of the network
+/// stream and of the decompressor's input handling low.
+pub(super) const READ_BUFFER: usize = 256 * 1024;
+/// Most bytes the tar reader may read to get from one member to the next: padding, the
+/// headers, GNU long names and pax extensions. The `tar` crate holds long names and pax
+/// extensions in memory whole, so this bounds the memory a hostile archive can make it use.
+pub(super) const MAX_MEMBER_METADATA: u64 = 8 * 1024 * 1024;
+/// Most decompressed bytes read after the tar's end-of-archive marker (normally a few KiB
+/// of zero padding) to let gzip check its trailer; a gzip bomb after the end is not read.
+pub(super) const MAX_TRAILER: u64 = 1024 * 1024;
+pub(super) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// The size of a tar header block.
+pub(super) const TAR_BLOCK: usize = 512;
+
+/// State shared by the reader wrappers and the unpacker.
+#[derive(Default)]
+pub(super) struct Shared {
+    pub(super) compressed_bytes: Cell<u64>,
+    /// The first error of the source itself.
+    pub(super) source_error: RefCell<Option<io::Error>>,
+    /// The first error of the gzip decoder (not caused by the source).
+    pub(super) gzip_error: RefCell<Option<io::Error>>,
+    /// Bytes the tar reader may still read before the current member (`None`: unbounded).
+    pub(super) metadata_budget: Cell<Option<u64>>,
+    pub(super) metadata_exceeded: Cell<bool>,
+    /// The first header block of the tar data (up to [`TAR_BLOCK`] bytes), kept to tell
+    /// "not a tar" from "a tar whose first member is damaged".
+    pub(super) first_block: RefCell<Vec<u8>>,
+}
+
+/// A copy of `e` to pass up the reader stack while the original is kept in [`Shared`].
+fn copy_error(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
+}
+
+/// The source, counted; its errors are recorded so they are reported as
+/// [`ArchiveError::Read`] whatever the decompressor or tar reader make of them.
+pub(super) struct Source<R> {
+    pub(super) inner: R,
+    pub(super) shared: Rc<Shared>,
+}
+
+impl<R: Read> Read for Source<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.inner.read(buf) {
+                Ok(n) => {
+                    let total = &self.shared.compressed_bytes;
+                    total.set(total.get() + n as u64);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let copy = copy_error(&e);
+                    self.shared.source_error.borrow_mut().get_or_insert(e);
+                    return Err(copy);
+                }
+            }
+        }
+    }
+}
+
+/// The decompressed content of all gzip members in a row (a gzip file may have several:
+/// `cat a.gz b.gz` is valid gzip). Like `gzip -d`, trailing bytes that do not start another
+/// member (zero padding from some tools) end the stream with a warning, not an error.
+pub(super) struct GzMembers<R> {
+    pub(super) decoder: Option<GzDecoder<R>>,
+}
+
+impl<R: BufRead> Read for GzMembers<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        while let Some(decoder) = self.decoder.as_mut() {
+            let n = decoder.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            // This member ended and its CRC and length matched; is there another one?
+            let Some(decoder) = self.decoder.take() else {
+                break;
+            };
+            let mut rest = decoder.into_inner();
+            let next = rest.fill_buf()?;
+            match next.first() {
+                None => {}
+                Some(&b) if b == GZIP_MAGIC[0] => self.decoder = Some(GzDecoder::new(rest)),
+                Some(_) => tracing::warn!("ignoring trailing data after the archive's gzip stream"),
+            }
+        }
+        Ok(0)
+    }
+}
+
+/// The tar reader's input: keeps the decompressor's own errors, and enforces
+/// [`MAX_MEMBER_METADATA`] while the tar reader looks for the next member.
+pub(super) struct TarInput<R> {
+    pub(super) inner: R,
+    pub(super) shared: Rc<Shared>,
+}
+
+impl<R: Read> Read for TarInput<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let budget = self.shared.metadata_budget.get();
+        let want = match budget {
+            Some(0) if !buf.is_empty() => {
+                self.shared.metadata_exceeded.set(true);
+                return Err(io::Error::other(format!(
+                    "a member's headers (long names, pax extensions) are larger than {} MiB",
+                    MAX_MEMBER_METADATA >> 20
+                )));
+            }
+            Some(left) => buf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
+            None => buf.len(),
+        };
+        match self.inner.read(&mut buf[..want]) {
+            Ok(n) => {
+                let mut first = self.shared.first_block.borrow_mut();
+                if first.len() < TAR_BLOCK {
+                    let take = n.min(TAR_BLOCK - first.len());
+                    first.extend_from_slice(&buf[..take]);
+                }
+                drop(first);
+                if let Some(left) = budget {
+                    self.shared
+                        .metadata_budget
+                        .set(Some(left.saturating_sub(n as u64)));
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                let copy = copy_error(&e);
+                if self.shared.source_error.borrow().is_none() {
+                    self.shared.gzip_error.borrow_mut().get_or_insert(e);
+                }
+                Err(copy)
+            }
+        }
+    }
+}
+
+/// Whether `block` is a whole tar header block whose checksum is right.
+pub(super) fn is_tar_header(block: &[u8]) -> bool {
+    let Ok(block) = <&[u8; TAR_BLOCK]>::try_from(block) else {
+        return false;
+    };
+    let mut header = tar::Header::new_old();
+    header.as_mut_bytes().copy_from_slice(block);
+    let Ok(stored) = header.cksum() else {
+        return false;
+    };
+    header.set_cksum();
+    header.cksum().is_ok_and(|computed| computed == stored)
+}
