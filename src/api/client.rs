@@ -12,8 +12,8 @@ use std::time::Duration;
 use reqwest::blocking::RequestBuilder;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::StatusCode;
+use reqwest::Url;
 use serde::de::DeserializeOwned;
-use url::Url;
 
 use super::download::Download;
 use super::retry::Retrier;

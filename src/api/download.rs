@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use reqwest::blocking::Response;
 use reqwest::header::{self, HeaderMap};
-use url::Url;
+use reqwest::Url;
 
 use super::client::{error_chain, redact_url, request_id, retry_after, Failure, Resource};
 use super::retry::delay_for;
@@ -219,7 +219,7 @@ impl Resumer {
         let delay = if self.resumes >= max_resumes {
             None
         } else {
-            let jitter = rand::random::<f64>();
+            let jitter = fastrand::f64();
             delay_for(
                 &policy,
                 streak.failures,

@@ -6,8 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use rand::Rng;
-
 use super::RetryPolicy;
 
 /// The wait before retry number `retry` (1 for the first retry), or `None` to give up.
@@ -70,7 +68,7 @@ impl<'a> Retrier<'a> {
 
     /// After a failed attempt: the wait before the next one, or `None` to give up.
     pub fn next_delay(&self, retry_after: Option<Duration>) -> Option<Duration> {
-        let jitter = rand::thread_rng().gen::<f64>();
+        let jitter = fastrand::f64();
         delay_for(
             self.policy,
             self.attempts,

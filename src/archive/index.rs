@@ -1,11 +1,13 @@
 //! The index of an unpacked version: its whole tree as a flat vector of nodes.
 
+use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 /// Bump when the serialized form of [`Index`] changes; a test pins the current form.
-pub const INDEX_FORMAT_VERSION: u32 = 1;
+/// Format 2: the version as 4 little-endian bytes, then the index in `postcard`'s encoding.
+pub const INDEX_FORMAT_VERSION: u32 = 2;
 
 /// A version's tree. `nodes[0]` is the version's root directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,8 +62,8 @@ impl Index {
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let file = std::fs::File::create(path)?;
         let mut w = std::io::BufWriter::new(file);
-        bincode::serialize_into(&mut w, &INDEX_FORMAT_VERSION).map_err(std::io::Error::other)?;
-        bincode::serialize_into(&mut w, self).map_err(std::io::Error::other)?;
+        w.write_all(&INDEX_FORMAT_VERSION.to_le_bytes())?;
+        postcard::to_io(self, &mut w).map_err(std::io::Error::other)?;
         let file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()
     }
@@ -69,16 +71,21 @@ impl Index {
     /// Read an index written by [`Index::save`]. An index of another format version is an
     /// error of kind `InvalidData`, never misread.
     pub fn load(path: &Path) -> std::io::Result<Index> {
-        let file = std::fs::File::open(path)?;
-        let mut r = std::io::BufReader::new(file);
-        let version: u32 = bincode::deserialize_from(&mut r).map_err(std::io::Error::other)?;
+        let bytes = std::fs::read(path)?;
+        let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidData, msg);
+        let (version, body) = bytes
+            .split_first_chunk::<4>()
+            .ok_or_else(|| invalid(format!("index of {} bytes has no format", bytes.len())))?;
+        let version = u32::from_le_bytes(*version);
         if version != INDEX_FORMAT_VERSION {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("index format {version}, expected {INDEX_FORMAT_VERSION}"),
-            ));
+            return Err(invalid(format!(
+                "index format {version}, expected {INDEX_FORMAT_VERSION}"
+            )));
         }
-        bincode::deserialize_from(&mut r)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        match postcard::take_from_bytes(body) {
+            Ok((index, [])) => Ok(index),
+            Ok((_, rest)) => Err(invalid(format!("{} bytes after the index", rest.len()))),
+            Err(e) => Err(invalid(e.to_string())),
+        }
     }
 }

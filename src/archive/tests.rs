@@ -1254,12 +1254,27 @@ fn index_save_load_round_trip() {
         Index::load(&path).unwrap_err().kind(),
         io::ErrorKind::InvalidData
     );
-    // So is garbage.
-    fs::write(&path, b"\x01\0\0\0garbage").unwrap();
-    assert_eq!(
-        Index::load(&path).unwrap_err().kind(),
-        io::ErrorKind::InvalidData
-    );
+    // So are garbage, a truncated index, bytes after the index and an empty file.
+    let good = {
+        index.save(&path).unwrap();
+        fs::read(&path).unwrap()
+    };
+    let mut trailing = good.clone();
+    trailing.push(0);
+    for bad in [
+        b"\x02\0\0\0garbage".to_vec(),
+        good[..good.len() - 1].to_vec(),
+        trailing,
+        good[..3].to_vec(),
+        Vec::new(),
+    ] {
+        fs::write(&path, &bad).unwrap();
+        assert_eq!(
+            Index::load(&path).unwrap_err().kind(),
+            io::ErrorKind::InvalidData,
+            "{bad:?}"
+        );
+    }
 }
 
 #[test]
@@ -1276,29 +1291,31 @@ fn index_of_an_unpacked_version_round_trips() {
 
 #[test]
 fn index_format_is_pinned() {
+    // postcard: unsigned integers as LEB128 varints, signed ones zigzag-encoded first,
+    // lengths as varints, enum variants as their index.
     let expected: &[u8] = &[
         // nodes: 3
-        3, 0, 0, 0, 0, 0, 0, 0, //
-        // node 0: Dir (variant 0), parent 0, 2 entries
-        0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, //
-        1, 0, 0, 0, 0, 0, 0, 0, b'f', 1, 0, 0, 0, //
-        1, 0, 0, 0, 0, 0, 0, 0, b'l', 2, 0, 0, 0, //
-        // perm 0o755, mtime -1 s + 5 ns, nlink 2
-        0xed, 0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 5, 0, 0, 0, 2, 0, 0, 0, //
+        3, //
+        // node 0: Dir (variant 0), parent 0, 2 entries: "f" -> 1, "l" -> 2
+        0, 0, 2, 1, b'f', 1, 1, b'l', 2, //
+        // perm 0o755, mtime -1 s (zigzag 1) + 5 ns, nlink 2
+        0xed, 0x03, 1, 5, 2, //
         // node 1: File (variant 1), size 3, blob 0
-        1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
-        0xa4, 0x01, 0x00, 0xf1, 0x53, 0x65, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, //
+        1, 3, 0, //
+        // perm 0o644, mtime 1_700_000_000 s (zigzag), 0 ns, nlink 1
+        0xa4, 0x03, 0x80, 0xc4, 0x9f, 0xd5, 0x0c, 0, 1, //
         // node 2: Symlink (variant 2), target "f"
-        2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b'f', //
-        0xff, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+        2, 1, b'f', //
+        // perm 0o777, mtime 0, 0 ns, nlink 1
+        0xff, 0x03, 0, 0, 1,
     ];
-    let actual = bincode::serialize(&small_index()).unwrap();
+    let actual = postcard::to_stdvec(&small_index()).unwrap();
     assert!(
         actual == expected,
         "serialized index format appears to have changed, bump INDEX_FORMAT_VERSION\n\
          actual: {actual:?}"
     );
-    assert_eq!(INDEX_FORMAT_VERSION, 1);
+    assert_eq!(INDEX_FORMAT_VERSION, 2);
 }
 
 // ---------------------------------------------------------------------------------------

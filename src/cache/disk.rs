@@ -30,7 +30,7 @@ use crate::api::Kind;
 
 /// Bump when anything under `CACHE/` changes meaning; a cache of another format is cleared.
 /// `tests::format_is_pinned` fails when the serialized records change without a bump.
-pub const CACHE_FORMAT_VERSION: u32 = 1;
+pub const CACHE_FORMAT_VERSION: u32 = 2;
 
 /// The completion record of a version (`meta.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -331,7 +331,7 @@ mod tests {
         };
         let json = serde_json::to_string(&meta).unwrap();
         let expected = format!(
-            r#"{{"format":1,"kind":"Artifact","id":"{}","disk_bytes":8192,"files":2,"bytes":10}}"#,
+            r#"{{"format":2,"kind":"Artifact","id":"{}","disk_bytes":8192,"files":2,"bytes":10}}"#,
             "ab".repeat(32)
         );
         assert_eq!(
@@ -339,7 +339,7 @@ mod tests {
             "serialized disk format appears to have changed, version bump required"
         );
         assert_eq!(
-            CACHE_FORMAT_VERSION, 1,
+            CACHE_FORMAT_VERSION, 2,
             "update the pinned record above with the bump"
         );
     }
