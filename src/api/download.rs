@@ -58,8 +58,8 @@ impl Download {
             failed: None,
         };
         let body = match state.open_body() {
-            Ok(Opened::Body(body)) => body,
-            Ok(Opened::End) => unreachable!("only a resumed download can be at its end"),
+            Ok(Stream::Body(body)) => body,
+            Ok(Stream::End) => unreachable!("only a resumed download can be at its end"),
             Err(OpenError::Fatal(err)) => return Err(err),
             Err(OpenError::Retry(err)) => return Err(state.transport_error(err)),
         };
@@ -131,7 +131,8 @@ struct Streak {
     failures: u32,
 }
 
-enum Opened {
+/// What reopening the archive at the bytes delivered so far gives.
+enum Stream {
     Body(Response),
     /// The store says there is nothing after `delivered` (416 at the very end).
     End,
@@ -174,11 +175,11 @@ impl Resumer {
         loop {
             let failure = match &mut self.body {
                 None => match self.open_body() {
-                    Ok(Opened::Body(body)) => {
+                    Ok(Stream::Body(body)) => {
                         self.body = Some(body);
                         continue;
                     }
-                    Ok(Opened::End) => return Ok(0),
+                    Ok(Stream::End) => return Ok(0),
                     Err(OpenError::Fatal(err)) => return Err(err),
                     Err(OpenError::Retry(err)) => err,
                 },
@@ -273,10 +274,10 @@ impl Resumer {
     }
 
     /// Connects (or reconnects) and positions the body at `delivered`.
-    fn open_body(&mut self) -> Result<Opened, OpenError> {
+    fn open_body(&mut self) -> Result<Stream, OpenError> {
         let offset = self.delivered;
         let Some(mut response) = self.fetch(offset).map_err(OpenError::Fatal)? else {
-            return Ok(Opened::End);
+            return Ok(Stream::End);
         };
         let headers = response.headers();
         if let (Some(first), Some(now)) = (&self.etag, etag(headers)) {
@@ -344,7 +345,7 @@ impl Resumer {
                 )))
             }
         }
-        Ok(Opened::Body(response))
+        Ok(Stream::Body(response))
     }
 
     /// A response of the store for bytes `offset..`, asking the API for a (fresh) URL when

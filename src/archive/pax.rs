@@ -3,7 +3,7 @@
 
 use std::io::{self, Read};
 
-use super::tree::Meta;
+use super::tree::ModeTime;
 
 /// What the member's pax extensions say that the `tar` crate does not apply itself.
 #[derive(Default)]
@@ -69,14 +69,14 @@ pub(super) fn parse_pax_time(value: &[u8]) -> Option<(i64, u32)> {
 }
 
 /// The mtime a member's header gives, pax first.
-fn member_mtime(header: &tar::Header, pax: &PaxFields) -> Meta {
+fn member_mtime(header: &tar::Header, pax: &PaxFields) -> ModeTime {
     let (mtime_sec, mtime_nsec) = pax.mtime.unwrap_or_else(|| {
         let sec = header
             .mtime()
             .map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX));
         (sec, 0)
     });
-    Meta {
+    ModeTime {
         perm: 0,
         mtime_sec,
         mtime_nsec,
@@ -85,12 +85,12 @@ fn member_mtime(header: &tar::Header, pax: &PaxFields) -> Meta {
 
 /// Permission bits and mtime of a member. Setuid and setgid are dropped: nothing on a
 /// vm0fs mount should run with another user's rights.
-pub(super) fn member_meta(header: &tar::Header, pax: &PaxFields) -> Result<Meta, String> {
+pub(super) fn member_meta(header: &tar::Header, pax: &PaxFields) -> Result<ModeTime, String> {
     let mode = header
         .mode()
         .map_err(|_| "its header's mode field is unreadable".to_string())?;
     let perm = (mode & 0o7777 & !0o6000) as u16;
-    Ok(Meta {
+    Ok(ModeTime {
         perm,
         ..member_mtime(header, pax)
     })

@@ -26,7 +26,7 @@ pub(super) type Refusal = String;
 
 /// Permission bits and modification time of a node.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct Meta {
+pub(super) struct ModeTime {
     pub perm: u16,
     pub mtime_sec: i64,
     pub mtime_nsec: u32,
@@ -103,7 +103,7 @@ enum Kind {
 #[derive(Debug)]
 struct WorkNode {
     kind: Kind,
-    meta: Meta,
+    meta: ModeTime,
     /// Names that refer to this node (only kept for non-directories).
     names: u32,
     /// The metadata comes from a member of its own (not implied by a path).
@@ -116,7 +116,7 @@ pub(super) struct ChainStep {
     pub dir: u32,
     pub name: Vec<u8>,
     pub node: u32,
-    pub meta: Meta,
+    pub meta: ModeTime,
     pub is_dir: bool,
 }
 
@@ -171,7 +171,7 @@ fn shown(comps: &[&[u8]], n: usize) -> String {
 
 impl Tree {
     /// A tree holding only its root directory.
-    pub fn new(root: Meta) -> Tree {
+    pub fn new(root: ModeTime) -> Tree {
         Tree {
             nodes: vec![WorkNode {
                 kind: Kind::Dir {
@@ -208,7 +208,7 @@ impl Tree {
 
     /// Walk from the root through `comps` (all of them directories), creating the missing
     /// ones with `implied` metadata when `create` is set.
-    fn walk(&mut self, comps: &[&[u8]], implied: Meta, create: bool) -> Result<u32, Refusal> {
+    fn walk(&mut self, comps: &[&[u8]], implied: ModeTime, create: bool) -> Result<u32, Refusal> {
         let mut dir = 0u32;
         for (i, comp) in comps.iter().enumerate() {
             let next = match self.child(dir, comp) {
@@ -264,7 +264,7 @@ impl Tree {
             return Err("it links to the archive's root directory".into());
         };
         // `walk` without `create` never changes the tree; the placeholder meta is unused.
-        let unused = Meta {
+        let unused = ModeTime {
             perm: 0,
             mtime_sec: 0,
             mtime_nsec: 0,
@@ -289,7 +289,7 @@ impl Tree {
     pub fn prepare(
         &mut self,
         comps: &[&[u8]],
-        implied: Meta,
+        implied: ModeTime,
         want: Want,
     ) -> Result<Prepared, Refusal> {
         let Some((last, parents)) = comps.split_last() else {
@@ -387,7 +387,7 @@ impl Tree {
         name: Vec<u8>,
         reuse: Option<u32>,
         content: Option<Content>,
-        meta: Meta,
+        meta: ModeTime,
     ) -> Result<u32, Refusal> {
         let kind = match content {
             None => Kind::Dir {
@@ -457,7 +457,7 @@ impl Tree {
     }
 
     /// Change the metadata of `node` (a directory entry for an existing directory).
-    pub fn set_meta(&mut self, node: u32, meta: Meta) {
+    pub fn set_meta(&mut self, node: u32, meta: ModeTime) {
         if let Some(n) = self.nodes.get_mut(node as usize) {
             n.meta = meta;
             n.explicit = true;

@@ -33,7 +33,7 @@ use super::input::{
 };
 use super::pax::{member_meta, PaxFields};
 use super::publish::{BlobId, Publish, PublishedFile, PublishedKind, PublishedNode, Step};
-use super::tree::{normalize, Content, Meta, Prepared, Replaced, Slot, Tree, Want};
+use super::tree::{normalize, Content, ModeTime, Prepared, Replaced, Slot, Tree, Want};
 use super::Index;
 use crate::size::ByteSize;
 
@@ -149,7 +149,7 @@ pub fn unpack_published(
         path: data_dir.clone(),
         source,
     })?;
-    let implied = Meta {
+    let implied = ModeTime {
         perm: 0o755,
         mtime_sec: opts.implied_dir_mtime,
         mtime_nsec: 0,
@@ -218,7 +218,7 @@ struct Unpacker<'a> {
     publish: &'a dyn Publish,
     shared: Rc<Shared>,
     tree: Tree,
-    implied: Meta,
+    implied: ModeTime,
     /// Every blob number handed out; `None` once deleted (its file lost its last name).
     blobs: Vec<Option<Blob>>,
     /// Reused for every file's content; grown on first use.
@@ -364,7 +364,7 @@ impl Unpacker<'_> {
         Ok(stored)
     }
 
-    fn directory(&mut self, name: &[u8], comps: &[&[u8]], meta: Meta) {
+    fn directory(&mut self, name: &[u8], comps: &[&[u8]], meta: ModeTime) {
         match self.prepare(name, comps, Want::Dir) {
             Some(Slot::ExistingDir(node)) => self.tree.set_meta(node, meta),
             Some(Slot::Free {
@@ -405,7 +405,7 @@ impl Unpacker<'_> {
         entry: &tar::Entry<'_, R>,
         name: &[u8],
         comps: &[&[u8]],
-        meta: Meta,
+        meta: ModeTime,
     ) {
         let target = entry.link_name_bytes().map(|t| t.into_owned());
         let target = match target {
@@ -425,7 +425,7 @@ impl Unpacker<'_> {
             Some(t) => t,
         };
         // Linux shows every symlink as 0777; its own mode bits mean nothing.
-        let meta = Meta {
+        let meta = ModeTime {
             perm: 0o777,
             ..meta
         };
@@ -467,7 +467,7 @@ impl Unpacker<'_> {
         entry: &mut tar::Entry<'_, R>,
         name: &[u8],
         comps: &[&[u8]],
-        meta: Meta,
+        meta: ModeTime,
     ) -> Result<bool, ArchiveError> {
         let Some(Slot::Free {
             dir,

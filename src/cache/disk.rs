@@ -34,7 +34,7 @@ pub const CACHE_FORMAT_VERSION: u32 = 2;
 
 /// The completion record of a version (`meta.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Meta {
+pub struct Completion {
     pub format: u32,
     pub kind: Kind,
     pub id: String,
@@ -153,7 +153,7 @@ impl Layout {
             let meta_path = path.join("meta.json");
             let parsed = fs::read(&meta_path)
                 .ok()
-                .and_then(|b| serde_json::from_slice::<Meta>(&b).ok())
+                .and_then(|b| serde_json::from_slice::<Completion>(&b).ok())
                 .filter(|m| m.format == CACHE_FORMAT_VERSION);
             let key = parsed.as_ref().map(|m| VersionKey::new(m.kind, &m.id));
             match (parsed, key) {
@@ -181,9 +181,14 @@ impl Layout {
 
     /// Write the completion record into `tmp` and atomically move it into `versions/`.
     /// Returns the final directory.
-    pub fn commit(&self, key: &VersionKey, tmp: &Path, meta: &Meta) -> Result<PathBuf, CacheError> {
+    pub fn commit(
+        &self,
+        key: &VersionKey,
+        tmp: &Path,
+        meta: &Completion,
+    ) -> Result<PathBuf, CacheError> {
         let meta_path = tmp.join("meta.json");
-        let body = serde_json::to_vec(meta).expect("Meta always serializes");
+        let body = serde_json::to_vec(meta).expect("a completion record always serializes");
         // Written in place: `tmp` is out of sight until the rename below, which is the
         // atomic step; the sync makes the record durable before the version can be.
         write_synced(&meta_path, &body).map_err(|source| CacheError::Io {
@@ -321,7 +326,7 @@ mod tests {
 
     #[test]
     fn format_is_pinned() {
-        let meta = Meta {
+        let meta = Completion {
             format: CACHE_FORMAT_VERSION,
             kind: Kind::Artifact,
             id: "ab".repeat(32),

@@ -34,7 +34,7 @@ use crate::api::Kind;
 use crate::archive::{Index, Publish, Published, PublishedNode, Step, Unpacked};
 use crate::size::ByteSize;
 pub use disk::CACHE_FORMAT_VERSION;
-use disk::{Layout, Meta};
+use disk::{Completion, Layout};
 
 /// A version's identity in the cache: its kind and its immutable, content-addressed id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -163,14 +163,14 @@ enum Slot {
     OnDisk,
 }
 
-struct Entry {
+struct Resident {
     slot: Slot,
     disk_bytes: u64,
     last_used: SystemTime,
     last_touch: Instant,
 }
 
-impl Entry {
+impl Resident {
     fn pinned(&self) -> bool {
         matches!(&self.slot, Slot::Ready(v) if Arc::strong_count(v) > 1)
     }
@@ -287,7 +287,7 @@ enum Begin {
 }
 
 struct State {
-    lru: lru::LruCache<VersionKey, Entry>,
+    lru: lru::LruCache<VersionKey, Resident>,
     flights: HashMap<VersionKey, Arc<Flight>>,
     /// Reservations of fetches in flight, by key.
     reserved: HashMap<VersionKey, u64>,
@@ -353,7 +353,7 @@ impl Cache {
             state.used += f.disk_bytes;
             state.lru.put(
                 f.key,
-                Entry {
+                Resident {
                     slot: Slot::OnDisk,
                     disk_bytes: f.disk_bytes,
                     last_used: f.last_used,
@@ -503,7 +503,7 @@ impl Cache {
         Some(v)
     }
 
-    fn used_now(&self, key: &VersionKey, entry: &mut Entry) {
+    fn used_now(&self, key: &VersionKey, entry: &mut Resident) {
         entry.last_used = SystemTime::now();
         if entry.last_touch.elapsed() >= TOUCH_INTERVAL {
             entry.last_touch = Instant::now();
@@ -695,7 +695,7 @@ impl Cache {
         st.used += disk_bytes;
         st.lru.put(
             key.clone(),
-            Entry {
+            Resident {
                 slot: Slot::Ready(v.clone()),
                 disk_bytes,
                 last_used: SystemTime::now(),
@@ -747,7 +747,7 @@ impl Cache {
                     source,
                 })?;
             let disk_bytes = disk::disk_usage(&tmp) + 4096;
-            let meta = Meta {
+            let meta = Completion {
                 format: CACHE_FORMAT_VERSION,
                 kind: key.kind,
                 id: key.id.clone(),
