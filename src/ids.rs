@@ -57,7 +57,9 @@ impl VersionId {
         if s.len() == VERSION_ID_LEN && is_lower_hex(s) {
             Ok(VersionId(s.into()))
         } else {
-            Err(BadVersionId { value: s.chars().take(80).collect() })
+            Err(BadVersionId {
+                value: s.chars().take(80).collect(),
+            })
         }
     }
 
@@ -73,7 +75,9 @@ impl VersionId {
 
 /// Whether `s` is non-empty and made of `0-9a-f` only (the form of ids and id prefixes).
 pub fn is_lower_hex(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl TryFrom<String> for VersionId {
