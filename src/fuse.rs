@@ -17,19 +17,14 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle,
+    FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use std::collections::HashMap;
-use std::sync::{Arc, Weak};
-
-use fuser::BackingId;
-use parking_lot::Mutex;
-
-use crate::fs::{Attr, FileKind, Fs, FsError};
+use crate::fs::{Attr, Backings, FileKind, Fs, FsError};
+use crate::ids::{Fh, Ino};
 
 pub struct FuseFs {
     fs: Fs,
@@ -40,16 +35,8 @@ pub struct FuseFs {
     no_open: bool,
     /// Whether the kernel agreed to passthrough reads (set in `init`).
     passthrough: bool,
-    backing: Mutex<Backing>,
-}
-
-/// Backing files registered with the kernel for passthrough. The kernel wants one backing
-/// file per inode for as long as any handle of that inode is open, so ids are shared by
-/// inode (weakly) and held by handle (strongly), as in fuser's passthrough example.
-#[derive(Default)]
-struct Backing {
-    by_handle: HashMap<u64, Arc<BackingId>>,
-    by_inode: HashMap<u64, Weak<BackingId>>,
+    /// Backing files registered with the kernel for passthrough.
+    backings: Backings<BackingId>,
 }
 
 impl FuseFs {
@@ -62,30 +49,8 @@ impl FuseFs {
             track_opens,
             no_open: false,
             passthrough: allow_passthrough,
-            backing: Mutex::new(Backing::default()),
+            backings: Backings::default(),
         }
-    }
-
-    /// Register the content file of `fh` with the kernel, so that reads (and mmap) of this
-    /// inode go straight to it without a round trip through the daemon.
-    fn backing_for(&self, reply: &ReplyOpen, ino: u64, fh: u64) -> Option<Arc<BackingId>> {
-        let mut b = self.backing.lock();
-        let id = match b.by_inode.get(&ino).and_then(Weak::upgrade) {
-            Some(id) => id,
-            None => {
-                let id = self.fs.with_open_file(fh, |f| reply.open_backing(f))?;
-                match id {
-                    Ok(id) => Arc::new(id),
-                    Err(e) => {
-                        tracing::debug!(ino, error = %e, "passthrough refused; serving reads through the daemon");
-                        return None;
-                    }
-                }
-            }
-        };
-        b.by_inode.insert(ino, Arc::downgrade(&id));
-        b.by_handle.insert(fh, id.clone());
-        Some(id)
     }
 }
 
@@ -93,11 +58,12 @@ impl FuseFs {
 /// on close, so spare every `close(2)` a round trip to the daemon.
 const CACHED_OPEN: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
 
-/// Files at least this large are read through kernel passthrough (when available).
-const PASSTHROUGH_MIN_SIZE: u64 = 1 << 20;
+fn ino(i: INodeNo) -> Ino {
+    Ino(i.0)
+}
 
-fn errno(e: &FsError) -> Errno {
-    Errno::from_i32(e.errno())
+fn fh(h: FileHandle) -> Fh {
+    Fh(h.0)
 }
 
 fn file_type(k: FileKind) -> FileType {
@@ -110,7 +76,7 @@ fn file_type(k: FileKind) -> FileType {
 
 fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
-        ino: INodeNo(a.ino),
+        ino: INodeNo(a.ino.0),
         size: a.size,
         blocks: a.blocks,
         atime: a.mtime,
@@ -128,11 +94,34 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-/// Log a failed operation. User-caused misses are routine (shells probe for many names);
-/// real failures were already logged where they happened, with their context.
+/// Log a failed operation and give its errno (mapped in one place, [`FsError::errno`]).
+/// User-caused misses are routine (shells probe for many names); real failures were
+/// already logged where they happened, with their context.
 fn fail(op: &str, e: &FsError) -> Errno {
     tracing::debug!(op, error = %e, "operation failed");
-    errno(e)
+    Errno::from_i32(e.errno())
+}
+
+/// The xattr protocol: a size of 0 asks for the length; too small a buffer is ERANGE.
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if (size as usize) < value.len() {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
+
+/// Callbacks that would change the tree. The mount is read-only (`ro`), so the kernel
+/// refuses most of these itself; fuser's default answer to the rest would be `ENOSYS`
+/// ("not implemented"), where `EROFS` is the truth.
+macro_rules! read_only {
+    ($($op:ident($($arg:ty),*) -> $reply:ty;)*) => {
+        $(fn $op(&self, _: &Request, $(_: $arg,)* reply: $reply) {
+            reply.error(Errno::EROFS);
+        })*
+    };
 }
 
 impl fuser::Filesystem for FuseFs {
@@ -180,58 +169,67 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name, Some(req.pid())) {
+        match self.fs.lookup(ino(parent), name, Some(req.pid())) {
             Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
             Err(e) => reply.error(fail("lookup", &e)),
         }
     }
 
-    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0, Some(req.pid())) {
+    fn getattr(&self, req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino(i), Some(req.pid())) {
             Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
             Err(e) => reply.error(fail("getattr", &e)),
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
+    fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino(i)) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(fail("readlink", &e)),
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if self.no_open {
             // Only the first opens of the connection get here (until the kernel has seen
             // this answer); the mount is read-only, so the kernel has refused opens for
             // writing already.
             return reply.error(Errno::ENOSYS);
         }
-        match self.fs.open(ino.0, flags.0) {
-            Ok(o) if o.direct_io => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO),
-            // Small files go through the page cache: once read, opening one again costs a
-            // single round trip, where passthrough would register and unregister a backing
-            // file with the kernel on every open and close.
-            Ok(o) if self.passthrough && o.size >= PASSTHROUGH_MIN_SIZE => {
-                match self.backing_for(&reply, ino.0, o.fh) {
-                    // No FOPEN_KEEP_CACHE here: the kernel answers EIO to passthrough opens that
-                    // carry it (the page cache is the backing file's own anyway).
-                    Some(id) => {
-                        reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id)
-                    }
-                    None => reply.opened(FileHandle(o.fh), CACHED_OPEN),
-                }
-            }
-            Ok(o) => reply.opened(FileHandle(o.fh), CACHED_OPEN),
-            Err(e) => reply.error(fail("open", &e)),
+        let o = match self.fs.open(ino(i), flags.0) {
+            Ok(o) => o,
+            Err(e) => return reply.error(fail("open", &e)),
+        };
+        let handle = FileHandle(o.fh.0);
+        if o.direct_io {
+            return reply.opened(handle, FopenFlags::FOPEN_DIRECT_IO);
         }
+        if self.passthrough && o.wants_passthrough() {
+            // Register the content file with the kernel, so that reads (and mmap) of this
+            // inode go straight to it without a round trip through the daemon.
+            let backing = self.backings.share(ino(i), o.fh, || {
+                match self.fs.with_open_file(o.fh, |f| reply.open_backing(f))? {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        tracing::debug!(ino = i.0, error = %e, "passthrough refused; serving reads through the daemon");
+                        None
+                    }
+                }
+            });
+            // No FOPEN_KEEP_CACHE here: the kernel answers EIO to passthrough opens that
+            // carry it (the page cache is the backing file's own anyway).
+            if let Some(id) = backing {
+                return reply.opened_passthrough(handle, FopenFlags::FOPEN_NOFLUSH, &id);
+            }
+        }
+        reply.opened(handle, CACHED_OPEN)
     }
 
     fn read(
         &self,
         req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
+        i: INodeNo,
+        h: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
@@ -239,9 +237,9 @@ impl fuser::Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         let data = if self.no_open {
-            self.fs.read_ino(ino.0, offset, size, req.pid())
+            self.fs.read_ino(ino(i), offset, size, req.pid())
         } else {
-            self.fs.read(fh.0, offset, size)
+            self.fs.read(fh(h), offset, size)
         };
         match data {
             Ok(data) => reply.data(&data),
@@ -252,35 +250,26 @@ impl fuser::Filesystem for FuseFs {
     fn release(
         &self,
         _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
+        i: INodeNo,
+        h: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        {
-            let mut b = self.backing.lock();
-            b.by_handle.remove(&fh.0);
-            if b.by_inode
-                .get(&ino.0)
-                .is_some_and(|w| w.strong_count() == 0)
-            {
-                b.by_inode.remove(&ino.0);
-            }
-        }
-        self.fs.release(fh.0);
+        self.backings.release(ino(i), fh(h));
+        self.fs.release(fh(h));
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0) {
+    fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino(i)) {
             // A directory inside a version never changes: let the kernel keep its listing.
             Ok(o) if o.immutable => reply.opened(
-                FileHandle(o.fh),
+                FileHandle(o.fh.0),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
-            Ok(o) => reply.opened(FileHandle(o.fh), FopenFlags::empty()),
+            Ok(o) => reply.opened(FileHandle(o.fh.0), FopenFlags::empty()),
             Err(e) => reply.error(fail("opendir", &e)),
         }
     }
@@ -289,17 +278,18 @@ impl fuser::Filesystem for FuseFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        h: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let items = match self.fs.readdir(fh.0, offset) {
+        let items = match self.fs.readdir(fh(h)) {
             Ok(items) => items,
             Err(e) => return reply.error(fail("readdir", &e)),
         };
+        // An item's offset is the position of the next one.
         for (i, item) in items.iter().enumerate().skip(offset as usize) {
-            let kind = file_type(item.entry.attr.kind);
-            if reply.add(INodeNo(item.entry.attr.ino), i as u64 + 1, kind, &item.name) {
+            let (a, next) = (&item.entry.attr, i as u64 + 1);
+            if reply.add(INodeNo(a.ino.0), next, file_type(a.kind), &item.name) {
                 break;
             }
         }
@@ -310,25 +300,18 @@ impl fuser::Filesystem for FuseFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        h: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let items = match self.fs.readdir(fh.0, offset) {
+        let items = match self.fs.readdir(fh(h)) {
             Ok(items) => items,
             Err(e) => return reply.error(fail("readdirplus", &e)),
         };
         for (i, item) in items.iter().enumerate().skip(offset as usize) {
-            let attr = file_attr(&item.entry.attr);
-            let ino = INodeNo(item.entry.attr.ino);
-            if reply.add(
-                ino,
-                i as u64 + 1,
-                &item.name,
-                &item.entry.ttl,
-                &attr,
-                Generation(0),
-            ) {
+            let (e, next) = (&item.entry, i as u64 + 1);
+            let attr = file_attr(&e.attr);
+            if reply.add(attr.ino, next, &item.name, &e.ttl, &attr, Generation(0)) {
                 break;
             }
         }
@@ -339,11 +322,11 @@ impl fuser::Filesystem for FuseFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        h: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
+        self.fs.release(fh(h));
         reply.ok();
     }
 
@@ -354,200 +337,49 @@ impl fuser::Filesystem for FuseFs {
         );
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.fs.getxattr(ino.0, name) {
+    fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(ino(i), name) {
             Ok(value) => xattr_reply(reply, size, &value),
             Err(e) => reply.error(fail("getxattr", &e)),
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.fs.listxattr(ino.0) {
+    fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino(i)) {
             Ok(names) => xattr_reply(reply, size, &names),
             Err(e) => reply.error(fail("listxattr", &e)),
         }
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.fs.access(ino.0, mask.contains(AccessFlags::W_OK)) {
+    fn access(&self, _req: &Request, i: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.fs.access(ino(i), mask.contains(AccessFlags::W_OK)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("access", &e)),
         }
     }
 
-    // ----- everything that writes: EROFS --------------------------------------------
-
-    fn setattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn mknod(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn mkdir(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn symlink(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn link(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn create(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
-        reply: ReplyCreate,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn setxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn fallocate(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn copy_file_range(
-        &self,
-        _req: &Request,
-        _ino_in: INodeNo,
-        _fh_in: FileHandle,
-        _offset_in: u64,
-        _ino_out: INodeNo,
-        _fh_out: FileHandle,
-        _offset_out: u64,
-        _len: u64,
-        _flags: CopyFileRangeFlags,
-        reply: ReplyWrite,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-}
-
-/// The xattr protocol: a size of 0 asks for the length; too small a buffer is ERANGE.
-fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
-    if size == 0 {
-        reply.size(value.len() as u32);
-    } else if (size as usize) < value.len() {
-        reply.error(Errno::ERANGE);
-    } else {
-        reply.data(value);
+    read_only! {
+        setattr(
+            INodeNo, Option<u32>, Option<u32>, Option<u32>, Option<u64>, Option<TimeOrNow>,
+            Option<TimeOrNow>, Option<SystemTime>, Option<FileHandle>, Option<SystemTime>,
+            Option<SystemTime>, Option<SystemTime>, Option<BsdFileFlags>
+        ) -> ReplyAttr;
+        mknod(INodeNo, &OsStr, u32, u32, u32) -> ReplyEntry;
+        mkdir(INodeNo, &OsStr, u32, u32) -> ReplyEntry;
+        unlink(INodeNo, &OsStr) -> ReplyEmpty;
+        rmdir(INodeNo, &OsStr) -> ReplyEmpty;
+        symlink(INodeNo, &OsStr, &Path) -> ReplyEntry;
+        rename(INodeNo, &OsStr, INodeNo, &OsStr, RenameFlags) -> ReplyEmpty;
+        link(INodeNo, INodeNo, &OsStr) -> ReplyEntry;
+        write(
+            INodeNo, FileHandle, u64, &[u8], WriteFlags, OpenFlags, Option<LockOwner>
+        ) -> ReplyWrite;
+        create(INodeNo, &OsStr, u32, u32, i32) -> ReplyCreate;
+        setxattr(INodeNo, &OsStr, &[u8], i32, u32) -> ReplyEmpty;
+        removexattr(INodeNo, &OsStr) -> ReplyEmpty;
+        fallocate(INodeNo, FileHandle, u64, u64, i32) -> ReplyEmpty;
+        copy_file_range(
+            INodeNo, FileHandle, u64, INodeNo, FileHandle, u64, u64, CopyFileRangeFlags
+        ) -> ReplyWrite;
     }
 }

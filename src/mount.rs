@@ -318,7 +318,7 @@ fn wait_until_answering(path: &Path) -> anyhow::Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(m) = std::fs::metadata(path) {
-            if m.ino() == crate::fs::ROOT && is_mounted(path) {
+            if m.ino() == crate::ids::Ino::ROOT.0 && is_mounted(path) {
                 return Ok(m.dev());
             }
         }

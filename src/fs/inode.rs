@@ -19,8 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::api::Kind;
-
-pub const ROOT: u64 = 1;
+use crate::ids::Ino;
 
 /// Inode numbers reserved per version: one per possible index node (`u32`) except node 0,
 /// the version's directory. With `u64` inode numbers this allows 2^31 versions per mount.
@@ -28,7 +27,7 @@ pub const VERSION_SPAN: u64 = 1 << 32;
 
 /// What a metadata inode names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Meta {
+pub enum MetaNode {
     Root,
     KindDir(Kind),
     Storage {
@@ -61,24 +60,26 @@ pub struct Range {
     pub name: String,
     pub version: String,
     /// Inode of the version's directory (node 0).
-    pub root: u64,
-    pub base: u64,
+    pub root: Ino,
+    /// Inode of node 1; node `n` is `base + n - 1`.
+    pub base: Ino,
 }
 
 /// What an inode number resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
-    Meta(Meta),
+    Meta(MetaNode),
     Content { range: Range, node: u32 },
 }
 
 #[derive(Debug)]
 pub struct InodeTable {
-    meta: HashMap<u64, Meta>,
-    by_meta: HashMap<Meta, u64>,
-    ranges: BTreeMap<u64, Range>,
-    range_of: HashMap<(Kind, String), u64>,
-    next: u64,
+    meta: HashMap<Ino, MetaNode>,
+    by_meta: HashMap<MetaNode, Ino>,
+    ranges: BTreeMap<Ino, Range>,
+    range_of: HashMap<(Kind, String), Ino>,
+    /// The next number to hand out.
+    next: Ino,
 }
 
 impl Default for InodeTable {
@@ -88,23 +89,23 @@ impl Default for InodeTable {
             by_meta: HashMap::new(),
             ranges: BTreeMap::new(),
             range_of: HashMap::new(),
-            next: ROOT,
+            next: Ino::ROOT,
         };
-        t.meta_ino(Meta::Root);
-        t.meta_ino(Meta::KindDir(Kind::Volume));
-        t.meta_ino(Meta::KindDir(Kind::Artifact));
+        t.meta_ino(MetaNode::Root);
+        t.meta_ino(MetaNode::KindDir(Kind::Volume));
+        t.meta_ino(MetaNode::KindDir(Kind::Artifact));
         t
     }
 }
 
 impl InodeTable {
     /// The inode of a metadata node, allocated on first use.
-    pub fn meta_ino(&mut self, m: Meta) -> u64 {
+    pub fn meta_ino(&mut self, m: MetaNode) -> Ino {
         if let Some(&ino) = self.by_meta.get(&m) {
             return ino;
         }
         let ino = self.next;
-        self.next += 1;
+        self.next = Ino(ino.0 + 1);
         self.meta.insert(ino, m.clone());
         self.by_meta.insert(m, ino);
         ino
@@ -115,13 +116,13 @@ impl InodeTable {
         if let Some(base) = self.range_of.get(&(kind, version.to_string())) {
             return self.ranges[base].clone();
         }
-        let root = self.meta_ino(Meta::Version {
+        let root = self.meta_ino(MetaNode::Version {
             kind,
             name: name.to_string(),
             version: version.to_string(),
         });
         let base = self.next;
-        self.next += VERSION_SPAN - 1;
+        self.next = Ino(base.0 + VERSION_SPAN - 1);
         let r = Range {
             kind,
             name: name.to_string(),
@@ -145,12 +146,12 @@ impl InodeTable {
         (self.meta.len() + self.ranges.len()) as u64
     }
 
-    pub fn resolve(&self, ino: u64) -> Option<Resolved> {
+    pub fn resolve(&self, ino: Ino) -> Option<Resolved> {
         if let Some(m) = self.meta.get(&ino) {
             return Some(Resolved::Meta(m.clone()));
         }
         let (_, r) = self.ranges.range(..=ino).next_back()?;
-        let offset = ino - r.base;
+        let offset = ino.0 - r.base.0;
         // Whether the node exists is the version's business: its index, or what has been
         // published of it so far.
         if offset + 1 < VERSION_SPAN {
@@ -166,11 +167,11 @@ impl InodeTable {
 
 impl Range {
     /// The inode of index node `node` of this version.
-    pub fn ino(&self, node: u32) -> u64 {
+    pub fn ino(&self, node: u32) -> Ino {
         if node == 0 {
             self.root
         } else {
-            self.base + u64::from(node) - 1
+            Ino(self.base.0 + u64::from(node) - 1)
         }
     }
 }
@@ -182,9 +183,9 @@ mod tests {
     #[test]
     fn fixed_inodes_for_root_and_kinds() {
         let mut t = InodeTable::default();
-        assert_eq!(t.meta_ino(Meta::Root), ROOT);
-        assert_eq!(t.meta_ino(Meta::KindDir(Kind::Volume)), 2);
-        assert_eq!(t.meta_ino(Meta::KindDir(Kind::Artifact)), 3);
+        assert_eq!(t.meta_ino(MetaNode::Root), Ino::ROOT);
+        assert_eq!(t.meta_ino(MetaNode::KindDir(Kind::Volume)), Ino(2));
+        assert_eq!(t.meta_ino(MetaNode::KindDir(Kind::Artifact)), Ino(3));
     }
 
     #[test]
@@ -217,21 +218,21 @@ mod tests {
         }
         assert_eq!(
             t.resolve(a.ino(0)),
-            Some(Resolved::Meta(Meta::Version {
+            Some(Resolved::Meta(MetaNode::Version {
                 kind: Kind::Volume,
                 name: "a".into(),
                 version: "v1".into()
             }))
         );
         // All numbers distinct and non-zero.
-        let mut all: Vec<u64> = (0..5)
+        let mut all: Vec<Ino> = (0..5)
             .map(|n| a.ino(n))
             .chain((0..3).map(|n| b.ino(n)))
             .collect();
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 8);
-        assert!(!all.contains(&0));
+        assert!(!all.contains(&Ino(0)));
     }
 
     #[test]
@@ -249,11 +250,11 @@ mod tests {
             })
         );
         // Metadata inodes allocated after a range come after it.
-        let m = t.meta_ino(Meta::StatusDir);
+        let m = t.meta_ino(MetaNode::StatusDir);
         assert!(m > b.ino(u32::MAX));
         assert!(matches!(
             t.resolve(m),
-            Some(Resolved::Meta(Meta::StatusDir))
+            Some(Resolved::Meta(MetaNode::StatusDir))
         ));
     }
 }

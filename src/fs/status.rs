@@ -1,20 +1,33 @@
-//! What the mount is doing, for `MOUNT/.vm0fs/status`: downloads in flight with their
-//! progress, and the errors since start. The cache's own state comes from its snapshot.
+//! The status file, `MOUNT/.vm0fs/status`: what the mount is doing ([`Activity`]: downloads
+//! in flight with their progress, the errors since start), rendered with the cache's own
+//! state (its snapshot) into a text, and the text each reader is shown ([`StatusTexts`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write;
-use std::time::{Instant, SystemTime};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
 use crate::cache::{Snapshot, VersionKey};
 use crate::size::ByteSize;
 
+use super::attr::format_time;
+use super::Fs;
+
+/// The name of the hidden directory that holds the status file.
+pub const STATUS_DIR: &str = ".vm0fs";
+
+/// The status file's name in [`STATUS_DIR`].
+pub const STATUS_FILE: &str = "status";
+
 /// How many recent errors the status file shows (the count covers all of them).
 const RECENT_ERRORS: usize = 10;
 
+/// A download in flight, as far as it has come.
 #[derive(Debug, Clone)]
-pub struct Progress {
+pub struct Download {
     pub storage: String,
     /// Uncompressed size announced by the API.
     pub size: u64,
@@ -25,13 +38,13 @@ pub struct Progress {
 
 #[derive(Default)]
 pub struct Activity {
-    downloads: Mutex<HashMap<VersionKey, Progress>>,
+    downloads: Mutex<HashMap<VersionKey, Download>>,
     errors: Mutex<(u64, VecDeque<(SystemTime, String)>)>,
 }
 
 impl Activity {
     pub fn start(&self, key: &VersionKey, storage: &str, size: u64) {
-        let p = Progress {
+        let p = Download {
             storage: storage.to_string(),
             size,
             bytes: 0,
@@ -99,7 +112,7 @@ impl Activity {
                 name_of(&r.key).unwrap_or_else(|| "-".into()),
                 r.key.id,
                 ByteSize(r.disk_bytes).to_string(),
-                super::format_time(r.last_used),
+                format_time(r.last_used),
                 if r.pinned { "  [in use]" } else { "" }
             );
         }
@@ -128,9 +141,89 @@ impl Activity {
         let errors = self.errors.lock();
         let _ = writeln!(s, "\nerrors since start: {}", errors.0);
         for (when, msg) in errors.1.iter() {
-            let _ = writeln!(s, "  {}  {msg}", super::format_time(*when));
+            let _ = writeln!(s, "  {}  {msg}", format_time(*when));
         }
         s
+    }
+}
+
+/// How long one reader (a pid) is shown the same status text. Without `OPEN`, the file has
+/// no handle to hold a copy: the kernel learns the size at a `LOOKUP` or `GETATTR` and then
+/// reads pages, asking for the attributes again before each `read(2)`. So that the size it
+/// learnt and the bytes it reads come from one text (a `cat` never prints the start of one
+/// and the end of another), each reader keeps its text this long.
+const STATUS_HOLD: Duration = Duration::from_secs(1);
+
+/// How many readers' status texts are kept (a reader beyond them gets a fresh text).
+const STATUS_READERS: NonZeroUsize = NonZeroUsize::new(64).expect("not zero");
+
+/// One status text, as shown to one reader.
+#[derive(Clone)]
+pub struct StatusText {
+    pub text: Arc<Vec<u8>>,
+    made: Instant,
+    /// Its mtime: the kernel drops cached pages of the file when this changes.
+    pub at: SystemTime,
+}
+
+/// The status text each recent reader was shown, see [`STATUS_HOLD`].
+pub struct StatusTexts {
+    by_reader: Mutex<lru::LruCache<u32, StatusText>>,
+}
+
+impl Default for StatusTexts {
+    fn default() -> Self {
+        StatusTexts {
+            by_reader: Mutex::new(lru::LruCache::new(STATUS_READERS)),
+        }
+    }
+}
+
+impl StatusTexts {
+    /// The text `reader` is shown: the one made for it less than [`STATUS_HOLD`] ago, else
+    /// a new one from `render` (which it keeps). Without a reader, always a new one.
+    pub fn for_reader(&self, reader: Option<u32>, render: impl FnOnce() -> String) -> StatusText {
+        if let Some(pid) = reader {
+            if let Some(t) = self.by_reader.lock().get(&pid) {
+                if t.made.elapsed() < STATUS_HOLD {
+                    return t.clone();
+                }
+            }
+        }
+        // Rendered without the lock: it takes the cache's and the inode table's.
+        let t = StatusText {
+            text: Arc::new(render().into_bytes()),
+            made: Instant::now(),
+            at: SystemTime::now(),
+        };
+        if let Some(pid) = reader {
+            self.by_reader.lock().put(pid, t.clone());
+        }
+        t
+    }
+}
+
+impl Fs {
+    /// The text of `MOUNT/.vm0fs/status`.
+    pub fn status_text(&self) -> String {
+        let snap = self.cache.snapshot();
+        let root = self.cache.root().display().to_string();
+        // The names of the versions shown, looked up first: the inode table is not held
+        // while the text is rendered.
+        let names: HashMap<&VersionKey, String> = {
+            let inodes = self.inodes.lock();
+            snap.resident
+                .iter()
+                .filter_map(|r| Some((&r.key, inodes.storage_of(r.key.kind, &r.key.id)?)))
+                .collect()
+        };
+        self.activity
+            .render(&self.config.label, &snap, &root, |k| names.get(k).cloned())
+    }
+
+    /// The status text `reader` is shown (see [`STATUS_HOLD`]).
+    pub(super) fn status_for(&self, reader: Option<u32>) -> StatusText {
+        self.status.for_reader(reader, || self.status_text())
     }
 }
 
@@ -181,5 +274,26 @@ mod tests {
         );
         a.finish(&key);
         assert!(!a.render("", &snap, "", |_| None).contains("agent-report"));
+    }
+
+    #[test]
+    fn a_reader_keeps_its_text_for_a_moment_and_others_get_a_new_one() {
+        let texts = StatusTexts::default();
+        let renders = std::cell::Cell::new(0);
+        let render = || {
+            renders.set(renders.get() + 1);
+            format!("text {}", renders.get())
+        };
+        let text = |t: StatusText| String::from_utf8(t.text.to_vec()).unwrap();
+        assert_eq!(text(texts.for_reader(Some(7), render)), "text 1");
+        assert_eq!(text(texts.for_reader(Some(7), render)), "text 1", "kept");
+        assert_eq!(
+            text(texts.for_reader(Some(8), render)),
+            "text 2",
+            "another reader"
+        );
+        assert_eq!(text(texts.for_reader(None, render)), "text 3", "no reader");
+        assert_eq!(text(texts.for_reader(None, render)), "text 4");
+        assert_eq!(text(texts.for_reader(Some(7), render)), "text 1");
     }
 }

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use flate2::write::GzEncoder;
 
 use super::*;
-use crate::api::ApiError;
+use crate::api::{ApiError, Storage, Version};
+use crate::cache::{CacheError, VersionKey};
+use std::time::UNIX_EPOCH;
 
 fn t(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
@@ -35,6 +37,7 @@ struct Fake {
     /// Downloads to hold after a number of bytes until told to go on (`true`) or fail.
     gates: Mutex<HashMap<String, (usize, std::sync::mpsc::Receiver<bool>)>>,
     lists: AtomicUsize,
+    version_lists: AtomicUsize,
     downloads: AtomicUsize,
 }
 
@@ -45,6 +48,7 @@ impl Remote for Fake {
     }
 
     fn list_versions(&self, _kind: Kind, storage_id: &str) -> Result<Vec<Version>, ApiError> {
+        self.version_lists.fetch_add(1, Ordering::SeqCst);
         Ok(self
             .versions
             .lock()
@@ -201,9 +205,9 @@ fn fs_with(fake: Arc<Fake>, ttl: Duration) -> (Fs, tempfile::TempDir) {
     (fs, dir)
 }
 
-fn lookup_path(fs: &Fs, path: &str) -> Result<Entry> {
-    let mut ino = ROOT;
-    let mut entry = fs.getattr(ROOT, None)?;
+fn lookup_path(fs: &Fs, path: &str) -> Result<TimedAttr> {
+    let mut ino = Ino::ROOT;
+    let mut entry = fs.getattr(Ino::ROOT, None)?;
     for c in path.split('/').filter(|c| !c.is_empty()) {
         entry = fs.lookup(ino, OsStr::new(c), None)?;
         ino = entry.attr.ino;
@@ -211,9 +215,9 @@ fn lookup_path(fs: &Fs, path: &str) -> Result<Entry> {
     Ok(entry)
 }
 
-fn names(fs: &Fs, ino: u64) -> Vec<String> {
+fn names(fs: &Fs, ino: Ino) -> Vec<String> {
     let fh = fs.opendir(ino).unwrap().fh;
-    let items = fs.readdir(fh, 0).unwrap();
+    let items = fs.readdir(fh).unwrap();
     fs.release(fh);
     items
         .iter()
@@ -223,7 +227,7 @@ fn names(fs: &Fs, ino: u64) -> Vec<String> {
 
 /// The whole file through a handle, checked against the same read without one (as when
 /// the kernel sends no `OPEN`).
-fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
+fn read_all(fs: &Fs, ino: Ino) -> Vec<u8> {
     let o = fs.open(ino, libc::O_RDONLY).unwrap();
     let data = fs.read(o.fh, 0, 1 << 20).unwrap();
     fs.release(o.fh);
@@ -251,7 +255,7 @@ fn a_version_directory_is_listed_at_its_first_readdir() {
         "opendir downloads"
     );
     let listed = |fh| -> Vec<String> {
-        fs.readdir(fh, 0)
+        fs.readdir(fh)
             .unwrap()
             .iter()
             .map(|i| i.name.to_string_lossy().into_owned())
@@ -283,7 +287,7 @@ fn the_tree_from_root_to_file_contents() {
     let (fs, _dir) = fs_with(fake.clone(), Duration::from_secs(60));
 
     assert_eq!(
-        names(&fs, ROOT),
+        names(&fs, Ino::ROOT),
         [".", "..", "volumes", "artifacts", ".vm0fs"]
     );
     let report = lookup_path(&fs, "artifacts/report").unwrap();
@@ -318,7 +322,7 @@ fn the_tree_from_root_to_file_contents() {
     // for good.
     let dir = lookup_path(&fs, &format!("artifacts/report/{}/dir", ids[1])).unwrap();
     let fh = fs.opendir(dir.attr.ino).unwrap().fh;
-    fs.readdir(fh, 0).unwrap();
+    fs.readdir(fh).unwrap();
     fs.release(fh);
     let again = lookup_path(&fs, &format!("artifacts/report/{}/dir/b.txt", ids[1])).unwrap();
     assert_eq!(again.attr.ino, file.attr.ino);
@@ -354,7 +358,7 @@ fn inode_numbers_are_stable_and_agree_between_lookup_and_readdir() {
         .attr
         .ino;
     let fh = fs.opendir(root).unwrap().fh;
-    for item in fs.readdir(fh, 0).unwrap().iter().skip(2) {
+    for item in fs.readdir(fh).unwrap().iter().skip(2) {
         let looked = fs.lookup(root, &item.name, None).unwrap();
         assert_eq!(looked.attr.ino, item.entry.attr.ino, "{:?}", item.name);
         assert_eq!(fs.getattr(looked.attr.ino, None).unwrap().attr, looked.attr);
@@ -408,7 +412,7 @@ fn writes_are_read_only_and_handles_are_checked() {
         libc::EROFS
     );
     assert!(fs.access(f.attr.ino, false).is_ok());
-    assert_eq!(fs.read(9999, 0, 10).unwrap_err().errno(), libc::EBADF);
+    assert_eq!(fs.read(Fh(9999), 0, 10).unwrap_err().errno(), libc::EBADF);
     let dir = lookup_path(&fs, &format!("volumes/v/{}", ids[0])).unwrap();
     assert_eq!(
         fs.open(dir.attr.ino, libc::O_RDONLY).unwrap_err().errno(),
@@ -485,6 +489,24 @@ fn listings_are_fetched_once_per_ttl() {
         fake.lists.load(Ordering::SeqCst) >= before + 3,
         "a zero TTL asks every time"
     );
+}
+
+/// Listing a storage describes each version from one fetched listing, indexed by id: the
+/// versions are listed once however many there are, shown in the API's order (newest
+/// first), and prefixes resolve from the same index.
+#[test]
+fn a_storage_with_many_versions_is_listed_from_one_fetch() {
+    let fake = Arc::new(Fake::default());
+    let ids = fake.add(Kind::Volume, "many", vec![None; 500]);
+    let (fs, _dir) = fs_with(fake.clone(), Duration::from_secs(60));
+    let dir = lookup_path(&fs, "volumes/many").unwrap();
+    let mut want = vec![".".to_string(), "..".into(), "latest".into()];
+    want.extend(ids.iter().rev().cloned());
+    assert_eq!(names(&fs, dir.attr.ino), want);
+    assert_eq!(fake.version_lists.load(Ordering::SeqCst), 1);
+    let prefix = lookup_path(&fs, &format!("volumes/many/{}", &ids[123][..12])).unwrap();
+    assert_eq!(fs.readlink(prefix.attr.ino).unwrap(), ids[123].as_bytes());
+    assert_eq!(fake.version_lists.load(Ordering::SeqCst), 1);
 }
 
 #[test]
@@ -585,7 +607,7 @@ fn a_published_file_is_served_before_the_version_is_complete() {
     go.send(true).unwrap();
     let version = lookup_path(&fs, &format!("artifacts/big/{id}")).unwrap();
     let fh = fs.opendir(version.attr.ino).unwrap().fh;
-    let items = fs.readdir(fh, 0).unwrap();
+    let items = fs.readdir(fh).unwrap();
     fs.release(fh);
     let ino_of = |name: &str| {
         items

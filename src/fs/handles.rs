@@ -1,0 +1,409 @@
+//! Handles: the file and directory handles vm0fs hands the kernel at `open` and `opendir`
+//! (what each one reads from and what it keeps pinned), and, for files read through kernel
+//! passthrough, which backing file each open inode shares ([`Backings`]) and which files
+//! are worth one ([`PASSTHROUGH_MIN_SIZE`]). Registering a backing file is a call on the
+//! FUSE connection, made by the adapter; the bookkeeping is here, testable without a mount.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::Mutex;
+
+use crate::archive::PublishedFile;
+use crate::cache::{CachedVersion, Flight};
+use crate::ids::{Fh, Ino};
+
+use super::{DirItem, Fs, FsError, Result};
+
+/// Files at least this large are read through kernel passthrough (when available). Small
+/// files go through the page cache: once read, opening one again costs a single round trip,
+/// where passthrough would register and unregister a backing file on every open and close.
+pub const PASSTHROUGH_MIN_SIZE: u64 = 1 << 20;
+
+/// A handle just opened, and how the kernel should cache what it reads through it.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenedHandle {
+    pub fh: Fh,
+    /// Generated content (the status file): no page cache, reads go to the daemon.
+    pub direct_io: bool,
+    /// Inside a version: the content (or listing) never changes, the kernel may cache it.
+    pub immutable: bool,
+    /// File size (0 for directories).
+    pub size: u64,
+}
+
+impl OpenedHandle {
+    /// Whether reads of this file are better served by kernel passthrough, where the
+    /// kernel offers it.
+    pub fn wants_passthrough(&self) -> bool {
+        !self.direct_io && self.size >= PASSTHROUGH_MIN_SIZE
+    }
+}
+
+pub(super) enum Handle {
+    /// Generated content, fixed at `open`.
+    Static(Vec<u8>),
+    /// An open file: its content file and a pin on its version.
+    File(OpenFile),
+    /// A directory listing, built once per handle so that a listing read in many
+    /// `readdir` calls is consistent.
+    Dir(DirHandle),
+}
+
+/// What keeps the version of an open file from being evicted.
+#[allow(dead_code)] // Held only for what holding it does: the fields are never read.
+pub(super) enum Pin {
+    Version(Arc<CachedVersion>),
+    /// A file opened while its version was unpacked: the flight keeps its outcome, so once
+    /// the version is complete the flight pins it. (The descriptor alone keeps the content
+    /// readable in any case, across the commit rename and a failed download.)
+    Flight(Arc<Flight>),
+}
+
+/// A file opened by the kernel. The content file itself is opened on the first read: a file
+/// whose pages the kernel already caches is then opened and closed without a system call.
+pub(super) struct OpenFile {
+    path: PathBuf,
+    file: OnceLock<File>,
+    _pin: Pin,
+}
+
+impl OpenFile {
+    /// The file at `path`, opened at its first read.
+    pub fn at(path: PathBuf, pin: Pin) -> OpenFile {
+        OpenFile {
+            path,
+            file: OnceLock::new(),
+            _pin: pin,
+        }
+    }
+
+    /// A file already open.
+    pub fn opened(file: File, pin: Pin) -> OpenFile {
+        OpenFile {
+            path: PathBuf::new(),
+            file: OnceLock::from(file),
+            _pin: pin,
+        }
+    }
+
+    pub fn file(&self) -> std::io::Result<&File> {
+        if let Some(f) = self.file.get() {
+            return Ok(f);
+        }
+        let f = File::open(&self.path)?;
+        // Two first reads may race; either file will do.
+        let _ = self.file.set(f);
+        Ok(self.file.get().expect("set just above"))
+    }
+}
+
+/// An open directory. A listing of storages or versions is taken at `opendir` (it changes
+/// over time); a directory inside a version never changes and is listed at the first
+/// `readdir`, which often never comes: the kernel keeps such listings (`FOPEN_CACHE_DIR`)
+/// and then answers `readdir` itself, so `find` or `rsync` over a warm version only opens
+/// and closes directories.
+pub(super) struct DirHandle {
+    pub ino: Ino,
+    pub items: OnceLock<Arc<Vec<DirItem>>>,
+}
+
+/// The open handles, by number.
+#[derive(Default)]
+pub(super) struct Handles {
+    open: Mutex<HashMap<Fh, Arc<Handle>>>,
+    last: AtomicU64,
+}
+
+impl Handles {
+    pub fn add(&self, h: Handle) -> Fh {
+        let fh = Fh(self.last.fetch_add(1, Ordering::Relaxed) + 1);
+        self.open.lock().insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub fn get(&self, fh: Fh) -> Result<Arc<Handle>> {
+        self.open.lock().get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    pub fn release(&self, fh: Fh) {
+        let handle = self.open.lock().remove(&fh);
+        // Closing the file and unpinning the version happen here, outside the lock.
+        drop(handle);
+    }
+}
+
+impl Fs {
+    /// Run `f` on the content file behind an open handle (the FUSE adapter hands it to the
+    /// kernel for passthrough reads).
+    pub fn with_open_file<R>(&self, fh: Fh, f: impl FnOnce(&File) -> R) -> Option<R> {
+        match &*self.handles.get(fh).ok()? {
+            Handle::File(open) => open.file().ok().map(f),
+            Handle::Static(_) | Handle::Dir(_) => None,
+        }
+    }
+}
+
+/// Backing files registered with the kernel for passthrough reads, by the id the kernel
+/// gave each (`Id`). The kernel wants one backing file per inode for as long as any handle
+/// of that inode is open, so ids are shared by inode (weakly) and held by handle (strongly),
+/// as in fuser's passthrough example: the last handle released drops the id, which
+/// unregisters it. Generic over the id so that it can be tested without a kernel.
+pub struct Backings<Id> {
+    held: Mutex<BackingMap<Id>>,
+}
+
+struct BackingMap<Id> {
+    by_handle: HashMap<Fh, Arc<Id>>,
+    by_inode: HashMap<Ino, Weak<Id>>,
+}
+
+impl<Id> Default for Backings<Id> {
+    fn default() -> Self {
+        Backings {
+            held: Mutex::new(BackingMap {
+                by_handle: HashMap::new(),
+                by_inode: HashMap::new(),
+            }),
+        }
+    }
+}
+
+impl<Id> Backings<Id> {
+    /// The backing id for handle `fh` of `ino`: the one the inode's other open handles
+    /// share, else one made by `register` (`None`: the kernel refused). `register` runs
+    /// without the lock held (it opens a file and calls the kernel); if another handle of
+    /// the same inode registered one meanwhile, that one is shared and the new one dropped.
+    pub fn share(
+        &self,
+        ino: Ino,
+        fh: Fh,
+        register: impl FnOnce() -> Option<Id>,
+    ) -> Option<Arc<Id>> {
+        {
+            let mut held = self.held.lock();
+            if let Some(id) = held.by_inode.get(&ino).and_then(Weak::upgrade) {
+                held.by_handle.insert(fh, id.clone());
+                return Some(id);
+            }
+        }
+        let new = Arc::new(register()?);
+        let (id, loser) = {
+            let mut held = self.held.lock();
+            let (id, loser) = match held.by_inode.get(&ino).and_then(Weak::upgrade) {
+                Some(theirs) => (theirs, Some(new)),
+                None => {
+                    held.by_inode.insert(ino, Arc::downgrade(&new));
+                    (new, None)
+                }
+            };
+            held.by_handle.insert(fh, id.clone());
+            (id, loser)
+        };
+        // Unregistering the losing id is a kernel call too: outside the lock.
+        drop(loser);
+        Some(id)
+    }
+
+    /// Handle `fh` of `ino` is closed: drop its hold, and the inode's id with the last one.
+    pub fn release(&self, ino: Ino, fh: Fh) {
+        let released = {
+            let mut held = self.held.lock();
+            let released = held.by_handle.remove(&fh);
+            // Whether the inode's id has no holder left but this one is decided under the
+            // lock, so that no open can pick it up between that and the drop below.
+            let ours = |w: &Weak<Id>| {
+                released
+                    .as_ref()
+                    .is_some_and(|id| std::ptr::eq(w.as_ptr(), Arc::as_ptr(id)))
+            };
+            if held
+                .by_inode
+                .get(&ino)
+                .is_some_and(|w| w.strong_count() == usize::from(ours(w)))
+            {
+                held.by_inode.remove(&ino);
+            }
+            released
+        };
+        // Dropping the last hold unregisters the id, a kernel call: outside the lock.
+        drop(released);
+    }
+
+    /// How many handles hold a backing id, and how many inodes share one (for tests).
+    #[cfg(test)]
+    fn counts(&self) -> (usize, usize) {
+        let held = self.held.lock();
+        (held.by_handle.len(), held.by_inode.len())
+    }
+}
+
+/// Up to `size` bytes of `file` at `offset`; short only at end of file.
+pub(super) fn read_at(file: &File, offset: u64, size: u32) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; size as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// Up to `size` bytes of `data` at `offset`.
+pub(super) fn slice_at(data: &[u8], offset: u64, size: u32) -> Vec<u8> {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let end = start.saturating_add(size as usize).min(data.len());
+    data[start..end].to_vec()
+}
+
+/// Open a blob published during an unpack, if the path still names that blob: the unpack
+/// renames blobs when it ends, so another blob could have taken the path by now.
+pub(super) fn open_published(f: &PublishedFile) -> Option<File> {
+    use std::os::unix::fs::MetadataExt;
+    let file = File::open(&f.blob).ok()?;
+    let meta = file.metadata().ok()?;
+    (meta.dev() == f.id.dev && meta.ino() == f.id.ino).then_some(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A backing id that counts how many of its kind are registered.
+    struct Id(u32, Arc<AtomicUsize>);
+
+    impl Drop for Id {
+        fn drop(&mut self) {
+            self.1.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn register(n: u32, live: &Arc<AtomicUsize>) -> impl FnOnce() -> Option<Id> + '_ {
+        move || {
+            live.fetch_add(1, Ordering::SeqCst);
+            Some(Id(n, live.clone()))
+        }
+    }
+
+    #[test]
+    fn handles_of_one_inode_share_an_id_until_the_last_is_released() {
+        let live = Arc::new(AtomicUsize::new(0));
+        let b = Backings::default();
+        let a1 = b.share(Ino(10), Fh(1), register(1, &live)).unwrap();
+        let a2 = b.share(Ino(10), Fh(2), register(2, &live)).unwrap();
+        let other = b.share(Ino(11), Fh(3), register(3, &live)).unwrap();
+        assert_eq!((a1.0, a2.0, other.0), (1, 1, 3), "one id per inode");
+        assert_eq!(live.load(Ordering::SeqCst), 2);
+        drop((a1, a2, other));
+
+        b.release(Ino(10), Fh(1));
+        assert_eq!(live.load(Ordering::SeqCst), 2, "fh 2 still holds it");
+        b.release(Ino(10), Fh(2));
+        assert_eq!(
+            live.load(Ordering::SeqCst),
+            1,
+            "the last handle unregisters it"
+        );
+        assert_eq!(b.counts(), (1, 1));
+
+        // Opened again: a new registration.
+        let again = b.share(Ino(10), Fh(4), register(4, &live)).unwrap();
+        assert_eq!(again.0, 4);
+        drop(again);
+        b.release(Ino(10), Fh(4));
+        b.release(Ino(11), Fh(3));
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+        assert_eq!(b.counts(), (0, 0));
+    }
+
+    #[test]
+    fn a_refused_registration_holds_nothing() {
+        let b: Backings<Id> = Backings::default();
+        assert!(b.share(Ino(10), Fh(1), || None).is_none());
+        assert_eq!(b.counts(), (0, 0));
+        // Releasing a handle that never had an id is harmless.
+        b.release(Ino(10), Fh(1));
+    }
+
+    /// Two first opens of one inode may both register (the lock is not held across the
+    /// kernel call); one id is kept and shared, the other dropped at once.
+    #[test]
+    fn racing_registrations_keep_one_id() {
+        let live = Arc::new(AtomicUsize::new(0));
+        let b = Backings::default();
+        let inner = b.share(Ino(10), Fh(1), || {
+            // Another handle of the inode registers while this one is in the kernel.
+            let theirs = b.share(Ino(10), Fh(2), register(2, &live)).unwrap();
+            assert_eq!(theirs.0, 2);
+            register(1, &live)()
+        });
+        assert_eq!(inner.unwrap().0, 2, "the id registered first is shared");
+        assert_eq!(live.load(Ordering::SeqCst), 1, "the other was dropped");
+        b.release(Ino(10), Fh(1));
+        b.release(Ino(10), Fh(2));
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+        assert_eq!(b.counts(), (0, 0));
+    }
+
+    #[test]
+    fn passthrough_is_for_large_cached_files() {
+        let opened = |size, direct_io| OpenedHandle {
+            fh: Fh(1),
+            direct_io,
+            immutable: !direct_io,
+            size,
+        };
+        let cases = [
+            (0, false, false),
+            (PASSTHROUGH_MIN_SIZE - 1, false, false),
+            (PASSTHROUGH_MIN_SIZE, false, true),
+            (PASSTHROUGH_MIN_SIZE << 4, false, true),
+            (PASSTHROUGH_MIN_SIZE, true, false),
+        ];
+        for (size, direct_io, want) in cases {
+            assert_eq!(
+                opened(size, direct_io).wants_passthrough(),
+                want,
+                "{size} {direct_io}"
+            );
+        }
+    }
+
+    #[test]
+    fn handles_are_numbered_from_one_and_checked() {
+        let h = Handles::default();
+        let a = h.add(Handle::Static(b"a".to_vec()));
+        let b = h.add(Handle::Static(b"b".to_vec()));
+        assert_eq!((a, b), (Fh(1), Fh(2)));
+        assert!(h.get(a).is_ok());
+        h.release(a);
+        assert!(matches!(h.get(a), Err(FsError::BadHandle)));
+        assert!(h.get(b).is_ok());
+    }
+
+    #[test]
+    fn slices_past_the_end_are_short_or_empty() {
+        let cases: [(u64, u32, &[u8]); 5] = [
+            (0, 3, b"abc"),
+            (1, 10, b"bcdef"),
+            (5, 1, b"f"),
+            (6, 1, b""),
+            (u64::MAX, 1, b""),
+        ];
+        for (offset, size, want) in cases {
+            assert_eq!(slice_at(b"abcdef", offset, size), want, "{offset} {size}");
+        }
+    }
+}

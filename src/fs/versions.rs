@@ -1,0 +1,400 @@
+//! Versions: which names in a storage's directory are versions (full ids, unique prefixes
+//! of at least [`MIN_PREFIX`] characters, `latest`), where their listing comes from
+//! ([`VersionSource`]), and making one available: resident in the cache, being downloaded
+//! (parts of it already served), or started now. A version with no files is an empty
+//! directory that is never downloaded.
+//!
+//! Each listing of versions is indexed by id once, when it is fetched ([`VersionList`]), so
+//! that resolving a name costs a lookup and listing a storage is linear in its versions.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::api::{ApiError, Kind, Version};
+use crate::archive::{Index, Node, NodeKind};
+use crate::cache::{Access, Announced, CacheError, CachedVersion, Flight, SharedError, VersionKey};
+use crate::ids::{is_lower_hex, VERSION_ID_LEN};
+
+use super::attr::TimedAttr;
+use super::inode::{MetaNode, Range};
+use super::listings::{Listings, Source};
+use super::status::Activity;
+use super::storages::{find_storage, StorageSource};
+use super::{fetch, Fs, FsError, Remote, Result};
+
+/// Minimum length of a version id prefix that resolves (same rule as the API's).
+pub const MIN_PREFIX: usize = 8;
+
+/// The name of the link to a storage's current version.
+pub const LATEST: &str = "latest";
+
+/// The versions of one storage: in the order the API lists them (newest first), and by id.
+pub struct VersionList {
+    in_order: Vec<Version>,
+    by_id: BTreeMap<String, usize>,
+}
+
+/// A prefix shared by more than one version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ambiguous;
+
+impl VersionList {
+    pub fn new(in_order: Vec<Version>) -> VersionList {
+        let mut by_id = BTreeMap::new();
+        for (i, v) in in_order.iter().enumerate() {
+            // An id listed twice (the API should not) resolves to its first listing.
+            by_id.entry(v.id.clone()).or_insert(i);
+        }
+        VersionList { in_order, by_id }
+    }
+
+    /// The versions, newest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Version> {
+        self.in_order.iter()
+    }
+
+    /// The version whose id is `id` or starts with it: `None` when there is none,
+    /// `Ambiguous` when the prefix is shared.
+    pub fn find(&self, id: &str) -> Option<std::result::Result<&Version, Ambiguous>> {
+        let mut hits = self
+            .by_id
+            .range::<str, _>((Bound::Included(id), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(id));
+        let (first, &i) = hits.next()?;
+        if first != id && hits.next().is_some() {
+            return Some(Err(Ambiguous));
+        }
+        Some(Ok(&self.in_order[i]))
+    }
+}
+
+/// Why the versions of a storage could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum VersionsFailed {
+    /// The storage itself could not be found (or its listing failed, reported there).
+    #[error("{0}")]
+    Storage(FsError),
+    #[error("{0}")]
+    Api(ApiError),
+}
+
+impl From<VersionsFailed> for FsError {
+    fn from(e: VersionsFailed) -> FsError {
+        match e {
+            VersionsFailed::Storage(e) => e,
+            VersionsFailed::Api(e) => e.into(),
+        }
+    }
+}
+
+/// The versions of a storage (by kind and name), listed by the API.
+pub struct VersionSource {
+    pub remote: Arc<dyn Remote>,
+    pub activity: Arc<Activity>,
+    /// Where the storage's id comes from.
+    pub storages: Arc<Listings<StorageSource>>,
+}
+
+impl Source for VersionSource {
+    type Key = (Kind, String);
+    type Value = VersionList;
+    type Error = VersionsFailed;
+
+    fn fetch(&self, (kind, name): &(Kind, String)) -> Result<VersionList, VersionsFailed> {
+        let storage = find_storage(&self.storages, *kind, name).map_err(VersionsFailed::Storage)?;
+        let list = self
+            .remote
+            .list_versions(*kind, &storage.id)
+            .map_err(VersionsFailed::Api)?;
+        let list = list
+            .into_iter()
+            .filter(|v| {
+                let ok = is_version_id(&v.id);
+                if !ok {
+                    tracing::warn!(storage = name, id = ?v.id, "ignoring a version whose id is not 64 hex characters");
+                }
+                ok
+            })
+            .collect();
+        Ok(VersionList::new(list))
+    }
+
+    /// A storage that is gone, or revoked access, must not leave old versions visible.
+    fn serves_previous(&self, e: &VersionsFailed) -> bool {
+        matches!(e, VersionsFailed::Api(e) if !e.is_auth() && !e.is_not_found())
+    }
+
+    fn report(&self, (kind, name): &(Kind, String), e: &VersionsFailed, served_previous: bool) {
+        let VersionsFailed::Api(e) = e else {
+            // Not found is the user's, and a failed storage listing was reported there.
+            return;
+        };
+        if served_previous {
+            tracing::warn!(storage = name, error = %e, "refreshing versions failed; serving the previous list");
+        } else {
+            tracing::warn!(storage = name, error = %e, "listing versions failed");
+            self.activity
+                .error(format!("listing the versions of {kind} {name}: {e}"));
+        }
+    }
+}
+
+/// A version as far as it is available now.
+pub(super) enum Available {
+    Ready(Arc<CachedVersion>),
+    /// Being downloaded: parts of it may be published already.
+    Pending(Arc<Flight>),
+}
+
+impl Fs {
+    /// `name` in the directory of a storage: `latest`, a version id or a unique prefix of
+    /// one (a link to the version).
+    pub(super) fn lookup_in_storage(
+        &self,
+        kind: Kind,
+        storage: &str,
+        name: &str,
+    ) -> Result<TimedAttr> {
+        if name == LATEST {
+            let s = self.find_storage(kind, storage)?;
+            if s.current_version_id.is_none() {
+                return Err(FsError::NotFound);
+            }
+            return self.meta_attr(MetaNode::Latest {
+                kind,
+                name: storage.to_string(),
+            });
+        }
+        if !is_lower_hex(name) || name.len() < MIN_PREFIX || name.len() > VERSION_ID_LEN {
+            return Err(FsError::NotFound);
+        }
+        let version = self.find_version(kind, storage, name)?;
+        let node = if version.id == name {
+            MetaNode::Version {
+                kind,
+                name: storage.to_string(),
+                version: version.id,
+            }
+        } else {
+            MetaNode::PrefixLink {
+                kind,
+                name: storage.to_string(),
+                version: version.id,
+            }
+        };
+        self.meta_attr(node)
+    }
+
+    /// The versions of a storage.
+    pub(super) fn versions(&self, kind: Kind, storage: &str) -> Result<Arc<VersionList>> {
+        Ok(self.versions.get(&(kind, storage.to_string()))?)
+    }
+
+    /// The version of `storage` whose id is `id` or starts with it (a unique prefix).
+    pub(super) fn find_version(&self, kind: Kind, storage: &str, id: &str) -> Result<Version> {
+        let found = self.versions.find(&(kind, storage.to_string()), |list| {
+            list.find(id).map(|r| r.cloned())
+        })?;
+        match found {
+            Some(Ok(v)) => Ok(v),
+            // An ambiguous prefix is not found, as the API answers.
+            Some(Err(Ambiguous)) | None => Err(FsError::NotFound),
+        }
+    }
+
+    /// A loaded version for a content inode: the cache's copy when resident (no API call),
+    /// else through the metadata path (which may download it again after an eviction).
+    pub(super) fn version_of(&self, range: &Range) -> Result<Arc<CachedVersion>> {
+        if let Some(v) = self
+            .cache
+            .peek(&VersionKey::new(range.kind, &range.version))
+        {
+            return Ok(v);
+        }
+        Ok(self
+            .load_version(range.kind, &range.name, &range.version)?
+            .1)
+    }
+
+    /// A version for a content inode as far as it is available: the cache's copy when
+    /// resident, the running download when there is one, else through the metadata path
+    /// (which may start a download again after an eviction).
+    pub(super) fn version_now_of(&self, range: &Range) -> Result<Available> {
+        let key = VersionKey::new(range.kind, &range.version);
+        if let Some(v) = self.cache.peek(&key) {
+            return Ok(Available::Ready(v));
+        }
+        if let Some(flight) = self.cache.in_flight(&key) {
+            return Ok(Available::Pending(flight));
+        }
+        Ok(self.version_now(range.kind, &range.name, &range.version)?.1)
+    }
+
+    /// Make a version available (downloading and unpacking it when cold) and allocate its
+    /// content inodes; waits for the end of a download.
+    pub(super) fn load_version(
+        &self,
+        kind: Kind,
+        storage: &str,
+        id: &str,
+    ) -> Result<(Range, Arc<CachedVersion>)> {
+        match self.version_now(kind, storage, id)? {
+            (range, Available::Ready(v)) => Ok((range, v)),
+            (range, Available::Pending(flight)) => {
+                let v = self.finished(storage, &flight, flight.wait())?;
+                Ok((range, v))
+            }
+        }
+    }
+
+    /// A version and its content inodes; a cold version's download is started in the
+    /// background and not waited for.
+    pub(super) fn version_now(
+        &self,
+        kind: Kind,
+        storage: &str,
+        id: &str,
+    ) -> Result<(Range, Available)> {
+        let key = VersionKey::new(kind, id);
+        let now = match self.cache.peek(&key) {
+            Some(v) => Available::Ready(v),
+            None => {
+                let s = self.find_storage(kind, storage)?;
+                let version = self.find_version(kind, storage, id)?;
+                if version.id != id {
+                    return Err(FsError::NotFound);
+                }
+                if version.file_count == 0 {
+                    // No archive exists for a 0-file version (the API answers 404): it is an
+                    // empty directory, kept out of the cache.
+                    Available::Ready(Arc::new(CachedVersion {
+                        key: key.clone(),
+                        dir: Default::default(),
+                        index: empty_index(version.created_at),
+                        disk_bytes: 0,
+                    }))
+                } else {
+                    let announced = Announced {
+                        size: version.size,
+                        file_count: version.file_count,
+                    };
+                    let remote = self.remote.clone();
+                    let activity = self.activity.clone();
+                    let job = fetch::Job {
+                        kind,
+                        storage: storage.to_string(),
+                        storage_id: s.id.clone(),
+                        version,
+                        progress_every: self.config.progress_every,
+                    };
+                    let access = self.cache.start(&key, announced, move |target| {
+                        fetch::fetch(&*remote, &activity, &job, target)
+                    });
+                    match access {
+                        Access::Ready(v) => Available::Ready(v),
+                        Access::Pending(flight) => Available::Pending(flight),
+                    }
+                }
+            }
+        };
+        let range = self.inodes.lock().range(kind, storage, id);
+        Ok((range, now))
+    }
+
+    /// The outcome of a flight as the filesystem answers it.
+    pub(super) fn finished(
+        &self,
+        storage: &str,
+        flight: &Flight,
+        result: std::result::Result<Arc<CachedVersion>, SharedError>,
+    ) -> Result<Arc<CachedVersion>> {
+        result.map_err(|e| {
+            // Fetch failures were recorded where they happened; refusals by the cache
+            // itself (too large, no room, disk errors) are noted here, once per flight.
+            if !matches!(*e, CacheError::Fetch { .. }) && flight.report_once() {
+                self.activity.error(format!("{storage}: {e}"));
+            }
+            e.into()
+        })
+    }
+}
+
+/// A full version id: 64 lowercase hex characters (a SHA-256).
+pub fn is_version_id(id: &str) -> bool {
+    id.len() == VERSION_ID_LEN && is_lower_hex(id)
+}
+
+/// The index of a version with no files: a root directory and nothing else.
+fn empty_index(mtime: SystemTime) -> Index {
+    let sec = mtime
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Index {
+        nodes: vec![Node {
+            kind: NodeKind::Dir {
+                parent: 0,
+                entries: Vec::new(),
+            },
+            perm: 0o755,
+            mtime_sec: sec,
+            mtime_nsec: 0,
+            nlink: 2,
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(id: String) -> Version {
+        Version {
+            id,
+            storage_id: "s".into(),
+            size: 0,
+            file_count: 0,
+            message: None,
+            created_by: None,
+            created_at: UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn versions_resolve_by_full_id_and_unique_prefix() {
+        let ids = [
+            format!("aaaa1111{}", "0".repeat(56)),
+            format!("aaaa2222{}", "0".repeat(56)),
+            format!("bbbb1111{}", "0".repeat(56)),
+        ];
+        let list = VersionList::new(ids.iter().cloned().map(version).collect());
+        let cases: Vec<(&str, Option<std::result::Result<&str, Ambiguous>>)> = vec![
+            (&ids[0], Some(Ok(&ids[0]))),
+            (&ids[2], Some(Ok(&ids[2]))),
+            ("aaaa2222", Some(Ok(&ids[1]))),
+            ("bbbb", Some(Ok(&ids[2]))),
+            ("aaaa", Some(Err(Ambiguous))),
+            ("a", Some(Err(Ambiguous))),
+            ("cccc", None),
+            ("aaaa3", None),
+            ("b", Some(Ok(&ids[2]))),
+        ];
+        for (query, want) in cases {
+            let got = list.find(query).map(|r| r.map(|v| v.id.as_str()));
+            assert_eq!(got, want, "{query}");
+        }
+        // The order the API gave is kept for listings.
+        let order: Vec<&str> = list.iter().map(|v| v.id.as_str()).collect();
+        assert_eq!(order, [&ids[0], &ids[1], &ids[2]]);
+    }
+
+    #[test]
+    fn version_ids_are_64_lowercase_hex() {
+        assert!(is_version_id(&"ab".repeat(32)));
+        assert!(!is_version_id(&"ab".repeat(31)));
+        assert!(!is_version_id(&"AB".repeat(32)));
+        assert!(!is_version_id(&format!("{}g", "a".repeat(63))));
+    }
+}
