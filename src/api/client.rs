@@ -19,6 +19,7 @@ use super::download::Download;
 use super::retry::Retrier;
 use super::wire::{self, ErrorEnvelope, Page, WireStorage, WireVersion};
 use super::{ApiError, Kind, Storage, StorageDetail, Version};
+use crate::ids::StorageId;
 
 /// Rows asked per page: the maximum the API allows.
 const PAGE_LIMIT: &str = "100";
@@ -131,7 +132,7 @@ impl Resource {
         }
     }
 
-    pub fn archive(kind: Kind, storage_id: &str, version_id: Option<&str>) -> Resource {
+    pub fn archive(kind: Kind, storage_id: &StorageId, version_id: Option<&str>) -> Resource {
         match version_id {
             Some(v) => Resource::same(format!("version {v} of {kind} {storage_id}")),
             None => Resource::same(format!("the current version of {kind} {storage_id}")),
@@ -232,28 +233,36 @@ impl Client {
     }
 
     /// One storage with its current version.
-    pub fn get_storage(&self, kind: Kind, storage_id: &str) -> Result<StorageDetail, ApiError> {
+    pub fn get_storage(
+        &self,
+        kind: Kind,
+        storage_id: &StorageId,
+    ) -> Result<StorageDetail, ApiError> {
         let resource = Resource::same(format!("{kind} {storage_id}"));
-        let url = self.api_url(&[kind.plural(), storage_id]);
+        let url = self.api_url(&[kind.plural(), storage_id.as_str()]);
         let answer = self.api_get(&url, &resource)?;
         let detail: WireStorage = self.decode_ok(&answer, &resource)?;
         Ok(detail.into_detail())
     }
 
     /// Every version of a storage, newest first (all pages, de-duplicated by id).
-    pub fn list_versions(&self, kind: Kind, storage_id: &str) -> Result<Vec<Version>, ApiError> {
+    pub fn list_versions(
+        &self,
+        kind: Kind,
+        storage_id: &StorageId,
+    ) -> Result<Vec<Version>, ApiError> {
         let resource = Resource {
             what: format!("the versions of {kind} {storage_id}"),
             missing: format!("{kind} {storage_id}"),
         };
         let rows: Vec<WireVersion> = self.list_all(
-            &[kind.plural(), storage_id, "versions"],
+            &[kind.plural(), storage_id.as_str(), "versions"],
             &resource,
             |v: &WireVersion| &v.id,
         )?;
         let mut versions: Vec<Version> = rows
             .into_iter()
-            .map(|v| v.into_version(storage_id))
+            .filter_map(|v| v.into_version(storage_id))
             .collect();
         // Pages can repeat or skip rows, so the order across pages is not guaranteed; the
         // contract's order is newest first (stable, so equal times keep the server's order).
@@ -261,7 +270,8 @@ impl Client {
         Ok(versions)
     }
 
-    /// Stream the archive of a version (`None`: the current one).
+    /// Stream the archive of a version: `version` is a full id or a unique prefix of at
+    /// least 8 hex characters, as the API takes it (`None`: the current version).
     ///
     /// The API answers with a redirect to a presigned object-store URL, which is fetched
     /// without the token. The returned reader resumes by itself (`Range`) when the connection
@@ -269,21 +279,21 @@ impl Client {
     pub fn download(
         &self,
         kind: Kind,
-        storage_id: &str,
-        version_id: Option<&str>,
+        storage_id: &StorageId,
+        version: Option<&str>,
     ) -> Result<Download, ApiError> {
-        Download::open(self.clone(), kind, storage_id, version_id)
+        Download::open(self.clone(), kind, storage_id, version)
     }
 
     /// Asks the API for a presigned URL of a version's archive (`GET …/download`, 302).
     pub(crate) fn presign(
         &self,
         kind: Kind,
-        storage_id: &str,
+        storage_id: &StorageId,
         version_id: Option<&str>,
         resource: &Resource,
     ) -> Result<Url, ApiError> {
-        let mut url = self.api_url(&[kind.plural(), storage_id, "download"]);
+        let mut url = self.api_url(&[kind.plural(), storage_id.as_str(), "download"]);
         if let Some(v) = version_id {
             // Both names: the documented shape reads `version_id`, the final one `versionId`.
             url.query_pairs_mut()

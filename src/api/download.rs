@@ -19,6 +19,7 @@ use reqwest::Url;
 use super::client::{error_chain, redact_url, request_id, retry_after, Failure, Resource};
 use super::retry::delay_for;
 use super::{ApiError, Client, Kind};
+use crate::ids::StorageId;
 
 /// Fresh URLs asked of the API, per (re)connection, when the store refuses one with 403.
 const MAX_URL_REFRESHES: u32 = 3;
@@ -39,14 +40,14 @@ impl Download {
     pub(crate) fn open(
         client: Client,
         kind: Kind,
-        storage_id: &str,
+        storage_id: &StorageId,
         version_id: Option<&str>,
     ) -> Result<Download, ApiError> {
         let mut state = Resumer {
             resource: Resource::archive(kind, storage_id, version_id),
             client,
             kind,
-            storage_id: storage_id.to_string(),
+            storage_id: storage_id.clone(),
             version_id: version_id.map(str::to_string),
             url: None,
             body: None,
@@ -106,7 +107,7 @@ impl fmt::Debug for Download {
 struct Resumer {
     client: Client,
     kind: Kind,
-    storage_id: String,
+    storage_id: StorageId,
     version_id: Option<String>,
     resource: Resource,
     /// The presigned URL in use; `None` when a fresh one must be asked of the API.

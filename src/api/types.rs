@@ -6,6 +6,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{StorageId, StorageName, VersionId};
+
 /// The two kinds of storage the API serves; they are mirror images of each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Kind {
@@ -50,11 +52,10 @@ impl fmt::Display for Kind {
 /// A volume or an artifact, as listed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Storage {
-    /// A UUID.
-    pub id: String,
-    pub name: String,
+    pub id: StorageId,
+    pub name: StorageName,
     /// The current ("latest") version; may be older than the newest row of the versions list.
-    pub current_version_id: Option<String>,
+    pub current_version_id: Option<VersionId>,
     /// May be stale: trust the version object's size.
     pub size: u64,
     pub file_count: u64,
@@ -72,10 +73,9 @@ pub struct StorageDetail {
 /// One immutable, content-addressed version of a storage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Version {
-    /// 64 lowercase hex characters (a SHA-256).
-    pub id: String,
+    pub id: VersionId,
     /// `volume_id` or `artifact_id` on the wire.
-    pub storage_id: String,
+    pub storage_id: StorageId,
     /// Uncompressed total of the files.
     pub size: u64,
     pub file_count: u64,

@@ -13,6 +13,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::{Storage, StorageDetail, Version};
+use crate::ids::{StorageId, StorageName, VersionId};
 
 /// `{"data":[…],"pagination":{…}}`, the answer of every list endpoint.
 #[derive(Debug, Deserialize)]
@@ -133,7 +134,7 @@ impl WireStorage {
 
     pub fn into_detail(self) -> StorageDetail {
         let (storage, current_version) = self.split();
-        let current_version = current_version.map(|v| v.into_version(&storage.id));
+        let current_version = current_version.and_then(|v| v.into_version(&storage.id));
         StorageDetail {
             storage,
             current_version,
@@ -141,14 +142,27 @@ impl WireStorage {
     }
 
     fn split(self) -> (Storage, Option<WireVersion>) {
+        let name = StorageName::new(self.name.unwrap_or_else(|| self.id.clone()));
+        // A current version id that is not a version id is dropped, so that `latest` can
+        // only ever name a version directory.
+        let current_version_id = self
+            .current_version_id
+            .filter(|v| !v.is_empty())
+            .and_then(|v| match VersionId::parse(&v) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    tracing::warn!(storage = %name, error = %e, "ignoring the storage's current version id");
+                    None
+                }
+            });
         let storage = Storage {
-            name: self.name.unwrap_or_else(|| self.id.clone()),
-            current_version_id: self.current_version_id.filter(|v| !v.is_empty()),
+            name,
+            current_version_id,
             size: self.size.unwrap_or(0),
             file_count: self.file_count.unwrap_or(0),
             created_at: parse_time("created_at", self.created_at.as_deref()),
             updated_at: parse_time("updated_at", self.updated_at.as_deref()),
-            id: self.id,
+            id: StorageId::new(self.id),
         };
         (storage, self.current_version)
     }
@@ -156,16 +170,25 @@ impl WireStorage {
 
 impl WireVersion {
     /// `storage_id` is the storage the version was asked for, used when the server omits it.
-    pub fn into_version(self, storage_id: &str) -> Version {
-        Version {
-            storage_id: self.storage_id.unwrap_or_else(|| storage_id.to_string()),
+    /// `None` (logged) for a version whose id is not a version id: nothing could name it
+    /// safely, neither a directory of the mount nor a cache key.
+    pub fn into_version(self, storage_id: &StorageId) -> Option<Version> {
+        let id = match VersionId::parse(&self.id) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(storage = %storage_id, error = %e, "ignoring a version");
+                return None;
+            }
+        };
+        Some(Version {
+            storage_id: self.storage_id.map_or_else(|| storage_id.clone(), StorageId::new),
             size: self.size.unwrap_or(0),
             file_count: self.file_count.unwrap_or(0),
             message: self.message,
             created_by: self.created_by,
             created_at: parse_time("created_at", self.created_at.as_deref()),
-            id: self.id,
-        }
+            id,
+        })
     }
 }
 

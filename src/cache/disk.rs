@@ -26,6 +26,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::{CacheError, VersionKey};
+use crate::ids::VersionId;
 use crate::api::Kind;
 
 /// Bump when anything under `CACHE/` changes meaning; a cache of another format is cleared.
@@ -37,7 +38,7 @@ pub const CACHE_FORMAT_VERSION: u32 = 2;
 pub struct Completion {
     pub format: u32,
     pub kind: Kind,
-    pub id: String,
+    pub id: VersionId,
     /// Real disk usage of the version directory, in bytes of allocated blocks.
     pub disk_bytes: u64,
     pub files: u64,

@@ -36,36 +36,27 @@ use crate::size::ByteSize;
 pub use disk::CACHE_FORMAT_VERSION;
 use disk::{Completion, Layout};
 
+use crate::ids::VersionId;
+
 /// A version's identity in the cache: its kind and its immutable, content-addressed id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VersionKey {
     pub kind: Kind,
-    pub id: String,
+    pub id: VersionId,
 }
 
 impl VersionKey {
-    pub fn new(kind: Kind, id: &str) -> VersionKey {
+    pub fn new(kind: Kind, id: &VersionId) -> VersionKey {
         VersionKey {
             kind,
-            id: id.to_string(),
+            id: id.clone(),
         }
     }
 
-    /// The directory name under `versions/`. Ids come from the API: anything but lowercase
-    /// hex is replaced, so a hostile id can never name a path outside the cache.
+    /// The directory name under `versions/`. A [`VersionId`] is 64 lowercase hex characters,
+    /// so no id can name a path outside the cache.
     pub fn dir_name(&self) -> String {
-        let safe: String = self
-            .id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_hexdigit() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        format!("{}-{}", self.kind.plural(), safe)
+        format!("{}-{}", self.kind.plural(), self.id)
     }
 }
 

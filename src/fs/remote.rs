@@ -4,6 +4,7 @@
 use std::io::Read;
 
 use crate::api::{ApiError, Client, Kind, Storage, Version};
+use crate::ids::{StorageId, VersionId};
 
 /// A version's archive, streamed.
 pub struct RemoteArchive {
@@ -14,12 +15,12 @@ pub struct RemoteArchive {
 
 pub trait Remote: Send + Sync + 'static {
     fn list_storages(&self, kind: Kind) -> Result<Vec<Storage>, ApiError>;
-    fn list_versions(&self, kind: Kind, storage_id: &str) -> Result<Vec<Version>, ApiError>;
+    fn list_versions(&self, kind: Kind, storage_id: &StorageId) -> Result<Vec<Version>, ApiError>;
     fn download(
         &self,
         kind: Kind,
-        storage_id: &str,
-        version_id: &str,
+        storage_id: &StorageId,
+        version_id: &VersionId,
     ) -> Result<RemoteArchive, ApiError>;
 }
 
@@ -28,17 +29,17 @@ impl Remote for Client {
         Client::list_storages(self, kind)
     }
 
-    fn list_versions(&self, kind: Kind, storage_id: &str) -> Result<Vec<Version>, ApiError> {
+    fn list_versions(&self, kind: Kind, storage_id: &StorageId) -> Result<Vec<Version>, ApiError> {
         Client::list_versions(self, kind, storage_id)
     }
 
     fn download(
         &self,
         kind: Kind,
-        storage_id: &str,
-        version_id: &str,
+        storage_id: &StorageId,
+        version_id: &VersionId,
     ) -> Result<RemoteArchive, ApiError> {
-        let d = Client::download(self, kind, storage_id, Some(version_id))?;
+        let d = Client::download(self, kind, storage_id, Some(version_id.as_str()))?;
         let compressed_size = d.compressed_size;
         Ok(RemoteArchive {
             reader: Box::new(d),
