@@ -117,6 +117,18 @@ macro_rules! text_id {
             }
         }
 
+        impl From<&str> for $name {
+            fn from(s: &str) -> $name {
+                $name(s.to_string())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> $name {
+                $name(s)
+            }
+        }
+
         // So that maps keyed by this type can be searched with a plain `&str`.
         impl Borrow<str> for $name {
             fn borrow(&self) -> &str {
@@ -127,6 +139,12 @@ macro_rules! text_id {
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
                 self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
             }
         }
     };
@@ -158,6 +176,12 @@ impl Borrow<str> for VersionId {
 impl PartialEq<str> for VersionId {
     fn eq(&self, other: &str) -> bool {
         &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for VersionId {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
     }
 }
 

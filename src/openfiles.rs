@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use crate::api::Kind;
 use crate::cache::VersionKey;
+use crate::ids::VersionId;
 
 /// Finds the versions of one mount that processes hold open.
 #[derive(Debug, Clone)]
@@ -90,7 +91,8 @@ fn version_of(mountpoint: &Path, path: &Path) -> Option<VersionKey> {
     // A path whose dentry the kernel dropped ends in " (deleted)"; a version id never holds
     // a space, and nothing of a version is ever deleted from under its mount path.
     let id = id.strip_suffix(" (deleted)").unwrap_or(id);
-    Some(VersionKey::new(kind, id))
+    let id = VersionId::parse(id).ok()?;
+    Some(VersionKey::new(kind, &id))
 }
 
 /// The path column of a `/proc/PID/maps` line (`addr perms offset dev inode path`), if the
@@ -110,23 +112,32 @@ fn maps_path(line: &[u8]) -> Option<&[u8]> {
 mod tests {
     use super::*;
 
+    const ID: &str = "abc1230000000000000000000000000000000000000000000000000000000000";
+    const HELD: &str = "4242424242424242424242424242424242424242424242424242424242424242";
+
+    fn key_of(kind: Kind, id: &str) -> VersionKey {
+        VersionKey::new(kind, &VersionId::parse(id).unwrap())
+    }
+
     #[test]
     fn a_path_in_a_version_names_it() {
         let m = Path::new("/mnt/vm0");
         let key = |p: &str| version_of(m, Path::new(p));
         assert_eq!(
-            key("/mnt/vm0/artifacts/out/abc123/dir/file.txt"),
-            Some(VersionKey::new(Kind::Artifact, "abc123"))
+            key(&format!("/mnt/vm0/artifacts/out/{ID}/dir/file.txt")),
+            Some(key_of(Kind::Artifact, ID))
         );
         assert_eq!(
-            key("/mnt/vm0/volumes/in/abc123"),
-            Some(VersionKey::new(Kind::Volume, "abc123"))
+            key(&format!("/mnt/vm0/volumes/in/{ID}")),
+            Some(key_of(Kind::Volume, ID))
         );
         assert_eq!(
-            key("/mnt/vm0/volumes/in/abc123 (deleted)"),
-            Some(VersionKey::new(Kind::Volume, "abc123"))
+            key(&format!("/mnt/vm0/volumes/in/{ID} (deleted)")),
+            Some(key_of(Kind::Volume, ID))
         );
         for outside in [
+            // A prefix, or anything else that is not a whole version id, is no version.
+            "/mnt/vm0/artifacts/out/abc123/dir/file.txt",
             "/mnt/vm0",
             "/mnt/vm0/artifacts",
             "/mnt/vm0/artifacts/out",
@@ -165,20 +176,14 @@ mod tests {
     fn the_walk_finds_a_file_this_process_holds_open() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
-        let version = root.join("artifacts/out/v42");
+        let version = root.join("artifacts/out").join(HELD);
         std::fs::create_dir_all(version.join("sub")).unwrap();
         std::fs::write(version.join("sub/f"), b"x").unwrap();
         let probe = OpenFiles::new(root.clone());
-        assert!(!probe
-            .versions()
-            .contains(&VersionKey::new(Kind::Artifact, "v42")));
+        assert!(!probe.versions().contains(&key_of(Kind::Artifact, HELD)));
         let held = std::fs::File::open(version.join("sub/f")).unwrap();
-        assert!(probe
-            .versions()
-            .contains(&VersionKey::new(Kind::Artifact, "v42")));
+        assert!(probe.versions().contains(&key_of(Kind::Artifact, HELD)));
         drop(held);
-        assert!(!probe
-            .versions()
-            .contains(&VersionKey::new(Kind::Artifact, "v42")));
+        assert!(!probe.versions().contains(&key_of(Kind::Artifact, HELD)));
     }
 }

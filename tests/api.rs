@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use vm0fs::api::{ApiError, Client, ClientConfig, Download, Kind, RetryPolicy, Token};
+use vm0fs::ids::StorageId;
 
 /// Small and fast: 4 attempts, 10 ms first backoff, nothing past 5 s.
 fn quick_policy() -> RetryPolicy {
@@ -163,7 +164,7 @@ impl Emulator {
     }
 
     /// The id of a storage by name.
-    fn storage_id(&self, kind: Kind, name: &str) -> String {
+    fn storage_id(&self, kind: Kind, name: &str) -> StorageId {
         self.client()
             .list_storages(kind)
             .unwrap()
@@ -273,7 +274,7 @@ fn lists_every_storage_and_version_across_pages_in_both_shapes_and_with_the_quir
         // Whatever the demo adds besides our data: our names must all be there, no duplicates.
         let all = client.list_storages(Kind::Volume).unwrap();
         all.iter()
-            .map(|s| s.name.clone())
+            .map(|s| s.name.to_string())
             .filter(|n| !names.contains(n))
             .collect()
     };
@@ -379,7 +380,9 @@ fn unknown_storages_and_versions_are_not_found_and_name_the_resource() {
     let client = emulator.client();
     let unknown = "00000000-0000-4000-8000-000000000000";
 
-    let err = client.get_storage(Kind::Volume, unknown).unwrap_err();
+    let err = client
+        .get_storage(Kind::Volume, &unknown.into())
+        .unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
     assert!(
         err.to_string().contains(&format!("volume {unknown}")),
@@ -391,7 +394,9 @@ fn unknown_storages_and_versions_are_not_found_and_name_the_resource() {
     );
     emulator.assert_secret_safe(&err);
 
-    let err = client.list_versions(Kind::Artifact, unknown).unwrap_err();
+    let err = client
+        .list_versions(Kind::Artifact, &unknown.into())
+        .unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
     assert!(
         err.to_string().contains(&format!("artifact {unknown}")),
@@ -411,7 +416,9 @@ fn unknown_storages_and_versions_are_not_found_and_name_the_resource() {
     );
     emulator.assert_secret_safe(&err);
 
-    let err = client.download(Kind::Volume, unknown, None).unwrap_err();
+    let err = client
+        .download(Kind::Volume, &unknown.into(), None)
+        .unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
 }
 
@@ -529,7 +536,7 @@ fn an_html_error_page_is_an_unexpected_body_naming_the_status() {
     );
     let err = emulator
         .client()
-        .get_storage(Kind::Volume, "00000000-0000-4000-8000-000000000000")
+        .get_storage(Kind::Volume, &"00000000-0000-4000-8000-000000000000".into())
         .unwrap_err();
     assert!(
         matches!(err, ApiError::UnexpectedBody { status: 404, .. }) && !err.is_not_found(),
@@ -638,7 +645,12 @@ fn both_version_parameter_names_select_the_version_in_both_shapes() {
     for shape in ["snake", "camel"] {
         emulator.config(json!({"shape": shape}));
         emulator.reset_counters();
-        let data = read_all(client.download(Kind::Volume, &id, Some(&older.id)).unwrap()).unwrap();
+        let data = read_all(
+            client
+                .download(Kind::Volume, &id, Some(older.id.as_str()))
+                .unwrap(),
+        )
+        .unwrap();
         assert!(!data.is_empty());
         assert_eq!(
             emulator.count(&format!("download:{}", older.id)),
@@ -646,7 +658,7 @@ fn both_version_parameter_names_select_the_version_in_both_shapes() {
             "{shape}"
         );
         // A unique prefix of 8 hex characters works too.
-        let prefix = &older.id[..8];
+        let prefix = &older.id.as_str()[..8];
         let same = read_all(client.download(Kind::Volume, &id, Some(prefix)).unwrap()).unwrap();
         assert_eq!(sha256(&same), sha256(&data), "{shape}");
     }
@@ -882,7 +894,7 @@ fn a_store_that_ignores_range_is_read_past_the_resume_point() {
             &served,
         ),
     });
-    let mut download = client.download(Kind::Volume, "x", None).unwrap();
+    let mut download = client.download(Kind::Volume, &"x".into(), None).unwrap();
     let mut data = Vec::new();
     download.read_to_end(&mut data).unwrap();
     assert_eq!(sha256(&data), sha256(&body));
@@ -936,7 +948,7 @@ fn a_resumed_answer_with_another_range_is_a_protocol_error() {
             &served,
         ),
     });
-    let download = client.download(Kind::Volume, "x", None).unwrap();
+    let download = client.download(Kind::Volume, &"x".into(), None).unwrap();
     let err = read_all(download).unwrap_err();
     let api = api_error(&err);
     assert!(matches!(api, ApiError::Protocol { .. }), "{api:?}");

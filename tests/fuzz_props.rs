@@ -806,7 +806,7 @@ proptest! {
             }
             Err(e) => check_error(&e),
         }
-        match client.list_versions(Kind::Artifact, "s1") {
+        match client.list_versions(Kind::Artifact, &"s1".into()) {
             Ok(list) => {
                 let ids: HashSet<_> = list.iter().map(|v| &v.id).collect();
                 prop_assert_eq!(ids.len(), list.len(), "duplicate ids");
@@ -814,7 +814,7 @@ proptest! {
             }
             Err(e) => check_error(&e),
         }
-        if let Err(e) = client.get_storage(Kind::Volume, "s1") {
+        if let Err(e) = client.get_storage(Kind::Volume, &"s1".into()) {
             check_error(&e);
         }
         if let Err(e) = client.check() {
@@ -844,7 +844,7 @@ proptest! {
 
 /// Download and read to the end; any error must be typed and free of the token.
 fn download(client: &Client) -> Result<(), TestCaseError> {
-    match client.download(Kind::Volume, "s1", Some("9b2d0000")) {
+    match client.download(Kind::Volume, &"s1".into(), Some("9b2d0000")) {
         Ok(mut d) => {
             let mut sink = Vec::new();
             if let Err(e) = d.read_to_end(&mut sink) {

@@ -181,7 +181,9 @@ impl WireVersion {
             }
         };
         Some(Version {
-            storage_id: self.storage_id.map_or_else(|| storage_id.clone(), StorageId::new),
+            storage_id: self
+                .storage_id
+                .map_or_else(|| storage_id.clone(), StorageId::new),
             size: self.size.unwrap_or(0),
             file_count: self.file_count.unwrap_or(0),
             message: self.message,
@@ -213,12 +215,14 @@ mod tests {
 
     use super::*;
 
+    const V9B: &str = "9b2d000000000000000000000000000000000000000000000000000000000000";
+
     const SNAKE_STORAGE: &str = r#"{"id":"3f1c9a2e-6b1d-4c1e-9a55-0d2f7b8e4a10","name":"input-data",
-        "current_version_id":"9b2d","size":4096,"file_count":2,
+        "current_version_id":"9b2d000000000000000000000000000000000000000000000000000000000000","size":4096,"file_count":2,
         "created_at":"2026-01-20T10:00:00.000Z","updated_at":"2026-01-21T09:30:00.000Z",
         "some_future_field":{"x":1}}"#;
     const CAMEL_STORAGE: &str = r#"{"id":"3f1c9a2e-6b1d-4c1e-9a55-0d2f7b8e4a10","name":"input-data",
-        "currentVersionId":"9b2d","size":4096,"fileCount":2,
+        "currentVersionId":"9b2d000000000000000000000000000000000000000000000000000000000000","size":4096,"fileCount":2,
         "createdAt":"2026-01-20T10:00:00.000Z","updatedAt":"2026-01-21T09:30:00.000Z"}"#;
 
     fn at(secs: u64, millis: u64) -> SystemTime {
@@ -232,7 +236,7 @@ mod tests {
         let expected = Storage {
             id: "3f1c9a2e-6b1d-4c1e-9a55-0d2f7b8e4a10".into(),
             name: "input-data".into(),
-            current_version_id: Some("9b2d".into()),
+            current_version_id: Some(VersionId::parse(V9B).unwrap()),
             size: 4096,
             file_count: 2,
             // date -u -d 2026-01-20T10:00:00Z +%s
@@ -246,18 +250,18 @@ mod tests {
     #[test]
     fn both_shapes_of_a_version_decode_to_the_same_value() {
         let cases = [
-            r#"{"id":"9b2d","volume_id":"v1","size":10,"file_count":1,"message":null,"created_by":"user","created_at":"2026-01-21T09:30:00.123Z"}"#,
-            r#"{"id":"9b2d","volumeId":"v1","size":10,"fileCount":1,"message":null,"createdBy":"user","createdAt":"2026-01-21T09:30:00.123Z"}"#,
-            r#"{"id":"9b2d","artifact_id":"v1","size":10,"file_count":1,"created_by":"user","created_at":"2026-01-21T09:30:00.123Z"}"#,
-            r#"{"id":"9b2d","artifactId":"v1","size":10,"fileCount":1,"createdBy":"user","createdAt":"2026-01-21T09:30:00.123Z","extra":[1,2]}"#,
+            r#"{"id":"9b2d000000000000000000000000000000000000000000000000000000000000","volume_id":"v1","size":10,"file_count":1,"message":null,"created_by":"user","created_at":"2026-01-21T09:30:00.123Z"}"#,
+            r#"{"id":"9b2d000000000000000000000000000000000000000000000000000000000000","volumeId":"v1","size":10,"fileCount":1,"message":null,"createdBy":"user","createdAt":"2026-01-21T09:30:00.123Z"}"#,
+            r#"{"id":"9b2d000000000000000000000000000000000000000000000000000000000000","artifact_id":"v1","size":10,"file_count":1,"created_by":"user","created_at":"2026-01-21T09:30:00.123Z"}"#,
+            r#"{"id":"9b2d000000000000000000000000000000000000000000000000000000000000","artifactId":"v1","size":10,"fileCount":1,"createdBy":"user","createdAt":"2026-01-21T09:30:00.123Z","extra":[1,2]}"#,
         ];
         for case in cases {
             let v: WireVersion = serde_json::from_str(case).unwrap();
-            let v = v.into_version("other");
+            let v = v.into_version(&"other".into()).unwrap();
             assert_eq!(
                 v,
                 Version {
-                    id: "9b2d".into(),
+                    id: VersionId::parse(V9B).unwrap(),
                     storage_id: "v1".into(),
                     size: 10,
                     file_count: 1,
@@ -279,8 +283,8 @@ mod tests {
         assert_eq!(s.storage.created_at, SystemTime::UNIX_EPOCH);
         assert_eq!(s.current_version, None);
 
-        let v: WireVersion = serde_json::from_str(r#"{"id":"b"}"#).unwrap();
-        let v = v.into_version("a");
+        let v: WireVersion = serde_json::from_str(&format!(r#"{{"id":"{V9B}"}}"#)).unwrap();
+        let v = v.into_version(&"a".into()).unwrap();
         assert_eq!(v.storage_id, "a");
         assert_eq!(v.created_by, None);
     }
@@ -292,19 +296,35 @@ mod tests {
             ("currentVersion", "currentVersion"),
         ] {
             let body = format!(
-                r#"{{"id":"a","name":"n","{field}":{{"id":"v","size":3,"file_count":1,"created_at":"2026-01-20T10:00:00.000Z"}}}}"#
+                r#"{{"id":"a","name":"n","{field}":{{"id":"{V9B}","size":3,"file_count":1,"created_at":"2026-01-20T10:00:00.000Z"}}}}"#
             );
             let d: WireStorage = serde_json::from_str(&body).unwrap();
             let d = d.into_detail();
             let v = d.current_version.expect("current version");
             assert_eq!(
                 (v.id.as_str(), v.storage_id.as_str(), v.size),
-                ("v", "a", 3)
+                (V9B, "a", 3)
             );
 
             let body = format!(r#"{{"id":"a","name":"n","{null}":null}}"#);
             let d: WireStorage = serde_json::from_str(&body).unwrap();
             assert_eq!(d.into_detail().current_version, None);
+        }
+    }
+
+    #[test]
+    fn ids_that_are_not_version_ids_are_dropped() {
+        // A version with such an id cannot be named in the mount or the cache: left out.
+        for bad in ["9b2d", "../../etc", &V9B.to_uppercase()] {
+            let v: WireVersion =
+                serde_json::from_str(&format!(r#"{{"id":{bad:?},"size":1}}"#)).unwrap();
+            assert_eq!(v.into_version(&"s".into()), None, "{bad}");
+            // As a storage's current version, it is dropped: `latest` names no sibling.
+            let s: WireStorage = serde_json::from_str(&format!(
+                r#"{{"id":"s","name":"n","current_version_id":{bad:?}}}"#
+            ))
+            .unwrap();
+            assert_eq!(s.into_storage().current_version_id, None, "{bad}");
         }
     }
 

@@ -26,8 +26,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::{CacheError, VersionKey};
-use crate::ids::VersionId;
 use crate::api::Kind;
+use crate::ids::VersionId;
 
 /// Bump when anything under `CACHE/` changes meaning; a cache of another format is cleared.
 /// `tests::format_is_pinned` fails when the serialized records change without a bump.
@@ -330,7 +330,7 @@ mod tests {
         let meta = Completion {
             format: CACHE_FORMAT_VERSION,
             kind: Kind::Artifact,
-            id: "ab".repeat(32),
+            id: VersionId::parse(&"ab".repeat(32)).unwrap(),
             disk_bytes: 8192,
             files: 2,
             bytes: 10,

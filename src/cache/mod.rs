@@ -183,7 +183,7 @@ struct FlightState {
 
 /// What a caller waiting on a [`Flight`] gets: something published, or the end.
 #[derive(Debug)]
-pub enum Progress<T> {
+pub enum Waited<T> {
     Published(T),
     Done(Result<Arc<CachedVersion>, SharedError>),
 }
@@ -202,12 +202,12 @@ impl Flight {
 
     /// Wait until `name` in directory node `dir` is published, or the fetch ends. Once it
     /// has ended only the version itself answers: after a failure, nothing published is.
-    pub fn lookup(&self, dir: u32, name: &[u8]) -> Progress<(u32, PublishedNode)> {
+    pub fn lookup(&self, dir: u32, name: &[u8]) -> Waited<(u32, PublishedNode)> {
         self.wait_for(|p| p.lookup(dir, name).map(|(n, a)| (n, a.clone())))
     }
 
     /// Wait until node `node` is published, or the fetch ends.
-    pub fn node(&self, node: u32) -> Progress<PublishedNode> {
+    pub fn node(&self, node: u32) -> Waited<PublishedNode> {
         self.wait_for(|p| p.node(node).cloned())
     }
 
@@ -224,14 +224,14 @@ impl Flight {
         self.state.lock().done.is_some()
     }
 
-    fn wait_for<T>(&self, mut find: impl FnMut(&Published) -> Option<T>) -> Progress<T> {
+    fn wait_for<T>(&self, mut find: impl FnMut(&Published) -> Option<T>) -> Waited<T> {
         let mut st = self.state.lock();
         loop {
             if let Some(done) = &st.done {
-                return Progress::Done(done.clone());
+                return Waited::Done(done.clone());
             }
             if let Some(found) = find(&st.published) {
-                return Progress::Published(found);
+                return Waited::Published(found);
             }
             self.cond.wait(&mut st);
         }
@@ -259,7 +259,7 @@ impl Publish for Flight {
 }
 
 /// What [`Cache::start`] returns.
-pub enum Access {
+pub enum Available {
     /// Complete and loaded; pinned while held.
     Ready(Arc<CachedVersion>),
     /// Being fetched (or loaded) in the background.
@@ -408,13 +408,13 @@ impl Cache {
 
     /// The version `key` if it is complete, else the flight that fetches it, started now on
     /// a background thread if none is running. Never waits for a download.
-    pub fn start<F>(&self, key: &VersionKey, announced: Announced, fetch: F) -> Access
+    pub fn start<F>(&self, key: &VersionKey, announced: Announced, fetch: F) -> Available
     where
         F: FnOnce(FetchTarget<'_>) -> FetchResult + Send + 'static,
     {
         let (flight, on_disk) = match self.begin(key) {
-            Begin::Ready(v) => return Access::Ready(v),
-            Begin::Join(flight) => return Access::Pending(flight),
+            Begin::Ready(v) => return Available::Ready(v),
+            Begin::Join(flight) => return Available::Pending(flight),
             Begin::Run { flight, on_disk } => (flight, on_disk),
         };
         let cache = self.clone();
@@ -432,7 +432,7 @@ impl Cache {
                 source: e,
             })));
         }
-        Access::Pending(flight)
+        Available::Pending(flight)
     }
 
     /// The flight of `key`, if one is running.

@@ -42,7 +42,10 @@ fn unpack_bytes(
 }
 
 fn key(n: u8) -> VersionKey {
-    VersionKey::new(Kind::Volume, &format!("{n:02x}").repeat(32))
+    VersionKey::new(
+        Kind::Volume,
+        &VersionId::parse(&format!("{n:02x}").repeat(32)).unwrap(),
+    )
 }
 
 /// 4 files of 25 KiB: 100 KiB of content, about as much on disk.
@@ -177,7 +180,7 @@ fn a_version_larger_than_the_budget_is_refused_without_downloading() {
     assert!(matches!(*err, CacheError::TooLarge { .. }), "{err}");
     let msg = err.to_string();
     assert!(
-        msg.contains(&key(1).id) && msg.contains("100.0 KiB") && msg.contains("50.0 KiB"),
+        msg.contains(key(1).id.as_str()) && msg.contains("100.0 KiB") && msg.contains("50.0 KiB"),
         "{msg}"
     );
 }

@@ -83,13 +83,13 @@ impl Fs {
             MetaNode::StatusDir => self.attr(ino, FileKind::Directory, 0, 0o555, 2, self.started),
             MetaNode::StatusFile => return Ok(self.status_attr(ino, None)),
             MetaNode::Storage { kind, name } => {
-                let s = self.find_storage(kind, &name)?;
+                let s = self.find_storage(kind, name.as_str())?;
                 self.dir_attr(ino, 4096, s.updated_at)
             }
             MetaNode::Latest { kind, name } => {
-                let s = self.find_storage(kind, &name)?;
+                let s = self.find_storage(kind, name.as_str())?;
                 let target = s.current_version_id.ok_or(super::FsError::NotFound)?;
-                let size = target.len() as u64;
+                let size = target.as_str().len() as u64;
                 self.attr(ino, FileKind::Symlink, size, 0o777, 1, s.updated_at)
             }
             MetaNode::PrefixLink {
@@ -97,8 +97,8 @@ impl Fs {
                 name,
                 version,
             } => {
-                let v = self.find_version(kind, &name, &version)?;
-                let size = version.len() as u64;
+                let v = self.find_version(kind, &name, version.as_str())?;
+                let size = version.as_str().len() as u64;
                 let attr = self.attr(ino, FileKind::Symlink, size, 0o777, 1, v.created_at);
                 return Ok(TimedAttr {
                     attr,
@@ -119,7 +119,7 @@ impl Fs {
                 }
                 // Until it is unpacked, its link count (and an archive's own "./" entry) are
                 // unknown: keep the kernel's copy short-lived so it picks up the real ones.
-                let v = self.find_version(kind, &name, &version)?;
+                let v = self.find_version(kind, &name, version.as_str())?;
                 let secs = v
                     .created_at
                     .duration_since(UNIX_EPOCH)

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::api::{Kind, Version};
 use crate::archive::{self, UnpackOptions, UnpackStats, Unpacked};
 use crate::cache::FetchTarget;
+use crate::ids::{StorageId, StorageName};
 use crate::size::ByteSize;
 
 use super::{Activity, FetchError, Remote};
@@ -21,8 +22,8 @@ const CHUNK: usize = 1 << 20;
 pub struct Job {
     pub kind: Kind,
     /// The storage's name (for messages) and id (for the API).
-    pub storage: String,
-    pub storage_id: String,
+    pub storage: StorageName,
+    pub storage_id: StorageId,
     pub version: Version,
     /// How often a running download logs its progress.
     pub progress_every: Duration,
@@ -46,12 +47,8 @@ pub fn fetch(
         version,
         progress_every,
     } = job;
-    let (kind, storage, storage_id, progress_every) = (
-        *kind,
-        storage.as_str(),
-        storage_id.as_str(),
-        *progress_every,
-    );
+    let (kind, storage, storage_id, progress_every) =
+        (*kind, storage.as_str(), storage_id, *progress_every);
     let started = Instant::now();
     let key = VersionKey::new(kind, &version.id);
     activity.start(&key, storage, version.size);

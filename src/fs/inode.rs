@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::api::Kind;
-use crate::ids::Ino;
+use crate::ids::{Ino, StorageName, VersionId};
 
 /// Inode numbers reserved per version: one per possible index node (`u32`) except node 0,
 /// the version's directory. With `u64` inode numbers this allows 2^31 versions per mount.
@@ -32,21 +32,22 @@ pub enum MetaNode {
     KindDir(Kind),
     Storage {
         kind: Kind,
-        name: String,
+        name: StorageName,
     },
     Latest {
         kind: Kind,
-        name: String,
+        name: StorageName,
     },
+    /// A unique id prefix the user looked up: a link to the full id `version`.
     PrefixLink {
         kind: Kind,
-        name: String,
-        version: String,
+        name: StorageName,
+        version: VersionId,
     },
     Version {
         kind: Kind,
-        name: String,
-        version: String,
+        name: StorageName,
+        version: VersionId,
     },
     /// `MOUNT/.vm0fs/` and its `status` file.
     StatusDir,
@@ -57,8 +58,8 @@ pub enum MetaNode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
     pub kind: Kind,
-    pub name: String,
-    pub version: String,
+    pub name: StorageName,
+    pub version: VersionId,
     /// Inode of the version's directory (node 0).
     pub root: Ino,
     /// Inode of node 1; node `n` is `base + n - 1`.
@@ -77,7 +78,7 @@ pub struct InodeTable {
     meta: HashMap<Ino, MetaNode>,
     by_meta: HashMap<MetaNode, Ino>,
     ranges: BTreeMap<Ino, Range>,
-    range_of: HashMap<(Kind, String), Ino>,
+    range_of: HashMap<(Kind, VersionId), Ino>,
     /// The next number to hand out.
     next: Ino,
 }
@@ -112,32 +113,32 @@ impl InodeTable {
     }
 
     /// The content range of a version, allocated on first use.
-    pub fn range(&mut self, kind: Kind, name: &str, version: &str) -> Range {
-        if let Some(base) = self.range_of.get(&(kind, version.to_string())) {
+    pub fn range(&mut self, kind: Kind, name: &StorageName, version: &VersionId) -> Range {
+        if let Some(base) = self.range_of.get(&(kind, version.clone())) {
             return self.ranges[base].clone();
         }
         let root = self.meta_ino(MetaNode::Version {
             kind,
-            name: name.to_string(),
-            version: version.to_string(),
+            name: name.clone(),
+            version: version.clone(),
         });
         let base = self.next;
         self.next = Ino(base.0 + VERSION_SPAN - 1);
         let r = Range {
             kind,
-            name: name.to_string(),
-            version: version.to_string(),
+            name: name.clone(),
+            version: version.clone(),
             root,
             base,
         };
         self.ranges.insert(base, r.clone());
-        self.range_of.insert((kind, version.to_string()), base);
+        self.range_of.insert((kind, version.clone()), base);
         r
     }
 
     /// The storage name of a version whose inodes are allocated.
-    pub fn storage_of(&self, kind: Kind, version: &str) -> Option<String> {
-        let base = self.range_of.get(&(kind, version.to_string()))?;
+    pub fn storage_of(&self, kind: Kind, version: &VersionId) -> Option<StorageName> {
+        let base = self.range_of.get(&(kind, version.clone()))?;
         Some(self.ranges[base].name.clone())
     }
 
@@ -180,6 +181,10 @@ impl Range {
 mod tests {
     use super::*;
 
+    fn v(n: u8) -> VersionId {
+        VersionId::parse(&format!("{n:02x}").repeat(32)).unwrap()
+    }
+
     #[test]
     fn fixed_inodes_for_root_and_kinds() {
         let mut t = InodeTable::default();
@@ -191,10 +196,10 @@ mod tests {
     #[test]
     fn content_ranges_resolve_and_stay_stable() {
         let mut t = InodeTable::default();
-        let a = t.range(Kind::Volume, "a", "v1");
-        let b = t.range(Kind::Artifact, "b", "v2");
+        let a = t.range(Kind::Volume, &"a".into(), &v(1));
+        let b = t.range(Kind::Artifact, &"b".into(), &v(2));
         assert_eq!(
-            t.range(Kind::Volume, "a", "v1"),
+            t.range(Kind::Volume, &"a".into(), &v(1)),
             a,
             "same version, same numbers"
         );
@@ -221,7 +226,7 @@ mod tests {
             Some(Resolved::Meta(MetaNode::Version {
                 kind: Kind::Volume,
                 name: "a".into(),
-                version: "v1".into()
+                version: v(1)
             }))
         );
         // All numbers distinct and non-zero.
@@ -238,8 +243,8 @@ mod tests {
     #[test]
     fn ranges_have_room_for_any_index_and_do_not_overlap() {
         let mut t = InodeTable::default();
-        let a = t.range(Kind::Volume, "a", "v1");
-        let b = t.range(Kind::Volume, "b", "v2");
+        let a = t.range(Kind::Volume, &"a".into(), &v(1));
+        let b = t.range(Kind::Volume, &"b".into(), &v(2));
         let last = a.ino(u32::MAX);
         assert!(last < b.base, "the last node of a is below b's range");
         assert_eq!(

@@ -55,7 +55,7 @@ use parking_lot::Mutex;
 
 use crate::api::Kind;
 use crate::archive::{blob_path, Index, NodeKind, PublishedKind};
-use crate::cache::{Cache, Progress};
+use crate::cache::{Available, Cache, Waited};
 use crate::ids::{Fh, Ino};
 
 pub(crate) use attr::format_time;
@@ -70,7 +70,7 @@ use inode::{InodeTable, MetaNode, Range, Resolved};
 use listings::Listings;
 use status::{Activity, StatusTexts, STATUS_FILE};
 use storages::StorageSource;
-use versions::{Available, VersionSource, LATEST};
+use versions::{VersionSource, LATEST};
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
 
@@ -191,10 +191,10 @@ impl Fs {
             Resolved::Meta(MetaNode::StatusFile) => Err(FsError::NotDir),
             Resolved::Meta(MetaNode::KindDir(kind)) => {
                 let name = name.to_str().ok_or(FsError::NotFound)?;
-                self.find_storage(kind, name)?;
+                let storage = self.find_storage(kind, name)?;
                 self.meta_attr(MetaNode::Storage {
                     kind,
-                    name: name.to_string(),
+                    name: storage.name,
                 })
             }
             Resolved::Meta(MetaNode::Storage {
@@ -234,13 +234,15 @@ impl Fs {
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
         match self.resolve(ino)? {
             Resolved::Meta(MetaNode::Latest { kind, name }) => {
-                let storage = self.find_storage(kind, &name)?;
+                let storage = self.find_storage(kind, name.as_str())?;
                 storage
                     .current_version_id
-                    .map(String::into_bytes)
+                    .map(|v| v.as_str().as_bytes().to_vec())
                     .ok_or(FsError::NotFound)
             }
-            Resolved::Meta(MetaNode::PrefixLink { version, .. }) => Ok(version.into_bytes()),
+            Resolved::Meta(MetaNode::PrefixLink { version, .. }) => {
+                Ok(version.as_str().as_bytes().to_vec())
+            }
             Resolved::Content { range, node } => {
                 let v = self.version_of(&range)?;
                 match &v
@@ -405,8 +407,8 @@ impl Fs {
         let v = match self.version_now_of(range)? {
             Available::Ready(v) => v,
             Available::Pending(flight) => match flight.node(node) {
-                Progress::Published(attrs) => return Ok(self.published_attr(range, node, &attrs)),
-                Progress::Done(r) => self.finished(&range.name, &flight, r)?,
+                Waited::Published(attrs) => return Ok(self.published_attr(range, node, &attrs)),
+                Waited::Done(r) => self.finished(&range.name, &flight, r)?,
             },
         };
         if v.index.nodes.get(node as usize).is_none() {
@@ -427,10 +429,10 @@ impl Fs {
         let v = match now {
             Available::Ready(v) => v,
             Available::Pending(flight) => match flight.lookup(dir, name.as_bytes()) {
-                Progress::Published((node, attrs)) => {
+                Waited::Published((node, attrs)) => {
                     return Ok(self.published_attr(range, node, &attrs))
                 }
-                Progress::Done(r) => self.finished(&range.name, &flight, r)?,
+                Waited::Done(r) => self.finished(&range.name, &flight, r)?,
             },
         };
         match v.index.nodes.get(dir as usize).map(|n| &n.kind) {
@@ -458,7 +460,7 @@ impl Fs {
         let v = match self.version_now_of(&range)? {
             Available::Ready(v) => v,
             Available::Pending(flight) => match flight.node(node) {
-                Progress::Published(attrs) => match &attrs.kind {
+                Waited::Published(attrs) => match &attrs.kind {
                     PublishedKind::Dir => return Err(FsError::IsDir),
                     PublishedKind::File(f) => match open_published(f) {
                         Some(file) => {
@@ -470,7 +472,7 @@ impl Fs {
                         None => self.finished(&range.name, &flight, flight.wait())?,
                     },
                 },
-                Progress::Done(r) => self.finished(&range.name, &flight, r)?,
+                Waited::Done(r) => self.finished(&range.name, &flight, r)?,
             },
         };
         let (blob, size) = match &v
@@ -530,13 +532,13 @@ impl Fs {
                         attr: self.dir_attr(ino, 0, s.updated_at),
                         ttl: self.config.metadata_ttl,
                     };
-                    items.push(item(name.as_bytes(), entry));
+                    items.push(item(name.as_str().as_bytes(), entry));
                 }
             }
             Resolved::Meta(MetaNode::Storage { kind, name }) => {
                 items.push(item(b".", here));
                 items.push(item(b"..", self.meta_attr(MetaNode::KindDir(kind))?));
-                let storage = self.find_storage(kind, &name)?;
+                let storage = self.find_storage(kind, name.as_str())?;
                 if storage.current_version_id.is_some() {
                     let latest = self.meta_attr(MetaNode::Latest {
                         kind,
@@ -553,7 +555,7 @@ impl Fs {
                         name: name.clone(),
                         version,
                     }) {
-                        Ok(entry) => items.push(item(v.id.as_bytes(), entry)),
+                        Ok(entry) => items.push(item(v.id.as_str().as_bytes(), entry)),
                         Err(e) => {
                             tracing::debug!(storage = %name, version = %v.id, error = %e, "version left out of the listing")
                         }

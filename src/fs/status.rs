@@ -214,7 +214,10 @@ impl Fs {
             let inodes = self.inodes.lock();
             snap.resident
                 .iter()
-                .filter_map(|r| Some((&r.key, inodes.storage_of(r.key.kind, &r.key.id)?)))
+                .filter_map(|r| {
+                    let name = inodes.storage_of(r.key.kind, &r.key.id)?;
+                    Some((&r.key, name.to_string()))
+                })
                 .collect()
         };
         self.activity
@@ -232,11 +235,12 @@ mod tests {
     use super::*;
     use crate::api::Kind;
     use crate::cache::ResidentInfo;
+    use crate::ids::VersionId;
 
     #[test]
     fn renders_cache_downloads_and_errors() {
         let a = Activity::default();
-        let key = VersionKey::new(Kind::Artifact, &"ab".repeat(32));
+        let key = VersionKey::new(Kind::Artifact, &VersionId::parse(&"ab".repeat(32)).unwrap());
         a.start(&key, "agent-report", 1000);
         a.update(&key, 500, 3);
         for i in 0..12 {
@@ -246,7 +250,7 @@ mod tests {
             budget: 1 << 30,
             used: 1 << 20,
             resident: vec![ResidentInfo {
-                key: VersionKey::new(Kind::Volume, &"cd".repeat(32)),
+                key: VersionKey::new(Kind::Volume, &VersionId::parse(&"cd".repeat(32)).unwrap()),
                 disk_bytes: 1 << 20,
                 pinned: true,
                 last_used: SystemTime::UNIX_EPOCH,

@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::api::{ApiError, Kind, Storage};
+use crate::ids::StorageName;
 
 use super::listings::{Listings, Source};
 use super::status::Activity;
-use super::versions::is_version_id;
 use super::{Fs, FsError, Remote, Result};
 
 /// The storages of one kind, by name.
-pub type StorageMap = BTreeMap<String, Storage>;
+pub type StorageMap = BTreeMap<StorageName, Storage>;
 
 /// The storages of a kind, listed by the API.
 pub struct StorageSource {
@@ -59,23 +59,18 @@ pub fn find_storage(storages: &Listings<StorageSource>, kind: Kind, name: &str) 
 }
 
 /// A storage as the mount can show it, or `None` (with a warning) when the API sent a name
-/// that cannot be a file name. A `current_version_id` that is not a version id is dropped,
-/// so that `latest` can only ever point at a sibling directory.
-fn sane_storage(kind: Kind, mut s: Storage) -> Option<Storage> {
-    let name_ok = !s.name.is_empty()
-        && s.name != "."
-        && s.name != ".."
-        && s.name.len() <= 255
-        && !s.name.contains(['/', '\0']);
+/// that cannot be a file name. (A `current_version_id` that is not a version id was dropped
+/// by the API client already, so `latest` can only ever point at a sibling directory.)
+fn sane_storage(kind: Kind, s: Storage) -> Option<Storage> {
+    let name = s.name.as_str();
+    let name_ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= 255
+        && !name.contains(['/', '\0']);
     if !name_ok {
-        tracing::warn!(kind = kind.plural(), id = %s.id, name = ?s.name, "ignoring a storage whose name cannot be a file name");
+        tracing::warn!(kind = kind.plural(), id = %s.id, name = ?name, "ignoring a storage whose name cannot be a file name");
         return None;
-    }
-    if let Some(cur) = &s.current_version_id {
-        if !is_version_id(cur) {
-            tracing::warn!(storage = %s.name, current = ?cur, "ignoring a current version id that is not 64 hex characters");
-            s.current_version_id = None;
-        }
     }
     Some(s)
 }

@@ -10,6 +10,7 @@ use flate2::write::GzEncoder;
 use super::*;
 use crate::api::{ApiError, Storage, Version};
 use crate::cache::{CacheError, VersionKey};
+use crate::ids::{StorageId, VersionId};
 use std::time::UNIX_EPOCH;
 
 fn t(secs: u64) -> SystemTime {
@@ -47,12 +48,12 @@ impl Remote for Fake {
         Ok(self.storages.lock().get(&kind).cloned().unwrap_or_default())
     }
 
-    fn list_versions(&self, _kind: Kind, storage_id: &str) -> Result<Vec<Version>, ApiError> {
+    fn list_versions(&self, _kind: Kind, storage_id: &StorageId) -> Result<Vec<Version>, ApiError> {
         self.version_lists.fetch_add(1, Ordering::SeqCst);
         Ok(self
             .versions
             .lock()
-            .get(storage_id)
+            .get(storage_id.as_str())
             .cloned()
             .unwrap_or_default())
     }
@@ -60,8 +61,8 @@ impl Remote for Fake {
     fn download(
         &self,
         _kind: Kind,
-        _storage_id: &str,
-        version_id: &str,
+        _storage_id: &StorageId,
+        version_id: &VersionId,
     ) -> Result<RemoteArchive, ApiError> {
         self.downloads.fetch_add(1, Ordering::SeqCst);
         if self.fail_downloads.load(Ordering::SeqCst) > 0 {
@@ -76,10 +77,10 @@ impl Remote for Fake {
         let bytes = self
             .archives
             .lock()
-            .get(version_id)
+            .get(version_id.as_str())
             .cloned()
             .expect("archive of a known version");
-        if let Some((at, go)) = self.gates.lock().remove(version_id) {
+        if let Some((at, go)) = self.gates.lock().remove(version_id.as_str()) {
             return Ok(RemoteArchive {
                 reader: Box::new(Gated {
                     bytes,
@@ -163,8 +164,8 @@ impl Fake {
             versions.insert(
                 0,
                 Version {
-                    id: id.clone(),
-                    storage_id: storage_id.clone(),
+                    id: VersionId::parse(&id).unwrap(),
+                    storage_id: storage_id.as_str().into(),
                     size: 1 << 20,
                     file_count,
                     message: None,
@@ -176,9 +177,9 @@ impl Fake {
         }
         self.versions.lock().insert(storage_id.clone(), versions);
         self.storages.lock().entry(kind).or_default().push(Storage {
-            id: storage_id,
+            id: storage_id.as_str().into(),
             name: name.into(),
-            current_version_id: ids.last().cloned(),
+            current_version_id: ids.last().map(|id| VersionId::parse(id).unwrap()),
             size: 0,
             file_count: 0,
             created_at: t(1_600_000_000),
@@ -538,7 +539,7 @@ fn errno_mapping() {
         ),
         (
             FsError::Cache(Arc::new(CacheError::TooLarge {
-                key: VersionKey::new(Kind::Volume, "a"),
+                key: VersionKey::new(Kind::Volume, &VersionId::parse(&"a".repeat(64)).unwrap()),
                 size: 2,
                 budget: 1,
             })),
@@ -546,7 +547,7 @@ fn errno_mapping() {
         ),
         (
             FsError::Cache(Arc::new(CacheError::NoRoom {
-                key: VersionKey::new(Kind::Volume, "a"),
+                key: VersionKey::new(Kind::Volume, &VersionId::parse(&"a".repeat(64)).unwrap()),
                 needed: 2,
                 budget: 1,
             })),
@@ -583,7 +584,7 @@ fn held_version() -> (Arc<Fake>, String, std::sync::mpsc::Sender<bool>) {
 fn a_published_file_is_served_before_the_version_is_complete() {
     let (fake, id, go) = held_version();
     let (fs, _dir) = fs_with(fake.clone(), Duration::from_secs(60));
-    let key = VersionKey::new(Kind::Artifact, &id);
+    let key = VersionKey::new(Kind::Artifact, &VersionId::parse(&id).unwrap());
     let first = lookup_path(&fs, &format!("artifacts/big/{id}/first.txt")).unwrap();
     assert_eq!(
         first.ttl,

@@ -14,8 +14,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::api::{ApiError, Kind, Version};
 use crate::archive::{Index, Node, NodeKind};
-use crate::cache::{Access, Announced, CacheError, CachedVersion, Flight, SharedError, VersionKey};
-use crate::ids::{is_lower_hex, VERSION_ID_LEN};
+use crate::cache::{
+    Announced, Available, CacheError, CachedVersion, Flight, SharedError, VersionKey,
+};
+use crate::ids::{is_lower_hex, StorageName, VersionId, VERSION_ID_LEN};
 
 use super::attr::TimedAttr;
 use super::inode::{MetaNode, Range};
@@ -33,7 +35,7 @@ pub const LATEST: &str = "latest";
 /// The versions of one storage: in the order the API lists them (newest first), and by id.
 pub struct VersionList {
     in_order: Vec<Version>,
-    by_id: BTreeMap<String, usize>,
+    by_id: BTreeMap<VersionId, usize>,
 }
 
 /// A prefix shared by more than one version.
@@ -61,7 +63,7 @@ impl VersionList {
         let mut hits = self
             .by_id
             .range::<str, _>((Bound::Included(id), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(id));
+            .take_while(|(k, _)| k.as_str().starts_with(id));
         let (first, &i) = hits.next()?;
         if first != id && hits.next().is_some() {
             return Some(Err(Ambiguous));
@@ -98,26 +100,18 @@ pub struct VersionSource {
 }
 
 impl Source for VersionSource {
-    type Key = (Kind, String);
+    type Key = (Kind, StorageName);
     type Value = VersionList;
     type Error = VersionsFailed;
 
-    fn fetch(&self, (kind, name): &(Kind, String)) -> Result<VersionList, VersionsFailed> {
-        let storage = find_storage(&self.storages, *kind, name).map_err(VersionsFailed::Storage)?;
+    fn fetch(&self, (kind, name): &(Kind, StorageName)) -> Result<VersionList, VersionsFailed> {
+        let storage =
+            find_storage(&self.storages, *kind, name.as_str()).map_err(VersionsFailed::Storage)?;
         let list = self
             .remote
             .list_versions(*kind, &storage.id)
             .map_err(VersionsFailed::Api)?;
-        let list = list
-            .into_iter()
-            .filter(|v| {
-                let ok = is_version_id(&v.id);
-                if !ok {
-                    tracing::warn!(storage = name, id = ?v.id, "ignoring a version whose id is not 64 hex characters");
-                }
-                ok
-            })
-            .collect();
+        // Versions whose id is not a version id were dropped by the API client already.
         Ok(VersionList::new(list))
     }
 
@@ -126,26 +120,24 @@ impl Source for VersionSource {
         matches!(e, VersionsFailed::Api(e) if !e.is_auth() && !e.is_not_found())
     }
 
-    fn report(&self, (kind, name): &(Kind, String), e: &VersionsFailed, served_previous: bool) {
+    fn report(
+        &self,
+        (kind, name): &(Kind, StorageName),
+        e: &VersionsFailed,
+        served_previous: bool,
+    ) {
         let VersionsFailed::Api(e) = e else {
             // Not found is the user's, and a failed storage listing was reported there.
             return;
         };
         if served_previous {
-            tracing::warn!(storage = name, error = %e, "refreshing versions failed; serving the previous list");
+            tracing::warn!(storage = %name, error = %e, "refreshing versions failed; serving the previous list");
         } else {
-            tracing::warn!(storage = name, error = %e, "listing versions failed");
+            tracing::warn!(storage = %name, error = %e, "listing versions failed");
             self.activity
                 .error(format!("listing the versions of {kind} {name}: {e}"));
         }
     }
-}
-
-/// A version as far as it is available now.
-pub(super) enum Available {
-    Ready(Arc<CachedVersion>),
-    /// Being downloaded: parts of it may be published already.
-    Pending(Arc<Flight>),
 }
 
 impl Fs {
@@ -154,33 +146,33 @@ impl Fs {
     pub(super) fn lookup_in_storage(
         &self,
         kind: Kind,
-        storage: &str,
+        storage: &StorageName,
         name: &str,
     ) -> Result<TimedAttr> {
         if name == LATEST {
-            let s = self.find_storage(kind, storage)?;
+            let s = self.find_storage(kind, storage.as_str())?;
             if s.current_version_id.is_none() {
                 return Err(FsError::NotFound);
             }
             return self.meta_attr(MetaNode::Latest {
                 kind,
-                name: storage.to_string(),
+                name: storage.clone(),
             });
         }
         if !is_lower_hex(name) || name.len() < MIN_PREFIX || name.len() > VERSION_ID_LEN {
             return Err(FsError::NotFound);
         }
         let version = self.find_version(kind, storage, name)?;
-        let node = if version.id == name {
+        let node = if version.id == *name {
             MetaNode::Version {
                 kind,
-                name: storage.to_string(),
+                name: storage.clone(),
                 version: version.id,
             }
         } else {
             MetaNode::PrefixLink {
                 kind,
-                name: storage.to_string(),
+                name: storage.clone(),
                 version: version.id,
             }
         };
@@ -188,13 +180,18 @@ impl Fs {
     }
 
     /// The versions of a storage.
-    pub(super) fn versions(&self, kind: Kind, storage: &str) -> Result<Arc<VersionList>> {
-        Ok(self.versions.get(&(kind, storage.to_string()))?)
+    pub(super) fn versions(&self, kind: Kind, storage: &StorageName) -> Result<Arc<VersionList>> {
+        Ok(self.versions.get(&(kind, storage.clone()))?)
     }
 
     /// The version of `storage` whose id is `id` or starts with it (a unique prefix).
-    pub(super) fn find_version(&self, kind: Kind, storage: &str, id: &str) -> Result<Version> {
-        let found = self.versions.find(&(kind, storage.to_string()), |list| {
+    pub(super) fn find_version(
+        &self,
+        kind: Kind,
+        storage: &StorageName,
+        id: &str,
+    ) -> Result<Version> {
+        let found = self.versions.find(&(kind, storage.clone()), |list| {
             list.find(id).map(|r| r.cloned())
         })?;
         match found {
@@ -237,8 +234,8 @@ impl Fs {
     pub(super) fn load_version(
         &self,
         kind: Kind,
-        storage: &str,
-        id: &str,
+        storage: &StorageName,
+        id: &VersionId,
     ) -> Result<(Range, Arc<CachedVersion>)> {
         match self.version_now(kind, storage, id)? {
             (range, Available::Ready(v)) => Ok((range, v)),
@@ -254,16 +251,16 @@ impl Fs {
     pub(super) fn version_now(
         &self,
         kind: Kind,
-        storage: &str,
-        id: &str,
+        storage: &StorageName,
+        id: &VersionId,
     ) -> Result<(Range, Available)> {
         let key = VersionKey::new(kind, id);
         let now = match self.cache.peek(&key) {
             Some(v) => Available::Ready(v),
             None => {
-                let s = self.find_storage(kind, storage)?;
-                let version = self.find_version(kind, storage, id)?;
-                if version.id != id {
+                let s = self.find_storage(kind, storage.as_str())?;
+                let version = self.find_version(kind, storage, id.as_str())?;
+                if version.id != *id {
                     return Err(FsError::NotFound);
                 }
                 if version.file_count == 0 {
@@ -284,18 +281,14 @@ impl Fs {
                     let activity = self.activity.clone();
                     let job = fetch::Job {
                         kind,
-                        storage: storage.to_string(),
+                        storage: storage.clone(),
                         storage_id: s.id.clone(),
                         version,
                         progress_every: self.config.progress_every,
                     };
-                    let access = self.cache.start(&key, announced, move |target| {
+                    self.cache.start(&key, announced, move |target| {
                         fetch::fetch(&*remote, &activity, &job, target)
-                    });
-                    match access {
-                        Access::Ready(v) => Available::Ready(v),
-                        Access::Pending(flight) => Available::Pending(flight),
-                    }
+                    })
                 }
             }
         };
@@ -306,7 +299,7 @@ impl Fs {
     /// The outcome of a flight as the filesystem answers it.
     pub(super) fn finished(
         &self,
-        storage: &str,
+        storage: &StorageName,
         flight: &Flight,
         result: std::result::Result<Arc<CachedVersion>, SharedError>,
     ) -> Result<Arc<CachedVersion>> {
@@ -319,11 +312,6 @@ impl Fs {
             e.into()
         })
     }
-}
-
-/// A full version id: 64 lowercase hex characters (a SHA-256).
-pub fn is_version_id(id: &str) -> bool {
-    id.len() == VERSION_ID_LEN && is_lower_hex(id)
 }
 
 /// The index of a version with no files: a root directory and nothing else.
@@ -352,7 +340,7 @@ mod tests {
 
     fn version(id: String) -> Version {
         Version {
-            id,
+            id: VersionId::parse(&id).unwrap(),
             storage_id: "s".into(),
             size: 0,
             file_count: 0,
@@ -388,13 +376,5 @@ mod tests {
         // The order the API gave is kept for listings.
         let order: Vec<&str> = list.iter().map(|v| v.id.as_str()).collect();
         assert_eq!(order, [&ids[0], &ids[1], &ids[2]]);
-    }
-
-    #[test]
-    fn version_ids_are_64_lowercase_hex() {
-        assert!(is_version_id(&"ab".repeat(32)));
-        assert!(!is_version_id(&"ab".repeat(31)));
-        assert!(!is_version_id(&"AB".repeat(32)));
-        assert!(!is_version_id(&format!("{}g", "a".repeat(63))));
     }
 }

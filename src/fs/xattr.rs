@@ -46,12 +46,12 @@ impl Fs {
         let mut out = Vec::new();
         match self.resolve(ino)? {
             Resolved::Meta(MetaNode::Storage { kind, name }) => {
-                let s = self.find_storage(kind, &name)?;
+                let s = self.find_storage(kind, name.as_str())?;
                 out.push(("user.vm0.kind", kind.singular().to_string()));
-                out.push(("user.vm0.id", s.id));
-                out.push(("user.vm0.name", s.name));
+                out.push(("user.vm0.id", s.id.to_string()));
+                out.push(("user.vm0.name", s.name.to_string()));
                 if let Some(v) = s.current_version_id {
-                    out.push(("user.vm0.current_version_id", v));
+                    out.push(("user.vm0.current_version_id", v.to_string()));
                 }
                 out.push(("user.vm0.created_at", format_time(s.created_at)));
                 out.push(("user.vm0.updated_at", format_time(s.updated_at)));
@@ -61,12 +61,12 @@ impl Fs {
                 name,
                 version,
             }) => {
-                let s = self.find_storage(kind, &name)?;
-                let v = self.find_version(kind, &name, &version)?;
+                let s = self.find_storage(kind, name.as_str())?;
+                let v = self.find_version(kind, &name, version.as_str())?;
                 out.push(("user.vm0.kind", kind.singular().to_string()));
-                out.push(("user.vm0.id", s.id));
-                out.push(("user.vm0.name", s.name));
-                out.push(("user.vm0.version_id", v.id));
+                out.push(("user.vm0.id", s.id.to_string()));
+                out.push(("user.vm0.name", s.name.to_string()));
+                out.push(("user.vm0.version_id", v.id.to_string()));
                 out.push(("user.vm0.created_at", format_time(v.created_at)));
                 if let Some(by) = v.created_by {
                     out.push(("user.vm0.created_by", by));
