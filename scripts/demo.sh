@@ -30,8 +30,11 @@ if [ "${1:-}" = "stop" ]; then
 fi
 
 bash scripts/deps.sh
-echo "building vm0fs (release)..." >&2
-cargo build --release --bins --quiet
+echo "building vm0fs and the emulator (release)..." >&2
+# Two builds, not one: built together, the emulator's dependency features would be unified
+# into the product's, and the vm0fs binary could differ from the one `cargo build` makes.
+cargo build --release --quiet -p vm0fs
+cargo build --release --quiet -p vm0-emulator
 stop
 mkdir -p "$mnt" "$cache" "$state"
 

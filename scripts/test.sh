@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Runs every test of vm0fs: unit tests, library-level filesystem tests, the API client
-# and emulator over real HTTP, and real FUSE mounts checked with real tools.
+# Runs every test of the workspace (vm0fs and its emulator): unit tests, library-level
+# filesystem tests, the API client and the emulator's contract over real HTTP, and real
+# FUSE mounts checked with real tools.
 # Mount tests need /dev/fuse and root (or fusermount3); they fail, never skip, without.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/deps.sh
 
-cargo build --all-targets
-cargo test -- --test-threads "${VM0FS_TEST_THREADS:-4}"
+cargo build --workspace --all-targets
+cargo test --workspace -- --test-threads "${VM0FS_TEST_THREADS:-4}"
 
 # The benchmark must keep running (its figures are not judged here: timings never decide
 # whether tests pass).

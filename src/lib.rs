@@ -8,13 +8,14 @@
 //! - [`cache`] keeps unpacked versions on disk under a byte budget (LRU, pinning, crash safety).
 //! - [`fs`] is the filesystem logic (inodes, the tree, every operation as a plain method).
 //! - [`fuse`] adapts [`fs`] to `fuser`; it holds no logic of its own.
-//! - [`emulator`] is a faithful stand-in for the VM0 API used by tests, demo and benchmarks.
+//!
+//! The VM0 API emulator that tests, demo and benchmarks run against is a separate crate of
+//! the workspace (`crates/vm0-emulator`), a dev-dependency only.
 
 pub mod api;
 pub mod archive;
 pub mod cache;
 pub mod config;
-pub mod emulator;
 pub mod fs;
 pub mod fuse;
 pub mod ids;

@@ -1,20 +1,18 @@
-//! The API client against the real emulator binary, over HTTP on loopback: pagination in
-//! both shapes, every error of the contract, retries, the redirect to the object store,
+//! The API client against the emulator (in-process, over real HTTP on loopback): pagination
+//! in both shapes, every error of the contract, retries, the redirect to the object store,
 //! expired URLs and resumed downloads.
 //!
-//! Each test starts its own emulator (killed on drop) so that fault rules and counters never
-//! leak between tests that run in parallel.
+//! Each test starts its own emulator (stopped on drop) so that fault rules and counters
+//! never leak between tests that run in parallel.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tempfile::TempDir;
+use vm0_emulator::{EmulatorConfig, RunningEmulator};
 use vm0fs::api::{ApiError, Client, ClientConfig, Download, Kind, RetryPolicy, Token};
 use vm0fs::ids::StorageId;
 
@@ -28,9 +26,10 @@ fn quick_policy() -> RetryPolicy {
     }
 }
 
-/// A running `vm0-emulator`, killed on drop.
+/// A `vm0-emulator` running in the test's process, with the demo data set; stopped on drop.
 struct Emulator {
-    child: Child,
+    /// Stopped when dropped.
+    _running: RunningEmulator,
     api_url: String,
     admin_url: String,
     token: String,
@@ -40,58 +39,23 @@ struct Emulator {
 }
 
 impl Emulator {
-    fn start(args: &[&str]) -> Emulator {
-        Emulator::start_with_data(args, None)
+    fn start() -> Emulator {
+        Emulator::start_with_data(None)
     }
 
-    /// Starts the emulator with `--data` pointing at `data` (when given).
-    fn start_with_data(args: &[&str], data: Option<TempDir>) -> Emulator {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_vm0-emulator"));
-        command.arg("--demo").args(args);
-        // The emulator logs every push and config change at INFO; keep test output readable
-        // unless the caller asks for more.
-        if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "warn");
-        }
-        if let Some(dir) = &data {
-            command.arg("--data").arg(dir.path());
-        }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn vm0-emulator");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        // The emulator prints its line once it listens; a big data dir takes a few seconds.
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("vm0-emulator printed no line within 60 s");
-            }
-        };
-        let info: Value = serde_json::from_str(line.trim()).unwrap_or_else(|err| {
-            let _ = child.kill();
-            panic!("vm0-emulator printed {line:?}, not JSON: {err}")
-        });
-        let field = |name: &str| {
-            info[name]
-                .as_str()
-                .unwrap_or_else(|| panic!("no {name} in {info}"))
-                .to_string()
-        };
+    /// Starts the emulator with `data` as a data directory as well (when given).
+    fn start_with_data(data: Option<TempDir>) -> Emulator {
+        let running = vm0_emulator::start(EmulatorConfig {
+            demo: true,
+            data_dirs: data.iter().map(|dir| dir.path().to_path_buf()).collect(),
+            ..EmulatorConfig::default()
+        })
+        .expect("start the emulator");
         Emulator {
-            api_url: field("api_url"),
-            admin_url: field("admin_url"),
-            token: field("token"),
-            child,
+            api_url: running.api_url(),
+            admin_url: running.admin_url(),
+            token: running.token(),
+            _running: running,
             admin: reqwest::blocking::Client::new(),
             _data: data,
         }
@@ -187,13 +151,6 @@ impl Emulator {
     }
 }
 
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -205,7 +162,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 fn sha256(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
+    vm0_emulator::sha256_hex(data)
 }
 
 fn write(path: &Path, content: &[u8]) {
@@ -216,9 +173,9 @@ fn write(path: &Path, content: &[u8]) {
 /// Random bytes (incompressible), deterministic per seed.
 fn noise(len: usize, seed: u8) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 32);
-    let mut block = Sha256::digest([seed]).to_vec();
+    let mut block = vm0_emulator::sha256(&[seed]);
     while out.len() < len {
-        block = Sha256::digest(&block).to_vec();
+        block = vm0_emulator::sha256(&block);
         out.extend_from_slice(&block);
     }
     out.truncate(len);
@@ -268,7 +225,7 @@ fn lists_every_storage_and_version_across_pages_in_both_shapes_and_with_the_quir
         );
     }
     names.insert("many".into());
-    let emulator = Emulator::start_with_data(&[], Some(data));
+    let emulator = Emulator::start_with_data(Some(data));
     let client = emulator.client();
     let demo: BTreeSet<String> = {
         // Whatever the demo adds besides our data: our names must all be there, no duplicates.
@@ -329,7 +286,7 @@ fn lists_every_storage_and_version_across_pages_in_both_shapes_and_with_the_quir
 
 #[test]
 fn a_stuck_cursor_is_a_protocol_error_not_a_hang() {
-    let emulator = Emulator::start(&[]);
+    let emulator = Emulator::start();
     emulator.config(json!({"stuck_cursor": true}));
     // Enough storages for more than one page, whatever the demo holds.
     for i in 0..120 {
@@ -348,7 +305,7 @@ fn a_stuck_cursor_is_a_protocol_error_not_a_hang() {
 
 #[test]
 fn a_bad_token_is_an_authentication_error_that_names_vm0_token() {
-    let emulator = Emulator::start(&[]);
+    let emulator = Emulator::start();
     let wrong = format!("vm0_live_{}", "0".repeat(64));
     let client = emulator.client_with(&wrong, quick_policy(), Duration::from_secs(5));
     emulator.reset_counters();
@@ -375,7 +332,7 @@ fn a_bad_token_is_an_authentication_error_that_names_vm0_token() {
 
 #[test]
 fn unknown_storages_and_versions_are_not_found_and_name_the_resource() {
-    let emulator = Emulator::start(&[]);
+    let emulator = Emulator::start();
     emulator.push("volumes", "known", json!({"a.txt": "a"}));
     let client = emulator.client();
     let unknown = "00000000-0000-4000-8000-000000000000";
@@ -424,7 +381,7 @@ fn unknown_storages_and_versions_are_not_found_and_name_the_resource() {
 
 #[test]
 fn injected_400_and_403_are_typed_and_not_retried() {
-    let emulator = Emulator::start(&[]);
+    let emulator = Emulator::start();
     let client = emulator.client();
     for (status, route) in [(400, "volumes.list"), (403, "artifacts.list")] {
         emulator.reset_counters();
@@ -451,7 +408,7 @@ fn injected_400_and_403_are_typed_and_not_retried() {
 
 #[test]
 fn a_500_that_clears_after_two_faults_is_retried_to_success() {
-    let emulator = Emulator::start(&[]);
+    let emulator = Emulator::start();
     emulator.reset_counters();
     emulator.fault(json!({"route": "volumes.list", "status": 500, "count": 2}));
     emulator.client().list_storages(Kind::Volume).unwrap();
@@ -460,7 +417,7 @@ fn a_500_that_clears_after_two_faults_is_retried_to_success() {
 
 #[test]
 fn a_500_that_never_clears_is_a_server_error_within_the_retry_budget() {
-    let emulator = Emulator::start(&[]);
+    let emulator = Emulator::start();
     emulator.reset_counters();
     emulator.fault(json!({"route": "volumes.list", "status": 500, "count": 0}));
     let started = Instant::now();
@@ -485,7 +442,7 @@ fn a_500_that_never_clears_is_a_server_error_within_the_retry_budget() {
 
 #[test]
 fn a_429_waits_at_least_its_retry_after() {
-    let emulator = Emulator::start(&[]);
+    let emulator = Emulator::start();
     emulator.reset_counters();
     emulator.fault(json!({"route": "volumes.list", "status": 429, "retry_after": 1, "count": 1}));
     let started = Instant::now();
@@ -511,7 +468,7 @@ fn a_429_waits_at_least_its_retry_after() {
 
 #[test]
 fn an_html_error_page_is_an_unexpected_body_naming_the_status() {
-    let emulator = Emulator::start(&[]);
+    let emulator = Emulator::start();
     let page = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>";
     emulator.fault(json!({
         "route": "volumes.list", "status": 502, "count": 0,
@@ -581,7 +538,7 @@ fn a_refused_connection_is_a_transport_error() {
 
 #[test]
 fn a_stalled_answer_times_out_and_is_retried() {
-    let emulator = Emulator::start(&[]);
+    let emulator = Emulator::start();
     emulator.reset_counters();
     emulator.fault(json!({"route": "volumes.list", "delay_ms": 3000, "count": 1}));
     let client = emulator.client_with(&emulator.token, quick_policy(), Duration::from_millis(300));
@@ -601,7 +558,7 @@ fn a_stalled_answer_times_out_and_is_retried() {
 #[test]
 fn the_redirect_is_followed_without_the_token() {
     let archive = noise(300_000, 1);
-    let emulator = Emulator::start_with_data(&[], Some(big_archive_data(&archive)));
+    let emulator = Emulator::start_with_data(Some(big_archive_data(&archive)));
     let id = emulator.storage_id(Kind::Volume, "big");
     emulator.reset_counters();
     let download = emulator.client().download(Kind::Volume, &id, None).unwrap();
@@ -634,7 +591,7 @@ fn the_redirect_is_followed_without_the_token() {
 
 #[test]
 fn both_version_parameter_names_select_the_version_in_both_shapes() {
-    let emulator = Emulator::start(&[]);
+    let emulator = Emulator::start();
     emulator.push("volumes", "two", json!({"a.txt": "first"}));
     emulator.push("volumes", "two", json!({"a.txt": "second, longer"}));
     let client = emulator.client();
@@ -667,7 +624,7 @@ fn both_version_parameter_names_select_the_version_in_both_shapes() {
 #[test]
 fn a_refused_url_is_replaced_by_a_fresh_one() {
     let archive = noise(50_000, 2);
-    let emulator = Emulator::start_with_data(&[], Some(big_archive_data(&archive)));
+    let emulator = Emulator::start_with_data(Some(big_archive_data(&archive)));
     let id = emulator.storage_id(Kind::Volume, "big");
     let client = emulator.client();
 
@@ -711,7 +668,7 @@ fn a_refused_url_is_replaced_by_a_fresh_one() {
 #[test]
 fn a_cut_connection_is_resumed_with_range_and_the_bytes_are_identical() {
     let archive = noise(2_000_000, 3);
-    let emulator = Emulator::start_with_data(&[], Some(big_archive_data(&archive)));
+    let emulator = Emulator::start_with_data(Some(big_archive_data(&archive)));
     let id = emulator.storage_id(Kind::Volume, "big");
     let client = emulator.client();
 
@@ -737,7 +694,7 @@ fn a_cut_connection_is_resumed_with_range_and_the_bytes_are_identical() {
 #[test]
 fn a_resume_after_the_url_expired_asks_for_a_fresh_url() {
     let archive = noise(1_000_000, 4);
-    let emulator = Emulator::start_with_data(&[], Some(big_archive_data(&archive)));
+    let emulator = Emulator::start_with_data(Some(big_archive_data(&archive)));
     let id = emulator.storage_id(Kind::Volume, "big");
     emulator.config(json!({"url_ttl_secs": 2}));
     emulator.reset_counters();
@@ -760,7 +717,7 @@ fn a_resume_after_the_url_expired_asks_for_a_fresh_url() {
 #[test]
 fn a_cut_that_repeats_beyond_the_budget_fails_the_read_with_the_api_error() {
     let archive = noise(1_000_000, 5);
-    let emulator = Emulator::start_with_data(&[], Some(big_archive_data(&archive)));
+    let emulator = Emulator::start_with_data(Some(big_archive_data(&archive)));
     let id = emulator.storage_id(Kind::Volume, "big");
     emulator.fault(json!({"route": "store.get", "cut_after_bytes": 1000, "count": 0}));
     let started = Instant::now();
@@ -783,7 +740,7 @@ fn a_slow_reader_is_not_cut_by_the_io_timeout() {
     // The io timeout bounds each read, not the whole download, and time the caller spends
     // between reads does not count: a download that outlasts it many times still completes.
     let archive = noise(1_000_000, 6);
-    let emulator = Emulator::start_with_data(&[], Some(big_archive_data(&archive)));
+    let emulator = Emulator::start_with_data(Some(big_archive_data(&archive)));
     let id = emulator.storage_id(Kind::Volume, "big");
     let io_timeout = Duration::from_millis(500);
     let client = emulator.client_with(&emulator.token, quick_policy(), io_timeout);

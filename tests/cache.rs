@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::archives::{pattern, put_archive, ArchiveBuilder};
-use common::{Emulator, Mount, MountOpts};
+use common::{put_archive, Emulator, Mount, MountOpts};
+use vm0_emulator::pack::{pattern, ArchiveBuilder};
 
 const MIB: u64 = 1 << 20;
 

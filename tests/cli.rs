@@ -113,7 +113,7 @@ fn common_mistakes_name_the_cause_and_the_fix() {
 
 #[test]
 fn an_already_mounted_directory_is_refused() {
-    let emu = Emulator::start(&["--demo"]);
+    let emu = Emulator::demo();
     let m = Mount::new(&emu);
     let out = run(Command::new(common::vm0fs_bin())
         .arg("mount")

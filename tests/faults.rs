@@ -14,11 +14,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::archives::{pattern, put_archive, ArchiveBuilder};
-use common::hostile::{
-    is_cached, log_when, poll_until, read_within, sha256_hex, tmp_entries, within, Sandbox,
-};
-use common::{ok, tar_extract, Emulator, Mount, MountOpts};
+use common::hostile::{is_cached, log_when, poll_until, read_within, tmp_entries, within, Sandbox};
+use common::{ok, put_archive, tar_extract, Emulator, Mount, MountOpts};
+use vm0_emulator::pack::{pattern, ArchiveBuilder};
+use vm0_emulator::sha256_hex;
 
 /// Generous bound for any single operation on the mount.
 const DEADLINE: Duration = Duration::from_secs(60);

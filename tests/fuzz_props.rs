@@ -28,6 +28,7 @@ use flate2::Compression;
 use proptest::prelude::*;
 use tar::{EntryType, Header};
 
+use vm0_emulator::pack::pax_record;
 use vm0fs::api::{ApiError, Client, ClientConfig, Kind, RetryPolicy, Token};
 use vm0fs::archive::{blob_path, unpack, ArchiveError, Index, NodeKind, UnpackOptions, Unpacked};
 
@@ -137,18 +138,6 @@ fn member() -> impl Strategy<Value = Member> {
         1 => (prop::sample::select(b"34567LKSVMDNs\0Z".to_vec()), path(), prop::collection::vec(any::<u8>(), 0..600))
             .prop_map(|(kind, name, data)| Member::Other { kind, name, data }),
     ]
-}
-
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
-    let body = key.len() + value.len() + 3;
-    let mut len = body + 1;
-    while len != body + len.to_string().len() {
-        len = body + len.to_string().len();
-    }
-    let mut out = format!("{len} {key}=").into_bytes();
-    out.extend_from_slice(value);
-    out.push(b'\n');
-    out
 }
 
 /// Append one header (with raw name and link bytes; GNU `L`/`K` headers first when they are

@@ -23,13 +23,12 @@ use std::time::Duration;
 use serde_json::json;
 use tar::EntryType;
 
-use common::archives::{pattern, put_archive, ArchiveBuilder};
 use common::hostile::{
-    assert_cache_layout, disk_usage, gzip, huge_header_archive, is_cached, log_when, poll_until,
-    put_sidecar, read_within, skip_line, tmp_entries, version_with_message, within, zero_bomb,
-    RawTar, Sandbox,
+    assert_cache_layout, disk_usage, is_cached, log_when, poll_until, put_sidecar, read_within,
+    skip_line, tmp_entries, version_with_message, within, Sandbox,
 };
-use common::{ok, tar_extract, tree_listing, Emulator, Mount};
+use common::{ok, put_archive, tar_extract, tree_listing, Emulator, Mount};
+use vm0_emulator::pack::{gzip, huge_header_archive, pattern, zero_bomb, ArchiveBuilder, RawTar};
 
 const MIB: u64 = 1 << 20;
 /// Generous bound for any single operation on the mount.

@@ -9,10 +9,12 @@ use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::archives::{feature_archive, pattern, put_archive, ArchiveBuilder};
 use common::{
-    c_path, libc_errno, ok, run, sh, tar_extract, tree_listing, Emulator, Mount, MountOpts,
+    c_path, libc_errno, ok, put_archive, run, sh, tar_extract, tree_listing, Emulator, Mount,
+    MountOpts,
 };
+use vm0_emulator::pack::{feature_archive, pattern, ArchiveBuilder};
+use vm0_emulator::EmulatorConfig;
 
 /// An emulator serving the feature archive as artifact `report` (two versions: an older
 /// small one and the feature archive, current), plus a 0-file version.
@@ -299,11 +301,11 @@ fn many_names_across_pages() {
         .unwrap();
         names.push(name);
     }
-    let emu = Emulator::start(&[
-        "--data",
-        data.path().to_str().unwrap(),
-        "--pagination-quirk",
-    ]);
+    let emu = Emulator::start(EmulatorConfig {
+        data_dirs: vec![data.path().to_path_buf()],
+        pagination_quirk: true,
+        ..EmulatorConfig::default()
+    });
     let m = Mount::new(&emu);
     let got: Vec<String> = ok(Command::new("ls").arg("-1").arg(m.join("volumes")))
         .lines()

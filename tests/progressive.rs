@@ -10,9 +10,9 @@ mod common;
 
 use std::os::unix::fs::{DirEntryExt, MetadataExt};
 
-use common::archives::{pattern, put_archive, ArchiveBuilder};
-use common::{Emulator, Mount};
+use common::{put_archive, Emulator, Mount};
 use serde_json::json;
+use vm0_emulator::pack::{pattern, ArchiveBuilder};
 
 const BIG: usize = 16 << 20;
 const BIG_FILES: usize = 4;

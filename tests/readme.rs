@@ -142,7 +142,7 @@ fn the_tour_in_the_readme_runs_as_written() {
         "the tour looks truncated: {commands:#?}"
     );
 
-    let emu = Emulator::start(&["--demo"]);
+    let emu = Emulator::demo();
     let m = Mount::new(&emu);
     let mount = m.path().to_path_buf();
     let work = tempfile::tempdir().unwrap();

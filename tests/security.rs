@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use common::archives::{feature_archive, put_archive, ArchiveBuilder};
 use common::hostile::{read_within, RawMount, Sandbox};
-use common::{c_path, libc_errno, ok, run, vm0fs_bin, Emulator, Mount, MountOpts};
+use common::{c_path, libc_errno, ok, put_archive, run, vm0fs_bin, Emulator, Mount, MountOpts};
+use vm0_emulator::pack::{feature_archive, ArchiveBuilder};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 

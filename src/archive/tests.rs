@@ -11,6 +11,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use tar::{EntryType, Header};
 use tempfile::TempDir;
+use vm0_emulator::pack::pax_record;
 
 use super::pax::parse_pax_time;
 use super::tree::normalize;
@@ -110,19 +111,6 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
     enc.write_all(data).unwrap();
     enc.finish().unwrap()
-}
-
-/// One pax record: `"<len> <key>=<value>\n"`, where `len` counts the whole record.
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
-    let body = key.len() + value.len() + 3;
-    let mut len = body + 1;
-    while len != body + len.to_string().len() {
-        len = body + len.to_string().len();
-    }
-    let mut record = format!("{len} {key}=").into_bytes();
-    record.extend_from_slice(value);
-    record.push(b'\n');
-    record
 }
 
 /// Content that shows where each byte came from (a shifted blob would not match).

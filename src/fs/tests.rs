@@ -154,9 +154,7 @@ impl Fake {
         let mut versions = Vec::new();
         for (i, a) in archives.into_iter().enumerate() {
             // Content-addressed like the real ids: 64 hex characters.
-            let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!(
-                "{name}/{i}"
-            )));
+            let id = vm0_emulator::sha256_hex(format!("{name}/{i}").as_bytes());
             let file_count = if a.is_some() { 1 } else { 0 };
             if let Some(a) = a {
                 self.archives.lock().insert(id.clone(), a);

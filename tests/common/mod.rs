@@ -1,15 +1,14 @@
-//! Shared helpers of the integration tests: the emulator as a child process, a real vm0fs
-//! mount of it, test-built archives, and running real tools.
+//! Shared helpers of the integration tests: the emulator started in-process, a real vm0fs
+//! mount of it, writing test archives into its data directories, and running real tools.
+//! The archives themselves are built with `vm0_emulator::pack`.
 //!
 //! Mount tests need root (or fusermount3) and /dev/fuse. When they are missing the tests
 //! fail loudly: a mount test that silently skips proves nothing.
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
-pub mod archives;
 pub mod hostile;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -17,10 +16,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
+use vm0_emulator::{EmulatorConfig, RunningEmulator};
 
-/// A running `vm0-emulator`, killed on drop.
+/// A `vm0-emulator` running in the test's process, stopped on drop.
 pub struct Emulator {
-    child: Child,
+    /// Stopped when dropped, as if its process had exited.
+    running: RunningEmulator,
     pub api_url: String,
     pub store_url: String,
     pub admin_url: String,
@@ -29,32 +30,15 @@ pub struct Emulator {
 }
 
 impl Emulator {
-    /// Start the emulator with `args` (e.g. `["--data", dir]`).
-    pub fn start(args: &[&str]) -> Emulator {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vm0-emulator"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start vm0-emulator");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the emulator's ready line");
-        let v: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("emulator ready line {line:?} is not JSON: {e}"));
-        let s = |k: &str| {
-            v[k].as_str()
-                .unwrap_or_else(|| panic!("{k} missing in {line}"))
-                .to_string()
-        };
+    /// Start an emulator with `config` (its listeners on random loopback ports).
+    pub fn start(config: EmulatorConfig) -> Emulator {
+        let running = vm0_emulator::start(config).expect("start the emulator");
         Emulator {
-            api_url: s("api_url"),
-            store_url: s("store_url"),
-            admin_url: s("admin_url"),
-            token: s("token"),
-            child,
+            api_url: running.api_url(),
+            store_url: running.store_url(),
+            admin_url: running.admin_url(),
+            token: running.token(),
+            running,
             http: reqwest::blocking::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -62,8 +46,20 @@ impl Emulator {
         }
     }
 
+    /// The built-in demo data set (`vm0-emulator --demo`).
+    pub fn demo() -> Emulator {
+        Emulator::start(EmulatorConfig {
+            demo: true,
+            ..EmulatorConfig::default()
+        })
+    }
+
+    /// One data directory (`vm0-emulator --data DIR`).
     pub fn with_data(dir: &Path) -> Emulator {
-        Emulator::start(&["--data", dir.to_str().unwrap()])
+        Emulator::start(EmulatorConfig {
+            data_dirs: vec![dir.to_path_buf()],
+            ..EmulatorConfig::default()
+        })
     }
 
     pub fn counters(&self) -> Value {
@@ -180,11 +176,13 @@ impl Emulator {
     }
 }
 
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Write `bytes` as the version `label` of storage `name` of `kind` in an emulator data dir.
+pub fn put_archive(data: &Path, kind: &str, name: &str, label: &str, bytes: &[u8]) -> PathBuf {
+    let dir = data.join(kind).join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{label}.tar.gz"));
+    std::fs::write(&path, bytes).unwrap();
+    path
 }
 
 pub fn vm0fs_bin() -> &'static str {

@@ -8,11 +8,11 @@ use std::io::Read;
 use serde::Deserialize;
 use tiny_http::Method;
 
-use super::faults::FaultRule;
-use super::model::{now_ms, storage_id, Kind, Storage};
-use super::pack::{self, EntryKind, PackEntry, Source};
-use super::wire::{Json, Reply, Shape};
-use super::{api, Shared};
+use crate::faults::FaultRule;
+use crate::model::{now_ms, storage_id, Kind, Storage};
+use crate::pack::{self, EntryKind, PackEntry, Source};
+use crate::wire::{Json, Reply, Shape};
+use crate::{api, Shared};
 
 /// Pushed content is JSON in the request, so this bounds memory, not archive sizes.
 const MAX_BODY: u64 = 256 * 1024 * 1024;
@@ -172,7 +172,7 @@ struct Push {
     name: String,
     #[serde(default)]
     files: BTreeMap<String, String>,
-    /// Extra, beyond the brief: `{"path": "target"}` symlinks, as the CLI can push them.
+    /// Beyond the contract's push: `{"path": "target"}` symlinks, as the CLI can push them.
     #[serde(default)]
     symlinks: BTreeMap<String, String>,
     #[serde(default)]
@@ -265,7 +265,7 @@ fn push(shared: &Shared, body: &[u8]) -> Reply {
     let created_at_ms = storage
         .newest_created_at_ms()
         .map_or(now, |newest| now.max(newest + 1));
-    let version = super::model::Version {
+    let version = crate::model::Version {
         id: packed.version_id,
         size: packed.size,
         file_count: packed.file_count,

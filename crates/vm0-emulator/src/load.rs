@@ -20,10 +20,10 @@ use anyhow::{bail, Context};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
-use super::model::{
+use crate::model::{
     parse_timestamp, storage_id, Kind, Storage, Version, BASE_TIME_MS, DAY_MS, MINUTE_MS,
 };
-use super::pack;
+use crate::pack;
 
 /// Overrides for one version, from `<label>.json`.
 #[derive(Debug, Default, Deserialize)]

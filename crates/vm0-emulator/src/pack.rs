@@ -4,6 +4,18 @@
 //! Archives can be gigabytes (the benchmarks use 1 GiB), so nothing here holds an archive
 //! or a file in memory: content streams from disk through a hasher into the gzip writer,
 //! and each file is read exactly once.
+//!
+//! The module also holds, once for every test of the workspace, the builders of archives
+//! that tests write themselves: in memory with the details real archives carry
+//! ([`ArchiveBuilder`], [`feature_archive`]), and by hand for what no well-behaved writer
+//! produces ([`RawTar`], [`zero_bomb`], [`huge_header_archive`]), with the one
+//! [`pax_record`] they all use.
+
+mod build;
+mod raw;
+
+pub use build::{feature_archive, pattern, pax_record, ArchiveBuilder};
+pub use raw::{gzip, gzip_stream, huge_header_archive, zero_bomb, RawTar};
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read};
@@ -17,7 +29,7 @@ use flate2::Compression;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::model::VersionHasher;
+use crate::model::VersionHasher;
 
 /// Where the bytes of a regular file come from.
 #[derive(Debug)]

@@ -1,7 +1,9 @@
-//! Archives built by the tests themselves, with the tar details real archives carry.
-
-use std::io::Write;
-use std::path::Path;
+//! Archives built in memory for tests, with the tar details real archives carry: owners,
+//! modes, directories listed after their children, GNU long names, pax headers with
+//! fractional mtimes, symlinks and hard links.
+//!
+//! These builders panic on what a test should never ask for (a path the tar format cannot
+//! hold): a test that builds a broken fixture must fail at once, where it went wrong.
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -60,59 +62,84 @@ impl ArchiveBuilder {
     /// A regular file (long names get a GNU long-name header).
     pub fn file(&mut self, path: &str, mode: u32, mtime: u64, data: &[u8]) -> &mut Self {
         let mut h = self.header(EntryType::Regular, mode, mtime, data.len() as u64);
-        self.tar.append_data(&mut h, path, data).unwrap();
+        self.tar
+            .append_data(&mut h, path, data)
+            .expect("a path the tar format can hold");
         self
     }
 
     pub fn dir(&mut self, path: &str, mode: u32, mtime: u64) -> &mut Self {
         let mut h = self.header(EntryType::Directory, mode, mtime, 0);
-        self.tar.append_data(&mut h, path, &[][..]).unwrap();
+        self.tar
+            .append_data(&mut h, path, &[][..])
+            .expect("a path the tar format can hold");
         self
     }
 
     pub fn symlink(&mut self, path: &str, target: &str, mtime: u64) -> &mut Self {
         let mut h = self.header(EntryType::Symlink, 0o777, mtime, 0);
-        self.tar.append_link(&mut h, path, target).unwrap();
+        self.tar
+            .append_link(&mut h, path, target)
+            .expect("a path and target the tar format can hold");
         self
     }
 
     pub fn hardlink(&mut self, path: &str, target: &str, mtime: u64) -> &mut Self {
         let mut h = self.header(EntryType::Link, 0o644, mtime, 0);
-        self.tar.append_link(&mut h, path, target).unwrap();
+        self.tar
+            .append_link(&mut h, path, target)
+            .expect("a path and target the tar format can hold");
         self
     }
 
     /// A regular file whose name and fractional mtime travel in a pax extended header.
     pub fn pax_file(&mut self, path: &str, mode: u32, mtime: &str, data: &[u8]) -> &mut Self {
         let mut records = Vec::new();
-        records.extend(pax_record("path", path));
-        records.extend(pax_record("mtime", mtime));
+        records.extend(pax_record("path", path.as_bytes()));
+        records.extend(pax_record("mtime", mtime.as_bytes()));
         let mut xh = self.header(EntryType::XHeader, 0o644, 0, records.len() as u64);
-        xh.set_path("PaxHeaders.0/entry").unwrap();
+        xh.set_path("PaxHeaders.0/entry")
+            .expect("a short relative name");
         xh.set_cksum();
-        self.tar.append(&xh, &records[..]).unwrap();
-        let secs: u64 = mtime.split('.').next().unwrap().parse().unwrap();
+        self.tar
+            .append(&xh, &records[..])
+            .expect("writing into memory cannot fail");
+        let secs: u64 = mtime
+            .split('.')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .expect("a pax mtime of the form SECONDS[.FRACTION]");
         let mut h = self.header(EntryType::Regular, mode, secs, data.len() as u64);
         // The ustar name is a placeholder; readers take the pax path.
-        h.set_path("pax-placeholder").unwrap();
+        h.set_path("pax-placeholder")
+            .expect("a short relative name");
         h.set_cksum();
-        self.tar.append(&h, data).unwrap();
+        self.tar
+            .append(&h, data)
+            .expect("writing into memory cannot fail");
         self
     }
 
     pub fn finish(self) -> Vec<u8> {
-        self.tar.into_inner().unwrap().finish().unwrap()
+        self.tar
+            .into_inner()
+            .and_then(|gz| gz.finish())
+            .expect("writing into memory cannot fail")
     }
 }
 
-/// One pax record: `"<len> <key>=<value>\n"`, where len counts the whole record.
-pub fn pax_record(key: &str, value: &str) -> Vec<u8> {
-    let body = format!(" {key}={value}\n");
-    let mut len = body.len() + 1;
-    while len.to_string().len() + body.len() != len {
-        len += 1;
+/// One pax record: `"<len> <key>=<value>\n"`, where `len` counts the whole record,
+/// its own digits included (POSIX `pax`, "extended header").
+pub fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3;
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
     }
-    format!("{len}{body}").into_bytes()
+    let mut record = format!("{len} {key}=").into_bytes();
+    record.extend_from_slice(value);
+    record.push(b'\n');
+    record
 }
 
 /// The archive of the mount tests: nested directories (some entries after their
@@ -185,37 +212,49 @@ pub fn feature_archive() -> Vec<u8> {
     b.finish()
 }
 
-/// An archive with `n` small files in `dirs` directories (for listing-heavy tests).
-pub fn many_files_archive(n: usize, dirs: usize) -> Vec<u8> {
-    let mut b = ArchiveBuilder::new();
-    for d in 0..dirs {
-        b.dir(&format!("d{d:03}"), 0o755, 1_700_000_000);
-    }
-    for i in 0..n {
-        b.file(
-            &format!("d{:03}/file-{i:06}.txt", i % dirs),
-            0o644,
-            1_700_000_000 + i as u64,
-            format!("file {i}\n").as_bytes(),
-        );
-    }
-    b.finish()
-}
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
 
-/// Write `bytes` as the version `label` of storage `name` of `kind` in an emulator data dir.
-pub fn put_archive(
-    data: &Path,
-    kind: &str,
-    name: &str,
-    label: &str,
-    bytes: &[u8],
-) -> std::path::PathBuf {
-    let dir = data.join(kind).join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{label}.tar.gz"));
-    std::fs::File::create(&path)
-        .unwrap()
-        .write_all(bytes)
-        .unwrap();
-    path
+    use super::*;
+
+    #[test]
+    fn a_pax_record_counts_its_own_digits() {
+        // Around the lengths where the count gains a digit (9 -> 10, 99 -> 100, 999 -> 1000).
+        for value_len in [
+            0usize, 1, 2, 3, 88, 89, 90, 91, 92, 93, 94, 986, 987, 988, 989,
+        ] {
+            let value = vec![b'v'; value_len];
+            let record = pax_record("path", &value);
+            let text = std::str::from_utf8(&record).expect("ASCII");
+            let (len, rest) = text.split_once(' ').expect("a length, then a space");
+            assert_eq!(len.parse::<usize>().ok(), Some(record.len()), "{text:?}");
+            assert_eq!(rest.as_bytes(), [b"path=", &value[..], b"\n"].concat());
+        }
+    }
+
+    #[test]
+    fn the_tar_crate_reads_what_the_builder_writes() {
+        let mut b = ArchiveBuilder::new();
+        b.file("a.txt", 0o640, 1_700_000_000, b"hello");
+        b.pax_file("deep/pax.txt", 0o644, "1700000001.5", b"pax");
+        b.symlink("link", "a.txt", 1_700_000_002);
+        let gz = b.finish();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&gz[..]));
+        let mut seen = Vec::new();
+        for entry in archive.entries().expect("a tar stream") {
+            let mut entry = entry.expect("a member");
+            let path = entry.path().expect("a path").display().to_string();
+            let mut data = String::new();
+            entry.read_to_string(&mut data).expect("UTF-8 content");
+            seen.push((path, entry.header().mode().expect("a mode"), data));
+        }
+        let want = [
+            ("a.txt", 0o640, "hello"),
+            ("deep/pax.txt", 0o644, "pax"),
+            ("link", 0o777, ""),
+        ]
+        .map(|(p, m, d)| (p.to_string(), m, d.to_string()));
+        assert_eq!(seen, want);
+    }
 }

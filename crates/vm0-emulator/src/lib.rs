@@ -1,16 +1,29 @@
-//! A faithful emulator of the VM0 API (see `/work/shared/vm0-api.md`), served over real
-//! HTTP on loopback, for the tests, the demo and the benchmarks of vm0fs.
+//! vm0-emulator: a faithful stand-in for the VM0 API (the contract in `vm0-api.md`),
+//! served over real HTTP on loopback, for the tests, the demo and the benchmarks of vm0fs.
 //!
-//! Two listeners: the API (`/v1/...`, plus the test-only admin endpoints under
-//! `/_emulator/`) and an S3-like object store that the API's download redirects point to.
-//! The data comes from a data directory (see [`load`]) and/or a built-in demo set
-//! (see [`demo`]); archives live on disk, never in memory, so gigabyte versions are fine.
+//! The crate owns everything that plays the service's side: the API listener (`/v1/...`,
+//! plus the test-only [admin endpoints](#admin-endpoints) under `/_emulator/`), an S3-like
+//! object store that the API's download redirects point to, the data they serve (data
+//! directories, see [`load`], and a built-in demo set, see [`demo`]), and the archive
+//! builders that tests share ([`pack`]). It does not depend on vm0fs: it checks vm0fs's
+//! client against the contract, not against itself. vm0fs takes it as a dev-dependency;
+//! nothing of it ships in the product.
+//!
+//! Archives live on disk, never in memory, so gigabyte versions are fine.
+//!
+//! # Admin endpoints
+//!
+//! No authentication; JSON in, JSON out (the crate's README.md says what each one does):
+//! `GET /_emulator/counters`, `POST /_emulator/counters/reset`, `GET|POST|DELETE
+//! /_emulator/faults`, `GET|POST /_emulator/config`, `POST /_emulator/push`,
+//! `POST /_emulator/current`.
 //!
 //! This file owns the configuration, the state the listeners share, and starting and
-//! stopping them. The `vm0-emulator` binary is a thin wrapper around [`start`].
+//! stopping them. The `vm0-emulator` binary is a thin wrapper around [`start`]; tests call
+//! [`start`] in-process:
 //!
 //! ```no_run
-//! let emu = vm0fs::emulator::start(vm0fs::emulator::EmulatorConfig {
+//! let emu = vm0_emulator::start(vm0_emulator::EmulatorConfig {
 //!     demo: true,
 //!     ..Default::default()
 //! })?;
@@ -23,6 +36,7 @@ mod admin;
 mod api;
 pub mod demo;
 pub mod faults;
+mod listener;
 pub mod load;
 pub mod model;
 pub mod pack;
@@ -34,13 +48,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::Context;
 use parking_lot::RwLock;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-pub use model::{content_version_id, storage_id, Kind};
+pub use model::{content_version_id, sha256, sha256_hex, storage_id, Kind};
 pub use wire::Shape;
 
 /// The token the emulator accepts when none is configured:
@@ -134,7 +149,8 @@ pub struct ReadyLine {
 pub struct RunningEmulator {
     api_addr: SocketAddr,
     shared: Arc<Shared>,
-    server: Arc<tiny_http::Server>,
+    /// `None` once stopped.
+    server: Option<Arc<tiny_http::Server>>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     store: store::StoreServer,
@@ -259,7 +275,7 @@ fn start_in(
     Ok(RunningEmulator {
         api_addr,
         shared,
-        server,
+        server: Some(server),
         stop,
         workers,
         store,
@@ -297,19 +313,28 @@ impl RunningEmulator {
         }
     }
 
-    /// Stops both listeners and removes a temporary work directory.
+    /// Stops as the exit of the process would (both listeners closed, every open
+    /// connection cut, so that clients see the server gone rather than hung) and removes a
+    /// temporary work directory. A worker in the middle of a delayed answer is waited for.
     pub fn shutdown(mut self) {
         self.stop_all();
     }
 
     fn stop_all(&mut self) {
+        let Some(server) = self.server.take() else {
+            return;
+        };
         self.stop.store(true, Ordering::SeqCst);
         for _ in 0..self.workers.len() {
-            self.server.unblock();
+            server.unblock();
         }
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
+        // The workers held the other references: this closes the API listener.
+        drop(server);
+        listener::wait_until_closed(self.api_addr, Duration::from_secs(2));
+        listener::cut_accepted(self.api_addr);
         self.store.shutdown();
         if let Some(dir) = self.temp_dir.take() {
             let _ = std::fs::remove_dir_all(dir);
@@ -355,5 +380,47 @@ mod tests {
             .timeout(std::time::Duration::from_secs(2))
             .send();
         assert!(after.is_err());
+    }
+
+    /// Stopping an emulator that runs inside a test's process must look like the process
+    /// exiting: a client's kept-alive connection is closed, not left open with requests on
+    /// it that nothing answers.
+    #[test]
+    fn shutdown_closes_a_kept_alive_connection() {
+        use std::io::{Read, Write};
+
+        let emu = start(EmulatorConfig::default()).expect("start the emulator");
+        let mut conn = std::net::TcpStream::connect(emu.api_addr).expect("connect");
+        write!(
+            conn,
+            "GET /v1/volumes HTTP/1.1\r\nHost: emulator\r\nAuthorization: Bearer {}\r\n\r\n",
+            emu.token()
+        )
+        .expect("send a request");
+        // Read the answer until the server goes quiet: it keeps the connection open.
+        conn.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("set a read timeout");
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => panic!("the connection closed before the shutdown"),
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        emu.shutdown();
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set a read timeout");
+        assert_eq!(
+            conn.read(&mut buf).expect("end-of-file, not a timeout"),
+            0,
+            "the connection is closed"
+        );
     }
 }

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
-/// The two kinds of storage. The emulator keeps its own type rather than the client's
-/// (`crate::api`) so that it checks the client against the contract, not against itself.
+/// The two kinds of storage. The emulator keeps its own type rather than vm0fs's client's
+/// (`vm0fs::api::Kind`) so that it checks the client against the contract, not against
+/// itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Volumes,
@@ -292,9 +293,20 @@ pub fn content_version_id<'a>(
 ) -> String {
     let mut hasher = VersionHasher::default();
     for (path, content) in files {
-        hasher.file(path, &hex::encode(Sha256::digest(content)));
+        hasher.file(path, &sha256_hex(content));
     }
     hasher.finish(storage_id)
+}
+
+/// SHA-256 of `bytes`, the digest of every id of the contract. Public so that vm0fs's
+/// tests hash with the emulator's digest instead of carrying their own SHA crate.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// [`sha256`] as 64 lowercase hex characters, the form of version ids.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(sha256(bytes))
 }
 
 /// Milliseconds of the emulator's fixed base time, 2026-01-20T10:00:00.000Z: data loaded

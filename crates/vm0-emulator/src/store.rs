@@ -21,9 +21,9 @@ use flate2::Compression;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::faults::{Corrupt, FaultRule};
-use super::model::Kind;
-use super::Shared;
+use crate::faults::{Corrupt, FaultRule};
+use crate::model::Kind;
+use crate::Shared;
 
 /// Idle keep-alive connections are closed after this long, so their threads end.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,7 +61,7 @@ fn mac(secret: &[u8], path: &str, date: &str, expires: u64) -> Hmac<Sha256> {
 }
 
 fn now_secs() -> i64 {
-    super::model::now_ms() / 1000
+    crate::model::now_ms() / 1000
 }
 
 /// `YYYYMMDDTHHMMSSZ`, SigV4's date format.
@@ -157,7 +157,8 @@ impl StoreServer {
         })
     }
 
-    /// Stops accepting connections. Connections in flight finish on their own threads.
+    /// Stops accepting connections and cuts the open ones, as the exit of the process
+    /// would; their threads then end on their own.
     pub fn shutdown(&mut self) {
         let Some(handle) = self.accept.take() else {
             return;
@@ -165,7 +166,9 @@ impl StoreServer {
         self.stop.store(true, Ordering::SeqCst);
         // The accept loop only sees the flag when a connection arrives: make one.
         let _ = TcpStream::connect(self.addr);
+        // The accept thread owns the listener: once it has ended, the listener is closed.
         let _ = handle.join();
+        crate::listener::cut_accepted(self.addr);
     }
 }
 
@@ -468,7 +471,7 @@ fn handle(stream: &mut TcpStream, request: &Request, shared: &Shared) -> io::Res
 
 /// S3 writes times in its XML errors as ISO-8601 without milliseconds.
 fn amz_iso(secs: i64) -> String {
-    let ms = super::model::format_timestamp(secs * 1000);
+    let ms = crate::model::format_timestamp(secs * 1000);
     format!("{}Z", &ms[..19])
 }
 

@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
-use super::faults::FaultRule;
-use super::model::{format_timestamp, Kind, LookupError, Storage, Version};
-use super::wire::{Json, Reply, Shape};
-use super::{admin, store, Runtime, Shared};
+use crate::faults::FaultRule;
+use crate::model::{format_timestamp, Kind, LookupError, Storage, Version};
+use crate::wire::{Json, Reply, Shape};
+use crate::{admin, store, Runtime, Shared};
 
 /// Default and largest page sizes of the contract.
 const DEFAULT_LIMIT: usize = 20;
@@ -27,7 +27,7 @@ pub fn handle(shared: &Shared, mut request: tiny_http::Request) {
         api(shared, &request, path, query)
     };
     tracing::debug!(%method, %url, status = reply.status(), "API request");
-    super::wire::send(request, reply);
+    crate::wire::send(request, reply);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::blocking::{Client, Response};
 use serde_json::{json, Value};
-use vm0fs::emulator::{content_version_id, default_token, storage_id, Kind};
+use vm0_emulator::{content_version_id, default_token, storage_id, Kind};
 
 /// A running emulator process, killed on drop.
 struct Emu {

@@ -1,6 +1,7 @@
 //! `vm0-emulator`: serves the VM0 API and its object store on loopback, for the tests, the
-//! demo and the benchmarks of vm0fs. A thin wrapper around `vm0fs::emulator`: parse flags,
-//! start, print one JSON line with the URLs and the token, serve until SIGTERM or SIGINT.
+//! demo and the benchmarks of vm0fs. A thin wrapper around the `vm0_emulator` library:
+//! parse flags, start, print one JSON line with the URLs and the token, serve until
+//! SIGTERM or SIGINT.
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use vm0fs::emulator::{self, EmulatorConfig, Shape};
+use vm0_emulator::{EmulatorConfig, Shape};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ShapeArg {
@@ -23,7 +24,7 @@ enum ShapeArg {
 /// Prints one JSON line on stdout once ready:
 /// {"api_url":…,"store_url":…,"admin_url":…,"token":…}. Logs go to stderr (RUST_LOG).
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, after_long_help = ADMIN_HELP)]
 struct Args {
     /// Data directory: DIR/{volumes,artifacts}/<name>/<label>[/ | .tar.gz | .json]
     /// (repeatable).
@@ -54,6 +55,21 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
 }
+
+/// The end of `--help`: the admin endpoints, which flags cannot show.
+const ADMIN_HELP: &str = "\
+Admin endpoints (on the API listener, no authentication, JSON bodies; details in
+crates/vm0-emulator/README.md):
+  GET    /_emulator/counters        requests served per route key
+  POST   /_emulator/counters/reset  set every counter to zero
+  GET    /_emulator/faults          fault rules with their remaining uses
+  POST   /_emulator/faults          add a fault rule (status, delay, cut, corrupt)
+  DELETE /_emulator/faults          remove every fault rule
+  GET    /_emulator/config          the runtime configuration
+  POST   /_emulator/config          change url_ttl_secs, token, shape, pagination_quirk,
+                                    stuck_cursor while running
+  POST   /_emulator/push            create a version from JSON content; it becomes current
+  POST   /_emulator/current         make a version (id or prefix) the current one";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -93,7 +109,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         work_dir: args.work_dir,
         ..EmulatorConfig::default()
     };
-    let running = emulator::start(config)?;
+    let running = vm0_emulator::start(config)?;
     let line = serde_json::to_string(&running.ready_line())?;
     {
         let mut out = std::io::stdout().lock();
