@@ -30,8 +30,10 @@ if [ "${1:-}" = "stop" ]; then
 fi
 
 bash scripts/deps.sh
-echo "building vm0fs (release)..." >&2
-cargo build --release --bins --quiet
+# Cargo shows its progress: the first build compiles every dependency and takes about
+# 5 minutes on 2 cores (later runs take seconds).
+echo "building vm0fs (release; the first build takes about 5 minutes on 2 cores)..." >&2
+cargo build --release --bins
 stop
 mkdir -p "$mnt" "$cache" "$state"
 
