@@ -76,12 +76,15 @@ fn init_logging(level: &str, to: LogTo) -> anyhow::Result<()> {
 #[derive(Clone, Default)]
 struct HeldLog(Arc<Mutex<LogSink>>);
 
-#[derive(Default)]
 enum LogSink {
-    #[default]
-    Idle,
     Held(Vec<u8>),
     File(File),
+}
+
+impl Default for LogSink {
+    fn default() -> LogSink {
+        LogSink::Held(Vec::new())
+    }
 }
 
 /// More than a start logs, even at trace level; beyond it lines are dropped.
@@ -112,7 +115,6 @@ impl Write for HeldLog {
                 lines.extend_from_slice(buf)
             }
             LogSink::Held(_) => {}
-            LogSink::Idle => *sink = LogSink::Held(buf.to_vec()),
         }
         Ok(buf.len())
     }
@@ -120,7 +122,7 @@ impl Write for HeldLog {
     fn flush(&mut self) -> std::io::Result<()> {
         match &mut *self.0.lock() {
             LogSink::File(f) => f.flush(),
-            LogSink::Held(_) | LogSink::Idle => Ok(()),
+            LogSink::Held(_) => Ok(()),
         }
     }
 }
