@@ -30,11 +30,13 @@ if [ "${1:-}" = "stop" ]; then
 fi
 
 bash scripts/deps.sh
-echo "building vm0fs and the emulator (release)..." >&2
-# Two builds, not one: built together, the emulator's dependency features would be unified
-# into the product's, and the vm0fs binary could differ from the one `cargo build` makes.
-cargo build --release --quiet -p vm0fs
-cargo build --release --quiet -p vm0-emulator
+# Cargo shows its progress: the first build compiles every dependency and takes about
+# 5 minutes on 2 cores (later runs take seconds). Two builds, not one: built together, the
+# emulator's dependency features would be unified into the product's, and the vm0fs binary
+# could differ from the one `cargo build` makes.
+echo "building vm0fs and the emulator (release; the first build takes about 5 minutes on 2 cores)..." >&2
+cargo build --release -p vm0fs
+cargo build --release -p vm0-emulator
 stop
 mkdir -p "$mnt" "$cache" "$state"
 

@@ -8,10 +8,53 @@ use crate::api::Token;
 
 pub const DEFAULT_API_URL: &str = "https://api.vm0.ai/v1";
 pub const DEFAULT_CACHE_SIZE: u64 = 10 << 30;
+/// The smallest cache budget a mount accepts: 1 MiB. A smaller cache holds no useful
+/// version (every access would fail with `EFBIG`), and such a budget almost always comes
+/// from a forgotten unit: `--cache-size 10` is ten bytes.
+pub const MIN_CACHE_SIZE: u64 = 1 << 20;
 pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(60);
 /// FUSE worker threads. Each one can be held by a request waiting for a cold version, so
 /// there are enough for downloads not to block the rest of the mount.
 pub const DEFAULT_THREADS: usize = 16;
+
+/// Where the API URL of a mount came from, so that a message names the setting the user
+/// actually used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ApiUrlSource {
+    /// `--api-url`.
+    Flag,
+    /// The environment variable `VM0_API_URL`.
+    Env,
+    /// `api_url=` of `mount -o` or `/etc/fstab`.
+    MountOption,
+    /// [`DEFAULT_API_URL`].
+    #[default]
+    Default,
+}
+
+impl ApiUrlSource {
+    /// What the user changes to use another URL, for "check ..." and "set ..." hints.
+    pub fn setting(self) -> &'static str {
+        match self {
+            ApiUrlSource::Flag => "--api-url",
+            ApiUrlSource::Env => "VM0_API_URL",
+            ApiUrlSource::MountOption => "the mount option api_url",
+            ApiUrlSource::Default => "--api-url (or VM0_API_URL)",
+        }
+    }
+}
+
+impl std::fmt::Display for ApiUrlSource {
+    /// Where the URL came from, as in "the API URL ... (from --api-url)".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ApiUrlSource::Flag => "--api-url",
+            ApiUrlSource::Env => "VM0_API_URL",
+            ApiUrlSource::MountOption => "the mount option api_url",
+            ApiUrlSource::Default => "the built-in default",
+        })
+    }
+}
 
 /// Who besides the mounting user may enter the mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,11 +67,15 @@ pub enum Access {
 /// Everything a mount runs on.
 #[derive(Debug, Clone)]
 pub struct MountConfig {
+    /// Absolute.
     pub mountpoint: PathBuf,
     pub api_url: String,
+    /// Where the API URL came from, for messages.
+    pub api_url_source: ApiUrlSource,
     pub token: Token,
     /// Where the token came from ("VM0_TOKEN" or "the token file PATH"), for messages.
     pub token_source: String,
+    /// Absolute: the daemon leaves the caller's working directory.
     pub cache_dir: PathBuf,
     pub cache_size: u64,
     pub metadata_ttl: Duration,

@@ -2,14 +2,17 @@
 
 mod cli;
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
+use parking_lot::Mutex;
 
 use cli::{Cli, MountArgs};
+use vm0fs::config::MountConfig;
 
 fn main() -> ExitCode {
     // Installed as /sbin/mount.vm0fs, this program serves `mount -t vm0fs` and fstab.
@@ -18,7 +21,7 @@ fn main() -> ExitCode {
         let args: Vec<String> = std::env::args().skip(1).collect();
         return finish(cli::from_mount_helper(&args).and_then(mount));
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     let result = match cli.command {
         cli::Command::Mount(args) => mount(args),
         cli::Command::Unmount(args) => vm0fs::mount::unmount(&args.mountpoint, args.lazy),
@@ -37,35 +40,99 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn init_logging(level: &str, log_file: Option<&Path>) -> anyhow::Result<()> {
+/// Where log lines go.
+enum LogTo {
+    Stderr,
+    /// The daemon's log file, once the mount is ready.
+    Held(HeldLog),
+}
+
+fn init_logging(level: &str, to: LogTo) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
+    // The level was checked with the other flags; this error is not expected.
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(format!("vm0fs={level},warn")))
-        .with_context(|| {
-            format!("invalid --log-level {level:?}: use error, warn, info, debug or trace")
+        .map_err(|_| {
+            anyhow::anyhow!("invalid --log-level {level:?}: use error, warn, info, debug or trace")
         })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
-    match log_file {
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open the log file {}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .init();
-        }
-        None => {
+    match to {
+        LogTo::Held(log) => builder.with_ansi(false).with_writer(log).init(),
+        LogTo::Stderr => {
             use std::io::IsTerminal;
             let ansi = std::io::stderr().is_terminal();
             builder.with_ansi(ansi).with_writer(std::io::stderr).init()
         }
     }
     Ok(())
+}
+
+/// The daemon's log. Until the mount is ready its lines are held in memory; then they are
+/// appended to the log file in the cache directory, followed by every later line. A daemon
+/// that fails to start writes nothing there: the cache directory, and its log, may belong
+/// to another daemon that is running (and the failure is shown by `vm0fs mount`).
+#[derive(Clone, Default)]
+struct HeldLog(Arc<Mutex<LogSink>>);
+
+enum LogSink {
+    Held(Vec<u8>),
+    File(File),
+}
+
+impl Default for LogSink {
+    fn default() -> LogSink {
+        LogSink::Held(Vec::new())
+    }
+}
+
+/// More than a start logs, even at trace level; beyond it lines are dropped.
+const HELD_LOG_MAX: usize = 1 << 20;
+
+impl HeldLog {
+    /// Append the held lines to `path`, and every later line.
+    fn attach(&self, path: &Path) -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let mut sink = self.0.lock();
+        if let LogSink::Held(lines) = &*sink {
+            file.write_all(lines)?;
+        }
+        *sink = LogSink::File(file);
+        Ok(())
+    }
+}
+
+impl Write for HeldLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut sink = self.0.lock();
+        match &mut *sink {
+            LogSink::File(f) => f.write_all(buf)?,
+            LogSink::Held(lines) if lines.len() + buf.len() <= HELD_LOG_MAX => {
+                lines.extend_from_slice(buf)
+            }
+            LogSink::Held(_) => {}
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut *self.0.lock() {
+            LogSink::File(f) => f.flush(),
+            LogSink::Held(_) => Ok(()),
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for HeldLog {
+    type Writer = HeldLog;
+
+    fn make_writer(&'a self) -> HeldLog {
+        self.clone()
+    }
 }
 
 /// The log file of a daemonized mount: inside the cache directory, next to what it logs.
@@ -75,34 +142,61 @@ fn log_file_for(cache_dir: &Path) -> PathBuf {
 
 fn mount(args: MountArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
+    let warnings = args.warnings();
+    if args.foreground || args.daemon_child {
+        // The process that serves the mount keeps no directory busy: a file system the
+        // user ran `vm0fs mount` from can still be unmounted. Every path is absolute now.
+        std::env::set_current_dir("/").context("cannot change to the root directory")?;
+    }
     if args.foreground {
-        init_logging(&args.log_level, None)?;
+        init_logging(&args.log_level, LogTo::Stderr)?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
         return vm0fs::mount::run(&config, || {});
     }
     if args.daemon_child {
-        let result = vm0fs::mount::prepare_cache_dir(&config.cache_dir)
-            .and_then(|()| init_logging(&args.log_level, Some(&log_file_for(&config.cache_dir))))
-            .and_then(|()| {
-                vm0fs::mount::run(&config, || {
-                    // Tell the waiting parent, then let go of the pipe: the parent exits next.
-                    println!("ready");
-                    let _ = std::io::stdout().flush();
-                    redirect_stdout_to_null();
-                })
-            });
-        if let Err(e) = &result {
-            tracing::error!("{e:#}");
-            // Before "ready" the parent is listening and shows this to the user.
-            println!("error: {e:#}");
-        }
-        return result;
+        return daemon(&args, &config, &warnings);
+    }
+    for w in &warnings {
+        eprintln!("vm0fs: warning: {w}");
     }
     // Check what can be checked here, so that common mistakes are reported at once.
-    vm0fs::mount::check_mountpoint(&config.mountpoint)?;
+    vm0fs::mount::check_paths(&config)?;
     if args.fake {
         return Ok(());
     }
     daemonize(&args, &config.cache_dir)
+}
+
+/// The background process of a mount: serve it, and tell the waiting parent on stdout
+/// that it is ready (`ready`) or why it is not (`error: ...`).
+fn daemon(args: &MountArgs, config: &MountConfig, warnings: &[String]) -> anyhow::Result<()> {
+    let log = HeldLog::default();
+    init_logging(&args.log_level, LogTo::Held(log.clone()))?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let log_path = log_file_for(&config.cache_dir);
+    let result = vm0fs::mount::run(config, || {
+        // The cache directory is this daemon's now (it holds the cache's lock).
+        if let Err(e) = log.attach(&log_path) {
+            println!(
+                "warning: cannot open the log file {}: {e}; this mount logs nothing",
+                log_path.display()
+            );
+        }
+        // Tell the waiting parent, then let go of the pipe: the parent exits next.
+        println!("ready");
+        let _ = std::io::stdout().flush();
+        redirect_output_to_null();
+    });
+    if let Err(e) = &result {
+        tracing::error!("{e:#}");
+        // Before "ready" the parent is listening and shows this to the user.
+        println!("error: {e:#}");
+    }
+    result
 }
 
 /// Start this program again in the background as the mount's daemon and wait until it says
@@ -113,14 +207,18 @@ fn daemonize(args: &MountArgs, cache_dir: &Path) -> anyhow::Result<()> {
     cmd.args(args.to_argv())
         .arg("--daemon-child")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    // The daemon must outlive this terminal's session and its signals.
+        .stdout(Stdio::piped());
     use std::os::unix::process::CommandExt;
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    // SAFETY: setsid and dup2 are async-signal-safe and touch no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
+            // The daemon must outlive this terminal's session and its signals.
             if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Its stderr joins the pipe: what it prints before "ready" (a panic, say) is
+            // the reason this process reports.
+            if libc::dup2(1, 2) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -128,10 +226,12 @@ fn daemonize(args: &MountArgs, cache_dir: &Path) -> anyhow::Result<()> {
     }
     let mut child = cmd.spawn().context("cannot start the vm0fs daemon")?;
     let stdout = child.stdout.take().context("daemon stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
     let log = log_file_for(cache_dir);
-    match lines.next() {
-        Some(Ok(line)) if line == "ready" => {
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if let Some(warning) = line.strip_prefix("warning: ") {
+            eprintln!("vm0fs: warning: {warning}");
+        } else if line == "ready" {
             eprintln!(
                 "vm0fs: mounted at {} (daemon pid {}, log {}); unmount with `vm0fs unmount {}`",
                 args.mountpoint.display(),
@@ -139,28 +239,25 @@ fn daemonize(args: &MountArgs, cache_dir: &Path) -> anyhow::Result<()> {
                 log.display(),
                 args.mountpoint.display()
             );
-            Ok(())
-        }
-        Some(Ok(line)) => {
+            return Ok(());
+        } else {
             let _ = child.wait();
             anyhow::bail!("{}", line.strip_prefix("error: ").unwrap_or(&line))
         }
-        _ => {
-            let status = child.wait().ok();
-            anyhow::bail!(
-                "the vm0fs daemon exited before the mount was ready ({status:?}); see {}",
-                log.display()
-            )
-        }
     }
+    let status = child.wait().ok();
+    anyhow::bail!("the vm0fs daemon exited before the mount was ready ({status:?})")
 }
-
-fn redirect_stdout_to_null() {
+/// Point stdout and stderr at /dev/null: the parent stops reading them once the mount is
+/// ready, and a write to an abandoned pipe would fail.
+fn redirect_output_to_null() {
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
         use std::os::unix::io::AsRawFd;
-        // SAFETY: dup2 onto fd 1 replaces our stdout with /dev/null; both fds are valid.
+        // SAFETY: dup2 onto fds 1 and 2 replaces stdout and stderr with /dev/null; all the
+        // descriptors are valid.
         unsafe {
             libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(null.as_raw_fd(), 2);
         }
     }
 }

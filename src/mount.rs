@@ -1,83 +1,100 @@
 //! Mounting and unmounting: checks before the mount, the FUSE session's life, signals, and
-//! `vm0fs unmount` (for live and for dead daemons).
+//! `vm0fs unmount` (for live and for dead daemons). How the file system is attached to
+//! the mountpoint and detached again (mount(2) or fusermount3) is in [`attach`].
 //!
 //! Everything here happens at the edge of the program, so errors are `anyhow` with
 //! messages that name the thing, the cause and the fix.
+
+mod attach;
 
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use fuser::{MountOption, SessionACL};
+use fuser::SessionACL;
 
-use crate::api::{Client, ClientConfig, RetryPolicy};
+use crate::api::{ApiError, Client, ClientConfig, RetryPolicy};
 use crate::cache::Cache;
-use crate::config::{Access, MountConfig};
+use crate::config::{Access, ApiUrlSource, MountConfig};
 use crate::fs::{Fs, FsConfig, Remote};
 use crate::fuse::FuseFs;
 use crate::openfiles::OpenFiles;
 use crate::size::ByteSize;
 
-/// Check a mountpoint before mounting: it exists, is a directory, is empty and is not
-/// already a mount (live or dead).
-pub fn check_mountpoint(path: &Path) -> anyhow::Result<()> {
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_dir() => bail!("mountpoint {} is not a directory; pass an empty directory", path.display()),
-        Ok(_) => {}
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
-            "mountpoint {} is still mounted by a vm0fs that is no longer running; run `vm0fs unmount {}` first",
-            path.display(),
-            path.display()
-        ),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
-            "mountpoint {} does not exist; create it with `mkdir -p {}`",
-            path.display(),
-            path.display()
-        ),
-        Err(e) => bail!("cannot use mountpoint {}: {e}", path.display()),
-    }
-    if is_mounted(path) {
-        bail!(
-            "{} is already a mount point; unmount it first (`vm0fs unmount {}`) or pick another directory",
-            path.display(),
-            path.display()
-        );
-    }
-    let mut entries = std::fs::read_dir(path)
-        .with_context(|| format!("cannot read mountpoint {}", path.display()))?;
-    if entries.next().is_some() {
-        bail!(
-            "mountpoint {} is not empty; mounting over it would hide its files: use an empty directory",
-            path.display()
-        );
-    }
-    if !Path::new("/dev/fuse").exists() {
-        bail!("/dev/fuse does not exist: load the fuse kernel module (`modprobe fuse`) or, in a container, pass the device (`--device /dev/fuse`)");
-    }
-    Ok(())
+pub use attach::{FS_TYPE, SOURCE};
+
+/// How long `vm0fs mount` waits for the daemon of an existing vm0fs mount to answer before
+/// calling it hung.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a mount waits for the cache's lock to be let go of (see
+/// [`wait_for_cache_lock`]).
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// One line of `/proc/self/mountinfo` (see proc(5)): the fields vm0fs looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mount_point: PathBuf,
+    /// The device number of the mounted file system (`st_dev` of its files).
+    pub dev: (u32, u32),
+    /// `fuse.vm0fs`, `tmpfs`, ...
+    pub fs_type: String,
+    /// The "device": `vm0fs` for vm0fs mounts.
+    pub source: String,
 }
 
-/// Whether `path` is a mount point, from `/proc/self/mountinfo` (no `stat`, which would hang
-/// or fail on a dead FUSE mount).
+impl MountEntry {
+    /// Whether this is a vm0fs mount: of type `fuse.vm0fs`, or of source `vm0fs` on a
+    /// FUSE type (root mounts of earlier versions had the bare type `fuse`).
+    pub fn is_vm0fs(&self) -> bool {
+        self.fs_type == FS_TYPE
+            || (self.source == SOURCE
+                && (self.fs_type == "fuse" || self.fs_type.starts_with("fuse.")))
+    }
+}
+
+/// The mounts of a mountinfo text, in mount order.
+fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            // ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FS_TYPE SOURCE SUPER
+            let (before, after) = line.split_once(" - ")?;
+            let fields: Vec<&str> = before.split(' ').collect();
+            let (major, minor) = fields.get(2)?.split_once(':')?;
+            let mount_point = fields.get(4)?;
+            let mut after = after.split(' ');
+            let fs_type = after.next()?;
+            let source = after.next()?;
+            Some(MountEntry {
+                mount_point: PathBuf::from(unescape_mountinfo(mount_point)),
+                dev: (major.parse().ok()?, minor.parse().ok()?),
+                fs_type: unescape_mountinfo(fs_type),
+                source: unescape_mountinfo(source),
+            })
+        })
+        .collect()
+}
+
+/// The mount at `path`, the topmost one when several are stacked there. Read from
+/// `/proc/self/mountinfo`, without `stat`, which would hang or fail on a dead FUSE mount.
+pub fn mount_at(path: &Path) -> Option<MountEntry> {
+    let abs = absolute(path).ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    parse_mountinfo(&info)
+        .into_iter()
+        .rev()
+        .find(|e| e.mount_point == abs)
+}
+
+/// Whether `path` is a mount point.
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(abs) = absolute(path) else {
-        return false;
-    };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    info.lines().any(|line| {
-        line.split(' ')
-            .nth(4)
-            .map(unescape_mountinfo)
-            .is_some_and(|p| Path::new(&p) == abs)
-    })
+    mount_at(path).is_some()
 }
 
 /// An absolute, `..`-free path without following the last component (which may be a
@@ -114,16 +131,202 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Check the paths of a mount before anything is created or mounted: the mountpoint (see
+/// [`check_mountpoint`]) and a cache directory outside it.
+pub fn check_paths(cfg: &MountConfig) -> anyhow::Result<()> {
+    check_mountpoint(&cfg.mountpoint, &cfg.cache_dir)?;
+    check_cache_dir_outside(&cfg.cache_dir, &cfg.mountpoint)
+}
+
+/// Check a mountpoint before mounting: it exists, is a directory, is empty and is not
+/// already a mount (live or dead). `cache_dir` is where to look for the pid of a daemon
+/// that died and left its mount.
+pub fn check_mountpoint(path: &Path, cache_dir: &Path) -> anyhow::Result<()> {
+    if let Some(entry) = mount_at(path) {
+        let p = path.display();
+        if !entry.is_vm0fs() {
+            bail!(
+                "{p} is already a mount point (of a {} file system from {}); pick another directory, or unmount it first",
+                entry.fs_type,
+                entry.source
+            );
+        }
+        match probe_daemon(path) {
+            Daemon::Answers => bail!(
+                "{p} is already a mount point of a running vm0fs; unmount it first (`vm0fs unmount {p}`) or pick another directory"
+            ),
+            Daemon::Dead => bail!(
+                "{} and left its mount at {p} (\"Transport endpoint is not connected\"); run `vm0fs unmount {p}`, then mount again",
+                match dead_daemon_pid(cache_dir) {
+                    Some(pid) => format!("a vm0fs daemon (pid {pid}) died"),
+                    None => "the vm0fs daemon of this mount died".to_string(),
+                }
+            ),
+            Daemon::Silent => bail!(
+                "{p} is mounted by a vm0fs daemon that does not answer within {} s; run `vm0fs unmount --lazy {p}`, then mount again",
+                PROBE_TIMEOUT.as_secs()
+            ),
+        }
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_dir() => bail!(
+            "mountpoint {} is not a directory; pass an empty directory",
+            path.display()
+        ),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
+            "mountpoint {} does not exist; create it with `mkdir -p {}`",
+            path.display(),
+            path.display()
+        ),
+        Err(e) => bail!("cannot use mountpoint {}: {e}", path.display()),
+    }
+    let mut entries = std::fs::read_dir(path)
+        .with_context(|| format!("cannot read mountpoint {}", path.display()))?;
+    if entries.next().is_some() {
+        bail!(
+            "mountpoint {} is not empty; mounting over it would hide its files: use an empty directory",
+            path.display()
+        );
+    }
+    if !Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse does not exist: load the fuse kernel module (`modprobe fuse`) or, in a container, pass the device (`--device /dev/fuse`)");
+    }
+    Ok(())
+}
+
+/// Whether the daemon of a vm0fs mount is there.
+enum Daemon {
+    Answers,
+    /// The kernel says "Transport endpoint is not connected": the daemon is gone.
+    Dead,
+    /// No answer within [`PROBE_TIMEOUT`].
+    Silent,
+}
+
+/// Ask the file system at `path` for its statistics. Unlike `stat`, whose answer the
+/// kernel may have cached, `statfs` always goes to the daemon, and fails at once with
+/// `ENOTCONN` when the daemon is dead. It runs on a thread of its own, so that a hung
+/// daemon cannot hang the caller.
+fn probe_daemon(path: &Path) -> Daemon {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return Daemon::Answers;
+    };
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("vm0fs-probe".into())
+        .spawn(move || {
+            // SAFETY: statfs is plain data; all zeroes is a valid value to overwrite.
+            let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+            // SAFETY: c is a NUL-terminated path and st a valid buffer, both owned here.
+            let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+            let errno = (rc != 0).then(|| io::Error::last_os_error().raw_os_error());
+            let _ = tx.send(errno.flatten());
+        });
+    if spawned.is_err() {
+        return Daemon::Answers;
+    }
+    match rx.recv_timeout(PROBE_TIMEOUT) {
+        Ok(Some(libc::ENOTCONN)) => Daemon::Dead,
+        Ok(_) => Daemon::Answers,
+        Err(_) => Daemon::Silent,
+    }
+}
+
+/// The pid in `CACHE/lock` when that process no longer exists: the daemon that last used
+/// this cache died (a running daemon holds the lock, with its pid in it).
+fn dead_daemon_pid(cache_dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(cache_dir.join("lock")).ok()?;
+    let pid: u32 = text.trim().parse().ok()?;
+    // A zombie (dead, not yet reaped by its parent) counts as dead.
+    let running = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    });
+    (!running).then_some(pid)
+}
+
+/// Refuse a cache directory inside the mountpoint: the mount would hide it, and the
+/// daemon would keep its cache inside its own mount.
+fn check_cache_dir_outside(cache_dir: &Path, mountpoint: &Path) -> anyhow::Result<()> {
+    let mount = std::fs::canonicalize(mountpoint)
+        .with_context(|| format!("cannot resolve mountpoint {}", mountpoint.display()))?;
+    if resolve(cache_dir).starts_with(&mount) {
+        bail!(
+            "the cache directory {} is inside the mountpoint {}: the mount would hide it; pick a cache directory outside the mount (--cache-dir)",
+            cache_dir.display(),
+            mountpoint.display()
+        );
+    }
+    Ok(())
+}
+
+/// `path` (absolute) with `.` and `..` resolved and its longest existing part
+/// canonicalized, so that symbolic links count; the rest may not exist yet.
+fn resolve(path: &Path) -> PathBuf {
+    let mut lexical = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            Component::CurDir => {}
+            other => lexical.push(other),
+        }
+    }
+    let mut missing = Vec::new();
+    let mut existing = lexical.as_path();
+    loop {
+        if let Ok(canonical) = std::fs::canonicalize(existing) {
+            return missing.iter().rev().fold(canonical, |p, name| p.join(name));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return lexical,
+        }
+    }
+}
+
+/// The directories that a mount attempt created for its cache. Unless the mount comes up
+/// ([`CreatedDir::keep`]), they are removed again, so that a refused mount leaves nothing
+/// behind.
+struct CreatedDir(Option<PathBuf>);
+
+impl CreatedDir {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CreatedDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// Create the cache directory (mode 0700) if needed and check that it is writable, with a
 /// message that says what to do when it is not.
-pub fn prepare_cache_dir(dir: &Path) -> anyhow::Result<()> {
+fn prepare_cache_dir(dir: &Path) -> anyhow::Result<CreatedDir> {
     use std::os::unix::fs::DirBuilderExt;
     let fix = "pass a writable directory with --cache-dir";
+    // The topmost directory this call creates.
+    let created = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_err())
+        .last()
+        .map(Path::to_path_buf);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create the cache directory {}; {fix}", dir.display()))?;
+    let created = CreatedDir(created);
     let probe = dir.join(".write-test");
     std::fs::write(&probe, b"").with_context(|| {
         format!(
@@ -132,7 +335,26 @@ pub fn prepare_cache_dir(dir: &Path) -> anyhow::Result<()> {
         )
     })?;
     let _ = std::fs::remove_file(probe);
-    Ok(())
+    Ok(created)
+}
+
+/// Wait up to [`LOCK_WAIT`] until no daemon holds the cache's lock (`CACHE/lock`, an
+/// exclusive `flock`). `vm0fs unmount` returns once the mount is gone, and its daemon exits
+/// a moment later: `vm0fs unmount M && vm0fs mount M` must not find the cache still in
+/// use. A lock held beyond the wait belongs to a running mount, and `Cache::open` says so.
+fn wait_for_cache_lock(cache_dir: &Path) {
+    use std::os::fd::AsRawFd;
+    let Ok(lock) = std::fs::File::open(cache_dir.join("lock")) else {
+        return; // No lock file: a new cache.
+    };
+    let deadline = Instant::now() + LOCK_WAIT;
+    // SAFETY: flock on a descriptor owned by `lock`; a shared lock taken here is released
+    // when `lock` is closed, at the end of this function.
+    while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The client used by a mount.
@@ -145,36 +367,83 @@ pub fn client(cfg: &MountConfig, retry: RetryPolicy) -> anyhow::Result<Client> {
     })?)
 }
 
-/// Run a mount until it is unmounted or the process gets SIGINT/SIGTERM. `ready` is called
-/// once the mount answers.
-pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
-    check_mountpoint(&cfg.mountpoint)?;
-
-    // One request checks the token and the API before anything is mounted; a short retry
-    // budget so that a wrong URL fails in seconds, not after the full backoff.
+/// Check the URL and the token with one request, with messages that name where the URL
+/// and the token came from.
+fn check_api(cfg: &MountConfig) -> anyhow::Result<()> {
+    // A short retry budget, so that a wrong URL fails in seconds, not after the full backoff.
     let quick = RetryPolicy {
         max_attempts: 3,
         max_elapsed: Duration::from_secs(10),
         ..RetryPolicy::default()
     };
-    match client(cfg, quick)?.check() {
-        Ok(()) => {}
-        Err(e) if e.is_auth() => {
-            bail!(
-            "the VM0 API at {} rejected the token from {}{}; check that it holds a valid API key",
-            cfg.api_url,
+    let e = match client(cfg, quick)?.check() {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    let url = &cfg.api_url;
+    let from = cfg.api_url_source;
+    let setting = from.setting();
+    if e.is_auth() {
+        bail!(
+            "the VM0 API at {url} rejected the token from {}{}; check that it holds a valid API key",
             cfg.token_source,
-            e.request_id().map(|id| format!(" (request id {id})")).unwrap_or_default()
-        )
-        }
-        Err(e) => {
-            return Err(
-                anyhow::Error::new(e).context(format!("cannot use the VM0 API at {}", cfg.api_url))
-            )
-        }
+            e.request_id()
+                .map(|id| format!(" (request id {id})"))
+                .unwrap_or_default()
+        );
     }
+    if e.status() == Some(404) {
+        // Listing volumes is the API's most basic route: a 404 means the URL does not point
+        // at the API, most often because its version part is missing.
+        let hint = if url.trim_end_matches('/').ends_with("/v1") {
+            format!("check that {setting} points at the VM0 API")
+        } else {
+            format!(
+                "the API URL usually ends in /v1: try {}/v1",
+                url.trim_end_matches('/')
+            )
+        };
+        bail!("the VM0 API URL {url} (from {from}) has no list of volumes (HTTP 404: {e}); {hint}");
+    }
+    if matches!(e, ApiError::Transport { .. }) {
+        let cause = std::error::Error::source(&e)
+            .map(error_chain)
+            .unwrap_or_default();
+        bail!("cannot reach the VM0 API at {url} (from {from}): {cause}; check {setting} and the network");
+    }
+    // The client's messages assume the URL came from VM0_API_URL; here the source is known.
+    let text = match from {
+        ApiUrlSource::Env => e.to_string(),
+        _ => e.to_string().replace("VM0_API_URL", setting),
+    };
+    bail!("cannot use the VM0 API at {url} (from {from}): {text}")
+}
 
-    prepare_cache_dir(&cfg.cache_dir)?;
+/// An error and its causes, each after a colon, without repeating a cause that the text
+/// already contains.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Run a mount until it is unmounted or the process gets SIGINT/SIGTERM. `ready` is called
+/// once the mount answers. Until then nothing is left behind on failure: no mount, and no
+/// cache directory that this call created.
+pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
+    check_paths(cfg)?;
+    check_api(cfg)?;
+
+    let created = prepare_cache_dir(&cfg.cache_dir)?;
+    wait_for_cache_lock(&cfg.cache_dir);
     let cache = Cache::open(&cfg.cache_dir, cfg.cache_size).with_context(|| {
         format!(
             "cannot open the cache directory {}",
@@ -202,25 +471,13 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
         },
     );
 
-    let mut options = vec![
-        MountOption::FSName("vm0fs".into()),
-        MountOption::Subtype("vm0fs".into()),
-        MountOption::RO,
-        MountOption::NoSuid,
-        MountOption::NoDev,
-        MountOption::NoAtime,
-        MountOption::DefaultPermissions,
-    ];
     let acl = match cfg.access {
         Access::Owner => SessionACL::Owner,
         Access::OwnerAndRoot => SessionACL::RootAndOwner,
         Access::Everyone => SessionACL::All,
     };
-    if acl != SessionACL::Owner {
-        options.push(MountOption::CUSTOM("allow_other".into()));
-    }
+    // Mount options are not fuser's business here: `attach` mounts (see there why).
     let mut fuse_cfg = fuser::Config::default();
-    fuse_cfg.mount_options = options;
     fuse_cfg.acl = acl;
     fuse_cfg.n_threads = Some(cfg.threads.max(1));
     fuse_cfg.clone_fd = true;
@@ -235,9 +492,20 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
             .set_in_use(Box::new(move || open_files.versions()));
     }
     let fuse_fs = FuseFs::new(fs, cfg.track_opens, cfg.passthrough);
-    let mut session = fuser::Session::new(fuse_fs, &cfg.mountpoint, &fuse_cfg)
-        .map_err(|e| mount_error(&cfg.mountpoint, e, cfg.access))?;
-    let mut unmounter = session.unmount_callable();
+    let device = attach::attach(&cfg.mountpoint, acl != SessionACL::Owner)?;
+    // Mounted: from here on, a failure must take the mount away again.
+    let undo = |e: anyhow::Error| {
+        let _ = attach::detach(&cfg.mountpoint, true);
+        e
+    };
+    // fuser answers the kernel's INIT here; the session never unmounts by itself.
+    let session = fuser::Session::from_fd(fuse_fs, device, acl, fuse_cfg)
+        .map_err(|e| undo(anyhow::Error::new(e).context("the FUSE session did not start")))?;
+    // After INIT, which sets the read-ahead (the kernel applies the reply as it is
+    // written), and before the first read is served.
+    if let Some(entry) = mount_at(&cfg.mountpoint) {
+        raise_read_ahead(entry.dev);
+    }
 
     let (tx, rx) = mpsc::channel::<Event>();
     let session_tx = tx.clone();
@@ -246,11 +514,13 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
         .spawn(move || {
             let result = session.run();
             let _ = session_tx.send(Event::Ended(result));
-        })?;
+        })
+        .map_err(|e| undo(e.into()))?;
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
-    ])?;
+    ])
+    .map_err(|e| undo(e.into()))?;
     let handle = signals.handle();
     let signal_tx = tx;
     std::thread::Builder::new()
@@ -259,10 +529,11 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
             if let Some(sig) = signals.forever().next() {
                 let _ = signal_tx.send(Event::Signal(sig));
             }
-        })?;
+        })
+        .map_err(|e| undo(e.into()))?;
 
-    let device = wait_until_answering(&cfg.mountpoint)?;
-    raise_read_ahead(device);
+    wait_until_answering(&cfg.mountpoint).map_err(undo)?;
+    created.keep();
     tracing::info!(
         mountpoint = %cfg.mountpoint.display(),
         api = %cfg.api_url,
@@ -275,9 +546,9 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
     let outcome = match rx.recv() {
         Ok(Event::Signal(sig)) => {
             tracing::info!(signal = sig, "unmounting on signal");
-            if let Err(e) = unmounter.unmount() {
-                tracing::warn!(error = %e, "unmount failed; detaching the mount");
-                let _ = detach(&cfg.mountpoint);
+            if let Err(e) = attach::detach(&cfg.mountpoint, false) {
+                tracing::warn!(error = ?e, "unmount failed; detaching the mount");
+                let _ = attach::detach(&cfg.mountpoint, true);
             }
             // The session ends once the kernel lets go of the mount.
             match rx.recv_timeout(Duration::from_secs(10)) {
@@ -300,26 +571,14 @@ enum Event {
     Ended(io::Result<()>),
 }
 
-fn mount_error(path: &Path, e: io::Error, access: Access) -> anyhow::Error {
-    let hint = match e.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) if access != Access::Owner => {
-            "--allow-other and --allow-root need `user_allow_other` in /etc/fuse.conf for non-root users"
-        }
-        Some(libc::EPERM) | Some(libc::EACCES) => "mounting needs root or the fusermount3 helper (apt-get install fuse3)",
-        Some(libc::ENOENT) => "is fuse3 installed (fusermount3)? apt-get install fuse3",
-        _ => "check that /dev/fuse is usable and the mountpoint is an empty directory",
-    };
-    anyhow::anyhow!("cannot mount vm0fs at {}: {e}; {hint}", path.display())
-}
-
 /// Poll the mountpoint until the new mount answers (its root has inode 1), so that
-/// `vm0fs mount` returns only once the mount is usable. Returns the mount's device number.
-fn wait_until_answering(path: &Path) -> anyhow::Result<u64> {
+/// `vm0fs mount` returns only once the mount is usable.
+fn wait_until_answering(path: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(m) = std::fs::metadata(path) {
             if m.ino() == crate::ids::Ino::ROOT.0 && is_mounted(path) {
-                return Ok(m.dev());
+                return Ok(());
             }
         }
         if Instant::now() > deadline {
@@ -332,85 +591,46 @@ fn wait_until_answering(path: &Path) -> anyhow::Result<u64> {
 /// The read-ahead the mount asks for: as large as one FUSE request (1 MiB, see `fuse.rs`).
 const READ_AHEAD_KB: u32 = 1024;
 
-/// Raise the read-ahead of the mount on device `dev` to [`READ_AHEAD_KB`]. The kernel starts
+/// Raise the read-ahead of the mount on device `dev` (major, minor) to [`READ_AHEAD_KB`]. The kernel starts
 /// every FUSE mount at its default (128 KiB) whatever the daemon asks at INIT, so sequential
 /// reads that miss the page cache would come in 128 KiB requests; 1 MiB requests cost an
 /// eighth of the round trips. Only root may write the setting
 /// (`/sys/class/bdi/<dev>/read_ahead_kb`, which lives as long as the mount); otherwise the
 /// default stays, which is only slower.
-fn raise_read_ahead(dev: u64) {
-    let path = format!(
-        "/sys/class/bdi/{}:{}/read_ahead_kb",
-        libc::major(dev),
-        libc::minor(dev)
-    );
+fn raise_read_ahead((major, minor): (u32, u32)) {
+    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
     match std::fs::write(&path, format!("{READ_AHEAD_KB}\n")) {
         Ok(()) => tracing::debug!(path, kb = READ_AHEAD_KB, "read-ahead raised"),
         Err(e) => tracing::debug!(path, error = %e, "read-ahead left at the kernel's default"),
     }
 }
 
-/// Unmount a vm0fs mount, live or dead ("Transport endpoint is not connected").
+/// Unmount a vm0fs mount, live or dead ("Transport endpoint is not connected"). Anything
+/// else mounted is refused, root or not.
 pub fn unmount(path: &Path, lazy: bool) -> anyhow::Result<()> {
-    if !is_mounted(path) {
-        bail!("{} is not mounted", path.display());
-    }
-    let abs = absolute(path)?;
-    let c = CString::new(abs.as_os_str().as_bytes()).context("path contains a NUL byte")?;
-    let flags = if lazy { libc::MNT_DETACH } else { 0 };
-    // SAFETY: c is a valid NUL-terminated path; umount2 reads it only.
-    let rc = unsafe { libc::umount2(c.as_ptr(), flags) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EBUSY) => bail!(
-            "{} is busy: a process has a file or its working directory inside it; close it, or use `vm0fs unmount --lazy {}`",
-            path.display(),
-            path.display()
-        ),
-        // Not root: the setuid helper unmounts mounts the user owns.
-        Some(libc::EPERM) => fusermount_unmount(&abs, lazy),
-        _ => bail!("cannot unmount {}: {err}", path.display()),
-    }
-}
-
-fn detach(path: &Path) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn fusermount_unmount(path: &Path, lazy: bool) -> anyhow::Result<()> {
-    let mut last = None;
-    for bin in ["fusermount3", "fusermount"] {
-        let mut cmd = std::process::Command::new(bin);
-        cmd.arg("-u");
-        if lazy {
-            cmd.arg("-z");
-        }
-        match cmd.arg(path).output() {
-            Ok(out) if out.status.success() => return Ok(()),
-            Ok(out) => {
-                bail!(
-                    "cannot unmount {}: {}",
-                    path.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )
+    let p = path.display();
+    let Some(entry) = mount_at(path) else {
+        if let Err(e) = std::fs::symlink_metadata(path) {
+            if e.kind() == io::ErrorKind::NotFound {
+                bail!("{p} does not exist; give the mountpoint of a vm0fs mount (`findmnt -t {FS_TYPE}` lists them)");
             }
-            Err(e) => last = Some(e),
         }
+        bail!("{p} is not mounted; `findmnt -t {FS_TYPE}` lists the vm0fs mounts");
+    };
+    if !entry.is_vm0fs() {
+        bail!(
+            "{p} is not a vm0fs mount (it is a {} file system from {}); `vm0fs unmount` only unmounts vm0fs mounts: use umount(8) for others",
+            entry.fs_type,
+            entry.source
+        );
     }
-    bail!(
-        "cannot unmount {}: not permitted, and no fusermount3 helper ({}); install fuse3 or run as root",
-        path.display(),
-        last.map(|e| e.to_string()).unwrap_or_default()
-    )
+    match attach::detach(&entry.mount_point, lazy) {
+        Ok(()) => Ok(()),
+        Err(attach::DetachError::Busy) => bail!(
+            "{p} is busy: a process has a file or its working directory inside it; close it, or use `vm0fs unmount --lazy {p}`"
+        ),
+        Err(attach::DetachError::Other(reason)) => bail!("cannot unmount {p}: {reason}"),
+    }
 }
 
 #[cfg(test)]
@@ -427,10 +647,84 @@ mod tests {
     }
 
     #[test]
+    fn mountinfo_lines_give_mount_point_type_and_source() {
+        let text = "\
+36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - tmpfs tmpfs rw
+37 35 0:53 / /mnt/vm0 ro,nosuid,nodev,noatime - fuse.vm0fs vm0fs ro,user_id=0,group_id=0
+38 35 0:54 / /mnt/old ro,nosuid shared:2 master:3 - fuse vm0fs ro,user_id=0
+39 35 0:55 / /mnt/sshfs rw - fuse.sshfs host:/ rw
+40 35 0:56 / /mnt/other rw - fuse other rw
+garbage
+";
+        let entries = parse_mountinfo(text);
+        assert_eq!(entries[1].dev, (0, 53));
+        let got: Vec<(&str, &str, &str, bool)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.mount_point.to_str().unwrap(),
+                    e.fs_type.as_str(),
+                    e.source.as_str(),
+                    e.is_vm0fs(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/mnt/a b", "tmpfs", "tmpfs", false),
+                ("/mnt/vm0", "fuse.vm0fs", "vm0fs", true),
+                // A root mount made before the type was fuse.vm0fs.
+                ("/mnt/old", "fuse", "vm0fs", true),
+                ("/mnt/sshfs", "fuse.sshfs", "host:/", false),
+                ("/mnt/other", "fuse", "other", false),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cache_dir_inside_the_mountpoint_is_refused_before_it_exists() {
+        let root = tempfile::tempdir().unwrap();
+        let mnt = root.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        for inside in ["mnt/cache", "mnt", "other/../mnt/./deep/cache"] {
+            let cache = root.path().join(inside);
+            let err = check_cache_dir_outside(&cache, &mnt)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("inside the mountpoint"), "{inside}: {err}");
+            assert!(!mnt.join("cache").exists() && !mnt.join("deep").exists());
+        }
+        // Through a symbolic link to the mountpoint, too.
+        std::os::unix::fs::symlink(&mnt, root.path().join("link")).unwrap();
+        assert!(check_cache_dir_outside(&root.path().join("link/c"), &mnt).is_err());
+        for outside in ["cache", "mnt-cache", "mnt2/cache"] {
+            check_cache_dir_outside(&root.path().join(outside), &mnt).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_refused_attempt_removes_the_cache_dirs_it_created_and_only_those() {
+        let root = tempfile::tempdir().unwrap();
+        let made = prepare_cache_dir(&root.path().join("a/b/cache")).unwrap();
+        assert!(root.path().join("a/b/cache").is_dir());
+        drop(made);
+        assert!(!root.path().join("a").exists());
+        std::fs::create_dir(root.path().join("kept")).unwrap();
+        drop(prepare_cache_dir(&root.path().join("kept")).unwrap());
+        assert!(root.path().join("kept").is_dir(), "it existed before");
+        prepare_cache_dir(&root.path().join("up")).unwrap().keep();
+        assert!(root.path().join("up").is_dir());
+    }
+
+    #[test]
     fn a_missing_mountpoint_says_how_to_create_it() {
-        let err = check_mountpoint(Path::new("/nonexistent/vm0fs-mnt"))
-            .unwrap_err()
-            .to_string();
+        let err = check_mountpoint(
+            Path::new("/nonexistent/vm0fs-mnt"),
+            Path::new("/nonexistent/c"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("does not exist") && err.contains("mkdir -p"),
             "{err}"
@@ -441,7 +735,9 @@ mod tests {
     fn a_non_empty_mountpoint_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), b"x").unwrap();
-        let err = check_mountpoint(dir.path()).unwrap_err().to_string();
+        let err = check_mountpoint(dir.path(), &dir.path().join("c"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not empty"), "{err}");
     }
 

@@ -16,6 +16,12 @@ impl FromStr for ByteSize {
     /// use them, because the budget is compared with disk usage.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
+        // A leading sign would otherwise read as an unknown unit ("-1" has no digits first).
+        if t.starts_with(['-', '+']) {
+            return Err(format!(
+                "invalid size {s:?}: not a size (a size is a number of bytes, with an optional K, M, G or T, e.g. 500M or 10G)"
+            ));
+        }
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(t.len());
@@ -87,6 +93,17 @@ mod tests {
         for input in ["", "G", "10X", "-5M", "1e999G"] {
             let err = input.parse::<ByteSize>().unwrap_err();
             assert!(err.contains("invalid size"), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_negative_number_is_not_a_size_rather_than_an_unknown_unit() {
+        for input in ["-1", "-5M", "+1G", " -0"] {
+            let err = input.parse::<ByteSize>().unwrap_err();
+            assert!(
+                err.contains("not a size") && !err.contains("unit \""),
+                "{input}: {err}"
+            );
         }
     }
 
