@@ -173,7 +173,7 @@ impl Activity {
             let idle = p.meter.idle();
             let _ = writeln!(
                 s,
-                "  {:<8} {:<24} {}  {:.0}%  {} of {}, {} files, {}/s, {} s{}",
+                "  {:<8} {:<24} {}  {:.0}%  {} of {}, {} files, {}/s, running for {} s{}",
                 key.kind.singular(),
                 p.storage,
                 key.id,

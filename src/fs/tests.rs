@@ -35,8 +35,9 @@ struct Fake {
     versions: Mutex<HashMap<String, Vec<Version>>>,
     archives: Mutex<HashMap<String, Vec<u8>>>,
     fail_downloads: AtomicUsize,
-    /// Downloads whose reader panics (a bug in the download code), by version id.
-    panics: Mutex<std::collections::HashSet<String>>,
+    /// Downloads that panic (a bug in the download code), by version id: in the request
+    /// itself, or in the reader of its archive.
+    panics: Mutex<HashMap<String, PanicIn>>,
     /// Downloads to hold after a number of bytes until told to go on (`true`) or fail.
     gates: Mutex<HashMap<String, (usize, std::sync::mpsc::Receiver<bool>)>>,
     lists: AtomicUsize,
@@ -82,11 +83,15 @@ impl Remote for Fake {
             .get(version_id.as_str())
             .cloned()
             .expect("archive of a known version");
-        if self.panics.lock().contains(version_id.as_str()) {
-            return Ok(RemoteArchive {
-                reader: Box::new(Panics),
-                compressed_size: None,
-            });
+        match self.panics.lock().get(version_id.as_str()) {
+            Some(PanicIn::Request) => panic!("a download request that panics"),
+            Some(PanicIn::Reader) => {
+                return Ok(RemoteArchive {
+                    reader: Box::new(Panics),
+                    compressed_size: None,
+                })
+            }
+            None => {}
         }
         if let Some((at, go)) = self.gates.lock().remove(version_id.as_str()) {
             return Ok(RemoteArchive {
@@ -105,6 +110,12 @@ impl Remote for Fake {
             compressed_size: None,
         })
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PanicIn {
+    Request,
+    Reader,
 }
 
 /// A download reader with a bug.
@@ -743,31 +754,47 @@ fn a_failed_download_keeps_open_early_files_and_fails_new_accesses() {
     assert!(tmp.is_empty(), "no leftovers in tmp/: {tmp:?}");
 }
 
-/// A download whose reader panics (a bug) fails the version with EIO for every access, and
-/// leaves the mount as it was: nothing in flight, no reservation, nothing in tmp/, and the
-/// version downloads fine once the bug is gone.
+/// A download that panics (a bug), in its request or in the reader of its archive, fails
+/// the version with EIO for every access, and leaves the mount as it was: nothing in
+/// flight, no reservation, nothing in tmp/, and the version downloads fine once the bug is
+/// gone.
 #[test]
 fn a_download_that_panics_is_eio_and_leaves_nothing_behind() {
-    let fake = Arc::new(Fake::default());
-    let ids = fake.add(Kind::Volume, "v", vec![Some(targz(&[("f", b"x")]))]);
-    fake.panics.lock().insert(ids[0].clone());
-    let (fs, dir) = fs_remembering(fake.clone(), Duration::from_secs(60), Duration::ZERO);
-    let path = format!("volumes/v/{}/f", ids[0]);
-    let err = lookup_path(&fs, &path).unwrap_err();
-    assert_eq!(err.errno(), libc::EIO, "{err}");
-    assert!(err.to_string().contains("internal error"), "{err}");
-    let snap = fs.cache().snapshot();
-    assert!(snap.in_flight.is_empty() && snap.used == 0, "{snap:?}");
-    let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
-    assert!(tmp.is_empty(), "{tmp:?}");
-    assert!(
-        fs.status_text().contains("internal error"),
-        "{}",
-        fs.status_text()
-    );
-    fake.panics.lock().clear();
-    let f = lookup_path(&fs, &path).unwrap();
-    assert_eq!(read_all(&fs, f.attr.ino), b"x");
+    for at in [PanicIn::Request, PanicIn::Reader] {
+        let fake = Arc::new(Fake::default());
+        let ids = fake.add(Kind::Volume, "v", vec![Some(targz(&[("f", b"x")]))]);
+        fake.panics.lock().insert(ids[0].clone(), at);
+        let (fs, dir) = fs_remembering(fake.clone(), Duration::from_secs(60), Duration::ZERO);
+        let path = format!("volumes/v/{}/f", ids[0]);
+        // Several waiters of the same flight: none may be left waiting.
+        let fs = Arc::new(fs);
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let (fs, path) = (fs.clone(), path.clone());
+                std::thread::spawn(move || lookup_path(&fs, &path).unwrap_err())
+            })
+            .collect();
+        for w in waiters {
+            let err = w.join().unwrap();
+            assert_eq!(err.errno(), libc::EIO, "{at:?}: {err}");
+            assert!(err.to_string().contains("internal error"), "{at:?}: {err}");
+        }
+        let snap = fs.cache().snapshot();
+        assert!(
+            snap.in_flight.is_empty() && snap.used == 0,
+            "{at:?}: {snap:?}"
+        );
+        let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+        assert!(tmp.is_empty(), "{at:?}: {tmp:?}");
+        assert!(
+            fs.status_text().contains("internal error"),
+            "{}",
+            fs.status_text()
+        );
+        fake.panics.lock().clear();
+        let f = lookup_path(&fs, &path).unwrap();
+        assert_eq!(read_all(&fs, f.attr.ino), b"x");
+    }
 }
 
 /// `serve` never blocks its thread on a download: an operation that must wait is answered
