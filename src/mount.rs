@@ -645,7 +645,7 @@ pub fn unmount(path: &Path, lazy: bool) -> anyhow::Result<()> {
     match attach::detach(&entry.mount_point, lazy) {
         Ok(()) => Ok(()),
         Err(attach::DetachError::Busy) => bail!(
-            "{p} is busy: a process has a file or its working directory inside it; close it, or use `vm0fs unmount --lazy {p}`"
+            "{p} is busy: a process has a file or its working directory inside it, or is waiting there for a download; close or interrupt it, or use `vm0fs unmount --lazy {p}`"
         ),
         Err(attach::DetachError::Other(reason)) => bail!("cannot unmount {p}: {reason}"),
     }

@@ -13,6 +13,7 @@
 
 use std::io::{self, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -220,9 +221,17 @@ enum Message {
     Failed(io::Error),
 }
 
-/// A download running on a thread of its own.
+/// A download running on a thread of its own. Dropping it (the unpacker is done, or
+/// stopped) tells the thread to stop at its next read, which closes the connection.
 struct Download {
     rx: mpsc::Receiver<Message>,
+    gone: Arc<AtomicBool>,
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        self.gone.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Download {
@@ -235,10 +244,16 @@ impl Download {
     ) -> io::Result<Download> {
         // Four chunks in flight: enough to keep both sides busy, little memory.
         let (tx, rx) = mpsc::sync_channel(4);
+        let gone = Arc::new(AtomicBool::new(false));
+        let unpacker_gone = gone.clone();
         std::thread::Builder::new()
             .name("vm0fs-download".into())
             .spawn(move || {
-                let run = || download(&*remote, kind, &storage, &version, &meter, &tx);
+                let to = Unpacker {
+                    tx: &tx,
+                    gone: &unpacker_gone,
+                };
+                let run = || download(&*remote, kind, &storage, &version, &meter, &to);
                 if let Err(panic) = catch_unwind(AssertUnwindSafe(run)) {
                     // Logged by the panic hook; the unpacker is told, and fails the fetch.
                     let _ = tx.send(Message::Failed(io::Error::other(format!(
@@ -247,7 +262,7 @@ impl Download {
                     ))));
                 }
             })?;
-        Ok(Download { rx })
+        Ok(Download { rx, gone })
     }
 
     /// Wait for the archive's response (the API request and the store's headers); its
@@ -286,17 +301,26 @@ impl Download {
     }
 }
 
+/// Where the download thread hands its messages, and whether anyone still takes them.
+struct Unpacker<'a> {
+    tx: &'a mpsc::SyncSender<Message>,
+    gone: &'a AtomicBool,
+}
+
 /// The body of the download thread: ask the API, then read the archive in whole chunks.
-/// It ends when the archive does, on an error, or when the unpacker has gone (a send
-/// fails): then the response is dropped, which closes the connection.
+/// It ends when the archive does, on an error, or when the unpacker has gone (looked at
+/// before each read, and a send fails): then the response is dropped, which closes the
+/// connection. (A read already waiting for the network ends when bytes or the client's
+/// I/O timeout come.)
 fn download(
     remote: &dyn Remote,
     kind: Kind,
     storage: &StorageId,
     version: &VersionId,
     meter: &Meter,
-    tx: &mpsc::SyncSender<Message>,
+    to: &Unpacker<'_>,
 ) {
+    let tx = to.tx;
     let archive = match remote.download(kind, storage, version) {
         Ok(a) => a,
         Err(e) => {
@@ -318,6 +342,9 @@ fn download(
         let mut filled = 0;
         // Fill whole chunks: the network hands out small reads.
         let res = loop {
+            if to.gone.load(Ordering::Relaxed) {
+                return;
+            }
             match source.read(&mut chunk[filled..]) {
                 Ok(0) => break Ok(()),
                 Ok(n) => {

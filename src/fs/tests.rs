@@ -961,23 +961,20 @@ fn reading_an_early_member_of_a_corrupt_archive_again_and_again_downloads_it_onc
     let ids = fake.add(Kind::Volume, "bad", vec![Some(archive)]);
     let (fs, _dir) = fs_with(fake.clone(), Duration::from_secs(60));
     let path = format!("volumes/bad/{}/early.txt", ids[0]);
-    let mut failed = 0;
+    // Served early, or failed: either is right, as long as the archive is not downloaded
+    // again for each.
     for _ in 0..10 {
-        let read = lookup_path(&fs, &path).and_then(|f| {
+        let _ = lookup_path(&fs, &path).and_then(|f| {
             let o = fs.open(f.attr.ino, libc::O_RDONLY)?;
             let data = fs.read(o.fh, 0, 100);
             fs.release(o.fh);
             data
         });
-        if read.is_err() {
-            failed += 1;
-        }
     }
     // The listing waits for the end: the CRC failure.
     let version = lookup_path(&fs, &format!("volumes/bad/{}", ids[0])).unwrap();
     let fh = fs.opendir(version.attr.ino).unwrap().fh;
     assert_eq!(fs.readdir(fh).unwrap_err().errno(), libc::EIO);
-    assert!(failed > 0 || fake.downloads.load(Ordering::SeqCst) == 1);
     assert_eq!(lookup_path(&fs, &path).unwrap_err().errno(), libc::EIO);
     assert_eq!(fake.downloads.load(Ordering::SeqCst), 1);
 }
