@@ -115,6 +115,9 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = config::DEFAULT_THREADS)]
     pub threads: usize,
+    /// Downloads that run at once; more versions wait in a queue.
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_DOWNLOADS)]
+    pub downloads: usize,
     /// Have the kernel ask the daemon at every open and close (one round trip per open).
     /// Default: files open without a round trip, and the cache finds open files in /proc.
     /// Needed for kernel passthrough reads of large files.
@@ -176,6 +179,7 @@ impl MountArgs {
         flag("--cache-size", self.cache_size.0.to_string().into());
         flag("--metadata-ttl", self.metadata_ttl.to_string().into());
         flag("--threads", self.threads.to_string().into());
+        flag("--downloads", self.downloads.to_string().into());
         flag("--log-level", self.log_level.clone().into());
         flag(
             "--progress-interval",
@@ -212,6 +216,9 @@ impl MountArgs {
         check_api_url(&self.api_url, self.api_url_source)?;
         if self.threads == 0 {
             bail!("--threads must be at least 1");
+        }
+        if self.downloads == 0 {
+            bail!("--downloads must be at least 1");
         }
         if self.cache_size.0 < config::MIN_CACHE_SIZE {
             bail!(
@@ -259,6 +266,7 @@ impl MountArgs {
             metadata_ttl: Duration::from_secs(self.metadata_ttl),
             access,
             threads: self.threads,
+            downloads: self.downloads,
             track_opens: self.track_opens,
             passthrough: !self.no_passthrough,
             progress_every: Duration::try_from_secs_f64(self.progress_interval)
@@ -427,6 +435,7 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
         allow_other: false,
         allow_root: false,
         threads: config::DEFAULT_THREADS,
+        downloads: config::DEFAULT_DOWNLOADS,
         log_level: "info".into(),
         progress_interval: 2.0,
         track_opens: false,
@@ -456,6 +465,7 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
                 m.metadata_ttl = need()?.parse().with_context(|| format!("metadata_ttl={:?} is not a number of seconds", value))?
             }
             "threads" => m.threads = need()?.parse().with_context(|| format!("threads={value:?} is not a number"))?,
+            "downloads" => m.downloads = need()?.parse().with_context(|| format!("downloads={value:?} is not a number"))?,
             "log_level" => m.log_level = need()?.to_string(),
             "progress_interval" => {
                 m.progress_interval = need()?.parse().with_context(|| format!("progress_interval={value:?} is not a number of seconds"))?
@@ -465,7 +475,7 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
             "track_opens" => m.track_opens = true,
             "no_passthrough" => m.no_passthrough = true,
             other => bail!(
-                "unknown mount option {other:?}; vm0fs takes api_url, token_file, cache_dir, cache_size, metadata_ttl, threads, log_level, progress_interval, allow_other, allow_root, track_opens, no_passthrough"
+                "unknown mount option {other:?}; vm0fs takes api_url, token_file, cache_dir, cache_size, metadata_ttl, threads, downloads, log_level, progress_interval, allow_other, allow_root, track_opens, no_passthrough"
             ),
         }
     }
@@ -488,7 +498,7 @@ mod tests {
         // `rw=no` is not the `rw` flag but it is not a vm0fs option either.
         assert!(m.is_err());
         let m = from_mount_helper(&args(
-            "vm0fs /mnt/vm0 -n -o noauto,nofail,_netdev,x-systemd.automount,token_file=/etc/vm0fs/token -o cache_dir=/var/cache/vm0fs,cache_size=20G,allow_other,metadata_ttl=5,threads=4,log_level=debug,api_url=http://127.0.0.1:1/v1,track_opens,no_passthrough",
+            "vm0fs /mnt/vm0 -n -o noauto,nofail,_netdev,x-systemd.automount,token_file=/etc/vm0fs/token -o cache_dir=/var/cache/vm0fs,cache_size=20G,allow_other,metadata_ttl=5,threads=4,downloads=2,log_level=debug,api_url=http://127.0.0.1:1/v1,track_opens,no_passthrough",
         ))
         .unwrap();
         assert_eq!(m.mountpoint, PathBuf::from("/mnt/vm0"));
@@ -498,8 +508,8 @@ mod tests {
         assert!(m.allow_other && !m.allow_root && !m.foreground);
         assert!(m.track_opens && m.no_passthrough);
         assert_eq!(
-            (m.metadata_ttl, m.threads, m.log_level.as_str()),
-            (5, 4, "debug")
+            (m.metadata_ttl, m.threads, m.downloads, m.log_level.as_str()),
+            (5, 4, 2, "debug")
         );
         assert_eq!(m.api_url, "http://127.0.0.1:1/v1");
     }
@@ -543,6 +553,7 @@ mod tests {
             "cache_size" => "20G",
             "metadata_ttl" => "5",
             "threads" => "3",
+            "downloads" => "2",
             "progress_interval" => "0.5",
             "log_level" => "debug",
             _ => return None,

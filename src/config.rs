@@ -13,9 +13,14 @@ pub const DEFAULT_CACHE_SIZE: u64 = 10 << 30;
 /// from a forgotten unit: `--cache-size 10` is ten bytes.
 pub const MIN_CACHE_SIZE: u64 = 1 << 20;
 pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(60);
-/// FUSE worker threads. Each one can be held by a request waiting for a cold version, so
-/// there are enough for downloads not to block the rest of the mount.
+/// FUSE worker threads. A request that must wait for a download waits on a waiter thread,
+/// not on one of these (see `fs::wait`), so they only need to serve the kernel's
+/// requests in parallel.
 pub const DEFAULT_THREADS: usize = 16;
+/// Downloads that run at once; more wait in a queue. Four keep a link busy while bounding
+/// the threads, connections and temporary disk space that many cold versions at once
+/// (`grep -r` across storages) would take.
+pub const DEFAULT_DOWNLOADS: usize = crate::cache::DEFAULT_DOWNLOADS;
 
 /// Where the API URL of a mount came from, so that a message names the setting the user
 /// actually used.
@@ -81,6 +86,8 @@ pub struct MountConfig {
     pub metadata_ttl: Duration,
     pub access: Access,
     pub threads: usize,
+    /// Downloads that run at once.
+    pub downloads: usize,
     /// Have the kernel send every open and close to the daemon (else, where it can, it opens
     /// files without asking, and the cache finds the files in use in `/proc`).
     pub track_opens: bool,

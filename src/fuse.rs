@@ -4,6 +4,12 @@
 //! into a reply or an errno. No logic lives here, because logic here could only be tested
 //! through a real mount. Every operation that would change the tree answers `EROFS`.
 //!
+//! Operations that may wait for a download (anything that looks inside a version) go
+//! through [`Fs::serve`] with their reply (fuser's replies may be answered from any
+//! thread): the FUSE worker thread is back for the next request at once, and the answer
+//! comes from a waiter thread when the version is there, or `EINTR` when the process that
+//! asked has given up. So the status file, listings and cached versions are always served.
+//!
 //! Opens: by default the kernel opens and closes files without a round trip. The first
 //! `OPEN` answers `ENOSYS` (`FUSE_NO_OPEN_SUPPORT`), after which the kernel sends no `OPEN`
 //! and no `RELEASE` for the whole connection, keeps every file's pages across opens, and
@@ -14,6 +20,7 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
@@ -27,7 +34,7 @@ use crate::fs::{Attr, Backings, FileKind, Fs, FsError};
 use crate::ids::{Fh, Ino};
 
 pub struct FuseFs {
-    fs: Fs,
+    fs: Arc<Fs>,
     /// Whether to have the kernel send `OPEN` and `RELEASE` (`--track-opens`).
     track_opens: bool,
     /// Whether opens are answered `ENOSYS`, so that the kernel stops sending them (set in
@@ -36,20 +43,20 @@ pub struct FuseFs {
     /// Whether the kernel agreed to passthrough reads (set in `init`).
     passthrough: bool,
     /// Backing files registered with the kernel for passthrough.
-    backings: Backings<BackingId>,
+    backings: Arc<Backings<BackingId>>,
 }
 
 impl FuseFs {
     /// `track_opens`: have the kernel send every open and close (else it sends none where
     /// it can). `allow_passthrough`: with `track_opens`, ask the kernel for passthrough reads
     /// (it may still refuse).
-    pub fn new(fs: Fs, track_opens: bool, allow_passthrough: bool) -> FuseFs {
+    pub fn new(fs: Arc<Fs>, track_opens: bool, allow_passthrough: bool) -> FuseFs {
         FuseFs {
             fs,
             track_opens,
             no_open: false,
             passthrough: allow_passthrough,
-            backings: Backings::default(),
+            backings: Arc::default(),
         }
     }
 }
@@ -169,60 +176,84 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(ino(parent), name, Some(req.pid())) {
-            Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
-            Err(e) => reply.error(fail("lookup", &e)),
-        }
+        let (pid, name) = (req.pid(), name.to_owned());
+        self.fs.serve(
+            pid,
+            move |fs| fs.lookup(ino(parent), &name, Some(pid)),
+            move |r| match r {
+                Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
+                Err(e) => reply.error(fail("lookup", &e)),
+            },
+        );
     }
 
     fn getattr(&self, req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino(i), Some(req.pid())) {
-            Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
-            Err(e) => reply.error(fail("getattr", &e)),
-        }
+        let pid = req.pid();
+        self.fs.serve(
+            pid,
+            move |fs| fs.getattr(ino(i), Some(pid)),
+            move |r| match r {
+                Ok(e) => reply.attr(&e.ttl, &file_attr(&e.attr)),
+                Err(e) => reply.error(fail("getattr", &e)),
+            },
+        );
     }
 
-    fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino(i)) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(fail("readlink", &e)),
-        }
+    fn readlink(&self, req: &Request, i: INodeNo, reply: ReplyData) {
+        self.fs.serve(
+            req.pid(),
+            move |fs| fs.readlink(ino(i)),
+            move |r| match r {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(fail("readlink", &e)),
+            },
+        );
     }
 
-    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if self.no_open {
             // Only the first opens of the connection get here (until the kernel has seen
             // this answer); the mount is read-only, so the kernel has refused opens for
             // writing already.
             return reply.error(Errno::ENOSYS);
         }
-        let o = match self.fs.open(ino(i), flags.0) {
-            Ok(o) => o,
-            Err(e) => return reply.error(fail("open", &e)),
-        };
-        let handle = FileHandle(o.fh.0);
-        if o.direct_io {
-            return reply.opened(handle, FopenFlags::FOPEN_DIRECT_IO);
-        }
-        if self.passthrough && o.wants_passthrough() {
-            // Register the content file with the kernel, so that reads (and mmap) of this
-            // inode go straight to it without a round trip through the daemon.
-            let backing = self.backings.share(ino(i), o.fh, || {
-                match self.fs.with_open_file(o.fh, |f| reply.open_backing(f))? {
-                    Ok(id) => Some(id),
-                    Err(e) => {
-                        tracing::debug!(ino = i.0, error = %e, "passthrough refused; serving reads through the daemon");
-                        None
+        let (fs, backings, passthrough) =
+            (self.fs.clone(), self.backings.clone(), self.passthrough);
+        self.fs.serve(
+            req.pid(),
+            move |fs| fs.open(ino(i), flags.0),
+            move |r| {
+                let o = match r {
+                    Ok(o) => o,
+                    Err(e) => return reply.error(fail("open", &e)),
+                };
+                let handle = FileHandle(o.fh.0);
+                if o.direct_io {
+                    return reply.opened(handle, FopenFlags::FOPEN_DIRECT_IO);
+                }
+                if passthrough && o.wants_passthrough() {
+                    // Register the content file with the kernel, so that reads (and mmap)
+                    // of this inode go straight to it without a round trip through the
+                    // daemon.
+                    let backing = backings.share(ino(i), o.fh, || {
+                        match fs.with_open_file(o.fh, |f| reply.open_backing(f))? {
+                            Ok(id) => Some(id),
+                            Err(e) => {
+                                tracing::debug!(ino = i.0, error = %e, "passthrough refused; serving reads through the daemon");
+                                None
+                            }
+                        }
+                    });
+                    // No FOPEN_KEEP_CACHE here: the kernel answers EIO to passthrough
+                    // opens that carry it (the page cache is the backing file's own
+                    // anyway).
+                    if let Some(id) = backing {
+                        return reply.opened_passthrough(handle, FopenFlags::FOPEN_NOFLUSH, &id);
                     }
                 }
-            });
-            // No FOPEN_KEEP_CACHE here: the kernel answers EIO to passthrough opens that
-            // carry it (the page cache is the backing file's own anyway).
-            if let Some(id) = backing {
-                return reply.opened_passthrough(handle, FopenFlags::FOPEN_NOFLUSH, &id);
-            }
-        }
-        reply.opened(handle, CACHED_OPEN)
+                reply.opened(handle, CACHED_OPEN)
+            },
+        );
     }
 
     fn read(
@@ -236,15 +267,21 @@ impl fuser::Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let data = if self.no_open {
-            self.fs.read_ino(ino(i), offset, size, req.pid())
-        } else {
-            self.fs.read(fh(h), offset, size)
-        };
-        match data {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(fail("read", &e)),
-        }
+        let (pid, no_open) = (req.pid(), self.no_open);
+        self.fs.serve(
+            pid,
+            move |fs| {
+                if no_open {
+                    fs.read_ino(ino(i), offset, size, pid)
+                } else {
+                    fs.read(fh(h), offset, size)
+                }
+            },
+            move |r| match r {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(fail("read", &e)),
+            },
+        );
     }
 
     fn release(
@@ -262,60 +299,77 @@ impl fuser::Filesystem for FuseFs {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino(i)) {
-            // A directory inside a version never changes: let the kernel keep its listing.
-            Ok(o) if o.immutable => reply.opened(
-                FileHandle(o.fh.0),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Ok(o) => reply.opened(FileHandle(o.fh.0), FopenFlags::empty()),
-            Err(e) => reply.error(fail("opendir", &e)),
-        }
+    fn opendir(&self, req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.fs.serve(
+            req.pid(),
+            move |fs| fs.opendir(ino(i)),
+            move |r| match r {
+                // A directory inside a version never changes: let the kernel keep its
+                // listing.
+                Ok(o) if o.immutable => reply.opened(
+                    FileHandle(o.fh.0),
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                ),
+                Ok(o) => reply.opened(FileHandle(o.fh.0), FopenFlags::empty()),
+                Err(e) => reply.error(fail("opendir", &e)),
+            },
+        );
     }
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         h: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let items = match self.fs.readdir(fh(h)) {
-            Ok(items) => items,
-            Err(e) => return reply.error(fail("readdir", &e)),
-        };
-        // An item's offset is the position of the next one.
-        for (i, item) in items.iter().enumerate().skip(offset as usize) {
-            let (a, next) = (&item.entry.attr, i as u64 + 1);
-            if reply.add(INodeNo(a.ino.0), next, file_type(a.kind), &item.name) {
-                break;
-            }
-        }
-        reply.ok();
+        self.fs.serve(
+            req.pid(),
+            move |fs| fs.readdir(fh(h)),
+            move |r| {
+                let items = match r {
+                    Ok(items) => items,
+                    Err(e) => return reply.error(fail("readdir", &e)),
+                };
+                // An item's offset is the position of the next one.
+                for (i, item) in items.iter().enumerate().skip(offset as usize) {
+                    let (a, next) = (&item.entry.attr, i as u64 + 1);
+                    if reply.add(INodeNo(a.ino.0), next, file_type(a.kind), &item.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            },
+        );
     }
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         h: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let items = match self.fs.readdir(fh(h)) {
-            Ok(items) => items,
-            Err(e) => return reply.error(fail("readdirplus", &e)),
-        };
-        for (i, item) in items.iter().enumerate().skip(offset as usize) {
-            let (e, next) = (&item.entry, i as u64 + 1);
-            let attr = file_attr(&e.attr);
-            if reply.add(attr.ino, next, &item.name, &e.ttl, &attr, Generation(0)) {
-                break;
-            }
-        }
-        reply.ok();
+        self.fs.serve(
+            req.pid(),
+            move |fs| fs.readdir(fh(h)),
+            move |r| {
+                let items = match r {
+                    Ok(items) => items,
+                    Err(e) => return reply.error(fail("readdirplus", &e)),
+                };
+                for (i, item) in items.iter().enumerate().skip(offset as usize) {
+                    let (e, next) = (&item.entry, i as u64 + 1);
+                    let attr = file_attr(&e.attr);
+                    if reply.add(attr.ino, next, &item.name, &e.ttl, &attr, Generation(0)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            },
+        );
     }
 
     fn releasedir(

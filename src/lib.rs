@@ -21,4 +21,5 @@ pub mod fuse;
 pub mod ids;
 pub mod mount;
 pub mod openfiles;
+pub mod panics;
 pub mod size;

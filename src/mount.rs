@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use fuser::SessionACL;
 
 use crate::api::{ApiError, Client, ClientConfig, RetryPolicy};
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheOptions};
 use crate::config::{Access, ApiUrlSource, MountConfig};
 use crate::fs::{Fs, FsConfig, Remote};
 use crate::fuse::FuseFs;
@@ -442,9 +442,14 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
     check_paths(cfg)?;
     check_api(cfg)?;
 
+    crate::panics::install_hook();
     let created = prepare_cache_dir(&cfg.cache_dir)?;
     wait_for_cache_lock(&cfg.cache_dir);
-    let cache = Cache::open(&cfg.cache_dir, cfg.cache_size).with_context(|| {
+    let options = CacheOptions {
+        downloads: cfg.downloads,
+        ..CacheOptions::with_budget(cfg.cache_size)
+    };
+    let cache = Cache::open_with(&cfg.cache_dir, options).with_context(|| {
         format!(
             "cannot open the cache directory {}",
             cfg.cache_dir.display()
@@ -453,7 +458,7 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
     let remote: Arc<dyn Remote> = Arc::new(client(cfg, RetryPolicy::default())?);
     // SAFETY: getuid/getgid have no preconditions and cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let fs = Fs::new(
+    let fs = Arc::new(Fs::new(
         remote,
         cache,
         FsConfig {
@@ -469,7 +474,7 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
                 crate::fs::format_time(std::time::SystemTime::now())
             ),
         },
-    );
+    ));
 
     let acl = match cfg.access {
         Access::Owner => SessionACL::Owner,
@@ -491,7 +496,7 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
         fs.cache()
             .set_in_use(Box::new(move || open_files.versions()));
     }
-    let fuse_fs = FuseFs::new(fs, cfg.track_opens, cfg.passthrough);
+    let fuse_fs = FuseFs::new(fs.clone(), cfg.track_opens, cfg.passthrough);
     let device = attach::attach(&cfg.mountpoint, acl != SessionACL::Owner)?;
     // Mounted: from here on, a failure must take the mount away again.
     let undo = |e: anyhow::Error| {
@@ -546,9 +551,22 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
     let outcome = match rx.recv() {
         Ok(Event::Signal(sig)) => {
             tracing::info!(signal = sig, "unmounting on signal");
-            if let Err(e) = attach::detach(&cfg.mountpoint, false) {
-                tracing::warn!(error = ?e, "unmount failed; detaching the mount");
-                let _ = attach::detach(&cfg.mountpoint, true);
+            // Downloads stop and every request waiting for one is answered first: a
+            // process waiting in the mount would keep it busy, and the unmount would have
+            // to wait for the download.
+            fs.shutdown();
+            match attach::detach(&cfg.mountpoint, false) {
+                Ok(()) => {}
+                // Our own unmount, refused only because a process still has a file or its
+                // working directory inside: detach, the kernel lets go when it does.
+                Err(attach::DetachError::Busy) => {
+                    tracing::info!("the mount is still in use; detaching it (it goes when the processes inside let go)");
+                    let _ = attach::detach(&cfg.mountpoint, true);
+                }
+                Err(e) => {
+                    tracing::warn!(error = ?e, "unmount failed; detaching the mount");
+                    let _ = attach::detach(&cfg.mountpoint, true);
+                }
             }
             // The session ends once the kernel lets go of the mount.
             match rx.recv_timeout(Duration::from_secs(10)) {
@@ -627,7 +645,7 @@ pub fn unmount(path: &Path, lazy: bool) -> anyhow::Result<()> {
     match attach::detach(&entry.mount_point, lazy) {
         Ok(()) => Ok(()),
         Err(attach::DetachError::Busy) => bail!(
-            "{p} is busy: a process has a file or its working directory inside it; close it, or use `vm0fs unmount --lazy {p}`"
+            "{p} is busy: a process has a file or its working directory inside it, or is waiting there for a download; close or interrupt it, or use `vm0fs unmount --lazy {p}`"
         ),
         Err(attach::DetachError::Other(reason)) => bail!("cannot unmount {p}: {reason}"),
     }

@@ -5,7 +5,9 @@
 //! time, and the mount stays up and recovers.
 //!
 //! A mount retries with `RetryPolicy::default()` (6 attempts, 200 ms doubling backoff,
-//! 30 s at most), which bounds how long each test waits.
+//! 30 s at most), which bounds how long each test waits. A failed download is remembered
+//! for `cache::FAILURE_MEMORY` (10 s): a test that makes the server good again reads until
+//! the failure is forgotten.
 
 mod common;
 
@@ -61,6 +63,17 @@ fn emulator(n: u64, extra: &[(&str, &str, &[u8])]) -> (tempfile::TempDir, Emulat
     }
     let emu = Emulator::with_data(data.path());
     (data, emu)
+}
+
+/// Read `path` once the failure of its version is no longer remembered (a failed download
+/// answers the same error, without a new download, for `cache::FAILURE_MEMORY`).
+fn read_once_remembered(path: &std::path::Path) -> Vec<u8> {
+    let mut got = None;
+    poll_until(DEADLINE, "the read to succeed", || {
+        got = read_within(DEADLINE, path).ok();
+        got.is_some()
+    });
+    got.unwrap()
 }
 
 fn art(m: &Mount, i: u64) -> std::path::PathBuf {
@@ -219,9 +232,9 @@ fn a_url_that_is_always_expired_fails_in_bounded_time() {
             .any(|l| l.contains(&id) && l.contains("refused the download URL"))
     });
     assert!(!is_cached(&sb.cache, &id) && tmp_entries(&sb.cache).is_empty());
-    // Valid URLs again: the same version reads.
+    // Valid URLs again: the same version reads, once its failure is no longer remembered.
     emu.config(json!({"url_ttl_secs": 3600}));
-    assert_eq!(read_within(DEADLINE, &art(&m, 0)).unwrap(), a_txt(0));
+    assert_eq!(read_once_remembered(&art(&m, 0)), a_txt(0));
 }
 
 #[test]
@@ -325,9 +338,9 @@ fn a_server_that_stays_down_gives_eio_in_bounded_time_and_the_mount_recovers() {
         log.contains("serving the previous")
     });
 
-    // The server is back: the cold version reads.
+    // The server is back: the cold version reads (once its failure is forgotten).
     emu.clear_faults();
-    assert_eq!(read_within(DEADLINE, &cold_path).unwrap(), a_txt(1));
+    assert_eq!(read_once_remembered(&cold_path), a_txt(1));
     // The read may be answered before the version is complete and committed.
     poll_until(DEADLINE, "the version to be cached", || {
         is_cached(&sb.cache, &cold)
@@ -381,5 +394,5 @@ fn a_token_revoked_while_mounted_is_eacces_and_the_log_says_to_check_vm0_token()
     // What is cached still reads; a valid token again, and the cold version reads.
     assert_eq!(read_within(DEADLINE, &art(&m, 0)).unwrap(), a_txt(0));
     emu.config(json!({"token": emu.token}));
-    assert_eq!(read_within(DEADLINE, &cold_path).unwrap(), a_txt(1));
+    assert_eq!(read_once_remembered(&cold_path), a_txt(1));
 }

@@ -647,7 +647,17 @@ fn corrupt_archives_in_the_data_give_eio_for_that_version_only() {
 #[test]
 fn a_corrupting_store_gives_eio_nothing_cached_and_the_next_try_works() {
     let data = tempfile::tempdir().unwrap();
-    put_archive(data.path(), "artifacts", "victim", "v1", &small_archive(3));
+    let damages = [
+        ("truncate", "ends early"),
+        ("garbage", "not gzip-compressed"),
+        ("notar", "does not hold a tar archive"),
+    ];
+    // One victim per damage: a failed download is remembered for a while (the next access
+    // gets the same error without downloading again), so each damage needs a fresh version.
+    for (corrupt, _) in damages {
+        let name = format!("victim-{corrupt}");
+        put_archive(data.path(), "artifacts", &name, "v1", &small_archive(3));
+    }
     put_archive(
         data.path(),
         "artifacts",
@@ -658,17 +668,14 @@ fn a_corrupting_store_gives_eio_nothing_cached_and_the_next_try_works() {
     let emu = Emulator::with_data(data.path());
     let sb = Sandbox::new();
     let m = Mount::with(&emu, sb.opts());
-    let victim = emu.current_version("artifacts", "victim");
     let bystander = m.join("artifacts/bystander/latest/a.txt");
-    // `b.bin`, not `a.txt`: a file complete before the damage may be served while the
-    // archive is read (progressive availability); `b.bin` is cut by the truncation.
-    let broken = m.join(&format!("artifacts/victim/{victim}/b.bin"));
-    let path = m.join(&format!("artifacts/victim/{victim}/a.txt"));
-    for (corrupt, problem) in [
-        ("truncate", "ends early"),
-        ("garbage", "not gzip-compressed"),
-        ("notar", "does not hold a tar archive"),
-    ] {
+    let mut victims = Vec::new();
+    for (corrupt, problem) in damages {
+        let name = format!("victim-{corrupt}");
+        let victim = emu.current_version("artifacts", &name);
+        // `b.bin`, not `a.txt`: a file complete before the damage may be served while the
+        // archive is read (progressive availability); `b.bin` is cut by the truncation.
+        let broken = m.join(&format!("artifacts/{name}/{victim}/b.bin"));
         emu.fault(json!({"route": "store.get", "version": victim, "corrupt": corrupt, "count": 1}));
         assert_failed_cleanly(
             &m,
@@ -679,12 +686,21 @@ fn a_corrupting_store_gives_eio_nothing_cached_and_the_next_try_works() {
             &bystander,
             b"archive 4\n",
         );
+        victims.push((name, victim));
     }
-    // The faults are spent: the same version now downloads, unpacks and stays.
-    assert_eq!(read_within(DEADLINE, &path).unwrap(), b"archive 3\n");
+    // The faults are spent: once its failure is forgotten, a version downloads, unpacks and
+    // stays.
+    let (name, victim) = &victims[0];
+    let path = m.join(&format!("artifacts/{name}/{victim}/a.txt"));
+    let mut read = None;
+    poll_until(DEADLINE, "the version to read again", || {
+        read = read_within(DEADLINE, &path).ok();
+        read.is_some()
+    });
+    assert_eq!(read.unwrap(), b"archive 3\n");
     // The read may be answered before the version is complete and committed.
     poll_until(DEADLINE, "the version to be cached", || {
-        is_cached(&sb.cache, &victim)
+        is_cached(&sb.cache, victim)
     });
     sb.assert_untouched();
 }

@@ -421,7 +421,7 @@ fn rsync_twice_gives_the_tar_tree_and_transfers_nothing_the_second_time() {
 }
 
 #[test]
-fn a_failed_download_is_eio_then_retried_on_the_next_access() {
+fn a_failed_download_is_eio_remembered_briefly_then_retried() {
     let f = fixture();
     let m = Mount::new(&f.emu);
     let id = f.emu.current_version("artifacts", "report");
@@ -435,11 +435,25 @@ fn a_failed_download_is_eio_then_retried_on_the_next_access() {
         log.contains(&id) && log.contains("report"),
         "the log names the version:\n{log}"
     );
-    // Nothing was cached: the next access downloads again and succeeds.
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        b"# Agent output\n\nSee docs/.\n"
-    );
+    // The failure is remembered for a moment: the next access gets it without a download.
+    let err = std::fs::read(&path).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(f.emu.counter(&format!("download:{id}")), 1);
+    // Nothing was cached: once the failure is forgotten, an access downloads again and
+    // succeeds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let got = loop {
+        if let Ok(got) = std::fs::read(&path) {
+            break got;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never downloaded again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(got, b"# Agent output\n\nSee docs/.\n");
+    assert_eq!(f.emu.counter(&format!("download:{id}")), 2);
     // The read may be answered while the rest is still unpacked; a listing waits for the
     // end, after which the temporary directory is gone.
     std::fs::read_dir(m.join(&format!("artifacts/report/{id}")))

@@ -82,10 +82,92 @@ impl Index {
                 "index format {version}, expected {INDEX_FORMAT_VERSION}"
             )));
         }
-        match postcard::take_from_bytes(body) {
-            Ok((index, [])) => Ok(index),
-            Ok((_, rest)) => Err(invalid(format!("{} bytes after the index", rest.len()))),
-            Err(e) => Err(invalid(e.to_string())),
+        let index: Index = match postcard::take_from_bytes(body) {
+            Ok((index, [])) => index,
+            Ok((_, rest)) => return Err(invalid(format!("{} bytes after the index", rest.len()))),
+            Err(e) => return Err(invalid(e.to_string())),
+        };
+        index
+            .check()
+            .map_err(|e| invalid(format!("damaged index: {e}")))?;
+        Ok(index)
+    }
+
+    /// Check that the index is a tree the filesystem can serve without a bounds check
+    /// failing. Every node: entries naming nodes in range other than the root, with valid
+    /// names in strictly increasing order (lookups binary-search them), a parent in range,
+    /// a blob below the number of files (blob numbers are dense). The tree: node 0 is a
+    /// directory that is its own parent; each directory reached from it is listed once, by
+    /// its parent; what no name reaches is an empty directory (the holes `Tree::finish`
+    /// leaves). An index written by [`Index::save`] always passes; one damaged on disk must
+    /// fail here rather than make a reader index out of bounds later.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.nodes.len();
+        let files = self
+            .nodes
+            .iter()
+            .filter(|node| matches!(node.kind, NodeKind::File { .. }))
+            .count();
+        for (id, node) in self.nodes.iter().enumerate() {
+            match &node.kind {
+                NodeKind::Dir { parent, entries } => {
+                    if *parent as usize >= n {
+                        return Err(format!("directory {id} has parent {parent} of {n}"));
+                    }
+                    for (i, e) in entries.iter().enumerate() {
+                        let name = e.name.as_slice();
+                        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/')
+                        {
+                            return Err(format!("directory {id} has an invalid name {name:?}"));
+                        }
+                        if i > 0 && entries[i - 1].name.as_slice() >= name {
+                            return Err(format!("directory {id} is not sorted by name"));
+                        }
+                        if e.node == 0 || e.node as usize >= n {
+                            return Err(format!("directory {id} names node {} of {n}", e.node));
+                        }
+                    }
+                }
+                NodeKind::File { blob, .. } if *blob as usize >= files => {
+                    return Err(format!("file {id} has blob {blob} of {files}"));
+                }
+                NodeKind::File { .. } | NodeKind::Symlink { .. } => {}
+            }
         }
+        match self.nodes.first().map(|r| &r.kind) {
+            Some(NodeKind::Dir { parent: 0, .. }) => {}
+            Some(_) => return Err("node 0 is not a directory that is its own parent".into()),
+            None => return Err("no root node".into()),
+        }
+        let mut seen = vec![false; n];
+        seen[0] = true;
+        let mut dirs = vec![0usize];
+        while let Some(dir) = dirs.pop() {
+            let NodeKind::Dir { entries, .. } = &self.nodes[dir].kind else {
+                unreachable!("only directories are pushed");
+            };
+            for e in entries {
+                let child = e.node as usize;
+                if let NodeKind::Dir { parent, .. } = &self.nodes[child].kind {
+                    if *parent as usize != dir {
+                        return Err(format!(
+                            "directory {child} has parent {parent}, but {dir} lists it"
+                        ));
+                    }
+                    if seen[child] {
+                        return Err(format!("directory {child} is listed twice"));
+                    }
+                    dirs.push(child);
+                }
+                seen[child] = true;
+            }
+        }
+        for (id, node) in self.nodes.iter().enumerate() {
+            let hole = matches!(&node.kind, NodeKind::Dir { entries, .. } if entries.is_empty());
+            if !seen[id] && !hole {
+                return Err(format!("node {id} is not reachable from the root"));
+            }
+        }
+        Ok(())
     }
 }

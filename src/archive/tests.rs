@@ -1274,7 +1274,119 @@ fn index_of_an_unpacked_version_round_trips() {
     let (run, u) = unpack_ok(&tar.gz());
     let path = run.dest.join("index");
     u.index.save(&path).unwrap();
+    assert_eq!(u.index.check(), Ok(()));
     assert_eq!(Index::load(&path).unwrap(), u.index);
+}
+
+/// A damaged index is refused at load, never served: every way a reference can leave the
+/// tree, one at a time.
+#[test]
+fn a_damaged_index_is_refused_at_load() {
+    let dir = |parent: u32, entries: Vec<(&[u8], u32)>| NodeKind::Dir {
+        parent,
+        entries: entries
+            .into_iter()
+            .map(|(name, node)| DirEntry {
+                name: name.to_vec(),
+                node,
+            })
+            .collect(),
+    };
+    type Damage<'a> = Box<dyn Fn(&mut Index) + 'a>;
+    let damage: Vec<(&str, Damage<'_>)> = vec![
+        (
+            "entry out of range",
+            Box::new(|i| i.nodes[0].kind = dir(0, vec![(b"f", 1), (b"l", 9)])),
+        ),
+        (
+            "entry to the root",
+            Box::new(|i| i.nodes[0].kind = dir(0, vec![(b"f", 0), (b"l", 2)])),
+        ),
+        (
+            "unsorted",
+            Box::new(|i| i.nodes[0].kind = dir(0, vec![(b"l", 2), (b"f", 1)])),
+        ),
+        (
+            "repeated name",
+            Box::new(|i| i.nodes[0].kind = dir(0, vec![(b"f", 1), (b"f", 2)])),
+        ),
+        (
+            "bad name",
+            Box::new(|i| i.nodes[0].kind = dir(0, vec![(b"a/b", 1), (b"l", 2)])),
+        ),
+        (
+            "dot dot",
+            Box::new(|i| i.nodes[0].kind = dir(0, vec![(b"..", 1), (b"l", 2)])),
+        ),
+        (
+            "blob out of range",
+            Box::new(|i| i.nodes[1].kind = NodeKind::File { size: 3, blob: 1 }),
+        ),
+        (
+            "root not a directory",
+            Box::new(|i| i.nodes[0].kind = NodeKind::File { size: 0, blob: 0 }),
+        ),
+        (
+            "root parent",
+            Box::new(|i| i.nodes[0].kind = dir(1, vec![(b"f", 1), (b"l", 2)])),
+        ),
+        ("no nodes", Box::new(|i| i.nodes.clear())),
+        (
+            "unreachable file",
+            Box::new(|i| i.nodes[0].kind = dir(0, vec![(b"l", 2)])),
+        ),
+        (
+            "wrong parent",
+            Box::new(|i| {
+                i.nodes[0].kind = dir(0, vec![(b"d", 3), (b"f", 1), (b"l", 2)]);
+                i.nodes.push(Node {
+                    kind: dir(2, vec![]),
+                    ..i.nodes[0].clone()
+                });
+            }),
+        ),
+        (
+            "a cycle",
+            Box::new(|i| {
+                i.nodes[0].kind = dir(0, vec![(b"d", 3), (b"f", 1), (b"l", 2)]);
+                i.nodes.push(Node {
+                    kind: dir(0, vec![(b"e", 4)]),
+                    ..i.nodes[0].clone()
+                });
+                i.nodes.push(Node {
+                    kind: dir(3, vec![(b"up", 3)]),
+                    ..i.nodes[0].clone()
+                });
+            }),
+        ),
+        (
+            "parent out of range",
+            Box::new(|i| {
+                i.nodes.push(Node {
+                    kind: dir(7, vec![]),
+                    ..i.nodes[0].clone()
+                })
+            }),
+        ),
+    ];
+    let tmp = TempDir::new().unwrap();
+    let path = tmp.path().join("index");
+    for (what, damage) in damage {
+        let mut index = small_index();
+        damage(&mut index);
+        assert!(index.check().is_err(), "{what}: passed the check");
+        index.save(&path).unwrap();
+        let err = Index::load(&path).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{what}: {err}");
+        assert!(err.to_string().contains("damaged index"), "{what}: {err}");
+    }
+    // A hole (an empty directory no name reaches, left by a hard link) is fine.
+    let mut holed = small_index();
+    holed.nodes.push(Node {
+        kind: dir(0, vec![]),
+        ..holed.nodes[0].clone()
+    });
+    assert_eq!(holed.check(), Ok(()));
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! The cache owns the cache directory (see [`disk`] for its layout): it decides which
 //! versions stay (LRU order, the `lru` crate), makes room before a download starts, pins
 //! versions that are in use, makes sure that concurrent requests for the same cold version
-//! fetch it once (single-flight), and commits new versions crash-safely.
+//! fetch it once (single-flight, [`Flight`]), runs the fetches in a bounded pool ([`pool`]),
+//! and commits new versions crash-safely.
 //!
 //! It stores versions under their immutable id and knows nothing of HTTP or inodes: the
 //! caller passes a `fetch` closure that fills a directory (with [`crate::archive::unpack`]).
@@ -13,28 +14,48 @@
 //! does not report opens, the owner also installs an [`InUse`] probe (see
 //! [`crate::openfiles`]), asked before each eviction: the versions it names are pinned too.
 //!
-//! Progressive availability: [`Cache::start`] runs a fetch on a background thread owned by
-//! its [`Flight`] and returns at once. The fetch publishes each file as soon as it is
-//! unpacked (see [`crate::archive::Publish`]) into the flight, where callers can wait for
-//! either a name to be published or the whole fetch to end ([`Flight::lookup`]). Nothing
-//! published is cached: only a complete, committed version enters the LRU, and a failed
-//! fetch leaves nothing behind (its published files live on only in handles already open).
+//! Progressive availability: [`Cache::start`] queues a fetch for the download pool and
+//! returns at once. At most [`CacheOptions::downloads`] fetches run at a time; the others
+//! wait their turn (shown as queued by [`Cache::snapshot`]). The fetch publishes each file
+//! as soon as it is unpacked (see [`crate::archive::Publish`]) into the flight, where callers
+//! can wait for either a name to be published or the whole fetch to end
+//! ([`Interest::lookup`]). Nothing published is cached: only a complete, committed version
+//! enters the LRU, and a failed fetch leaves nothing behind (its published files live on
+//! only in handles already open).
+//!
+//! Every flight ends, and ends once: with the version, with the fetch's error, with an
+//! error when the fetch panics (its reservation returned), when nobody wants it any more
+//! (the last waiter was interrupted, see [`Interest`]), or when the mount shuts down
+//! ([`Cache::shutdown`]). A failed download is remembered for
+//! [`CacheOptions::failure_memory`]: accesses in that time get the same error at once
+//! instead of downloading again.
+//!
+//! No lock is held across disk I/O: recording a use (`touch`) and moving an evicted
+//! version aside happen after the state lock is let go.
 
 mod disk;
+mod flight;
+mod pool;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::api::Kind;
-use crate::archive::{Index, Publish, Published, PublishedNode, Step, Unpacked};
+use crate::archive::{Index, Publish, Unpacked};
 use crate::size::ByteSize;
 pub use disk::CACHE_FORMAT_VERSION;
 use disk::{Completion, Layout};
+pub use flight::{
+    Flight, Interest, Outcome, Patience, Phase, Stopped, Unbounded, Waited, WAIT_SLICE,
+};
+use pool::Pool;
 
 use crate::ids::VersionId;
 
@@ -112,21 +133,62 @@ pub enum CacheError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("{key}: cannot start a download thread: {source}")]
+    Spawn {
+        key: VersionKey,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A fetch (or the cache's own code around it) panicked: a bug, logged by the panic
+    /// hook where it happened (see [`crate::panics`]).
+    #[error("{key}: the download failed on an internal error ({message}); see the log")]
+    Panicked { key: VersionKey, message: String },
+    /// Nobody waited for the version any more: the fetch was stopped.
+    #[error("{key}: stopped, nobody waits for it any more")]
+    Cancelled { key: VersionKey },
+    #[error("the mount is shutting down")]
+    ShuttingDown,
+}
+
+impl CacheError {
+    /// Whether a flight that ended with this error is remembered (see
+    /// [`CacheOptions::failure_memory`]): failures of the download and of the disk, which
+    /// would most likely happen again at once. Not a refusal for lack of room (it changes
+    /// as soon as a file is closed), nor one that asking again cannot change or that was
+    /// never tried.
+    fn remembered(&self) -> bool {
+        match self {
+            CacheError::Fetch { .. } | CacheError::Io { .. } | CacheError::Panicked { .. } => true,
+            CacheError::TooLarge { .. }
+            | CacheError::NoRoom { .. }
+            | CacheError::Locked { .. }
+            | CacheError::Spawn { .. }
+            | CacheError::Cancelled { .. }
+            | CacheError::ShuttingDown => false,
+        }
+    }
 }
 
 /// A failure shared by every caller that waited on the same fetch.
 pub type SharedError = Arc<CacheError>;
 
-/// What a fetch closure gets: where to unpack, how many content bytes it may write, and
-/// where to publish files as they are complete.
+/// What a fetch closure gets: where to unpack, how many content bytes it may write, where
+/// to publish files as they are complete, and whether to stop.
 pub struct FetchTarget<'a> {
     pub dir: &'a Path,
     pub max_bytes: u64,
     pub publish: &'a dyn Publish,
+    /// True once the fetch should stop: nobody wants the version any more, or the mount is
+    /// shutting down. The fetch checks it between reads and returns any error; the flight
+    /// ends with [`CacheError::Cancelled`] or [`CacheError::ShuttingDown`].
+    pub cancelled: &'a (dyn Fn() -> bool + Sync),
 }
 
 /// A boxed fetch error, as fetch closures return it.
 pub type FetchResult = Result<Unpacked, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A fetch closure as the pool runs it.
+type BoxedFetch = Box<dyn FnOnce(FetchTarget<'_>) -> FetchResult + Send>;
 
 /// One version's line in [`Cache::snapshot`].
 #[derive(Debug, Clone)]
@@ -144,7 +206,44 @@ pub struct Snapshot {
     pub used: u64,
     /// Least recently used first.
     pub resident: Vec<ResidentInfo>,
+    /// Every flight, running or queued.
     pub in_flight: Vec<VersionKey>,
+    /// The flights waiting for a place in the download pool, and how long they have.
+    pub queued: Vec<(VersionKey, Duration)>,
+    /// How many downloads run at once at most.
+    pub downloads: usize,
+}
+
+/// How the cache runs.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// The byte budget.
+    pub budget: u64,
+    /// How many downloads run at once; the others wait in a queue.
+    pub downloads: usize,
+    /// How long a failed download is remembered: an access in that time gets the same
+    /// error at once, without downloading again.
+    pub failure_memory: Duration,
+}
+
+/// How long a failed download is remembered by default (see
+/// [`CacheOptions::failure_memory`]). Long enough that a burst of accesses (a `cat` loop,
+/// many readers queued behind one failing lookup) costs one download, short enough that a
+/// server that is back is used again in seconds.
+pub const FAILURE_MEMORY: Duration = Duration::from_secs(10);
+
+/// How many downloads run at once by default.
+pub const DEFAULT_DOWNLOADS: usize = 4;
+
+impl CacheOptions {
+    /// The defaults, with `budget`.
+    pub fn with_budget(budget: u64) -> CacheOptions {
+        CacheOptions {
+            budget,
+            downloads: DEFAULT_DOWNLOADS,
+            failure_memory: FAILURE_MEMORY,
+        }
+    }
 }
 
 enum Slot {
@@ -167,112 +266,23 @@ impl Resident {
     }
 }
 
-/// One fetch (or load) of a version in progress, shared by everyone who asked for it.
-#[derive(Default)]
-pub struct Flight {
-    state: Mutex<FlightState>,
-    cond: Condvar,
-    reported: std::sync::atomic::AtomicBool,
-}
-
-#[derive(Default)]
-struct FlightState {
-    done: Option<Result<Arc<CachedVersion>, SharedError>>,
-    published: Published,
-}
-
-/// What a caller waiting on a [`Flight`] gets: something published, or the end.
-#[derive(Debug)]
-pub enum Waited<T> {
-    Published(T),
-    Done(Result<Arc<CachedVersion>, SharedError>),
-}
-
-impl Flight {
-    /// Wait for the end of the fetch.
-    pub fn wait(&self) -> Result<Arc<CachedVersion>, SharedError> {
-        let mut st = self.state.lock();
-        loop {
-            if let Some(done) = &st.done {
-                return done.clone();
-            }
-            self.cond.wait(&mut st);
-        }
-    }
-
-    /// Wait until `name` in directory node `dir` is published, or the fetch ends. Once it
-    /// has ended only the version itself answers: after a failure, nothing published is.
-    pub fn lookup(&self, dir: u32, name: &[u8]) -> Waited<(u32, PublishedNode)> {
-        self.wait_for(|p| p.lookup(dir, name).map(|(n, a)| (n, a.clone())))
-    }
-
-    /// Wait until node `node` is published, or the fetch ends.
-    pub fn node(&self, node: u32) -> Waited<PublishedNode> {
-        self.wait_for(|p| p.node(node).cloned())
-    }
-
-    /// True for the first caller only: lets one of the many waiters of a failed flight
-    /// record its error.
-    pub fn report_once(&self) -> bool {
-        !self
-            .reported
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Whether the fetch has ended (for tests and the status file).
-    pub fn is_done(&self) -> bool {
-        self.state.lock().done.is_some()
-    }
-
-    fn wait_for<T>(&self, mut find: impl FnMut(&Published) -> Option<T>) -> Waited<T> {
-        let mut st = self.state.lock();
-        loop {
-            if let Some(done) = &st.done {
-                return Waited::Done(done.clone());
-            }
-            if let Some(found) = find(&st.published) {
-                return Waited::Published(found);
-            }
-            self.cond.wait(&mut st);
-        }
-    }
-
-    fn finish(&self, result: Result<Arc<CachedVersion>, SharedError>) {
-        let mut st = self.state.lock();
-        st.done = Some(result);
-        // The blob paths it holds are gone (renamed, committed or deleted).
-        st.published = Published::default();
-        drop(st);
-        self.cond.notify_all();
-    }
-}
-
-impl Publish for Flight {
-    fn file(&self, steps: &[Step], _file: &crate::archive::PublishedFile) {
-        self.state.lock().published.add(steps);
-        self.cond.notify_all();
-    }
-
-    fn withdraw(&self, dir: u32, name: &[u8], gone: Option<u32>) {
-        self.state.lock().published.withdraw(dir, name, gone);
-    }
-}
-
 /// What [`Cache::start`] returns.
 pub enum Available {
     /// Complete and loaded; pinned while held.
     Ready(Arc<CachedVersion>),
-    /// Being fetched (or loaded) in the background.
-    Pending(Arc<Flight>),
+    /// Being fetched in the background, queued for it, or failed a moment ago (the
+    /// flight has ended with the error).
+    Pending(Interest),
 }
 
 /// What [`Cache::begin`] found.
 enum Begin {
     Ready(Arc<CachedVersion>),
-    Join(Arc<Flight>),
+    Join(Interest),
     /// A new flight the caller must run; `on_disk`: complete on disk, only to be loaded.
     Run {
         flight: Arc<Flight>,
+        interest: Interest,
         on_disk: bool,
     },
 }
@@ -280,9 +290,16 @@ enum Begin {
 struct State {
     lru: lru::LruCache<VersionKey, Resident>,
     flights: HashMap<VersionKey, Arc<Flight>>,
-    /// Reservations of fetches in flight, by key.
-    reserved: HashMap<VersionKey, u64>,
+    /// Reservations of fetches in flight, by flight id (a cancelled flight may still be
+    /// winding down beside a new one of the same key).
+    reserved: HashMap<u64, (Arc<Flight>, u64)>,
     used: u64,
+    /// Failed flights, remembered until then.
+    failed: HashMap<VersionKey, (Instant, Arc<Flight>)>,
+    /// Versions evicted whose directory is being moved aside (outside the lock); a commit
+    /// of the same key waits for the move (see [`Cache::wait_moved_aside`]).
+    evicting: HashSet<VersionKey>,
+    shutting_down: bool,
 }
 
 /// The version cache. Cheap to share (`Arc` inside).
@@ -294,7 +311,11 @@ pub struct Cache {
 struct Inner {
     layout: Layout,
     budget: u64,
+    failure_memory: Duration,
     state: Mutex<State>,
+    /// Signalled when an evicted version's directory has been moved aside.
+    moved_aside: Condvar,
+    pool: Arc<Pool>,
     in_use: OnceLock<InUse>,
     /// The probe's last answer and when it came, for [`Cache::snapshot`].
     in_use_seen: Mutex<Option<(Instant, Arc<HashSet<VersionKey>>)>>,
@@ -326,10 +347,21 @@ fn reservation(a: Announced) -> u64 {
         .saturating_add(64 * 1024)
 }
 
+/// Versions taken out of the LRU whose directories are still to be moved aside (see
+/// [`Cache::move_aside`]).
+#[must_use]
+struct Evicted(Vec<VersionKey>);
+
 impl Cache {
-    /// Open (or create) the cache directory with a byte budget. Reuses every complete
-    /// version found there, removes leftovers, and trims to the budget.
+    /// Open (or create) the cache directory with a byte budget and the default options.
     pub fn open(dir: &Path, budget: u64) -> Result<Cache, CacheError> {
+        Cache::open_with(dir, CacheOptions::with_budget(budget))
+    }
+
+    /// Open (or create) the cache directory. Reuses every complete version found there,
+    /// removes leftovers, and trims to the budget.
+    pub fn open_with(dir: &Path, options: CacheOptions) -> Result<Cache, CacheError> {
+        let budget = options.budget;
         let layout = Layout::open(dir)?;
         let mut found = layout.scan();
         // Oldest use first, so that pushing in order leaves the newest most recent.
@@ -339,6 +371,9 @@ impl Cache {
             flights: HashMap::new(),
             reserved: HashMap::new(),
             used: 0,
+            failed: HashMap::new(),
+            evicting: HashSet::new(),
+            shutting_down: false,
         };
         for f in found {
             state.used += f.disk_bytes;
@@ -356,26 +391,28 @@ impl Cache {
             inner: Arc::new(Inner {
                 layout,
                 budget,
+                failure_memory: options.failure_memory,
                 state: Mutex::new(state),
+                moved_aside: Condvar::new(),
+                pool: Pool::new(options.downloads),
                 in_use: OnceLock::new(),
                 in_use_seen: Mutex::new(None),
             }),
         };
-        let count = cache.inner.state.lock().lru.len();
-        let mut trash = Vec::new();
-        {
-            let mut st = cache.inner.state.lock();
-            cache.evict_until(&mut st, budget, None, &HashSet::new(), &mut trash);
-            tracing::info!(
-                cache = %dir.display(),
-                versions = st.lru.len(),
-                trimmed = count - st.lru.len(),
-                used = %ByteSize(st.used),
-                budget = %ByteSize(budget),
-                "cache opened"
-            );
-        }
-        purge(trash);
+        let mut st = cache.inner.state.lock();
+        let count = st.lru.len();
+        let evicted = cache.evict_until(&mut st, budget, None, &HashSet::new());
+        tracing::info!(
+            cache = %dir.display(),
+            versions = st.lru.len(),
+            trimmed = count - st.lru.len(),
+            used = %ByteSize(st.used),
+            budget = %ByteSize(budget),
+            downloads = options.downloads,
+            "cache opened"
+        );
+        drop(st);
+        purge(cache.move_aside(evicted));
         Ok(cache)
     }
 
@@ -387,102 +424,235 @@ impl Cache {
         &self.inner.layout.root
     }
 
-    /// The version `key`, from the cache or fetched now on the calling thread. Concurrent
-    /// calls for the same key share one fetch. The returned `Arc` pins the version until
-    /// dropped.
-    pub fn get<F>(
-        &self,
-        key: &VersionKey,
-        announced: Announced,
-        fetch: F,
-    ) -> Result<Arc<CachedVersion>, SharedError>
-    where
-        F: FnOnce(FetchTarget<'_>) -> FetchResult,
-    {
-        match self.begin(key) {
-            Begin::Ready(v) => Ok(v),
-            Begin::Join(flight) => flight.wait(),
-            Begin::Run { flight, on_disk } => self.run(key, &flight, on_disk, announced, fetch),
-        }
-    }
-
-    /// The version `key` if it is complete, else the flight that fetches it, started now on
-    /// a background thread if none is running. Never waits for a download.
+    /// The version `key` if it is complete, else an interest in the flight that fetches
+    /// it: one that runs or waits in the download pool's queue, started now if there is
+    /// none, or one that failed less than [`CacheOptions::failure_memory`] ago. Never waits
+    /// for a download. A version found complete on disk at start is loaded here, on the
+    /// calling thread (reading its index is quick, and must not queue behind downloads).
     pub fn start<F>(&self, key: &VersionKey, announced: Announced, fetch: F) -> Available
     where
         F: FnOnce(FetchTarget<'_>) -> FetchResult + Send + 'static,
     {
-        let (flight, on_disk) = match self.begin(key) {
+        let (flight, interest, on_disk) = match self.begin(key) {
             Begin::Ready(v) => return Available::Ready(v),
-            Begin::Join(flight) => return Available::Pending(flight),
-            Begin::Run { flight, on_disk } => (flight, on_disk),
+            Begin::Join(interest) => return Available::Pending(interest),
+            Begin::Run {
+                flight,
+                interest,
+                on_disk,
+            } => (flight, interest, on_disk),
         };
-        let cache = self.clone();
-        let owned = key.clone();
-        let running = flight.clone();
-        let spawned = std::thread::Builder::new()
-            .name("vm0fs-fetch".into())
-            .spawn(move || {
-                let _ = cache.run(&owned, &running, on_disk, announced, fetch);
-            });
-        if let Err(e) = spawned {
-            self.inner.state.lock().flights.remove(key);
-            flight.finish(Err(Arc::new(CacheError::Io {
-                path: self.root().to_path_buf(),
-                source: e,
-            })));
+        if on_disk {
+            let loaded = catch_unwind(AssertUnwindSafe(|| self.load(key)));
+            match loaded {
+                Ok(Some(v)) => {
+                    self.conclude(key, &flight, &Ok(v.clone()));
+                    flight.finish(Ok(v.clone()));
+                    return Available::Ready(v);
+                }
+                // A damaged index: the version was dropped, fetch it again.
+                Ok(None) => {}
+                Err(panic) => {
+                    let result = Err(Arc::new(CacheError::Panicked {
+                        key: key.clone(),
+                        message: crate::panics::message(&*panic),
+                    }));
+                    self.conclude(key, &flight, &result);
+                    flight.finish(result);
+                    return Available::Pending(interest);
+                }
+            }
         }
-        Available::Pending(flight)
+        self.queue(key, flight, announced, Box::new(fetch));
+        Available::Pending(interest)
     }
 
-    /// The flight of `key`, if one is running.
-    pub fn in_flight(&self, key: &VersionKey) -> Option<Arc<Flight>> {
-        self.inner.state.lock().flights.get(key).cloned()
+    /// The flight of `key`, if one is running or queued (or failed a moment ago), with an
+    /// interest in it.
+    pub fn in_flight(&self, key: &VersionKey) -> Option<Interest> {
+        let mut st = self.inner.state.lock();
+        if let Some(flight) = st.flights.get(key) {
+            return Some(Interest::join(flight.clone()));
+        }
+        self.remembered_failure(&mut st, key).map(Interest::join)
+    }
+
+    /// Stop everything, for a shutdown: every flight ends now with
+    /// [`CacheError::ShuttingDown`] (its waiters are answered at once), the running fetches
+    /// are told to stop, the queued ones never start, and no new one is started.
+    pub fn shutdown(&self) {
+        let flights: Vec<Arc<Flight>> = {
+            let mut st = self.inner.state.lock();
+            st.shutting_down = true;
+            st.flights.drain().map(|(_, f)| f).collect()
+        };
+        let dropped = self.inner.pool.clear();
+        tracing::info!(
+            flights = flights.len(),
+            queued = dropped,
+            "stopping every download: the mount is shutting down"
+        );
+        let err = Arc::new(CacheError::ShuttingDown);
+        for f in flights {
+            f.cancel.store(true, Ordering::SeqCst);
+            f.finish(Err(err.clone()));
+        }
     }
 
     fn begin(&self, key: &VersionKey) -> Begin {
         let mut st = self.inner.state.lock();
-        if let Some(flight) = st.flights.get(key).cloned() {
-            return Begin::Join(flight);
+        if st.shutting_down {
+            let ended = Arc::new(Flight::ended(Arc::new(CacheError::ShuttingDown)));
+            return Begin::Join(Interest::join(ended));
         }
+        if let Some(flight) = st.flights.get(key).cloned() {
+            return Begin::Join(Interest::join(flight));
+        }
+        if let Some(failed) = self.remembered_failure(&mut st, key) {
+            return Begin::Join(Interest::join(failed));
+        }
+        let mut touch = false;
         let on_disk = match st.lru.get_mut(key) {
             Some(entry) => {
-                self.used_now(key, entry);
+                touch = used_now(entry);
                 match &entry.slot {
-                    Slot::Ready(v) => return Begin::Ready(v.clone()),
+                    Slot::Ready(v) => {
+                        let v = v.clone();
+                        drop(st);
+                        self.touch(key, touch);
+                        return Begin::Ready(v);
+                    }
                     Slot::OnDisk => true,
                 }
             }
             None => false,
         };
-        let flight = Arc::new(Flight::default());
+        let flight = Arc::new(Flight::new(if on_disk {
+            Phase::Running(Instant::now())
+        } else {
+            Phase::Queued(Instant::now())
+        }));
         st.flights.insert(key.clone(), flight.clone());
-        Begin::Run { flight, on_disk }
+        let interest = Interest::join(flight.clone());
+        drop(st);
+        self.touch(key, touch);
+        Begin::Run {
+            flight,
+            interest,
+            on_disk,
+        }
     }
 
-    /// Load or fetch `key` for `flight`, then end the flight.
-    fn run<F>(
+    /// The failed flight of `key` if its failure is still remembered.
+    fn remembered_failure(&self, st: &mut State, key: &VersionKey) -> Option<Arc<Flight>> {
+        let (at, flight) = st.failed.get(key)?;
+        if at.elapsed() < self.inner.failure_memory {
+            return Some(flight.clone());
+        }
+        st.failed.remove(key);
+        None
+    }
+
+    /// Queue the fetch of `key` for the download pool.
+    fn queue(
+        &self,
+        key: &VersionKey,
+        flight: Arc<Flight>,
+        announced: Announced,
+        fetch: BoxedFetch,
+    ) {
+        // The job holds the cache weakly: a cache dropped (a test's, or at exit) with jobs
+        // queued is not kept alive by them, and lets go of its directory's lock.
+        flight.set_queued();
+        let cache = Arc::downgrade(&self.inner);
+        let (k, f) = (key.clone(), flight.clone());
+        let job: pool::Job = Box::new(move || run_job(cache, k, f, announced, fetch));
+        if let Err((job, source)) = self.inner.pool.submit(job) {
+            drop(job);
+            tracing::error!(version = %key, error = %source, "cannot start a download thread");
+            let result = Err(Arc::new(CacheError::Spawn {
+                key: key.clone(),
+                source,
+            }));
+            self.conclude(key, &flight, &result);
+            flight.finish(result);
+        }
+    }
+
+    /// Fetch `key` for `flight` (the body of a pool job). The flight is not ended here but
+    /// by the caller, once it has let go of the cache (see [`run_job`]).
+    fn run(
         &self,
         key: &VersionKey,
         flight: &Arc<Flight>,
-        on_disk: bool,
         announced: Announced,
-        fetch: F,
-    ) -> Result<Arc<CachedVersion>, SharedError>
-    where
-        F: FnOnce(FetchTarget<'_>) -> FetchResult,
-    {
-        let result = match on_disk.then(|| self.load(key)).flatten() {
-            Some(v) => Ok(v),
-            None => self.fetch(key, announced, fetch, &**flight),
+        fetch: BoxedFetch,
+    ) -> Outcome {
+        flight.set_running();
+        let result = if self.cancelled(key, flight) {
+            Err(self.cancel_error(key))
+        } else {
+            self.fetch(key, flight, announced, fetch)
         };
-        self.inner.state.lock().flights.remove(key);
-        flight.finish(result.clone());
+        self.conclude(key, flight, &result);
         result
     }
 
-    /// The version `key` if it is resident and loaded; never fetches. Pins like [`Cache::get`].
-    /// Like `get`, a hit counts as a use (LRU order, and the last use recorded on disk).
+    /// The bookkeeping at the end of a flight: it leaves the map of flights (unless a
+    /// cancel took it out already, and a new one of the same key may be there), and a
+    /// failure worth remembering is remembered.
+    fn conclude(&self, key: &VersionKey, flight: &Arc<Flight>, result: &Outcome) {
+        let mut st = self.inner.state.lock();
+        if st.flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            st.flights.remove(key);
+        }
+        if let Some(r) = st.reserved.remove(&flight.id) {
+            st.used -= r.1;
+        }
+        if let Err(e) = result {
+            if e.remembered() && !st.shutting_down && !self.inner.failure_memory.is_zero() {
+                let memory = self.inner.failure_memory;
+                st.failed.retain(|_, (at, _)| at.elapsed() < memory);
+                st.failed
+                    .insert(key.clone(), (Instant::now(), flight.clone()));
+            }
+        }
+    }
+
+    /// Whether the fetch of `flight` must stop. A flight abandoned (its last interest was
+    /// given up) is cancelled here, under the lock under which new interest is taken, so
+    /// that a caller joining at the same moment either keeps it going or finds it gone and
+    /// starts a new one.
+    fn cancelled(&self, key: &VersionKey, flight: &Arc<Flight>) -> bool {
+        if flight.cancel.load(Ordering::SeqCst) {
+            return true;
+        }
+        if !flight.is_abandoned() {
+            return false;
+        }
+        let mut st = self.inner.state.lock();
+        if !flight.is_abandoned() {
+            return false;
+        }
+        flight.cancel.store(true, Ordering::SeqCst);
+        if st.flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            st.flights.remove(key);
+        }
+        tracing::info!(version = %key, "nobody waits for the download any more; stopping it");
+        true
+    }
+
+    fn cancel_error(&self, key: &VersionKey) -> SharedError {
+        if self.inner.state.lock().shutting_down {
+            Arc::new(CacheError::ShuttingDown)
+        } else {
+            Arc::new(CacheError::Cancelled { key: key.clone() })
+        }
+    }
+
+    /// The version `key` if it is resident and loaded; never fetches. Pins like
+    /// [`Cache::start`], and like it a hit counts as a use (LRU order, and the last use
+    /// recorded on disk).
     pub fn peek(&self, key: &VersionKey) -> Option<Arc<CachedVersion>> {
         let mut st = self.inner.state.lock();
         let entry = st.lru.get_mut(key)?;
@@ -490,14 +660,15 @@ impl Cache {
             return None;
         };
         let v = v.clone();
-        self.used_now(key, entry);
+        let touch = used_now(entry);
+        drop(st);
+        self.touch(key, touch);
         Some(v)
     }
 
-    fn used_now(&self, key: &VersionKey, entry: &mut Resident) {
-        entry.last_used = SystemTime::now();
-        if entry.last_touch.elapsed() >= TOUCH_INTERVAL {
-            entry.last_touch = Instant::now();
+    /// Record a use of `key` on disk when [`used_now`] says so; never under the lock.
+    fn touch(&self, key: &VersionKey, due: bool) {
+        if due {
             self.inner.layout.touch(key);
         }
     }
@@ -539,11 +710,26 @@ impl Cache {
         (self.inner.budget, self.inner.state.lock().used)
     }
 
+    /// How many downloads run at once at most.
+    pub fn downloads(&self) -> usize {
+        self.inner.pool.max()
+    }
+
     /// A consistent picture of the cache for the status file and tests (the versions in
     /// use per the probe, as of at most a second ago, count as pinned).
     pub fn snapshot(&self) -> Snapshot {
         let in_use = self.in_use_recent();
         let st = self.inner.state.lock();
+        let mut queued: Vec<(VersionKey, Duration)> = st
+            .flights
+            .iter()
+            .filter_map(|(k, f)| match f.phase() {
+                Phase::Queued(since) => Some((k.clone(), since.elapsed())),
+                Phase::Running(_) => None,
+            })
+            .collect();
+        // Longest waiting first: the order they will run in.
+        queued.sort_by_key(|(_, waited)| std::cmp::Reverse(*waited));
         Snapshot {
             budget: self.inner.budget,
             used: st.used,
@@ -559,6 +745,8 @@ impl Cache {
                 })
                 .collect(),
             in_flight: st.flights.keys().cloned().collect(),
+            queued,
+            downloads: self.inner.pool.max(),
         }
     }
 
@@ -581,28 +769,25 @@ impl Cache {
                 Some(v)
             }
             Err(e) => {
-                tracing::warn!(version = %key, error = %e, "cached index unreadable; downloading the version again");
+                tracing::warn!(version = %key, error = %e, "cached index unreadable or damaged; downloading the version again");
                 let bytes = entry.disk_bytes;
                 st.lru.pop(key);
                 st.used -= bytes;
-                let trash = self.inner.layout.discard(&dir);
+                st.evicting.insert(key.clone());
                 drop(st);
-                purge(trash.into_iter().collect());
+                purge(self.move_aside(Evicted(vec![key.clone()])));
                 None
             }
         }
     }
 
-    fn fetch<F>(
+    fn fetch(
         &self,
         key: &VersionKey,
+        flight: &Arc<Flight>,
         announced: Announced,
-        fetch: F,
-        publish: &dyn Publish,
-    ) -> Result<Arc<CachedVersion>, SharedError>
-    where
-        F: FnOnce(FetchTarget<'_>) -> FetchResult,
-    {
+        fetch: BoxedFetch,
+    ) -> Outcome {
         let budget = self.inner.budget;
         if announced.size > budget {
             let err = CacheError::TooLarge {
@@ -617,6 +802,10 @@ impl Cache {
         let mut trash = Vec::new();
         let mut refuse_after: Option<Instant> = None;
         loop {
+            if self.cancelled(key, flight) {
+                purge(trash);
+                return Err(self.cancel_error(key));
+            }
             let in_use = if self.over_budget_with(need) {
                 self.in_use()
             } else {
@@ -624,21 +813,24 @@ impl Cache {
             };
             let mut st = self.inner.state.lock();
             let target = budget.saturating_sub(need);
-            self.evict_until(&mut st, target, None, &in_use, &mut trash);
+            let evicted = self.evict_until(&mut st, target, None, &in_use);
             if st.used + need <= budget {
                 st.used += need;
-                st.reserved.insert(key.clone(), need);
+                st.reserved.insert(flight.id, (flight.clone(), need));
+                drop(st);
+                trash.extend(self.move_aside(evicted));
                 break;
             }
             // Other downloads in progress hold reservations; once complete (and unpinned)
             // they can be evicted, so wait for one rather than refuse. Only flights that
             // hold a reservation are waited for: they never wait for room themselves, so
             // two fetches can never wait for each other.
-            let busy = st.reserved.keys().find_map(|k| st.flights.get(k).cloned());
+            let busy = st.reserved.values().map(|(f, _)| f.clone()).next();
             drop(st);
+            trash.extend(self.move_aside(evicted));
             match busy {
-                Some(flight) => {
-                    let _ = flight.wait();
+                Some(other) => {
+                    let _ = other.wait_done();
                 }
                 // A file closed a moment ago may still hold its pin: the kernel sends
                 // FUSE_RELEASE asynchronously after close(2) returns. Give such pins a
@@ -665,17 +857,20 @@ impl Cache {
         // within the budget plus the one version being unpacked.
         purge(trash);
 
-        let release = |st: &mut State| {
-            if let Some(r) = st.reserved.remove(key) {
-                st.used -= r;
-            }
-        };
-        let result = self.fetch_into_tmp(key, announced, fetch, publish);
+        let result = self.fetch_into_tmp(key, flight, announced, fetch);
         let mut st = self.inner.state.lock();
-        release(&mut st);
+        if let Some((_, r)) = st.reserved.remove(&flight.id) {
+            st.used -= r;
+        }
         let (dir, unpacked, disk_bytes) = match result {
             Ok(ok) => ok,
-            Err(e) => return Err(Arc::new(e)),
+            Err(e) => {
+                drop(st);
+                if flight.cancel.load(Ordering::SeqCst) {
+                    return Err(self.cancel_error(key));
+                }
+                return Err(Arc::new(e));
+            }
         };
         let v = Arc::new(CachedVersion {
             key: key.clone(),
@@ -693,39 +888,45 @@ impl Cache {
                 last_touch: Instant::now(),
             },
         );
-        let mut trash = Vec::new();
         // The real usage can exceed the reservation only by what blocks cost beyond the
         // estimate; trim others (never the new one) to get back under the budget.
         if st.used > budget {
             drop(st);
             let in_use = self.in_use();
-            st = self.inner.state.lock();
-            self.evict_until(&mut st, budget, Some(key), &in_use, &mut trash);
+            let mut st = self.inner.state.lock();
+            let evicted = self.evict_until(&mut st, budget, Some(key), &in_use);
+            drop(st);
+            purge(self.move_aside(evicted));
         }
-        drop(st);
-        purge(trash);
         Ok(v)
     }
 
-    fn fetch_into_tmp<F>(
+    fn fetch_into_tmp(
         &self,
         key: &VersionKey,
+        flight: &Arc<Flight>,
         announced: Announced,
-        fetch: F,
-        publish: &dyn Publish,
-    ) -> Result<(PathBuf, Unpacked, u64), CacheError>
-    where
-        F: FnOnce(FetchTarget<'_>) -> FetchResult,
-    {
+        fetch: BoxedFetch,
+    ) -> Result<(PathBuf, Unpacked, u64), CacheError> {
         let layout = &self.inner.layout;
         let tmp = layout.new_tmp_dir(key)?;
         let outcome = (|| {
-            let unpacked = fetch(FetchTarget {
+            let cancelled = || self.cancelled(key, flight);
+            let target = FetchTarget {
                 dir: &tmp,
                 max_bytes: announced.size.min(self.inner.budget),
-                publish,
-            })
-            .map_err(|source| CacheError::Fetch {
+                publish: &**flight,
+                cancelled: &cancelled,
+            };
+            // A fetch that panics fails like one that errs: its temporary directory is
+            // removed and its reservation returned below, and its flight ends.
+            let fetched = catch_unwind(AssertUnwindSafe(|| fetch(target))).map_err(|panic| {
+                CacheError::Panicked {
+                    key: key.clone(),
+                    message: crate::panics::message(&*panic),
+                }
+            })?;
+            let unpacked = fetched.map_err(|source| CacheError::Fetch {
                 key: key.clone(),
                 source,
             })?;
@@ -746,6 +947,7 @@ impl Cache {
                 files: unpacked.stats.files,
                 bytes: unpacked.stats.bytes,
             };
+            self.wait_moved_aside(key);
             let dir = layout.commit(key, &tmp, &meta)?;
             Ok((dir, unpacked, disk_bytes))
         })();
@@ -756,16 +958,17 @@ impl Cache {
         outcome
     }
 
-    /// Evict unpinned versions not `in_use`, least recently used first, until
-    /// `used <= target`.
+    /// Take unpinned versions not `in_use` out of the LRU, least recently used first, until
+    /// `used <= target`. Their directories are moved aside by [`Cache::move_aside`], after
+    /// the caller lets go of the lock.
     fn evict_until(
         &self,
         st: &mut State,
         target: u64,
         keep: Option<&VersionKey>,
         in_use: &HashSet<VersionKey>,
-        trash: &mut Vec<PathBuf>,
-    ) {
+    ) -> Evicted {
+        let mut victims = Vec::new();
         while st.used > target {
             let victim = st
                 .lru
@@ -782,15 +985,83 @@ impl Cache {
             let entry = st.lru.pop(&victim).expect("victim was just found");
             st.used -= entry.disk_bytes;
             tracing::info!(version = %victim, bytes = entry.disk_bytes, "evicting from the cache");
-            if let Some(t) = self
-                .inner
-                .layout
-                .discard(&self.inner.layout.version_dir(&victim))
-            {
-                trash.push(t);
-            }
+            st.evicting.insert(victim.clone());
+            victims.push(victim);
+        }
+        Evicted(victims)
+    }
+
+    /// Move the directories of evicted versions out of sight (a rename each), without the
+    /// lock; the paths to delete.
+    fn move_aside(&self, evicted: Evicted) -> Vec<PathBuf> {
+        if evicted.0.is_empty() {
+            return Vec::new();
+        }
+        let layout = &self.inner.layout;
+        let trash: Vec<PathBuf> = evicted
+            .0
+            .iter()
+            .filter_map(|k| layout.discard(&layout.version_dir(k)))
+            .collect();
+        let mut st = self.inner.state.lock();
+        for k in &evicted.0 {
+            st.evicting.remove(k);
+        }
+        drop(st);
+        self.inner.moved_aside.notify_all();
+        trash
+    }
+
+    /// Wait until no evicted directory of `key` is still to be moved aside, so that a new
+    /// commit of the same key is not moved aside in its place.
+    fn wait_moved_aside(&self, key: &VersionKey) {
+        let mut st: MutexGuard<'_, State> = self.inner.state.lock();
+        while st.evicting.contains(key) {
+            self.inner.moved_aside.wait(&mut st);
         }
     }
+}
+
+/// The body of a pool job: run the fetch of `key`, then end its flight, and end it even if
+/// the cache's own code panics (the reservation is returned then too). The flight is ended
+/// after the job has let go of the cache, so that whoever the flight wakes may drop the
+/// last handle on it (and its directory's lock) at once.
+fn run_job(
+    cache: Weak<Inner>,
+    key: VersionKey,
+    flight: Arc<Flight>,
+    announced: Announced,
+    fetch: BoxedFetch,
+) {
+    let Some(inner) = cache.upgrade() else {
+        flight.finish(Err(Arc::new(CacheError::ShuttingDown)));
+        return;
+    };
+    let cache = Cache { inner };
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        cache.run(&key, &flight, announced, fetch)
+    }))
+    .unwrap_or_else(|panic| {
+        let result = Err(Arc::new(CacheError::Panicked {
+            key: key.clone(),
+            message: crate::panics::message(&*panic),
+        }));
+        cache.conclude(&key, &flight, &result);
+        result
+    });
+    drop(cache);
+    flight.finish(result);
+}
+
+/// Whether a use of `entry` now should also be recorded on disk (its `meta.json` mtime, at
+/// most every [`TOUCH_INTERVAL`]); the caller does so after letting go of the lock.
+fn used_now(entry: &mut Resident) -> bool {
+    entry.last_used = SystemTime::now();
+    if entry.last_touch.elapsed() >= TOUCH_INTERVAL {
+        entry.last_touch = Instant::now();
+        return true;
+    }
+    false
 }
 
 fn purge(paths: Vec<PathBuf>) {

@@ -54,9 +54,31 @@ const A: Announced = Announced {
     file_count: 4,
 };
 
+/// The version `k`, as production gets it: started (queued for the download pool, or
+/// loaded from disk) and waited for.
+fn get<F>(
+    cache: &Cache,
+    k: &VersionKey,
+    a: Announced,
+    fetch: F,
+) -> Result<Arc<CachedVersion>, SharedError>
+where
+    F: FnOnce(FetchTarget<'_>) -> FetchResult + Send + 'static,
+{
+    match cache.start(k, a, fetch) {
+        Available::Ready(v) => Ok(v),
+        Available::Pending(interest) => interest.wait(&Unbounded).expect("an unbounded wait"),
+    }
+}
+
 fn load(cache: &Cache, k: &VersionKey, seed: u8) -> Result<Arc<CachedVersion>, SharedError> {
     let bytes = targz(4, 25 * 1024, seed);
-    cache.get(k, A, |t| unpack_bytes(&bytes, t))
+    get(cache, k, A, move |t| unpack_bytes(&bytes, t))
+}
+
+/// A fetch that must not run.
+fn never(_: FetchTarget<'_>) -> FetchResult {
+    panic!("this fetch must not run")
 }
 
 fn resident(cache: &Cache) -> Vec<VersionKey> {
@@ -168,15 +190,7 @@ fn blob_file(v: &CachedVersion, n: u32) -> PathBuf {
 fn a_version_larger_than_the_budget_is_refused_without_downloading() {
     let dir = TempDir::new().unwrap();
     let cache = Cache::open(dir.path(), 50 * KIB).unwrap();
-    let err = cache
-        .get(
-            &key(1),
-            A,
-            |_| -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>> {
-                panic!("must not fetch a version that cannot fit")
-            },
-        )
-        .unwrap_err();
+    let err = get(&cache, &key(1), A, never).unwrap_err();
     assert!(matches!(*err, CacheError::TooLarge { .. }), "{err}");
     let msg = err.to_string();
     assert!(
@@ -194,9 +208,7 @@ fn an_archive_bigger_than_announced_is_stopped_and_nothing_is_kept() {
         size: 100 * KIB,
         file_count: 8,
     };
-    let err = cache
-        .get(&key(1), announced, |t| unpack_bytes(&bytes, t))
-        .unwrap_err();
+    let err = get(&cache, &key(1), announced, move |t| unpack_bytes(&bytes, t)).unwrap_err();
     assert!(
         err.to_string().contains("announced") || format!("{err:?}").contains("TooLarge"),
         "{err:?}"
@@ -214,26 +226,34 @@ fn an_archive_bigger_than_announced_is_stopped_and_nothing_is_kept() {
     assert_eq!(cache.snapshot().used, 0);
 }
 
+/// Every start while the fetch is held joins it: one fetch, one result for all. The fetch
+/// is held until all the starts have returned, so they overlap for certain.
 #[test]
 fn concurrent_requests_for_a_cold_version_fetch_once() {
     let dir = TempDir::new().unwrap();
     let cache = Cache::open(dir.path(), 10 << 20).unwrap();
     let fetches = Arc::new(AtomicUsize::new(0));
-    let bytes = Arc::new(targz(4, 25 * 1024, 1));
-    let threads: Vec<_> = (0..8)
+    let bytes = targz(4, 25 * 1024, 1);
+    let (go, gate) = std::sync::mpsc::channel::<()>();
+    let gate = Arc::new(Mutex::new(gate));
+    let starts: Vec<Available> = (0..8)
         .map(|_| {
-            let (cache, fetches, bytes) = (cache.clone(), fetches.clone(), bytes.clone());
-            std::thread::spawn(move || {
-                cache
-                    .get(&key(1), A, |t| {
-                        fetches.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(200));
-                        unpack_bytes(&bytes, t)
-                    })
-                    .unwrap()
-                    .index
-                    .nodes
-                    .len()
+            let (fetches, bytes, gate) = (fetches.clone(), bytes.clone(), gate.clone());
+            cache.start(&key(1), A, move |t| {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                // Held until every start has returned (the sender goes).
+                let _ = gate.lock().recv();
+                unpack_bytes(&bytes, t)
+            })
+        })
+        .collect();
+    drop(go);
+    let threads: Vec<_> = starts
+        .into_iter()
+        .map(|a| {
+            std::thread::spawn(move || match a {
+                Available::Ready(v) => v.index.nodes.len(),
+                Available::Pending(i) => i.wait(&Unbounded).unwrap().unwrap().index.nodes.len(),
             })
         })
         .collect();
@@ -243,16 +263,27 @@ fn concurrent_requests_for_a_cold_version_fetch_once() {
     assert_eq!(fetches.load(Ordering::SeqCst), 1);
 }
 
+/// A cache whose failures are not remembered.
+fn forgetful(dir: &Path, budget: u64) -> Cache {
+    Cache::open_with(
+        dir,
+        CacheOptions {
+            failure_memory: Duration::ZERO,
+            ..CacheOptions::with_budget(budget)
+        },
+    )
+    .unwrap()
+}
+
 #[test]
 fn a_failed_fetch_caches_nothing_and_the_next_access_fetches_again() {
     let dir = TempDir::new().unwrap();
-    let cache = Cache::open(dir.path(), 10 << 20).unwrap();
-    let err = cache
-        .get(&key(1), A, |t| {
-            std::fs::write(t.dir.join("partial"), b"half").unwrap();
-            Err("connection reset".into())
-        })
-        .unwrap_err();
+    let cache = forgetful(dir.path(), 10 << 20);
+    let err = get(&cache, &key(1), A, |t| {
+        std::fs::write(t.dir.join("partial"), b"half").unwrap();
+        Err("connection reset".into())
+    })
+    .unwrap_err();
     assert!(err.to_string().contains("connection reset"), "{err}");
     assert_eq!(
         std::fs::read_dir(cache.root().join("tmp")).unwrap().count(),
@@ -270,15 +301,7 @@ fn a_restart_reuses_complete_versions_without_fetching() {
         load(&cache, &key(1), 1).unwrap().index.clone()
     };
     let cache = Cache::open(dir.path(), 10 << 20).unwrap();
-    let v = cache
-        .get(
-            &key(1),
-            A,
-            |_| -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>> {
-                panic!("a cached version must not be fetched again")
-            },
-        )
-        .unwrap();
+    let v = get(&cache, &key(1), A, never).unwrap();
     assert_eq!(v.index, index);
     assert!(cache.snapshot().used > 100 * KIB);
 }
@@ -357,4 +380,284 @@ fn the_cache_directory_is_private() {
     drop(Cache::open(&root, 10 << 20).unwrap());
     let mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
+}
+
+/// A fetch held until the test says so, then unpacking `bytes`.
+fn held(
+    bytes: Vec<u8>,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    impl FnOnce(FetchTarget<'_>) -> FetchResult + Send + 'static,
+) {
+    let (go, gate) = std::sync::mpsc::channel::<()>();
+    let fetch = move |t: FetchTarget<'_>| {
+        let _ = gate.recv();
+        unpack_bytes(&bytes, t)
+    };
+    (go, fetch)
+}
+
+/// Poll `f` until it holds, for at most 10 s.
+fn poll(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn pending(a: Available) -> Interest {
+    match a {
+        Available::Pending(i) => i,
+        Available::Ready(_) => panic!("expected a flight"),
+    }
+}
+
+/// A fetch that panics ends its flight with an error for every waiter (none is left
+/// waiting), returns its reservation, leaves nothing behind, and the pool goes on.
+#[test]
+fn a_fetch_that_panics_fails_its_waiters_and_returns_its_reservation() {
+    let dir = TempDir::new().unwrap();
+    let cache = forgetful(dir.path(), 10 << 20);
+    let (go, gate) = std::sync::mpsc::channel::<()>();
+    let flight = pending(cache.start(&key(1), A, move |t| {
+        std::fs::write(t.dir.join("partial"), b"half").unwrap();
+        let _ = gate.recv();
+        panic!("a fetch that panics")
+    }));
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let i = cache.in_flight(&key(1)).expect("in flight");
+            std::thread::spawn(move || i.wait(&Unbounded).unwrap())
+        })
+        .collect();
+    poll("the reservation", || cache.snapshot().used > 0);
+    drop(go);
+    for w in waiters {
+        let err = w.join().unwrap().unwrap_err();
+        assert!(matches!(*err, CacheError::Panicked { .. }), "{err}");
+        assert!(err.to_string().contains("a fetch that panics"), "{err}");
+    }
+    assert!(flight.wait(&Unbounded).unwrap().is_err());
+    let snap = cache.snapshot();
+    assert_eq!((snap.used, snap.in_flight.len()), (0, 0), "{snap:?}");
+    assert_eq!(
+        std::fs::read_dir(cache.root().join("tmp")).unwrap().count(),
+        0
+    );
+    // The next access fetches again, on the same pool.
+    assert!(load(&cache, &key(1), 1).is_ok());
+}
+
+/// Within the failure memory every access gets the failure at once, without fetching;
+/// after it, the next access fetches again.
+#[test]
+fn a_failed_fetch_is_remembered_for_a_while() {
+    let dir = TempDir::new().unwrap();
+    let cache = Cache::open_with(
+        dir.path(),
+        CacheOptions {
+            failure_memory: Duration::from_millis(300),
+            ..CacheOptions::with_budget(10 << 20)
+        },
+    )
+    .unwrap();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let failing = |fetches: Arc<AtomicUsize>| {
+        move |_: FetchTarget<'_>| -> FetchResult {
+            fetches.fetch_add(1, Ordering::SeqCst);
+            Err("HTTP 500".into())
+        }
+    };
+    let first = get(&cache, &key(1), A, failing(fetches.clone())).unwrap_err();
+    for _ in 0..10 {
+        let again = get(&cache, &key(1), A, failing(fetches.clone())).unwrap_err();
+        assert!(Arc::ptr_eq(&first, &again), "the same failure");
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    // Forgotten after a while: the next access fetches again.
+    poll("the failure to be forgotten", || {
+        get(&cache, &key(1), A, failing(fetches.clone())).is_err()
+            && fetches.load(Ordering::SeqCst) > 1
+    });
+    assert!(
+        load(&cache, &key(2), 2).is_ok(),
+        "other versions are not affected"
+    );
+}
+
+/// At most `downloads` fetches run; the others are queued, shown as such, and run in turn.
+#[test]
+fn at_most_the_configured_downloads_run_and_the_rest_are_queued() {
+    let dir = TempDir::new().unwrap();
+    let cache = Cache::open_with(
+        dir.path(),
+        CacheOptions {
+            downloads: 1,
+            ..CacheOptions::with_budget(10 << 20)
+        },
+    )
+    .unwrap();
+    let (go1, fetch1) = held(targz(4, 25 * 1024, 1));
+    let (go2, fetch2) = held(targz(4, 25 * 1024, 2));
+    let one = pending(cache.start(&key(1), A, fetch1));
+    let two = pending(cache.start(&key(2), A, fetch2));
+    poll("the first to run", || {
+        matches!(one.flight().phase(), Phase::Running(_))
+    });
+    let snap = cache.snapshot();
+    assert_eq!(snap.queued.len(), 1, "{snap:?}");
+    assert_eq!(snap.queued[0].0, key(2));
+    assert_eq!(snap.downloads, 1);
+    assert!(matches!(two.flight().phase(), Phase::Queued(_)));
+    go2.send(()).unwrap();
+    go1.send(()).unwrap();
+    assert!(one.wait(&Unbounded).unwrap().is_ok());
+    assert!(two.wait(&Unbounded).unwrap().is_ok());
+    assert!(cache.snapshot().queued.is_empty());
+}
+
+/// A patience that lets its caller wait one slice, then gives up.
+struct GivesUp;
+
+impl Patience for GivesUp {
+    fn may_block(&self) -> bool {
+        true
+    }
+
+    fn gave_up(&self) -> bool {
+        true
+    }
+}
+
+/// A waiter that gives up is let go at once; when it was the last one wanting the
+/// version, the fetch is told to stop, the flight leaves the cache, and the next access
+/// starts afresh. One that simply goes (it was answered from what was published) leaves
+/// the fetch running.
+#[test]
+fn a_flight_whose_last_waiter_gave_up_is_cancelled() {
+    let dir = TempDir::new().unwrap();
+    let cache = Cache::open(dir.path(), 10 << 20).unwrap();
+    let (told_tx, told) = std::sync::mpsc::channel();
+    let interest = pending(cache.start(&key(1), A, move |t| {
+        // A download that only ends when told to stop.
+        while !(t.cancelled)() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        told_tx.send(()).unwrap();
+        Err("stopped".into())
+    }));
+    // Another caller comes and goes without giving up: the fetch goes on.
+    drop(cache.in_flight(&key(1)).unwrap());
+    assert_eq!(interest.wait(&GivesUp).unwrap_err(), Stopped::Interrupted);
+    let flight = interest.flight().clone();
+    drop(interest);
+    told.recv_timeout(Duration::from_secs(10))
+        .expect("the fetch was told to stop");
+    poll("the flight to end", || flight.is_done());
+    assert!(
+        cache.in_flight(&key(1)).is_none(),
+        "a cancel is not remembered"
+    );
+    assert!(load(&cache, &key(1), 1).is_ok());
+}
+
+#[test]
+fn a_flight_nobody_gave_up_on_goes_on_without_waiters() {
+    let dir = TempDir::new().unwrap();
+    let cache = Cache::open(dir.path(), 10 << 20).unwrap();
+    let (go, fetch) = held(targz(4, 25 * 1024, 1));
+    let interest = pending(cache.start(&key(1), A, fetch));
+    let flight = interest.flight().clone();
+    assert_eq!(
+        interest.wait(&Never).unwrap_err(),
+        Stopped::WouldBlock,
+        "a caller that may not block is told so at once"
+    );
+    drop(interest);
+    go.send(()).unwrap();
+    poll("the fetch to complete", || flight.is_done());
+    assert!(cache.peek(&key(1)).is_some());
+}
+
+/// A patience that never blocks (a FUSE worker's).
+struct Never;
+
+impl Patience for Never {
+    fn may_block(&self) -> bool {
+        false
+    }
+
+    fn gave_up(&self) -> bool {
+        false
+    }
+}
+
+/// A shutdown answers every waiter at once, stops the running fetch, drops the queued
+/// ones, and refuses new ones.
+#[test]
+fn shutdown_ends_every_flight_at_once() {
+    let dir = TempDir::new().unwrap();
+    let cache = Cache::open_with(
+        dir.path(),
+        CacheOptions {
+            downloads: 1,
+            ..CacheOptions::with_budget(10 << 20)
+        },
+    )
+    .unwrap();
+    let (stopped_tx, stopped) = std::sync::mpsc::channel();
+    let running = pending(cache.start(&key(1), A, move |t| {
+        while !(t.cancelled)() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stopped_tx.send(()).unwrap();
+        Err("stopped".into())
+    }));
+    let queued = pending(cache.start(&key(2), A, never));
+    let waiter = std::thread::spawn(move || running.wait(&Unbounded).unwrap());
+    poll("the first to run", || cache.snapshot().queued.len() == 1);
+    cache.shutdown();
+    let err = waiter.join().unwrap().unwrap_err();
+    assert!(matches!(*err, CacheError::ShuttingDown), "{err}");
+    let err = queued.wait(&Unbounded).unwrap().unwrap_err();
+    assert!(matches!(*err, CacheError::ShuttingDown), "{err}");
+    stopped
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the fetch was told to stop");
+    let err = get(&cache, &key(3), A, never).unwrap_err();
+    assert!(matches!(*err, CacheError::ShuttingDown), "{err}");
+}
+
+/// An index damaged on disk (it decodes, but names a node that does not exist) is found
+/// at load: the version is fetched again instead of served.
+#[test]
+fn a_damaged_index_on_disk_is_fetched_again() {
+    let dir = TempDir::new().unwrap();
+    {
+        let cache = Cache::open(dir.path(), 10 << 20).unwrap();
+        load(&cache, &key(1), 1).unwrap();
+    }
+    let path = dir
+        .path()
+        .join("versions")
+        .join(key(1).dir_name())
+        .join("index.bin");
+    let mut index = Index::load(&path).unwrap();
+    if let crate::archive::NodeKind::Dir { entries, .. } = &mut index.nodes[0].kind {
+        entries[0].node = 1000;
+    }
+    index.save(&path).unwrap();
+    let cache = Cache::open(dir.path(), 10 << 20).unwrap();
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let f = fetched.clone();
+    let bytes = targz(4, 25 * 1024, 1);
+    let v = get(&cache, &key(1), A, move |t| {
+        f.fetch_add(1, Ordering::SeqCst);
+        unpack_bytes(&bytes, t)
+    })
+    .unwrap();
+    assert_eq!(fetched.load(Ordering::SeqCst), 1);
+    assert_eq!(v.index.check(), Ok(()));
+    assert_within_budget(&cache);
 }

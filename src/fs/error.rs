@@ -19,6 +19,11 @@ pub enum FetchError {
     /// decompression bomb must not fill the disk.
     #[error("the archive unpacks to more than the {} the API announced for it; stopped and discarded (a corrupt or hostile archive)", ByteSize(*.announced))]
     LargerThanAnnounced { announced: u64 },
+    #[error("cannot start the download thread: {0}")]
+    Spawn(std::io::Error),
+    /// Told to stop (nobody wants the version any more, or the mount shuts down).
+    #[error("stopped")]
+    Stopped,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +58,16 @@ pub enum FsError {
     Cache(SharedError),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The operation would have to wait for a download, and its thread may not (a FUSE
+    /// worker: [`super::Fs::serve`] then runs it again on a waiter thread). Never answered.
+    #[error("the operation would wait for a download")]
+    WouldBlock,
+    /// The process that asked got a signal (or is gone) while waiting for a download.
+    #[error("interrupted while waiting for a download")]
+    Interrupted,
+    /// The operation panicked (a bug, logged where it happened).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl FsError {
@@ -73,15 +88,43 @@ impl FsError {
             FsError::Cache(e) => match e.as_ref() {
                 CacheError::TooLarge { .. } => libc::EFBIG,
                 CacheError::NoRoom { .. } => libc::ENOSPC,
-                CacheError::Locked { .. } | CacheError::Io { .. } => libc::EIO,
+                CacheError::Io { source, .. } => disk_errno(source),
+                CacheError::Locked { .. }
+                | CacheError::Spawn { .. }
+                | CacheError::Panicked { .. }
+                | CacheError::ShuttingDown => libc::EIO,
+                // Only a flight nobody waits for is cancelled: nobody should see this.
+                CacheError::Cancelled { .. } => libc::EINTR,
                 CacheError::Fetch { source, .. } => match source.downcast_ref::<FetchError>() {
                     Some(FetchError::Api(api)) => api_errno(api),
-                    Some(FetchError::Archive(_) | FetchError::LargerThanAnnounced { .. })
+                    Some(FetchError::Archive(ArchiveError::Write { source, .. })) => {
+                        disk_errno(source)
+                    }
+                    Some(
+                        FetchError::Archive(_)
+                        | FetchError::LargerThanAnnounced { .. }
+                        | FetchError::Spawn(_)
+                        | FetchError::Stopped,
+                    )
                     | None => libc::EIO,
                 },
             },
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            // Handled by `Fs::serve`, which never answers it; EIO if that ever changes.
+            FsError::WouldBlock => libc::EIO,
+            FsError::Interrupted => libc::EINTR,
+            FsError::Internal(_) => libc::EIO,
         }
+    }
+}
+
+/// A failure to write the cache: a full disk (or quota) says so, which is what the user
+/// can act on; any other is `EIO`.
+fn disk_errno(e: &std::io::Error) -> libc::c_int {
+    match e.raw_os_error() {
+        Some(n @ (libc::ENOSPC | libc::EDQUOT)) => n,
+        _ if e.kind() == std::io::ErrorKind::StorageFull => libc::ENOSPC,
+        _ => libc::EIO,
     }
 }
 

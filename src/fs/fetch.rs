@@ -1,22 +1,39 @@
 //! Fetching one version: download from the API and unpack into the cache's temporary
-//! directory in one streaming pipeline, with progress in the log. Each file is published
-//! to the cache's flight as soon as it is unpacked, for the filesystem to serve early.
+//! directory in one streaming pipeline, with progress in the log and the status file. Each
+//! file is published to the cache's flight as soon as it is unpacked, for the filesystem
+//! to serve early.
+//!
+//! The download (the API request included) runs on a thread of its own and hands the
+//! archive to the unpacker in chunks. The unpacker's side never blocks for long: every
+//! [`WAIT_SLICE`] without a chunk it checks whether the fetch should stop (nobody wants
+//! the version any more, or the mount shuts down: it stops at once, and the download
+//! thread stops at its next read) and whether the download has stalled: no byte for
+//! [`STALL_AFTER`] is logged once (WARN) and shown in the status file, and logged again
+//! (INFO) when bytes come back.
 
 use std::io::{self, Read};
-use std::sync::mpsc;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::api::{Kind, Version};
-use crate::archive::{self, UnpackOptions, UnpackStats, Unpacked};
-use crate::cache::FetchTarget;
-use crate::ids::{StorageId, StorageName};
+use crate::api::{ApiError, Kind, Version};
+use crate::archive::{self, ArchiveError, UnpackOptions, UnpackStats, Unpacked};
+use crate::cache::{FetchTarget, WAIT_SLICE};
+use crate::ids::{StorageId, StorageName, VersionId};
 use crate::size::ByteSize;
 
+use super::status::Meter;
 use super::{Activity, FetchError, Remote};
 use crate::cache::VersionKey;
 
 /// Chunk size handed from the download thread to the unpacking thread.
 const CHUNK: usize = 1 << 20;
+
+/// How long a download may go without receiving a byte before it is called stalled (in
+/// the log, once per stall, and in the status file).
+pub const STALL_AFTER: Duration = Duration::from_secs(5);
 
 /// One version to fetch.
 pub struct Job {
@@ -35,7 +52,7 @@ pub struct Job {
 /// so network reads, inflate and disk writes overlap (two of them at least on two cores)
 /// without ever holding more than a few MiB of the archive in memory.
 pub fn fetch(
-    remote: &dyn Remote,
+    remote: Arc<dyn Remote>,
     activity: &Activity,
     job: &Job,
     target: FetchTarget<'_>,
@@ -47,17 +64,35 @@ pub fn fetch(
         version,
         progress_every,
     } = job;
-    let (kind, storage, storage_id, progress_every) =
-        (*kind, storage.as_str(), storage_id, *progress_every);
+    let (kind, progress_every) = (*kind, *progress_every);
     let started = Instant::now();
     let key = VersionKey::new(kind, &version.id);
-    activity.start(&key, storage, version.size);
+    let meter = activity.start(&key, storage.as_str(), version.size);
     let what = format!("{kind} {storage} version {}", version.id);
-    tracing::info!(version = %version.id, storage, size = version.size, files = version.file_count, "downloading {what}");
+    tracing::info!(version = %version.id, storage = %storage, size = version.size, files = version.file_count, "downloading {what}");
+    let mut watch = Watch {
+        what: &what,
+        meter: &meter,
+        cancelled: target.cancelled,
+        stalled_at: None,
+    };
     let result = (|| -> Result<Unpacked, FetchError> {
-        let archive = remote.download(kind, storage_id, &version.id)?;
-        let compressed = archive.compressed_size;
-        let reader = ChannelReader::spawn(archive.reader);
+        let download = Download::spawn(
+            remote,
+            kind,
+            storage_id.clone(),
+            version.id.clone(),
+            meter.clone(),
+        )
+        .map_err(FetchError::Spawn)?;
+        let compressed = download.started(&mut watch)?;
+        let reader = ChannelReader {
+            download,
+            watch,
+            buf: Vec::new(),
+            pos: 0,
+            done: false,
+        };
         let opts = UnpackOptions {
             max_bytes: target.max_bytes,
             implied_dir_mtime: version
@@ -76,6 +111,8 @@ pub fn fetch(
         };
         match archive::unpack_published(reader, target.dir, &opts, &mut progress, target.publish) {
             Ok(u) => Ok(u),
+            // Stopped on purpose: whatever the unpacker made of it.
+            Err(_) if (target.cancelled)() => Err(FetchError::Stopped),
             // The cache passes the announced size as the limit (it already refused versions
             // larger than the budget), so passing it means the archive lied.
             Err(archive::ArchiveError::TooLarge { .. }) if target.max_bytes == version.size => {
@@ -104,8 +141,11 @@ pub fn fetch(
                 }
             );
         }
+        Err(FetchError::Stopped) => {
+            tracing::info!(version = %version.id, storage = %storage, "stopped downloading {what}");
+        }
         Err(e) => {
-            tracing::error!(version = %version.id, storage, "could not fetch {what}: {e}");
+            tracing::error!(version = %version.id, storage = %storage, "could not fetch {what}: {e}");
             activity.error(format!("could not fetch {what}: {e}"));
         }
     }
@@ -130,83 +170,255 @@ fn log_progress(what: &str, s: &UnpackStats, size: u64, compressed: Option<u64>,
     );
 }
 
-/// A reader fed by a thread that reads the source in large chunks.
-struct ChannelReader {
-    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+/// The unpacker's side of a download's watch: stops when told to, and notices stalls.
+struct Watch<'a> {
+    what: &'a str,
+    meter: &'a Meter,
+    cancelled: &'a (dyn Fn() -> bool + Sync),
+    /// When the stall being reported began (the last byte before it), if one is.
+    stalled_at: Option<Duration>,
+}
+
+impl Watch<'_> {
+    /// Called at least once per [`WAIT_SLICE`] while the download runs.
+    fn look(&mut self) {
+        let idle = self.meter.idle();
+        match self.stalled_at {
+            None if idle >= STALL_AFTER => {
+                self.stalled_at = Some(self.meter.last_byte());
+                tracing::warn!(
+                    "download of {} stalled: no data for {} s (the store or the network is slow or hung; it goes on as soon as data comes)",
+                    self.what,
+                    idle.as_secs()
+                );
+            }
+            Some(since) if idle < STALL_AFTER => {
+                self.stalled_at = None;
+                let stall = self.meter.last_byte().saturating_sub(since);
+                tracing::info!(
+                    "download of {} resumed after {} s without data",
+                    self.what,
+                    stall.as_secs()
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What the download thread hands the unpacker.
+enum Message {
+    /// The archive's response has come; its compressed size if known. Always first.
+    Started {
+        compressed: Option<u64>,
+    },
+    Chunk(Vec<u8>),
+    /// The whole archive was read.
+    End,
+    /// The API refused the download (before any byte of it).
+    Refused(ApiError),
+    /// Reading the archive failed.
+    Failed(io::Error),
+}
+
+/// A download running on a thread of its own. Dropping it (the unpacker is done, or
+/// stopped) tells the thread to stop at its next read, which closes the connection.
+struct Download {
+    rx: mpsc::Receiver<Message>,
+    gone: Arc<AtomicBool>,
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        self.gone.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Download {
+    fn spawn(
+        remote: Arc<dyn Remote>,
+        kind: Kind,
+        storage: StorageId,
+        version: VersionId,
+        meter: Arc<Meter>,
+    ) -> io::Result<Download> {
+        // Four chunks in flight: enough to keep both sides busy, little memory.
+        let (tx, rx) = mpsc::sync_channel(4);
+        let gone = Arc::new(AtomicBool::new(false));
+        let unpacker_gone = gone.clone();
+        std::thread::Builder::new()
+            .name("vm0fs-download".into())
+            .spawn(move || {
+                let to = Unpacker {
+                    tx: &tx,
+                    gone: &unpacker_gone,
+                };
+                let run = || download(&*remote, kind, &storage, &version, &meter, &to);
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(run)) {
+                    // Logged by the panic hook; the unpacker is told, and fails the fetch.
+                    let _ = tx.send(Message::Failed(io::Error::other(format!(
+                        "the download failed on an internal error ({})",
+                        crate::panics::message(&*panic)
+                    ))));
+                }
+            })?;
+        Ok(Download { rx, gone })
+    }
+
+    /// Wait for the archive's response (the API request and the store's headers); its
+    /// compressed size if known.
+    fn started(&self, watch: &mut Watch<'_>) -> Result<Option<u64>, FetchError> {
+        match self.next(watch)? {
+            Message::Started { compressed } => Ok(compressed),
+            Message::Refused(e) => Err(FetchError::Api(e)),
+            Message::Failed(e) => Err(ArchiveError::Read(e).into()),
+            Message::Chunk(_) | Message::End => {
+                Err(ArchiveError::Read(io::Error::other("data before the response")).into())
+            }
+        }
+    }
+
+    /// The next message, looking at the watch at least once per [`WAIT_SLICE`]. The end of
+    /// the thread without an end message is a failure (it panicked, or was killed).
+    fn next(&self, watch: &mut Watch<'_>) -> Result<Message, FetchError> {
+        loop {
+            if (watch.cancelled)() {
+                return Err(FetchError::Stopped);
+            }
+            match self.rx.recv_timeout(WAIT_SLICE) {
+                Ok(m) => {
+                    watch.look();
+                    return Ok(m);
+                }
+                Err(RecvTimeoutError::Timeout) => watch.look(),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Ok(Message::Failed(io::Error::other(
+                        "the download thread ended before the archive did",
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// Where the download thread hands its messages, and whether anyone still takes them.
+struct Unpacker<'a> {
+    tx: &'a mpsc::SyncSender<Message>,
+    gone: &'a AtomicBool,
+}
+
+/// The body of the download thread: ask the API, then read the archive in whole chunks.
+/// It ends when the archive does, on an error, or when the unpacker has gone (looked at
+/// before each read, and a send fails): then the response is dropped, which closes the
+/// connection. (A read already waiting for the network ends when bytes or the client's
+/// I/O timeout come.)
+fn download(
+    remote: &dyn Remote,
+    kind: Kind,
+    storage: &StorageId,
+    version: &VersionId,
+    meter: &Meter,
+    to: &Unpacker<'_>,
+) {
+    let tx = to.tx;
+    let archive = match remote.download(kind, storage, version) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = tx.send(Message::Refused(e));
+            return;
+        }
+    };
+    if tx
+        .send(Message::Started {
+            compressed: archive.compressed_size,
+        })
+        .is_err()
+    {
+        return;
+    }
+    let mut source = archive.reader;
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        let mut filled = 0;
+        // Fill whole chunks: the network hands out small reads.
+        let res = loop {
+            if to.gone.load(Ordering::Relaxed) {
+                return;
+            }
+            match source.read(&mut chunk[filled..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    meter.received(n as u64);
+                    filled += n;
+                    if filled == chunk.len() {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        chunk.truncate(filled);
+        let eof = filled == 0;
+        let sent = match res {
+            Ok(()) if eof => {
+                let _ = tx.send(Message::End);
+                return;
+            }
+            Ok(()) => tx.send(Message::Chunk(chunk)),
+            Err(e) => {
+                if filled > 0 && tx.send(Message::Chunk(chunk)).is_err() {
+                    return;
+                }
+                let _ = tx.send(Message::Failed(e));
+                return;
+            }
+        };
+        if sent.is_err() {
+            return; // the unpacker stopped (an error, a limit, a cancel): stop downloading
+        }
+    }
+}
+
+/// The archive as the unpacker reads it: the download's chunks, in order.
+struct ChannelReader<'a> {
+    download: Download,
+    watch: Watch<'a>,
     buf: Vec<u8>,
     pos: usize,
     done: bool,
 }
 
-impl ChannelReader {
-    fn spawn(mut source: Box<dyn Read + Send>) -> ChannelReader {
-        // Four chunks in flight: enough to keep both sides busy, little memory.
-        let (tx, rx) = mpsc::sync_channel(4);
-        std::thread::Builder::new()
-            .name("vm0fs-download".into())
-            .spawn(move || loop {
-                let mut chunk = vec![0u8; CHUNK];
-                let mut filled = 0;
-                // Fill whole chunks: the network hands out small reads.
-                let res = loop {
-                    match source.read(&mut chunk[filled..]) {
-                        Ok(0) => break Ok(()),
-                        Ok(n) => {
-                            filled += n;
-                            if filled == chunk.len() {
-                                break Ok(());
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => break Err(e),
-                    }
-                };
-                chunk.truncate(filled);
-                let eof = filled == 0;
-                match res {
-                    Ok(()) if eof => return,
-                    Ok(()) => {
-                        if tx.send(Ok(chunk)).is_err() {
-                            return; // the unpacker stopped (an error or a limit): stop downloading
-                        }
-                    }
-                    Err(e) => {
-                        if filled > 0 && tx.send(Ok(chunk)).is_err() {
-                            return;
-                        }
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                }
-            })
-            .expect("spawning a thread only fails when the system is out of resources");
-        ChannelReader {
-            rx,
-            buf: Vec::new(),
-            pos: 0,
-            done: false,
-        }
-    }
-}
-
-impl Read for ChannelReader {
+impl Read for ChannelReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.buf.len() {
             if self.done {
                 return Ok(0);
             }
-            match self.rx.recv() {
-                Ok(Ok(chunk)) => {
+            let message = match self.download.next(&mut self.watch) {
+                Ok(m) => m,
+                // Stopped: an error that is not `Interrupted`, which readers would retry.
+                Err(_) => {
+                    self.done = true;
+                    return Err(io::Error::other("the download was stopped"));
+                }
+            };
+            match message {
+                Message::Chunk(chunk) => {
                     self.buf = chunk;
                     self.pos = 0;
                 }
-                Ok(Err(e)) => {
+                Message::End => {
+                    self.done = true;
+                    return Ok(0);
+                }
+                Message::Failed(e) => {
                     self.done = true;
                     return Err(e);
                 }
-                Err(_) => {
+                Message::Started { .. } | Message::Refused(_) => {
                     self.done = true;
-                    return Ok(0);
+                    return Err(io::Error::other("a second response in one download"));
                 }
             }
         }

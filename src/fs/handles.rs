@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use parking_lot::Mutex;
 
 use crate::archive::PublishedFile;
-use crate::cache::{CachedVersion, Flight};
+use crate::cache::{CachedVersion, Interest};
 use crate::ids::{Fh, Ino};
 
 use super::{DirItem, Fs, FsError, Result};
@@ -58,10 +58,11 @@ pub(super) enum Handle {
 #[allow(dead_code)] // Held only for what holding it does: the fields are never read.
 pub(super) enum Pin {
     Version(Arc<CachedVersion>),
-    /// A file opened while its version was unpacked: the flight keeps its outcome, so once
-    /// the version is complete the flight pins it. (The descriptor alone keeps the content
-    /// readable in any case, across the commit rename and a failed download.)
-    Flight(Arc<Flight>),
+    /// A file opened while its version was unpacked: an interest in the flight keeps the
+    /// download going (see [`Interest`]), and the flight keeps its outcome, so once the
+    /// version is complete it pins it. (The descriptor alone keeps the content readable in
+    /// any case, across the commit rename and a failed download.)
+    Flight(Interest),
 }
 
 /// A file opened by the kernel. The content file itself is opened on the first read: a file

@@ -10,7 +10,9 @@
 //! - `attr`: the attributes each kind of inode answers; `xattr`: the `user.vm0.*` ones;
 //! - `handles`: file and directory handles, and passthrough backing files;
 //! - `status`: the status file; `fetch`: downloading and unpacking one version;
-//! - `remote`: the only way to the network; `error`: the error type and its errno.
+//! - `remote`: the only way to the network; `error`: the error type and its errno;
+//! - `wait`: how long an operation may wait for a download, and the threads where the
+//!   operations that must wait do so ([`Fs::serve`]).
 //!
 //! It reaches the network only through [`Remote`] and versions only through the [`Cache`],
 //! and never sees fuser's requests or replies, so all of it is testable without a mount
@@ -28,6 +30,12 @@
 //! is ever served. Inode numbers do not change at the end: published nodes carry the
 //! numbers of the finished index.
 //!
+//! Waiting is bounded: an operation waits for a download only on a waiter thread, never on
+//! a FUSE worker (see [`Fs::serve`] and `wait`), and a waiter lets go within
+//! [`crate::cache::WAIT_SLICE`] once the process that asked no longer wants the answer
+//! (`EINTR`). A panic in an operation is contained there too (`EIO`, see
+//! [`crate::panics`]).
+//!
 //! Reads come two ways: through a handle from `open` ([`Fs::read`]), or by inode alone
 //! ([`Fs::read_ino`]) when the kernel sends no `OPEN` (the default, see `fuse.rs`). Both
 //! find the content the same way (`content`); the second pins the version only for the
@@ -43,6 +51,7 @@ mod remote;
 mod status;
 mod storages;
 mod versions;
+mod wait;
 mod xattr;
 
 use std::ffi::{OsStr, OsString};
@@ -55,7 +64,7 @@ use parking_lot::Mutex;
 
 use crate::api::Kind;
 use crate::archive::{blob_path, Index, NodeKind, PublishedKind};
-use crate::cache::{Available, Cache, Waited};
+use crate::cache::{Available, Cache, Stopped, Waited};
 use crate::ids::{Fh, Ino};
 
 pub(crate) use attr::format_time;
@@ -64,6 +73,7 @@ pub use error::{FetchError, FsError};
 pub use handles::{Backings, OpenedHandle, PASSTHROUGH_MIN_SIZE};
 pub use remote::{Remote, RemoteArchive};
 pub use status::STATUS_DIR;
+pub use wait::{with_policy, Policy, WAITERS};
 
 use handles::{open_published, read_at, slice_at, DirHandle, Handle, Handles, OpenFile, Pin};
 use inode::{InodeTable, MetaNode, Range, Resolved};
@@ -71,6 +81,7 @@ use listings::Listings;
 use status::{Activity, StatusTexts, STATUS_FILE};
 use storages::StorageSource;
 use versions::{VersionSource, LATEST};
+use wait::{ThreadPolicy, Turn, Waiters};
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
 
@@ -129,6 +140,8 @@ pub struct Fs {
     /// The status file's text per reader (pid).
     status: StatusTexts,
     activity: Arc<Activity>,
+    /// Where operations that must wait for a download do so.
+    waiters: Waiters,
 }
 
 impl Fs {
@@ -161,11 +174,53 @@ impl Fs {
             handles: Handles::default(),
             status: StatusTexts::default(),
             activity,
+            waiters: Waiters::default(),
         }
     }
 
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+
+    /// Run operation `op` for the thread `requester` (0: unknown) and hand its result to
+    /// `answer`, without ever blocking the calling thread on a download: `op` runs here
+    /// first with [`Policy::Never`]; if it would have to wait for a version being fetched,
+    /// it is handed to a waiter thread (see `wait`) and runs again there, waiting as long
+    /// as the requester wants the answer (`EINTR` once it does not). A panic in `op` is
+    /// answered `EIO` (see [`crate::panics`]). `op` may thus run twice; what it does
+    /// before it would wait (resolving names, starting a download) is idempotent.
+    pub fn serve<T: 'static>(
+        self: &Arc<Self>,
+        requester: u32,
+        op: impl Fn(&Fs) -> Result<T> + Send + 'static,
+        answer: impl FnOnce(Result<T>) + Send + 'static,
+    ) {
+        match contained(|| with_policy(Policy::Never, || op(self))) {
+            Err(FsError::WouldBlock) => {}
+            done => return answer(done),
+        }
+        let fs = self.clone();
+        self.waiters.submit(wait::Task {
+            requester,
+            run: Box::new(move |turn| {
+                let result = match turn {
+                    Turn::Run => {
+                        let policy = Policy::Wait {
+                            requester: (requester != 0).then_some(requester),
+                        };
+                        contained(|| with_policy(policy, || op(&fs)))
+                    }
+                    Turn::Interrupted => Err(FsError::Interrupted),
+                };
+                answer(result)
+            }),
+        });
+    }
+
+    /// Stop for a shutdown: every download stops and every operation waiting for one is
+    /// answered now (`EIO`), so that the unmount that follows finds nobody inside.
+    pub fn shutdown(&self) {
+        self.cache.shutdown();
     }
 
     // ----- operations -------------------------------------------------------------------
@@ -406,7 +461,7 @@ impl Fs {
     fn content_getattr(&self, range: &Range, node: u32) -> Result<TimedAttr> {
         let v = match self.version_now_of(range)? {
             Available::Ready(v) => v,
-            Available::Pending(flight) => match flight.node(node) {
+            Available::Pending(flight) => match waited(flight.node(node, &ThreadPolicy))? {
                 Waited::Published(attrs) => return Ok(self.published_attr(range, node, &attrs)),
                 Waited::Done(r) => self.finished(&range.name, &flight, r)?,
             },
@@ -428,12 +483,14 @@ impl Fs {
     ) -> Result<TimedAttr> {
         let v = match now {
             Available::Ready(v) => v,
-            Available::Pending(flight) => match flight.lookup(dir, name.as_bytes()) {
-                Waited::Published((node, attrs)) => {
-                    return Ok(self.published_attr(range, node, &attrs))
+            Available::Pending(flight) => {
+                match waited(flight.lookup(dir, name.as_bytes(), &ThreadPolicy))? {
+                    Waited::Published((node, attrs)) => {
+                        return Ok(self.published_attr(range, node, &attrs))
+                    }
+                    Waited::Done(r) => self.finished(&range.name, &flight, r)?,
                 }
-                Waited::Done(r) => self.finished(&range.name, &flight, r)?,
-            },
+            }
         };
         match v.index.nodes.get(dir as usize).map(|n| &n.kind) {
             Some(NodeKind::Dir { .. }) => {}
@@ -459,7 +516,7 @@ impl Fs {
         };
         let v = match self.version_now_of(&range)? {
             Available::Ready(v) => v,
-            Available::Pending(flight) => match flight.node(node) {
+            Available::Pending(flight) => match waited(flight.node(node, &ThreadPolicy))? {
                 Waited::Published(attrs) => match &attrs.kind {
                     PublishedKind::Dir => return Err(FsError::IsDir),
                     PublishedKind::File(f) => match open_published(f) {
@@ -469,7 +526,10 @@ impl Fs {
                         }
                         // The unpack ended in the meantime and moved the blob: the
                         // complete version has it.
-                        None => self.finished(&range.name, &flight, flight.wait())?,
+                        None => {
+                            let r = waited(flight.wait(&ThreadPolicy))?;
+                            self.finished(&range.name, &flight, r)?
+                        }
                     },
                 },
                 Waited::Done(r) => self.finished(&range.name, &flight, r)?,
@@ -609,6 +669,21 @@ impl Fs {
             }
         }
     }
+}
+
+/// A wait for a flight that ended early, as the filesystem answers it.
+fn waited<T>(r: std::result::Result<T, Stopped>) -> Result<T> {
+    r.map_err(|stopped| match stopped {
+        Stopped::WouldBlock => FsError::WouldBlock,
+        Stopped::Interrupted => FsError::Interrupted,
+    })
+}
+
+/// Run `f`, turning a panic into an error (the panic hook has logged it, see
+/// [`crate::panics`]).
+fn contained<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|panic| Err(FsError::Internal(crate::panics::message(&*panic))))
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
 //! The status file, `MOUNT/.vm0fs/status`: what the mount is doing ([`Activity`]: downloads
-//! in flight with their progress, the errors since start), rendered with the cache's own
-//! state (its snapshot) into a text, and the text each reader is shown ([`StatusTexts`]).
+//! in flight with their progress, how long they have run and whether they are stalled,
+//! the ones queued for a place in the download pool, the errors since start), rendered
+//! with the cache's own state (its snapshot) into a text, and the text each reader is shown
+//! ([`StatusTexts`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,6 +17,7 @@ use crate::cache::{Snapshot, VersionKey};
 use crate::size::ByteSize;
 
 use super::attr::format_time;
+use super::fetch::STALL_AFTER;
 use super::Fs;
 
 /// The name of the hidden directory that holds the status file.
@@ -25,6 +29,43 @@ pub const STATUS_FILE: &str = "status";
 /// How many recent errors the status file shows (the count covers all of them).
 const RECENT_ERRORS: usize = 10;
 
+/// What a running download has received, kept by its download thread and read by the
+/// unpacker (to notice a stall) and the status file.
+#[derive(Debug)]
+pub struct Meter {
+    started: Instant,
+    received: AtomicU64,
+    /// When the last byte came, in milliseconds since `started` (0: none yet).
+    last_byte_ms: AtomicU64,
+}
+
+impl Meter {
+    fn new() -> Meter {
+        Meter {
+            started: Instant::now(),
+            received: AtomicU64::new(0),
+            last_byte_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// `n` more bytes came from the network.
+    pub fn received(&self, n: u64) {
+        self.received.fetch_add(n, Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_byte_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// When the last byte came, since the start (zero before the first).
+    pub fn last_byte(&self) -> Duration {
+        Duration::from_millis(self.last_byte_ms.load(Ordering::Relaxed))
+    }
+
+    /// How long since the last byte (or the start, before the first).
+    pub fn idle(&self) -> Duration {
+        self.started.elapsed().saturating_sub(self.last_byte())
+    }
+}
+
 /// A download in flight, as far as it has come.
 #[derive(Debug, Clone)]
 pub struct Download {
@@ -33,7 +74,7 @@ pub struct Download {
     pub size: u64,
     pub bytes: u64,
     pub files: u64,
-    pub started: Instant,
+    pub meter: Arc<Meter>,
 }
 
 #[derive(Default)]
@@ -43,15 +84,18 @@ pub struct Activity {
 }
 
 impl Activity {
-    pub fn start(&self, key: &VersionKey, storage: &str, size: u64) {
+    /// A download starts; what it receives goes into the returned meter.
+    pub fn start(&self, key: &VersionKey, storage: &str, size: u64) -> Arc<Meter> {
+        let meter = Arc::new(Meter::new());
         let p = Download {
             storage: storage.to_string(),
             size,
             bytes: 0,
             files: 0,
-            started: Instant::now(),
+            meter: meter.clone(),
         };
         self.downloads.lock().insert(key.clone(), p);
+        meter
     }
 
     pub fn update(&self, key: &VersionKey, bytes: u64, files: u64) {
@@ -118,16 +162,18 @@ impl Activity {
         }
         let _ = writeln!(s, "\ndownloads in flight:");
         let downloads = self.downloads.lock().clone();
-        if downloads.is_empty() {
+        if downloads.is_empty() && cache.queued.is_empty() {
             let _ = writeln!(s, "  (none)");
         }
         let mut downloads: Vec<_> = downloads.into_iter().collect();
-        downloads.sort_by_key(|(_, p)| p.started);
+        downloads.sort_by_key(|(_, p)| p.meter.started);
         for (key, p) in downloads {
-            let secs = p.started.elapsed().as_secs_f64().max(1e-3);
+            let elapsed = p.meter.started.elapsed();
+            let secs = elapsed.as_secs_f64().max(1e-3);
+            let idle = p.meter.idle();
             let _ = writeln!(
                 s,
-                "  {:<8} {:<24} {}  {:.0}%  {} of {}, {} files, {}/s",
+                "  {:<8} {:<24} {}  {:.0}%  {} of {}, {} files, {}/s, running for {} s{}",
                 key.kind.singular(),
                 p.storage,
                 key.id,
@@ -135,7 +181,24 @@ impl Activity {
                 ByteSize(p.bytes),
                 ByteSize(p.size),
                 p.files,
-                ByteSize((p.bytes as f64 / secs) as u64)
+                ByteSize((p.bytes as f64 / secs) as u64),
+                elapsed.as_secs(),
+                if idle >= STALL_AFTER {
+                    format!(", stalled for {} s", idle.as_secs())
+                } else {
+                    String::new()
+                }
+            );
+        }
+        for (key, waited) in &cache.queued {
+            let _ = writeln!(
+                s,
+                "  {:<8} {:<24} {}  queued for {} s (at most {} downloads run at once)",
+                key.kind.singular(),
+                name_of(key).unwrap_or_else(|| "-".into()),
+                key.id,
+                waited.as_secs(),
+                cache.downloads
             );
         }
         let errors = self.errors.lock();
@@ -214,9 +277,11 @@ impl Fs {
             let inodes = self.inodes.lock();
             snap.resident
                 .iter()
-                .filter_map(|r| {
-                    let name = inodes.storage_of(r.key.kind, &r.key.id)?;
-                    Some((&r.key, name.to_string()))
+                .map(|r| &r.key)
+                .chain(snap.queued.iter().map(|(k, _)| k))
+                .filter_map(|key| {
+                    let name = inodes.storage_of(key.kind, &key.id)?;
+                    Some((key, name.to_string()))
                 })
                 .collect()
         };
@@ -256,10 +321,19 @@ mod tests {
                 last_used: SystemTime::UNIX_EPOCH,
             }],
             in_flight: vec![],
+            queued: vec![(
+                VersionKey::new(Kind::Volume, &VersionId::parse(&"ef".repeat(32)).unwrap()),
+                Duration::from_secs(3),
+            )],
+            downloads: 4,
         };
         let text = a.render("vm0fs test", &snap, "/cache", |k| {
             (k.kind == Kind::Volume).then(|| "input-data".into())
         });
+        assert!(
+            text.contains(&format!("{}  queued for 3 s", "ef".repeat(32))),
+            "{text}"
+        );
         assert!(text.contains("1.0 MiB used of 1.0 GiB"), "{text}");
         assert!(
             text.contains("input-data")

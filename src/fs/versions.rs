@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::api::{ApiError, Kind, Version};
 use crate::archive::{Index, Node, NodeKind};
 use crate::cache::{
-    Announced, Available, CacheError, CachedVersion, Flight, SharedError, VersionKey,
+    Announced, Available, CacheError, CachedVersion, Interest, SharedError, VersionKey,
 };
 use crate::ids::{is_lower_hex, StorageName, VersionId, VERSION_ID_LEN};
 
@@ -24,7 +24,8 @@ use super::inode::{MetaNode, Range};
 use super::listings::{Listings, Source};
 use super::status::Activity;
 use super::storages::{find_storage, StorageSource};
-use super::{fetch, Fs, FsError, Remote, Result};
+use super::wait::ThreadPolicy;
+use super::{fetch, waited, Fs, FsError, Remote, Result};
 
 /// Minimum length of a version id prefix that resolves (same rule as the API's).
 pub const MIN_PREFIX: usize = 8;
@@ -240,7 +241,8 @@ impl Fs {
         match self.version_now(kind, storage, id)? {
             (range, Available::Ready(v)) => Ok((range, v)),
             (range, Available::Pending(flight)) => {
-                let v = self.finished(storage, &flight, flight.wait())?;
+                let r = waited(flight.wait(&ThreadPolicy))?;
+                let v = self.finished(storage, &flight, r)?;
                 Ok((range, v))
             }
         }
@@ -287,7 +289,7 @@ impl Fs {
                         progress_every: self.config.progress_every,
                     };
                     self.cache.start(&key, announced, move |target| {
-                        fetch::fetch(&*remote, &activity, &job, target)
+                        fetch::fetch(remote, &activity, &job, target)
                     })
                 }
             }
@@ -300,7 +302,7 @@ impl Fs {
     pub(super) fn finished(
         &self,
         storage: &StorageName,
-        flight: &Flight,
+        flight: &Interest,
         result: std::result::Result<Arc<CachedVersion>, SharedError>,
     ) -> Result<Arc<CachedVersion>> {
         result.map_err(|e| {

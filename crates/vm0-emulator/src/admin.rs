@@ -36,6 +36,10 @@ pub fn handle(shared: &Shared, request: &mut tiny_http::Request, path: &str) -> 
             shared.faults.clear();
             ok()
         }
+        (Method::Post, "/release") => {
+            shared.holds.release();
+            ok()
+        }
         (Method::Get, "/config") => config(shared),
         (Method::Post, "/config") => set_config(shared, &body),
         (Method::Post, "/push") => push(shared, &body),

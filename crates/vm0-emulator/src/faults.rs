@@ -61,6 +61,12 @@ pub struct FaultRule {
     /// Store only: send that many body bytes after full headers, then drop the connection.
     #[serde(default)]
     pub cut_after_bytes: Option<u64>,
+    /// Store only: send that many body bytes after full headers, then send nothing more
+    /// until `POST /_emulator/release` (a stalled download a test can end when it likes).
+    /// Counted as `store.held` when the hold begins; a client that closes the connection
+    /// while held is counted as `store.hung_up`.
+    #[serde(default)]
+    pub hold_after_bytes: Option<u64>,
     /// Store only: damage the archive.
     #[serde(default)]
     pub corrupt: Option<Corrupt>,
@@ -139,6 +145,36 @@ impl Faults {
             *n -= 1;
         }
         Some(active.rule.clone())
+    }
+}
+
+/// The store's held downloads (see [`FaultRule::hold_after_bytes`]): each waits until the
+/// release count moves past the one it saw when it began.
+#[derive(Debug, Default)]
+pub struct Holds {
+    released: Mutex<u64>,
+    cond: parking_lot::Condvar,
+}
+
+impl Holds {
+    /// Let every download held now go on.
+    pub fn release(&self) {
+        *self.released.lock() += 1;
+        self.cond.notify_all();
+    }
+
+    /// The release count, to wait for a later one with [`Holds::wait_past`].
+    pub fn current(&self) -> u64 {
+        *self.released.lock()
+    }
+
+    /// Wait at most `limit` for a release after `seen`; whether one came.
+    pub fn wait_past(&self, seen: u64, limit: std::time::Duration) -> bool {
+        let mut released = self.released.lock();
+        if *released == seen {
+            self.cond.wait_for(&mut released, limit);
+        }
+        *released != seen
     }
 }
 

@@ -128,6 +128,7 @@ pub(crate) struct Shared {
     pub data: RwLock<model::Data>,
     pub faults: faults::Faults,
     pub counters: faults::Counters,
+    pub holds: faults::Holds,
     /// Per-process key of the store's URL signatures: URLs of an earlier run are invalid.
     pub secret: [u8; 32],
     /// `http://127.0.0.1:PORT`, the base of presigned URLs.
@@ -248,6 +249,7 @@ fn start_in(
         data: RwLock::new(model::Data { storages }),
         faults: faults::Faults::default(),
         counters: faults::Counters::default(),
+        holds: faults::Holds::default(),
         secret: rand::random(),
         store_url: format!("http://{store_addr}"),
         archives_dir,

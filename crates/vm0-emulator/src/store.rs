@@ -461,6 +461,7 @@ fn handle(stream: &mut TcpStream, request: &Request, shared: &Shared) -> io::Res
     let version_id = target.as_ref().map_or("", |t| t.version_id.as_str());
     serve_archive(
         stream,
+        shared,
         request,
         &archive,
         version_id,
@@ -598,6 +599,7 @@ fn parse_range(header: Option<&str>, total: u64) -> Result<Option<(u64, u64)>, (
 
 fn serve_archive(
     stream: &mut TcpStream,
+    shared: &Shared,
     request: &Request,
     archive: &std::path::Path,
     version_id: &str,
@@ -663,13 +665,51 @@ fn serve_archive(
     }
     let cut = fault.and_then(|f| f.cut_after_bytes);
     let send = cut.map_or(len, |c| c.min(len));
-    let sent = body.copy_to(start, send, stream)?;
+    let sent = match fault.and_then(|f| f.hold_after_bytes) {
+        Some(hold) => {
+            let first = body.copy_to(start, hold.min(send), stream)?;
+            stream.flush()?;
+            if !hold_until_released(stream, shared, version_id) {
+                return Ok(Flow::Close);
+            }
+            first + body.copy_to(start + first, send - first, stream)?
+        }
+        None => body.copy_to(start, send, stream)?,
+    };
     if cut.is_some() || sent < len {
         // A cut: the client was promised `len` bytes and sees the connection end early.
         stream.flush()?;
         return Ok(Flow::Close);
     }
     Ok(Flow::KeepAlive)
+}
+
+/// Send nothing until the test releases the held downloads (`POST /_emulator/release`);
+/// false if the client closed the connection meanwhile (counted as `store.hung_up`).
+fn hold_until_released(stream: &mut TcpStream, shared: &Shared, version_id: &str) -> bool {
+    let seen = shared.holds.current();
+    shared.counters.hit("store.held");
+    shared.counters.hit(&format!("store.held:{version_id}"));
+    loop {
+        if shared.holds.wait_past(seen, Duration::from_millis(50)) {
+            return true;
+        }
+        // Has the client gone? A peek that finds the end of the stream (or an error) says
+        // so; nothing to read yet is the normal case.
+        let mut byte = [0u8; 1];
+        let gone = stream.set_nonblocking(true).is_err()
+            || match stream.peek(&mut byte) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+            };
+        let _ = stream.set_nonblocking(false);
+        if gone {
+            shared.counters.hit("store.hung_up");
+            shared.counters.hit(&format!("store.hung_up:{version_id}"));
+            return false;
+        }
+    }
 }
 
 fn status_line(status: u16) -> String {

@@ -1021,6 +1021,57 @@ fn store_faults_cut_and_corrupt() {
     assert_eq!(resp.bytes().unwrap().as_ref(), &good[5..len / 2]);
 }
 
+/// A held download sends its headers and the bytes asked for, then nothing until the test
+/// releases it; a client that gives up on a held download is counted.
+#[test]
+fn store_holds_a_download_until_released() {
+    let emu = Emu::demo();
+    let id = vid(Kind::Volumes, "input-data");
+    let url = emu.download_url("volumes", &id, "");
+    let good = emu.fetch(&url).bytes().unwrap().to_vec();
+    let counter = |key: &str| emu.counters()[key].as_u64().unwrap_or(0);
+    let poll = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+
+    emu.fault(json!({"route":"store.get","hold_after_bytes":10}));
+    let mut resp = emu.fetch(&url);
+    assert_eq!(resp.status(), 200);
+    let mut first = [0u8; 10];
+    resp.read_exact(&mut first).unwrap();
+    assert_eq!(&first, &good[..10]);
+    poll("the hold", &|| counter("store.held") == 1);
+    let per_version = |prefix: &str| {
+        let counters = emu.counters();
+        let keys: Vec<String> = counters
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, v)| k.starts_with(prefix) && v.as_u64() == Some(1))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys
+    };
+    assert_eq!(per_version("store.held:").len(), 1, "{}", emu.counters());
+    emu.post("/release", json!({}));
+    let mut rest = Vec::new();
+    resp.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, good[10..]);
+
+    emu.fault(json!({"route":"store.get","hold_after_bytes":0}));
+    let resp = emu.fetch(&url);
+    poll("the second hold", &|| counter("store.held") == 2);
+    drop(resp);
+    poll("the client to be seen gone", &|| {
+        counter("store.hung_up") == 1
+    });
+    assert_eq!(per_version("store.hung_up:").len(), 1, "{}", emu.counters());
+}
+
 #[test]
 fn push_and_current() {
     let emu = Emu::demo();
