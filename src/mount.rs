@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use fuser::{MountOption, SessionACL};
 
-use crate::api::{Client, ClientConfig, RetryPolicy};
+use crate::api::{Client, ClientConfig, Kind, RetryPolicy};
 use crate::cache::Cache;
 use crate::config::{Access, MountConfig};
-use crate::fs::{Fs, FsConfig, Remote};
+use crate::fs::{first_listing, FirstListing, Fs, FsConfig, Remote, Saved, FIRST_FETCH_WAIT};
 use crate::fuse::FuseFs;
 use crate::openfiles::OpenFiles;
 use crate::size::ByteSize;
@@ -150,16 +150,17 @@ pub fn client(cfg: &MountConfig, retry: RetryPolicy) -> anyhow::Result<Client> {
 pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
     check_mountpoint(&cfg.mountpoint)?;
 
-    // One request checks the token and the API before anything is mounted; a short retry
-    // budget so that a wrong URL fails in seconds, not after the full backoff.
-    let quick = RetryPolicy {
-        max_attempts: 3,
-        max_elapsed: Duration::from_secs(10),
-        ..RetryPolicy::default()
-    };
-    match client(cfg, quick)?.check() {
-        Ok(()) => {}
-        Err(e) if e.is_auth() => {
+    // The first listing (the volumes, all pages) checks the URL and the token before
+    // anything is mounted, with the retries of any request, and is the filesystem's first
+    // listing. A mount can start without it when an earlier mount saved its listings (they
+    // and the cached versions are served until the API answers): then it is waited for
+    // only as long as any listing is. Only a refused token, or no API and nothing saved,
+    // stop the mount.
+    let remote: Arc<dyn Remote> = Arc::new(client(cfg, RetryPolicy::default())?);
+    let saved = Saved::exist(&cfg.cache_dir);
+    let (seed, offline) = match first_listing(&remote, saved.then_some(FIRST_FETCH_WAIT)) {
+        FirstListing::Listed(list) => (Some(list), None),
+        FirstListing::Failed(e) if e.is_auth() => {
             bail!(
             "the VM0 API at {} rejected the token from {}{}; check that it holds a valid API key",
             cfg.api_url,
@@ -167,12 +168,17 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
             e.request_id().map(|id| format!(" (request id {id})")).unwrap_or_default()
         )
         }
-        Err(e) => {
+        FirstListing::Failed(e) if !saved => {
             return Err(
                 anyhow::Error::new(e).context(format!("cannot use the VM0 API at {}", cfg.api_url))
             )
         }
-    }
+        FirstListing::Failed(e) => (None, Some(e.to_string())),
+        FirstListing::NoAnswer(waited) => (
+            None,
+            Some(format!("no answer within {} s", waited.as_secs())),
+        ),
+    };
 
     prepare_cache_dir(&cfg.cache_dir)?;
     let cache = Cache::open(&cfg.cache_dir, cfg.cache_size).with_context(|| {
@@ -181,7 +187,13 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
             cfg.cache_dir.display()
         )
     })?;
-    let remote: Arc<dyn Remote> = Arc::new(client(cfg, RetryPolicy::default())?);
+    if let Some(why) = &offline {
+        tracing::warn!(
+            "the API is unreachable ({why}); serving {} cached versions from {}, read-only view may be stale; will retry",
+            cache.snapshot().resident.len(),
+            cfg.cache_dir.display()
+        );
+    }
     // SAFETY: getuid/getgid have no preconditions and cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let fs = Fs::new(
@@ -201,6 +213,11 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
             ),
         },
     );
+    match (seed, offline) {
+        (Some(list), _) => fs.seed_storages(Kind::Volume, list),
+        (None, Some(why)) => fs.started_offline(why),
+        (None, None) => {}
+    }
 
     let mut options = vec![
         MountOption::FSName("vm0fs".into()),

@@ -1,6 +1,7 @@
-//! The status file, `MOUNT/.vm0fs/status`: what the mount is doing ([`Activity`]: downloads
-//! in flight with their progress, the errors since start), rendered with the cache's own
-//! state (its snapshot) into a text, and the text each reader is shown ([`StatusTexts`]).
+//! The status file, `MOUNT/.vm0fs/status`: what the mount is doing ([`Activity`]: whether
+//! the API answers, downloads in flight with their progress, the errors since start),
+//! rendered with the cache's own state (its snapshot) into a text, and the text each reader
+//! is shown ([`StatusTexts`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
+use crate::api::ApiError;
 use crate::cache::{Snapshot, VersionKey};
 use crate::size::ByteSize;
 
@@ -36,10 +38,24 @@ pub struct Download {
     pub started: Instant,
 }
 
+/// What the mount knows of the API from the answers of its listings.
+#[derive(Debug, Default, Clone)]
+struct ApiHealth {
+    /// The last answer (a listing, or a definite "not found").
+    answered: Option<Instant>,
+    /// The first failure since the last answer: the API is failing since then.
+    failing_since: Option<SystemTime>,
+    /// The last failure, when and what.
+    last_error: Option<(SystemTime, String)>,
+    /// The last failure was a refused token, not an unreachable API.
+    refused: bool,
+}
+
 #[derive(Default)]
 pub struct Activity {
     downloads: Mutex<HashMap<VersionKey, Download>>,
     errors: Mutex<(u64, VecDeque<(SystemTime, String)>)>,
+    api: Mutex<ApiHealth>,
 }
 
 impl Activity {
@@ -63,6 +79,31 @@ impl Activity {
 
     pub fn finish(&self, key: &VersionKey) {
         self.downloads.lock().remove(key);
+    }
+
+    /// The API answered.
+    pub fn api_answered(&self) {
+        let mut api = self.api.lock();
+        api.answered = Some(Instant::now());
+        api.failing_since = None;
+    }
+
+    /// A request to the API failed (after its retries); `refused`: it refused the token.
+    pub fn api_failed(&self, message: String, refused: bool) {
+        let now = SystemTime::now();
+        let mut api = self.api.lock();
+        api.failing_since.get_or_insert(now);
+        api.last_error = Some((now, message));
+        api.refused = refused;
+    }
+
+    /// Note the outcome of a request to the API. A "not found" is an answer.
+    pub fn api_result<T>(&self, r: &Result<T, ApiError>) {
+        match r {
+            Ok(_) => self.api_answered(),
+            Err(e) if e.is_not_found() => self.api_answered(),
+            Err(e) => self.api_failed(e.to_string(), e.is_auth()),
+        }
     }
 
     /// Record an error a user would want to know about (already logged by the caller).
@@ -92,6 +133,7 @@ impl Activity {
             }
         };
         let _ = writeln!(s, "{header}");
+        let _ = writeln!(s, "{}", self.api_lines());
         let _ = writeln!(
             s,
             "cache: {root}: {} used of {} ({:.1}%), {} versions",
@@ -142,6 +184,44 @@ impl Activity {
         let _ = writeln!(s, "\nerrors since start: {}", errors.0);
         for (when, msg) in errors.1.iter() {
             let _ = writeln!(s, "  {}  {msg}", format_time(*when));
+        }
+        s
+    }
+}
+
+impl Activity {
+    /// `api: ...`: whether the API answers, since when it does not, its last error.
+    fn api_lines(&self) -> String {
+        let api = self.api.lock().clone();
+        let mut s = match (&api.failing_since, &api.last_error) {
+            (Some(since), Some((_, msg))) if api.refused => format!(
+                "api: rejecting the token since {} ({msg}); names are not served",
+                format_time(*since)
+            ),
+            (Some(since), Some((_, msg))) => format!(
+                "api: unreachable since {} ({msg}), serving cached listings",
+                format_time(*since)
+            ),
+            _ => match api.answered {
+                Some(t) => format!(
+                    "api: reachable, last answer {} s ago",
+                    t.elapsed().as_secs()
+                ),
+                None => "api: not asked yet".to_string(),
+            },
+        };
+        match (api.failing_since, &api.last_error) {
+            (None, Some((when, msg))) => {
+                let _ = write!(s, "\napi: last error {}: {msg}", format_time(*when));
+            }
+            (Some(_), _) => {
+                let last = match api.answered {
+                    Some(t) => format!("{} s ago", t.elapsed().as_secs()),
+                    None => "never in this mount".into(),
+                };
+                let _ = write!(s, "\napi: last answer {last}; retrying in the background");
+            }
+            (None, None) => {}
         }
         s
     }
