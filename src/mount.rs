@@ -173,7 +173,7 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
                 anyhow::Error::new(e).context(format!("cannot use the VM0 API at {}", cfg.api_url))
             )
         }
-        FirstListing::Failed(e) => (None, Some(e.to_string())),
+        FirstListing::Failed(e) => (None, Some(format!("{:#}", anyhow::Error::new(e)))),
         FirstListing::NoAnswer(waited) => (
             None,
             Some(format!("no answer within {} s", waited.as_secs())),

@@ -472,6 +472,8 @@ fn a_bad_token_fails_before_mounting_and_names_the_fix() {
 fn an_unreachable_api_fails_before_mounting() {
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
+    // An empty cache: listings saved by an earlier mount would let it start offline.
+    let cache = tempfile::tempdir().unwrap();
     let out = run(Command::new(common::vm0fs_bin())
         .args([
             "mount",
@@ -479,6 +481,8 @@ fn an_unreachable_api_fails_before_mounting() {
             "--api-url",
             "http://127.0.0.1:9/v1",
         ])
+        .arg("--cache-dir")
+        .arg(cache.path())
         .arg(dir.path())
         .env("VM0_TOKEN", &f.emu.token));
     assert!(!out.status.success());

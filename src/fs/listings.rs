@@ -80,6 +80,12 @@ pub trait Source: Send + Sync + 'static {
 
     /// Drop what was saved of `key` (after a definite refusal).
     fn forget(&self, _key: &Self::Key) {}
+
+    /// Whether the API answered (any request) since `t`: a listing whose fetch failed
+    /// before is then fetched again at the next access, without waiting for its backoff.
+    fn answered_since(&self, _t: Instant) -> bool {
+        false
+    }
 }
 
 /// Why no listing can be answered.
@@ -151,6 +157,7 @@ impl Timing {
 /// The last fetch of a listing failed.
 struct Failure<E> {
     error: Arc<E>,
+    at: Instant,
     /// Failures in a row.
     streak: u32,
     /// No fetch starts before this.
@@ -190,13 +197,14 @@ impl<S: Source> Entry<S> {
         self.fetched.is_none_or(|t| t.elapsed() >= max_age)
     }
 
-    /// Whether a new fetch may start now (none running, and no backoff in the way).
-    fn due(&self) -> bool {
+    /// Whether a new fetch may start now: none is running, and no backoff is in the way
+    /// (it ends early when the API has answered since the failure).
+    fn due(&self, source: &S) -> bool {
         self.fetching.is_none()
             && self
                 .failure
                 .as_ref()
-                .is_none_or(|f| Instant::now() >= f.retry_at)
+                .is_none_or(|f| Instant::now() >= f.retry_at || source.answered_since(f.at))
     }
 }
 
@@ -244,13 +252,13 @@ impl<S: Source> Listings<S> {
         let mut entries = self.entries(key);
         let e = entries.get_mut(key).expect("made by entries()");
         if let Some(v) = e.value.clone() {
-            if e.stale(self.shared.timing.ttl) && e.due() {
+            if e.stale(self.shared.timing.ttl) && e.due(&self.shared.source) {
                 self.start_fetch(e, key);
             }
             return Ok(v);
         }
         if e.fetching.is_none() {
-            if !e.due() {
+            if !e.due(&self.shared.source) {
                 let f = e.failure.as_ref().expect("not due: a failure");
                 return Err(Unavailable::Failed(f.error.clone()));
             }
@@ -280,7 +288,7 @@ impl<S: Source> Listings<S> {
         let mut entries = self.entries(key);
         let e = entries.get_mut(key).expect("made by entries()");
         if e.fetching.is_none() {
-            if !(e.stale(self.shared.timing.miss_refresh_after) && e.due()) {
+            if !(e.stale(self.shared.timing.miss_refresh_after) && e.due(&self.shared.source)) {
                 return Ok(e.value.as_deref().and_then(&pick));
             }
             self.start_fetch(e, key);
@@ -436,6 +444,7 @@ impl<S: Source> Listings<S> {
                 let error = Arc::new(error);
                 e.failure = Some(Failure {
                     error: error.clone(),
+                    at: Instant::now(),
                     streak,
                     retry_at: Instant::now() + shared.timing.backoff(streak),
                 });

@@ -97,12 +97,17 @@ impl Activity {
         api.refused = refused;
     }
 
+    /// Whether the API answered after `t`.
+    pub fn answered_since(&self, t: Instant) -> bool {
+        self.api.lock().answered.is_some_and(|a| a > t)
+    }
+
     /// Note the outcome of a request to the API. A "not found" is an answer.
     pub fn api_result<T>(&self, r: &Result<T, ApiError>) {
         match r {
             Ok(_) => self.api_answered(),
             Err(e) if e.is_not_found() => self.api_answered(),
-            Err(e) => self.api_failed(e.to_string(), e.is_auth()),
+            Err(e) => self.api_failed(one_line(e), e.is_auth()),
         }
     }
 
@@ -225,6 +230,22 @@ impl Activity {
         }
         s
     }
+}
+
+/// `error: cause: cause` on one line, leaving out causes the text already holds ("error
+/// sending request" alone does not say that the connection was refused).
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// How long one reader (a pid) is shown the same status text. Without `OPEN`, the file has

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::api::{ApiError, Kind, Storage};
 use crate::ids::StorageName;
@@ -74,6 +74,10 @@ impl Source for StorageSource {
 
     fn forget(&self, kind: &Kind) {
         self.saved.forget_storages(*kind);
+    }
+
+    fn answered_since(&self, t: Instant) -> bool {
+        self.activity.answered_since(t)
     }
 }
 

@@ -181,6 +181,10 @@ impl Source for VersionSource {
     fn forget(&self, (kind, name): &(Kind, StorageName)) {
         self.saved.forget_versions(*kind, name);
     }
+
+    fn answered_since(&self, t: Instant) -> bool {
+        self.activity.answered_since(t)
+    }
 }
 
 /// Why a name in a storage's directory is not a version, as the log says it.
