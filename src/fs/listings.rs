@@ -478,6 +478,8 @@ mod tests {
         reports: Mutex<Vec<(&'static str, bool, u32)>>,
         gate: Mutex<Option<mpsc::Receiver<()>>>,
         saved: Mutex<HashMap<u8, Vec<&'static str>>>,
+        /// When the API last answered (for `answered_since`).
+        answered: Mutex<Option<Instant>>,
     }
 
     impl Source for Script {
@@ -517,6 +519,10 @@ mod tests {
 
         fn forget(&self, key: &u8) {
             self.saved.lock().remove(key);
+        }
+
+        fn answered_since(&self, t: Instant) -> bool {
+            self.answered.lock().is_some_and(|a| a > t)
         }
     }
 
@@ -630,6 +636,21 @@ mod tests {
         let backoffs: Vec<u64> = (1..=9).map(|n| t.backoff(n).as_secs()).collect();
         assert_eq!(backoffs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(t.backoff(u32::MAX), RETRY_BACKOFF_MAX);
+    }
+
+    /// An answer of the API to any request since a failure ends that failure's backoff.
+    #[test]
+    fn a_backoff_ends_when_the_api_answers_again() {
+        let mut t = timing(HOUR);
+        t.backoff_first = HOUR;
+        t.backoff_max = HOUR;
+        let l = listings(t, &[Err("transient"), Ok(vec!["a"])]);
+        assert_eq!(get(&l), Err("transient".into()));
+        assert_eq!(get(&l), Err("transient".into()), "within the backoff");
+        assert_eq!(fetches(&l), 1);
+        *l.source().answered.lock() = Some(Instant::now());
+        assert_eq!(get(&l), Ok(vec!["a"]));
+        assert_eq!(fetches(&l), 2);
     }
 
     #[test]

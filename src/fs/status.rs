@@ -382,6 +382,49 @@ mod tests {
     }
 
     #[test]
+    fn the_api_lines_say_whether_the_api_answers() {
+        let a = Activity::default();
+        assert_eq!(a.api_lines(), "api: not asked yet");
+        a.api_answered();
+        assert_eq!(a.api_lines(), "api: reachable, last answer 0 s ago");
+        let refused = ApiError::Transport {
+            resource: "the list of volumes".into(),
+            url: "http://127.0.0.1:9/v1/volumes".into(),
+            source: Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connection refused",
+            )),
+        };
+        a.api_result::<()>(&Err(refused));
+        let lines = a.api_lines();
+        assert!(
+            lines.starts_with("api: unreachable since ")
+                && lines.contains("(could not reach http://127.0.0.1:9/v1/volumes")
+                && lines.contains("connection refused")
+                && lines.contains("), serving cached listings\napi: last answer 0 s ago"),
+            "{lines}"
+        );
+        // A "not found" is an answer; the last error stays shown.
+        a.api_result::<()>(&Err(ApiError::NotFound {
+            resource: "volume v".into(),
+            message: "gone".into(),
+            request_id: None,
+        }));
+        let lines = a.api_lines();
+        assert!(
+            lines.starts_with("api: reachable, last answer 0 s ago\napi: last error ")
+                && lines.contains("connection refused"),
+            "{lines}"
+        );
+        a.api_result::<()>(&Err(ApiError::Authentication { request_id: None }));
+        assert!(
+            a.api_lines().starts_with("api: rejecting the token since "),
+            "{}",
+            a.api_lines()
+        );
+    }
+
+    #[test]
     fn a_reader_keeps_its_text_for_a_moment_and_others_get_a_new_one() {
         let texts = StatusTexts::default();
         let renders = std::cell::Cell::new(0);

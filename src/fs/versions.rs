@@ -552,6 +552,27 @@ mod tests {
     }
 
     #[test]
+    fn names_that_cannot_be_versions_say_why() {
+        let cases = [
+            ("abc", Some(Miss::TooShort)),
+            ("abcdef1", Some(Miss::TooShort)),
+            ("abcdef12", None),
+            ("ABCDEF12", Some(Miss::NotHex)),
+            ("latest2", Some(Miss::NotHex)),
+            (".git", Some(Miss::NotHex)),
+            (&"a".repeat(64), None),
+            (&"a".repeat(65), Some(Miss::TooLong)),
+        ];
+        for (name, want) in cases {
+            assert_eq!(Miss::of_name(name), want, "{name}");
+        }
+        assert_eq!(
+            Miss::TooShort.why(),
+            "too short (prefix needs 8 hex characters)"
+        );
+    }
+
+    #[test]
     fn versions_resolve_by_full_id_and_unique_prefix() {
         let ids = [
             format!("aaaa1111{}", "0".repeat(56)),
