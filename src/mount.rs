@@ -174,6 +174,9 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
             )
         }
         FirstListing::Failed(e) => (None, Some(format!("{:#}", anyhow::Error::new(e)))),
+        FirstListing::NoAnswer(_) if !saved => {
+            bail!("cannot use the VM0 API at {}: the request to list the volumes ended without an answer", cfg.api_url)
+        }
         FirstListing::NoAnswer(waited) => (
             None,
             Some(format!("no answer within {} s", waited.as_secs())),

@@ -523,6 +523,12 @@ fn errno_mapping() {
         (FsError::NotSupported, libc::EOPNOTSUPP),
         (FsError::BadHandle, libc::EBADF),
         (
+            FsError::NoAnswer {
+                waited: Duration::from_secs(10),
+            },
+            libc::ETIMEDOUT,
+        ),
+        (
             ApiError::Authentication { request_id: None }.into(),
             libc::EACCES,
         ),
