@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use fuser::SessionACL;
 
-use crate::api::{ApiError, Client, ClientConfig, RetryPolicy};
+use crate::api::{ApiError, Client, ClientConfig, Kind, RetryPolicy};
 use crate::cache::{Cache, CacheOptions};
 use crate::config::{Access, ApiUrlSource, MountConfig};
-use crate::fs::{Fs, FsConfig, Remote};
+use crate::fs::{first_listing, FirstListing, Fs, FsConfig, Remote, Saved, FIRST_FETCH_WAIT};
 use crate::fuse::FuseFs;
 use crate::openfiles::OpenFiles;
 use crate::size::ByteSize;
@@ -367,24 +367,14 @@ pub fn client(cfg: &MountConfig, retry: RetryPolicy) -> anyhow::Result<Client> {
     })?)
 }
 
-/// Check the URL and the token with one request, with messages that name where the URL
-/// and the token came from.
-fn check_api(cfg: &MountConfig) -> anyhow::Result<()> {
-    // A short retry budget, so that a wrong URL fails in seconds, not after the full backoff.
-    let quick = RetryPolicy {
-        max_attempts: 3,
-        max_elapsed: Duration::from_secs(10),
-        ..RetryPolicy::default()
-    };
-    let e = match client(cfg, quick)?.check() {
-        Ok(()) => return Ok(()),
-        Err(e) => e,
-    };
+/// Why the first listing refused the mount, with messages that name where the URL and the
+/// token came from.
+fn api_refusal(cfg: &MountConfig, e: ApiError) -> anyhow::Error {
     let url = &cfg.api_url;
     let from = cfg.api_url_source;
     let setting = from.setting();
     if e.is_auth() {
-        bail!(
+        return anyhow::anyhow!(
             "the VM0 API at {url} rejected the token from {}{}; check that it holds a valid API key",
             cfg.token_source,
             e.request_id()
@@ -403,20 +393,22 @@ fn check_api(cfg: &MountConfig) -> anyhow::Result<()> {
                 url.trim_end_matches('/')
             )
         };
-        bail!("the VM0 API URL {url} (from {from}) has no list of volumes (HTTP 404: {e}); {hint}");
+        return anyhow::anyhow!(
+            "the VM0 API URL {url} (from {from}) has no list of volumes (HTTP 404: {e}); {hint}"
+        );
     }
     if matches!(e, ApiError::Transport { .. }) {
         let cause = std::error::Error::source(&e)
             .map(error_chain)
             .unwrap_or_default();
-        bail!("cannot reach the VM0 API at {url} (from {from}): {cause}; check {setting} and the network");
+        return anyhow::anyhow!("cannot reach the VM0 API at {url} (from {from}): {cause}; check {setting} and the network");
     }
     // The client's messages assume the URL came from VM0_API_URL; here the source is known.
     let text = match from {
         ApiUrlSource::Env => e.to_string(),
         _ => e.to_string().replace("VM0_API_URL", setting),
     };
-    bail!("cannot use the VM0 API at {url} (from {from}): {text}")
+    anyhow::anyhow!("cannot use the VM0 API at {url} (from {from}): {text}")
 }
 
 /// An error and its causes, each after a colon, without repeating a cause that the text
@@ -440,7 +432,32 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// cache directory that this call created.
 pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
     check_paths(cfg)?;
-    check_api(cfg)?;
+
+    // The first listing (the volumes, all pages) checks the URL and the token before
+    // anything is mounted, with the retries of any request, and is the filesystem's first
+    // listing. A mount can start without it when an earlier mount saved its listings (they
+    // and the cached versions are served until the API answers): then it is waited for
+    // only as long as any listing is. Only a refused token, or no API and nothing saved,
+    // stop the mount.
+    let remote: Arc<dyn Remote> = Arc::new(client(cfg, RetryPolicy::default())?);
+    let saved = Saved::exist(&cfg.cache_dir);
+    let (seed, offline) = match first_listing(&remote, saved.then_some(FIRST_FETCH_WAIT)) {
+        FirstListing::Listed(list) => (Some(list), None),
+        FirstListing::Failed(e) if e.is_auth() || !saved => return Err(api_refusal(cfg, e)),
+        FirstListing::Failed(e) => (None, Some(format!("{:#}", anyhow::Error::new(e)))),
+        FirstListing::NoAnswer(_) if !saved => {
+            bail!(
+                "cannot use the VM0 API at {} (from {}): the request to list the volumes ended without an answer; check {} and the network",
+                cfg.api_url,
+                cfg.api_url_source,
+                cfg.api_url_source.setting()
+            )
+        }
+        FirstListing::NoAnswer(waited) => (
+            None,
+            Some(format!("no answer within {} s", waited.as_secs())),
+        ),
+    };
 
     crate::panics::install_hook();
     let created = prepare_cache_dir(&cfg.cache_dir)?;
@@ -455,7 +472,13 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
             cfg.cache_dir.display()
         )
     })?;
-    let remote: Arc<dyn Remote> = Arc::new(client(cfg, RetryPolicy::default())?);
+    if let Some(why) = &offline {
+        tracing::warn!(
+            "the API is unreachable ({why}); serving {} cached versions from {}, read-only view may be stale; will retry",
+            cache.snapshot().resident.len(),
+            cfg.cache_dir.display()
+        );
+    }
     // SAFETY: getuid/getgid have no preconditions and cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let fs = Arc::new(Fs::new(
@@ -475,6 +498,11 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
             ),
         },
     ));
+    match (seed, offline) {
+        (Some(list), _) => fs.seed_storages(Kind::Volume, list),
+        (None, Some(why)) => fs.started_offline(why),
+        (None, None) => {}
+    }
 
     let acl = match cfg.access {
         Access::Owner => SessionACL::Owner,

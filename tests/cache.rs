@@ -348,6 +348,12 @@ fn a_restart_reuses_the_cache_and_a_lowered_budget_trims_it() {
         read_all(&m.join(&format!("artifacts/art-{i}/latest/part-0.bin")));
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A file is served before its version is complete: wait for the last commit.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while resident_versions(cache.path()) < 3 {
+        assert!(Instant::now() < deadline, "the versions were never cached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(m.unmount().success());
     assert_eq!(resident_versions(cache.path()), 3);
 

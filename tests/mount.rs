@@ -153,14 +153,22 @@ fn random_reads_and_mmap(flags: &[&str], session: &str) {
             .any(|l| l.contains("FUSE session initialized") && l.contains(session)),
         "{log}"
     );
-    // Read-ahead as large as a request (root may set it; these tests run as root).
+    // Read-ahead as large as a request (root may set it; these tests run as root). The
+    // daemon raises it once its mount answers, which the test may see first: polled.
     let dev = std::fs::metadata(m.path()).unwrap().dev();
     let ra = format!(
         "/sys/class/bdi/{}:{}/read_ahead_kb",
         libc::major(dev),
         libc::minor(dev)
     );
-    assert_eq!(std::fs::read_to_string(&ra).unwrap().trim(), "1024", "{ra}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_to_string(&ra).unwrap().trim() != "1024" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ra} never became 1024"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let expected = tar_extract(&f.archive);
     for name in [
         "sizes/f4095.bin",
@@ -486,6 +494,8 @@ fn a_bad_token_fails_before_mounting_and_names_the_fix() {
 fn an_unreachable_api_fails_before_mounting() {
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
+    // An empty cache: listings saved by an earlier mount would let it start offline.
+    let cache = tempfile::tempdir().unwrap();
     let out = run(Command::new(common::vm0fs_bin())
         .args([
             "mount",
@@ -493,6 +503,8 @@ fn an_unreachable_api_fails_before_mounting() {
             "--api-url",
             "http://127.0.0.1:9/v1",
         ])
+        .arg("--cache-dir")
+        .arg(cache.path())
         .arg(dir.path())
         .env("VM0_TOKEN", &f.emu.token));
     assert!(!out.status.success());

@@ -9,6 +9,8 @@
 //!        meta.json            the completion record; its mtime is the version's last use
 //! CACHE/tmp/<key>.<pid>.<n>/  versions being unpacked; removed at start
 //! CACHE/trash/<...>/          evicted versions being deleted; removed at start
+//! CACHE/listings/             API listings saved for later mounts: written and read by
+//!                             `crate::fs` (its `saved` module), never touched here
 //! ```
 //!
 //! A version becomes visible only by the atomic rename of its fully written temporary

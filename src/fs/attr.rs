@@ -117,6 +117,12 @@ impl Fs {
                     let range = self.inodes.lock().range(kind, &name, &version);
                     return Ok(self.content_attr(&range, &v.index, 0));
                 }
+                // Complete in the cache but not described by the listings held (the API is
+                // unreachable): loaded from disk, which is quick, rather than waiting for it.
+                if self.cache_only(kind, &name, &version) {
+                    let (range, v) = self.load_version(kind, &name, &version)?;
+                    return Ok(self.content_attr(&range, &v.index, 0));
+                }
                 // Until it is unpacked, its link count (and an archive's own "./" entry) are
                 // unknown: keep the kernel's copy short-lived so it picks up the real ones.
                 let v = self.find_version(kind, &name, version.as_str())?;

@@ -53,6 +53,10 @@ pub enum FsError {
     /// The API failed to answer a metadata request (listing names or versions).
     #[error("{0}")]
     Remote(Arc<ApiError>),
+    /// Nothing is known of a listing yet and the API has not answered its fetch within
+    /// the wait bound (`listings::FIRST_FETCH_WAIT`); the fetch goes on in the background.
+    #[error("the VM0 API has not answered within {} s; still trying in the background", .waited.as_secs())]
+    NoAnswer { waited: std::time::Duration },
     /// A version could not be made available (download, unpack, budget).
     #[error("{0}")]
     Cache(SharedError),
@@ -85,6 +89,8 @@ impl FsError {
             FsError::Range => libc::ERANGE,
             FsError::BadHandle => libc::EBADF,
             FsError::Remote(e) => api_errno(e),
+            // "Try again": nothing is wrong with the name, the answer is late.
+            FsError::NoAnswer { .. } => libc::ETIMEDOUT,
             FsError::Cache(e) => match e.as_ref() {
                 CacheError::TooLarge { .. } => libc::EFBIG,
                 CacheError::NoRoom { .. } => libc::ENOSPC,

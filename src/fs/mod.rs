@@ -5,8 +5,9 @@
 //! job they share has a room of its own:
 //!
 //! - `inode`: the inode table (stable numbers for everything shown);
-//! - `listings`: API listings trusted for a TTL and fetched once at a time, of
-//!   `storages` (by name) and `versions` (by id and prefix; making a version available);
+//! - `listings`: API listings served at once and refreshed in the background, fetched
+//!   once at a time, saved across mounts (`saved`), of `storages` (by name) and
+//!   `versions` (by id and prefix; making a version available);
 //! - `attr`: the attributes each kind of inode answers; `xattr`: the `user.vm0.*` ones;
 //! - `handles`: file and directory handles, and passthrough backing files;
 //! - `status`: the status file; `fetch`: downloading and unpacking one version;
@@ -48,6 +49,7 @@ mod handles;
 mod inode;
 mod listings;
 mod remote;
+mod saved;
 mod status;
 mod storages;
 mod versions;
@@ -77,10 +79,14 @@ pub use wait::{with_policy, Policy, WAITERS};
 
 use handles::{open_published, read_at, slice_at, DirHandle, Handle, Handles, OpenFile, Pin};
 use inode::{InodeTable, MetaNode, Range, Resolved};
-use listings::Listings;
+pub use listings::FIRST_FETCH_WAIT;
+pub use saved::Saved;
+pub use storages::{first_listing, FirstListing};
+
+use listings::{Listings, Timing};
 use status::{Activity, StatusTexts, STATUS_FILE};
-use storages::StorageSource;
-use versions::{VersionSource, LATEST};
+use storages::{storage_map, StorageSource};
+use versions::{MissLog, VersionSource, LATEST};
 use wait::{ThreadPolicy, Turn, Waiters};
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
@@ -133,9 +139,11 @@ pub struct Fs {
     started: SystemTime,
     inodes: Mutex<InodeTable>,
     /// The storages of each kind, by name.
-    storages: Arc<Listings<StorageSource>>,
+    storages: Listings<StorageSource>,
     /// The versions of each storage.
     versions: Listings<VersionSource>,
+    /// Names recently explained as missing from a storage (see `versions`).
+    misses: MissLog,
     handles: Handles,
     /// The status file's text per reader (pid).
     status: StatusTexts,
@@ -147,21 +155,25 @@ pub struct Fs {
 impl Fs {
     pub fn new(remote: Arc<dyn Remote>, cache: Cache, config: FsConfig) -> Fs {
         let activity = Arc::new(Activity::default());
-        let ttl = config.metadata_ttl;
-        let storages = Arc::new(Listings::new(
+        let timing = Timing::with_ttl(config.metadata_ttl);
+        // Listings are saved in the cache directory, for mounts started while the API is down.
+        let saved = Arc::new(Saved::new(cache.root()));
+        let storages = Listings::new(
             StorageSource {
                 remote: remote.clone(),
                 activity: activity.clone(),
+                saved: saved.clone(),
             },
-            ttl,
-        ));
+            timing.clone(),
+        );
         let versions = Listings::new(
             VersionSource {
                 remote: remote.clone(),
                 activity: activity.clone(),
                 storages: storages.clone(),
+                saved,
             },
-            ttl,
+            timing,
         );
         Fs {
             remote,
@@ -171,6 +183,7 @@ impl Fs {
             inodes: Mutex::new(InodeTable::default()),
             storages,
             versions,
+            misses: MissLog::default(),
             handles: Handles::default(),
             status: StatusTexts::default(),
             activity,
@@ -221,6 +234,18 @@ impl Fs {
     /// answered now (`EIO`), so that the unmount that follows finds nobody inside.
     pub fn shutdown(&self) {
         self.cache.shutdown();
+    }
+
+    /// Take `list` as the storages of `kind`, just fetched: the mount fetches its first
+    /// listing before the filesystem exists, to check the API and the token with it.
+    pub fn seed_storages(&self, kind: Kind, list: Vec<crate::api::Storage>) {
+        self.activity.api_answered();
+        self.storages.seed(&kind, storage_map(kind, list));
+    }
+
+    /// The mount started without the API (`why`): the status file says so until it answers.
+    pub fn started_offline(&self, why: String) {
+        self.activity.api_failed(why, false);
     }
 
     // ----- operations -------------------------------------------------------------------

@@ -1,8 +1,8 @@
-//! The status file, `MOUNT/.vm0fs/status`: what the mount is doing ([`Activity`]: downloads
-//! in flight with their progress, how long they have run and whether they are stalled,
-//! the ones queued for a place in the download pool, the errors since start), rendered
-//! with the cache's own state (its snapshot) into a text, and the text each reader is shown
-//! ([`StatusTexts`]).
+//! The status file, `MOUNT/.vm0fs/status`: what the mount is doing ([`Activity`]: whether
+//! the API answers, downloads in flight with their progress, how long they have run and
+//! whether they are stalled, the ones queued for a place in the download pool, the errors
+//! since start), rendered with the cache's own state (its snapshot) into a text, and the
+//! text each reader is shown ([`StatusTexts`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write;
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
+use crate::api::ApiError;
 use crate::cache::{Snapshot, VersionKey};
 use crate::size::ByteSize;
 
@@ -77,10 +78,24 @@ pub struct Download {
     pub meter: Arc<Meter>,
 }
 
+/// What the mount knows of the API from the answers of its listings.
+#[derive(Debug, Default, Clone)]
+struct ApiHealth {
+    /// The last answer (a listing, or a definite "not found").
+    answered: Option<Instant>,
+    /// The first failure since the last answer: the API is failing since then.
+    failing_since: Option<SystemTime>,
+    /// The last failure, when and what.
+    last_error: Option<(SystemTime, String)>,
+    /// The last failure was a refused token, not an unreachable API.
+    refused: bool,
+}
+
 #[derive(Default)]
 pub struct Activity {
     downloads: Mutex<HashMap<VersionKey, Download>>,
     errors: Mutex<(u64, VecDeque<(SystemTime, String)>)>,
+    api: Mutex<ApiHealth>,
 }
 
 impl Activity {
@@ -107,6 +122,36 @@ impl Activity {
 
     pub fn finish(&self, key: &VersionKey) {
         self.downloads.lock().remove(key);
+    }
+
+    /// The API answered.
+    pub fn api_answered(&self) {
+        let mut api = self.api.lock();
+        api.answered = Some(Instant::now());
+        api.failing_since = None;
+    }
+
+    /// A request to the API failed (after its retries); `refused`: it refused the token.
+    pub fn api_failed(&self, message: String, refused: bool) {
+        let now = SystemTime::now();
+        let mut api = self.api.lock();
+        api.failing_since.get_or_insert(now);
+        api.last_error = Some((now, message));
+        api.refused = refused;
+    }
+
+    /// Whether the API answered after `t`.
+    pub fn answered_since(&self, t: Instant) -> bool {
+        self.api.lock().answered.is_some_and(|a| a > t)
+    }
+
+    /// Note the outcome of a request to the API. A "not found" is an answer.
+    pub fn api_result<T>(&self, r: &Result<T, ApiError>) {
+        match r {
+            Ok(_) => self.api_answered(),
+            Err(e) if e.is_not_found() => self.api_answered(),
+            Err(e) => self.api_failed(one_line(e), e.is_auth()),
+        }
     }
 
     /// Record an error a user would want to know about (already logged by the caller).
@@ -136,6 +181,7 @@ impl Activity {
             }
         };
         let _ = writeln!(s, "{header}");
+        let _ = writeln!(s, "{}", self.api_lines());
         let _ = writeln!(
             s,
             "cache: {root}: {} used of {} ({:.1}%), {} versions",
@@ -208,6 +254,60 @@ impl Activity {
         }
         s
     }
+}
+
+impl Activity {
+    /// `api: ...`: whether the API answers, since when it does not, its last error.
+    fn api_lines(&self) -> String {
+        let api = self.api.lock().clone();
+        let mut s = match (&api.failing_since, &api.last_error) {
+            (Some(since), Some((_, msg))) if api.refused => format!(
+                "api: rejecting the token since {} ({msg}); names are not served",
+                format_time(*since)
+            ),
+            (Some(since), Some((_, msg))) => format!(
+                "api: unreachable since {} ({msg}), serving cached listings",
+                format_time(*since)
+            ),
+            _ => match api.answered {
+                Some(t) => format!(
+                    "api: reachable, last answer {} s ago",
+                    t.elapsed().as_secs()
+                ),
+                None => "api: not asked yet".to_string(),
+            },
+        };
+        match (api.failing_since, &api.last_error) {
+            (None, Some((when, msg))) => {
+                let _ = write!(s, "\napi: last error {}: {msg}", format_time(*when));
+            }
+            (Some(_), _) => {
+                let last = match api.answered {
+                    Some(t) => format!("{} s ago", t.elapsed().as_secs()),
+                    None => "never in this mount".into(),
+                };
+                let _ = write!(s, "\napi: last answer {last}; retrying in the background");
+            }
+            (None, None) => {}
+        }
+        s
+    }
+}
+
+/// `error: cause: cause` on one line, leaving out causes the text already holds ("error
+/// sending request" alone does not say that the connection was refused).
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// How long one reader (a pid) is shown the same status text. Without `OPEN`, the file has
@@ -352,6 +452,49 @@ mod tests {
         );
         a.finish(&key);
         assert!(!a.render("", &snap, "", |_| None).contains("agent-report"));
+    }
+
+    #[test]
+    fn the_api_lines_say_whether_the_api_answers() {
+        let a = Activity::default();
+        assert_eq!(a.api_lines(), "api: not asked yet");
+        a.api_answered();
+        assert_eq!(a.api_lines(), "api: reachable, last answer 0 s ago");
+        let refused = ApiError::Transport {
+            resource: "the list of volumes".into(),
+            url: "http://127.0.0.1:9/v1/volumes".into(),
+            source: Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connection refused",
+            )),
+        };
+        a.api_result::<()>(&Err(refused));
+        let lines = a.api_lines();
+        assert!(
+            lines.starts_with("api: unreachable since ")
+                && lines.contains("(could not reach http://127.0.0.1:9/v1/volumes")
+                && lines.contains("connection refused")
+                && lines.contains("), serving cached listings\napi: last answer 0 s ago"),
+            "{lines}"
+        );
+        // A "not found" is an answer; the last error stays shown.
+        a.api_result::<()>(&Err(ApiError::NotFound {
+            resource: "volume v".into(),
+            message: "gone".into(),
+            request_id: None,
+        }));
+        let lines = a.api_lines();
+        assert!(
+            lines.starts_with("api: reachable, last answer 0 s ago\napi: last error ")
+                && lines.contains("connection refused"),
+            "{lines}"
+        );
+        a.api_result::<()>(&Err(ApiError::Authentication { request_id: None }));
+        assert!(
+            a.api_lines().starts_with("api: rejecting the token since "),
+            "{}",
+            a.api_lines()
+        );
     }
 
     #[test]

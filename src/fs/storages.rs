@@ -1,14 +1,17 @@
 //! The storages of each kind, as the mount shows them: where their listing comes from
-//! ([`StorageSource`] for [`Listings`]), which of the API's storages are kept (a name must
-//! be able to be a file name), and finding one by name.
+//! ([`StorageSource`] for [`Listings`]: the API, and the copy saved by an earlier mount),
+//! which of the API's storages are kept (a name must be able to be a file name), and
+//! finding one by name.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use crate::api::{ApiError, Kind, Storage};
 use crate::ids::StorageName;
 
-use super::listings::{Listings, Source};
+use super::listings::{Listings, Source, Unavailable};
+use super::saved::Saved;
 use super::status::Activity;
 use super::{Fs, FsError, Remote, Result};
 
@@ -19,6 +22,15 @@ pub type StorageMap = BTreeMap<StorageName, Storage>;
 pub struct StorageSource {
     pub remote: Arc<dyn Remote>,
     pub activity: Arc<Activity>,
+    pub saved: Arc<Saved>,
+}
+
+/// The storages the mount shows, by name, out of a listing of the API.
+pub fn storage_map(kind: Kind, list: Vec<Storage>) -> StorageMap {
+    list.into_iter()
+        .filter_map(|s| sane_storage(kind, s))
+        .map(|s| (s.name.clone(), s))
+        .collect()
 }
 
 impl Source for StorageSource {
@@ -27,12 +39,9 @@ impl Source for StorageSource {
     type Error = ApiError;
 
     fn fetch(&self, kind: &Kind) -> Result<StorageMap, ApiError> {
-        let list = self.remote.list_storages(*kind)?;
-        Ok(list
-            .into_iter()
-            .filter_map(|s| sane_storage(*kind, s))
-            .map(|s| (s.name.clone(), s))
-            .collect())
+        let list = self.remote.list_storages(*kind);
+        self.activity.api_result(&list);
+        Ok(storage_map(*kind, list?))
     }
 
     /// Revoked access must not leave the old names visible.
@@ -40,14 +49,76 @@ impl Source for StorageSource {
         !e.is_auth()
     }
 
-    fn report(&self, kind: &Kind, e: &ApiError, served_previous: bool) {
+    fn report(&self, kind: &Kind, e: &ApiError, served_previous: bool, streak: u32) {
         if served_previous {
-            tracing::warn!(kind = kind.plural(), error = %e, "refreshing the list failed; serving the previous one");
+            // Once per outage at WARN: the status file tells the rest.
+            if streak == 1 {
+                tracing::warn!(kind = kind.plural(), error = %e, "refreshing the list failed; serving the previous one and retrying in the background");
+            } else {
+                tracing::debug!(kind = kind.plural(), error = %e, streak, "refreshing the list failed again");
+            }
         } else {
             tracing::warn!(kind = kind.plural(), error = %e, "listing failed");
             self.activity
                 .error(format!("listing {}: {e}", kind.plural()));
         }
+    }
+
+    fn load(&self, kind: &Kind) -> Option<StorageMap> {
+        Some(storage_map(*kind, self.saved.load_storages(*kind)?))
+    }
+
+    fn save(&self, kind: &Kind, map: &StorageMap) {
+        self.saved.save_storages(*kind, map.values());
+    }
+
+    fn forget(&self, kind: &Kind) {
+        self.saved.forget_storages(*kind);
+    }
+
+    fn answered_since(&self, t: Instant) -> bool {
+        self.activity.answered_since(t)
+    }
+}
+
+impl From<Unavailable<ApiError>> for FsError {
+    fn from(e: Unavailable<ApiError>) -> FsError {
+        match e {
+            Unavailable::Failed(e) => FsError::Remote(e),
+            Unavailable::NoAnswer { waited } => FsError::NoAnswer { waited },
+        }
+    }
+}
+
+/// What became of the first listing a mount asks for (see [`first_listing`]).
+#[derive(Debug)]
+pub enum FirstListing {
+    Listed(Vec<Storage>),
+    Failed(ApiError),
+    /// No answer within the wait; the request was left to end on its own.
+    NoAnswer(Duration),
+}
+
+/// The volumes, listed before anything is mounted: the request that checks the API URL and
+/// the token, and the filesystem's first listing ([`Fs::seed_storages`]). It is retried as
+/// any request is; `wait` bounds how long the caller waits for it (`None`: to its end).
+pub fn first_listing(remote: &Arc<dyn Remote>, wait: Option<Duration>) -> FirstListing {
+    let (tx, rx) = mpsc::channel();
+    let asking = remote.clone();
+    let spawned = std::thread::Builder::new()
+        .name("vm0fs-first-listing".into())
+        .spawn(move || {
+            let _ = tx.send(asking.list_storages(Kind::Volume));
+        });
+    let answer = match (spawned, wait) {
+        (Err(_), _) => Ok(remote.list_storages(Kind::Volume)),
+        (Ok(_), Some(wait)) => rx.recv_timeout(wait).map_err(|_| wait),
+        (Ok(_), None) => rx.recv().map_err(|_| Duration::ZERO),
+    };
+    match answer {
+        Ok(Ok(list)) => FirstListing::Listed(list),
+        Ok(Err(e)) => FirstListing::Failed(e),
+        Err(waited) => FirstListing::NoAnswer(waited),
     }
 }
 

@@ -538,15 +538,19 @@ fn listings_are_fetched_once_per_ttl() {
     }
     assert_eq!(fake.lists.load(Ordering::SeqCst), 1);
 
+    // Past the TTL, each access is answered from the listing held at once and starts a
+    // refresh in the background (one at a time).
     let (fs, _dir) = fs_with(fake.clone(), Duration::ZERO);
     let before = fake.lists.load(Ordering::SeqCst);
-    for _ in 0..3 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fake.lists.load(Ordering::SeqCst) < before + 3 {
         lookup_path(&fs, "volumes/v").unwrap();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a zero TTL refreshes at every access"
+        );
+        std::thread::sleep(Duration::from_millis(1));
     }
-    assert!(
-        fake.lists.load(Ordering::SeqCst) >= before + 3,
-        "a zero TTL asks every time"
-    );
 }
 
 /// Listing a storage describes each version from one fetched listing, indexed by id: the
@@ -577,6 +581,12 @@ fn errno_mapping() {
         (FsError::NoAttr, libc::ENODATA),
         (FsError::NotSupported, libc::EOPNOTSUPP),
         (FsError::BadHandle, libc::EBADF),
+        (
+            FsError::NoAnswer {
+                waited: Duration::from_secs(10),
+            },
+            libc::ETIMEDOUT,
+        ),
         (
             ApiError::Authentication { request_id: None }.into(),
             libc::EACCES,
@@ -1030,4 +1040,184 @@ fn a_damaged_index_on_disk_is_downloaded_again_after_a_restart() {
     let version = lookup_path(&fs, &format!("volumes/v/{}", ids[0])).unwrap();
     assert_eq!(names(&fs, version.attr.ino), [".", "..", "d", "g"]);
     assert_eq!(fake.downloads.load(Ordering::SeqCst), 2);
+}
+
+/// A remote in front of a [`Fake`] that can be switched: up, down (every request fails as
+/// a refused connection does after its retries) or refusing the token.
+struct Switch {
+    inner: Arc<Fake>,
+    /// 0: up, 1: down, 2: refusing the token.
+    mode: std::sync::atomic::AtomicU8,
+}
+
+const UP: u8 = 0;
+const DOWN: u8 = 1;
+const REFUSING: u8 = 2;
+
+impl Switch {
+    fn new(inner: Arc<Fake>, mode: u8) -> Arc<Switch> {
+        Arc::new(Switch {
+            inner,
+            mode: mode.into(),
+        })
+    }
+
+    fn check(&self, what: &str) -> Result<(), ApiError> {
+        match self.mode.load(Ordering::SeqCst) {
+            UP => Ok(()),
+            DOWN => Err(ApiError::Transport {
+                resource: what.into(),
+                url: "http://127.0.0.1:9/v1".into(),
+                source: "connection refused".into(),
+            }),
+            _ => Err(ApiError::Authentication { request_id: None }),
+        }
+    }
+}
+
+impl Remote for Switch {
+    fn list_storages(&self, kind: Kind) -> Result<Vec<Storage>, ApiError> {
+        self.check("the list")?;
+        self.inner.list_storages(kind)
+    }
+
+    fn list_versions(&self, kind: Kind, storage_id: &StorageId) -> Result<Vec<Version>, ApiError> {
+        self.check("the versions")?;
+        self.inner.list_versions(kind, storage_id)
+    }
+
+    fn download(
+        &self,
+        kind: Kind,
+        storage_id: &StorageId,
+        version_id: &VersionId,
+    ) -> Result<RemoteArchive, ApiError> {
+        self.check("the archive")?;
+        self.inner.download(kind, storage_id, version_id)
+    }
+}
+
+/// A filesystem on the cache directory `dir` (which an earlier one may have filled: the
+/// end of its download thread may still hold the directory's lock for a moment).
+fn fs_on(remote: Arc<dyn Remote>, dir: &std::path::Path) -> Fs {
+    let cache = poll("the cache directory's lock", || {
+        match Cache::open(dir, 100 << 20) {
+            Ok(c) => Some(c),
+            Err(CacheError::Locked { .. }) => None,
+            Err(e) => panic!("{e}"),
+        }
+    });
+    Fs::new(
+        remote,
+        cache,
+        FsConfig {
+            metadata_ttl: Duration::from_secs(3600),
+            uid: 1000,
+            gid: 1000,
+            label: "test".into(),
+            progress_every: Duration::from_secs(2),
+        },
+    )
+}
+
+/// Poll `f` until it gives `Some` (background refreshes have no caller to wait for them).
+fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Fill a cache directory: storage `v` with versions `[old, new]` (`new` current, and
+/// complete in the cache), and storage `w`, listed but never entered.
+fn filled_cache(fake: &Arc<Fake>) -> (tempfile::TempDir, Vec<String>) {
+    let ids = fake.add(
+        Kind::Volume,
+        "v",
+        vec![Some(targz(&[("f", b"old")])), Some(targz(&[("g", b"new")]))],
+    );
+    fake.add(Kind::Volume, "w", vec![Some(targz(&[("h", b"w")]))]);
+    let dir = tempfile::tempdir().unwrap();
+    let fs = fs_on(Switch::new(fake.clone(), UP), dir.path());
+    let version = lookup_path(&fs, &format!("volumes/v/{}", ids[1])).unwrap();
+    names(&fs, version.attr.ino); // waits for the end of the download
+    (dir, ids)
+}
+
+/// Restarted with the API down, a mount serves the listings an earlier mount saved and
+/// every cached version, by id and through `latest`; what is not cached fails cleanly;
+/// once the API is back, the listings are refreshed by themselves.
+#[test]
+fn a_restart_with_the_api_down_serves_saved_listings_and_cached_versions() {
+    let fake = Arc::new(Fake::default());
+    let (dir, ids) = filled_cache(&fake);
+    let switch = Switch::new(fake.clone(), DOWN);
+    let fs = fs_on(switch.clone(), dir.path());
+
+    let latest = lookup_path(&fs, "volumes/v/latest").unwrap();
+    assert_eq!(fs.readlink(latest.attr.ino).unwrap(), ids[1].as_bytes());
+    let storage = lookup_path(&fs, "volumes/v").unwrap();
+    let listed = names(&fs, storage.attr.ino);
+    assert!(
+        listed.contains(&ids[0]) && listed.contains(&ids[1]),
+        "{listed:?}"
+    );
+    let g = lookup_path(&fs, &format!("volumes/v/{}/g", ids[1])).unwrap();
+    assert_eq!(read_all(&fs, g.attr.ino), b"new");
+    let prefix = lookup_path(&fs, &format!("volumes/v/{}", &ids[1][..8])).unwrap();
+    assert_eq!(fs.readlink(prefix.attr.ino).unwrap(), ids[1].as_bytes());
+
+    // Not cached: a clean error, not a hang.
+    let err = lookup_path(&fs, &format!("volumes/v/{}/f", ids[0])).unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    let w = lookup_path(&fs, "volumes/w").unwrap();
+    let err = fs.opendir(w.attr.ino).unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    poll("the status to say the API is unreachable", || {
+        fs.status_text()
+            .contains("api: unreachable since")
+            .then_some(())
+    });
+
+    // The API is back with a new storage: found by its name (a miss looks again).
+    switch.mode.store(UP, Ordering::SeqCst);
+    fake.add(Kind::Volume, "brand-new", vec![None]);
+    poll("the new storage", || {
+        lookup_path(&fs, "volumes/brand-new").ok()
+    });
+    poll("the status to say the API is reachable", || {
+        fs.status_text().contains("api: reachable").then_some(())
+    });
+}
+
+/// A version complete in the cache is served by its full id even when the versions of its
+/// storage cannot be listed at all (never saved, the API down); but never after the API
+/// refused the token.
+#[test]
+fn a_cached_version_is_served_by_its_full_id_with_no_listing_of_versions() {
+    let fake = Arc::new(Fake::default());
+    let (dir, ids) = filled_cache(&fake);
+    std::fs::remove_dir_all(dir.path().join("listings/volumes")).unwrap();
+    let switch = Switch::new(fake.clone(), DOWN);
+    let fs = fs_on(switch.clone(), dir.path());
+
+    let version = lookup_path(&fs, &format!("volumes/v/{}", ids[1])).unwrap();
+    assert_eq!(version.attr.kind, FileKind::Directory);
+    assert_eq!(names(&fs, version.attr.ino), [".", "..", "g"]);
+    let g = lookup_path(&fs, &format!("volumes/v/{}/g", ids[1])).unwrap();
+    assert_eq!(read_all(&fs, g.attr.ino), b"new");
+    // Only a full id: a prefix needs the listing.
+    let err = lookup_path(&fs, &format!("volumes/v/{}", &ids[1][..8])).unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+
+    // A refused token is definite: nothing is served by name any more.
+    drop(fs);
+    switch.mode.store(REFUSING, Ordering::SeqCst);
+    let fs = fs_on(switch.clone(), dir.path());
+    let err = lookup_path(&fs, &format!("volumes/v/{}", ids[1])).unwrap_err();
+    assert_eq!(err.errno(), libc::EACCES, "{err}");
 }

@@ -6,11 +6,18 @@
 //!
 //! Each listing of versions is indexed by id once, when it is fetched ([`VersionList`]), so
 //! that resolving a name costs a lookup and listing a storage is linear in its versions.
+//!
+//! A version complete in the cache needs no listing: when the listings cannot describe it
+//! (the API is unreachable and nothing was saved), it is still served by its full id, from
+//! the cache alone.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::ops::Bound;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
 
 use crate::api::{ApiError, Kind, Version};
 use crate::archive::{Index, Node, NodeKind};
@@ -21,9 +28,10 @@ use crate::ids::{is_lower_hex, StorageName, VersionId, VERSION_ID_LEN};
 
 use super::attr::TimedAttr;
 use super::inode::{MetaNode, Range};
-use super::listings::{Listings, Source};
+use super::listings::{Listings, Source, Unavailable};
+use super::saved::Saved;
 use super::status::Activity;
-use super::storages::{find_storage, StorageSource};
+use super::storages::StorageSource;
 use super::wait::ThreadPolicy;
 use super::{fetch, waited, Fs, FsError, Remote, Result};
 
@@ -76,18 +84,25 @@ impl VersionList {
 /// Why the versions of a storage could not be listed.
 #[derive(Debug, thiserror::Error)]
 pub enum VersionsFailed {
-    /// The storage itself could not be found (or its listing failed, reported there).
+    /// The storage is not in the listing of its kind (gone, or never was).
+    #[error("no such storage")]
+    NoStorage,
+    /// The listing of storages is unavailable (reported there).
     #[error("{0}")]
-    Storage(FsError),
+    Storages(Unavailable<ApiError>),
     #[error("{0}")]
-    Api(ApiError),
+    Api(Arc<ApiError>),
 }
 
-impl From<VersionsFailed> for FsError {
-    fn from(e: VersionsFailed) -> FsError {
+impl From<Unavailable<VersionsFailed>> for FsError {
+    fn from(e: Unavailable<VersionsFailed>) -> FsError {
         match e {
-            VersionsFailed::Storage(e) => e,
-            VersionsFailed::Api(e) => e.into(),
+            Unavailable::Failed(e) => match &*e {
+                VersionsFailed::NoStorage => FsError::NotFound,
+                VersionsFailed::Storages(e) => e.clone().into(),
+                VersionsFailed::Api(e) => FsError::Remote(e.clone()),
+            },
+            Unavailable::NoAnswer { waited } => FsError::NoAnswer { waited },
         }
     }
 }
@@ -97,7 +112,8 @@ pub struct VersionSource {
     pub remote: Arc<dyn Remote>,
     pub activity: Arc<Activity>,
     /// Where the storage's id comes from.
-    pub storages: Arc<Listings<StorageSource>>,
+    pub storages: Listings<StorageSource>,
+    pub saved: Arc<Saved>,
 }
 
 impl Source for VersionSource {
@@ -106,19 +122,28 @@ impl Source for VersionSource {
     type Error = VersionsFailed;
 
     fn fetch(&self, (kind, name): &(Kind, StorageName)) -> Result<VersionList, VersionsFailed> {
-        let storage =
-            find_storage(&self.storages, *kind, name.as_str()).map_err(VersionsFailed::Storage)?;
-        let list = self
-            .remote
-            .list_versions(*kind, &storage.id)
-            .map_err(VersionsFailed::Api)?;
+        let storage = self
+            .storages
+            .find(kind, |map| map.get(name.as_str()).cloned())
+            .map_err(VersionsFailed::Storages)?
+            .ok_or(VersionsFailed::NoStorage)?;
+        let list = self.remote.list_versions(*kind, &storage.id);
+        self.activity.api_result(&list);
         // Versions whose id is not a version id were dropped by the API client already.
-        Ok(VersionList::new(list))
+        Ok(VersionList::new(
+            list.map_err(|e| VersionsFailed::Api(Arc::new(e)))?,
+        ))
     }
 
     /// A storage that is gone, or revoked access, must not leave old versions visible.
     fn serves_previous(&self, e: &VersionsFailed) -> bool {
-        matches!(e, VersionsFailed::Api(e) if !e.is_auth() && !e.is_not_found())
+        match e {
+            VersionsFailed::NoStorage => false,
+            VersionsFailed::Storages(Unavailable::Failed(e)) | VersionsFailed::Api(e) => {
+                !e.is_auth() && !e.is_not_found()
+            }
+            VersionsFailed::Storages(Unavailable::NoAnswer { .. }) => true,
+        }
     }
 
     fn report(
@@ -126,18 +151,126 @@ impl Source for VersionSource {
         (kind, name): &(Kind, StorageName),
         e: &VersionsFailed,
         served_previous: bool,
+        streak: u32,
     ) {
         let VersionsFailed::Api(e) = e else {
             // Not found is the user's, and a failed storage listing was reported there.
             return;
         };
         if served_previous {
-            tracing::warn!(storage = %name, error = %e, "refreshing versions failed; serving the previous list");
+            // Once per outage at WARN: the status file tells the rest.
+            if streak == 1 {
+                tracing::warn!(storage = %name, error = %e, "refreshing versions failed; serving the previous list and retrying in the background");
+            } else {
+                tracing::debug!(storage = %name, error = %e, streak, "refreshing versions failed again");
+            }
         } else {
             tracing::warn!(storage = %name, error = %e, "listing versions failed");
             self.activity
                 .error(format!("listing the versions of {kind} {name}: {e}"));
         }
+    }
+
+    fn load(&self, (kind, name): &(Kind, StorageName)) -> Option<VersionList> {
+        Some(VersionList::new(self.saved.load_versions(*kind, name)?))
+    }
+
+    fn save(&self, (kind, name): &(Kind, StorageName), list: &VersionList) {
+        self.saved.save_versions(*kind, name, list.iter());
+    }
+
+    fn forget(&self, (kind, name): &(Kind, StorageName)) {
+        self.saved.forget_versions(*kind, name);
+    }
+
+    fn answered_since(&self, t: Instant) -> bool {
+        self.activity.answered_since(t)
+    }
+}
+
+/// Why a name in a storage's directory is not a version, as the log says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    NotHex,
+    TooShort,
+    TooLong,
+    NoSuchVersion,
+    Ambiguous,
+}
+
+impl Miss {
+    /// The reason, if `name` cannot name a version whatever the listing says.
+    fn of_name(name: &str) -> Option<Miss> {
+        if !is_lower_hex(name) {
+            Some(Miss::NotHex)
+        } else if name.len() < MIN_PREFIX {
+            Some(Miss::TooShort)
+        } else if name.len() > VERSION_ID_LEN {
+            Some(Miss::TooLong)
+        } else {
+            None
+        }
+    }
+
+    fn why(self) -> &'static str {
+        match self {
+            Miss::NotHex => "not lowercase hex",
+            Miss::TooShort => "too short (prefix needs 8 hex characters)",
+            Miss::TooLong => "longer than a version id (64 hex characters)",
+            Miss::NoSuchVersion => "no such version",
+            Miss::Ambiguous => "ambiguous prefix",
+        }
+    }
+}
+
+/// How often the same missing name is explained in the log at most.
+const MISS_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The missing names explained recently (bounded: beyond it, a name may be explained
+/// again sooner).
+pub struct MissLog {
+    seen: Mutex<lru::LruCache<(Kind, StorageName, String), Instant>>,
+}
+
+impl Default for MissLog {
+    fn default() -> Self {
+        MissLog {
+            seen: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(1024).expect("not zero"),
+            )),
+        }
+    }
+}
+
+impl MissLog {
+    /// Say at INFO why `name` is not found in a storage's directory, once per name per
+    /// [`MISS_LOG_EVERY`]. An ENOENT tells a user nothing of a mistyped or too short
+    /// prefix. Names starting with a dot are probes of tools (`.git`), at DEBUG.
+    fn note(&self, kind: Kind, storage: &StorageName, name: &str, miss: Miss) {
+        let key = (kind, storage.clone(), name.to_string());
+        {
+            let mut seen = self.seen.lock();
+            if seen.get(&key).is_some_and(|t| t.elapsed() < MISS_LOG_EVERY) {
+                return;
+            }
+            seen.put(key, Instant::now());
+        }
+        let why = miss.why();
+        if name.starts_with('.') {
+            tracing::debug!(storage = %storage, name, "{name:?} not found in {kind} {storage}: {why}");
+        } else {
+            tracing::info!(storage = %storage, name, "{name:?} not found in {kind} {storage}: {why}");
+        }
+    }
+}
+
+/// Whether a failure to list may pass (the API down or slow), as opposed to a definite
+/// answer (access refused, not found) that nothing cached may override.
+fn passing(e: &FsError) -> bool {
+    match e {
+        FsError::NoAnswer { .. } => true,
+        FsError::Remote(e) => !e.is_auth() && !e.is_not_found(),
+        _ => false,
     }
 }
 
@@ -160,10 +293,30 @@ impl Fs {
                 name: storage.clone(),
             });
         }
-        if !is_lower_hex(name) || name.len() < MIN_PREFIX || name.len() > VERSION_ID_LEN {
+        if let Some(miss) = Miss::of_name(name) {
+            self.misses.note(kind, storage, name, miss);
             return Err(FsError::NotFound);
         }
-        let version = self.find_version(kind, storage, name)?;
+        let version = match self.find_version_or_miss(kind, storage, name) {
+            Ok(Ok(v)) => v,
+            Ok(Err(miss)) => {
+                self.misses.note(kind, storage, name, miss);
+                return Err(FsError::NotFound);
+            }
+            // The versions cannot be listed now; a version complete in the cache is
+            // served by its full id all the same.
+            Err(e) if passing(&e) => match VersionId::parse(name) {
+                Ok(id) if self.cached(&VersionKey::new(kind, &id)) => {
+                    return self.meta_attr(MetaNode::Version {
+                        kind,
+                        name: storage.clone(),
+                        version: id,
+                    });
+                }
+                _ => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
         let node = if version.id == *name {
             MetaNode::Version {
                 kind,
@@ -192,14 +345,52 @@ impl Fs {
         storage: &StorageName,
         id: &str,
     ) -> Result<Version> {
+        // An ambiguous prefix is not found, as the API answers.
+        self.find_version_or_miss(kind, storage, id)?
+            .map_err(|_| FsError::NotFound)
+    }
+
+    /// The version of `storage` whose id is `id` or starts with it, or why there is none.
+    fn find_version_or_miss(
+        &self,
+        kind: Kind,
+        storage: &StorageName,
+        id: &str,
+    ) -> Result<std::result::Result<Version, Miss>> {
         let found = self.versions.find(&(kind, storage.clone()), |list| {
             list.find(id).map(|r| r.cloned())
         })?;
-        match found {
+        Ok(match found {
             Some(Ok(v)) => Ok(v),
-            // An ambiguous prefix is not found, as the API answers.
-            Some(Err(Ambiguous)) | None => Err(FsError::NotFound),
-        }
+            Some(Err(Ambiguous)) => Err(Miss::Ambiguous),
+            None => Err(Miss::NoSuchVersion),
+        })
+    }
+
+    /// Whether `key` is complete in the cache (its index loaded or not). Asked only where
+    /// the listings cannot describe a version, so the cost of a snapshot is rare.
+    pub(super) fn cached(&self, key: &VersionKey) -> bool {
+        self.cache.snapshot().resident.iter().any(|r| r.key == *key)
+    }
+
+    /// Whether the listings held describe version `id` of `storage` without asking the
+    /// API (they may be old: a refresh then runs in the background).
+    fn listed_now(&self, kind: Kind, storage: &StorageName, id: &VersionId) -> bool {
+        let storage_held = self
+            .storages
+            .peek(&kind)
+            .is_some_and(|m| m.contains_key(storage.as_str()));
+        storage_held
+            && self
+                .versions
+                .peek(&(kind, storage.clone()))
+                .is_some_and(|l| l.find(id.as_str()).is_some_and(|r| r.is_ok()))
+    }
+
+    /// Whether version `id` is to be served from the cache alone: it is complete there,
+    /// and the listings held cannot describe it (so asking them would wait for the API).
+    pub(super) fn cache_only(&self, kind: Kind, storage: &StorageName, id: &VersionId) -> bool {
+        !self.listed_now(kind, storage, id) && self.cached(&VersionKey::new(kind, id))
     }
 
     /// A loaded version for a content inode: the cache's copy when resident (no API call),
@@ -259,6 +450,16 @@ impl Fs {
         let key = VersionKey::new(kind, id);
         let now = match self.cache.peek(&key) {
             Some(v) => Available::Ready(v),
+            // Loaded from disk with no API call. Should the version be evicted in between,
+            // nothing describes it to download it again: that access fails, the next one
+            // goes through the listings.
+            None if self.cache_only(kind, storage, id) => {
+                let what = format!("{kind} {storage} version {id}");
+                self.cache
+                    .start(&key, Announced { size: 0, file_count: 0 }, move |_| {
+                        Err(format!("{what} left the cache and the VM0 API cannot describe it now; try again later").into())
+                    })
+            }
             None => {
                 let s = self.find_storage(kind, storage.as_str())?;
                 let version = self.find_version(kind, storage, id.as_str())?;
@@ -350,6 +551,27 @@ mod tests {
             created_by: None,
             created_at: UNIX_EPOCH,
         }
+    }
+
+    #[test]
+    fn names_that_cannot_be_versions_say_why() {
+        let cases = [
+            ("abc", Some(Miss::TooShort)),
+            ("abcdef1", Some(Miss::TooShort)),
+            ("abcdef12", None),
+            ("ABCDEF12", Some(Miss::NotHex)),
+            ("latest2", Some(Miss::NotHex)),
+            (".git", Some(Miss::NotHex)),
+            (&"a".repeat(64), None),
+            (&"a".repeat(65), Some(Miss::TooLong)),
+        ];
+        for (name, want) in cases {
+            assert_eq!(Miss::of_name(name), want, "{name}");
+        }
+        assert_eq!(
+            Miss::TooShort.why(),
+            "too short (prefix needs 8 hex characters)"
+        );
     }
 
     #[test]

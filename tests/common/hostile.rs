@@ -121,8 +121,10 @@ impl Drop for Sandbox {
 }
 
 /// Every path under a cache directory is one the cache makes (see `src/cache/disk.rs`):
-/// `lock`, `FORMAT`, `versions|tmp|trash/<key>/{index.bin,meta.json,data/<n>}`. Anything
-/// else (a name that came from an archive member) fails the test.
+/// `lock`, `FORMAT`, `versions|tmp|trash/<key>/{index.bin,meta.json,data/<n>}`, and the
+/// saved listings `listings/{volumes,artifacts}{.json,/<16 hex>.json}` (see
+/// `src/fs/saved.rs`). Anything else (a name that came from an archive member) fails the
+/// test.
 pub fn assert_cache_layout(cache: &Path) {
     let mut bad = Vec::new();
     walk(cache, &mut |rel: &Path, meta: &std::fs::Metadata| {
@@ -132,7 +134,18 @@ pub fn assert_cache_layout(cache: &Path) {
             .collect();
         let p: Vec<&str> = parts.iter().map(String::as_str).collect();
         let key_ok = |k: &str| k.starts_with("volumes-") || k.starts_with("artifacts-");
+        // A saved listing, or its temporary file (`<name>.<pid>.partial`) mid-write.
+        let listing_ok = |f: &str, stem_ok: &dyn Fn(&str) -> bool| {
+            let stem = f.split('.').next().unwrap_or("");
+            stem_ok(stem) && (f == format!("{stem}.json") || f.ends_with(".partial"))
+        };
+        let hash_ok = |h: &str| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit());
+        let kind_ok = |k: &str| k == "volumes" || k == "artifacts";
         let ok = match p.as_slice() {
+            ["listings"] => meta.is_dir(),
+            ["listings", k] if kind_ok(k) => meta.is_dir(),
+            ["listings", f] => listing_ok(f, &kind_ok) && meta.is_file(),
+            ["listings", k, f] => kind_ok(k) && listing_ok(f, &hash_ok) && meta.is_file(),
             ["lock" | "FORMAT"] => meta.is_file(),
             [f] if f.starts_with("FORMAT") || f.starts_with("vm0fs.log") => meta.is_file(),
             ["versions" | "tmp" | "trash"] => meta.is_dir(),
