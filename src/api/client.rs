@@ -6,8 +6,9 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::io::{self, Read};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::blocking::RequestBuilder;
 use reqwest::header::{self, HeaderMap, HeaderValue};
@@ -15,18 +16,19 @@ use reqwest::StatusCode;
 use reqwest::Url;
 use serde::de::DeserializeOwned;
 
-use super::download::Download;
-use super::retry::Retrier;
+use super::download::{Download, ResumePoint};
+use super::retry::{Retrier, RetryPolicy};
 use super::wire::{self, ErrorEnvelope, Page, WireStorage, WireVersion};
-use super::{ApiError, Kind, Storage, StorageDetail, Version};
-use crate::ids::StorageId;
+use super::{ApiError, ArchiveRef, Kind, Server, Storage, StorageDetail, Version};
+use crate::ids::{StorageId, VersionId};
 
 /// Rows asked per page: the maximum the API allows.
 const PAGE_LIMIT: &str = "100";
 /// A listing that needs more pages than this is a server bug (a million rows at 100 a page),
 /// not a reason to loop on.
 const MAX_PAGES: usize = 10_000;
-/// JSON bodies are small: the whole answer must arrive within this many `io_timeout`s.
+/// JSON bodies are small: besides no read stalling for `io_timeout`, the whole body must
+/// arrive within this many `io_timeout`s.
 const JSON_TIMEOUT_FACTOR: u32 = 4;
 /// At most this many characters of an unexpected body go into an error message.
 const SNIPPET_CHARS: usize = 200;
@@ -52,37 +54,15 @@ impl fmt::Debug for Token {
     }
 }
 
-/// How transient failures (connection errors, 5xx, 429) are retried.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included.
-    pub max_attempts: u32,
-    /// First backoff; doubles each time (with jitter), capped at `max_backoff`.
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
-    /// No retry starts after this much time has passed since the first attempt.
-    pub max_elapsed: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 6,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
-            max_elapsed: Duration::from_secs(30),
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// For example `https://api.vm0.ai/v1` (no trailing slash needed).
     pub base_url: String,
     pub token: Token,
     pub retry: RetryPolicy,
-    /// Connect timeout, and the longest a response may stall without sending a byte.
-    /// Zero means no timeout.
+    /// Connect timeout, and the longest a response may stall without sending a byte (before
+    /// its head, or between two reads of its body). A stall is retried like a connection
+    /// error. Zero means no timeout.
     pub io_timeout: Duration,
 }
 
@@ -132,10 +112,20 @@ impl Resource {
         }
     }
 
-    pub fn archive(kind: Kind, storage_id: &StorageId, version_id: Option<&str>) -> Resource {
-        match version_id {
-            Some(v) => Resource::same(format!("version {v} of {kind} {storage_id}")),
-            None => Resource::same(format!("the current version of {kind} {storage_id}")),
+    /// `version 9b2d1f0c of volume input-data`: the storage by name when the caller knows
+    /// it, a full version id by its first eight characters (a prefix as given).
+    pub fn archive(archive: &ArchiveRef) -> Resource {
+        let kind = archive.kind;
+        let storage = match &archive.storage_name {
+            Some(name) => name.as_str(),
+            None => archive.storage_id.as_str(),
+        };
+        match &archive.version {
+            Some(v) => {
+                let v = VersionId::parse(v).map_or_else(|_| v.clone(), |id| id.short().into());
+                Resource::same(format!("version {v} of {kind} {storage}"))
+            }
+            None => Resource::same(format!("the current version of {kind} {storage}")),
         }
     }
 }
@@ -273,28 +263,52 @@ impl Client {
     /// Stream the archive of a version: `version` is a full id or a unique prefix of at
     /// least 8 hex characters, as the API takes it (`None`: the current version).
     ///
-    /// The API answers with a redirect to a presigned object-store URL, which is fetched
-    /// without the token. The returned reader resumes by itself (`Range`) when the connection
-    /// breaks, and asks the API for a fresh URL when the old one has expired.
+    /// The same as [`Client::download_archive`] from byte 0, with messages that name the
+    /// storage by its id.
     pub fn download(
         &self,
         kind: Kind,
         storage_id: &StorageId,
         version: Option<&str>,
     ) -> Result<Download, ApiError> {
-        Download::open(self.clone(), kind, storage_id, version)
+        let archive = ArchiveRef {
+            kind,
+            storage_id: storage_id.clone(),
+            storage_name: None,
+            version: version.map(str::to_string),
+        };
+        Download::open(self.clone(), &archive, None)
+    }
+
+    /// Stream the archive of a version, from its start or, with `from`, from the byte where
+    /// an earlier download of it stopped.
+    ///
+    /// The API answers with a redirect to a presigned object-store URL, which is fetched
+    /// without the token. The returned reader resumes by itself (`Range`) when the connection
+    /// breaks, and asks the API for a fresh URL when the old one has expired. Started `from`
+    /// a [`ResumePoint`] (see [`Download::resume_point`]), it yields only the bytes after
+    /// `from.offset`, and fails with [`ApiError::Changed`] when the store's object is not
+    /// the one those first bytes came from (another `ETag` or length).
+    pub fn download_archive(
+        &self,
+        archive: &ArchiveRef,
+        from: Option<&ResumePoint>,
+    ) -> Result<Download, ApiError> {
+        Download::open(self.clone(), archive, from)
     }
 
     /// Asks the API for a presigned URL of a version's archive (`GET …/download`, 302).
     pub(crate) fn presign(
         &self,
-        kind: Kind,
-        storage_id: &StorageId,
-        version_id: Option<&str>,
+        archive: &ArchiveRef,
         resource: &Resource,
     ) -> Result<Url, ApiError> {
-        let mut url = self.api_url(&[kind.plural(), storage_id.as_str(), "download"]);
-        if let Some(v) = version_id {
+        let mut url = self.api_url(&[
+            archive.kind.plural(),
+            archive.storage_id.as_str(),
+            "download",
+        ]);
+        if let Some(v) = &archive.version {
             // Both names: the documented shape reads `version_id`, the final one `versionId`.
             url.query_pairs_mut()
                 .append_pair("version_id", v)
@@ -437,28 +451,27 @@ impl Client {
     }
 
     fn api_attempt(&self, url: &Url, resource: &Resource) -> Result<Answer, Failure> {
-        let mut request: RequestBuilder = self
+        // The client's timeout bounds the wait for the head and then each read of the body
+        // (see `Client::new`); a per-request timeout would stretch the head's wait too.
+        let request: RequestBuilder = self
             .inner
             .http
             .get(url.clone())
             .header(header::AUTHORIZATION, self.inner.authorization.clone())
             .header(header::ACCEPT, "application/json");
-        if let Some(t) = self.inner.io_timeout {
-            request = request.timeout(t * JSON_TIMEOUT_FACTOR);
-        }
         let response = request
             .send()
-            .map_err(|err| self.transport_failure(resource, url, err))?;
+            .map_err(|err| self.transport_failure(resource, Server::Api, url, err.without_url()))?;
         let status = response.status();
         let headers = response.headers().clone();
         let request_id = request_id(&headers);
-        let body = response
-            .bytes()
-            .map_err(|err| self.transport_failure(resource, url, err))?;
+        let deadline = self.inner.io_timeout.map(|t| t * JSON_TIMEOUT_FACTOR);
+        let body = read_body(response, deadline)
+            .map_err(|err| self.transport_failure(resource, Server::Api, url, err))?;
         let answer = Answer {
             status,
             headers,
-            body: body.to_vec(),
+            body,
             request_id,
         };
         if status.is_success() || status.is_redirection() {
@@ -538,20 +551,37 @@ impl Client {
         }
     }
 
+    /// A connection error or a stall of a request to `url`: worth another try.
     pub(crate) fn transport_failure(
         &self,
         resource: &Resource,
+        server: Server,
         url: &Url,
-        err: reqwest::Error,
+        err: impl std::error::Error + Send + Sync + 'static,
     ) -> Failure {
         Failure::Retryable {
-            error: ApiError::Transport {
-                resource: resource.what.clone(),
-                url: redact_url(url),
-                source: Box::new(err.without_url()),
-            },
+            error: self.transport_error(resource, server, Some(url), Box::new(err)),
             status: None,
             retry_after: None,
+        }
+    }
+
+    /// The error of a request that got no (complete) answer; a timeout is told as a stall of
+    /// `io_timeout`.
+    pub(crate) fn transport_error(
+        &self,
+        resource: &Resource,
+        server: Server,
+        url: Option<&Url>,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    ) -> ApiError {
+        let stalled = self.inner.io_timeout.filter(|_| is_stall(&*source));
+        ApiError::Transport {
+            resource: resource.what.clone(),
+            server,
+            host: url.and_then(host_port),
+            stalled,
+            source,
         }
     }
 
@@ -618,14 +648,61 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
 }
 
-/// A URL for messages: no query (presigned URLs carry their signature there), no user info.
-pub(crate) fn redact_url(url: &Url) -> String {
-    let mut url = url.clone();
-    url.set_query(None);
-    url.set_fragment(None);
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    url.to_string()
+/// Reads a whole (small) body; each read is bounded by the client's timeout, the whole by
+/// `deadline`, checked between reads (a server that trickles a byte at a time).
+fn read_body(
+    mut response: reqwest::blocking::Response,
+    deadline: Option<Duration>,
+) -> io::Result<Vec<u8>> {
+    let started = Instant::now();
+    let mut body = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match response.read(&mut chunk) {
+            Ok(0) => return Ok(body),
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+        if let Some(deadline) = deadline.filter(|d| started.elapsed() > *d) {
+            return Err(io::Error::other(format!(
+                "the answer was still incomplete after {}",
+                super::error::seconds(deadline)
+            )));
+        }
+    }
+}
+
+/// Whether a failure is a timeout of a request or of a read (not of the connection: a
+/// server that cannot be connected to is unreachable, not stalled).
+pub(crate) fn is_stall(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(err) = err.downcast_ref::<reqwest::Error>() {
+            return err.is_timeout() && !err.is_connect();
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::TimedOut {
+                return true;
+            }
+            // `io::Error::source` skips the error it wraps: look at that one first.
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner);
+                continue;
+            }
+        }
+        next = err.source();
+    }
+    false
+}
+
+/// `host:port` of a URL, for messages (the port is the scheme's when the URL has none).
+pub(crate) fn host_port(url: &Url) -> Option<String> {
+    let host = url.host()?;
+    Some(match url.port_or_known_default() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    })
 }
 
 /// `error: cause: cause`, for one-line logs.
@@ -907,9 +984,19 @@ mod tests {
     }
 
     #[test]
-    fn urls_in_messages_lose_their_signature() {
-        let url =
-            Url::parse("http://user:pw@store:9/b/k/archive.tar.gz?X-Amz-Signature=abc#f").unwrap();
-        assert_eq!(redact_url(&url), "http://store:9/b/k/archive.tar.gz");
+    fn messages_name_hosts_without_the_signature() {
+        let cases = [
+            (
+                "http://user:pw@store:9/b/k/archive.tar.gz?X-Amz-Signature=abc#f",
+                "store:9",
+            ),
+            ("https://api.vm0.ai/v1", "api.vm0.ai:443"),
+            ("http://[::1]:8080/x", "[::1]:8080"),
+            ("http://127.0.0.1/x", "127.0.0.1:80"),
+        ];
+        for (url, expected) in cases {
+            let url = Url::parse(url).unwrap();
+            assert_eq!(host_port(&url).as_deref(), Some(expected), "{url}");
+        }
     }
 }

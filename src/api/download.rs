@@ -5,26 +5,46 @@
 //! mechanisms), it expires (403: ask the API for a fresh one), and the store honours
 //! `Range: bytes=N-` (206). [`Download`] hides all of this behind `Read`: when a read fails
 //! mid-way it re-requests the rest of the archive from the byte the caller has reached, checks
-//! that the store sent exactly that range of the same object, and carries on. The archive is
-//! never buffered: callers unpack it as it arrives.
+//! that the store sent exactly that range of the same object (its `ETag`), and carries on. The
+//! archive is never buffered: callers unpack it as it arrives.
+//!
+//! Resumes are budgeted by lack of progress, not by count: a resume that delivers new bytes
+//! ends the failure streak, and the download gives up only when the retry policy's time
+//! budget passes without a byte. A download can also start where an earlier one stopped
+//! ([`ResumePoint`]), so that a caller that kept the bytes it received need not fetch them
+//! again.
 
 use std::fmt;
 use std::io::{self, Read};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use reqwest::blocking::Response;
 use reqwest::header::{self, HeaderMap};
 use reqwest::Url;
 
-use super::client::{error_chain, redact_url, request_id, retry_after, Failure, Resource};
+use super::client::{error_chain, request_id, retry_after, Failure, Resource};
+use super::error::seconds;
 use super::retry::delay_for;
-use super::{ApiError, Client, Kind};
-use crate::ids::StorageId;
+use super::{ApiError, ArchiveRef, Client, Server};
 
 /// Fresh URLs asked of the API, per (re)connection, when the store refuses one with 403.
 const MAX_URL_REFRESHES: u32 = 3;
 /// At most this much of an object-store error body is read, for the message.
 const STORE_ERROR_BODY_LIMIT: u64 = 8 * 1024;
+
+/// Where a download stopped: how much of the archive is held, and which object it came
+/// from. [`Client::download_archive`] from it yields the bytes after `offset`, or fails with
+/// [`ApiError::Changed`] when the store's object is no longer that one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// Bytes of the archive already held: the next download starts with the byte at this
+    /// offset.
+    pub offset: u64,
+    /// The object's `ETag` as the store sent it: the validator of the bytes held.
+    pub etag: String,
+    /// The archive's whole length, when the store announced it.
+    pub total: Option<u64>,
+}
 
 /// A version's archive being downloaded: the raw `tar.gz` bytes, streamed.
 ///
@@ -32,56 +52,85 @@ const STORE_ERROR_BODY_LIMIT: u64 = 8 * 1024;
 /// (`err.get_ref().and_then(|e| e.downcast_ref::<ApiError>())`); later reads fail again.
 pub struct Download {
     state: Resumer,
-    /// `Content-Length` of the archive, when the store sent one.
+    /// Length of the whole archive (not only of the part this download yields), when the
+    /// store announced it.
     pub compressed_size: Option<u64>,
 }
 
 impl Download {
     pub(crate) fn open(
         client: Client,
-        kind: Kind,
-        storage_id: &StorageId,
-        version_id: Option<&str>,
+        archive: &ArchiveRef,
+        from: Option<&ResumePoint>,
     ) -> Result<Download, ApiError> {
+        let start = from.map_or(0, |p| p.offset);
         let mut state = Resumer {
-            resource: Resource::archive(kind, storage_id, version_id),
+            resource: Resource::archive(archive),
             client,
-            kind,
-            storage_id: storage_id.clone(),
-            version_id: version_id.map(str::to_string),
+            archive: archive.clone(),
             url: None,
             body: None,
-            delivered: 0,
-            total: None,
-            etag: None,
+            start,
+            delivered: start,
+            total: from.and_then(|p| p.total),
+            etag: from.map(|p| p.etag.clone()),
+            ended: false,
             resumes: 0,
+            last_progress: Instant::now(),
             streak: None,
             failed: None,
         };
-        let body = match state.open_body() {
-            Ok(Stream::Body(body)) => body,
-            Ok(Stream::End) => unreachable!("only a resumed download can be at its end"),
-            Err(OpenError::Fatal(err)) => return Err(err),
-            Err(OpenError::Retry(err)) => return Err(state.transport_error(err)),
-        };
-        let compressed_size = content_length(body.headers());
-        state.total = compressed_size;
-        state.etag = etag(body.headers());
-        state.body = Some(body);
+        loop {
+            match state.open_body() {
+                Ok(Stream::Body(body)) => {
+                    state.body = Some(body);
+                    break;
+                }
+                // Resumed at the very end: nothing is left to read.
+                Ok(Stream::End) => {
+                    state.ended = true;
+                    break;
+                }
+                Err(OpenError::Fatal(err)) => return Err(err),
+                Err(OpenError::Retry(err)) => state.wait_before_resuming(err)?,
+            }
+        }
         Ok(Download {
+            compressed_size: state.total,
             state,
-            compressed_size,
         })
     }
 
-    /// Bytes handed to the caller so far.
+    /// Bytes this download handed to the caller so far (after its starting offset).
     pub fn bytes_read(&self) -> u64 {
+        self.state.delivered - self.state.start
+    }
+
+    /// The offset in the archive of the next byte `read` yields.
+    pub fn position(&self) -> u64 {
         self.state.delivered
     }
 
     /// How many times the download was resumed after a broken connection.
     pub fn resumes(&self) -> u32 {
         self.state.resumes
+    }
+
+    /// The archive's `ETag`, when the store sent one.
+    pub fn etag(&self) -> Option<&str> {
+        self.state.etag.as_deref()
+    }
+
+    /// Where this download stands, for a later [`Client::download_archive`] to continue
+    /// from (after a failed read too: `position` counts only bytes handed to the caller).
+    /// `None` when the store sent no `ETag`: without it a continuation cannot be checked,
+    /// and must start again from byte 0.
+    pub fn resume_point(&self) -> Option<ResumePoint> {
+        Some(ResumePoint {
+            offset: self.state.delivered,
+            etag: self.state.etag.clone()?,
+            total: self.state.total,
+        })
     }
 }
 
@@ -97,7 +146,7 @@ impl fmt::Debug for Download {
         f.debug_struct("Download")
             .field("resource", &self.state.resource.what)
             .field("compressed_size", &self.compressed_size)
-            .field("bytes_read", &self.state.delivered)
+            .field("position", &self.state.delivered)
             .field("resumes", &self.state.resumes)
             .finish()
     }
@@ -106,21 +155,25 @@ impl fmt::Debug for Download {
 /// The state behind [`Download`].
 struct Resumer {
     client: Client,
-    kind: Kind,
-    storage_id: StorageId,
-    version_id: Option<String>,
+    archive: ArchiveRef,
     resource: Resource,
     /// The presigned URL in use; `None` when a fresh one must be asked of the API.
     url: Option<Url>,
     /// The response being read; `None` after a failure, until the next (re)connection.
     body: Option<Response>,
-    /// Bytes handed to the caller: where a resumed request starts.
+    /// The offset this download started at.
+    start: u64,
+    /// Offset of the next byte for the caller: where a resumed request starts.
     delivered: u64,
     /// Length of the whole archive, when known: checked against every resumed answer.
     total: Option<u64>,
-    /// `ETag` of the first answer: a resumed answer must be the same object.
+    /// `ETag` of the object: every answer must carry the same one.
     etag: Option<String>,
+    /// The store said there is nothing past `delivered`.
+    ended: bool,
     resumes: u32,
+    /// When the last byte arrived (or the download started).
+    last_progress: Instant,
     /// Failures since the last byte was delivered.
     streak: Option<Streak>,
     /// After a final failure, its message: every later read fails with it.
@@ -128,8 +181,23 @@ struct Resumer {
 }
 
 struct Streak {
+    /// The first failure after the last byte: the retry budget runs from here.
     start: Instant,
     failures: u32,
+}
+
+/// The final failure of a download that kept breaking off without progress.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the download broke off after {bytes} bytes and {resumes} resumes, and no byte arrived for {}",
+    seconds(*quiet)
+)]
+struct BrokeOff {
+    bytes: u64,
+    resumes: u32,
+    quiet: Duration,
+    #[source]
+    source: io::Error,
 }
 
 /// What reopening the archive at the bytes delivered so far gives.
@@ -170,7 +238,7 @@ impl Resumer {
     }
 
     fn read_resuming(&mut self, buf: &mut [u8]) -> Result<usize, ApiError> {
-        if buf.is_empty() {
+        if buf.is_empty() || self.ended {
             return Ok(0);
         }
         loop {
@@ -180,7 +248,10 @@ impl Resumer {
                         self.body = Some(body);
                         continue;
                     }
-                    Ok(Stream::End) => return Ok(0),
+                    Ok(Stream::End) => {
+                        self.ended = true;
+                        return Ok(0);
+                    }
                     Err(OpenError::Fatal(err)) => return Err(err),
                     Err(OpenError::Retry(err)) => err,
                 },
@@ -195,6 +266,7 @@ impl Resumer {
                         self.delivered += n as u64;
                         if n > 0 {
                             self.streak = None;
+                            self.last_progress = Instant::now();
                         }
                         return Ok(n);
                     }
@@ -209,38 +281,30 @@ impl Resumer {
 
     /// After a broken connection: sleeps the backoff, or gives up when the retry budget is
     /// spent. A failure streak ends with every byte of progress, so a long download over a
-    /// flaky link survives many cuts; the total number of resumes is bounded all the same.
+    /// flaky link survives any number of cuts as long as each resume brings new bytes; it
+    /// fails once the policy's time budget (and attempts) pass without one.
     fn wait_before_resuming(&mut self, failure: io::Error) -> Result<(), ApiError> {
         let policy = self.client.retry_policy().clone();
-        let max_resumes = policy.max_attempts.saturating_mul(4).max(16);
         let streak = self.streak.get_or_insert_with(|| Streak {
             start: Instant::now(),
             failures: 0,
         });
         streak.failures += 1;
-        let delay = if self.resumes >= max_resumes {
-            None
-        } else {
-            let jitter = fastrand::f64();
-            delay_for(
-                &policy,
-                streak.failures,
-                jitter,
-                None,
-                streak.start.elapsed(),
-            )
-        };
+        let delay = delay_for(
+            &policy,
+            streak.failures,
+            fastrand::f64(),
+            None,
+            streak.start.elapsed(),
+        );
         let Some(delay) = delay else {
-            let failure = io::Error::new(
-                failure.kind(),
-                format!(
-                    "the download broke off after {} bytes and {} resumes: {}",
-                    self.delivered,
-                    self.resumes,
-                    error_chain(&failure)
-                ),
-            );
-            return Err(self.transport_error(failure));
+            let broke_off = BrokeOff {
+                bytes: self.delivered,
+                resumes: self.resumes,
+                quiet: self.last_progress.elapsed(),
+                source: failure,
+            };
+            return Err(self.transport_error(Box::new(broke_off)));
         };
         self.resumes += 1;
         tracing::warn!(
@@ -255,16 +319,13 @@ impl Resumer {
         Ok(())
     }
 
-    fn transport_error(&self, failure: io::Error) -> ApiError {
-        ApiError::Transport {
-            resource: self.resource.what.clone(),
-            url: self
-                .url
-                .as_ref()
-                .map(redact_url)
-                .unwrap_or_else(|| "the object store".into()),
-            source: Box::new(failure),
-        }
+    fn transport_error(&self, failure: Box<dyn std::error::Error + Send + Sync>) -> ApiError {
+        self.client.transport_error(
+            &self.resource,
+            Server::ObjectStore,
+            self.url.as_ref(),
+            failure,
+        )
     }
 
     fn protocol_error(&self, detail: String) -> OpenError {
@@ -274,6 +335,14 @@ impl Resumer {
         })
     }
 
+    fn changed(&self, detail: String) -> ApiError {
+        ApiError::Changed {
+            resource: self.resource.what.clone(),
+            offset: self.delivered,
+            detail,
+        }
+    }
+
     /// Connects (or reconnects) and positions the body at `delivered`.
     fn open_body(&mut self) -> Result<Stream, OpenError> {
         let offset = self.delivered;
@@ -281,12 +350,20 @@ impl Resumer {
             return Ok(Stream::End);
         };
         let headers = response.headers();
-        if let (Some(first), Some(now)) = (&self.etag, etag(headers)) {
-            if *first != now {
-                return Err(self.protocol_error(format!(
-                    "the archive changed while it was downloaded (ETag {first} became {now})"
-                )));
+        match (&self.etag, etag(headers)) {
+            (Some(held), Some(now)) if *held != now => {
+                return Err(OpenError::Fatal(
+                    self.changed(format!("its ETag was {held} and is now {now}")),
+                ))
             }
+            // Nothing to check the bytes held against: they cannot be trusted to continue.
+            (Some(held), None) if offset > 0 => {
+                return Err(OpenError::Fatal(self.changed(format!(
+                    "its ETag was {held} and the store's answer has none"
+                ))))
+            }
+            (Some(_), _) => {}
+            (None, now) => self.etag = now,
         }
         match response.status().as_u16() {
             206 if offset > 0 => {
@@ -299,7 +376,9 @@ impl Resumer {
                     _ => true,
                 };
                 match range {
-                    Some((start, total)) if start == offset && total_matches(total) => {}
+                    Some((start, total)) if start == offset && total_matches(total) => {
+                        self.total = self.total.or(total);
+                    }
                     _ => {
                         return Err(self.protocol_error(format!(
                         "asked the object store for bytes {offset}- of {} and got Content-Range {}",
@@ -313,15 +392,19 @@ impl Resumer {
                 }
             }
             200 => {
+                let len = content_length(headers);
                 if offset > 0 {
                     // The store ignored `Range`: read past what the caller already has.
-                    if let (Some(len), Some(total)) = (content_length(headers), self.total) {
+                    if let (Some(len), Some(total)) = (len, self.total) {
                         if len != total {
-                            return Err(self.protocol_error(format!(
-                                "the archive was {total} bytes and is now {len} bytes"
-                            )));
+                            return Err(OpenError::Fatal(
+                                self.changed(format!(
+                                    "it was {total} bytes and is now {len} bytes"
+                                )),
+                            ));
                         }
                     }
+                    self.total = self.total.or(len);
                     let skipped = io::copy(&mut (&mut response).take(offset), &mut io::sink())
                         .map_err(OpenError::Retry)?;
                     if skipped < offset {
@@ -333,6 +416,8 @@ impl Resumer {
                         )));
                     }
                     tracing::debug!(resource = %self.resource.what, bytes = offset, "object store ignored Range; skipped");
+                } else {
+                    self.total = self.total.or(len);
                 }
             }
             status => {
@@ -357,22 +442,24 @@ impl Resumer {
             let url = match &self.url {
                 Some(url) => url.clone(),
                 None => {
-                    let url = self.client.presign(
-                        self.kind,
-                        &self.storage_id,
-                        self.version_id.as_deref(),
-                        &self.resource,
-                    )?;
+                    let url = self.client.presign(&self.archive, &self.resource)?;
                     self.url = Some(url.clone());
                     url
                 }
             };
             match self.store_get(&url, offset)? {
                 StoreAnswer::Body(response) => return Ok(Some(response)),
-                StoreAnswer::Refused { status: 416, .. }
-                    if offset > 0 && self.total == Some(offset) =>
-                {
-                    return Ok(None)
+                StoreAnswer::Refused { status: 416, .. } if offset > 0 => {
+                    if self.total == Some(offset) {
+                        return Ok(None);
+                    }
+                    // Not the end of the archive the bytes held came from: a shorter one.
+                    return Err(self.changed(format!(
+                        "the store has no byte at offset {offset}{}",
+                        self.total
+                            .map(|t| format!(" of an archive that was {t} bytes"))
+                            .unwrap_or_default()
+                    )));
                 }
                 StoreAnswer::Refused {
                     status: 403,
@@ -398,8 +485,8 @@ impl Resumer {
         }
     }
 
-    /// One GET of the object store, retried on connection errors, 5xx and 429. Never carries
-    /// the token.
+    /// One GET of the object store, retried on connection errors, stalls, 5xx and 429.
+    /// Never carries the token.
     fn store_get(&self, url: &Url, offset: u64) -> Result<StoreAnswer, ApiError> {
         let client = &self.client;
         let resource = &self.resource;
@@ -408,9 +495,9 @@ impl Resumer {
             if offset > 0 {
                 request = request.header(header::RANGE, format!("bytes={offset}-"));
             }
-            let response = request
-                .send()
-                .map_err(|err| client.transport_failure(resource, url, err))?;
+            let response = request.send().map_err(|err| {
+                client.transport_failure(resource, Server::ObjectStore, url, err.without_url())
+            })?;
             let status = response.status();
             if status.is_success() {
                 return Ok(StoreAnswer::Body(response));

@@ -62,16 +62,32 @@ pub enum ApiError {
         retry_after: Option<std::time::Duration>,
         request_id: Option<String>,
     },
-    /// The connection failed (refused, reset, timed out, TLS) after retries. `url` never
-    /// carries a query string (presigned URLs hold a signature there).
-    #[error(
-        "could not reach {url} while fetching {resource}: {source}; check VM0_API_URL and the network"
-    )]
+    /// The connection failed (refused, reset, TLS) or stalled, after retries.
+    ///
+    /// `host` is the server's `host:port`, never a URL: a presigned URL carries its signature
+    /// in the query string.
+    #[error("{}", transport_text(.server, .host, .resource, .stalled, .source.as_ref()))]
     Transport {
         resource: String,
-        url: String,
+        /// Which server failed: the VM0 API or the object store.
+        server: Server,
+        /// `host:port` of that server, when known.
+        host: Option<String>,
+        /// Set when the failure was a stall: no byte arrived for that long.
+        stalled: Option<std::time::Duration>,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A download resumed at an offset met another object than the one whose first bytes
+    /// are held (another `ETag`, another length): those bytes cannot be completed and the
+    /// download must start again from the beginning.
+    #[error(
+        "the archive of {resource} changed on the object store after {offset} bytes of it were received ({detail}); its download must start again from the beginning"
+    )]
+    Changed {
+        resource: String,
+        offset: u64,
+        detail: String,
     },
     /// The object store refused a presigned URL (expired or invalid) even after asking the
     /// API for a fresh one.
@@ -104,6 +120,71 @@ pub enum ApiError {
     /// The client cannot be built from its configuration (a malformed URL or token).
     #[error("invalid VM0 API client configuration: {detail}")]
     Config { detail: String },
+}
+
+/// The two servers a request can go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// The VM0 API (`VM0_API_URL`), which lists storages and signs download URLs.
+    Api,
+    /// The object store that a download URL points to.
+    ObjectStore,
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Server::Api => "the VM0 API",
+            Server::ObjectStore => "the object store",
+        })
+    }
+}
+
+/// `the object store at store:443 timed out after 30 s without a byte while fetching …`, or
+/// `could not reach the VM0 API at api:443 while fetching …: <causes>; check …`.
+fn transport_text(
+    server: &Server,
+    host: &Option<String>,
+    resource: &str,
+    stalled: &Option<std::time::Duration>,
+    source: &(dyn std::error::Error + Send + Sync + 'static),
+) -> String {
+    let at = match host {
+        Some(host) => format!("{server} at {host}"),
+        None => server.to_string(),
+    };
+    match stalled {
+        Some(after) => {
+            let hint = match server {
+                Server::Api => "check the network and try again later",
+                Server::ObjectStore => "try again later",
+            };
+            format!(
+                "{at} timed out after {} without a byte while fetching {resource}; {hint}",
+                seconds(*after)
+            )
+        }
+        None => {
+            // Only the API's address is the user's to fix; the store's comes from the API.
+            let hint = match server {
+                Server::Api => "check VM0_API_URL and the network",
+                Server::ObjectStore => "check the network",
+            };
+            format!(
+                "could not reach {at} while fetching {resource}: {}; {hint}",
+                super::client::error_chain(source)
+            )
+        }
+    }
+}
+
+/// `30 s`, `0.5 s`.
+pub(crate) fn seconds(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
 }
 
 fn req(id: &Option<String>) -> String {
@@ -140,6 +221,7 @@ impl ApiError {
             | ApiError::UnexpectedBody { request_id, .. } => request_id.as_deref(),
             ApiError::Transport { .. }
             | ApiError::DownloadUrl { .. }
+            | ApiError::Changed { .. }
             | ApiError::Protocol { .. }
             | ApiError::Config { .. } => None,
         }
@@ -156,15 +238,22 @@ impl ApiError {
             ApiError::Server { status, .. }
             | ApiError::DownloadUrl { status, .. }
             | ApiError::UnexpectedBody { status, .. } => Some(*status),
-            ApiError::Transport { .. } | ApiError::Protocol { .. } | ApiError::Config { .. } => {
-                None
-            }
+            ApiError::Transport { .. }
+            | ApiError::Changed { .. }
+            | ApiError::Protocol { .. }
+            | ApiError::Config { .. } => None,
         }
     }
 
     /// True for a 404: the thing does not exist, as opposed to a failure to find out.
     pub fn is_not_found(&self) -> bool {
         matches!(self, ApiError::NotFound { .. })
+    }
+
+    /// True when a resumed download found that the object changed: the bytes held are of
+    /// no use, and the download must start again from byte 0.
+    pub fn is_changed(&self) -> bool {
+        matches!(self, ApiError::Changed { .. })
     }
 
     /// True when the token was refused: the user must fix `VM0_TOKEN`.

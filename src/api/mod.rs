@@ -13,7 +13,8 @@ mod retry;
 mod types;
 mod wire;
 
-pub use client::{Client, ClientConfig, RetryPolicy, Token};
-pub use download::Download;
-pub use error::ApiError;
-pub use types::{Kind, Storage, StorageDetail, Version};
+pub use client::{Client, ClientConfig, Token};
+pub use download::{Download, ResumePoint};
+pub use error::{ApiError, Server};
+pub use retry::RetryPolicy;
+pub use types::{ArchiveRef, Kind, Storage, StorageDetail, Version};

@@ -84,3 +84,46 @@ pub struct Version {
     pub created_by: Option<String>,
     pub created_at: SystemTime,
 }
+
+/// Which archive to download, and how messages name it.
+///
+/// With a storage name, errors read "version 9b2d1f0c of volume input-data"; without one,
+/// they name the storage by its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveRef {
+    pub kind: Kind,
+    pub storage_id: StorageId,
+    /// The storage's name, for messages only (the API is asked by id).
+    pub storage_name: Option<StorageName>,
+    /// A full version id or a unique prefix of at least 8 hex characters, as the API takes
+    /// it; `None`: the storage's current version.
+    pub version: Option<String>,
+}
+
+impl ArchiveRef {
+    /// The current version of a storage.
+    pub fn current(kind: Kind, storage_id: StorageId) -> ArchiveRef {
+        ArchiveRef {
+            kind,
+            storage_id,
+            storage_name: None,
+            version: None,
+        }
+    }
+
+    /// One version of a storage: a full id or a unique prefix.
+    pub fn version(kind: Kind, storage_id: StorageId, version: impl Into<String>) -> ArchiveRef {
+        ArchiveRef {
+            version: Some(version.into()),
+            ..ArchiveRef::current(kind, storage_id)
+        }
+    }
+
+    /// The same archive, named in messages by the storage's name.
+    pub fn named(self, name: StorageName) -> ArchiveRef {
+        ArchiveRef {
+            storage_name: Some(name),
+            ..self
+        }
+    }
+}

@@ -18,10 +18,10 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::api::{ApiError, Kind, Version};
+use crate::api::{ApiError, ArchiveRef, Kind, Version};
 use crate::archive::{self, ArchiveError, UnpackOptions, UnpackStats, Unpacked};
 use crate::cache::{FetchTarget, WAIT_SLICE};
-use crate::ids::{StorageId, StorageName, VersionId};
+use crate::ids::{StorageId, StorageName};
 use crate::size::ByteSize;
 
 use super::status::Meter;
@@ -68,8 +68,8 @@ pub fn fetch(
     let started = Instant::now();
     let key = VersionKey::new(kind, &version.id);
     let meter = activity.start(&key, storage.as_str(), version.size);
-    let what = format!("{kind} {storage} version {}", version.id);
-    tracing::info!(version = %version.id, storage = %storage, size = version.size, files = version.file_count, "downloading {what}");
+    let what = format!("{kind} {storage} version {}", version.id.short());
+    tracing::info!(version = %version.id, size = version.size, files = version.file_count, "downloading {what}");
     let mut watch = Watch {
         what: &what,
         meter: &meter,
@@ -77,14 +77,10 @@ pub fn fetch(
         stalled_at: None,
     };
     let result = (|| -> Result<Unpacked, FetchError> {
-        let download = Download::spawn(
-            remote,
-            kind,
-            storage_id.clone(),
-            version.id.clone(),
-            meter.clone(),
-        )
-        .map_err(FetchError::Spawn)?;
+        let archive = ArchiveRef::version(kind, storage_id.clone(), version.id.as_str())
+            .named(storage.clone());
+        let download =
+            Download::spawn(remote, archive, meter.clone()).map_err(FetchError::Spawn)?;
         let compressed = download.started(&mut watch)?;
         let reader = ChannelReader {
             download,
@@ -237,9 +233,7 @@ impl Drop for Download {
 impl Download {
     fn spawn(
         remote: Arc<dyn Remote>,
-        kind: Kind,
-        storage: StorageId,
-        version: VersionId,
+        archive: ArchiveRef,
         meter: Arc<Meter>,
     ) -> io::Result<Download> {
         // Four chunks in flight: enough to keep both sides busy, little memory.
@@ -253,7 +247,7 @@ impl Download {
                     tx: &tx,
                     gone: &unpacker_gone,
                 };
-                let run = || download(&*remote, kind, &storage, &version, &meter, &to);
+                let run = || download(&*remote, &archive, &meter, &to);
                 if let Err(panic) = catch_unwind(AssertUnwindSafe(run)) {
                     // Logged by the panic hook; the unpacker is told, and fails the fetch.
                     let _ = tx.send(Message::Failed(io::Error::other(format!(
@@ -312,16 +306,9 @@ struct Unpacker<'a> {
 /// before each read, and a send fails): then the response is dropped, which closes the
 /// connection. (A read already waiting for the network ends when bytes or the client's
 /// I/O timeout come.)
-fn download(
-    remote: &dyn Remote,
-    kind: Kind,
-    storage: &StorageId,
-    version: &VersionId,
-    meter: &Meter,
-    to: &Unpacker<'_>,
-) {
+fn download(remote: &dyn Remote, archive: &ArchiveRef, meter: &Meter, to: &Unpacker<'_>) {
     let tx = to.tx;
-    let archive = match remote.download(kind, storage, version) {
+    let archive = match remote.download(archive) {
         Ok(a) => a,
         Err(e) => {
             let _ = tx.send(Message::Refused(e));

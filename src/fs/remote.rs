@@ -3,8 +3,8 @@
 
 use std::io::Read;
 
-use crate::api::{ApiError, Client, Kind, Storage, Version};
-use crate::ids::{StorageId, VersionId};
+use crate::api::{ApiError, ArchiveRef, Client, Kind, Storage, Version};
+use crate::ids::StorageId;
 
 /// A version's archive, streamed.
 pub struct RemoteArchive {
@@ -16,12 +16,9 @@ pub struct RemoteArchive {
 pub trait Remote: Send + Sync + 'static {
     fn list_storages(&self, kind: Kind) -> Result<Vec<Storage>, ApiError>;
     fn list_versions(&self, kind: Kind, storage_id: &StorageId) -> Result<Vec<Version>, ApiError>;
-    fn download(
-        &self,
-        kind: Kind,
-        storage_id: &StorageId,
-        version_id: &VersionId,
-    ) -> Result<RemoteArchive, ApiError>;
+    /// The archive of one version (`archive` names the storage by id, and by name for
+    /// messages).
+    fn download(&self, archive: &ArchiveRef) -> Result<RemoteArchive, ApiError>;
 }
 
 impl Remote for Client {
@@ -33,13 +30,8 @@ impl Remote for Client {
         Client::list_versions(self, kind, storage_id)
     }
 
-    fn download(
-        &self,
-        kind: Kind,
-        storage_id: &StorageId,
-        version_id: &VersionId,
-    ) -> Result<RemoteArchive, ApiError> {
-        let d = Client::download(self, kind, storage_id, Some(version_id.as_str()))?;
+    fn download(&self, archive: &ArchiveRef) -> Result<RemoteArchive, ApiError> {
+        let d = Client::download_archive(self, archive, None)?;
         let compressed_size = d.compressed_size;
         Ok(RemoteArchive {
             reader: Box::new(d),

@@ -462,7 +462,9 @@ mod tests {
         assert_eq!(a.api_lines(), "api: reachable, last answer 0 s ago");
         let refused = ApiError::Transport {
             resource: "the list of volumes".into(),
-            url: "http://127.0.0.1:9/v1/volumes".into(),
+            server: crate::api::Server::Api,
+            host: Some("127.0.0.1:9".into()),
+            stalled: None,
             source: Box::new(std::io::Error::new(
                 std::io::ErrorKind::ConnectionRefused,
                 "connection refused",

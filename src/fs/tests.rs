@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use flate2::write::GzEncoder;
 
 use super::*;
-use crate::api::{ApiError, Storage, Version};
+use crate::api::{ApiError, ArchiveRef, Storage, Version};
 use crate::cache::{CacheError, VersionKey};
 use crate::ids::{StorageId, VersionId};
 use std::time::UNIX_EPOCH;
@@ -61,12 +61,8 @@ impl Remote for Fake {
             .unwrap_or_default())
     }
 
-    fn download(
-        &self,
-        _kind: Kind,
-        _storage_id: &StorageId,
-        version_id: &VersionId,
-    ) -> Result<RemoteArchive, ApiError> {
+    fn download(&self, archive: &ArchiveRef) -> Result<RemoteArchive, ApiError> {
+        let version_id = archive.version.as_deref().expect("vm0fs names the version");
         self.downloads.fetch_add(1, Ordering::SeqCst);
         if self.fail_downloads.load(Ordering::SeqCst) > 0 {
             self.fail_downloads.fetch_sub(1, Ordering::SeqCst);
@@ -80,10 +76,10 @@ impl Remote for Fake {
         let bytes = self
             .archives
             .lock()
-            .get(version_id.as_str())
+            .get(version_id)
             .cloned()
             .expect("archive of a known version");
-        match self.panics.lock().get(version_id.as_str()) {
+        match self.panics.lock().get(version_id) {
             Some(PanicIn::Request) => panic!("a download request that panics"),
             Some(PanicIn::Reader) => {
                 return Ok(RemoteArchive {
@@ -93,7 +89,7 @@ impl Remote for Fake {
             }
             None => {}
         }
-        if let Some((at, go)) = self.gates.lock().remove(version_id.as_str()) {
+        if let Some((at, go)) = self.gates.lock().remove(version_id) {
             return Ok(RemoteArchive {
                 reader: Box::new(Gated {
                     bytes,
@@ -1067,7 +1063,9 @@ impl Switch {
             UP => Ok(()),
             DOWN => Err(ApiError::Transport {
                 resource: what.into(),
-                url: "http://127.0.0.1:9/v1".into(),
+                server: crate::api::Server::Api,
+                host: Some("127.0.0.1:9".into()),
+                stalled: None,
                 source: "connection refused".into(),
             }),
             _ => Err(ApiError::Authentication { request_id: None }),
@@ -1086,14 +1084,9 @@ impl Remote for Switch {
         self.inner.list_versions(kind, storage_id)
     }
 
-    fn download(
-        &self,
-        kind: Kind,
-        storage_id: &StorageId,
-        version_id: &VersionId,
-    ) -> Result<RemoteArchive, ApiError> {
+    fn download(&self, archive: &ArchiveRef) -> Result<RemoteArchive, ApiError> {
         self.check("the archive")?;
-        self.inner.download(kind, storage_id, version_id)
+        self.inner.download(archive)
     }
 }
 

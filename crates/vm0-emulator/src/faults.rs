@@ -1,6 +1,6 @@
 //! Test instrumentation: request counters per route key, and fault rules that make a route
 //! misbehave a given number of times (an error status, a delay, a cut connection, a corrupt
-//! archive). Both are driven through the admin endpoints (`/_emulator/...`).
+//! archive, another ETag). Both are driven through the admin endpoints (`/_emulator/...`).
 
 use std::collections::BTreeMap;
 
@@ -70,6 +70,10 @@ pub struct FaultRule {
     /// Store only: damage the archive.
     #[serde(default)]
     pub corrupt: Option<Corrupt>,
+    /// Store only: serve the archive under this `ETag` (quoted, as sent) instead of its own,
+    /// as a store does once the object behind a URL was replaced.
+    #[serde(default)]
+    pub etag: Option<String>,
 }
 
 fn one() -> u64 {

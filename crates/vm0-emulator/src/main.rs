@@ -63,7 +63,7 @@ crates/vm0-emulator/README.md):
   GET    /_emulator/counters        requests served per route key
   POST   /_emulator/counters/reset  set every counter to zero
   GET    /_emulator/faults          fault rules with their remaining uses
-  POST   /_emulator/faults          add a fault rule (status, delay, cut, corrupt)
+  POST   /_emulator/faults          add a fault rule (status, delay, cut, corrupt, etag)
   DELETE /_emulator/faults          remove every fault rule
   GET    /_emulator/config          the runtime configuration
   POST   /_emulator/config          change url_ttl_secs, token, shape, pagination_quirk,

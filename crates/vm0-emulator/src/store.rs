@@ -624,7 +624,10 @@ fn serve_archive(
         Some(Corrupt::Notar) => Body::Memory(not_a_tar()),
     };
     let total = body.len();
-    let etag = format!("\"{}\"", &version_id[..version_id.len().min(32)]);
+    let etag = match fault.and_then(|f| f.etag.as_deref()) {
+        Some(etag) => etag.to_string(),
+        None => format!("\"{}\"", &version_id[..version_id.len().min(32)]),
+    };
     let (status, start, len, range_header) = match parse_range(request.header("range"), total) {
         Ok(None) => (200, 0, total, None),
         Ok(Some((start, end))) => (

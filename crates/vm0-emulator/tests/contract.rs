@@ -988,6 +988,17 @@ fn store_faults_cut_and_corrupt() {
         "the rule is used up"
     );
 
+    // Another ETag, the same bytes: an object replaced behind its URL.
+    let etag = emu.fetch(&url).headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    emu.fault(json!({"route":"store.get","etag":"\"replaced\""}));
+    let resp = emu.fetch(&url);
+    assert_eq!(resp.headers()["etag"], "\"replaced\"");
+    assert_eq!(resp.bytes().unwrap().to_vec(), good);
+    assert_eq!(emu.fetch(&url).headers()["etag"], etag.as_str(), "used up");
+
     emu.fault(json!({"route":"store.get","corrupt":"truncate"}));
     let resp = emu.fetch(&url);
     assert_eq!(
