@@ -1,6 +1,10 @@
 //! The test-only admin endpoints under `/_emulator/` (no authentication): counters, fault
-//! rules, runtime configuration, and pushing versions or moving the current one, so tests
-//! can drive the emulator into every state the real service can be in.
+//! rules, runtime configuration, pushing versions or moving the current one, and creating
+//! agents and runs and driving runs (the work itself is `lifecycle`'s), so tests can drive
+//! the emulator into every state the real service can be in.
+//!
+//! It also owns committing a version to a storage ([`commit_version`]), which a push and a
+//! completing run share.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -9,10 +13,12 @@ use serde::Deserialize;
 use tiny_http::Method;
 
 use crate::faults::FaultRule;
-use crate::model::{now_ms, storage_id, Kind, Storage};
+use crate::lifecycle::{self, AgentSpec, NewLog, RunError, RunSpec};
+use crate::model::{now_ms, storage_id, Kind, Storage, Version};
 use crate::pack::{self, EntryKind, PackEntry, Source};
+use crate::runs::Outcome;
 use crate::wire::{Json, Reply, Shape};
-use crate::{api, Shared};
+use crate::{api, runs_api, Shared};
 
 /// Pushed content is JSON in the request, so this bounds memory, not archive sizes.
 const MAX_BODY: u64 = 256 * 1024 * 1024;
@@ -44,6 +50,26 @@ pub fn handle(shared: &Shared, request: &mut tiny_http::Request, path: &str) -> 
         (Method::Post, "/config") => set_config(shared, &body),
         (Method::Post, "/push") => push(shared, &body),
         (Method::Post, "/current") => set_current(shared, &body),
+        (Method::Post, "/agents") => create_agent(shared, &body),
+        (Method::Get, "/streams") => Reply::json(
+            200,
+            Json::obj().with(
+                "open",
+                shared
+                    .runs
+                    .open_streams
+                    .load(std::sync::atomic::Ordering::SeqCst) as u64,
+            ),
+        ),
+        (Method::Post, "/runs") => create_runs(shared, &body),
+        (Method::Post, route) => match route.strip_prefix("/runs/").and_then(|r| r.split_once('/'))
+        {
+            Some((id, action)) if !id.is_empty() => run_action(shared, id, action, &body)
+                .unwrap_or_else(|| {
+                    Reply::not_found(&format!("Unknown admin route: {method} {path}"))
+                }),
+            _ => Reply::not_found(&format!("Unknown admin route: {method} {path}")),
+        },
         _ => Reply::not_found(&format!("Unknown admin route: {method} {path}")),
     }
 }
@@ -67,9 +93,12 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Reply> {
 }
 
 fn counters(shared: &Shared) -> Reply {
-    let fields = shared
-        .counters
-        .snapshot()
+    let mut counts = shared.counters.snapshot();
+    // The agent and run routes are listed beside the storage routes, 0 when never hit.
+    for key in runs_api::ROUTE_KEYS {
+        counts.entry(key.to_string()).or_insert(0);
+    }
+    let fields = counts
         .into_iter()
         .map(|(k, v)| (k, Json::from(v)))
         .collect();
@@ -90,12 +119,32 @@ fn faults(shared: &Shared) -> Reply {
     Reply::json(200, Json::obj().with("rules", rules))
 }
 
+/// [`FaultRule::validate`] knows the route keys of the storages and the store; the agent
+/// and run routes' keys are `runs_api`'s, so they are checked here, and the rest of such a
+/// rule by `validate` as for any other.
+fn validate_rule(rule: &FaultRule) -> Result<(), String> {
+    if !runs_api::ROUTE_KEYS.contains(&rule.route.as_str()) {
+        return rule.validate().map_err(|message| {
+            if message.starts_with("unknown route") {
+                format!("{message}, or {}", runs_api::ROUTE_KEYS.join(", "))
+            } else {
+                message
+            }
+        });
+    }
+    FaultRule {
+        route: "*".to_string(),
+        ..rule.clone()
+    }
+    .validate()
+}
+
 fn add_fault(shared: &Shared, body: &[u8]) -> Reply {
     let rule: FaultRule = match parse(body) {
         Ok(rule) => rule,
         Err(reply) => return reply,
     };
-    if let Err(message) = rule.validate() {
+    if let Err(message) = validate_rule(&rule) {
         return bad_request(&message);
     }
     tracing::info!(?rule, "fault rule added");
@@ -114,6 +163,7 @@ struct ConfigChange {
     shape: Option<Shape>,
     pagination_quirk: Option<bool>,
     stuck_cursor: Option<bool>,
+    heartbeat_ms: Option<u64>,
 }
 
 fn config(shared: &Shared) -> Reply {
@@ -129,7 +179,8 @@ fn config(shared: &Shared) -> Reply {
             .with("token", rt.token)
             .with("shape", shape)
             .with("pagination_quirk", rt.pagination_quirk)
-            .with("stuck_cursor", rt.stuck_cursor),
+            .with("stuck_cursor", rt.stuck_cursor)
+            .with("heartbeat_ms", rt.heartbeat_ms),
     )
 }
 
@@ -156,16 +207,22 @@ fn set_config(shared: &Shared, body: &[u8]) -> Reply {
         if let Some(v) = change.stuck_cursor {
             rt.stuck_cursor = v;
         }
+        if let Some(v) = change.heartbeat_ms {
+            rt.heartbeat_ms = v.max(1);
+        }
         // The token stays out of the log, as in vm0fs itself.
         tracing::info!(
             url_ttl_secs = rt.url_ttl_secs,
             shape = ?rt.shape,
             pagination_quirk = rt.pagination_quirk,
             stuck_cursor = rt.stuck_cursor,
+            heartbeat_ms = rt.heartbeat_ms,
             token_changed,
             "runtime configuration changed"
         );
     }
+    // Event streams waiting for their next heartbeat pick up a new period at once.
+    shared.runs.notify();
     config(shared)
 }
 
@@ -219,10 +276,41 @@ fn push(shared: &Shared, body: &[u8]) -> Reply {
     if created_by != "user" && created_by != "agent" {
         return bad_request("created_by must be 'user' or 'agent'");
     }
+    let version = match commit_version(
+        shared,
+        kind,
+        &push.name,
+        push.files,
+        push.symlinks,
+        push.message,
+        created_by,
+    ) {
+        Ok(version) => version,
+        Err(message) => return Reply::error(500, "api_error", "internal_error", &message, None),
+    };
+    let shape = shared.runtime.read().shape;
+    let data = shared.data.read();
+    let storage = data
+        .get_by_name(kind, &push.name)
+        .expect("the version was just committed to the storage");
+    Reply::json(200, api::version_json(storage, &version, shape))
+}
+
+/// Builds the archive of `files` and `symlinks` (paths already checked), adds the version to
+/// the storage `name` of `kind` (created if needed) and makes it current, as a push of the
+/// CLI does. The archive is built outside the data lock: readers keep being served.
+pub(crate) fn commit_version(
+    shared: &Shared,
+    kind: Kind,
+    name: &str,
+    files: BTreeMap<String, String>,
+    symlinks: BTreeMap<String, String>,
+    message: Option<String>,
+    created_by: String,
+) -> Result<Version, String> {
     let now = now_ms();
     let mtime = u64::try_from(now / 1000).unwrap_or(0);
-    let mut entries: Vec<PackEntry> = push
-        .files
+    let mut entries: Vec<PackEntry> = files
         .into_iter()
         .map(|(path, content)| PackEntry {
             path: path.into(),
@@ -234,28 +322,21 @@ fn push(shared: &Shared, body: &[u8]) -> Reply {
             },
         })
         .collect();
-    entries.extend(push.symlinks.into_iter().map(|(path, target)| PackEntry {
+    entries.extend(symlinks.into_iter().map(|(path, target)| PackEntry {
         path: path.into(),
         mtime,
         kind: EntryKind::Symlink {
             target: target.into(),
         },
     }));
-    let sid = storage_id(kind, &push.name);
-    // Build the archive outside the data lock: readers keep being served meanwhile.
-    let packed = match pack::pack(&sid, entries, &shared.archives_dir) {
-        Ok(packed) => packed,
-        Err(err) => {
-            return Reply::error(500, "api_error", "internal_error", &err.to_string(), None)
-        }
-    };
-    let shape = shared.runtime.read().shape;
+    let sid = storage_id(kind, name);
+    let packed = pack::pack(&sid, entries, &shared.archives_dir).map_err(|err| err.to_string())?;
     let mut data = shared.data.write();
-    if data.get_mut_by_name(kind, &push.name).is_none() {
+    if data.get_mut_by_name(kind, name).is_none() {
         data.storages.push(Storage {
             id: sid.clone(),
             kind,
-            name: push.name.clone(),
+            name: name.to_string(),
             versions: Vec::new(),
             current: None,
             created_at_ms: now,
@@ -263,27 +344,24 @@ fn push(shared: &Shared, body: &[u8]) -> Reply {
         });
     }
     let storage = data
-        .get_mut_by_name(kind, &push.name)
+        .get_mut_by_name(kind, name)
         .expect("the storage exists or was created just above");
     // A new version is the newest even if the clock is behind the data set's fixed times.
     let created_at_ms = storage
         .newest_created_at_ms()
         .map_or(now, |newest| now.max(newest + 1));
-    let version = crate::model::Version {
+    let version = Version {
         id: packed.version_id,
         size: packed.size,
         file_count: packed.file_count,
-        message: push.message,
+        message,
         created_by,
         created_at_ms,
         archive: packed.archive,
     };
     let version = storage.add_version(version, created_at_ms).clone();
-    let storage = data
-        .get_mut_by_name(kind, &push.name)
-        .expect("the storage exists");
-    tracing::info!(kind = kind.as_str(), name = %storage.name, version = %version.id, "pushed");
-    Reply::json(200, api::version_json(storage, &version, shape))
+    tracing::info!(kind = kind.as_str(), %name, version = %version.id, "pushed");
+    Ok(version)
 }
 
 #[derive(Debug, Deserialize)]
@@ -321,6 +399,131 @@ fn set_current(shared: &Shared, body: &[u8]) -> Reply {
         200,
         api::storage_json(storage, shape).with(shape.field("current_version"), current),
     )
+}
+
+fn create_agent(shared: &Shared, body: &[u8]) -> Reply {
+    let spec: AgentSpec = match parse(body) {
+        Ok(spec) => spec,
+        Err(reply) => return reply,
+    };
+    match lifecycle::create_agent(shared, spec) {
+        Ok(id) => runs_api::agent_detail_reply(shared, &id),
+        Err(err) => err.reply(),
+    }
+}
+
+/// Most runs a single `POST /_emulator/runs` creates.
+const MAX_RUNS_AT_ONCE: u64 = 100_000;
+
+/// `POST /_emulator/runs`: a [`RunSpec`], plus `count` to create that many alike (their
+/// ids are then the answer).
+fn create_runs(shared: &Shared, body: &[u8]) -> Reply {
+    let mut value: serde_json::Value = match parse(body) {
+        Ok(value) => value,
+        Err(reply) => return reply,
+    };
+    let count = match value.as_object_mut().and_then(|o| o.remove("count")) {
+        None => None,
+        Some(n) => match n.as_u64() {
+            Some(n) if (1..=MAX_RUNS_AT_ONCE).contains(&n) => Some(n),
+            _ => {
+                return bad_request(&format!(
+                    "count must be an integer between 1 and {MAX_RUNS_AT_ONCE}"
+                ))
+            }
+        },
+    };
+    let spec: RunSpec = match serde_json::from_value(value) {
+        Ok(spec) => spec,
+        Err(err) => return bad_request(&format!("invalid JSON body: {err}")),
+    };
+    let Some(count) = count else {
+        return match lifecycle::create_run(shared, spec) {
+            Ok(id) => runs_api::run_detail_reply(shared, &id),
+            Err(err) => err.reply(),
+        };
+    };
+    if spec.id.is_some() && count > 1 {
+        return bad_request("id and a count above 1 exclude each other");
+    }
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        match lifecycle::create_run(shared, spec.clone()) {
+            Ok(id) => ids.push(Json::from(id)),
+            Err(err) => return err.reply(),
+        }
+    }
+    Reply::json(200, Json::obj().with("ids", ids))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Finish {
+    outcome: Option<Outcome>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppendLogs {
+    entries: Vec<NewLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppendOutput {
+    #[serde(rename = "type", default = "text")]
+    kind: String,
+    #[serde(default)]
+    data: serde_json::Value,
+}
+
+fn text() -> String {
+    "text".to_string()
+}
+
+/// `POST /_emulator/runs/{id}/{action}`; `None` for an unknown action.
+fn run_action(shared: &Shared, id: &str, action: &str, body: &[u8]) -> Option<Reply> {
+    // These bodies are optional: no body is `{}`.
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    let done = |result: Result<(), RunError>| match result {
+        Ok(()) => runs_api::run_detail_reply(shared, id),
+        Err(err) => err.reply(),
+    };
+    Some(match action {
+        "advance" => done(lifecycle::advance(shared, id)),
+        "finish" => match parse::<Finish>(body) {
+            Ok(finish) => done(lifecycle::finish(shared, id, finish.outcome, finish.error)),
+            Err(reply) => reply,
+        },
+        "logs" => match parse::<AppendLogs>(body) {
+            Ok(append) => match lifecycle::append_logs(shared, id, append.entries) {
+                Ok(()) => {
+                    let total = shared
+                        .runs
+                        .data
+                        .read()
+                        .run(id)
+                        .map_or(0, |r| r.logs.len() as u64);
+                    Reply::json(200, Json::obj().with("ok", true).with("logs", total))
+                }
+                Err(err) => err.reply(),
+            },
+            Err(reply) => reply,
+        },
+        "events" => match parse::<AppendOutput>(body) {
+            Ok(output) => match lifecycle::append_output(shared, id, &output.kind, output.data) {
+                Ok(sequence) => Reply::json(200, Json::obj().with("sequence", sequence)),
+                Err(err) => err.reply(),
+            },
+            Err(reply) => reply,
+        },
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -1,28 +1,41 @@
-//! The `/v1` routes of the API listener: authentication, the four routes of each storage
-//! kind, both JSON shapes, pagination (with the real service's repeated-row quirk on
-//! demand), and the 302 to the object store. Requests under `/_emulator/` go to `admin`.
+//! The entry of the API listener and the `/v1` routes of the storages: authentication, the
+//! four routes of each storage kind, both JSON shapes, pagination (with the real service's
+//! repeated-row quirk on demand), and the 302 to the object store. Requests under
+//! `/_emulator/` go to `admin`, the agent and run routes to `runs_api`, which share the
+//! authentication, fault answers and pagination defined here.
 //!
 //! Order of a request: route match, count it, apply a fault rule, check the token, answer.
 //! Faults come before authentication so a test can fault a route whatever the token.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::faults::FaultRule;
 use crate::model::{format_timestamp, Kind, LookupError, Storage, Version};
+use crate::runs_api::{self, Answer};
 use crate::wire::{Json, Reply, Shape};
-use crate::{admin, store, Runtime, Shared};
+use crate::{admin, events, store, Runtime, Shared};
 
 /// Default and largest page sizes of the contract.
-const DEFAULT_LIMIT: usize = 20;
-const MAX_LIMIT: usize = 100;
+pub(crate) const DEFAULT_LIMIT: usize = 20;
+pub(crate) const MAX_LIMIT: usize = 100;
 
 /// Entry point of every request on the API listener.
-pub fn handle(shared: &Shared, mut request: tiny_http::Request) {
+pub fn handle(shared: &Arc<Shared>, mut request: tiny_http::Request) {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let method = request.method().clone();
     let reply = if path == "/_emulator" || path.starts_with("/_emulator/") {
         admin::handle(shared, &mut request, path)
+    } else if let Some(answer) = runs_api::handle(shared, &mut request, path, query) {
+        match answer {
+            Answer::Reply(reply) => reply,
+            Answer::Events(stream) => {
+                tracing::debug!(%method, %url, "API request: event stream");
+                events::start(Arc::clone(shared), request, stream);
+                return;
+            }
+        }
     } else {
         api(shared, &request, path, query)
     };
@@ -50,7 +63,7 @@ impl Route {
     }
 }
 
-fn unknown_route(method: &tiny_http::Method, path: &str) -> Reply {
+pub(crate) fn unknown_route(method: &tiny_http::Method, path: &str) -> Reply {
     Reply::not_found(&format!("Unknown route: {method} {path}"))
 }
 
@@ -77,15 +90,8 @@ fn api(shared: &Shared, request: &tiny_http::Request, path: &str, query: &str) -
     shared.counters.hit(&key);
 
     let runtime = shared.runtime.read().clone();
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let params = query_params(query);
+    let param = |name: &str| param(&params, name);
     // The download's version parameter has one name per shape: a server of one shape does
     // not read the other's (the contract's advice to clients is to send both).
     let version_param = param(runtime.shape.field("version_id"));
@@ -182,7 +188,7 @@ fn capitalize(s: &str) -> String {
 
 /// `Authorization: Bearer <token>`, the scheme case-insensitive (RFC 9110, 11.1), the token
 /// compared exactly.
-fn authorized(request: &tiny_http::Request, token: &str) -> bool {
+pub(crate) fn authorized(request: &tiny_http::Request, token: &str) -> bool {
     let Some(value) = request
         .headers()
         .iter()
@@ -198,7 +204,7 @@ fn authorized(request: &tiny_http::Request, token: &str) -> bool {
 }
 
 /// The answer a fault rule asks for instead of the real one.
-fn fault_reply(rule: &FaultRule) -> Reply {
+pub(crate) fn fault_reply(rule: &FaultRule) -> Reply {
     let status = rule.status.unwrap_or(500);
     let mut reply = match &rule.body {
         // A body from somewhere in front of the API (a proxy's page): none of its headers.
@@ -275,60 +281,94 @@ fn decode_cursor(cursor: &str) -> Option<usize> {
         .ok()
 }
 
+/// The parameters of a query string, decoded, in order.
+pub(crate) fn query_params(query: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// The first value of a parameter.
+pub(crate) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Where a page starts and how long it is, from the `cursor` and `limit` parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Page {
+    pub start: usize,
+    pub limit: usize,
+}
+
+impl Page {
+    /// Reads `limit` (1 to 100, `default_limit` when absent) and `cursor`.
+    pub fn from_params(params: &[(String, String)], default_limit: usize) -> Result<Page, Reply> {
+        let limit = match param(params, "limit") {
+            None => default_limit,
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                _ => {
+                    return Err(Reply::bad_param(
+                        "limit",
+                        &format!("limit must be an integer between 1 and {MAX_LIMIT}, got '{s}'"),
+                    ))
+                }
+            },
+        };
+        let start = match param(params, "cursor") {
+            None => 0,
+            Some(c) => match decode_cursor(c) {
+                Some(offset) => offset,
+                None => return Err(Reply::bad_param("cursor", "Invalid cursor")),
+            },
+        };
+        Ok(Page { start, limit })
+    }
+
+    /// The answer holding `data`, the rows of this page, with the pagination object: the
+    /// next cursor (with the quirks the runtime configuration asks for) when `has_more`.
+    pub fn answer(&self, data: Vec<Json>, has_more: bool, runtime: &Runtime) -> Reply {
+        let end = self.start + data.len();
+        // The quirk: the next page starts one row early, so it begins with this page's last
+        // row. Not with a limit of 1, where it would never advance.
+        let next = if runtime.pagination_quirk && self.limit > 1 && end > 0 {
+            end - 1
+        } else {
+            end
+        };
+        let mut has_more = has_more;
+        let mut next_cursor = has_more.then(|| encode_cursor(next));
+        if runtime.stuck_cursor {
+            has_more = true;
+            next_cursor = Some(encode_cursor(0));
+        }
+        let shape = runtime.shape;
+        Reply::json(
+            200,
+            Json::obj().with("data", data).with(
+                "pagination",
+                Json::obj()
+                    .with(shape.field("has_more"), has_more)
+                    .with(shape.field("next_cursor"), next_cursor),
+            ),
+        )
+    }
+}
+
 /// One page of `rows` per the `limit` and `cursor` parameters.
-fn paginate(rows: Vec<Json>, params: &[(String, String)], runtime: &Runtime) -> Reply {
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let limit = match param("limit") {
-        None => DEFAULT_LIMIT,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Reply::bad_param(
-                    "limit",
-                    &format!("limit must be an integer between 1 and {MAX_LIMIT}, got '{s}'"),
-                )
-            }
-        },
-    };
-    let start = match param("cursor") {
-        None => 0,
-        Some(c) => match decode_cursor(c) {
-            Some(offset) => offset,
-            None => return Reply::bad_param("cursor", "Invalid cursor"),
-        },
+pub(crate) fn paginate(rows: Vec<Json>, params: &[(String, String)], runtime: &Runtime) -> Reply {
+    let page = match Page::from_params(params, DEFAULT_LIMIT) {
+        Ok(page) => page,
+        Err(reply) => return reply,
     };
     let total = rows.len();
-    let start = start.min(total);
-    let end = (start + limit).min(total);
-    let mut has_more = end < total;
-    // The quirk: the next page starts one row early, so it begins with this page's last
-    // row. Not with a limit of 1, where it would never advance.
-    let next = if runtime.pagination_quirk && limit > 1 {
-        end - 1
-    } else {
-        end
-    };
-    let mut next_cursor = has_more.then(|| encode_cursor(next));
-    if runtime.stuck_cursor {
-        has_more = true;
-        next_cursor = Some(encode_cursor(0));
-    }
+    let start = page.start.min(total);
+    let end = (start + page.limit).min(total);
     let data: Vec<Json> = rows.into_iter().skip(start).take(end - start).collect();
-    let shape = runtime.shape;
-    Reply::json(
-        200,
-        Json::obj().with("data", data).with(
-            "pagination",
-            Json::obj()
-                .with(shape.field("has_more"), has_more)
-                .with(shape.field("next_cursor"), next_cursor),
-        ),
-    )
+    Page { start, ..page }.answer(data, end < total, runtime)
 }
 
 #[cfg(test)]

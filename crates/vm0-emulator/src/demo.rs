@@ -8,12 +8,27 @@
 //! - volume `prompts`: 2 versions.
 //! - artifact `agent-report`: 3 versions written by an agent (report, JSON results, a log).
 //! - artifact `empty-run`: a single version with no files.
+//!
+//! Then, through the same calls the admin endpoints use (`add_agents_and_runs`):
+//! - agents `onboarding-analyst` (3 versions) and `report-writer` (2 versions);
+//! - six finished runs (completed, failed, timeout, cancelled) whose `artifact_version` and
+//!   `volumes` name versions of the storages above, so every link resolves; the oldest
+//!   dates from the data set's base time, outside a "last 7 days" listing;
+//! - one live run of `report-writer` that logs a line a second for five minutes and then
+//!   completes, committing the first version of a new artifact `live-report`.
+//!
+//! Run ids are fixed (derived from names), so a demo script can name them.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
+
+use crate::lifecycle::{self, AgentSpec, AgentVersionSpec, RunSpec};
+use crate::model::{uuid_from_seed, Kind, BASE_TIME_MS, DAY_MS, MINUTE_MS};
+use crate::runs::Outcome;
+use crate::Shared;
 
 /// A file of the demo: path in the version, content, executable or not.
 type DemoFile = (&'static str, &'static str, bool);
@@ -218,5 +233,179 @@ pub fn write(dir: &Path) -> io::Result<()> {
             )?;
         }
     }
+    Ok(())
+}
+
+/// The id of the demo's live run.
+pub fn live_run_id() -> String {
+    uuid_from_seed("demo/runs/live")
+}
+
+const HOUR_MS: i64 = 60 * MINUTE_MS;
+
+/// A finished run of the demo: name (its id's seed), agent, outcome, hours ago (`None`: at
+/// the data set's base time), log entries, artifact (name, version index), volumes (name,
+/// version index).
+type FinishedRun = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Outcome,
+    Option<i64>,
+    u64,
+    Option<(&'static str, usize)>,
+    &'static [(&'static str, usize)],
+);
+
+const FINISHED_RUNS: [FinishedRun; 6] = [
+    (
+        "first-report",
+        "onboarding-analyst",
+        "Read the customer list and the orders and write the onboarding report.",
+        Outcome::Completed,
+        None,
+        40,
+        Some(("agent-report", 2)),
+        &[("input-data", 2), ("prompts", 1)],
+    ),
+    (
+        "analysis",
+        "onboarding-analyst",
+        "Count the customers who signed up in January.",
+        Outcome::Completed,
+        Some(48),
+        60,
+        Some(("agent-report", 1)),
+        &[("input-data", 1), ("prompts", 0)],
+    ),
+    (
+        "missing-file",
+        "onboarding-analyst",
+        "Join the customers with data/missing.csv.",
+        Outcome::Failed,
+        Some(24),
+        25,
+        Some(("empty-run", 0)),
+        &[("input-data", 2)],
+    ),
+    (
+        "weekly-report",
+        "report-writer",
+        "Turn output/results.json into a one-page report.",
+        Outcome::Completed,
+        Some(5),
+        120,
+        Some(("agent-report", 2)),
+        &[("input-data", 2), ("prompts", 1)],
+    ),
+    (
+        "cancelled",
+        "report-writer",
+        "Rewrite the report in French.",
+        Outcome::Cancelled,
+        Some(3),
+        12,
+        None,
+        &[("prompts", 1)],
+    ),
+    (
+        "slow-start",
+        "onboarding-analyst",
+        "Summarize every CSV file, one paragraph each.",
+        Outcome::Timeout,
+        Some(2),
+        30,
+        Some(("agent-report", 0)),
+        &[("input-data", 0)],
+    ),
+];
+
+/// Adds the demo's agents and runs (see the module's doc) to a started emulator's data; the
+/// storages of [`write`] must be loaded already.
+pub(crate) fn add_agents_and_runs(shared: &Shared) -> anyhow::Result<()> {
+    let version = |message: &str, days_before: i64| AgentVersionSpec {
+        message: Some(message.to_string()),
+        created_by: Some("user".to_string()),
+        created_at_ms: Some(BASE_TIME_MS - days_before * DAY_MS),
+    };
+    lifecycle::create_agent(
+        shared,
+        AgentSpec {
+            name: "onboarding-analyst".to_string(),
+            description: Some(
+                "Reads the customer and order data and writes the onboarding report.".to_string(),
+            ),
+            versions: vec![
+                version("Initial prompt and tools", 10),
+                version("Read the orders too", 6),
+                version("Cite the file behind every figure", 2),
+            ],
+        },
+    )?;
+    lifecycle::create_agent(
+        shared,
+        AgentSpec {
+            name: "report-writer".to_string(),
+            description: Some("Turns analysis results into a short report.".to_string()),
+            versions: vec![version("First version", 8), version("Shorter reports", 1)],
+        },
+    )?;
+
+    let version_id = |kind: Kind, name: &str, index: usize| -> anyhow::Result<String> {
+        let data = shared.data.read();
+        let storage = data
+            .get_by_name(kind, name)
+            .ok_or_else(|| anyhow::anyhow!("the demo has no {} '{name}'", kind.singular()))?;
+        let version = storage
+            .versions
+            .get(index)
+            .ok_or_else(|| anyhow::anyhow!("{name} has no version {index}"))?;
+        Ok(version.id.clone())
+    };
+    let now = crate::model::now_ms();
+    for (seed, agent, prompt, outcome, hours_ago, logs, artifact, volumes) in FINISHED_RUNS {
+        let mut spec = RunSpec {
+            id: Some(uuid_from_seed(&format!("demo/runs/{seed}"))),
+            agent: agent.to_string(),
+            prompt: Some(prompt.to_string()),
+            outcome,
+            logs_total: Some(logs),
+            // One line every 1.5 s, as an agent that thinks between tool calls.
+            log_rate: Some(0.667),
+            created_at_ms: Some(match hours_ago {
+                Some(hours) => now - hours * HOUR_MS,
+                None => BASE_TIME_MS + 2 * DAY_MS,
+            }),
+            ..RunSpec::default()
+        };
+        if let Some((name, index)) = artifact {
+            spec.artifact_name = Some(name.to_string());
+            spec.artifact_version = Some(version_id(Kind::Artifacts, name, index)?);
+        }
+        for (name, index) in volumes {
+            spec.volumes.insert(
+                name.to_string(),
+                Some(version_id(Kind::Volumes, name, *index)?),
+            );
+        }
+        lifecycle::create_run(shared, spec)?;
+    }
+    lifecycle::create_run(
+        shared,
+        RunSpec {
+            id: Some(live_run_id()),
+            agent: "report-writer".to_string(),
+            prompt: Some("Write this week's onboarding report from the latest data.".to_string()),
+            log_rate: Some(1.0),
+            duration_ms: Some(5 * 60 * 1000),
+            pending_ms: Some(2000),
+            artifact_name: Some("live-report".to_string()),
+            volumes: [("input-data", None), ("prompts", None)]
+                .into_iter()
+                .map(|(name, version)| (name.to_string(), version))
+                .collect(),
+            ..RunSpec::default()
+        },
+    )?;
     Ok(())
 }

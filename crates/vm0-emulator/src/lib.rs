@@ -4,10 +4,11 @@
 //! The crate owns everything that plays the service's side: the API listener (`/v1/...`,
 //! plus the test-only [admin endpoints](#admin-endpoints) under `/_emulator/`), an S3-like
 //! object store that the API's download redirects point to, the data they serve (data
-//! directories, see [`load`], and a built-in demo set, see [`demo`]), and the archive
-//! builders that tests share ([`pack`]). It does not depend on vm0fs: it checks vm0fs's
-//! client against the contract, not against itself. vm0fs takes it as a dev-dependency;
-//! nothing of it ships in the product.
+//! directories, see [`load`], and a built-in demo set, see [`demo`]), agents and runs with
+//! their lifecycle (see [`runs`]: live runs log, sample metrics and emit events, then end
+//! and commit an artifact version), and the archive builders that tests share ([`pack`]).
+//! It does not depend on vm0fs: it checks vm0fs's client against the contract, not against
+//! itself. vm0fs takes it as a dev-dependency; nothing of it ships in the product.
 //!
 //! Archives live on disk, never in memory, so gigabyte versions are fine.
 //!
@@ -16,7 +17,11 @@
 //! No authentication; JSON in, JSON out (the crate's README.md says what each one does):
 //! `GET /_emulator/counters`, `POST /_emulator/counters/reset`, `GET|POST|DELETE
 //! /_emulator/faults`, `GET|POST /_emulator/config`, `POST /_emulator/push`,
-//! `POST /_emulator/current`.
+//! `POST /_emulator/current`, `POST /_emulator/agents`, `POST /_emulator/runs`,
+//! `POST /_emulator/runs/{id}/{advance,finish,logs,events}`, `GET /_emulator/streams`.
+//!
+//! Tests in the same process can also drive agents and runs through the methods of
+//! [`RunningEmulator`] ([`RunningEmulator::create_run`] with a [`RunSpec`], ...).
 //!
 //! This file owns the configuration, the state the listeners share, and starting and
 //! stopping them. The `vm0-emulator` binary is a thin wrapper around [`start`]; tests call
@@ -35,11 +40,16 @@
 mod admin;
 mod api;
 pub mod demo;
+mod events;
 pub mod faults;
+mod lifecycle;
 mod listener;
 pub mod load;
 pub mod model;
 pub mod pack;
+pub mod runs;
+mod runs_api;
+pub mod script;
 mod store;
 pub mod wire;
 
@@ -55,7 +65,13 @@ use parking_lot::RwLock;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub use lifecycle::{
+    AgentSpec, AgentVersionSpec, NewLog, RunError, RunSpec, DEFAULT_DURATION_MS, DEFAULT_LOG_RATE,
+    DEFAULT_PENDING_MS, FINISHED_LOG_RATE,
+};
 pub use model::{content_version_id, sha256, sha256_hex, storage_id, Kind};
+pub use runs::{LogType, Outcome, Run, RunStatus};
+pub use runs_api::ROUTE_KEYS as RUN_ROUTE_KEYS;
 pub use wire::Shape;
 
 /// The token the emulator accepts when none is configured:
@@ -90,7 +106,12 @@ pub struct EmulatorConfig {
     pub work_dir: Option<PathBuf>,
     /// Worker threads of the API listener: a slow (delayed) answer holds one of them.
     pub api_threads: usize,
+    /// Milliseconds between the heartbeats of run event streams (the service: about 15 s).
+    pub heartbeat_ms: u64,
 }
+
+/// The heartbeat period of the service's event streams.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 15_000;
 
 impl Default for EmulatorConfig {
     fn default() -> Self {
@@ -106,6 +127,7 @@ impl Default for EmulatorConfig {
             url_ttl_secs: 3600,
             work_dir: None,
             api_threads: 16,
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
         }
     }
 }
@@ -120,12 +142,16 @@ pub(crate) struct Runtime {
     /// the repeated cursor instead of looping.
     pub stuck_cursor: bool,
     pub url_ttl_secs: u64,
+    pub heartbeat_ms: u64,
 }
 
-/// State shared by the API workers and the store's connection threads.
+/// State shared by the API workers, the store's connection threads, the run driver and the
+/// run event streams.
 pub(crate) struct Shared {
     pub runtime: RwLock<Runtime>,
     pub data: RwLock<model::Data>,
+    /// Agents and runs; never locked together with `data`.
+    pub runs: lifecycle::Board,
     pub faults: faults::Faults,
     pub counters: faults::Counters,
     pub holds: faults::Holds,
@@ -154,6 +180,8 @@ pub struct RunningEmulator {
     server: Option<Arc<tiny_http::Server>>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
+    /// The thread that moves live runs.
+    driver: Option<JoinHandle<()>>,
     store: store::StoreServer,
     /// A work directory we created, removed on shutdown.
     temp_dir: Option<PathBuf>,
@@ -228,8 +256,11 @@ fn start_in(
     let storages = load::load(&roots, &archives_dir)?;
     tracing::info!(storages = storages.len(), "data loaded");
 
-    let server = tiny_http::Server::http(config.listen)
-        .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.listen))?;
+    let api_listener = TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    set_nodelay(&api_listener).context("cannot set TCP_NODELAY on the API listener")?;
+    let server = tiny_http::Server::from_listener(api_listener, None)
+        .map_err(|err| anyhow::anyhow!("cannot serve on {}: {err}", config.listen))?;
     let api_addr = server
         .server_addr()
         .to_ip()
@@ -245,8 +276,10 @@ fn start_in(
             pagination_quirk: config.pagination_quirk,
             stuck_cursor: false,
             url_ttl_secs: config.url_ttl_secs,
+            heartbeat_ms: config.heartbeat_ms,
         }),
         data: RwLock::new(model::Data { storages }),
+        runs: lifecycle::Board::new(runs::RunsData::default()),
         faults: faults::Faults::default(),
         counters: faults::Counters::default(),
         holds: faults::Holds::default(),
@@ -254,6 +287,10 @@ fn start_in(
         store_url: format!("http://{store_addr}"),
         archives_dir,
     });
+
+    if config.demo {
+        demo::add_agents_and_runs(&shared).context("cannot create the demo's agents and runs")?;
+    }
 
     let server = Arc::new(server);
     let stop = Arc::new(AtomicBool::new(false));
@@ -273,6 +310,7 @@ fn start_in(
         );
     }
     let store = store::StoreServer::spawn(store_listener, Arc::clone(&shared))?;
+    let driver = lifecycle::spawn_driver(Arc::clone(&shared))?;
     tracing::info!(api = %api_addr, store = %store_addr, "emulator listening");
     Ok(RunningEmulator {
         api_addr,
@@ -280,9 +318,36 @@ fn start_in(
         server: Some(server),
         stop,
         workers,
+        driver: Some(driver),
         store,
         temp_dir,
     })
+}
+
+/// Turns Nagle's algorithm off for the connections `listener` accepts (Linux copies the
+/// option from the listening socket to each accepted one; `tiny_http` offers no other way
+/// to reach them). `tiny_http` writes an answer's head and body in separate segments: with
+/// Nagle on, a body smaller than a segment waits for the head's ACK, which a client on a
+/// kept-alive connection delays by 40 ms. That made every answer but a connection's first
+/// take 40 ms, and held back the events of a stream.
+fn set_nodelay(listener: &TcpListener) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is the listener's, alive for the call; the option value is a
+    // valid c_int whose size is passed along.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl RunningEmulator {
@@ -315,6 +380,67 @@ impl RunningEmulator {
         }
     }
 
+    /// Creates an agent, or adds versions to an existing one (as `POST /_emulator/agents`);
+    /// returns its id.
+    pub fn create_agent(&self, spec: AgentSpec) -> Result<String, RunError> {
+        lifecycle::create_agent(&self.shared, spec)
+    }
+
+    /// Creates a run (as `POST /_emulator/runs`): live, or finished at once with
+    /// `logs_total`; returns its id.
+    pub fn create_run(&self, spec: RunSpec) -> Result<String, RunError> {
+        lifecycle::create_run(&self.shared, spec)
+    }
+
+    /// Moves a run to its next state now: a pending run starts, a running one ends with its
+    /// planned outcome.
+    pub fn advance_run(&self, id: &str) -> Result<(), RunError> {
+        lifecycle::advance(&self.shared, id)
+    }
+
+    /// Ends a live run now, with `outcome` and `error` (default: the planned ones).
+    pub fn finish_run(
+        &self,
+        id: &str,
+        outcome: Option<Outcome>,
+        error: Option<String>,
+    ) -> Result<(), RunError> {
+        lifecycle::finish(&self.shared, id, outcome, error)
+    }
+
+    /// Cancels a live run, as `POST /v1/runs/{id}/cancel`.
+    pub fn cancel_run(&self, id: &str) -> Result<(), RunError> {
+        lifecycle::cancel(&self.shared, id)
+    }
+
+    /// Appends log entries to a live run, timestamped now.
+    pub fn append_logs(&self, id: &str, entries: Vec<NewLog>) -> Result<(), RunError> {
+        lifecycle::append_logs(&self.shared, id, entries)
+    }
+
+    /// Appends an output event to a live run; returns its sequence number.
+    pub fn append_output(
+        &self,
+        id: &str,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<u64, RunError> {
+        lifecycle::append_output(&self.shared, id, kind, data)
+    }
+
+    /// A copy of a run as it is now (its logs included).
+    pub fn run(&self, id: &str) -> Option<Run> {
+        self.shared.runs.data.read().run(id).cloned()
+    }
+
+    /// Event streams being served right now.
+    pub fn open_event_streams(&self) -> usize {
+        self.shared
+            .runs
+            .open_streams
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Stops as the exit of the process would (both listeners closed, every open
     /// connection cut, so that clients see the server gone rather than hung) and removes a
     /// temporary work directory. A worker in the middle of a delayed answer is waited for.
@@ -327,6 +453,11 @@ impl RunningEmulator {
             return;
         };
         self.stop.store(true, Ordering::SeqCst);
+        // Ends the run driver and the event streams (their connections are cut below).
+        self.shared.runs.stop();
+        if let Some(driver) = self.driver.take() {
+            let _ = driver.join();
+        }
         for _ in 0..self.workers.len() {
             server.unblock();
         }

@@ -54,6 +54,9 @@ struct Args {
     /// Where to build archives (default: a temporary directory removed on exit).
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
+    /// Milliseconds between the heartbeats of run event streams.
+    #[arg(long, value_name = "MS", default_value_t = vm0_emulator::DEFAULT_HEARTBEAT_MS)]
+    heartbeat_ms: u64,
 }
 
 /// The end of `--help`: the admin endpoints, which flags cannot show.
@@ -67,9 +70,17 @@ crates/vm0-emulator/README.md):
   DELETE /_emulator/faults          remove every fault rule
   GET    /_emulator/config          the runtime configuration
   POST   /_emulator/config          change url_ttl_secs, token, shape, pagination_quirk,
-                                    stuck_cursor while running
+                                    stuck_cursor, heartbeat_ms while running
   POST   /_emulator/push            create a version from JSON content; it becomes current
-  POST   /_emulator/current         make a version (id or prefix) the current one";
+  POST   /_emulator/current         make a version (id or prefix) the current one
+  POST   /_emulator/agents          create an agent, or add versions to one
+  POST   /_emulator/runs            create a run: live (log_rate, duration_ms, outcome...)
+                                    or finished at once (logs_total); count: that many
+  POST   /_emulator/runs/ID/advance start a pending run now, or end a running one now
+  POST   /_emulator/runs/ID/finish  end a live run now ({outcome, error} optional)
+  POST   /_emulator/runs/ID/logs    append log entries to a live run ({entries: [...]})
+  POST   /_emulator/runs/ID/events  append an output event to a live run ({type, data})
+  GET    /_emulator/streams         how many run event streams are open";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -107,6 +118,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         pagination_quirk: args.pagination_quirk,
         url_ttl_secs: args.url_ttl,
         work_dir: args.work_dir,
+        heartbeat_ms: args.heartbeat_ms.max(1),
         ..EmulatorConfig::default()
     };
     let running = vm0_emulator::start(config)?;

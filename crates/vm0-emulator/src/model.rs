@@ -2,6 +2,9 @@
 //! contract gives for them: content-addressed version ids, UUID storage ids, "current"
 //! versions, and the resolution of a version parameter (full id or unique prefix).
 //!
+//! It also owns the ids, timestamps and clock that every part of the emulator shares (UUIDs,
+//! the contract's timestamp format). Agents and runs have their own model in `runs`.
+//!
 //! This module is pure data and holds no I/O; loading from disk lives in `load`, building
 //! archives in `pack`, and the HTTP faces in `api` and `store`.
 
@@ -203,6 +206,12 @@ impl Data {
         self.storages.iter().find(|s| s.kind == kind && s.id == id)
     }
 
+    pub fn get_by_name(&self, kind: Kind, name: &str) -> Option<&Storage> {
+        self.storages
+            .iter()
+            .find(|s| s.kind == kind && s.name == name)
+    }
+
     pub fn get_mut_by_name(&mut self, kind: Kind, name: &str) -> Option<&mut Storage> {
         self.storages
             .iter_mut()
@@ -229,12 +238,38 @@ impl Data {
     }
 }
 
+/// The contract's rule for names of storages (and, in the emulator, of agents):
+/// `^[a-z0-9][a-z0-9-]{1,62}[a-z0-9]$`.
+pub fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (3..=64).contains(&b.len())
+        && edge(&b[0])
+        && edge(&b[b.len() - 1])
+        && b.iter().all(|c| edge(c) || *c == b'-')
+}
+
 /// The stable id of a storage: a UUID-formatted string derived from sha256(kind/name), so
 /// ids survive restarts of the emulator and tests can predict them.
 pub fn storage_id(kind: Kind, name: &str) -> String {
-    let digest = Sha256::digest(format!("{}/{}", kind.as_str(), name).as_bytes());
+    uuid_from_seed(&format!("{}/{}", kind.as_str(), name))
+}
+
+/// A UUID-formatted id derived from sha256(`seed`): the same seed always gives the same id
+/// (storages, agents and the demo's runs keep their ids across restarts).
+pub fn uuid_from_seed(seed: &str) -> String {
+    let digest = Sha256::digest(seed.as_bytes());
     let mut b = [0u8; 16];
     b.copy_from_slice(&digest[..16]);
+    format_uuid(b)
+}
+
+/// A random UUID, for runs created while the emulator runs.
+pub fn random_uuid() -> String {
+    format_uuid(rand::random())
+}
+
+fn format_uuid(mut b: [u8; 16]) -> String {
     // Version 4 and RFC 4122 variant bits, so strict UUID parsers accept the id.
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
@@ -359,6 +394,16 @@ mod tests {
             format_timestamp(BASE_TIME_MS + 61_001),
             "2026-01-20T10:01:01.001Z"
         );
+    }
+
+    #[test]
+    fn names() {
+        for good in ["abc", "input-data", "a1-2b", &"a".repeat(64)] {
+            assert!(valid_name(good), "{good}");
+        }
+        for bad in ["ab", "-ab", "ab-", "Abc", "a_b", "a.b", &"a".repeat(65), ""] {
+            assert!(!valid_name(bad), "{bad}");
+        }
     }
 
     #[test]

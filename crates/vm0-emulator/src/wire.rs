@@ -36,6 +36,29 @@ impl Shape {
             other => other,
         }
     }
+
+    /// The name of any field in this shape, given its snake_case name: camel turns every
+    /// `a_b` into `aB` (`execution_time_ms` -> `executionTimeMs`). The agent and run routes
+    /// use it for their many fields; [`Shape::field`] is the same rule for the storage
+    /// routes' fixed list.
+    pub fn key(self, snake: &str) -> String {
+        if self == Shape::Snake {
+            return snake.to_string();
+        }
+        let mut out = String::with_capacity(snake.len());
+        let mut upper = false;
+        for c in snake.chars() {
+            if c == '_' && !out.is_empty() {
+                upper = true;
+            } else if upper {
+                out.extend(c.to_uppercase());
+                upper = false;
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
 }
 
 /// A JSON value whose objects keep their insertion order: `serde_json::Value` sorts keys
@@ -45,6 +68,7 @@ pub enum Json {
     Null,
     Bool(bool),
     Int(i64),
+    Float(f64),
     Str(String),
     Arr(Vec<Json>),
     Obj(Vec<(String, Json)>),
@@ -83,6 +107,16 @@ impl From<u64> for Json {
         Json::Int(i64::try_from(n).unwrap_or(i64::MAX))
     }
 }
+impl From<i64> for Json {
+    fn from(n: i64) -> Json {
+        Json::Int(n)
+    }
+}
+impl From<f64> for Json {
+    fn from(x: f64) -> Json {
+        Json::Float(x)
+    }
+}
 impl From<bool> for Json {
     fn from(b: bool) -> Json {
         Json::Bool(b)
@@ -105,9 +139,11 @@ impl From<serde_json::Value> for Json {
         match v {
             Value::Null => Json::Null,
             Value::Bool(b) => Json::Bool(b),
-            Value::Number(n) => n
-                .as_i64()
-                .map_or_else(|| Json::Str(n.to_string()), Json::Int),
+            Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => Json::Int(i),
+                (None, Some(x)) => Json::Float(x),
+                (None, None) => Json::Str(n.to_string()),
+            },
             Value::String(s) => Json::Str(s),
             Value::Array(items) => Json::Arr(items.into_iter().map(Json::from).collect()),
             Value::Object(map) => Json::Obj(map.into_iter().map(|(k, v)| (k, v.into())).collect()),
@@ -121,6 +157,7 @@ impl Serialize for Json {
             Json::Null => s.serialize_unit(),
             Json::Bool(b) => s.serialize_bool(*b),
             Json::Int(n) => s.serialize_i64(*n),
+            Json::Float(x) => s.serialize_f64(*x),
             Json::Str(v) => s.serialize_str(v),
             Json::Arr(items) => {
                 let mut seq = s.serialize_seq(Some(items.len()))?;
@@ -323,5 +360,47 @@ pub fn send(request: tiny_http::Request, reply: Reply) {
     };
     if let Err(err) = request.respond(response) {
         tracing::debug!(%err, "client went away before the answer was sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn camel_keys() {
+        let cases = [
+            ("id", "id"),
+            ("agent_id", "agentId"),
+            ("execution_time_ms", "executionTimeMs"),
+            ("avg_cpu_percent", "avgCpuPercent"),
+            ("last_event_id", "lastEventId"),
+        ];
+        for (snake, camel) in cases {
+            assert_eq!(Shape::Camel.key(snake), camel);
+            assert_eq!(Shape::Snake.key(snake), snake);
+        }
+        // The storage routes' fixed list follows the same rule.
+        for snake in [
+            "current_version_id",
+            "current_version",
+            "file_count",
+            "created_at",
+            "updated_at",
+            "volume_id",
+            "artifact_id",
+            "created_by",
+            "has_more",
+            "next_cursor",
+            "version_id",
+        ] {
+            assert_eq!(Shape::Camel.field(snake), Shape::Camel.key(snake));
+        }
+    }
+
+    #[test]
+    fn floats_render_as_numbers() {
+        let json = Json::obj().with("cpu", 12.5).with("n", 3i64);
+        assert_eq!(json.render(), r#"{"cpu":12.5,"n":3}"#);
     }
 }
