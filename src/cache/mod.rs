@@ -30,10 +30,16 @@
 //! [`CacheOptions::failure_memory`]: accesses in that time get the same error at once
 //! instead of downloading again.
 //!
+//! Rooms: `disk` (the layout, the only code that touches it), `flight` (one fetch shared by
+//! its waiters), `pool` (the bounded download pool), `fill` (loading, fetching under a
+//! reservation, evicting), `error` (why a version was refused or failed).
+//!
 //! No lock is held across disk I/O: recording a use (`touch`) and moving an evicted
 //! version aside happen after the state lock is let go.
 
 mod disk;
+mod error;
+mod fill;
 mod flight;
 mod pool;
 
@@ -52,6 +58,8 @@ use crate::archive::{Index, Publish, Unpacked};
 use crate::size::ByteSize;
 pub use disk::CACHE_FORMAT_VERSION;
 use disk::{Completion, Layout};
+pub use error::{CacheError, SharedError};
+use fill::purge;
 pub use flight::{
     Flight, Interest, Outcome, Patience, Phase, Stopped, Unbounded, Waited, WAIT_SLICE,
 };
@@ -104,73 +112,6 @@ pub struct Announced {
     pub size: u64,
     pub file_count: u64,
 }
-
-#[derive(Debug, thiserror::Error)]
-pub enum CacheError {
-    #[error("{key} is {} unpacked, more than the whole cache budget of {}; raise --cache-size", ByteSize(*.size), ByteSize(*.budget))]
-    TooLarge {
-        key: VersionKey,
-        size: u64,
-        budget: u64,
-    },
-    #[error("no room in the cache for {key} ({} needed, budget {}): every cached version is in use; close files or raise --cache-size", ByteSize(*.needed), ByteSize(*.budget))]
-    NoRoom {
-        key: VersionKey,
-        needed: u64,
-        budget: u64,
-    },
-    #[error("cache directory {} is in use by another vm0fs (pid {holder}); unmount it or pass another --cache-dir", .dir.display())]
-    Locked { dir: PathBuf, holder: String },
-    #[error("cache I/O error on {}: {source}", .path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{key}: {source}")]
-    Fetch {
-        key: VersionKey,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("{key}: cannot start a download thread: {source}")]
-    Spawn {
-        key: VersionKey,
-        #[source]
-        source: std::io::Error,
-    },
-    /// A fetch (or the cache's own code around it) panicked: a bug, logged by the panic
-    /// hook where it happened (see [`crate::panics`]).
-    #[error("{key}: the download failed on an internal error ({message}); see the log")]
-    Panicked { key: VersionKey, message: String },
-    /// Nobody waited for the version any more: the fetch was stopped.
-    #[error("{key}: stopped, nobody waits for it any more")]
-    Cancelled { key: VersionKey },
-    #[error("the mount is shutting down")]
-    ShuttingDown,
-}
-
-impl CacheError {
-    /// Whether a flight that ended with this error is remembered (see
-    /// [`CacheOptions::failure_memory`]): failures of the download and of the disk, which
-    /// would most likely happen again at once. Not a refusal for lack of room (it changes
-    /// as soon as a file is closed), nor one that asking again cannot change or that was
-    /// never tried.
-    fn remembered(&self) -> bool {
-        match self {
-            CacheError::Fetch { .. } | CacheError::Io { .. } | CacheError::Panicked { .. } => true,
-            CacheError::TooLarge { .. }
-            | CacheError::NoRoom { .. }
-            | CacheError::Locked { .. }
-            | CacheError::Spawn { .. }
-            | CacheError::Cancelled { .. }
-            | CacheError::ShuttingDown => false,
-        }
-    }
-}
-
-/// A failure shared by every caller that waited on the same fetch.
-pub type SharedError = Arc<CacheError>;
 
 /// What a fetch closure gets: where to unpack, how many content bytes it may write, where
 /// to publish files as they are complete, and whether to stop.
@@ -338,19 +279,6 @@ const PIN_GRACE: Duration = Duration::from_millis(500);
 
 /// How often a version's last use is written to disk at most (its `meta.json` mtime).
 const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Room kept for a version beyond its content bytes: one block per file (small files
-/// still take a whole block) plus the index and the completion record.
-fn reservation(a: Announced) -> u64 {
-    a.size
-        .saturating_add(a.file_count.saturating_mul(4096))
-        .saturating_add(64 * 1024)
-}
-
-/// Versions taken out of the LRU whose directories are still to be moved aside (see
-/// [`Cache::move_aside`]).
-#[must_use]
-struct Evicted(Vec<VersionKey>);
 
 impl Cache {
     /// Open (or create) the cache directory with a byte budget and the default options.
@@ -749,277 +677,6 @@ impl Cache {
             downloads: self.inner.pool.max(),
         }
     }
-
-    /// Read the index of a version found on disk at start. On failure (a damaged index), the
-    /// version is dropped from the cache and `None` tells the caller to fetch it again.
-    fn load(&self, key: &VersionKey) -> Option<Arc<CachedVersion>> {
-        let dir = self.inner.layout.version_dir(key);
-        let loaded = Index::load(&dir.join("index.bin"));
-        let mut st = self.inner.state.lock();
-        let entry = st.lru.get_mut(key)?;
-        match loaded {
-            Ok(index) => {
-                let v = Arc::new(CachedVersion {
-                    key: key.clone(),
-                    dir,
-                    index,
-                    disk_bytes: entry.disk_bytes,
-                });
-                entry.slot = Slot::Ready(v.clone());
-                Some(v)
-            }
-            Err(e) => {
-                tracing::warn!(version = %key, error = %e, "cached index unreadable or damaged; downloading the version again");
-                let bytes = entry.disk_bytes;
-                st.lru.pop(key);
-                st.used -= bytes;
-                st.evicting.insert(key.clone());
-                drop(st);
-                purge(self.move_aside(Evicted(vec![key.clone()])));
-                None
-            }
-        }
-    }
-
-    fn fetch(
-        &self,
-        key: &VersionKey,
-        flight: &Arc<Flight>,
-        announced: Announced,
-        fetch: BoxedFetch,
-    ) -> Outcome {
-        let budget = self.inner.budget;
-        if announced.size > budget {
-            let err = CacheError::TooLarge {
-                key: key.clone(),
-                size: announced.size,
-                budget,
-            };
-            tracing::error!(version = %key, size = announced.size, budget, "{err}");
-            return Err(Arc::new(err));
-        }
-        let need = reservation(announced).min(budget);
-        let mut trash = Vec::new();
-        let mut refuse_after: Option<Instant> = None;
-        loop {
-            if self.cancelled(key, flight) {
-                purge(trash);
-                return Err(self.cancel_error(key));
-            }
-            let in_use = if self.over_budget_with(need) {
-                self.in_use()
-            } else {
-                Arc::default()
-            };
-            let mut st = self.inner.state.lock();
-            let target = budget.saturating_sub(need);
-            let evicted = self.evict_until(&mut st, target, None, &in_use);
-            if st.used + need <= budget {
-                st.used += need;
-                st.reserved.insert(flight.id, (flight.clone(), need));
-                drop(st);
-                trash.extend(self.move_aside(evicted));
-                break;
-            }
-            // Other downloads in progress hold reservations; once complete (and unpinned)
-            // they can be evicted, so wait for one rather than refuse. Only flights that
-            // hold a reservation are waited for: they never wait for room themselves, so
-            // two fetches can never wait for each other.
-            let busy = st.reserved.values().map(|(f, _)| f.clone()).next();
-            drop(st);
-            trash.extend(self.move_aside(evicted));
-            match busy {
-                Some(other) => {
-                    let _ = other.wait_done();
-                }
-                // A file closed a moment ago may still hold its pin: the kernel sends
-                // FUSE_RELEASE asynchronously after close(2) returns. Give such pins a
-                // moment to drop before refusing. (Each round asks the in-use probe again,
-                // which walks /proc: a few rounds, not hundreds.)
-                None if *refuse_after.get_or_insert_with(|| Instant::now() + PIN_GRACE)
-                    > Instant::now() =>
-                {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                None => {
-                    purge(trash);
-                    let err = CacheError::NoRoom {
-                        key: key.clone(),
-                        needed: need,
-                        budget,
-                    };
-                    tracing::error!(version = %key, "{err}");
-                    return Err(Arc::new(err));
-                }
-            }
-        }
-        // Deleting evicted versions before the download starts keeps the real usage
-        // within the budget plus the one version being unpacked.
-        purge(trash);
-
-        let result = self.fetch_into_tmp(key, flight, announced, fetch);
-        let mut st = self.inner.state.lock();
-        if let Some((_, r)) = st.reserved.remove(&flight.id) {
-            st.used -= r;
-        }
-        let (dir, unpacked, disk_bytes) = match result {
-            Ok(ok) => ok,
-            Err(e) => {
-                drop(st);
-                if flight.cancel.load(Ordering::SeqCst) {
-                    return Err(self.cancel_error(key));
-                }
-                return Err(Arc::new(e));
-            }
-        };
-        let v = Arc::new(CachedVersion {
-            key: key.clone(),
-            dir,
-            index: unpacked.index,
-            disk_bytes,
-        });
-        st.used += disk_bytes;
-        st.lru.put(
-            key.clone(),
-            Resident {
-                slot: Slot::Ready(v.clone()),
-                disk_bytes,
-                last_used: SystemTime::now(),
-                last_touch: Instant::now(),
-            },
-        );
-        // The real usage can exceed the reservation only by what blocks cost beyond the
-        // estimate; trim others (never the new one) to get back under the budget.
-        if st.used > budget {
-            drop(st);
-            let in_use = self.in_use();
-            let mut st = self.inner.state.lock();
-            let evicted = self.evict_until(&mut st, budget, Some(key), &in_use);
-            drop(st);
-            purge(self.move_aside(evicted));
-        }
-        Ok(v)
-    }
-
-    fn fetch_into_tmp(
-        &self,
-        key: &VersionKey,
-        flight: &Arc<Flight>,
-        announced: Announced,
-        fetch: BoxedFetch,
-    ) -> Result<(PathBuf, Unpacked, u64), CacheError> {
-        let layout = &self.inner.layout;
-        let tmp = layout.new_tmp_dir(key)?;
-        let outcome = (|| {
-            let cancelled = || self.cancelled(key, flight);
-            let target = FetchTarget {
-                dir: &tmp,
-                max_bytes: announced.size.min(self.inner.budget),
-                publish: &**flight,
-                cancelled: &cancelled,
-            };
-            // A fetch that panics fails like one that errs: its temporary directory is
-            // removed and its reservation returned below, and its flight ends.
-            let fetched = catch_unwind(AssertUnwindSafe(|| fetch(target))).map_err(|panic| {
-                CacheError::Panicked {
-                    key: key.clone(),
-                    message: crate::panics::message(&*panic),
-                }
-            })?;
-            let unpacked = fetched.map_err(|source| CacheError::Fetch {
-                key: key.clone(),
-                source,
-            })?;
-            let index_path = tmp.join("index.bin");
-            unpacked
-                .index
-                .save(&index_path)
-                .map_err(|source| CacheError::Io {
-                    path: index_path,
-                    source,
-                })?;
-            let disk_bytes = disk::disk_usage(&tmp) + 4096;
-            let meta = Completion {
-                format: CACHE_FORMAT_VERSION,
-                kind: key.kind,
-                id: key.id.clone(),
-                disk_bytes,
-                files: unpacked.stats.files,
-                bytes: unpacked.stats.bytes,
-            };
-            self.wait_moved_aside(key);
-            let dir = layout.commit(key, &tmp, &meta)?;
-            Ok((dir, unpacked, disk_bytes))
-        })();
-        if outcome.is_err() {
-            // Nothing of a failed fetch is kept.
-            disk::remove_all(&tmp);
-        }
-        outcome
-    }
-
-    /// Take unpinned versions not `in_use` out of the LRU, least recently used first, until
-    /// `used <= target`. Their directories are moved aside by [`Cache::move_aside`], after
-    /// the caller lets go of the lock.
-    fn evict_until(
-        &self,
-        st: &mut State,
-        target: u64,
-        keep: Option<&VersionKey>,
-        in_use: &HashSet<VersionKey>,
-    ) -> Evicted {
-        let mut victims = Vec::new();
-        while st.used > target {
-            let victim = st
-                .lru
-                .iter()
-                .rev()
-                .find(|(k, e)| {
-                    !e.pinned()
-                        && Some(*k) != keep
-                        && !in_use.contains(*k)
-                        && !st.flights.contains_key(*k)
-                })
-                .map(|(k, _)| k.clone());
-            let Some(victim) = victim else { break };
-            let entry = st.lru.pop(&victim).expect("victim was just found");
-            st.used -= entry.disk_bytes;
-            tracing::info!(version = %victim, bytes = entry.disk_bytes, "evicting from the cache");
-            st.evicting.insert(victim.clone());
-            victims.push(victim);
-        }
-        Evicted(victims)
-    }
-
-    /// Move the directories of evicted versions out of sight (a rename each), without the
-    /// lock; the paths to delete.
-    fn move_aside(&self, evicted: Evicted) -> Vec<PathBuf> {
-        if evicted.0.is_empty() {
-            return Vec::new();
-        }
-        let layout = &self.inner.layout;
-        let trash: Vec<PathBuf> = evicted
-            .0
-            .iter()
-            .filter_map(|k| layout.discard(&layout.version_dir(k)))
-            .collect();
-        let mut st = self.inner.state.lock();
-        for k in &evicted.0 {
-            st.evicting.remove(k);
-        }
-        drop(st);
-        self.inner.moved_aside.notify_all();
-        trash
-    }
-
-    /// Wait until no evicted directory of `key` is still to be moved aside, so that a new
-    /// commit of the same key is not moved aside in its place.
-    fn wait_moved_aside(&self, key: &VersionKey) {
-        let mut st: MutexGuard<'_, State> = self.inner.state.lock();
-        while st.evicting.contains(key) {
-            self.inner.moved_aside.wait(&mut st);
-        }
-    }
 }
 
 /// The body of a pool job: run the fetch of `key`, then end its flight, and end it even if
@@ -1062,12 +719,6 @@ fn used_now(entry: &mut Resident) -> bool {
         return true;
     }
     false
-}
-
-fn purge(paths: Vec<PathBuf>) {
-    for p in paths {
-        disk::remove_all(&p);
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,74 @@
+//! Why the cache refused or failed a version, and which failures are worth remembering.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::VersionKey;
+use crate::size::ByteSize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{key} is {} unpacked, more than the whole cache budget of {}; raise --cache-size", ByteSize(*.size), ByteSize(*.budget))]
+    TooLarge {
+        key: VersionKey,
+        size: u64,
+        budget: u64,
+    },
+    #[error("no room in the cache for {key} ({} needed, budget {}): every cached version is in use; close files or raise --cache-size", ByteSize(*.needed), ByteSize(*.budget))]
+    NoRoom {
+        key: VersionKey,
+        needed: u64,
+        budget: u64,
+    },
+    #[error("cache directory {} is in use by another vm0fs (pid {holder}); unmount it or pass another --cache-dir", .dir.display())]
+    Locked { dir: PathBuf, holder: String },
+    #[error("cache I/O error on {}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{key}: {source}")]
+    Fetch {
+        key: VersionKey,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{key}: cannot start a download thread: {source}")]
+    Spawn {
+        key: VersionKey,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A fetch (or the cache's own code around it) panicked: a bug, logged by the panic
+    /// hook where it happened (see [`crate::panics`]).
+    #[error("{key}: the download failed on an internal error ({message}); see the log")]
+    Panicked { key: VersionKey, message: String },
+    /// Nobody waited for the version any more: the fetch was stopped.
+    #[error("{key}: stopped, nobody waits for it any more")]
+    Cancelled { key: VersionKey },
+    #[error("the mount is shutting down")]
+    ShuttingDown,
+}
+
+impl CacheError {
+    /// Whether a flight that ended with this error is remembered (see
+    /// [`CacheOptions::failure_memory`]): failures of the download and of the disk, which
+    /// would most likely happen again at once. Not a refusal for lack of room (it changes
+    /// as soon as a file is closed), nor one that asking again cannot change or that was
+    /// never tried.
+    pub(super) fn remembered(&self) -> bool {
+        match self {
+            CacheError::Fetch { .. } | CacheError::Io { .. } | CacheError::Panicked { .. } => true,
+            CacheError::TooLarge { .. }
+            | CacheError::NoRoom { .. }
+            | CacheError::Locked { .. }
+            | CacheError::Spawn { .. }
+            | CacheError::Cancelled { .. }
+            | CacheError::ShuttingDown => false,
+        }
+    }
+}
+
+/// A failure shared by every caller that waited on the same fetch.
+pub type SharedError = Arc<CacheError>;
