@@ -474,7 +474,7 @@ mod tests {
         let lines = a.api_lines();
         assert!(
             lines.starts_with("api: unreachable since ")
-                && lines.contains("(could not reach http://127.0.0.1:9/v1/volumes")
+                && lines.contains("(could not reach the VM0 API at 127.0.0.1:9")
                 && lines.contains("connection refused")
                 && lines.contains("), serving cached listings\napi: last answer 0 s ago"),
             "{lines}"
