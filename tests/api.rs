@@ -314,11 +314,13 @@ fn a_stuck_cursor_is_a_protocol_error_not_a_hang() {
     for i in 0..120 {
         emulator.push("artifacts", &format!("stuck-{i:03}"), json!({"a.txt": "a"}));
     }
-    let started = Instant::now();
+    emulator.reset_counters();
     let err = emulator.client().list_storages(Kind::Artifact).unwrap_err();
     assert!(matches!(err, ApiError::Protocol { .. }), "{err:?}");
     assert!(err.to_string().contains("cursor"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    // Stopped at the first repeat of the cursor: the first page, then the repeated one.
+    let pages = emulator.count("artifacts.list");
+    assert!(pages <= 3, "{pages} pages asked");
     emulator.assert_secret_safe(&err);
 }
 
@@ -451,9 +453,9 @@ fn a_500_that_never_clears_is_a_server_error_within_the_retry_budget() {
     let emulator = Emulator::start();
     emulator.reset_counters();
     emulator.fault(json!({"route": "volumes.list", "status": 500, "count": 0}));
-    let started = Instant::now();
     let err = emulator.client().list_storages(Kind::Volume).unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5));
+    let asked = emulator.count("volumes.list");
+    assert!(asked > 1, "retried: {asked} requests");
     assert!(
         matches!(err, ApiError::Server { status: 500, .. }),
         "{err:?}"
@@ -487,9 +489,13 @@ fn a_429_waits_at_least_its_retry_after() {
 
     // A Retry-After beyond the retry budget gives up at once instead of sleeping in vain.
     emulator.fault(json!({"route": "volumes.list", "status": 429, "retry_after": 60, "count": 1}));
-    let started = Instant::now();
+    emulator.reset_counters();
     let err = emulator.client().list_storages(Kind::Volume).unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        emulator.count("volumes.list"),
+        1,
+        "no retry that could not succeed"
+    );
     assert!(
         matches!(err, ApiError::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(60)),
         "{err:?}"
@@ -548,9 +554,7 @@ fn a_refused_connection_is_a_transport_error() {
         io_timeout: Duration::from_secs(2),
     })
     .unwrap();
-    let started = Instant::now();
     let err = client.list_storages(Kind::Volume).unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5));
     assert!(
         matches!(
             err,
@@ -683,9 +687,7 @@ fn a_refused_url_is_replaced_by_a_fresh_one() {
     // URLs that are expired when used: a bounded number of fresh ones, then DownloadUrl.
     emulator.config(json!({"url_ttl_secs": 0}));
     emulator.reset_counters();
-    let started = Instant::now();
     let err = client.download(Kind::Volume, &id, None).unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5));
     assert!(
         matches!(err, ApiError::DownloadUrl { status: 403, .. }),
         "{err:?}"
@@ -836,13 +838,11 @@ fn a_slow_reader_is_not_cut_by_the_io_timeout() {
     let id = emulator.storage_id(Kind::Volume, "big");
     let io_timeout = Duration::from_millis(500);
     let client = emulator.client_with(&emulator.token, quick_policy(), io_timeout);
-    let started = Instant::now();
     let mut download = client.download(Kind::Volume, &id, None).unwrap();
     let mut data = vec![0; 100_000];
     download.read_exact(&mut data).unwrap();
     std::thread::sleep(io_timeout * 3);
     download.read_to_end(&mut data).unwrap();
-    assert!(started.elapsed() > io_timeout * 3);
     assert_eq!(sha256(&data), sha256(&archive));
     assert_eq!(download.resumes(), 0);
 }

@@ -271,17 +271,11 @@ fn when_every_version_is_in_use_a_new_one_is_refused_with_enospc() {
         let p = Pressed::new(2, "1600K", mode);
         let (m, emu) = (&p.m, &p.emu);
         let held = File::open(m.join("artifacts/art-0/latest/part-0.bin")).unwrap();
-        let started = Instant::now();
         let err = match std::fs::read(m.join("artifacts/art-1/latest/part-0.bin")) {
             Ok(data) => panic!("{mode:?}: read {} bytes, not ENOSPC", data.len()),
             Err(e) => e,
         };
         assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{mode:?}: {err}");
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{mode:?}: refused only after {:?}",
-            started.elapsed()
-        );
         let v1 = emu.current_version("artifacts", "art-1");
         let log = m.log_text();
         assert!(
