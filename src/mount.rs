@@ -399,7 +399,7 @@ fn api_refusal(cfg: &MountConfig, e: ApiError) -> anyhow::Error {
     }
     if matches!(e, ApiError::Transport { .. }) {
         let cause = std::error::Error::source(&e)
-            .map(error_chain)
+            .map(crate::api::error_chain)
             .unwrap_or_default();
         return anyhow::anyhow!("cannot reach the VM0 API at {url} (from {from}): {cause}; check {setting} and the network");
     }
@@ -409,22 +409,6 @@ fn api_refusal(cfg: &MountConfig, e: ApiError) -> anyhow::Error {
         _ => e.to_string().replace("VM0_API_URL", setting),
     };
     anyhow::anyhow!("cannot use the VM0 API at {url} (from {from}): {text}")
-}
-
-/// An error and its causes, each after a colon, without repeating a cause that the text
-/// already contains.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Run a mount until it is unmounted or the process gets SIGINT/SIGTERM. `ready` is called

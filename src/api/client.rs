@@ -705,8 +705,10 @@ pub(crate) fn host_port(url: &Url) -> Option<String> {
     })
 }
 
-/// `error: cause: cause`, for one-line logs.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+/// `error: cause: cause` on one line, for logs and the status file, leaving out causes the
+/// text already holds ("error sending request" alone does not say that the connection was
+/// refused).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -13,7 +13,7 @@ mod retry;
 mod types;
 mod wire;
 
-pub use client::{Client, ClientConfig, Token};
+pub use client::{error_chain, Client, ClientConfig, Token};
 pub use download::{Download, ResumePoint};
 pub use error::{ApiError, Server};
 pub use retry::RetryPolicy;

@@ -150,7 +150,7 @@ impl Activity {
         match r {
             Ok(_) => self.api_answered(),
             Err(e) if e.is_not_found() => self.api_answered(),
-            Err(e) => self.api_failed(one_line(e), e.is_auth()),
+            Err(e) => self.api_failed(crate::api::error_chain(e), e.is_auth()),
         }
     }
 
@@ -292,22 +292,6 @@ impl Activity {
         }
         s
     }
-}
-
-/// `error: cause: cause` on one line, leaving out causes the text already holds ("error
-/// sending request" alone does not say that the connection was refused).
-fn one_line(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// How long one reader (a pid) is shown the same status text. Without `OPEN`, the file has
