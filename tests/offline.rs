@@ -289,12 +289,16 @@ fn a_restart_with_the_api_down_serves_the_cache_and_recovers() {
                 .any(|w| w == b"art-new")
         },
     );
-    // What failed while the API was away is fetched again once it answers.
-    let text = answers(&mut cmd(
-        "cat",
-        m.join(&format!("artifacts/art-1/{art1}/a.txt")),
-    ));
-    assert_eq!(text, "archive 1\n");
+    // What failed while the API was away is fetched again once it answers (a fetch that
+    // began while it was away may still be in its retries: its callers get ETIMEDOUT
+    // until it ends, so poll).
+    poll_until(Duration::from_secs(120), "art-1 to be served", || {
+        let out = within_deadline(&mut cmd(
+            "cat",
+            m.join(&format!("artifacts/art-1/{art1}/a.txt")),
+        ));
+        out.status.success() && out.stdout == b"archive 1\n"
+    });
 }
 
 /// (d) A refused token stops a mount even when an earlier mount saved its listings: only

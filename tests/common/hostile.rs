@@ -270,8 +270,9 @@ pub fn read_within(limit: Duration, path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// The daemon's log once `pred` holds for it (polled: the daemon logs after it answers).
+/// The deadline is past one whole retry cycle (30 s), since a failure is logged at its end.
 pub fn log_when(m: &Mount, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let log = m.log_text();
         if pred(&log) {
