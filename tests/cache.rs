@@ -294,7 +294,8 @@ fn when_every_version_is_in_use_a_new_one_is_refused_with_enospc() {
 fn a_version_larger_than_the_whole_budget_is_efbig_with_a_clear_log_line() {
     let data = data_with_versions(1, 2 * MIB as usize);
     let emu = Emulator::with_data(data.path());
-    let m = Mount::with(&emu, cache_opts(&tempfile::tempdir().unwrap().keep(), "1M"));
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::with(&emu, cache_opts(cache.path(), "1M"));
     let err = std::fs::read(m.join("artifacts/art-0/latest/part-0.bin")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
     let log = m.log_text();

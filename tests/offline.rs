@@ -11,7 +11,6 @@ mod common;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -114,12 +113,11 @@ fn mount_at(api_url: &str, token: &str, cache: &Path, extra: &[&str]) -> Result<
         .prefix("vm0fs-mnt")
         .tempdir()
         .unwrap();
-    // Beside the cache's own files, one log per mount.
-    static MOUNTS: AtomicUsize = AtomicUsize::new(0);
-    let log = cache.join(format!(
-        "test-mount-{}.log",
-        MOUNTS.fetch_add(1, Ordering::SeqCst)
-    ));
+    let work = tempfile::Builder::new()
+        .prefix("vm0fs-work")
+        .tempdir()
+        .unwrap();
+    let log = work.path().join("vm0fs.log");
     let mut cmd = Command::new(common::vm0fs_bin());
     cmd.arg("mount")
         .arg(dir.path())
@@ -134,7 +132,7 @@ fn mount_at(api_url: &str, token: &str, cache: &Path, extra: &[&str]) -> Result<
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
-    Mount::spawn(cmd, dir, cache.to_path_buf(), log)
+    Mount::spawn(cmd, dir, cache.to_path_buf(), log, work)
 }
 
 /// Fill the mount's listings and cache: `art-0`'s current version read by its full id

@@ -331,9 +331,8 @@ impl RawMount {
         let work = tempfile::Builder::new()
             .prefix("vm0fs-work")
             .tempdir()
-            .unwrap()
-            .keep();
-        let log = work.join("vm0fs.log");
+            .unwrap();
+        let log = work.path().join("vm0fs.log");
         let mut cmd = Command::new(super::vm0fs_bin());
         cmd.arg("mount")
             .arg(dir.path())
@@ -341,7 +340,7 @@ impl RawMount {
             .args(args);
         // A fresh cache unless the test gives one: never the user's default cache, whose
         // versions from an earlier run would be served without a download.
-        let cache = work.join("cache");
+        let cache = work.path().join("cache");
         if !args.iter().any(|a| a == "--cache-dir") {
             cmd.arg("--cache-dir").arg(&cache);
         }
@@ -354,6 +353,6 @@ impl RawMount {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Mount::spawn(cmd, dir, cache, log)
+        Mount::spawn(cmd, dir, cache, log, work)
     }
 }

@@ -211,6 +211,9 @@ pub struct Mount {
     pub cache: PathBuf,
     child: Option<Child>,
     pub log: PathBuf,
+    /// The log and (by default) the cache: removed with the mount, kept when the test
+    /// failed, for a look at what happened.
+    work: Option<TempDir>,
 }
 
 #[derive(Default)]
@@ -239,10 +242,12 @@ impl Mount {
         let work = tempfile::Builder::new()
             .prefix("vm0fs-work")
             .tempdir()
-            .unwrap()
-            .keep();
-        let cache = opts.cache.clone().unwrap_or_else(|| work.join("cache"));
-        let log = work.join("vm0fs.log");
+            .unwrap();
+        let cache = opts
+            .cache
+            .clone()
+            .unwrap_or_else(|| work.path().join("cache"));
+        let log = work.path().join("vm0fs.log");
         let mut cmd = Command::new(vm0fs_bin());
         cmd.arg("mount")
             .arg(dir.path())
@@ -257,7 +262,7 @@ impl Mount {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
-        Mount::spawn(cmd, dir, cache, log)
+        Mount::spawn(cmd, dir, cache, log, work)
     }
 
     /// Start `cmd` (a `vm0fs mount --foreground` of `dir`, stderr to `log`) and wait until
@@ -267,6 +272,7 @@ impl Mount {
         dir: TempDir,
         cache: PathBuf,
         log: PathBuf,
+        work: TempDir,
     ) -> Result<Mount, String> {
         let mut child = cmd.spawn().expect("start vm0fs");
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -286,6 +292,7 @@ impl Mount {
                     cache,
                     child: Some(child),
                     log,
+                    work: Some(work),
                 });
             }
             if Instant::now() > deadline {
@@ -347,6 +354,13 @@ impl Drop for Mount {
             if wait_timeout(&mut c, Duration::from_secs(10)).is_none() {
                 let _ = c.kill();
                 let _ = c.wait();
+            }
+        }
+        // A failed test keeps its log and cache for a look; a passing one leaves nothing.
+        if let Some(work) = self.work.take() {
+            if std::thread::panicking() {
+                let kept = work.keep();
+                eprintln!("kept the mount's log and cache in {}", kept.display());
             }
         }
     }
