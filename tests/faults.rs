@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use common::hostile::{is_cached, log_when, poll_until, read_within, tmp_entries, within, Sandbox};
-use common::{ok, put_archive, tar_extract, Emulator, Mount, MountOpts};
+use common::{a_txt, ok, put_archive, seeded_archive, tar_extract, Emulator, Mount, MountOpts};
 use vm0_emulator::pack::{pattern, ArchiveBuilder};
 use vm0_emulator::sha256_hex;
 
@@ -30,19 +30,7 @@ fn errno(e: &std::io::Error) -> i32 {
 
 /// A small archive, distinct per `seed`: `a.txt` says `archive <seed>`.
 fn small_archive(seed: u64) -> Vec<u8> {
-    let mut b = ArchiveBuilder::new();
-    b.file(
-        "a.txt",
-        0o644,
-        1_700_000_000,
-        format!("archive {seed}\n").as_bytes(),
-    );
-    b.file("b.bin", 0o644, 1_700_000_000, &pattern(50_000, seed));
-    b.finish()
-}
-
-fn a_txt(seed: u64) -> Vec<u8> {
-    format!("archive {seed}\n").into_bytes()
+    seeded_archive(seed, Some(("b.bin", 50_000)))
 }
 
 /// An emulator serving artifacts `art-<i>` (one version each, `small_archive(i)`) and the

@@ -20,27 +20,14 @@ use std::time::Duration;
 use serde_json::json;
 
 use common::hostile::{log_when, poll_until, within};
-use common::{ok, put_archive, wait_timeout, Emulator, Mount, MountOpts};
-use vm0_emulator::pack::{pattern, ArchiveBuilder};
+use common::{a_txt, ok, put_archive, seeded_archive, wait_timeout, Emulator, Mount, MountOpts};
 
 /// Generous bound for anything that should happen at once.
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// An archive with a small first member (`a.txt`), then 4 MiB that gzip cannot shrink.
 fn archive(seed: u64) -> Vec<u8> {
-    let mut b = ArchiveBuilder::new();
-    b.file(
-        "a.txt",
-        0o644,
-        1_700_000_000,
-        format!("archive {seed}\n").as_bytes(),
-    );
-    b.file("big.bin", 0o644, 1_700_000_000, &pattern(4 << 20, seed));
-    b.finish()
-}
-
-fn a_txt(seed: u64) -> Vec<u8> {
-    format!("archive {seed}\n").into_bytes()
+    seeded_archive(seed, Some(("big.bin", 4 << 20)))
 }
 
 /// An emulator serving artifacts `art-<i>` (one version each, `archive(i)`).

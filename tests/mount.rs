@@ -612,23 +612,29 @@ fn the_status_file_shows_the_cache_and_its_versions() {
         "{line}"
     );
     // A file held open marks its version in use. The mark may lag an open or a close by
-    // up to a second: the status file walks /proc at most once a second.
-    let lag = std::time::Duration::from_millis(1100);
+    // up to a second (the status file walks /proc at most once a second): poll for it.
+    let status = || ok(Command::new("cat").arg(m.join(".vm0fs/status")));
+    let in_use = |text: &str| {
+        text.lines()
+            .any(|l| l.contains(&id) && l.ends_with("[in use]"))
+    };
     let held = std::fs::File::open(m.join("artifacts/report/latest/run.sh")).unwrap();
-    std::thread::sleep(lag);
-    let open_text = ok(Command::new("cat").arg(m.join(".vm0fs/status")));
-    assert!(
-        open_text
-            .lines()
-            .any(|l| l.contains(&id) && l.ends_with("[in use]")),
-        "{open_text}"
+    common::hostile::poll_until(
+        std::time::Duration::from_secs(10),
+        "the held version marked in use",
+        || in_use(&status()),
     );
     drop(held);
-    std::thread::sleep(lag);
-    let closed = ok(Command::new("cat").arg(m.join(".vm0fs/status")));
+    common::hostile::poll_until(
+        std::time::Duration::from_secs(10),
+        "the mark gone once the file is closed",
+        || !status().contains("[in use]"),
+    );
+    let closed = status();
     assert!(!closed.contains("[in use]"), "{closed}");
     // The text changes while its size stays the same: the version's last use moves on.
-    // A cached page of the old text must not be served.
+    // A cached page of the old text must not be served. (The pause makes the next use's
+    // time differ from the last one's; it waits for no state.)
     std::thread::sleep(std::time::Duration::from_millis(20));
     std::fs::read(m.join("artifacts/report/latest/frozen.txt")).unwrap();
     let later = ok(Command::new("cat").arg(m.join(".vm0fs/status")));

@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use common::hostile::{is_cached, log_when, poll_until};
-use common::{put_archive, wait_timeout, Emulator, Mount};
-use vm0_emulator::pack::ArchiveBuilder;
+use common::hostile::{is_cached, log_when, poll_until, RawMount};
+use common::{put_archive, seeded_archive, wait_timeout, Emulator, Mount};
 use vm0_emulator::EmulatorConfig;
 
 /// Generous bound for any single access: far above what an answer from the cache takes,
@@ -26,14 +25,7 @@ const DEADLINE: Duration = Duration::from_secs(40);
 
 /// A small archive: `a.txt` says `archive <seed>`.
 fn archive(seed: u64) -> Vec<u8> {
-    let mut b = ArchiveBuilder::new();
-    b.file(
-        "a.txt",
-        0o644,
-        1_700_000_000,
-        format!("archive {seed}\n").as_bytes(),
-    );
-    b.finish()
+    seeded_archive(seed, None)
 }
 
 /// A data directory with artifacts `art-<i>` (one version each).
@@ -108,31 +100,14 @@ fn mount_with(emu: &Emulator, cache: &Path, extra: &[&str]) -> Mount {
 /// A mount of the API at `api_url` (which may be down), or the daemon's output if it
 /// exits before the mount answers.
 fn mount_at(api_url: &str, token: &str, cache: &Path, extra: &[&str]) -> Result<Mount, String> {
-    common::require_fuse();
-    let dir = tempfile::Builder::new()
-        .prefix("vm0fs-mnt")
-        .tempdir()
-        .unwrap();
-    let work = tempfile::Builder::new()
-        .prefix("vm0fs-work")
-        .tempdir()
-        .unwrap();
-    let log = work.path().join("vm0fs.log");
-    let mut cmd = Command::new(common::vm0fs_bin());
-    cmd.arg("mount")
-        .arg(dir.path())
-        .arg("--foreground")
-        .arg("--api-url")
-        .arg(api_url)
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(extra)
-        .env("VM0_TOKEN", token)
-        .env("RUST_LOG", "vm0fs=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    Mount::spawn(cmd, dir, cache.to_path_buf(), log, work)
+    let mut args: Vec<String> = vec![
+        "--api-url".into(),
+        api_url.into(),
+        "--cache-dir".into(),
+        cache.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    RawMount::start(&args, &[("VM0_TOKEN", token), ("RUST_LOG", "vm0fs=debug")])
 }
 
 /// Fill the mount's listings and cache: `art-0`'s current version read by its full id

@@ -203,17 +203,6 @@ impl Client {
         self.inner.base.as_str()
     }
 
-    /// Check the URL and the token with one request (the first volume), as a mount does
-    /// before it mounts anything.
-    pub fn check(&self) -> Result<(), ApiError> {
-        let resource = Resource::same("the list of volumes".to_string());
-        let mut url = self.api_url(&[Kind::Volume.plural()]);
-        url.query_pairs_mut().append_pair("limit", "1");
-        let answer = self.api_get(&url, &resource)?;
-        let _: Page<WireStorage> = self.decode_ok(&answer, &resource)?;
-        Ok(())
-    }
-
     /// Every storage of a kind (all pages, de-duplicated by id).
     pub fn list_storages(&self, kind: Kind) -> Result<Vec<Storage>, ApiError> {
         let resource = Resource::same(format!("the list of {}", kind.plural()));

@@ -578,6 +578,12 @@ impl Cache {
         }
     }
 
+    /// Whether `key` is complete in the cache (its index loaded or not). Not a use: the LRU
+    /// order does not move.
+    pub fn is_resident(&self, key: &VersionKey) -> bool {
+        self.inner.state.lock().lru.contains(key)
+    }
+
     /// The version `key` if it is resident and loaded; never fetches. Pins like
     /// [`Cache::start`], and like it a hit counts as a use (LRU order, and the last use
     /// recorded on disk).

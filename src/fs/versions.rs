@@ -367,10 +367,9 @@ impl Fs {
         })
     }
 
-    /// Whether `key` is complete in the cache (its index loaded or not). Asked only where
-    /// the listings cannot describe a version, so the cost of a snapshot is rare.
+    /// Whether `key` is complete in the cache (its index loaded or not).
     pub(super) fn cached(&self, key: &VersionKey) -> bool {
-        self.cache.snapshot().resident.iter().any(|r| r.key == *key)
+        self.cache.is_resident(key)
     }
 
     /// Whether the listings held describe version `id` of `storage` without asking the

@@ -340,10 +340,18 @@ impl RawMount {
             .args(args);
         // A fresh cache unless the test gives one: never the user's default cache, whose
         // versions from an earlier run would be served without a download.
-        let cache = work.path().join("cache");
-        if !args.iter().any(|a| a == "--cache-dir") {
-            cmd.arg("--cache-dir").arg(&cache);
-        }
+        let given = args
+            .iter()
+            .position(|a| a == "--cache-dir")
+            .and_then(|i| args.get(i + 1));
+        let cache = match given {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                let cache = work.path().join("cache");
+                cmd.arg("--cache-dir").arg(&cache);
+                cache
+            }
+        };
         cmd.env_remove("VM0_TOKEN")
             .env_remove("VM0_API_URL")
             .env_remove("RUST_LOG")

@@ -455,3 +455,25 @@ pub fn libc_errno<T: PartialEq + From<i8>>(rc: T) -> i32 {
     }
     std::io::Error::last_os_error().raw_os_error().unwrap()
 }
+
+/// What `a.txt` of [`seeded_archive`]`(seed, ..)` holds.
+pub fn a_txt(seed: u64) -> Vec<u8> {
+    format!("archive {seed}\n").into_bytes()
+}
+
+/// An archive distinct per `seed`: `a.txt` (see [`a_txt`]) first, then, when `filler` is
+/// given, a file of that name and size that gzip cannot shrink (a download that takes a
+/// while, or a version that takes room).
+pub fn seeded_archive(seed: u64, filler: Option<(&str, usize)>) -> Vec<u8> {
+    let mut b = vm0_emulator::pack::ArchiveBuilder::new();
+    b.file("a.txt", 0o644, 1_700_000_000, &a_txt(seed));
+    if let Some((name, size)) = filler {
+        b.file(
+            name,
+            0o644,
+            1_700_000_000,
+            &vm0_emulator::pack::pattern(size, seed),
+        );
+    }
+    b.finish()
+}
