@@ -812,6 +812,11 @@ fn an_operation_that_must_wait_is_answered_later_off_the_calling_thread() {
     let (fs, _dir) = fs_with(fake.clone(), Duration::from_secs(60));
     let fs = Arc::new(fs);
     let cached = lookup_path(&fs, &format!("volumes/small/{}/s", small[0])).unwrap();
+    // The lookup may be answered from the unpack in progress: wait for the commit.
+    let small_key = VersionKey::new(Kind::Volume, &VersionId::parse(&small[0]).unwrap());
+    poll("the small version to be cached", || {
+        fs.cache.is_resident(&small_key).then_some(())
+    });
     lookup_path(&fs, &format!("artifacts/big/{id}/first.txt")).unwrap();
     let last = format!("artifacts/big/{id}/last.txt");
     let (tx, answers) = std::sync::mpsc::channel();
