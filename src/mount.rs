@@ -6,6 +6,7 @@
 //! messages that name the thing, the cause and the fix.
 
 mod attach;
+mod unmount;
 
 use std::ffi::CString;
 use std::io;
@@ -21,13 +22,14 @@ use fuser::SessionACL;
 
 use crate::api::{ApiError, Client, ClientConfig, Kind, RetryPolicy};
 use crate::cache::{Cache, CacheOptions};
-use crate::config::{Access, ApiUrlSource, MountConfig};
+use crate::config::{Access, MountConfig};
 use crate::fs::{first_listing, FirstListing, Fs, FsConfig, Remote, Saved, FIRST_FETCH_WAIT};
 use crate::fuse::FuseFs;
 use crate::openfiles::OpenFiles;
 use crate::size::ByteSize;
 
 pub use attach::{FS_TYPE, SOURCE};
+pub use unmount::unmount;
 
 /// How long `vm0fs mount` waits for the daemon of an existing vm0fs mount to answer before
 /// calling it hung.
@@ -238,13 +240,7 @@ fn probe_daemon(path: &Path) -> Daemon {
 fn dead_daemon_pid(cache_dir: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(cache_dir.join("lock")).ok()?;
     let pid: u32 = text.trim().parse().ok()?;
-    // A zombie (dead, not yet reaped by its parent) counts as dead.
-    let running = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // The state follows the command name, which is in parentheses.
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-    });
-    (!running).then_some(pid)
+    (!unmount::running(pid)).then_some(pid)
 }
 
 /// Refuse a cache directory inside the mountpoint: the mount would hide it, and the
@@ -339,9 +335,10 @@ fn prepare_cache_dir(dir: &Path) -> anyhow::Result<CreatedDir> {
 }
 
 /// Wait up to [`LOCK_WAIT`] until no daemon holds the cache's lock (`CACHE/lock`, an
-/// exclusive `flock`). `vm0fs unmount` returns once the mount is gone, and its daemon exits
-/// a moment later: `vm0fs unmount M && vm0fs mount M` must not find the cache still in
-/// use. A lock held beyond the wait belongs to a running mount, and `Cache::open` says so.
+/// exclusive `flock`). `vm0fs unmount` waits for the daemon to exit, but `umount(8)` and
+/// `fusermount3 -u` return once the mount is gone, and its daemon exits a moment later:
+/// `umount M && vm0fs mount M` must not find the cache still in use. A lock held beyond
+/// the wait belongs to a running mount, and `Cache::open` says so.
 fn wait_for_cache_lock(cache_dir: &Path) {
     use std::os::fd::AsRawFd;
     let Ok(lock) = std::fs::File::open(cache_dir.join("lock")) else {
@@ -364,6 +361,7 @@ pub fn client(cfg: &MountConfig, retry: RetryPolicy) -> anyhow::Result<Client> {
         token: cfg.token.clone(),
         retry,
         io_timeout: Duration::from_secs(30),
+        url_setting: cfg.api_url_source.setting(),
     })?)
 }
 
@@ -403,12 +401,7 @@ fn api_refusal(cfg: &MountConfig, e: ApiError) -> anyhow::Error {
             .unwrap_or_default();
         return anyhow::anyhow!("cannot reach the VM0 API at {url} (from {from}): {cause}; check {setting} and the network");
     }
-    // The client's messages assume the URL came from VM0_API_URL; here the source is known.
-    let text = match from {
-        ApiUrlSource::Env => e.to_string(),
-        _ => e.to_string().replace("VM0_API_URL", setting),
-    };
-    anyhow::anyhow!("cannot use the VM0 API at {url} (from {from}): {text}")
+    anyhow::anyhow!("cannot use the VM0 API at {url} (from {from}): {e}")
 }
 
 /// Run a mount until it is unmounted or the process gets SIGINT/SIGTERM. `ready` is called
@@ -474,11 +467,12 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
             uid,
             gid,
             label: format!(
-                "vm0fs {} mounted at {} from {} since {}",
+                "vm0fs {} mounted at {} from {} since {} (pid {})",
                 env!("CARGO_PKG_VERSION"),
                 cfg.mountpoint.display(),
                 cfg.api_url,
-                crate::fs::format_time(std::time::SystemTime::now())
+                crate::fs::format_time(std::time::SystemTime::now()),
+                std::process::id()
             ),
         },
     ));
@@ -632,34 +626,6 @@ fn raise_read_ahead((major, minor): (u32, u32)) {
     match std::fs::write(&path, format!("{READ_AHEAD_KB}\n")) {
         Ok(()) => tracing::debug!(path, kb = READ_AHEAD_KB, "read-ahead raised"),
         Err(e) => tracing::debug!(path, error = %e, "read-ahead left at the kernel's default"),
-    }
-}
-
-/// Unmount a vm0fs mount, live or dead ("Transport endpoint is not connected"). Anything
-/// else mounted is refused, root or not.
-pub fn unmount(path: &Path, lazy: bool) -> anyhow::Result<()> {
-    let p = path.display();
-    let Some(entry) = mount_at(path) else {
-        if let Err(e) = std::fs::symlink_metadata(path) {
-            if e.kind() == io::ErrorKind::NotFound {
-                bail!("{p} does not exist; give the mountpoint of a vm0fs mount (`findmnt -t {FS_TYPE}` lists them)");
-            }
-        }
-        bail!("{p} is not mounted; `findmnt -t {FS_TYPE}` lists the vm0fs mounts");
-    };
-    if !entry.is_vm0fs() {
-        bail!(
-            "{p} is not a vm0fs mount (it is a {} file system from {}); `vm0fs unmount` only unmounts vm0fs mounts: use umount(8) for others",
-            entry.fs_type,
-            entry.source
-        );
-    }
-    match attach::detach(&entry.mount_point, lazy) {
-        Ok(()) => Ok(()),
-        Err(attach::DetachError::Busy) => bail!(
-            "{p} is busy: a process has a file or its working directory inside it, or is waiting there for a download; close or interrupt it, or use `vm0fs unmount --lazy {p}`"
-        ),
-        Err(attach::DetachError::Other(reason)) => bail!("cannot unmount {p}: {reason}"),
     }
 }
 

@@ -76,6 +76,7 @@ impl Emulator {
             token: Token::new(token),
             retry,
             io_timeout,
+            url_setting: "VM0_API_URL",
         })
         .expect("client")
     }
@@ -552,6 +553,7 @@ fn a_refused_connection_is_a_transport_error() {
         token: Token::new(token.clone()),
         retry: quick_policy(),
         io_timeout: Duration::from_secs(2),
+        url_setting: "VM0_API_URL",
     })
     .unwrap();
     let err = client.list_storages(Kind::Volume).unwrap_err();
@@ -1132,6 +1134,7 @@ fn fake_api_and_store(
         token: Token::new(format!("vm0_test_{}", "c".repeat(64))),
         retry: quick_policy(),
         io_timeout: Duration::from_secs(5),
+        url_setting: "VM0_API_URL",
     })
     .unwrap();
     (client, heads)

@@ -405,3 +405,41 @@ fn a_token_revoked_while_mounted_is_eacces_and_the_log_says_to_check_vm0_token()
     emu.config(json!({"token": emu.token}));
     assert_eq!(read_once_remembered(&cold_path), a_txt(1));
 }
+
+/// A download that fails part way keeps what it received: when the version is read again
+/// in the same mount, the store is asked only for the rest, and the content is exact.
+#[test]
+fn a_download_failed_part_way_continues_where_it_stopped_when_read_again() {
+    let mut b = ArchiveBuilder::new();
+    let big = pattern(4 << 20, 11);
+    b.file("big.bin", 0o644, 1_700_000_000, &big);
+    b.file("small.txt", 0o644, 1_700_000_000, b"small\n");
+    let archive = b.finish();
+    let (data, emu) = emulator(0, &[("big", "v1", &archive)]);
+    let m = Mount::new(&emu);
+    let id = emu.current_version("artifacts", "big");
+    ok(Command::new("ls").arg(m.join("artifacts/big")));
+    emu.reset_counters();
+    // The connection breaks after 1.5 MB, and the store refuses the resumed request.
+    emu.fault(json!({"route": "store.get", "cut_after_bytes": 1_500_000, "count": 1}));
+    emu.fault(json!({"route": "store.get", "status": 404, "count": 1}));
+    let path = m.join(&format!("artifacts/big/{id}/big.bin"));
+    let err = read_within(DEADLINE, &path).unwrap_err();
+    assert_eq!(errno(&err), libc::EIO, "{err}");
+    let got = read_once_remembered(&path);
+    let expected = tar_extract(&data.path().join("artifacts/big/v1.tar.gz"));
+    assert_eq!(
+        sha256_hex(&got),
+        sha256_hex(&std::fs::read(expected.path().join("big.bin")).unwrap())
+    );
+    // Every byte of the archive was sent once: 1.5 MB, then the rest.
+    assert_eq!(
+        emu.counter(&format!("store.bytes:{id}")),
+        archive.len() as u64,
+        "{}",
+        emu.counters()
+    );
+    log_when(&m, "the continued download", |log| {
+        log.contains("continuing the download of artifact big")
+    });
+}

@@ -635,6 +635,7 @@ impl Server {
                 max_elapsed: Duration::from_secs(1),
             },
             io_timeout: Duration::from_secs(10),
+            url_setting: "VM0_API_URL",
         })
         .unwrap()
     }

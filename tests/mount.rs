@@ -580,10 +580,27 @@ fn daemon_mode_returns_once_the_mount_answers() {
         .count();
     assert_eq!(listed, 1);
     assert!(cache.path().join("vm0fs.log").exists());
+    let pid: u32 = std::fs::read_to_string(cache.path().join("lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let status = ok(Command::new("cat").arg(dir.path().join(".vm0fs/status")));
+    assert!(status.contains(&format!("(pid {pid})")), "{status}");
     ok(Command::new(common::vm0fs_bin())
         .arg("unmount")
         .arg(dir.path()));
     assert!(!vm0fs::mount::is_mounted(dir.path()));
+    // `vm0fs unmount` returned after the daemon exited: its lock on the cache is free now.
+    let lock = std::fs::File::open(cache.path().join("lock")).unwrap();
+    // SAFETY: flock on a descriptor owned by `lock`.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&lock),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(rc, 0, "the daemon (pid {pid}) still holds the cache");
 }
 
 #[test]

@@ -294,7 +294,7 @@ fn a_refused_token_stops_a_mount_even_with_saved_listings() {
 }
 
 /// (e) The status file says whether the API answers: when it last did, and since when it
-/// does not and why.
+/// does not and why, with a hint that names the setting the URL came from.
 #[test]
 fn the_status_file_says_whether_the_api_answers() {
     let data = data(1);
@@ -311,6 +311,8 @@ fn the_status_file_says_whether_the_api_answers() {
         status.lines().any(|l| {
             l.starts_with("api: unreachable since ")
                 && l.contains("Connection refused")
+                // The mount was given --api-url: the hint names it.
+                && l.contains("check --api-url and the network")
                 && l.ends_with("serving cached listings")
         }) && status.contains("api: last answer ")
     });

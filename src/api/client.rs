@@ -64,6 +64,9 @@ pub struct ClientConfig {
     /// its head, or between two reads of its body). A stall is retried like a connection
     /// error. Zero means no timeout.
     pub io_timeout: Duration,
+    /// What the user changes to use another API URL (`VM0_API_URL`, `--api-url`, ...), for
+    /// the hints of messages about a wrong URL.
+    pub url_setting: &'static str,
 }
 
 /// The VM0 API client. Cheap to clone; safe to share between threads.
@@ -81,6 +84,7 @@ struct Inner {
     authorization: HeaderValue,
     retry: RetryPolicy,
     io_timeout: Option<Duration>,
+    url_setting: &'static str,
 }
 
 impl fmt::Debug for Client {
@@ -152,15 +156,15 @@ impl Client {
     pub fn new(config: ClientConfig) -> Result<Client, ApiError> {
         let base = Url::parse(config.base_url.trim()).map_err(|err| ApiError::Config {
             detail: format!(
-                "the API URL {:?} is not a URL ({err}); check VM0_API_URL",
-                config.base_url
+                "the API URL {:?} is not a URL ({err}); check {}",
+                config.base_url, config.url_setting
             ),
         })?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(ApiError::Config {
                 detail: format!(
-                    "the API URL {:?} is not an http(s) URL; check VM0_API_URL",
-                    config.base_url
+                    "the API URL {:?} is not an http(s) URL; check {}",
+                    config.base_url, config.url_setting
                 ),
             });
         }
@@ -194,6 +198,7 @@ impl Client {
                 authorization,
                 retry: config.retry,
                 io_timeout,
+                url_setting: config.url_setting,
             }),
         })
     }
@@ -323,6 +328,7 @@ impl Client {
                     self.scrub(wire::snippet(&answer.body, SNIPPET_CHARS))
                 ),
                 request_id: answer.request_id,
+                setting: self.inner.url_setting,
             }),
         }
     }
@@ -416,6 +422,7 @@ impl Client {
                 wire::snippet(&answer.body, SNIPPET_CHARS)
             )),
             request_id: answer.request_id.clone(),
+            setting: self.inner.url_setting,
         };
         if !answer.status.is_success() {
             // Redirects are not followed for the API (the token must not travel to another
@@ -489,6 +496,7 @@ impl Client {
             status: code,
             snippet: self.scrub(wire::snippet(&body, SNIPPET_CHARS)),
             request_id: request_id.clone(),
+            setting: self.inner.url_setting,
         };
         let what = resource.what.clone();
         match code {
@@ -570,6 +578,7 @@ impl Client {
             server,
             host: url.and_then(host_port),
             stalled,
+            setting: self.inner.url_setting,
             source,
         }
     }
@@ -724,6 +733,7 @@ mod tests {
             token: Token::new(SECRET),
             retry: RetryPolicy::default(),
             io_timeout: Duration::from_secs(5),
+            url_setting: "VM0_API_URL",
         })
         .unwrap()
     }
@@ -780,6 +790,7 @@ mod tests {
                 token: Token::new(token),
                 retry: RetryPolicy::default(),
                 io_timeout: Duration::from_secs(1),
+                url_setting: "VM0_API_URL",
             })
             .unwrap_err();
             assert!(matches!(err, ApiError::Config { .. }), "{err:?}");
@@ -946,6 +957,7 @@ mod tests {
             token: Token::new(SECRET),
             retry: RetryPolicy::default(),
             io_timeout: Duration::from_secs(1),
+            url_setting: "VM0_API_URL",
         };
         for text in [format!("{c:?}"), format!("{c:#?}"), format!("{config:?}")] {
             assert!(!text.contains(SECRET), "{text}");

@@ -66,7 +66,7 @@ pub enum ApiError {
     ///
     /// `host` is the server's `host:port`, never a URL: a presigned URL carries its signature
     /// in the query string.
-    #[error("{}", transport_text(.server, .host, .resource, .stalled, .source.as_ref()))]
+    #[error("{}", transport_text(.server, .host, .resource, .stalled, .setting, .source.as_ref()))]
     Transport {
         resource: String,
         /// Which server failed: the VM0 API or the object store.
@@ -75,6 +75,8 @@ pub enum ApiError {
         host: Option<String>,
         /// Set when the failure was a stall: no byte arrived for that long.
         stalled: Option<std::time::Duration>,
+        /// What the user changes to use another API URL (for the hint).
+        setting: &'static str,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -101,7 +103,7 @@ pub enum ApiError {
     },
     /// A body that is not the documented JSON (a proxy's HTML page, an empty body, ...).
     #[error(
-        "unexpected answer from the VM0 API for {resource}: HTTP {status}: {snippet}{}; check that VM0_API_URL points at the VM0 API",
+        "unexpected answer from the VM0 API for {resource}: HTTP {status}: {snippet}{}; check that {setting} points at the VM0 API",
         req_paren(.request_id)
     )]
     UnexpectedBody {
@@ -109,6 +111,8 @@ pub enum ApiError {
         status: u16,
         snippet: String,
         request_id: Option<String>,
+        /// What the user changes to use another API URL (for the hint).
+        setting: &'static str,
     },
     /// The server broke the contract in a way the client refuses to paper over (for example
     /// a pagination cursor that repeats, which would otherwise loop forever, or a resumed
@@ -147,6 +151,7 @@ fn transport_text(
     host: &Option<String>,
     resource: &str,
     stalled: &Option<std::time::Duration>,
+    setting: &str,
     source: &(dyn std::error::Error + Send + Sync + 'static),
 ) -> String {
     let at = match host {
@@ -167,8 +172,8 @@ fn transport_text(
         None => {
             // Only the API's address is the user's to fix; the store's comes from the API.
             let hint = match server {
-                Server::Api => "check VM0_API_URL and the network",
-                Server::ObjectStore => "check the network",
+                Server::Api => format!("check {setting} and the network"),
+                Server::ObjectStore => "check the network".into(),
             };
             format!(
                 "could not reach {at} while fetching {resource}: {}; {hint}",

@@ -24,6 +24,7 @@ use crate::cache::{FetchTarget, WAIT_SLICE};
 use crate::ids::{StorageId, StorageName};
 use crate::size::ByteSize;
 
+use super::spool::{Kept, Spool, Spools};
 use super::status::Meter;
 use super::{Activity, FetchError, Remote};
 use crate::cache::VersionKey;
@@ -44,6 +45,8 @@ pub struct Job {
     pub version: Version,
     /// How often a running download logs its progress.
     pub progress_every: Duration,
+    /// Where the download keeps its bytes, and finds those of an earlier attempt.
+    pub spools: Arc<Spools>,
 }
 
 /// Download `job.version` and unpack it into `target.dir`.
@@ -63,6 +66,7 @@ pub fn fetch(
         storage_id,
         version,
         progress_every,
+        spools,
     } = job;
     let (kind, progress_every) = (*kind, *progress_every);
     let started = Instant::now();
@@ -79,8 +83,13 @@ pub fn fetch(
     let result = (|| -> Result<Unpacked, FetchError> {
         let archive = ArchiveRef::version(kind, storage_id.clone(), version.id.as_str())
             .named(storage.clone());
+        let from = Origin {
+            key: key.clone(),
+            spools: spools.clone(),
+            what: what.clone(),
+        };
         let download =
-            Download::spawn(remote, archive, meter.clone()).map_err(FetchError::Spawn)?;
+            Download::spawn(remote, archive, from, meter.clone()).map_err(FetchError::Spawn)?;
         let compressed = download.started(&mut watch)?;
         let reader = ChannelReader {
             download,
@@ -234,6 +243,7 @@ impl Download {
     fn spawn(
         remote: Arc<dyn Remote>,
         archive: ArchiveRef,
+        origin: Origin,
         meter: Arc<Meter>,
     ) -> io::Result<Download> {
         // Four chunks in flight: enough to keep both sides busy, little memory.
@@ -247,7 +257,7 @@ impl Download {
                     tx: &tx,
                     gone: &unpacker_gone,
                 };
-                let run = || download(&*remote, &archive, &meter, &to);
+                let run = || download(&*remote, &archive, &origin, &meter, &to);
                 if let Err(panic) = catch_unwind(AssertUnwindSafe(run)) {
                     // Logged by the panic hook; the unpacker is told, and fails the fetch.
                     let _ = tx.send(Message::Failed(io::Error::other(format!(
@@ -301,16 +311,38 @@ struct Unpacker<'a> {
     gone: &'a AtomicBool,
 }
 
+/// Which version a download thread fetches, for its spool.
+struct Origin {
+    key: VersionKey,
+    spools: Arc<Spools>,
+    what: String,
+}
+
 /// The body of the download thread: ask the API, then read the archive in whole chunks.
 /// It ends when the archive does, on an error, or when the unpacker has gone (looked at
 /// before each read, and a send fails): then the response is dropped, which closes the
 /// connection. (A read already waiting for the network ends when bytes or the client's
 /// I/O timeout come.)
-fn download(remote: &dyn Remote, archive: &ArchiveRef, meter: &Meter, to: &Unpacker<'_>) {
+///
+/// What it receives goes to a spool file too; a download that stops before the end keeps
+/// it (see [`super::spool`]), and the next one for the version starts with those bytes and
+/// asks the store only for the rest.
+fn download(
+    remote: &dyn Remote,
+    archive: &ArchiveRef,
+    origin: &Origin,
+    meter: &Meter,
+    to: &Unpacker<'_>,
+) {
     let tx = to.tx;
-    let archive = match remote.download(archive) {
+    let (opened, kept) = open(remote, archive, origin);
+    let archive = match opened {
         Ok(a) => a,
         Err(e) => {
+            if let Some(kept) = kept {
+                // Still good for the next attempt.
+                origin.spools.keep(&origin.key, kept.kept);
+            }
             let _ = tx.send(Message::Refused(e));
             return;
         }
@@ -323,19 +355,46 @@ fn download(remote: &dyn Remote, archive: &ArchiveRef, meter: &Meter, to: &Unpac
     {
         return;
     }
+    let mut spool = match kept {
+        Some(Continued { kept, file }) => {
+            if !replay(file, kept.point.offset, to) {
+                if to.gone.load(Ordering::Relaxed) {
+                    origin.spools.keep(&origin.key, kept); // nobody waits: still good
+                } else {
+                    let _ = std::fs::remove_file(&kept.path);
+                }
+                return;
+            }
+            let spool = Spool::continuing(&kept);
+            if spool.is_err() {
+                let _ = std::fs::remove_file(&kept.path);
+            }
+            spool.ok()
+        }
+        None => origin.spools.create(&origin.key).ok(),
+    };
     let mut source = archive.reader;
+    // A stop before the end keeps what came, for the next attempt.
+    let stop = |spool: Option<Spool>, source: &dyn super::remote::ArchiveStream| {
+        if let Some(kept) = spool.and_then(|s| s.stopped_at(source.resume_point())) {
+            origin.spools.keep(&origin.key, kept);
+        }
+    };
     loop {
         let mut chunk = vec![0u8; CHUNK];
         let mut filled = 0;
         // Fill whole chunks: the network hands out small reads.
         let res = loop {
             if to.gone.load(Ordering::Relaxed) {
-                return;
+                return stop(spool, &*source);
             }
             match source.read(&mut chunk[filled..]) {
                 Ok(0) => break Ok(()),
                 Ok(n) => {
                     meter.received(n as u64);
+                    if let Some(spool) = &mut spool {
+                        spool.write(&chunk[filled..filled + n]);
+                    }
                     filled += n;
                     if filled == chunk.len() {
                         break Ok(());
@@ -350,10 +409,18 @@ fn download(remote: &dyn Remote, archive: &ArchiveRef, meter: &Meter, to: &Unpac
         let sent = match res {
             Ok(()) if eof => {
                 let _ = tx.send(Message::End);
-                return;
+                return; // the spool is dropped, and with it its file
             }
             Ok(()) => tx.send(Message::Chunk(chunk)),
             Err(e) => {
+                let changed = e
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<ApiError>())
+                    .is_some_and(ApiError::is_changed);
+                // Bytes of an object the store no longer has are of no use.
+                if !changed {
+                    stop(spool, &*source);
+                }
                 if filled > 0 && tx.send(Message::Chunk(chunk)).is_err() {
                     return;
                 }
@@ -362,9 +429,76 @@ fn download(remote: &dyn Remote, archive: &ArchiveRef, meter: &Meter, to: &Unpac
             }
         };
         if sent.is_err() {
-            return; // the unpacker stopped (an error, a limit, a cancel): stop downloading
+            // The unpacker stopped (an error, a limit, a cancel): stop downloading.
+            return stop(spool, &*source);
         }
     }
+}
+
+/// A kept spool being continued, its file open for reading.
+struct Continued {
+    kept: Kept,
+    file: std::fs::File,
+}
+
+/// Open the archive: after the bytes of an earlier attempt, if some were kept and the
+/// store still has that object, or from its start.
+fn open(
+    remote: &dyn Remote,
+    archive: &ArchiveRef,
+    origin: &Origin,
+) -> (Result<super::RemoteArchive, ApiError>, Option<Continued>) {
+    let continued = origin.spools.take(&origin.key).and_then(|kept| {
+        let file = std::fs::File::open(&kept.path).ok()?;
+        Some(Continued { kept, file })
+    });
+    let Some(continued) = continued else {
+        return (remote.download(archive, None), None);
+    };
+    let point = &continued.kept.point;
+    match remote.download(archive, Some(point)) {
+        Ok(a) => {
+            tracing::info!(
+                "continuing the download of {} after the {} received before",
+                origin.what,
+                ByteSize(point.offset)
+            );
+            (Ok(a), Some(continued))
+        }
+        Err(e) if e.is_changed() => {
+            tracing::info!(
+                "the archive of {} changed since the last attempt; downloading it from the start",
+                origin.what
+            );
+            let _ = std::fs::remove_file(&continued.kept.path);
+            (remote.download(archive, None), None)
+        }
+        Err(e) => (Err(e), Some(continued)),
+    }
+}
+
+/// Hand the unpacker the `len` bytes of a kept spool. False when it has gone or the spool
+/// could not be read (then told to the unpacker as the download's failure).
+fn replay(mut file: std::fs::File, len: u64, to: &Unpacker<'_>) -> bool {
+    let mut left = len;
+    while left > 0 {
+        if to.gone.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut chunk = vec![0u8; CHUNK.min(left as usize)];
+        if let Err(e) = file.read_exact(&mut chunk) {
+            let _ = to.tx.send(Message::Failed(io::Error::new(
+                e.kind(),
+                format!("could not read back the bytes kept from an earlier attempt: {e}"),
+            )));
+            return false;
+        }
+        left -= chunk.len() as u64;
+        if to.tx.send(Message::Chunk(chunk)).is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// The archive as the unpacker reads it: the download's chunks, in order.

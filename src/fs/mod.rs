@@ -50,6 +50,7 @@ mod inode;
 mod listings;
 mod remote;
 mod saved;
+mod spool;
 mod status;
 mod storages;
 mod versions;
@@ -73,18 +74,19 @@ pub(crate) use attr::format_time;
 pub use attr::{Attr, FileKind, TimedAttr, IMMUTABLE_TTL};
 pub use error::{FetchError, FsError};
 pub use handles::{Backings, OpenedHandle, PASSTHROUGH_MIN_SIZE};
-pub use remote::{Remote, RemoteArchive};
-pub use status::STATUS_DIR;
+pub use remote::{ArchiveStream, Remote, RemoteArchive};
+pub use status::{STATUS_DIR, STATUS_FILE};
 pub use wait::{with_policy, Policy, WAITERS};
 
 use handles::{open_published, read_at, slice_at, DirHandle, Handle, Handles, OpenFile, Pin};
 use inode::{InodeTable, MetaNode, Range, Resolved};
 pub use listings::FIRST_FETCH_WAIT;
 pub use saved::Saved;
+use spool::Spools;
 pub use storages::{first_listing, FirstListing};
 
 use listings::{Listings, Timing};
-use status::{Activity, StatusTexts, STATUS_FILE};
+use status::{Activity, StatusTexts};
 use storages::{storage_map, StorageSource};
 use versions::{MissLog, VersionSource, LATEST};
 use wait::{ThreadPolicy, Turn, Waiters};
@@ -150,6 +152,8 @@ pub struct Fs {
     activity: Arc<Activity>,
     /// Where operations that must wait for a download do so.
     waiters: Waiters,
+    /// The bytes of downloads that failed part way, for the next attempt to continue.
+    spools: Arc<Spools>,
 }
 
 impl Fs {
@@ -158,6 +162,7 @@ impl Fs {
         let timing = Timing::with_ttl(config.metadata_ttl);
         // Listings are saved in the cache directory, for mounts started while the API is down.
         let saved = Arc::new(Saved::new(cache.root()));
+        let cache_root = cache.root().to_path_buf();
         let storages = Listings::new(
             StorageSource {
                 remote: remote.clone(),
@@ -188,6 +193,7 @@ impl Fs {
             status: StatusTexts::default(),
             activity,
             waiters: Waiters::default(),
+            spools: Arc::new(Spools::new(&cache_root.join("partial"))),
         }
     }
 

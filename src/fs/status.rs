@@ -449,6 +449,7 @@ mod tests {
             server: crate::api::Server::Api,
             host: Some("127.0.0.1:9".into()),
             stalled: None,
+            setting: "--api-url",
             source: Box::new(std::io::Error::new(
                 std::io::ErrorKind::ConnectionRefused,
                 "connection refused",

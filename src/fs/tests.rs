@@ -2,13 +2,12 @@
 //! serves archives built in memory.
 
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use flate2::write::GzEncoder;
 
 use super::*;
-use crate::api::{ApiError, ArchiveRef, Storage, Version};
+use crate::api::{ApiError, ArchiveRef, ResumePoint, Storage, Version};
 use crate::cache::{CacheError, VersionKey};
 use crate::ids::{StorageId, VersionId};
 use std::time::UNIX_EPOCH;
@@ -43,7 +42,14 @@ struct Fake {
     lists: AtomicUsize,
     version_lists: AtomicUsize,
     downloads: AtomicUsize,
+    /// The offsets of the downloads that continued an earlier one.
+    resumed_from: Mutex<Vec<u64>>,
+    /// Set: the archives changed since their downloads began (a continuation is refused).
+    replaced: std::sync::atomic::AtomicBool,
 }
+
+/// The `ETag` the fake store gives its archives.
+const FAKE_ETAG: &str = "\"fake\"";
 
 impl Remote for Fake {
     fn list_storages(&self, kind: Kind) -> Result<Vec<Storage>, ApiError> {
@@ -61,9 +67,24 @@ impl Remote for Fake {
             .unwrap_or_default())
     }
 
-    fn download(&self, archive: &ArchiveRef) -> Result<RemoteArchive, ApiError> {
+    fn download(
+        &self,
+        archive: &ArchiveRef,
+        from: Option<&ResumePoint>,
+    ) -> Result<RemoteArchive, ApiError> {
         let version_id = archive.version.as_deref().expect("vm0fs names the version");
         self.downloads.fetch_add(1, Ordering::SeqCst);
+        let start = from.map_or(0, |p| p.offset as usize);
+        if let Some(p) = from {
+            self.resumed_from.lock().push(p.offset);
+            if p.etag != FAKE_ETAG || self.replaced.load(Ordering::SeqCst) {
+                return Err(ApiError::Changed {
+                    resource: format!("version {version_id}"),
+                    offset: p.offset,
+                    detail: "another ETag".into(),
+                });
+            }
+        }
         if self.fail_downloads.load(Ordering::SeqCst) > 0 {
             self.fail_downloads.fetch_sub(1, Ordering::SeqCst);
             return Err(ApiError::Server {
@@ -81,19 +102,14 @@ impl Remote for Fake {
             .expect("archive of a known version");
         match self.panics.lock().get(version_id) {
             Some(PanicIn::Request) => panic!("a download request that panics"),
-            Some(PanicIn::Reader) => {
-                return Ok(RemoteArchive {
-                    reader: Box::new(Panics),
-                    compressed_size: None,
-                })
-            }
+            Some(PanicIn::Reader) => return Ok(RemoteArchive::plain(Panics, None)),
             None => {}
         }
         if let Some((at, go)) = self.gates.lock().remove(version_id) {
             return Ok(RemoteArchive {
                 reader: Box::new(Gated {
                     bytes,
-                    pos: 0,
+                    pos: start,
                     at,
                     go: Some(go),
                     failed: false,
@@ -102,7 +118,13 @@ impl Remote for Fake {
             });
         }
         Ok(RemoteArchive {
-            reader: Box::new(Cursor::new(bytes)),
+            reader: Box::new(Gated {
+                at: bytes.len(),
+                bytes,
+                pos: start,
+                go: None,
+                failed: false,
+            }),
             compressed_size: None,
         })
     }
@@ -123,7 +145,8 @@ impl std::io::Read for Panics {
     }
 }
 
-/// An archive download that stops after `at` bytes until the test lets it go on or fail.
+/// An archive download that stops after `at` bytes until the test lets it go on or fail
+/// (without a gate: the whole archive).
 struct Gated {
     bytes: Vec<u8>,
     pos: usize,
@@ -154,6 +177,16 @@ impl std::io::Read for Gated {
         buf[..n].copy_from_slice(&self.bytes[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+impl ArchiveStream for Gated {
+    fn resume_point(&self) -> Option<ResumePoint> {
+        Some(ResumePoint {
+            offset: self.pos as u64,
+            etag: FAKE_ETAG.into(),
+            total: Some(self.bytes.len() as u64),
+        })
     }
 }
 
@@ -1071,6 +1104,7 @@ impl Switch {
                 server: crate::api::Server::Api,
                 host: Some("127.0.0.1:9".into()),
                 stalled: None,
+                setting: "VM0_API_URL",
                 source: "connection refused".into(),
             }),
             _ => Err(ApiError::Authentication { request_id: None }),
@@ -1089,9 +1123,13 @@ impl Remote for Switch {
         self.inner.list_versions(kind, storage_id)
     }
 
-    fn download(&self, archive: &ArchiveRef) -> Result<RemoteArchive, ApiError> {
+    fn download(
+        &self,
+        archive: &ArchiveRef,
+        from: Option<&ResumePoint>,
+    ) -> Result<RemoteArchive, ApiError> {
         self.check("the archive")?;
-        self.inner.download(archive)
+        self.inner.download(archive, from)
     }
 }
 
@@ -1218,4 +1256,50 @@ fn a_cached_version_is_served_by_its_full_id_with_no_listing_of_versions() {
     let fs = fs_on(switch.clone(), dir.path());
     let err = lookup_path(&fs, &format!("volumes/v/{}", ids[1])).unwrap_err();
     assert_eq!(err.errno(), libc::EACCES, "{err}");
+}
+
+/// A download that fails part way keeps what it received: the next attempt asks the
+/// store only for the rest, and the version it unpacks is whole.
+#[test]
+fn a_retried_download_continues_where_the_failed_one_stopped() {
+    let (fake, id, go) = held_version();
+    let (fs, _dir) = fs_remembering(fake.clone(), Duration::from_secs(60), Duration::ZERO);
+    let last = format!("artifacts/big/{id}/last.txt");
+    go.send(false).unwrap(); // the connection breaks after 1 MiB
+    assert!(lookup_path(&fs, &last).is_err());
+    let f = lookup_path(&fs, &last).unwrap();
+    assert_eq!(read_all(&fs, f.attr.ino), b"late");
+    assert_eq!(*fake.resumed_from.lock(), vec![1 << 20]);
+    assert_eq!(fake.downloads.load(Ordering::SeqCst), 2);
+    let big = lookup_path(&fs, &format!("artifacts/big/{id}/big.bin")).unwrap();
+    let noise = noise(3 << 20, 7);
+    for at in [0, 1 << 20, 2 << 20] {
+        let got = fs.read_ino(big.attr.ino, at as u64, 1 << 20, 1).unwrap();
+        assert!(got == noise[at..at + (1 << 20)], "big.bin differs at {at}");
+    }
+    // Nothing is kept once the version is whole.
+    assert!(fs
+        .spools
+        .take(&VersionKey::new(
+            Kind::Artifact,
+            &VersionId::parse(&id).unwrap()
+        ))
+        .is_none());
+}
+
+/// When the archive changed on the store since the failed attempt, the bytes kept are
+/// dropped and the next attempt downloads it from the start.
+#[test]
+fn a_changed_archive_is_downloaded_again_from_the_start() {
+    let (fake, id, go) = held_version();
+    let (fs, _dir) = fs_remembering(fake.clone(), Duration::from_secs(60), Duration::ZERO);
+    let last = format!("artifacts/big/{id}/last.txt");
+    go.send(false).unwrap();
+    assert!(lookup_path(&fs, &last).is_err());
+    fake.replaced.store(true, Ordering::SeqCst);
+    let f = lookup_path(&fs, &last).unwrap();
+    assert_eq!(read_all(&fs, f.attr.ino), b"late");
+    // Asked to continue (refused), then from the start.
+    assert_eq!(*fake.resumed_from.lock(), vec![1 << 20]);
+    assert_eq!(fake.downloads.load(Ordering::SeqCst), 3);
 }

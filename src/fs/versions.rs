@@ -487,6 +487,7 @@ impl Fs {
                         storage_id: s.id.clone(),
                         version,
                         progress_every: self.config.progress_every,
+                        spools: self.spools.clone(),
                     };
                     self.cache.start(&key, announced, move |target| {
                         fetch::fetch(remote, &activity, &job, target)

@@ -190,7 +190,12 @@ pub struct Counters {
 
 impl Counters {
     pub fn hit(&self, key: &str) {
-        *self.counts.lock().entry(key.to_string()).or_default() += 1;
+        self.add(key, 1);
+    }
+
+    /// Add `n` to the counter `key`.
+    pub fn add(&self, key: &str, n: u64) {
+        *self.counts.lock().entry(key.to_string()).or_default() += n;
     }
 
     pub fn reset(&self) {

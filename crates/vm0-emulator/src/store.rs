@@ -679,6 +679,10 @@ fn serve_archive(
         }
         None => body.copy_to(start, send, stream)?,
     };
+    shared.counters.add("store.bytes", sent);
+    shared
+        .counters
+        .add(&format!("store.bytes:{version_id}"), sent);
     if cut.is_some() || sent < len {
         // A cut: the client was promised `len` bytes and sees the connection end early.
         stream.flush()?;
