@@ -9,7 +9,15 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 
 cargo build --workspace --all-targets
-cargo test --workspace -- --test-threads "${VM0FS_TEST_THREADS:-4}"
+# Most tests wait on mounts, HTTP and timers, not on the CPU: run many at once. With
+# cargo-nextest (when installed), tests of every binary run side by side, each in its own
+# process; `cargo test` runs the binaries one after another.
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast --test-threads "${VM0FS_TEST_THREADS:-8}"
+    cargo test --workspace --doc
+else
+    cargo test --workspace -- --test-threads "${VM0FS_TEST_THREADS:-4}"
+fi
 
 # The benchmark must keep running (its figures are not judged here: timings never decide
 # whether tests pass).

@@ -84,7 +84,7 @@ impl Spools {
     /// A new spool file for a download of `key`, empty.
     pub fn create(&self, key: &VersionKey) -> io::Result<Spool> {
         fs::create_dir_all(&self.dir)?;
-        let path = self.dir.join(format!("{}-{}", key.kind, key.id));
+        let path = self.dir.join(key.dir_name());
         let file = File::create(&path)?;
         Ok(Spool {
             path,

@@ -148,7 +148,9 @@ pub fn assert_cache_layout(cache: &Path) {
             ["listings", k, f] => kind_ok(k) && listing_ok(f, &hash_ok) && meta.is_file(),
             ["lock" | "FORMAT"] => meta.is_file(),
             [f] if f.starts_with("FORMAT") || f.starts_with("vm0fs.log") => meta.is_file(),
-            ["versions" | "tmp" | "trash"] => meta.is_dir(),
+            ["versions" | "tmp" | "trash" | "partial"] => meta.is_dir(),
+            // The compressed bytes of a download, kept if it fails part way.
+            ["partial", k] => key_ok(k) && meta.is_file(),
             ["versions" | "tmp" | "trash", k] => key_ok(k) && meta.is_dir(),
             ["versions" | "tmp" | "trash", k, "data"] => key_ok(k) && meta.is_dir(),
             ["versions" | "tmp" | "trash", k, "index.bin" | "meta.json"] => {
