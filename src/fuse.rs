@@ -284,6 +284,14 @@ impl fuser::Filesystem for FuseFs {
         );
     }
 
+    /// Nothing is ever written, so nothing is flushed. `ENOSYS` (without fuser's default
+    /// warning) tells the kernel so once: it stops sending `FLUSH` at each `close` (files
+    /// opened without an `OPEN`, which carry no `FOPEN_NOFLUSH`, would otherwise cost one
+    /// round trip per close).
+    fn flush(&self, _: &Request, _: INodeNo, _: FileHandle, _: LockOwner, reply: ReplyEmpty) {
+        reply.error(Errno::ENOSYS);
+    }
+
     fn release(
         &self,
         _req: &Request,

@@ -400,6 +400,9 @@ fn a_clean_mount_and_unmount_log_no_warning_or_error() {
         Daemon::start(&emu, mnt.path(), &cache, work.path(), &[]).unwrap_or_else(|e| panic!("{e}"));
     let listing = common::ok(Command::new("ls").arg("-l").arg(mnt.path().join("volumes")));
     assert!(listing.contains("input-data"), "{listing}");
+    // A file opened and closed (the kernel then asks the daemon to flush it).
+    let status = common::ok(Command::new("cat").arg(mnt.path().join(".vm0fs/status")));
+    assert!(status.contains("cache:"), "{status}");
     d.unmount();
     let log = std::fs::read_to_string(cache.join("vm0fs.log")).unwrap();
     assert!(

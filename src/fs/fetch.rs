@@ -13,7 +13,7 @@
 
 use std::io::{self, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -230,12 +230,51 @@ enum Message {
 /// stopped) tells the thread to stop at its next read, which closes the connection.
 struct Download {
     rx: mpsc::Receiver<Message>,
-    gone: Arc<AtomicBool>,
+    end: Arc<End>,
 }
 
 impl Drop for Download {
     fn drop(&mut self) {
-        self.gone.store(true, Ordering::Relaxed);
+        self.end.unpacker_done();
+    }
+}
+
+/// How the unpacker's side ended, as the download thread sees it: still reading; done or
+/// failed (the archive is whole, or its bytes are wrong: nothing worth keeping); or
+/// stopped because nobody wants the version any more (the bytes received are good, and
+/// kept for the next attempt).
+#[derive(Default)]
+struct End(AtomicU8);
+
+impl End {
+    const READING: u8 = 0;
+    const DONE: u8 = 1;
+    const STOPPED: u8 = 2;
+
+    fn unpacker_done(&self) {
+        let _ = self.0.compare_exchange(
+            Self::READING,
+            Self::DONE,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    fn unpacker_stopped(&self) {
+        let _ = self.0.compare_exchange(
+            Self::READING,
+            Self::STOPPED,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    fn gone(&self) -> bool {
+        self.0.load(Ordering::SeqCst) != Self::READING
+    }
+
+    fn keeps_spool(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == Self::STOPPED
     }
 }
 
@@ -248,14 +287,14 @@ impl Download {
     ) -> io::Result<Download> {
         // Four chunks in flight: enough to keep both sides busy, little memory.
         let (tx, rx) = mpsc::sync_channel(4);
-        let gone = Arc::new(AtomicBool::new(false));
-        let unpacker_gone = gone.clone();
+        let end = Arc::new(End::default());
+        let unpacker_end = end.clone();
         std::thread::Builder::new()
             .name("vm0fs-download".into())
             .spawn(move || {
                 let to = Unpacker {
                     tx: &tx,
-                    gone: &unpacker_gone,
+                    end: &unpacker_end,
                 };
                 let run = || download(&*remote, &archive, &origin, &meter, &to);
                 if let Err(panic) = catch_unwind(AssertUnwindSafe(run)) {
@@ -266,7 +305,7 @@ impl Download {
                     ))));
                 }
             })?;
-        Ok(Download { rx, gone })
+        Ok(Download { rx, end })
     }
 
     /// Wait for the archive's response (the API request and the store's headers); its
@@ -287,6 +326,7 @@ impl Download {
     fn next(&self, watch: &mut Watch<'_>) -> Result<Message, FetchError> {
         loop {
             if (watch.cancelled)() {
+                self.end.unpacker_stopped();
                 return Err(FetchError::Stopped);
             }
             match self.rx.recv_timeout(WAIT_SLICE) {
@@ -308,7 +348,7 @@ impl Download {
 /// Where the download thread hands its messages, and whether anyone still takes them.
 struct Unpacker<'a> {
     tx: &'a mpsc::SyncSender<Message>,
-    gone: &'a AtomicBool,
+    end: &'a End,
 }
 
 /// Which version a download thread fetches, for its spool.
@@ -353,17 +393,15 @@ fn download(
         })
         .is_err()
     {
+        if let Some(Continued { kept, .. }) = kept {
+            give_back(kept, to, origin);
+        }
         return;
     }
     let mut spool = match kept {
         Some(Continued { kept, file }) => {
             if !replay(file, kept.point.offset, to) {
-                if to.gone.load(Ordering::Relaxed) {
-                    origin.spools.keep(&origin.key, kept); // nobody waits: still good
-                } else {
-                    let _ = std::fs::remove_file(&kept.path);
-                }
-                return;
+                return give_back(kept, to, origin);
             }
             let spool = Spool::continuing(&kept);
             if spool.is_err() {
@@ -374,8 +412,12 @@ fn download(
         None => origin.spools.create(&origin.key).ok(),
     };
     let mut source = archive.reader;
-    // A stop before the end keeps what came, for the next attempt.
+    // A stop before the end keeps what came for the next attempt, unless the unpacker
+    // found those bytes wrong.
     let stop = |spool: Option<Spool>, source: &dyn super::remote::ArchiveStream| {
+        if to.end.gone() && !to.end.keeps_spool() {
+            return;
+        }
         if let Some(kept) = spool.and_then(|s| s.stopped_at(source.resume_point())) {
             origin.spools.keep(&origin.key, kept);
         }
@@ -385,7 +427,7 @@ fn download(
         let mut filled = 0;
         // Fill whole chunks: the network hands out small reads.
         let res = loop {
-            if to.gone.load(Ordering::Relaxed) {
+            if to.end.gone() {
                 return stop(spool, &*source);
             }
             match source.read(&mut chunk[filled..]) {
@@ -432,6 +474,16 @@ fn download(
             // The unpacker stopped (an error, a limit, a cancel): stop downloading.
             return stop(spool, &*source);
         }
+    }
+}
+
+/// A kept spool that this download took but did not get to continue: kept again when the
+/// unpacker only stopped (nobody waits), deleted when it found the bytes wrong.
+fn give_back(kept: Kept, to: &Unpacker<'_>, origin: &Origin) {
+    if to.end.keeps_spool() {
+        origin.spools.keep(&origin.key, kept);
+    } else {
+        let _ = std::fs::remove_file(&kept.path);
     }
 }
 
@@ -482,7 +534,7 @@ fn open(
 fn replay(mut file: std::fs::File, len: u64, to: &Unpacker<'_>) -> bool {
     let mut left = len;
     while left > 0 {
-        if to.gone.load(Ordering::Relaxed) {
+        if to.end.gone() {
             return false;
         }
         let mut chunk = vec![0u8; CHUNK.min(left as usize)];

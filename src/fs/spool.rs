@@ -94,7 +94,7 @@ impl Spools {
     }
 
     #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.kept.lock().len()
     }
 }

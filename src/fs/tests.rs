@@ -941,10 +941,15 @@ fn a_waiter_whose_process_is_gone_is_answered_eintr_and_the_download_stops() {
         assert!(std::time::Instant::now() < deadline, "the download goes on");
         std::thread::sleep(Duration::from_millis(10));
     }
-    drop(go);
+    drop(go); // the held connection breaks
+              // What it received is kept, and the next access continues from there.
+    poll("the received bytes to be kept", || {
+        (fs.spools.len() == 1).then_some(())
+    });
     let f = lookup_path(&fs, &last).unwrap();
     assert_eq!(read_all(&fs, f.attr.ino), b"late");
     assert_eq!(fake.downloads.load(Ordering::SeqCst), 2);
+    assert_eq!(*fake.resumed_from.lock(), vec![1 << 20]);
 }
 
 /// A panic in an operation is answered EIO (and logged by the hook), never unanswered.
@@ -1302,4 +1307,28 @@ fn a_changed_archive_is_downloaded_again_from_the_start() {
     // Asked to continue (refused), then from the start.
     assert_eq!(*fake.resumed_from.lock(), vec![1 << 20]);
     assert_eq!(fake.downloads.load(Ordering::SeqCst), 3);
+}
+
+/// Bytes the unpacker found wrong (a corrupt archive) are not kept: the next attempt
+/// downloads the archive from its start.
+#[test]
+fn a_corrupt_archive_is_downloaded_again_from_the_start() {
+    let fake = Arc::new(Fake::default());
+    let good = targz(&[("a.txt", &noise(3 << 20, 5)), ("z.txt", b"z")]);
+    let mut bad = good.clone();
+    for b in &mut bad[2 << 20..(2 << 20) + 64] {
+        *b ^= 0x5a;
+    }
+    let ids = fake.add(Kind::Artifact, "c", vec![Some(bad)]);
+    for v in fake.versions.lock().get_mut("id-c").unwrap() {
+        v.size = 4 << 20;
+    }
+    let (fs, _dir) = fs_remembering(fake.clone(), Duration::from_secs(60), Duration::ZERO);
+    let z = format!("artifacts/c/{}/z.txt", ids[0]);
+    assert!(lookup_path(&fs, &z).is_err());
+    fake.archives.lock().insert(ids[0].clone(), good);
+    let f = lookup_path(&fs, &z).unwrap();
+    assert_eq!(read_all(&fs, f.attr.ino), b"z");
+    assert!(fake.resumed_from.lock().is_empty());
+    assert_eq!(fake.downloads.load(Ordering::SeqCst), 2);
 }
