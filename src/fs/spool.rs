@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -88,7 +88,7 @@ impl Spools {
         let file = File::create(&path)?;
         Ok(Spool {
             path,
-            file: Some(file),
+            file: Some(BufWriter::with_capacity(SPOOL_BUFFER, file)),
             len: 0,
         })
     }
@@ -109,9 +109,13 @@ impl Drop for Spools {
 /// failed write (a full disk) the spool is given up and the download goes on without it.
 pub struct Spool {
     path: PathBuf,
-    file: Option<File>,
+    /// Buffered: the network hands out small reads, and each would be a write.
+    file: Option<BufWriter<File>>,
     len: u64,
 }
+
+/// Bytes gathered before a write to the spool file.
+const SPOOL_BUFFER: usize = 256 << 10;
 
 impl Spool {
     /// A spool that continues `kept`, whose bytes are already in its file.
@@ -119,7 +123,7 @@ impl Spool {
         let file = fs::OpenOptions::new().append(true).open(&kept.path)?;
         Ok(Spool {
             path: kept.path.clone(),
-            file: Some(file),
+            file: Some(BufWriter::with_capacity(SPOOL_BUFFER, file)),
             len: kept.point.offset,
         })
     }
@@ -140,7 +144,8 @@ impl Spool {
     /// holds exactly the bytes before `point`.
     pub fn stopped_at(mut self, point: Option<ResumePoint>) -> Option<Kept> {
         let point = point?;
-        (self.file.take().is_some() && point.offset == self.len && self.len > 0).then(|| Kept {
+        let written = self.file.take().is_some_and(|mut f| f.flush().is_ok());
+        (written && point.offset == self.len && self.len > 0).then(|| Kept {
             path: std::mem::take(&mut self.path),
             point,
         })
