@@ -87,6 +87,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// A run's detail as vm0fs saved it (its `json`).
+    pub fn from_saved(bytes: &[u8]) -> Option<Run> {
+        Run::from_json(serde_json::from_slice(bytes).ok()?)
+    }
+
     pub fn is_final(&self) -> bool {
         is_final_status(&self.status)
     }

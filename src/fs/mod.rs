@@ -49,6 +49,7 @@ mod handles;
 mod inode;
 mod listings;
 mod remote;
+mod runs;
 mod saved;
 mod status;
 mod storages;
@@ -74,6 +75,7 @@ pub use attr::{Attr, FileKind, TimedAttr, IMMUTABLE_TTL};
 pub use error::{FetchError, FsError};
 pub use handles::{Backings, OpenedHandle, PASSTHROUGH_MIN_SIZE};
 pub use remote::{Remote, RemoteArchive};
+pub use runs::{Events, RunsApi, RunsConfig, FOLLOW_IDLE, FOLLOW_POLL, MAX_FOLLOWED};
 pub use status::STATUS_DIR;
 pub use wait::{with_policy, Policy, WAITERS};
 
@@ -129,6 +131,8 @@ enum Content {
     Status,
     /// A file of a version, and its size.
     File(OpenFile, u64),
+    /// A file of a run or an agent.
+    Run(runs::Readable),
 }
 
 /// The filesystem. Every method takes `&self`: the FUSE session is multi-threaded.
@@ -150,6 +154,8 @@ pub struct Fs {
     activity: Arc<Activity>,
     /// Where operations that must wait for a download do so.
     waiters: Waiters,
+    /// `runs/` and `agents/`, when shown (see [`Fs::with_runs`]).
+    runs: Option<runs::Runs>,
 }
 
 impl Fs {
@@ -188,6 +194,7 @@ impl Fs {
             status: StatusTexts::default(),
             activity,
             waiters: Waiters::default(),
+            runs: None,
         }
     }
 
@@ -257,6 +264,9 @@ impl Fs {
                 if name == STATUS_DIR {
                     return self.meta_attr(MetaNode::StatusDir);
                 }
+                if let Some((_, n)) = self.root_run_dirs().into_iter().find(|(d, _)| name == *d) {
+                    return self.meta_attr(MetaNode::Run(n));
+                }
                 let kind = name
                     .to_str()
                     .and_then(Kind::from_plural)
@@ -269,6 +279,9 @@ impl Fs {
             }
             Resolved::Meta(MetaNode::StatusDir) => Err(FsError::NotFound),
             Resolved::Meta(MetaNode::StatusFile) => Err(FsError::NotDir),
+            Resolved::Meta(MetaNode::Run(n)) => {
+                self.run_lookup(n, name.to_str().ok_or(FsError::NotFound)?)
+            }
             Resolved::Meta(MetaNode::KindDir(kind)) => {
                 let name = name.to_str().ok_or(FsError::NotFound)?;
                 let storage = self.find_storage(kind, name)?;
@@ -323,6 +336,7 @@ impl Fs {
             Resolved::Meta(MetaNode::PrefixLink { version, .. }) => {
                 Ok(version.as_str().as_bytes().to_vec())
             }
+            Resolved::Meta(MetaNode::Run(n)) => self.run_readlink(n),
             Resolved::Content { range, node } => {
                 let v = self.version_of(&range)?;
                 match &v
@@ -365,6 +379,21 @@ impl Fs {
                 immutable: true,
                 size,
             }),
+            // A live run's file grows: reads go to the daemon (no stale short copy).
+            Content::Run(runs::Readable::File { file, size, live }) => Ok(OpenedHandle {
+                fh: self
+                    .handles
+                    .add(Handle::File(OpenFile::opened(file, Pin::Nothing))),
+                direct_io: live,
+                immutable: !live,
+                size,
+            }),
+            Content::Run(runs::Readable::Bytes(data)) => Ok(OpenedHandle {
+                size: data.len() as u64,
+                fh: self.handles.add(Handle::Static(data)),
+                direct_io: false,
+                immutable: false,
+            }),
         }
     }
 
@@ -400,6 +429,8 @@ impl Fs {
                 }
                 Ok(data)
             }
+            Content::Run(runs::Readable::File { file, .. }) => read_at(&file, offset, size),
+            Content::Run(runs::Readable::Bytes(data)) => Ok(slice_at(&data, offset, size)),
         }
     }
 
@@ -534,6 +565,7 @@ impl Fs {
         let (range, node) = match self.resolve(ino)? {
             Resolved::Content { range, node } => (range, node),
             Resolved::Meta(MetaNode::StatusFile) => return Ok(Content::Status),
+            Resolved::Meta(MetaNode::Run(n)) => return Ok(Content::Run(self.run_content(n)?)),
             Resolved::Meta(MetaNode::Latest { .. } | MetaNode::PrefixLink { .. }) => {
                 return Err(FsError::NotFound)
             }
@@ -594,8 +626,17 @@ impl Fs {
                     let entry = self.meta_attr(MetaNode::KindDir(kind))?;
                     items.push(item(kind.plural().as_bytes(), entry));
                 }
+                for (name, n) in self.root_run_dirs() {
+                    items.push(item(name.as_bytes(), self.meta_attr(MetaNode::Run(n))?));
+                }
                 let status = self.meta_attr(MetaNode::StatusDir)?;
                 items.push(item(STATUS_DIR.as_bytes(), status));
+            }
+            Resolved::Meta(MetaNode::Run(n)) => {
+                items.push(item(b".", here));
+                let parent = self.run_parent(&n);
+                items.push(item(b"..", self.meta_attr(parent)?));
+                self.run_dir_items(n, &mut items)?;
             }
             Resolved::Meta(MetaNode::StatusDir) => {
                 items.push(item(b".", here));
