@@ -76,6 +76,8 @@ pub struct Run {
     pub status: String,
     pub prompt: String,
     pub created_at: SystemTime,
+    /// When it ended (final runs).
+    pub completed_at: Option<SystemTime>,
     pub error: Option<String>,
     pub artifact_name: Option<String>,
     /// The artifact version the run produced, once committed.
@@ -261,6 +263,8 @@ impl Run {
             status: string_field(&json, "status"),
             prompt: string_field(&json, "prompt"),
             created_at: parse_time("created_at", str_field(&json, "created_at")),
+            completed_at: str_field(&json, "completed_at")
+                .map(|t| parse_time("completed_at", Some(t))),
             error: str_field(&json, "error").map(str::to_string),
             artifact_name: str_field(&json, "artifact_name").map(str::to_string),
             artifact_version: json.get("artifact_version").and_then(version),

@@ -194,27 +194,29 @@ impl Fs {
         }
     }
 
-    /// The run `id` exists (without fetching its files): known, listed, or found by a
-    /// direct request. An unknown id is remembered as such for a moment.
-    fn run_detail(&self, id: &RunId) -> Result<Arc<crate::api::Run>> {
+    /// Run `id` as far as its directory's attributes go (a row of the listing will do):
+    /// known, listed, or found by a direct request. An unknown id is remembered as such for
+    /// a moment.
+    fn run_row(&self, id: &RunId) -> Result<Arc<crate::api::Run>> {
         let runs = self.runs()?;
         if let Some(run) = runs.state.known(id) {
-            if run.is_final() {
-                return Ok(run);
-            }
+            return Ok(run);
         }
-        if let Some(list) = runs.lists.peek(&None) {
-            if let Some(run) = list.get(id) {
-                if run.is_final() {
-                    return Ok(run.clone());
-                }
-            }
+        if let Some(run) = runs.lists.peek(&None).and_then(|l| l.get(id).cloned()) {
+            return Ok(run);
+        }
+        self.run_detail(id)
+    }
+
+    /// Run `id`'s detail (its artifact, volumes, error): kept, or asked of the API when a
+    /// live run's is more than a moment old.
+    fn run_detail(&self, id: &RunId) -> Result<Arc<crate::api::Run>> {
+        let runs = self.runs()?;
+        if let Some(run) = runs.state.known_detail(id) {
+            return Ok(run);
         }
         if runs.state.missed(id) {
             return Err(FsError::NotFound);
-        }
-        if let Some(run) = runs.state.known(id) {
-            return Ok(run);
         }
         Ok(runs.state.fetch_detail(id)?)
     }
@@ -247,7 +249,7 @@ impl Fs {
         let child = match dir {
             RunNode::RunsDir => {
                 let id = RunId::parse(name).ok_or(FsError::NotFound)?;
-                self.run_detail(&id)?;
+                self.run_row(&id)?;
                 RunNode::Run(id)
             }
             RunNode::AgentsDir => {
@@ -293,7 +295,7 @@ impl Fs {
         Ok(match n {
             RunNode::RunsDir | RunNode::AgentsDir => dir(self.started),
             RunNode::Run(id) => {
-                let run = self.run_detail(&id)?;
+                let run = self.run_row(&id)?;
                 let ttl = if run.is_final() {
                     meta_ttl
                 } else {
@@ -316,18 +318,14 @@ impl Fs {
                         (view, meta)
                     }
                 };
-                let ttl = if view.is_final() {
-                    IMMUTABLE_TTL
+                // A final run's files date from its end; a live one's from their last change
+                // (which also tells the kernel to drop what it cached of them).
+                let (ttl, mtime) = if view.is_final() {
+                    (IMMUTABLE_TTL, run.completed_at.unwrap_or(run.created_at))
                 } else {
-                    Duration::ZERO
+                    (Duration::ZERO, meta.modified()?)
                 };
-                self.timed(
-                    ino,
-                    FileKind::RegularFile,
-                    meta.len(),
-                    meta.modified()?,
-                    ttl,
-                )
+                self.timed(ino, FileKind::RegularFile, meta.len(), mtime, ttl)
             }
             RunNode::VolumesDir(id) => {
                 let run = self.run_detail(&id)?;

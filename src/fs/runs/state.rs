@@ -152,6 +152,25 @@ impl RunState {
         self.details.lock().get(id).map(|(r, _)| r.clone())
     }
 
+    /// The run's detail as known without a request, if it is up to date: final, live and
+    /// followed, or fetched a moment ago.
+    pub fn known_detail(&self, id: &RunId) -> Option<Arc<Run>> {
+        if let Some(r) = self.final_run(id) {
+            return Some(r);
+        }
+        let live = self.live.lock().get(id).cloned();
+        if let Some(l) = live {
+            if l.following.load(Ordering::SeqCst) {
+                return Some(l.state.lock().run.clone());
+            }
+        }
+        self.details
+            .lock()
+            .get(id)
+            .filter(|(r, at)| r.is_final() || at.elapsed() < UNFOLLOWED_REFRESH)
+            .map(|(r, _)| r.clone())
+    }
+
     /// Final run `id`'s detail, if its files are in the cache.
     fn final_run(&self, id: &RunId) -> Option<Arc<Run>> {
         if !self.store.contains(id.as_str()) {
