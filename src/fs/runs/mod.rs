@@ -19,6 +19,8 @@
 mod api;
 mod files;
 mod state;
+#[cfg(test)]
+mod tests;
 
 use std::ffi::OsString;
 use std::io;

@@ -447,6 +447,8 @@ impl RunState {
                         if live.state.lock().complete {
                             break;
                         }
+                        // A stream that ended early (a proxy's timeout): not at once again.
+                        std::thread::sleep(FOLLOW_POLL);
                     }
                     live.streaming.store(false, Ordering::SeqCst);
                 }
