@@ -208,3 +208,54 @@ impl RunStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A complete run directory of `bytes` bytes of logs, committed as run `id`.
+    fn commit(store: &RunStore, id: &str, bytes: usize) {
+        let dir = store.fresh_live_dir(id).unwrap();
+        fs::write(dir.join("logs"), vec![b'x'; bytes]).unwrap();
+        store.commit(id, &dir).unwrap();
+    }
+
+    #[test]
+    fn final_runs_count_in_the_budget_and_the_least_recently_used_go_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        let store = RunStore::open(&cache).unwrap();
+        commit(&store, "a", 400 << 10);
+        commit(&store, "b", 400 << 10);
+        assert!(cache.usage().1 >= 800 << 10, "{:?}", cache.usage());
+        // A use of `a` makes `b` the least recently used.
+        assert!(store.final_dir("a").is_some());
+        commit(&store, "c", 400 << 10);
+        assert!(store.contains("a") && store.contains("c"));
+        assert!(!store.contains("b"), "b was evicted");
+        assert!(!dir.path().join("runs/b").exists());
+        assert!(cache.usage().1 <= 1 << 20, "{:?}", cache.usage());
+    }
+
+    #[test]
+    fn complete_runs_survive_a_restart_and_incomplete_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let cache = Cache::open(dir.path(), 10 << 20).unwrap();
+            let store = RunStore::open(&cache).unwrap();
+            commit(&store, "done", 1000);
+            let live = store.live_dir("live").unwrap();
+            fs::write(live.join("logs"), b"partial").unwrap();
+            // A final directory without its completion mark (a crash during a commit).
+            fs::create_dir_all(dir.path().join("runs/torn")).unwrap();
+        }
+        let cache = Cache::open(dir.path(), 10 << 20).unwrap();
+        let store = RunStore::open(&cache).unwrap();
+        assert_eq!(store.ids(), ["done"]);
+        assert!(cache.usage().1 > 0, "counted again at start");
+        assert!(!dir.path().join("runs-live/live").exists());
+        assert!(!dir.path().join("runs/torn").exists());
+        let logs = store.final_dir("done").unwrap().join("logs");
+        assert_eq!(fs::read(logs).unwrap().len(), 1000);
+    }
+}

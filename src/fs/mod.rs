@@ -75,7 +75,7 @@ pub use attr::{Attr, FileKind, TimedAttr, IMMUTABLE_TTL};
 pub use error::{FetchError, FsError};
 pub use handles::{Backings, OpenedHandle, PASSTHROUGH_MIN_SIZE};
 pub use remote::{Remote, RemoteArchive};
-pub use runs::{Events, RunsApi, RunsConfig, FOLLOW_IDLE, FOLLOW_POLL, MAX_FOLLOWED};
+pub use runs::{Events, RunsApi, RunsConfig};
 pub use status::STATUS_DIR;
 pub use wait::{with_policy, Policy, WAITERS};
 
@@ -379,21 +379,7 @@ impl Fs {
                 immutable: true,
                 size,
             }),
-            // A live run's file grows: reads go to the daemon (no stale short copy).
-            Content::Run(runs::Readable::File { file, size, live }) => Ok(OpenedHandle {
-                fh: self
-                    .handles
-                    .add(Handle::File(OpenFile::opened(file, Pin::Nothing))),
-                direct_io: live,
-                immutable: !live,
-                size,
-            }),
-            Content::Run(runs::Readable::Bytes(data)) => Ok(OpenedHandle {
-                size: data.len() as u64,
-                fh: self.handles.add(Handle::Static(data)),
-                direct_io: false,
-                immutable: false,
-            }),
+            Content::Run(r) => Ok(self.run_opened(r)),
         }
     }
 
@@ -429,8 +415,7 @@ impl Fs {
                 }
                 Ok(data)
             }
-            Content::Run(runs::Readable::File { file, .. }) => read_at(&file, offset, size),
-            Content::Run(runs::Readable::Bytes(data)) => Ok(slice_at(&data, offset, size)),
+            Content::Run(r) => r.read_at(offset, size),
         }
     }
 

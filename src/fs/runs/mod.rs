@@ -36,9 +36,9 @@ use api::{AgentFilesSource, AgentSource, RunListSource};
 pub use api::{Events, RunsApi};
 use files::{RunFile, SyncError};
 use state::{RunState, View};
-pub use state::{FOLLOW_IDLE, FOLLOW_POLL, MAX_FOLLOWED};
 
 use super::attr::{FileKind, TimedAttr, IMMUTABLE_TTL};
+use super::handles::{read_at, slice_at, Handle, OpenFile, OpenedHandle, Pin};
 use super::inode::MetaNode;
 use super::listings::{Listings, Timing};
 use super::status::Activity;
@@ -151,7 +151,38 @@ pub enum Readable {
     Bytes(Vec<u8>),
 }
 
+impl Readable {
+    /// Up to `size` bytes at `offset`.
+    pub fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>> {
+        match self {
+            Readable::File { file, .. } => read_at(file, offset, size),
+            Readable::Bytes(data) => Ok(slice_at(data, offset, size)),
+        }
+    }
+}
+
 impl Fs {
+    /// The handle of an open file of the runs' tree. A live run's file grows: its reads go
+    /// to the daemon (direct I/O), so no stale, shorter copy is ever served.
+    pub(super) fn run_opened(&self, r: Readable) -> OpenedHandle {
+        match r {
+            Readable::File { file, size, live } => OpenedHandle {
+                fh: self
+                    .handles
+                    .add(Handle::File(OpenFile::opened(file, Pin::Nothing))),
+                direct_io: live,
+                immutable: !live,
+                size,
+            },
+            Readable::Bytes(data) => OpenedHandle {
+                size: data.len() as u64,
+                fh: self.handles.add(Handle::Static(data)),
+                direct_io: false,
+                immutable: false,
+            },
+        }
+    }
+
     fn runs(&self) -> Result<&Runs> {
         self.runs.as_ref().ok_or(FsError::NotFound)
     }
