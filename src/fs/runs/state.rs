@@ -97,6 +97,8 @@ pub struct RunState {
     misses: Mutex<HashMap<RunId, Instant>>,
     /// One fetch of a run's files at a time.
     locks: Mutex<HashMap<RunId, Arc<Mutex<()>>>>,
+    /// [`FOLLOW_IDLE`], shorter in tests.
+    follow_idle: Mutex<Duration>,
 }
 
 impl RunState {
@@ -109,7 +111,22 @@ impl RunState {
             details: Mutex::default(),
             misses: Mutex::default(),
             locks: Mutex::default(),
+            follow_idle: Mutex::new(FOLLOW_IDLE),
         })
+    }
+
+    #[cfg(test)]
+    pub fn set_follow_idle(&self, idle: Duration) {
+        *self.follow_idle.lock() = idle;
+    }
+
+    /// How many live runs are followed now.
+    pub fn followed(&self) -> usize {
+        self.live
+            .lock()
+            .values()
+            .filter(|l| l.following.load(Ordering::SeqCst))
+            .count()
     }
 
     /// Whether `id` was found unknown a moment ago.
@@ -288,13 +305,7 @@ impl RunState {
         if live.done.load(Ordering::SeqCst) || live.following.load(Ordering::SeqCst) {
             return;
         }
-        let followed = self
-            .live
-            .lock()
-            .values()
-            .filter(|l| l.following.load(Ordering::SeqCst))
-            .count();
-        if followed < MAX_FOLLOWED && !live.following.swap(true, Ordering::SeqCst) {
+        if self.followed() < MAX_FOLLOWED && !live.following.swap(true, Ordering::SeqCst) {
             let (state, l) = (self.clone(), live.clone());
             let spawned = std::thread::Builder::new()
                 .name("vm0fs-follow".into())
@@ -324,7 +335,8 @@ impl RunState {
             if live.done.load(Ordering::SeqCst) {
                 break;
             }
-            if live.last_read.lock().elapsed() >= FOLLOW_IDLE {
+            let idle = *self.follow_idle.lock();
+            if live.last_read.lock().elapsed() >= idle {
                 tracing::debug!(run = %live.id, "nobody reads the live run any more; no longer following it");
                 break;
             }

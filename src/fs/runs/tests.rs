@@ -303,3 +303,46 @@ fn a_live_run_becomes_final_without_a_gap_or_a_repeated_line() {
         "{events}"
     );
 }
+
+#[test]
+fn live_runs_are_followed_while_read_and_at_most_a_few_at_once() {
+    let api = Arc::new(FakeRuns::default());
+    let ids: Vec<String> = (0..super::state::MAX_FOLLOWED + 3)
+        .map(|i| format!("{RUN}-{i}"))
+        .collect();
+    for id in &ids {
+        api.add(id, "running", vec![entry(1, 1)]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fs = fs_on(api.clone(), dir.path());
+    let state = fs.runs.as_ref().unwrap().state.clone();
+    for id in &ids {
+        assert_eq!(cat(&fs, &format!("runs/{id}/status")), "running\n");
+    }
+    assert_eq!(
+        state.followed(),
+        super::state::MAX_FOLLOWED,
+        "a bounded number"
+    );
+    // Nobody reads them any more: they are let go, and the API is no longer asked.
+    state.set_follow_idle(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state.followed() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "still followed: {}",
+            state.followed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let asked = api.gets.load(Ordering::SeqCst);
+    std::thread::sleep(super::state::FOLLOW_POLL * 3);
+    assert_eq!(
+        api.gets.load(Ordering::SeqCst),
+        asked,
+        "no request once let go"
+    );
+    // A new read follows the run again.
+    cat(&fs, &format!("runs/{}/logs", ids[0]));
+    assert_eq!(state.followed(), 1);
+}
