@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import re
+import select
 import shutil
 import signal
 import statistics
@@ -45,9 +46,9 @@ MiB = 1024 * 1024
 # the cases that move a whole large version per run.
 MODES = {
     "full": dict(cold_bytes=256 * MiB, big_bytes=1024 * MiB, tree_files=50_000, rss_files=100_000,
-                 volumes=1000, cat_files=10_000, reps=7, slow_reps=3),
+                 volumes=1000, cat_files=10_000, reps=7, slow_reps=3, log_entries=100_000, tail_probes=10),
     "quick": dict(cold_bytes=8 * MiB, big_bytes=32 * MiB, tree_files=2_000, rss_files=5_000,
-                  volumes=100, cat_files=1_000, reps=3, slow_reps=2),
+                  volumes=100, cat_files=1_000, reps=3, slow_reps=2, log_entries=10_000, tail_probes=3),
 }
 DATA_PARAMS = ("cold_bytes", "big_bytes", "tree_files", "rss_files", "volumes")
 
@@ -64,6 +65,9 @@ CASES = [
     ("cat_small", "cat of many small files, warm, vs local"),
     ("rss_100k", "daemon peak RSS (VmHWM) after find over a cold 100k-file version"),
     ("ls_volumes", "warm ls MOUNT/volumes: time, and API requests it makes (must be 0)"),
+    ("runs_log", "first cat of a finished run's 100k-entry logs vs cat of the same file on local disk;"
+     " its API requests, the daemon's peak RSS, and the requests of a second cat (must be 0)"),
+    ("live_tail", "latency from the emulator appending a log line to a live run to `tail -f` printing it"),
 ]
 CASE_NAMES = [c[0] for c in CASES]
 
@@ -80,6 +84,10 @@ TARGETS = {
     "cat_small": ("<=", 2.0),
     "rss_100k": ("<=", 128.0),  # MiB, absolute
     "ls_volumes_api_requests": ("<=", 0),  # absolute
+    "runs_log_requests": ("<=", 1000),  # absolute
+    "runs_log_rss": ("<=", 128.0),  # MiB, absolute
+    "runs_log_second_requests": ("<=", 0),  # absolute
+    "live_tail": ("<=", 2000.0),  # ms, absolute (median)
 }
 
 
@@ -244,6 +252,22 @@ class Emulator:
         status, _, _ = self.request("POST", self.admin_url + "/counters/reset")
         if status != 200:
             raise BenchError("POST /_emulator/counters/reset: HTTP %d" % status)
+
+    def admin(self, path, body):
+        """POST a JSON body to an admin endpoint; the JSON answer."""
+        u = urllib.parse.urlsplit(self.admin_url + path)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+        conn.request("POST", u.path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        data = r.read()
+        conn.close()
+        if r.status != 200:
+            raise BenchError("POST %s: HTTP %d %s" % (path, r.status, data[:200]))
+        return json.loads(data)
+
+    def agent(self):
+        """The agent the runs of the benchmark belong to (made once)."""
+        return self.admin("/agents", {"name": "bench-agent"})["name"]
 
     def stop(self):
         if self.proc.poll() is None:
@@ -730,6 +754,82 @@ class Bench:
         self.time_row("ls_volumes", b, v, "%d volumes, listed once before; baseline: ls of %d local directories" % (n, n))
         self.row("ls_volumes_api_requests", requests, "requests",
                  note="API requests made by the %d timed ls runs (emulator counters)" % len(v))
+
+    def case_runs_log(self):
+        n = self.p["log_entries"]
+        run = self.emu.admin("/runs", {"agent": self.emu.agent(), "logs_total": n})
+        m = self.mount("runs", "8G")
+        try:
+            logs = os.path.join(m.mnt, "runs", run["id"], "logs")
+            local = os.path.join(self.run_dir, "runs-log-copy")
+            self.emu.reset_counters()
+            first = timed("cat %s > %s" % (q(logs), q(local)))
+            requests = self.emu.counters().get("runs.logs", 0)
+            lines = sum(1 for _ in open(local))
+            if lines != n:
+                raise BenchError("cat %s printed %d lines, expected %d" % (logs, lines, n))
+            s = m.status()
+            self.emu.reset_counters()
+            sh("cat %s >/dev/null" % q(logs))
+            second = self.emu.counters().get("runs.logs", 0)
+            sh("cat %s >/dev/null" % q(local))  # the baseline's page cache warm, as the first cat's source was not
+            base = timed("cat %s >/dev/null" % q(local))
+        finally:
+            m.remove()
+            self.mounts.remove(m)
+        size = os.path.getsize(local)
+        self.row("runs_log", first * 1000, "ms", base * 1000,
+                 note="%d entries (%.1f MiB); first cat on a fresh mount (fetches every page) vs cat of the same "
+                      "file on local disk" % (n, size / MiB))
+        self.row("runs_log_requests", requests, "requests", note="log pages asked by that first cat")
+        self.row("runs_log_rss", s["VmHWM"], "MiB", note="daemon peak RSS after it (VmRSS %.1f MiB)" % s["VmRSS"])
+        self.row("runs_log_second_requests", second, "requests", note="API requests of a second cat")
+
+    def case_live_tail(self):
+        probes = self.p["tail_probes"]
+        run = self.emu.admin("/runs", {"agent": self.emu.agent(), "log_rate": 0, "duration_ms": 3_600_000,
+                                       "pending_ms": 0})
+        rid = run["id"]
+        m = self.mount("live", "8G")
+        tail = None
+        try:
+            logs = os.path.join(m.mnt, "runs", rid, "logs")
+            deadline = time.time() + 30
+            while not os.path.exists(logs):
+                if time.time() > deadline:
+                    raise BenchError("%s did not appear" % logs)
+                time.sleep(0.05)
+            tail = subprocess.Popen(["tail", "-n", "0", "-f", logs], stdout=subprocess.PIPE)
+            fd = tail.stdout.fileno()
+            time.sleep(1.5)  # tail's first look at the file; not a measured interval
+            latencies = []
+            seen = b""
+            for i in range(probes):
+                probe = ("bench-probe-%d-%d" % (os.getpid(), i)).encode()
+                t0 = time.time()
+                self.emu.admin("/runs/%s/logs" % rid, {"entries": [{"message": probe.decode()}]})
+                while probe not in seen:
+                    left = t0 + 30 - time.time()
+                    if left <= 0:
+                        raise BenchError("probe %d not printed by tail -f within 30 s" % i)
+                    ready, _, _ = select.select([fd], [], [], left)
+                    if ready:
+                        chunk = os.read(fd, 65536)
+                        if not chunk:
+                            raise BenchError("tail -f of %s ended" % logs)
+                        seen += chunk
+                latencies.append(time.time() - t0)
+                seen = seen[seen.index(probe) + len(probe):]
+            self.emu.admin("/runs/%s/finish" % rid, {})
+        finally:
+            if tail is not None:
+                tail.kill()
+                tail.wait()
+            m.remove()
+            self.mounts.remove(m)
+        self.row("live_tail", median(latencies) * 1000, "ms", samples=[x * 1000 for x in latencies],
+                 note="median of %d lines appended one at a time; tail -f looks once a second, vm0fs asks the "
+                      "API about every 0.4 s while the run is read" % probes)
 
     # ----- driving -----------------------------------------------------------------
 

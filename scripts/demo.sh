@@ -61,6 +61,17 @@ show ls "$mnt" "$mnt/volumes" "$mnt/artifacts"
 show ls -l "$mnt/artifacts/agent-report"
 show find "$mnt/volumes/input-data/latest/"
 show cat "$mnt/artifacts/agent-report/latest/report.md"
+show ls -t "$mnt/runs" "$mnt/agents"
+# The demo's live run is the newest run of report-writer.
+live=$(ls -t "$mnt/agents/report-writer/runs" | head -n 1)
+show ls -l "$mnt/runs/$live"
+show cat "$mnt/runs/$live/status"
+cat <<EOT
+
+The run $live is live: it logs a line a second for five minutes. Follow it with
+    tail -f $mnt/runs/$live/logs
+and once it has completed, see what it wrote in $mnt/runs/$live/artifact/.
+EOT
 cat <<EOT
 
 Browse it: ls, cat, find, rsync -a $mnt/artifacts/agent-report/latest/ ./out/

@@ -103,6 +103,13 @@ pub struct MountArgs {
     /// Seconds before names, versions and `latest` are fetched again from the API.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub metadata_ttl: u64,
+    /// How far back `runs/` lists runs: a number of seconds, or with a unit (30m, 12h, 7d).
+    /// Any run can still be looked up by its id.
+    #[arg(long, value_name = "AGE", default_value = "7d", value_parser = parse_age)]
+    pub runs_since: u64,
+    /// At most this many runs in `runs/` (the newest).
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_RUNS_LIMIT, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub runs_limit: u64,
     /// Stay attached to the terminal and log to stderr (default: run in the background).
     #[arg(long, short = 'f')]
     pub foreground: bool,
@@ -178,6 +185,8 @@ impl MountArgs {
         }
         flag("--cache-size", self.cache_size.0.to_string().into());
         flag("--metadata-ttl", self.metadata_ttl.to_string().into());
+        flag("--runs-since", format!("{}s", self.runs_since).into());
+        flag("--runs-limit", self.runs_limit.to_string().into());
         flag("--threads", self.threads.to_string().into());
         flag("--downloads", self.downloads.to_string().into());
         flag("--log-level", self.log_level.clone().into());
@@ -264,6 +273,8 @@ impl MountArgs {
             )?,
             cache_size: self.cache_size.0,
             metadata_ttl: Duration::from_secs(self.metadata_ttl),
+            runs_since: Duration::from_secs(self.runs_since),
+            runs_limit: usize::try_from(self.runs_limit).unwrap_or(usize::MAX),
             access,
             threads: self.threads,
             downloads: self.downloads,
@@ -294,6 +305,31 @@ impl MountArgs {
             }
         }
         warnings
+    }
+}
+
+/// An age as `--runs-since` takes it: seconds, or a number with a unit (`s`, `m`, `h`,
+/// `d`); in seconds.
+fn parse_age(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (number, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let per = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if per > 0 && n > 0 => n
+            .checked_mul(per)
+            .ok_or_else(|| format!("{s:?} is too long an age")),
+        _ => Err(format!(
+            "{s:?} is not an age: write a positive number of seconds, or one with a unit: 30m, 12h, 7d"
+        )),
     }
 }
 
@@ -431,6 +467,8 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
         cache_dir: None,
         cache_size: ByteSize(config::DEFAULT_CACHE_SIZE),
         metadata_ttl: config::DEFAULT_METADATA_TTL.as_secs(),
+        runs_since: config::DEFAULT_RUNS_SINCE.as_secs(),
+        runs_limit: config::DEFAULT_RUNS_LIMIT,
         foreground: false,
         allow_other: false,
         allow_root: false,
@@ -467,6 +505,12 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
             "threads" => m.threads = need()?.parse().with_context(|| format!("threads={value:?} is not a number"))?,
             "downloads" => m.downloads = need()?.parse().with_context(|| format!("downloads={value:?} is not a number"))?,
             "log_level" => m.log_level = need()?.to_string(),
+            "runs_since" => {
+                m.runs_since = parse_age(need()?).map_err(|e| anyhow::anyhow!("runs_since: {e}"))?
+            }
+            "runs_limit" => {
+                m.runs_limit = need()?.parse().ok().filter(|n| *n >= 1).with_context(|| format!("runs_limit={value:?} is not a number of runs (at least 1)"))?
+            }
             "progress_interval" => {
                 m.progress_interval = need()?.parse().with_context(|| format!("progress_interval={value:?} is not a number of seconds"))?
             }
@@ -475,7 +519,7 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
             "track_opens" => m.track_opens = true,
             "no_passthrough" => m.no_passthrough = true,
             other => bail!(
-                "unknown mount option {other:?}; vm0fs takes api_url, token_file, cache_dir, cache_size, metadata_ttl, threads, downloads, log_level, progress_interval, allow_other, allow_root, track_opens, no_passthrough"
+                "unknown mount option {other:?}; vm0fs takes api_url, token_file, cache_dir, cache_size, metadata_ttl, runs_since, runs_limit, threads, downloads, log_level, progress_interval, allow_other, allow_root, track_opens, no_passthrough"
             ),
         }
     }
@@ -552,6 +596,8 @@ mod tests {
             "cache_dir" => "/var/cache/vm0fs",
             "cache_size" => "20G",
             "metadata_ttl" => "5",
+            "runs_since" => "12h",
+            "runs_limit" => "50",
             "threads" => "3",
             "downloads" => "2",
             "progress_interval" => "0.5",

@@ -17,6 +17,11 @@ pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(60);
 /// not on one of these (see `fs::wait`), so they only need to serve the kernel's
 /// requests in parallel.
 pub const DEFAULT_THREADS: usize = 16;
+
+/// How far back `runs/` lists runs by default.
+pub const DEFAULT_RUNS_SINCE: Duration = Duration::from_secs(7 * 86_400);
+/// How many runs `runs/` lists at most by default: ten pages of the API.
+pub const DEFAULT_RUNS_LIMIT: u64 = 1000;
 /// Downloads that run at once; more wait in a queue. Four keep a link busy while bounding
 /// the threads, connections and temporary disk space that many cold versions at once
 /// (`grep -r` across storages) would take.
@@ -84,6 +89,10 @@ pub struct MountConfig {
     pub cache_dir: PathBuf,
     pub cache_size: u64,
     pub metadata_ttl: Duration,
+    /// `runs/` lists the runs created within this long of now ...
+    pub runs_since: Duration,
+    /// ... at most this many.
+    pub runs_limit: usize,
     pub access: Access,
     pub threads: usize,
     /// Downloads that run at once.

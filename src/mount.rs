@@ -23,7 +23,9 @@ use fuser::SessionACL;
 use crate::api::{ApiError, Client, ClientConfig, Kind, RetryPolicy};
 use crate::cache::{Cache, CacheOptions};
 use crate::config::{Access, MountConfig};
-use crate::fs::{first_listing, FirstListing, Fs, FsConfig, Remote, Saved, FIRST_FETCH_WAIT};
+use crate::fs::{
+    first_listing, FirstListing, Fs, FsConfig, Remote, RunsConfig, Saved, FIRST_FETCH_WAIT,
+};
 use crate::fuse::FuseFs;
 use crate::openfiles::OpenFiles;
 use crate::size::ByteSize;
@@ -416,7 +418,8 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
     // and the cached versions are served until the API answers): then it is waited for
     // only as long as any listing is. Only a refused token, or no API and nothing saved,
     // stop the mount.
-    let remote: Arc<dyn Remote> = Arc::new(client(cfg, RetryPolicy::default())?);
+    let api = client(cfg, RetryPolicy::default())?;
+    let remote: Arc<dyn Remote> = Arc::new(api.clone());
     let saved = Saved::exist(&cfg.cache_dir);
     let (seed, offline) = match first_listing(&remote, saved.then_some(FIRST_FETCH_WAIT)) {
         FirstListing::Listed(list) => (Some(list), None),
@@ -458,24 +461,33 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
     }
     // SAFETY: getuid/getgid have no preconditions and cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let fs = Arc::new(Fs::new(
-        remote,
-        cache,
-        FsConfig {
-            metadata_ttl: cfg.metadata_ttl,
-            progress_every: cfg.progress_every,
-            uid,
-            gid,
-            label: format!(
-                "vm0fs {} mounted at {} from {} since {} (pid {})",
-                env!("CARGO_PKG_VERSION"),
-                cfg.mountpoint.display(),
-                cfg.api_url,
-                crate::fs::format_time(std::time::SystemTime::now()),
-                std::process::id()
-            ),
-        },
-    ));
+    let fs = Arc::new(
+        Fs::new(
+            remote,
+            cache,
+            FsConfig {
+                metadata_ttl: cfg.metadata_ttl,
+                progress_every: cfg.progress_every,
+                uid,
+                gid,
+                label: format!(
+                    "vm0fs {} mounted at {} from {} since {} (pid {})",
+                    env!("CARGO_PKG_VERSION"),
+                    cfg.mountpoint.display(),
+                    cfg.api_url,
+                    crate::fs::format_time(std::time::SystemTime::now()),
+                    std::process::id()
+                ),
+            },
+        )
+        .with_runs(
+            Arc::new(api),
+            RunsConfig {
+                since: cfg.runs_since,
+                limit: cfg.runs_limit,
+            },
+        )?,
+    );
     match (seed, offline) {
         (Some(list), _) => fs.seed_storages(Kind::Volume, list),
         (None, Some(why)) => fs.started_offline(why),

@@ -274,7 +274,7 @@ fn latest_prefixes_and_listing() {
         ok(Command::new("ls").arg(m.path()))
             .split_whitespace()
             .collect::<Vec<_>>(),
-        ["artifacts", "volumes"]
+        ["agents", "artifacts", "runs", "volumes"]
     );
     assert!(!m.join("artifacts/no-such-name").exists());
 }

@@ -719,7 +719,7 @@ fn other_users_are_refused_unless_allow_other_and_then_the_modes_hold() {
         String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
             .collect::<Vec<_>>(),
-        ["artifacts", "volumes"]
+        ["agents", "artifacts", "runs", "volumes"]
     );
     let out = as_nobody(&["cat", v.join("README.md").to_str().unwrap()]);
     assert!(

@@ -109,7 +109,7 @@ pub(crate) struct Resource {
 }
 
 impl Resource {
-    fn same(what: String) -> Resource {
+    pub(super) fn same(what: String) -> Resource {
         Resource {
             missing: what.clone(),
             what,
@@ -343,7 +343,7 @@ impl Client {
 
     /// `base/segment/segment…`, each segment percent-encoded; a trailing slash of the base
     /// URL is ignored.
-    fn api_url(&self, segments: &[&str]) -> Url {
+    pub(super) fn api_url(&self, segments: &[&str]) -> Url {
         let mut url = self.inner.base.clone();
         url.path_segments_mut()
             .expect("checked in Client::new: the base URL can be a base")
@@ -353,7 +353,7 @@ impl Client {
     }
 
     /// Follows the cursor until `has_more` is false, de-duplicating rows by id.
-    fn list_all<W: DeserializeOwned>(
+    pub(super) fn list_all<W: DeserializeOwned>(
         &self,
         segments: &[&str],
         resource: &Resource,
@@ -409,7 +409,7 @@ impl Client {
     }
 
     /// Decodes a 2xx JSON answer; anything else is an `UnexpectedBody`.
-    fn decode_ok<T: DeserializeOwned>(
+    pub(super) fn decode_ok<T: DeserializeOwned>(
         &self,
         answer: &Answer,
         resource: &Resource,
@@ -442,7 +442,7 @@ impl Client {
     }
 
     /// A GET to the API with the token, retried; `Ok` for 2xx and 3xx answers.
-    fn api_get(&self, url: &Url, resource: &Resource) -> Result<Answer, ApiError> {
+    pub(super) fn api_get(&self, url: &Url, resource: &Resource) -> Result<Answer, ApiError> {
         self.with_retries(resource, || self.api_attempt(url, resource))
     }
 
@@ -475,6 +475,47 @@ impl Client {
         } else {
             Err(self.classify(answer, resource))
         }
+    }
+
+    /// A GET to the API with the token whose body the caller reads as it comes (a stream of
+    /// server-sent events): one attempt, answered as soon as the head is in. An error answer
+    /// (JSON, before the stream starts) is mapped like any other.
+    pub(super) fn api_stream(
+        &self,
+        url: &Url,
+        resource: &Resource,
+    ) -> Result<reqwest::blocking::Response, ApiError> {
+        let response = self
+            .inner
+            .http
+            .get(url.clone())
+            .header(header::AUTHORIZATION, self.inner.authorization.clone())
+            .header(header::ACCEPT, "text/event-stream")
+            .send()
+            .map_err(|err| {
+                self.transport_error(
+                    resource,
+                    Server::Api,
+                    Some(url),
+                    Box::new(err.without_url()),
+                )
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let headers = response.headers().clone();
+        let request_id = request_id(&headers);
+        let body = read_body(response, self.inner.io_timeout).unwrap_or_default();
+        let answer = Answer {
+            status,
+            headers,
+            body,
+            request_id,
+        };
+        Err(match self.classify(answer, resource) {
+            Failure::Fatal(e) | Failure::Retryable { error: e, .. } => e,
+        })
     }
 
     /// Maps an error answer of the API to its `ApiError`, and says whether it is transient.

@@ -10,6 +10,7 @@ mod client;
 mod download;
 mod error;
 mod retry;
+mod runs;
 mod types;
 mod wire;
 
@@ -17,4 +18,8 @@ pub use client::{error_chain, Client, ClientConfig, Token};
 pub use download::{Download, ResumePoint};
 pub use error::{ApiError, Server};
 pub use retry::RetryPolicy;
+pub use runs::{
+    is_final_status, snake_key, snake_keys, Agent, LogEntry, LogPage, LogQuery, Run, RunEvent,
+    RunEvents, RunId, RunQuery,
+};
 pub use types::{ArchiveRef, Kind, Storage, StorageDetail, Version};

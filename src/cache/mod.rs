@@ -32,7 +32,8 @@
 //!
 //! Rooms: `disk` (the layout, the only code that touches it), `flight` (one fetch shared by
 //! its waiters), `pool` (the bounded download pool), `fill` (loading, fetching under a
-//! reservation, evicting), `error` (why a version was refused or failed).
+//! reservation, evicting), `error` (why a version was refused or failed), `runs` (the
+//! files of runs, kept beside the versions under the same budget).
 //!
 //! No lock is held across disk I/O: recording a use (`touch`) and moving an evicted
 //! version aside happen after the state lock is let go.
@@ -42,6 +43,7 @@ mod error;
 mod fill;
 mod flight;
 mod pool;
+mod runs;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -64,6 +66,7 @@ pub use flight::{
     Flight, Interest, Outcome, Patience, Phase, Stopped, Unbounded, Waited, WAIT_SLICE,
 };
 use pool::Pool;
+pub use runs::{RunStore, RUN_COMPLETE};
 
 use crate::ids::VersionId;
 

@@ -82,6 +82,7 @@ impl Fs {
             MetaNode::Root | MetaNode::KindDir(_) => self.dir_attr(ino, 4096, self.started),
             MetaNode::StatusDir => self.attr(ino, FileKind::Directory, 0, 0o555, 2, self.started),
             MetaNode::StatusFile => return Ok(self.status_attr(ino, None)),
+            MetaNode::Run(n) => return self.run_attr(ino, n),
             MetaNode::Storage { kind, name } => {
                 let s = self.find_storage(kind, name.as_str())?;
                 self.dir_attr(ino, 4096, s.updated_at)

@@ -63,6 +63,8 @@ pub(super) enum Pin {
     /// version is complete it pins it. (The descriptor alone keeps the content readable in
     /// any case, across the commit rename and a failed download.)
     Flight(Interest),
+    /// A file outside versions (a run's): nothing to pin.
+    Nothing,
 }
 
 /// A file opened by the kernel. The content file itself is opened on the first read: a file

@@ -52,6 +52,8 @@ pub enum MetaNode {
     /// `MOUNT/.vm0fs/` and its `status` file.
     StatusDir,
     StatusFile,
+    /// A node of `runs/` or `agents/`.
+    Run(super::runs::RunNode),
 }
 
 /// A version whose content inodes are allocated.

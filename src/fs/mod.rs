@@ -49,6 +49,7 @@ mod handles;
 mod inode;
 mod listings;
 mod remote;
+mod runs;
 mod saved;
 mod spool;
 mod status;
@@ -75,6 +76,7 @@ pub use attr::{Attr, FileKind, TimedAttr, IMMUTABLE_TTL};
 pub use error::{FetchError, FsError};
 pub use handles::{Backings, OpenedHandle, PASSTHROUGH_MIN_SIZE};
 pub use remote::{ArchiveStream, Remote, RemoteArchive};
+pub use runs::{Events, RunsApi, RunsConfig};
 pub use status::{STATUS_DIR, STATUS_FILE};
 pub use wait::{with_policy, Policy, WAITERS};
 
@@ -131,6 +133,8 @@ enum Content {
     Status,
     /// A file of a version, and its size.
     File(OpenFile, u64),
+    /// A file of a run or an agent.
+    Run(runs::Readable),
 }
 
 /// The filesystem. Every method takes `&self`: the FUSE session is multi-threaded.
@@ -154,6 +158,8 @@ pub struct Fs {
     waiters: Waiters,
     /// The bytes of downloads that failed part way, for the next attempt to continue.
     spools: Arc<Spools>,
+    /// `runs/` and `agents/`, when shown (see [`Fs::with_runs`]).
+    runs: Option<runs::Runs>,
 }
 
 impl Fs {
@@ -194,6 +200,7 @@ impl Fs {
             activity,
             waiters: Waiters::default(),
             spools: Arc::new(Spools::new(&cache_root.join("partial"))),
+            runs: None,
         }
     }
 
@@ -263,6 +270,9 @@ impl Fs {
                 if name == STATUS_DIR {
                     return self.meta_attr(MetaNode::StatusDir);
                 }
+                if let Some((_, n)) = self.root_run_dirs().into_iter().find(|(d, _)| name == *d) {
+                    return self.meta_attr(MetaNode::Run(n));
+                }
                 let kind = name
                     .to_str()
                     .and_then(Kind::from_plural)
@@ -275,6 +285,9 @@ impl Fs {
             }
             Resolved::Meta(MetaNode::StatusDir) => Err(FsError::NotFound),
             Resolved::Meta(MetaNode::StatusFile) => Err(FsError::NotDir),
+            Resolved::Meta(MetaNode::Run(n)) => {
+                self.run_lookup(n, name.to_str().ok_or(FsError::NotFound)?)
+            }
             Resolved::Meta(MetaNode::KindDir(kind)) => {
                 let name = name.to_str().ok_or(FsError::NotFound)?;
                 let storage = self.find_storage(kind, name)?;
@@ -329,6 +342,7 @@ impl Fs {
             Resolved::Meta(MetaNode::PrefixLink { version, .. }) => {
                 Ok(version.as_str().as_bytes().to_vec())
             }
+            Resolved::Meta(MetaNode::Run(n)) => self.run_readlink(n),
             Resolved::Content { range, node } => {
                 let v = self.version_of(&range)?;
                 match &v
@@ -371,6 +385,7 @@ impl Fs {
                 immutable: true,
                 size,
             }),
+            Content::Run(r) => Ok(self.run_opened(r)),
         }
     }
 
@@ -406,6 +421,7 @@ impl Fs {
                 }
                 Ok(data)
             }
+            Content::Run(r) => r.read_at(offset, size),
         }
     }
 
@@ -540,6 +556,7 @@ impl Fs {
         let (range, node) = match self.resolve(ino)? {
             Resolved::Content { range, node } => (range, node),
             Resolved::Meta(MetaNode::StatusFile) => return Ok(Content::Status),
+            Resolved::Meta(MetaNode::Run(n)) => return Ok(Content::Run(self.run_content(n)?)),
             Resolved::Meta(MetaNode::Latest { .. } | MetaNode::PrefixLink { .. }) => {
                 return Err(FsError::NotFound)
             }
@@ -600,8 +617,17 @@ impl Fs {
                     let entry = self.meta_attr(MetaNode::KindDir(kind))?;
                     items.push(item(kind.plural().as_bytes(), entry));
                 }
+                for (name, n) in self.root_run_dirs() {
+                    items.push(item(name.as_bytes(), self.meta_attr(MetaNode::Run(n))?));
+                }
                 let status = self.meta_attr(MetaNode::StatusDir)?;
                 items.push(item(STATUS_DIR.as_bytes(), status));
+            }
+            Resolved::Meta(MetaNode::Run(n)) => {
+                items.push(item(b".", here));
+                let parent = self.run_parent(&n);
+                items.push(item(b"..", self.meta_attr(parent)?));
+                self.run_dir_items(n, &mut items)?;
             }
             Resolved::Meta(MetaNode::StatusDir) => {
                 items.push(item(b".", here));

@@ -123,8 +123,9 @@ impl Drop for Sandbox {
 /// Every path under a cache directory is one the cache makes (see `src/cache/disk.rs`):
 /// `lock`, `FORMAT`, `versions|tmp|trash/<key>/{index.bin,meta.json,data/<n>}`, and the
 /// saved listings `listings/{volumes,artifacts}{.json,/<16 hex>.json}` (see
-/// `src/fs/saved.rs`). Anything else (a name that came from an archive member) fails the
-/// test.
+/// `src/fs/saved.rs`), and the runs' files `runs{,-live}/<run id>/<file>` (see
+/// `src/cache/runs.rs`). Anything else (a name that came from an archive member) fails
+/// the test.
 pub fn assert_cache_layout(cache: &Path) {
     let mut bad = Vec::new();
     walk(cache, &mut |rel: &Path, meta: &std::fs::Metadata| {
@@ -146,6 +147,10 @@ pub fn assert_cache_layout(cache: &Path) {
             ["listings", k] if kind_ok(k) => meta.is_dir(),
             ["listings", f] => listing_ok(f, &kind_ok) && meta.is_file(),
             ["listings", k, f] => kind_ok(k) && listing_ok(f, &hash_ok) && meta.is_file(),
+            // Runs' files (see `src/cache/runs.rs`): a run id, then the files of a run.
+            ["runs" | "runs-live"] => meta.is_dir(),
+            ["runs" | "runs-live", id] => run_id_ok(id) && meta.is_dir(),
+            ["runs" | "runs-live", id, f] => run_id_ok(id) && run_file_ok(f) && meta.is_file(),
             ["lock" | "FORMAT"] => meta.is_file(),
             [f] if f.starts_with("FORMAT") || f.starts_with("vm0fs.log") => meta.is_file(),
             ["versions" | "tmp" | "trash" | "partial"] => meta.is_dir(),
@@ -177,6 +182,31 @@ pub fn assert_cache_layout(cache: &Path) {
         bad.is_empty(),
         "paths in the cache directory that the cache does not make: {bad:#?}"
     );
+}
+
+/// A run id as vm0fs takes one (`api::RunId`).
+fn run_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A file of a run directory, or one being replaced (`<name>.tmp~`).
+fn run_file_ok(f: &str) -> bool {
+    const FILES: [&str; 9] = [
+        "run.json",
+        "status",
+        "prompt",
+        "error",
+        "logs",
+        "logs.jsonl",
+        "events.jsonl",
+        "metrics.json",
+        "complete.json",
+    ];
+    FILES.contains(&f) || f.ends_with(".tmp~")
 }
 
 fn walk(root: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) {

@@ -62,6 +62,11 @@ impl Emulator {
         })
     }
 
+    /// The emulator itself, to drive its agents and runs.
+    pub fn running(&self) -> &RunningEmulator {
+        &self.running
+    }
+
     pub fn counters(&self) -> Value {
         self.http
             .get(format!("{}/counters", self.admin_url))
