@@ -124,24 +124,46 @@ fn probe_daemon(path: &Path) -> Daemon {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
         return Daemon::Answers;
     };
+    let statfs = move || {
+        // SAFETY: statfs is plain data; all zeroes is a valid value to overwrite.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: c is a NUL-terminated path and st a valid buffer, both owned here.
+        let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+        (rc != 0)
+            .then(|| io::Error::last_os_error().raw_os_error())
+            .flatten()
+    };
+    match on_probe_thread(statfs) {
+        Probe::Answer(Some(libc::ENOTCONN)) => Daemon::Dead,
+        Probe::Answer(_) | Probe::NoThread => Daemon::Answers,
+        Probe::Silent => Daemon::Silent,
+    }
+}
+
+/// What [`on_probe_thread`] got.
+enum Probe<T> {
+    Answer(T),
+    /// No answer within [`PROBE_TIMEOUT`].
+    Silent,
+    /// No thread could be started to ask.
+    NoThread,
+}
+
+/// Run `ask` (a file system call into a mount whose daemon may be hung) on a thread of its
+/// own, and wait for its answer at most [`PROBE_TIMEOUT`], so that the caller never hangs.
+fn on_probe_thread<T: Send + 'static>(ask: impl FnOnce() -> T + Send + 'static) -> Probe<T> {
     let (tx, rx) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("vm0fs-probe".into())
         .spawn(move || {
-            // SAFETY: statfs is plain data; all zeroes is a valid value to overwrite.
-            let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-            // SAFETY: c is a NUL-terminated path and st a valid buffer, both owned here.
-            let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-            let errno = (rc != 0).then(|| io::Error::last_os_error().raw_os_error());
-            let _ = tx.send(errno.flatten());
+            let _ = tx.send(ask());
         });
     if spawned.is_err() {
-        return Daemon::Answers;
+        return Probe::NoThread;
     }
     match rx.recv_timeout(PROBE_TIMEOUT) {
-        Ok(Some(libc::ENOTCONN)) => Daemon::Dead,
-        Ok(_) => Daemon::Answers,
-        Err(_) => Daemon::Silent,
+        Ok(answer) => Probe::Answer(answer),
+        Err(_) => Probe::Silent,
     }
 }
 

@@ -4,12 +4,11 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use super::{attach, mount_at, FS_TYPE, PROBE_TIMEOUT};
+use super::{attach, mount_at, on_probe_thread, Probe, FS_TYPE};
 use crate::fs::{STATUS_DIR, STATUS_FILE};
 
 /// How long `vm0fs unmount` waits for the daemon to exit once its mount is gone: it stops
@@ -62,18 +61,12 @@ pub fn unmount(path: &Path, lazy: bool) -> anyhow::Result<()> {
 
 /// The pid of the daemon serving the mount at `mountpoint`, from the first line of its
 /// status file (`... (pid N)`). `None` when the daemon is dead or does not answer within
-/// [`PROBE_TIMEOUT`] (the read runs on a thread of its own, so that a hung daemon cannot
-/// hang the caller).
+/// the probe's time (see [`on_probe_thread`]).
 fn daemon_pid(mountpoint: &Path) -> Option<u32> {
     let status = mountpoint.join(STATUS_DIR).join(STATUS_FILE);
-    let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("vm0fs-probe".into())
-        .spawn(move || {
-            let _ = tx.send(std::fs::read_to_string(status));
-        })
-        .ok()?;
-    let text = rx.recv_timeout(PROBE_TIMEOUT).ok()?.ok()?;
+    let Probe::Answer(Ok(text)) = on_probe_thread(move || std::fs::read_to_string(status)) else {
+        return None;
+    };
     pid_in_header(text.lines().next()?)
 }
 
