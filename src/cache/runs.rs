@@ -57,6 +57,17 @@ impl Cache {
         within
     }
 
+    /// Count `bytes` in the budget only if it has that much room free, evicting nothing:
+    /// for bytes that help but are not worth a cached version (the spool of a download).
+    pub fn charge_free(&self, bytes: u64) -> bool {
+        let mut st = self.inner.state.lock();
+        let fits = st.used + bytes <= self.inner.budget;
+        if fits {
+            st.used += bytes;
+        }
+        fits
+    }
+
     /// Stop counting `bytes` charged before.
     pub fn discharge(&self, bytes: u64) {
         let mut st = self.inner.state.lock();

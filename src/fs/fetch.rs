@@ -403,11 +403,7 @@ fn download(
             if !replay(file, kept.point.offset, to) {
                 return give_back(kept, to, origin);
             }
-            let spool = Spool::continuing(&kept);
-            if spool.is_err() {
-                let _ = std::fs::remove_file(&kept.path);
-            }
-            spool.ok()
+            Spool::continuing(kept).ok()
         }
         None => origin.spools.create(&origin.key).ok(),
     };
@@ -450,8 +446,11 @@ fn download(
         let eof = filled == 0;
         let sent = match res {
             Ok(()) if eof => {
+                // Deleted before the unpacker hears of the end, so that the version is
+                // never complete while its spool still takes room.
+                drop(spool);
                 let _ = tx.send(Message::End);
-                return; // the spool is dropped, and with it its file
+                return;
             }
             Ok(()) => tx.send(Message::Chunk(chunk)),
             Err(e) => {

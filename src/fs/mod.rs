@@ -186,6 +186,10 @@ impl Fs {
             },
             timing,
         );
+        let spools = Arc::new(Spools::new(
+            &cache_root.join("partial"),
+            Some(cache.clone()),
+        ));
         Fs {
             remote,
             cache,
@@ -199,7 +203,7 @@ impl Fs {
             status: StatusTexts::default(),
             activity,
             waiters: Waiters::default(),
-            spools: Arc::new(Spools::new(&cache_root.join("partial"))),
+            spools,
             runs: None,
         }
     }

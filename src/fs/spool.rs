@@ -11,8 +11,12 @@
 //!
 //! Spools live only as long as the mount: the directory is emptied when a mount starts
 //! (an unpack cannot resume, so what counts is the compressed bytes, which a later mount
-//! might see replaced), and at most [`MAX_KEPT`] are kept at once (the oldest goes first),
-//! so their disk use is bounded by a few archives' compressed size.
+//! might see replaced), and at most [`MAX_KEPT`] are kept at once (the oldest goes first).
+//! Their bytes count in the cache's budget ([`Cache::charge_free`], before they are
+//! written), in room the budget has free: a spool never evicts a cached version (it only
+//! helps a retry). A spool without room is given up and deleted, and the download goes on
+//! without it, so the cache directory as a whole stays within the budget. A download
+//! that ends well deletes its spool before it tells the unpacker the archive is complete.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
@@ -22,7 +26,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 
 use crate::api::ResumePoint;
-use crate::cache::VersionKey;
+use crate::cache::{Cache, VersionKey};
 
 /// At most this many failed downloads are kept for resuming.
 pub const MAX_KEPT: usize = 4;
@@ -30,6 +34,8 @@ pub const MAX_KEPT: usize = 4;
 /// The spools of failed downloads, by version.
 pub struct Spools {
     dir: PathBuf,
+    /// Where spool bytes are counted; `None` in tests of the spools alone.
+    budget: Option<Cache>,
     /// Oldest first.
     kept: Mutex<VecDeque<(VersionKey, Kept)>>,
 }
@@ -38,11 +44,49 @@ pub struct Spools {
 pub struct Kept {
     pub path: PathBuf,
     pub point: ResumePoint,
+    /// The file's bytes in the budget, released when this goes.
+    charged: Charged,
+}
+
+/// Bytes counted in the cache's budget for a spool file, no longer counted once dropped.
+struct Charged {
+    cache: Option<Cache>,
+    bytes: u64,
+}
+
+/// Spool bytes are counted in steps of this, so that not every write takes the cache lock.
+const CHARGE_STEP: u64 = 1 << 20;
+
+impl Charged {
+    /// Count enough for `total` bytes on disk. False when the budget has no room.
+    fn cover(&mut self, total: u64) -> bool {
+        let Some(cache) = &self.cache else {
+            return true;
+        };
+        if total <= self.bytes {
+            return true;
+        }
+        let more = (total - self.bytes).div_ceil(CHARGE_STEP) * CHARGE_STEP;
+        if !cache.charge_free(more) {
+            return false;
+        }
+        self.bytes += more;
+        true
+    }
+}
+
+impl Drop for Charged {
+    fn drop(&mut self) {
+        if let Some(cache) = &self.cache {
+            cache.discharge(self.bytes);
+        }
+    }
 }
 
 impl Spools {
-    /// Spools in `dir`, which is emptied first (what is there is from an earlier mount).
-    pub fn new(dir: &Path) -> Spools {
+    /// Spools in `dir`, which is emptied first (what is there is from an earlier mount),
+    /// their bytes counted in the budget of `budget`.
+    pub fn new(dir: &Path, budget: Option<Cache>) -> Spools {
         if let Err(e) = fs::remove_dir_all(dir) {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(
@@ -53,6 +97,7 @@ impl Spools {
         }
         Spools {
             dir: dir.to_path_buf(),
+            budget,
             kept: Mutex::new(VecDeque::new()),
         }
     }
@@ -90,6 +135,10 @@ impl Spools {
             path,
             file: Some(BufWriter::with_capacity(SPOOL_BUFFER, file)),
             len: 0,
+            charged: Charged {
+                cache: self.budget.clone(),
+                bytes: 0,
+            },
         })
     }
 
@@ -112,32 +161,65 @@ pub struct Spool {
     /// Buffered: the network hands out small reads, and each would be a write.
     file: Option<BufWriter<File>>,
     len: u64,
+    charged: Charged,
 }
 
 /// Bytes gathered before a write to the spool file.
 const SPOOL_BUFFER: usize = 256 << 10;
 
 impl Spool {
-    /// A spool that continues `kept`, whose bytes are already in its file.
-    pub fn continuing(kept: &Kept) -> io::Result<Spool> {
-        let file = fs::OpenOptions::new().append(true).open(&kept.path)?;
-        Ok(Spool {
-            path: kept.path.clone(),
-            file: Some(BufWriter::with_capacity(SPOOL_BUFFER, file)),
-            len: kept.point.offset,
-        })
+    /// A spool that continues `kept`, whose bytes are already in its file (deleted when
+    /// it cannot be opened).
+    pub fn continuing(kept: Kept) -> io::Result<Spool> {
+        let Kept {
+            path,
+            point,
+            charged,
+        } = kept;
+        match fs::OpenOptions::new().append(true).open(&path) {
+            Ok(file) => Ok(Spool {
+                path,
+                file: Some(BufWriter::with_capacity(SPOOL_BUFFER, file)),
+                len: point.offset,
+                charged,
+            }),
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                Err(e)
+            }
+        }
     }
 
     /// Add the next bytes of the archive.
     pub fn write(&mut self, bytes: &[u8]) {
         let Some(file) = &mut self.file else { return };
+        let total = self.len + bytes.len() as u64;
+        if !self.charged.cover(total) {
+            tracing::debug!(
+                "stopped spooling to {}: the cache budget has no room for it",
+                self.path.display()
+            );
+            self.give_up();
+            return;
+        }
         match file.write_all(bytes) {
-            Ok(()) => self.len += bytes.len() as u64,
+            Ok(()) => self.len = total,
             Err(e) => {
                 tracing::debug!("stopped spooling to {}: {e}", self.path.display());
-                self.file = None;
+                self.give_up();
             }
         }
+    }
+
+    /// Stop spooling: the file goes now, not when the download ends, and so does its
+    /// place in the budget.
+    fn give_up(&mut self) {
+        self.file = None;
+        let _ = fs::remove_file(&self.path);
+        self.charged = Charged {
+            cache: self.charged.cache.clone(),
+            bytes: 0,
+        };
     }
 
     /// The download ended without the whole archive, stopped at `point`: the spool, if it
@@ -148,6 +230,13 @@ impl Spool {
         (written && point.offset == self.len && self.len > 0).then(|| Kept {
             path: std::mem::take(&mut self.path),
             point,
+            charged: std::mem::replace(
+                &mut self.charged,
+                Charged {
+                    cache: None,
+                    bytes: 0,
+                },
+            ),
         })
     }
 }
@@ -185,15 +274,15 @@ mod tests {
     #[test]
     fn a_spool_is_kept_only_when_it_holds_exactly_the_bytes_before_the_resume_point() {
         let dir = tempfile::tempdir().unwrap();
-        let spools = Spools::new(&dir.path().join("partial"));
+        let spools = Spools::new(&dir.path().join("partial"), None);
         let mut s = spools.create(&key('a')).unwrap();
         s.write(b"hello");
         let kept = s.stopped_at(point(5)).expect("kept");
         assert_eq!(fs::read(&kept.path).unwrap(), b"hello");
         // Continued, then stopped at an offset the file does not match: deleted.
-        let mut s = Spool::continuing(&kept).unwrap();
-        s.write(b" world");
         let path = kept.path.clone();
+        let mut s = Spool::continuing(kept).unwrap();
+        s.write(b" world");
         assert!(s.stopped_at(point(7)).is_none());
         assert!(!path.exists());
         // Without an ETag there is nothing to check a continuation with.
@@ -211,7 +300,7 @@ mod tests {
     #[test]
     fn at_most_a_few_spools_are_kept_and_the_oldest_goes_first() {
         let dir = tempfile::tempdir().unwrap();
-        let spools = Spools::new(&dir.path().join("partial"));
+        let spools = Spools::new(&dir.path().join("partial"), None);
         let keys: Vec<_> = "abcdef".chars().map(key).collect();
         let mut paths = Vec::new();
         for k in &keys {
@@ -232,12 +321,47 @@ mod tests {
     }
 
     #[test]
+    fn spool_bytes_count_in_the_budget_and_a_spool_without_room_is_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&dir.path().join("cache"), 3 * CHARGE_STEP).unwrap();
+        let used = || cache.usage().1;
+        let spools = Spools::new(&dir.path().join("partial"), Some(cache.clone()));
+        let mut s = spools.create(&key('a')).unwrap();
+        s.write(&[1; 10]);
+        assert_eq!(used(), CHARGE_STEP, "counted before it is written");
+        s.write(&vec![2; CHARGE_STEP as usize]);
+        assert_eq!(used(), 2 * CHARGE_STEP);
+        // Kept, it stays counted; taken and dropped, it is not.
+        let kept = s.stopped_at(point(CHARGE_STEP + 10)).expect("kept");
+        assert_eq!(used(), 2 * CHARGE_STEP);
+        spools.keep(&key('a'), kept);
+        let kept = spools.take(&key('a')).unwrap();
+        let path = kept.path.clone();
+        let mut s = Spool::continuing(kept).unwrap();
+        assert_eq!(used(), 2 * CHARGE_STEP);
+        // Past the budget: given up at once, file and count.
+        s.write(&vec![3; 2 * CHARGE_STEP as usize]);
+        assert!(
+            !path.exists(),
+            "a spool the budget has no room for is deleted"
+        );
+        assert_eq!(used(), 0);
+        assert!(s.stopped_at(point(3 * CHARGE_STEP + 10)).is_none());
+        // A spool that ends is no longer counted.
+        let mut s = spools.create(&key('b')).unwrap();
+        s.write(b"x");
+        assert_eq!(used(), CHARGE_STEP);
+        drop(s);
+        assert_eq!(used(), 0);
+    }
+
+    #[test]
     fn spools_of_an_earlier_mount_are_cleared() {
         let dir = tempfile::tempdir().unwrap();
         let partial = dir.path().join("partial");
         fs::create_dir_all(&partial).unwrap();
         fs::write(partial.join("old"), b"x").unwrap();
-        let _spools = Spools::new(&partial);
+        let _spools = Spools::new(&partial, None);
         assert!(!partial.join("old").exists());
     }
 }
