@@ -714,6 +714,21 @@ fn run_job(
     });
     drop(cache);
     flight.finish(result);
+    return_free_memory();
+}
+
+/// Hand the heap an unpack freed back to the system. The tree of an archive being
+/// unpacked and what it published are large and short-lived, allocated on the pool's
+/// thread; once they are freed, glibc keeps most of those pages in that thread's arena
+/// (it only trims the top of the main heap by itself), so that a daemon which unpacked a
+/// few large versions would keep their peak for ever. A cached version itself costs a few
+/// words of heap (its index is mapped).
+fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Whether a use of `entry` now should also be recorded on disk (its `meta.json` mtime, at
