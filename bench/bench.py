@@ -86,7 +86,7 @@ PEER_CASES = [
 ]
 PEERS = ("vm0fs", "ratarmount", "archivemount")
 # A peer run taking longer than this is stopped and reported as such.
-PEER_TIMEOUT = 300
+PEER_TIMEOUT = 120
 
 # The targets: (direction, threshold). "<=": vm0fs/baseline at most; ">=": at least.
 TARGETS = {
@@ -323,6 +323,7 @@ class Mount:
                 except OSError:
                     pass
             if time.time() > deadline:
+                self.proc.terminate()
                 raise BenchError("the mount at %s did not answer within 30 s; log:\n%s" % (self.mnt, tail(self.log_path)))
             time.sleep(0.005)
         self.pid = self.proc.pid
