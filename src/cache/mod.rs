@@ -289,6 +289,7 @@ impl Cache {
     /// Open (or create) the cache directory. Reuses every complete version found there,
     /// removes leftovers, and trims to the budget.
     pub fn open_with(dir: &Path, options: CacheOptions) -> Result<Cache, CacheError> {
+        large_buffers_unpooled();
         let budget = options.budget;
         let layout = Layout::open(dir)?;
         let mut found = layout.scan();
@@ -715,6 +716,20 @@ fn run_job(
     drop(cache);
     flight.finish(result);
     return_free_memory();
+}
+
+/// Keep large buffers out of the heap arenas: every allocation of 128 KiB or more (the
+/// download's 1 MiB chunks, the unpacker's buffers) gets pages of its own, returned to the
+/// system when it is freed. glibc would otherwise raise that threshold as such buffers
+/// are freed, carve them from the arena of whichever thread ran the fetch (each fetch runs
+/// on threads of its own), and keep them there: the daemon would grow by a few MiB with
+/// every version it fetched.
+fn large_buffers_unpooled() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's settings.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 /// Hand the heap an unpack freed back to the system. The tree of an archive being
