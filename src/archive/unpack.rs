@@ -496,10 +496,10 @@ impl Unpacker<'_> {
         };
         let (published, disk_bytes, packed) = if size < PACK_MAX {
             let offset = self.pack.len;
-            let path = self.pack.path.to_path_buf();
+            let path = self.pack.path.clone();
             // Taken out for the copy (which borrows the unpacker) and always put back.
             let mut file = self.pack.file.take().ok_or_else(|| {
-                Self::write_error(path.clone())(io::Error::other("the pack file is closed"))
+                Self::write_error(path.to_path_buf())(io::Error::other("the pack file is closed"))
             })?;
             let copied = self.copy(entry, &mut file, &path, name, size);
             self.pack.file = Some(file);
