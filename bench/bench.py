@@ -1101,7 +1101,9 @@ def machine():
 def main():
     ap = argparse.ArgumentParser(prog="scripts/bench.sh", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="cases, in run order:\n" + "\n".join("  %-15s %s" % c for c in CASES))
+                                 epilog="cases, in run order:\n" + "\n".join("  %-15s %s" % c for c in CASES)
+                                 + "\n\nwith --peers (vm0fs, ratarmount, archivemount):\n"
+                                 + "\n".join("  %-20s %s" % c for c in PEER_CASES))
     ap.add_argument("--quick", action="store_true", help="small sizes, few runs (about a minute; CI)")
     ap.add_argument("--only", metavar="CASE[,CASE]", help="run only these cases (comma-separated)")
     ap.add_argument("--reps", type=int, metavar="N", help="timed runs per side (default: 7, 3 for the slow cases; quick: 3/2)")
