@@ -46,11 +46,16 @@ MiB = 1024 * 1024
 # the cases that move a whole large version per run.
 MODES = {
     "full": dict(cold_bytes=256 * MiB, big_bytes=1024 * MiB, tree_files=50_000, rss_files=100_000,
-                 volumes=1000, cat_files=10_000, reps=7, slow_reps=3, log_entries=100_000, tail_probes=10),
+                 volumes=1000, cat_files=10_000, tiny_files=50_000, tiny_versions=10,
+                 peer_files=20_000, peer_big=64 * MiB, reps=7, slow_reps=3, log_entries=100_000,
+                 tail_probes=10),
     "quick": dict(cold_bytes=8 * MiB, big_bytes=32 * MiB, tree_files=2_000, rss_files=5_000,
-                  volumes=100, cat_files=1_000, reps=3, slow_reps=2, log_entries=10_000, tail_probes=3),
+                  volumes=100, cat_files=1_000, tiny_files=10_000, tiny_versions=3,
+                  peer_files=1_000, peer_big=4 * MiB, reps=3, slow_reps=2, log_entries=10_000,
+                  tail_probes=3),
 }
-DATA_PARAMS = ("cold_bytes", "big_bytes", "tree_files", "rss_files", "volumes")
+DATA_PARAMS = ("cold_bytes", "big_bytes", "tree_files", "rss_files", "volumes", "tiny_files",
+               "tiny_versions", "peer_files", "peer_big")
 
 # The cases in run order: name, what it measures.
 CASES = [
@@ -68,8 +73,26 @@ CASES = [
     ("runs_log", "first cat of a finished run's 100k-entry logs vs cat of the same file on local disk;"
      " its API requests, the daemon's peak RSS, and the requests of a second cat (must be 0)"),
     ("live_tail", "latency from the emulator appending a log line to a live run to `tail -f` printing it"),
+    ("tiny_cold_find", "cold find of a version of many tiny files (downloads and unpacks it) vs curl | tar -xzf;"
+     " also its cache disk use against its content + 64 B per entry"),
+    ("tiny_rss", "daemon RSS after find over each of the tiny-file versions"),
+    ("tiny_restart", "restart with the tiny-file versions cached, until ls of each answers"),
+    ("tiny_evict", "removal of one evicted tiny-file version (a budget lowered at start trims half of them)"),
 ]
 CASE_NAMES = [c[0] for c in CASES]
+
+# `--peers`: the same archives read from local disk by ratarmount and archivemount, next to
+# vm0fs fetching them from the emulator.
+PEER_CASES = [
+    ("peer_cold_find", "cold: mount + find of the 20k-file archive"),
+    ("peer_warm_find_ls", "warm: find -ls of it"),
+    ("peer_warm_cat", "warm: cat of all its files"),
+    ("peer_cold_after_big", "cold: mount + cat of the member after the 64 MiB file"),
+    ("peer_warm_cat_big", "warm: cat of the 64 MiB file"),
+]
+PEERS = ("vm0fs", "ratarmount", "archivemount")
+# A peer run taking longer than this is stopped and reported as such.
+PEER_TIMEOUT = 120
 
 # The targets: (direction, threshold). "<=": vm0fs/baseline at most; ">=": at least.
 TARGETS = {
@@ -82,7 +105,12 @@ TARGETS = {
     "ls_lR": ("<=", 1.5),
     "rsync_second": ("<=", 1.5),
     "cat_small": ("<=", 2.0),
-    "rss_100k": ("<=", 128.0),  # MiB, absolute
+    "rss_100k": ("<=", 32.0),  # MiB, absolute
+    "tiny_disk": ("<=", 1.5),  # disk use / (content + 64 B per entry), absolute
+    "tiny_cold_find": ("<=", 0.25),
+    "tiny_rss": ("<=", 64.0),  # MiB, absolute
+    "tiny_restart": ("<=", 300.0),  # ms, absolute
+    "tiny_evict": ("<=", 50.0),  # ms, absolute
     "ls_volumes_api_requests": ("<=", 0),  # absolute
     "runs_log_requests": ("<=", 1000),  # absolute
     "runs_log_rss": ("<=", 128.0),  # MiB, absolute
@@ -292,15 +320,15 @@ def tail(path, n=30):
 class Mount:
     """One `vm0fs mount --foreground` in the background, with its own cache directory."""
 
-    def __init__(self, bench, name, cache_size="8G"):
+    def __init__(self, bench, name, cache_size="8G", cache=None):
         self.bench = bench
         base = os.path.join(bench.run_dir, name)
         self.mnt = os.path.join(base, "mnt")
-        self.cache = os.path.join(base, "cache")
+        self.cache = cache or os.path.join(base, "cache")
         self.log_path = os.path.join(base, "vm0fs.log")
         os.makedirs(self.mnt)
-        os.makedirs(self.cache)
-        argv = [os.path.join(BIN, "vm0fs"), "mount", self.mnt, "--foreground",
+        os.makedirs(self.cache, exist_ok=True)
+        argv = [vm0fs_bin(bench.args), "mount", self.mnt, "--foreground",
                 "--api-url", bench.emu.api_url, "--cache-dir", self.cache, "--cache-size", cache_size]
         argv += bench.args.mount_arg
         env = dict(os.environ, VM0_TOKEN=bench.emu.token)
@@ -321,8 +349,9 @@ class Mount:
                 except OSError:
                     pass
             if time.time() > deadline:
+                self.proc.terminate()
                 raise BenchError("the mount at %s did not answer within 30 s; log:\n%s" % (self.mnt, tail(self.log_path)))
-            time.sleep(0.02)
+            time.sleep(0.005)
         self.pid = self.proc.pid
         # The daemon sets its own read-ahead between answering and logging "ready"; an
         # override must come after that.
@@ -364,7 +393,7 @@ class Mount:
         with open("/proc/%d/status" % self.pid) as f:
             for line in f:
                 k, _, v = line.partition(":")
-                if k in ("VmHWM", "VmRSS"):
+                if k in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
                     out[k] = int(v.split()[0]) / 1024.0
         return out
 
@@ -395,7 +424,7 @@ class Mount:
 
     def stop(self):
         if is_mounted(self.mnt):
-            r = subprocess.run([os.path.join(BIN, "vm0fs"), "unmount", self.mnt],
+            r = subprocess.run([vm0fs_bin(self.bench.args), "unmount", self.mnt],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=30)
             if r.returncode != 0:
                 log("vm0fs unmount %s failed (%s); detaching" % (self.mnt, r.stderr.strip()))
@@ -424,6 +453,21 @@ def median(xs):
     return statistics.median(xs)
 
 
+def vm0fs_bin(args):
+    """The vm0fs binary measured: the release build, or `--vm0fs-bin` (an earlier build,
+    for a before/after table)."""
+    return args.vm0fs_bin or os.path.join(BIN, "vm0fs")
+
+
+def allocated(path):
+    """Allocated bytes (blocks * 512) of everything under `path`, directories included."""
+    total = os.lstat(path).st_blocks * 512
+    for d, dirs, files in os.walk(path):
+        for x in dirs + files:
+            total += os.lstat(os.path.join(d, x)).st_blocks * 512
+    return total
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -444,6 +488,7 @@ class Bench:
         self.warm = set()
         self.local = {}
         self.meta = {}
+        self.tiny_cache = None
 
     # ----- setup -------------------------------------------------------------------
 
@@ -454,9 +499,9 @@ class Bench:
         log("starting the emulator")
         self.emu = Emulator(self, data)
 
-    def mount(self, name, cache_size="8G"):
+    def mount(self, name, cache_size="8G", cache=None):
         self.mount_count += 1
-        m = Mount(self, "%s-%d" % (name, self.mount_count), cache_size)
+        m = Mount(self, "%s-%d" % (name, self.mount_count), cache_size, cache)
         self.mounts.append(m)
         return m
 
@@ -746,6 +791,14 @@ class Bench:
         if len(listed) != n:
             raise BenchError("ls %s listed %d volumes, expected %d" % (vols, len(listed), n))
         sh("ls %s >/dev/null" % q(local))
+        # A listing older than the metadata TTL (the main mount may have started more than
+        # a minute ago) is refreshed in the background by that first ls: let it finish.
+        seen, since = None, time.time()
+        while time.time() - since < 0.5:
+            now = self.emu.counters()
+            if now != seen:
+                seen, since = now, time.time()
+            time.sleep(0.05)
         self.emu.reset_counters()
         b, v = self.pairs(self.p["reps"], lambda: timed("ls %s >/dev/null" % q(local)),
                           lambda: timed("ls %s >/dev/null" % q(vols)))
@@ -830,6 +883,223 @@ class Bench:
         self.row("live_tail", median(latencies) * 1000, "ms", samples=[x * 1000 for x in latencies],
                  note="median of %d lines appended one at a time; tail -f looks once a second, vm0fs asks the "
                       "API about every 0.4 s while the run is read" % probes)
+
+    # ----- many tiny files ----------------------------------------------------------
+
+    def tiny_names(self):
+        return ["tiny-%02d" % i for i in range(self.p["tiny_versions"])]
+
+    @staticmethod
+    def version_cache_dir(m, vid):
+        versions = os.path.join(m.cache, "versions")
+        for d in os.listdir(versions):
+            if d.endswith(vid):
+                return os.path.join(versions, d)
+        raise BenchError("version %s is not in the cache %s" % (vid, versions))
+
+    def case_tiny_cold_find(self):
+        name = "tiny-00"
+        vid, info = self.version(name)
+        _, url = self.emu.presigned_url("artifacts", name)
+        dest = os.path.join(self.run_dir, "tiny-extract")
+        state = {}
+
+        def before(side):
+            shutil.rmtree(dest, ignore_errors=True)
+            if side == "vm0fs":
+                m = self.mount("tiny-cold", "8G")
+                state["m"] = m
+                state["root"] = m.version_dir("artifacts", name, vid)
+            sh("sync")
+
+        def baseline():
+            os.makedirs(dest)
+            return timed("curl -sf %s | tar -xzf - -C %s" % (q(url), q(dest)))
+
+        def vm0fs():
+            t = timed("find %s >/dev/null" % q(state["root"]))
+            m = state["m"]
+            if "disk" not in state:
+                state["disk"] = allocated(self.version_cache_dir(m, vid))
+            m.remove()
+            self.mounts.remove(m)
+            return t
+
+        b, v = self.pairs(self.p["slow_reps"], baseline, vm0fs, before)
+        shutil.rmtree(dest, ignore_errors=True)
+        files = info["files"]
+        entries = files + (files + 99) // 100  # the files and their directories
+        self.time_row("tiny_cold_find", b, v, "%d files of about 15 bytes, %.1f MiB tar.gz" % (
+            files, info["compressed"] / MiB))
+        floor = info["bytes"] + 64 * entries
+        self.row("tiny_disk", state["disk"] / floor, "x",
+                 note="cache directory of the version: %.0f KiB allocated, for %.0f KiB of content and %d entries "
+                 "(content + 64 B per entry: %.0f KiB)" % (state["disk"] / 1024, info["bytes"] / 1024, entries,
+                                                            floor / 1024))
+
+    def tiny_cached(self):
+        """A cache directory holding every tiny-file version (found by one daemon)."""
+        if self.tiny_cache is None:
+            self.case_tiny_rss()
+        return self.tiny_cache
+
+    def case_tiny_rss(self):
+        m = self.mount("tiny-rss", "8G")
+        try:
+            t0 = time.time()
+            for name in self.tiny_names():
+                vid, _ = self.version(name)
+                sh("find %s >/dev/null" % q(m.version_dir("artifacts", name, vid)))
+            t = time.time() - t0
+            s = m.status()
+        finally:
+            m.stop()
+        self.tiny_cache = m.cache
+        n = len(self.tiny_names())
+        self.row("tiny_rss", s["VmRSS"], "MiB",
+                 note="fresh daemon, find over %d versions of %d tiny files each, one after the other (%.1f s incl. "
+                 "downloads); VmHWM %.1f MiB; RssAnon %.1f MiB, RssFile %.1f MiB (mapped indexes and the binary)" % (
+                     n, self.p["tiny_files"], t, s["VmHWM"], s.get("RssAnon", 0), s.get("RssFile", 0)))
+
+    def case_tiny_restart(self):
+        cache = self.tiny_cached()
+        roots = []
+        for name in self.tiny_names():
+            vid, _ = self.version(name)
+            roots.append(("artifacts", name, vid))
+        runs = []
+        for _ in range(self.p["reps"]):
+            t0 = time.perf_counter()
+            m = self.mount("tiny-restart", "8G", cache)
+            try:
+                for kind, name, vid in roots:
+                    sh("ls %s >/dev/null" % q(m.path(kind, name, vid)))
+                runs.append(time.perf_counter() - t0)
+            finally:
+                m.stop()
+                self.mounts.remove(m)
+        self.row("tiny_restart", median(runs) * 1000, "ms", samples=[x * 1000 for x in runs],
+                 note="from `vm0fs mount` until ls of each of the %d cached versions (%d files each) answered"
+                 % (len(roots), self.p["tiny_files"]))
+
+    def case_tiny_evict(self):
+        cache = self.tiny_cached()
+        total = allocated(os.path.join(cache, "versions"))
+        n = len(self.tiny_names())
+        times, how = [], "the daemon's log (`removed an evicted version`)"
+        for _ in range(self.p["slow_reps"]):
+            copy = os.path.join(self.run_dir, "tiny-evict-cache")
+            shutil.rmtree(copy, ignore_errors=True)
+            sh("cp -a %s %s" % (q(cache), q(copy)))
+            sh("sync")
+            # A budget for about half of them: the start trims the rest, least recent first.
+            m = self.mount("tiny-evict", str(max(total // 2, MiB)), copy)
+            try:
+                with open(m.log_path, errors="replace") as f:
+                    logged = [float(x) for x in re.findall(r"removed an evicted version.*?ms=\"?([0-9.]+)", f.read())]
+            finally:
+                m.remove()
+                self.mounts.remove(m)
+            if logged:
+                times += logged
+            else:
+                # A binary that logs no eviction time: time the same removal by hand.
+                how = "rm -rf of one version directory (this binary logs no eviction time)"
+                victim = os.path.join(cache, "versions", sorted(os.listdir(os.path.join(cache, "versions")))[0])
+                scratch = os.path.join(self.run_dir, "tiny-evict-victim")
+                shutil.rmtree(scratch, ignore_errors=True)
+                sh("cp -a %s %s && sync" % (q(victim), q(scratch)))
+                times.append(timed("rm -rf %s" % q(scratch)) * 1000)
+            shutil.rmtree(copy, ignore_errors=True)
+        self.row("tiny_evict", median(times), "ms", samples=times,
+                 note="%d evictions of versions of %d files; %s; %d versions cached" % (
+                     len(times), self.p["tiny_files"], how, n))
+
+    # ----- peers ---------------------------------------------------------------------
+
+    def peer_mount(self, tool, archive_name):
+        """Mount `archive_name` with `tool`; the directory that holds its files."""
+        self.mount_count += 1
+        if tool == "vm0fs":
+            m = self.mount("peer-vm0fs", "8G")
+            vid, _ = self.version(archive_name)
+            return m, m.path("artifacts", archive_name, vid)
+        _, info = self.version(archive_name)
+        mnt = os.path.join(self.run_dir, "peer-%s-%d" % (tool, self.mount_count))
+        os.makedirs(mnt)
+        if tool == "ratarmount":
+            index = os.path.join(self.run_dir, "ratarmount-%d.index.sqlite" % self.mount_count)
+            sh("ratarmount --index-file %s %s %s" % (q(index), q(info["path"]), q(mnt)), timeout=PEER_TIMEOUT)
+        else:
+            sh("archivemount -o ro %s %s" % (q(info["path"]), q(mnt)), timeout=PEER_TIMEOUT)
+        self.state.add("mounts", mnt)
+        return mnt, mnt
+
+    def peer_unmount(self, handle):
+        if isinstance(handle, Mount):
+            handle.remove()
+            self.mounts.remove(handle)
+            return
+        subprocess.run(["fusermount", "-u", handle], stderr=subprocess.DEVNULL)
+        if is_mounted(handle):
+            subprocess.run(["umount", "-l", handle], stderr=subprocess.DEVNULL)
+        self.state.remove("mounts", handle)
+
+    def run_peers(self):
+        """Each tool in turn on the same two archives: a fresh mount for the cold rows,
+        then the warm rows on it (one untimed pass first)."""
+        self.setup()
+        results = {}
+
+        def t(cmd):
+            t0 = time.perf_counter()
+            try:
+                sh(cmd, timeout=PEER_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                return None
+            return time.perf_counter() - t0
+
+        def best(cmd, reps):
+            runs = [t(cmd) for _ in range(reps)]
+            runs = [x for x in runs if x is not None]
+            return median(runs) if runs else None
+
+        for tool in PEERS:
+            log("peers: %s" % tool)
+            r = results[tool] = {}
+            sh("sync")
+            t0 = time.perf_counter()
+            handle, root = self.peer_mount(tool, "files-20k")
+            found = t("find %s >/dev/null" % q(root))
+            r["peer_cold_find"] = None if found is None else time.perf_counter() - t0
+            r["peer_warm_find_ls"] = best("find %s -ls >/dev/null" % q(root), 3)
+            cat = "find %s -type f -print0 | xargs -0 cat >/dev/null" % q(root)
+            if t(cat) is None:
+                r["peer_warm_cat"] = None
+            else:
+                r["peer_warm_cat"] = best(cat, 2)
+            self.peer_unmount(handle)
+            sh("sync")
+            t0 = time.perf_counter()
+            handle, root = self.peer_mount(tool, "after-64m")
+            done = t("cat %s >/dev/null" % q(os.path.join(root, "last.txt")))
+            r["peer_cold_after_big"] = None if done is None else time.perf_counter() - t0
+            big = "cat %s >/dev/null" % q(os.path.join(root, "big.bin"))
+            r["peer_warm_cat_big"] = None if t(big) is None else best(big, 3)
+            self.peer_unmount(handle)
+        for case, what in PEER_CASES:
+            v = results["vm0fs"][case]
+            others = [results[p][case] for p in PEERS[1:] if results[p][case] is not None]
+            best_peer = min(others) if others else None
+            note = "%s; " % what + ", ".join(
+                "%s %s" % (p, "timeout" if results[p][case] is None else "%.3f s" % results[p][case]) for p in PEERS)
+            if v is None:
+                raise BenchError("vm0fs did not finish %s within %d s" % (case, PEER_TIMEOUT))
+            self.row(case, v * 1000, "ms", None if best_peer is None else best_peer * 1000, note=note)
+            self.rows[-1]["peers"] = {p: results[p][case] for p in PEERS}
+            if best_peer is not None:
+                self.rows[-1]["met"] = v <= best_peer
+                self.rows[-1]["target"] = "<= best peer"
 
     # ----- driving -----------------------------------------------------------------
 
@@ -933,7 +1203,9 @@ def machine():
 def main():
     ap = argparse.ArgumentParser(prog="scripts/bench.sh", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="cases, in run order:\n" + "\n".join("  %-15s %s" % c for c in CASES))
+                                 epilog="cases, in run order:\n" + "\n".join("  %-15s %s" % c for c in CASES)
+                                 + "\n\nwith --peers (vm0fs, ratarmount, archivemount):\n"
+                                 + "\n".join("  %-20s %s" % c for c in PEER_CASES))
     ap.add_argument("--quick", action="store_true", help="small sizes, few runs (about a minute; CI)")
     ap.add_argument("--only", metavar="CASE[,CASE]", help="run only these cases (comma-separated)")
     ap.add_argument("--reps", type=int, metavar="N", help="timed runs per side (default: 7, 3 for the slow cases; quick: 3/2)")
@@ -944,6 +1216,10 @@ def main():
     ap.add_argument("--read-ahead-kb", type=int, metavar="KB",
                     help="set the FUSE mounts' read_ahead_kb (sysfs, root) after mounting: a lever to measure")
     ap.add_argument("--keep", action="store_true", help="keep the run directory (logs, caches) for inspection")
+    ap.add_argument("--vm0fs-bin", metavar="PATH",
+                    help="measure this vm0fs binary instead of the release build (a before/after table)")
+    ap.add_argument("--peers", action="store_true",
+                    help="ratarmount and archivemount side by side with vm0fs on the same archives (not with --quick)")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     args = ap.parse_args()
     if args.list:
@@ -957,6 +1233,8 @@ def main():
         if unknown:
             ap.error("unknown case(s) %s; cases: %s" % (", ".join(unknown), ", ".join(CASE_NAMES)))
 
+    if args.peers and (args.quick or args.only):
+        ap.error("--peers runs its own cases, at full size: not with --quick or --only")
     bench = Bench(args)
     stopped = []
 
@@ -970,7 +1248,10 @@ def main():
     t0 = time.time()
     broken = None
     try:
-        bench.run(cases)
+        if args.peers:
+            bench.run_peers()
+        else:
+            bench.run(cases)
     except KeyboardInterrupt:
         broken = "interrupted"
     except BenchError as e:
@@ -985,7 +1266,7 @@ def main():
     info["mode"] = bench.mode
     info["mount_args"] = args.mount_arg
     info["read_ahead_kb_option"] = args.read_ahead_kb
-    info["vm0fs_sha256"] = sha256(os.path.join(BIN, "vm0fs"))
+    info["vm0fs_sha256"] = sha256(vm0fs_bin(args))
     info.update(bench.meta)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

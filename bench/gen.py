@@ -12,6 +12,9 @@ Layout written under DATA (the emulator's `--data`):
     artifacts/big/v1.tar.gz          README.md + huge.bin (1 MiB blocks, text/binary alternating)
     artifacts/files-50k/v1.tar.gz    many small text files in a two-level tree
     artifacts/files-100k/v1.tar.gz   more small files (the RSS case)
+    artifacts/tiny-NN/v1.tar.gz      many tiny files (about 15 bytes each), 100 per directory
+    artifacts/files-20k/v1.tar.gz    small text files (the peers' tree)
+    artifacts/after-64m/v1.tar.gz    a 64 MiB file, then a small one (the peers' large file)
     volumes/vol-NNNN/v1.tar.gz       one tiny file each (the `ls MOUNT/volumes` case)
     manifest.json                    per archive: path, files, unpacked bytes, compressed bytes
 
@@ -165,6 +168,20 @@ def files_many(count, max_size, seed):
         yield "pkg%03d/mod%d/file%06d.txt" % (top, mid, i), size, Content(size, "text", rng.getrandbits(32))
 
 
+def files_tiny(count, seed):
+    """`count` tiny files (a line of about 15 bytes each), 100 per directory."""
+    for i in range(count):
+        body = ("tiny %d.%d\n" % (seed, i)).encode()
+        yield "d%04d/f%06d.txt" % (i // 100, i), len(body), Fixed(body)
+
+
+def files_after_big(total, seed):
+    """A large file first, then a small one: reaching the second reads past the first."""
+    yield "big.bin", total, Content(total, "alt", seed)
+    last = b"the member after the large file\n"
+    yield "last.txt", len(last), Fixed(last)
+
+
 def files_volume(i):
     body = ("volume %d\n" % i).encode()
     yield "data.txt", len(body), Fixed(body)
@@ -230,6 +247,11 @@ def ensure(data, params, log):
         ("artifacts/cold-mixed/v1.tar.gz", "files_mixed", (p["cold_bytes"], 3), data),
         ("artifacts/files-100k/v1.tar.gz", "files_many", (p["rss_files"], 1024, 11), data),
         ("artifacts/files-50k/v1.tar.gz", "files_many", (p["tree_files"], 4096, 5), data),
+        ("artifacts/files-20k/v1.tar.gz", "files_many", (p["peer_files"], 4096, 13), data),
+        ("artifacts/after-64m/v1.tar.gz", "files_after_big", (p["peer_big"], 17), data),
+    ] + [
+        ("artifacts/tiny-%02d/v1.tar.gz" % i, "files_tiny", (p["tiny_files"], i), data)
+        for i in range(p["tiny_versions"])
     ]
     archives = {}
     with multiprocessing.Pool(min(len(jobs), os.cpu_count() or 1), initializer=_worker_init) as workers:

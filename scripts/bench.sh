@@ -6,6 +6,7 @@
 #   scripts/bench.sh                  full run (a few minutes), table + target/bench/results.json
 #   scripts/bench.sh --quick          every case at small sizes (about a minute; CI)
 #   scripts/bench.sh --only warm_seq  one case (or a comma-separated list)
+#   scripts/bench.sh --peers          vm0fs next to ratarmount and archivemount (installs them)
 #
 # Exits 0 when every case ran, whatever the ratios; non-zero when something broke (a
 # build, the emulator, a mount, a command). Mounts, the emulator and temporary files are
@@ -78,6 +79,22 @@ for tool in gzip:gzip tar:tar lsblk:util-linux; do
         sudo=""
         if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${tool#*:}" >/dev/null
+    fi
+done
+
+# --peers: the other tools that mount a tar.gz (ratarmount from PyPI, archivemount from Debian).
+for arg in "$@"; do
+    if [ "$arg" = "--peers" ]; then
+        sudo=""
+        if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+        if ! command -v archivemount >/dev/null 2>&1; then
+            echo "installing archivemount" >&2
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq archivemount >/dev/null
+        fi
+        if ! command -v ratarmount >/dev/null 2>&1; then
+            echo "installing ratarmount" >&2
+            python3 -m pip install -q ratarmount
+        fi
     fi
 done
 

@@ -30,7 +30,10 @@ use tar::{EntryType, Header};
 
 use vm0_emulator::pack::pax_record;
 use vm0fs::api::{ApiError, Client, ClientConfig, Kind, RetryPolicy, Token};
-use vm0fs::archive::{blob_path, unpack, ArchiveError, Index, NodeKind, UnpackOptions, Unpacked};
+use vm0fs::archive::{
+    blob_path, pack_path, unpack, ArchiveError, Index, Node, NodeKind, UnpackOptions, Unpacked,
+    PACK_MAX,
+};
 
 /// 256 cases per property, or `PROPTEST_CASES` for a longer run.
 fn config() -> ProptestConfig {
@@ -284,13 +287,14 @@ fn unpack_checked(input: &[u8], max_bytes: u64) -> Result<Unpacked, String> {
         .collect();
     assert_eq!(top.len(), 2, "new entries next to dest: {top:?}");
     for e in std::fs::read_dir(&dest).unwrap() {
-        assert_eq!(
-            e.unwrap().file_name(),
-            "data",
-            "a name other than data/ in dest"
+        let name = e.unwrap().file_name();
+        assert!(
+            name == "data" || name == "pack",
+            "a name other than data/ and pack in dest: {name:?}"
         );
     }
     let mut on_disk = 0u64;
+    on_disk += std::fs::metadata(pack_path(&dest)).map_or(0, |m| m.len());
     for e in std::fs::read_dir(dest.join("data")).unwrap() {
         let e = e.unwrap();
         let meta = std::fs::symlink_metadata(e.path()).unwrap();
@@ -319,6 +323,7 @@ fn unpack_checked(input: &[u8], max_bytes: u64) -> Result<Unpacked, String> {
                 ArchiveError::Read(_) | ArchiveError::Write { .. } => {
                     panic!("wrong kind of error: {e}")
                 }
+                ArchiveError::Index(_) => panic!("the unpacker built an inconsistent tree: {e}"),
                 ArchiveError::TooLarge { limit, written } => {
                     assert_eq!(*limit, max_bytes);
                     assert!(*written <= *limit);
@@ -335,9 +340,28 @@ fn unpack_checked(input: &[u8], max_bytes: u64) -> Result<Unpacked, String> {
     }
 }
 
+/// The content of a file node: in the pack, or in a file of its own.
+fn read_node(dest: &Path, node: &Node) -> Vec<u8> {
+    match &node.kind {
+        NodeKind::File {
+            size,
+            packed: Some(offset),
+            ..
+        } => {
+            let pack = std::fs::read(pack_path(dest)).unwrap();
+            pack[*offset as usize..(offset + size) as usize].to_vec()
+        }
+        NodeKind::File { blob, .. } => std::fs::read(blob_path(dest, *blob)).unwrap(),
+        other => panic!("not a file: {other:?}"),
+    }
+}
+
 /// The invariants of an index that the cache and the filesystem rely on.
 fn check_index(dest: &Path, u: &Unpacked) {
-    let nodes = &u.index.nodes;
+    let tree = u.index.tree().unwrap();
+    let nodes = &tree.nodes;
+    let pack_len = std::fs::metadata(pack_path(dest)).unwrap().len();
+    let mut own = 0;
     assert!(!nodes.is_empty());
     assert!(
         matches!(nodes[0].kind, NodeKind::Dir { parent: 0, .. }),
@@ -376,19 +400,26 @@ fn check_index(dest: &Path, u: &Unpacked) {
                         subdirs += 1;
                     }
                     assert_eq!(
-                        u.index.lookup(id as u32, &e.name),
+                        u.index.lookup(id as u32, &e.name).unwrap(),
                         Some(e.node),
                         "lookup in {id}"
                     );
                 }
                 assert_eq!(node.nlink, 2 + subdirs, "nlink of directory {id}");
             }
-            NodeKind::File { size, blob } => {
+            NodeKind::File { size, blob, packed } => {
                 files += 1;
                 assert!(blobs.insert(*blob), "blob {blob} shared by two nodes");
                 bytes += size;
-                let meta = std::fs::metadata(blob_path(dest, *blob)).unwrap();
-                assert_eq!(meta.len(), *size, "size of blob {blob}");
+                assert_eq!(packed.is_some(), *size < PACK_MAX, "packed iff small: {id}");
+                match packed {
+                    Some(offset) => assert!(offset + size <= pack_len, "pack range of {id}"),
+                    None => {
+                        own += 1;
+                        let meta = std::fs::metadata(blob_path(dest, *blob)).unwrap();
+                        assert_eq!(meta.len(), *size, "size of blob {blob}");
+                    }
+                }
             }
             NodeKind::Symlink { target } => {
                 assert!(!target.is_empty() && !target.contains(&0) && target.len() <= 4095);
@@ -409,7 +440,7 @@ fn check_index(dest: &Path, u: &Unpacked) {
     );
     assert_eq!(
         std::fs::read_dir(dest.join("data")).unwrap().count(),
-        files,
+        own,
         "blobs on disk"
     );
     assert_eq!(
@@ -420,7 +451,7 @@ fn check_index(dest: &Path, u: &Unpacked) {
     // The index survives its own serialization.
     let path = dest.join("../index.bin");
     u.index.save(&path).unwrap();
-    assert_eq!(Index::load(&path).unwrap(), u.index);
+    assert_eq!(Index::open(&path).unwrap().as_bytes(), u.index.as_bytes());
     std::fs::remove_file(path).unwrap();
 }
 
@@ -519,17 +550,19 @@ proptest! {
         let u = unpack(&gzip(&build_tar(&members))[..], tmp.path(), &opts, &mut |_| {}).unwrap();
         check_index(tmp.path(), &u);
         prop_assert!(u.stats.skipped.is_empty(), "{:?}", u.stats.skipped);
+        let tree = u.index.tree().unwrap();
         let mut found = BTreeMap::new();
         let mut stack = vec![(0u32, String::new())];
         while let Some((dir, prefix)) = stack.pop() {
-            let NodeKind::Dir { entries, .. } = &u.index.nodes[dir as usize].kind else { unreachable!() };
+            let NodeKind::Dir { entries, .. } = &tree.nodes[dir as usize].kind else { unreachable!() };
             for e in entries {
                 let path = format!("{prefix}{}", String::from_utf8(e.name.clone()).unwrap());
-                match &u.index.nodes[e.node as usize].kind {
+                let node = &tree.nodes[e.node as usize];
+                match &node.kind {
                     NodeKind::Dir { .. } => stack.push((e.node, format!("{path}/"))),
-                    NodeKind::File { blob, .. } => {
-                        prop_assert_eq!(u.index.nodes[e.node as usize].perm, 0o640);
-                        found.insert(path, std::fs::read(blob_path(tmp.path(), *blob)).unwrap());
+                    NodeKind::File { .. } => {
+                        prop_assert_eq!(node.perm, 0o640);
+                        found.insert(path, read_node(tmp.path(), node));
                     }
                     NodeKind::Symlink { .. } => prop_assert!(false, "a symlink appeared"),
                 }

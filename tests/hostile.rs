@@ -92,6 +92,7 @@ fn escaping_members_write_nothing_outside_the_cache_and_the_safe_ones_are_served
         ("data/0", b"not blob 0\n".to_vec()),
         ("data/1", pattern(5000, 2)),
         ("lock", b"not the cache lock\n".to_vec()),
+        ("pack", b"not the cache's pack\n".to_vec()),
     ];
     let mut t = RawTar::new();
     for (name, data) in &safe {

@@ -1,5 +1,5 @@
 //! Fuzz the archive reader: `vm0fs::archive::unpack` must never panic on any input, must
-//! write nothing but `data/<n>` files under its destination, and a successful unpack must
+//! write nothing but its pack and `data/<n>` files under its destination, and a successful unpack must
 //! give an index that keeps every invariant the cache and the filesystem rely on.
 //!
 //! The first byte chooses the layer: odd, the rest is taken as tar data and gzipped here
@@ -12,7 +12,9 @@ use std::collections::HashSet;
 use std::io::Write;
 
 use libfuzzer_sys::fuzz_target;
-use vm0fs::archive::{blob_path, unpack, ArchiveError, NodeKind, UnpackOptions};
+use vm0fs::archive::{
+    blob_path, pack_path, unpack, ArchiveError, NodeKind, UnpackOptions, PACK_MAX,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -35,10 +37,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let result = unpack(&input[..], &dest, &opts, &mut |_| {});
 
-    // Contained: only `dest/data/<n>` regular files, nothing next to `dest`.
+    // Contained: only `dest/pack` and `dest/data/<n>` regular files, nothing next to `dest`.
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
     for e in std::fs::read_dir(&dest).unwrap() {
-        assert_eq!(e.unwrap().file_name(), "data");
+        let name = e.unwrap().file_name();
+        assert!(name == "data" || name == "pack", "{name:?}");
     }
     for e in std::fs::read_dir(dest.join("data")).unwrap() {
         let e = e.unwrap();
@@ -54,7 +57,9 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(_) => return,
     };
-    let nodes = &u.index.nodes;
+    let tree = u.index.tree().unwrap();
+    let nodes = &tree.nodes;
+    let pack_len = std::fs::metadata(pack_path(&dest)).unwrap().len();
     assert!(matches!(nodes[0].kind, NodeKind::Dir { parent: 0, .. }));
     let mut names = vec![0u32; nodes.len()];
     let mut blobs = HashSet::new();
@@ -79,13 +84,17 @@ fuzz_target!(|data: &[u8]| {
                 }
                 assert_eq!(node.nlink, 2 + subdirs);
             }
-            NodeKind::File { size, blob } => {
+            NodeKind::File { size, blob, packed } => {
                 assert!(blobs.insert(*blob));
                 bytes += size;
-                assert_eq!(
-                    std::fs::metadata(blob_path(&dest, *blob)).unwrap().len(),
-                    *size
-                );
+                assert_eq!(packed.is_some(), *size < PACK_MAX);
+                match packed {
+                    Some(offset) => assert!(offset + size <= pack_len),
+                    None => assert_eq!(
+                        std::fs::metadata(blob_path(&dest, *blob)).unwrap().len(),
+                        *size
+                    ),
+                }
             }
             NodeKind::Symlink { target } => assert!(!target.is_empty() && !target.contains(&0)),
         }

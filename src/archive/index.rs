@@ -1,21 +1,50 @@
-//! The index of an unpacked version: its whole tree as a flat vector of nodes.
+//! The index of an unpacked version: its whole tree in one flat byte image, written once at
+//! the end of the unpack and used in place (through a read-only memory map) ever after.
+//!
+//! Nothing is decoded into heap objects on open: [`Index::open`] maps the file, checks its
+//! header, its length and its checksum, and every accessor then reads the fixed-size
+//! records it needs, checking each offset and count it reads against the image. A damaged
+//! image is an [`IndexError`], never a panic and never a read outside the map. The layout,
+//! byte by byte, is in `doc/ARCHITECTURE.md` ("The index of a version"); in short:
+//!
+//! ```text
+//! header   64 bytes     magic, format version, counts, CRC-32 of the whole image
+//! nodes    40 bytes * node count      node n at 64 + 40 n
+//! entries  16 bytes * entry count     each directory's entries contiguous, sorted by name
+//! names    the bytes of every entry name and symlink target, back to back
+//! ```
+//!
+//! [`IndexTree`] is the same tree as plain Rust values: what [`super::Tree::finish`]
+//! builds and [`Index::build`] encodes, and what [`Index::tree`] decodes (for tests and
+//! tools; the filesystem never decodes a whole index).
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{self, Write};
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+/// Bump when the byte image changes; `tests::index_format_is_pinned` pins the current one.
+/// Format 3: the mapped image described in the module documentation (format 2 was a
+/// `postcard` encoding decoded into the heap).
+pub const INDEX_FORMAT_VERSION: u32 = 3;
 
-/// Bump when the serialized form of [`Index`] changes; a test pins the current form.
-/// Format 2: the version as 4 little-endian bytes, then the index in `postcard`'s encoding.
-pub const INDEX_FORMAT_VERSION: u32 = 2;
+const MAGIC: &[u8; 8] = b"VM0FSIDX";
+const HEADER: usize = 64;
+const NODE: usize = 40;
+const ENTRY: usize = 16;
+/// Where the checksum lies in the header; it covers every other byte of the image.
+const CRC_AT: usize = 32;
 
-/// A version's tree. `nodes[0]` is the version's root directory.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Index {
+const KIND_DIR: u8 = 1;
+const KIND_FILE: u8 = 2;
+const KIND_SYMLINK: u8 = 3;
+
+/// A version's tree as plain values. `nodes[0]` is the version's root directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexTree {
     pub nodes: Vec<Node>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub kind: NodeKind,
     /// Permission bits (`mode & 0o7777`, setuid and setgid dropped).
@@ -27,25 +56,534 @@ pub struct Node {
     pub nlink: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum NodeKind {
     /// `entries` sorted by name bytes (lookups binary-search them); `parent` is the index of
     /// the parent directory (the root's parent is itself, 0).
     Dir { parent: u32, entries: Vec<DirEntry> },
-    /// Content at [`crate::archive::blob_path`]`(dest, blob)`.
-    File { size: u64, blob: u32 },
+    /// A regular file of `size` bytes: at offset `packed` of the version's pack file, or,
+    /// when `packed` is `None`, in a file of its own ([`crate::archive::blob_path`]). Every
+    /// file has a distinct `blob` number (hard links are one node).
+    File {
+        size: u64,
+        blob: u32,
+        packed: Option<u64>,
+    },
     /// The target exactly as stored in the archive; never followed by vm0fs.
     Symlink { target: Vec<u8> },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DirEntry {
     /// One path component, raw bytes (never empty, never `.` or `..`, never contains `/`).
     pub name: Vec<u8>,
     pub node: u32,
 }
 
+/// Where a file's content lies in its version directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// At this offset of the pack file ([`crate::archive::pack_path`]).
+    Packed { offset: u64 },
+    /// In a file of its own ([`crate::archive::blob_path`]).
+    Own { blob: u32 },
+}
+
+/// One node as read from the image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NodeRef {
+    pub kind: NodeRefKind,
+    pub perm: u16,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    pub nlink: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NodeRefKind {
+    Dir {
+        parent: u32,
+        entries: u32,
+    },
+    File {
+        size: u64,
+        stored: Stored,
+    },
+    /// The target's length; [`Index::symlink_target`] reads it.
+    Symlink {
+        len: u32,
+    },
+}
+
+/// A damaged index: something read from the image points outside it or makes no sense.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("damaged index: {0}")]
+pub struct IndexError(pub String);
+
+fn damaged<T>(what: impl Into<String>) -> Result<T, IndexError> {
+    Err(IndexError(what.into()))
+}
+
+/// The bytes of an index: a read-only map of its file, or bytes in memory (an index just
+/// built, before it is saved).
+enum Image {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+    Empty,
+}
+
+/// A version's tree, used in place. Its heap cost is this struct, whatever the tree's size.
+pub struct Index {
+    image: Image,
+    nodes: u32,
+    entries: u64,
+    /// Where the entries and the names start in the image.
+    entries_at: usize,
+    names_at: usize,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("nodes", &self.nodes)
+            .field("entries", &self.entries)
+            .field("bytes", &self.bytes().len())
+            .finish()
+    }
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Make `image` pass its checksum again after a test changed it (to test what the reads
+/// themselves catch).
+#[cfg(test)]
+pub(crate) fn reseal(image: &mut [u8]) {
+    let crc = checksum(image);
+    image[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Where entry `i` lies in an image of `nodes` nodes (for tests that damage one).
+#[cfg(test)]
+pub(crate) fn entry_offset(nodes: u32, i: u64) -> usize {
+    HEADER + nodes as usize * NODE + i as usize * ENTRY
+}
+
+/// The CRC-32 of an image, over every byte but the checksum's own four.
+fn checksum(image: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&image[..CRC_AT]);
+    h.update(&image[CRC_AT + 4..]);
+    h.finalize()
+}
+
 impl Index {
+    /// Encode `tree`, which must pass [`IndexTree::check`] (an index that would fail at a
+    /// read is never written).
+    pub fn build(tree: &IndexTree) -> Result<Index, IndexError> {
+        tree.check().map_err(IndexError)?;
+        let entry_count: usize = tree
+            .nodes
+            .iter()
+            .map(|n| match &n.kind {
+                NodeKind::Dir { entries, .. } => entries.len(),
+                _ => 0,
+            })
+            .sum();
+        let mut nodes = Vec::with_capacity(tree.nodes.len() * NODE);
+        let mut entries = Vec::with_capacity(entry_count * ENTRY);
+        let mut names = Vec::new();
+        let mut first_entry = 0u64;
+        for n in &tree.nodes {
+            let (kind, packed, a, b, c) = match &n.kind {
+                NodeKind::Dir {
+                    parent,
+                    entries: list,
+                } => {
+                    let first = first_entry;
+                    first_entry += list.len() as u64;
+                    for e in list {
+                        entries.extend_from_slice(&e.node.to_le_bytes());
+                        entries.extend_from_slice(&(e.name.len() as u32).to_le_bytes());
+                        entries.extend_from_slice(&(names.len() as u64).to_le_bytes());
+                        names.extend_from_slice(&e.name);
+                    }
+                    (KIND_DIR, 0u8, *parent, first, list.len() as u64)
+                }
+                NodeKind::File { size, blob, packed } => match packed {
+                    Some(offset) => (KIND_FILE, 1, *blob, *size, *offset),
+                    None => (KIND_FILE, 0, *blob, *size, 0),
+                },
+                NodeKind::Symlink { target } => {
+                    let at = names.len() as u64;
+                    names.extend_from_slice(target);
+                    (KIND_SYMLINK, 0, target.len() as u32, at, 0)
+                }
+            };
+            nodes.push(kind);
+            nodes.push(packed);
+            nodes.extend_from_slice(&n.perm.to_le_bytes());
+            nodes.extend_from_slice(&n.nlink.to_le_bytes());
+            nodes.extend_from_slice(&n.mtime_sec.to_le_bytes());
+            nodes.extend_from_slice(&n.mtime_nsec.to_le_bytes());
+            nodes.extend_from_slice(&a.to_le_bytes());
+            nodes.extend_from_slice(&b.to_le_bytes());
+            nodes.extend_from_slice(&c.to_le_bytes());
+        }
+        let node_count = u32::try_from(tree.nodes.len())
+            .map_err(|_| IndexError("more than 2^32 nodes".into()))?;
+        let mut image = Vec::with_capacity(HEADER + nodes.len() + entries.len() + names.len());
+        image.extend_from_slice(MAGIC);
+        image.extend_from_slice(&INDEX_FORMAT_VERSION.to_le_bytes());
+        image.extend_from_slice(&node_count.to_le_bytes());
+        image.extend_from_slice(&(entry_count as u64).to_le_bytes());
+        image.extend_from_slice(&(names.len() as u64).to_le_bytes());
+        image.resize(HEADER, 0);
+        image.extend_from_slice(&nodes);
+        image.extend_from_slice(&entries);
+        image.extend_from_slice(&names);
+        let crc = checksum(&image);
+        image[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        Index::from_image(Image::Owned(image))
+    }
+
+    /// An index from bytes (as [`Index::save`] writes them), checked like [`Index::open`].
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Index, IndexError> {
+        Index::from_image(Image::Owned(bytes))
+    }
+
+    /// Map the index at `path`. The header, the length and the checksum are checked here
+    /// (a damaged or truncated file, or one of another format, is an error of kind
+    /// `InvalidData`); nothing is decoded.
+    ///
+    /// The map is only sound while nobody changes the file: index files live in the
+    /// cache directory (mode 0700, locked by this daemon) and are never written again
+    /// once committed.
+    pub fn open(path: &Path) -> io::Result<Index> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let image = if len == 0 {
+            Image::Empty
+        } else {
+            // SAFETY: the file is private to this daemon and never modified after it was
+            // written (see above); a mapping of it is plain read-only memory.
+            Image::Mapped(unsafe { memmap2::Mmap::map(&file)? })
+        };
+        Index::from_image(image)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    }
+
+    fn from_image(image: Image) -> Result<Index, IndexError> {
+        let mut index = Index {
+            image,
+            nodes: 0,
+            entries: 0,
+            entries_at: 0,
+            names_at: 0,
+        };
+        let b = index.bytes();
+        if b.len() < HEADER {
+            return damaged(format!("{} bytes, shorter than its header", b.len()));
+        }
+        if &b[..8] != MAGIC {
+            return damaged("not a vm0fs index (wrong magic number)");
+        }
+        let version = u32_at(b, 8);
+        if version != INDEX_FORMAT_VERSION {
+            return damaged(format!(
+                "index format {version}, expected {INDEX_FORMAT_VERSION}"
+            ));
+        }
+        if b[36..HEADER].iter().any(|&x| x != 0) {
+            return damaged("reserved header bytes are not zero");
+        }
+        let nodes = u32_at(b, 12);
+        let entries = u64_at(b, 16);
+        let names = u64_at(b, 24);
+        let expected = (nodes as u64)
+            .checked_mul(NODE as u64)
+            .and_then(|n| entries.checked_mul(ENTRY as u64)?.checked_add(n))
+            .and_then(|n| n.checked_add(names)?.checked_add(HEADER as u64));
+        if expected != Some(b.len() as u64) {
+            return damaged(format!(
+                "{} bytes, but its header describes {}",
+                b.len(),
+                expected.map_or("more than 2^64".into(), |e| e.to_string())
+            ));
+        }
+        if u32_at(b, CRC_AT) != checksum(b) {
+            return damaged("checksum mismatch");
+        }
+        if nodes == 0 {
+            return damaged("no root node");
+        }
+        let entries_at = HEADER + nodes as usize * NODE;
+        let names_at = entries_at + entries as usize * ENTRY;
+        index.nodes = nodes;
+        index.entries = entries;
+        index.entries_at = entries_at;
+        index.names_at = names_at;
+        match index.node(0)?.kind {
+            NodeRefKind::Dir { parent: 0, .. } => Ok(index),
+            _ => damaged("node 0 is not a directory that is its own parent"),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.image {
+            Image::Mapped(m) => m,
+            Image::Owned(v) => v,
+            Image::Empty => &[],
+        }
+    }
+
+    /// The whole image, as [`Index::save`] writes it.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes()
+    }
+
+    /// Write the image to `path`, synced, for the caller's own temp-dir-then-rename commit.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        let mut file = File::create(path)?;
+        file.write_all(self.bytes())?;
+        file.sync_all()
+    }
+
+    /// How many nodes the tree has (node numbers are `0..len`).
+    pub fn len(&self) -> u32 {
+        self.nodes
+    }
+
+    /// Never true: an index always has its root.
+    pub fn is_empty(&self) -> bool {
+        self.nodes == 0
+    }
+
+    /// Node `n`, or `None` if there is no such node; an error if its record is damaged.
+    pub fn get(&self, n: u32) -> Result<Option<NodeRef>, IndexError> {
+        if n >= self.nodes {
+            return Ok(None);
+        }
+        self.node(n).map(Some)
+    }
+
+    /// Node `n`, which must exist.
+    pub fn node(&self, n: u32) -> Result<NodeRef, IndexError> {
+        if n >= self.nodes {
+            return damaged(format!("node {n} of {}", self.nodes));
+        }
+        let b = self.bytes();
+        let at = HEADER + n as usize * NODE;
+        let r = &b[at..at + NODE];
+        let (a, x, y) = (u32_at(r, 20), u64_at(r, 24), u64_at(r, 32));
+        let kind = match (r[0], r[1]) {
+            (KIND_DIR, 0) => {
+                let count = u32::try_from(y).ok();
+                match (x.checked_add(y), count) {
+                    (Some(end), Some(count)) if end <= self.entries && a < self.nodes => {
+                        NodeRefKind::Dir {
+                            parent: a,
+                            entries: count,
+                        }
+                    }
+                    _ => return damaged(format!("directory {n} has entries out of range")),
+                }
+            }
+            (KIND_FILE, 0) => NodeRefKind::File {
+                size: x,
+                stored: Stored::Own { blob: a },
+            },
+            (KIND_FILE, 1) => NodeRefKind::File {
+                size: x,
+                stored: Stored::Packed { offset: y },
+            },
+            (KIND_SYMLINK, 0) => {
+                self.name_range(x, u64::from(a))?;
+                NodeRefKind::Symlink { len: a }
+            }
+            (kind, flag) => return damaged(format!("node {n} has kind {kind}.{flag}")),
+        };
+        Ok(NodeRef {
+            kind,
+            perm: u16_at(r, 2),
+            nlink: u32_at(r, 4),
+            mtime_sec: u64_at(r, 8) as i64,
+            mtime_nsec: u32_at(r, 16),
+        })
+    }
+
+    /// Where `len` bytes at `at` of the name arena lie in the image.
+    fn name_range(&self, at: u64, len: u64) -> Result<std::ops::Range<usize>, IndexError> {
+        let names = (self.bytes().len() - self.names_at) as u64;
+        match at.checked_add(len) {
+            Some(end) if end <= names => {
+                Ok(self.names_at + at as usize..self.names_at + end as usize)
+            }
+            _ => damaged(format!("a name at {at} of {len} bytes is out of range")),
+        }
+    }
+
+    /// Entry `i` of the entry table: (name, node).
+    fn entry(&self, i: u64) -> Result<(&[u8], u32), IndexError> {
+        if i >= self.entries {
+            return damaged(format!("entry {i} of {}", self.entries));
+        }
+        let b = self.bytes();
+        let at = self.entries_at + i as usize * ENTRY;
+        let node = u32_at(b, at);
+        let len = u32_at(b, at + 4);
+        let name_at = u64_at(b, at + 8);
+        if node == 0 || node >= self.nodes {
+            return damaged(format!("entry {i} names node {node} of {}", self.nodes));
+        }
+        let range = self.name_range(name_at, u64::from(len))?;
+        Ok((&b[range], node))
+    }
+
+    /// The entries of directory `dir`, sorted by name: an error if `dir` is not a
+    /// directory (or damaged).
+    pub fn entries(&self, dir: u32) -> Result<Entries<'_>, IndexError> {
+        let at = HEADER + dir.min(self.nodes.saturating_sub(1)) as usize * NODE;
+        match self.node(dir)?.kind {
+            NodeRefKind::Dir { entries, .. } => Ok(Entries {
+                index: self,
+                next: u64_at(self.bytes(), at + 24),
+                end: u64_at(self.bytes(), at + 24) + u64::from(entries),
+            }),
+            _ => damaged(format!("node {dir} is not a directory")),
+        }
+    }
+
+    /// Look up `name` in directory node `dir` (a binary search). `None` if there is no
+    /// such name or `dir` is not a directory.
+    pub fn lookup(&self, dir: u32, name: &[u8]) -> Result<Option<u32>, IndexError> {
+        match self.get(dir)?.map(|n| n.kind) {
+            Some(NodeRefKind::Dir { .. }) => {}
+            _ => return Ok(None),
+        }
+        let Entries {
+            next: mut lo,
+            end: mut hi,
+            ..
+        } = self.entries(dir)?;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let (found, node) = self.entry(mid)?;
+            match found.cmp(name) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(Some(node)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The target of symlink node `n`.
+    pub fn symlink_target(&self, n: u32) -> Result<&[u8], IndexError> {
+        match self.node(n)?.kind {
+            NodeRefKind::Symlink { len } => {
+                let at = u64_at(self.bytes(), HEADER + n as usize * NODE + 24);
+                let range = self.name_range(at, u64::from(len))?;
+                Ok(&self.bytes()[range])
+            }
+            _ => damaged(format!("node {n} is not a symbolic link")),
+        }
+    }
+
+    /// Decode the whole tree (tests and tools; the filesystem reads records in place).
+    pub fn tree(&self) -> Result<IndexTree, IndexError> {
+        let mut nodes = Vec::with_capacity(self.nodes as usize);
+        for n in 0..self.nodes {
+            let r = self.node(n)?;
+            let kind = match r.kind {
+                NodeRefKind::Dir { parent, .. } => NodeKind::Dir {
+                    parent,
+                    entries: self
+                        .entries(n)?
+                        .map(|e| {
+                            e.map(|(name, node)| DirEntry {
+                                name: name.to_vec(),
+                                node,
+                            })
+                        })
+                        .collect::<Result<_, _>>()?,
+                },
+                NodeRefKind::File { size, stored } => {
+                    let at = HEADER + n as usize * NODE;
+                    let blob = u32_at(self.bytes(), at + 20);
+                    let packed = match stored {
+                        Stored::Packed { offset } => Some(offset),
+                        Stored::Own { .. } => None,
+                    };
+                    NodeKind::File { size, blob, packed }
+                }
+                NodeRefKind::Symlink { .. } => NodeKind::Symlink {
+                    target: self.symlink_target(n)?.to_vec(),
+                },
+            };
+            nodes.push(Node {
+                kind,
+                perm: r.perm,
+                mtime_sec: r.mtime_sec,
+                mtime_nsec: r.mtime_nsec,
+                nlink: r.nlink,
+            });
+        }
+        Ok(IndexTree { nodes })
+    }
+}
+
+/// The entries of one directory, read in place: `(name, node)` in name order.
+pub struct Entries<'a> {
+    index: &'a Index,
+    next: u64,
+    end: u64,
+}
+
+impl ExactSizeIterator for Entries<'_> {}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Result<(&'a [u8], u32), IndexError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.end {
+            return None;
+        }
+        let e = self.index.entry(self.next);
+        self.next += 1;
+        Some(e)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = usize::try_from(self.end - self.next).unwrap_or(usize::MAX);
+        (left, Some(left))
+    }
+}
+
+impl IndexTree {
+    /// A tree of one empty root directory with these attributes.
+    pub fn empty(perm: u16, mtime_sec: i64, mtime_nsec: u32) -> IndexTree {
+        IndexTree {
+            nodes: vec![Node {
+                kind: NodeKind::Dir {
+                    parent: 0,
+                    entries: Vec::new(),
+                },
+                perm,
+                mtime_sec,
+                mtime_nsec,
+                nlink: 2,
+            }],
+        }
+    }
+
     /// Look up `name` in directory node `dir`. `None` if `dir` is not a directory.
     pub fn lookup(&self, dir: u32, name: &[u8]) -> Option<u32> {
         match &self.nodes.get(dir as usize)?.kind {
@@ -57,57 +595,16 @@ impl Index {
         }
     }
 
-    /// Write the index to `path` (with [`INDEX_FORMAT_VERSION`] in front), atomically
-    /// enough for the caller's own temp-dir-then-rename commit.
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let file = std::fs::File::create(path)?;
-        let mut w = std::io::BufWriter::new(file);
-        w.write_all(&INDEX_FORMAT_VERSION.to_le_bytes())?;
-        postcard::to_io(self, &mut w).map_err(std::io::Error::other)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()
-    }
-
-    /// Read an index written by [`Index::save`]. An index of another format version is an
-    /// error of kind `InvalidData`, never misread.
-    pub fn load(path: &Path) -> std::io::Result<Index> {
-        let bytes = std::fs::read(path)?;
-        let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidData, msg);
-        let (version, body) = bytes
-            .split_first_chunk::<4>()
-            .ok_or_else(|| invalid(format!("index of {} bytes has no format", bytes.len())))?;
-        let version = u32::from_le_bytes(*version);
-        if version != INDEX_FORMAT_VERSION {
-            return Err(invalid(format!(
-                "index format {version}, expected {INDEX_FORMAT_VERSION}"
-            )));
-        }
-        let index: Index = match postcard::take_from_bytes(body) {
-            Ok((index, [])) => index,
-            Ok((_, rest)) => return Err(invalid(format!("{} bytes after the index", rest.len()))),
-            Err(e) => return Err(invalid(e.to_string())),
-        };
-        index
-            .check()
-            .map_err(|e| invalid(format!("damaged index: {e}")))?;
-        Ok(index)
-    }
-
-    /// Check that the index is a tree the filesystem can serve without a bounds check
-    /// failing. Every node: entries naming nodes in range other than the root, with valid
-    /// names in strictly increasing order (lookups binary-search them), a parent in range,
-    /// a blob below the number of files (blob numbers are dense). The tree: node 0 is a
-    /// directory that is its own parent; each directory reached from it is listed once, by
-    /// its parent; what no name reaches is an empty directory (the holes `Tree::finish`
-    /// leaves). An index written by [`Index::save`] always passes; one damaged on disk must
-    /// fail here rather than make a reader index out of bounds later.
+    /// Check that the tree is one the filesystem can serve as it expects. Every node:
+    /// entries naming nodes in range other than the root, with valid names in strictly
+    /// increasing order (lookups binary-search them), a parent in range, distinct blob
+    /// numbers. The tree: node 0 is a directory that is its own parent; each directory
+    /// reached from it is listed once, by its parent; what no name reaches is an empty
+    /// directory (the holes `Tree::finish` leaves). [`Index::build`] refuses a tree that
+    /// fails here, so that no index on disk holds one.
     pub fn check(&self) -> Result<(), String> {
         let n = self.nodes.len();
-        let files = self
-            .nodes
-            .iter()
-            .filter(|node| matches!(node.kind, NodeKind::File { .. }))
-            .count();
+        let mut blobs = std::collections::HashSet::new();
         for (id, node) in self.nodes.iter().enumerate() {
             match &node.kind {
                 NodeKind::Dir { parent, entries } => {
@@ -128,10 +625,12 @@ impl Index {
                         }
                     }
                 }
-                NodeKind::File { blob, .. } if *blob as usize >= files => {
-                    return Err(format!("file {id} has blob {blob} of {files}"));
+                NodeKind::File { blob, .. } => {
+                    if !blobs.insert(*blob) {
+                        return Err(format!("file {id} shares blob {blob} with another node"));
+                    }
                 }
-                NodeKind::File { .. } | NodeKind::Symlink { .. } => {}
+                NodeKind::Symlink { .. } => {}
             }
         }
         match self.nodes.first().map(|r| &r.kind) {

@@ -3,11 +3,14 @@
 //!
 //! The layout this module writes inside a version directory `DEST` is:
 //!
-//! - `DEST/data/<n>`: the content of regular file number `n` (one file per distinct content
-//!   node; hard links share one). Nothing else is ever created from archive member names,
-//!   so no member can create, change or follow anything outside `DEST`.
-//! - The tree itself (names, directories, symlinks, modes, mtimes) lives only in the
-//!   [`Index`], which the caller persists with [`Index::save`].
+//! - `DEST/pack`: the content of every regular file smaller than [`PACK_MAX`], back to
+//!   back (hard links are one node, so share one copy).
+//! - `DEST/data/<n>`: the content of larger regular file number `n`, one file each.
+//!   Nothing else is ever created from archive member names, so no member can create,
+//!   change or follow anything outside `DEST`.
+//! - The tree itself (names, directories, symlinks, modes, mtimes, where each file's
+//!   content lies) lives only in the [`Index`], which the caller persists with
+//!   [`Index::save`].
 //!
 //! The rules for an untrusted archive (each refused member is skipped, listed in
 //! [`UnpackStats::skipped`] with a reason and logged at WARN; the rest is unpacked):
@@ -32,19 +35,25 @@
 //!
 //! This module knows nothing of HTTP, the cache budget's bookkeeping or inodes.
 
-mod index;
+mod blobs;
+pub(crate) mod index;
 mod input;
 mod pax;
 mod publish;
 mod tree;
 mod unpack;
 
-pub use index::{DirEntry, Index, Node, NodeKind, INDEX_FORMAT_VERSION};
+pub use blobs::{blob_path, pack_path, PACK_MAX};
+pub use index::{
+    DirEntry, Entries, Index, IndexError, IndexTree, Node, NodeKind, NodeRef, NodeRefKind, Stored,
+    INDEX_FORMAT_VERSION,
+};
 pub use publish::{BlobId, Publish, Published, PublishedFile, PublishedKind, PublishedNode, Step};
 pub use unpack::{
-    blob_path, unpack, unpack_published, ArchiveError, Skipped, UnpackOptions, UnpackStats,
-    Unpacked,
+    unpack, unpack_published, ArchiveError, Skipped, UnpackOptions, UnpackStats, Unpacked,
 };
 
+#[cfg(test)]
+mod index_tests;
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,8 @@
 //! cache): a reader checks that the file it opened is the one published ([`BlobId`]).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 
 /// Where published state goes. The unpack calls it from its own thread.
 pub trait Publish: Sync {
@@ -50,11 +51,13 @@ pub struct BlobId {
     pub ino: u64,
 }
 
-/// A complete regular file.
+/// A complete regular file: `size` bytes at `offset` of the file `blob` (the pack, shared
+/// by every small file, or a file of its own at offset 0).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublishedFile {
     pub size: u64,
-    pub blob: PathBuf,
+    pub blob: Arc<Path>,
+    pub offset: u64,
     pub id: BlobId,
 }
 
@@ -149,7 +152,8 @@ mod tests {
             attrs: PublishedNode {
                 kind: PublishedKind::File(PublishedFile {
                     size,
-                    blob: format!("data/{node}").into(),
+                    blob: Arc::from(Path::new(&format!("data/{node}"))),
+                    offset: 0,
                     id: BlobId {
                         dev: 1,
                         ino: node.into(),

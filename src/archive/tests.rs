@@ -149,7 +149,8 @@ impl Run {
         unpack(input, &self.dest, &opts, &mut |_| {})
     }
 
-    /// Nothing was created next to `dest`, and inside it only `data/<n>` files.
+    /// Nothing was created next to `dest`, and inside it only the pack and `data/<n>`
+    /// files.
     fn assert_contained(&self) {
         assert_eq!(
             fs::read_dir(&self.sentinel).unwrap().count(),
@@ -161,7 +162,7 @@ impl Run {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert!(
-            top.iter().all(|n| n == "data"),
+            top.iter().all(|n| n == "data" || n == "pack"),
             "unexpected files in dest: {top:?}"
         );
         for e in fs::read_dir(self.dest.join("data")).unwrap() {
@@ -203,7 +204,10 @@ fn unpack_err(archive: &[u8]) -> ArchiveError {
 /// The invariants the cache and filesystem rely on.
 fn check(run: &Run, u: &Unpacked) {
     run.assert_contained();
-    let nodes = &u.index.nodes;
+    let tree = u.index.tree().unwrap();
+    let nodes = &tree.nodes;
+    let pack_len = fs::metadata(pack_path(&run.dest)).unwrap().len();
+    let mut own = 0;
     assert!(matches!(nodes[0].kind, NodeKind::Dir { parent: 0, .. }));
     let mut names = vec![0u32; nodes.len()];
     let mut blobs = HashSet::new();
@@ -226,13 +230,20 @@ fn check(run: &Run, u: &Unpacked) {
                 }
                 assert_eq!(node.nlink, 2 + subdirs, "nlink of dir {id}");
             }
-            NodeKind::File { size, blob } => {
+            NodeKind::File { size, blob, packed } => {
                 files += 1;
                 if blobs.insert(*blob) {
                     bytes += size;
                 }
-                let meta = fs::metadata(blob_path(&run.dest, *blob)).unwrap();
-                assert_eq!(meta.len(), *size, "size of blob {blob}");
+                assert_eq!(packed.is_some(), *size < PACK_MAX, "packed iff small: {id}");
+                match packed {
+                    Some(offset) => assert!(offset + size <= pack_len, "pack range of {id}"),
+                    None => {
+                        own += 1;
+                        let meta = fs::metadata(blob_path(&run.dest, *blob)).unwrap();
+                        assert_eq!(meta.len(), *size, "size of blob {blob}");
+                    }
+                }
             }
             NodeKind::Symlink { target } => assert!(!target.is_empty()),
         }
@@ -252,11 +263,11 @@ fn check(run: &Run, u: &Unpacked) {
             assert_eq!(names[id], 1, "directory {id} has several names");
         }
     }
-    // Blob numbers are dense, and the data directory holds exactly them.
+    // Blob numbers are dense, and the data directory holds exactly the files not packed.
     assert_eq!(blobs.len(), files, "each file node has its own blob");
     assert_eq!(blobs, (0..files as u32).collect::<HashSet<_>>());
     let on_disk = fs::read_dir(run.dest.join("data")).unwrap().count();
-    assert_eq!(on_disk, files);
+    assert_eq!(on_disk, own);
     assert_eq!(u.stats.files, files as u64);
     assert_eq!(u.stats.bytes, bytes);
     assert!(
@@ -268,21 +279,39 @@ fn check(run: &Run, u: &Unpacked) {
 fn resolve(index: &Index, path: &str) -> Option<u32> {
     let mut node = 0;
     for comp in path.split('/').filter(|c| !c.is_empty()) {
-        node = index.lookup(node, comp.as_bytes())?;
+        node = index.lookup(node, comp.as_bytes()).unwrap()?;
     }
     Some(node)
 }
 
-fn node<'a>(u: &'a Unpacked, path: &str) -> &'a Node {
+/// The whole tree of an unpack, decoded.
+fn tree(u: &Unpacked) -> IndexTree {
+    u.index.tree().unwrap()
+}
+
+fn node(u: &Unpacked, path: &str) -> Node {
     let id = resolve(&u.index, path).unwrap_or_else(|| panic!("{path} not in index"));
-    &u.index.nodes[id as usize]
+    tree(u).nodes[id as usize].clone()
+}
+
+/// The content of a file node, from the pack or its own file.
+fn read_node(run: &Run, node: &Node) -> Vec<u8> {
+    match &node.kind {
+        NodeKind::File {
+            size,
+            packed: Some(offset),
+            ..
+        } => {
+            let pack = fs::read(pack_path(&run.dest)).unwrap();
+            pack[*offset as usize..(offset + size) as usize].to_vec()
+        }
+        NodeKind::File { blob, .. } => fs::read(blob_path(&run.dest, *blob)).unwrap(),
+        other => panic!("not a file: {other:?}"),
+    }
 }
 
 fn content(run: &Run, u: &Unpacked, path: &str) -> Vec<u8> {
-    match &node(u, path).kind {
-        NodeKind::File { blob, .. } => fs::read(blob_path(&run.dest, *blob)).unwrap(),
-        other => panic!("{path} is not a file: {other:?}"),
-    }
+    read_node(run, &node(u, path))
 }
 
 fn skipped_members(u: &Unpacked) -> Vec<&str> {
@@ -333,7 +362,7 @@ fn nested_dirs_sizes_and_names() {
         (0o644, MTIME as i64, 1)
     );
     // The index lists what the root holds, in byte order.
-    let NodeKind::Dir { entries, .. } = &u.index.nodes[0].kind else {
+    let NodeKind::Dir { entries, .. } = &tree(&u).nodes[0].kind else {
         panic!("root is not a directory")
     };
     let names: Vec<_> = entries.iter().map(|e| e.name.as_slice()).collect();
@@ -352,12 +381,13 @@ fn nested_dirs_sizes_and_names() {
 fn non_utf8_names_are_kept_as_bytes() {
     let tar = Tar::new().raw(EntryType::Regular, b"caf\xe9/n\xff", b"", 0o644, b"latin1");
     let (run, u) = unpack_ok(&tar.gz());
-    let dir = u.index.lookup(0, b"caf\xe9").unwrap();
-    let file = u.index.lookup(dir, b"n\xff").unwrap();
-    let NodeKind::File { blob, .. } = u.index.nodes[file as usize].kind else {
+    let dir = u.index.lookup(0, b"caf\xe9").unwrap().unwrap();
+    let file = u.index.lookup(dir, b"n\xff").unwrap().unwrap();
+    let file = tree(&u).nodes[file as usize].clone();
+    let NodeKind::File { .. } = file.kind else {
         panic!("not a file")
     };
-    assert_eq!(fs::read(blob_path(&run.dest, blob)).unwrap(), b"latin1");
+    assert_eq!(read_node(&run, &file), b"latin1");
 }
 
 #[test]
@@ -370,9 +400,9 @@ fn empty_inputs_are_empty_versions() {
     ];
     for (what, archive) in cases {
         let (_run, u) = unpack_ok(&archive);
-        assert_eq!(u.index.nodes.len(), 1, "{what}");
+        assert_eq!(tree(&u).nodes.len(), 1, "{what}");
         assert!(
-            matches!(&u.index.nodes[0].kind, NodeKind::Dir { entries, .. } if entries.is_empty())
+            matches!(&tree(&u).nodes[0].kind, NodeKind::Dir { entries, .. } if entries.is_empty())
         );
         assert_eq!((u.stats.files, u.stats.bytes), (0, 0), "{what}");
     }
@@ -566,7 +596,7 @@ fn hard_links_share_one_node() {
     let id = resolve(&u.index, "dir/original").unwrap();
     assert_eq!(resolve(&u.index, "copy"), Some(id));
     assert_eq!(resolve(&u.index, "dir/again"), Some(id));
-    assert_eq!(u.index.nodes[id as usize].nlink, 3);
+    assert_eq!(tree(&u).nodes[id as usize].nlink, 3);
     assert_eq!(content(&run, &u, "copy"), b"shared");
     assert_eq!(u.stats.files, 1, "one blob for three names");
     assert_eq!(resolve(&u.index, "sym-hard"), resolve(&u.index, "sym"));
@@ -1183,242 +1213,6 @@ fn progress_is_reported_every_few_mib_and_at_the_end() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The index on disk
-
-fn small_index() -> Index {
-    Index {
-        nodes: vec![
-            Node {
-                kind: NodeKind::Dir {
-                    parent: 0,
-                    entries: vec![
-                        DirEntry {
-                            name: b"f".to_vec(),
-                            node: 1,
-                        },
-                        DirEntry {
-                            name: b"l".to_vec(),
-                            node: 2,
-                        },
-                    ],
-                },
-                perm: 0o755,
-                mtime_sec: -1,
-                mtime_nsec: 5,
-                nlink: 2,
-            },
-            Node {
-                kind: NodeKind::File { size: 3, blob: 0 },
-                perm: 0o644,
-                mtime_sec: 1_700_000_000,
-                mtime_nsec: 0,
-                nlink: 1,
-            },
-            Node {
-                kind: NodeKind::Symlink {
-                    target: b"f".to_vec(),
-                },
-                perm: 0o777,
-                mtime_sec: 0,
-                mtime_nsec: 0,
-                nlink: 1,
-            },
-        ],
-    }
-}
-
-#[test]
-fn index_save_load_round_trip() {
-    let tmp = TempDir::new().unwrap();
-    let path = tmp.path().join("index");
-    let index = small_index();
-    index.save(&path).unwrap();
-    assert_eq!(Index::load(&path).unwrap(), index);
-    // Another format version is refused, not misread.
-    let mut bytes = fs::read(&path).unwrap();
-    bytes[0] = bytes[0].wrapping_add(1);
-    fs::write(&path, &bytes).unwrap();
-    assert_eq!(
-        Index::load(&path).unwrap_err().kind(),
-        io::ErrorKind::InvalidData
-    );
-    // So are garbage, a truncated index, bytes after the index and an empty file.
-    let good = {
-        index.save(&path).unwrap();
-        fs::read(&path).unwrap()
-    };
-    let mut trailing = good.clone();
-    trailing.push(0);
-    for bad in [
-        b"\x02\0\0\0garbage".to_vec(),
-        good[..good.len() - 1].to_vec(),
-        trailing,
-        good[..3].to_vec(),
-        Vec::new(),
-    ] {
-        fs::write(&path, &bad).unwrap();
-        assert_eq!(
-            Index::load(&path).unwrap_err().kind(),
-            io::ErrorKind::InvalidData,
-            "{bad:?}"
-        );
-    }
-}
-
-#[test]
-fn index_of_an_unpacked_version_round_trips() {
-    let tar = Tar::new()
-        .file("a/b", b"b")
-        .symlink("l", "a")
-        .hard_link("h", "a/b");
-    let (run, u) = unpack_ok(&tar.gz());
-    let path = run.dest.join("index");
-    u.index.save(&path).unwrap();
-    assert_eq!(u.index.check(), Ok(()));
-    assert_eq!(Index::load(&path).unwrap(), u.index);
-}
-
-/// A damaged index is refused at load, never served: every way a reference can leave the
-/// tree, one at a time.
-#[test]
-fn a_damaged_index_is_refused_at_load() {
-    let dir = |parent: u32, entries: Vec<(&[u8], u32)>| NodeKind::Dir {
-        parent,
-        entries: entries
-            .into_iter()
-            .map(|(name, node)| DirEntry {
-                name: name.to_vec(),
-                node,
-            })
-            .collect(),
-    };
-    type Damage<'a> = Box<dyn Fn(&mut Index) + 'a>;
-    let damage: Vec<(&str, Damage<'_>)> = vec![
-        (
-            "entry out of range",
-            Box::new(|i| i.nodes[0].kind = dir(0, vec![(b"f", 1), (b"l", 9)])),
-        ),
-        (
-            "entry to the root",
-            Box::new(|i| i.nodes[0].kind = dir(0, vec![(b"f", 0), (b"l", 2)])),
-        ),
-        (
-            "unsorted",
-            Box::new(|i| i.nodes[0].kind = dir(0, vec![(b"l", 2), (b"f", 1)])),
-        ),
-        (
-            "repeated name",
-            Box::new(|i| i.nodes[0].kind = dir(0, vec![(b"f", 1), (b"f", 2)])),
-        ),
-        (
-            "bad name",
-            Box::new(|i| i.nodes[0].kind = dir(0, vec![(b"a/b", 1), (b"l", 2)])),
-        ),
-        (
-            "dot dot",
-            Box::new(|i| i.nodes[0].kind = dir(0, vec![(b"..", 1), (b"l", 2)])),
-        ),
-        (
-            "blob out of range",
-            Box::new(|i| i.nodes[1].kind = NodeKind::File { size: 3, blob: 1 }),
-        ),
-        (
-            "root not a directory",
-            Box::new(|i| i.nodes[0].kind = NodeKind::File { size: 0, blob: 0 }),
-        ),
-        (
-            "root parent",
-            Box::new(|i| i.nodes[0].kind = dir(1, vec![(b"f", 1), (b"l", 2)])),
-        ),
-        ("no nodes", Box::new(|i| i.nodes.clear())),
-        (
-            "unreachable file",
-            Box::new(|i| i.nodes[0].kind = dir(0, vec![(b"l", 2)])),
-        ),
-        (
-            "wrong parent",
-            Box::new(|i| {
-                i.nodes[0].kind = dir(0, vec![(b"d", 3), (b"f", 1), (b"l", 2)]);
-                i.nodes.push(Node {
-                    kind: dir(2, vec![]),
-                    ..i.nodes[0].clone()
-                });
-            }),
-        ),
-        (
-            "a cycle",
-            Box::new(|i| {
-                i.nodes[0].kind = dir(0, vec![(b"d", 3), (b"f", 1), (b"l", 2)]);
-                i.nodes.push(Node {
-                    kind: dir(0, vec![(b"e", 4)]),
-                    ..i.nodes[0].clone()
-                });
-                i.nodes.push(Node {
-                    kind: dir(3, vec![(b"up", 3)]),
-                    ..i.nodes[0].clone()
-                });
-            }),
-        ),
-        (
-            "parent out of range",
-            Box::new(|i| {
-                i.nodes.push(Node {
-                    kind: dir(7, vec![]),
-                    ..i.nodes[0].clone()
-                })
-            }),
-        ),
-    ];
-    let tmp = TempDir::new().unwrap();
-    let path = tmp.path().join("index");
-    for (what, damage) in damage {
-        let mut index = small_index();
-        damage(&mut index);
-        assert!(index.check().is_err(), "{what}: passed the check");
-        index.save(&path).unwrap();
-        let err = Index::load(&path).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{what}: {err}");
-        assert!(err.to_string().contains("damaged index"), "{what}: {err}");
-    }
-    // A hole (an empty directory no name reaches, left by a hard link) is fine.
-    let mut holed = small_index();
-    holed.nodes.push(Node {
-        kind: dir(0, vec![]),
-        ..holed.nodes[0].clone()
-    });
-    assert_eq!(holed.check(), Ok(()));
-}
-
-#[test]
-fn index_format_is_pinned() {
-    // postcard: unsigned integers as LEB128 varints, signed ones zigzag-encoded first,
-    // lengths as varints, enum variants as their index.
-    let expected: &[u8] = &[
-        // nodes: 3
-        3, //
-        // node 0: Dir (variant 0), parent 0, 2 entries: "f" -> 1, "l" -> 2
-        0, 0, 2, 1, b'f', 1, 1, b'l', 2, //
-        // perm 0o755, mtime -1 s (zigzag 1) + 5 ns, nlink 2
-        0xed, 0x03, 1, 5, 2, //
-        // node 1: File (variant 1), size 3, blob 0
-        1, 3, 0, //
-        // perm 0o644, mtime 1_700_000_000 s (zigzag), 0 ns, nlink 1
-        0xa4, 0x03, 0x80, 0xc4, 0x9f, 0xd5, 0x0c, 0, 1, //
-        // node 2: Symlink (variant 2), target "f"
-        2, 1, b'f', //
-        // perm 0o777, mtime 0, 0 ns, nlink 1
-        0xff, 0x03, 0, 0, 1,
-    ];
-    let actual = postcard::to_stdvec(&small_index()).unwrap();
-    assert!(
-        actual == expected,
-        "serialized index format appears to have changed, bump INDEX_FORMAT_VERSION\n\
-         actual: {actual:?}"
-    );
-    assert_eq!(INDEX_FORMAT_VERSION, 2);
-}
-
-// ---------------------------------------------------------------------------------------
 // Robustness
 
 /// Damaged archives (random bytes changed in the tar data, or in the gzip stream) give an
@@ -1479,7 +1273,7 @@ impl Publish for Recorder {
     fn file(&self, steps: &[Step], file: &PublishedFile) {
         let mut st = self.state.lock().unwrap();
         // Complete and closed when published: the blob has its whole content.
-        assert_eq!(fs::metadata(&file.blob).unwrap().len(), file.size);
+        assert!(fs::metadata(&file.blob).unwrap().len() >= file.offset + file.size);
         st.0.add(steps);
         let path: Vec<_> = steps
             .iter()
@@ -1508,7 +1302,7 @@ fn node_numbers_follow_first_appearance() {
     assert_eq!(resolve(&u.index, "z/first"), Some(2));
     assert_eq!(resolve(&u.index, "a"), Some(3));
     assert_eq!(resolve(&u.index, "m"), Some(4));
-    assert_eq!(u.index.nodes.len(), 5);
+    assert_eq!(tree(&u).nodes.len(), 5);
     assert_eq!(content(&run, &u, "z/first"), b"replaced");
 }
 
@@ -1523,9 +1317,9 @@ fn a_file_replaced_by_a_hard_link_leaves_a_hole() {
     assert_eq!(resolve(&u.index, "b"), Some(2));
     assert_eq!(content(&run, &u, "a"), b"b");
     assert!(
-        matches!(&u.index.nodes[1].kind, NodeKind::Dir { parent: 0, entries } if entries.is_empty()),
+        matches!(&tree(&u).nodes[1].kind, NodeKind::Dir { parent: 0, entries } if entries.is_empty()),
         "node 1 is a hole: {:?}",
-        u.index.nodes[1]
+        tree(&u).nodes[1]
     );
 }
 
@@ -1589,4 +1383,134 @@ fn a_directory_seen_before_its_own_member_is_shown_owner_only() {
     assert_eq!(node(&u, "d").perm, 0o750);
     // `e` had its own member first: its mode is the archive's.
     assert_eq!(published.lookup(0, b"e").unwrap().1.perm, 0o755);
+}
+
+// ---------------------------------------------------------------------------------------
+// The pack
+
+#[test]
+fn small_files_are_packed_and_large_ones_have_a_file_of_their_own() {
+    let max = PACK_MAX as usize;
+    let sizes = [0, 1, 4095, 4096, 4097, max - 1, max, max + 1];
+    let mut tar = Tar::new();
+    for size in sizes {
+        tar = tar.file(&format!("f{size}"), &pattern(size));
+    }
+    let tar = tar
+        .hard_link("link-small", &format!("f{}", max - 1))
+        .hard_link("link-large", &format!("f{max}"))
+        .file("empty-again", b"");
+    let (run, u) = unpack_ok(&tar.gz());
+    for size in sizes {
+        let name = format!("f{size}");
+        assert_eq!(content(&run, &u, &name), pattern(size), "{name}");
+        let NodeKind::File { packed, .. } = node(&u, &name).kind else {
+            panic!("{name} is not a file")
+        };
+        // Exactly at the threshold is a file of its own.
+        assert_eq!(packed.is_some(), size < max, "{name}");
+    }
+    // Hard links are the same node: one copy, in the pack or on its own.
+    assert_eq!(
+        resolve(&u.index, "link-small"),
+        resolve(&u.index, &format!("f{}", max - 1))
+    );
+    assert_eq!(
+        resolve(&u.index, "link-large"),
+        resolve(&u.index, &format!("f{max}"))
+    );
+    let packed: usize = sizes.iter().filter(|&&s| s < max).sum();
+    assert_eq!(
+        fs::metadata(pack_path(&run.dest)).unwrap().len(),
+        packed as u64
+    );
+    assert_eq!(fs::read_dir(run.dest.join("data")).unwrap().count(), 2);
+    assert_eq!(content(&run, &u, "empty-again"), b"");
+}
+
+#[test]
+fn packed_files_lie_back_to_back_in_archive_order() {
+    let tar = Tar::new()
+        .file("a", b"first")
+        .file("e1", b"")
+        .file("d/b", b"second")
+        .file("e2", b"")
+        .file("c", b"third");
+    let (run, u) = unpack_ok(&tar.gz());
+    let offset = |path: &str| match node(&u, path).kind {
+        NodeKind::File {
+            packed: Some(o), ..
+        } => o,
+        other => panic!("{path}: {other:?}"),
+    };
+    assert_eq!(
+        ["a", "e1", "d/b", "e2", "c"].map(offset),
+        [0, 5, 5, 11, 11],
+        "each file where the previous one ends; empty files take no room"
+    );
+    assert_eq!(fs::read(pack_path(&run.dest)).unwrap(), b"firstsecondthird");
+}
+
+/// A name repeated many times must not grow the pack past the byte limit: the bytes of a
+/// replaced packed file stay in the pack and count.
+#[test]
+fn replaced_packed_files_count_against_the_limit() {
+    let mut tar = Tar::new();
+    for i in 0..20u8 {
+        tar = tar.file("same", &[i; 100]);
+    }
+    let gz = tar.gz();
+    let run = Run::new();
+    let err = run.unpack(&gz[..], 1000).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::TooLarge { limit: 1000, written } if written <= 1000),
+        "{err}"
+    );
+    assert!(fs::metadata(pack_path(&run.dest)).unwrap().len() <= 1000);
+    let (run, u) = unpack_ok(&gz);
+    assert_eq!(content(&run, &u, "same"), [19u8; 100]);
+    assert_eq!(u.stats.bytes, 100, "only the last copy is content");
+}
+
+#[test]
+fn packed_files_are_published_with_their_offset_in_the_pack() {
+    let tar = Tar::new()
+        .file("a", b"aaa")
+        .file("big", &pattern(PACK_MAX as usize))
+        .file("b", b"bb");
+    let run = Run::new();
+    let seen = std::sync::Mutex::new(Vec::new());
+    struct Offsets<'a>(&'a std::sync::Mutex<Vec<(PathBuf, u64, Vec<u8>)>>);
+    impl Publish for Offsets<'_> {
+        fn file(&self, _: &[Step], f: &PublishedFile) {
+            // Readable at once, by another descriptor, at its offset.
+            let mut data = vec![0; f.size as usize];
+            let file = fs::File::open(&f.blob).unwrap();
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut data, f.offset).unwrap();
+            self.0
+                .lock()
+                .unwrap()
+                .push((f.blob.to_path_buf(), f.offset, data));
+        }
+        fn withdraw(&self, _: u32, _: &[u8], _: Option<u32>) {}
+    }
+    let opts = UnpackOptions {
+        max_bytes: u64::MAX,
+        implied_dir_mtime: IMPLIED_MTIME,
+    };
+    let u = unpack_published(
+        &tar.gz()[..],
+        &run.dest,
+        &opts,
+        &mut |_| {},
+        &Offsets(&seen),
+    )
+    .unwrap();
+    check(&run, &u);
+    let seen = seen.into_inner().unwrap();
+    let pack = pack_path(&run.dest);
+    assert_eq!(seen[0], (pack.clone(), 0, b"aaa".to_vec()));
+    assert_eq!(seen[1].0, blob_path(&run.dest, 1));
+    assert_eq!((seen[1].1, seen[1].2.len()), (0, PACK_MAX as usize));
+    assert_eq!(seen[2], (pack, 3, b"bb".to_vec()));
 }

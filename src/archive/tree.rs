@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use super::{DirEntry, Index, Node, NodeKind};
+use super::{DirEntry, IndexTree, Node, NodeKind};
 
 /// Longest name of one path component Linux can represent (`NAME_MAX`). FUSE would fail a
 /// whole `readdir` on longer names, so such members are refused.
@@ -76,11 +76,13 @@ pub(super) struct Replaced {
     pub gone: bool,
 }
 
-/// What [`Tree::finish`] returns: the index, plus the blob renames (`from`, `to`) that make
-/// blob numbers dense again, to be done in order.
+/// What [`Tree::finish`] returns: the tree, plus the blob renames (`from`, `to`) that make
+/// blob numbers dense again, to be done in order, and the old number of each new one
+/// (`blob_order[new] = old`).
 pub(super) struct Finished {
-    pub index: Index,
+    pub tree: IndexTree,
     pub renames: Vec<(u32, u32)>,
+    pub blob_order: Vec<u32>,
 }
 
 #[derive(Debug)]
@@ -527,6 +529,7 @@ impl Tree {
                 Kind::File { size, blob } => NodeKind::File {
                     size,
                     blob: new_blob.get(&blob).copied().unwrap_or(blob),
+                    packed: None,
                 },
                 Kind::Symlink { target } => NodeKind::Symlink { target },
                 Kind::Gone => NodeKind::Dir {
@@ -543,8 +546,9 @@ impl Tree {
             });
         }
         Finished {
-            index: Index { nodes },
+            tree: IndexTree { nodes },
             renames,
+            blob_order: live_blobs,
         }
     }
 }

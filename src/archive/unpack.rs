@@ -23,10 +23,12 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use flate2::bufread::GzDecoder;
 use tar::EntryType;
 
+use super::blobs::{blob_path, pack_path, Blob, Pack, PACK_MAX};
 use super::input::{
     is_tar_header, GzMembers, Shared, Source, TarInput, GZIP_MAGIC, MAX_MEMBER_METADATA,
     MAX_TRAILER, READ_BUFFER,
@@ -34,7 +36,7 @@ use super::input::{
 use super::pax::{member_meta, PaxFields};
 use super::publish::{BlobId, Publish, PublishedFile, PublishedKind, PublishedNode, Step};
 use super::tree::{normalize, Content, ModeTime, Prepared, Replaced, Slot, Tree, Want};
-use super::Index;
+use super::{Index, IndexError, NodeKind};
 use crate::size::ByteSize;
 
 /// Limits and defaults for one unpack.
@@ -98,17 +100,15 @@ pub enum ArchiveError {
         ByteSize(*written)
     )]
     TooLarge { limit: u64, written: u64 },
+    /// The finished tree failed its own check (a defect of the unpacker, never of input).
+    #[error("the unpacked tree is inconsistent: {0}")]
+    Index(#[source] IndexError),
     #[error("cannot write {} in the cache: {source}", path.display())]
     Write {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-}
-
-/// Where the content of blob `blob` lives under a version directory.
-pub fn blob_path(dest: &Path, blob: u32) -> PathBuf {
-    dest.join("data").join(blob.to_string())
 }
 
 /// File content is decompressed straight into this buffer and written with one `write`
@@ -149,6 +149,7 @@ pub fn unpack_published(
         path: data_dir.clone(),
         source,
     })?;
+    let pack = Pack::create(dest)?;
     let implied = ModeTime {
         perm: 0o755,
         mtime_sec: opts.implied_dir_mtime,
@@ -163,6 +164,8 @@ pub fn unpack_published(
         tree: Tree::new(implied),
         implied,
         blobs: Vec::new(),
+        pack,
+        dead_packed: 0,
         buf: Vec::new(),
         unreported: 0,
         stats: UnpackStats::default(),
@@ -205,12 +208,6 @@ pub fn unpack_published(
     unpacker.finish()
 }
 
-/// A blob written so far.
-struct Blob {
-    size: u64,
-    disk_bytes: u64,
-}
-
 struct Unpacker<'a> {
     dest: &'a Path,
     opts: &'a UnpackOptions,
@@ -221,6 +218,9 @@ struct Unpacker<'a> {
     implied: ModeTime,
     /// Every blob number handed out; `None` once deleted (its file lost its last name).
     blobs: Vec<Option<Blob>>,
+    pack: Pack,
+    /// Bytes of packed files that lost their last name (still in the pack).
+    dead_packed: u64,
     /// Reused for every file's content; grown on first use.
     buf: Vec<u8>,
     /// Content bytes written since the last `progress` call.
@@ -479,11 +479,14 @@ impl Unpacker<'_> {
         };
         let size = entry.size();
         // Checked before a single byte is written, so that a decompression bomb stops at
-        // the limit instead of filling the disk.
-        if self.stats.bytes.saturating_add(size) > self.opts.max_bytes {
+        // the limit instead of filling the disk. The bytes of replaced packed files stay
+        // in the pack, so they count too: an archive repeating one name cannot grow the
+        // pack past the limit.
+        let on_disk = self.stats.bytes.saturating_add(self.dead_packed);
+        if on_disk.saturating_add(size) > self.opts.max_bytes {
             return Err(ArchiveError::TooLarge {
                 limit: self.opts.max_bytes,
-                written: self.stats.bytes,
+                written: on_disk,
             });
         }
         let Ok(blob) = u32::try_from(self.blobs.len()) else {
@@ -491,30 +494,55 @@ impl Unpacker<'_> {
                 "the archive has more than 2^32 files",
             )));
         };
-        let path = blob_path(self.dest, blob);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(Self::write_error(path.clone()))?;
-        self.copy(entry, &mut file, &path, name, size)?;
-        let written = file.metadata().map_err(Self::write_error(path.clone()))?;
-        let disk_bytes = written.blocks() * 512;
-        drop(file);
-        self.blobs.push(Some(Blob { size, disk_bytes }));
+        let (published, disk_bytes, packed) = if size < PACK_MAX {
+            let offset = self.pack.len;
+            let path = self.pack.path.clone();
+            // Taken out for the copy (which borrows the unpacker) and always put back.
+            let mut file = self.pack.file.take().ok_or_else(|| {
+                Self::write_error(path.to_path_buf())(io::Error::other("the pack file is closed"))
+            })?;
+            let copied = self.copy(entry, &mut file, &path, name, size);
+            self.pack.file = Some(file);
+            copied?;
+            self.pack.len += size;
+            let published = PublishedFile {
+                size,
+                blob: self.pack.path.clone(),
+                offset,
+                id: self.pack.id,
+            };
+            (published, 0, Some(offset))
+        } else {
+            let path = blob_path(self.dest, blob);
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(Self::write_error(path.clone()))?;
+            self.copy(entry, &mut file, &path, name, size)?;
+            let written = file.metadata().map_err(Self::write_error(path.clone()))?;
+            drop(file);
+            let published = PublishedFile {
+                size,
+                blob: Arc::from(path),
+                offset: 0,
+                id: BlobId {
+                    dev: written.dev(),
+                    ino: written.ino(),
+                },
+            };
+            (published, written.blocks() * 512, None)
+        };
+        self.blobs.push(Some(Blob {
+            size,
+            disk_bytes,
+            packed,
+        }));
         self.stats.files += 1;
         self.stats.disk_bytes += disk_bytes;
         let content = Some(Content::File { size, blob });
         match self.tree.attach(dir, last, reuse, content, meta) {
             Ok(_) => {
-                let published = PublishedFile {
-                    size,
-                    blob: path,
-                    id: BlobId {
-                        dev: written.dev(),
-                        ino: written.ino(),
-                    },
-                };
                 self.publish_file(comps, published);
             }
             Err(reason) => {
@@ -617,6 +645,12 @@ impl Unpacker<'_> {
         self.stats.files = self.stats.files.saturating_sub(1);
         self.stats.bytes = self.stats.bytes.saturating_sub(old.size);
         self.stats.disk_bytes = self.stats.disk_bytes.saturating_sub(old.disk_bytes);
+        if old.packed.is_some() {
+            // Its bytes stay in the pack (a reader may hold its offset): they still count
+            // against the byte limit, and the version's real usage is measured at the end.
+            self.dead_packed += old.size;
+            return;
+        }
         let path = blob_path(self.dest, blob);
         if let Err(e) = fs::remove_file(&path) {
             // Only disk space is at stake: the blob is no longer in the index.
@@ -627,19 +661,49 @@ impl Unpacker<'_> {
     /// Build the index, make blob numbers dense again, and measure the data directory.
     fn finish(mut self) -> Result<Unpacked, ArchiveError> {
         let tree = std::mem::replace(&mut self.tree, Tree::new(self.implied));
-        let finished = tree.finish();
-        for (from, to) in finished.renames {
+        let super::tree::Finished {
+            tree: mut finished,
+            renames,
+            blob_order,
+        } = tree.finish();
+        // Only files of their own are on disk under their blob number.
+        let packed = |old: u32| {
+            self.blobs
+                .get(old as usize)
+                .and_then(|b| b.as_ref())
+                .and_then(|b| b.packed)
+        };
+        for (from, to) in renames {
+            if packed(from).is_some() {
+                continue;
+            }
             let (from, to) = (blob_path(self.dest, from), blob_path(self.dest, to));
             fs::rename(&from, &to).map_err(Self::write_error(to))?;
         }
+        for node in &mut finished.nodes {
+            if let NodeKind::File {
+                blob, packed: p, ..
+            } = &mut node.kind
+            {
+                *p = blob_order.get(*blob as usize).and_then(|&old| packed(old));
+            }
+        }
+        let index = Index::build(&finished).map_err(ArchiveError::Index)?;
+        drop(finished);
+        let pack = pack_path(self.dest);
+        let file = self.pack.file.as_ref().ok_or_else(|| {
+            Self::write_error(pack.clone())(io::Error::other("the pack file is closed"))
+        })?;
+        file.sync_data().map_err(Self::write_error(pack.clone()))?;
+        let pack_blocks = file.metadata().map_err(Self::write_error(pack))?.blocks();
         let data_dir = self.dest.join("data");
         let dir_blocks = fs::metadata(&data_dir)
             .map_err(Self::write_error(data_dir))?
             .blocks();
-        self.stats.disk_bytes += dir_blocks * 512;
+        self.stats.disk_bytes += (dir_blocks + pack_blocks) * 512;
         self.report();
         Ok(Unpacked {
-            index: finished.index,
+            index,
             stats: self.stats,
         })
     }

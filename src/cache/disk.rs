@@ -4,8 +4,9 @@
 //! CACHE/lock                  flock(2)ed by the running daemon; holds its pid
 //! CACHE/FORMAT                the on-disk format version (CACHE_FORMAT_VERSION)
 //! CACHE/versions/<key>/       complete versions, <key> = "<kind>-<64-hex id>"
-//!        data/<n>             file contents (written by crate::archive)
-//!        index.bin            the version's tree (crate::archive::Index)
+//!        pack                 contents of the files under 1 MiB, back to back
+//!        data/<n>             contents of larger files, one each (written by crate::archive)
+//!        index.bin            the version's tree (crate::archive::Index), used mapped
 //!        meta.json            the completion record; its mtime is the version's last use
 //! CACHE/tmp/<key>.<pid>.<n>/  versions being unpacked; removed at start
 //! CACHE/trash/<...>/          evicted versions being deleted; removed at start
@@ -33,7 +34,9 @@ use crate::ids::VersionId;
 
 /// Bump when anything under `CACHE/` changes meaning; a cache of another format is cleared.
 /// `tests::format_is_pinned` fails when the serialized records change without a bump.
-pub const CACHE_FORMAT_VERSION: u32 = 2;
+/// Format 3: small files packed into one `pack` file, the index a mapped image (format 2:
+/// one file per member, a `postcard` index).
+pub const CACHE_FORMAT_VERSION: u32 = 3;
 
 /// The completion record of a version (`meta.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -339,7 +342,7 @@ mod tests {
         };
         let json = serde_json::to_string(&meta).unwrap();
         let expected = format!(
-            r#"{{"format":2,"kind":"Artifact","id":"{}","disk_bytes":8192,"files":2,"bytes":10}}"#,
+            r#"{{"format":3,"kind":"Artifact","id":"{}","disk_bytes":8192,"files":2,"bytes":10}}"#,
             "ab".repeat(32)
         );
         assert_eq!(
@@ -347,7 +350,7 @@ mod tests {
             "serialized disk format appears to have changed, version bump required"
         );
         assert_eq!(
-            CACHE_FORMAT_VERSION, 2,
+            CACHE_FORMAT_VERSION, 3,
             "update the pinned record above with the bump"
         );
     }

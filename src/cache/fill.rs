@@ -5,11 +5,15 @@
 #[allow(clippy::wildcard_imports)] // The policy in `mod.rs` and its filling are one type.
 use super::*;
 
-/// Room kept for a version beyond its content bytes: one block per file (small files
-/// still take a whole block) plus the index and the completion record.
+/// Room kept for a version before it is unpacked: its content bytes, the index (a node,
+/// an entry and a name per file: 512 bytes covers names of up to 456 bytes), the last
+/// block of each file of its own (at most one per `PACK_MAX` bytes) and of the pack, and
+/// the completion record. The real usage is counted once the version is complete.
 pub(super) fn reservation(a: Announced) -> u64 {
+    let own_files = a.size / crate::archive::PACK_MAX + 1;
     a.size
-        .saturating_add(a.file_count.saturating_mul(4096))
+        .saturating_add(a.file_count.saturating_mul(512))
+        .saturating_add(own_files.saturating_mul(4096))
         .saturating_add(64 * 1024)
 }
 
@@ -23,7 +27,7 @@ impl Cache {
     /// version is dropped from the cache and `None` tells the caller to fetch it again.
     pub(super) fn load(&self, key: &VersionKey) -> Option<Arc<CachedVersion>> {
         let dir = self.inner.layout.version_dir(key);
-        let loaded = Index::load(&dir.join("index.bin"));
+        let loaded = Index::open(&dir.join("index.bin"));
         let mut st = self.inner.state.lock();
         let entry = st.lru.get_mut(key)?;
         match loaded {
@@ -48,6 +52,20 @@ impl Cache {
                 None
             }
         }
+    }
+
+    /// Drop a version whose index turned out damaged while it was served: the next access
+    /// downloads it again. Those holding it keep their map of the old index and their
+    /// open content files (deleting a file does not take it from under them).
+    pub fn discard_damaged(&self, key: &VersionKey) {
+        let mut st = self.inner.state.lock();
+        let Some(entry) = st.lru.pop(key) else {
+            return;
+        };
+        st.used -= entry.disk_bytes;
+        st.evicting.insert(key.clone());
+        drop(st);
+        purge(self.move_aside(Evicted(vec![key.clone()])));
     }
 
     pub(super) fn fetch(
@@ -200,13 +218,14 @@ impl Cache {
                 source,
             })?;
             let index_path = tmp.join("index.bin");
-            unpacked
-                .index
-                .save(&index_path)
-                .map_err(|source| CacheError::Io {
-                    path: index_path,
-                    source,
-                })?;
+            let io_err = |source| CacheError::Io {
+                path: index_path.clone(),
+                source,
+            };
+            unpacked.index.save(&index_path).map_err(io_err)?;
+            // Served from now on through a map of the file: the bytes built in memory go.
+            let mut unpacked = unpacked;
+            unpacked.index = Index::open(&index_path).map_err(io_err)?;
             let disk_bytes = disk::disk_usage(&tmp) + 4096;
             let meta = Completion {
                 format: CACHE_FORMAT_VERSION,
@@ -291,8 +310,17 @@ impl Cache {
     }
 }
 
+/// Delete evicted version directories moved aside. A version is a handful of files (the
+/// pack, the index, the record and its larger files), so this takes about as long
+/// whatever its member count; the time is logged for the benchmark.
 pub(super) fn purge(paths: Vec<PathBuf>) {
     for p in paths {
+        let started = Instant::now();
         disk::remove_all(&p);
+        tracing::info!(
+            path = %p.display(),
+            ms = format!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
+            "removed an evicted version"
+        );
     }
 }

@@ -292,6 +292,7 @@ impl Cache {
     /// Open (or create) the cache directory. Reuses every complete version found there,
     /// removes leftovers, and trims to the budget.
     pub fn open_with(dir: &Path, options: CacheOptions) -> Result<Cache, CacheError> {
+        large_buffers_unpooled();
         let budget = options.budget;
         let layout = Layout::open(dir)?;
         let mut found = layout.scan();
@@ -717,6 +718,35 @@ fn run_job(
     });
     drop(cache);
     flight.finish(result);
+    return_free_memory();
+}
+
+/// Keep large buffers out of the heap arenas: every allocation of 128 KiB or more (the
+/// download's 1 MiB chunks, the unpacker's buffers) gets pages of its own, returned to the
+/// system when it is freed. glibc would otherwise raise that threshold as such buffers
+/// are freed, carve them from the arena of whichever thread ran the fetch (each fetch runs
+/// on threads of its own), and keep them there: the daemon would grow by a few MiB with
+/// every version it fetched.
+fn large_buffers_unpooled() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's settings.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+/// Hand the heap an unpack freed back to the system. The tree of an archive being
+/// unpacked and what it published are large and short-lived, allocated on the pool's
+/// thread; once they are freed, glibc keeps most of those pages in that thread's arena
+/// (it only trims the top of the main heap by itself), so that a daemon which unpacked a
+/// few large versions would keep their peak for ever. A cached version itself costs a few
+/// words of heap (its index is mapped).
+fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Whether a use of `entry` now should also be recorded on disk (its `meta.json` mtime, at

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::archive::{Index, NodeKind, PublishedKind, PublishedNode};
+use crate::archive::{NodeRefKind, PublishedKind, PublishedNode};
+use crate::cache::CachedVersion;
 use crate::cache::VersionKey;
 use crate::ids::Ino;
 
@@ -116,13 +117,13 @@ impl Fs {
                 // listing versions never downloads them.
                 if let Some(v) = self.cache.peek(&VersionKey::new(kind, &version)) {
                     let range = self.inodes.lock().range(kind, &name, &version);
-                    return Ok(self.content_attr(&range, &v.index, 0));
+                    return self.content_attr(&range, &v, 0);
                 }
                 // Complete in the cache but not described by the listings held (the API is
                 // unreachable): loaded from disk, which is quick, rather than waiting for it.
                 if self.cache_only(kind, &name, &version) {
                     let (range, v) = self.load_version(kind, &name, &version)?;
-                    return Ok(self.content_attr(&range, &v.index, 0));
+                    return self.content_attr(&range, &v, 0);
                 }
                 // Until it is unpacked, its link count (and an archive's own "./" entry) are
                 // unknown: keep the kernel's copy short-lived so it picks up the real ones.
@@ -158,26 +159,30 @@ impl Fs {
     }
 
     /// The attributes of node `node` of a complete version: they never change.
-    pub(super) fn content_attr(&self, range: &Range, index: &Index, node: u32) -> TimedAttr {
+    pub(super) fn content_attr(
+        &self,
+        range: &Range,
+        v: &CachedVersion,
+        node: u32,
+    ) -> Result<TimedAttr> {
         let ino = range.ino(node);
-        let n = &index.nodes[node as usize];
+        let n = self.checked(v, v.index.node(node))?;
         let mtime = to_system_time(n.mtime_sec, n.mtime_nsec);
-        let attr = match &n.kind {
-            NodeKind::Dir { .. } => {
+        let attr = match n.kind {
+            NodeRefKind::Dir { .. } => {
                 self.attr(ino, FileKind::Directory, 4096, n.perm, n.nlink, mtime)
             }
-            NodeKind::File { size, .. } => {
-                self.attr(ino, FileKind::RegularFile, *size, n.perm, n.nlink, mtime)
+            NodeRefKind::File { size, .. } => {
+                self.attr(ino, FileKind::RegularFile, size, n.perm, n.nlink, mtime)
             }
-            NodeKind::Symlink { target } => {
-                let size = target.len() as u64;
-                self.attr(ino, FileKind::Symlink, size, 0o777, n.nlink, mtime)
+            NodeRefKind::Symlink { len } => {
+                self.attr(ino, FileKind::Symlink, len.into(), 0o777, n.nlink, mtime)
             }
         };
-        TimedAttr {
+        Ok(TimedAttr {
             attr,
             ttl: IMMUTABLE_TTL,
-        }
+        })
     }
 
     /// The status file's attributes as `reader` sees them. They are never cached, and the

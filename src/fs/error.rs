@@ -62,6 +62,10 @@ pub enum FsError {
     Cache(SharedError),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// A version's index on disk is damaged (the version is dropped from the cache and
+    /// downloaded again at the next access).
+    #[error("{0}")]
+    Damaged(crate::archive::IndexError),
     /// The operation would have to wait for a download, and its thread may not (a FUSE
     /// worker: [`super::Fs::serve`] then runs it again on a waiter thread). Never answered.
     #[error("the operation would wait for a download")]
@@ -116,6 +120,7 @@ impl FsError {
                 },
             },
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            FsError::Damaged(_) => libc::EIO,
             // Handled by `Fs::serve`, which never answers it; EIO if that ever changes.
             FsError::WouldBlock => libc::EIO,
             FsError::Interrupted => libc::EINTR,

@@ -24,6 +24,9 @@ use super::{DirItem, Fs, FsError, Result};
 /// where passthrough would register and unregister a backing file on every open and close.
 pub const PASSTHROUGH_MIN_SIZE: u64 = 1 << 20;
 
+// A packed file shares its content file with others and must never be handed to the kernel.
+const _: () = assert!(crate::archive::PACK_MAX <= PASSTHROUGH_MIN_SIZE);
+
 /// A handle just opened, and how the kernel should cache what it reads through it.
 #[derive(Debug, Clone, Copy)]
 pub struct OpenedHandle {
@@ -67,31 +70,60 @@ pub(super) enum Pin {
     Nothing,
 }
 
-/// A file opened by the kernel. The content file itself is opened on the first read: a file
-/// whose pages the kernel already caches is then opened and closed without a system call.
+/// A file opened by the kernel: `size` bytes at `offset` of a content file (the version's
+/// pack, or a file of its own at offset 0). The content file itself is opened on the first
+/// read: a file whose pages the kernel already caches is then opened and closed without a
+/// system call.
 pub(super) struct OpenFile {
     path: PathBuf,
     file: OnceLock<File>,
+    offset: u64,
+    size: u64,
     _pin: Pin,
 }
 
 impl OpenFile {
-    /// The file at `path`, opened at its first read.
-    pub fn at(path: PathBuf, pin: Pin) -> OpenFile {
+    /// The content at `offset` of the file at `path`, opened at its first read.
+    pub fn at(path: PathBuf, offset: u64, size: u64, pin: Pin) -> OpenFile {
         OpenFile {
             path,
             file: OnceLock::new(),
+            offset,
+            size,
             _pin: pin,
         }
     }
 
-    /// A file already open.
-    pub fn opened(file: File, pin: Pin) -> OpenFile {
+    /// The content at `offset` of a file already open.
+    pub fn opened(file: File, offset: u64, size: u64, pin: Pin) -> OpenFile {
         OpenFile {
             path: PathBuf::new(),
             file: OnceLock::from(file),
+            offset,
+            size,
             _pin: pin,
         }
+    }
+
+    /// A whole file already open, read to its end (which may move: a live run's file).
+    pub fn whole(file: File, pin: Pin) -> OpenFile {
+        OpenFile::opened(file, 0, u64::MAX, pin)
+    }
+
+    /// Whether the content is a whole file of its own (what passthrough can be given):
+    /// the files not packed, which are those of at least `PACK_MAX` bytes, and whole files.
+    pub fn is_whole_file(&self) -> bool {
+        self.size >= crate::archive::PACK_MAX
+    }
+
+    /// Up to `len` bytes at `at` of the content (short only at its end), and where they
+    /// lie in the content file (for page-cache advice).
+    pub fn read(&self, at: u64, len: u32) -> Result<(Vec<u8>, &File, u64)> {
+        let file = self.file()?;
+        let left = self.size.saturating_sub(at);
+        let len = u32::try_from(left).map_or(len, |l| l.min(len));
+        let from = self.offset.saturating_add(at);
+        Ok((read_at(file, from, len)?, file, from))
     }
 
     pub fn file(&self) -> std::io::Result<&File> {
@@ -145,7 +177,9 @@ impl Fs {
     /// kernel for passthrough reads).
     pub fn with_open_file<R>(&self, fh: Fh, f: impl FnOnce(&File) -> R) -> Option<R> {
         match &*self.handles.get(fh).ok()? {
-            Handle::File(open) => open.file().ok().map(f),
+            // A packed file shares its content file with others: never handed over.
+            Handle::File(open) if open.is_whole_file() => open.file().ok().map(f),
+            Handle::File(_) => None,
             Handle::Static(_) | Handle::Dir(_) => None,
         }
     }
@@ -298,6 +332,50 @@ mod tests {
             live.fetch_add(1, Ordering::SeqCst);
             Some(Id(n, live.clone()))
         }
+    }
+
+    /// A packed file reads as its own bytes at every offset and length: never a byte of
+    /// its neighbours in the pack, short only at its end.
+    #[test]
+    fn a_packed_file_reads_its_own_bytes_at_every_boundary() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pack = tmp.path().join("pack");
+        std::fs::write(&pack, b"before|content|after").unwrap();
+        let (offset, want) = (7u64, b"content");
+        let version = Arc::new(CachedVersion {
+            key: crate::cache::VersionKey::new(
+                crate::api::Kind::Volume,
+                &crate::ids::VersionId::parse(&"ab".repeat(32)).unwrap(),
+            ),
+            dir: tmp.path().to_path_buf(),
+            index: crate::archive::Index::build(&crate::archive::IndexTree::empty(0o755, 0, 0))
+                .unwrap(),
+            disk_bytes: 0,
+        });
+        let pin = || Pin::Version(version.clone());
+        let files = [
+            OpenFile::at(pack.clone(), offset, 7, pin()),
+            OpenFile::opened(File::open(&pack).unwrap(), offset, 7, pin()),
+        ];
+        for f in &files {
+            for at in 0..=9u64 {
+                for len in 0..=9u32 {
+                    let (data, _, from) = f.read(at, len).unwrap();
+                    let start = (at as usize).min(want.len());
+                    let end = (start + len as usize).min(want.len());
+                    assert_eq!(data, &want[start..end], "at {at} len {len}");
+                    assert_eq!(from, offset + at);
+                }
+            }
+            assert!(
+                !f.is_whole_file(),
+                "a packed file is never handed to the kernel"
+            );
+        }
+        let empty = OpenFile::at(pack.clone(), 20, 0, pin());
+        assert_eq!(empty.read(0, 100).unwrap().0, b"");
+        let own = OpenFile::at(pack, 0, crate::archive::PACK_MAX, pin());
+        assert!(own.is_whole_file());
     }
 
     #[test]

@@ -67,8 +67,8 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 
 use crate::api::Kind;
-use crate::archive::{blob_path, Index, NodeKind, PublishedKind};
-use crate::cache::{Available, Cache, Stopped, Waited};
+use crate::archive::{blob_path, pack_path, IndexError, NodeRefKind, PublishedKind, Stored};
+use crate::cache::{Available, Cache, CachedVersion, Stopped, Waited};
 use crate::ids::{Fh, Ino};
 
 pub(crate) use attr::format_time;
@@ -80,7 +80,7 @@ pub use runs::{Events, RunsApi, RunsConfig};
 pub use status::{STATUS_DIR, STATUS_FILE};
 pub use wait::{with_policy, Policy, WAITERS};
 
-use handles::{open_published, read_at, slice_at, DirHandle, Handle, Handles, OpenFile, Pin};
+use handles::{open_published, slice_at, DirHandle, Handle, Handles, OpenFile, Pin};
 use inode::{InodeTable, MetaNode, Range, Resolved};
 pub use listings::FIRST_FETCH_WAIT;
 pub use saved::Saved;
@@ -349,15 +349,12 @@ impl Fs {
             Resolved::Meta(MetaNode::Run(n)) => self.run_readlink(n),
             Resolved::Content { range, node } => {
                 let v = self.version_of(&range)?;
-                match &v
-                    .index
-                    .nodes
-                    .get(node as usize)
-                    .ok_or(FsError::NotFound)?
-                    .kind
-                {
-                    NodeKind::Symlink { target } => Ok(target.clone()),
-                    _ => Err(FsError::NotSymlink),
+                match self.checked(&v, v.index.get(node))?.map(|n| n.kind) {
+                    Some(NodeRefKind::Symlink { .. }) => {
+                        Ok(self.checked(&v, v.index.symlink_target(node))?.to_vec())
+                    }
+                    Some(_) => Err(FsError::NotSymlink),
+                    None => Err(FsError::NotFound),
                 }
             }
             Resolved::Meta(_) => Err(FsError::NotSymlink),
@@ -396,7 +393,7 @@ impl Fs {
     /// Read up to `size` bytes at `offset` of an open handle; short only at end of file.
     pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
         match &*self.handles.get(fh)? {
-            Handle::File(f) => read_at(f.file()?, offset, size),
+            Handle::File(f) => Ok(f.read(offset, size)?.0),
             Handle::Static(data) => Ok(slice_at(data, offset, size)),
             Handle::Dir(_) => Err(FsError::IsDir),
         }
@@ -410,15 +407,14 @@ impl Fs {
         match self.content(ino)? {
             Content::Status => Ok(slice_at(&self.status_for(Some(reader)).text, offset, size)),
             Content::File(f, _) => {
-                let file = f.file()?;
-                let data = read_at(file, offset, size)?;
+                let (data, file, at) = f.read(offset, size)?;
                 // The kernel keeps what it read in the mount's own page cache: drop the
                 // blob's copy, so that a file read through the mount is cached once.
                 // SAFETY: posix_fadvise only reads its arguments; `file` is open.
                 unsafe {
                     libc::posix_fadvise(
                         file.as_raw_fd(),
-                        offset as libc::off_t,
+                        at as libc::off_t,
                         data.len() as libc::off_t,
                         libc::POSIX_FADV_DONTNEED,
                     );
@@ -517,10 +513,10 @@ impl Fs {
                 Waited::Done(r) => self.finished(&range.name, &flight, r)?,
             },
         };
-        if v.index.nodes.get(node as usize).is_none() {
+        if self.checked(&v, v.index.get(node))?.is_none() {
             return Err(FsError::NotFound);
         }
-        Ok(self.content_attr(range, &v.index, node))
+        self.content_attr(range, &v, node)
     }
 
     /// Look up `name` in directory node `dir` of a version: from what is published while it
@@ -543,16 +539,15 @@ impl Fs {
                 }
             }
         };
-        match v.index.nodes.get(dir as usize).map(|n| &n.kind) {
-            Some(NodeKind::Dir { .. }) => {}
+        match self.checked(&v, v.index.get(dir))?.map(|n| n.kind) {
+            Some(NodeRefKind::Dir { .. }) => {}
             Some(_) => return Err(FsError::NotDir),
             None => return Err(FsError::NotFound),
         }
-        let child = v
-            .index
-            .lookup(dir, name.as_bytes())
+        let child = self
+            .checked(&v, v.index.lookup(dir, name.as_bytes()))?
             .ok_or(FsError::NotFound)?;
-        Ok(self.content_attr(range, &v.index, child))
+        self.content_attr(range, &v, child)
     }
 
     /// Where the content of file `ino` comes from, with its version pinned.
@@ -573,7 +568,8 @@ impl Fs {
                     PublishedKind::Dir => return Err(FsError::IsDir),
                     PublishedKind::File(f) => match open_published(f) {
                         Some(file) => {
-                            let open = OpenFile::opened(file, Pin::Flight(flight.clone()));
+                            let pin = Pin::Flight(flight.clone());
+                            let open = OpenFile::opened(file, f.offset, f.size, pin);
                             return Ok(Content::File(open, f.size));
                         }
                         // The unpack ended in the meantime and moved the blob: the
@@ -587,18 +583,16 @@ impl Fs {
                 Waited::Done(r) => self.finished(&range.name, &flight, r)?,
             },
         };
-        let (blob, size) = match &v
-            .index
-            .nodes
-            .get(node as usize)
-            .ok_or(FsError::NotFound)?
-            .kind
-        {
-            NodeKind::File { blob, size } => (*blob, *size),
-            NodeKind::Dir { .. } => return Err(FsError::IsDir),
-            NodeKind::Symlink { .. } => return Err(FsError::NotFound),
+        let (stored, size) = match self.checked(&v, v.index.get(node))?.map(|n| n.kind) {
+            Some(NodeRefKind::File { size, stored }) => (stored, size),
+            Some(NodeRefKind::Dir { .. }) => return Err(FsError::IsDir),
+            Some(NodeRefKind::Symlink { .. }) | None => return Err(FsError::NotFound),
         };
-        let open = OpenFile::at(blob_path(&v.dir, blob), Pin::Version(v));
+        let (path, offset) = match stored {
+            Stored::Own { blob } => (blob_path(&v.dir, blob), 0),
+            Stored::Packed { offset } => (pack_path(&v.dir), offset),
+        };
+        let open = OpenFile::at(path, offset, size, Pin::Version(v));
         Ok(Content::File(open, size))
     }
 
@@ -689,28 +683,28 @@ impl Fs {
                 version,
             }) => {
                 let (range, v) = self.load_version(kind, &name, &version)?;
-                items.push(item(b".", self.content_attr(&range, &v.index, 0)));
+                items.push(item(b".", self.content_attr(&range, &v, 0)?));
                 items.push(item(
                     b"..",
                     self.meta_attr(MetaNode::Storage { kind, name })?,
                 ));
-                self.push_children(&mut items, &range, &v.index, 0);
+                self.push_children(&mut items, &range, &v, 0)?;
             }
             Resolved::Content { range, node } => {
                 let v = self.version_of(&range)?;
-                let parent = match v.index.nodes.get(node as usize).map(|n| &n.kind) {
-                    Some(NodeKind::Dir { parent, .. }) => *parent,
+                let parent = match self.checked(&v, v.index.get(node))?.map(|n| n.kind) {
+                    Some(NodeRefKind::Dir { parent, .. }) => parent,
                     Some(_) => return Err(FsError::NotDir),
                     None => return Err(FsError::NotFound),
                 };
-                items.push(item(b".", self.content_attr(&range, &v.index, node)));
+                items.push(item(b".", self.content_attr(&range, &v, node)?));
                 let parent_entry = if parent == 0 {
                     self.getattr(range.root, None)?
                 } else {
-                    self.content_attr(&range, &v.index, parent)
+                    self.content_attr(&range, &v, parent)?
                 };
                 items.push(item(b"..", parent_entry));
-                self.push_children(&mut items, &range, &v.index, node);
+                self.push_children(&mut items, &range, &v, node)?;
             }
             Resolved::Meta(
                 MetaNode::Latest { .. } | MetaNode::PrefixLink { .. } | MetaNode::StatusFile,
@@ -719,16 +713,34 @@ impl Fs {
         Ok(items)
     }
 
-    fn push_children(&self, items: &mut Vec<DirItem>, range: &Range, index: &Index, node: u32) {
-        if let NodeKind::Dir { entries, .. } = &index.nodes[node as usize].kind {
-            items.reserve(entries.len());
-            for e in entries {
-                items.push(DirItem {
-                    name: OsString::from_vec(e.name.clone()),
-                    entry: self.content_attr(range, index, e.node),
-                });
-            }
+    fn push_children(
+        &self,
+        items: &mut Vec<DirItem>,
+        range: &Range,
+        v: &CachedVersion,
+        node: u32,
+    ) -> Result<()> {
+        let entries = self.checked(v, v.index.entries(node))?;
+        items.reserve(entries.len());
+        for e in entries {
+            let (name, child) = self.checked(v, e)?;
+            items.push(DirItem {
+                name: OsString::from_vec(name.to_vec()),
+                entry: self.content_attr(range, v, child)?,
+            });
         }
+        Ok(())
+    }
+
+    /// A read of a version's index: a damaged index fails the operation (`EIO`) and drops
+    /// the version from the cache, so that the next access downloads it again. (An index
+    /// is checked whole when it is opened; this catches what the checksum cannot.)
+    fn checked<T>(&self, v: &CachedVersion, r: std::result::Result<T, IndexError>) -> Result<T> {
+        r.map_err(|e| {
+            tracing::error!(version = %v.key, error = %e, "a cached index is damaged; the version will be downloaded again");
+            self.cache.discard_damaged(&v.key);
+            FsError::Damaged(e)
+        })
     }
 }
 

@@ -1028,8 +1028,10 @@ fn reading_an_early_member_of_a_corrupt_archive_again_and_again_downloads_it_onc
     assert_eq!(fake.downloads.load(Ordering::SeqCst), 1);
 }
 
-/// An index damaged on disk (it decodes, but names nodes out of range) is found when a
-/// restarted mount loads it: the version is downloaded again and served right, no panic.
+/// An index damaged on disk is never served and never panics: a changed byte fails its
+/// checksum when a restarted mount opens it (downloaded again at once); an index that
+/// passes its checksum but names nodes out of range fails the read that finds it (`EIO`),
+/// and the version is downloaded again at the next access.
 #[test]
 fn a_damaged_index_on_disk_is_downloaded_again_after_a_restart() {
     let fake = Arc::new(Fake::default());
@@ -1059,15 +1061,39 @@ fn a_damaged_index_on_disk_is_downloaded_again_after_a_restart() {
         .unwrap()
         .path()
         .join("index.bin");
-    let mut index = crate::archive::Index::load(&index_path).unwrap();
-    for node in &mut index.nodes {
-        if let NodeKind::Dir { entries, .. } = &mut node.kind {
-            for e in entries {
-                e.node += 100;
-            }
-        }
+    let good = std::fs::read(&index_path).unwrap();
+    let index = crate::archive::Index::from_bytes(good.clone()).unwrap();
+    let entries: u64 = (0..index.len())
+        .map(|n| index.entries(n).map_or(0, |e| e.len() as u64))
+        .sum();
+    // Every entry names a node 100 past its own, and the checksum is made to match.
+    let mut bad = good.clone();
+    for i in 0..entries {
+        let at = crate::archive::index::entry_offset(index.len(), i);
+        let node = u32::from_le_bytes(bad[at..at + 4].try_into().unwrap());
+        bad[at..at + 4].copy_from_slice(&(node + 100).to_le_bytes());
     }
-    index.save(&index_path).unwrap();
+    crate::archive::index::reseal(&mut bad);
+    std::fs::write(&index_path, &bad).unwrap();
+    let fs = fs_in(
+        fake.clone(),
+        Duration::from_secs(60),
+        Duration::ZERO,
+        dir.path(),
+    );
+    assert_eq!(lookup_path(&fs, &path).unwrap_err().errno(), libc::EIO);
+    let f = lookup_path(&fs, &path).unwrap();
+    assert_eq!(read_all(&fs, f.attr.ino), b"x");
+    let version = lookup_path(&fs, &format!("volumes/v/{}", ids[0])).unwrap();
+    assert_eq!(names(&fs, version.attr.ino), [".", "..", "d", "g"]);
+    assert_eq!(fake.downloads.load(Ordering::SeqCst), 2);
+    drop(fs);
+
+    // One byte changed: found when the index is opened, downloaded again at once.
+    let mut flipped = std::fs::read(&index_path).unwrap();
+    let at = flipped.len() - 1;
+    flipped[at] ^= 1;
+    std::fs::write(&index_path, &flipped).unwrap();
     let fs = fs_in(
         fake.clone(),
         Duration::from_secs(60),
@@ -1076,9 +1102,7 @@ fn a_damaged_index_on_disk_is_downloaded_again_after_a_restart() {
     );
     let f = lookup_path(&fs, &path).unwrap();
     assert_eq!(read_all(&fs, f.attr.ino), b"x");
-    let version = lookup_path(&fs, &format!("volumes/v/{}", ids[0])).unwrap();
-    assert_eq!(names(&fs, version.attr.ino), [".", "..", "d", "g"]);
-    assert_eq!(fake.downloads.load(Ordering::SeqCst), 2);
+    assert_eq!(fake.downloads.load(Ordering::SeqCst), 3);
 }
 
 /// A remote in front of a [`Fake`] that can be switched: up, down (every request fails as

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 use crate::api::{ApiError, Kind, Version};
-use crate::archive::{Index, Node, NodeKind};
+use crate::archive::{Index, IndexTree};
 use crate::cache::{
     Announced, Available, CacheError, CachedVersion, Interest, SharedError, VersionKey,
 };
@@ -523,18 +523,7 @@ fn empty_index(mtime: SystemTime) -> Index {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    Index {
-        nodes: vec![Node {
-            kind: NodeKind::Dir {
-                parent: 0,
-                entries: Vec::new(),
-            },
-            perm: 0o755,
-            mtime_sec: sec,
-            mtime_nsec: 0,
-            nlink: 2,
-        }],
-    }
+    Index::build(&IndexTree::empty(0o755, sec, 0)).expect("a lone root directory is a valid tree")
 }
 
 #[cfg(test)]

@@ -169,7 +169,7 @@ impl Fs {
             Readable::File { file, size, live } => OpenedHandle {
                 fh: self
                     .handles
-                    .add(Handle::File(OpenFile::opened(file, Pin::Nothing))),
+                    .add(Handle::File(OpenFile::whole(file, Pin::Nothing))),
                 direct_io: live,
                 immutable: !live,
                 size,

@@ -1,0 +1,73 @@
+//! Where a version's file contents go: the pack (every file smaller than [`PACK_MAX`],
+//! back to back, appended to and never rewritten) and files of their own for the rest.
+//! The index says which and where ([`super::Stored`]); readers never look at names here.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::publish::BlobId;
+use super::unpack::ArchiveError;
+
+/// Where the content of blob `blob` lives under a version directory, for a file of its
+/// own (at least [`PACK_MAX`] bytes).
+pub fn blob_path(dest: &Path, blob: u32) -> PathBuf {
+    dest.join("data").join(blob.to_string())
+}
+
+/// The pack file of a version directory: the content of every file smaller than
+/// [`PACK_MAX`], back to back, each read at its offset.
+pub fn pack_path(dest: &Path) -> PathBuf {
+    dest.join("pack")
+}
+
+/// Files smaller than this go into the pack; larger ones get a file of their own (so
+/// that passthrough and page-cache advice work on them alone). A small file costs its
+/// bytes in the pack instead of a 4 KiB block and an inode; past 1 MiB the block rounding
+/// is under 0.4% and a file of its own costs nothing more. Never above
+/// [`crate::fs::PASSTHROUGH_MIN_SIZE`]: a packed file is never handed to the kernel.
+pub const PACK_MAX: u64 = 1 << 20;
+
+/// A blob written so far.
+pub(super) struct Blob {
+    pub size: u64,
+    pub disk_bytes: u64,
+    /// Its offset in the pack, or `None` for a file of its own.
+    pub packed: Option<u64>,
+}
+
+/// The pack file being written: appended to, never rewritten (a published file's bytes
+/// stay where a reader found them).
+pub(super) struct Pack {
+    /// `None` only while a member's content is copied into it.
+    pub file: Option<File>,
+    pub path: Arc<Path>,
+    pub id: BlobId,
+    pub len: u64,
+}
+
+impl Pack {
+    pub fn create(dest: &Path) -> Result<Pack, ArchiveError> {
+        let path = pack_path(dest);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(write_error(path.clone()))?;
+        let meta = file.metadata().map_err(write_error(path.clone()))?;
+        Ok(Pack {
+            file: Some(file),
+            path: Arc::from(path),
+            id: BlobId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+            len: 0,
+        })
+    }
+}
+
+fn write_error(path: PathBuf) -> impl FnOnce(std::io::Error) -> ArchiveError {
+    move |source| ArchiveError::Write { path, source }
+}
