@@ -16,6 +16,12 @@ pub fn blob_path(dest: &Path, blob: u32) -> PathBuf {
     dest.join("data").join(blob.to_string())
 }
 
+/// The index file of a version directory (see [`super::Index`]), written at the end of
+/// its unpack.
+pub fn index_path(dest: &Path) -> PathBuf {
+    dest.join("index.bin")
+}
+
 /// The pack file of a version directory: the content of every file smaller than
 /// [`PACK_MAX`], back to back, each read at its offset.
 pub fn pack_path(dest: &Path) -> PathBuf {

@@ -19,7 +19,7 @@
 //! tools; the filesystem never decodes a whole index).
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::path::Path;
 
 /// Bump when the byte image changes; `tests::index_format_is_pinned` pins the current one.
@@ -177,6 +177,122 @@ pub(crate) fn entry_offset(nodes: u32, i: u64) -> usize {
 }
 
 /// The CRC-32 of an image, over every byte but the checksum's own four.
+/// Where an index is encoded: every byte goes to `out` and, but for the checksum field,
+/// into the checksum.
+struct Sink<W: Write> {
+    out: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Sink<W> {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.crc.update(bytes);
+        self.out.write_all(bytes)
+    }
+}
+
+/// Encode `tree` (checked) to `out`, section by section (header, nodes, entries, names),
+/// so that no copy of the image is ever in memory; the checksum is written last, at its
+/// place in the header.
+fn encode<W: Write + Seek>(tree: &IndexTree, out: W) -> io::Result<W> {
+    let (mut entry_count, mut names_len) = (0u64, 0u64);
+    for n in &tree.nodes {
+        match &n.kind {
+            NodeKind::Dir { entries, .. } => {
+                entry_count += entries.len() as u64;
+                names_len += entries.iter().map(|e| e.name.len() as u64).sum::<u64>();
+            }
+            NodeKind::Symlink { target } => names_len += target.len() as u64,
+            NodeKind::File { .. } => {}
+        }
+    }
+    let node_count = u32::try_from(tree.nodes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "more than 2^32 nodes"))?;
+    let mut header = [0u8; HEADER];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..12].copy_from_slice(&INDEX_FORMAT_VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&node_count.to_le_bytes());
+    header[16..24].copy_from_slice(&entry_count.to_le_bytes());
+    header[24..32].copy_from_slice(&names_len.to_le_bytes());
+    let mut sink = Sink {
+        out,
+        crc: crc32fast::Hasher::new(),
+    };
+    sink.put(&header[..CRC_AT])?;
+    sink.out.write_all(&header[CRC_AT..CRC_AT + 4])?;
+    sink.put(&header[CRC_AT + 4..])?;
+    // Three passes in node order: node records, entry records, then the names (each
+    // directory's entry names, or a symlink's target, where its node comes).
+    let name_len = |n: &Node| -> u64 {
+        match &n.kind {
+            NodeKind::Dir { entries, .. } => entries.iter().map(|e| e.name.len() as u64).sum(),
+            NodeKind::Symlink { target } => target.len() as u64,
+            NodeKind::File { .. } => 0,
+        }
+    };
+    let (mut first_entry, mut names_before) = (0u64, 0u64);
+    for n in &tree.nodes {
+        let (kind, packed, a, b, c) = match &n.kind {
+            NodeKind::Dir { parent, entries } => {
+                let first = first_entry;
+                first_entry += entries.len() as u64;
+                (KIND_DIR, 0u8, *parent, first, entries.len() as u64)
+            }
+            NodeKind::File { size, blob, packed } => match packed {
+                Some(offset) => (KIND_FILE, 1, *blob, *size, *offset),
+                None => (KIND_FILE, 0, *blob, *size, 0),
+            },
+            NodeKind::Symlink { target } => (KIND_SYMLINK, 0, target.len() as u32, names_before, 0),
+        };
+        names_before += name_len(n);
+        let mut record = [0u8; NODE];
+        record[0] = kind;
+        record[1] = packed;
+        record[2..4].copy_from_slice(&n.perm.to_le_bytes());
+        record[4..8].copy_from_slice(&n.nlink.to_le_bytes());
+        record[8..16].copy_from_slice(&n.mtime_sec.to_le_bytes());
+        record[16..20].copy_from_slice(&n.mtime_nsec.to_le_bytes());
+        record[20..24].copy_from_slice(&a.to_le_bytes());
+        record[24..32].copy_from_slice(&b.to_le_bytes());
+        record[32..40].copy_from_slice(&c.to_le_bytes());
+        sink.put(&record)?;
+    }
+    let mut name_at = 0u64;
+    for n in &tree.nodes {
+        match &n.kind {
+            NodeKind::Dir { entries, .. } => {
+                for e in entries {
+                    let mut record = [0u8; ENTRY];
+                    record[..4].copy_from_slice(&e.node.to_le_bytes());
+                    record[4..8].copy_from_slice(&(e.name.len() as u32).to_le_bytes());
+                    record[8..16].copy_from_slice(&name_at.to_le_bytes());
+                    name_at += e.name.len() as u64;
+                    sink.put(&record)?;
+                }
+            }
+            NodeKind::Symlink { target } => name_at += target.len() as u64,
+            NodeKind::File { .. } => {}
+        }
+    }
+    for n in &tree.nodes {
+        match &n.kind {
+            NodeKind::Dir { entries, .. } => {
+                for e in entries {
+                    sink.put(&e.name)?;
+                }
+            }
+            NodeKind::Symlink { target } => sink.put(target)?,
+            NodeKind::File { .. } => {}
+        }
+    }
+    let crc = sink.crc.finalize();
+    let mut out = sink.out;
+    out.seek(io::SeekFrom::Start(CRC_AT as u64))?;
+    out.write_all(&crc.to_le_bytes())?;
+    out.seek(io::SeekFrom::End(0))?;
+    Ok(out)
+}
+
 fn checksum(image: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&image[..CRC_AT]);
@@ -189,69 +305,23 @@ impl Index {
     /// read is never written).
     pub fn build(tree: &IndexTree) -> Result<Index, IndexError> {
         tree.check().map_err(IndexError)?;
-        let entry_count: usize = tree
-            .nodes
-            .iter()
-            .map(|n| match &n.kind {
-                NodeKind::Dir { entries, .. } => entries.len(),
-                _ => 0,
-            })
-            .sum();
-        let mut nodes = Vec::with_capacity(tree.nodes.len() * NODE);
-        let mut entries = Vec::with_capacity(entry_count * ENTRY);
-        let mut names = Vec::new();
-        let mut first_entry = 0u64;
-        for n in &tree.nodes {
-            let (kind, packed, a, b, c) = match &n.kind {
-                NodeKind::Dir {
-                    parent,
-                    entries: list,
-                } => {
-                    let first = first_entry;
-                    first_entry += list.len() as u64;
-                    for e in list {
-                        entries.extend_from_slice(&e.node.to_le_bytes());
-                        entries.extend_from_slice(&(e.name.len() as u32).to_le_bytes());
-                        entries.extend_from_slice(&(names.len() as u64).to_le_bytes());
-                        names.extend_from_slice(&e.name);
-                    }
-                    (KIND_DIR, 0u8, *parent, first, list.len() as u64)
-                }
-                NodeKind::File { size, blob, packed } => match packed {
-                    Some(offset) => (KIND_FILE, 1, *blob, *size, *offset),
-                    None => (KIND_FILE, 0, *blob, *size, 0),
-                },
-                NodeKind::Symlink { target } => {
-                    let at = names.len() as u64;
-                    names.extend_from_slice(target);
-                    (KIND_SYMLINK, 0, target.len() as u32, at, 0)
-                }
-            };
-            nodes.push(kind);
-            nodes.push(packed);
-            nodes.extend_from_slice(&n.perm.to_le_bytes());
-            nodes.extend_from_slice(&n.nlink.to_le_bytes());
-            nodes.extend_from_slice(&n.mtime_sec.to_le_bytes());
-            nodes.extend_from_slice(&n.mtime_nsec.to_le_bytes());
-            nodes.extend_from_slice(&a.to_le_bytes());
-            nodes.extend_from_slice(&b.to_le_bytes());
-            nodes.extend_from_slice(&c.to_le_bytes());
-        }
-        let node_count = u32::try_from(tree.nodes.len())
-            .map_err(|_| IndexError("more than 2^32 nodes".into()))?;
-        let mut image = Vec::with_capacity(HEADER + nodes.len() + entries.len() + names.len());
-        image.extend_from_slice(MAGIC);
-        image.extend_from_slice(&INDEX_FORMAT_VERSION.to_le_bytes());
-        image.extend_from_slice(&node_count.to_le_bytes());
-        image.extend_from_slice(&(entry_count as u64).to_le_bytes());
-        image.extend_from_slice(&(names.len() as u64).to_le_bytes());
-        image.resize(HEADER, 0);
-        image.extend_from_slice(&nodes);
-        image.extend_from_slice(&entries);
-        image.extend_from_slice(&names);
-        let crc = checksum(&image);
-        image[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        let image = encode(tree, io::Cursor::new(Vec::new()))
+            .map_err(|e| IndexError(e.to_string()))?
+            .into_inner();
         Index::from_image(Image::Owned(image))
+    }
+
+    /// Write the index of `tree`, which must pass [`IndexTree::check`], to a new file at
+    /// `path` (synced), and map it: the index of a new version never exists in memory
+    /// as a whole.
+    pub fn create(tree: &IndexTree, path: &Path) -> io::Result<Index> {
+        tree.check()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let file = File::create(path)?;
+        let out = encode(tree, io::BufWriter::with_capacity(256 << 10, file))?;
+        let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        file.sync_all()?;
+        Index::open(path)
     }
 
     /// An index from bytes (as [`Index::save`] writes them), checked like [`Index::open`].

@@ -43,7 +43,7 @@ mod publish;
 mod tree;
 mod unpack;
 
-pub use blobs::{blob_path, pack_path, PACK_MAX};
+pub use blobs::{blob_path, index_path, pack_path, PACK_MAX};
 pub use index::{
     DirEntry, Entries, Index, IndexError, IndexTree, Node, NodeKind, NodeRef, NodeRefKind, Stored,
     INDEX_FORMAT_VERSION,

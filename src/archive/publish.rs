@@ -45,7 +45,7 @@ pub struct Step {
 
 /// The identity of a blob file on disk (device and inode), to tell after `open` that a
 /// path still names the published blob and not one renamed into its place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BlobId {
     pub dev: u64,
     pub ino: u64,
@@ -79,40 +79,185 @@ pub struct PublishedNode {
 
 /// The published state of one unpack: plain data, for a [`Publish`] implementation to
 /// keep under its own lock.
-#[derive(Debug, Default)]
+///
+/// It is held for every file of a version while the version is unpacked, so it is kept
+/// compact (about 90 bytes a file): names in one byte arena behind a hash table of small
+/// records, node attributes in a vector by node number (numbers are dense), and the
+/// content files (the pack, shared by every small file) in a short table.
+#[derive(Default)]
 pub struct Published {
-    names: HashMap<(u32, Vec<u8>), u32>,
-    nodes: HashMap<u32, PublishedNode>,
+    /// (directory, name) -> node.
+    names: hashbrown::HashTable<NameRec>,
+    arena: Vec<u8>,
+    hasher: hashbrown::DefaultHashBuilder,
+    /// By node number; `Absent` where nothing is published.
+    nodes: Vec<PubNode>,
+    blobs: Vec<(Arc<Path>, BlobId)>,
+    blob_numbers: HashMap<BlobId, u32>,
+}
+
+impl std::fmt::Debug for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Published")
+            .field("names", &self.names.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A published name: `len` bytes at `at` of the arena (names are at most 255 bytes).
+#[derive(Clone, Copy)]
+struct NameRec {
+    at: u64,
+    dir: u32,
+    node: u32,
+    len: u8,
+}
+
+#[derive(Clone, Copy, Default, PartialEq)]
+enum Present {
+    #[default]
+    Absent,
+    Dir,
+    File,
+}
+
+/// A [`PublishedNode`] without its pointers: its content file by number in `blobs`.
+#[derive(Clone, Copy, Default)]
+struct PubNode {
+    size: u64,
+    offset: u64,
+    mtime_sec: i64,
+    mtime_nsec: u32,
+    nlink: u32,
+    blob: u32,
+    perm: u16,
+    present: Present,
 }
 
 impl Published {
     /// Record a published file and the path to it.
     pub fn add(&mut self, steps: &[Step]) {
         for step in steps {
-            self.names.insert((step.dir, step.name.clone()), step.node);
-            self.nodes.insert(step.node, step.attrs.clone());
+            self.set_name(step.dir, &step.name, step.node);
+            self.set_node(step.node, &step.attrs);
         }
+    }
+
+    fn hash(&self, dir: u32, name: &[u8]) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, (dir, name))
+    }
+
+    fn name_of(&self, r: &NameRec) -> &[u8] {
+        &self.arena[r.at as usize..r.at as usize + r.len as usize]
+    }
+
+    fn set_name(&mut self, dir: u32, name: &[u8], node: u32) {
+        let hash = self.hash(dir, name);
+        let (arena, hasher) = (&self.arena, &self.hasher);
+        let rehash = |r: &NameRec| {
+            let name = &arena[r.at as usize..r.at as usize + r.len as usize];
+            std::hash::BuildHasher::hash_one(hasher, (r.dir, name))
+        };
+        let found = self.names.find_mut(hash, |r| {
+            r.dir == dir && &arena[r.at as usize..r.at as usize + r.len as usize] == name
+        });
+        if let Some(r) = found {
+            r.node = node;
+            return;
+        }
+        // Names longer than a path component never reach here (the tree refuses them).
+        let Ok(len) = u8::try_from(name.len()) else {
+            return;
+        };
+        let rec = NameRec {
+            at: self.arena.len() as u64,
+            dir,
+            node,
+            len,
+        };
+        self.names.insert_unique(hash, rec, rehash);
+        self.arena.extend_from_slice(name);
+    }
+
+    fn set_node(&mut self, node: u32, attrs: &PublishedNode) {
+        let mut n = PubNode {
+            mtime_sec: attrs.mtime_sec,
+            mtime_nsec: attrs.mtime_nsec,
+            nlink: attrs.nlink,
+            perm: attrs.perm,
+            present: Present::Dir,
+            ..PubNode::default()
+        };
+        if let PublishedKind::File(f) = &attrs.kind {
+            let blob = match self.blob_numbers.get(&f.id) {
+                Some(&b) => b,
+                None => {
+                    let b = self.blobs.len() as u32;
+                    self.blobs.push((f.blob.clone(), f.id));
+                    self.blob_numbers.insert(f.id, b);
+                    b
+                }
+            };
+            n.present = Present::File;
+            n.size = f.size;
+            n.offset = f.offset;
+            n.blob = blob;
+        }
+        let at = node as usize;
+        if self.nodes.len() <= at {
+            self.nodes.resize(at + 1, PubNode::default());
+        }
+        self.nodes[at] = n;
     }
 
     /// Forget `name` in `dir`, and the node `gone` (see [`Publish::withdraw`]).
     pub fn withdraw(&mut self, dir: u32, name: &[u8], gone: Option<u32>) {
-        self.names.remove(&(dir, name.to_vec()));
+        let hash = self.hash(dir, name);
+        let arena = &self.arena;
+        if let Ok(e) = self.names.find_entry(hash, |r| {
+            r.dir == dir && &arena[r.at as usize..r.at as usize + r.len as usize] == name
+        }) {
+            e.remove();
+        }
         // A node that is gone has no other name (it lost its last one), and only an empty
         // directory can be replaced, so no name lives under it: forgetting the node is all.
-        if let Some(node) = gone {
-            self.nodes.remove(&node);
+        if let Some(n) = gone.and_then(|g| self.nodes.get_mut(g as usize)) {
+            n.present = Present::Absent;
         }
     }
 
     /// The node published as `name` in `dir`.
-    pub fn lookup(&self, dir: u32, name: &[u8]) -> Option<(u32, &PublishedNode)> {
-        let node = *self.names.get(&(dir, name.to_vec()))?;
-        Some((node, self.nodes.get(&node)?))
+    pub fn lookup(&self, dir: u32, name: &[u8]) -> Option<(u32, PublishedNode)> {
+        let hash = self.hash(dir, name);
+        let r = self
+            .names
+            .find(hash, |r| r.dir == dir && self.name_of(r) == name)?;
+        Some((r.node, self.node(r.node)?))
     }
 
     /// The attributes of a published node.
-    pub fn node(&self, node: u32) -> Option<&PublishedNode> {
-        self.nodes.get(&node)
+    pub fn node(&self, node: u32) -> Option<PublishedNode> {
+        let n = self.nodes.get(node as usize)?;
+        let kind = match n.present {
+            Present::Absent => return None,
+            Present::Dir => PublishedKind::Dir,
+            Present::File => {
+                let (blob, id) = self.blobs.get(n.blob as usize)?;
+                PublishedKind::File(PublishedFile {
+                    size: n.size,
+                    blob: blob.clone(),
+                    offset: n.offset,
+                    id: *id,
+                })
+            }
+        };
+        Some(PublishedNode {
+            kind,
+            perm: n.perm,
+            mtime_sec: n.mtime_sec,
+            mtime_nsec: n.mtime_nsec,
+            nlink: n.nlink,
+        })
     }
 
     /// Published names (for the status file and tests).

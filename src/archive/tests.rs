@@ -149,8 +149,8 @@ impl Run {
         unpack(input, &self.dest, &opts, &mut |_| {})
     }
 
-    /// Nothing was created next to `dest`, and inside it only the pack and `data/<n>`
-    /// files.
+    /// Nothing was created next to `dest`, and inside it only the pack, the index and
+    /// `data/<n>` files.
     fn assert_contained(&self) {
         assert_eq!(
             fs::read_dir(&self.sentinel).unwrap().count(),
@@ -162,7 +162,8 @@ impl Run {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert!(
-            top.iter().all(|n| n == "data" || n == "pack"),
+            top.iter()
+                .all(|n| n == "data" || n == "pack" || n == "index.bin"),
             "unexpected files in dest: {top:?}"
         );
         for e in fs::read_dir(self.dest.join("data")).unwrap() {

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use flate2::bufread::GzDecoder;
 use tar::EntryType;
 
-use super::blobs::{blob_path, pack_path, Blob, Pack, PACK_MAX};
+use super::blobs::{blob_path, index_path, pack_path, Blob, Pack, PACK_MAX};
 use super::input::{
     is_tar_header, GzMembers, Shared, Source, TarInput, GZIP_MAGIC, MAX_MEMBER_METADATA,
     MAX_TRAILER, READ_BUFFER,
@@ -688,13 +688,19 @@ impl Unpacker<'_> {
                 *p = blob_order.get(*blob as usize).and_then(|&old| packed(old));
             }
         }
-        let index = Index::build(&finished).map_err(ArchiveError::Index)?;
+        finished
+            .check()
+            .map_err(|e| ArchiveError::Index(IndexError(e)))?;
+        let path = index_path(self.dest);
+        let index = Index::create(&finished, &path).map_err(Self::write_error(path))?;
         drop(finished);
         let pack = pack_path(self.dest);
         let file = self.pack.file.as_ref().ok_or_else(|| {
             Self::write_error(pack.clone())(io::Error::other("the pack file is closed"))
         })?;
-        file.sync_data().map_err(Self::write_error(pack.clone()))?;
+        // Not synced, like every content file: a cache survives a crash of the daemon
+        // (the page cache keeps what was written); only the index and the commit rename
+        // are synced (see doc/BENCHMARKS.md, "No fsync of content").
         let pack_blocks = file.metadata().map_err(Self::write_error(pack))?.blocks();
         let data_dir = self.dest.join("data");
         let dir_blocks = fs::metadata(&data_dir)

@@ -27,7 +27,7 @@ impl Cache {
     /// version is dropped from the cache and `None` tells the caller to fetch it again.
     pub(super) fn load(&self, key: &VersionKey) -> Option<Arc<CachedVersion>> {
         let dir = self.inner.layout.version_dir(key);
-        let loaded = Index::open(&dir.join("index.bin"));
+        let loaded = Index::open(&crate::archive::index_path(&dir));
         let mut st = self.inner.state.lock();
         let entry = st.lru.get_mut(key)?;
         match loaded {
@@ -217,15 +217,6 @@ impl Cache {
                 key: key.clone(),
                 source,
             })?;
-            let index_path = tmp.join("index.bin");
-            let io_err = |source| CacheError::Io {
-                path: index_path.clone(),
-                source,
-            };
-            unpacked.index.save(&index_path).map_err(io_err)?;
-            // Served from now on through a map of the file: the bytes built in memory go.
-            let mut unpacked = unpacked;
-            unpacked.index = Index::open(&index_path).map_err(io_err)?;
             let disk_bytes = disk::disk_usage(&tmp) + 4096;
             let meta = Completion {
                 format: CACHE_FORMAT_VERSION,

@@ -91,6 +91,9 @@ struct FlightState {
     done: Option<Outcome>,
     published: Published,
     phase: Phase,
+    /// Waiters looking for something published (not only for the end): a publish wakes
+    /// the waiters only when there are some, since an unpack publishes every file.
+    lookers: usize,
 }
 
 /// What a caller waiting on a [`Flight`] gets: something published, or the end.
@@ -110,6 +113,7 @@ impl Flight {
                 done: None,
                 published: Published::default(),
                 phase,
+                lookers: 0,
             }),
             cond: Condvar::new(),
             reported: AtomicBool::new(false),
@@ -171,38 +175,45 @@ impl Flight {
 
     /// Wait for the end, without a patience (the cache's own waits, which a shutdown ends).
     pub(super) fn wait_done(&self) -> Outcome {
-        match self.wait_for(|_| None::<()>, &Unbounded) {
+        match self.wait_for(None::<fn(&Published) -> Option<()>>, &Unbounded) {
             Ok(Waited::Done(r)) => r,
             Ok(Waited::Published(())) | Err(_) => unreachable!("an unbounded wait for the end"),
         }
     }
 
+    /// Wait until `find` finds something published (when given) or the fetch ends.
     fn wait_for<T>(
         &self,
-        mut find: impl FnMut(&Published) -> Option<T>,
+        mut find: Option<impl FnMut(&Published) -> Option<T>>,
         patience: &dyn Patience,
     ) -> Result<Waited<T>, Stopped> {
         let mut st = self.state.lock();
-        let mut next_look = Instant::now() + WAIT_SLICE;
-        loop {
-            if let Some(done) = &st.done {
-                return Ok(Waited::Done(done.clone()));
-            }
-            if let Some(found) = find(&st.published) {
-                return Ok(Waited::Published(found));
-            }
-            if !patience.may_block() {
-                return Err(Stopped::WouldBlock);
-            }
-            self.cond.wait_until(&mut st, next_look);
-            if Instant::now() >= next_look {
-                // Asked without the lock: it may read /proc.
-                if MutexGuard::unlocked(&mut st, || patience.gave_up()) {
-                    return Err(Stopped::Interrupted);
+        let looking = find.is_some();
+        st.lookers += usize::from(looking);
+        let waited = (|| {
+            let mut next_look = Instant::now() + WAIT_SLICE;
+            loop {
+                if let Some(done) = &st.done {
+                    return Ok(Waited::Done(done.clone()));
                 }
-                next_look = Instant::now() + WAIT_SLICE;
+                if let Some(found) = find.as_mut().and_then(|f| f(&st.published)) {
+                    return Ok(Waited::Published(found));
+                }
+                if !patience.may_block() {
+                    return Err(Stopped::WouldBlock);
+                }
+                self.cond.wait_until(&mut st, next_look);
+                if Instant::now() >= next_look {
+                    // Asked without the lock: it may read /proc.
+                    if MutexGuard::unlocked(&mut st, || patience.gave_up()) {
+                        return Err(Stopped::Interrupted);
+                    }
+                    next_look = Instant::now() + WAIT_SLICE;
+                }
             }
-        }
+        })();
+        st.lookers -= usize::from(looking);
+        waited
     }
 }
 
@@ -213,8 +224,11 @@ impl Publish for Flight {
             return;
         }
         st.published.add(steps);
+        let lookers = st.lookers;
         drop(st);
-        self.cond.notify_all();
+        if lookers > 0 {
+            self.cond.notify_all();
+        }
     }
 
     fn withdraw(&self, dir: u32, name: &[u8], gone: Option<u32>) {
@@ -253,7 +267,7 @@ impl Interest {
 
     /// Wait for the end of the fetch.
     pub fn wait(&self, patience: &dyn Patience) -> Result<Outcome, Stopped> {
-        match self.wait_for(|_| None::<()>, patience)? {
+        match self.wait_for(None::<fn(&Published) -> Option<()>>, patience)? {
             Waited::Done(r) => Ok(r),
             Waited::Published(()) => unreachable!("nothing is looked for"),
         }
@@ -267,10 +281,7 @@ impl Interest {
         name: &[u8],
         patience: &dyn Patience,
     ) -> Result<Waited<(u32, PublishedNode)>, Stopped> {
-        self.wait_for(
-            |p| p.lookup(dir, name).map(|(n, a)| (n, a.clone())),
-            patience,
-        )
+        self.wait_for(Some(|p: &Published| p.lookup(dir, name)), patience)
     }
 
     /// Wait until node `node` is published, or the fetch ends.
@@ -279,7 +290,7 @@ impl Interest {
         node: u32,
         patience: &dyn Patience,
     ) -> Result<Waited<PublishedNode>, Stopped> {
-        self.wait_for(|p| p.node(node).cloned(), patience)
+        self.wait_for(Some(|p: &Published| p.node(node)), patience)
     }
 
     /// True for the first caller only: lets one of the many waiters of a failed flight
@@ -294,7 +305,7 @@ impl Interest {
 
     fn wait_for<T>(
         &self,
-        find: impl FnMut(&Published) -> Option<T>,
+        find: Option<impl FnMut(&Published) -> Option<T>>,
         patience: &dyn Patience,
     ) -> Result<Waited<T>, Stopped> {
         let waited = self.flight.wait_for(find, patience);
