@@ -35,14 +35,6 @@ pub fn pack_path(dest: &Path) -> PathBuf {
 /// [`crate::fs::PASSTHROUGH_MIN_SIZE`]: a packed file is never handed to the kernel.
 pub const PACK_MAX: u64 = 1 << 20;
 
-/// A blob written so far.
-pub(super) struct Blob {
-    pub size: u64,
-    pub disk_bytes: u64,
-    /// Its offset in the pack, or `None` for a file of its own.
-    pub packed: Option<u64>,
-}
-
 /// The pack file being written: appended to, never rewritten (a published file's bytes
 /// stay where a reader found them).
 pub(super) struct Pack {

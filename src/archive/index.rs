@@ -191,22 +191,91 @@ impl<W: Write> Sink<W> {
     }
 }
 
+/// A tree as [`encode`] reads it: nodes in number order, each directory's entries sorted
+/// by name. [`IndexTree`] is one; an unpack encodes its own work tree directly, without
+/// building an [`IndexTree`] first (see `tree.rs`).
+pub(crate) trait Source {
+    fn len(&self) -> usize;
+    /// Node `n` (below [`Source::len`]).
+    fn node(&self, n: usize) -> SourceNode<'_>;
+    /// The entries of directory `n`, sorted by name; nothing for other nodes.
+    fn entries(&self, n: usize) -> impl Iterator<Item = (&[u8], u32)> + '_;
+}
+
+/// A node as a [`Source`] gives it.
+pub(crate) struct SourceNode<'a> {
+    pub kind: SourceKind<'a>,
+    pub perm: u16,
+    pub nlink: u32,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+}
+
+pub(crate) enum SourceKind<'a> {
+    Dir {
+        parent: u32,
+    },
+    File {
+        size: u64,
+        blob: u32,
+        packed: Option<u64>,
+    },
+    Symlink(&'a [u8]),
+}
+
+impl Source for IndexTree {
+    fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn node(&self, n: usize) -> SourceNode<'_> {
+        let node = &self.nodes[n];
+        let kind = match &node.kind {
+            NodeKind::Dir { parent, .. } => SourceKind::Dir { parent: *parent },
+            NodeKind::File { size, blob, packed } => SourceKind::File {
+                size: *size,
+                blob: *blob,
+                packed: *packed,
+            },
+            NodeKind::Symlink { target } => SourceKind::Symlink(target),
+        };
+        SourceNode {
+            kind,
+            perm: node.perm,
+            nlink: node.nlink,
+            mtime_sec: node.mtime_sec,
+            mtime_nsec: node.mtime_nsec,
+        }
+    }
+
+    fn entries(&self, n: usize) -> impl Iterator<Item = (&[u8], u32)> + '_ {
+        let list = match &self.nodes[n].kind {
+            NodeKind::Dir { entries, .. } => &entries[..],
+            _ => &[],
+        };
+        list.iter().map(|e| (&e.name[..], e.node))
+    }
+}
+
 /// Encode `tree` (checked) to `out`, section by section (header, nodes, entries, names),
 /// so that no copy of the image is ever in memory; the checksum is written last, at its
 /// place in the header.
-fn encode<W: Write + Seek>(tree: &IndexTree, out: W) -> io::Result<W> {
-    let (mut entry_count, mut names_len) = (0u64, 0u64);
-    for n in &tree.nodes {
-        match &n.kind {
-            NodeKind::Dir { entries, .. } => {
-                entry_count += entries.len() as u64;
-                names_len += entries.iter().map(|e| e.name.len() as u64).sum::<u64>();
-            }
-            NodeKind::Symlink { target } => names_len += target.len() as u64,
-            NodeKind::File { .. } => {}
+fn encode<W: Write + Seek>(tree: &impl Source, out: W) -> io::Result<W> {
+    let count = tree.len();
+    // The bytes of names a node adds (a directory's entry names, a symlink's target).
+    let name_len = |n: usize| -> u64 {
+        match tree.node(n).kind {
+            SourceKind::Dir { .. } => tree.entries(n).map(|(name, _)| name.len() as u64).sum(),
+            SourceKind::Symlink(target) => target.len() as u64,
+            SourceKind::File { .. } => 0,
         }
+    };
+    let (mut entry_count, mut names_len) = (0u64, 0u64);
+    for n in 0..count {
+        entry_count += tree.entries(n).count() as u64;
+        names_len += name_len(n);
     }
-    let node_count = u32::try_from(tree.nodes.len())
+    let node_count = u32::try_from(count)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "more than 2^32 nodes"))?;
     let mut header = [0u8; HEADER];
     header[..8].copy_from_slice(MAGIC);
@@ -223,28 +292,23 @@ fn encode<W: Write + Seek>(tree: &IndexTree, out: W) -> io::Result<W> {
     sink.put(&header[CRC_AT + 4..])?;
     // Three passes in node order: node records, entry records, then the names (each
     // directory's entry names, or a symlink's target, where its node comes).
-    let name_len = |n: &Node| -> u64 {
-        match &n.kind {
-            NodeKind::Dir { entries, .. } => entries.iter().map(|e| e.name.len() as u64).sum(),
-            NodeKind::Symlink { target } => target.len() as u64,
-            NodeKind::File { .. } => 0,
-        }
-    };
     let (mut first_entry, mut names_before) = (0u64, 0u64);
-    for n in &tree.nodes {
-        let (kind, packed, a, b, c) = match &n.kind {
-            NodeKind::Dir { parent, entries } => {
+    for i in 0..count {
+        let n = tree.node(i);
+        let (kind, packed, a, b, c) = match n.kind {
+            SourceKind::Dir { parent } => {
+                let len = tree.entries(i).count() as u64;
                 let first = first_entry;
-                first_entry += entries.len() as u64;
-                (KIND_DIR, 0u8, *parent, first, entries.len() as u64)
+                first_entry += len;
+                (KIND_DIR, 0u8, parent, first, len)
             }
-            NodeKind::File { size, blob, packed } => match packed {
-                Some(offset) => (KIND_FILE, 1, *blob, *size, *offset),
-                None => (KIND_FILE, 0, *blob, *size, 0),
+            SourceKind::File { size, blob, packed } => match packed {
+                Some(offset) => (KIND_FILE, 1, blob, size, offset),
+                None => (KIND_FILE, 0, blob, size, 0),
             },
-            NodeKind::Symlink { target } => (KIND_SYMLINK, 0, target.len() as u32, names_before, 0),
+            SourceKind::Symlink(target) => (KIND_SYMLINK, 0, target.len() as u32, names_before, 0),
         };
-        names_before += name_len(n);
+        names_before += name_len(i);
         let mut record = [0u8; NODE];
         record[0] = kind;
         record[1] = packed;
@@ -258,31 +322,25 @@ fn encode<W: Write + Seek>(tree: &IndexTree, out: W) -> io::Result<W> {
         sink.put(&record)?;
     }
     let mut name_at = 0u64;
-    for n in &tree.nodes {
-        match &n.kind {
-            NodeKind::Dir { entries, .. } => {
-                for e in entries {
-                    let mut record = [0u8; ENTRY];
-                    record[..4].copy_from_slice(&e.node.to_le_bytes());
-                    record[4..8].copy_from_slice(&(e.name.len() as u32).to_le_bytes());
-                    record[8..16].copy_from_slice(&name_at.to_le_bytes());
-                    name_at += e.name.len() as u64;
-                    sink.put(&record)?;
-                }
-            }
-            NodeKind::Symlink { target } => name_at += target.len() as u64,
-            NodeKind::File { .. } => {}
+    for i in 0..count {
+        if let SourceKind::Symlink(target) = tree.node(i).kind {
+            name_at += target.len() as u64;
+        }
+        for (name, node) in tree.entries(i) {
+            let mut record = [0u8; ENTRY];
+            record[..4].copy_from_slice(&node.to_le_bytes());
+            record[4..8].copy_from_slice(&(name.len() as u32).to_le_bytes());
+            record[8..16].copy_from_slice(&name_at.to_le_bytes());
+            name_at += name.len() as u64;
+            sink.put(&record)?;
         }
     }
-    for n in &tree.nodes {
-        match &n.kind {
-            NodeKind::Dir { entries, .. } => {
-                for e in entries {
-                    sink.put(&e.name)?;
-                }
-            }
-            NodeKind::Symlink { target } => sink.put(target)?,
-            NodeKind::File { .. } => {}
+    for i in 0..count {
+        if let SourceKind::Symlink(target) = tree.node(i).kind {
+            sink.put(target)?;
+        }
+        for (name, _) in tree.entries(i) {
+            sink.put(name)?;
         }
     }
     let crc = sink.crc.finalize();
@@ -308,25 +366,30 @@ impl Index {
         let image = encode(tree, io::Cursor::new(Vec::new()))
             .map_err(|e| IndexError(e.to_string()))?
             .into_inner();
-        Index::from_image(Image::Owned(image))
+        Index::from_image(Image::Owned(image), true)
     }
 
-    /// Write the index of `tree`, which must pass [`IndexTree::check`], to a new file at
-    /// `path` (synced), and map it: the index of a new version never exists in memory
-    /// as a whole.
-    pub fn create(tree: &IndexTree, path: &Path) -> io::Result<Index> {
-        tree.check()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    /// Write the index of `tree` to a new file at `path`, synced: the index of a new
+    /// version never exists in memory as a whole. The caller vouches for the tree's
+    /// invariants ([`IndexTree::check`]); an unpack checks what it wrote in builds with
+    /// debug assertions (the tests). Open it with [`Index::open_written`].
+    pub(crate) fn write(tree: &impl Source, path: &Path) -> io::Result<()> {
         let file = File::create(path)?;
         let out = encode(tree, io::BufWriter::with_capacity(256 << 10, file))?;
         let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
-        file.sync_all()?;
-        Index::open(path)
+        file.sync_all()
+    }
+
+    /// [`Index::open`] of an index this process has just written with [`Index::write`],
+    /// without reading it all for its checksum: its pages stay out of the daemon's memory
+    /// until a lookup needs them.
+    pub(crate) fn open_written(path: &Path) -> io::Result<Index> {
+        Index::map(path, false)
     }
 
     /// An index from bytes (as [`Index::save`] writes them), checked like [`Index::open`].
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Index, IndexError> {
-        Index::from_image(Image::Owned(bytes))
+        Index::from_image(Image::Owned(bytes), true)
     }
 
     /// Map the index at `path`. The header, the length and the checksum are checked here
@@ -337,6 +400,10 @@ impl Index {
     /// cache directory (mode 0700, locked by this daemon) and are never written again
     /// once committed.
     pub fn open(path: &Path) -> io::Result<Index> {
+        Index::map(path, true)
+    }
+
+    fn map(path: &Path, verify: bool) -> io::Result<Index> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
         let image = if len == 0 {
@@ -346,11 +413,11 @@ impl Index {
             // written (see above); a mapping of it is plain read-only memory.
             Image::Mapped(unsafe { memmap2::Mmap::map(&file)? })
         };
-        Index::from_image(image)
+        Index::from_image(image, verify)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
     }
 
-    fn from_image(image: Image) -> Result<Index, IndexError> {
+    fn from_image(image: Image, verify: bool) -> Result<Index, IndexError> {
         let mut index = Index {
             image,
             nodes: 0,
@@ -388,7 +455,7 @@ impl Index {
                 expected.map_or("more than 2^64".into(), |e| e.to_string())
             ));
         }
-        if u32_at(b, CRC_AT) != checksum(b) {
+        if verify && u32_at(b, CRC_AT) != checksum(b) {
             return damaged("checksum mismatch");
         }
         if nodes == 0 {

@@ -8,9 +8,9 @@
 //! - `DEST/data/<n>`: the content of larger regular file number `n`, one file each.
 //!   Nothing else is ever created from archive member names, so no member can create,
 //!   change or follow anything outside `DEST`.
-//! - The tree itself (names, directories, symlinks, modes, mtimes, where each file's
-//!   content lies) lives only in the [`Index`], which the caller persists with
-//!   [`Index::save`].
+//! - `DEST/index.bin`: the tree itself (names, directories, symlinks, modes, mtimes, where
+//!   each file's content lies), written at the end of the unpack and mapped: the
+//!   [`Index`].
 //!
 //! The rules for an untrusted archive (each refused member is skipped, listed in
 //! [`UnpackStats::skipped`] with a reason and logged at WARN; the rest is unpacked):
@@ -38,6 +38,7 @@
 mod blobs;
 pub(crate) mod index;
 mod input;
+mod names;
 mod pax;
 mod publish;
 mod tree;

@@ -18,6 +18,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::names::Names;
+
 /// Where published state goes. The unpack calls it from its own thread.
 pub trait Publish: Sync {
     /// The file `steps.last()` is complete; `steps` are the path to it from the root.
@@ -81,15 +83,11 @@ pub struct PublishedNode {
 /// keep under its own lock.
 ///
 /// It is held for every file of a version while the version is unpacked, so it is kept
-/// compact (about 90 bytes a file): names in one byte arena behind a hash table of small
-/// records, node attributes in a vector by node number (numbers are dense), and the
+/// compact (about 90 bytes a file): names in a [`Names`] table, node attributes in a vector by node number (numbers are dense), and the
 /// content files (the pack, shared by every small file) in a short table.
 #[derive(Default)]
 pub struct Published {
-    /// (directory, name) -> node.
-    names: hashbrown::HashTable<NameRec>,
-    arena: Vec<u8>,
-    hasher: hashbrown::DefaultHashBuilder,
+    names: Names,
     /// By node number; `Absent` where nothing is published.
     nodes: Vec<PubNode>,
     blobs: Vec<(Arc<Path>, BlobId)>,
@@ -102,15 +100,6 @@ impl std::fmt::Debug for Published {
             .field("names", &self.names.len())
             .finish_non_exhaustive()
     }
-}
-
-/// A published name: `len` bytes at `at` of the arena (names are at most 255 bytes).
-#[derive(Clone, Copy)]
-struct NameRec {
-    at: u64,
-    dir: u32,
-    node: u32,
-    len: u8,
 }
 
 #[derive(Clone, Copy, Default, PartialEq)]
@@ -138,45 +127,9 @@ impl Published {
     /// Record a published file and the path to it.
     pub fn add(&mut self, steps: &[Step]) {
         for step in steps {
-            self.set_name(step.dir, &step.name, step.node);
+            self.names.insert(step.dir, &step.name, step.node);
             self.set_node(step.node, &step.attrs);
         }
-    }
-
-    fn hash(&self, dir: u32, name: &[u8]) -> u64 {
-        std::hash::BuildHasher::hash_one(&self.hasher, (dir, name))
-    }
-
-    fn name_of(&self, r: &NameRec) -> &[u8] {
-        &self.arena[r.at as usize..r.at as usize + r.len as usize]
-    }
-
-    fn set_name(&mut self, dir: u32, name: &[u8], node: u32) {
-        let hash = self.hash(dir, name);
-        let (arena, hasher) = (&self.arena, &self.hasher);
-        let rehash = |r: &NameRec| {
-            let name = &arena[r.at as usize..r.at as usize + r.len as usize];
-            std::hash::BuildHasher::hash_one(hasher, (r.dir, name))
-        };
-        let found = self.names.find_mut(hash, |r| {
-            r.dir == dir && &arena[r.at as usize..r.at as usize + r.len as usize] == name
-        });
-        if let Some(r) = found {
-            r.node = node;
-            return;
-        }
-        // Names longer than a path component never reach here (the tree refuses them).
-        let Ok(len) = u8::try_from(name.len()) else {
-            return;
-        };
-        let rec = NameRec {
-            at: self.arena.len() as u64,
-            dir,
-            node,
-            len,
-        };
-        self.names.insert_unique(hash, rec, rehash);
-        self.arena.extend_from_slice(name);
     }
 
     fn set_node(&mut self, node: u32, attrs: &PublishedNode) {
@@ -212,13 +165,7 @@ impl Published {
 
     /// Forget `name` in `dir`, and the node `gone` (see [`Publish::withdraw`]).
     pub fn withdraw(&mut self, dir: u32, name: &[u8], gone: Option<u32>) {
-        let hash = self.hash(dir, name);
-        let arena = &self.arena;
-        if let Ok(e) = self.names.find_entry(hash, |r| {
-            r.dir == dir && &arena[r.at as usize..r.at as usize + r.len as usize] == name
-        }) {
-            e.remove();
-        }
+        self.names.remove(dir, name);
         // A node that is gone has no other name (it lost its last one), and only an empty
         // directory can be replaced, so no name lives under it: forgetting the node is all.
         if let Some(n) = gone.and_then(|g| self.nodes.get_mut(g as usize)) {
@@ -228,11 +175,8 @@ impl Published {
 
     /// The node published as `name` in `dir`.
     pub fn lookup(&self, dir: u32, name: &[u8]) -> Option<(u32, PublishedNode)> {
-        let hash = self.hash(dir, name);
-        let r = self
-            .names
-            .find(hash, |r| r.dir == dir && self.name_of(r) == name)?;
-        Some((r.node, self.node(r.node)?))
+        let node = self.names.get(dir, name)?;
+        Some((node, self.node(node)?))
     }
 
     /// The attributes of a published node.
@@ -266,7 +210,7 @@ impl Published {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.names.len() == 0
     }
 }
 

@@ -2,8 +2,8 @@
 //! untrusted archive inside it.
 //!
 //! Members arrive in any order and may repeat, so the tree is kept in a form that is cheap
-//! to change (a hash map of names per directory, nodes that can be detached) and turned
-//! into the sorted [`Index`] once at the end by [`Tree::finish`]. Nothing here touches the
+//! to change (one compact table of every (directory, name), nodes that can be detached)
+//! and turned into the sorted [`Index`] once at the end by [`Tree::finish`]. Nothing here touches the
 //! disk: the caller writes and deletes blobs as this module tells it to.
 //!
 //! Node numbers are final from the moment a node is created: the index keeps creation
@@ -13,9 +13,10 @@
 //! that node's number; only a node that loses its last name to a hard link leaves a hole,
 //! kept in the index as an empty directory that no name reaches.
 
-use std::collections::HashMap;
-
-use super::{DirEntry, IndexTree, Node, NodeKind};
+use super::index::{Source, SourceKind, SourceNode};
+use super::names::{Names, SortedNames};
+#[cfg(doc)]
+use super::IndexTree;
 
 /// Longest name of one path component Linux can represent (`NAME_MAX`). FUSE would fail a
 /// whole `readdir` on longer names, so such members are refused.
@@ -63,8 +64,17 @@ pub(super) enum Slot {
 #[derive(Debug, PartialEq)]
 pub(super) struct Prepared {
     pub slot: Slot,
-    pub freed_blob: Option<u32>,
+    pub freed: Option<Freed>,
     pub replaced: Option<Replaced>,
+}
+
+/// The content of a file that lost its last name, for the caller to delete or write off.
+#[derive(Debug, PartialEq)]
+pub(super) struct Freed {
+    pub blob: u32,
+    pub size: u64,
+    /// Its offset in the pack, or `None` for a file of its own.
+    pub packed: Option<u64>,
 }
 
 /// A name taken from an older node by a later member.
@@ -76,27 +86,82 @@ pub(super) struct Replaced {
     pub gone: bool,
 }
 
-/// What [`Tree::finish`] returns: the tree, plus the blob renames (`from`, `to`) that make
-/// blob numbers dense again, to be done in order, and the old number of each new one
-/// (`blob_order[new] = old`).
+/// What [`Tree::finish`] returns: the tree, ready to be encoded, plus the blob renames
+/// (`from`, `to`) that make blob numbers dense again, to be done in order.
 pub(super) struct Finished {
-    pub tree: IndexTree,
+    pub tree: FinishedTree,
     pub renames: Vec<(u32, u32)>,
-    pub blob_order: Vec<u32>,
 }
 
+/// A finished tree as the index encoder reads it ([`Source`]): the work nodes, changed in
+/// place (link counts, final blob numbers, pack offsets), and the names sorted. Nothing is
+/// copied into an [`IndexTree`]: a large archive's tree is in memory once.
+pub(super) struct FinishedTree {
+    /// `names` holds each node's link count now.
+    nodes: Vec<WorkNode>,
+    names: SortedNames,
+    /// `starts[d]..starts[d + 1]`: the names in directory `d`.
+    starts: Vec<u32>,
+}
+
+impl Source for FinishedTree {
+    fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn node(&self, n: usize) -> SourceNode<'_> {
+        let w = &self.nodes[n];
+        let kind = match &w.kind {
+            Kind::Dir { parent, .. } => SourceKind::Dir { parent: *parent },
+            // A hole: an empty directory that no name reaches.
+            Kind::Gone => SourceKind::Dir { parent: 0 },
+            Kind::File { size, blob, packed } => SourceKind::File {
+                size: *size,
+                blob: *blob,
+                packed: (*packed != NOT_PACKED).then_some(*packed),
+            },
+            Kind::Symlink { target } => SourceKind::Symlink(target),
+        };
+        SourceNode {
+            kind,
+            perm: w.meta.perm,
+            nlink: w.names,
+            mtime_sec: w.meta.mtime_sec,
+            mtime_nsec: w.meta.mtime_nsec,
+        }
+    }
+
+    fn entries(&self, n: usize) -> impl Iterator<Item = (&[u8], u32)> + '_ {
+        let run = match self.nodes[n].kind {
+            Kind::Dir { .. } => self.starts[n] as usize..self.starts[n + 1] as usize,
+            _ => 0..0,
+        };
+        run.map(|i| {
+            let e = self.names.get(i);
+            (e.name, e.node)
+        })
+    }
+}
+
+/// [`Kind::File::packed`] of a file that has a file of its own.
+const NOT_PACKED: u64 = u64::MAX;
+
+/// What a node is. Kept small (24 bytes): there is one per member. A directory's names
+/// are in the tree's [`Names`]; it counts them.
 #[derive(Debug)]
 enum Kind {
     Dir {
         parent: u32,
-        entries: HashMap<Vec<u8>, u32>,
+        children: u32,
     },
     File {
         size: u64,
         blob: u32,
+        /// Its offset in the pack, or [`NOT_PACKED`].
+        packed: u64,
     },
     Symlink {
-        target: Vec<u8>,
+        target: Box<[u8]>,
     },
     /// A node that lost its last name; a hole in the index (an unreachable empty directory).
     Gone,
@@ -124,13 +189,21 @@ pub(super) struct ChainStep {
 
 /// The content of a new non-directory node.
 pub(super) enum Content {
-    File { size: u64, blob: u32 },
-    Symlink { target: Vec<u8> },
+    File {
+        size: u64,
+        blob: u32,
+        /// Its offset in the pack, or `None` for a file of its own.
+        packed: Option<u64>,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
 }
 
-#[derive(Debug)]
 pub(super) struct Tree {
     nodes: Vec<WorkNode>,
+    /// Every (directory, name) -> node.
+    names: Names,
 }
 
 /// Split a member path into its components under the path rules: a leading `/` is refused,
@@ -178,18 +251,19 @@ impl Tree {
             nodes: vec![WorkNode {
                 kind: Kind::Dir {
                     parent: 0,
-                    entries: HashMap::new(),
+                    children: 0,
                 },
                 meta: root,
                 names: 1,
                 explicit: false,
             }],
+            names: Names::default(),
         }
     }
 
     fn child(&self, dir: u32, name: &[u8]) -> Option<u32> {
         match &self.nodes.get(dir as usize)?.kind {
-            Kind::Dir { entries, .. } => entries.get(name).copied(),
+            Kind::Dir { .. } => self.names.get(dir, name),
             _ => None,
         }
     }
@@ -219,13 +293,13 @@ impl Tree {
                     let node = self.push(WorkNode {
                         kind: Kind::Dir {
                             parent: dir,
-                            entries: HashMap::new(),
+                            children: 0,
                         },
                         meta: implied,
                         names: 1,
                         explicit: false,
                     })?;
-                    self.insert_name(dir, comp.to_vec(), node);
+                    self.insert_name(dir, comp, node);
                     node
                 }
                 None => return Err(format!("`{}` does not exist", shown(comps, i + 1))),
@@ -249,13 +323,15 @@ impl Tree {
         Ok(dir)
     }
 
-    fn insert_name(&mut self, dir: u32, name: Vec<u8>, node: u32) {
+    /// Name `node` `name` in `dir`, a name that is free there.
+    fn insert_name(&mut self, dir: u32, name: &[u8], node: u32) {
         if let Some(WorkNode {
-            kind: Kind::Dir { entries, .. },
+            kind: Kind::Dir { children, .. },
             ..
         }) = self.nodes.get_mut(dir as usize)
         {
-            entries.insert(name, node);
+            self.names.insert(dir, name, node);
+            *children += 1;
         }
     }
 
@@ -298,7 +374,7 @@ impl Tree {
             return match want {
                 Want::Dir => Ok(Prepared {
                     slot: Slot::ExistingDir(0),
-                    freed_blob: None,
+                    freed: None,
                     replaced: None,
                 }),
                 _ => Err("it names the archive's root directory".into()),
@@ -312,33 +388,33 @@ impl Tree {
                     name: last.to_vec(),
                     reuse: None,
                 },
-                freed_blob: None,
+                freed: None,
                 replaced: None,
             });
         };
         if want == Want::HardLink(old) {
             return Ok(Prepared {
                 slot: Slot::AlreadyLinked,
-                freed_blob: None,
+                freed: None,
                 replaced: None,
             });
         }
-        if let Some(Kind::Dir { entries, .. }) = self.nodes.get(old as usize).map(|n| &n.kind) {
+        if let Some(&Kind::Dir { children, .. }) = self.nodes.get(old as usize).map(|n| &n.kind) {
             if want == Want::Dir {
                 return Ok(Prepared {
                     slot: Slot::ExistingDir(old),
-                    freed_blob: None,
+                    freed: None,
                     replaced: None,
                 });
             }
-            if !entries.is_empty() {
+            if children > 0 {
                 return Err(format!(
                     "it would replace the non-empty directory `{}`",
                     shown(comps, comps.len())
                 ));
             }
         }
-        let (freed_blob, gone) = self.unlink(dir, last, old);
+        let (freed, gone) = self.unlink(dir, last, old);
         // A new node takes over the number of the one it replaces, so that an inode handed
         // out for this path while the archive was read stays this path's inode. A hard
         // link brings its own node: the old number becomes a hole.
@@ -349,7 +425,7 @@ impl Tree {
                 name: last.to_vec(),
                 reuse,
             },
-            freed_blob,
+            freed,
             replaced: Some(Replaced {
                 dir,
                 node: old,
@@ -358,15 +434,17 @@ impl Tree {
         })
     }
 
-    /// Remove the name `name` (of `node`) from `dir`; returns the blob of a file that lost
+    /// Remove the name `name` (of `node`) from `dir`; returns the content of a file that lost
     /// its last name, and whether the node lost its last name.
-    fn unlink(&mut self, dir: u32, name: &[u8], node: u32) -> (Option<u32>, bool) {
+    fn unlink(&mut self, dir: u32, name: &[u8], node: u32) -> (Option<Freed>, bool) {
         if let Some(WorkNode {
-            kind: Kind::Dir { entries, .. },
+            kind: Kind::Dir { children, .. },
             ..
         }) = self.nodes.get_mut(dir as usize)
         {
-            entries.remove(name);
+            if self.names.remove(dir, name).is_some() {
+                *children -= 1;
+            }
         }
         let Some(n) = self.nodes.get_mut(node as usize) else {
             return (None, false);
@@ -376,7 +454,14 @@ impl Tree {
             return (None, false);
         }
         match std::mem::replace(&mut n.kind, Kind::Gone) {
-            Kind::File { blob, .. } => (Some(blob), true),
+            Kind::File { blob, size, packed } => (
+                Some(Freed {
+                    blob,
+                    size,
+                    packed: (packed != NOT_PACKED).then_some(packed),
+                }),
+                true,
+            ),
             _ => (None, true),
         }
     }
@@ -394,10 +479,16 @@ impl Tree {
         let kind = match content {
             None => Kind::Dir {
                 parent: dir,
-                entries: HashMap::new(),
+                children: 0,
             },
-            Some(Content::File { size, blob }) => Kind::File { size, blob },
-            Some(Content::Symlink { target }) => Kind::Symlink { target },
+            Some(Content::File { size, blob, packed }) => Kind::File {
+                size,
+                blob,
+                packed: packed.unwrap_or(NOT_PACKED),
+            },
+            Some(Content::Symlink { target }) => Kind::Symlink {
+                target: target.into_boxed_slice(),
+            },
         };
         let new = WorkNode {
             kind,
@@ -417,7 +508,7 @@ impl Tree {
             }
             _ => self.push(new)?,
         };
-        self.insert_name(dir, name, node);
+        self.insert_name(dir, &name, node);
         Ok(node)
     }
 
@@ -454,7 +545,7 @@ impl Tree {
     pub fn link(&mut self, dir: u32, name: Vec<u8>, node: u32) {
         if let Some(n) = self.nodes.get_mut(node as usize) {
             n.names = n.names.saturating_add(1);
-            self.insert_name(dir, name, node);
+            self.insert_name(dir, &name, node);
         }
     }
 
@@ -466,89 +557,64 @@ impl Tree {
         }
     }
 
-    /// Build the index: every node under the number it was created with (a node that lost
-    /// its last name stays as a hole: an empty directory no name reaches); entries sorted
-    /// by name bytes; link counts counted from the tree; blob numbers made dense again in
-    /// their old order (so that renaming `from -> to` in the returned order never
-    /// overwrites a live blob).
+    /// Finish the tree for the index: every node under the number it was created with (a
+    /// node that lost its last name stays as a hole: an empty directory no name reaches);
+    /// entries sorted by name bytes; link counts counted from the tree; blob numbers made
+    /// dense again in their old order (so that renaming `from -> to` in the returned order
+    /// never overwrites a live blob; only files of their own are on disk under their
+    /// number, so only theirs are renamed).
     pub fn finish(self) -> Finished {
-        let count = self.nodes.len();
-        let mut nlink: Vec<u32> = self
-            .nodes
-            .iter()
-            .map(|n| match n.kind {
+        let Tree {
+            nodes: mut work,
+            names,
+        } = self;
+        // The table goes, the sorted records come: each directory's entries are one run.
+        let names = names.into_sorted();
+        for n in &mut work {
+            n.names = match n.kind {
                 Kind::Dir { .. } | Kind::Gone => 2,
                 _ => 0,
-            })
-            .collect();
-        for (id, n) in self.nodes.iter().enumerate() {
-            if let Kind::Dir { entries, .. } = &n.kind {
-                for &child in entries.values() {
-                    if matches!(self.nodes[child as usize].kind, Kind::Dir { .. }) {
-                        nlink[id] += 1;
-                    } else {
-                        nlink[child as usize] += 1;
-                    }
-                }
+            };
+        }
+        for i in 0..names.len() {
+            let e = names.get(i);
+            if matches!(work[e.node as usize].kind, Kind::Dir { .. }) {
+                work[e.dir as usize].names += 1;
+            } else {
+                work[e.node as usize].names += 1;
             }
         }
 
-        let mut live_blobs: Vec<u32> = self
-            .nodes
+        let mut live_blobs: Vec<(u32, bool)> = work
             .iter()
             .filter_map(|n| match n.kind {
-                Kind::File { blob, .. } => Some(blob),
+                Kind::File { blob, packed, .. } => Some((blob, packed != NOT_PACKED)),
                 _ => None,
             })
             .collect();
         live_blobs.sort_unstable();
         live_blobs.dedup();
-        let new_blob: HashMap<u32, u32> = live_blobs
-            .iter()
-            .enumerate()
-            .map(|(rank, &blob)| (blob, rank as u32))
-            .collect();
         let renames = live_blobs
             .iter()
             .enumerate()
-            .filter(|&(rank, &blob)| rank as u32 != blob)
-            .map(|(rank, &blob)| (blob, rank as u32))
+            .filter(|&(rank, &(blob, packed))| rank as u32 != blob && !packed)
+            .map(|(rank, &(blob, _))| (blob, rank as u32))
             .collect();
-
-        let mut nodes = Vec::with_capacity(count);
-        for (id, node) in self.nodes.into_iter().enumerate() {
-            let kind = match node.kind {
-                Kind::Dir { parent, entries } => {
-                    let mut entries: Vec<DirEntry> = entries
-                        .into_iter()
-                        .map(|(name, node)| DirEntry { name, node })
-                        .collect();
-                    entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-                    NodeKind::Dir { parent, entries }
-                }
-                Kind::File { size, blob } => NodeKind::File {
-                    size,
-                    blob: new_blob.get(&blob).copied().unwrap_or(blob),
-                    packed: None,
-                },
-                Kind::Symlink { target } => NodeKind::Symlink { target },
-                Kind::Gone => NodeKind::Dir {
-                    parent: 0,
-                    entries: Vec::new(),
-                },
-            };
-            nodes.push(Node {
-                kind,
-                perm: node.meta.perm,
-                mtime_sec: node.meta.mtime_sec,
-                mtime_nsec: node.meta.mtime_nsec,
-                nlink: nlink[id],
-            });
+        for n in &mut work {
+            if let Kind::File { blob, .. } = &mut n.kind {
+                *blob = live_blobs
+                    .binary_search_by_key(blob, |&(b, _)| b)
+                    .map_or(*blob, |rank| rank as u32);
+            }
         }
+        let starts = names.starts(work.len());
         Finished {
-            tree: IndexTree { nodes },
+            tree: FinishedTree {
+                nodes: work,
+                names,
+                starts,
+            },
             renames,
-            blob_order: live_blobs,
         }
     }
 }

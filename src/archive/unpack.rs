@@ -18,6 +18,7 @@
 //! Published content is complete as the tar stream gave it; the gzip checksum of the whole
 //! stream is only known at the end, which is why a version is committed only then.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -28,15 +29,15 @@ use std::sync::Arc;
 use flate2::bufread::GzDecoder;
 use tar::EntryType;
 
-use super::blobs::{blob_path, index_path, pack_path, Blob, Pack, PACK_MAX};
+use super::blobs::{blob_path, index_path, pack_path, Pack, PACK_MAX};
 use super::input::{
     is_tar_header, GzMembers, Shared, Source, TarInput, GZIP_MAGIC, MAX_MEMBER_METADATA,
     MAX_TRAILER, READ_BUFFER,
 };
 use super::pax::{member_meta, PaxFields};
 use super::publish::{BlobId, Publish, PublishedFile, PublishedKind, PublishedNode, Step};
-use super::tree::{normalize, Content, ModeTime, Prepared, Replaced, Slot, Tree, Want};
-use super::{Index, IndexError, NodeKind};
+use super::tree::{normalize, Content, Freed, ModeTime, Prepared, Replaced, Slot, Tree, Want};
+use super::{Index, IndexError};
 use crate::size::ByteSize;
 
 /// Limits and defaults for one unpack.
@@ -163,7 +164,8 @@ pub fn unpack_published(
         shared: Rc::clone(&shared),
         tree: Tree::new(implied),
         implied,
-        blobs: Vec::new(),
+        blobs: 0,
+        own_disk_bytes: HashMap::new(),
         pack,
         dead_packed: 0,
         buf: Vec::new(),
@@ -216,8 +218,11 @@ struct Unpacker<'a> {
     shared: Rc<Shared>,
     tree: Tree,
     implied: ModeTime,
-    /// Every blob number handed out; `None` once deleted (its file lost its last name).
-    blobs: Vec<Option<Blob>>,
+    /// Blob numbers handed out (every file gets the next; the tree knows what each is).
+    blobs: u32,
+    /// The disk use of each file of its own, by blob number (they are few: 1 MiB or more
+    /// each), to take off the count when one is replaced.
+    own_disk_bytes: HashMap<u32, u64>,
     pack: Pack,
     /// Bytes of packed files that lost their last name (still in the pack).
     dead_packed: u64,
@@ -390,11 +395,11 @@ impl Unpacker<'_> {
             }
             Ok(Prepared {
                 slot,
-                freed_blob,
+                freed,
                 replaced,
             }) => {
                 self.replaced(&slot, replaced);
-                self.free_blob(freed_blob);
+                self.free_blob(freed);
                 Some(slot)
             }
         }
@@ -489,11 +494,12 @@ impl Unpacker<'_> {
                 written: on_disk,
             });
         }
-        let Ok(blob) = u32::try_from(self.blobs.len()) else {
+        let blob = self.blobs;
+        if blob == u32::MAX {
             return Err(ArchiveError::Tar(io::Error::other(
                 "the archive has more than 2^32 files",
             )));
-        };
+        }
         let (published, disk_bytes, packed) = if size < PACK_MAX {
             let offset = self.pack.len;
             let path = self.pack.path.clone();
@@ -533,20 +539,19 @@ impl Unpacker<'_> {
             };
             (published, written.blocks() * 512, None)
         };
-        self.blobs.push(Some(Blob {
-            size,
-            disk_bytes,
-            packed,
-        }));
+        self.blobs += 1;
+        if packed.is_none() {
+            self.own_disk_bytes.insert(blob, disk_bytes);
+        }
         self.stats.files += 1;
         self.stats.disk_bytes += disk_bytes;
-        let content = Some(Content::File { size, blob });
+        let content = Some(Content::File { size, blob, packed });
         match self.tree.attach(dir, last, reuse, content, meta) {
             Ok(_) => {
                 self.publish_file(comps, published);
             }
             Err(reason) => {
-                self.free_blob(Some(blob));
+                self.free_blob(Some(Freed { blob, size, packed }));
                 self.skip(name, reason);
             }
         }
@@ -637,18 +642,18 @@ impl Unpacker<'_> {
     }
 
     /// Delete the blob of a file that lost its last name to a later member.
-    fn free_blob(&mut self, blob: Option<u32>) {
-        let Some(blob) = blob else { return };
-        let Some(Some(old)) = self.blobs.get_mut(blob as usize).map(Option::take) else {
+    fn free_blob(&mut self, freed: Option<Freed>) {
+        let Some(Freed { blob, size, packed }) = freed else {
             return;
         };
         self.stats.files = self.stats.files.saturating_sub(1);
-        self.stats.bytes = self.stats.bytes.saturating_sub(old.size);
-        self.stats.disk_bytes = self.stats.disk_bytes.saturating_sub(old.disk_bytes);
-        if old.packed.is_some() {
+        self.stats.bytes = self.stats.bytes.saturating_sub(size);
+        let disk_bytes = self.own_disk_bytes.remove(&blob).unwrap_or(0);
+        self.stats.disk_bytes = self.stats.disk_bytes.saturating_sub(disk_bytes);
+        if packed.is_some() {
             // Its bytes stay in the pack (a reader may hold its offset): they still count
             // against the byte limit, and the version's real usage is measured at the end.
-            self.dead_packed += old.size;
+            self.dead_packed += size;
             return;
         }
         let path = blob_path(self.dest, blob);
@@ -662,38 +667,25 @@ impl Unpacker<'_> {
     fn finish(mut self) -> Result<Unpacked, ArchiveError> {
         let tree = std::mem::replace(&mut self.tree, Tree::new(self.implied));
         let super::tree::Finished {
-            tree: mut finished,
+            tree: finished,
             renames,
-            blob_order,
         } = tree.finish();
-        // Only files of their own are on disk under their blob number.
-        let packed = |old: u32| {
-            self.blobs
-                .get(old as usize)
-                .and_then(|b| b.as_ref())
-                .and_then(|b| b.packed)
-        };
         for (from, to) in renames {
-            if packed(from).is_some() {
-                continue;
-            }
             let (from, to) = (blob_path(self.dest, from), blob_path(self.dest, to));
             fs::rename(&from, &to).map_err(Self::write_error(to))?;
         }
-        for node in &mut finished.nodes {
-            if let NodeKind::File {
-                blob, packed: p, ..
-            } = &mut node.kind
-            {
-                *p = blob_order.get(*blob as usize).and_then(|&old| packed(old));
-            }
-        }
-        finished
-            .check()
-            .map_err(|e| ArchiveError::Index(IndexError(e)))?;
         let path = index_path(self.dest);
-        let index = Index::create(&finished, &path).map_err(Self::write_error(path))?;
+        Index::write(&finished, &path).map_err(Self::write_error(path.clone()))?;
         drop(finished);
+        let index = Index::open_written(&path).map_err(Self::write_error(path))?;
+        if cfg!(debug_assertions) {
+            // The tree's invariants, checked on what was written (builds with debug
+            // assertions: the tests).
+            let written = index.tree().map_err(ArchiveError::Index)?;
+            written
+                .check()
+                .map_err(|e| ArchiveError::Index(IndexError(e)))?;
+        }
         let pack = pack_path(self.dest);
         let file = self.pack.file.as_ref().ok_or_else(|| {
             Self::write_error(pack.clone())(io::Error::other("the pack file is closed"))

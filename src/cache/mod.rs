@@ -722,7 +722,7 @@ fn run_job(
 }
 
 /// Keep large buffers out of the heap arenas: every allocation of 128 KiB or more (the
-/// download's 1 MiB chunks, the unpacker's buffers) gets pages of its own, returned to the
+/// download's 256 KiB chunks, the unpacker's buffers) gets pages of its own, returned to the
 /// system when it is freed. glibc would otherwise raise that threshold as such buffers
 /// are freed, carve them from the arena of whichever thread ran the fetch (each fetch runs
 /// on threads of its own), and keep them there: the daemon would grow by a few MiB with

@@ -29,8 +29,13 @@ use super::status::Meter;
 use super::{Activity, FetchError, Remote};
 use crate::cache::VersionKey;
 
-/// Chunk size handed from the download thread to the unpacking thread.
-const CHUNK: usize = 1 << 20;
+/// Chunk size handed from the download thread to the unpacking thread. Small enough that
+/// the chunks in flight (at most [`CHUNKS_QUEUED`] plus one at each end) are a small part
+/// of the daemon's memory, large enough that handing them over costs nothing measurable.
+const CHUNK: usize = 256 << 10;
+
+/// Chunks the download thread may be ahead of the unpacker.
+const CHUNKS_QUEUED: usize = 8;
 
 /// How long a download may go without receiving a byte before it is called stalled (in
 /// the log, once per stall, and in the status file).
@@ -286,7 +291,7 @@ impl Download {
         meter: Arc<Meter>,
     ) -> io::Result<Download> {
         // Four chunks in flight: enough to keep both sides busy, little memory.
-        let (tx, rx) = mpsc::sync_channel(4);
+        let (tx, rx) = mpsc::sync_channel(CHUNKS_QUEUED);
         let end = Arc::new(End::default());
         let unpacker_end = end.clone();
         std::thread::Builder::new()

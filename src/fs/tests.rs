@@ -703,7 +703,7 @@ fn errno_mapping() {
 }
 
 /// A version whose download is held after its first MiB (the fetch hands the unpacker
-/// whole 1 MiB chunks): `first.txt` is unpacked, `last.txt` is not. Returns the fake, the
+/// whole chunks of 256 KiB): `first.txt` is unpacked, `last.txt` is not. Returns the fake, the
 /// version id and the gate.
 fn held_version() -> (Arc<Fake>, String, std::sync::mpsc::Sender<bool>) {
     let fake = Arc::new(Fake::default());
