@@ -37,11 +37,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let result = unpack(&input[..], &dest, &opts, &mut |_| {});
 
-    // Contained: only `dest/pack` and `dest/data/<n>` regular files, nothing next to `dest`.
+    // Contained: only `dest/pack`, `dest/index.bin` and `dest/data/<n>` regular files,
+    // nothing next to `dest`.
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
     for e in std::fs::read_dir(&dest).unwrap() {
         let name = e.unwrap().file_name();
-        assert!(name == "data" || name == "pack", "{name:?}");
+        assert!(name == "data" || name == "pack" || name == "index.bin", "{name:?}");
     }
     for e in std::fs::read_dir(dest.join("data")).unwrap() {
         let e = e.unwrap();

@@ -11,16 +11,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::RequestBuilder;
-use reqwest::header::{self, HeaderMap, HeaderValue};
-use reqwest::StatusCode;
+use reqwest::header::{self, HeaderValue};
 use reqwest::Url;
 use serde::de::DeserializeOwned;
 
+use super::answer::{request_id, Answer, Failure, Resource};
 use super::download::{Download, ResumePoint};
 use super::retry::{Retrier, RetryPolicy};
-use super::wire::{self, ErrorEnvelope, Page, WireStorage, WireVersion};
+use super::wire::{self, Page, WireStorage, WireVersion};
 use super::{ApiError, ArchiveRef, Kind, Server, Storage, StorageDetail, Version};
-use crate::ids::{StorageId, VersionId};
+use crate::ids::StorageId;
 
 /// Rows asked per page: the maximum the API allows.
 const PAGE_LIMIT: &str = "100";
@@ -31,7 +31,7 @@ const MAX_PAGES: usize = 10_000;
 /// arrive within this many `io_timeout`s.
 const JSON_TIMEOUT_FACTOR: u32 = 4;
 /// At most this many characters of an unexpected body go into an error message.
-const SNIPPET_CHARS: usize = 200;
+pub(super) const SNIPPET_CHARS: usize = 200;
 
 /// An API token. Its `Debug` and `Display` never show the secret.
 #[derive(Clone)]
@@ -98,60 +98,6 @@ impl fmt::Debug for Client {
     }
 }
 
-/// What a request is about, for messages: `volume 3f1c…`, `versions of volume 3f1c…`.
-#[derive(Debug, Clone)]
-pub(crate) struct Resource {
-    /// The thing being fetched.
-    pub what: String,
-    /// The thing a 404 says is missing (listing the versions of a volume that does not exist
-    /// is "volume … not found", not "versions of volume … not found").
-    pub missing: String,
-}
-
-impl Resource {
-    pub(super) fn same(what: String) -> Resource {
-        Resource {
-            missing: what.clone(),
-            what,
-        }
-    }
-
-    /// `version 9b2d1f0c of volume input-data`: the storage by name when the caller knows
-    /// it, a full version id by its first eight characters (a prefix as given).
-    pub fn archive(archive: &ArchiveRef) -> Resource {
-        let kind = archive.kind;
-        let storage = match &archive.storage_name {
-            Some(name) => name.as_str(),
-            None => archive.storage_id.as_str(),
-        };
-        match &archive.version {
-            Some(v) => {
-                let v = VersionId::parse(v).map_or_else(|_| v.clone(), |id| id.short().into());
-                Resource::same(format!("version {v} of {kind} {storage}"))
-            }
-            None => Resource::same(format!("the current version of {kind} {storage}")),
-        }
-    }
-}
-
-/// One failed attempt: either final, or worth another try (after at least `retry_after`).
-pub(crate) enum Failure {
-    Fatal(ApiError),
-    Retryable {
-        error: ApiError,
-        status: Option<u16>,
-        retry_after: Option<Duration>,
-    },
-}
-
-/// An answer of the API whose (small) body was read in full.
-pub(crate) struct Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Vec<u8>,
-    pub request_id: Option<String>,
-}
-
 impl Client {
     pub fn new(config: ClientConfig) -> Result<Client, ApiError> {
         let base = Url::parse(config.base_url.trim()).map_err(|err| ApiError::Config {
@@ -204,6 +150,11 @@ impl Client {
     }
 
     /// The API URL this client talks to.
+    /// Where the API URL came from, for hints (`--api-url`, `VM0_API_URL`, ...).
+    pub(super) fn url_setting(&self) -> &'static str {
+        self.inner.url_setting
+    }
+
     pub fn base_url(&self) -> &str {
         self.inner.base.as_str()
     }
@@ -518,77 +469,6 @@ impl Client {
         })
     }
 
-    /// Maps an error answer of the API to its `ApiError`, and says whether it is transient.
-    fn classify(&self, answer: Answer, resource: &Resource) -> Failure {
-        let Answer {
-            status,
-            headers,
-            body,
-            request_id,
-        } = answer;
-        let code = status.as_u16();
-        // A body that is not the documented error JSON is reported as such: a 404 page from a
-        // proxy or a wrong VM0_API_URL must not read as "volume not found".
-        let message = serde_json::from_slice::<ErrorEnvelope>(&body)
-            .ok()
-            .map(|e| self.scrub(e.error.describe()));
-        let unexpected = || ApiError::UnexpectedBody {
-            resource: resource.what.clone(),
-            status: code,
-            snippet: self.scrub(wire::snippet(&body, SNIPPET_CHARS)),
-            request_id: request_id.clone(),
-            setting: self.inner.url_setting,
-        };
-        let what = resource.what.clone();
-        match code {
-            // The status alone says what to do, whatever the body.
-            401 => Failure::Fatal(ApiError::Authentication { request_id }),
-            429 => {
-                let retry_after = retry_after(&headers);
-                Failure::Retryable {
-                    error: ApiError::RateLimited {
-                        resource: what,
-                        retry_after,
-                        request_id,
-                    },
-                    status: Some(code),
-                    retry_after,
-                }
-            }
-            500..=599 => Failure::Retryable {
-                error: match message {
-                    Some(message) => ApiError::Server {
-                        resource: what,
-                        status: code,
-                        message,
-                        request_id,
-                    },
-                    None => unexpected(),
-                },
-                status: Some(code),
-                retry_after: retry_after(&headers),
-            },
-            _ => Failure::Fatal(match (code, message) {
-                (403, Some(message)) => ApiError::Authorization {
-                    resource: what,
-                    message,
-                    request_id,
-                },
-                (404, Some(message)) => ApiError::NotFound {
-                    resource: resource.missing.clone(),
-                    message,
-                    request_id,
-                },
-                (400..=499, Some(message)) => ApiError::InvalidRequest {
-                    resource: what,
-                    message,
-                    request_id,
-                },
-                _ => unexpected(),
-            }),
-        }
-    }
-
     /// A connection error or a stall of a request to `url`: worth another try.
     pub(crate) fn transport_failure(
         &self,
@@ -670,23 +550,6 @@ impl Client {
     }
 }
 
-/// `X-Request-Id` of an API answer (`x-amz-request-id` for the object store).
-pub(crate) fn request_id(headers: &HeaderMap) -> Option<String> {
-    ["x-request-id", "x-amz-request-id"]
-        .iter()
-        .find_map(|name| headers.get(*name))
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-}
-
-/// `Retry-After` in seconds (the HTTP-date form is not used by the API and is ignored).
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    let secs: f64 = value.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
-}
-
 /// Reads a whole (small) body; each read is bounded by the client's timeout, the whole by
 /// `deadline`, checked between reads (a server that trickles a byte at a time).
 fn read_body(
@@ -764,6 +627,9 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::answer::retry_after;
+    use reqwest::header::HeaderMap;
+    use reqwest::StatusCode;
 
     const SECRET: &str =
         "vm0_test_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

@@ -22,7 +22,8 @@ use reqwest::blocking::Response;
 use reqwest::header::{self, HeaderMap};
 use reqwest::Url;
 
-use super::client::{error_chain, request_id, retry_after, Failure, Resource};
+use super::answer::{request_id, retry_after, Failure, Resource};
+use super::client::error_chain;
 use super::error::seconds;
 use super::retry::delay_for;
 use super::{ApiError, ArchiveRef, Client, Server};

@@ -6,6 +6,7 @@
 //! The contract it implements is `shared/vm0-api.md` (both the "snake" and the "camel"
 //! shapes are read by the same types).
 
+mod answer;
 mod client;
 mod download;
 mod error;

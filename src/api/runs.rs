@@ -16,7 +16,8 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::client::{Client, Resource};
+use super::answer::Resource;
+use super::client::Client;
 use super::wire::{parse_time, Page};
 use super::ApiError;
 use crate::ids::VersionId;

@@ -14,12 +14,15 @@
 //! names    the bytes of every entry name and symlink target, back to back
 //! ```
 //!
-//! [`IndexTree`] is the same tree as plain Rust values: what [`super::Tree::finish`]
-//! builds and [`Index::build`] encodes, and what [`Index::tree`] decodes (for tests and
-//! tools; the filesystem never decodes a whole index).
+//! Writing the image is `encode.rs`: an unpack streams it from its own finished tree
+//! ([`Index::write`]). [`IndexTree`] is the same tree as plain Rust values: what
+//! [`Index::build`] encodes in memory and [`Index::tree`] decodes (for tests and tools; the
+//! filesystem never decodes a whole index).
 
 use std::fs::File;
-use std::io::{self, Seek, Write};
+use std::io::{self, Write};
+
+use super::encode::{encode, Source};
 use std::path::Path;
 
 /// Bump when the byte image changes; `tests::index_format_is_pinned` pins the current one.
@@ -27,16 +30,16 @@ use std::path::Path;
 /// `postcard` encoding decoded into the heap).
 pub const INDEX_FORMAT_VERSION: u32 = 3;
 
-const MAGIC: &[u8; 8] = b"VM0FSIDX";
-const HEADER: usize = 64;
-const NODE: usize = 40;
-const ENTRY: usize = 16;
+pub(super) const MAGIC: &[u8; 8] = b"VM0FSIDX";
+pub(super) const HEADER: usize = 64;
+pub(super) const NODE: usize = 40;
+pub(super) const ENTRY: usize = 16;
 /// Where the checksum lies in the header; it covers every other byte of the image.
-const CRC_AT: usize = 32;
+pub(super) const CRC_AT: usize = 32;
 
-const KIND_DIR: u8 = 1;
-const KIND_FILE: u8 = 2;
-const KIND_SYMLINK: u8 = 3;
+pub(super) const KIND_DIR: u8 = 1;
+pub(super) const KIND_FILE: u8 = 2;
+pub(super) const KIND_SYMLINK: u8 = 3;
 
 /// A version's tree as plain values. `nodes[0]` is the version's root directory.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,180 +180,6 @@ pub(crate) fn entry_offset(nodes: u32, i: u64) -> usize {
 }
 
 /// The CRC-32 of an image, over every byte but the checksum's own four.
-/// Where an index is encoded: every byte goes to `out` and, but for the checksum field,
-/// into the checksum.
-struct Sink<W: Write> {
-    out: W,
-    crc: crc32fast::Hasher,
-}
-
-impl<W: Write> Sink<W> {
-    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.crc.update(bytes);
-        self.out.write_all(bytes)
-    }
-}
-
-/// A tree as [`encode`] reads it: nodes in number order, each directory's entries sorted
-/// by name. [`IndexTree`] is one; an unpack encodes its own work tree directly, without
-/// building an [`IndexTree`] first (see `tree.rs`).
-pub(crate) trait Source {
-    fn len(&self) -> usize;
-    /// Node `n` (below [`Source::len`]).
-    fn node(&self, n: usize) -> SourceNode<'_>;
-    /// The entries of directory `n`, sorted by name; nothing for other nodes.
-    fn entries(&self, n: usize) -> impl Iterator<Item = (&[u8], u32)> + '_;
-}
-
-/// A node as a [`Source`] gives it.
-pub(crate) struct SourceNode<'a> {
-    pub kind: SourceKind<'a>,
-    pub perm: u16,
-    pub nlink: u32,
-    pub mtime_sec: i64,
-    pub mtime_nsec: u32,
-}
-
-pub(crate) enum SourceKind<'a> {
-    Dir {
-        parent: u32,
-    },
-    File {
-        size: u64,
-        blob: u32,
-        packed: Option<u64>,
-    },
-    Symlink(&'a [u8]),
-}
-
-impl Source for IndexTree {
-    fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    fn node(&self, n: usize) -> SourceNode<'_> {
-        let node = &self.nodes[n];
-        let kind = match &node.kind {
-            NodeKind::Dir { parent, .. } => SourceKind::Dir { parent: *parent },
-            NodeKind::File { size, blob, packed } => SourceKind::File {
-                size: *size,
-                blob: *blob,
-                packed: *packed,
-            },
-            NodeKind::Symlink { target } => SourceKind::Symlink(target),
-        };
-        SourceNode {
-            kind,
-            perm: node.perm,
-            nlink: node.nlink,
-            mtime_sec: node.mtime_sec,
-            mtime_nsec: node.mtime_nsec,
-        }
-    }
-
-    fn entries(&self, n: usize) -> impl Iterator<Item = (&[u8], u32)> + '_ {
-        let list = match &self.nodes[n].kind {
-            NodeKind::Dir { entries, .. } => &entries[..],
-            _ => &[],
-        };
-        list.iter().map(|e| (&e.name[..], e.node))
-    }
-}
-
-/// Encode `tree` (checked) to `out`, section by section (header, nodes, entries, names),
-/// so that no copy of the image is ever in memory; the checksum is written last, at its
-/// place in the header.
-fn encode<W: Write + Seek>(tree: &impl Source, out: W) -> io::Result<W> {
-    let count = tree.len();
-    // The bytes of names a node adds (a directory's entry names, a symlink's target).
-    let name_len = |n: usize| -> u64 {
-        match tree.node(n).kind {
-            SourceKind::Dir { .. } => tree.entries(n).map(|(name, _)| name.len() as u64).sum(),
-            SourceKind::Symlink(target) => target.len() as u64,
-            SourceKind::File { .. } => 0,
-        }
-    };
-    let (mut entry_count, mut names_len) = (0u64, 0u64);
-    for n in 0..count {
-        entry_count += tree.entries(n).count() as u64;
-        names_len += name_len(n);
-    }
-    let node_count = u32::try_from(count)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "more than 2^32 nodes"))?;
-    let mut header = [0u8; HEADER];
-    header[..8].copy_from_slice(MAGIC);
-    header[8..12].copy_from_slice(&INDEX_FORMAT_VERSION.to_le_bytes());
-    header[12..16].copy_from_slice(&node_count.to_le_bytes());
-    header[16..24].copy_from_slice(&entry_count.to_le_bytes());
-    header[24..32].copy_from_slice(&names_len.to_le_bytes());
-    let mut sink = Sink {
-        out,
-        crc: crc32fast::Hasher::new(),
-    };
-    sink.put(&header[..CRC_AT])?;
-    sink.out.write_all(&header[CRC_AT..CRC_AT + 4])?;
-    sink.put(&header[CRC_AT + 4..])?;
-    // Three passes in node order: node records, entry records, then the names (each
-    // directory's entry names, or a symlink's target, where its node comes).
-    let (mut first_entry, mut names_before) = (0u64, 0u64);
-    for i in 0..count {
-        let n = tree.node(i);
-        let (kind, packed, a, b, c) = match n.kind {
-            SourceKind::Dir { parent } => {
-                let len = tree.entries(i).count() as u64;
-                let first = first_entry;
-                first_entry += len;
-                (KIND_DIR, 0u8, parent, first, len)
-            }
-            SourceKind::File { size, blob, packed } => match packed {
-                Some(offset) => (KIND_FILE, 1, blob, size, offset),
-                None => (KIND_FILE, 0, blob, size, 0),
-            },
-            SourceKind::Symlink(target) => (KIND_SYMLINK, 0, target.len() as u32, names_before, 0),
-        };
-        names_before += name_len(i);
-        let mut record = [0u8; NODE];
-        record[0] = kind;
-        record[1] = packed;
-        record[2..4].copy_from_slice(&n.perm.to_le_bytes());
-        record[4..8].copy_from_slice(&n.nlink.to_le_bytes());
-        record[8..16].copy_from_slice(&n.mtime_sec.to_le_bytes());
-        record[16..20].copy_from_slice(&n.mtime_nsec.to_le_bytes());
-        record[20..24].copy_from_slice(&a.to_le_bytes());
-        record[24..32].copy_from_slice(&b.to_le_bytes());
-        record[32..40].copy_from_slice(&c.to_le_bytes());
-        sink.put(&record)?;
-    }
-    let mut name_at = 0u64;
-    for i in 0..count {
-        if let SourceKind::Symlink(target) = tree.node(i).kind {
-            name_at += target.len() as u64;
-        }
-        for (name, node) in tree.entries(i) {
-            let mut record = [0u8; ENTRY];
-            record[..4].copy_from_slice(&node.to_le_bytes());
-            record[4..8].copy_from_slice(&(name.len() as u32).to_le_bytes());
-            record[8..16].copy_from_slice(&name_at.to_le_bytes());
-            name_at += name.len() as u64;
-            sink.put(&record)?;
-        }
-    }
-    for i in 0..count {
-        if let SourceKind::Symlink(target) = tree.node(i).kind {
-            sink.put(target)?;
-        }
-        for (name, _) in tree.entries(i) {
-            sink.put(name)?;
-        }
-    }
-    let crc = sink.crc.finalize();
-    let mut out = sink.out;
-    out.seek(io::SeekFrom::Start(CRC_AT as u64))?;
-    out.write_all(&crc.to_le_bytes())?;
-    out.seek(io::SeekFrom::End(0))?;
-    Ok(out)
-}
-
 fn checksum(image: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&image[..CRC_AT]);

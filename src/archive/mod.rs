@@ -36,6 +36,7 @@
 //! This module knows nothing of HTTP, the cache budget's bookkeeping or inodes.
 
 mod blobs;
+mod encode;
 pub(crate) mod index;
 mod input;
 mod names;

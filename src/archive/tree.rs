@@ -13,7 +13,7 @@
 //! that node's number; only a node that loses its last name to a hard link leaves a hole,
 //! kept in the index as an empty directory that no name reaches.
 
-use super::index::{Source, SourceKind, SourceNode};
+use super::encode::{Source, SourceKind, SourceNode};
 use super::names::{Names, SortedNames};
 #[cfg(doc)]
 use super::IndexTree;

@@ -44,6 +44,7 @@ mod fill;
 mod flight;
 mod pool;
 mod runs;
+mod usage;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -67,6 +68,7 @@ pub use flight::{
 };
 use pool::Pool;
 pub use runs::{RunStore, RUN_COMPLETE};
+pub use usage::{ResidentInfo, Snapshot};
 
 use crate::ids::VersionId;
 
@@ -133,30 +135,6 @@ pub type FetchResult = Result<Unpacked, Box<dyn std::error::Error + Send + Sync>
 
 /// A fetch closure as the pool runs it.
 type BoxedFetch = Box<dyn FnOnce(FetchTarget<'_>) -> FetchResult + Send>;
-
-/// One version's line in [`Cache::snapshot`].
-#[derive(Debug, Clone)]
-pub struct ResidentInfo {
-    pub key: VersionKey,
-    pub disk_bytes: u64,
-    pub pinned: bool,
-    pub last_used: SystemTime,
-}
-
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub budget: u64,
-    /// Bytes of resident versions plus reservations of fetches in flight.
-    pub used: u64,
-    /// Least recently used first.
-    pub resident: Vec<ResidentInfo>,
-    /// Every flight, running or queued.
-    pub in_flight: Vec<VersionKey>,
-    /// The flights waiting for a place in the download pool, and how long they have.
-    pub queued: Vec<(VersionKey, Duration)>,
-    /// How many downloads run at once at most.
-    pub downloads: usize,
-}
 
 /// How the cache runs.
 #[derive(Debug, Clone)]
@@ -608,83 +586,6 @@ impl Cache {
     fn touch(&self, key: &VersionKey, due: bool) {
         if due {
             self.inner.layout.touch(key);
-        }
-    }
-
-    /// Pin the versions `probe` names whenever eviction is considered (set once; later
-    /// calls are ignored).
-    pub fn set_in_use(&self, probe: InUse) {
-        let _ = self.inner.in_use.set(probe);
-    }
-
-    fn in_use(&self) -> Arc<HashSet<VersionKey>> {
-        let Some(probe) = self.inner.in_use.get() else {
-            return Arc::default();
-        };
-        let found = Arc::new(probe());
-        *self.inner.in_use_seen.lock() = Some((Instant::now(), found.clone()));
-        found
-    }
-
-    /// The probe's answer, at most [`IN_USE_SNAPSHOT_AGE`] old.
-    fn in_use_recent(&self) -> Arc<HashSet<VersionKey>> {
-        if let Some((at, found)) = &*self.inner.in_use_seen.lock() {
-            if at.elapsed() < IN_USE_SNAPSHOT_AGE {
-                return found.clone();
-            }
-        }
-        self.in_use()
-    }
-
-    /// Whether adding `need` bytes would pass the budget, so that eviction must look for
-    /// victims (and needs to know which versions are in use).
-    fn over_budget_with(&self, need: u64) -> bool {
-        self.inner.state.lock().used + need > self.inner.budget
-    }
-
-    /// The budget and the bytes in use (resident versions plus reservations), without the
-    /// cost of [`Cache::snapshot`].
-    pub fn usage(&self) -> (u64, u64) {
-        (self.inner.budget, self.inner.state.lock().used)
-    }
-
-    /// How many downloads run at once at most.
-    pub fn downloads(&self) -> usize {
-        self.inner.pool.max()
-    }
-
-    /// A consistent picture of the cache for the status file and tests (the versions in
-    /// use per the probe, as of at most a second ago, count as pinned).
-    pub fn snapshot(&self) -> Snapshot {
-        let in_use = self.in_use_recent();
-        let st = self.inner.state.lock();
-        let mut queued: Vec<(VersionKey, Duration)> = st
-            .flights
-            .iter()
-            .filter_map(|(k, f)| match f.phase() {
-                Phase::Queued(since) => Some((k.clone(), since.elapsed())),
-                Phase::Running(_) => None,
-            })
-            .collect();
-        // Longest waiting first: the order they will run in.
-        queued.sort_by_key(|(_, waited)| std::cmp::Reverse(*waited));
-        Snapshot {
-            budget: self.inner.budget,
-            used: st.used,
-            resident: st
-                .lru
-                .iter()
-                .rev()
-                .map(|(k, e)| ResidentInfo {
-                    key: k.clone(),
-                    disk_bytes: e.disk_bytes,
-                    pinned: e.pinned() || in_use.contains(k),
-                    last_used: e.last_used,
-                })
-                .collect(),
-            in_flight: st.flights.keys().cloned().collect(),
-            queued,
-            downloads: self.inner.pool.max(),
         }
     }
 }

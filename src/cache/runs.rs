@@ -19,12 +19,10 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::disk::{disk_usage, remove_all};
-use super::fill::purge;
 use super::{Cache, CacheError};
 
 /// Written last into a final run's directory: its presence says the directory is complete.
@@ -36,48 +34,6 @@ pub struct RunStore {
     root: PathBuf,
     live_root: PathBuf,
     state: Mutex<lru::LruCache<String, u64>>,
-}
-
-impl Cache {
-    /// Count `bytes` kept beside the versions in the budget, evicting versions (least
-    /// recently used, not pinned, not in use) to make room. Whether the total is now
-    /// within the budget.
-    pub fn charge(&self, bytes: u64) -> bool {
-        let in_use = if self.over_budget_with(bytes) {
-            self.in_use()
-        } else {
-            Arc::default()
-        };
-        let mut st = self.inner.state.lock();
-        st.used += bytes;
-        let evicted = self.evict_until(&mut st, self.inner.budget, None, &in_use);
-        let within = st.used <= self.inner.budget;
-        drop(st);
-        purge(self.move_aside(evicted));
-        within
-    }
-
-    /// Count `bytes` in the budget only if it has that much room free, evicting nothing:
-    /// for bytes that help but are not worth a cached version (the spool of a download).
-    pub fn charge_free(&self, bytes: u64) -> bool {
-        let mut st = self.inner.state.lock();
-        let fits = st.used + bytes <= self.inner.budget;
-        if fits {
-            st.used += bytes;
-        }
-        fits
-    }
-
-    /// Stop counting `bytes` charged before.
-    pub fn discharge(&self, bytes: u64) {
-        let mut st = self.inner.state.lock();
-        st.used = st.used.saturating_sub(bytes);
-    }
-
-    fn over_budget(&self) -> bool {
-        let st = self.inner.state.lock();
-        st.used > self.inner.budget
-    }
 }
 
 impl RunStore {

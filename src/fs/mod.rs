@@ -43,6 +43,7 @@
 //! read, so the cache learns about open files from `/proc` instead (`crate::openfiles`).
 
 mod attr;
+mod content;
 mod error;
 mod fetch;
 mod handles;
@@ -59,7 +60,7 @@ mod wait;
 mod xattr;
 
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -67,8 +68,8 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 
 use crate::api::Kind;
-use crate::archive::{blob_path, pack_path, IndexError, NodeRefKind, PublishedKind, Stored};
-use crate::cache::{Available, Cache, CachedVersion, Stopped, Waited};
+use crate::archive::NodeRefKind;
+use crate::cache::Cache;
 use crate::ids::{Fh, Ino};
 
 pub(crate) use attr::format_time;
@@ -80,18 +81,19 @@ pub use runs::{Events, RunsApi, RunsConfig};
 pub use status::{STATUS_DIR, STATUS_FILE};
 pub use wait::{with_policy, Policy, WAITERS};
 
-use handles::{open_published, slice_at, DirHandle, Handle, Handles, OpenFile, Pin};
-use inode::{InodeTable, MetaNode, Range, Resolved};
+use handles::{slice_at, DirHandle, Handle, Handles, OpenFile};
+use inode::{InodeTable, MetaNode, Resolved};
 pub use listings::FIRST_FETCH_WAIT;
 pub use saved::Saved;
 use spool::Spools;
 pub use storages::{first_listing, FirstListing};
 
+use content::waited;
 use listings::{Listings, Timing};
 use status::{Activity, StatusTexts};
 use storages::{storage_map, StorageSource};
 use versions::{MissLog, VersionSource, LATEST};
-use wait::{ThreadPolicy, Turn, Waiters};
+use wait::{Turn, Waiters};
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
 
@@ -503,99 +505,6 @@ impl Fs {
         self.inodes.lock().resolve(ino).ok_or(FsError::NotFound)
     }
 
-    /// The attributes of node `node` of a version: as published while it is being
-    /// unpacked, else from the complete version.
-    fn content_getattr(&self, range: &Range, node: u32) -> Result<TimedAttr> {
-        let v = match self.version_now_of(range)? {
-            Available::Ready(v) => v,
-            Available::Pending(flight) => match waited(flight.node(node, &ThreadPolicy))? {
-                Waited::Published(attrs) => return Ok(self.published_attr(range, node, &attrs)),
-                Waited::Done(r) => self.finished(&range.name, &flight, r)?,
-            },
-        };
-        if self.checked(&v, v.index.get(node))?.is_none() {
-            return Err(FsError::NotFound);
-        }
-        self.content_attr(range, &v, node)
-    }
-
-    /// Look up `name` in directory node `dir` of a version: from what is published while it
-    /// is being unpacked, else (a name not published yet) from the complete version.
-    fn lookup_content(
-        &self,
-        range: &Range,
-        now: Available,
-        dir: u32,
-        name: &OsStr,
-    ) -> Result<TimedAttr> {
-        let v = match now {
-            Available::Ready(v) => v,
-            Available::Pending(flight) => {
-                match waited(flight.lookup(dir, name.as_bytes(), &ThreadPolicy))? {
-                    Waited::Published((node, attrs)) => {
-                        return Ok(self.published_attr(range, node, &attrs))
-                    }
-                    Waited::Done(r) => self.finished(&range.name, &flight, r)?,
-                }
-            }
-        };
-        match self.checked(&v, v.index.get(dir))?.map(|n| n.kind) {
-            Some(NodeRefKind::Dir { .. }) => {}
-            Some(_) => return Err(FsError::NotDir),
-            None => return Err(FsError::NotFound),
-        }
-        let child = self
-            .checked(&v, v.index.lookup(dir, name.as_bytes()))?
-            .ok_or(FsError::NotFound)?;
-        self.content_attr(range, &v, child)
-    }
-
-    /// Where the content of file `ino` comes from, with its version pinned.
-    fn content(&self, ino: Ino) -> Result<Content> {
-        let (range, node) = match self.resolve(ino)? {
-            Resolved::Content { range, node } => (range, node),
-            Resolved::Meta(MetaNode::StatusFile) => return Ok(Content::Status),
-            Resolved::Meta(MetaNode::Run(n)) => return Ok(Content::Run(self.run_content(n)?)),
-            Resolved::Meta(MetaNode::Latest { .. } | MetaNode::PrefixLink { .. }) => {
-                return Err(FsError::NotFound)
-            }
-            Resolved::Meta(_) => return Err(FsError::IsDir),
-        };
-        let v = match self.version_now_of(&range)? {
-            Available::Ready(v) => v,
-            Available::Pending(flight) => match waited(flight.node(node, &ThreadPolicy))? {
-                Waited::Published(attrs) => match &attrs.kind {
-                    PublishedKind::Dir => return Err(FsError::IsDir),
-                    PublishedKind::File(f) => match open_published(f) {
-                        Some(file) => {
-                            let pin = Pin::Flight(flight.clone());
-                            let open = OpenFile::opened(file, f.offset, f.size, pin);
-                            return Ok(Content::File(open, f.size));
-                        }
-                        // The unpack ended in the meantime and moved the blob: the
-                        // complete version has it.
-                        None => {
-                            let r = waited(flight.wait(&ThreadPolicy))?;
-                            self.finished(&range.name, &flight, r)?
-                        }
-                    },
-                },
-                Waited::Done(r) => self.finished(&range.name, &flight, r)?,
-            },
-        };
-        let (stored, size) = match self.checked(&v, v.index.get(node))?.map(|n| n.kind) {
-            Some(NodeRefKind::File { size, stored }) => (stored, size),
-            Some(NodeRefKind::Dir { .. }) => return Err(FsError::IsDir),
-            Some(NodeRefKind::Symlink { .. }) | None => return Err(FsError::NotFound),
-        };
-        let (path, offset) = match stored {
-            Stored::Own { blob } => (blob_path(&v.dir, blob), 0),
-            Stored::Packed { offset } => (pack_path(&v.dir), offset),
-        };
-        let open = OpenFile::at(path, offset, size, Pin::Version(v));
-        Ok(Content::File(open, size))
-    }
-
     /// The entries of directory `ino`, `.` and `..` first.
     fn dir_items(&self, ino: Ino) -> Result<Vec<DirItem>> {
         let mut items = Vec::new();
@@ -712,44 +621,6 @@ impl Fs {
         }
         Ok(items)
     }
-
-    fn push_children(
-        &self,
-        items: &mut Vec<DirItem>,
-        range: &Range,
-        v: &CachedVersion,
-        node: u32,
-    ) -> Result<()> {
-        let entries = self.checked(v, v.index.entries(node))?;
-        items.reserve(entries.len());
-        for e in entries {
-            let (name, child) = self.checked(v, e)?;
-            items.push(DirItem {
-                name: OsString::from_vec(name.to_vec()),
-                entry: self.content_attr(range, v, child)?,
-            });
-        }
-        Ok(())
-    }
-
-    /// A read of a version's index: a damaged index fails the operation (`EIO`) and drops
-    /// the version from the cache, so that the next access downloads it again. (An index
-    /// is checked whole when it is opened; this catches what the checksum cannot.)
-    fn checked<T>(&self, v: &CachedVersion, r: std::result::Result<T, IndexError>) -> Result<T> {
-        r.map_err(|e| {
-            tracing::error!(version = %v.key, error = %e, "a cached index is damaged; the version will be downloaded again");
-            self.cache.discard_damaged(&v.key);
-            FsError::Damaged(e)
-        })
-    }
-}
-
-/// A wait for a flight that ended early, as the filesystem answers it.
-fn waited<T>(r: std::result::Result<T, Stopped>) -> Result<T> {
-    r.map_err(|stopped| match stopped {
-        Stopped::WouldBlock => FsError::WouldBlock,
-        Stopped::Interrupted => FsError::Interrupted,
-    })
 }
 
 /// Run `f`, turning a panic into an error (the panic hook has logged it, see

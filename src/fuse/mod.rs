@@ -24,14 +24,16 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle,
-    FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Attr, Backings, FileKind, Fs, FsError};
-use crate::ids::{Fh, Ino};
+mod convert;
+
+use crate::fs::{Backings, Fs};
+use convert::{fail, fh, file_attr, file_type, ino, xattr_reply};
 
 pub struct FuseFs {
     fs: Arc<Fs>,
@@ -64,61 +66,6 @@ impl FuseFs {
 /// Contents never change: keep the page cache across opens; and there is nothing to flush
 /// on close, so spare every `close(2)` a round trip to the daemon.
 const CACHED_OPEN: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
-
-fn ino(i: INodeNo) -> Ino {
-    Ino(i.0)
-}
-
-fn fh(h: FileHandle) -> Fh {
-    Fh(h.0)
-}
-
-fn file_type(k: FileKind) -> FileType {
-    match k {
-        FileKind::Directory => FileType::Directory,
-        FileKind::RegularFile => FileType::RegularFile,
-        FileKind::Symlink => FileType::Symlink,
-    }
-}
-
-fn file_attr(a: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(a.ino.0),
-        size: a.size,
-        blocks: a.blocks,
-        atime: a.mtime,
-        mtime: a.mtime,
-        ctime: a.mtime,
-        crtime: a.mtime,
-        kind: file_type(a.kind),
-        perm: a.perm,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
-    }
-}
-
-/// Log a failed operation and give its errno (mapped in one place, [`FsError::errno`]).
-/// User-caused misses are routine (shells probe for many names); real failures were
-/// already logged where they happened, with their context.
-fn fail(op: &str, e: &FsError) -> Errno {
-    tracing::debug!(op, error = %e, "operation failed");
-    Errno::from_i32(e.errno())
-}
-
-/// The xattr protocol: a size of 0 asks for the length; too small a buffer is ERANGE.
-fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
-    if size == 0 {
-        reply.size(value.len() as u32);
-    } else if (size as usize) < value.len() {
-        reply.error(Errno::ERANGE);
-    } else {
-        reply.data(value);
-    }
-}
 
 /// Callbacks that would change the tree. The mount is read-only (`ro`), so the kernel
 /// refuses most of these itself; fuser's default answer to the rest would be `ENOSYS`
