@@ -3,8 +3,8 @@
 //!
 //! Members arrive in any order and may repeat, so the tree is kept in a form that is cheap
 //! to change (one compact table of every (directory, name), nodes that can be detached)
-//! and turned into the sorted [`Index`] once at the end by [`Tree::finish`]. Nothing here touches the
-//! disk: the caller writes and deletes blobs as this module tells it to.
+//! and sorted for the [`Index`] once at the end by [`Tree::finish`]. Nothing here touches
+//! the disk: the caller writes and deletes blobs as this module tells it to.
 //!
 //! Node numbers are final from the moment a node is created: the index keeps creation
 //! order, so that a file published while the archive is still being read (see
