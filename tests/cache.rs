@@ -5,32 +5,14 @@ mod common;
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::hostile::{disk_usage, DiskPeak};
 use common::{put_archive, Emulator, Mount, MountOpts};
 use vm0_emulator::pack::{pattern, ArchiveBuilder};
 
 const MIB: u64 = 1 << 20;
-
-/// Allocated bytes under `path`, as the budget counts them.
-fn disk_usage(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    let mut total = meta.blocks() * 512;
-    if meta.is_dir() {
-        if let Ok(entries) = std::fs::read_dir(path) {
-            for e in entries.flatten() {
-                total += disk_usage(&e.path());
-            }
-        }
-    }
-    total
-}
 
 /// `n` artifacts `art-0..n`, each one version of 4 files of `size/4` incompressible bytes.
 fn data_with_versions(n: usize, size: usize) -> tempfile::TempDir {
@@ -83,20 +65,7 @@ fn the_budget_holds_at_every_moment_while_reading_many_versions() {
     let m = Mount::with(&emu, cache_opts(cache.path(), "3M"));
 
     // Sample the cache directory's real usage all along.
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (stop, peak, root) = (stop.clone(), peak.clone(), cache.path().to_path_buf());
-        std::thread::spawn(move || {
-            let mut samples = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(disk_usage(&root), Ordering::Relaxed);
-                samples += 1;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            samples
-        })
-    };
+    let sampler = DiskPeak::start(cache.path());
     for round in 0..2 {
         for i in 0..6 {
             for j in 0..4 {
@@ -109,11 +78,8 @@ fn the_budget_holds_at_every_moment_while_reading_many_versions() {
             }
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let samples = sampler.join().unwrap();
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = sampler.finish();
     // At most the budget plus the one version being unpacked (1 MiB and its metadata).
-    assert!(samples > 10, "too few samples ({samples})");
     assert!(
         peak <= budget + MIB + 64 * 1024,
         "peak usage {peak} over budget {budget} + one version"

@@ -4,33 +4,15 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::hostile::{disk_usage, DiskPeak};
 use common::{ok, put_archive, tar_extract, tree_listing, Emulator, Mount, MountOpts};
 use vm0_emulator::pack::{pattern, ArchiveBuilder};
 
 const MIB: u64 = 1 << 20;
-
-/// Allocated bytes under `path`, as the budget counts them.
-fn disk_usage(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    let mut total = meta.blocks() * 512;
-    if meta.is_dir() {
-        if let Ok(entries) = std::fs::read_dir(path) {
-            for e in entries.flatten() {
-                total += disk_usage(&e.path());
-            }
-        }
-    }
-    total
-}
 
 /// Regular files under `path` (directories not counted).
 fn file_count(path: &Path) -> usize {
@@ -137,20 +119,7 @@ fn many_small_file_versions_match_tar_and_hold_the_budget() {
     let budget = 6 * MIB;
     let m = Mount::with(&emu, cache_opts(cache.path(), "6M"));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (stop, peak, root) = (stop.clone(), peak.clone(), cache.path().to_path_buf());
-        std::thread::spawn(move || {
-            let mut samples = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(disk_usage(&root), Ordering::Relaxed);
-                samples += 1;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            samples
-        })
-    };
+    let sampler = DiskPeak::start(cache.path());
     for round in 0..2 {
         for (i, archive) in archives.iter().enumerate() {
             let version = m.join(&format!("artifacts/tiny-{i}/latest/"));
@@ -162,10 +131,7 @@ fn many_small_file_versions_match_tar_and_hold_the_budget() {
             }
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let samples = sampler.join().unwrap();
-    let peak = peak.load(Ordering::Relaxed);
-    assert!(samples > 10, "too few samples ({samples})");
+    let peak = sampler.finish();
     // The reservation covers the version being unpacked; the log and the saved listings
     // live in the cache directory too.
     assert!(

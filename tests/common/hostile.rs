@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -257,13 +258,57 @@ pub fn tmp_entries(cache: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Allocated bytes under `path`.
+/// Allocated bytes under `path`, as the cache's budget counts them.
 pub fn disk_usage(path: &Path) -> u64 {
     let mut total = std::fs::symlink_metadata(path)
         .map(|m| m.blocks() * 512)
         .unwrap_or(0);
     walk(path, &mut |_, m| total += m.blocks() * 512);
     total
+}
+
+/// The largest [`disk_usage`] of a directory seen while something runs: sampled on a
+/// thread every 2 ms (a sampling rate, not a wait) until [`DiskPeak::finish`].
+pub struct DiskPeak {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    sampler: std::thread::JoinHandle<u64>,
+}
+
+impl DiskPeak {
+    pub fn start(root: &Path) -> DiskPeak {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let sampler = {
+            let (stop, peak, root) = (stop.clone(), peak.clone(), root.to_path_buf());
+            std::thread::spawn(move || {
+                let mut samples = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(disk_usage(&root), Ordering::Relaxed);
+                    samples += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                samples
+            })
+        };
+        DiskPeak {
+            stop,
+            peak,
+            sampler,
+        }
+    }
+
+    /// Stop sampling: the peak, after checking that enough samples were taken for it to
+    /// mean something.
+    pub fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let samples = self.sampler.join().unwrap();
+        assert!(
+            samples > 10,
+            "too few samples of the disk usage ({samples})"
+        );
+        self.peak.load(Ordering::Relaxed)
+    }
 }
 
 // ---------------------------------------------------------------------------------------
