@@ -244,15 +244,41 @@ impl Fake {
     }
 }
 
-fn fs_with(fake: Arc<Fake>, ttl: Duration) -> (Fs, tempfile::TempDir) {
+fn fs_with(fake: Arc<Fake>, ttl: Duration) -> (Fs, CacheDir) {
     fs_remembering(fake, ttl, crate::cache::FAILURE_MEMORY)
 }
 
 /// A filesystem whose cache remembers a failed download for `memory`.
-fn fs_remembering(fake: Arc<Fake>, ttl: Duration, memory: Duration) -> (Fs, tempfile::TempDir) {
+fn fs_remembering(fake: Arc<Fake>, ttl: Duration, memory: Duration) -> (Fs, CacheDir) {
     let dir = tempfile::tempdir().unwrap();
     let fs = fs_in(fake, ttl, memory, dir.path());
-    (fs, dir)
+    let cache = fs.cache().clone();
+    (fs, CacheDir { dir, cache })
+}
+
+/// The cache directory of a test's filesystem. Downloads run on threads of their own and
+/// may outlive the test's last step (and its `Fs`, which is dropped after this): the
+/// directory is removed once none runs any more, so that no download commits into a
+/// directory being removed and leaves part of it behind. A download held by a gate whose
+/// sender outlives this is waited for 5 s at most.
+struct CacheDir {
+    dir: tempfile::TempDir,
+    cache: Cache,
+}
+
+impl CacheDir {
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for CacheDir {
+    fn drop(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !self.cache.snapshot().in_flight.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 fn fs_in(fake: Arc<Fake>, ttl: Duration, memory: Duration, dir: &std::path::Path) -> Fs {
