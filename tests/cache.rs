@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::hostile::{disk_usage, DiskPeak};
+use common::hostile::{disk_usage, kill_9_during_an_unpack, DiskPeak};
 use common::{put_archive, Emulator, Mount, MountOpts};
 use vm0_emulator::pack::{pattern, ArchiveBuilder};
 
@@ -361,34 +361,13 @@ fn kill_9_during_an_unpack_leaves_nothing_partial() {
     put_archive(data.path(), "artifacts", "big", "v1", &b.finish());
     let emu = Emulator::with_data(data.path());
     let cache = tempfile::tempdir().unwrap();
-    let mut m = Mount::with(&emu, cache_opts(cache.path(), "1G"));
-    let reader = {
-        let p = m.join("artifacts/big/latest/big-23.bin");
-        std::thread::spawn(move || std::fs::read(p).is_ok())
-    };
-    let tmp = cache.path().join("tmp");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while disk_usage(&tmp) < 2 * MIB {
-        assert!(Instant::now() < deadline, "the unpack never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut child = m.take_child();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert_eq!(
-        resident_versions(cache.path()),
-        0,
-        "killed before completion: nothing complete"
-    );
-    let _ = reader.join();
-    drop(m);
-
-    emu.reset_counters();
     let m = Mount::with(&emu, cache_opts(cache.path(), "1G"));
-    assert_eq!(
-        std::fs::read_dir(&tmp).unwrap().count(),
-        0,
-        "leftovers removed at start"
+    let m = kill_9_during_an_unpack(
+        m,
+        &emu,
+        cache.path(),
+        cache_opts(cache.path(), "1G"),
+        "artifacts/big/latest/big-23.bin",
     );
     assert_eq!(
         read_all(&m.join("artifacts/big/latest/big-23.bin")),

@@ -6,9 +6,8 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::hostile::{disk_usage, DiskPeak};
+use common::hostile::{disk_usage, kill_9_during_an_unpack, DiskPeak};
 use common::{ok, put_archive, tar_extract, tree_listing, Emulator, Mount, MountOpts};
 use vm0_emulator::pack::{pattern, ArchiveBuilder};
 
@@ -235,33 +234,13 @@ fn kill_9_while_packing_then_a_restart_serves_the_same_tree() {
     let archive = put_archive(data.path(), "artifacts", "packed", "v1", &b.finish());
     let emu = Emulator::with_data(data.path());
     let cache = tempfile::tempdir().unwrap();
-    let mut m = Mount::with(&emu, cache_opts(cache.path(), "1G"));
-    let reader = {
-        let p = m.join("artifacts/packed/latest/d23/part-3071.bin");
-        std::thread::spawn(move || std::fs::read(p).is_ok())
-    };
-    let tmp = cache.path().join("tmp");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while disk_usage(&tmp) < 2 * MIB {
-        assert!(Instant::now() < deadline, "the unpack never started");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let mut child = m.take_child();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let versions = std::fs::read_dir(cache.path().join("versions"))
-        .unwrap()
-        .count();
-    assert_eq!(versions, 0, "killed before completion: nothing complete");
-    let _ = reader.join();
-    drop(m);
-
-    emu.reset_counters();
     let m = Mount::with(&emu, cache_opts(cache.path(), "1G"));
-    assert_eq!(
-        std::fs::read_dir(&tmp).unwrap().count(),
-        0,
-        "leftovers removed at start"
+    let m = kill_9_during_an_unpack(
+        m,
+        &emu,
+        cache.path(),
+        cache_opts(cache.path(), "1G"),
+        "artifacts/packed/latest/d23/part-3071.bin",
     );
     assert_same_tree(&m.join("artifacts/packed/latest/"), &archive);
     assert_eq!(

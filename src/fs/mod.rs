@@ -188,10 +188,7 @@ impl Fs {
             },
             timing,
         );
-        let spools = Arc::new(Spools::new(
-            &cache_root.join("partial"),
-            Some(cache.clone()),
-        ));
+        let spools = Arc::new(Spools::new(&cache_root.join("partial"), cache.clone()));
         Fs {
             remote,
             cache,

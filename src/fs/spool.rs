@@ -34,8 +34,8 @@ pub const MAX_KEPT: usize = 4;
 /// The spools of failed downloads, by version.
 pub struct Spools {
     dir: PathBuf,
-    /// Where spool bytes are counted; `None` in tests of the spools alone.
-    budget: Option<Cache>,
+    /// Where spool bytes are counted.
+    budget: Cache,
     /// Oldest first.
     kept: Mutex<VecDeque<(VersionKey, Kept)>>,
 }
@@ -50,7 +50,7 @@ pub struct Kept {
 
 /// Bytes counted in the cache's budget for a spool file, no longer counted once dropped.
 struct Charged {
-    cache: Option<Cache>,
+    cache: Cache,
     bytes: u64,
 }
 
@@ -60,33 +60,41 @@ const CHARGE_STEP: u64 = 1 << 20;
 impl Charged {
     /// Count enough for `total` bytes on disk. False when the budget has no room.
     fn cover(&mut self, total: u64) -> bool {
-        let Some(cache) = &self.cache else {
-            return true;
-        };
         if total <= self.bytes {
             return true;
         }
         let more = (total - self.bytes).div_ceil(CHARGE_STEP) * CHARGE_STEP;
-        if !cache.charge_free(more) {
+        if !self.cache.charge_free(more) {
             return false;
         }
         self.bytes += more;
         true
     }
+
+    /// No longer count what was counted.
+    fn release(&mut self) {
+        self.cache.discharge(std::mem::take(&mut self.bytes));
+    }
+
+    /// What is counted, handed over to a new owner (this one counts nothing any more).
+    fn take(&mut self) -> Charged {
+        Charged {
+            cache: self.cache.clone(),
+            bytes: std::mem::take(&mut self.bytes),
+        }
+    }
 }
 
 impl Drop for Charged {
     fn drop(&mut self) {
-        if let Some(cache) = &self.cache {
-            cache.discharge(self.bytes);
-        }
+        self.release();
     }
 }
 
 impl Spools {
     /// Spools in `dir`, which is emptied first (what is there is from an earlier mount),
     /// their bytes counted in the budget of `budget`.
-    pub fn new(dir: &Path, budget: Option<Cache>) -> Spools {
+    pub fn new(dir: &Path, budget: Cache) -> Spools {
         if let Err(e) = fs::remove_dir_all(dir) {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(
@@ -216,10 +224,7 @@ impl Spool {
     fn give_up(&mut self) {
         self.file = None;
         let _ = fs::remove_file(&self.path);
-        self.charged = Charged {
-            cache: self.charged.cache.clone(),
-            bytes: 0,
-        };
+        self.charged.release();
     }
 
     /// The download ended without the whole archive, stopped at `point`: the spool, if it
@@ -230,13 +235,7 @@ impl Spool {
         (written && point.offset == self.len && self.len > 0).then(|| Kept {
             path: std::mem::take(&mut self.path),
             point,
-            charged: std::mem::replace(
-                &mut self.charged,
-                Charged {
-                    cache: None,
-                    bytes: 0,
-                },
-            ),
+            charged: self.charged.take(),
         })
     }
 }
@@ -263,6 +262,11 @@ mod tests {
         )
     }
 
+    /// A cache whose budget never stands in a spool's way.
+    fn roomy_cache(dir: &Path) -> Cache {
+        Cache::open(&dir.join("cache"), 1 << 40).unwrap()
+    }
+
     fn point(offset: u64) -> Option<ResumePoint> {
         Some(ResumePoint {
             offset,
@@ -274,7 +278,7 @@ mod tests {
     #[test]
     fn a_spool_is_kept_only_when_it_holds_exactly_the_bytes_before_the_resume_point() {
         let dir = tempfile::tempdir().unwrap();
-        let spools = Spools::new(&dir.path().join("partial"), None);
+        let spools = Spools::new(&dir.path().join("partial"), roomy_cache(dir.path()));
         let mut s = spools.create(&key('a')).unwrap();
         s.write(b"hello");
         let kept = s.stopped_at(point(5)).expect("kept");
@@ -300,7 +304,7 @@ mod tests {
     #[test]
     fn at_most_a_few_spools_are_kept_and_the_oldest_goes_first() {
         let dir = tempfile::tempdir().unwrap();
-        let spools = Spools::new(&dir.path().join("partial"), None);
+        let spools = Spools::new(&dir.path().join("partial"), roomy_cache(dir.path()));
         let keys: Vec<_> = "abcdef".chars().map(key).collect();
         let mut paths = Vec::new();
         for k in &keys {
@@ -325,7 +329,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(&dir.path().join("cache"), 3 * CHARGE_STEP).unwrap();
         let used = || cache.usage().1;
-        let spools = Spools::new(&dir.path().join("partial"), Some(cache.clone()));
+        let spools = Spools::new(&dir.path().join("partial"), cache.clone());
         let mut s = spools.create(&key('a')).unwrap();
         s.write(&[1; 10]);
         assert_eq!(used(), CHARGE_STEP, "counted before it is written");
@@ -361,7 +365,7 @@ mod tests {
         let partial = dir.path().join("partial");
         fs::create_dir_all(&partial).unwrap();
         fs::write(partial.join("old"), b"x").unwrap();
-        let _spools = Spools::new(&partial, None);
+        let _spools = Spools::new(&partial, roomy_cache(dir.path()));
         assert!(!partial.join("old").exists());
     }
 }

@@ -315,15 +315,60 @@ impl DiskPeak {
 // Waiting
 
 /// Poll `f` until it is true; panic with `what` after `limit`.
-pub fn poll_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+pub fn poll_until(limit: Duration, what: &str, f: impl FnMut() -> bool) {
+    poll_every(Duration::from_millis(20), limit, what, f);
+}
+
+/// [`poll_until`], looking every `every` (for a state that may not last long).
+pub fn poll_every(every: Duration, limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !f() {
         assert!(
             Instant::now() < deadline,
             "timed out after {limit:?} waiting for {what}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
+}
+
+/// A crash in the middle of an unpack: read `file` (of a version not cached yet) through
+/// `m`, whose cache is `cache`, and `kill -9` the daemon once the unpack has written
+/// 2 MiB into `CACHE/tmp`. Returns the restarted mount on the same cache (`opts`), after
+/// checking that no version was complete before the restart and that the restart removed
+/// what the unpack left.
+pub fn kill_9_during_an_unpack(
+    mut m: Mount,
+    emu: &Emulator,
+    cache: &Path,
+    opts: MountOpts<'_>,
+    file: &str,
+) -> Mount {
+    let reader = {
+        let p = m.join(file);
+        std::thread::spawn(move || std::fs::read(p).is_ok())
+    };
+    let tmp = cache.join("tmp");
+    poll_every(
+        Duration::from_millis(2),
+        Duration::from_secs(60),
+        "the unpack to write 2 MiB",
+        || disk_usage(&tmp) >= 2 << 20,
+    );
+    let mut child = m.take_child();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let complete = std::fs::read_dir(cache.join("versions")).unwrap().count();
+    assert_eq!(complete, 0, "killed before completion: nothing complete");
+    let _ = reader.join();
+    drop(m);
+    emu.reset_counters();
+    let m = Mount::with(emu, opts);
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "leftovers removed at start"
+    );
+    m
 }
 
 /// Run `f` on a thread and wait for it at most `limit`; `None` if it did not return (the
