@@ -12,14 +12,20 @@
 //! The VM0 API emulator that tests, demo and benchmarks run against is a separate crate of
 //! the workspace (`crates/vm0-emulator`), a dev-dependency only.
 
+pub mod activity;
 pub mod api;
 pub mod archive;
 pub mod cache;
 pub mod config;
+pub mod dates;
+pub mod fetch;
 pub mod fs;
 pub mod fuse;
 pub mod ids;
+pub mod metadata;
 pub mod mount;
 pub mod openfiles;
 pub mod panics;
+pub mod remote;
+pub mod runs;
 pub mod size;

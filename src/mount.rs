@@ -24,9 +24,10 @@ use fuser::SessionACL;
 use crate::api::{ApiError, Client, ClientConfig, Kind, RetryPolicy};
 use crate::cache::{Cache, CacheOptions};
 use crate::config::{Access, MountConfig};
-use crate::fs::{
-    first_listing, FirstListing, Fs, FsConfig, Remote, RunsConfig, Saved, FIRST_FETCH_WAIT,
-};
+use crate::fs::{Fs, FsConfig};
+use crate::metadata::{first_listing, FirstListing, Saved, FIRST_FETCH_WAIT};
+use crate::remote::Remote;
+use crate::runs::RunsConfig;
 use crate::fuse::FuseFs;
 use crate::openfiles::OpenFiles;
 use crate::size::ByteSize;
@@ -405,7 +406,7 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
                     env!("CARGO_PKG_VERSION"),
                     cfg.mountpoint.display(),
                     cfg.api_url,
-                    crate::fs::format_time(std::time::SystemTime::now()),
+                    crate::dates::format_time(std::time::SystemTime::now()),
                     std::process::id()
                 ),
             },

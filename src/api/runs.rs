@@ -352,7 +352,7 @@ impl Client {
         let mut ids = std::collections::HashSet::new();
         let mut cursors = std::collections::HashSet::new();
         let mut cursor: Option<String> = None;
-        let since = query.since.map(crate::fs::format_time);
+        let since = query.since.map(crate::dates::format_time);
         while runs.len() < wanted {
             let mut url = self.api_url(&["runs"]);
             {

@@ -31,8 +31,9 @@ pub fn pack_path(dest: &Path) -> PathBuf {
 /// Files smaller than this go into the pack; larger ones get a file of their own (so
 /// that passthrough and page-cache advice work on them alone). A small file costs its
 /// bytes in the pack instead of a 4 KiB block and an inode; past 1 MiB the block rounding
-/// is under 0.4% and a file of its own costs nothing more. Never above
-/// [`crate::fs::PASSTHROUGH_MIN_SIZE`]: a packed file is never handed to the kernel.
+/// is under 0.4% and a file of its own costs nothing more. A packed file shares its content
+/// file with others, so whoever hands content files to the kernel (passthrough) must hand
+/// only files of their own: at least this large.
 pub const PACK_MAX: u64 = 1 << 20;
 
 /// The pack file being written: appended to, never rewritten (a published file's bytes

@@ -11,7 +11,7 @@
 //! CACHE/tmp/<key>.<pid>.<n>/  versions being unpacked; removed at start
 //! CACHE/trash/<...>/          evicted versions being deleted; removed at start
 //! CACHE/listings/             API listings saved for later mounts: written and read by
-//!                             `crate::fs` (its `saved` module), never touched here
+//!                             their owner (`crate::metadata`), never touched here
 //! ```
 //!
 //! A version becomes visible only by the atomic rename of its fully written temporary

@@ -49,6 +49,10 @@ pub enum CacheError {
     Cancelled { key: VersionKey },
     #[error("the mount is shutting down")]
     ShuttingDown,
+    /// Asked for from the disk alone ([`super::Cache::start_resident`]), and not there:
+    /// evicted since it was found there.
+    #[error("{key} left the cache and the VM0 API cannot describe it now; try again once the API answers (see .vm0fs/status)")]
+    NotResident { key: VersionKey },
 }
 
 impl CacheError {
@@ -65,6 +69,7 @@ impl CacheError {
             | CacheError::Locked { .. }
             | CacheError::Spawn { .. }
             | CacheError::Cancelled { .. }
+            | CacheError::NotResident { .. }
             | CacheError::ShuttingDown => false,
         }
     }

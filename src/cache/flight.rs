@@ -5,7 +5,7 @@
 //! Waiting is done in slices of [`WAIT_SLICE`]: between two slices the waiter asks its
 //! [`Patience`] whether its caller still wants the answer, so that a caller who gave up (a
 //! process that got a signal, or is gone) is let go within a slice, and a caller that may
-//! not block at all (a FUSE worker, see `crate::fs::wait`) is told so at once.
+//! not block at all (a thread whose patience says so, such as a FUSE worker) is told so at once.
 //!
 //! Nobody is left waiting for ever: a flight always ends, with the version or an error,
 //! even when its fetch panics (see `Cache::run`) or the mount shuts down

@@ -32,8 +32,10 @@
 //!
 //! Rooms: `disk` (the layout, the only code that touches it), `flight` (one fetch shared by
 //! its waiters), `pool` (the bounded download pool), `fill` (loading, fetching under a
-//! reservation, evicting), `error` (why a version was refused or failed), `runs` (the
-//! files of runs, kept beside the versions under the same budget).
+//! reservation, evicting), `error` (why a version was refused or failed). Others keep
+//! files beside the versions under the same budget (final runs, download spools) through
+//! [`Cache::charge`] and [`Cache::charge_free`]; the cache counts their bytes and knows
+//! nothing else of them.
 //!
 //! No lock is held across disk I/O: recording a use (`touch`) and moving an evicted
 //! version aside happen after the state lock is let go.
@@ -43,7 +45,6 @@ mod error;
 mod fill;
 mod flight;
 mod pool;
-mod runs;
 mod usage;
 
 use std::collections::{HashMap, HashSet};
@@ -59,7 +60,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use crate::api::Kind;
 use crate::archive::{Index, Publish, Unpacked};
 use crate::size::ByteSize;
-pub use disk::CACHE_FORMAT_VERSION;
+pub use disk::{disk_usage, remove_all, CACHE_FORMAT_VERSION};
 use disk::{Completion, Layout};
 pub use error::{CacheError, SharedError};
 use fill::purge;
@@ -67,7 +68,6 @@ pub use flight::{
     Flight, Interest, Outcome, Patience, Phase, Stopped, Unbounded, Waited, WAIT_SLICE,
 };
 use pool::Pool;
-pub use runs::{RunStore, RUN_COMPLETE};
 pub use usage::{ResidentInfo, Snapshot};
 
 use crate::ids::VersionId;
@@ -343,6 +343,17 @@ impl Cache {
     where
         F: FnOnce(FetchTarget<'_>) -> FetchResult + Send + 'static,
     {
+        self.start_or_load(key, Some((announced, Box::new(fetch))))
+    }
+
+    /// The version `key` from the disk alone, for a caller that has nothing to fetch it
+    /// with (the API cannot describe it now): as [`Cache::start`], but a version that is
+    /// not resident ends its flight at once with [`CacheError::NotResident`].
+    pub fn start_resident(&self, key: &VersionKey) -> Available {
+        self.start_or_load(key, None)
+    }
+
+    fn start_or_load(&self, key: &VersionKey, fetch: Option<(Announced, BoxedFetch)>) -> Available {
         let (flight, interest, on_disk) = match self.begin(key) {
             Begin::Ready(v) => return Available::Ready(v),
             Begin::Join(interest) => return Available::Pending(interest),
@@ -373,7 +384,14 @@ impl Cache {
                 }
             }
         }
-        self.queue(key, flight, announced, Box::new(fetch));
+        match fetch {
+            Some((announced, fetch)) => self.queue(key, flight, announced, fetch),
+            None => {
+                let result = Err(Arc::new(CacheError::NotResident { key: key.clone() }));
+                self.conclude(key, &flight, &result);
+                flight.finish(result);
+            }
+        }
         Available::Pending(interest)
     }
 

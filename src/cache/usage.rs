@@ -65,7 +65,8 @@ impl Cache {
         st.used = st.used.saturating_sub(bytes);
     }
 
-    pub(super) fn over_budget(&self) -> bool {
+    /// Whether more is counted than the budget (charges included).
+    pub fn over_budget(&self) -> bool {
         let st = self.inner.state.lock();
         st.used > self.inner.budget
     }

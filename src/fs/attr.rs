@@ -10,6 +10,7 @@ use crate::cache::VersionKey;
 use crate::ids::Ino;
 
 use super::inode::{MetaNode, Range};
+use super::versions::Complete;
 use super::{Fs, Result};
 
 /// Attributes of what is inside a version never change: the kernel may keep them this long.
@@ -116,13 +117,14 @@ impl Fs {
                 // entry for "./"); a cold one is described from its metadata alone, so that
                 // listing versions never downloads them.
                 if let Some(v) = self.cache.peek(&VersionKey::new(kind, &version)) {
-                    let range = self.inodes.lock().range(kind, &name, &version);
+                    let range = self.range(kind, &name, &version);
                     return self.content_attr(&range, &v, 0);
                 }
                 // Complete in the cache but not described by the listings held (the API is
                 // unreachable): loaded from disk, which is quick, rather than waiting for it.
                 if self.cache_only(kind, &name, &version) {
-                    let (range, v) = self.load_version(kind, &name, &version)?;
+                    let range = self.range(kind, &name, &version);
+                    let v = self.version(&range, Complete)?;
                     return self.content_attr(&range, &v, 0);
                 }
                 // Until it is unpacked, its link count (and an archive's own "./" entry) are
@@ -145,7 +147,7 @@ impl Fs {
     /// once the version is complete).
     pub(super) fn published_attr(&self, range: &Range, node: u32, p: &PublishedNode) -> TimedAttr {
         let ino = range.ino(node);
-        let mtime = to_system_time(p.mtime_sec, p.mtime_nsec);
+        let mtime = crate::dates::from_unix(p.mtime_sec, p.mtime_nsec);
         let attr = match &p.kind {
             PublishedKind::Dir => self.attr(ino, FileKind::Directory, 4096, p.perm, p.nlink, mtime),
             PublishedKind::File(f) => {
@@ -167,7 +169,7 @@ impl Fs {
     ) -> Result<TimedAttr> {
         let ino = range.ino(node);
         let n = self.checked(v, v.index.node(node))?;
-        let mtime = to_system_time(n.mtime_sec, n.mtime_nsec);
+        let mtime = crate::dates::from_unix(n.mtime_sec, n.mtime_nsec);
         let attr = match n.kind {
             NodeRefKind::Dir { .. } => {
                 self.attr(ino, FileKind::Directory, 4096, n.perm, n.nlink, mtime)
@@ -197,51 +199,5 @@ impl Fs {
             attr: self.attr(ino, FileKind::RegularFile, size, 0o444, 1, t.at),
             ttl: Duration::ZERO,
         }
-    }
-}
-
-/// ISO-8601 UTC with milliseconds, as the API writes timestamps.
-pub(crate) fn format_time(t: SystemTime) -> String {
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    time::OffsetDateTime::from(t)
-        .format(&fmt)
-        .unwrap_or_else(|_| format!("{t:?}"))
-}
-
-/// A time from an archive's seconds and nanoseconds (before 1970 when negative).
-fn to_system_time(sec: i64, nsec: u32) -> SystemTime {
-    if sec >= 0 {
-        UNIX_EPOCH + Duration::new(sec as u64, nsec)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(u64::from(nsec))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn archive_times_convert_both_sides_of_1970() {
-        let cases = [
-            ((0, 0), UNIX_EPOCH),
-            ((1, 5), UNIX_EPOCH + Duration::new(1, 5)),
-            ((-1, 0), UNIX_EPOCH - Duration::from_secs(1)),
-            (
-                (-2, 500),
-                UNIX_EPOCH - Duration::from_secs(2) + Duration::from_nanos(500),
-            ),
-        ];
-        for ((sec, nsec), want) in cases {
-            assert_eq!(to_system_time(sec, nsec), want, "{sec}.{nsec}");
-        }
-    }
-
-    #[test]
-    fn times_are_formatted_as_the_api_writes_them() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        assert_eq!(format_time(t), "2023-11-14T22:13:20.123Z");
     }
 }

@@ -12,6 +12,7 @@ use crate::ids::Ino;
 
 use super::handles::{open_published, OpenFile, Pin};
 use super::inode::{MetaNode, Range, Resolved};
+use super::versions::Now;
 use super::wait::ThreadPolicy;
 use super::{Content, DirItem, Fs, FsError, Result, TimedAttr};
 
@@ -19,7 +20,7 @@ impl Fs {
     /// The attributes of node `node` of a version: as published while it is being
     /// unpacked, else from the complete version.
     pub(super) fn content_getattr(&self, range: &Range, node: u32) -> Result<TimedAttr> {
-        let v = match self.version_now_of(range)? {
+        let v = match self.version(range, Now)? {
             Available::Ready(v) => v,
             Available::Pending(flight) => match waited(flight.node(node, &ThreadPolicy))? {
                 Waited::Published(attrs) => return Ok(self.published_attr(range, node, &attrs)),
@@ -74,7 +75,7 @@ impl Fs {
             }
             Resolved::Meta(_) => return Err(FsError::IsDir),
         };
-        let v = match self.version_now_of(&range)? {
+        let v = match self.version(&range, Now)? {
             Available::Ready(v) => v,
             Available::Pending(flight) => match waited(flight.node(node, &ThreadPolicy))? {
                 Waited::Published(attrs) => match &attrs.kind {

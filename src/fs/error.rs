@@ -6,25 +6,8 @@ use std::sync::Arc;
 use crate::api::ApiError;
 use crate::archive::ArchiveError;
 use crate::cache::{CacheError, SharedError};
-use crate::size::ByteSize;
-
-/// Why fetching a version failed: the network or the archive.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error("download failed: {0}")]
-    Api(#[from] ApiError),
-    #[error("{0}")]
-    Archive(#[from] ArchiveError),
-    /// The archive unpacks to more than the API announced: an archive can lie, and a
-    /// decompression bomb must not fill the disk.
-    #[error("the archive unpacks to more than the {} the API announced for it; stopped and discarded (a corrupt or hostile archive)", ByteSize(*.announced))]
-    LargerThanAnnounced { announced: u64 },
-    #[error("cannot start the download thread: {0}")]
-    Spawn(std::io::Error),
-    /// Told to stop (nobody wants the version any more, or the mount shuts down).
-    #[error("stopped")]
-    Stopped,
-}
+use crate::fetch::FetchError;
+use crate::metadata::{Unavailable, VersionsFailed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -54,7 +37,7 @@ pub enum FsError {
     #[error("{0}")]
     Remote(Arc<ApiError>),
     /// Nothing is known of a listing yet and the API has not answered its fetch within
-    /// the wait bound (`listings::FIRST_FETCH_WAIT`); the fetch goes on in the background.
+    /// the wait bound (`metadata::FIRST_FETCH_WAIT`); the fetch goes on in the background.
     #[error("the VM0 API has not answered within {} s; still trying in the background", .waited.as_secs())]
     NoAnswer { waited: std::time::Duration },
     /// A version could not be made available (download, unpack, budget).
@@ -102,6 +85,7 @@ impl FsError {
                 CacheError::Locked { .. }
                 | CacheError::Spawn { .. }
                 | CacheError::Panicked { .. }
+                | CacheError::NotResident { .. }
                 | CacheError::ShuttingDown => libc::EIO,
                 // Only a flight nobody waits for is cancelled: nobody should see this.
                 CacheError::Cancelled { .. } => libc::EINTR,
@@ -148,6 +132,29 @@ fn api_errno(e: &ApiError) -> libc::c_int {
         libc::EIO
     }
 }
+
+impl From<Unavailable<ApiError>> for FsError {
+    fn from(e: Unavailable<ApiError>) -> FsError {
+        match e {
+            Unavailable::Failed(e) => FsError::Remote(e),
+            Unavailable::NoAnswer { waited } => FsError::NoAnswer { waited },
+        }
+    }
+}
+
+impl From<Unavailable<VersionsFailed>> for FsError {
+    fn from(e: Unavailable<VersionsFailed>) -> FsError {
+        match e {
+            Unavailable::Failed(e) => match &*e {
+                VersionsFailed::NoStorage => FsError::NotFound,
+                VersionsFailed::Storages(e) => e.clone().into(),
+                VersionsFailed::Api(e) => FsError::Remote(e.clone()),
+            },
+            Unavailable::NoAnswer { waited } => FsError::NoAnswer { waited },
+        }
+    }
+}
+
 
 impl From<SharedError> for FsError {
     fn from(e: SharedError) -> Self {

@@ -45,16 +45,10 @@
 mod attr;
 mod content;
 mod error;
-mod fetch;
 mod handles;
 mod inode;
-mod listings;
-mod remote;
 mod runs;
-mod saved;
-mod spool;
 mod status;
-mod storages;
 mod versions;
 mod wait;
 mod xattr;
@@ -67,32 +61,28 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
+use crate::activity::Activity;
 use crate::api::Kind;
 use crate::archive::NodeRefKind;
 use crate::cache::Cache;
+use crate::fetch::{Downloads, Spools};
 use crate::ids::{Fh, Ino};
+use crate::metadata::{
+    storage_map, Listings, Saved, StorageSource, Timing, VersionSource,
+};
+use crate::remote::Remote;
 
-pub(crate) use attr::format_time;
 pub use attr::{Attr, FileKind, TimedAttr, IMMUTABLE_TTL};
-pub use error::{FetchError, FsError};
+pub use error::FsError;
 pub use handles::{Backings, OpenedHandle, PASSTHROUGH_MIN_SIZE};
-pub use remote::{ArchiveStream, Remote, RemoteArchive};
-pub use runs::{Events, RunsApi, RunsConfig};
 pub use status::{STATUS_DIR, STATUS_FILE};
 pub use wait::{with_policy, Policy, WAITERS};
 
+use content::waited;
 use handles::{slice_at, DirHandle, Handle, Handles, OpenFile};
 use inode::{InodeTable, MetaNode, Resolved};
-pub use listings::FIRST_FETCH_WAIT;
-pub use saved::Saved;
-use spool::Spools;
-pub use storages::{first_listing, FirstListing};
-
-use content::waited;
-use listings::{Listings, Timing};
-use status::{Activity, StatusTexts};
-use storages::{storage_map, StorageSource};
-use versions::{MissLog, VersionSource, LATEST};
+use status::StatusTexts;
+use versions::{Complete, MissLog, Now, LATEST};
 use wait::{Turn, Waiters};
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
@@ -156,12 +146,14 @@ pub struct Fs {
     /// The status file's text per reader (pid).
     status: StatusTexts,
     activity: Arc<Activity>,
+    /// The downloads in flight, for the status file.
+    downloads: Arc<Downloads>,
     /// Where operations that must wait for a download do so.
     waiters: Waiters,
     /// The bytes of downloads that failed part way, for the next attempt to continue.
     spools: Arc<Spools>,
     /// `runs/` and `agents/`, when shown (see [`Fs::with_runs`]).
-    runs: Option<runs::Runs>,
+    runs: Option<crate::runs::Runs>,
 }
 
 impl Fs {
@@ -201,6 +193,7 @@ impl Fs {
             handles: Handles::default(),
             status: StatusTexts::default(),
             activity,
+            downloads: Arc::new(Downloads::default()),
             waiters: Waiters::default(),
             spools,
             runs: None,
@@ -311,11 +304,12 @@ impl Fs {
                 name: storage,
                 version,
             }) => {
-                let (range, now) = self.version_now(kind, &storage, &version)?;
+                let range = self.range(kind, &storage, &version);
+                let now = self.version(&range, Now)?;
                 self.lookup_content(&range, now, 0, name)
             }
             Resolved::Content { range, node } => {
-                let now = self.version_now_of(&range)?;
+                let now = self.version(&range, Now)?;
                 self.lookup_content(&range, now, node, name)
             }
             Resolved::Meta(MetaNode::Latest { .. } | MetaNode::PrefixLink { .. }) => {
@@ -347,7 +341,7 @@ impl Fs {
             }
             Resolved::Meta(MetaNode::Run(n)) => self.run_readlink(n),
             Resolved::Content { range, node } => {
-                let v = self.version_of(&range)?;
+                let v = self.version(&range, Complete)?;
                 match self.checked(&v, v.index.get(node))?.map(|n| n.kind) {
                     Some(NodeRefKind::Symlink { .. }) => {
                         Ok(self.checked(&v, v.index.symlink_target(node))?.to_vec())
@@ -588,7 +582,8 @@ impl Fs {
                 name,
                 version,
             }) => {
-                let (range, v) = self.load_version(kind, &name, &version)?;
+                let range = self.range(kind, &name, &version);
+                let v = self.version(&range, Complete)?;
                 items.push(item(b".", self.content_attr(&range, &v, 0)?));
                 items.push(item(
                     b"..",
@@ -597,7 +592,7 @@ impl Fs {
                 self.push_children(&mut items, &range, &v, 0)?;
             }
             Resolved::Content { range, node } => {
-                let v = self.version_of(&range)?;
+                let v = self.version(&range, Complete)?;
                 let parent = match self.checked(&v, v.index.get(node))?.map(|n| n.kind) {
                     Some(NodeRefKind::Dir { parent, .. }) => parent,
                     Some(_) => return Err(FsError::NotDir),

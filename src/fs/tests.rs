@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use flate2::write::GzEncoder;
 
 use super::*;
+use crate::fetch::FetchError;
+use crate::remote::{ArchiveStream, RemoteArchive};
 use crate::api::{ApiError, ArchiveRef, ResumePoint, Storage, Version};
 use crate::cache::{CacheError, VersionKey};
 use crate::ids::{StorageId, VersionId};

@@ -1,192 +1,39 @@
-//! Versions: which names in a storage's directory are versions (full ids, unique prefixes
-//! of at least [`MIN_PREFIX`] characters, `latest`), where their listing comes from
-//! ([`VersionSource`]), and making one available: resident in the cache, being downloaded
-//! (parts of it already served), or started now. A version with no files is an empty
-//! directory that is never downloaded.
-//!
-//! Each listing of versions is indexed by id once, when it is fetched ([`VersionList`]), so
-//! that resolving a name costs a lookup and listing a storage is linear in its versions.
+//! Storages and their versions in the tree: which names in a storage's directory are
+//! versions (full ids, unique prefixes of at least [`MIN_PREFIX`] characters, `latest`),
+//! as the listings of [`crate::metadata`] describe them, and the one way to get a version
+//! ([`Fs::version`], told by a [`Want`] what to wait for): resident in the cache, being
+//! downloaded (parts of it already served), or started now. A version with no files is an
+//! empty directory that is never downloaded.
 //!
 //! A version complete in the cache needs no listing: when the listings cannot describe it
 //! (the API is unreachable and nothing was saved), it is still served by its full id, from
 //! the cache alone.
 
-use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
-use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
-use crate::api::{ApiError, Kind, Version};
+use crate::api::{Kind, Storage, Version};
 use crate::archive::{Index, IndexTree};
 use crate::cache::{
     Announced, Available, CacheError, CachedVersion, Interest, SharedError, VersionKey,
 };
+use crate::fetch;
 use crate::ids::{is_lower_hex, StorageName, VersionId, VERSION_ID_LEN};
+use crate::metadata::{Ambiguous, VersionList};
 
 use super::attr::TimedAttr;
 use super::inode::{MetaNode, Range};
-use super::listings::{Listings, Source, Unavailable};
-use super::saved::Saved;
-use super::status::Activity;
-use super::storages::StorageSource;
 use super::wait::ThreadPolicy;
-use super::{fetch, waited, Fs, FsError, Remote, Result};
+use super::{waited, Fs, FsError, Result};
 
 /// Minimum length of a version id prefix that resolves (same rule as the API's).
 pub const MIN_PREFIX: usize = 8;
 
 /// The name of the link to a storage's current version.
 pub const LATEST: &str = "latest";
-
-/// The versions of one storage: in the order the API lists them (newest first), and by id.
-pub struct VersionList {
-    in_order: Vec<Version>,
-    by_id: BTreeMap<VersionId, usize>,
-}
-
-/// A prefix shared by more than one version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ambiguous;
-
-impl VersionList {
-    pub fn new(in_order: Vec<Version>) -> VersionList {
-        let mut by_id = BTreeMap::new();
-        for (i, v) in in_order.iter().enumerate() {
-            // An id listed twice (the API should not) resolves to its first listing.
-            by_id.entry(v.id.clone()).or_insert(i);
-        }
-        VersionList { in_order, by_id }
-    }
-
-    /// The versions, newest first.
-    pub fn iter(&self) -> impl Iterator<Item = &Version> {
-        self.in_order.iter()
-    }
-
-    /// The version whose id is `id` or starts with it: `None` when there is none,
-    /// `Ambiguous` when the prefix is shared.
-    pub fn find(&self, id: &str) -> Option<std::result::Result<&Version, Ambiguous>> {
-        let mut hits = self
-            .by_id
-            .range::<str, _>((Bound::Included(id), Bound::Unbounded))
-            .take_while(|(k, _)| k.as_str().starts_with(id));
-        let (first, &i) = hits.next()?;
-        if first != id && hits.next().is_some() {
-            return Some(Err(Ambiguous));
-        }
-        Some(Ok(&self.in_order[i]))
-    }
-}
-
-/// Why the versions of a storage could not be listed.
-#[derive(Debug, thiserror::Error)]
-pub enum VersionsFailed {
-    /// The storage is not in the listing of its kind (gone, or never was).
-    #[error("no such storage")]
-    NoStorage,
-    /// The listing of storages is unavailable (reported there).
-    #[error("{0}")]
-    Storages(Unavailable<ApiError>),
-    #[error("{0}")]
-    Api(Arc<ApiError>),
-}
-
-impl From<Unavailable<VersionsFailed>> for FsError {
-    fn from(e: Unavailable<VersionsFailed>) -> FsError {
-        match e {
-            Unavailable::Failed(e) => match &*e {
-                VersionsFailed::NoStorage => FsError::NotFound,
-                VersionsFailed::Storages(e) => e.clone().into(),
-                VersionsFailed::Api(e) => FsError::Remote(e.clone()),
-            },
-            Unavailable::NoAnswer { waited } => FsError::NoAnswer { waited },
-        }
-    }
-}
-
-/// The versions of a storage (by kind and name), listed by the API.
-pub struct VersionSource {
-    pub remote: Arc<dyn Remote>,
-    pub activity: Arc<Activity>,
-    /// Where the storage's id comes from.
-    pub storages: Listings<StorageSource>,
-    pub saved: Arc<Saved>,
-}
-
-impl Source for VersionSource {
-    type Key = (Kind, StorageName);
-    type Value = VersionList;
-    type Error = VersionsFailed;
-
-    fn fetch(&self, (kind, name): &(Kind, StorageName)) -> Result<VersionList, VersionsFailed> {
-        let storage = self
-            .storages
-            .find(kind, |map| map.get(name.as_str()).cloned())
-            .map_err(VersionsFailed::Storages)?
-            .ok_or(VersionsFailed::NoStorage)?;
-        let list = self.remote.list_versions(*kind, &storage.id);
-        self.activity.api_result(&list);
-        // Versions whose id is not a version id were dropped by the API client already.
-        Ok(VersionList::new(
-            list.map_err(|e| VersionsFailed::Api(Arc::new(e)))?,
-        ))
-    }
-
-    /// A storage that is gone, or revoked access, must not leave old versions visible.
-    fn serves_previous(&self, e: &VersionsFailed) -> bool {
-        match e {
-            VersionsFailed::NoStorage => false,
-            VersionsFailed::Storages(Unavailable::Failed(e)) | VersionsFailed::Api(e) => {
-                !e.is_auth() && !e.is_not_found()
-            }
-            VersionsFailed::Storages(Unavailable::NoAnswer { .. }) => true,
-        }
-    }
-
-    fn report(
-        &self,
-        (kind, name): &(Kind, StorageName),
-        e: &VersionsFailed,
-        served_previous: bool,
-        streak: u32,
-    ) {
-        let VersionsFailed::Api(e) = e else {
-            // Not found is the user's, and a failed storage listing was reported there.
-            return;
-        };
-        if served_previous {
-            // Once per outage at WARN: the status file tells the rest.
-            if streak == 1 {
-                tracing::warn!(storage = %name, error = %e, "refreshing versions failed; serving the previous list and retrying in the background");
-            } else {
-                tracing::debug!(storage = %name, error = %e, streak, "refreshing versions failed again");
-            }
-        } else {
-            tracing::warn!(storage = %name, error = %e, "listing versions failed");
-            self.activity
-                .error(format!("listing the versions of {kind} {name}: {e}"));
-        }
-    }
-
-    fn load(&self, (kind, name): &(Kind, StorageName)) -> Option<VersionList> {
-        Some(VersionList::new(self.saved.load_versions(*kind, name)?))
-    }
-
-    fn save(&self, (kind, name): &(Kind, StorageName), list: &VersionList) {
-        self.saved.save_versions(*kind, name, list.iter());
-    }
-
-    fn forget(&self, (kind, name): &(Kind, StorageName)) {
-        self.saved.forget_versions(*kind, name);
-    }
-
-    fn answered_since(&self, t: Instant) -> bool {
-        self.activity.answered_since(t)
-    }
-}
 
 /// Why a name in a storage's directory is not a version, as the log says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,6 +121,40 @@ fn passing(e: &FsError) -> bool {
     }
 }
 
+/// What a caller of [`Fs::version`] waits for, and what it gets.
+pub(super) trait Want {
+    type Out;
+    fn take(self, fs: &Fs, storage: &StorageName, now: Available) -> Result<Self::Out>;
+}
+
+/// Nothing: the version as far as it is available now (resident, or the download that
+/// makes it, whose published files may already be served).
+pub(super) struct Now;
+
+impl Want for Now {
+    type Out = Available;
+    fn take(self, _: &Fs, _: &StorageName, now: Available) -> Result<Available> {
+        Ok(now)
+    }
+}
+
+/// The end of its download: the complete version. Only a thread that may wait does (a
+/// FUSE worker gets [`FsError::WouldBlock`], see `wait`).
+pub(super) struct Complete;
+
+impl Want for Complete {
+    type Out = Arc<CachedVersion>;
+    fn take(self, fs: &Fs, storage: &StorageName, now: Available) -> Result<Arc<CachedVersion>> {
+        match now {
+            Available::Ready(v) => Ok(v),
+            Available::Pending(flight) => {
+                let r = waited(flight.wait(&ThreadPolicy))?;
+                fs.finished(storage, &flight, r)
+            }
+        }
+    }
+}
+
 impl Fs {
     /// `name` in the directory of a storage: `latest`, a version id or a unique prefix of
     /// one (a link to the version).
@@ -331,6 +212,13 @@ impl Fs {
             }
         };
         self.meta_attr(node)
+    }
+
+    /// The storage of `kind` named `name`.
+    pub(super) fn find_storage(&self, kind: Kind, name: &str) -> Result<Storage> {
+        self.storages
+            .find(&kind, |map| map.get(name).cloned())?
+            .ok_or(FsError::NotFound)
     }
 
     /// The versions of a storage.
@@ -392,111 +280,71 @@ impl Fs {
         !self.listed_now(kind, storage, id) && self.cached(&VersionKey::new(kind, id))
     }
 
-    /// A loaded version for a content inode: the cache's copy when resident (no API call),
-    /// else through the metadata path (which may download it again after an eviction).
-    pub(super) fn version_of(&self, range: &Range) -> Result<Arc<CachedVersion>> {
-        if let Some(v) = self
-            .cache
-            .peek(&VersionKey::new(range.kind, &range.version))
-        {
-            return Ok(v);
-        }
-        Ok(self
-            .load_version(range.kind, &range.name, &range.version)?
-            .1)
+    /// The content inodes of version `id` of `storage` (allocated the first time).
+    pub(super) fn range(&self, kind: Kind, storage: &StorageName, id: &VersionId) -> Range {
+        self.inodes.lock().range(kind, storage, id)
     }
 
-    /// A version for a content inode as far as it is available: the cache's copy when
-    /// resident, the running download when there is one, else through the metadata path
-    /// (which may start a download again after an eviction).
-    pub(super) fn version_now_of(&self, range: &Range) -> Result<Available> {
+    /// The version of a content range, as far as `want` says to wait for it: the one way
+    /// every operation gets a version. Resident: no API call. Being fetched: that flight.
+    /// Cold: its download is started in the background (through the listings, which
+    /// describe it; an evicted version is downloaded again under the same inode numbers),
+    /// or, when the listings held cannot describe it and it is complete on disk, loaded
+    /// from the disk alone.
+    pub(super) fn version<W: Want>(&self, range: &Range, want: W) -> Result<W::Out> {
         let key = VersionKey::new(range.kind, &range.version);
-        if let Some(v) = self.cache.peek(&key) {
-            return Ok(Available::Ready(v));
-        }
-        if let Some(flight) = self.cache.in_flight(&key) {
-            return Ok(Available::Pending(flight));
-        }
-        Ok(self.version_now(range.kind, &range.name, &range.version)?.1)
-    }
-
-    /// Make a version available (downloading and unpacking it when cold) and allocate its
-    /// content inodes; waits for the end of a download.
-    pub(super) fn load_version(
-        &self,
-        kind: Kind,
-        storage: &StorageName,
-        id: &VersionId,
-    ) -> Result<(Range, Arc<CachedVersion>)> {
-        match self.version_now(kind, storage, id)? {
-            (range, Available::Ready(v)) => Ok((range, v)),
-            (range, Available::Pending(flight)) => {
-                let r = waited(flight.wait(&ThreadPolicy))?;
-                let v = self.finished(storage, &flight, r)?;
-                Ok((range, v))
-            }
-        }
-    }
-
-    /// A version and its content inodes; a cold version's download is started in the
-    /// background and not waited for.
-    pub(super) fn version_now(
-        &self,
-        kind: Kind,
-        storage: &StorageName,
-        id: &VersionId,
-    ) -> Result<(Range, Available)> {
-        let key = VersionKey::new(kind, id);
         let now = match self.cache.peek(&key) {
             Some(v) => Available::Ready(v),
-            // Loaded from disk with no API call. Should the version be evicted in between,
-            // nothing describes it to download it again: that access fails, the next one
-            // goes through the listings.
-            None if self.cache_only(kind, storage, id) => {
-                let what = format!("{kind} {storage} version {id}");
-                self.cache
-                    .start(&key, Announced { size: 0, file_count: 0 }, move |_| {
-                        Err(format!("{what} left the cache and the VM0 API cannot describe it now; try again later").into())
-                    })
-            }
-            None => {
-                let s = self.find_storage(kind, storage.as_str())?;
-                let version = self.find_version(kind, storage, id.as_str())?;
-                if version.id != *id {
-                    return Err(FsError::NotFound);
-                }
-                if version.file_count == 0 {
-                    // No archive exists for a 0-file version (the API answers 404): it is an
-                    // empty directory, kept out of the cache.
-                    Available::Ready(Arc::new(CachedVersion {
-                        key: key.clone(),
-                        dir: Default::default(),
-                        index: empty_index(version.created_at),
-                        disk_bytes: 0,
-                    }))
-                } else {
-                    let announced = Announced {
-                        size: version.size,
-                        file_count: version.file_count,
-                    };
-                    let remote = self.remote.clone();
-                    let activity = self.activity.clone();
-                    let job = fetch::Job {
-                        kind,
-                        storage: storage.clone(),
-                        storage_id: s.id.clone(),
-                        version,
-                        progress_every: self.config.progress_every,
-                        spools: self.spools.clone(),
-                    };
-                    self.cache.start(&key, announced, move |target| {
-                        fetch::fetch(remote, &activity, &job, target)
-                    })
-                }
-            }
+            None => match self.cache.in_flight(&key) {
+                Some(flight) => Available::Pending(flight),
+                None => self.start_version(range, &key)?,
+            },
         };
-        let range = self.inodes.lock().range(kind, storage, id);
-        Ok((range, now))
+        want.take(self, &range.name, now)
+    }
+
+    /// Start making a version that is neither loaded nor being fetched available.
+    fn start_version(&self, range: &Range, key: &VersionKey) -> Result<Available> {
+        let (kind, storage, id) = (range.kind, &range.name, &range.version);
+        // Complete on disk, and the listings held cannot describe it (so asking them would
+        // wait for the API): loaded from the disk alone. Should it be evicted in between,
+        // that access fails and the next one goes through the listings.
+        if self.cache_only(kind, storage, id) {
+            return Ok(self.cache.start_resident(key));
+        }
+        let s = self.find_storage(kind, storage.as_str())?;
+        let version = self.find_version(kind, storage, id.as_str())?;
+        if version.id != *id {
+            return Err(FsError::NotFound);
+        }
+        if version.file_count == 0 {
+            // No archive exists for a 0-file version (the API answers 404): it is an
+            // empty directory, kept out of the cache.
+            return Ok(Available::Ready(Arc::new(CachedVersion {
+                key: key.clone(),
+                dir: Default::default(),
+                index: empty_index(version.created_at),
+                disk_bytes: 0,
+            })));
+        }
+        let announced = Announced {
+            size: version.size,
+            file_count: version.file_count,
+        };
+        let remote = self.remote.clone();
+        let activity = self.activity.clone();
+        let job = fetch::Job {
+            kind,
+            storage: storage.clone(),
+            storage_id: s.id.clone(),
+            version,
+            progress_every: self.config.progress_every,
+            spools: self.spools.clone(),
+            downloads: self.downloads.clone(),
+        };
+        Ok(self.cache.start(key, announced, move |target| {
+            fetch::fetch(remote, &activity, &job, target)
+        }))
     }
 
     /// The outcome of a flight as the filesystem answers it.
@@ -530,18 +378,6 @@ fn empty_index(mtime: SystemTime) -> Index {
 mod tests {
     use super::*;
 
-    fn version(id: String) -> Version {
-        Version {
-            id: VersionId::parse(&id).unwrap(),
-            storage_id: "s".into(),
-            size: 0,
-            file_count: 0,
-            message: None,
-            created_by: None,
-            created_at: UNIX_EPOCH,
-        }
-    }
-
     #[test]
     fn names_that_cannot_be_versions_say_why() {
         let cases = [
@@ -561,33 +397,5 @@ mod tests {
             Miss::TooShort.why(),
             "too short (prefix needs 8 hex characters)"
         );
-    }
-
-    #[test]
-    fn versions_resolve_by_full_id_and_unique_prefix() {
-        let ids = [
-            format!("aaaa1111{}", "0".repeat(56)),
-            format!("aaaa2222{}", "0".repeat(56)),
-            format!("bbbb1111{}", "0".repeat(56)),
-        ];
-        let list = VersionList::new(ids.iter().cloned().map(version).collect());
-        let cases: Vec<(&str, Option<std::result::Result<&str, Ambiguous>>)> = vec![
-            (&ids[0], Some(Ok(&ids[0]))),
-            (&ids[2], Some(Ok(&ids[2]))),
-            ("aaaa2222", Some(Ok(&ids[1]))),
-            ("bbbb", Some(Ok(&ids[2]))),
-            ("aaaa", Some(Err(Ambiguous))),
-            ("a", Some(Err(Ambiguous))),
-            ("cccc", None),
-            ("aaaa3", None),
-            ("b", Some(Ok(&ids[2]))),
-        ];
-        for (query, want) in cases {
-            let got = list.find(query).map(|r| r.map(|v| v.id.as_str()));
-            assert_eq!(got, want, "{query}");
-        }
-        // The order the API gave is kept for listings.
-        let order: Vec<&str> = list.iter().map(|v| v.id.as_str()).collect();
-        assert_eq!(order, [&ids[0], &ids[1], &ids[2]]);
     }
 }

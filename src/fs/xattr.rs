@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 
 use crate::ids::Ino;
 
-use super::attr::format_time;
+use crate::dates::format_time;
 use super::inode::{MetaNode, Resolved};
 use super::{Fs, FsError, Result};
 

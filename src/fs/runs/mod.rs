@@ -14,11 +14,8 @@
 //! runs within `--runs-since` and `--runs-limit`, agents, an agent's files) follow the
 //! metadata TTL through the generic listings; any run id is also looked up directly, and an
 //! unknown one is remembered for a moment. What a run's files hold, and keeping them (final
-//! runs once, on disk; live runs growing while they are read), is `state`'s and `files`'s.
+//! runs once, on disk; live runs growing while they are read), is the business of [`crate::runs`].
 
-mod api;
-mod files;
-mod state;
 #[cfg(test)]
 mod tests;
 
@@ -29,30 +26,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::api::RunId;
-use crate::cache::{Patience, RunStore};
+use crate::cache::Patience;
 use crate::ids::Ino;
-
-use api::{AgentFilesSource, AgentSource, RunListSource};
-pub use api::{Events, RunsApi};
-use files::{RunFile, SyncError};
-use state::{RunState, View};
+use crate::runs::{safe_name, RunFile, RunStore, Runs, RunsApi, RunsConfig, SyncError, View};
 
 use super::attr::{FileKind, TimedAttr, IMMUTABLE_TTL};
 use super::handles::{read_at, slice_at, Handle, OpenFile, OpenedHandle, Pin};
 use super::inode::MetaNode;
-use super::listings::{Listings, Timing};
-use super::status::Activity;
 use super::wait::ThreadPolicy;
 use super::{DirItem, Fs, FsError, Result};
-
-/// How far back and how many runs `runs/` lists.
-#[derive(Debug, Clone)]
-pub struct RunsConfig {
-    /// Runs created within this long of now.
-    pub since: Duration,
-    /// At most this many, newest first.
-    pub limit: usize,
-}
 
 /// What a node of the runs' and agents' tree names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -74,61 +56,6 @@ pub enum RunNode {
 
 pub const RUNS_DIR: &str = "runs";
 pub const AGENTS_DIR: &str = "agents";
-
-/// The runs and agents of a mount.
-pub struct Runs {
-    state: Arc<RunState>,
-    lists: Listings<RunListSource>,
-    agents: Listings<AgentSource>,
-    agent_files: Listings<AgentFilesSource>,
-}
-
-impl Runs {
-    pub fn new(
-        api: Arc<dyn RunsApi>,
-        store: RunStore,
-        config: RunsConfig,
-        activity: Arc<Activity>,
-        metadata_ttl: Duration,
-    ) -> Runs {
-        let timing = Timing::with_ttl(metadata_ttl);
-        Runs {
-            lists: Listings::new(
-                RunListSource {
-                    api: api.clone(),
-                    activity: activity.clone(),
-                    since: config.since,
-                    limit: config.limit,
-                },
-                timing.clone(),
-            ),
-            agents: Listings::new(
-                AgentSource {
-                    api: api.clone(),
-                    activity: activity.clone(),
-                },
-                timing.clone(),
-            ),
-            agent_files: Listings::new(
-                AgentFilesSource {
-                    api: api.clone(),
-                    activity,
-                },
-                timing,
-            ),
-            state: RunState::new(api, store),
-        }
-    }
-}
-
-/// Whether an agent's or volume's name can be a file name.
-pub fn safe_name(name: &str) -> bool {
-    !name.is_empty()
-        && name != "."
-        && name != ".."
-        && name.len() <= 255
-        && !name.contains(['/', '\0'])
-}
 
 impl From<SyncError> for FsError {
     fn from(e: SyncError) -> FsError {

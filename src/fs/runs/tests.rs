@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use super::{Events, RunsApi, RunsConfig};
+use crate::runs::{Events, RunsApi, RunsConfig, FOLLOW_POLL, MAX_FOLLOWED};
 use crate::api::{
     Agent, ApiError, ArchiveRef, Kind, LogEntry, LogPage, LogQuery, Run, RunEvent, RunId, RunQuery,
     Storage, Version,
 };
 use crate::cache::Cache;
-use crate::fs::{Fs, FsConfig, FsError, Remote, RemoteArchive, TimedAttr, IMMUTABLE_TTL};
+use crate::fs::{Fs, FsConfig, FsError, TimedAttr, IMMUTABLE_TTL};
+use crate::remote::{Remote, RemoteArchive};
 use crate::ids::{Ino, StorageId};
 
 /// No storages: only the runs matter here.
@@ -311,7 +312,7 @@ fn a_live_run_becomes_final_without_a_gap_or_a_repeated_line() {
 #[test]
 fn live_runs_are_followed_while_read_and_at_most_a_few_at_once() {
     let api = Arc::new(FakeRuns::default());
-    let ids: Vec<String> = (0..super::state::MAX_FOLLOWED + 3)
+    let ids: Vec<String> = (0..MAX_FOLLOWED + 3)
         .map(|i| format!("{RUN}-{i}"))
         .collect();
     for id in &ids {
@@ -325,7 +326,7 @@ fn live_runs_are_followed_while_read_and_at_most_a_few_at_once() {
     }
     assert_eq!(
         state.followed(),
-        super::state::MAX_FOLLOWED,
+        MAX_FOLLOWED,
         "a bounded number"
     );
     // Nobody reads them any more: they are let go, and the API is no longer asked.
@@ -340,7 +341,7 @@ fn live_runs_are_followed_while_read_and_at_most_a_few_at_once() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let asked = api.gets.load(Ordering::SeqCst);
-    std::thread::sleep(super::state::FOLLOW_POLL * 3);
+    std::thread::sleep(FOLLOW_POLL * 3);
     assert_eq!(
         api.gets.load(Ordering::SeqCst),
         asked,

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::api::{ApiError, Run, RunEvent, RunId};
-use crate::cache::RunStore;
 
 use super::api::RunsApi;
+use super::store::RunStore;
 use super::files::{self, LogSync, RunFile, SyncError};
 
 /// How often a followed live run is asked for what is new. With `tail -f` looking once a

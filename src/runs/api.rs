@@ -1,6 +1,6 @@
-//! What the runs' part of the filesystem asks of the API: one small trait, which the API
-//! client implements and the library tests replace with a fake, and the listings it keeps
-//! (runs, agents, an agent's files) as [`Source`]s of the generic [`super::super::listings`].
+//! What the runs ask of the API: one small trait, which the API client implements and the
+//! library tests replace with a fake, and the listings they keep (runs, agents, an agent's
+//! files) as [`ListingSource`]s of the generic [`crate::metadata::Listings`].
 
 use std::collections::BTreeMap;
 use std::io;
@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::api::{Agent, ApiError, Client, LogPage, LogQuery, Run, RunEvent, RunId, RunQuery};
 
-use super::super::listings::Source;
-use super::super::status::Activity;
+use crate::activity::Activity;
+use crate::metadata::ListingSource;
 
 /// A run's event stream being read.
 pub type Events = Box<dyn Iterator<Item = io::Result<RunEvent>> + Send>;
@@ -95,7 +95,7 @@ pub struct RunListSource {
     pub limit: usize,
 }
 
-impl Source for RunListSource {
+impl ListingSource for RunListSource {
     type Key = Option<String>;
     type Value = RunList;
     type Error = ApiError;
@@ -136,7 +136,7 @@ pub struct AgentSource {
     pub activity: Arc<Activity>,
 }
 
-impl Source for AgentSource {
+impl ListingSource for AgentSource {
     type Key = ();
     type Value = BTreeMap<String, Agent>;
     type Error = ApiError;
@@ -177,7 +177,7 @@ pub struct AgentFilesSource {
     pub activity: Arc<Activity>,
 }
 
-impl Source for AgentFilesSource {
+impl ListingSource for AgentFilesSource {
     type Key = String;
     type Value = AgentFiles;
     type Error = ApiError;

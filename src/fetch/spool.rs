@@ -151,7 +151,7 @@ impl Spools {
     }
 
     #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.kept.lock().len()
     }
 }

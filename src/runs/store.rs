@@ -11,8 +11,8 @@
 //! `runs-live/` that the next start removes. Its bytes are counted in the cache's budget
 //! ([`Cache::charge`]: versions are evicted to make room for them, as for a new version),
 //! and when runs alone pass the budget the least recently used are removed. Which files a
-//! run has and what is in them is the filesystem's business (`crate::fs`); this module
-//! only keeps directories.
+//! run has and what is in them is `files`'s and `state`'s business; this module only keeps
+//! directories. The cache knows nothing of runs: it counts their bytes when told to.
 
 use std::collections::HashSet;
 use std::fs;
@@ -22,8 +22,7 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 
-use super::disk::{disk_usage, remove_all};
-use super::{Cache, CacheError};
+use crate::cache::{disk_usage, remove_all, Cache, CacheError};
 
 /// Written last into a final run's directory: its presence says the directory is complete.
 pub const RUN_COMPLETE: &str = "complete.json";

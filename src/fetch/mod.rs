@@ -10,6 +10,13 @@
 //! thread stops at its next read) and whether the download has stalled: no byte for
 //! [`STALL_AFTER`] is logged once (WARN) and shown in the status file, and logged again
 //! (INFO) when bytes come back.
+//!
+//! The room: this file is the pipeline; `spool` keeps the compressed bytes of a download
+//! that failed part way, for the next attempt to continue them; `meter` is what each
+//! download in flight has received (for the stall watch and the status file); `error` is
+//! why a fetch failed. The cache calls [`fetch`] (through the closure the filesystem
+//! hands [`crate::cache::Cache::start`]) with a temporary directory and a byte limit; the
+//! network is reached through [`Remote`] only.
 
 use std::io::{self, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -18,16 +25,23 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::activity::Activity;
 use crate::api::{ApiError, ArchiveRef, Kind, Version};
 use crate::archive::{self, ArchiveError, UnpackOptions, UnpackStats, Unpacked};
-use crate::cache::{FetchTarget, WAIT_SLICE};
+use crate::cache::{FetchTarget, VersionKey, WAIT_SLICE};
 use crate::ids::{StorageId, StorageName};
+use crate::remote::Remote;
 use crate::size::ByteSize;
 
-use super::spool::{Kept, Spool, Spools};
-use super::status::Meter;
-use super::{Activity, FetchError, Remote};
-use crate::cache::VersionKey;
+mod error;
+mod meter;
+mod spool;
+
+pub use error::FetchError;
+pub use meter::{Downloads, Meter, Progress};
+pub use spool::{Spools, MAX_KEPT};
+
+use spool::{Kept, Spool};
 
 /// Chunk size handed from the download thread to the unpacking thread. Small enough that
 /// the chunks in flight (at most [`CHUNKS_QUEUED`] plus one at each end) are a small part
@@ -52,6 +66,8 @@ pub struct Job {
     pub progress_every: Duration,
     /// Where the download keeps its bytes, and finds those of an earlier attempt.
     pub spools: Arc<Spools>,
+    /// Where its progress is shown.
+    pub downloads: Arc<Downloads>,
 }
 
 /// Download `job.version` and unpack it into `target.dir`.
@@ -72,11 +88,12 @@ pub fn fetch(
         version,
         progress_every,
         spools,
+        downloads,
     } = job;
     let (kind, progress_every) = (*kind, *progress_every);
     let started = Instant::now();
     let key = VersionKey::new(kind, &version.id);
-    let meter = activity.start(&key, storage.as_str(), version.size);
+    let meter = downloads.start(&key, storage.as_str(), version.size);
     let what = format!("{kind} {storage} version {}", version.id.short());
     tracing::info!(version = %version.id, size = version.size, files = version.file_count, "downloading {what}");
     let mut watch = Watch {
@@ -94,7 +111,7 @@ pub fn fetch(
             what: what.clone(),
         };
         let download =
-            Download::spawn(remote, archive, from, meter.clone()).map_err(FetchError::Spawn)?;
+            DownloadThread::spawn(remote, archive, from, meter.clone()).map_err(FetchError::Spawn)?;
         let compressed = download.started(&mut watch)?;
         let reader = ChannelReader {
             download,
@@ -113,7 +130,7 @@ pub fn fetch(
         };
         let mut last_log = Instant::now();
         let mut progress = |s: &UnpackStats| {
-            activity.update(&key, s.bytes, s.files);
+            downloads.update(&key, s.bytes, s.files);
             if last_log.elapsed() >= progress_every {
                 last_log = Instant::now();
                 log_progress(&what, s, version.size, compressed, started);
@@ -159,7 +176,7 @@ pub fn fetch(
             activity.error(format!("could not fetch {what}: {e}"));
         }
     }
-    activity.finish(&key);
+    downloads.finish(&key);
     result.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
 }
 
@@ -233,12 +250,12 @@ enum Message {
 
 /// A download running on a thread of its own. Dropping it (the unpacker is done, or
 /// stopped) tells the thread to stop at its next read, which closes the connection.
-struct Download {
+struct DownloadThread {
     rx: mpsc::Receiver<Message>,
     end: Arc<End>,
 }
 
-impl Drop for Download {
+impl Drop for DownloadThread {
     fn drop(&mut self) {
         self.end.unpacker_done();
     }
@@ -283,13 +300,13 @@ impl End {
     }
 }
 
-impl Download {
+impl DownloadThread {
     fn spawn(
         remote: Arc<dyn Remote>,
         archive: ArchiveRef,
         origin: Origin,
         meter: Arc<Meter>,
-    ) -> io::Result<Download> {
+    ) -> io::Result<DownloadThread> {
         // Four chunks in flight: enough to keep both sides busy, little memory.
         let (tx, rx) = mpsc::sync_channel(CHUNKS_QUEUED);
         let end = Arc::new(End::default());
@@ -297,7 +314,7 @@ impl Download {
         std::thread::Builder::new()
             .name("vm0fs-download".into())
             .spawn(move || {
-                let to = Unpacker {
+                let to = ToUnpacker {
                     tx: &tx,
                     end: &unpacker_end,
                 };
@@ -310,7 +327,7 @@ impl Download {
                     ))));
                 }
             })?;
-        Ok(Download { rx, end })
+        Ok(DownloadThread { rx, end })
     }
 
     /// Wait for the archive's response (the API request and the store's headers); its
@@ -351,7 +368,7 @@ impl Download {
 }
 
 /// Where the download thread hands its messages, and whether anyone still takes them.
-struct Unpacker<'a> {
+struct ToUnpacker<'a> {
     tx: &'a mpsc::SyncSender<Message>,
     end: &'a End,
 }
@@ -370,14 +387,14 @@ struct Origin {
 /// I/O timeout come.)
 ///
 /// What it receives goes to a spool file too; a download that stops before the end keeps
-/// it (see [`super::spool`]), and the next one for the version starts with those bytes and
+/// it (see [`spool`]), and the next one for the version starts with those bytes and
 /// asks the store only for the rest.
 fn download(
     remote: &dyn Remote,
     archive: &ArchiveRef,
     origin: &Origin,
     meter: &Meter,
-    to: &Unpacker<'_>,
+    to: &ToUnpacker<'_>,
 ) {
     let tx = to.tx;
     let (opened, kept) = open(remote, archive, origin);
@@ -415,7 +432,7 @@ fn download(
     let mut source = archive.reader;
     // A stop before the end keeps what came for the next attempt, unless the unpacker
     // found those bytes wrong.
-    let stop = |spool: Option<Spool>, source: &dyn super::remote::ArchiveStream| {
+    let stop = |spool: Option<Spool>, source: &dyn crate::remote::ArchiveStream| {
         if to.end.gone() && !to.end.keeps_spool() {
             return;
         }
@@ -483,7 +500,7 @@ fn download(
 
 /// A kept spool that this download took but did not get to continue: kept again when the
 /// unpacker only stopped (nobody waits), deleted when it found the bytes wrong.
-fn give_back(kept: Kept, to: &Unpacker<'_>, origin: &Origin) {
+fn give_back(kept: Kept, to: &ToUnpacker<'_>, origin: &Origin) {
     if to.end.keeps_spool() {
         origin.spools.keep(&origin.key, kept);
     } else {
@@ -503,7 +520,7 @@ fn open(
     remote: &dyn Remote,
     archive: &ArchiveRef,
     origin: &Origin,
-) -> (Result<super::RemoteArchive, ApiError>, Option<Continued>) {
+) -> (Result<crate::remote::RemoteArchive, ApiError>, Option<Continued>) {
     let continued = origin.spools.take(&origin.key).and_then(|kept| {
         let file = std::fs::File::open(&kept.path).ok()?;
         Some(Continued { kept, file })
@@ -535,7 +552,7 @@ fn open(
 
 /// Hand the unpacker the `len` bytes of a kept spool. False when it has gone or the spool
 /// could not be read (then told to the unpacker as the download's failure).
-fn replay(mut file: std::fs::File, len: u64, to: &Unpacker<'_>) -> bool {
+fn replay(mut file: std::fs::File, len: u64, to: &ToUnpacker<'_>) -> bool {
     let mut left = len;
     while left > 0 {
         if to.end.gone() {
@@ -559,7 +576,7 @@ fn replay(mut file: std::fs::File, len: u64, to: &Unpacker<'_>) -> bool {
 
 /// The archive as the unpacker reads it: the download's chunks, in order.
 struct ChannelReader<'a> {
-    download: Download,
+    download: DownloadThread,
     watch: Watch<'a>,
     buf: Vec<u8>,
     pos: usize,

@@ -1,5 +1,5 @@
 //! The storages of each kind, as the mount shows them: where their listing comes from
-//! ([`StorageSource`] for [`Listings`]: the API, and the copy saved by an earlier mount),
+//! ([`StorageSource`] for [`super::Listings`]: the API, and the copy saved by an earlier mount),
 //! which of the API's storages are kept (a name must be able to be a file name), and
 //! finding one by name.
 
@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use crate::api::{ApiError, Kind, Storage};
 use crate::ids::StorageName;
 
-use super::listings::{Listings, Source, Unavailable};
+use crate::activity::Activity;
+use crate::remote::Remote;
+
+use super::listings::ListingSource;
 use super::saved::Saved;
-use super::status::Activity;
-use super::{Fs, FsError, Remote, Result};
 
 /// The storages of one kind, by name.
 pub type StorageMap = BTreeMap<StorageName, Storage>;
@@ -33,7 +34,7 @@ pub fn storage_map(kind: Kind, list: Vec<Storage>) -> StorageMap {
         .collect()
 }
 
-impl Source for StorageSource {
+impl ListingSource for StorageSource {
     type Key = Kind;
     type Value = StorageMap;
     type Error = ApiError;
@@ -81,15 +82,6 @@ impl Source for StorageSource {
     }
 }
 
-impl From<Unavailable<ApiError>> for FsError {
-    fn from(e: Unavailable<ApiError>) -> FsError {
-        match e {
-            Unavailable::Failed(e) => FsError::Remote(e),
-            Unavailable::NoAnswer { waited } => FsError::NoAnswer { waited },
-        }
-    }
-}
-
 /// What became of the first listing a mount asks for (see [`first_listing`]).
 #[derive(Debug)]
 pub enum FirstListing {
@@ -100,7 +92,7 @@ pub enum FirstListing {
 }
 
 /// The volumes, listed before anything is mounted: the request that checks the API URL and
-/// the token, and the filesystem's first listing ([`Fs::seed_storages`]). It is retried as
+/// the token, and the filesystem's first listing (`Fs::seed_storages`). It is retried as
 /// any request is; `wait` bounds how long the caller waits for it (`None`: to its end).
 pub fn first_listing(remote: &Arc<dyn Remote>, wait: Option<Duration>) -> FirstListing {
     let (tx, rx) = mpsc::channel();
@@ -122,13 +114,6 @@ pub fn first_listing(remote: &Arc<dyn Remote>, wait: Option<Duration>) -> FirstL
     }
 }
 
-/// The storage of `kind` named `name`.
-pub fn find_storage(storages: &Listings<StorageSource>, kind: Kind, name: &str) -> Result<Storage> {
-    storages
-        .find(&kind, |map| map.get(name).cloned())?
-        .ok_or(FsError::NotFound)
-}
-
 /// A storage as the mount can show it, or `None` (with a warning) when the API sent a name
 /// that cannot be a file name. (A `current_version_id` that is not a version id was dropped
 /// by the API client already, so `latest` can only ever point at a sibling directory.)
@@ -144,11 +129,4 @@ fn sane_storage(kind: Kind, s: Storage) -> Option<Storage> {
         return None;
     }
     Some(s)
-}
-
-impl Fs {
-    /// The storage of `kind` named `name`.
-    pub(super) fn find_storage(&self, kind: Kind, name: &str) -> Result<Storage> {
-        find_storage(&self.storages, kind, name)
-    }
 }

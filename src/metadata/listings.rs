@@ -1,7 +1,7 @@
 //! Listings fetched from the API and kept: the storages of a kind, the versions of a
 //! storage. One generic type, [`Listings`], keeps them all, and decides alone when one is
 //! fetched and who waits for it. What a listing is, where it comes from, how it is saved
-//! across mounts and how its failures are reported is the business of its [`Source`]; this
+//! across mounts and how its failures are reported is the business of its [`ListingSource`]; this
 //! module knows nothing of the API or of files.
 //!
 //! The rules, each with its number in [`Timing`]:
@@ -23,8 +23,8 @@
 //! - **Definite refusals end the old listing.** A failure that the source says must not
 //!   be papered over (access refused, the storage gone) drops the listing held, in memory
 //!   and on disk.
-//! - **Saved across mounts.** Each listing fetched is handed to [`Source::save`]; a listing
-//!   never fetched in this mount is first looked for with [`Source::load`]. A loaded listing
+//! - **Saved across mounts.** Each listing fetched is handed to [`ListingSource::save`]; a listing
+//!   never fetched in this mount is first looked for with [`ListingSource::load`]. A loaded listing
 //!   is served like a stale one: at once, with a refresh in the background.
 
 use std::collections::HashMap;
@@ -52,7 +52,7 @@ pub const RETRY_BACKOFF_FIRST: Duration = Duration::from_secs(1);
 pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// Where one family of listings comes from.
-pub trait Source: Send + Sync + 'static {
+pub trait ListingSource: Send + Sync + 'static {
     /// Which listing: a kind, or a storage of a kind.
     type Key: Clone + Eq + Hash + Send + Sync + 'static;
     type Value: Send + Sync + 'static;
@@ -165,7 +165,7 @@ struct Failure<E> {
 }
 
 /// Everything known of one listing.
-struct Entry<S: Source> {
+struct Entry<S: ListingSource> {
     /// Whether the saved copy was looked for (once per listing and mount).
     loaded: bool,
     value: Option<Arc<S::Value>>,
@@ -179,7 +179,7 @@ struct Entry<S: Source> {
     failure: Option<Failure<S::Error>>,
 }
 
-impl<S: Source> Default for Entry<S> {
+impl<S: ListingSource> Default for Entry<S> {
     fn default() -> Self {
         Entry {
             loaded: false,
@@ -192,7 +192,7 @@ impl<S: Source> Default for Entry<S> {
     }
 }
 
-impl<S: Source> Entry<S> {
+impl<S: ListingSource> Entry<S> {
     fn stale(&self, max_age: Duration) -> bool {
         self.fetched.is_none_or(|t| t.elapsed() >= max_age)
     }
@@ -208,7 +208,7 @@ impl<S: Source> Entry<S> {
     }
 }
 
-struct Shared<S: Source> {
+struct Shared<S: ListingSource> {
     source: S,
     timing: Timing,
     entries: Mutex<HashMap<S::Key, Entry<S>>>,
@@ -216,12 +216,12 @@ struct Shared<S: Source> {
     ended: Condvar,
 }
 
-/// The listings of one [`Source`]. Cheap to clone (the listings are shared).
-pub struct Listings<S: Source> {
+/// The listings of one [`ListingSource`]. Cheap to clone (the listings are shared).
+pub struct Listings<S: ListingSource> {
     shared: Arc<Shared<S>>,
 }
 
-impl<S: Source> Clone for Listings<S> {
+impl<S: ListingSource> Clone for Listings<S> {
     fn clone(&self) -> Self {
         Listings {
             shared: self.shared.clone(),
@@ -229,7 +229,7 @@ impl<S: Source> Clone for Listings<S> {
     }
 }
 
-impl<S: Source> Listings<S> {
+impl<S: ListingSource> Listings<S> {
     pub fn new(source: S, timing: Timing) -> Listings<S> {
         Listings {
             shared: Arc::new(Shared {
@@ -482,7 +482,7 @@ mod tests {
         answered: Mutex<Option<Instant>>,
     }
 
-    impl Source for Script {
+    impl ListingSource for Script {
         type Key = u8;
         type Value = Vec<&'static str>;
         type Error = &'static str;

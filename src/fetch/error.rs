@@ -1,0 +1,24 @@
+//! Why fetching a version failed: the network, the archive, or the fetch itself.
+
+use crate::api::ApiError;
+use crate::archive::ArchiveError;
+use crate::size::ByteSize;
+
+/// Why fetching a version failed: the network or the archive.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("download failed: {0}")]
+    Api(#[from] ApiError),
+    #[error("{0}")]
+    Archive(#[from] ArchiveError),
+    /// The archive unpacks to more than the API announced: an archive can lie, and a
+    /// decompression bomb must not fill the disk.
+    #[error("the archive unpacks to more than the {} the API announced for it; stopped and discarded (a corrupt or hostile archive)", ByteSize(*.announced))]
+    LargerThanAnnounced { announced: u64 },
+    #[error("cannot start the download thread: {0}")]
+    Spawn(std::io::Error),
+    /// Told to stop (nobody wants the version any more, or the mount shuts down).
+    #[error("stopped")]
+    Stopped,
+}
+
