@@ -122,7 +122,6 @@ impl Activity {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,11 +25,11 @@ use crate::api::{ApiError, Client, ClientConfig, Kind, RetryPolicy};
 use crate::cache::{Cache, CacheOptions};
 use crate::config::{Access, MountConfig};
 use crate::fs::{Fs, FsConfig};
+use crate::fuse::FuseFs;
 use crate::metadata::{first_listing, FirstListing, Saved, FIRST_FETCH_WAIT};
+use crate::openfiles::OpenFiles;
 use crate::remote::Remote;
 use crate::runs::RunsConfig;
-use crate::fuse::FuseFs;
-use crate::openfiles::OpenFiles;
 use crate::size::ByteSize;
 
 pub use attach::{FS_TYPE, SOURCE};

@@ -18,9 +18,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::api::Kind;
 use crate::cache::VersionKey;
-use crate::ids::VersionId;
 
 /// Finds the versions of one mount that processes hold open.
 #[derive(Debug, Clone)]
@@ -79,20 +77,10 @@ impl OpenFiles {
     }
 }
 
-/// The version a path printed by the kernel lies in (or is), if it is under `mountpoint`:
-/// `MOUNT/<kind>s/<name>/<version-id>[/...]`. The status directory, storages and the
-/// `latest` link are no version.
+/// The version a path printed by the kernel lies in (or is), if it is under `mountpoint`
+/// (the layout below the mount point is the filesystem's: [`crate::fs::version_at`]).
 fn version_of(mountpoint: &Path, path: &Path) -> Option<VersionKey> {
-    let rest = path.strip_prefix(mountpoint).ok()?;
-    let mut parts = rest.components().map(|c| c.as_os_str());
-    let kind = Kind::from_plural(parts.next()?.to_str()?)?;
-    let _storage = parts.next()?;
-    let id = parts.next()?.to_str()?;
-    // A path whose dentry the kernel dropped ends in " (deleted)"; a version id never holds
-    // a space, and nothing of a version is ever deleted from under its mount path.
-    let id = id.strip_suffix(" (deleted)").unwrap_or(id);
-    let id = VersionId::parse(id).ok()?;
-    Some(VersionKey::new(kind, &id))
+    crate::fs::version_at(path.strip_prefix(mountpoint).ok()?)
 }
 
 /// The path column of a `/proc/PID/maps` line (`addr perms offset dev inode path`), if the
@@ -111,6 +99,8 @@ fn maps_path(line: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::Kind;
+    use crate::ids::VersionId;
 
     const ID: &str = "abc1230000000000000000000000000000000000000000000000000000000000";
     const HELD: &str = "4242424242424242424242424242424242424242424242424242424242424242";

@@ -38,7 +38,7 @@ impl Cache {
                     index,
                     disk_bytes: entry.disk_bytes,
                 });
-                entry.slot = Slot::Ready(v.clone());
+                entry.slot = Loaded::Ready(v.clone());
                 Some(v)
             }
             Err(e) => {
@@ -169,7 +169,7 @@ impl Cache {
         st.lru.put(
             key.clone(),
             Resident {
-                slot: Slot::Ready(v.clone()),
+                slot: Loaded::Ready(v.clone()),
                 disk_bytes,
                 last_used: SystemTime::now(),
                 last_touch: Instant::now(),

@@ -168,7 +168,8 @@ impl CacheOptions {
     }
 }
 
-enum Slot {
+/// Whether a resident version's index is loaded.
+enum Loaded {
     /// Loaded: index in memory. Pinned while the `Arc` has other holders.
     Ready(Arc<CachedVersion>),
     /// Complete on disk (found at start), index not read yet.
@@ -176,7 +177,7 @@ enum Slot {
 }
 
 struct Resident {
-    slot: Slot,
+    slot: Loaded,
     disk_bytes: u64,
     last_used: SystemTime,
     last_touch: Instant,
@@ -184,7 +185,7 @@ struct Resident {
 
 impl Resident {
     fn pinned(&self) -> bool {
-        matches!(&self.slot, Slot::Ready(v) if Arc::strong_count(v) > 1)
+        matches!(&self.slot, Loaded::Ready(v) if Arc::strong_count(v) > 1)
     }
 }
 
@@ -290,7 +291,7 @@ impl Cache {
             state.lru.put(
                 f.key,
                 Resident {
-                    slot: Slot::OnDisk,
+                    slot: Loaded::OnDisk,
                     disk_bytes: f.disk_bytes,
                     last_used: f.last_used,
                     last_touch: Instant::now(),
@@ -444,13 +445,13 @@ impl Cache {
             Some(entry) => {
                 touch = used_now(entry);
                 match &entry.slot {
-                    Slot::Ready(v) => {
+                    Loaded::Ready(v) => {
                         let v = v.clone();
                         drop(st);
                         self.touch(key, touch);
                         return Begin::Ready(v);
                     }
-                    Slot::OnDisk => true,
+                    Loaded::OnDisk => true,
                 }
             }
             None => false,
@@ -590,7 +591,7 @@ impl Cache {
     pub fn peek(&self, key: &VersionKey) -> Option<Arc<CachedVersion>> {
         let mut st = self.inner.state.lock();
         let entry = st.lru.get_mut(key)?;
-        let Slot::Ready(v) = &entry.slot else {
+        let Loaded::Ready(v) = &entry.slot else {
             return None;
         };
         let v = v.clone();

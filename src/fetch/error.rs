@@ -21,4 +21,3 @@ pub enum FetchError {
     #[error("stopped")]
     Stopped,
 }
-

@@ -110,8 +110,8 @@ pub fn fetch(
             spools: spools.clone(),
             what: what.clone(),
         };
-        let download =
-            DownloadThread::spawn(remote, archive, from, meter.clone()).map_err(FetchError::Spawn)?;
+        let download = DownloadThread::spawn(remote, archive, from, meter.clone())
+            .map_err(FetchError::Spawn)?;
         let compressed = download.started(&mut watch)?;
         let reader = ChannelReader {
             download,
@@ -520,7 +520,10 @@ fn open(
     remote: &dyn Remote,
     archive: &ArchiveRef,
     origin: &Origin,
-) -> (Result<crate::remote::RemoteArchive, ApiError>, Option<Continued>) {
+) -> (
+    Result<crate::remote::RemoteArchive, ApiError>,
+    Option<Continued>,
+) {
     let continued = origin.spools.take(&origin.key).and_then(|kept| {
         let file = std::fs::File::open(&kept.path).ok()?;
         Some(Continued { kept, file })

@@ -155,7 +155,6 @@ impl From<Unavailable<VersionsFailed>> for FsError {
     }
 }
 
-
 impl From<SharedError> for FsError {
     fn from(e: SharedError) -> Self {
         FsError::Cache(e)

@@ -5,19 +5,20 @@
 //! job they share has a room of its own:
 //!
 //! - `inode`: the inode table (stable numbers for everything shown);
-//! - `listings`: API listings served at once and refreshed in the background, fetched
-//!   once at a time, saved across mounts (`saved`), of `storages` (by name) and
-//!   `versions` (by id and prefix; making a version available);
+//! - `versions`: storages and versions in the tree (`latest`, ids, prefixes) and the one
+//!   way to get a version ([`Fs::version`]);
+//! - `content`: the inside of a version; `runs`: `runs/` and `agents/` as inodes;
 //! - `attr`: the attributes each kind of inode answers; `xattr`: the `user.vm0.*` ones;
 //! - `handles`: file and directory handles, and passthrough backing files;
-//! - `status`: the status file; `fetch`: downloading and unpacking one version;
-//! - `remote`: the only way to the network; `error`: the error type and its errno;
+//! - `status`: the status file; `error`: the error type and its errno;
 //! - `wait`: how long an operation may wait for a download, and the threads where the
 //!   operations that must wait do so ([`Fs::serve`]).
 //!
-//! It reaches the network only through [`Remote`] and versions only through the [`Cache`],
-//! and never sees fuser's requests or replies, so all of it is testable without a mount
-//! (see `tests` below).
+//! What it shows comes from the rooms below: the names from [`crate::metadata`]'s
+//! listings, versions from the [`Cache`] (filled by [`crate::fetch`]), runs and agents from
+//! [`crate::runs`]. It reaches the network only through [`Remote`] (and
+//! [`crate::runs::RunsApi`]), and never sees fuser's requests or replies, so all of it is
+//! testable without a mount (see `tests` below).
 //!
 //! Progressive availability: the first access to a cold version starts its download in
 //! the background ([`Cache::start`]) and does not wait for the end of it. While the archive
@@ -67,15 +68,14 @@ use crate::archive::NodeRefKind;
 use crate::cache::Cache;
 use crate::fetch::{Downloads, Spools};
 use crate::ids::{Fh, Ino};
-use crate::metadata::{
-    storage_map, Listings, Saved, StorageSource, Timing, VersionSource,
-};
+use crate::metadata::{storage_map, Listings, Saved, StorageSource, Timing, VersionSource};
 use crate::remote::Remote;
 
 pub use attr::{Attr, FileKind, TimedAttr, IMMUTABLE_TTL};
 pub use error::FsError;
 pub use handles::{Backings, OpenedHandle, PASSTHROUGH_MIN_SIZE};
 pub use status::{STATUS_DIR, STATUS_FILE};
+pub use versions::version_at;
 pub use wait::{with_policy, Policy, WAITERS};
 
 use content::waited;

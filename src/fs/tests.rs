@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use flate2::write::GzEncoder;
 
 use super::*;
-use crate::fetch::FetchError;
-use crate::remote::{ArchiveStream, RemoteArchive};
 use crate::api::{ApiError, ArchiveRef, ResumePoint, Storage, Version};
 use crate::cache::{CacheError, VersionKey};
+use crate::fetch::FetchError;
 use crate::ids::{StorageId, VersionId};
+use crate::remote::{ArchiveStream, RemoteArchive};
 use std::time::UNIX_EPOCH;
 
 fn t(secs: u64) -> SystemTime {

@@ -10,6 +10,7 @@
 //! the cache alone.
 
 use std::num::NonZeroUsize;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +35,21 @@ pub const MIN_PREFIX: usize = 8;
 
 /// The name of the link to a storage's current version.
 pub const LATEST: &str = "latest";
+
+/// The version a path inside the mount lies in (or is): `<kind>s/<name>/<version-id>[/...]`
+/// as the kernel prints it (in `/proc/PID/maps`, `fd/` links). The status directory,
+/// storages, `latest`, prefixes and runs are no version.
+pub fn version_at(path: &Path) -> Option<VersionKey> {
+    let mut parts = path.components().map(|c| c.as_os_str());
+    let kind = Kind::from_plural(parts.next()?.to_str()?)?;
+    let _storage = parts.next()?;
+    let id = parts.next()?.to_str()?;
+    // A path whose dentry the kernel dropped ends in " (deleted)"; a version id never holds
+    // a space, and nothing of a version is ever deleted from under its mount path.
+    let id = id.strip_suffix(" (deleted)").unwrap_or(id);
+    let id = VersionId::parse(id).ok()?;
+    Some(VersionKey::new(kind, &id))
+}
 
 /// Why a name in a storage's directory is not a version, as the log says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

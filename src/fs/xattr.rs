@@ -5,9 +5,9 @@ use std::ffi::OsStr;
 
 use crate::ids::Ino;
 
-use crate::dates::format_time;
 use super::inode::{MetaNode, Resolved};
 use super::{Fs, FsError, Result};
+use crate::dates::format_time;
 
 impl Fs {
     /// The names of the extended attributes of `ino`, NUL-terminated, as `listxattr` wants.

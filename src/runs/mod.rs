@@ -88,4 +88,3 @@ pub fn safe_name(name: &str) -> bool {
         && name.len() <= 255
         && !name.contains(['/', '\0'])
 }
-

@@ -15,8 +15,8 @@ use parking_lot::Mutex;
 use crate::api::{ApiError, Run, RunEvent, RunId};
 
 use super::api::RunsApi;
-use super::store::RunStore;
 use super::files::{self, LogSync, RunFile, SyncError};
+use super::store::RunStore;
 
 /// How often a followed live run is asked for what is new. With `tail -f` looking once a
 /// second, a new log entry is printed within about 1.5 s of the API having it.

@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::runs::{Events, RunsApi, RunsConfig, FOLLOW_POLL, MAX_FOLLOWED};
 use crate::api::{
     Agent, ApiError, ArchiveRef, Kind, LogEntry, LogPage, LogQuery, Run, RunEvent, RunId, RunQuery,
     Storage, Version,
 };
 use crate::cache::Cache;
 use crate::fs::{Fs, FsConfig, FsError, TimedAttr, IMMUTABLE_TTL};
-use crate::remote::{Remote, RemoteArchive};
 use crate::ids::{Ino, StorageId};
+use crate::remote::{Remote, RemoteArchive};
+use crate::runs::{Events, RunsApi, RunsConfig, FOLLOW_POLL, MAX_FOLLOWED};
 
 /// No storages: only the runs matter here.
 struct NoStorages;
@@ -324,11 +324,7 @@ fn live_runs_are_followed_while_read_and_at_most_a_few_at_once() {
     for id in &ids {
         assert_eq!(cat(&fs, &format!("runs/{id}/status")), "running\n");
     }
-    assert_eq!(
-        state.followed(),
-        MAX_FOLLOWED,
-        "a bounded number"
-    );
+    assert_eq!(state.followed(), MAX_FOLLOWED, "a bounded number");
     // Nobody reads them any more: they are let go, and the API is no longer asked.
     state.set_follow_idle(Duration::from_millis(300));
     let deadline = Instant::now() + Duration::from_secs(20);
