@@ -208,7 +208,7 @@ fn read_chunked(reader: &mut impl BufRead, max_body: u64) -> Result<Vec<u8>, Ref
             while head_line(reader, &mut total)?.is_some_and(|l| !l.is_empty()) {}
             return Ok(body);
         }
-        if body.len() as u64 + size > max_body {
+        if (body.len() as u64).saturating_add(size) > max_body {
             return Err(too_large(max_body));
         }
         let before = body.len();
@@ -293,6 +293,13 @@ mod tests {
         assert_eq!(
             status(
                 "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nb\r\n",
+                10
+            ),
+            413
+        );
+        assert_eq!(
+            status(
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
                 10
             ),
             413
