@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,9 +18,11 @@ use super::{Flow, Handler, Limits};
 /// How long a shutdown waits for the threads of the connections it cut (a delayed answer
 /// finishes its delay first).
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
-/// How long the accept loop reads what a refused connection sent before answering `503`:
-/// closing a socket with unread data resets it, and the client would lose the answer.
-const REFUSAL_READ: Duration = Duration::from_millis(50);
+/// How long a refused connection is kept open after its `503`, for the client to finish
+/// sending and close (see [`refusal_loop`]).
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// Refused connections waiting for their `503`; more are closed at once.
+const REFUSALS_QUEUED: usize = 64;
 
 /// The connections being served, each by a clone of its socket, so that a shutdown can cut
 /// them.
@@ -76,12 +79,14 @@ pub(crate) struct Server {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
+    /// Answers the connections beyond the bound; ends after the accept loop.
+    refusals: Option<JoinHandle<()>>,
     connections: Arc<Connections>,
 }
 
 impl Server {
     /// Starts accepting on `listener`; `name` names the threads (`<name>-accept`,
-    /// `<name>-conn`).
+    /// `<name>-conn`, `<name>-refuse`).
     pub fn spawn(
         name: &'static str,
         listener: TcpListener,
@@ -95,18 +100,42 @@ impl Server {
             next: AtomicU64::new(0),
             ended: Condvar::new(),
         });
+        let (to_refuse, refused) = std::sync::mpsc::sync_channel(REFUSALS_QUEUED);
+        let refusals = {
+            let (stop, handler) = (Arc::clone(&stop), Arc::clone(&handler));
+            std::thread::Builder::new()
+                .name(format!("{name}-refuse"))
+                .spawn(move || {
+                    refusal_loop(
+                        name,
+                        refused,
+                        handler.as_ref(),
+                        limits.max_connections,
+                        &stop,
+                    )
+                })?
+        };
         let accept = {
             let (stop, connections) = (Arc::clone(&stop), Arc::clone(&connections));
             std::thread::Builder::new()
                 .name(format!("{name}-accept"))
                 .spawn(move || {
-                    accept_loop(name, &listener, limits, &handler, &stop, &connections)
+                    accept_loop(
+                        name,
+                        &listener,
+                        limits,
+                        &handler,
+                        &stop,
+                        &connections,
+                        &to_refuse,
+                    )
                 })?
         };
         Ok(Server {
             addr,
             stop,
             accept: Some(accept),
+            refusals: Some(refusals),
             connections,
         })
     }
@@ -123,6 +152,11 @@ impl Server {
         let _ = TcpStream::connect(self.addr);
         // The accept thread owns the listener: once it has ended, the listener is closed.
         let _ = accept.join();
+        // Its end closed the refusal queue: the refusal thread ends once the queue is empty
+        // (it lingers no more, the stop flag being set).
+        if let Some(refusals) = self.refusals.take() {
+            let _ = refusals.join();
+        }
         self.connections.cut_all();
         if !self.connections.wait_all_ended(SHUTDOWN_WAIT) {
             tracing::warn!(addr = %self.addr, "connection threads still running after the shutdown");
@@ -143,6 +177,7 @@ fn accept_loop(
     handler: &Arc<dyn Handler>,
     stop: &AtomicBool,
     connections: &Arc<Connections>,
+    refusals: &SyncSender<TcpStream>,
 ) {
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
@@ -163,7 +198,7 @@ fn accept_loop(
         // for the head's ACK, which a client on a kept-alive connection delays by 40 ms.
         let _ = stream.set_nodelay(true);
         let Some(id) = connections.register(&stream, limits.max_connections) else {
-            refuse(name, stream, handler.as_ref(), limits.max_connections);
+            refuse(name, stream, refusals);
             continue;
         };
         let (conn_handler, conn_connections) = (Arc::clone(handler), Arc::clone(connections));
@@ -178,28 +213,64 @@ fn accept_loop(
             tracing::error!(listener = name, %err, "cannot start a connection thread");
             connections.unregister(id);
             if let Ok(stream) = refused {
-                refuse(name, stream, handler.as_ref(), limits.max_connections);
+                refuse(name, stream, refusals);
             }
         }
     }
 }
 
 /// Answers `503` on a connection that cannot be served, and closes it.
-fn refuse(name: &str, mut stream: TcpStream, handler: &dyn Handler, max: usize) {
-    tracing::warn!(
-        listener = name,
-        max_connections = max,
-        "too many connections: answering 503"
-    );
-    // Read what the client sent so far (its request, normally), so that closing the
-    // socket does not reset it before the client reads the answer.
-    let _ = stream.set_read_timeout(Some(REFUSAL_READ));
-    let mut buf = [0u8; 4096];
-    let _ = stream.read(&mut buf);
+/// Hands a connection beyond the bound to the refusal thread.
+fn refuse(name: &str, stream: TcpStream, refusals: &SyncSender<TcpStream>) {
+    if let Err(TrySendError::Full(_)) = refusals.try_send(stream) {
+        tracing::warn!(
+            listener = name,
+            "too many connections, and too many refused ones waiting for their 503: closed"
+        );
+    }
+}
+
+/// Answers `503` on the connections beyond the bound, one after the other, until the
+/// accept loop ends. A thread of its own, so that the accept loop never waits on a refused
+/// client.
+fn refusal_loop(
+    name: &str,
+    refused: Receiver<TcpStream>,
+    handler: &dyn Handler,
+    max: usize,
+    stop: &AtomicBool,
+) {
     let message =
         format!("the emulator serves at most {max} connections at once; close idle ones or retry");
-    let _ = stream.write_all(&handler.refusal(503, &message));
-    let _ = stream.shutdown(Shutdown::Write);
+    let answer = handler.refusal(503, &message);
+    for mut stream in refused {
+        tracing::warn!(
+            listener = name,
+            max_connections = max,
+            "too many connections: answering 503"
+        );
+        let _ = stream.write_all(&answer);
+        let _ = stream.shutdown(Shutdown::Write);
+        // A lingering close (RFC 9112, 9.6): closing a socket that has unread data, or
+        // that receives data afterwards (a request still on its way), resets it, and the
+        // client loses the answer or fails to send. So read and drop what the client sends
+        // until it closes, for a bounded time.
+        let deadline = Instant::now() + REFUSAL_LINGER;
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 fn serve_connection(stream: TcpStream, handler: &dyn Handler, limits: Limits) {
