@@ -10,7 +10,9 @@
 //! It does not depend on vm0fs: it checks vm0fs's client against the contract, not against
 //! itself. vm0fs takes it as a dev-dependency; nothing of it ships in the product.
 //!
-//! Archives live on disk, never in memory, so gigabyte versions are fine.
+//! Archives live on disk, never in memory, so gigabyte versions are fine. Both listeners
+//! serve every connection on a thread of its own (the `http` module), up to
+//! [`EmulatorConfig::max_connections`], so no request waits behind another one.
 //!
 //! # Admin endpoints
 //!
@@ -154,7 +156,7 @@ pub(crate) struct Runtime {
     pub heartbeat_ms: u64,
 }
 
-/// State shared by the API workers, the store's connection threads, the run driver and the
+/// State shared by the connection threads of both listeners, the run driver and the
 /// run event streams.
 pub(crate) struct Shared {
     pub runtime: RwLock<Runtime>,
