@@ -30,7 +30,7 @@ const FILE_BYTES: usize = 256 * 1024;
 /// The busy threads stop at the end of the test, and after this long at the latest.
 const LOAD_LIMIT: Duration = Duration::from_secs(120);
 
-/// Threads that keep every core busy until dropped (or [`LOAD_LIMIT`]).
+/// One busy thread per core until dropped (or [`LOAD_LIMIT`]).
 struct CpuLoad {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -40,7 +40,7 @@ impl CpuLoad {
     fn start() -> CpuLoad {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..cores * 2)
+        let threads = (0..cores)
             .map(|_| {
                 let stop = Arc::clone(&stop);
                 std::thread::spawn(move || {
