@@ -514,6 +514,47 @@ fn long_names_pax_times_late_directories_and_repeats_match_tar_xzf() {
     );
 }
 
+/// A version that GNU tar wrote from a real sparse file (`tar -S`: an old-style GNU sparse
+/// member, data blocks and a map of the holes) is served whole, holes as zeros, as
+/// `tar -xzf` writes it: the emulator announces its real size, so the unpack is not
+/// refused as larger than announced (issue 18).
+#[test]
+fn a_gnu_sparse_version_matches_tar_xzf() {
+    use std::os::unix::fs::FileExt;
+
+    let src = tempfile::tempdir().unwrap();
+    let sparse = std::fs::File::create(src.path().join("sparse.bin")).unwrap();
+    sparse.write_all_at(&[7u8; 10_000], 0).unwrap();
+    sparse.write_all_at(&[9u8; 5_000], 3 << 20).unwrap();
+    sparse.set_len(6 << 20).unwrap();
+    drop(sparse);
+    std::fs::write(src.path().join("small.txt"), b"small\n").unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("volumes/sparse");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("v1.tar.gz");
+    ok(std::process::Command::new("tar")
+        .args(["--format=gnu", "-S", "-czf"])
+        .arg(&path)
+        .arg("-C")
+        .arg(src.path())
+        .arg("."));
+
+    let emu = Emulator::with_data(data.path());
+    let m = Mount::new(&emu);
+    let id = emu.current_version("volumes", "sparse");
+    let version = m.join(&format!("volumes/sparse/{id}"));
+    let expected = tar_extract(&path);
+    let content = read_within(DEADLINE, &version.join("sparse.bin")).expect("read the sparse file");
+    assert_eq!(content.len(), 6 << 20);
+    assert_eq!(&content[3 << 20..(3 << 20) + 5_000], &[9u8; 5_000][..]);
+    assert_eq!(tree_listing(&version), tree_listing(expected.path()));
+    ok(std::process::Command::new("diff")
+        .arg("-r")
+        .arg(expected.path())
+        .arg(&version));
+}
+
 // ---------------------------------------------------------------------------------------
 // Corrupt data
 

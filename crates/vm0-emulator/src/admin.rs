@@ -7,12 +7,11 @@
 //! completing run share.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use serde::Deserialize;
-use tiny_http::Method;
 
 use crate::faults::FaultRule;
+use crate::http::{Method, Request};
 use crate::lifecycle::{self, AgentSpec, NewLog, RunError, RunSpec};
 use crate::model::{now_ms, storage_id, Kind, Storage, Version};
 use crate::pack::{self, EntryKind, PackEntry, Source};
@@ -21,23 +20,20 @@ use crate::wire::{Json, Reply, Shape};
 use crate::{api, runs_api, Shared};
 
 /// Pushed content is JSON in the request, so this bounds memory, not archive sizes.
-const MAX_BODY: u64 = 256 * 1024 * 1024;
+pub(crate) const MAX_BODY: u64 = 256 * 1024 * 1024;
 
-pub fn handle(shared: &Shared, request: &mut tiny_http::Request, path: &str) -> Reply {
-    let method = request.method().clone();
+pub fn handle(shared: &Shared, request: &Request, path: &str) -> Reply {
+    let method = &request.method;
     let route = path.trim_start_matches("/_emulator").trim_end_matches('/');
-    let mut body = Vec::new();
-    if let Err(err) = request.as_reader().take(MAX_BODY).read_to_end(&mut body) {
-        return bad_request(&format!("cannot read the request body: {err}"));
-    }
-    match (&method, route) {
+    let body = &request.body;
+    match (method, route) {
         (Method::Get, "/counters") => counters(shared),
         (Method::Post, "/counters/reset") => {
             shared.counters.reset();
             ok()
         }
         (Method::Get, "/faults") => faults(shared),
-        (Method::Post, "/faults") => add_fault(shared, &body),
+        (Method::Post, "/faults") => add_fault(shared, body),
         (Method::Delete, "/faults") => {
             shared.faults.clear();
             ok()
@@ -47,10 +43,10 @@ pub fn handle(shared: &Shared, request: &mut tiny_http::Request, path: &str) -> 
             ok()
         }
         (Method::Get, "/config") => config(shared),
-        (Method::Post, "/config") => set_config(shared, &body),
-        (Method::Post, "/push") => push(shared, &body),
-        (Method::Post, "/current") => set_current(shared, &body),
-        (Method::Post, "/agents") => create_agent(shared, &body),
+        (Method::Post, "/config") => set_config(shared, body),
+        (Method::Post, "/push") => push(shared, body),
+        (Method::Post, "/current") => set_current(shared, body),
+        (Method::Post, "/agents") => create_agent(shared, body),
         (Method::Get, "/streams") => Reply::json(
             200,
             Json::obj().with(
@@ -61,10 +57,10 @@ pub fn handle(shared: &Shared, request: &mut tiny_http::Request, path: &str) -> 
                     .load(std::sync::atomic::Ordering::SeqCst) as u64,
             ),
         ),
-        (Method::Post, "/runs") => create_runs(shared, &body),
+        (Method::Post, "/runs") => create_runs(shared, body),
         (Method::Post, route) => match route.strip_prefix("/runs/").and_then(|r| r.split_once('/'))
         {
-            Some((id, action)) if !id.is_empty() => run_action(shared, id, action, &body)
+            Some((id, action)) if !id.is_empty() => run_action(shared, id, action, body)
                 .unwrap_or_else(|| {
                     Reply::not_found(&format!("Unknown admin route: {method} {path}"))
                 }),

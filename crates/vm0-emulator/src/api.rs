@@ -7,10 +7,13 @@
 //! Order of a request: route match, count it, apply a fault rule, check the token, answer.
 //! Faults come before authentication so a test can fault a route whatever the token.
 
+use std::io;
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::faults::FaultRule;
+use crate::http::{self, Flow, Method, Request};
 use crate::model::{format_timestamp, Kind, LookupError, Storage, Version};
 use crate::runs_api::{self, Answer};
 use crate::wire::{Json, Reply, Shape};
@@ -20,27 +23,56 @@ use crate::{admin, events, store, Runtime, Shared};
 pub(crate) const DEFAULT_LIMIT: usize = 20;
 pub(crate) const MAX_LIMIT: usize = 100;
 
+/// The API listener's side of [`http::Server`]: every request goes through [`handle`].
+pub(crate) struct ApiHandler(pub Arc<Shared>);
+
+impl http::Handler for ApiHandler {
+    fn handle(&self, stream: &mut TcpStream, request: Request) -> io::Result<Flow> {
+        handle(&self.0, stream, &request)
+    }
+
+    fn refusal(&self, status: u16, message: &str) -> Vec<u8> {
+        let mut reply = Reply::error(
+            status,
+            if status >= 500 {
+                "api_error"
+            } else {
+                "invalid_request_error"
+            },
+            if status == 503 {
+                "service_unavailable"
+            } else {
+                "invalid_request"
+            },
+            message,
+            None,
+        );
+        if status == 503 {
+            reply = reply.with_header("Retry-After", "1");
+        }
+        reply.to_bytes(false, false)
+    }
+}
+
 /// Entry point of every request on the API listener.
-pub fn handle(shared: &Arc<Shared>, mut request: tiny_http::Request) {
-    let url = request.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    let method = request.method().clone();
+pub fn handle(shared: &Arc<Shared>, stream: &mut TcpStream, request: &Request) -> io::Result<Flow> {
+    let (path, query) = request.path_and_query();
+    let method = &request.method;
     let reply = if path == "/_emulator" || path.starts_with("/_emulator/") {
-        admin::handle(shared, &mut request, path)
-    } else if let Some(answer) = runs_api::handle(shared, &mut request, path, query) {
+        admin::handle(shared, request, path)
+    } else if let Some(answer) = runs_api::handle(shared, request, path, query) {
         match answer {
             Answer::Reply(reply) => reply,
-            Answer::Events(stream) => {
-                tracing::debug!(%method, %url, "API request: event stream");
-                events::start(Arc::clone(shared), request, stream);
-                return;
+            Answer::Events(events) => {
+                tracing::debug!(%method, url = %request.target, "API request: event stream");
+                return events::serve(shared, stream, request, &events);
             }
         }
     } else {
-        api(shared, &request, path, query)
+        api(shared, request, path, query)
     };
-    tracing::debug!(%method, %url, status = reply.status(), "API request");
-    crate::wire::send(request, reply);
+    tracing::debug!(%method, url = %request.target, status = reply.status(), "API request");
+    crate::wire::send(stream, request, &reply)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,16 +95,16 @@ impl Route {
     }
 }
 
-pub(crate) fn unknown_route(method: &tiny_http::Method, path: &str) -> Reply {
+pub(crate) fn unknown_route(method: &Method, path: &str) -> Reply {
     Reply::not_found(&format!("Unknown route: {method} {path}"))
 }
 
-fn api(shared: &Shared, request: &tiny_http::Request, path: &str, query: &str) -> Reply {
-    let method = request.method();
+fn api(shared: &Shared, request: &Request, path: &str, query: &str) -> Reply {
+    let method = &request.method;
     let Some(rest) = path.strip_prefix("/v1/") else {
         return unknown_route(method, path);
     };
-    if *method != tiny_http::Method::Get {
+    if *method != Method::Get {
         return unknown_route(method, path);
     }
     let segments: Vec<&str> = rest.split('/').collect();
@@ -188,13 +220,8 @@ fn capitalize(s: &str) -> String {
 
 /// `Authorization: Bearer <token>`, the scheme case-insensitive (RFC 9110, 11.1), the token
 /// compared exactly.
-pub(crate) fn authorized(request: &tiny_http::Request, token: &str) -> bool {
-    let Some(value) = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .map(|h| h.value.as_str())
-    else {
+pub(crate) fn authorized(request: &Request, token: &str) -> bool {
+    let Some(value) = request.header("authorization") else {
         return false;
     };
     match value.split_once(' ') {

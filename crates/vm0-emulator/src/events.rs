@@ -10,19 +10,19 @@
 //! - `event: complete` `{"status","output","error"}` once the run is final, then the
 //!   response ends.
 //!
-//! `tiny_http` would buffer a streamed body in 8 KiB chunks, holding events back, so the
-//! stream takes the connection's raw writer and writes the HTTP answer itself (chunked,
-//! flushed after every event). Each stream has its own thread, so a long stream never
-//! holds an API worker; it ends when the run ends, when a write fails because the client
+//! The stream writes the HTTP answer on the connection itself (chunked, flushed after every
+//! event), on the connection's own thread (`http`), so a long stream holds nothing that
+//! another request needs; it ends when the run ends, when a write fails because the client
 //! went away (within two heartbeats: the first write after the client closed can still
 //! succeed), or when the emulator stops. The checks
 //! that answer JSON errors (token, unknown run) are `runs_api`'s, before the stream starts.
 
 use std::io::{self, Write};
+use std::net::TcpStream;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::http::{Flow, Request};
 use crate::model::{format_timestamp, now_ms};
 use crate::runs::{OutputEvent, RunStatus};
 use crate::wire::{request_id, Json};
@@ -36,34 +36,40 @@ pub(crate) struct EventStream {
     pub after: u64,
 }
 
-/// Takes over the request's connection and streams on a thread of its own.
-pub(crate) fn start(shared: Arc<Shared>, request: tiny_http::Request, stream: EventStream) {
-    // Chunked framing needs HTTP/1.1; a 1.0 client reads until the connection closes,
-    // which `tiny_http` does once it no longer holds the writer (1.0 has no keep-alive).
-    let chunked = *request.http_version() >= (1, 1);
-    let writer = request.into_writer();
-    let spawned = std::thread::Builder::new()
-        .name("run-events".into())
-        .spawn(move || {
-            shared.runs.open_streams.fetch_add(1, Ordering::SeqCst);
-            let mut out = Out { writer, chunked };
-            if let Err(err) = serve(&shared, &stream, &mut out) {
-                tracing::debug!(run = %stream.run_id, %err, "event stream ended early");
-            }
-            shared.runs.open_streams.fetch_sub(1, Ordering::SeqCst);
-        });
-    if let Err(err) = spawned {
-        tracing::error!(%err, "cannot spawn an event stream thread");
+/// Streams the run's events on the request's connection, on the connection's own thread;
+/// returns when the stream ends. The connection stays open after a chunked stream.
+pub(crate) fn serve(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    request: &Request,
+    events: &EventStream,
+) -> io::Result<Flow> {
+    // Chunked framing needs HTTP/1.1; a 1.0 client reads until the connection closes.
+    let chunked = request.http11;
+    shared.runs.open_streams.fetch_add(1, Ordering::SeqCst);
+    let mut out = Out {
+        writer: stream,
+        chunked,
+    };
+    let result = stream_events(shared, events, &mut out);
+    shared.runs.open_streams.fetch_sub(1, Ordering::SeqCst);
+    match result {
+        Ok(()) if chunked => Ok(Flow::KeepAlive),
+        Ok(()) => Ok(Flow::Close),
+        Err(err) => {
+            tracing::debug!(run = %events.run_id, %err, "event stream ended early");
+            Ok(Flow::Close)
+        }
     }
 }
 
 /// The raw side of the connection.
-struct Out {
-    writer: Box<dyn Write + Send>,
+struct Out<'a> {
+    writer: &'a mut TcpStream,
     chunked: bool,
 }
 
-impl Out {
+impl Out<'_> {
     fn head(&mut self) -> io::Result<()> {
         let framing = if self.chunked {
             "Transfer-Encoding: chunked"
@@ -85,13 +91,11 @@ impl Out {
             text.push_str(&format!("id: {id}\n"));
         }
         text.push_str(&format!("event: {name}\ndata: {}\n\n", data.render()));
+        // One write per event: with Nagle off, each write is a segment of its own.
         if self.chunked {
-            write!(self.writer, "{:x}\r\n", text.len())?;
-            self.writer.write_all(text.as_bytes())?;
-            self.writer.write_all(b"\r\n")?;
-        } else {
-            self.writer.write_all(text.as_bytes())?;
+            text = format!("{:x}\r\n{text}\r\n", text.len());
         }
+        self.writer.write_all(text.as_bytes())?;
         self.writer.flush()
     }
 
@@ -112,7 +116,7 @@ struct Snapshot {
     error: Option<String>,
 }
 
-fn serve(shared: &Shared, stream: &EventStream, out: &mut Out) -> io::Result<()> {
+fn stream_events(shared: &Shared, stream: &EventStream, out: &mut Out) -> io::Result<()> {
     out.head()?;
     let started = Instant::now();
     let mut heartbeats = 0u32;

@@ -10,7 +10,9 @@
 //! It does not depend on vm0fs: it checks vm0fs's client against the contract, not against
 //! itself. vm0fs takes it as a dev-dependency; nothing of it ships in the product.
 //!
-//! Archives live on disk, never in memory, so gigabyte versions are fine.
+//! Archives live on disk, never in memory, so gigabyte versions are fine. Both listeners
+//! serve every connection on a thread of its own (the `http` module), up to
+//! [`EmulatorConfig::max_connections`], so no request waits behind another one.
 //!
 //! # Admin endpoints
 //!
@@ -42,8 +44,8 @@ mod api;
 pub mod demo;
 mod events;
 pub mod faults;
+mod http;
 mod lifecycle;
-mod listener;
 pub mod load;
 pub mod model;
 pub mod pack;
@@ -55,7 +57,6 @@ pub mod wire;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -104,14 +105,24 @@ pub struct EmulatorConfig {
     pub url_ttl_secs: u64,
     /// Where built archives go; `None`: a temporary directory removed on shutdown.
     pub work_dir: Option<PathBuf>,
-    /// Worker threads of the API listener: a slow (delayed) answer holds one of them.
-    pub api_threads: usize,
+    /// Connections each listener serves at once, each on a thread of its own (idle
+    /// kept-alive ones included); a connection beyond them is answered `503` and closed.
+    pub max_connections: usize,
     /// Milliseconds between the heartbeats of run event streams (the service: about 15 s).
     pub heartbeat_ms: u64,
 }
 
 /// The heartbeat period of the service's event streams.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 15_000;
+
+/// Connections each listener serves at once by default: far more than any test opens
+/// (a thread each, mostly idle), few enough that a runaway client meets a `503`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// An idle kept-alive connection to the API is closed after this long: longer than
+/// clients keep idle connections (reqwest: 90 s), so a client never has one closed under
+/// the request it is sending, and abandoned ones are reclaimed.
+const API_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Default for EmulatorConfig {
     fn default() -> Self {
@@ -126,7 +137,7 @@ impl Default for EmulatorConfig {
             pagination_quirk: false,
             url_ttl_secs: 3600,
             work_dir: None,
-            api_threads: 16,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             heartbeat_ms: DEFAULT_HEARTBEAT_MS,
         }
     }
@@ -145,7 +156,7 @@ pub(crate) struct Runtime {
     pub heartbeat_ms: u64,
 }
 
-/// State shared by the API workers, the store's connection threads, the run driver and the
+/// State shared by the connection threads of both listeners, the run driver and the
 /// run event streams.
 pub(crate) struct Shared {
     pub runtime: RwLock<Runtime>,
@@ -177,12 +188,10 @@ pub struct RunningEmulator {
     api_addr: SocketAddr,
     shared: Arc<Shared>,
     /// `None` once stopped.
-    server: Option<Arc<tiny_http::Server>>,
-    stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
+    api: Option<http::Server>,
     /// The thread that moves live runs.
     driver: Option<JoinHandle<()>>,
-    store: store::StoreServer,
+    store: Option<http::Server>,
     /// A work directory we created, removed on shutdown.
     temp_dir: Option<PathBuf>,
 }
@@ -258,13 +267,7 @@ fn start_in(
 
     let api_listener = TcpListener::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    set_nodelay(&api_listener).context("cannot set TCP_NODELAY on the API listener")?;
-    let server = tiny_http::Server::from_listener(api_listener, None)
-        .map_err(|err| anyhow::anyhow!("cannot serve on {}: {err}", config.listen))?;
-    let api_addr = server
-        .server_addr()
-        .to_ip()
-        .context("the API listener has no IP address")?;
+    let api_addr = api_listener.local_addr()?;
     let store_listener = TcpListener::bind(config.store_listen)
         .with_context(|| format!("cannot listen on {}", config.store_listen))?;
     let store_addr = store_listener.local_addr()?;
@@ -292,62 +295,37 @@ fn start_in(
         demo::add_agents_and_runs(&shared).context("cannot create the demo's agents and runs")?;
     }
 
-    let server = Arc::new(server);
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for i in 0..config.api_threads.max(1) {
-        let (server, shared, stop) = (Arc::clone(&server), Arc::clone(&shared), Arc::clone(&stop));
-        workers.push(
-            std::thread::Builder::new()
-                .name(format!("api-{i}"))
-                .spawn(move || loop {
-                    match server.recv() {
-                        Ok(request) => api::handle(&shared, request),
-                        Err(_) if stop.load(Ordering::SeqCst) => break,
-                        Err(err) => tracing::debug!(%err, "API listener error"),
-                    }
-                })?,
-        );
-    }
-    let store = store::StoreServer::spawn(store_listener, Arc::clone(&shared))?;
+    let max_connections = config.max_connections.max(1);
+    let api = http::Server::spawn(
+        "api",
+        api_listener,
+        http::Limits {
+            max_connections,
+            max_body: admin::MAX_BODY,
+            idle_timeout: API_IDLE_TIMEOUT,
+        },
+        Arc::new(api::ApiHandler(Arc::clone(&shared))),
+    )?;
+    let store = http::Server::spawn(
+        "store",
+        store_listener,
+        http::Limits {
+            max_connections,
+            max_body: store::MAX_BODY,
+            idle_timeout: store::IDLE_TIMEOUT,
+        },
+        Arc::new(store::StoreHandler(Arc::clone(&shared))),
+    )?;
     let driver = lifecycle::spawn_driver(Arc::clone(&shared))?;
     tracing::info!(api = %api_addr, store = %store_addr, "emulator listening");
     Ok(RunningEmulator {
         api_addr,
         shared,
-        server: Some(server),
-        stop,
-        workers,
+        api: Some(api),
         driver: Some(driver),
-        store,
+        store: Some(store),
         temp_dir,
     })
-}
-
-/// Turns Nagle's algorithm off for the connections `listener` accepts (Linux copies the
-/// option from the listening socket to each accepted one; `tiny_http` offers no other way
-/// to reach them). `tiny_http` writes an answer's head and body in separate segments: with
-/// Nagle on, a body smaller than a segment waits for the head's ACK, which a client on a
-/// kept-alive connection delays by 40 ms. That made every answer but a connection's first
-/// take 40 ms, and held back the events of a stream.
-fn set_nodelay(listener: &TcpListener) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: the descriptor is the listener's, alive for the call; the option value is a
-    // valid c_int whose size is passed along.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 impl RunningEmulator {
@@ -443,32 +421,25 @@ impl RunningEmulator {
 
     /// Stops as the exit of the process would (both listeners closed, every open
     /// connection cut, so that clients see the server gone rather than hung) and removes a
-    /// temporary work directory. A worker in the middle of a delayed answer is waited for.
+    /// temporary work directory. A connection in the middle of a delayed answer is waited
+    /// for (30 s at most).
     pub fn shutdown(mut self) {
         self.stop_all();
     }
 
     fn stop_all(&mut self) {
-        let Some(server) = self.server.take() else {
+        let Some(mut api) = self.api.take() else {
             return;
         };
-        self.stop.store(true, Ordering::SeqCst);
-        // Ends the run driver and the event streams (their connections are cut below).
+        // Ends the run driver and the event streams.
         self.shared.runs.stop();
         if let Some(driver) = self.driver.take() {
             let _ = driver.join();
         }
-        for _ in 0..self.workers.len() {
-            server.unblock();
+        api.shutdown();
+        if let Some(mut store) = self.store.take() {
+            store.shutdown();
         }
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
-        }
-        // The workers held the other references: this closes the API listener.
-        drop(server);
-        listener::wait_until_closed(self.api_addr, Duration::from_secs(2));
-        listener::cut_accepted(self.api_addr);
-        self.store.shutdown();
         if let Some(dir) = self.temp_dir.take() {
             let _ = std::fs::remove_dir_all(dir);
         }

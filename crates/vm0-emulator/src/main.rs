@@ -57,6 +57,15 @@ struct Args {
     /// Milliseconds between the heartbeats of run event streams.
     #[arg(long, value_name = "MS", default_value_t = vm0_emulator::DEFAULT_HEARTBEAT_MS)]
     heartbeat_ms: u64,
+    /// Connections each listener serves at once, each on a thread of its own; one beyond
+    /// them is answered 503 (Retry-After: 1) and closed.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = vm0_emulator::DEFAULT_MAX_CONNECTIONS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    max_connections: usize,
 }
 
 /// The end of `--help`: the admin endpoints, which flags cannot show.
@@ -119,7 +128,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         url_ttl_secs: args.url_ttl,
         work_dir: args.work_dir,
         heartbeat_ms: args.heartbeat_ms.max(1),
-        ..EmulatorConfig::default()
+        max_connections: args.max_connections,
     };
     let running = vm0_emulator::start(config)?;
     let line = serde_json::to_string(&running.ready_line())?;

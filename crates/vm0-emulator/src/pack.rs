@@ -280,12 +280,16 @@ pub fn scan_archive(storage_id: &str, path: &Path) -> io::Result<Packed> {
             .link_name_bytes()
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
+        let pax_sparse = pax_sparse_size(&mut entry)?;
         match entry.header().entry_type() {
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
+            // An old-style GNU sparse member (`S`, what `tar -S` writes by default) reads as
+            // its whole content, holes filled with zeros: its real size, the size `tar -xzf`
+            // writes and vm0fs counts against the announced one.
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let mut h = Sha256::new();
                 let n = io::copy(&mut entry, &mut h)?;
                 hasher.file(&name, &hex::encode(h.finalize()));
-                size += n;
+                size += pax_sparse.unwrap_or(n);
                 file_count += 1;
             }
             tar::EntryType::Symlink => hasher.symlink(&name, &link),
@@ -300,6 +304,26 @@ pub fn scan_archive(storage_id: &str, path: &Path) -> io::Result<Packed> {
         file_count,
         archive: Some(path.to_path_buf()),
     })
+}
+
+/// The real size of a pax-format GNU sparse member (`tar --format=posix -S`, sparse
+/// formats 0.0, 0.1 and 1.0): its stored data is only the map and the data blocks, while
+/// `tar -xzf` writes a file of `GNU.sparse.realsize` (1.0) or `GNU.sparse.size` (0.x)
+/// bytes. `None` for any other member.
+fn pax_sparse_size<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Option<u64>> {
+    let Some(extensions) = entry.pax_extensions()? else {
+        return Ok(None);
+    };
+    let mut size = None;
+    for extension in extensions {
+        let extension = extension?;
+        if let (Ok("GNU.sparse.realsize" | "GNU.sparse.size"), Ok(value)) =
+            (extension.key(), extension.value())
+        {
+            size = value.trim().parse::<u64>().ok().or(size);
+        }
+    }
+    Ok(size)
 }
 
 /// The id of an archive that cannot be read: sha256 of the storage id and the raw bytes.

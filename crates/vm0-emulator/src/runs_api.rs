@@ -8,13 +8,11 @@
 //! with its quirks. The event stream itself is `events`'s; this module checks the request
 //! and hands it over.
 
-use std::io::Read;
 use std::time::Duration;
-
-use tiny_http::Method;
 
 use crate::api::{self, Page};
 use crate::events::EventStream;
+use crate::http::{Method, Request};
 use crate::lifecycle::{self, RunSpec};
 use crate::model::{format_timestamp, parse_timestamp};
 use crate::runs::{
@@ -83,7 +81,7 @@ impl Route<'_> {
 /// Answers a request under `/v1/agents` or `/v1/runs`; `None` for any other path.
 pub(crate) fn handle(
     shared: &Shared,
-    request: &mut tiny_http::Request,
+    request: &Request,
     path: &str,
     query: &str,
 ) -> Option<Answer> {
@@ -92,8 +90,8 @@ pub(crate) fn handle(
     if !matches!(segments[0], "agents" | "runs") {
         return None;
     }
-    let method = request.method().clone();
-    let route = match (&method, segments.as_slice()) {
+    let method = &request.method;
+    let route = match (method, segments.as_slice()) {
         (Method::Get, ["agents"]) => Route::AgentsList,
         (Method::Get, ["agents", id]) => Route::AgentsGet(id),
         (Method::Get, ["agents", id, "versions"]) => Route::AgentsVersions(id),
@@ -104,10 +102,10 @@ pub(crate) fn handle(
         (Method::Get, ["runs", id, "metrics"]) => Route::RunsMetrics(id),
         (Method::Get, ["runs", id, "events"]) => Route::RunsEvents(id),
         (Method::Post, ["runs", id, "cancel"]) => Route::RunsCancel(id),
-        _ => return Some(Answer::Reply(api::unknown_route(&method, path))),
+        _ => return Some(Answer::Reply(api::unknown_route(method, path))),
     };
     if segments.get(1) == Some(&"") {
-        return Some(Answer::Reply(api::unknown_route(&method, path)));
+        return Some(Answer::Reply(api::unknown_route(method, path)));
     }
     let key = route.key();
     shared.counters.hit(key);
@@ -338,7 +336,7 @@ fn run_metrics(shared: &Shared, id: &str, shape: Shape) -> Reply {
 
 fn event_stream(
     shared: &Shared,
-    request: &tiny_http::Request,
+    request: &Request,
     id: &str,
     params: &[(String, String)],
     shape: Shape,
@@ -349,10 +347,8 @@ fn event_stream(
         .map(|v| (name.as_str(), v.to_string()))
         .or_else(|| {
             request
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Last-Event-ID"))
-                .map(|h| ("Last-Event-ID", h.value.as_str().trim().to_string()))
+                .header("last-event-id")
+                .map(|v| ("Last-Event-ID", v.to_string()))
         });
     let after = match given {
         None => 0,
@@ -375,18 +371,17 @@ fn event_stream(
 /// `POST /v1/runs`: `{agent (name or id), prompt, volumes?, artifact_name?}`, 202 with the
 /// new run (pending). The run gets the defaults of a live run: a few seconds of logs, then
 /// completed.
-fn runs_create(shared: &Shared, request: &mut tiny_http::Request, shape: Shape) -> Reply {
-    let mut body = Vec::new();
-    if let Err(err) = request.as_reader().take(MAX_BODY).read_to_end(&mut body) {
+fn runs_create(shared: &Shared, request: &Request, shape: Shape) -> Reply {
+    if request.body.len() as u64 > MAX_BODY {
         return Reply::error(
             400,
             "invalid_request_error",
             "invalid_parameter",
-            &format!("cannot read the request body: {err}"),
+            &format!("The request body is larger than the {MAX_BODY} bytes accepted"),
             None,
         );
     }
-    let value: serde_json::Value = match serde_json::from_slice(&body) {
+    let value: serde_json::Value = match serde_json::from_slice(&request.body) {
         Ok(serde_json::Value::Object(map)) => serde_json::Value::Object(map),
         _ => {
             return Reply::error(

@@ -2,18 +2,15 @@
 //! archives under presigned, expiring URLs (SigV4-style query parameters), honours
 //! `Range: bytes=N-`, refuses a second auth mechanism, and answers errors in S3's XML.
 //!
-//! It speaks HTTP/1.1 itself over `std::net` rather than through `tiny_http`, because a
-//! fault must be able to send full headers, part of the body, and then drop the connection
-//! (`cut_after_bytes`); `tiny_http` owns its sockets and keeps such a connection open, so
-//! the client would hang instead of seeing a cut. One thread per connection means a slow
-//! download never holds up another one, and bodies stream from the archive file.
+//! It runs on `http`'s server, which gives every connection a thread of its own: a slow or
+//! held download never holds up another request. Answers are written on the socket as they
+//! go, so a fault can send full headers, part of the body, and then drop the connection
+//! (`cut_after_bytes`), and bodies stream from the archive file.
 
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use flate2::write::GzEncoder;
@@ -22,13 +19,14 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::faults::{Corrupt, FaultRule};
+use crate::http::{self, Flow, Method, Request};
 use crate::model::Kind;
 use crate::Shared;
 
 /// Idle keep-alive connections are closed after this long, so their threads end.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest request head accepted; a GET from a client is far smaller.
-const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request body read (a GET has none; one sent anyway is read and ignored).
+pub(crate) const MAX_BODY: u64 = 1024 * 1024;
 
 /// The presigned URL of a version's archive, valid for the configured TTL from now.
 pub fn presign(shared: &Shared, kind: Kind, storage_id: &str, version_id: &str) -> String {
@@ -101,225 +99,33 @@ fn parse_amz_date(s: &str) -> Option<i64> {
     Some(date.with_time(time).assume_utc().unix_timestamp())
 }
 
-/// `Date:` header value (RFC 7231 IMF-fixdate).
-fn http_date(secs: i64) -> String {
-    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let t =
-        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
-        DAYS[t.weekday().number_days_from_monday() as usize],
-        t.day(),
-        MONTHS[u8::from(t.month()) as usize - 1],
-        t.year(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
-}
+/// The store's side of [`http::Server`].
+pub(crate) struct StoreHandler(pub Arc<Shared>);
 
-/// The running store listener.
-pub struct StoreServer {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
-}
-
-impl StoreServer {
-    pub fn spawn(listener: TcpListener, shared: Arc<Shared>) -> io::Result<StoreServer> {
-        let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = Arc::clone(&stop);
-        let accept = std::thread::Builder::new()
-            .name("store-accept".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if stop2.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = conn else { continue };
-                    let shared = Arc::clone(&shared);
-                    let spawned = std::thread::Builder::new()
-                        .name("store-conn".into())
-                        .spawn(move || serve_connection(stream, &shared));
-                    if let Err(err) = spawned {
-                        tracing::error!(%err, "cannot spawn a store connection thread");
-                    }
-                }
-            })?;
-        Ok(StoreServer {
-            addr,
-            stop,
-            accept: Some(accept),
-        })
+impl http::Handler for StoreHandler {
+    fn handle(&self, stream: &mut TcpStream, request: Request) -> io::Result<Flow> {
+        handle(stream, &request, &self.0)
     }
 
-    /// Stops accepting connections and cuts the open ones, as the exit of the process
-    /// would; their threads then end on their own.
-    pub fn shutdown(&mut self) {
-        let Some(handle) = self.accept.take() else {
-            return;
+    fn refusal(&self, status: u16, message: &str) -> Vec<u8> {
+        let code = match status {
+            503 => "SlowDown",
+            413 => "EntityTooLarge",
+            501 => "NotImplemented",
+            _ => "BadRequest",
         };
-        self.stop.store(true, Ordering::SeqCst);
-        // The accept loop only sees the flag when a connection arrives: make one.
-        let _ = TcpStream::connect(self.addr);
-        // The accept thread owns the listener: once it has ended, the listener is closed.
-        let _ = handle.join();
-        crate::listener::cut_accepted(self.addr);
-    }
-}
-
-impl Drop for StoreServer {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// A parsed request head.
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    /// Names lowercased.
-    headers: Vec<(String, String)>,
-    keep_alive: bool,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn serve_connection(stream: TcpStream, shared: &Shared) {
-    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
-    let _ = stream.set_nodelay(true);
-    let Ok(read_half) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(read_half);
-    let mut stream = stream;
-    loop {
-        let request = match read_request(&mut reader) {
-            Ok(Some(request)) => request,
-            Ok(None) => return,
-            Err(err) => {
-                tracing::debug!(%err, "bad request on the store listener");
-                let _ = write_xml_error(
-                    &mut stream,
-                    400,
-                    "BadRequest",
-                    "Malformed request",
-                    &[],
-                    false,
-                );
-                let _ = stream.shutdown(Shutdown::Both);
-                return;
-            }
-        };
-        match handle(&mut stream, &request, shared) {
-            Ok(Flow::KeepAlive) if request.keep_alive => {}
-            Ok(_) => {
-                let _ = stream.flush();
-                let _ = stream.shutdown(Shutdown::Both);
-                return;
-            }
-            Err(err) => {
-                tracing::debug!(%err, "store connection failed");
-                let _ = stream.shutdown(Shutdown::Both);
-                return;
-            }
+        let mut headers = vec![("Server", "VM0EmulatorStore")];
+        if status == 503 {
+            headers.push(("Retry-After", "1"));
         }
+        http::answer(
+            status,
+            &[headers.as_slice(), &[("Content-Type", "application/xml")]].concat(),
+            xml_error_body(code, message, &[]).as_bytes(),
+            false,
+            false,
+        )
     }
-}
-
-/// Reads one request head; `None` when the client closed an idle connection.
-fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
-    let mut lines = Vec::new();
-    let mut total = 0;
-    loop {
-        let mut line = String::new();
-        let n = reader.read_line(&mut line)?;
-        if n == 0 {
-            if lines.is_empty() {
-                return Ok(None);
-            }
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "truncated request head",
-            ));
-        }
-        total += n;
-        if total > MAX_HEAD {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request head too large",
-            ));
-        }
-        let line = line.trim_end_matches(['\r', '\n']).to_string();
-        if line.is_empty() {
-            if lines.is_empty() {
-                continue; // Stray CRLF between requests is allowed (RFC 9112, 2.2).
-            }
-            break;
-        }
-        lines.push(line);
-    }
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed request line");
-    let mut parts = lines[0].split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad());
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(bad());
-    }
-    let mut headers = Vec::new();
-    for line in &lines[1..] {
-        let (name, value) = line.split_once(':').ok_or_else(bad)?;
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-    }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let connection = headers
-        .iter()
-        .find(|(n, _)| n == "connection")
-        .map(|(_, v)| v.to_ascii_lowercase());
-    let keep_alive = match connection.as_deref() {
-        Some(v) if v.contains("close") => false,
-        Some(v) if v.contains("keep-alive") => true,
-        _ => version == "HTTP/1.1",
-    };
-    let request = Request {
-        method: method.to_string(),
-        path: path.to_string(),
-        query: query.to_string(),
-        headers,
-        keep_alive,
-    };
-    if request.header("transfer-encoding").is_some() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "request bodies are not supported",
-        ));
-    }
-    // A body on a GET is odd but legal; skip it so the next request parses.
-    if let Some(len) = request.header("content-length") {
-        let len: u64 = len.parse().map_err(|_| bad())?;
-        io::copy(&mut reader.take(len), &mut io::sink())?;
-    }
-    Ok(Some(request))
-}
-
-enum Flow {
-    KeepAlive,
-    Close,
 }
 
 /// What a request asks for: `/vm0-storage/<kind>/<storage id>/<version id>/archive.tar.gz`.
@@ -343,13 +149,14 @@ fn parse_target(path: &str) -> Option<Target> {
 }
 
 fn handle(stream: &mut TcpStream, request: &Request, shared: &Shared) -> io::Result<Flow> {
-    let target = parse_target(&request.path);
+    let (path, query) = request.path_and_query();
+    let target = parse_target(path);
     shared.counters.hit("store.get");
     if let Some(t) = &target {
         shared.counters.hit(&format!("store.get:{}", t.version_id));
     }
-    let head_only = request.method == "HEAD";
-    if request.method != "GET" && !head_only {
+    let head_only = request.method == Method::Head;
+    if request.method != Method::Get && !head_only {
         write_xml_error(
             stream,
             405,
@@ -387,7 +194,7 @@ fn handle(stream: &mut TcpStream, request: &Request, shared: &Shared) -> io::Res
         return Ok(Flow::KeepAlive);
     }
 
-    let query: Vec<(String, String)> = url::form_urlencoded::parse(request.query.as_bytes())
+    let query: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
     let param = |name: &str| {
@@ -400,7 +207,7 @@ fn handle(stream: &mut TcpStream, request: &Request, shared: &Shared) -> io::Res
     let expires = param("X-Amz-Expires").and_then(|s| s.parse::<u64>().ok());
     let signature = param("X-Amz-Signature").and_then(|s| hex::decode(s).ok());
     let signed = match (expires, signature) {
-        (Some(expires), Some(signature)) => mac(&shared.secret, &request.path, date, expires)
+        (Some(expires), Some(signature)) => mac(&shared.secret, path, date, expires)
             .verify_slice(&signature)
             .is_ok(),
         _ => false,
@@ -652,7 +459,7 @@ fn serve_archive(
             return Ok(Flow::KeepAlive);
         }
     };
-    let mut head = status_line(status);
+    let mut head = http::status_line(status);
     head.push_str(&common_headers());
     head.push_str("Content-Type: application/gzip\r\n");
     head.push_str("Accept-Ranges: bytes\r\n");
@@ -719,30 +526,11 @@ fn hold_until_released(stream: &mut TcpStream, shared: &Shared, version_id: &str
     }
 }
 
-fn status_line(status: u16) -> String {
-    let reason = match status {
-        200 => "OK",
-        206 => "Partial Content",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        416 => "Range Not Satisfiable",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    };
-    format!("HTTP/1.1 {status} {reason}\r\n")
-}
-
 fn common_headers() -> String {
     let id = hex::encode(rand::random::<[u8; 8]>()).to_uppercase();
     format!(
         "Date: {}\r\nServer: VM0EmulatorStore\r\nx-amz-request-id: {id}\r\n",
-        http_date(now_secs())
+        http::http_date(now_secs())
     )
 }
 
@@ -753,14 +541,8 @@ fn xml_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn write_xml_error(
-    stream: &mut impl Write,
-    status: u16,
-    code: &str,
-    message: &str,
-    extra: &[(&str, String)],
-    head_only: bool,
-) -> io::Result<()> {
+/// S3's XML error body.
+fn xml_error_body(code: &str, message: &str, extra: &[(&str, String)]) -> String {
     let mut body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{}</Message>",
         xml_escape(message)
@@ -772,6 +554,18 @@ fn write_xml_error(
         "<RequestId>{}</RequestId></Error>",
         hex::encode(rand::random::<[u8; 8]>()).to_uppercase()
     ));
+    body
+}
+
+fn write_xml_error(
+    stream: &mut impl Write,
+    status: u16,
+    code: &str,
+    message: &str,
+    extra: &[(&str, String)],
+    head_only: bool,
+) -> io::Result<()> {
+    let body = xml_error_body(code, message, extra);
     write_simple(stream, status, "application/xml", &body, &[], head_only)
 }
 
@@ -783,7 +577,7 @@ fn write_simple(
     headers: &[(String, String)],
     head_only: bool,
 ) -> io::Result<()> {
-    let mut out = status_line(status);
+    let mut out = http::status_line(status);
     out.push_str(&common_headers());
     out.push_str(&format!("Content-Type: {content_type}\r\n"));
     out.push_str(&format!("Content-Length: {}\r\n", body.len()));
@@ -866,7 +660,6 @@ mod tests {
         assert_eq!(amz_date(secs), "20260120T100000Z");
         assert_eq!(parse_amz_date("20260120T100000Z"), Some(secs));
         assert_eq!(parse_amz_date("2026-01-20"), None);
-        assert_eq!(http_date(secs), "Tue, 20 Jan 2026 10:00:00 GMT");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! What goes on the wire of the API listener: JSON with a stable field order, the two
-//! shapes of field names, the contract's error bodies, and sending a reply through
-//! `tiny_http` with the headers every JSON answer carries (`X-Request-Id`, `X-API-Version`).
+//! shapes of field names, the contract's error bodies, and sending a reply with the headers
+//! every JSON answer carries (`X-Request-Id`, `X-API-Version`).
 
-use std::io::Cursor;
+use std::io::{self, Write};
+
+use crate::http::{self, Flow, Method, Request};
 
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
@@ -294,73 +296,59 @@ impl Reply {
     }
 }
 
-fn header(name: &str, value: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .expect("header names and values built by the emulator are ASCII")
-}
-
 /// A fresh `req_<32 hex>` request id.
 pub fn request_id() -> String {
     format!("req_{}", hex::encode(rand::random::<[u8; 16]>()))
 }
 
-/// Sends a reply; errors are the client hanging up, which is its business.
-pub fn send(request: tiny_http::Request, reply: Reply) {
-    let response = match reply {
-        Reply::Json {
-            status,
-            body,
-            headers,
-        } => {
-            let data = body.render().into_bytes();
-            let len = data.len();
-            let mut response = tiny_http::Response::new(
-                status.into(),
-                vec![
-                    header("Content-Type", "application/json"),
-                    header("X-Request-Id", &request_id()),
-                    header("X-API-Version", "v1"),
-                ],
-                Cursor::new(data),
-                Some(len),
-                None,
-            );
-            for (name, value) in headers {
-                response.add_header(header(&name, &value));
+impl Reply {
+    /// The whole answer on the wire: status line, `Date`, the headers of its kind, its
+    /// own headers, `Content-Length`, and `Connection: close` unless `keep_alive`.
+    pub(crate) fn to_bytes(&self, keep_alive: bool, head_only: bool) -> Vec<u8> {
+        match self {
+            Reply::Json {
+                status,
+                body,
+                headers,
+            } => {
+                let id = request_id();
+                let mut all = vec![
+                    ("Content-Type", "application/json"),
+                    ("X-Request-Id", id.as_str()),
+                    ("X-API-Version", "v1"),
+                ];
+                all.extend(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+                let body = body.render();
+                http::answer(*status, &all, body.as_bytes(), keep_alive, head_only)
             }
-            response
-        }
-        Reply::Redirect { location } => tiny_http::Response::new(
-            302.into(),
-            vec![header("Location", &location)],
-            Cursor::new(Vec::new()),
-            Some(0),
-            None,
-        ),
-        Reply::Raw {
-            status,
-            content_type,
-            body,
-            headers,
-        } => {
-            let data = body.into_bytes();
-            let len = data.len();
-            let mut response = tiny_http::Response::new(
-                status.into(),
-                vec![header("Content-Type", &content_type)],
-                Cursor::new(data),
-                Some(len),
-                None,
-            );
-            for (name, value) in headers {
-                response.add_header(header(&name, &value));
+            Reply::Redirect { location } => http::answer(
+                302,
+                &[("Location", location.as_str())],
+                b"",
+                keep_alive,
+                head_only,
+            ),
+            Reply::Raw {
+                status,
+                content_type,
+                body,
+                headers,
+            } => {
+                let mut all = vec![("Content-Type", content_type.as_str())];
+                all.extend(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+                http::answer(*status, &all, body.as_bytes(), keep_alive, head_only)
             }
-            response
         }
-    };
-    if let Err(err) = request.respond(response) {
-        tracing::debug!(%err, "client went away before the answer was sent");
     }
+}
+
+/// Sends a reply to `request`; an error is the client hanging up, which is its business
+/// (the connection then ends).
+pub(crate) fn send(out: &mut impl Write, request: &Request, reply: &Reply) -> io::Result<Flow> {
+    let bytes = reply.to_bytes(request.keep_alive, request.method == Method::Head);
+    out.write_all(&bytes)?;
+    out.flush()?;
+    Ok(Flow::KeepAlive)
 }
 
 #[cfg(test)]

@@ -10,26 +10,23 @@
 //! before the run detail names it. A run created with `logs_total` is built finished at
 //! once, with exactly that many log entries.
 //!
-//! One driver thread moves every live run ([`spawn_driver`]); the [`Board`] holds the data
-//! and tells waiting event streams that something changed. Locks: the board's data and the
-//! storages' data are never held together; an artifact is packed with neither held.
+//! Rooms: `spec` holds what an operation is asked for and why it is refused (`RunSpec`,
+//! `RunError`, ...); `driver` the one thread that moves every live run ([`spawn_driver`])
+//! and the [`Board`] that holds the data and tells waiting event streams that something
+//! changed; this file creating runs and agents and ending runs. Locks: the board's data and
+//! the storages' data are never held together; an artifact is packed with neither held.
+
+mod driver;
+mod spec;
+
+pub(crate) use driver::{spawn_driver, Board};
+pub use spec::{AgentSpec, AgentVersionSpec, NewLog, RunError, RunSpec};
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex, RwLock};
-use serde::{Deserialize, Deserializer};
-
-use crate::model::{now_ms, parse_timestamp, random_uuid, sha256_hex, uuid_from_seed, Kind};
-use crate::runs::{
-    Agent, AgentVersion, LogEntry, LogType, Outcome, Plan, Run, RunStatus, RunsData,
-};
+use crate::model::{now_ms, random_uuid, sha256_hex, uuid_from_seed, Kind};
+use crate::runs::{Agent, AgentVersion, LogEntry, Outcome, Plan, Run, RunStatus, RunsData};
 use crate::script;
-use crate::wire::Reply;
 use crate::{admin, Shared};
 
 /// Log lines per second of a live run created without `log_rate`.
@@ -45,234 +42,10 @@ pub const FINISHED_LOG_RATE: f64 = 1000.0;
 pub const DEFAULT_PROMPT: &str = "Analyze the input data and write a short report.";
 
 const MAX_LOG_RATE: f64 = 100_000.0;
-/// How often the driver looks at live runs.
-const TICK: Duration = Duration::from_millis(10);
-/// How long an idle driver sleeps when nothing wakes it.
-const IDLE: Duration = Duration::from_secs(1);
-/// Bounds the time the driver holds the lock for one run in one tick.
-const MAX_LINES_PER_TICK: u64 = 20_000;
 /// How long a run built finished stayed pending.
 const FINISHED_PENDING_MS: i64 = 250;
 /// Bounds the metrics samples of a run built finished.
 const MAX_FINISHED_SAMPLES: i64 = 100_000;
-
-/// The agents and runs, and the signal of their changes.
-pub(crate) struct Board {
-    pub data: RwLock<RunsData>,
-    /// Bumped on every change; event streams wait for it to move.
-    generation: Mutex<u64>,
-    changed: Condvar,
-    stopping: AtomicBool,
-    /// Event streams being served, for tests that check a stream ends with its client.
-    pub open_streams: AtomicUsize,
-}
-
-impl Board {
-    pub fn new(data: RunsData) -> Board {
-        Board {
-            data: RwLock::new(data),
-            generation: Mutex::new(0),
-            changed: Condvar::new(),
-            stopping: AtomicBool::new(false),
-            open_streams: AtomicUsize::new(0),
-        }
-    }
-
-    /// Tells every waiter that the data changed.
-    pub fn notify(&self) {
-        let mut generation = self.generation.lock();
-        *generation += 1;
-        self.changed.notify_all();
-    }
-
-    pub fn generation(&self) -> u64 {
-        *self.generation.lock()
-    }
-
-    /// Waits until the generation is no longer `seen`, the emulator stops, or `timeout`.
-    pub fn wait_for_change(&self, seen: u64, timeout: Duration) {
-        let mut generation = self.generation.lock();
-        if *generation == seen && !self.stopping() {
-            self.changed.wait_for(&mut generation, timeout);
-        }
-    }
-
-    /// Ends the driver and every event stream.
-    pub fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.notify();
-    }
-
-    pub fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-}
-
-/// Why an agent or run operation was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunError {
-    /// No such agent, run, volume or version (the API's 404).
-    NotFound(String),
-    /// A parameter that is not valid (400, naming the parameter).
-    Invalid { param: String, message: String },
-    /// The run is final: nothing can change it any more (400).
-    Final(String),
-    /// The artifact version could not be built (500).
-    Internal(String),
-}
-
-impl fmt::Display for RunError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RunError::NotFound(message) | RunError::Final(message) => f.write_str(message),
-            RunError::Invalid { param, message } => write!(f, "{param}: {message}"),
-            RunError::Internal(message) => write!(f, "internal error: {message}"),
-        }
-    }
-}
-
-impl std::error::Error for RunError {}
-
-impl RunError {
-    fn invalid(param: &str, message: impl Into<String>) -> RunError {
-        RunError::Invalid {
-            param: param.to_string(),
-            message: message.into(),
-        }
-    }
-
-    /// The API's error answer for it.
-    pub(crate) fn reply(&self) -> Reply {
-        match self {
-            RunError::NotFound(message) => Reply::not_found(message),
-            RunError::Invalid { param, message } => Reply::bad_param(param, message),
-            RunError::Final(message) => Reply::error(
-                400,
-                "invalid_request_error",
-                "invalid_parameter",
-                message,
-                None,
-            ),
-            RunError::Internal(message) => {
-                Reply::error(500, "api_error", "internal_error", message, None)
-            }
-        }
-    }
-}
-
-/// An agent to create, or versions to add to an existing one (`POST /_emulator/agents`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AgentSpec {
-    /// Follows the storage name rule (`my-agent`).
-    pub name: String,
-    /// Replaces the description when given.
-    pub description: Option<String>,
-    /// Versions to add, oldest first; a new agent without any gets one.
-    pub versions: Vec<AgentVersionSpec>,
-}
-
-/// One agent version to add.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AgentVersionSpec {
-    pub message: Option<String>,
-    /// `user` (default) or `agent`.
-    pub created_by: Option<String>,
-    /// Default: now (and after the agent's newest version).
-    #[serde(rename = "created_at", deserialize_with = "timestamp_arg")]
-    pub created_at_ms: Option<i64>,
-}
-
-/// A run to create (`POST /_emulator/runs`; `POST /v1/runs` makes one with the defaults).
-///
-/// Without `logs_total` the run is live: pending for `pending_ms`, then running for
-/// `duration_ms` with `log_rate` lines per second, then it ends with `outcome`. With
-/// `logs_total` it is built finished at once, with exactly that many log entries spaced
-/// by `log_rate` (default 1,000 per second), every fifth one sharing the timestamp of the
-/// one before it.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RunSpec {
-    /// Default: a random UUID.
-    pub id: Option<String>,
-    /// The agent's name or id.
-    pub agent: String,
-    pub prompt: Option<String>,
-    /// Log lines per second (0: none but the start and end lines).
-    pub log_rate: Option<f64>,
-    pub duration_ms: Option<u64>,
-    pub pending_ms: Option<u64>,
-    pub outcome: Outcome,
-    /// Default for failed and timeout runs: a made-up error.
-    pub error: Option<String>,
-    /// Volume name -> version (full id or prefix; `None`: the current one). The admin body
-    /// takes this object or a list of names.
-    #[serde(deserialize_with = "volumes_arg")]
-    pub volumes: BTreeMap<String, Option<String>>,
-    /// Where a completed run commits its output.
-    pub artifact_name: Option<String>,
-    /// An existing version of `artifact_name` (full id or prefix) to name instead of
-    /// committing one.
-    pub artifact_version: Option<String>,
-    /// Build the run finished, with exactly this many log entries.
-    pub logs_total: Option<u64>,
-    /// Default: now, or for a run built finished, early enough that it ended by now.
-    #[serde(rename = "created_at", deserialize_with = "timestamp_arg")]
-    pub created_at_ms: Option<i64>,
-}
-
-impl RunSpec {
-    /// A live run of `agent` with every default.
-    pub fn new(agent: &str) -> RunSpec {
-        RunSpec {
-            agent: agent.to_string(),
-            ..RunSpec::default()
-        }
-    }
-}
-
-/// A log entry to append to a live run, at the current time.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewLog {
-    #[serde(rename = "type", default)]
-    pub kind: LogType,
-    #[serde(default = "info")]
-    pub level: String,
-    pub message: String,
-    #[serde(default)]
-    pub metadata: Option<serde_json::Value>,
-}
-
-fn info() -> String {
-    "info".to_string()
-}
-
-fn timestamp_arg<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    let Some(s) = Option::<String>::deserialize(d)? else {
-        return Ok(None);
-    };
-    parse_timestamp(&s)
-        .map(Some)
-        .ok_or_else(|| serde::de::Error::custom(format!("invalid timestamp {s:?}")))
-}
-
-fn volumes_arg<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<String, Option<String>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Volumes {
-        Names(Vec<String>),
-        Versions(BTreeMap<String, Option<String>>),
-    }
-    Ok(match Option::<Volumes>::deserialize(d)? {
-        None => BTreeMap::new(),
-        Some(Volumes::Names(names)) => names.into_iter().map(|n| (n, None)).collect(),
-        Some(Volumes::Versions(map)) => map,
-    })
-}
 
 /// Creates an agent, or adds versions to (and updates the description of) an existing one.
 /// Returns its id.
@@ -752,154 +525,35 @@ fn start(run: &mut Run, now: i64) {
     }
 }
 
-/// Moves one live run along its plan up to `now`; returns whether it changed and whether
-/// its time is up.
-fn step(run: &mut Run, now: i64) -> (bool, bool) {
-    let Some(mut plan) = run.plan.take() else {
-        return (false, false);
-    };
-    let mut changed = false;
-    if run.status == RunStatus::Pending && now >= plan.start_at_ms {
-        run.plan = Some(plan);
-        start(run, now);
-        plan = run.plan.take().expect("start keeps the plan");
-        changed = true;
+/// A run with nothing in it, for the unit tests here and in `driver`.
+#[cfg(test)]
+fn bare_run() -> Run {
+    Run {
+        id: "r".into(),
+        agent_id: "a".into(),
+        agent_name: "agent".into(),
+        status: RunStatus::Pending,
+        prompt: "p".into(),
+        created_at_ms: 0,
+        started_at_ms: None,
+        completed_at_ms: None,
+        error: None,
+        session_id: None,
+        checkpoint_id: None,
+        artifact_name: None,
+        artifact_version: None,
+        volumes: BTreeMap::new(),
+        logs: Vec::new(),
+        metrics: Vec::new(),
+        events: Vec::new(),
+        output: None,
+        plan: None,
     }
-    let mut due = false;
-    if let (RunStatus::Running, Some(started)) = (run.status, run.started_at_ms) {
-        let elapsed = now - started;
-        // Line 0, the start line, came with the start.
-        let mut lines_done = plan.log_rate <= 0.0;
-        let mut budget = MAX_LINES_PER_TICK;
-        while !lines_done && budget > 0 {
-            let offset = script::line_offset_ms(plan.lines, plan.log_rate);
-            if offset >= plan.duration_ms {
-                lines_done = true;
-            } else if offset > elapsed {
-                break;
-            } else {
-                let at = started + offset;
-                let entry = script::log_line(run, plan.lines, at);
-                run.push_log(entry);
-                if let Some((kind, data)) = script::output_for_line(plan.lines) {
-                    run.push_event(kind, data, at);
-                }
-                plan.lines += 1;
-                budget -= 1;
-                changed = true;
-            }
-        }
-        loop {
-            let offset = plan.samples as i64 * script::SAMPLE_INTERVAL_MS;
-            if offset > elapsed || offset >= plan.duration_ms.max(1) {
-                break;
-            }
-            let sample = script::sample(run, plan.samples, started + offset);
-            run.metrics.push(sample);
-            plan.samples += 1;
-            changed = true;
-        }
-        due = elapsed >= plan.duration_ms && lines_done;
-    }
-    run.plan = Some(plan);
-    (changed, due)
-}
-
-/// One pass of the driver over every live run; returns whether any is left.
-fn tick(shared: &Shared) -> bool {
-    let now = now_ms();
-    let mut changed = false;
-    let mut due = Vec::new();
-    let live = {
-        let mut data = shared.runs.data.write();
-        let ids = data.live_run_ids();
-        for id in &ids {
-            let run = data.run_mut(id).expect("a live id names a run");
-            let (run_changed, run_due) = step(run, now);
-            changed |= run_changed;
-            if run_due {
-                due.push(id.clone());
-            }
-        }
-        !ids.is_empty()
-    };
-    if changed {
-        shared.runs.notify();
-    }
-    for id in due {
-        match finish(shared, &id, None, None) {
-            Ok(()) | Err(RunError::Final(_)) => {}
-            Err(err) => {
-                // The run must still end: without its artifact rather than never.
-                tracing::warn!(run = %id, %err, "cannot end the run as planned; it fails");
-                let _ = finish(shared, &id, Some(Outcome::Failed), Some(err.to_string()));
-            }
-        }
-    }
-    live
-}
-
-/// Starts the thread that moves live runs; it ends when the board stops.
-pub(crate) fn spawn_driver(shared: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("runs-driver".into())
-        .spawn(move || {
-            while !shared.runs.stopping() {
-                // Read before the tick: a run created during it must not wait for `IDLE`.
-                let seen = shared.runs.generation();
-                let live = tick(&shared);
-                shared
-                    .runs
-                    .wait_for_change(seen, if live { TICK } else { IDLE });
-            }
-        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn run_specs_from_admin_json() {
-        let spec: RunSpec = serde_json::from_str(
-            r#"{"agent":"a","volumes":["input-data"],"outcome":"failed",
-                "created_at":"2026-01-20T10:00:00.000Z","logs_total":5}"#,
-        )
-        .unwrap();
-        assert_eq!(spec.volumes, BTreeMap::from([("input-data".into(), None)]));
-        assert_eq!(spec.outcome, Outcome::Failed);
-        assert_eq!(spec.created_at_ms, Some(crate::model::BASE_TIME_MS));
-        let spec: RunSpec =
-            serde_json::from_str(r#"{"agent":"a","volumes":{"input-data":"abcd1234"}}"#).unwrap();
-        assert_eq!(spec.volumes["input-data"].as_deref(), Some("abcd1234"));
-        assert_eq!(spec.outcome, Outcome::Completed);
-        assert!(serde_json::from_str::<RunSpec>(r#"{"agent":"a","nope":1}"#).is_err());
-        assert!(serde_json::from_str::<RunSpec>(r#"{"agent":"a","created_at":"x"}"#).is_err());
-    }
-
-    fn bare_run() -> Run {
-        Run {
-            id: "r".into(),
-            agent_id: "a".into(),
-            agent_name: "agent".into(),
-            status: RunStatus::Pending,
-            prompt: "p".into(),
-            created_at_ms: 0,
-            started_at_ms: None,
-            completed_at_ms: None,
-            error: None,
-            session_id: None,
-            checkpoint_id: None,
-            artifact_name: None,
-            artifact_version: None,
-            volumes: BTreeMap::new(),
-            logs: Vec::new(),
-            metrics: Vec::new(),
-            events: Vec::new(),
-            output: None,
-            plan: None,
-        }
-    }
 
     #[test]
     fn finished_runs_have_exactly_the_entries_asked_for() {
@@ -921,37 +575,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn a_live_run_follows_its_plan() {
-        let mut run = bare_run();
-        run.plan = Some(Plan {
-            start_at_ms: 100,
-            log_rate: 10.0,
-            duration_ms: 1000,
-            outcome: Outcome::Completed,
-            error: None,
-            artifact_version: None,
-            lines: 0,
-            samples: 0,
-        });
-        assert_eq!(step(&mut run, 50), (false, false));
-        assert_eq!(run.status, RunStatus::Pending);
-        assert_eq!(step(&mut run, 100), (true, false));
-        assert_eq!(run.status, RunStatus::Running);
-        assert_eq!(run.logs.len(), 1);
-        step(&mut run, 650);
-        // Lines at 0, 100, 200, 300, 300 (shared), 500 ms.
-        assert_eq!(run.logs.len(), 6);
-        assert_eq!(run.logs[4].timestamp_ms, run.logs[3].timestamp_ms);
-        assert!(!step(&mut run, 1099).1);
-        let (_, due) = step(&mut run, 1100);
-        assert!(due);
-        // Every line due within the duration, no more: offsets 0..=900 at 10 per second.
-        assert_eq!(run.logs.len(), 10);
-        assert_eq!(run.metrics.len(), 1);
-        // Line 5's output event.
-        assert_eq!(run.events.len(), 1);
     }
 }
