@@ -14,7 +14,7 @@ use crate::faults::FaultRule;
 use crate::http::{Method, Request};
 use crate::lifecycle::{self, AgentSpec, NewLog, RunError, RunSpec};
 use crate::model::{now_ms, storage_id, Kind, Storage, Version};
-use crate::pack::{self, EntryKind, PackEntry, Source};
+use crate::pack::{self, EntryKind, FileBytes, PackEntry};
 use crate::runs::Outcome;
 use crate::wire::{Json, Reply, Shape};
 use crate::{api, runs_api, Shared};
@@ -313,7 +313,7 @@ pub(crate) fn commit_version(
             mtime,
             kind: EntryKind::File {
                 size: content.len() as u64,
-                source: Source::Memory(content.into_bytes()),
+                source: FileBytes::Memory(content.into_bytes()),
                 mode: 0o644,
             },
         })

@@ -33,7 +33,7 @@ use crate::model::VersionHasher;
 
 /// Where the bytes of a regular file come from.
 #[derive(Debug)]
-pub enum Source {
+pub enum FileBytes {
     Disk(PathBuf),
     Memory(Vec<u8>),
 }
@@ -41,7 +41,7 @@ pub enum Source {
 #[derive(Debug)]
 pub enum EntryKind {
     File {
-        source: Source,
+        source: FileBytes,
         size: u64,
         mode: u32,
     },
@@ -98,7 +98,7 @@ pub fn scan_dir(root: &Path) -> io::Result<Vec<PackEntry>> {
                     path: rel_path,
                     mtime,
                     kind: EntryKind::File {
-                        source: Source::Disk(entry.path()),
+                        source: FileBytes::Disk(entry.path()),
                         size: meta.len(),
                         mode: meta.mode() & 0o7777,
                     },
@@ -132,8 +132,8 @@ pub fn tree_fingerprint(storage_id: &str, entries: &[PackEntry]) -> String {
                 source, size, mode, ..
             } => {
                 let nanos = match source {
-                    Source::Disk(path) => fs::metadata(path).map_or(0, |m| m.mtime_nsec()),
-                    Source::Memory(_) => 0,
+                    FileBytes::Disk(path) => fs::metadata(path).map_or(0, |m| m.mtime_nsec()),
+                    FileBytes::Memory(_) => 0,
                 };
                 h.update(format!("\0f\0{size}\0{mode}\0{}\0{nanos}", entry.mtime).as_bytes());
             }
@@ -231,8 +231,8 @@ fn write_archive(
                 header.set_mode(*mode);
                 header.set_size(*len);
                 let reader: Box<dyn Read> = match source {
-                    Source::Disk(path) => Box::new(BufReader::new(File::open(path)?)),
-                    Source::Memory(bytes) => Box::new(bytes.as_slice()),
+                    FileBytes::Disk(path) => Box::new(BufReader::new(File::open(path)?)),
+                    FileBytes::Memory(bytes) => Box::new(bytes.as_slice()),
                 };
                 // `take` because a file that grew since it was listed would otherwise spill
                 // past its header's size and corrupt the archive.
@@ -343,7 +343,7 @@ mod tests {
             path: path.into(),
             mtime: 1_768_903_200,
             kind: EntryKind::File {
-                source: Source::Memory(content.to_vec()),
+                source: FileBytes::Memory(content.to_vec()),
                 size: content.len() as u64,
                 mode: 0o644,
             },
