@@ -18,7 +18,8 @@ use serde_json::{Map, Value};
 
 use super::answer::Resource;
 use super::client::Client;
-use super::wire::{parse_time, Page};
+use super::rows::Skipped;
+use super::wire::parse_time;
 use super::ApiError;
 use crate::ids::VersionId;
 
@@ -236,10 +237,9 @@ impl Run {
     fn from_json(json: Value) -> Option<Run> {
         let json = snake_keys(json, RUN_VERBATIM);
         let raw_id = str_field(&json, "id")?;
-        let Some(id) = RunId::parse(raw_id) else {
-            tracing::warn!(id = raw_id, "ignoring a run whose id cannot be a file name");
-            return None;
-        };
+        // The callers say what they do without it (a listing leaves the row out, with one
+        // WARN for the listing).
+        let id = RunId::parse(raw_id)?;
         let version = |v: &Value| {
             v.as_str().and_then(|s| match VersionId::parse(s) {
                 Ok(id) => Some(id),
@@ -309,11 +309,16 @@ impl Client {
     /// Every agent (all pages, de-duplicated by id).
     pub fn list_agents(&self) -> Result<Vec<Agent>, ApiError> {
         let resource = Resource::same("the list of agents".into());
-        let rows: Vec<Row> = self.list_all(&["agents"], &resource, |r: &Row| &r.id)?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| Agent::from_json(r.into_json()))
-            .collect())
+        self.list_all_with(
+            &["agents"],
+            &resource,
+            |a: &Agent| &a.id,
+            |row| {
+                let row: Row = serde_json::from_str(row).map_err(|e| e.to_string())?;
+                Agent::from_json(row.into_json())
+                    .ok_or_else(|| "the agent has no name (a string)".to_string())
+            },
+        )
     }
 
     /// One agent, with its current version.
@@ -353,7 +358,10 @@ impl Client {
         let mut cursors = std::collections::HashSet::new();
         let mut cursor: Option<String> = None;
         let since = query.since.map(crate::fs::format_time);
+        let mut skipped = Skipped::new(&resource);
+        let mut page_number = 0;
         while runs.len() < wanted {
+            page_number += 1;
             let mut url = self.api_url(&["runs"]);
             {
                 let mut q = url.query_pairs_mut();
@@ -372,15 +380,15 @@ impl Client {
                     q.append_pair("cursor", c);
                 }
             }
-            let page: Page<Value> = self.decode_ok(&self.api_get(&url, &resource)?, &resource)?;
-            for row in page.data {
-                if let Some(run) = Run::from_json(row) {
-                    if ids.insert(run.id.clone()) && runs.len() < wanted {
-                        runs.push(run);
-                    }
+            let answer = self.api_get(&url, &resource)?;
+            let (page, pagination) =
+                self.decode_page_with(&answer, &resource, page_number, &mut skipped, run_row)?;
+            for run in page {
+                if ids.insert(run.id.clone()) && runs.len() < wanted {
+                    runs.push(run);
                 }
             }
-            match next_cursor(page.pagination, &resource)? {
+            match next_cursor(Some(pagination), &resource)? {
                 None => break,
                 Some(next) if !cursors.insert(next.clone()) => {
                     return Err(protocol(
@@ -391,6 +399,7 @@ impl Client {
                 Some(next) => cursor = Some(next),
             }
         }
+        skipped.report();
         runs.sort_by_key(|r| std::cmp::Reverse(r.created_at));
         Ok(runs)
     }
@@ -422,15 +431,19 @@ impl Client {
                 q.append_pair("cursor", c);
             }
         }
-        let page: Page<Value> = self.decode_ok(&self.api_get(&url, &resource)?, &resource)?;
-        let entries = page
-            .data
-            .into_iter()
-            .filter_map(LogEntry::from_json)
-            .collect();
+        let answer = self.api_get(&url, &resource)?;
+        let mut skipped = Skipped::new(&resource);
+        let (entries, pagination) =
+            self.decode_page_with(&answer, &resource, 1, &mut skipped, |row| {
+                let json: Value = serde_json::from_str(row).map_err(|e| e.to_string())?;
+                LogEntry::from_json(json)
+                    .ok_or_else(|| "the entry has no timestamp (a string)".to_string())
+            })?;
+        let next_cursor = next_cursor(Some(pagination), &resource)?;
+        skipped.report();
         Ok(LogPage {
             entries,
-            next_cursor: next_cursor(page.pagination, &resource)?,
+            next_cursor,
         })
     }
 
@@ -468,6 +481,15 @@ impl Client {
             reader: BufReader::new(Box::new(response)),
         })
     }
+}
+
+/// A row of the list of runs, or why it is left out.
+fn run_row(row: &str) -> Result<Run, String> {
+    let json: Value = serde_json::from_str(row).map_err(|e| e.to_string())?;
+    Run::from_json(json).ok_or_else(|| {
+        "the run has no id, or one that cannot be a file name (1 to 128 letters, digits, - and _)"
+            .to_string()
+    })
 }
 
 /// The next cursor of a page, or `None` at the end.
