@@ -232,8 +232,8 @@ impl WireVersion {
             storage_id: self
                 .storage_id
                 .map_or_else(|| storage_id.clone(), StorageId::new),
-            size: self.size.unwrap_or(0),
-            file_count: self.file_count.unwrap_or(0),
+            size: self.size,
+            file_count: self.file_count,
             message: self.message,
             created_by: self.created_by,
             created_at: parse_time("created_at", self.created_at.as_deref()),
@@ -311,8 +311,8 @@ mod tests {
                 Version {
                     id: VersionId::parse(V9B).unwrap(),
                     storage_id: "v1".into(),
-                    size: 10,
-                    file_count: 1,
+                    size: Some(10),
+                    file_count: Some(1),
                     message: None,
                     created_by: Some("user".into()),
                     created_at: at(1_768_987_800, 123),
@@ -351,7 +351,7 @@ mod tests {
             let v = d.current_version.expect("current version");
             assert_eq!(
                 (v.id.as_str(), v.storage_id.as_str(), v.size),
-                (V9B, "a", 3)
+                (V9B, "a", Some(3))
             );
 
             let body = format!(r#"{{"id":"a","name":"n","{null}":null}}"#);

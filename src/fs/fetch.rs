@@ -76,7 +76,7 @@ pub fn fetch(
     let (kind, progress_every) = (*kind, *progress_every);
     let started = Instant::now();
     let key = VersionKey::new(kind, &version.id);
-    let meter = activity.start(&key, storage.as_str(), version.size);
+    let meter = activity.start(&key, storage.as_str(), version.size.unwrap_or(0));
     let what = format!("{kind} {storage} version {}", version.id.short());
     tracing::info!(version = %version.id, size = version.size, files = version.file_count, "downloading {what}");
     let mut watch = Watch {
@@ -116,7 +116,7 @@ pub fn fetch(
             activity.update(&key, s.bytes, s.files);
             if last_log.elapsed() >= progress_every {
                 last_log = Instant::now();
-                log_progress(&what, s, version.size, compressed, started);
+                log_progress(&what, s, version.size.unwrap_or(0), compressed, started);
             }
         };
         match archive::unpack_published(reader, target.dir, &opts, &mut progress, target.publish) {
@@ -125,9 +125,17 @@ pub fn fetch(
             Err(_) if (target.cancelled)() => Err(FetchError::Stopped),
             // The cache passes the announced size as the limit (it already refused versions
             // larger than the budget), so passing it means the archive lied.
-            Err(archive::ArchiveError::TooLarge { .. }) if target.max_bytes == version.size => {
+            Err(archive::ArchiveError::TooLarge { .. })
+                if Some(target.max_bytes) == version.size =>
+            {
                 Err(FetchError::LargerThanAnnounced {
-                    announced: version.size,
+                    announced: target.max_bytes,
+                })
+            }
+            // No size announced: the cache gave the room it had as the limit.
+            Err(archive::ArchiveError::TooLarge { .. }) if version.size.is_none() => {
+                Err(FetchError::LargerThanBudget {
+                    room: target.max_bytes,
                 })
             }
             Err(e) => Err(e.into()),

@@ -455,7 +455,7 @@ impl Fs {
             None if self.cache_only(kind, storage, id) => {
                 let what = format!("{kind} {storage} version {id}");
                 self.cache
-                    .start(&key, Announced { size: 0, file_count: 0 }, move |_| {
+                    .start(&key, Announced { size: Some(0), file_count: Some(0) }, move |_| {
                         Err(format!("{what} left the cache and the VM0 API cannot describe it now; try again later").into())
                     })
             }
@@ -465,9 +465,10 @@ impl Fs {
                 if version.id != *id {
                     return Err(FsError::NotFound);
                 }
-                if version.file_count == 0 {
+                if version.file_count == Some(0) && version.size.unwrap_or(0) == 0 {
                     // No archive exists for a 0-file version (the API answers 404): it is an
-                    // empty directory, kept out of the cache.
+                    // empty directory, kept out of the cache. Only when the API says so: a
+                    // version with no count, or 0 files and bytes, is downloaded.
                     Available::Ready(Arc::new(CachedVersion {
                         key: key.clone(),
                         dir: Default::default(),
@@ -534,8 +535,8 @@ mod tests {
         Version {
             id: VersionId::parse(&id).unwrap(),
             storage_id: "s".into(),
-            size: 0,
-            file_count: 0,
+            size: Some(0),
+            file_count: Some(0),
             message: None,
             created_by: None,
             created_at: UNIX_EPOCH,
