@@ -10,14 +10,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::time::SystemTime;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::answer::Resource;
-use super::client::Client;
+use super::client::{Client, MAX_JSON_BODY};
 use super::rows::Skipped;
 use super::wire::parse_time;
 use super::ApiError;
@@ -532,16 +532,29 @@ impl fmt::Debug for RunEvents {
 impl Iterator for RunEvents {
     type Item = std::io::Result<RunEvent>;
 
-    /// The next event other than a heartbeat; `None` once the stream has ended.
+    /// The next event other than a heartbeat; `None` once the stream has ended. An event
+    /// longer than [`MAX_JSON_BODY`] (its lines together) is an error, not read on: the
+    /// stream is a JSON answer like any other, bounded like them.
     fn next(&mut self) -> Option<Self::Item> {
         let mut name = String::new();
         let mut data = String::new();
         let mut line = String::new();
+        let mut event_bytes = 0u64;
         loop {
             line.clear();
-            match self.reader.read_line(&mut line) {
+            // One byte past what is left tells a line that runs past the cap.
+            let left = MAX_JSON_BODY - event_bytes;
+            match (&mut self.reader).take(left + 1).read_line(&mut line) {
                 Ok(0) => return None,
-                Ok(_) => {}
+                Ok(n) => {
+                    event_bytes += n as u64;
+                    if event_bytes > MAX_JSON_BODY {
+                        return Some(Err(std::io::Error::other(format!(
+                            "an event of the stream is longer than {}, far more than any event of the API holds; stopped reading the stream",
+                            crate::size::ByteSize(MAX_JSON_BODY)
+                        ))));
+                    }
+                }
                 Err(e) => return Some(Err(e)),
             }
             let l = line.trim_end_matches(['\r', '\n']);
@@ -551,6 +564,7 @@ impl Iterator for RunEvents {
                 }
                 name.clear();
                 data.clear();
+                event_bytes = 0;
             } else if let Some(v) = l.strip_prefix("event:") {
                 name = v.trim().to_string();
             } else if let Some(v) = l.strip_prefix("data:") {
@@ -673,5 +687,36 @@ mod tests {
             matches!(&got[1], RunEvent::Output { sequence: 3, json } if json["data"] == json!({"aB": 1}))
         );
         assert!(matches!(&got[2], RunEvent::Complete { status, .. } if status == "completed"));
+    }
+
+    #[test]
+    fn an_event_past_the_cap_is_an_error_not_read_whole() {
+        /// `data: xxxx…` without end (until `len` bytes), produced as it is read.
+        struct Endless {
+            left: u64,
+            started: bool,
+        }
+        impl std::io::Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let head: &[u8] = b"event: output\ndata: ";
+                if !self.started {
+                    self.started = true;
+                    buf[..head.len()].copy_from_slice(head);
+                    return Ok(head.len());
+                }
+                let n = (buf.len() as u64).min(self.left) as usize;
+                buf[..n].fill(b'x');
+                self.left -= n as u64;
+                Ok(n)
+            }
+        }
+        let mut events = RunEvents {
+            reader: BufReader::new(Box::new(Endless {
+                left: 1 << 30,
+                started: false,
+            })),
+        };
+        let err = events.next().unwrap().unwrap_err();
+        assert!(err.to_string().contains("longer than 16.0 MiB"), "{err}");
     }
 }
