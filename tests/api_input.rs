@@ -357,3 +357,135 @@ fn a_listing_body_of_a_gibibyte_is_refused_and_the_daemon_stays_small() {
         sent >> 20
     );
 }
+
+/// A hostile API on loopback with one volume per `(name, Location)`: each has one version
+/// (of one file, 10 bytes), whose download answers `302` to that `Location`. Every other
+/// list is empty.
+fn redirecting_api(cases: Vec<(String, String)>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let cases = Arc::new(cases);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let cases = cases.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut request = String::new();
+                let _ = reader.read_line(&mut request);
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                    line.clear();
+                }
+                let path = request.split(' ').nth(1).unwrap_or("");
+                let path = path.split('?').next().unwrap_or("");
+                let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+                let time = "2026-01-20T10:00:00.000Z";
+                let page = |rows: Vec<Value>| {
+                    json!({"data": rows, "pagination": {"has_more": false}}).to_string()
+                };
+                let sid = |i: usize| format!("3f1c9a2e-6b1d-4c1e-9a55-{i:012x}");
+                let vid = |i: usize| format!("{:064x}", i + 1);
+                let index = |s: &str| (0..cases.len()).find(|i| sid(*i) == s);
+                let (status, extra, body) = match segments.as_slice() {
+                    ["v1", "volumes"] => (
+                        "200 OK",
+                        String::new(),
+                        page(
+                            cases
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (name, _))| {
+                                    json!({"id": sid(i), "name": name, "current_version_id": vid(i),
+                                           "size": 10, "file_count": 1,
+                                           "created_at": time, "updated_at": time})
+                                })
+                                .collect(),
+                        ),
+                    ),
+                    ["v1", "volumes", s, "versions"] if index(s).is_some() => (
+                        "200 OK",
+                        String::new(),
+                        page(vec![json!({"id": vid(index(s).unwrap()), "volume_id": s,
+                                          "size": 10, "file_count": 1, "created_at": time})]),
+                    ),
+                    ["v1", "volumes", s, "download"] if index(s).is_some() => (
+                        "302 Found",
+                        format!("Location: {}\r\n", cases[index(s).unwrap()].1),
+                        String::new(),
+                    ),
+                    _ => ("200 OK", String::new(), page(vec![])),
+                };
+                let mut conn = conn;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    url
+}
+
+/// A download redirected to a `file:` or `ftp:` URL, or to one with credentials, fails at
+/// once with a message naming the scheme and host (issue 19.11): not retried as a network
+/// failure, nothing sent to the target, and the rest of the mount unharmed.
+#[test]
+fn a_download_redirected_elsewhere_than_http_s_fails_at_once_without_retries() {
+    // Where the credentials would go: nothing may connect to it.
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    target.set_nonblocking(true).unwrap();
+    let port = target.local_addr().unwrap().port();
+    let cases = [
+        ("to-file", "file:///etc/passwd".to_string(), "a file: URL"),
+        (
+            "to-ftp",
+            "ftp://127.0.0.1:2121/k/archive.tar.gz?X-Amz-Signature=secret".into(),
+            "ftp://127.0.0.1:2121",
+        ),
+        (
+            "with-userinfo",
+            format!("http://user:pass@127.0.0.1:{port}/k/archive.tar.gz?X-Amz-Signature=secret"),
+            &*format!("http://127.0.0.1:{port}"),
+        ),
+    ];
+    let url = redirecting_api(
+        cases
+            .iter()
+            .map(|(name, location, _)| (name.to_string(), location.clone()))
+            .collect(),
+    );
+    let token = format!("vm0_test_{}", "e".repeat(64));
+    let args: Vec<String> = vec!["--api-url".into(), url];
+    let m = RawMount::start(&args, &[("VM0_TOKEN", &token), ("RUST_LOG", "vm0fs=debug")])
+        .unwrap();
+    for (i, (name, _, shown)) in cases.iter().enumerate() {
+        let file = m.join(&format!("volumes/{name}/{:064x}/a.txt", i + 1));
+        let mut cat = Command::new("cat")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_timeout(&mut cat, Duration::from_secs(120)).unwrap_or_else(|| {
+            let _ = cat.kill();
+            panic!("cat of {name} did not return:\n{}", m.log_text())
+        });
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut cat.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{name}");
+        assert!(stderr.contains("Input/output error"), "{name}: {stderr}");
+        let expected = format!("to {shown}, which vm0fs refuses to follow");
+        poll_until(Duration::from_secs(60), "the refusal in the log", || {
+            m.log_text().contains(&expected)
+        });
+    }
+    let log = m.log_text();
+    assert!(!log.contains("retrying"), "a refused redirect was retried:\n{log}");
+    for secret in ["secret", "user:pass", "/etc/passwd", "archive.tar.gz"] {
+        assert!(!log.contains(secret), "{secret:?} in the log:\n{log}");
+    }
+    assert!(target.accept().is_err(), "a connection reached the target");
+    // The rest of the mount answers.
+    assert_eq!(std::fs::read_dir(m.join("volumes")).unwrap().count(), 3);
+}
