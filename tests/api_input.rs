@@ -241,15 +241,10 @@ fn versions_without_a_file_count_or_size_are_served_equal_to_tar_xzf() {
     }
     // What the API did not say is not made up: no size attribute on the sizeless version.
     let sizeless = real["data"][2]["id"].as_str().unwrap();
-    let xattr = Command::new("getfattr")
-        .arg("-d")
-        .arg(dir.join(sizeless))
-        .output();
-    if let Ok(out) = xattr {
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("user.vm0.version_id"), "{text}");
-        assert!(!text.contains("user.vm0.size"), "{text}");
-    }
+    let text = ok(Command::new("getfattr").arg("-d").arg(dir.join(sizeless)));
+    assert!(text.contains("user.vm0.version_id"), "{text}");
+    assert!(text.contains("user.vm0.file_count"), "{text}");
+    assert!(!text.contains("user.vm0.size"), "{text}");
 }
 
 /// A hostile API on loopback: the volumes, runs and agents are empty lists, and the list
@@ -457,8 +452,7 @@ fn a_download_redirected_elsewhere_than_http_s_fails_at_once_without_retries() {
     );
     let token = format!("vm0_test_{}", "e".repeat(64));
     let args: Vec<String> = vec!["--api-url".into(), url];
-    let m = RawMount::start(&args, &[("VM0_TOKEN", &token), ("RUST_LOG", "vm0fs=debug")])
-        .unwrap();
+    let m = RawMount::start(&args, &[("VM0_TOKEN", &token), ("RUST_LOG", "vm0fs=debug")]).unwrap();
     for (i, (name, _, shown)) in cases.iter().enumerate() {
         let file = m.join(&format!("volumes/{name}/{:064x}/a.txt", i + 1));
         let mut cat = Command::new("cat")
@@ -481,7 +475,10 @@ fn a_download_redirected_elsewhere_than_http_s_fails_at_once_without_retries() {
         });
     }
     let log = m.log_text();
-    assert!(!log.contains("retrying"), "a refused redirect was retried:\n{log}");
+    assert!(
+        !log.contains("retrying"),
+        "a refused redirect was retried:\n{log}"
+    );
     for secret in ["secret", "user:pass", "/etc/passwd", "archive.tar.gz"] {
         assert!(!log.contains(secret), "{secret:?} in the log:\n{log}");
     }
