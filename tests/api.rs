@@ -1502,3 +1502,27 @@ fn download_redirects_elsewhere_than_http_s_are_refused_at_once() {
         assert!(store.accept().is_err(), "a connection reached {target}");
     }
 }
+
+/// Pages of 1000 rows each (ten times the contract's largest) that never end: the listing
+/// stops at a million rows, as many as 10,000 pages of the contract hold, instead of
+/// holding ten times that.
+#[test]
+fn a_listing_of_oversized_pages_stops_at_a_million_rows() {
+    let (base, heads) = fake_server(move |n, _| {
+        let rows: Vec<String> = (0..1000)
+            .map(|i| format!(r#"{{"id":"s-{n}-{i}","name":"v"}}"#))
+            .collect();
+        json_answer(&format!(
+            r#"{{"data":[{}],"pagination":{{"has_more":true,"next_cursor":"c{n}"}}}}"#,
+            rows.join(",")
+        ))
+    });
+    let err = fake_client(&base).list_storages(Kind::Volume).unwrap_err();
+    assert!(matches!(err, ApiError::Protocol { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("the listing did not end after 1000000 rows"),
+        "{err}"
+    );
+    assert_eq!(heads.lock().unwrap().len(), 1001);
+}

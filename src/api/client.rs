@@ -30,6 +30,9 @@ const PAGE_LIMIT: &str = "100";
 /// A listing that needs more pages than this is a server bug (a million rows at 100 a page),
 /// not a reason to loop on.
 const MAX_PAGES: usize = 10_000;
+/// Rows one listing may hold: as many as `MAX_PAGES` full pages of the contract. Pages that
+/// each hold up to `wire::MAX_PAGE_ROWS` rows cannot take a listing past it.
+const MAX_LISTING_ROWS: usize = MAX_PAGES * 100;
 /// JSON bodies are small: besides no read stalling for `io_timeout`, the whole body must
 /// arrive within this many `io_timeout`s.
 const JSON_TIMEOUT_FACTOR: u32 = 4;
@@ -367,6 +370,12 @@ impl Client {
                     if ids.insert(id_of(&row).clone()) {
                         rows.push(row);
                     }
+                }
+                if rows.len() > MAX_LISTING_ROWS {
+                    return Err(ApiError::Protocol {
+                        resource: resource.what.clone(),
+                        detail: format!("the listing did not end after {MAX_LISTING_ROWS} rows"),
+                    });
                 }
                 let next = pagination.next_cursor.filter(|c| !c.is_empty());
                 if !pagination.has_more.unwrap_or(next.is_some()) {
