@@ -116,7 +116,7 @@ pub fn fetch(
             activity.update(&key, s.bytes, s.files);
             if last_log.elapsed() >= progress_every {
                 last_log = Instant::now();
-                log_progress(&what, s, version.size.unwrap_or(0), compressed, started);
+                log_progress(&what, s, version.size, compressed, started);
             }
         };
         match archive::unpack_published(reader, target.dir, &opts, &mut progress, target.publish) {
@@ -171,18 +171,28 @@ pub fn fetch(
     result.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
 }
 
-fn log_progress(what: &str, s: &UnpackStats, size: u64, compressed: Option<u64>, started: Instant) {
+fn log_progress(
+    what: &str,
+    s: &UnpackStats,
+    size: Option<u64>,
+    compressed: Option<u64>,
+    started: Instant,
+) {
     let secs = started.elapsed().as_secs_f64().max(1e-3);
-    let percent = match compressed {
-        Some(c) if c > 0 => s.compressed_bytes as f64 * 100.0 / c as f64,
-        _ if size > 0 => s.bytes as f64 * 100.0 / size as f64,
+    let percent = match (compressed, size) {
+        (Some(c), _) if c > 0 => s.compressed_bytes as f64 * 100.0 / c as f64,
+        (_, Some(size)) if size > 0 => s.bytes as f64 * 100.0 / size as f64,
         _ => 0.0,
     };
     tracing::info!(
         "downloading {what}: {:.0}%, {} of {} unpacked, {} files, {}/s",
         percent.min(100.0),
         ByteSize(s.bytes),
-        ByteSize(size),
+        // What the API did not say is not shown as 0 B.
+        size.map_or_else(
+            || "an unknown size".to_string(),
+            |n| ByteSize(n).to_string()
+        ),
         s.files,
         ByteSize((s.bytes as f64 / secs) as u64)
     );
