@@ -1409,7 +1409,6 @@ fn endless_listing_server(
 fn a_listing_body_without_end_is_refused_at_the_cap_not_read_whole() {
     for announce in [false, true] {
         let (base, sent) = endless_listing_server(1 << 30, announce);
-        let started = Instant::now();
         let err = fake_client(&base).list_storages(Kind::Volume).unwrap_err();
         assert!(
             matches!(err, ApiError::BodyTooLarge { limit, .. } if limit == 16 << 20),
@@ -1421,17 +1420,13 @@ fn a_listing_body_without_end_is_refused_at_the_cap_not_read_whole() {
              answer of the API holds (a listing page has at most 100 rows); stopped reading it; \
              check that VM0_API_URL points at the VM0 API, and if it does, report this server bug"
         );
-        // Refused at once (no retry of an answer that would come again), with no more of
-        // the body read than the cap and what the sockets buffer.
+        // No more of the body read than the cap and what the sockets buffer (the counter
+        // adds up every request: a retry of an answer that would come again adds another
+        // 16 MiB, and then some).
         let sent = sent.load(std::sync::atomic::Ordering::SeqCst);
         assert!(
-            sent < 64 << 20,
+            sent < 32 << 20,
             "the server got {sent} bytes out (announce: {announce})"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{:?}",
-            started.elapsed()
         );
     }
 }
@@ -1467,7 +1462,6 @@ fn download_redirects_elsewhere_than_http_s_are_refused_at_once() {
                 b"",
             )
         });
-        let started = Instant::now();
         let err = fake_client(&base)
             .download(Kind::Volume, &"x".into(), None)
             .unwrap_err();
@@ -1493,11 +1487,6 @@ fn download_redirects_elsewhere_than_http_s_are_refused_at_once() {
             1,
             "{:?}",
             heads.lock().unwrap()
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{:?}",
-            started.elapsed()
         );
         assert!(store.accept().is_err(), "a connection reached {target}");
     }
