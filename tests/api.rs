@@ -1420,9 +1420,8 @@ fn a_listing_body_without_end_is_refused_at_the_cap_not_read_whole() {
              answer of the API holds (a listing page has at most 100 rows); stopped reading it; \
              check that VM0_API_URL points at the VM0 API, and if it does, report this server bug"
         );
-        // No more of the body read than the cap and what the sockets buffer (the counter
-        // adds up every request: a retry of an answer that would come again adds another
-        // 16 MiB, and then some).
+        // No more of the body read than the cap and what the sockets buffer. The counter
+        // adds up every request: a retry of the answer would take it past 32 MiB.
         let sent = sent.load(std::sync::atomic::Ordering::SeqCst);
         assert!(
             sent < 32 << 20,
