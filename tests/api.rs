@@ -296,7 +296,7 @@ fn lists_every_storage_and_version_across_pages_in_both_shapes_and_with_the_quir
             );
             assert!(versions
                 .iter()
-                .all(|v| v.storage_id == many.id && v.file_count == 1));
+                .all(|v| v.storage_id == many.id && v.file_count == Some(1)));
 
             let detail = client.get_storage(Kind::Volume, &many.id).unwrap();
             assert_eq!(detail.storage.id, many.id);
@@ -1220,4 +1220,297 @@ fn a_resumed_answer_with_another_range_is_a_protocol_error() {
     let api = api_error(&err);
     assert!(matches!(api, ApiError::Protocol { .. }), "{api:?}");
     assert!(api.to_string().contains("Content-Range"), "{api}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile API servers: rows that do not decode, bodies without end, redirects elsewhere
+
+/// A client of the fake server at `base` (its API under `/v1`).
+fn fake_client(base: &str) -> Client {
+    Client::new(ClientConfig {
+        base_url: format!("{base}/v1"),
+        token: Token::new(format!("vm0_test_{}", "c".repeat(64))),
+        retry: quick_policy(),
+        io_timeout: Duration::from_secs(5),
+        url_setting: "VM0_API_URL",
+    })
+    .unwrap()
+}
+
+fn json_answer(body: &str) -> Vec<u8> {
+    http_response(
+        "200 OK",
+        &[
+            "Content-Type: application/json".into(),
+            format!("Content-Length: {}", body.len()),
+        ],
+        body.as_bytes(),
+    )
+}
+
+/// A server whose every answer is the JSON page `body`.
+fn page_server(body: String) -> Client {
+    let (base, _) = fake_server(move |_, _| json_answer(&body));
+    fake_client(&base)
+}
+
+const VA: &str = "aaaa000000000000000000000000000000000000000000000000000000000000";
+const VB: &str = "bbbb000000000000000000000000000000000000000000000000000000000000";
+
+/// The rows that broke whole listings (issue 19.7), in the form of each list endpoint,
+/// between two good rows of both shapes. `{good}` is replaced by a good row's id.
+#[test]
+fn rows_that_do_not_decode_are_left_out_and_the_rest_is_listed() {
+    // Storages, both shapes.
+    for (size, count) in [("size", "file_count"), ("size", "fileCount")] {
+        let body = json!({"data": [
+            {"id": "s-good-1", "name": "good-one", size: 1, count: 1},
+            {"id": 5, "name": "numeric-id"},
+            {"id": "s-bad-2", "name": 5},
+            {"id": "s-bad-3", "name": "negative", size: -1},
+            {"id": "s-bad-4", "name": "lone", count: "many"},
+            "not an object",
+            {"id": "s-good-2", "name": "good-two"},
+        ], "pagination": {"has_more": false}})
+        .to_string();
+        // A lone surrogate cannot be written by serde_json: spliced in as raw text.
+        let body = body.replace(
+            r#"{"id":"s-good-2""#,
+            r#"{"id":"s-bad-5","name":"\ud800x"},{"id":"s-good-2""#,
+        );
+        let listed = page_server(body).list_storages(Kind::Volume).unwrap();
+        let names: Vec<&str> = listed.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["good-one", "good-two"], "{count}");
+    }
+
+    // Versions, both shapes.
+    for (count, created) in [("file_count", "created_at"), ("fileCount", "createdAt")] {
+        let body = json!({"data": [
+            {"id": VA, "size": 3, count: 1, created: "2026-01-20T10:00:00.000Z"},
+            {"id": 12345, "size": 3},
+            {"id": VB, "size": -1},
+            {"id": VB, count: 1.5},
+            {"id": VB, "message": ["not", "a", "string"]},
+            {"id": VB, "size": 3, count: 1, created: "2026-01-19T10:00:00.000Z"},
+        ], "pagination": {"has_more": false}})
+        .to_string();
+        let listed = page_server(body)
+            .list_versions(Kind::Artifact, &"s".into())
+            .unwrap();
+        let ids: Vec<&str> = listed.iter().map(|v| v.id.as_str()).collect();
+        assert_eq!(ids, [VA, VB], "{count}");
+    }
+
+    // Agents, runs and a page of logs.
+    let body = json!({"data": [
+        {"id": "a1", "name": "writer"},
+        {"id": 7, "name": "numeric"},
+        {"id": "a2", "name": 7},
+        {"id": "a3", "name": "reader"},
+    ]})
+    .to_string();
+    let agents = page_server(body).list_agents().unwrap();
+    let names: Vec<&str> = agents.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["writer", "reader"]);
+
+    let body = json!({"data": [
+        {"id": "r1", "agentId": "a1", "status": "completed", "createdAt": "2026-01-20T10:00:00.000Z"},
+        {"id": 99, "status": "running"},
+        {"id": "../../etc", "status": "running"},
+        {"id": "r2", "agent_id": "a1", "status": "failed", "created_at": "2026-01-19T10:00:00.000Z"},
+    ], "pagination": {"hasMore": false}})
+    .to_string();
+    let runs = page_server(body)
+        .list_runs(&vm0fs::api::RunQuery::default())
+        .unwrap();
+    let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["r1", "r2"]);
+
+    let body = json!({"data": [
+        {"timestamp": "2026-01-20T10:00:00.000Z", "type": "agent", "message": "one"},
+        {"timestamp": 5, "type": "agent", "message": "numeric time"},
+        {"type": "agent", "message": "no time"},
+        {"timestamp": "2026-01-20T10:00:01.000Z", "type": "agent", "message": "two"},
+    ], "pagination": {"has_more": false}})
+    .to_string();
+    let run = vm0fs::api::RunId::parse("r1").unwrap();
+    let page = page_server(body)
+        .run_logs(&run, &vm0fs::api::LogQuery::default())
+        .unwrap();
+    let messages: Vec<&str> = page.entries.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages, ["one", "two"]);
+}
+
+/// A page that ignores `limit` and sends far more rows than the contract's 100 is read for
+/// its first 1000 rows; the others are left out rather than held in memory.
+#[test]
+fn a_page_with_far_more_rows_than_asked_is_cut_at_the_row_cap() {
+    let rows: Vec<String> = (0..50_000)
+        .map(|n| format!(r#"{{"id":"s-{n}","name":"storage-{n}"}}"#))
+        .collect();
+    let body = format!(
+        r#"{{"data":[{}],"pagination":{{"has_more":false}}}}"#,
+        rows.join(",")
+    );
+    let listed = page_server(body).list_storages(Kind::Volume).unwrap();
+    assert_eq!(listed.len(), 1000);
+    assert_eq!(listed[0].name.as_str(), "storage-0");
+    assert_eq!(listed[999].name.as_str(), "storage-999");
+}
+
+/// A server that answers every request with `200 OK` and a JSON listing that never ends
+/// (up to `total` bytes, written as the client reads them, never held in memory); with
+/// `announce`, its length is announced in `Content-Length`. The bytes it managed to send
+/// are counted in the returned counter.
+fn endless_listing_server(
+    total: u64,
+    announce: bool,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let sent = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                line.clear();
+            }
+            let mut head =
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                    .to_string();
+            if announce {
+                head.push_str(&format!("Content-Length: {total}\r\n"));
+            }
+            head.push_str("\r\n{\"data\":[");
+            if stream.write_all(head.as_bytes()).is_err() {
+                continue;
+            }
+            let row = br#"{"id":"3f1c9a2e-6b1d-4c1e-9a55-0d2f7b8e4a10","name":"input-data"},"#;
+            let chunk: Vec<u8> = row.iter().copied().cycle().take(row.len() * 1024).collect();
+            let mut written = 0u64;
+            while written < total {
+                if stream.write_all(&chunk).is_err() {
+                    break;
+                }
+                written += chunk.len() as u64;
+                counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            }
+        }
+    });
+    (base, sent)
+}
+
+#[test]
+fn a_listing_body_without_end_is_refused_at_the_cap_not_read_whole() {
+    for announce in [false, true] {
+        let (base, sent) = endless_listing_server(1 << 30, announce);
+        let err = fake_client(&base).list_storages(Kind::Volume).unwrap_err();
+        assert!(
+            matches!(err, ApiError::BodyTooLarge { limit, .. } if limit == 16 << 20),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the VM0 API sent more than 16.0 MiB for the list of volumes, far more than any \
+             answer of the API holds (a listing page has at most 100 rows); stopped reading it; \
+             check that VM0_API_URL points at the VM0 API, and if it does, report this server bug"
+        );
+        // No more of the body read than the cap and what the sockets buffer. The counter
+        // adds up every request: a retry of the answer would take it past 32 MiB.
+        let sent = sent.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            sent < 32 << 20,
+            "the server got {sent} bytes out (announce: {announce})"
+        );
+    }
+}
+
+/// The API's download redirect to something else than an http(s) URL without credentials
+/// is refused at once, with a message naming the scheme and host (never the query), and
+/// nothing is requested from the target.
+#[test]
+fn download_redirects_elsewhere_than_http_s_are_refused_at_once() {
+    // Where the credentials would go: nothing may connect to it.
+    let store = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    store.set_nonblocking(true).unwrap();
+    let store_port = store.local_addr().unwrap().port();
+    let cases = [
+        ("file:///etc/passwd", "a file: URL", "only http and https"),
+        (
+            "ftp://127.0.0.1:2121/archive.tar.gz?X-Amz-Signature=secret",
+            "ftp://127.0.0.1:2121",
+            "only http and https",
+        ),
+        (
+            &*format!("http://user:pass@127.0.0.1:{store_port}/store/obj?X-Amz-Signature=secret"),
+            &*format!("http://127.0.0.1:{store_port}"),
+            "user name or password",
+        ),
+    ];
+    for (location, target, reason) in cases {
+        let location = location.to_string();
+        let (base, heads) = fake_server(move |_, _| {
+            http_response(
+                "302 Found",
+                &[format!("Location: {location}"), "Content-Length: 0".into()],
+                b"",
+            )
+        });
+        let err = fake_client(&base)
+            .download(Kind::Volume, &"x".into(), None)
+            .unwrap_err();
+        assert!(matches!(err, ApiError::Redirect { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "the VM0 API redirected the download of the current version of volume x to \
+                 {target}, which vm0fs refuses to follow: "
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(reason) && text.contains("VM0_API_URL"),
+            "{text}"
+        );
+        for secret in ["secret", "user:", ":pass", "passwd", "archive.tar.gz"] {
+            assert!(!format!("{text} {err:?}").contains(secret), "{text}");
+        }
+        // One request, to the API: no retry, nothing sent to the target.
+        assert_eq!(
+            heads.lock().unwrap().len(),
+            1,
+            "{:?}",
+            heads.lock().unwrap()
+        );
+        assert!(store.accept().is_err(), "a connection reached {target}");
+    }
+}
+
+/// Pages of 1000 rows each (ten times the contract's largest) that never end: the listing
+/// stops at a million rows, as many as 10,000 pages of the contract hold, instead of
+/// holding ten times that.
+#[test]
+fn a_listing_of_oversized_pages_stops_at_a_million_rows() {
+    let (base, heads) = fake_server(move |n, _| {
+        let rows: Vec<String> = (0..1000)
+            .map(|i| format!(r#"{{"id":"s-{n}-{i}","name":"v"}}"#))
+            .collect();
+        json_answer(&format!(
+            r#"{{"data":[{}],"pagination":{{"has_more":true,"next_cursor":"c{n}"}}}}"#,
+            rows.join(",")
+        ))
+    });
+    let err = fake_client(&base).list_storages(Kind::Volume).unwrap_err();
+    assert!(matches!(err, ApiError::Protocol { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("the listing did not end after 1000000 rows"),
+        "{err}"
+    );
+    assert_eq!(heads.lock().unwrap().len(), 1001);
 }

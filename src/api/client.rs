@@ -14,11 +14,14 @@ use reqwest::blocking::RequestBuilder;
 use reqwest::header::{self, HeaderValue};
 use reqwest::Url;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use super::answer::{request_id, Answer, Failure, Resource};
 use super::download::{Download, ResumePoint};
+use super::redirect;
 use super::retry::{Retrier, RetryPolicy};
-use super::wire::{self, Page, WireStorage, WireVersion};
+use super::rows::Skipped;
+use super::wire::{self, WireStorage, WireVersion};
 use super::{ApiError, ArchiveRef, Kind, Server, Storage, StorageDetail, Version};
 use crate::ids::StorageId;
 
@@ -27,9 +30,21 @@ const PAGE_LIMIT: &str = "100";
 /// A listing that needs more pages than this is a server bug (a million rows at 100 a page),
 /// not a reason to loop on.
 const MAX_PAGES: usize = 10_000;
+/// Rows one listing may hold: as many as `MAX_PAGES` full pages of the contract. Pages that
+/// each hold up to `wire::MAX_PAGE_ROWS` rows cannot take a listing past it.
+const MAX_LISTING_ROWS: usize = MAX_PAGES * 100;
 /// JSON bodies are small: besides no read stalling for `io_timeout`, the whole body must
 /// arrive within this many `io_timeout`s.
 const JSON_TIMEOUT_FACTOR: u32 = 4;
+/// The most a JSON answer of the API may hold. The largest answers of the contract are a
+/// listing page (at most 100 rows of a few hundred bytes), a page of 100 log entries and
+/// a run's metrics: a few hundred KiB at most. A longer body is refused after this many
+/// bytes rather than read whole into memory (a 2 GiB answer once took the daemon to
+/// 2 GiB of memory).
+pub(crate) const MAX_JSON_BODY: u64 = 16 << 20;
+/// Of an error answer (or a redirect), only this much is read: enough for the contract's
+/// error JSON and a proxy's error page; the rest is not needed for the message.
+const MAX_ERROR_BODY: u64 = 64 << 10;
 /// At most this many characters of an unexpected body go into an error message.
 pub(super) const SNIPPET_CHARS: usize = 200;
 
@@ -266,10 +281,19 @@ impl Client {
             .and_then(|l| l.to_str().ok());
         match location {
             Some(location) if answer.status.is_redirection() => {
-                url.join(location).map_err(|err| ApiError::Protocol {
+                let to = url.join(location).map_err(|err| ApiError::Protocol {
                     resource: resource.what.clone(),
                     detail: format!("the download redirect has an invalid Location ({err})"),
-                })
+                })?;
+                match redirect::check(&url, &to) {
+                    Ok(()) => Ok(to),
+                    Err(refusal) => Err(ApiError::Redirect {
+                        resource: resource.what.clone(),
+                        target: redirect::target(&to),
+                        reason: refusal.reason(),
+                        setting: self.inner.url_setting,
+                    }),
+                }
             }
             _ => Err(ApiError::UnexpectedBody {
                 resource: resource.what.clone(),
@@ -303,60 +327,88 @@ impl Client {
         url
     }
 
-    /// Follows the cursor until `has_more` is false, de-duplicating rows by id.
+    /// Follows the cursor until `has_more` is false, de-duplicating rows by id. Rows that do
+    /// not decode are left out (one WARN for the listing), the others listed.
     pub(super) fn list_all<W: DeserializeOwned>(
         &self,
         segments: &[&str],
         resource: &Resource,
         id_of: fn(&W) -> &String,
     ) -> Result<Vec<W>, ApiError> {
-        let mut rows = Vec::new();
-        let mut ids = HashSet::new();
-        let mut cursors = HashSet::new();
-        let mut cursor: Option<String> = None;
-        for _ in 0..MAX_PAGES {
-            let mut url = self.api_url(segments);
-            {
-                let mut query = url.query_pairs_mut();
-                query.append_pair("limit", PAGE_LIMIT);
-                if let Some(cursor) = &cursor {
-                    query.append_pair("cursor", cursor);
-                }
-            }
-            let answer = self.api_get(&url, resource)?;
-            let page: Page<W> = self.decode_ok(&answer, resource)?;
-            for row in page.data {
-                if ids.insert(id_of(&row).clone()) {
-                    rows.push(row);
-                }
-            }
-            let pagination = page.pagination.unwrap_or_default();
-            let next = pagination.next_cursor.filter(|c| !c.is_empty());
-            if !pagination.has_more.unwrap_or(next.is_some()) {
-                return Ok(rows);
-            }
-            let Some(next) = next else {
-                return Err(ApiError::Protocol {
-                    resource: resource.what.clone(),
-                    detail: "a page says there are more rows but gives no cursor".into(),
-                });
-            };
-            if !cursors.insert(next.clone()) {
-                return Err(ApiError::Protocol {
-                    resource: resource.what.clone(),
-                    detail: format!(
-                        "the pagination cursor {:?} came back a second time; stopped instead of \
-                         looping forever",
-                        wire::snippet(next.as_bytes(), 40)
-                    ),
-                });
-            }
-            cursor = Some(next);
-        }
-        Err(ApiError::Protocol {
-            resource: resource.what.clone(),
-            detail: format!("the listing did not end after {MAX_PAGES} pages"),
+        self.list_all_with(segments, resource, id_of, |row| {
+            serde_json::from_str(row).map_err(|e| e.to_string())
         })
+    }
+
+    /// [`Client::list_all`] with rows made by `convert` (`Err`: why the row is left out).
+    pub(super) fn list_all_with<W>(
+        &self,
+        segments: &[&str],
+        resource: &Resource,
+        id_of: fn(&W) -> &String,
+        mut convert: impl FnMut(&str) -> Result<W, String>,
+    ) -> Result<Vec<W>, ApiError> {
+        let mut skipped = Skipped::new(resource);
+        let listed = (|| {
+            let mut rows = Vec::new();
+            let mut ids = HashSet::new();
+            let mut cursors = HashSet::new();
+            let mut cursor: Option<String> = None;
+            for page in 1..=MAX_PAGES {
+                let mut url = self.api_url(segments);
+                {
+                    let mut query = url.query_pairs_mut();
+                    query.append_pair("limit", PAGE_LIMIT);
+                    if let Some(cursor) = &cursor {
+                        query.append_pair("cursor", cursor);
+                    }
+                }
+                let answer = self.api_get(&url, resource)?;
+                let (data, pagination) =
+                    self.decode_page_with(&answer, resource, page, &mut skipped, &mut convert)?;
+                for row in data {
+                    if ids.insert(id_of(&row).clone()) {
+                        rows.push(row);
+                    }
+                }
+                if rows.len() > MAX_LISTING_ROWS {
+                    return Err(ApiError::Protocol {
+                        resource: resource.what.clone(),
+                        detail: format!("the listing did not end after {MAX_LISTING_ROWS} rows"),
+                    });
+                }
+                let next = pagination.next_cursor.filter(|c| !c.is_empty());
+                if !pagination.has_more.unwrap_or(next.is_some()) {
+                    return Ok(rows);
+                }
+                let Some(next) = next else {
+                    return Err(ApiError::Protocol {
+                        resource: resource.what.clone(),
+                        detail: "a page says there are more rows but gives no cursor".into(),
+                    });
+                };
+                if !cursors.insert(next.clone()) {
+                    return Err(ApiError::Protocol {
+                        resource: resource.what.clone(),
+                        detail: format!(
+                            "the pagination cursor {:?} came back a second time; stopped instead of \
+                             looping forever",
+                            wire::snippet(next.as_bytes(), 40)
+                        ),
+                    });
+                }
+                cursor = Some(next);
+            }
+            Err(ApiError::Protocol {
+                resource: resource.what.clone(),
+                detail: format!("the listing did not end after {MAX_PAGES} pages"),
+            })
+        })();
+        // Only a listing that is served has rows left out; a failed one says why it failed.
+        if listed.is_ok() {
+            skipped.report();
+        }
+        listed
     }
 
     /// Decodes a 2xx JSON answer; anything else is an `UnexpectedBody`.
@@ -364,6 +416,19 @@ impl Client {
         &self,
         answer: &Answer,
         resource: &Resource,
+    ) -> Result<T, ApiError> {
+        // Bytes that are not UTF-8 spoil only the strings that hold them (as U+FFFD).
+        let text = String::from_utf8_lossy(&answer.body);
+        self.decode_text(answer, resource, &text)
+    }
+
+    /// Decodes `text`, the body of `answer`, when the answer is a 2xx; anything else is an
+    /// `UnexpectedBody`.
+    pub(super) fn decode_text<'a, T: Deserialize<'a>>(
+        &self,
+        answer: &Answer,
+        resource: &Resource,
+        text: &'a str,
     ) -> Result<T, ApiError> {
         let unexpected = |detail: String| ApiError::UnexpectedBody {
             resource: resource.what.clone(),
@@ -383,12 +448,19 @@ impl Client {
                 .get(header::LOCATION)
                 .and_then(|l| l.to_str().ok())
             {
-                Some(location) => format!("expected a JSON answer, got a redirect to {location}"),
+                // Scheme and host only: a Location's query can be a signature.
+                Some(location) => match self.inner.base.join(location).ok() {
+                    Some(to) => format!(
+                        "expected a JSON answer, got a redirect to {}",
+                        redirect::target(&to)
+                    ),
+                    None => "expected a JSON answer, got a redirect".into(),
+                },
                 None => "expected a JSON answer".into(),
             };
             return Err(unexpected(detail));
         }
-        serde_json::from_slice(&answer.body)
+        serde_json::from_str(text)
             .map_err(|err| unexpected(format!("not the documented JSON: {err}")))
     }
 
@@ -413,8 +485,30 @@ impl Client {
         let headers = response.headers().clone();
         let request_id = request_id(&headers);
         let deadline = self.inner.io_timeout.map(|t| t * JSON_TIMEOUT_FACTOR);
-        let body = read_body(response, deadline)
+        let limit = if status.is_success() {
+            MAX_JSON_BODY
+        } else {
+            MAX_ERROR_BODY
+        };
+        let too_large = || {
+            Failure::Fatal(ApiError::BodyTooLarge {
+                resource: resource.what.clone(),
+                limit,
+                request_id: request_id.clone(),
+                setting: self.inner.url_setting,
+            })
+        };
+        // A length announced past the cap is refused before a byte of the body is read.
+        if status.is_success() && response.content_length().is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let body = read_body(response, deadline, limit)
             .map_err(|err| self.transport_failure(resource, Server::Api, url, err))?;
+        // An error answer is judged by its start; a JSON answer must be whole.
+        if body.truncated && status.is_success() {
+            return Err(too_large());
+        }
+        let body = body.bytes;
         let answer = Answer {
             status,
             headers,
@@ -457,7 +551,9 @@ impl Client {
         }
         let headers = response.headers().clone();
         let request_id = request_id(&headers);
-        let body = read_body(response, self.inner.io_timeout).unwrap_or_default();
+        let body = read_body(response, self.inner.io_timeout, MAX_ERROR_BODY)
+            .map(|b| b.bytes)
+            .unwrap_or_default();
         let answer = Answer {
             status,
             headers,
@@ -550,18 +646,29 @@ impl Client {
     }
 }
 
-/// Reads a whole (small) body; each read is bounded by the client's timeout, the whole by
-/// `deadline`, checked between reads (a server that trickles a byte at a time).
+/// A body read up to a limit.
+struct Body {
+    bytes: Vec<u8>,
+    /// More bytes followed the `limit` read: the body is not whole.
+    truncated: bool,
+}
+
+/// Reads a (small) body, at most `limit` bytes of it; each read is bounded by the client's
+/// timeout, the whole by `deadline`, checked between reads (a server that trickles a byte
+/// at a time).
 fn read_body(
-    mut response: reqwest::blocking::Response,
+    response: reqwest::blocking::Response,
     deadline: Option<Duration>,
-) -> io::Result<Vec<u8>> {
+    limit: u64,
+) -> io::Result<Body> {
     let started = Instant::now();
+    // One byte past the limit tells a body of exactly `limit` bytes from a longer one.
+    let mut reader = response.take(limit + 1);
     let mut body = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
-        match response.read(&mut chunk) {
-            Ok(0) => return Ok(body),
+        match reader.read(&mut chunk) {
+            Ok(0) => break,
             Ok(n) => body.extend_from_slice(&chunk[..n]),
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(err),
@@ -573,6 +680,12 @@ fn read_body(
             )));
         }
     }
+    let truncated = body.len() as u64 > limit;
+    body.truncate(limit as usize);
+    Ok(Body {
+        bytes: body,
+        truncated,
+    })
 }
 
 /// Whether a failure is a timeout of a request or of a read (not of the connection: a

@@ -1,5 +1,7 @@
 //! The client's error type: one variant per case of the API contract.
 
+use crate::size::ByteSize;
+
 /// An error from the VM0 API or the object store.
 ///
 /// Messages name the resource and carry the server's request id when it sent one, because
@@ -114,6 +116,36 @@ pub enum ApiError {
         /// What the user changes to use another API URL (for the hint).
         setting: &'static str,
     },
+    /// A JSON answer longer than any answer of the contract: reading it whole could take
+    /// the daemon's memory, so it is refused after `limit` bytes (not retried: the server
+    /// would send it again).
+    #[error(
+        "the VM0 API sent more than {} for {resource}{}, far more than any answer of the API holds (a listing page has at most 100 rows); stopped reading it; check that {setting} points at the VM0 API, and if it does, report this server bug",
+        ByteSize(*.limit),
+        req_paren(.request_id)
+    )]
+    BodyTooLarge {
+        resource: String,
+        limit: u64,
+        request_id: Option<String>,
+        /// What the user changes to use another API URL (for the hint).
+        setting: &'static str,
+    },
+    /// The API answered a download request with a redirect that vm0fs refuses to follow
+    /// (another scheme than http(s), https to http, credentials in the URL). Final: the
+    /// same request would get the same answer.
+    ///
+    /// `target` is the Location's scheme, host and port only: its query is a signature.
+    #[error(
+        "the VM0 API redirected the download of {resource} to {target}, which vm0fs refuses to follow: {reason}; check that {setting} points at the VM0 API, and if it does, report this server bug"
+    )]
+    Redirect {
+        resource: String,
+        target: String,
+        reason: &'static str,
+        /// What the user changes to use another API URL (for the hint).
+        setting: &'static str,
+    },
     /// The server broke the contract in a way the client refuses to paper over (for example
     /// a pagination cursor that repeats, which would otherwise loop forever, or a resumed
     /// download that answers with another range).
@@ -223,8 +255,10 @@ impl ApiError {
             | ApiError::InvalidRequest { request_id, .. }
             | ApiError::Server { request_id, .. }
             | ApiError::RateLimited { request_id, .. }
-            | ApiError::UnexpectedBody { request_id, .. } => request_id.as_deref(),
+            | ApiError::UnexpectedBody { request_id, .. }
+            | ApiError::BodyTooLarge { request_id, .. } => request_id.as_deref(),
             ApiError::Transport { .. }
+            | ApiError::Redirect { .. }
             | ApiError::DownloadUrl { .. }
             | ApiError::Changed { .. }
             | ApiError::Protocol { .. }
@@ -246,6 +280,8 @@ impl ApiError {
             ApiError::Transport { .. }
             | ApiError::Changed { .. }
             | ApiError::Protocol { .. }
+            | ApiError::BodyTooLarge { .. }
+            | ApiError::Redirect { .. }
             | ApiError::Config { .. } => None,
         }
     }

@@ -10,15 +10,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::time::SystemTime;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::answer::Resource;
-use super::client::Client;
-use super::wire::{parse_time, Page};
+use super::client::{Client, MAX_JSON_BODY};
+use super::rows::Skipped;
+use super::wire::parse_time;
 use super::ApiError;
 use crate::ids::VersionId;
 
@@ -236,10 +237,9 @@ impl Run {
     fn from_json(json: Value) -> Option<Run> {
         let json = snake_keys(json, RUN_VERBATIM);
         let raw_id = str_field(&json, "id")?;
-        let Some(id) = RunId::parse(raw_id) else {
-            tracing::warn!(id = raw_id, "ignoring a run whose id cannot be a file name");
-            return None;
-        };
+        // The callers say what they do without it (a listing leaves the row out, with one
+        // WARN for the listing).
+        let id = RunId::parse(raw_id)?;
         let version = |v: &Value| {
             v.as_str().and_then(|s| match VersionId::parse(s) {
                 Ok(id) => Some(id),
@@ -309,11 +309,16 @@ impl Client {
     /// Every agent (all pages, de-duplicated by id).
     pub fn list_agents(&self) -> Result<Vec<Agent>, ApiError> {
         let resource = Resource::same("the list of agents".into());
-        let rows: Vec<Row> = self.list_all(&["agents"], &resource, |r: &Row| &r.id)?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| Agent::from_json(r.into_json()))
-            .collect())
+        self.list_all_with(
+            &["agents"],
+            &resource,
+            |a: &Agent| &a.id,
+            |row| {
+                let row: Row = serde_json::from_str(row).map_err(|e| e.to_string())?;
+                Agent::from_json(row.into_json())
+                    .ok_or_else(|| "the agent has no name (a string)".to_string())
+            },
+        )
     }
 
     /// One agent, with its current version.
@@ -353,7 +358,10 @@ impl Client {
         let mut cursors = std::collections::HashSet::new();
         let mut cursor: Option<String> = None;
         let since = query.since.map(crate::dates::format_time);
+        let mut skipped = Skipped::new(&resource);
+        let mut page_number = 0;
         while runs.len() < wanted {
+            page_number += 1;
             let mut url = self.api_url(&["runs"]);
             {
                 let mut q = url.query_pairs_mut();
@@ -372,15 +380,15 @@ impl Client {
                     q.append_pair("cursor", c);
                 }
             }
-            let page: Page<Value> = self.decode_ok(&self.api_get(&url, &resource)?, &resource)?;
-            for row in page.data {
-                if let Some(run) = Run::from_json(row) {
-                    if ids.insert(run.id.clone()) && runs.len() < wanted {
-                        runs.push(run);
-                    }
+            let answer = self.api_get(&url, &resource)?;
+            let (page, pagination) =
+                self.decode_page_with(&answer, &resource, page_number, &mut skipped, run_row)?;
+            for run in page {
+                if ids.insert(run.id.clone()) && runs.len() < wanted {
+                    runs.push(run);
                 }
             }
-            match next_cursor(page.pagination, &resource)? {
+            match next_cursor(Some(pagination), &resource)? {
                 None => break,
                 Some(next) if !cursors.insert(next.clone()) => {
                     return Err(protocol(
@@ -391,6 +399,7 @@ impl Client {
                 Some(next) => cursor = Some(next),
             }
         }
+        skipped.report();
         runs.sort_by_key(|r| std::cmp::Reverse(r.created_at));
         Ok(runs)
     }
@@ -422,15 +431,19 @@ impl Client {
                 q.append_pair("cursor", c);
             }
         }
-        let page: Page<Value> = self.decode_ok(&self.api_get(&url, &resource)?, &resource)?;
-        let entries = page
-            .data
-            .into_iter()
-            .filter_map(LogEntry::from_json)
-            .collect();
+        let answer = self.api_get(&url, &resource)?;
+        let mut skipped = Skipped::new(&resource);
+        let (entries, pagination) =
+            self.decode_page_with(&answer, &resource, 1, &mut skipped, |row| {
+                let json: Value = serde_json::from_str(row).map_err(|e| e.to_string())?;
+                LogEntry::from_json(json)
+                    .ok_or_else(|| "the entry has no timestamp (a string)".to_string())
+            })?;
+        let next_cursor = next_cursor(Some(pagination), &resource)?;
+        skipped.report();
         Ok(LogPage {
             entries,
-            next_cursor: next_cursor(page.pagination, &resource)?,
+            next_cursor,
         })
     }
 
@@ -468,6 +481,15 @@ impl Client {
             reader: BufReader::new(Box::new(response)),
         })
     }
+}
+
+/// A row of the list of runs, or why it is left out.
+fn run_row(row: &str) -> Result<Run, String> {
+    let json: Value = serde_json::from_str(row).map_err(|e| e.to_string())?;
+    Run::from_json(json).ok_or_else(|| {
+        "the run has no id, or one that cannot be a file name (1 to 128 letters, digits, - and _)"
+            .to_string()
+    })
 }
 
 /// The next cursor of a page, or `None` at the end.
@@ -510,16 +532,29 @@ impl fmt::Debug for RunEvents {
 impl Iterator for RunEvents {
     type Item = std::io::Result<RunEvent>;
 
-    /// The next event other than a heartbeat; `None` once the stream has ended.
+    /// The next event other than a heartbeat; `None` once the stream has ended. An event
+    /// longer than [`MAX_JSON_BODY`] (its lines together) is an error, not read on: the
+    /// stream is a JSON answer like any other, bounded like them.
     fn next(&mut self) -> Option<Self::Item> {
         let mut name = String::new();
         let mut data = String::new();
         let mut line = String::new();
+        let mut event_bytes = 0u64;
         loop {
             line.clear();
-            match self.reader.read_line(&mut line) {
+            // One byte past what is left tells a line that runs past the cap.
+            let left = MAX_JSON_BODY - event_bytes;
+            match (&mut self.reader).take(left + 1).read_line(&mut line) {
                 Ok(0) => return None,
-                Ok(_) => {}
+                Ok(n) => {
+                    event_bytes += n as u64;
+                    if event_bytes > MAX_JSON_BODY {
+                        return Some(Err(std::io::Error::other(format!(
+                            "an event of the stream is longer than {}, far more than any event of the API holds; stopped reading the stream",
+                            crate::size::ByteSize(MAX_JSON_BODY)
+                        ))));
+                    }
+                }
                 Err(e) => return Some(Err(e)),
             }
             let l = line.trim_end_matches(['\r', '\n']);
@@ -529,6 +564,7 @@ impl Iterator for RunEvents {
                 }
                 name.clear();
                 data.clear();
+                event_bytes = 0;
             } else if let Some(v) = l.strip_prefix("event:") {
                 name = v.trim().to_string();
             } else if let Some(v) = l.strip_prefix("data:") {
@@ -651,5 +687,36 @@ mod tests {
             matches!(&got[1], RunEvent::Output { sequence: 3, json } if json["data"] == json!({"aB": 1}))
         );
         assert!(matches!(&got[2], RunEvent::Complete { status, .. } if status == "completed"));
+    }
+
+    #[test]
+    fn an_event_past_the_cap_is_an_error_not_read_whole() {
+        /// `data: xxxx…` without end (until `len` bytes), produced as it is read.
+        struct Endless {
+            left: u64,
+            started: bool,
+        }
+        impl std::io::Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let head: &[u8] = b"event: output\ndata: ";
+                if !self.started {
+                    self.started = true;
+                    buf[..head.len()].copy_from_slice(head);
+                    return Ok(head.len());
+                }
+                let n = (buf.len() as u64).min(self.left) as usize;
+                buf[..n].fill(b'x');
+                self.left -= n as u64;
+                Ok(n)
+            }
+        }
+        let mut events = RunEvents {
+            reader: BufReader::new(Box::new(Endless {
+                left: 1 << 30,
+                started: false,
+            })),
+        };
+        let err = events.next().unwrap().unwrap_err();
+        assert!(err.to_string().contains("longer than 16.0 MiB"), "{err}");
     }
 }

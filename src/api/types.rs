@@ -76,9 +76,13 @@ pub struct Version {
     pub id: VersionId,
     /// `volume_id` or `artifact_id` on the wire.
     pub storage_id: StorageId,
-    /// Uncompressed total of the files.
-    pub size: u64,
-    pub file_count: u64,
+    /// Uncompressed total of the files, when the API said. Only a fact to check against:
+    /// a version without it is still downloaded, under the cache budget.
+    pub size: Option<u64>,
+    /// The number of files, when the API said. A version with no count (or 0 while
+    /// `size` says there are bytes) is downloaded all the same: only a version with 0
+    /// files and no bytes is taken for one without an archive.
+    pub file_count: Option<u64>,
     pub message: Option<String>,
     /// `"user"` or `"agent"`.
     pub created_by: Option<String>,

@@ -6,21 +6,69 @@
 //! and every field that is not needed to identify an object is optional: a server that adds
 //! or drops a field must not make a whole directory unlistable.
 
+use std::fmt;
 use std::time::SystemTime;
 
+use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::{Storage, StorageDetail, Version};
 use crate::ids::{StorageId, StorageName, VersionId};
 
-/// `{"data":[…],"pagination":{…}}`, the answer of every list endpoint.
+/// The most rows one page is read for: ten times the contract's largest page (`limit` is
+/// 1 to 100), so that a server that ignores `limit` still lists, while a page of a million
+/// rows cannot make a million values in memory. Rows past it are left out (and counted).
+pub(crate) const MAX_PAGE_ROWS: usize = 1000;
+
+/// `{"data":[…],"pagination":{…}}`, the answer of every list endpoint, with its rows still
+/// undecoded: each is decoded on its own, so that one that does not decode costs only
+/// itself (see [`super::rows`]).
 #[derive(Debug, Deserialize)]
-pub(crate) struct Page<T> {
-    pub data: Vec<T>,
+pub(crate) struct Page<'a> {
+    #[serde(borrow)]
+    pub data: Rows<'a>,
     #[serde(default)]
     pub pagination: Option<Pagination>,
+}
+
+/// The rows of a page as the server wrote them (slices of the body), at most
+/// [`MAX_PAGE_ROWS`] of them.
+#[derive(Debug, Default)]
+pub(crate) struct Rows<'a> {
+    pub rows: Vec<&'a RawValue>,
+    /// Rows past [`MAX_PAGE_ROWS`], skipped unread.
+    pub dropped: u64,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Rows<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Visit<'a> {
+            type Value = Rows<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of rows")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Rows<'a>, A::Error> {
+                let mut rows = Rows::default();
+                while rows.rows.len() < MAX_PAGE_ROWS {
+                    match seq.next_element::<&'a RawValue>()? {
+                        Some(row) => rows.rows.push(row),
+                        None => return Ok(rows),
+                    }
+                }
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    rows.dropped += 1;
+                }
+                Ok(rows)
+            }
+        }
+        deserializer.deserialize_seq(Visit(std::marker::PhantomData))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,8 +232,8 @@ impl WireVersion {
             storage_id: self
                 .storage_id
                 .map_or_else(|| storage_id.clone(), StorageId::new),
-            size: self.size.unwrap_or(0),
-            file_count: self.file_count.unwrap_or(0),
+            size: self.size,
+            file_count: self.file_count,
             message: self.message,
             created_by: self.created_by,
             created_at: parse_time("created_at", self.created_at.as_deref()),
@@ -263,8 +311,8 @@ mod tests {
                 Version {
                     id: VersionId::parse(V9B).unwrap(),
                     storage_id: "v1".into(),
-                    size: 10,
-                    file_count: 1,
+                    size: Some(10),
+                    file_count: Some(1),
                     message: None,
                     created_by: Some("user".into()),
                     created_at: at(1_768_987_800, 123),
@@ -303,7 +351,7 @@ mod tests {
             let v = d.current_version.expect("current version");
             assert_eq!(
                 (v.id.as_str(), v.storage_id.as_str(), v.size),
-                (V9B, "a", 3)
+                (V9B, "a", Some(3))
             );
 
             let body = format!(r#"{{"id":"a","name":"n","{null}":null}}"#);
@@ -330,11 +378,11 @@ mod tests {
 
     #[test]
     fn both_shapes_of_pagination_decode() {
-        let snake: Page<WireVersion> = serde_json::from_str(
+        let snake: Page<'_> = serde_json::from_str(
             r#"{"data":[{"id":"a"}],"pagination":{"has_more":true,"next_cursor":"c1"}}"#,
         )
         .unwrap();
-        let camel: Page<WireVersion> = serde_json::from_str(
+        let camel: Page<'_> = serde_json::from_str(
             r#"{"data":[{"id":"a"}],"pagination":{"hasMore":true,"nextCursor":"c1"}}"#,
         )
         .unwrap();
@@ -344,30 +392,67 @@ mod tests {
                 (p.has_more, p.next_cursor.as_deref()),
                 (Some(true), Some("c1"))
             );
-            assert_eq!(page.data.len(), 1);
+            assert_eq!(page.data.rows.len(), 1);
+            assert_eq!(page.data.rows[0].get(), r#"{"id":"a"}"#);
         }
-        let last: Page<WireVersion> = serde_json::from_str(
+        let last: Page<'_> = serde_json::from_str(
             r#"{"data":[],"pagination":{"has_more":false,"next_cursor":null}}"#,
         )
         .unwrap();
         assert_eq!(last.pagination.unwrap().has_more, Some(false));
-        let bare: Page<WireVersion> = serde_json::from_str(r#"{"data":[]}"#).unwrap();
+        let bare: Page<'_> = serde_json::from_str(r#"{"data":[]}"#).unwrap();
         assert!(bare.pagination.is_none());
     }
 
     #[test]
-    fn bodies_that_do_not_decode_are_errors() {
+    fn bodies_that_are_not_pages_are_errors() {
         for body in [
             "",
             "<html>",
             r#"{"data":{}}"#,
-            r#"{"data":[{"name":"no id"}]}"#,
+            r#"{"rows":[]}"#,
+            r#"{"data":[1,"#,
         ] {
+            assert!(serde_json::from_str::<Page<'_>>(body).is_err(), "{body}");
+        }
+    }
+
+    #[test]
+    fn rows_that_do_not_decode_leave_their_page_readable() {
+        // Each is a row of its page as it stands; only its own decoding fails.
+        let rows = [
+            r#"{"id":5,"name":"n"}"#,
+            r#"{"id":"a","name":5}"#,
+            r#"{"id":"a","size":-1}"#,
+            r#"{"id":"a","name":"\ud800"}"#,
+            r#"{"name":"no id"}"#,
+            r#"7"#,
+        ];
+        let body = format!(r#"{{"data":[{},{{"id":"ok"}}]}}"#, rows.join(","));
+        let page: Page<'_> = serde_json::from_str(&body).unwrap();
+        assert_eq!(page.data.rows.len(), rows.len() + 1);
+        for (raw, want) in page.data.rows.iter().zip(rows) {
+            assert_eq!(raw.get(), want);
             assert!(
-                serde_json::from_str::<Page<WireStorage>>(body).is_err(),
-                "{body}"
+                serde_json::from_str::<WireStorage>(raw.get()).is_err(),
+                "{want}"
             );
         }
+        let last = page.data.rows[rows.len()].get();
+        assert_eq!(serde_json::from_str::<WireStorage>(last).unwrap().id, "ok");
+    }
+
+    #[test]
+    fn rows_past_the_cap_are_counted_not_kept() {
+        let n = MAX_PAGE_ROWS + 2345;
+        let body = format!(
+            r#"{{"data":[{}],"pagination":{{"has_more":false}}}}"#,
+            vec![r#"{"id":"x","deep":[[1],{"a":"\ud800"}]}"#; n].join(",")
+        );
+        let page: Page<'_> = serde_json::from_str(&body).unwrap();
+        assert_eq!(page.data.rows.len(), MAX_PAGE_ROWS);
+        assert_eq!(page.data.dropped, 2345);
+        assert_eq!(page.pagination.unwrap().has_more, Some(false));
     }
 
     #[test]

@@ -9,10 +9,17 @@ use super::*;
 /// an entry and a name per file: 512 bytes covers names of up to 456 bytes), the last
 /// block of each file of its own (at most one per `PACK_MAX` bytes) and of the pack, and
 /// the completion record. The real usage is counted once the version is complete.
+///
+/// A version of unknown size may unpack to the whole budget: the whole budget is asked
+/// for (the caller caps every reservation at the budget, and settles for the room that
+/// evicting everything it may evict leaves). An unknown file count adds nothing for the
+/// index, which the real usage counts at commit.
 pub(super) fn reservation(a: Announced) -> u64 {
-    let own_files = a.size / crate::archive::PACK_MAX + 1;
-    a.size
-        .saturating_add(a.file_count.saturating_mul(512))
+    let Some(size) = a.size else {
+        return u64::MAX;
+    };
+    let own_files = size / crate::archive::PACK_MAX + 1;
+    size.saturating_add(a.file_count.unwrap_or(0).saturating_mul(512))
         .saturating_add(own_files.saturating_mul(4096))
         .saturating_add(64 * 1024)
 }
@@ -76,16 +83,16 @@ impl Cache {
         fetch: BoxedFetch,
     ) -> Outcome {
         let budget = self.inner.budget;
-        if announced.size > budget {
+        if let Some(size) = announced.size.filter(|size| *size > budget) {
             let err = CacheError::TooLarge {
                 key: key.clone(),
-                size: announced.size,
+                size,
                 budget,
             };
-            tracing::error!(version = %key, size = announced.size, budget, "{err}");
+            tracing::error!(version = %key, size, budget, "{err}");
             return Err(Arc::new(err));
         }
-        let need = reservation(announced).min(budget);
+        let mut need = reservation(announced).min(budget);
         let mut trash = Vec::new();
         let mut refuse_after: Option<Instant> = None;
         loop {
@@ -101,6 +108,11 @@ impl Cache {
             let mut st = self.inner.state.lock();
             let target = budget.saturating_sub(need);
             let evicted = self.evict_until(&mut st, target, None, &in_use);
+            if announced.size.is_none() && st.used < budget {
+                // Unknown size: all the room there is, after evicting all that may be
+                // evicted. It is also the unpack's limit.
+                need = budget - st.used;
+            }
             if st.used + need <= budget {
                 st.used += need;
                 st.reserved.insert(flight.id, (flight.clone(), need));
@@ -144,7 +156,9 @@ impl Cache {
         // within the budget plus the one version being unpacked.
         purge(trash);
 
-        let result = self.fetch_into_tmp(key, flight, announced, fetch);
+        // The unpack's limit: the announced size, or for an unknown size the room reserved.
+        let max_bytes = announced.size.unwrap_or(need).min(budget);
+        let result = self.fetch_into_tmp(key, flight, max_bytes, fetch);
         let mut st = self.inner.state.lock();
         if let Some((_, r)) = st.reserved.remove(&flight.id) {
             st.used -= r;
@@ -192,7 +206,7 @@ impl Cache {
         &self,
         key: &VersionKey,
         flight: &Arc<Flight>,
-        announced: Announced,
+        max_bytes: u64,
         fetch: BoxedFetch,
     ) -> Result<(PathBuf, Unpacked, u64), CacheError> {
         let layout = &self.inner.layout;
@@ -201,7 +215,7 @@ impl Cache {
             let cancelled = || self.cancelled(key, flight);
             let target = FetchTarget {
                 dir: &tmp,
-                max_bytes: announced.size.min(self.inner.budget),
+                max_bytes,
                 publish: &**flight,
                 cancelled: &cancelled,
             };

@@ -113,9 +113,11 @@ pub struct CachedVersion {
 /// What the caller knows of a version before fetching it (from the API's version object).
 #[derive(Debug, Clone, Copy)]
 pub struct Announced {
-    /// Uncompressed total of the files.
-    pub size: u64,
-    pub file_count: u64,
+    /// Uncompressed total of the files; `None` when the API did not say: the whole budget
+    /// is then reserved and is the limit of the unpack.
+    pub size: Option<u64>,
+    /// `None` when the API did not say.
+    pub file_count: Option<u64>,
 }
 
 /// What a fetch closure gets: where to unpack, how many content bytes it may write, where

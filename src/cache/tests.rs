@@ -50,8 +50,8 @@ fn key(n: u8) -> VersionKey {
 
 /// 4 files of 25 KiB: 100 KiB of content, about as much on disk.
 const A: Announced = Announced {
-    size: 100 * KIB,
-    file_count: 4,
+    size: Some(100 * KIB),
+    file_count: Some(4),
 };
 
 /// The version `k`, as production gets it: started (queued for the download pool, or
@@ -203,8 +203,8 @@ fn an_archive_bigger_than_announced_is_stopped_and_nothing_is_kept() {
     let cache = Cache::open(dir.path(), 10 << 20).unwrap();
     let bytes = targz(8, 64 * 1024, 9); // 512 KiB real
     let announced = Announced {
-        size: 100 * KIB,
-        file_count: 8,
+        size: Some(100 * KIB),
+        file_count: Some(8),
     };
     let err = get(&cache, &key(1), announced, move |t| unpack_bytes(&bytes, t)).unwrap_err();
     assert!(
@@ -656,5 +656,70 @@ fn a_damaged_index_on_disk_is_fetched_again() {
     .unwrap();
     assert_eq!(fetched.load(Ordering::SeqCst), 1);
     assert_eq!(v.index.tree().unwrap().check(), Ok(()));
+    assert_within_budget(&cache);
+}
+
+/// What the API announces when its version object lacks `size` and `file_count`.
+const UNKNOWN: Announced = Announced {
+    size: None,
+    file_count: None,
+};
+
+#[test]
+fn a_version_of_unknown_size_is_unpacked_within_the_room_and_charged_its_real_usage() {
+    let dir = TempDir::new().unwrap();
+    let cache = Cache::open(dir.path(), 10 << 20).unwrap();
+    let seen = Arc::new(parking_lot::Mutex::new(0));
+    let limit = seen.clone();
+    let bytes = targz(4, 25 * 1024, 2);
+    let v = get(&cache, &key(2), UNKNOWN, move |t| {
+        *limit.lock() = t.max_bytes;
+        unpack_bytes(&bytes, t)
+    })
+    .unwrap();
+    // The limit was the whole budget.
+    assert_eq!(*seen.lock(), 10 << 20);
+    // Charged what it takes, not the reservation.
+    let (_, used) = cache.usage();
+    assert_eq!(used, v.disk_bytes);
+    assert!(used < 1 << 20, "{used}");
+    assert_eq!(resident(&cache), vec![key(2)]);
+    assert_within_budget(&cache);
+}
+
+#[test]
+fn a_version_of_unknown_size_larger_than_the_room_is_stopped_at_it() {
+    let dir = TempDir::new().unwrap();
+    let cache = Cache::open(dir.path(), 50 * KIB).unwrap();
+    let bytes = targz(8, 64 * 1024, 9); // 512 KiB real
+    let err = get(&cache, &key(1), UNKNOWN, move |t| unpack_bytes(&bytes, t)).unwrap_err();
+    assert!(
+        format!("{err:?}").contains("TooLarge") && err.to_string().contains("50.0 KiB"),
+        "{err:?}"
+    );
+    assert_eq!(cache.usage().1, 0, "the reservation was given back");
+    assert_eq!(
+        std::fs::read_dir(cache.root().join("tmp")).unwrap().count(),
+        0
+    );
+}
+
+#[test]
+fn a_version_of_unknown_size_waits_for_room_held_by_an_open_version_not_past_it() {
+    let dir = TempDir::new().unwrap();
+    let cache = Cache::open(dir.path(), 10 << 20).unwrap();
+    // Held open: it cannot be evicted, and the new version gets the rest of the budget.
+    let held = load(&cache, &key(1), 1).unwrap();
+    let seen = Arc::new(parking_lot::Mutex::new(0));
+    let limit = seen.clone();
+    let bytes = targz(4, 25 * 1024, 2);
+    drop(
+        get(&cache, &key(2), UNKNOWN, move |t| {
+            *limit.lock() = t.max_bytes;
+            unpack_bytes(&bytes, t)
+        })
+        .unwrap(),
+    );
+    assert_eq!(*seen.lock(), (10 << 20) - held.disk_bytes);
     assert_within_budget(&cache);
 }

@@ -93,7 +93,7 @@ pub fn fetch(
     let (kind, progress_every) = (*kind, *progress_every);
     let started = Instant::now();
     let key = VersionKey::new(kind, &version.id);
-    let meter = downloads.start(&key, storage.as_str(), version.size);
+    let meter = downloads.start(&key, storage.as_str(), version.size.unwrap_or(0));
     let what = format!("{kind} {storage} version {}", version.id.short());
     tracing::info!(version = %version.id, size = version.size, files = version.file_count, "downloading {what}");
     let mut watch = Watch {
@@ -142,9 +142,17 @@ pub fn fetch(
             Err(_) if (target.cancelled)() => Err(FetchError::Stopped),
             // The cache passes the announced size as the limit (it already refused versions
             // larger than the budget), so passing it means the archive lied.
-            Err(archive::ArchiveError::TooLarge { .. }) if target.max_bytes == version.size => {
+            Err(archive::ArchiveError::TooLarge { .. })
+                if Some(target.max_bytes) == version.size =>
+            {
                 Err(FetchError::LargerThanAnnounced {
-                    announced: version.size,
+                    announced: target.max_bytes,
+                })
+            }
+            // No size announced: the cache gave the room it had as the limit.
+            Err(archive::ArchiveError::TooLarge { .. }) if version.size.is_none() => {
+                Err(FetchError::LargerThanBudget {
+                    room: target.max_bytes,
                 })
             }
             Err(e) => Err(e.into()),
@@ -180,18 +188,28 @@ pub fn fetch(
     result.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
 }
 
-fn log_progress(what: &str, s: &UnpackStats, size: u64, compressed: Option<u64>, started: Instant) {
+fn log_progress(
+    what: &str,
+    s: &UnpackStats,
+    size: Option<u64>,
+    compressed: Option<u64>,
+    started: Instant,
+) {
     let secs = started.elapsed().as_secs_f64().max(1e-3);
-    let percent = match compressed {
-        Some(c) if c > 0 => s.compressed_bytes as f64 * 100.0 / c as f64,
-        _ if size > 0 => s.bytes as f64 * 100.0 / size as f64,
+    let percent = match (compressed, size) {
+        (Some(c), _) if c > 0 => s.compressed_bytes as f64 * 100.0 / c as f64,
+        (_, Some(size)) if size > 0 => s.bytes as f64 * 100.0 / size as f64,
         _ => 0.0,
     };
     tracing::info!(
         "downloading {what}: {:.0}%, {} of {} unpacked, {} files, {}/s",
         percent.min(100.0),
         ByteSize(s.bytes),
-        ByteSize(size),
+        // What the API did not say is not shown as 0 B.
+        size.map_or_else(
+            || "an unknown size".to_string(),
+            |n| ByteSize(n).to_string()
+        ),
         s.files,
         ByteSize((s.bytes as f64 / secs) as u64)
     );

@@ -91,6 +91,7 @@ impl FsError {
                 CacheError::Cancelled { .. } => libc::EINTR,
                 CacheError::Fetch { source, .. } => match source.downcast_ref::<FetchError>() {
                     Some(FetchError::Api(api)) => api_errno(api),
+                    Some(FetchError::LargerThanBudget { .. }) => libc::EFBIG,
                     Some(FetchError::Archive(ArchiveError::Write { source, .. })) => {
                         disk_errno(source)
                     }

@@ -214,7 +214,12 @@ impl Fake {
         for (i, a) in archives.into_iter().enumerate() {
             // Content-addressed like the real ids: 64 hex characters.
             let id = vm0_emulator::sha256_hex(format!("{name}/{i}").as_bytes());
-            let file_count = if a.is_some() { 1 } else { 0 };
+            // A version without an archive is one of 0 files and 0 bytes.
+            let (size, file_count) = if a.is_some() {
+                (Some(1 << 20), Some(1))
+            } else {
+                (Some(0), Some(0))
+            };
             if let Some(a) = a {
                 self.archives.lock().insert(id.clone(), a);
             }
@@ -223,7 +228,7 @@ impl Fake {
                 Version {
                     id: VersionId::parse(&id).unwrap(),
                     storage_id: storage_id.as_str().into(),
-                    size: 1 << 20,
+                    size,
                     file_count,
                     message: None,
                     created_by: Some("agent".into()),
@@ -744,7 +749,7 @@ fn held_version() -> (Arc<Fake>, String, std::sync::mpsc::Sender<bool>) {
     assert!(archive.len() > 2 << 20, "the archive is incompressible");
     let ids = fake.add(Kind::Artifact, "big", vec![Some(archive)]);
     for v in fake.versions.lock().get_mut("id-big").unwrap() {
-        v.size = 4 << 20;
+        v.size = Some(4 << 20);
     }
     let (go, gate) = std::sync::mpsc::channel();
     fake.gates.lock().insert(ids[0].clone(), (1 << 20, gate));
@@ -1373,7 +1378,7 @@ fn a_corrupt_archive_is_downloaded_again_from_the_start() {
     }
     let ids = fake.add(Kind::Artifact, "c", vec![Some(bad)]);
     for v in fake.versions.lock().get_mut("id-c").unwrap() {
-        v.size = 4 << 20;
+        v.size = Some(4 << 20);
     }
     let (fs, _dir) = fs_remembering(fake.clone(), Duration::from_secs(60), Duration::ZERO);
     let z = format!("artifacts/c/{}/z.txt", ids[0]);

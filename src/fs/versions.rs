@@ -333,9 +333,10 @@ impl Fs {
         if version.id != *id {
             return Err(FsError::NotFound);
         }
-        if version.file_count == 0 {
+        if version.file_count == Some(0) && version.size.unwrap_or(0) == 0 {
             // No archive exists for a 0-file version (the API answers 404): it is an
-            // empty directory, kept out of the cache.
+            // empty directory, kept out of the cache. Only when the API says so: a
+            // version with no count, or 0 files and bytes, is downloaded.
             return Ok(Available::Ready(Arc::new(CachedVersion {
                 key: key.clone(),
                 dir: Default::default(),

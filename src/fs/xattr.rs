@@ -74,8 +74,13 @@ impl Fs {
                 if let Some(m) = v.message {
                     out.push(("user.vm0.message", m));
                 }
-                out.push(("user.vm0.size", v.size.to_string()));
-                out.push(("user.vm0.file_count", v.file_count.to_string()));
+                // Only what the API said: an unknown size is not 0.
+                if let Some(size) = v.size {
+                    out.push(("user.vm0.size", size.to_string()));
+                }
+                if let Some(count) = v.file_count {
+                    out.push(("user.vm0.file_count", count.to_string()));
+                }
             }
             _ => {}
         }

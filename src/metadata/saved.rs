@@ -95,8 +95,9 @@ struct SavedStorage {
 struct SavedVersion {
     id: VersionId,
     storage_id: StorageId,
-    size: u64,
-    file_count: u64,
+    /// `null` when the API did not say (a missing field reads as `null` too).
+    size: Option<u64>,
+    file_count: Option<u64>,
     message: Option<String>,
     created_by: Option<String>,
     created_at: UnixTime,
@@ -366,8 +367,8 @@ mod tests {
         Version {
             id: VersionId::parse(&"cd".repeat(32)).unwrap(),
             storage_id: "id-a".into(),
-            size: 3,
-            file_count: 1,
+            size: Some(3),
+            file_count: Some(1),
             message: Some("m".into()),
             created_by: None,
             created_at: UNIX_EPOCH + Duration::from_secs(7),

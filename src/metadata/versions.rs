@@ -161,8 +161,8 @@ mod tests {
         Version {
             id: VersionId::parse(&id).unwrap(),
             storage_id: "s".into(),
-            size: 0,
-            file_count: 0,
+            size: Some(0),
+            file_count: Some(0),
             message: None,
             created_by: None,
             created_at: UNIX_EPOCH,
