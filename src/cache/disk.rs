@@ -1,7 +1,9 @@
 //! The cache directory's on-disk layout, and the only code that touches it.
 //!
 //! ```text
+//! CACHE/                      ours or refused, opened once without following links (held)
 //! CACHE/lock                  flock(2)ed by the running daemon; holds its pid
+//! CACHE/vm0fs.log             the log of a daemonized mount
 //! CACHE/FORMAT                the on-disk format version (CACHE_FORMAT_VERSION)
 //! CACHE/versions/<key>/       complete versions, <key> = "<kind>-<64-hex id>"
 //!        pack                 contents of the files under 1 MiB, back to back
@@ -17,17 +19,21 @@
 //! A version becomes visible only by the atomic rename of its fully written temporary
 //! directory (completion record included) into `versions/`, so a crash at any moment
 //! leaves either a complete version or garbage in `tmp/` that the next start removes.
+//!
+//! Everything here is private to the daemon's user: directories 0700, files 0600 (the
+//! daemon's umask is 077 as well), and what an older vm0fs left more open is closed at
+//! start.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::held::HeldDir;
 use super::{CacheError, VersionKey};
 use crate::api::Kind;
 use crate::ids::VersionId;
@@ -60,9 +66,13 @@ pub struct Found {
 
 pub struct Layout {
     pub root: PathBuf,
-    _lock: File,
+    held: HeldDir,
     tmp_counter: AtomicU64,
 }
+
+/// What lives at the top of the cache directory: made private at every start.
+const TOP_DIRS: [&str; 6] = ["versions", "tmp", "trash", "partial", "listings", "runs"];
+const TOP_FILES: [&str; 2] = ["FORMAT", "vm0fs.log"];
 
 impl Layout {
     /// Create (mode 0700) or open the cache directory, take its lock, check its format, and
@@ -77,12 +87,13 @@ impl Layout {
             .mode(0o700)
             .create(root)
             .map_err(|e| io_err(root, e))?;
-        let lock = take_lock(root)?;
+        let held = HeldDir::open(root)?;
         let layout = Layout {
             root: root.to_path_buf(),
-            _lock: lock,
+            held,
             tmp_counter: AtomicU64::new(0),
         };
+        make_private(root);
 
         let format_path = root.join("FORMAT");
         let found_format = fs::read_to_string(&format_path).ok();
@@ -124,6 +135,11 @@ impl Layout {
             }
         }
         Ok(layout)
+    }
+
+    /// The cache directory as held (open, checked, locked).
+    pub fn held(&self) -> &HeldDir {
+        &self.held
     }
 
     pub fn version_dir(&self, key: &VersionKey) -> PathBuf {
@@ -293,37 +309,28 @@ fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-/// Take an exclusive, non-blocking `flock` on `CACHE/lock`. The kernel drops it when the
-/// process dies, so a crashed daemon never leaves the cache locked.
-fn take_lock(root: &Path) -> Result<File, CacheError> {
-    let path = root.join("lock");
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|source| CacheError::Io {
-            path: path.clone(),
-            source,
-        })?;
-    // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let mut holder = String::new();
-        let _ = file.read_to_string(&mut holder);
-        return Err(CacheError::Locked {
-            dir: root.to_path_buf(),
-            holder: holder.trim().to_string(),
-        });
+/// Close what an older vm0fs (or another umask) left open to others at the top of the
+/// cache directory: its directories become 0700, its files 0600. Links are never followed
+/// (`lstat`), and only entries of this user are touched.
+fn make_private(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let entries = TOP_DIRS
+        .iter()
+        .map(|d| (d, 0o700))
+        .chain(TOP_FILES.iter().map(|f| (f, 0o600)));
+    for (name, mode) in entries {
+        let path = root.join(name);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let wrong = meta.mode() & 0o7777 != mode;
+        if wrong && meta.uid() == me && !meta.file_type().is_symlink() {
+            if let Err(e) = fs::set_permissions(&path, fs::Permissions::from_mode(mode)) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot make a cache entry private");
+            }
+        }
     }
-    file.set_len(0).map_err(|source| CacheError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let _ = writeln!(file, "{}", std::process::id());
-    Ok(file)
 }
 
 #[cfg(test)]
