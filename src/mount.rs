@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use fuser::SessionACL;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGPIPE, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 use crate::api::{ApiError, Client, ClientConfig, Kind, RetryPolicy};
@@ -561,9 +561,12 @@ enum Event {
 
 /// The signals a mount catches. SIGINT and SIGTERM unmount; SIGHUP unmounts a foreground
 /// mount (its terminal closed) and is ignored by a daemonized one, which has no terminal;
-/// SIGUSR1, SIGUSR2 and SIGPIPE, whose default action would kill the daemon and leave a
-/// dead mount ("Transport endpoint is not connected"), are logged and ignored.
-const SIGNALS: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGPIPE];
+/// SIGUSR1 and SIGUSR2, whose default action would kill the daemon and leave a dead mount
+/// ("Transport endpoint is not connected"), are logged and ignored. SIGPIPE is not caught
+/// here: Rust's runtime ignores it before `main` (a write to a closed pipe or socket fails
+/// with EPIPE instead), and catching it would turn signal-hook's own wake-up write to a
+/// closed socket into a SIGPIPE of its own, for ever.
+const SIGNALS: [i32; 5] = [SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2];
 
 /// Whether `sig` unmounts; if it does not, it is logged here.
 fn ends_the_mount(sig: i32, on_hangup: OnHangup) -> bool {

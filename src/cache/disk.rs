@@ -71,7 +71,15 @@ pub struct Layout {
 }
 
 /// What lives at the top of the cache directory: made private at every start.
-const TOP_DIRS: [&str; 6] = ["versions", "tmp", "trash", "partial", "listings", "runs"];
+const TOP_DIRS: [&str; 7] = [
+    "versions",
+    "tmp",
+    "trash",
+    "partial",
+    "listings",
+    "runs",
+    "runs-live",
+];
 const TOP_FILES: [&str; 2] = ["FORMAT", "vm0fs.log"];
 
 impl Layout {

@@ -65,6 +65,10 @@ pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
                     .map(String::from),
             ),
             o if o.starts_with("-o") => options.extend(o[2..].split(',').map(String::from)),
+            // The type, which mount(8) passes to a helper whose name lacks it: known.
+            "-t" => {
+                it.next();
+            }
             // sloppy, no-mtab, verbose: nothing to do for a FUSE mount.
             "-s" | "-n" | "-v" => {}
             // "fake": mount(8) -f wants everything done but the mount itself.
