@@ -25,7 +25,8 @@ const ENV_HELP: &str = "Environment:
   VM0_TOKEN       API token (vm0_live_... or vm0_test_...); never passed on the command line
   VM0_API_URL     API base URL (default https://api.vm0.ai/v1)
   RUST_LOG        log filter, e.g. vm0fs=debug (overrides --log-level)
-  XDG_CACHE_HOME  default cache location ($XDG_CACHE_HOME/vm0fs, else ~/.cache/vm0fs)";
+  XDG_CACHE_HOME  default cache location ($XDG_CACHE_HOME/vm0fs, else ~/.cache/vm0fs;
+                  with neither HOME nor XDG_CACHE_HOME: /var/cache/vm0fs for root)";
 
 pub use options::{from_mount_helper, is_mount_helper};
 
@@ -327,11 +328,9 @@ impl MountArgs {
         let xdg = std::env::var_os("XDG_CACHE_HOME");
         let home = std::env::var_os("HOME");
         let euid = nix::unistd::geteuid().as_raw();
-        config::default_cache_dir(xdg.as_deref(), home.as_deref(), euid).with_context(|| {
-            format!(
-                "no cache directory: neither HOME nor XDG_CACHE_HOME is set, and vm0fs keeps no cache in a shared directory such as /tmp (another user could create it first); pass a directory of your own with --cache-dir (cache_dir= in fstab), or set HOME"
-            )
-        })
+        config::default_cache_dir(xdg.as_deref(), home.as_deref(), euid).context(
+            "no cache directory: neither HOME nor XDG_CACHE_HOME is set, and vm0fs keeps no cache in a shared directory such as /tmp (another user could create it first); pass a directory of your own with --cache-dir (cache_dir= in fstab), or set HOME",
+        )
     }
 
     /// What is accepted but deserves a word to the user.

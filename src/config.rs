@@ -165,3 +165,38 @@ pub fn default_cache_dir(
     }
     (euid == 0).then(|| PathBuf::from(ROOT_CACHE_DIR))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn the_default_cache_dir_is_never_a_shared_directory() {
+        let some = |s: &'static str| Some(OsStr::new(s));
+        /// XDG_CACHE_HOME, HOME, the effective uid, and the cache directory.
+        type Case = (
+            Option<&'static OsStr>,
+            Option<&'static OsStr>,
+            u32,
+            Option<&'static str>,
+        );
+        let cases: [Case; 6] = [
+            (some("/x"), some("/home/me"), 1000, Some("/x/vm0fs")),
+            (None, some("/home/me"), 1000, Some("/home/me/.cache/vm0fs")),
+            (some(""), some("/root"), 0, Some("/root/.cache/vm0fs")),
+            // A boot-time fstab mount: no HOME. Root has a place of its own ...
+            (None, None, 0, Some(ROOT_CACHE_DIR)),
+            (some(""), some(""), 0, Some(ROOT_CACHE_DIR)),
+            // ... another user has none (never /tmp).
+            (None, None, 1000, None),
+        ];
+        for (xdg, home, euid, want) in cases {
+            assert_eq!(
+                default_cache_dir(xdg, home, euid),
+                want.map(PathBuf::from),
+                "{xdg:?} {home:?} {euid}"
+            );
+        }
+    }
+}

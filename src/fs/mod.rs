@@ -410,7 +410,7 @@ impl Fs {
                 // blob's copy, so that a file read through the mount is cached once.
                 // Only advice: a failure changes nothing that matters.
                 let _ = nix::fcntl::posix_fadvise(
-                    &file,
+                    file,
                     at as libc::off_t,
                     data.len() as libc::off_t,
                     nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
