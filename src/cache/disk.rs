@@ -154,8 +154,20 @@ impl Layout {
         self.root.join("versions").join(key.dir_name())
     }
 
+    /// The error for a write into a directory this daemon no longer holds.
+    fn refuse_lost(&self) -> Result<(), CacheError> {
+        match self.held.lost.get() {
+            Some(why) => Err(CacheError::Lost {
+                dir: self.root.clone(),
+                why: why.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// A fresh temporary directory to unpack `key` into.
     pub fn new_tmp_dir(&self, key: &VersionKey) -> Result<PathBuf, CacheError> {
+        self.refuse_lost()?;
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let path =
             self.root
@@ -217,6 +229,8 @@ impl Layout {
         tmp: &Path,
         meta: &Completion,
     ) -> Result<PathBuf, CacheError> {
+        // What is at the path now may be another daemon's cache: nothing is moved into it.
+        self.refuse_lost()?;
         let meta_path = tmp.join("meta.json");
         let body = serde_json::to_vec(meta).expect("a completion record always serializes");
         // Written in place: `tmp` is out of sight until the rename below, which is the
@@ -243,6 +257,10 @@ impl Layout {
 
     /// Move a version directory out of sight (atomic), to be deleted by [`Layout::purge`].
     pub fn discard(&self, dir: &Path) -> Option<PathBuf> {
+        // The path may now name another daemon's version: it is left alone.
+        if self.held.is_lost() {
+            return None;
+        }
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let name = dir.file_name()?.to_string_lossy().into_owned();
         let trash = self
@@ -261,6 +279,9 @@ impl Layout {
 
     /// Record a use of a version (its `meta.json` mtime), so LRU order survives restarts.
     pub fn touch(&self, key: &VersionKey) {
+        if self.held.is_lost() {
+            return;
+        }
         let path = self.version_dir(key).join("meta.json");
         if let Ok(f) = OpenOptions::new().write(true).open(&path) {
             let _ = f.set_modified(SystemTime::now());

@@ -16,7 +16,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag};
@@ -37,6 +37,10 @@ pub struct HeldDir {
     lock: Flock<File>,
     /// (device, inode) of the lock file when it was taken.
     lock_id: (u64, u64),
+    /// Set once the directory or its lock is found gone or replaced (see
+    /// [`super::Cache::check_held`]): why. From then on nothing is served from the
+    /// directory, and nothing is written, moved or deleted in what is now at its path.
+    pub(super) lost: OnceLock<String>,
 }
 
 fn id_of(st: &FileStat) -> (u64, u64) {
@@ -145,6 +149,7 @@ impl HeldDir {
             dir_id,
             lock,
             lock_id,
+            lost: OnceLock::new(),
         };
         held.lock.set_len(0).map_err(|source| CacheError::Io {
             path: lock_path.clone(),
@@ -152,6 +157,11 @@ impl HeldDir {
         })?;
         let _ = writeln!(*held.lock, "{}", std::process::id());
         Ok(held)
+    }
+
+    /// Whether the directory was found no longer held (see `lost`).
+    pub fn is_lost(&self) -> bool {
+        self.lost.get().is_some()
     }
 
     /// Open (creating it, mode 0600) the file `name` at the top of the directory for
@@ -245,7 +255,7 @@ impl super::Cache {
     /// [`CacheError::Lost`], which names the directory and the fix (mount again). Called
     /// every few seconds by the mount, and before every download.
     pub fn check_held(&self) -> Result<(), CacheError> {
-        if let Some(why) = self.inner.lost.get() {
+        if let Some(why) = self.inner.layout.held().lost.get() {
             return Err(CacheError::Lost {
                 dir: self.root().to_path_buf(),
                 why: why.clone(),
@@ -254,7 +264,7 @@ impl super::Cache {
         let Err(why) = self.inner.layout.held().still_held() else {
             return Ok(());
         };
-        if self.inner.lost.set(why.clone()).is_ok() {
+        if self.inner.layout.held().lost.set(why.clone()).is_ok() {
             tracing::error!(
                 cache = %self.root().display(),
                 why = %why,
@@ -269,11 +279,11 @@ impl super::Cache {
 
     /// Why the cache directory is no longer this mount's, once that was found.
     pub fn lost(&self) -> Option<&str> {
-        self.inner.lost.get().map(String::as_str)
+        self.inner.layout.held().lost.get().map(String::as_str)
     }
 
     pub(super) fn lost_error(&self) -> Option<super::SharedError> {
-        let why = self.inner.lost.get()?;
+        let why = self.inner.layout.held().lost.get()?;
         Some(Arc::new(CacheError::Lost {
             dir: self.root().to_path_buf(),
             why: why.clone(),

@@ -243,9 +243,6 @@ struct Inner {
     in_use: OnceLock<InUse>,
     /// The probe's last answer and when it came, for [`Cache::snapshot`].
     in_use_seen: Mutex<Option<(Instant, Arc<HashSet<VersionKey>>)>>,
-    /// Set once the cache directory or its lock is found gone or replaced (see
-    /// [`Cache::check_held`]): why. From then on nothing is served from it or written in.
-    lost: OnceLock<String>,
 }
 
 /// How old an answer of the in-use probe [`Cache::snapshot`] may show. Eviction always asks
@@ -311,7 +308,6 @@ impl Cache {
                 pool: Pool::new(options.downloads),
                 in_use: OnceLock::new(),
                 in_use_seen: Mutex::new(None),
-                lost: OnceLock::new(),
             }),
         };
         let mut st = cache.inner.state.lock();
@@ -585,7 +581,7 @@ impl Cache {
     /// [`Cache::start`], and like it a hit counts as a use (LRU order, and the last use
     /// recorded on disk).
     pub fn peek(&self, key: &VersionKey) -> Option<Arc<CachedVersion>> {
-        if self.inner.lost.get().is_some() {
+        if self.lost().is_some() {
             return None;
         }
         let mut st = self.inner.state.lock();
