@@ -283,7 +283,11 @@ impl Layout {
             return;
         }
         let path = self.version_dir(key).join("meta.json");
-        if let Ok(f) = OpenOptions::new().write(true).open(&path) {
+        let opened = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        if let Ok(f) = opened {
             let _ = f.set_modified(SystemTime::now());
         }
     }
@@ -318,13 +322,15 @@ pub fn disk_usage(path: &Path) -> u64 {
     total
 }
 
-/// Create or replace `path` with `bytes` (mode 0600), synced to disk.
+/// Create or replace `path` with `bytes` (mode 0600), synced to disk. A link at `path` is
+/// never followed (`ELOOP`).
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()

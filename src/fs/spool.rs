@@ -195,7 +195,11 @@ impl Spool {
             point,
             charged,
         } = kept;
-        match fs::OpenOptions::new().append(true).open(&path) {
+        match fs::OpenOptions::new()
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
             Ok(file) => Ok(Spool {
                 path,
                 file: Some(BufWriter::with_capacity(SPOOL_BUFFER, file)),
