@@ -312,3 +312,30 @@ fn a_cache_dir_removed_under_a_running_mount_is_noticed_and_not_served_around() 
     );
     assert_eq!(errno(read_within(DEADLINE, &cold)), Some(libc::EIO));
 }
+
+#[test]
+fn without_home_a_user_other_than_root_is_refused_rather_than_given_a_cache_in_tmp() {
+    let mnt = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(mnt.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    // As nobody, with an environment that holds nothing but the token (a boot-time
+    // mount, a bare service): no HOME, no XDG_CACHE_HOME.
+    let out = run(Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["env", "-i", "VM0_TOKEN=vm0_test_x", "TMPDIR=/tmp"])
+        .arg(vm0fs_bin())
+        .arg("mount")
+        .arg(mnt.path())
+        .args(["--api-url", "http://127.0.0.1:9/v1"]));
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("no cache directory")
+            && said.contains("--cache-dir")
+            && said.contains("HOME"),
+        "{said}"
+    );
+    assert!(
+        !Path::new(&format!("/tmp/vm0fs-cache-{NOBODY}")).exists(),
+        "a cache in /tmp"
+    );
+}
