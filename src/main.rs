@@ -70,10 +70,29 @@ fn init_logging(level: &str, to: LogTo) -> anyhow::Result<()> {
         LogTo::Stderr => {
             use std::io::IsTerminal;
             let ansi = std::io::stderr().is_terminal();
-            builder.with_ansi(ansi).with_writer(std::io::stderr).init()
+            builder.with_ansi(ansi).with_writer(|| LostStderr).init()
         }
     }
     Ok(())
+}
+
+/// Standard error for log lines, which drops what it cannot write. Once the terminal of a
+/// foreground mount is closed, every write to it fails (`EIO`); tracing would then report
+/// the failure with `eprintln!`, which panics when it cannot write either, and the daemon
+/// would abort with its mount left dead instead of unmounting on the SIGHUP that came with
+/// the hangup.
+struct LostStderr;
+
+impl Write for LostStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// The daemon's log. Until the mount is ready its lines are held in memory; then they are

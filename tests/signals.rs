@@ -238,3 +238,49 @@ fn noexec_through_mount_t_and_fstab_is_honoured_and_findmnt_shows_it() {
     assert!(!options.contains("noexec"), "{options}");
     ok(Command::new(vm0fs_bin()).arg("unmount").arg(&mnt));
 }
+
+#[test]
+fn closing_the_terminal_of_a_foreground_mount_unmounts_it() {
+    let emu = Emulator::demo();
+    common::require_fuse();
+    let mnt = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            if vm0fs::mount::is_mounted(self.0) {
+                let _ = Command::new("umount").arg("-l").arg(self.0).status();
+            }
+        }
+    }
+    let _cleanup = Unmount(mnt.path());
+    // `script` runs the mount on a terminal of its own (a pty); killing `script` closes
+    // the terminal's other end, and the kernel hangs the terminal up (SIGHUP).
+    let line = format!(
+        "exec {} mount {} --foreground --api-url {} --cache-dir {}",
+        vm0fs_bin(),
+        mnt.path().display(),
+        emu.api_url,
+        work.path().join("cache").display()
+    );
+    let mut terminal = Command::new("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env("VM0_TOKEN", &emu.token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("script (util-linux)");
+    poll_until(DEADLINE, "the mount on a terminal", || {
+        vm0fs::mount::is_mounted(mnt.path())
+            && std::fs::metadata(mnt.path()).is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.ino() == 1
+            })
+    });
+    terminal.kill().unwrap();
+    terminal.wait().unwrap();
+    poll_until(DEADLINE, "the mount to go with its terminal", || {
+        !vm0fs::mount::is_mounted(mnt.path())
+    });
+    assert_eq!(stat_errno(mnt.path()), 0, "no dead mount left behind");
+}
