@@ -1,5 +1,8 @@
 //! The command line: clap types only, turned into plain [`vm0fs::config`] structs.
-//! Populating these must not need anything but validating what the user typed.
+//! Populating these must not need anything but validating what the user typed. The mount
+//! helper's form of the same settings (`mount -t vm0fs`, fstab) is parsed in [`options`].
+
+mod options;
 
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
@@ -11,7 +14,7 @@ use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use vm0fs::api::Token;
-use vm0fs::config::{self, Access, ApiUrlSource, MountConfig};
+use vm0fs::config::{self, Access, ApiUrlSource, KernelFlags, MountConfig, OnHangup};
 use vm0fs::size::ByteSize;
 
 /// The values of `--log-level`.
@@ -22,7 +25,10 @@ const ENV_HELP: &str = "Environment:
   VM0_TOKEN       API token (vm0_live_... or vm0_test_...); never passed on the command line
   VM0_API_URL     API base URL (default https://api.vm0.ai/v1)
   RUST_LOG        log filter, e.g. vm0fs=debug (overrides --log-level)
-  XDG_CACHE_HOME  default cache location ($XDG_CACHE_HOME/vm0fs, else ~/.cache/vm0fs)";
+  XDG_CACHE_HOME  default cache location ($XDG_CACHE_HOME/vm0fs, else ~/.cache/vm0fs;
+                  with neither HOME nor XDG_CACHE_HOME: /var/cache/vm0fs for root)";
+
+pub use options::{from_mount_helper, is_mount_helper};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,7 +92,9 @@ pub struct MountArgs {
     /// Read the token from this file instead of VM0_TOKEN.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// Where unpacked versions are kept [default: $XDG_CACHE_HOME/vm0fs or ~/.cache/vm0fs].
+    /// Where unpacked versions are kept: a directory of this user that nobody else may
+    /// write [default: $XDG_CACHE_HOME/vm0fs, ~/.cache/vm0fs, or for root without either
+    /// /var/cache/vm0fs].
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Disk budget of the cache (e.g. 500M, 10G; at least 1M); least recently used versions
@@ -138,6 +146,17 @@ pub struct MountArgs {
     /// Seconds between progress lines of a running download in the log.
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     pub progress_interval: f64,
+    /// Refuse to run programs from the mount (the kernel's noexec). Default: they run.
+    #[arg(long)]
+    pub noexec: bool,
+    /// Honour set-user-id and set-group-id bits of programs in the mount (the kernel's
+    /// suid; only for root). Default: nosuid.
+    #[arg(long)]
+    pub suid: bool,
+    /// Let device files in the mount be opened as devices (the kernel's dev; only for
+    /// root). Default: nodev.
+    #[arg(long)]
+    pub dev: bool,
     /// Log level (RUST_LOG overrides it).
     #[arg(long, default_value = "info", value_parser = LOG_LEVELS)]
     pub log_level: String,
@@ -206,6 +225,15 @@ impl MountArgs {
         if self.no_passthrough {
             v.push("--no-passthrough".into());
         }
+        for (on, name) in [
+            (self.noexec, "--noexec"),
+            (self.suid, "--suid"),
+            (self.dev, "--dev"),
+        ] {
+            if on {
+                v.push(name.into());
+            }
+        }
         v
     }
 
@@ -265,12 +293,7 @@ impl MountArgs {
                 Some(path) => format!("the token file {}", path.display()),
                 None => "VM0_TOKEN".into(),
             },
-            cache_dir: absolute(
-                &self
-                    .cache_dir
-                    .clone()
-                    .unwrap_or_else(config::default_cache_dir),
-            )?,
+            cache_dir: absolute(&self.cache_dir()?)?,
             cache_size: self.cache_size.0,
             metadata_ttl: Duration::from_secs(self.metadata_ttl),
             runs_since: Duration::from_secs(self.runs_since),
@@ -284,7 +307,30 @@ impl MountArgs {
                 .ok()
                 .filter(|d| !d.is_zero())
                 .context("--progress-interval must be a positive number of seconds")?,
+            kernel_flags: KernelFlags {
+                exec: !self.noexec,
+                suid: self.suid,
+                dev: self.dev,
+            },
+            on_hangup: if self.foreground {
+                OnHangup::Unmount
+            } else {
+                OnHangup::Ignore
+            },
         })
+    }
+
+    /// `--cache-dir`, else the default of this user (see [`config::default_cache_dir`]).
+    fn cache_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.cache_dir {
+            return Ok(dir.clone());
+        }
+        let xdg = std::env::var_os("XDG_CACHE_HOME");
+        let home = std::env::var_os("HOME");
+        let euid = nix::unistd::geteuid().as_raw();
+        config::default_cache_dir(xdg.as_deref(), home.as_deref(), euid).context(
+            "no cache directory: neither HOME nor XDG_CACHE_HOME is set, and vm0fs keeps no cache in a shared directory such as /tmp (another user could create it first); pass a directory of your own with --cache-dir (cache_dir= in fstab), or set HOME",
+        )
     }
 
     /// What is accepted but deserves a word to the user.
@@ -383,196 +429,12 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(tidy.unwrap_or(joined))
 }
 
-/// Whether this program was started as a mount(8) helper (`/sbin/mount.vm0fs` or
-/// `/sbin/mount.fuse.vm0fs`, usually a symlink to `vm0fs`).
-pub fn is_mount_helper(argv0: &std::ffi::OsStr) -> bool {
-    let name = std::path::Path::new(argv0)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("");
-    name == "mount.vm0fs" || name == "mount.fuse.vm0fs"
-}
-
-/// Options of mount(8) and fstab that say nothing to vm0fs: accepted and ignored.
-fn is_generic_mount_option(o: &str) -> bool {
-    matches!(
-        o,
-        // mount(8) passes `rw` unless told `ro`; the mount is read-only either way.
-        "defaults"
-            | "ro"
-            | "rw"
-            | "auto"
-            | "noauto"
-            | "nofail"
-            | "_netdev"
-            | "user"
-            | "nouser"
-            | "users"
-            | "owner"
-            | "group"
-            | "nosuid"
-            | "nodev"
-            | "noexec"
-            | "exec"
-            | "suid"
-            | "dev"
-            | "atime"
-            | "noatime"
-            | "relatime"
-            | "async"
-            | "sync"
-            | "nodiratime"
-            | "comment"
-    ) || o.starts_with("x-")
-        || o.starts_with("user=")
-        || o.starts_with("comment=")
-}
-
-/// Parse the arguments mount(8) gives a helper: `SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]`.
-/// SOURCE is ignored; OPTIONS are vm0fs's flags in fstab form (`cache_size=20G`, `allow_other`).
-pub fn from_mount_helper(args: &[String]) -> anyhow::Result<MountArgs> {
-    let mut positional = Vec::new();
-    let mut options = Vec::new();
-    let mut m_fake = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "-o" => options.extend(
-                it.next()
-                    .context("-o needs a value, e.g. -o token_file=/etc/vm0fs/token")?
-                    .split(',')
-                    .map(String::from),
-            ),
-            o if o.starts_with("-o") => options.extend(o[2..].split(',').map(String::from)),
-            // sloppy, no-mtab, verbose: nothing to do for a FUSE mount.
-            "-s" | "-n" | "-v" => {}
-            // "fake": mount(8) -f wants everything done but the mount itself.
-            "-f" => m_fake = true,
-            o if o.starts_with('-') => bail!("unknown mount helper option {o:?}"),
-            p => positional.push(p.to_string()),
-        }
-    }
-    let [_source, mountpoint] = <[String; 2]>::try_from(positional).map_err(|p| {
-        anyhow::anyhow!("usage: mount.vm0fs vm0fs MOUNTPOINT -o OPTIONS (got {p:?})")
-    })?;
-    let env_url = std::env::var("VM0_API_URL").ok();
-    let mut m = MountArgs {
-        mountpoint: PathBuf::from(mountpoint),
-        api_url_source: match env_url {
-            Some(_) => ApiUrlSource::Env,
-            None => ApiUrlSource::Default,
-        },
-        api_url: env_url.unwrap_or_else(|| config::DEFAULT_API_URL.to_string()),
-        token_file: None,
-        cache_dir: None,
-        cache_size: ByteSize(config::DEFAULT_CACHE_SIZE),
-        metadata_ttl: config::DEFAULT_METADATA_TTL.as_secs(),
-        runs_since: config::DEFAULT_RUNS_SINCE.as_secs(),
-        runs_limit: config::DEFAULT_RUNS_LIMIT,
-        foreground: false,
-        allow_other: false,
-        allow_root: false,
-        threads: config::DEFAULT_THREADS,
-        downloads: config::DEFAULT_DOWNLOADS,
-        log_level: "info".into(),
-        progress_interval: 2.0,
-        track_opens: false,
-        no_passthrough: false,
-        daemon_child: false,
-        fake: m_fake,
-    };
-    for o in options.iter().filter(|o| !o.is_empty()) {
-        if is_generic_mount_option(o) {
-            continue;
-        }
-        let (key, value) = match o.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (o.as_str(), None),
-        };
-        let need =
-            || value.with_context(|| format!("mount option {key} needs a value ({key}=...)"));
-        match key {
-            "api_url" => {
-                m.api_url = need()?.to_string();
-                m.api_url_source = ApiUrlSource::MountOption;
-            }
-            "token_file" => m.token_file = Some(PathBuf::from(need()?)),
-            "cache_dir" => m.cache_dir = Some(PathBuf::from(need()?)),
-            "cache_size" => m.cache_size = need()?.parse().map_err(|e: String| anyhow::anyhow!(e))?,
-            "metadata_ttl" => {
-                m.metadata_ttl = need()?.parse().with_context(|| format!("metadata_ttl={:?} is not a number of seconds", value))?
-            }
-            "threads" => m.threads = need()?.parse().with_context(|| format!("threads={value:?} is not a number"))?,
-            "downloads" => m.downloads = need()?.parse().with_context(|| format!("downloads={value:?} is not a number"))?,
-            "log_level" => m.log_level = need()?.to_string(),
-            "runs_since" => {
-                m.runs_since = parse_age(need()?).map_err(|e| anyhow::anyhow!("runs_since: {e}"))?
-            }
-            "runs_limit" => {
-                m.runs_limit = need()?.parse().ok().filter(|n| *n >= 1).with_context(|| format!("runs_limit={value:?} is not a number of runs (at least 1)"))?
-            }
-            "progress_interval" => {
-                m.progress_interval = need()?.parse().with_context(|| format!("progress_interval={value:?} is not a number of seconds"))?
-            }
-            "allow_other" => m.allow_other = true,
-            "allow_root" => m.allow_root = true,
-            "track_opens" => m.track_opens = true,
-            "no_passthrough" => m.no_passthrough = true,
-            other => bail!(
-                "unknown mount option {other:?}; vm0fs takes api_url, token_file, cache_dir, cache_size, metadata_ttl, runs_since, runs_limit, threads, downloads, log_level, progress_interval, allow_other, allow_root, track_opens, no_passthrough"
-            ),
-        }
-    }
-    Ok(m)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
-    }
-
-    #[test]
-    fn mount_helper_options_map_to_flags() {
-        let m = from_mount_helper(&args(
-            "vm0fs /mnt/vm0 -o rw=no,noauto,nofail,_netdev,x-systemd.automount,token_file=/etc/vm0fs/token,cache_dir=/var/cache/vm0fs,cache_size=20G,allow_other,metadata_ttl=5,threads=4,log_level=debug,api_url=http://127.0.0.1:1/v1",
-        ));
-        // `rw=no` is not the `rw` flag but it is not a vm0fs option either.
-        assert!(m.is_err());
-        let m = from_mount_helper(&args(
-            "vm0fs /mnt/vm0 -n -o noauto,nofail,_netdev,x-systemd.automount,token_file=/etc/vm0fs/token -o cache_dir=/var/cache/vm0fs,cache_size=20G,allow_other,metadata_ttl=5,threads=4,downloads=2,log_level=debug,api_url=http://127.0.0.1:1/v1,track_opens,no_passthrough",
-        ))
-        .unwrap();
-        assert_eq!(m.mountpoint, PathBuf::from("/mnt/vm0"));
-        assert_eq!(m.token_file, Some(PathBuf::from("/etc/vm0fs/token")));
-        assert_eq!(m.cache_dir, Some(PathBuf::from("/var/cache/vm0fs")));
-        assert_eq!(m.cache_size, ByteSize(20 << 30));
-        assert!(m.allow_other && !m.allow_root && !m.foreground);
-        assert!(m.track_opens && m.no_passthrough);
-        assert_eq!(
-            (m.metadata_ttl, m.threads, m.downloads, m.log_level.as_str()),
-            (5, 4, 2, "debug")
-        );
-        assert_eq!(m.api_url, "http://127.0.0.1:1/v1");
-    }
-
-    #[test]
-    fn mount_helper_refuses_unknown_options_with_the_list() {
-        assert!(
-            from_mount_helper(&args("vm0fs /m -o rw")).is_ok(),
-            "mount(8) passes rw by default"
-        );
-        let err = from_mount_helper(&args("vm0fs /m -o colour=blue"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("colour") && err.contains("token_file"),
-            "{err}"
-        );
-        let err = from_mount_helper(&args("/m")).unwrap_err().to_string();
-        assert!(err.contains("usage"), "{err}");
     }
 
     /// `vm0fs mount ARGS` parsed as the binary parses it.
@@ -664,12 +526,5 @@ mod tests {
         let m = from_mount_helper(&args("vm0fs /m -o api_url=http://h/v1")).unwrap();
         assert_eq!(m.api_url_source, ApiUrlSource::MountOption);
         assert!(m.to_argv().contains(&"--api-url".into()));
-    }
-
-    #[test]
-    fn helper_names() {
-        assert!(is_mount_helper(std::ffi::OsStr::new("/sbin/mount.vm0fs")));
-        assert!(is_mount_helper(std::ffi::OsStr::new("mount.fuse.vm0fs")));
-        assert!(!is_mount_helper(std::ffi::OsStr::new("/usr/bin/vm0fs")));
     }
 }

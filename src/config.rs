@@ -74,6 +74,39 @@ pub enum Access {
     Everyone,
 }
 
+/// What the kernel allows on the mount besides reading (it is always read-only, without
+/// access times): running programs from it, honouring their set-user-id bits, opening
+/// device files. The defaults are those of `mount -t fuse` by a user: programs run,
+/// set-user-id bits and devices do not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelFlags {
+    /// `exec` (default) / `noexec`.
+    pub exec: bool,
+    /// `suid` / `nosuid` (default).
+    pub suid: bool,
+    /// `dev` / `nodev` (default).
+    pub dev: bool,
+}
+
+impl Default for KernelFlags {
+    fn default() -> KernelFlags {
+        KernelFlags {
+            exec: true,
+            suid: false,
+            dev: false,
+        }
+    }
+}
+
+/// What a hangup (SIGHUP) does to a mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnHangup {
+    /// A `--foreground` mount: its terminal closed, it unmounts as on SIGTERM.
+    Unmount,
+    /// A daemonized mount has no terminal to lose: the signal is logged and ignored.
+    Ignore,
+}
+
 /// Everything a mount runs on.
 #[derive(Debug, Clone)]
 pub struct MountConfig {
@@ -105,17 +138,65 @@ pub struct MountConfig {
     pub passthrough: bool,
     /// How often a running download logs its progress.
     pub progress_every: Duration,
+    /// `exec`, `suid`, `dev` and their `no` forms.
+    pub kernel_flags: KernelFlags,
+    pub on_hangup: OnHangup,
 }
 
-/// `$XDG_CACHE_HOME/vm0fs`, else `~/.cache/vm0fs`, else a directory under /tmp.
-pub fn default_cache_dir() -> PathBuf {
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(x).join("vm0fs");
+/// The cache directory of root when no other is given or found: the system's place for the
+/// caches of services.
+pub const ROOT_CACHE_DIR: &str = "/var/cache/vm0fs";
+
+/// The cache directory when `--cache-dir` is not given: `$XDG_CACHE_HOME/vm0fs`, else
+/// `$HOME/.cache/vm0fs`, else, for root only, [`ROOT_CACHE_DIR`]. Never a shared directory
+/// such as /tmp, where any user could create the name first. `euid` is the daemon's
+/// effective user id; `None` when there is no place of its own.
+pub fn default_cache_dir(
+    xdg_cache_home: Option<&std::ffi::OsStr>,
+    home: Option<&std::ffi::OsStr>,
+    euid: u32,
+) -> Option<PathBuf> {
+    let set = |v: Option<&std::ffi::OsStr>| v.filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(x) = set(xdg_cache_home) {
+        return Some(x.join("vm0fs"));
     }
-    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(h).join(".cache").join("vm0fs");
+    if let Some(h) = set(home) {
+        return Some(h.join(".cache").join("vm0fs"));
     }
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    std::env::temp_dir().join(format!("vm0fs-cache-{uid}"))
+    (euid == 0).then(|| PathBuf::from(ROOT_CACHE_DIR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn the_default_cache_dir_is_never_a_shared_directory() {
+        let some = |s: &'static str| Some(OsStr::new(s));
+        /// XDG_CACHE_HOME, HOME, the effective uid, and the cache directory.
+        type Case = (
+            Option<&'static OsStr>,
+            Option<&'static OsStr>,
+            u32,
+            Option<&'static str>,
+        );
+        let cases: [Case; 6] = [
+            (some("/x"), some("/home/me"), 1000, Some("/x/vm0fs")),
+            (None, some("/home/me"), 1000, Some("/home/me/.cache/vm0fs")),
+            (some(""), some("/root"), 0, Some("/root/.cache/vm0fs")),
+            // A boot-time fstab mount: no HOME. Root has a place of its own ...
+            (None, None, 0, Some(ROOT_CACHE_DIR)),
+            (some(""), some(""), 0, Some(ROOT_CACHE_DIR)),
+            // ... another user has none (never /tmp).
+            (None, None, 1000, None),
+        ];
+        for (xdg, home, euid, want) in cases {
+            assert_eq!(
+                default_cache_dir(xdg, home, euid),
+                want.map(PathBuf::from),
+                "{xdg:?} {home:?} {euid}"
+            );
+        }
+    }
 }

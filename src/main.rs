@@ -15,6 +15,13 @@ use cli::{Cli, MountArgs};
 use vm0fs::config::MountConfig;
 
 fn main() -> ExitCode {
+    // SAFETY: this is the first statement of main: no thread of this process exists yet
+    // (nothing is started before main), as mallopt requires.
+    unsafe { vm0fs::cache::large_buffers_unpooled() };
+    // Whatever vm0fs creates (the cache, its log, spools, listings) is for its user only,
+    // whatever the umask it was started with; the places that create files give modes
+    // 0600/0700 too.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // Installed as /sbin/mount.vm0fs, this program serves `mount -t vm0fs` and fstab.
     let argv0 = std::env::args_os().next().unwrap_or_default();
     if cli::is_mount_helper(&argv0) {
@@ -63,10 +70,29 @@ fn init_logging(level: &str, to: LogTo) -> anyhow::Result<()> {
         LogTo::Stderr => {
             use std::io::IsTerminal;
             let ansi = std::io::stderr().is_terminal();
-            builder.with_ansi(ansi).with_writer(std::io::stderr).init()
+            builder.with_ansi(ansi).with_writer(|| LostStderr).init()
         }
     }
     Ok(())
+}
+
+/// Standard error for log lines, which drops what it cannot write. Once the terminal of a
+/// foreground mount is closed, every write to it fails (`EIO`); tracing would then report
+/// the failure with `eprintln!`, which panics when it cannot write either, and the daemon
+/// would abort with its mount left dead instead of unmounting on the SIGHUP that came with
+/// the hangup.
+struct LostStderr;
+
+impl Write for LostStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// The daemon's log. Until the mount is ready its lines are held in memory; then they are
@@ -91,12 +117,8 @@ impl Default for LogSink {
 const HELD_LOG_MAX: usize = 1 << 20;
 
 impl HeldLog {
-    /// Append the held lines to `path`, and every later line.
-    fn attach(&self, path: &Path) -> std::io::Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+    /// Append the held lines to `file`, and every later line.
+    fn attach(&self, mut file: File) -> std::io::Result<()> {
         let mut sink = self.0.lock();
         if let LogSink::Held(lines) = &*sink {
             file.write_all(lines)?;
@@ -137,7 +159,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for HeldLog {
 
 /// The log file of a daemonized mount: inside the cache directory, next to what it logs.
 fn log_file_for(cache_dir: &Path) -> PathBuf {
-    cache_dir.join("vm0fs.log")
+    cache_dir.join(vm0fs::cache::LOG_FILE)
 }
 
 fn mount(args: MountArgs) -> anyhow::Result<()> {
@@ -153,7 +175,7 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         for w in &warnings {
             tracing::warn!("{w}");
         }
-        return vm0fs::mount::run(&config, || {});
+        return vm0fs::mount::run(&config, |_| {});
     }
     if args.daemon_child {
         return daemon(&args, &config, &warnings);
@@ -178,9 +200,9 @@ fn daemon(args: &MountArgs, config: &MountConfig, warnings: &[String]) -> anyhow
         tracing::warn!("{w}");
     }
     let log_path = log_file_for(&config.cache_dir);
-    let result = vm0fs::mount::run(config, || {
+    let result = vm0fs::mount::run(config, |cache| {
         // The cache directory is this daemon's now (it holds the cache's lock).
-        if let Err(e) = log.attach(&log_path) {
+        if let Err(e) = cache.open_log().and_then(|file| log.attach(file)) {
             println!(
                 "warning: cannot open the log file {}: {e}; this mount logs nothing",
                 log_path.display()
@@ -209,18 +231,16 @@ fn daemonize(args: &MountArgs, cache_dir: &Path) -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     use std::os::unix::process::CommandExt;
-    // SAFETY: setsid and dup2 are async-signal-safe and touch no memory of the parent.
+    // SAFETY: between fork and exec the closure only makes the setsid and dup2 system
+    // calls (async-signal-safe, as a child of a threaded process requires): it allocates
+    // nothing, takes no lock and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
             // The daemon must outlive this terminal's session and its signals.
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            nix::unistd::setsid()?;
             // Its stderr joins the pipe: what it prints before "ready" (a panic, say) is
             // the reason this process reports.
-            if libc::dup2(1, 2) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            nix::unistd::dup2_stderr(std::io::stdout())?;
             Ok(())
         });
     }
@@ -252,12 +272,7 @@ fn daemonize(args: &MountArgs, cache_dir: &Path) -> anyhow::Result<()> {
 /// ready, and a write to an abandoned pipe would fail.
 fn redirect_output_to_null() {
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-        use std::os::unix::io::AsRawFd;
-        // SAFETY: dup2 onto fds 1 and 2 replaces stdout and stderr with /dev/null; all the
-        // descriptors are valid.
-        unsafe {
-            libc::dup2(null.as_raw_fd(), 1);
-            libc::dup2(null.as_raw_fd(), 2);
-        }
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
     }
 }

@@ -9,9 +9,7 @@ mod attach;
 mod mountinfo;
 mod unmount;
 
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc;
@@ -20,10 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use fuser::SessionACL;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::iterator::Signals;
 
 use crate::api::{ApiError, Client, ClientConfig, Kind, RetryPolicy};
 use crate::cache::{Cache, CacheOptions};
-use crate::config::{Access, MountConfig};
+use crate::config::{Access, MountConfig, OnHangup};
 use crate::fs::{Fs, FsConfig};
 use crate::fuse::FuseFs;
 use crate::metadata::{first_listing, FirstListing, Saved, FIRST_FETCH_WAIT};
@@ -122,18 +122,8 @@ enum Daemon {
 /// `ENOTCONN` when the daemon is dead. It runs on a thread of its own, so that a hung
 /// daemon cannot hang the caller.
 fn probe_daemon(path: &Path) -> Daemon {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return Daemon::Answers;
-    };
-    let statfs = move || {
-        // SAFETY: statfs is plain data; all zeroes is a valid value to overwrite.
-        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        // SAFETY: c is a NUL-terminated path and st a valid buffer, both owned here.
-        let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-        (rc != 0)
-            .then(|| io::Error::last_os_error().raw_os_error())
-            .flatten()
-    };
+    let path = path.to_path_buf();
+    let statfs = move || nix::sys::statfs::statfs(&path).err().map(|e| e as i32);
     match on_probe_thread(statfs) {
         Probe::Answer(Some(libc::ENOTCONN)) => Daemon::Dead,
         Probe::Answer(_) | Probe::NoThread => Daemon::Answers,
@@ -171,7 +161,16 @@ fn on_probe_thread<T: Send + 'static>(ask: impl FnOnce() -> T + Send + 'static) 
 /// The pid in `CACHE/lock` when that process no longer exists: the daemon that last used
 /// this cache died (a running daemon holds the lock, with its pid in it).
 fn dead_daemon_pid(cache_dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(cache_dir.join("lock")).ok()?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut text = String::new();
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(cache_dir.join("lock"))
+        .ok()?
+        .read_to_string(&mut text)
+        .ok()?;
     let pid: u32 = text.trim().parse().ok()?;
     (!unmount::running(pid)).then_some(pid)
 }
@@ -239,11 +238,12 @@ impl Drop for CreatedDir {
     }
 }
 
-/// Create the cache directory (mode 0700) if needed and check that it is writable, with a
-/// message that says what to do when it is not.
+/// Create the cache directory (mode 0700) if needed and check that it is ours (see
+/// [`crate::cache::check_dir`]) and writable, with a message that says what to do when it
+/// is not.
 fn prepare_cache_dir(dir: &Path) -> anyhow::Result<CreatedDir> {
     use std::os::unix::fs::DirBuilderExt;
-    let fix = "pass a writable directory with --cache-dir";
+    let fix = "pass a writable directory of your own with --cache-dir";
     // The topmost directory this call creates.
     let created = dir
         .ancestors()
@@ -256,14 +256,14 @@ fn prepare_cache_dir(dir: &Path) -> anyhow::Result<CreatedDir> {
         .create(dir)
         .with_context(|| format!("cannot create the cache directory {}; {fix}", dir.display()))?;
     let created = CreatedDir(created);
-    let probe = dir.join(".write-test");
-    std::fs::write(&probe, b"").with_context(|| {
-        format!(
-            "the cache directory {} is not writable; {fix}",
+    crate::cache::check_dir(dir)?;
+    // Only now, in a directory of ours: a name nobody else can have put there.
+    if let Err(e) = nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK) {
+        bail!(
+            "the cache directory {} is not writable ({e}); {fix}",
             dir.display()
-        )
-    })?;
-    let _ = std::fs::remove_file(probe);
+        );
+    }
     Ok(created)
 }
 
@@ -273,16 +273,26 @@ fn prepare_cache_dir(dir: &Path) -> anyhow::Result<CreatedDir> {
 /// `umount M && vm0fs mount M` must not find the cache still in use. A lock held beyond
 /// the wait belongs to a running mount, and `Cache::open` says so.
 fn wait_for_cache_lock(cache_dir: &Path) {
-    use std::os::fd::AsRawFd;
-    let Ok(lock) = std::fs::File::open(cache_dir.join("lock")) else {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a symbolic link: the cache directory is checked after this wait.
+    let Ok(mut lock) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(cache_dir.join("lock"))
+    else {
         return; // No lock file: a new cache.
     };
     let deadline = Instant::now() + LOCK_WAIT;
-    // SAFETY: flock on a descriptor owned by `lock`; a shared lock taken here is released
-    // when `lock` is closed, at the end of this function.
-    while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0
-        && Instant::now() < deadline
-    {
+    loop {
+        // A shared lock taken here is let go of at once (dropping the `Flock`).
+        match Flock::lock(lock, FlockArg::LockSharedNonblock) {
+            Ok(_held) => return,
+            Err((file, _)) => lock = file,
+        }
+        if Instant::now() >= deadline {
+            return;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -337,10 +347,11 @@ fn api_refusal(cfg: &MountConfig, e: ApiError) -> anyhow::Error {
     anyhow::anyhow!("cannot use the VM0 API at {url} (from {from}): {e}")
 }
 
-/// Run a mount until it is unmounted or the process gets SIGINT/SIGTERM. `ready` is called
-/// once the mount answers. Until then nothing is left behind on failure: no mount, and no
-/// cache directory that this call created.
-pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
+/// Run a mount until it is unmounted or the process gets SIGINT/SIGTERM (or SIGHUP, as
+/// [`MountConfig::on_hangup`] says). `ready` is called once the mount answers, with the
+/// cache (whose directory it may write its log into). Until then nothing is left behind on
+/// failure: no mount, and no cache directory that this call created.
+pub fn run(cfg: &MountConfig, ready: impl FnOnce(&Cache)) -> anyhow::Result<()> {
     check_paths(cfg)?;
 
     // The first listing (the volumes, all pages) checks the URL and the token before
@@ -390,8 +401,10 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
             cfg.cache_dir.display()
         );
     }
-    // SAFETY: getuid/getgid have no preconditions and cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
     let fs = Arc::new(
         Fs::new(
             remote,
@@ -446,7 +459,10 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
             .set_in_use(Box::new(move || open_files.versions()));
     }
     let fuse_fs = FuseFs::new(fs.clone(), cfg.track_opens, cfg.passthrough);
-    let device = attach::attach(&cfg.mountpoint, acl != SessionACL::Owner)?;
+    // Signals are caught from before the mount exists: none of them may end this process
+    // without unmounting (see `signals`).
+    let mut signals = Signals::new(SIGNALS)?;
+    let device = attach::attach(&cfg.mountpoint, acl != SessionACL::Owner, cfg.kernel_flags)?;
     // Mounted: from here on, a failure must take the mount away again.
     let undo = |e: anyhow::Error| {
         let _ = attach::detach(&cfg.mountpoint, true);
@@ -470,20 +486,26 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
             let _ = session_tx.send(Event::Ended(result));
         })
         .map_err(|e| undo(e.into()))?;
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .map_err(|e| undo(e.into()))?;
     let handle = signals.handle();
     let signal_tx = tx;
+    let on_hangup = cfg.on_hangup;
     std::thread::Builder::new()
         .name("vm0fs-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            if let Some(sig) = signals
+                .forever()
+                .find(|&sig| ends_the_mount(sig, on_hangup))
+            {
                 let _ = signal_tx.send(Event::Signal(sig));
             }
         })
+        .map_err(|e| undo(e.into()))?;
+    let watched = fs.cache().clone();
+    // Dropped when this function returns, which ends the watch.
+    let (_watching, stop) = mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("vm0fs-watch".into())
+        .spawn(move || watch_cache_dir(&watched, &stop))
         .map_err(|e| undo(e.into()))?;
 
     wait_until_answering(&cfg.mountpoint).map_err(undo)?;
@@ -495,7 +517,7 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
         budget = %ByteSize(cfg.cache_size),
         "ready"
     );
-    ready();
+    ready(fs.cache());
 
     let outcome = match rx.recv() {
         Ok(Event::Signal(sig)) => {
@@ -536,6 +558,51 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce()) -> anyhow::Result<()> {
 enum Event {
     Signal(i32),
     Ended(io::Result<()>),
+}
+
+/// The signals a mount catches. SIGINT and SIGTERM unmount; SIGHUP unmounts a foreground
+/// mount (its terminal closed) and is ignored by a daemonized one, which has no terminal;
+/// SIGUSR1 and SIGUSR2, whose default action would kill the daemon and leave a dead mount
+/// ("Transport endpoint is not connected"), are logged and ignored. SIGPIPE is not caught
+/// here: Rust's runtime ignores it before `main` (a write to a closed pipe or socket fails
+/// with EPIPE instead), and catching it would turn signal-hook's own wake-up write to a
+/// closed socket into a SIGPIPE of its own, for ever.
+const SIGNALS: [i32; 5] = [SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2];
+
+/// Whether `sig` unmounts; if it does not, it is logged here.
+fn ends_the_mount(sig: i32, on_hangup: OnHangup) -> bool {
+    match sig {
+        SIGHUP if on_hangup == OnHangup::Unmount => true,
+        SIGINT | SIGTERM => true,
+        SIGHUP => {
+            tracing::info!(
+                signal = sig,
+                "SIGHUP ignored: a background mount has no terminal to lose; unmount with `vm0fs unmount`"
+            );
+            false
+        }
+        _ => {
+            tracing::info!(
+                signal = sig,
+                "signal ignored: only SIGINT and SIGTERM unmount (or `vm0fs unmount`)"
+            );
+            false
+        }
+    }
+}
+
+/// How often a running mount checks that its cache directory is still its own.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Check every [`WATCH_EVERY`] that the cache directory and its lock are still the ones the
+/// mount took (see [`Cache::check_held`], which logs and remembers a loss). Ends when the
+/// mount does (`stop`'s sender is dropped) or once the loss is found.
+fn watch_cache_dir(cache: &Cache, stop: &mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(WATCH_EVERY) {
+        if cache.check_held().is_err() {
+            return;
+        }
+    }
 }
 
 /// Poll the mountpoint until the new mount answers (its root has inode 1), so that

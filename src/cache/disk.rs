@@ -1,7 +1,9 @@
 //! The cache directory's on-disk layout, and the only code that touches it.
 //!
 //! ```text
+//! CACHE/                      ours or refused, opened once without following links (held)
 //! CACHE/lock                  flock(2)ed by the running daemon; holds its pid
+//! CACHE/vm0fs.log             the log of a daemonized mount
 //! CACHE/FORMAT                the on-disk format version (CACHE_FORMAT_VERSION)
 //! CACHE/versions/<key>/       complete versions, <key> = "<kind>-<64-hex id>"
 //!        pack                 contents of the files under 1 MiB, back to back
@@ -17,17 +19,21 @@
 //! A version becomes visible only by the atomic rename of its fully written temporary
 //! directory (completion record included) into `versions/`, so a crash at any moment
 //! leaves either a complete version or garbage in `tmp/` that the next start removes.
+//!
+//! Everything here is private to the daemon's user: directories 0700, files 0600 (the
+//! daemon's umask is 077 as well), and what an older vm0fs left more open is closed at
+//! start.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::held::HeldDir;
 use super::{CacheError, VersionKey};
 use crate::api::Kind;
 use crate::ids::VersionId;
@@ -60,9 +66,21 @@ pub struct Found {
 
 pub struct Layout {
     pub root: PathBuf,
-    _lock: File,
+    held: HeldDir,
     tmp_counter: AtomicU64,
 }
+
+/// What lives at the top of the cache directory: made private at every start.
+const TOP_DIRS: [&str; 7] = [
+    "versions",
+    "tmp",
+    "trash",
+    "partial",
+    "listings",
+    "runs",
+    "runs-live",
+];
+const TOP_FILES: [&str; 2] = ["FORMAT", "vm0fs.log"];
 
 impl Layout {
     /// Create (mode 0700) or open the cache directory, take its lock, check its format, and
@@ -77,12 +95,13 @@ impl Layout {
             .mode(0o700)
             .create(root)
             .map_err(|e| io_err(root, e))?;
-        let lock = take_lock(root)?;
+        let held = HeldDir::open(root)?;
         let layout = Layout {
             root: root.to_path_buf(),
-            _lock: lock,
+            held,
             tmp_counter: AtomicU64::new(0),
         };
+        make_private(root);
 
         let format_path = root.join("FORMAT");
         let found_format = fs::read_to_string(&format_path).ok();
@@ -126,12 +145,29 @@ impl Layout {
         Ok(layout)
     }
 
+    /// The cache directory as held (open, checked, locked).
+    pub fn held(&self) -> &HeldDir {
+        &self.held
+    }
+
     pub fn version_dir(&self, key: &VersionKey) -> PathBuf {
         self.root.join("versions").join(key.dir_name())
     }
 
+    /// The error for a write into a directory this daemon no longer holds.
+    fn refuse_lost(&self) -> Result<(), CacheError> {
+        match self.held.lost.get() {
+            Some(why) => Err(CacheError::Lost {
+                dir: self.root.clone(),
+                why: why.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// A fresh temporary directory to unpack `key` into.
     pub fn new_tmp_dir(&self, key: &VersionKey) -> Result<PathBuf, CacheError> {
+        self.refuse_lost()?;
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let path =
             self.root
@@ -193,6 +229,8 @@ impl Layout {
         tmp: &Path,
         meta: &Completion,
     ) -> Result<PathBuf, CacheError> {
+        // What is at the path now may be another daemon's cache: nothing is moved into it.
+        self.refuse_lost()?;
         let meta_path = tmp.join("meta.json");
         let body = serde_json::to_vec(meta).expect("a completion record always serializes");
         // Written in place: `tmp` is out of sight until the rename below, which is the
@@ -219,6 +257,10 @@ impl Layout {
 
     /// Move a version directory out of sight (atomic), to be deleted by [`Layout::purge`].
     pub fn discard(&self, dir: &Path) -> Option<PathBuf> {
+        // The path may now name another daemon's version: it is left alone.
+        if self.held.is_lost() {
+            return None;
+        }
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let name = dir.file_name()?.to_string_lossy().into_owned();
         let trash = self
@@ -237,8 +279,15 @@ impl Layout {
 
     /// Record a use of a version (its `meta.json` mtime), so LRU order survives restarts.
     pub fn touch(&self, key: &VersionKey) {
+        if self.held.is_lost() {
+            return;
+        }
         let path = self.version_dir(key).join("meta.json");
-        if let Ok(f) = OpenOptions::new().write(true).open(&path) {
+        let opened = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        if let Ok(f) = opened {
             let _ = f.set_modified(SystemTime::now());
         }
     }
@@ -273,13 +322,15 @@ pub fn disk_usage(path: &Path) -> u64 {
     total
 }
 
-/// Create or replace `path` with `bytes` (mode 0600), synced to disk.
+/// Create or replace `path` with `bytes` (mode 0600), synced to disk. A link at `path` is
+/// never followed (`ELOOP`).
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
@@ -293,37 +344,28 @@ fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-/// Take an exclusive, non-blocking `flock` on `CACHE/lock`. The kernel drops it when the
-/// process dies, so a crashed daemon never leaves the cache locked.
-fn take_lock(root: &Path) -> Result<File, CacheError> {
-    let path = root.join("lock");
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|source| CacheError::Io {
-            path: path.clone(),
-            source,
-        })?;
-    // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let mut holder = String::new();
-        let _ = file.read_to_string(&mut holder);
-        return Err(CacheError::Locked {
-            dir: root.to_path_buf(),
-            holder: holder.trim().to_string(),
-        });
+/// Close what an older vm0fs (or another umask) left open to others at the top of the
+/// cache directory: its directories become 0700, its files 0600. Links are never followed
+/// (`lstat`), and only entries of this user are touched.
+fn make_private(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let entries = TOP_DIRS
+        .iter()
+        .map(|d| (d, 0o700))
+        .chain(TOP_FILES.iter().map(|f| (f, 0o600)));
+    for (name, mode) in entries {
+        let path = root.join(name);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let wrong = meta.mode() & 0o7777 != mode;
+        if wrong && meta.uid() == me && !meta.file_type().is_symlink() {
+            if let Err(e) = fs::set_permissions(&path, fs::Permissions::from_mode(mode)) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot make a cache entry private");
+            }
+        }
     }
-    file.set_len(0).map_err(|source| CacheError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let _ = writeln!(file, "{}", std::process::id());
-    Ok(file)
 }
 
 #[cfg(test)]

@@ -22,6 +22,16 @@ pub enum CacheError {
     },
     #[error("cache directory {} is in use by another vm0fs (pid {holder}); unmount it or pass another --cache-dir", .dir.display())]
     Locked { dir: PathBuf, holder: String },
+    /// The cache directory is not one the daemon may trust (see `held`).
+    #[error("the cache directory {} {why}; {fix}", .dir.display())]
+    NotOurs {
+        dir: PathBuf,
+        why: String,
+        fix: String,
+    },
+    /// The cache directory or its lock vanished or changed under the running daemon.
+    #[error("the cache directory {} is no longer this mount's ({why}): nothing is served from it or written into it any more; unmount and mount again to start a fresh cache", .dir.display())]
+    Lost { dir: PathBuf, why: String },
     #[error("cache I/O error on {}: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -67,6 +77,8 @@ impl CacheError {
             CacheError::TooLarge { .. }
             | CacheError::NoRoom { .. }
             | CacheError::Locked { .. }
+            | CacheError::NotOurs { .. }
+            | CacheError::Lost { .. }
             | CacheError::Spawn { .. }
             | CacheError::Cancelled { .. }
             | CacheError::NotResident { .. }

@@ -44,6 +44,7 @@ mod disk;
 mod error;
 mod fill;
 mod flight;
+mod held;
 mod pool;
 mod usage;
 
@@ -67,6 +68,7 @@ use fill::purge;
 pub use flight::{
     Flight, Interest, Outcome, Patience, Phase, Stopped, Unbounded, Waited, WAIT_SLICE,
 };
+pub use held::{check_dir, LOG_FILE};
 use pool::Pool;
 pub use usage::{ResidentInfo, Snapshot};
 
@@ -273,7 +275,6 @@ impl Cache {
     /// Open (or create) the cache directory. Reuses every complete version found there,
     /// removes leftovers, and trims to the budget.
     pub fn open_with(dir: &Path, options: CacheOptions) -> Result<Cache, CacheError> {
-        large_buffers_unpooled();
         let budget = options.budget;
         let layout = Layout::open(dir)?;
         let mut found = layout.scan();
@@ -436,6 +437,9 @@ impl Cache {
             let ended = Arc::new(Flight::ended(Arc::new(CacheError::ShuttingDown)));
             return Begin::Join(Interest::join(ended));
         }
+        if let Some(lost) = self.lost_error() {
+            return Begin::Join(Interest::join(Arc::new(Flight::ended(lost))));
+        }
         if let Some(flight) = st.flights.get(key).cloned() {
             return Begin::Join(Interest::join(flight));
         }
@@ -495,6 +499,13 @@ impl Cache {
         // The job holds the cache weakly: a cache dropped (a test's, or at exit) with jobs
         // queued is not kept alive by them, and lets go of its directory's lock.
         flight.set_queued();
+        // A download starts only into a cache directory that is still ours.
+        if let Err(lost) = self.check_held() {
+            let result = Err(Arc::new(lost));
+            self.conclude(key, &flight, &result);
+            flight.finish(result);
+            return;
+        }
         let cache = Arc::downgrade(&self.inner);
         let (k, f) = (key.clone(), flight.clone());
         let job: pool::Job = Box::new(move || run_job(cache, k, f, announced, fetch));
@@ -591,6 +602,9 @@ impl Cache {
     /// [`Cache::start`], and like it a hit counts as a use (LRU order, and the last use
     /// recorded on disk).
     pub fn peek(&self, key: &VersionKey) -> Option<Arc<CachedVersion>> {
+        if self.lost().is_some() {
+            return None;
+        }
         let mut st = self.inner.state.lock();
         let entry = st.lru.get_mut(key)?;
         let Loaded::Ready(v) = &entry.slot else {
@@ -649,9 +663,15 @@ fn run_job(
 /// are freed, carve them from the arena of whichever thread ran the fetch (each fetch runs
 /// on threads of its own), and keep them there: the daemon would grow by a few MiB with
 /// every version it fetched.
-fn large_buffers_unpooled() {
+///
+/// # Safety
+///
+/// glibc's `mallopt` is not thread-safe: call this before the process starts any thread
+/// (first thing in `main`), while no other code can be allocating.
+pub unsafe fn large_buffers_unpooled() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes the allocator's settings.
+    // SAFETY: the caller guarantees that no other thread exists (see above); mallopt then
+    // only changes the allocator's settings, with a valid parameter and value.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
@@ -665,7 +685,9 @@ fn large_buffers_unpooled() {
 /// words of heap (its index is mapped).
 fn return_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    // SAFETY: malloc_trim takes glibc's arena locks itself, so it is safe from any thread;
+    // it only returns free pages of the allocator's own arenas to the system, and no
+    // pointer of ours is involved. (nix has no wrapper for it.)
     unsafe {
         libc::malloc_trim(0);
     }

@@ -21,6 +21,7 @@
 use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -136,9 +137,19 @@ impl Spools {
 
     /// A new spool file for a download of `key`, empty.
     pub fn create(&self, key: &VersionKey) -> io::Result<Spool> {
-        fs::create_dir_all(&self.dir)?;
+        // Private: a spool holds the bytes of a version, whatever its files' modes.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
         let path = self.dir.join(key.dir_name());
-        let file = File::create(&path)?;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)?;
         Ok(Spool {
             path,
             file: Some(BufWriter::with_capacity(SPOOL_BUFFER, file)),
@@ -184,7 +195,11 @@ impl Spool {
             point,
             charged,
         } = kept;
-        match fs::OpenOptions::new().append(true).open(&path) {
+        match fs::OpenOptions::new()
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
             Ok(file) => Ok(Spool {
                 path,
                 file: Some(BufWriter::with_capacity(SPOOL_BUFFER, file)),

@@ -83,6 +83,8 @@ impl FsError {
                 CacheError::NoRoom { .. } => libc::ENOSPC,
                 CacheError::Io { source, .. } => disk_errno(source),
                 CacheError::Locked { .. }
+                | CacheError::NotOurs { .. }
+                | CacheError::Lost { .. }
                 | CacheError::Spawn { .. }
                 | CacheError::Panicked { .. }
                 | CacheError::NotResident { .. }

@@ -56,7 +56,6 @@ mod xattr;
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -403,15 +402,13 @@ impl Fs {
                 let (data, file, at) = f.read(offset, size)?;
                 // The kernel keeps what it read in the mount's own page cache: drop the
                 // blob's copy, so that a file read through the mount is cached once.
-                // SAFETY: posix_fadvise only reads its arguments; `file` is open.
-                unsafe {
-                    libc::posix_fadvise(
-                        file.as_raw_fd(),
-                        at as libc::off_t,
-                        data.len() as libc::off_t,
-                        libc::POSIX_FADV_DONTNEED,
-                    );
-                }
+                // Only advice: a failure changes nothing that matters.
+                let _ = nix::fcntl::posix_fadvise(
+                    file,
+                    at as libc::off_t,
+                    data.len() as libc::off_t,
+                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                );
                 Ok(data)
             }
             Content::Run(r) => r.read_at(offset, size),

@@ -177,7 +177,10 @@ impl Fs {
     /// The text of `MOUNT/.vm0fs/status`.
     pub fn status_text(&self) -> String {
         let snap = self.cache.snapshot();
-        let root = self.cache.root().display().to_string();
+        let root = match self.cache.lost() {
+            Some(why) => format!("{} (NO LONGER THIS MOUNT'S: {why}; nothing is served from it: unmount and mount again)", self.cache.root().display()),
+            None => self.cache.root().display().to_string(),
+        };
         // The names of the versions shown, looked up first: the inode table is not held
         // while the text is rendered.
         let names: HashMap<&VersionKey, String> = {

@@ -335,8 +335,7 @@ mod tests {
 
     #[test]
     fn a_live_thread_wants_its_answer_and_a_gone_one_does_not() {
-        // SAFETY: gettid has no preconditions.
-        let me = unsafe { libc::gettid() } as u32;
+        let me = nix::unistd::gettid().as_raw() as u32;
         assert!(still_wanted(me));
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();

@@ -14,16 +14,16 @@
 //! `fusermount3` (from the fuse3 package), exactly as libfuse does. The mount is
 //! `fuse.vm0fs` with the source `vm0fs` either way.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::config::KernelFlags;
 
 /// The file system type every vm0fs mount has in `/proc/self/mountinfo`.
 pub const FS_TYPE: &str = "fuse.vm0fs";
@@ -32,11 +32,33 @@ pub const SOURCE: &str = "vm0fs";
 /// The subtype, the part of [`FS_TYPE`] after `fuse.`.
 const SUBTYPE: &str = "vm0fs";
 
-/// Read-only, no set-user-id programs, no devices, no access times: as flags for mount(2)...
-const MOUNT_FLAGS: libc::c_ulong =
-    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
-/// ...and as options for fusermount3.
-const HELPER_FLAGS: &str = "ro,nosuid,nodev,noatime";
+/// The mount flags for mount(2): always read-only and without access times; set-user-id
+/// programs, device files and running programs as `flags` say.
+fn ms_flags(flags: KernelFlags) -> nix::mount::MsFlags {
+    use nix::mount::MsFlags;
+    let mut ms = MsFlags::MS_RDONLY | MsFlags::MS_NOATIME;
+    ms.set(MsFlags::MS_NOSUID, !flags.suid);
+    ms.set(MsFlags::MS_NODEV, !flags.dev);
+    ms.set(MsFlags::MS_NOEXEC, !flags.exec);
+    ms
+}
+
+/// The same as options for fusermount3.
+fn helper_flags(flags: KernelFlags) -> String {
+    let word = |on: bool, name: &str| {
+        if on {
+            name.to_string()
+        } else {
+            format!("no{name}")
+        }
+    };
+    format!(
+        "ro,noatime,{},{},{}",
+        word(flags.suid, "suid"),
+        word(flags.dev, "dev"),
+        word(flags.exec, "exec")
+    )
+}
 
 /// The helpers that mount and unmount FUSE file systems for users, newest first
 /// (`fusermount` is the fuse 2 name; it speaks the same protocol).
@@ -55,8 +77,8 @@ const INSTALL_FUSE3: &str =
 
 /// Mount the file system at `mountpoint` and return the `/dev/fuse` descriptor that serves
 /// it. `allow_other` lets other users (the kernel's `allow_other`) in.
-pub fn attach(mountpoint: &Path, allow_other: bool) -> anyhow::Result<OwnedFd> {
-    let direct = match mount_direct(mountpoint, allow_other) {
+pub fn attach(mountpoint: &Path, allow_other: bool, flags: KernelFlags) -> anyhow::Result<OwnedFd> {
+    let direct = match mount_direct(mountpoint, allow_other, flags) {
         Ok(fd) => return Ok(fd),
         Err(failure) => failure,
     };
@@ -64,7 +86,7 @@ pub fn attach(mountpoint: &Path, allow_other: bool) -> anyhow::Result<OwnedFd> {
     match next_step(&direct, helper.as_deref()) {
         Next::UseHelper(helper) => {
             tracing::debug!(helper = %helper.display(), direct = %direct, "mounting through the helper");
-            mount_with_helper(helper, mountpoint, allow_other).map_err(|reason| {
+            mount_with_helper(helper, mountpoint, allow_other, flags).map_err(|reason| {
                 anyhow::anyhow!(
                     "cannot mount vm0fs at {}: {} failed: {reason}{}",
                     mountpoint.display(),
@@ -149,7 +171,11 @@ fn helper_hint(reason: &str, allow_other: bool) -> String {
 }
 
 /// Open `/dev/fuse` and mount(2) it, as root does.
-fn mount_direct(mountpoint: &Path, allow_other: bool) -> Result<OwnedFd, DirectFailure> {
+fn mount_direct(
+    mountpoint: &Path,
+    allow_other: bool,
+    flags: KernelFlags,
+) -> Result<OwnedFd, DirectFailure> {
     // std opens with O_CLOEXEC: helpers the daemon runs later do not inherit the device.
     let device = std::fs::OpenOptions::new()
         .read(true)
@@ -157,28 +183,20 @@ fn mount_direct(mountpoint: &Path, allow_other: bool) -> Result<OwnedFd, DirectF
         .open("/dev/fuse")
         .map_err(DirectFailure::Open)?;
     let fd = OwnedFd::from(device);
-    // SAFETY: getuid/getgid have no preconditions and cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
     let data = mount_data(fd.as_raw_fd(), uid, gid, allow_other);
-    let c = |s: &[u8]| CString::new(s).map_err(|e| DirectFailure::Mount(io::Error::other(e)));
-    let source = c(SOURCE.as_bytes())?;
-    let target = c(mountpoint.as_os_str().as_bytes())?;
     // "fuse.vm0fs": the kernel splits off the subtype, and mountinfo shows the whole name.
-    let fs_type = c(FS_TYPE.as_bytes())?;
-    let data = c(data.as_bytes())?;
-    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fs_type.as_ptr(),
-            MOUNT_FLAGS,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(DirectFailure::Mount(io::Error::last_os_error()));
-    }
+    nix::mount::mount(
+        Some(SOURCE),
+        mountpoint,
+        Some(FS_TYPE),
+        ms_flags(flags),
+        Some(data.as_str()),
+    )
+    .map_err(|e| DirectFailure::Mount(e.into()))?;
     Ok(fd)
 }
 
@@ -218,10 +236,13 @@ fn mount_with_helper(
     helper: &Path,
     mountpoint: &Path,
     allow_other: bool,
+    flags: KernelFlags,
 ) -> Result<OwnedFd, String> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("cannot create a socket: {e}"))?;
-    let mut options =
-        format!("{HELPER_FLAGS},default_permissions,fsname={SOURCE},subtype={SUBTYPE}");
+    let mut options = format!(
+        "{},default_permissions,fsname={SOURCE},subtype={SUBTYPE}",
+        helper_flags(flags)
+    );
     if allow_other {
         options.push_str(",allow_other");
     }
@@ -268,46 +289,52 @@ fn mount_with_helper(
 /// Receive one descriptor (`SCM_RIGHTS`) over `sock`; `None` when the helper closed the
 /// socket without sending one.
 fn receive_fd(sock: &UnixStream) -> io::Result<Option<OwnedFd>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: byte.len(),
-    };
-    // Room for a control message with one descriptor; u64 keeps it aligned for cmsghdr.
-    let mut control = [0u64; 8];
-    // SAFETY: msghdr is plain data, and all zeroes is an empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    let n = loop {
-        // SAFETY: msg points at iov and control, both alive and of the sizes it states.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n;
+    // Room for exactly one descriptor: a message with more is truncated (MSG_CTRUNC),
+    // which `cmsgs` reports as an error rather than handing out a partial message.
+    let mut control = nix::cmsg_space!(libc::c_int);
+    let mut fds = loop {
+        let mut iov = [io::IoSliceMut::new(&mut byte)];
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut control),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) if msg.bytes == 0 => return Ok(None),
+            Ok(msg) => {
+                let cmsgs = msg.cmsgs().map_err(|_| {
+                    io::Error::other("the helper sent more than one descriptor (truncated)")
+                })?;
+                let fds: Vec<_> = cmsgs
+                    .flat_map(|c| match c {
+                        ControlMessageOwned::ScmRights(fds) => fds,
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                break fds;
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
     };
-    if n == 0 {
+    let Some(fd) = fds.pop() else {
         return Ok(None);
-    }
-    // SAFETY: recvmsg filled msg's control buffer; CMSG_FIRSTHDR and CMSG_DATA stay inside
-    // it, and an SCM_RIGHTS message carries a descriptor that is now ours.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if cmsg.is_null()
-            || (*cmsg).cmsg_level != libc::SOL_SOCKET
-            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
-        {
-            return Ok(None);
+    };
+    // SAFETY: the kernel installed `fd` in this process by SCM_RIGHTS just now (nix's
+    // parser checked the message's length and type); nothing else holds it, so it is
+    // ours to own and close.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if !fds.is_empty() {
+        for extra in fds {
+            // SAFETY: as above, each was installed by this message and is owned by no one;
+            // closing it here is the only use.
+            drop(unsafe { OwnedFd::from_raw_fd(extra) });
         }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
-        Ok(Some(OwnedFd::from_raw_fd(fd)))
+        return Err(io::Error::other("the helper sent more than one descriptor"));
     }
+    Ok(Some(fd))
 }
 
 /// Why a mount could not be detached.
@@ -322,19 +349,20 @@ pub enum DetachError {
 /// when it is no longer busy). Root unmounts with umount2(2); others through the helper,
 /// which unmounts the mounts a user made.
 pub fn detach(mountpoint: &Path, lazy: bool) -> Result<(), DetachError> {
-    let c = CString::new(mountpoint.as_os_str().as_bytes())
-        .map_err(|_| DetachError::Other("the path contains a NUL byte".into()))?;
+    use nix::mount::MntFlags;
     // The caller found the mount at exactly this path: never follow a symlink elsewhere.
-    let flags = libc::UMOUNT_NOFOLLOW | if lazy { libc::MNT_DETACH } else { 0 };
+    let mut flags = MntFlags::UMOUNT_NOFOLLOW;
+    if lazy {
+        flags |= MntFlags::MNT_DETACH;
+    }
     // A path lookup in flight (a `stat` of the mountpoint, say) holds the mount for a
     // moment and makes umount2 answer EBUSY: only a mount busy for longer is "busy".
     let deadline = Instant::now() + BUSY_GRACE;
     loop {
-        // SAFETY: c is a valid NUL-terminated path; umount2 only reads it.
-        if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
+        let err = match nix::mount::umount2(mountpoint, flags) {
+            Ok(()) => return Ok(()),
+            Err(e) => io::Error::from(e),
+        };
         match err.raw_os_error() {
             Some(libc::EBUSY) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20))
@@ -446,5 +474,24 @@ mod tests {
             "fd=7,rootmode=40000,user_id=1000,group_id=100,default_permissions"
         );
         assert!(mount_data(7, 0, 0, true).ends_with(",allow_other"));
+    }
+
+    #[test]
+    fn kernel_flags_keep_the_defaults_and_pass_what_was_asked() {
+        use nix::mount::MsFlags;
+        let default = KernelFlags::default();
+        assert_eq!(helper_flags(default), "ro,noatime,nosuid,nodev,exec");
+        let ms = ms_flags(default);
+        assert!(ms.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV));
+        assert!(!ms.contains(MsFlags::MS_NOEXEC));
+        let asked = KernelFlags {
+            exec: false,
+            suid: true,
+            dev: true,
+        };
+        assert_eq!(helper_flags(asked), "ro,noatime,suid,dev,noexec");
+        let ms = ms_flags(asked);
+        assert!(ms.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOEXEC));
+        assert!(!ms.intersects(MsFlags::MS_NOSUID | MsFlags::MS_NODEV));
     }
 }
