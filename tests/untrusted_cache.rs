@@ -109,3 +109,65 @@ fn an_index_truncated_under_the_mount_never_kills_the_daemon() {
     assert_alive(&m);
     sb.assert_untouched();
 }
+
+/// `tar --format=gnu` (GNU tar's default) writes a time before 1970 in base-256: a file
+/// dated 1950-01-01 shows mtime -631152000 through the mount, as `tar -xzf` gives it, and
+/// `rsync -a` copies it as 1950 (not the year 2446).
+#[test]
+fn gnu_format_times_before_1970_match_tar_xzf_and_rsync() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    std::fs::create_dir_all(tree.join("old-dir")).unwrap();
+    std::fs::write(tree.join("old-dir/1950.txt"), b"nineteen fifty\n").unwrap();
+    std::fs::write(tree.join("second-before.txt"), b"one second before 1970\n").unwrap();
+    std::fs::write(tree.join("new.txt"), b"2023\n").unwrap();
+    for (path, date) in [
+        ("old-dir/1950.txt", "1950-01-01 00:00:00 UTC"),
+        ("second-before.txt", "1969-12-31 23:59:59 UTC"),
+        ("new.txt", "2023-11-14 22:13:20 UTC"),
+        ("old-dir", "1950-01-01 00:00:00 UTC"),
+        (".", "1960-06-01 12:00:00 UTC"),
+    ] {
+        ok(Command::new("touch")
+            .arg("-d")
+            .arg(date)
+            .arg(tree.join(path)));
+    }
+    let archive = work.path().join("gnu.tar.gz");
+    ok(Command::new("tar")
+        .arg("--format=gnu")
+        .arg("-czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&tree)
+        .arg("."));
+    let data = tempfile::tempdir().unwrap();
+    let served = put_archive(
+        data.path(),
+        "volumes",
+        "old",
+        "v1",
+        &std::fs::read(&archive).unwrap(),
+    );
+    let emu = Emulator::with_data(data.path());
+    let m = Mount::new(&emu);
+    let id = emu.current_version("volumes", "old");
+    let version = m.join(&format!("volumes/old/{id}"));
+
+    let mtime = |p: &Path| ok(Command::new("stat").arg("-c").arg("%Y").arg(p));
+    assert_eq!(
+        mtime(&version.join("old-dir/1950.txt")).trim(),
+        "-631152000"
+    );
+    assert_eq!(mtime(&version.join("old-dir")).trim(), "-631152000");
+    assert_eq!(mtime(&version.join("second-before.txt")).trim(), "-1");
+    assert_same_tree(&version, &served);
+
+    let copy = work.path().join("copy");
+    ok(Command::new("rsync")
+        .arg("-a")
+        .arg(format!("{}/", version.display()))
+        .arg(&copy));
+    assert_eq!(mtime(&copy.join("old-dir/1950.txt")).trim(), "-631152000");
+    assert_eq!(tree_listing(&copy), tree_listing(&version));
+}

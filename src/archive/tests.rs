@@ -459,6 +459,79 @@ fn pax_mtime_with_fractions() {
     }
 }
 
+/// A 12-byte base-256 field holding `value` as GNU tar writes it (0x80 before a positive
+/// number, 0xff before a negative one, then big-endian two's complement).
+fn base256(value: i64) -> [u8; 12] {
+    let mut field = if value < 0 { [0xff; 12] } else { [0; 12] };
+    field[0] = if value < 0 { 0xff } else { 0x80 };
+    field[4..].copy_from_slice(&value.to_be_bytes());
+    field
+}
+
+#[test]
+fn numeric_fields_are_read_as_gnu_tar_reads_them() {
+    use super::pax::numeric_field;
+    let cases: [(&[u8], Option<i64>); 12] = [
+        (b"00000000000\0", Some(0)),
+        (b"17777777777\0", Some(0o17777777777)),
+        (b" 1234567 \0\0\0", Some(0o1234567)),
+        (b"\0\0\0\0\0\0\0\0\0\0\0\0", Some(0)),
+        (b"0000000008\0\0", None),
+        (&base256(5), Some(5)),
+        (&base256(-1), Some(-1)),
+        // 1950-01-01T00:00:00Z.
+        (&base256(-631_152_000), Some(-631_152_000)),
+        (&base256(i64::MIN), Some(i64::MIN)),
+        (&base256(i64::MAX), Some(i64::MAX)),
+        // Past i64 either way.
+        (&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0], None),
+        (&[0xff, 0xff, 0xff, 0xfe, 0, 0, 0, 0, 0, 0, 0, 0], None),
+    ];
+    for (field, want) in cases {
+        assert_eq!(numeric_field(field), want, "{field:x?}");
+    }
+}
+
+/// Times before 1970 in GNU format (what `tar --format=gnu` writes for them) come out as
+/// GNU tar reads them, not as the largest time there is.
+#[test]
+fn gnu_base256_times_before_1970() {
+    let mut tar = Tar::new();
+    for (i, mtime) in [-631_152_000i64, -1, 1_700_000_000].into_iter().enumerate() {
+        let mut h = header(EntryType::Regular, 0o644, 1);
+        h.as_old_mut().mtime = base256(mtime);
+        h.set_path(format!("f{i}")).unwrap();
+        h.set_cksum();
+        tar = tar.header(&h, b"x");
+    }
+    let (_run, u) = unpack_ok(&tar.gz());
+    for (i, want) in [-631_152_000i64, -1, 1_700_000_000].into_iter().enumerate() {
+        let n = node(&u, &format!("f{i}"));
+        assert_eq!((n.mtime_sec, n.mtime_nsec), (want, 0), "f{i}");
+    }
+}
+
+/// A negative base-256 size (which the `tar` crate reads as a huge one, or as an
+/// overflow) is damaged tar data, not a member skipped past the end of the archive.
+#[test]
+fn a_negative_base256_size_is_damaged_tar_data() {
+    for (size, says) in [
+        (-512, "size overflow"),
+        (-631_152_000, "says -631152000 bytes"),
+    ] {
+        let mut h = header(EntryType::Regular, 0o644, 0);
+        h.as_old_mut().size = base256(size);
+        h.set_path("negative").unwrap();
+        h.set_cksum();
+        let archive = Tar::new().file("first", b"1").header(&h, b"").gz();
+        let err = unpack_err(&archive);
+        assert!(
+            matches!(&err, ArchiveError::Tar(e) if e.to_string().contains(says)),
+            "{size}: {err}"
+        );
+    }
+}
+
 #[test]
 fn pax_time_parsing() {
     type Case = (&'static [u8], Option<(i64, u32)>);

@@ -34,7 +34,7 @@ use super::input::{
     is_tar_header, GzMembers, Shared, Source, TarInput, GZIP_MAGIC, MAX_MEMBER_METADATA,
     MAX_TRAILER, READ_BUFFER,
 };
-use super::pax::{member_meta, PaxFields};
+use super::pax::{bad_size, member_meta, PaxFields};
 use super::publish::{BlobId, Publish, PublishedFile, PublishedKind, PublishedNode, Step};
 use super::tree::{normalize, Content, Freed, ModeTime, Prepared, Replaced, Slot, Tree, Want};
 use super::{Index, IndexError};
@@ -312,6 +312,15 @@ impl Unpacker<'_> {
         entry: &mut tar::Entry<'_, R>,
         name: &[u8],
     ) -> Result<u64, ArchiveError> {
+        if let Some(why) = bad_size(entry.header()) {
+            // The tar reader has gone past where GNU tar would go: nothing after it is
+            // where it should be.
+            let e = io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{why} (`{}`)", String::from_utf8_lossy(name)),
+            );
+            return Err(ArchiveError::Tar(e));
+        }
         let kind = entry.header().entry_type();
         if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
             // Global pax headers set defaults (often just a comment, e.g. from `git archive`)
