@@ -144,6 +144,8 @@ impl Run {
     fn unpack(&self, input: impl Read, max_bytes: u64) -> Result<Unpacked, ArchiveError> {
         let opts = UnpackOptions {
             max_bytes,
+            file_count: 0,
+            max_index_bytes: u64::MAX,
             implied_dir_mtime: IMPLIED_MTIME,
         };
         unpack(input, &self.dest, &opts, &mut |_| {})
@@ -1253,6 +1255,8 @@ fn missing_destination_is_a_write_error() {
     let run = Run::new();
     let opts = UnpackOptions {
         max_bytes: u64::MAX,
+        file_count: 0,
+        max_index_bytes: u64::MAX,
         implied_dir_mtime: 0,
     };
     let missing = run.dest.join("missing");
@@ -1270,6 +1274,8 @@ fn progress_is_reported_every_few_mib_and_at_the_end() {
     let run = Run::new();
     let opts = UnpackOptions {
         max_bytes: u64::MAX,
+        file_count: 0,
+        max_index_bytes: u64::MAX,
         implied_dir_mtime: 0,
     };
     let mut calls = Vec::new();
@@ -1410,6 +1416,8 @@ fn published_files_match_the_finished_index() {
     let rec = Recorder::default();
     let opts = UnpackOptions {
         max_bytes: u64::MAX,
+        file_count: 0,
+        max_index_bytes: u64::MAX,
         implied_dir_mtime: IMPLIED_MTIME,
     };
     let u = unpack_published(&tar.gz()[..], &run.dest, &opts, &mut |_| {}, &rec).unwrap();
@@ -1448,6 +1456,8 @@ fn a_directory_seen_before_its_own_member_is_shown_owner_only() {
     let rec = Recorder::default();
     let opts = UnpackOptions {
         max_bytes: u64::MAX,
+        file_count: 0,
+        max_index_bytes: u64::MAX,
         implied_dir_mtime: IMPLIED_MTIME,
     };
     let u = unpack_published(&tar.gz()[..], &run.dest, &opts, &mut |_| {}, &rec).unwrap();
@@ -1570,6 +1580,8 @@ fn packed_files_are_published_with_their_offset_in_the_pack() {
     }
     let opts = UnpackOptions {
         max_bytes: u64::MAX,
+        file_count: 0,
+        max_index_bytes: u64::MAX,
         implied_dir_mtime: IMPLIED_MTIME,
     };
     let u = unpack_published(
@@ -1587,4 +1599,133 @@ fn packed_files_are_published_with_their_offset_in_the_pack() {
     assert_eq!(seen[1].0, blob_path(&run.dest, 1));
     assert_eq!((seen[1].1, seen[1].2.len()), (0, PACK_MAX as usize));
     assert_eq!(seen[2], (pack, 3, b"bb".to_vec()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Metadata bombs
+
+/// Unpack `archive` as announced with `file_count` files and `max_bytes` of content.
+fn unpack_announced(
+    archive: &[u8],
+    file_count: u64,
+    max_bytes: u64,
+    max_index_bytes: u64,
+) -> Result<Unpacked, ArchiveError> {
+    let run = Run::new();
+    let opts = UnpackOptions {
+        max_bytes,
+        file_count,
+        max_index_bytes,
+        implied_dir_mtime: 0,
+    };
+    unpack(archive, &run.dest, &opts, &mut |_| {})
+}
+
+fn empty_files(count: usize) -> Vec<u8> {
+    let mut tar = Tar::new();
+    for i in 0..count {
+        tar = tar.file(&format!("e{i}"), b"");
+    }
+    tar.gz()
+}
+
+/// Members are capped at `2 * file_count + 1024`: an archive of far more empty members
+/// than its announced files is refused, naming both; the same archive as announced passes.
+#[test]
+fn members_past_the_announced_count_are_refused() {
+    let archive = empty_files(3000);
+    let err = unpack_announced(&archive, 10, 0, u64::MAX).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ArchiveError::TooManyMembers {
+                limit: 1044,
+                file_count: 10
+            }
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("more than 1044 members") && text.contains("10 files"),
+        "{text}"
+    );
+    let u = unpack_announced(&archive, 3000, 0, u64::MAX).unwrap();
+    assert_eq!(u.index.len(), 3001);
+    // No count announced: one member per 4 KiB of the byte limit, at least 1024.
+    let err = unpack_announced(&archive, 0, 1 << 20, u64::MAX).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::TooManyMembers { limit: 1024, .. }),
+        "{err:?}"
+    );
+    assert!(unpack_announced(&archive, 0, 4096 * 3001, u64::MAX).is_ok());
+}
+
+/// The directories a path implies are nodes and count as members do.
+#[test]
+fn implied_directories_count_against_the_member_cap() {
+    let deep = vec!["d"; 1100].join("/") + "/f";
+    let archive = Tar::new().file(&deep, b"x").gz();
+    let err = unpack_announced(&archive, 1, 1, u64::MAX).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::TooManyMembers { limit: 1026, .. }),
+        "{err:?}"
+    );
+    assert!(unpack_announced(&archive, 100, 1, u64::MAX).is_ok());
+}
+
+/// Headers and names count against the version's limit: members with large pax records
+/// stop at content + 2 KiB a member (+ 9 MiB), long before memory or time run out.
+#[test]
+fn header_bytes_past_the_limit_are_a_metadata_bomb() {
+    let comment = vec![b'c'; 100 * 1024];
+    let mut tar = Tar::new();
+    for i in 0..200 {
+        tar = tar
+            .pax(&[("comment", &comment)])
+            .file(&format!("f{i}"), b"x");
+    }
+    let archive = tar.gz();
+    let err = unpack_announced(&archive, 200, 200, u64::MAX).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::MetadataTooLarge { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("headers and names"), "{err}");
+    // The same records under a larger announced content size pass.
+    assert!(unpack_announced(&archive, 200, 40 << 20, u64::MAX).is_ok());
+}
+
+/// An index larger than the room reserved for it is refused before it is written.
+#[test]
+fn an_index_past_its_room_is_refused() {
+    let archive = empty_files(100);
+    let err = unpack_announced(&archive, 100, 0, 4096).unwrap_err();
+    match err {
+        ArchiveError::IndexTooLarge { bytes, limit: 4096 } => {
+            // Names `e0` to `e99`.
+            assert_eq!(bytes, 64 + 101 * 40 + 100 * 16 + (10 * 2 + 90 * 3))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(unpack_announced(&archive, 100, 0, 6000).is_ok());
+}
+
+/// Skipped members: the first few listed and logged, all counted.
+#[test]
+fn skipped_members_are_counted_past_the_first_few() {
+    let mut tar = Tar::new();
+    for i in 0..50 {
+        tar = tar.raw(
+            EntryType::Fifo,
+            format!("fifo{i}").as_bytes(),
+            b"",
+            0o644,
+            b"",
+        );
+    }
+    let (_run, u) = unpack_ok(&tar.file("kept", b"k").gz());
+    assert_eq!(u.stats.skipped_count, 50);
+    assert_eq!(u.stats.skipped.len(), SKIPPED_KEPT);
+    assert_eq!(u.stats.skipped[0].member, "fifo0");
 }

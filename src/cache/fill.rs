@@ -4,17 +4,31 @@
 
 #[allow(clippy::wildcard_imports)] // The policy in `mod.rs` and its filling are one type.
 use super::*;
+use crate::archive;
 
-/// Room kept for a version before it is unpacked: its content bytes, the index (a node,
-/// an entry and a name per file: 512 bytes covers names of up to 456 bytes), the last
-/// block of each file of its own (at most one per `PACK_MAX` bytes) and of the pack, and
-/// the completion record. The real usage is counted once the version is complete.
+/// Room kept for a version before it is unpacked: its content bytes, the index
+/// ([`archive::index_allowance`]: 512 bytes a file; the unpack refuses a larger index), the
+/// last block of each file of its own (at most one per `PACK_MAX` bytes) and of the pack,
+/// and [`SLACK`] for the index header and the completion record. The real usage is counted
+/// once the version is complete.
 pub(super) fn reservation(a: Announced) -> u64 {
     let own_files = a.size / crate::archive::PACK_MAX + 1;
     a.size
-        .saturating_add(a.file_count.saturating_mul(512))
+        .saturating_add(archive::index_allowance(a.file_count, a.size))
         .saturating_add(own_files.saturating_mul(4096))
-        .saturating_add(64 * 1024)
+        .saturating_add(SLACK)
+}
+
+/// See [`reservation`].
+const SLACK: u64 = 64 * 1024;
+
+/// The most the index of a version of `a` may take when unpacked under a byte limit of
+/// `max_bytes` with `need` bytes reserved: what [`reservation`] set aside for it, no more
+/// (the reservation is cut to the budget when it is larger).
+fn index_room(a: Announced, max_bytes: u64, need: u64) -> u64 {
+    archive::index_allowance(a.file_count, max_bytes)
+        .saturating_add(SLACK)
+        .min(need.saturating_sub(max_bytes))
 }
 
 /// Versions taken out of the LRU whose directories are still to be moved aside (see
@@ -144,7 +158,7 @@ impl Cache {
         // within the budget plus the one version being unpacked.
         purge(trash);
 
-        let result = self.fetch_into_tmp(key, flight, announced, fetch);
+        let result = self.fetch_into_tmp(key, flight, announced, need, fetch);
         let mut st = self.inner.state.lock();
         if let Some((_, r)) = st.reserved.remove(&flight.id) {
             st.used -= r;
@@ -193,15 +207,18 @@ impl Cache {
         key: &VersionKey,
         flight: &Arc<Flight>,
         announced: Announced,
+        need: u64,
         fetch: BoxedFetch,
     ) -> Result<(PathBuf, Unpacked, u64), CacheError> {
         let layout = &self.inner.layout;
         let tmp = layout.new_tmp_dir(key)?;
         let outcome = (|| {
             let cancelled = || self.cancelled(key, flight);
+            let max_bytes = announced.size.min(self.inner.budget);
             let target = FetchTarget {
                 dir: &tmp,
-                max_bytes: announced.size.min(self.inner.budget),
+                max_bytes,
+                max_index_bytes: index_room(announced, max_bytes, need),
                 publish: &**flight,
                 cancelled: &cancelled,
             };

@@ -123,6 +123,8 @@ pub struct Announced {
 pub struct FetchTarget<'a> {
     pub dir: &'a Path,
     pub max_bytes: u64,
+    /// The room reserved for the version's index ([`crate::archive::UnpackOptions`]).
+    pub max_index_bytes: u64,
     pub publish: &'a dyn Publish,
     /// True once the fetch should stop: nobody wants the version any more, or the mount is
     /// shutting down. The fetch checks it between reads and returns any error; the flight
