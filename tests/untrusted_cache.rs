@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use common::hostile::{poll_until, put_sidecar, read_within, Sandbox};
-use common::{ok, put_archive, tar_extract, tree_listing, Emulator, Mount, MountOpts};
-use vm0_emulator::pack::ArchiveBuilder;
+use common::hostile::{is_cached, put_sidecar, read_within, within, Sandbox};
+use common::{ok, put_archive, tar_extract, tree_listing, Emulator, Mount};
+use vm0_emulator::pack::{gzip, gzip_stream, ArchiveBuilder};
 
 /// Generous bound for any single operation on the mount.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -170,4 +170,98 @@ fn gnu_format_times_before_1970_match_tar_xzf_and_rsync() {
         .arg(&copy));
     assert_eq!(mtime(&copy.join("old-dir/1950.txt")).trim(), "-631152000");
     assert_eq!(tree_listing(&copy), tree_listing(&version));
+}
+
+/// Peak resident memory of a process (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// A tar.gz of `count` empty files `empty-<i>`, streamed through `gzip -1` (never in
+/// memory whole). The first member is a gzip member of its own: the emulator, which reads
+/// the first gzip member only to compute what the service would record, is then done at
+/// once instead of reading 10 million members in a debug build; vm0fs reads every gzip
+/// member, as `gzip -d` and `tar -xzf` do.
+fn empty_members(count: usize) -> Vec<u8> {
+    let header = |i: usize| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(0);
+        h.set_mtime(1_700_000_000);
+        h.set_path(format!("empty-{i}")).unwrap();
+        h.set_cksum();
+        h
+    };
+    let mut out = gzip(header(0).as_bytes());
+    out.extend(gzip_stream(|w| {
+        for i in 1..count {
+            w.write_all(header(i).as_bytes()).unwrap();
+        }
+        w.write_all(&[0u8; 1024]).unwrap();
+    }));
+    out
+}
+
+/// An archive of 10 million empty members (about 60 MB compressed, some 180 bytes of
+/// memory each while a tree is built) announced as 1,000 files is refused once it passes
+/// the member cap (2 * 1000 + 1024), with a message that says so; the daemon's peak memory
+/// stays under 200 MiB, nothing of it is cached, and another version still reads.
+#[test]
+fn ten_million_empty_members_are_refused_in_little_memory() {
+    let data = tempfile::tempdir().unwrap();
+    put_archive(
+        data.path(),
+        "artifacts",
+        "bomb",
+        "v1",
+        &empty_members(10_000_000),
+    );
+    put_sidecar(
+        data.path(),
+        "artifacts",
+        "bomb",
+        "v1",
+        &json!({"size": 0, "file_count": 1000}),
+    );
+    put_archive(data.path(), "artifacts", "fine", "v1", &nested(3));
+    let emu = Emulator::with_data(data.path());
+    let sb = Sandbox::new();
+    let m = Mount::with(&emu, sb.opts());
+    let id = emu.current_version("artifacts", "bomb");
+    // A listing waits for the whole version (a file may be served as soon as it is whole).
+    let version = m.join(&format!("artifacts/bomb/{id}"));
+    let listed = within(DEADLINE, move || {
+        std::fs::read_dir(version)?.collect::<std::io::Result<Vec<_>>>()
+    })
+    .expect("the listing did not return in time");
+    let err = listed
+        .map(|d| d.len())
+        .expect_err("a listing of the refused version");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let log = m.log_text();
+    assert!(
+        log.contains("more than 3024 members") && log.contains("1000 files"),
+        "{log}"
+    );
+    let peak = peak_rss(m.pid());
+    eprintln!("daemon peak memory: {peak} bytes");
+    assert!(
+        peak < 200 << 20,
+        "the daemon's peak memory was {peak} bytes"
+    );
+    assert!(!is_cached(&sb.cache, &id));
+    let fine = emu.current_version("artifacts", "fine");
+    assert_eq!(
+        read_within(
+            DEADLINE,
+            &m.join(&format!("artifacts/fine/{fine}/d00/e00/f00.txt"))
+        )
+        .unwrap(),
+        b"nested 3.0.0\n"
+    );
+    sb.assert_untouched();
 }
