@@ -96,7 +96,11 @@ impl Cache {
                 size: announced.size,
                 budget,
             };
-            tracing::error!(version = %key, size = announced.size, budget, "{err}");
+            if self.inner.state.lock().told_too_large.insert(key.clone()) {
+                tracing::error!(version = %key, size = announced.size, budget, "{err}");
+            } else {
+                tracing::debug!(version = %key, size = announced.size, budget, "{err}");
+            }
             return Err(Arc::new(err));
         }
         let need = reservation(announced).min(budget);

@@ -223,6 +223,9 @@ struct State {
     /// Versions evicted whose directory is being moved aside (outside the lock); a commit
     /// of the same key waits for the move (see [`Cache::wait_moved_aside`]).
     evicting: HashSet<VersionKey>,
+    /// Versions refused as larger than the budget, logged at ERROR once each (every access
+    /// to one is refused again; a `stat` loop must not write a log line each).
+    told_too_large: HashSet<VersionKey>,
     shutting_down: bool,
 }
 
@@ -285,6 +288,7 @@ impl Cache {
             used: 0,
             failed: HashMap::new(),
             evicting: HashSet::new(),
+            told_too_large: HashSet::new(),
             shutting_down: false,
         };
         for f in found {
