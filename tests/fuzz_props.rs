@@ -334,7 +334,10 @@ fn unpack_checked(input: &[u8], max_bytes: u64) -> Result<Unpacked, String> {
                 | ArchiveError::Truncated
                 | ArchiveError::Gzip(_)
                 | ArchiveError::NotTar
-                | ArchiveError::Tar(_) => {}
+                | ArchiveError::Tar(_)
+                | ArchiveError::TooManyMembers { .. }
+                | ArchiveError::MetadataTooLarge { .. }
+                | ArchiveError::IndexTooLarge { .. } => {}
             }
             assert!(!e.to_string().is_empty());
             Err(e.to_string())
