@@ -132,12 +132,20 @@ pub enum ArchiveError {
         announced = announced_files(*file_count)
     )]
     TooManyMembers { limit: u64, file_count: u64 },
+    /// The tar data as a whole passed its cap (`limits.rs`) from the content limit and the member
+    /// cap: headers and names count against the version's limit.
     #[error(
-        "the archive's headers and names (tar headers, long names, pax records) pass the \
-         limit of {} for its content and {limit_members} members; refused as a metadata bomb",
-        ByteSize(*limit)
+        "the archive's tar data passed {}: {} of content and 2 KiB of headers and names for \
+         each of at most {members} members (plus 9 MiB); its headers, long names or pax \
+         records are far larger than any real archive's, so it is refused as a metadata bomb",
+        ByteSize(*limit),
+        ByteSize(*content)
     )]
-    MetadataTooLarge { limit: u64, limit_members: u64 },
+    MetadataTooLarge {
+        limit: u64,
+        content: u64,
+        members: u64,
+    },
     #[error(
         "the archive's index would take {}, more than the {} reserved for it (its names \
          are far longer than a version of its announced file count has)",
@@ -301,8 +309,9 @@ impl Unpacker<'_> {
         }
         if self.shared.stream_exceeded.get() {
             return ArchiveError::MetadataTooLarge {
-                limit: self.opts.max_bytes,
-                limit_members: self.opts.max_members(),
+                limit: self.shared.stream_cap.get(),
+                content: self.opts.max_bytes,
+                members: self.opts.max_members(),
             };
         }
         if let Some(gzip) = self.shared.gzip_error.borrow_mut().take() {
