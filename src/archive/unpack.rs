@@ -132,8 +132,8 @@ pub enum ArchiveError {
         announced = announced_files(*file_count)
     )]
     TooManyMembers { limit: u64, file_count: u64 },
-    /// The tar data as a whole passed its cap (`limits.rs`) from the content limit and the member
-    /// cap: headers and names count against the version's limit.
+    /// The tar data as a whole passed its cap (`limits.rs`), made of the content limit and
+    /// the member cap: headers and names count against the version's limit.
     #[error(
         "the archive's tar data passed {}: {} of content and 2 KiB of headers and names for \
          each of at most {members} members (plus 9 MiB); its headers, long names or pax \
