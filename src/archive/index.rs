@@ -629,10 +629,11 @@ impl IndexTree {
     /// Check that the tree is one the filesystem can serve as it expects. Every node:
     /// entries naming nodes in range other than the root, with valid names in strictly
     /// increasing order (lookups binary-search them), a parent in range, distinct blob
-    /// numbers below the node count (an unpack numbers them densely). The tree: node 0 is a directory that is its own parent; each directory
-    /// reached from it is listed once, by its parent; what no name reaches is an empty
-    /// directory (the holes `Tree::finish` leaves). [`Index::build`] refuses a tree that
-    /// fails here, so that no index on disk holds one.
+    /// numbers below the node count (an unpack numbers them densely). The tree: node 0 is
+    /// a directory that is its own parent; each directory reached from it is listed once,
+    /// by its parent; what no name reaches is an empty directory (the holes `Tree::finish`
+    /// leaves). [`Index::build`] refuses a tree that fails here, so that no index on disk
+    /// holds one; [`Index::check`] asks the same of an image.
     pub fn check(&self) -> Result<(), String> {
         let n = self.nodes.len();
         let mut blobs = std::collections::HashSet::new();
