@@ -274,6 +274,19 @@ fn a_version_larger_than_the_whole_budget_is_efbig_with_a_clear_log_line() {
         line.contains("2.0 MiB") && line.contains("1.0 MiB") && line.contains("--cache-size"),
         "{line}"
     );
+    // Every access is refused again, but logged at ERROR once: a loop of 100 `stat`s does
+    // not write 100 lines.
+    for i in 0..100 {
+        let path = m.join(&format!("artifacts/art-0/latest/part-{i}.bin"));
+        let err = std::fs::metadata(&path).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+    }
+    let log = m.log_text();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains(&v))
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
     assert_eq!(emu.counter("store.get"), 0, "nothing downloaded");
 }
 

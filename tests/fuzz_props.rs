@@ -272,6 +272,8 @@ fn unpack_checked(input: &[u8], max_bytes: u64) -> Result<Unpacked, String> {
     std::fs::create_dir(&sentinel).unwrap();
     let opts = UnpackOptions {
         max_bytes,
+        file_count: 0,
+        max_index_bytes: u64::MAX,
         implied_dir_mtime: 1_234_567,
     };
     let result = unpack(input, &dest, &opts, &mut |_| {});
@@ -332,7 +334,10 @@ fn unpack_checked(input: &[u8], max_bytes: u64) -> Result<Unpacked, String> {
                 | ArchiveError::Truncated
                 | ArchiveError::Gzip(_)
                 | ArchiveError::NotTar
-                | ArchiveError::Tar(_) => {}
+                | ArchiveError::Tar(_)
+                | ArchiveError::TooManyMembers { .. }
+                | ArchiveError::MetadataTooLarge { .. }
+                | ArchiveError::IndexTooLarge { .. } => {}
             }
             assert!(!e.to_string().is_empty());
             Err(e.to_string())
@@ -546,7 +551,12 @@ proptest! {
             members.reverse();
         }
         let tmp = tempfile::tempdir().unwrap();
-        let opts = UnpackOptions { max_bytes: u64::MAX, implied_dir_mtime: 0 };
+        let opts = UnpackOptions {
+            max_bytes: u64::MAX,
+            file_count: 0,
+            max_index_bytes: u64::MAX,
+            implied_dir_mtime: 0,
+        };
         let u = unpack(&gzip(&build_tar(&members))[..], tmp.path(), &opts, &mut |_| {}).unwrap();
         check_index(tmp.path(), &u);
         prop_assert!(u.stats.skipped.is_empty(), "{:?}", u.stats.skipped);

@@ -88,24 +88,40 @@ impl Source for IndexTree {
     }
 }
 
+/// The bytes of names node `n` adds (a directory's entry names, a symlink's target).
+fn name_len(tree: &impl Source, n: usize) -> u64 {
+    match tree.node(n).kind {
+        SourceKind::Dir { .. } => tree.entries(n).map(|(name, _)| name.len() as u64).sum(),
+        SourceKind::Symlink(target) => target.len() as u64,
+        SourceKind::File { .. } => 0,
+    }
+}
+
+/// The entry count and the name bytes of `tree`.
+fn sizes(tree: &impl Source) -> (u64, u64) {
+    let (mut entry_count, mut names_len) = (0u64, 0u64);
+    for n in 0..tree.len() {
+        entry_count += tree.entries(n).count() as u64;
+        names_len += name_len(tree, n);
+    }
+    (entry_count, names_len)
+}
+
+/// The length of the image [`encode`] writes for `tree`, without writing it.
+pub(super) fn encoded_len(tree: &impl Source) -> u64 {
+    let (entries, names) = sizes(tree);
+    (HEADER as u64)
+        .saturating_add((tree.len() as u64).saturating_mul(NODE as u64))
+        .saturating_add(entries.saturating_mul(ENTRY as u64))
+        .saturating_add(names)
+}
+
 /// Encode `tree` (checked) to `out`, section by section (header, nodes, entries, names),
 /// so that no copy of the image is ever in memory; the checksum is written last, at its
 /// place in the header.
 pub(super) fn encode<W: Write + Seek>(tree: &impl Source, out: W) -> io::Result<W> {
     let count = tree.len();
-    // The bytes of names a node adds (a directory's entry names, a symlink's target).
-    let name_len = |n: usize| -> u64 {
-        match tree.node(n).kind {
-            SourceKind::Dir { .. } => tree.entries(n).map(|(name, _)| name.len() as u64).sum(),
-            SourceKind::Symlink(target) => target.len() as u64,
-            SourceKind::File { .. } => 0,
-        }
-    };
-    let (mut entry_count, mut names_len) = (0u64, 0u64);
-    for n in 0..count {
-        entry_count += tree.entries(n).count() as u64;
-        names_len += name_len(n);
-    }
+    let (entry_count, names_len) = sizes(tree);
     let node_count = u32::try_from(count)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "more than 2^32 nodes"))?;
     let mut header = [0u8; HEADER];
@@ -139,7 +155,7 @@ pub(super) fn encode<W: Write + Seek>(tree: &impl Source, out: W) -> io::Result<
             },
             SourceKind::Symlink(target) => (KIND_SYMLINK, 0, target.len() as u32, names_before, 0),
         };
-        names_before += name_len(i);
+        names_before += name_len(tree, i);
         let mut record = [0u8; NODE];
         record[0] = kind;
         record[1] = packed;

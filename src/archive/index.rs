@@ -1,10 +1,15 @@
 //! The index of an unpacked version: its whole tree in one flat byte image, written once at
-//! the end of the unpack and used in place (through a read-only memory map) ever after.
+//! the end of the unpack and used in place ever after.
 //!
-//! Nothing is decoded into heap objects on open: [`Index::open`] maps the file, checks its
-//! header, its length and its checksum, and every accessor then reads the fixed-size
-//! records it needs, checking each offset and count it reads against the image. A damaged
-//! image is an [`IndexError`], never a panic and never a read outside the map. The layout,
+//! The file is read, not trusted: [`Index::open`] reads it whole into memory (a private
+//! copy: nothing done to the file afterwards, a truncation included, can reach it; a map of
+//! the file could be cut short under the daemon and kill it with `SIGBUS` at the next
+//! read), checks its header, its length and its checksum, and walks the tree once to check
+//! what `doc/SEMANTICS.md` promises (names valid and sorted, the tree whole: see
+//! [`Index::check`]). Nothing is decoded into heap objects: every accessor then reads the
+//! fixed-size records it needs, checking each offset and count it reads against the image.
+//! A damaged image is an [`IndexError`], never a panic and never a read outside the image.
+//! The layout,
 //! byte by byte, is in `doc/ARCHITECTURE.md` ("The index of a version"); in short:
 //!
 //! ```text
@@ -20,7 +25,7 @@
 //! filesystem never decodes a whole index).
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 use super::encode::{encode, Source};
 use std::path::Path;
@@ -127,17 +132,10 @@ fn damaged<T>(what: impl Into<String>) -> Result<T, IndexError> {
     Err(IndexError(what.into()))
 }
 
-/// The bytes of an index: a read-only map of its file, or bytes in memory (an index just
-/// built, before it is saved).
-enum Image {
-    Mapped(memmap2::Mmap),
-    Owned(Vec<u8>),
-    Empty,
-}
-
-/// A version's tree, used in place. Its heap cost is this struct, whatever the tree's size.
+/// A version's tree, used in place. Its heap cost is its image (56 bytes per node plus
+/// the names), the same bytes a map of the file held once a `find` had touched them all.
 pub struct Index {
-    image: Image,
+    image: Vec<u8>,
     nodes: u32,
     entries: u64,
     /// Where the entries and the names start in the image.
@@ -195,13 +193,13 @@ impl Index {
         let image = encode(tree, io::Cursor::new(Vec::new()))
             .map_err(|e| IndexError(e.to_string()))?
             .into_inner();
-        Index::from_image(Image::Owned(image), true)
+        Index::from_image(image)
     }
 
     /// Write the index of `tree` to a new file at `path`, synced: the index of a new
-    /// version never exists in memory as a whole. The caller vouches for the tree's
-    /// invariants ([`IndexTree::check`]); an unpack checks what it wrote in builds with
-    /// debug assertions (the tests). Open it with [`Index::open_written`].
+    /// version never exists in memory twice (the tree, then its image). The caller
+    /// vouches for the tree's invariants ([`IndexTree::check`]); [`Index::open`] checks
+    /// them again on what was written.
     pub(crate) fn write(tree: &impl Source, path: &Path) -> io::Result<()> {
         let file = File::create(path)?;
         let out = encode(tree, io::BufWriter::with_capacity(256 << 10, file))?;
@@ -209,44 +207,30 @@ impl Index {
         file.sync_all()
     }
 
-    /// [`Index::open`] of an index this process has just written with [`Index::write`],
-    /// without reading it all for its checksum: its pages stay out of the daemon's memory
-    /// until a lookup needs them.
-    pub(crate) fn open_written(path: &Path) -> io::Result<Index> {
-        Index::map(path, false)
-    }
-
     /// An index from bytes (as [`Index::save`] writes them), checked like [`Index::open`].
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Index, IndexError> {
-        Index::from_image(Image::Owned(bytes), true)
+        Index::from_image(bytes)
     }
 
-    /// Map the index at `path`. The header, the length and the checksum are checked here
-    /// (a damaged or truncated file, or one of another format, is an error of kind
-    /// `InvalidData`); nothing is decoded.
+    /// Read the index at `path` into memory and check it: its header, its length, its
+    /// checksum and its tree ([`Index::check`]). A damaged or truncated file, or one of
+    /// another format, is an error of kind `InvalidData`.
     ///
-    /// The map is only sound while nobody changes the file: index files live in the
-    /// cache directory (mode 0700, locked by this daemon) and are never written again
-    /// once committed.
+    /// The file is read once, whole, and never looked at again: whatever happens to it
+    /// later (index files live in the cache directory, where anything with write access
+    /// could cut one short) cannot change what this index serves.
     pub fn open(path: &Path) -> io::Result<Index> {
-        Index::map(path, true)
-    }
-
-    fn map(path: &Path, verify: bool) -> io::Result<Index> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
-        let image = if len == 0 {
-            Image::Empty
-        } else {
-            // SAFETY: the file is private to this daemon and never modified after it was
-            // written (see above); a mapping of it is plain read-only memory.
-            Image::Mapped(unsafe { memmap2::Mmap::map(&file)? })
-        };
-        Index::from_image(image, verify)
+        // The length read at open bounds what is read: a file that grows meanwhile is
+        // caught by the length check below, not read without end.
+        let mut image = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        file.take(len.saturating_add(1)).read_to_end(&mut image)?;
+        Index::from_image(image)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
     }
 
-    fn from_image(image: Image, verify: bool) -> Result<Index, IndexError> {
+    fn from_image(image: Vec<u8>) -> Result<Index, IndexError> {
         let mut index = Index {
             image,
             nodes: 0,
@@ -284,7 +268,7 @@ impl Index {
                 expected.map_or("more than 2^64".into(), |e| e.to_string())
             ));
         }
-        if verify && u32_at(b, CRC_AT) != checksum(b) {
+        if u32_at(b, CRC_AT) != checksum(b) {
             return damaged("checksum mismatch");
         }
         if nodes == 0 {
@@ -296,18 +280,78 @@ impl Index {
         index.entries = entries;
         index.entries_at = entries_at;
         index.names_at = names_at;
-        match index.node(0)?.kind {
-            NodeRefKind::Dir { parent: 0, .. } => Ok(index),
-            _ => damaged("node 0 is not a directory that is its own parent"),
+        index.check()?;
+        Ok(index)
+    }
+
+    /// The tree's invariants, checked on the image in one pass over the nodes and one walk
+    /// from the root (time linear in the image, memory one bit per node plus the stack of
+    /// directories still to visit): every record in range; node 0 a directory that is its
+    /// own parent; each directory reached from the root listed once, by the directory
+    /// its record names as its parent; entry names valid path components (not empty, `.`
+    /// or `..`, no `/` or NUL, at most 255 bytes) in strictly increasing byte order (lookups
+    /// binary-search them); distinct blob numbers; and nothing unreachable but empty
+    /// directories (the holes an unpack leaves). What [`IndexTree::check`] asks of a tree
+    /// before it is written, asked again of what was read.
+    pub fn check(&self) -> Result<(), IndexError> {
+        let n = self.nodes as usize;
+        let mut blobs = Bits::new(n);
+        for id in 0..self.nodes {
+            if let NodeRefKind::File { .. } = self.node(id)?.kind {
+                let blob = u32_at(self.bytes(), HEADER + id as usize * NODE + 20);
+                if blob >= self.nodes || !blobs.insert(blob) {
+                    return damaged(format!("file {id} has blob {blob}, out of range or shared"));
+                }
+            }
         }
+        match self.node(0)?.kind {
+            NodeRefKind::Dir { parent: 0, .. } => {}
+            _ => return damaged("node 0 is not a directory that is its own parent"),
+        }
+        let mut reached = Bits::new(n);
+        reached.insert(0);
+        let mut dirs = vec![0u32];
+        while let Some(dir) = dirs.pop() {
+            let mut previous: Option<&[u8]> = None;
+            for entry in self.entries(dir)? {
+                let (name, child) = entry?;
+                if name.is_empty()
+                    || name == b"."
+                    || name == b".."
+                    || name.len() > 255
+                    || name.iter().any(|&b| b == b'/' || b == 0)
+                {
+                    return damaged(format!("directory {dir} has an invalid name {name:?}"));
+                }
+                if previous.is_some_and(|p| p >= name) {
+                    return damaged(format!("directory {dir} is not sorted by name"));
+                }
+                previous = Some(name);
+                let first = reached.insert(child);
+                if let NodeRefKind::Dir { parent, .. } = self.node(child)?.kind {
+                    if parent != dir {
+                        return damaged(format!(
+                            "directory {child} has parent {parent}, but {dir} lists it"
+                        ));
+                    }
+                    if !first {
+                        return damaged(format!("directory {child} is listed twice"));
+                    }
+                    dirs.push(child);
+                }
+            }
+        }
+        for id in 0..self.nodes {
+            let hole = matches!(self.node(id)?.kind, NodeRefKind::Dir { entries: 0, .. });
+            if !reached.contains(id) && !hole {
+                return damaged(format!("node {id} is not reachable from the root"));
+            }
+        }
+        Ok(())
     }
 
     fn bytes(&self) -> &[u8] {
-        match &self.image {
-            Image::Mapped(m) => m,
-            Image::Owned(v) => v,
-            Image::Empty => &[],
-        }
+        &self.image
     }
 
     /// The whole image, as [`Index::save`] writes it.
@@ -533,6 +577,27 @@ impl<'a> Iterator for Entries<'a> {
     }
 }
 
+/// One bit per node, for [`Index::check`].
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(len: usize) -> Bits {
+        Bits(vec![0; len.div_ceil(64)])
+    }
+
+    /// Set bit `i` (below the length); whether it was clear.
+    fn insert(&mut self, i: u32) -> bool {
+        let (word, bit) = (i as usize / 64, 1u64 << (i % 64));
+        let clear = self.0[word] & bit == 0;
+        self.0[word] |= bit;
+        clear
+    }
+
+    fn contains(&self, i: u32) -> bool {
+        self.0[i as usize / 64] & (1u64 << (i % 64)) != 0
+    }
+}
+
 impl IndexTree {
     /// A tree of one empty root directory with these attributes.
     pub fn empty(perm: u16, mtime_sec: i64, mtime_nsec: u32) -> IndexTree {
@@ -564,10 +629,11 @@ impl IndexTree {
     /// Check that the tree is one the filesystem can serve as it expects. Every node:
     /// entries naming nodes in range other than the root, with valid names in strictly
     /// increasing order (lookups binary-search them), a parent in range, distinct blob
-    /// numbers. The tree: node 0 is a directory that is its own parent; each directory
-    /// reached from it is listed once, by its parent; what no name reaches is an empty
-    /// directory (the holes `Tree::finish` leaves). [`Index::build`] refuses a tree that
-    /// fails here, so that no index on disk holds one.
+    /// numbers below the node count (an unpack numbers them densely). The tree: node 0 is
+    /// a directory that is its own parent; each directory reached from it is listed once,
+    /// by its parent; what no name reaches is an empty directory (the holes `Tree::finish`
+    /// leaves). [`Index::build`] refuses a tree that fails here, so that no index on disk
+    /// holds one; [`Index::check`] asks the same of an image.
     pub fn check(&self) -> Result<(), String> {
         let n = self.nodes.len();
         let mut blobs = std::collections::HashSet::new();
@@ -592,6 +658,9 @@ impl IndexTree {
                     }
                 }
                 NodeKind::File { blob, .. } => {
+                    if *blob as usize >= n {
+                        return Err(format!("file {id} has blob {blob} of {n} nodes"));
+                    }
                     if !blobs.insert(*blob) {
                         return Err(format!("file {id} shares blob {blob} with another node"));
                     }

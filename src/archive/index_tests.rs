@@ -323,9 +323,11 @@ fn reads_of_a_sealed_but_lying_image_fail_cleanly() {
 }
 
 /// A tree that would fail a read is never written: every way a reference can leave the
-/// tree, one at a time.
+/// tree, one at a time. And the same tree written anyway (as a bug or a forger could, with
+/// a checksum that matches) is refused when it is opened, in every build: the tree check
+/// at open is not a debug assertion.
 #[test]
-fn a_damaged_tree_is_refused_at_build() {
+fn a_damaged_tree_is_refused_at_build_and_at_open() {
     type Damage<'a> = Box<dyn Fn(&mut IndexTree) + 'a>;
     let file = |blob| NodeKind::File {
         size: 3,
@@ -415,6 +417,14 @@ fn a_damaged_tree_is_refused_at_build() {
         assert!(tree.check().is_err(), "{what}: passed the check");
         let err = Index::build(&tree).unwrap_err();
         assert!(err.to_string().contains("damaged index"), "{what}: {err}");
+        let image = super::encode::encode(&tree, io::Cursor::new(Vec::new()))
+            .unwrap()
+            .into_inner();
+        let err = Index::from_bytes(image).unwrap_err();
+        assert!(
+            err.to_string().starts_with("damaged index"),
+            "{what}: {err}"
+        );
     }
     // A hole (an empty directory no name reaches, left by a hard link) is fine.
     let mut holed = small_tree();
@@ -423,7 +433,8 @@ fn a_damaged_tree_is_refused_at_build() {
         ..holed.nodes[0].clone()
     };
     holed.nodes.push(hole);
-    assert!(Index::build(&holed).is_ok());
+    let index = Index::build(&holed).unwrap();
+    assert!(Index::from_bytes(index.as_bytes().to_vec()).is_ok());
 }
 
 #[test]

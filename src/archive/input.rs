@@ -4,7 +4,7 @@
 //! Each layer keeps the errors it sees in [`Shared`], so that when an `io::Error` comes out
 //! of the tar reader the unpacker can say whose fault it was: the download (the source),
 //! the gzip stream, or the tar data. The tar input also bounds the metadata the `tar` crate
-//! may read (and hold in memory) between two members.
+//! may read (and hold in memory) between two members, and the tar data as a whole.
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, BufRead, Read};
@@ -37,6 +37,11 @@ pub(super) struct Shared {
     /// Bytes the tar reader may still read before the current member (`None`: unbounded).
     pub(super) metadata_budget: Cell<Option<u64>>,
     pub(super) metadata_exceeded: Cell<bool>,
+    /// Decompressed tar bytes read so far, and the most allowed (content, headers, names,
+    /// padding: see `limits.rs`); `stream_exceeded` once a read went past it.
+    pub(super) tar_bytes: Cell<u64>,
+    pub(super) stream_cap: Cell<u64>,
+    pub(super) stream_exceeded: Cell<bool>,
     /// The first header block of the tar data (up to [`TAR_BLOCK`] bytes), kept to tell
     /// "not a tar" from "a tar whose first member is damaged".
     pub(super) first_block: RefCell<Vec<u8>>,
@@ -140,6 +145,12 @@ impl<R: Read> Read for TarInput<R> {
                     self.shared
                         .metadata_budget
                         .set(Some(left.saturating_sub(n as u64)));
+                }
+                let total = self.shared.tar_bytes.get().saturating_add(n as u64);
+                self.shared.tar_bytes.set(total);
+                if total > self.shared.stream_cap.get() {
+                    self.shared.stream_exceeded.set(true);
+                    return Err(io::Error::other("the archive's tar data passed its limit"));
                 }
                 Ok(n)
             }

@@ -12,8 +12,9 @@
 //!   each file's content lies), written at the end of the unpack and mapped: the
 //!   [`Index`].
 //!
-//! The rules for an untrusted archive (each refused member is skipped, listed in
-//! [`UnpackStats::skipped`] with a reason and logged at WARN; the rest is unpacked):
+//! The rules for an untrusted archive (each refused member is skipped, counted, and the
+//! first few listed in [`UnpackStats::skipped`] with a reason and logged at WARN; the rest
+//! is unpacked):
 //!
 //! - Paths are normalized (`./a//b/` is `a/b`); absolute paths, `..` components, NUL bytes
 //!   and names longer than 255 bytes are refused, and so is any path that goes through a
@@ -28,6 +29,9 @@
 //!   only implies are 0755 with [`UnpackOptions::implied_dir_mtime`].
 //! - Content is checked against [`UnpackOptions::max_bytes`] before it is written, and the
 //!   metadata held in memory per member (long names, pax records) is bounded.
+//! - Members and nodes are capped relative to the announced file count, headers and names
+//!   count against the version's limit next to its content, and the index must fit the
+//!   room reserved for it ([`member_cap`], [`index_allowance`], `limits.rs`).
 //!
 //! While the archive is read, each regular file is published ([`Publish`]) as soon as its
 //! content is complete, under the node number it keeps in the finished index (nodes are
@@ -39,6 +43,7 @@ mod blobs;
 mod encode;
 pub(crate) mod index;
 mod input;
+mod limits;
 mod names;
 mod pax;
 mod publish;
@@ -50,9 +55,11 @@ pub use index::{
     DirEntry, Entries, Index, IndexError, IndexTree, Node, NodeKind, NodeRef, NodeRefKind, Stored,
     INDEX_FORMAT_VERSION,
 };
+pub use limits::{index_allowance, member_cap};
 pub use publish::{BlobId, Publish, Published, PublishedFile, PublishedKind, PublishedNode, Step};
 pub use unpack::{
     unpack, unpack_published, ArchiveError, Skipped, UnpackOptions, UnpackStats, Unpacked,
+    SKIPPED_KEPT,
 };
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The pax extension records the `tar` crate leaves to its caller (`mtime` with a fraction,
-//! `size`, GNU sparse markers), and the permission bits and mtime of a member.
+//! `size`, GNU sparse markers), the header's numeric fields as GNU tar reads them (octal or
+//! base-256, negative included), and the permission bits and mtime of a member.
 
 use std::io::{self, Read};
 
@@ -68,14 +69,54 @@ pub(super) fn parse_pax_time(value: &[u8]) -> Option<(i64, u32)> {
     }
 }
 
-/// The mtime a member's header gives, pax first.
+/// A numeric header field as GNU tar reads it: octal digits (between optional spaces and
+/// NULs), or, when the first byte has its high bit set, base-256: the remaining bits of
+/// the field, big-endian, in two's complement with bit 6 of the first byte as the sign
+/// (GNU tar's `from_header`; it writes 0x80 before a large positive number and 0xff before
+/// a negative one, such as a time before 1970). `None` for a field that is neither, or a
+/// value outside `i64`.
+pub(super) fn numeric_field(field: &[u8]) -> Option<i64> {
+    let (&first, rest) = field.split_first()?;
+    if first & 0x80 != 0 {
+        let mut value = i128::from(first & 0x3f) - if first & 0x40 != 0 { 0x40 } else { 0 };
+        for &b in rest {
+            // At most 7 + 8 * 11 bits for a 12-byte field: far inside an i128.
+            value = value.checked_mul(256)?.checked_add(i128::from(b))?;
+        }
+        return i64::try_from(value).ok();
+    }
+    let text = field
+        .iter()
+        .position(|&b| b == 0)
+        .map_or(field, |end| &field[..end]);
+    let text = std::str::from_utf8(text).ok()?.trim_matches(' ');
+    if text.is_empty() {
+        return Some(0);
+    }
+    i64::from_str_radix(text, 8).ok()
+}
+
+/// The stored size a member's header gives, where GNU tar would read something other than
+/// what the `tar` crate read (a negative base-256 size, or one past 2^64, whose bytes the
+/// crate drops): `Some` with the words for the error, the tar data being unreadable from
+/// there on.
+pub(super) fn bad_size(header: &tar::Header) -> Option<String> {
+    let field = &header.as_old().size;
+    if field[0] & 0x80 == 0 {
+        return None;
+    }
+    match numeric_field(field) {
+        Some(size) if size >= 0 && header.size().ok() == Some(size as u64) => None,
+        Some(size) => Some(format!("a member's size field says {size} bytes")),
+        None => Some("a member's size field is past 2^63 bytes".to_string()),
+    }
+}
+
+/// The mtime a member's header gives, pax first. An unreadable header mtime is 0.
 fn member_mtime(header: &tar::Header, pax: &PaxFields) -> ModeTime {
-    let (mtime_sec, mtime_nsec) = pax.mtime.unwrap_or_else(|| {
-        let sec = header
-            .mtime()
-            .map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX));
-        (sec, 0)
-    });
+    let (mtime_sec, mtime_nsec) = pax
+        .mtime
+        .unwrap_or_else(|| (numeric_field(&header.as_old().mtime).unwrap_or(0), 0));
     ModeTime {
         perm: 0,
         mtime_sec,

@@ -144,6 +144,8 @@ impl Run {
     fn unpack(&self, input: impl Read, max_bytes: u64) -> Result<Unpacked, ArchiveError> {
         let opts = UnpackOptions {
             max_bytes,
+            file_count: 0,
+            max_index_bytes: u64::MAX,
             implied_dir_mtime: IMPLIED_MTIME,
         };
         unpack(input, &self.dest, &opts, &mut |_| {})
@@ -455,6 +457,79 @@ fn pax_mtime_with_fractions() {
             *want,
             "{}",
             String::from_utf8_lossy(value)
+        );
+    }
+}
+
+/// A 12-byte base-256 field holding `value` as GNU tar writes it (0x80 before a positive
+/// number, 0xff before a negative one, then big-endian two's complement).
+fn base256(value: i64) -> [u8; 12] {
+    let mut field = if value < 0 { [0xff; 12] } else { [0; 12] };
+    field[0] = if value < 0 { 0xff } else { 0x80 };
+    field[4..].copy_from_slice(&value.to_be_bytes());
+    field
+}
+
+#[test]
+fn numeric_fields_are_read_as_gnu_tar_reads_them() {
+    use super::pax::numeric_field;
+    let cases: [(&[u8], Option<i64>); 12] = [
+        (b"00000000000\0", Some(0)),
+        (b"17777777777\0", Some(0o17777777777)),
+        (b" 1234567 \0\0\0", Some(0o1234567)),
+        (b"\0\0\0\0\0\0\0\0\0\0\0\0", Some(0)),
+        (b"0000000008\0\0", None),
+        (&base256(5), Some(5)),
+        (&base256(-1), Some(-1)),
+        // 1950-01-01T00:00:00Z.
+        (&base256(-631_152_000), Some(-631_152_000)),
+        (&base256(i64::MIN), Some(i64::MIN)),
+        (&base256(i64::MAX), Some(i64::MAX)),
+        // Past i64 either way.
+        (&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0], None),
+        (&[0xff, 0xff, 0xff, 0xfe, 0, 0, 0, 0, 0, 0, 0, 0], None),
+    ];
+    for (field, want) in cases {
+        assert_eq!(numeric_field(field), want, "{field:x?}");
+    }
+}
+
+/// Times before 1970 in GNU format (what `tar --format=gnu` writes for them) come out as
+/// GNU tar reads them, not as the largest time there is.
+#[test]
+fn gnu_base256_times_before_1970() {
+    let mut tar = Tar::new();
+    for (i, mtime) in [-631_152_000i64, -1, 1_700_000_000].into_iter().enumerate() {
+        let mut h = header(EntryType::Regular, 0o644, 1);
+        h.as_old_mut().mtime = base256(mtime);
+        h.set_path(format!("f{i}")).unwrap();
+        h.set_cksum();
+        tar = tar.header(&h, b"x");
+    }
+    let (_run, u) = unpack_ok(&tar.gz());
+    for (i, want) in [-631_152_000i64, -1, 1_700_000_000].into_iter().enumerate() {
+        let n = node(&u, &format!("f{i}"));
+        assert_eq!((n.mtime_sec, n.mtime_nsec), (want, 0), "f{i}");
+    }
+}
+
+/// A negative base-256 size (which the `tar` crate reads as a huge one, or as an
+/// overflow) is damaged tar data, not a member skipped past the end of the archive.
+#[test]
+fn a_negative_base256_size_is_damaged_tar_data() {
+    for (size, says) in [
+        (-512, "size overflow"),
+        (-631_152_000, "says -631152000 bytes"),
+    ] {
+        let mut h = header(EntryType::Regular, 0o644, 0);
+        h.as_old_mut().size = base256(size);
+        h.set_path("negative").unwrap();
+        h.set_cksum();
+        let archive = Tar::new().file("first", b"1").header(&h, b"").gz();
+        let err = unpack_err(&archive);
+        assert!(
+            matches!(&err, ArchiveError::Tar(e) if e.to_string().contains(says)),
+            "{size}: {err}"
         );
     }
 }
@@ -1180,6 +1255,8 @@ fn missing_destination_is_a_write_error() {
     let run = Run::new();
     let opts = UnpackOptions {
         max_bytes: u64::MAX,
+        file_count: 0,
+        max_index_bytes: u64::MAX,
         implied_dir_mtime: 0,
     };
     let missing = run.dest.join("missing");
@@ -1197,6 +1274,8 @@ fn progress_is_reported_every_few_mib_and_at_the_end() {
     let run = Run::new();
     let opts = UnpackOptions {
         max_bytes: u64::MAX,
+        file_count: 0,
+        max_index_bytes: u64::MAX,
         implied_dir_mtime: 0,
     };
     let mut calls = Vec::new();
@@ -1337,6 +1416,8 @@ fn published_files_match_the_finished_index() {
     let rec = Recorder::default();
     let opts = UnpackOptions {
         max_bytes: u64::MAX,
+        file_count: 0,
+        max_index_bytes: u64::MAX,
         implied_dir_mtime: IMPLIED_MTIME,
     };
     let u = unpack_published(&tar.gz()[..], &run.dest, &opts, &mut |_| {}, &rec).unwrap();
@@ -1375,6 +1456,8 @@ fn a_directory_seen_before_its_own_member_is_shown_owner_only() {
     let rec = Recorder::default();
     let opts = UnpackOptions {
         max_bytes: u64::MAX,
+        file_count: 0,
+        max_index_bytes: u64::MAX,
         implied_dir_mtime: IMPLIED_MTIME,
     };
     let u = unpack_published(&tar.gz()[..], &run.dest, &opts, &mut |_| {}, &rec).unwrap();
@@ -1497,6 +1580,8 @@ fn packed_files_are_published_with_their_offset_in_the_pack() {
     }
     let opts = UnpackOptions {
         max_bytes: u64::MAX,
+        file_count: 0,
+        max_index_bytes: u64::MAX,
         implied_dir_mtime: IMPLIED_MTIME,
     };
     let u = unpack_published(
@@ -1514,4 +1599,138 @@ fn packed_files_are_published_with_their_offset_in_the_pack() {
     assert_eq!(seen[1].0, blob_path(&run.dest, 1));
     assert_eq!((seen[1].1, seen[1].2.len()), (0, PACK_MAX as usize));
     assert_eq!(seen[2], (pack, 3, b"bb".to_vec()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Metadata bombs
+
+/// Unpack `archive` as announced with `file_count` files and `max_bytes` of content.
+fn unpack_announced(
+    archive: &[u8],
+    file_count: u64,
+    max_bytes: u64,
+    max_index_bytes: u64,
+) -> Result<Unpacked, ArchiveError> {
+    let run = Run::new();
+    let opts = UnpackOptions {
+        max_bytes,
+        file_count,
+        max_index_bytes,
+        implied_dir_mtime: 0,
+    };
+    unpack(archive, &run.dest, &opts, &mut |_| {})
+}
+
+fn empty_files(count: usize) -> Vec<u8> {
+    let mut tar = Tar::new();
+    for i in 0..count {
+        tar = tar.file(&format!("e{i}"), b"");
+    }
+    tar.gz()
+}
+
+/// Members are capped at `2 * file_count + 1024`: an archive of far more empty members
+/// than its announced files is refused, naming both; the same archive as announced passes.
+#[test]
+fn members_past_the_announced_count_are_refused() {
+    let archive = empty_files(3000);
+    let err = unpack_announced(&archive, 10, 0, u64::MAX).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ArchiveError::TooManyMembers {
+                limit: 1044,
+                file_count: 10
+            }
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("more than 1044 members") && text.contains("10 files"),
+        "{text}"
+    );
+    let u = unpack_announced(&archive, 3000, 0, u64::MAX).unwrap();
+    assert_eq!(u.index.len(), 3001);
+    // No count announced: one member per 4 KiB of the byte limit, at least 1024.
+    let err = unpack_announced(&archive, 0, 1 << 20, u64::MAX).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::TooManyMembers { limit: 1024, .. }),
+        "{err:?}"
+    );
+    assert!(unpack_announced(&archive, 0, 4096 * 3001, u64::MAX).is_ok());
+}
+
+/// The directories a path implies are nodes and count as members do.
+#[test]
+fn implied_directories_count_against_the_member_cap() {
+    let deep = vec!["d"; 1100].join("/") + "/f";
+    let archive = Tar::new().file(&deep, b"x").gz();
+    let err = unpack_announced(&archive, 1, 1, u64::MAX).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::TooManyMembers { limit: 1026, .. }),
+        "{err:?}"
+    );
+    assert!(unpack_announced(&archive, 100, 1, u64::MAX).is_ok());
+}
+
+/// Headers and names count against the version's limit: members with large pax records
+/// stop at content + 2 KiB a member (+ 9 MiB), long before memory or time run out.
+#[test]
+fn header_bytes_past_the_limit_are_a_metadata_bomb() {
+    let comment = vec![b'c'; 100 * 1024];
+    let mut tar = Tar::new();
+    for i in 0..200 {
+        tar = tar
+            .pax(&[("comment", &comment)])
+            .file(&format!("f{i}"), b"x");
+    }
+    let archive = tar.gz();
+    let err = unpack_announced(&archive, 200, 200, u64::MAX).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::MetadataTooLarge { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(
+            "200 B of content and 2 KiB of headers and names for each of at most 1424 members"
+        ),
+        "{err}"
+    );
+    // The same records under a larger announced content size pass.
+    assert!(unpack_announced(&archive, 200, 40 << 20, u64::MAX).is_ok());
+}
+
+/// An index larger than the room reserved for it is refused before it is written.
+#[test]
+fn an_index_past_its_room_is_refused() {
+    let archive = empty_files(100);
+    let err = unpack_announced(&archive, 100, 0, 4096).unwrap_err();
+    match err {
+        ArchiveError::IndexTooLarge { bytes, limit: 4096 } => {
+            // Names `e0` to `e99`.
+            assert_eq!(bytes, 64 + 101 * 40 + 100 * 16 + (10 * 2 + 90 * 3))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(unpack_announced(&archive, 100, 0, 6000).is_ok());
+}
+
+/// Skipped members: the first few listed and logged, all counted.
+#[test]
+fn skipped_members_are_counted_past_the_first_few() {
+    let mut tar = Tar::new();
+    for i in 0..50 {
+        tar = tar.raw(
+            EntryType::Fifo,
+            format!("fifo{i}").as_bytes(),
+            b"",
+            0o644,
+            b"",
+        );
+    }
+    let (_run, u) = unpack_ok(&tar.file("kept", b"k").gz());
+    assert_eq!(u.stats.skipped_count, 50);
+    assert_eq!(u.stats.skipped.len(), SKIPPED_KEPT);
+    assert_eq!(u.stats.skipped[0].member, "fifo0");
 }

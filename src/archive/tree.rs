@@ -261,6 +261,11 @@ impl Tree {
         }
     }
 
+    /// How many nodes the tree has (holes included).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
     fn child(&self, dir: u32, name: &[u8]) -> Option<u32> {
         match &self.nodes.get(dir as usize)?.kind {
             Kind::Dir { .. } => self.names.get(dir, name),

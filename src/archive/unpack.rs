@@ -30,11 +30,13 @@ use flate2::bufread::GzDecoder;
 use tar::EntryType;
 
 use super::blobs::{blob_path, index_path, pack_path, Pack, PACK_MAX};
+use super::encode::encoded_len;
 use super::input::{
     is_tar_header, GzMembers, Shared, Source, TarInput, GZIP_MAGIC, MAX_MEMBER_METADATA,
     MAX_TRAILER, READ_BUFFER,
 };
-use super::pax::{member_meta, PaxFields};
+use super::limits::{member_cap, stream_cap};
+use super::pax::{bad_size, member_meta, PaxFields};
 use super::publish::{BlobId, Publish, PublishedFile, PublishedKind, PublishedNode, Step};
 use super::tree::{normalize, Content, Freed, ModeTime, Prepared, Replaced, Slot, Tree, Want};
 use super::{Index, IndexError};
@@ -45,8 +47,23 @@ use crate::size::ByteSize;
 pub struct UnpackOptions {
     /// Stop with [`ArchiveError::TooLarge`] as soon as the content bytes written pass this.
     pub max_bytes: u64,
+    /// The file count the API announced (`0`: unknown). The archive may hold at most
+    /// [`member_cap`]`(file_count, max_bytes)` members, and its tree as many nodes
+    /// ([`ArchiveError::TooManyMembers`]); its tar data as a whole, content plus 2 KiB of
+    /// headers and names a member ([`ArchiveError::MetadataTooLarge`]).
+    pub file_count: u64,
+    /// The room reserved for the index: a larger one is refused
+    /// ([`ArchiveError::IndexTooLarge`]) before it is written.
+    pub max_index_bytes: u64,
     /// mtime of directories the archive implies but has no entry for (seconds since epoch).
     pub implied_dir_mtime: i64,
+}
+
+impl UnpackOptions {
+    /// The most members (and nodes) the archive may hold.
+    pub fn max_members(&self) -> u64 {
+        member_cap(self.file_count, self.max_bytes)
+    }
 }
 
 /// A member that was not unpacked, and why (for the log).
@@ -67,8 +84,15 @@ pub struct UnpackStats {
     pub disk_bytes: u64,
     /// Compressed bytes read from the input.
     pub compressed_bytes: u64,
+    /// The first [`SKIPPED_KEPT`] members skipped, with why.
     pub skipped: Vec<Skipped>,
+    /// How many members were skipped in all.
+    pub skipped_count: u64,
 }
+
+/// Skipped members listed in [`UnpackStats::skipped`] and logged one by one; the rest are
+/// counted, and one line at the end gives the count.
+pub const SKIPPED_KEPT: usize = 10;
 
 #[derive(Debug)]
 pub struct Unpacked {
@@ -101,6 +125,34 @@ pub enum ArchiveError {
         ByteSize(*written)
     )]
     TooLarge { limit: u64, written: u64 },
+    #[error(
+        "the archive holds more than {limit} members (files, directories, links); the API \
+         announced {announced}, so it is not the version it claims to be (refused before it \
+         could exhaust memory)",
+        announced = announced_files(*file_count)
+    )]
+    TooManyMembers { limit: u64, file_count: u64 },
+    /// The tar data as a whole passed its cap (`limits.rs`), made of the content limit and
+    /// the member cap: headers and names count against the version's limit.
+    #[error(
+        "the archive's tar data passed {}: {} of content and 2 KiB of headers and names for \
+         each of at most {members} members (plus 9 MiB); its headers, long names or pax \
+         records are far larger than any real archive's, so it is refused as a metadata bomb",
+        ByteSize(*limit),
+        ByteSize(*content)
+    )]
+    MetadataTooLarge {
+        limit: u64,
+        content: u64,
+        members: u64,
+    },
+    #[error(
+        "the archive's index would take {}, more than the {} reserved for it (its names \
+         are far longer than a version of its announced file count has)",
+        ByteSize(*bytes),
+        ByteSize(*limit)
+    )]
+    IndexTooLarge { bytes: u64, limit: u64 },
     /// The finished tree failed its own check (a defect of the unpacker, never of input).
     #[error("the unpacked tree is inconsistent: {0}")]
     Index(#[source] IndexError),
@@ -110,6 +162,15 @@ pub enum ArchiveError {
         #[source]
         source: io::Error,
     },
+}
+
+/// The announced file count, in words for [`ArchiveError::TooManyMembers`].
+fn announced_files(file_count: u64) -> String {
+    match file_count {
+        0 => "no file count".to_string(),
+        1 => "1 file".to_string(),
+        n => format!("{n} files"),
+    }
 }
 
 /// File content is decompressed straight into this buffer and written with one `write`
@@ -145,6 +206,9 @@ pub fn unpack_published(
     publish: &dyn Publish,
 ) -> Result<Unpacked, ArchiveError> {
     let shared = Rc::new(Shared::default());
+    shared
+        .stream_cap
+        .set(stream_cap(opts.max_bytes, opts.max_members()));
     let data_dir = dest.join("data");
     fs::create_dir(&data_dir).map_err(|source| ArchiveError::Write {
         path: data_dir.clone(),
@@ -170,6 +234,7 @@ pub fn unpack_published(
         dead_packed: 0,
         buf: Vec::new(),
         unreported: 0,
+        members: 0,
         stats: UnpackStats::default(),
     };
 
@@ -230,6 +295,8 @@ struct Unpacker<'a> {
     buf: Vec<u8>,
     /// Content bytes written since the last `progress` call.
     unreported: u64,
+    /// Members read so far, against [`UnpackOptions::max_members`].
+    members: u64,
     stats: UnpackStats,
 }
 
@@ -239,6 +306,13 @@ impl Unpacker<'_> {
     fn error(&self, e: io::Error, first_header: bool) -> ArchiveError {
         if let Some(source) = self.shared.source_error.borrow_mut().take() {
             return ArchiveError::Read(source);
+        }
+        if self.shared.stream_exceeded.get() {
+            return ArchiveError::MetadataTooLarge {
+                limit: self.shared.stream_cap.get(),
+                content: self.opts.max_bytes,
+                members: self.opts.max_members(),
+            };
         }
         if let Some(gzip) = self.shared.gzip_error.borrow_mut().take() {
             return if gzip.kind() == io::ErrorKind::UnexpectedEof {
@@ -281,9 +355,24 @@ impl Unpacker<'_> {
                 Some(Err(e)) => return Err(self.error(e, first)),
             };
             first = false;
+            self.members += 1;
+            self.check_members()?;
             let name = entry.path_bytes().into_owned();
             left = self.member(&mut entry, &name)?;
+            // The directories a path implies are nodes too.
+            self.check_members()?;
         }
+    }
+
+    /// Members and nodes within [`UnpackOptions::max_members`].
+    fn check_members(&self) -> Result<(), ArchiveError> {
+        if self.members.max(self.tree.len() as u64) > self.opts.max_members() {
+            return Err(ArchiveError::TooManyMembers {
+                limit: self.opts.max_members(),
+                file_count: self.opts.file_count,
+            });
+        }
+        Ok(())
     }
 
     /// The error for a member whose content ends early: within a complete gzip stream the
@@ -299,11 +388,23 @@ impl Unpacker<'_> {
         self.error(e, false)
     }
 
+    /// Skip a member: the first [`SKIPPED_KEPT`] are logged and listed, the rest counted
+    /// (an archive of a million device nodes writes a dozen log lines, not a million).
     fn skip(&mut self, name: &[u8], reason: impl Into<String>) {
+        self.stats.skipped_count += 1;
+        if self.stats.skipped.len() >= SKIPPED_KEPT {
+            return;
+        }
         let member = String::from_utf8_lossy(name).into_owned();
         let reason = reason.into();
         tracing::warn!(%member, %reason, "skipping archive member");
         self.stats.skipped.push(Skipped { member, reason });
+        if self.stats.skipped.len() == SKIPPED_KEPT {
+            tracing::warn!(
+                "further skipped archive members are counted, not logged; the count comes \
+                 at the end of the unpack"
+            );
+        }
     }
 
     /// Handle one member; returns how many bytes of its stored content it left unread.
@@ -312,6 +413,15 @@ impl Unpacker<'_> {
         entry: &mut tar::Entry<'_, R>,
         name: &[u8],
     ) -> Result<u64, ArchiveError> {
+        if let Some(why) = bad_size(entry.header()) {
+            // The tar reader has gone past where GNU tar would go: nothing after it is
+            // where it should be.
+            let e = io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{why} (`{}`)", String::from_utf8_lossy(name)),
+            );
+            return Err(ArchiveError::Tar(e));
+        }
         let kind = entry.header().entry_type();
         if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
             // Global pax headers set defaults (often just a comment, e.g. from `git archive`)
@@ -674,18 +784,27 @@ impl Unpacker<'_> {
             let (from, to) = (blob_path(self.dest, from), blob_path(self.dest, to));
             fs::rename(&from, &to).map_err(Self::write_error(to))?;
         }
+        let bytes = encoded_len(&finished);
+        if bytes > self.opts.max_index_bytes {
+            return Err(ArchiveError::IndexTooLarge {
+                bytes,
+                limit: self.opts.max_index_bytes,
+            });
+        }
+        if self.stats.skipped_count > SKIPPED_KEPT as u64 {
+            tracing::warn!(
+                skipped = self.stats.skipped_count,
+                "skipped {} archive members in all; the first {SKIPPED_KEPT} are logged above",
+                self.stats.skipped_count
+            );
+        }
         let path = index_path(self.dest);
         Index::write(&finished, &path).map_err(Self::write_error(path.clone()))?;
         drop(finished);
-        let index = Index::open_written(&path).map_err(Self::write_error(path))?;
-        if cfg!(debug_assertions) {
-            // The tree's invariants, checked on what was written (builds with debug
-            // assertions: the tests).
-            let written = index.tree().map_err(ArchiveError::Index)?;
-            written
-                .check()
-                .map_err(|e| ArchiveError::Index(IndexError(e)))?;
-        }
+        // Read back and checked like any index found on disk: the tree's invariants hold
+        // in release builds too, on what the version will serve.
+        let image = fs::read(&path).map_err(Self::write_error(path))?;
+        let index = Index::from_bytes(image).map_err(ArchiveError::Index)?;
         let pack = pack_path(self.dest);
         let file = self.pack.file.as_ref().ok_or_else(|| {
             Self::write_error(pack.clone())(io::Error::other("the pack file is closed"))

@@ -4,24 +4,37 @@
 
 #[allow(clippy::wildcard_imports)] // The policy in `mod.rs` and its filling are one type.
 use super::*;
+use crate::archive;
 
-/// Room kept for a version before it is unpacked: its content bytes, the index (a node,
-/// an entry and a name per file: 512 bytes covers names of up to 456 bytes), the last
-/// block of each file of its own (at most one per `PACK_MAX` bytes) and of the pack, and
-/// the completion record. The real usage is counted once the version is complete.
+/// Room kept for a version before it is unpacked: its content bytes, the index
+/// ([`archive::index_allowance`]: 512 bytes a file; the unpack refuses a larger index), the
+/// last block of each file of its own (at most one per `PACK_MAX` bytes) and of the pack,
+/// and [`SLACK`] for the index header and the completion record. The real usage is counted
+/// once the version is complete.
 ///
 /// A version of unknown size may unpack to the whole budget: the whole budget is asked
 /// for (the caller caps every reservation at the budget, and settles for the room that
-/// evicting everything it may evict leaves). An unknown file count adds nothing for the
-/// index, which the real usage counts at commit.
+/// evicting everything it may evict leaves).
 pub(super) fn reservation(a: Announced) -> u64 {
     let Some(size) = a.size else {
         return u64::MAX;
     };
     let own_files = size / crate::archive::PACK_MAX + 1;
-    size.saturating_add(a.file_count.unwrap_or(0).saturating_mul(512))
+    size.saturating_add(archive::index_allowance(a.file_count.unwrap_or(0), size))
         .saturating_add(own_files.saturating_mul(4096))
-        .saturating_add(64 * 1024)
+        .saturating_add(SLACK)
+}
+
+/// See [`reservation`].
+const SLACK: u64 = 64 * 1024;
+
+/// The most the index of a version of `a` may take when unpacked under a byte limit of
+/// `max_bytes` with `need` bytes reserved: what [`reservation`] set aside for it, no more
+/// (the reservation is cut to the budget when it is larger).
+fn index_room(a: Announced, max_bytes: u64, need: u64) -> u64 {
+    archive::index_allowance(a.file_count.unwrap_or(0), max_bytes)
+        .saturating_add(SLACK)
+        .min(need.saturating_sub(max_bytes))
 }
 
 /// Versions taken out of the LRU whose directories are still to be moved aside (see
@@ -89,7 +102,11 @@ impl Cache {
                 size,
                 budget,
             };
-            tracing::error!(version = %key, size, budget, "{err}");
+            if self.inner.state.lock().told_too_large.insert(key.clone()) {
+                tracing::error!(version = %key, size, budget, "{err}");
+            } else {
+                tracing::debug!(version = %key, size, budget, "{err}");
+            }
             return Err(Arc::new(err));
         }
         let mut need = reservation(announced).min(budget);
@@ -156,9 +173,7 @@ impl Cache {
         // within the budget plus the one version being unpacked.
         purge(trash);
 
-        // The unpack's limit: the announced size, or for an unknown size the room reserved.
-        let max_bytes = announced.size.unwrap_or(need).min(budget);
-        let result = self.fetch_into_tmp(key, flight, max_bytes, fetch);
+        let result = self.fetch_into_tmp(key, flight, announced, need, fetch);
         let mut st = self.inner.state.lock();
         if let Some((_, r)) = st.reserved.remove(&flight.id) {
             st.used -= r;
@@ -206,16 +221,27 @@ impl Cache {
         &self,
         key: &VersionKey,
         flight: &Arc<Flight>,
-        max_bytes: u64,
+        announced: Announced,
+        need: u64,
         fetch: BoxedFetch,
     ) -> Result<(PathBuf, Unpacked, u64), CacheError> {
         let layout = &self.inner.layout;
         let tmp = layout.new_tmp_dir(key)?;
         let outcome = (|| {
             let cancelled = || self.cancelled(key, flight);
+            // The unpack's limit: the announced size, or for an unknown size the room
+            // reserved, less what the index of that many bytes may take.
+            let max_bytes = match announced.size {
+                Some(size) => size.min(self.inner.budget),
+                None => need.saturating_sub(
+                    archive::index_allowance(announced.file_count.unwrap_or(0), need)
+                        .saturating_add(SLACK),
+                ),
+            };
             let target = FetchTarget {
                 dir: &tmp,
                 max_bytes,
+                max_index_bytes: index_room(announced, max_bytes, need),
                 publish: &**flight,
                 cancelled: &cancelled,
             };

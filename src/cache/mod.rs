@@ -127,6 +127,8 @@ pub struct Announced {
 pub struct FetchTarget<'a> {
     pub dir: &'a Path,
     pub max_bytes: u64,
+    /// The room reserved for the version's index ([`crate::archive::UnpackOptions`]).
+    pub max_index_bytes: u64,
     pub publish: &'a dyn Publish,
     /// True once the fetch should stop: nobody wants the version any more, or the mount is
     /// shutting down. The fetch checks it between reads and returns any error; the flight
@@ -226,6 +228,9 @@ struct State {
     /// Versions evicted whose directory is being moved aside (outside the lock); a commit
     /// of the same key waits for the move (see [`Cache::wait_moved_aside`]).
     evicting: HashSet<VersionKey>,
+    /// Versions refused as larger than the budget, logged at ERROR once each (every access
+    /// to one is refused again; a `stat` loop must not write a log line each).
+    told_too_large: HashSet<VersionKey>,
     shutting_down: bool,
 }
 
@@ -287,6 +292,7 @@ impl Cache {
             used: 0,
             failed: HashMap::new(),
             evicting: HashSet::new(),
+            told_too_large: HashSet::new(),
             shutting_down: false,
         };
         for f in found {

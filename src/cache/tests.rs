@@ -36,6 +36,8 @@ fn unpack_bytes(
 ) -> Result<Unpacked, Box<dyn std::error::Error + Send + Sync>> {
     let opts = UnpackOptions {
         max_bytes: t.max_bytes,
+        file_count: 0,
+        max_index_bytes: u64::MAX,
         implied_dir_mtime: 0,
     };
     Ok(archive::unpack(bytes, t.dir, &opts, &mut |_| {})?)

@@ -122,6 +122,8 @@ pub fn fetch(
         };
         let opts = UnpackOptions {
             max_bytes: target.max_bytes,
+            file_count: version.file_count.unwrap_or(0), // 0: not announced
+            max_index_bytes: target.max_index_bytes,
             implied_dir_mtime: version
                 .created_at
                 .duration_since(std::time::UNIX_EPOCH)
@@ -169,10 +171,10 @@ pub fn fetch(
                 ByteSize(u.stats.bytes),
                 u.stats.files,
                 ByteSize((u.stats.bytes as f64 / secs) as u64),
-                if u.stats.skipped.is_empty() {
+                if u.stats.skipped_count == 0 {
                     String::new()
                 } else {
-                    format!(", {} members skipped", u.stats.skipped.len())
+                    format!(", {} members skipped", u.stats.skipped_count)
                 }
             );
         }
