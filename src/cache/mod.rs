@@ -45,6 +45,7 @@ mod flight;
 mod pool;
 mod runs;
 mod usage;
+mod verified;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -69,6 +70,7 @@ pub use flight::{
 use pool::Pool;
 pub use runs::{RunStore, RUN_COMPLETE};
 pub use usage::{ResidentInfo, Snapshot};
+pub use verified::{CheckedFile, Sums, Verified, VERIFIED_MEMORY};
 
 use crate::ids::VersionId;
 
@@ -107,6 +109,9 @@ pub struct CachedVersion {
     /// The version directory: contents at [`crate::archive::blob_path`]`(dir, n)`.
     pub dir: PathBuf,
     pub index: Index,
+    /// The checksums of its content, open (`None` only for a version with no files and
+    /// no directory).
+    pub checks: Option<crate::archive::Checks>,
     pub disk_bytes: u64,
 }
 
@@ -221,6 +226,8 @@ struct State {
     /// Versions evicted whose directory is being moved aside (outside the lock); a commit
     /// of the same key waits for the move (see [`Cache::wait_moved_aside`]).
     evicting: HashSet<VersionKey>,
+    /// Versions found damaged and dropped since start (at the scan and while serving).
+    damaged: u64,
     shutting_down: bool,
 }
 
@@ -241,6 +248,8 @@ struct Inner {
     in_use: OnceLock<InUse>,
     /// The probe's last answer and when it came, for [`Cache::snapshot`].
     in_use_seen: Mutex<Option<(Instant, Arc<HashSet<VersionKey>>)>>,
+    /// The reader of cached bytes, and the units it checked a moment ago.
+    verified: Verified,
 }
 
 /// How old an answer of the in-use probe [`Cache::snapshot`] may show. Eviction always asks
@@ -273,7 +282,7 @@ impl Cache {
         large_buffers_unpooled();
         let budget = options.budget;
         let layout = Layout::open(dir)?;
-        let mut found = layout.scan();
+        let (mut found, damaged) = layout.scan();
         // Oldest use first, so that pushing in order leaves the newest most recent.
         found.sort_by_key(|f| f.last_used);
         let mut state = State {
@@ -283,6 +292,7 @@ impl Cache {
             used: 0,
             failed: HashMap::new(),
             evicting: HashSet::new(),
+            damaged,
             shutting_down: false,
         };
         for f in found {
@@ -307,6 +317,7 @@ impl Cache {
                 pool: Pool::new(options.downloads),
                 in_use: OnceLock::new(),
                 in_use_seen: Mutex::new(None),
+                verified: Verified::default(),
             }),
         };
         let mut st = cache.inner.state.lock();
@@ -332,6 +343,11 @@ impl Cache {
 
     pub fn root(&self) -> &Path {
         &self.inner.layout.root
+    }
+
+    /// The reader every byte served from a version goes through (see `verified`).
+    pub fn verified(&self) -> &Verified {
+        &self.inner.verified
     }
 
     /// The version `key` if it is complete, else an interest in the flight that fetches

@@ -390,9 +390,20 @@ impl Fs {
     }
 
     /// Read up to `size` bytes at `offset` of an open handle; short only at end of file.
+    /// A handle whose content was found damaged reads the version downloaded again, as a
+    /// read without a handle does.
     pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
         match &*self.handles.get(fh)? {
-            Handle::File(f) => Ok(f.read(offset, size)?.0),
+            Handle::File(f) if f.is_damaged() => match f.ino() {
+                Some(ino) => self.read_ino(ino, offset, size, 0),
+                None => Err(FsError::Damaged(crate::archive::Damage(
+                    "the file was found damaged".into(),
+                ))),
+            },
+            Handle::File(f) => match f.read(offset, size, self.cache.verified()) {
+                Ok((data, _, _)) => Ok(data),
+                Err(e) => Err(self.read_failed(f, e)),
+            },
             Handle::Static(data) => Ok(slice_at(data, offset, size)),
             Handle::Dir(_) => Err(FsError::IsDir),
         }
@@ -406,7 +417,9 @@ impl Fs {
         match self.content(ino)? {
             Content::Status => Ok(slice_at(&self.status_for(Some(reader)).text, offset, size)),
             Content::File(f, _) => {
-                let (data, file, at) = f.read(offset, size)?;
+                let (data, file, at) = f
+                    .read(offset, size, self.cache.verified())
+                    .map_err(|e| self.read_failed(&f, e))?;
                 // The kernel keeps what it read in the mount's own page cache: drop the
                 // blob's copy, so that a file read through the mount is cached once.
                 // SAFETY: posix_fadvise only reads its arguments; `file` is open.

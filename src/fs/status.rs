@@ -190,6 +190,11 @@ impl Activity {
             pct(cache.used, cache.budget),
             cache.resident.len()
         );
+        let _ = writeln!(
+            s,
+            "damaged versions: {} (found damaged on disk, dropped, downloaded again at the next access)",
+            cache.damaged
+        );
         let _ = writeln!(s, "\ncached versions (most recently used first):");
         if cache.resident.is_empty() {
             let _ = writeln!(s, "  (none)");
@@ -410,6 +415,7 @@ mod tests {
                 Duration::from_secs(3),
             )],
             downloads: 4,
+            damaged: 2,
         };
         let text = a.render("vm0fs test", &snap, "/cache", |k| {
             (k.kind == Kind::Volume).then(|| "input-data".into())
@@ -430,6 +436,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("errors since start: 12"), "{text}");
+        assert!(text.contains("damaged versions: 2 "), "{text}");
         assert!(
             !text.contains("failure 1\n") && text.contains("failure 11"),
             "only the last 10: {text}"
