@@ -231,19 +231,37 @@ impl OpenFile {
     }
 
     /// Up to `len` bytes at `at` of the content (short only at its end), checked, and
-    /// where they lie in the content file (for page-cache advice).
-    pub fn read(&self, at: u64, len: u32, verified: &Verified) -> Result<(Vec<u8>, &File, u64)> {
+    /// the span of the content file the read may have brought into the page cache (the
+    /// whole units it checked), for page-cache advice.
+    pub fn read(
+        &self,
+        at: u64,
+        len: u32,
+        verified: &Verified,
+    ) -> Result<(Vec<u8>, &File, (u64, u64))> {
         let file = self.file().map_err(|e| self.missing(e))?;
         let from = self.offset.saturating_add(at);
-        let data = match self.checked(file).map_err(FsError::Damaged)? {
-            Some(f) => verified.read(&f, at, len).map_err(FsError::Damaged)?,
+        match self.checked(file).map_err(FsError::Damaged)? {
+            Some(f) => {
+                let data = verified.read(&f, at, len).map_err(FsError::Damaged)?;
+                let span = if f.packed {
+                    (self.offset, self.size)
+                } else {
+                    let block = crate::archive::CHECK_BLOCK;
+                    let start = at / block * block;
+                    let end = at.saturating_add(data.len() as u64).div_ceil(block) * block;
+                    (start, end.min(self.size).saturating_sub(start))
+                };
+                Ok((data, file, span))
+            }
             None => {
                 let left = self.size.saturating_sub(at);
                 let len = u32::try_from(left).map_or(len, |l| l.min(len));
-                read_at(file, from, len)?
+                let data = read_at(file, from, len)?;
+                let span = (from, data.len() as u64);
+                Ok((data, file, span))
             }
-        };
-        Ok((data, file, from))
+        }
     }
 
     pub fn file(&self) -> std::io::Result<&File> {
@@ -498,11 +516,11 @@ mod tests {
         for f in &files {
             for at in 0..=9u64 {
                 for len in 0..=9u32 {
-                    let (data, _, from) = f.read(at, len, &verified).unwrap();
+                    let (data, _, span) = f.read(at, len, &verified).unwrap();
                     let start = (at as usize).min(want.len());
                     let end = (start + len as usize).min(want.len());
                     assert_eq!(data, &want[start..end], "at {at} len {len}");
-                    assert_eq!(from, offset + at);
+                    assert_eq!(span, (offset, 7), "the whole packed file is read");
                 }
             }
             assert!(

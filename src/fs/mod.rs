@@ -417,17 +417,18 @@ impl Fs {
         match self.content(ino)? {
             Content::Status => Ok(slice_at(&self.status_for(Some(reader)).text, offset, size)),
             Content::File(f, _) => {
-                let (data, file, at) = f
+                let (data, file, (at, len)) = f
                     .read(offset, size, self.cache.verified())
                     .map_err(|e| self.read_failed(&f, e))?;
                 // The kernel keeps what it read in the mount's own page cache: drop the
-                // blob's copy, so that a file read through the mount is cached once.
+                // blob's copy (of the whole units read to check the request), so that a
+                // file read through the mount is cached once.
                 // SAFETY: posix_fadvise only reads its arguments; `file` is open.
                 unsafe {
                     libc::posix_fadvise(
                         file.as_raw_fd(),
                         at as libc::off_t,
-                        data.len() as libc::off_t,
+                        len as libc::off_t,
                         libc::POSIX_FADV_DONTNEED,
                     );
                 }
