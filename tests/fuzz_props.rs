@@ -291,8 +291,8 @@ fn unpack_checked(input: &[u8], max_bytes: u64) -> Result<Unpacked, String> {
     for e in std::fs::read_dir(&dest).unwrap() {
         let name = e.unwrap().file_name();
         assert!(
-            name == "data" || name == "pack" || name == "index.bin",
-            "a name other than data/, pack and index.bin in dest: {name:?}"
+            name == "data" || name == "pack" || name == "index.bin" || name == "checks.bin",
+            "a name other than data/, pack, index.bin and checks.bin in dest: {name:?}"
         );
     }
     let mut on_disk = 0u64;

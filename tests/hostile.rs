@@ -88,6 +88,7 @@ fn escaping_members_write_nothing_outside_the_cache_and_the_safe_ones_are_served
         ("README.md", b"# safe readme\n".to_vec()),
         ("dir/inner.txt", pattern(10_000, 1)),
         ("index.bin", b"not the cache's index\n".to_vec()),
+        ("checks.bin", b"not the cache's checksums\n".to_vec()),
         ("meta.json", b"{\"not\":\"the cache's meta\"}\n".to_vec()),
         ("data/0", b"not blob 0\n".to_vec()),
         ("data/1", pattern(5000, 2)),

@@ -146,9 +146,9 @@ fn many_small_file_versions_match_tar_and_hold_the_budget() {
         .collect();
     assert!(!versions.is_empty() && versions.len() < 5, "{versions:?}");
     for v in &versions {
-        // pack, index.bin, meta.json, and the one file at the threshold (its hard link is
-        // the same node).
-        assert_eq!(file_count(v), 4, "{}", v.display());
+        // pack, index.bin, checks.bin, meta.json, and the one file at the threshold (its
+        // hard link is the same node).
+        assert_eq!(file_count(v), 5, "{}", v.display());
         let bytes = disk_usage(v);
         assert!(
             bytes < 2 * MIB + MIB / 2,
@@ -191,7 +191,7 @@ fn a_cache_of_the_previous_format_is_discarded_at_start() {
         std::fs::read_to_string(cache.path().join("FORMAT"))
             .unwrap()
             .trim(),
-        "3"
+        "4"
     );
     assert!(!old.join("data/0").exists(), "the old version was kept");
     assert_same_tree(&m.join(&format!("artifacts/old/{vid}")), &archive);
@@ -202,7 +202,7 @@ fn a_cache_of_the_previous_format_is_discarded_at_start() {
         .filter(|l| l.contains("incompatible vm0fs"))
         .collect();
     assert_eq!(lines.len(), 1, "{log}");
-    assert!(lines[0].contains("expected=3"), "{}", lines[0]);
+    assert!(lines[0].contains("expected=4"), "{}", lines[0]);
     drop(m);
 
     // The next start finds a cache of its own format: nothing cleared, nothing fetched.

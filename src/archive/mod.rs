@@ -11,6 +11,9 @@
 //! - `DEST/index.bin`: the tree itself (names, directories, symlinks, modes, mtimes, where
 //!   each file's content lies), written at the end of the unpack and mapped: the
 //!   [`Index`].
+//! - `DEST/checks.bin`: a checksum of every unit of content (a block of a file of its own,
+//!   a whole packed file), computed as the content is written ([`Checks`]); readers check
+//!   each unit before serving a byte of it.
 //!
 //! The rules for an untrusted archive (each refused member is skipped, counted, and the
 //! first few listed in [`UnpackStats::skipped`] with a reason and logged at WARN; the rest
@@ -40,6 +43,7 @@
 //! This module knows nothing of HTTP, the cache budget's bookkeeping or inodes.
 
 mod blobs;
+mod checks;
 mod encode;
 pub(crate) mod index;
 mod input;
@@ -51,6 +55,10 @@ mod tree;
 mod unpack;
 
 pub use blobs::{blob_path, index_path, pack_path, PACK_MAX};
+pub use checks::{
+    checks_path, checksum, fresh_serial, quick_check, read_header, unit_count, unit_span, Checks,
+    ChecksHeader, Damage, CHECKS_FORMAT_VERSION, CHECK_BLOCK,
+};
 pub use index::{
     DirEntry, Entries, Index, IndexError, IndexTree, Node, NodeKind, NodeRef, NodeRefKind, Stored,
     INDEX_FORMAT_VERSION,

@@ -54,13 +54,18 @@ pub struct BlobId {
 }
 
 /// A complete regular file: `size` bytes at `offset` of the file `blob` (the pack, shared
-/// by every small file, or a file of its own at offset 0).
+/// by every small file, or a file of its own at offset 0), and the checksums of its units
+/// (see `checks.rs`), computed as it was written: a published file is checked like a
+/// committed one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublishedFile {
     pub size: u64,
     pub blob: Arc<Path>,
     pub offset: u64,
     pub id: BlobId,
+    /// In the pack (one unit), or a file of its own (one unit per block).
+    pub packed: bool,
+    pub sums: Arc<[u32]>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -90,7 +95,9 @@ pub struct Published {
     names: Names,
     /// By node number; `Absent` where nothing is published.
     nodes: Vec<PubNode>,
-    blobs: Vec<(Arc<Path>, BlobId)>,
+    /// Content files, with the checksums of a file of its own (a packed file's one
+    /// checksum is in its node).
+    blobs: Vec<(Arc<Path>, BlobId, Arc<[u32]>)>,
     blob_numbers: HashMap<BlobId, u32>,
 }
 
@@ -119,6 +126,8 @@ struct PubNode {
     mtime_nsec: u32,
     nlink: u32,
     blob: u32,
+    /// The checksum of a packed file.
+    crc: u32,
     perm: u16,
     present: Present,
 }
@@ -142,15 +151,28 @@ impl Published {
             ..PubNode::default()
         };
         if let PublishedKind::File(f) = &attrs.kind {
+            let own_sums = if f.packed {
+                Arc::from([])
+            } else {
+                f.sums.clone()
+            };
             let blob = match self.blob_numbers.get(&f.id) {
-                Some(&b) => b,
+                // A file of its own whose inode number was freed by a replaced one and
+                // reused: the entry is the new file's.
+                Some(&b) => {
+                    self.blobs[b as usize] = (f.blob.clone(), f.id, own_sums);
+                    b
+                }
                 None => {
                     let b = self.blobs.len() as u32;
-                    self.blobs.push((f.blob.clone(), f.id));
+                    self.blobs.push((f.blob.clone(), f.id, own_sums));
                     self.blob_numbers.insert(f.id, b);
                     b
                 }
             };
+            if f.packed {
+                n.crc = f.sums.first().copied().unwrap_or_default();
+            }
             n.present = Present::File;
             n.size = f.size;
             n.offset = f.offset;
@@ -186,12 +208,19 @@ impl Published {
             Present::Absent => return None,
             Present::Dir => PublishedKind::Dir,
             Present::File => {
-                let (blob, id) = self.blobs.get(n.blob as usize)?;
+                let (blob, id, own_sums) = self.blobs.get(n.blob as usize)?;
+                let packed = own_sums.is_empty();
                 PublishedKind::File(PublishedFile {
                     size: n.size,
                     blob: blob.clone(),
                     offset: n.offset,
                     id: *id,
+                    packed,
+                    sums: if packed {
+                        Arc::from([n.crc])
+                    } else {
+                        own_sums.clone()
+                    },
                 })
             }
         };
@@ -247,6 +276,8 @@ mod tests {
                         dev: 1,
                         ino: node.into(),
                     },
+                    packed: false,
+                    sums: Arc::from(vec![7; size.div_ceil(1 << 20) as usize]),
                 }),
                 perm: 0o644,
                 mtime_sec: 1,

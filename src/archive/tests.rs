@@ -151,8 +151,8 @@ impl Run {
         unpack(input, &self.dest, &opts, &mut |_| {})
     }
 
-    /// Nothing was created next to `dest`, and inside it only the pack, the index and
-    /// `data/<n>` files.
+    /// Nothing was created next to `dest`, and inside it only the pack, the index, the
+    /// checksums and `data/<n>` files.
     fn assert_contained(&self) {
         assert_eq!(
             fs::read_dir(&self.sentinel).unwrap().count(),
@@ -165,7 +165,7 @@ impl Run {
             .collect();
         assert!(
             top.iter()
-                .all(|n| n == "data" || n == "pack" || n == "index.bin"),
+                .all(|n| n == "data" || n == "pack" || n == "index.bin" || n == "checks.bin"),
             "unexpected files in dest: {top:?}"
         );
         for e in fs::read_dir(self.dest.join("data")).unwrap() {
@@ -277,6 +277,30 @@ fn check(run: &Run, u: &Unpacked) {
         u.stats.disk_bytes > 0,
         "the data directory itself takes space"
     );
+    check_sums(run, &tree);
+}
+
+/// Every unit of every file passes the checksum written for it, and the version passes
+/// the cheap check made at start.
+fn check_sums(run: &Run, tree: &IndexTree) {
+    let checks = Checks::open(&run.dest, tree.nodes.len() as u32, true).unwrap();
+    for (id, node) in tree.nodes.iter().enumerate() {
+        let NodeKind::File { size, packed, .. } = &node.kind else {
+            continue;
+        };
+        let content = read_node(run, node);
+        let count = unit_count(*size, packed.is_some());
+        for unit in 0..count {
+            let (start, len) = unit_span(*size, packed.is_some(), unit);
+            let bytes = &content[start as usize..(start + len) as usize];
+            assert_eq!(
+                checks.unit(id as u32, count, unit),
+                Ok(checksum(bytes)),
+                "unit {unit} of node {id}"
+            );
+        }
+    }
+    quick_check(&run.dest).unwrap();
 }
 
 fn resolve(index: &Index, path: &str) -> Option<u32> {

@@ -31,6 +31,7 @@ use tar::EntryType;
 
 use super::blobs::{blob_path, index_path, pack_path, Pack, PACK_MAX};
 use super::encode::encoded_len;
+use super::checks::{checksum, Sums};
 use super::input::{
     is_tar_header, GzMembers, Shared, Source, TarInput, GZIP_MAGIC, MAX_MEMBER_METADATA,
     MAX_TRAILER, READ_BUFFER,
@@ -97,6 +98,8 @@ pub const SKIPPED_KEPT: usize = 10;
 #[derive(Debug)]
 pub struct Unpacked {
     pub index: Index,
+    /// The checksums of its content (`checks.bin`), open.
+    pub checks: super::Checks,
     pub stats: UnpackStats,
 }
 
@@ -174,8 +177,8 @@ fn announced_files(file_count: u64) -> String {
 }
 
 /// File content is decompressed straight into this buffer and written with one `write`
-/// per chunk (so a small file costs one `write`).
-const WRITE_CHUNK: usize = 1024 * 1024;
+/// per chunk (so a small file costs one `write`); one chunk is one checked unit.
+const WRITE_CHUNK: usize = super::checks::CHECK_BLOCK as usize;
 /// Call `progress` after at least this many content bytes.
 const PROGRESS_EVERY: u64 = 4 * 1024 * 1024;
 /// Linux's `PATH_MAX` including the terminating NUL: longer symlink targets cannot exist.
@@ -233,6 +236,7 @@ pub fn unpack_published(
         pack,
         dead_packed: 0,
         buf: Vec::new(),
+        sums: Sums::default(),
         unreported: 0,
         members: 0,
         stats: UnpackStats::default(),
@@ -293,6 +297,8 @@ struct Unpacker<'a> {
     dead_packed: u64,
     /// Reused for every file's content; grown on first use.
     buf: Vec<u8>,
+    /// The checksums of the files written, computed as they are written.
+    sums: Sums,
     /// Content bytes written since the last `progress` call.
     unreported: u64,
     /// Members read so far, against [`UnpackOptions::max_members`].
@@ -619,13 +625,19 @@ impl Unpacker<'_> {
             })?;
             let copied = self.copy(entry, &mut file, &path, name, size);
             self.pack.file = Some(file);
-            copied?;
+            let mut units = copied?;
+            if units.is_empty() {
+                // An empty packed file is one empty unit (see `checks::unit_count`).
+                units.push(checksum(&[]));
+            }
             self.pack.len += size;
             let published = PublishedFile {
                 size,
                 blob: self.pack.path.clone(),
                 offset,
                 id: self.pack.id,
+                packed: true,
+                sums: units.into(),
             };
             (published, 0, Some(offset))
         } else {
@@ -635,7 +647,7 @@ impl Unpacker<'_> {
                 .create_new(true)
                 .open(&path)
                 .map_err(Self::write_error(path.clone()))?;
-            self.copy(entry, &mut file, &path, name, size)?;
+            let units = self.copy(entry, &mut file, &path, name, size)?;
             let written = file.metadata().map_err(Self::write_error(path.clone()))?;
             drop(file);
             let published = PublishedFile {
@@ -646,6 +658,8 @@ impl Unpacker<'_> {
                     dev: written.dev(),
                     ino: written.ino(),
                 },
+                packed: false,
+                sums: units.into(),
             };
             (published, written.blocks() * 512, None)
         };
@@ -657,7 +671,8 @@ impl Unpacker<'_> {
         self.stats.disk_bytes += disk_bytes;
         let content = Some(Content::File { size, blob, packed });
         match self.tree.attach(dir, last, reuse, content, meta) {
-            Ok(_) => {
+            Ok(node) => {
+                self.sums.set(node, &published.sums);
                 self.publish_file(comps, published);
             }
             Err(reason) => {
@@ -709,7 +724,9 @@ impl Unpacker<'_> {
     }
 
     /// Copy `size` bytes of content from `entry` to `file`, counting them and calling
-    /// `progress` now and then.
+    /// `progress` now and then. Returns the checksum of each chunk written: chunks are
+    /// [`CHECK_BLOCK`](super::checks::CHECK_BLOCK) bytes, so these are the file's units
+    /// (for a packed file, its one unit, unless it is empty).
     fn copy<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
@@ -717,10 +734,11 @@ impl Unpacker<'_> {
         path: &Path,
         name: &[u8],
         size: u64,
-    ) -> Result<(), ArchiveError> {
+    ) -> Result<Vec<u32>, ArchiveError> {
         if size > 0 && self.buf.is_empty() {
             self.buf = vec![0; WRITE_CHUNK];
         }
+        let mut units = Vec::new();
         let mut left = size;
         while left > 0 {
             let want = usize::try_from(left).map_or(self.buf.len(), |l| l.min(self.buf.len()));
@@ -735,6 +753,7 @@ impl Unpacker<'_> {
             }
             file.write_all(&self.buf[..filled])
                 .map_err(Self::write_error(path.to_path_buf()))?;
+            units.push(checksum(&self.buf[..filled]));
             left -= filled as u64;
             self.stats.bytes += filled as u64;
             self.unreported += filled as u64;
@@ -742,7 +761,7 @@ impl Unpacker<'_> {
                 self.report();
             }
         }
-        Ok(())
+        Ok(units)
     }
 
     fn report(&mut self) {
@@ -800,6 +819,10 @@ impl Unpacker<'_> {
         }
         let path = index_path(self.dest);
         Index::write(&finished, &path).map_err(Self::write_error(path.clone()))?;
+        let checks = super::checks::checks_path(self.dest);
+        self.sums
+            .write(&finished, self.dest, self.pack.len)
+            .map_err(Self::write_error(checks))?;
         drop(finished);
         // Read back and checked like any index found on disk: the tree's invariants hold
         // in release builds too, on what the version will serve.
@@ -810,8 +833,10 @@ impl Unpacker<'_> {
             Self::write_error(pack.clone())(io::Error::other("the pack file is closed"))
         })?;
         // Not synced, like every content file: a cache survives a crash of the daemon
-        // (the page cache keeps what was written); only the index and the commit rename
-        // are synced (see doc/BENCHMARKS.md, "No fsync of content").
+        // (the page cache keeps what was written); only the index, the checksums and the
+        // commit rename are synced. After a power loss, content that did not reach the
+        // disk fails its checksums when read and the version is downloaded again (see
+        // doc/SEMANTICS.md, "What a cached version survives").
         let pack_blocks = file.metadata().map_err(Self::write_error(pack))?.blocks();
         let data_dir = self.dest.join("data");
         let dir_blocks = fs::metadata(&data_dir)
@@ -819,8 +844,13 @@ impl Unpacker<'_> {
             .blocks();
         self.stats.disk_bytes += (dir_blocks + pack_blocks) * 512;
         self.report();
+        // Just written by this process: its own checksum is not read back.
+        let checks = super::Checks::open(self.dest, index.len(), false).map_err(|e| {
+            Self::write_error(super::checks::checks_path(self.dest))(io::Error::other(e.0))
+        })?;
         Ok(Unpacked {
             index,
+            checks,
             stats: self.stats,
         })
     }

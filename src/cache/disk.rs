@@ -9,6 +9,7 @@
 //!        pack                 contents of the files under 1 MiB, back to back
 //!        data/<n>             contents of larger files, one each (written by crate::archive)
 //!        index.bin            the version's tree (crate::archive::Index), used mapped
+//!        checks.bin           the checksums of its content (crate::archive::Checks)
 //!        meta.json            the completion record; its mtime is the version's last use
 //! CACHE/tmp/<key>.<pid>.<n>/  versions being unpacked; removed at start
 //! CACHE/trash/<...>/          evicted versions being deleted; removed at start
@@ -40,9 +41,9 @@ use crate::ids::VersionId;
 
 /// Bump when anything under `CACHE/` changes meaning; a cache of another format is cleared.
 /// `tests::format_is_pinned` fails when the serialized records change without a bump.
-/// Format 3: small files packed into one `pack` file, the index a mapped image (format 2:
-/// one file per member, a `postcard` index).
-pub const CACHE_FORMAT_VERSION: u32 = 3;
+/// Format 4: `checks.bin`, the checksums of the content, beside the index (format 3 had
+/// none; format 2: one file per member, a `postcard` index).
+pub const CACHE_FORMAT_VERSION: u32 = 4;
 
 /// The completion record of a version (`meta.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,12 +184,16 @@ impl Layout {
         Ok(path)
     }
 
-    /// Scan `versions/` for complete versions: one small `meta.json` read per version.
-    pub fn scan(&self) -> Vec<Found> {
+    /// Scan `versions/` for complete versions: one small `meta.json` read per version, and
+    /// the cheap check of its files ([`crate::archive::quick_check`]: headers and lengths,
+    /// not content). A damaged version is removed with a warning; how many were is the
+    /// second value.
+    pub fn scan(&self) -> (Vec<Found>, u64) {
         let mut found = Vec::new();
+        let mut damaged = 0;
         let dir = self.root.join("versions");
         let Ok(entries) = fs::read_dir(&dir) else {
-            return found;
+            return (found, damaged);
         };
         for e in entries.flatten() {
             let path = e.path();
@@ -203,6 +208,12 @@ impl Layout {
                     if Some(key.dir_name().as_str())
                         == path.file_name().and_then(|n| n.to_str()) =>
                 {
+                    if let Err(problem) = crate::archive::quick_check(&path) {
+                        tracing::warn!(version = %key, %problem, "a cached version is damaged; removing it, the next access downloads it again");
+                        damaged += 1;
+                        remove_all(&path);
+                        continue;
+                    }
                     let last_used = fs::metadata(&meta_path)
                         .and_then(|m| m.modified())
                         .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -218,7 +229,7 @@ impl Layout {
                 }
             }
         }
-        found
+        (found, damaged)
     }
 
     /// Write the completion record into `tmp` and atomically move it into `versions/`.
@@ -384,7 +395,7 @@ mod tests {
         };
         let json = serde_json::to_string(&meta).unwrap();
         let expected = format!(
-            r#"{{"format":3,"kind":"Artifact","id":"{}","disk_bytes":8192,"files":2,"bytes":10}}"#,
+            r#"{{"format":4,"kind":"Artifact","id":"{}","disk_bytes":8192,"files":2,"bytes":10}}"#,
             "ab".repeat(32)
         );
         assert_eq!(
@@ -392,7 +403,7 @@ mod tests {
             "serialized disk format appears to have changed, version bump required"
         );
         assert_eq!(
-            CACHE_FORMAT_VERSION, 3,
+            CACHE_FORMAT_VERSION, 4,
             "update the pinned record above with the bump"
         );
     }

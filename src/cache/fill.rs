@@ -4,7 +4,7 @@
 
 #[allow(clippy::wildcard_imports)] // The policy in `mod.rs` and its filling are one type.
 use super::*;
-use crate::archive;
+use crate::archive::{self, Checks, Damage};
 
 /// Room kept for a version before it is unpacked: its content bytes, the index
 /// ([`archive::index_allowance`]: 512 bytes a file; the unpack refuses a larger index), the
@@ -47,25 +47,33 @@ impl Cache {
     /// version is dropped from the cache and `None` tells the caller to fetch it again.
     pub(super) fn load(&self, key: &VersionKey) -> Option<Arc<CachedVersion>> {
         let dir = self.inner.layout.version_dir(key);
-        let loaded = Index::open(&crate::archive::index_path(&dir));
+        // The index and the checksums are each checked whole (header, length, checksum).
+        let loaded = Index::open(&crate::archive::index_path(&dir))
+            .map_err(|e| Damage(format!("index.bin: {e}")))
+            .and_then(|index| {
+                let checks = Checks::open(&dir, index.len(), true)?;
+                Ok((index, checks))
+            });
         let mut st = self.inner.state.lock();
         let entry = st.lru.get_mut(key)?;
         match loaded {
-            Ok(index) => {
+            Ok((index, checks)) => {
                 let v = Arc::new(CachedVersion {
                     key: key.clone(),
                     dir,
                     index,
+                    checks: Some(checks),
                     disk_bytes: entry.disk_bytes,
                 });
                 entry.slot = Loaded::Ready(v.clone());
                 Some(v)
             }
             Err(e) => {
-                tracing::warn!(version = %key, error = %e, "cached index unreadable or damaged; downloading the version again");
+                tracing::warn!(version = %key, problem = %e, "a cached version is damaged; dropping it, the next access downloads it again");
                 let bytes = entry.disk_bytes;
                 st.lru.pop(key);
                 st.used -= bytes;
+                st.damaged += 1;
                 st.evicting.insert(key.clone());
                 drop(st);
                 purge(self.move_aside(Evicted(vec![key.clone()])));
@@ -74,18 +82,22 @@ impl Cache {
         }
     }
 
-    /// Drop a version whose index turned out damaged while it was served: the next access
-    /// downloads it again. Those holding it keep their map of the old index and their
-    /// open content files (deleting a file does not take it from under them).
-    pub fn discard_damaged(&self, key: &VersionKey) {
+    /// Drop a version found damaged while it was served (its index, a content file, or
+    /// its checksums): the next access downloads it again. Those holding it keep their
+    /// map of the old index and their open content files (deleting a file does not take
+    /// it from under them). Whether this call dropped it (a version found damaged by
+    /// several readers at once is dropped, and counted, once).
+    pub fn discard_damaged(&self, key: &VersionKey) -> bool {
         let mut st = self.inner.state.lock();
         let Some(entry) = st.lru.pop(key) else {
-            return;
+            return false;
         };
         st.used -= entry.disk_bytes;
+        st.damaged += 1;
         st.evicting.insert(key.clone());
         drop(st);
         purge(self.move_aside(Evicted(vec![key.clone()])));
+        true
     }
 
     pub(super) fn fetch(
@@ -192,6 +204,7 @@ impl Cache {
             key: key.clone(),
             dir,
             index: unpacked.index,
+            checks: Some(unpacked.checks),
             disk_bytes,
         });
         st.used += disk_bytes;

@@ -47,6 +47,7 @@ mod flight;
 mod held;
 mod pool;
 mod usage;
+mod verified;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -71,6 +72,7 @@ pub use flight::{
 pub use held::{check_dir, LOG_FILE};
 use pool::Pool;
 pub use usage::{ResidentInfo, Snapshot};
+pub use verified::{CheckedFile, Sums, Verified, VERIFIED_MEMORY};
 
 use crate::ids::VersionId;
 
@@ -109,6 +111,9 @@ pub struct CachedVersion {
     /// The version directory: contents at [`crate::archive::blob_path`]`(dir, n)`.
     pub dir: PathBuf,
     pub index: Index,
+    /// The checksums of its content, open (`None` only for a version with no files and
+    /// no directory).
+    pub checks: Option<crate::archive::Checks>,
     pub disk_bytes: u64,
 }
 
@@ -231,6 +236,8 @@ struct State {
     /// Versions refused as larger than the budget, logged at ERROR once each (every access
     /// to one is refused again; a `stat` loop must not write a log line each).
     told_too_large: HashSet<VersionKey>,
+    /// Versions found damaged and dropped since start (at the scan and while serving).
+    damaged: u64,
     shutting_down: bool,
 }
 
@@ -251,6 +258,8 @@ struct Inner {
     in_use: OnceLock<InUse>,
     /// The probe's last answer and when it came, for [`Cache::snapshot`].
     in_use_seen: Mutex<Option<(Instant, Arc<HashSet<VersionKey>>)>>,
+    /// The reader of cached bytes, and the units it checked a moment ago.
+    verified: Verified,
 }
 
 /// How old an answer of the in-use probe [`Cache::snapshot`] may show. Eviction always asks
@@ -282,7 +291,7 @@ impl Cache {
     pub fn open_with(dir: &Path, options: CacheOptions) -> Result<Cache, CacheError> {
         let budget = options.budget;
         let layout = Layout::open(dir)?;
-        let mut found = layout.scan();
+        let (mut found, damaged) = layout.scan();
         // Oldest use first, so that pushing in order leaves the newest most recent.
         found.sort_by_key(|f| f.last_used);
         let mut state = State {
@@ -293,6 +302,7 @@ impl Cache {
             failed: HashMap::new(),
             evicting: HashSet::new(),
             told_too_large: HashSet::new(),
+            damaged,
             shutting_down: false,
         };
         for f in found {
@@ -317,6 +327,7 @@ impl Cache {
                 pool: Pool::new(options.downloads),
                 in_use: OnceLock::new(),
                 in_use_seen: Mutex::new(None),
+                verified: Verified::default(),
             }),
         };
         let mut st = cache.inner.state.lock();
@@ -342,6 +353,11 @@ impl Cache {
 
     pub fn root(&self) -> &Path {
         &self.inner.layout.root
+    }
+
+    /// The reader every byte served from a version goes through (see `verified`).
+    pub fn verified(&self) -> &Verified {
+        &self.inner.verified
     }
 
     /// The version `key` if it is complete, else an interest in the flight that fetches

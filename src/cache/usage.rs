@@ -27,6 +27,9 @@ pub struct Snapshot {
     pub queued: Vec<(VersionKey, Duration)>,
     /// How many downloads run at once at most.
     pub downloads: usize,
+    /// Versions found damaged (a content file missing, short or failing its checksum, a
+    /// damaged index or checksum file) and dropped since start.
+    pub damaged: u64,
 }
 
 impl Cache {
@@ -145,6 +148,7 @@ impl Cache {
             in_flight: st.flights.keys().cloned().collect(),
             queued,
             downloads: self.inner.pool.max(),
+            damaged: st.damaged,
         }
     }
 }

@@ -1,16 +1,19 @@
 //! The inside of a version: attributes, names, content and child entries of the nodes
 //! of a cached version, or of one being unpacked (answered from what is published while
-//! it is, from the complete version after), and the one place a damaged index is turned
-//! into `EIO` and a re-download.
+//! it is, from the complete version after), and the one place a damaged version (its
+//! index, its checksums, or content that fails them) is turned into `EIO` and a
+//! re-download.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-use crate::archive::{blob_path, pack_path, IndexError, NodeRefKind, PublishedKind, Stored};
-use crate::cache::{Available, CachedVersion, Stopped, Waited};
+use crate::archive::{
+    blob_path, pack_path, Damage, IndexError, NodeRefKind, PublishedKind, Stored,
+};
+use crate::cache::{Available, CachedVersion, Stopped, VersionKey, Waited};
 use crate::ids::Ino;
 
-use super::handles::{open_published, OpenFile, Pin};
+use super::handles::{open_published, Check, OpenFile, Pin};
 use super::inode::{MetaNode, Range, Resolved};
 use super::versions::Now;
 use super::wait::ThreadPolicy;
@@ -83,7 +86,7 @@ impl Fs {
                     PublishedKind::File(f) => match open_published(f) {
                         Some(file) => {
                             let pin = Pin::Flight(flight.clone());
-                            let open = OpenFile::opened(file, f.offset, f.size, pin);
+                            let open = OpenFile::published(file, ino, node, f, pin);
                             return Ok(Content::File(open, f.size));
                         }
                         // The unpack ended in the meantime and moved the blob: the
@@ -106,7 +109,12 @@ impl Fs {
             Stored::Own { blob } => (blob_path(&v.dir, blob), 0),
             Stored::Packed { offset } => (pack_path(&v.dir), offset),
         };
-        let open = OpenFile::at(path, offset, size, Pin::Version(v));
+        let check = Check::Version {
+            version: v.clone(),
+            ino,
+            node,
+        };
+        let open = OpenFile::at(path, offset, size, check, Pin::Version(v));
         Ok(Content::File(open, size))
     }
 
@@ -138,10 +146,39 @@ impl Fs {
         r: std::result::Result<T, IndexError>,
     ) -> Result<T> {
         r.map_err(|e| {
-            tracing::error!(version = %v.key, error = %e, "a cached index is damaged; the version will be downloaded again");
-            self.cache.discard_damaged(&v.key);
-            FsError::Damaged(e)
+            let damage = Damage::from(e);
+            self.drop_damaged(&v.key, &damage);
+            FsError::Damaged(damage)
         })
+    }
+
+    /// A read of `open` failed with `e`: damaged content (missing, short, failing its
+    /// checksum) drops its version, and this handle's later reads go to the version
+    /// downloaded again. The read itself fails (`EIO`): no byte of a damaged unit is
+    /// ever served.
+    pub(super) fn read_failed(&self, open: &OpenFile, e: FsError) -> FsError {
+        if let FsError::Damaged(damage) = &e {
+            open.set_damaged();
+            match open.version() {
+                Some(v) => self.drop_damaged(&v.key, damage),
+                // Its version is not complete yet: when it is, its reads find the same
+                // damage and drop it.
+                None => {
+                    tracing::warn!(problem = %damage, "a file being unpacked is damaged; its read fails");
+                }
+            }
+        }
+        e
+    }
+
+    /// Drop the damaged version `key` from the cache, so that the next access downloads
+    /// it again: one warning per version, however many readers found the damage.
+    fn drop_damaged(&self, key: &VersionKey, damage: &Damage) {
+        if self.cache.discard_damaged(key) {
+            tracing::warn!(version = %key, problem = %damage, "a cached version is damaged; dropped it, the next access downloads it again");
+        } else {
+            tracing::debug!(version = %key, problem = %damage, "a damaged version, already dropped");
+        }
     }
 }
 

@@ -45,10 +45,11 @@ pub enum FsError {
     Cache(SharedError),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// A version's index on disk is damaged (the version is dropped from the cache and
+    /// A cached version is damaged: its index, its checksums, or a content file missing,
+    /// short or failing its checksum (the version is dropped from the cache and
     /// downloaded again at the next access).
     #[error("{0}")]
-    Damaged(crate::archive::IndexError),
+    Damaged(crate::archive::Damage),
     /// The operation would have to wait for a download, and its thread may not (a FUSE
     /// worker: [`super::Fs::serve`] then runs it again on a waiter thread). Never answered.
     #[error("the operation would wait for a download")]

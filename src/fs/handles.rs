@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
 
-use crate::archive::PublishedFile;
-use crate::cache::{CachedVersion, Interest};
+use crate::archive::{Damage, PublishedFile};
+use crate::cache::{CachedVersion, CheckedFile, Interest, Sums, Verified};
 use crate::ids::{Fh, Ino};
 
 use super::{DirItem, Fs, FsError, Result};
@@ -70,44 +70,158 @@ pub(super) enum Pin {
     Nothing,
 }
 
+/// How the bytes of an open file are checked before they are served.
+pub(super) enum Check {
+    /// Node `node` of a complete version, against the version's `checks.bin`.
+    Version {
+        version: Arc<CachedVersion>,
+        ino: Ino,
+        node: u32,
+    },
+    /// A file published while its version is unpacked: its checksums came with it.
+    Published {
+        ino: Ino,
+        node: u32,
+        sums: Arc<[u32]>,
+    },
+    /// A run's file: not part of a version (written by this daemon as its pages arrive).
+    Unchecked,
+}
+
 /// A file opened by the kernel: `size` bytes at `offset` of a content file (the version's
 /// pack, or a file of its own at offset 0). The content file itself is opened on the first
 /// read: a file whose pages the kernel already caches is then opened and closed without a
-/// system call.
+/// system call. Every read of a version's file goes through the cache's checking reader
+/// ([`Verified`]).
 pub(super) struct OpenFile {
     path: PathBuf,
     file: OnceLock<File>,
     offset: u64,
     size: u64,
+    check: Check,
+    /// A read found the content damaged: the version was dropped, later reads of this
+    /// handle are served from the version downloaded again.
+    damaged: AtomicBool,
     _pin: Pin,
 }
 
 impl OpenFile {
     /// The content at `offset` of the file at `path`, opened at its first read.
-    pub fn at(path: PathBuf, offset: u64, size: u64, pin: Pin) -> OpenFile {
+    pub fn at(path: PathBuf, offset: u64, size: u64, check: Check, pin: Pin) -> OpenFile {
         OpenFile {
             path,
             file: OnceLock::new(),
             offset,
             size,
+            check,
+            damaged: AtomicBool::new(false),
             _pin: pin,
         }
     }
 
-    /// The content at `offset` of a file already open.
-    pub fn opened(file: File, offset: u64, size: u64, pin: Pin) -> OpenFile {
+    /// A published file (`f`, node `node` shown as `ino`), already open as `file`.
+    pub fn published(file: File, ino: Ino, node: u32, f: &PublishedFile, pin: Pin) -> OpenFile {
         OpenFile {
-            path: PathBuf::new(),
+            path: f.blob.to_path_buf(),
             file: OnceLock::from(file),
-            offset,
-            size,
+            offset: f.offset,
+            size: f.size,
+            check: Check::Published {
+                ino,
+                node,
+                sums: f.sums.clone(),
+            },
+            damaged: AtomicBool::new(false),
             _pin: pin,
         }
     }
 
     /// A whole file already open, read to its end (which may move: a live run's file).
     pub fn whole(file: File, pin: Pin) -> OpenFile {
-        OpenFile::opened(file, 0, u64::MAX, pin)
+        OpenFile {
+            path: PathBuf::new(),
+            file: OnceLock::from(file),
+            offset: 0,
+            size: u64::MAX,
+            check: Check::Unchecked,
+            damaged: AtomicBool::new(false),
+            _pin: pin,
+        }
+    }
+
+    /// The version this file's content belongs to, when it is a complete one.
+    pub fn version(&self) -> Option<&Arc<CachedVersion>> {
+        match &self.check {
+            Check::Version { version, .. } => Some(version),
+            Check::Published { .. } | Check::Unchecked => None,
+        }
+    }
+
+    /// The inode of a version's file.
+    pub fn ino(&self) -> Option<Ino> {
+        match &self.check {
+            Check::Version { ino, .. } | Check::Published { ino, .. } => Some(*ino),
+            Check::Unchecked => None,
+        }
+    }
+
+    pub fn is_damaged(&self) -> bool {
+        self.damaged.load(Ordering::Relaxed)
+    }
+
+    pub fn set_damaged(&self) {
+        self.damaged.store(true, Ordering::Relaxed);
+    }
+
+    /// The content file as the checking reader reads it, or `None` for an unchecked one.
+    fn checked<'a>(&'a self, file: &'a File) -> Result<Option<CheckedFile<'a>>, Damage> {
+        let packed = self.size < crate::archive::PACK_MAX;
+        let (node, sums) = match &self.check {
+            Check::Unchecked => return Ok(None),
+            Check::Version { version, node, .. } => match &version.checks {
+                Some(checks) => (*node, Sums::Stored { checks }),
+                None => return Err(Damage("the version has no checksums".into())),
+            },
+            Check::Published { node, sums, .. } => {
+                // A published file is keyed by its content file's identity: no other
+                // unpack's file has it while this one is open.
+                use std::os::unix::fs::MetadataExt;
+                let meta = file
+                    .metadata()
+                    .map_err(|e| Damage(format!("{}: {e}", self.path.display())))?;
+                let source = (1 << 63) | (meta.ino() ^ meta.dev().rotate_left(32));
+                (*node, Sums::Known { source, sums })
+            }
+        };
+        Ok(Some(CheckedFile {
+            file,
+            path: &self.path,
+            base: self.offset,
+            size: self.size,
+            packed,
+            node,
+            sums,
+        }))
+    }
+
+    /// Check the whole content, for a file handed to the kernel for passthrough reads.
+    pub fn check_all(&self, verified: &Verified) -> Result<()> {
+        let file = self.file().map_err(|e| self.missing(e))?;
+        match self.checked(file).map_err(FsError::Damaged)? {
+            Some(f) => verified.check_all(&f).map_err(FsError::Damaged),
+            None => Ok(()),
+        }
+    }
+
+    /// The error for a content file that cannot be opened: a version's is damaged (it was
+    /// deleted under the daemon), a run's is an I/O error.
+    fn missing(&self, e: std::io::Error) -> FsError {
+        match self.check {
+            Check::Unchecked => e.into(),
+            Check::Version { .. } | Check::Published { .. } => {
+                FsError::Damaged(Damage(format!("{}: {e}", self.path.display())))
+            }
+        }
     }
 
     /// Whether the content is a whole file of its own (what passthrough can be given):
@@ -116,14 +230,38 @@ impl OpenFile {
         self.size >= crate::archive::PACK_MAX
     }
 
-    /// Up to `len` bytes at `at` of the content (short only at its end), and where they
-    /// lie in the content file (for page-cache advice).
-    pub fn read(&self, at: u64, len: u32) -> Result<(Vec<u8>, &File, u64)> {
-        let file = self.file()?;
-        let left = self.size.saturating_sub(at);
-        let len = u32::try_from(left).map_or(len, |l| l.min(len));
+    /// Up to `len` bytes at `at` of the content (short only at its end), checked, and
+    /// the span of the content file the read may have brought into the page cache (the
+    /// whole units it checked), for page-cache advice.
+    pub fn read(
+        &self,
+        at: u64,
+        len: u32,
+        verified: &Verified,
+    ) -> Result<(Vec<u8>, &File, (u64, u64))> {
+        let file = self.file().map_err(|e| self.missing(e))?;
         let from = self.offset.saturating_add(at);
-        Ok((read_at(file, from, len)?, file, from))
+        match self.checked(file).map_err(FsError::Damaged)? {
+            Some(f) => {
+                let data = verified.read(&f, at, len).map_err(FsError::Damaged)?;
+                let span = if f.packed {
+                    (self.offset, self.size)
+                } else {
+                    let block = crate::archive::CHECK_BLOCK;
+                    let start = at / block * block;
+                    let end = at.saturating_add(data.len() as u64).div_ceil(block) * block;
+                    (start, end.min(self.size).saturating_sub(start))
+                };
+                Ok((data, file, span))
+            }
+            None => {
+                let left = self.size.saturating_sub(at);
+                let len = u32::try_from(left).map_or(len, |l| l.min(len));
+                let data = read_at(file, from, len)?;
+                let span = (from, data.len() as u64);
+                Ok((data, file, span))
+            }
+        }
     }
 
     pub fn file(&self) -> std::io::Result<&File> {
@@ -174,13 +312,21 @@ impl Handles {
 
 impl Fs {
     /// Run `f` on the content file behind an open handle (the FUSE adapter hands it to the
-    /// kernel for passthrough reads).
-    pub fn with_open_file<R>(&self, fh: Fh, f: impl FnOnce(&File) -> R) -> Option<R> {
-        match &*self.handles.get(fh).ok()? {
+    /// kernel for passthrough reads). The kernel then reads the file without the daemon,
+    /// so its whole content is checked first: damaged content fails the open (`EIO`) and
+    /// drops its version, like a read. Damage that comes after this check is not seen
+    /// (doc/SEMANTICS.md, "Cached bytes are checked").
+    pub fn with_open_file<R>(&self, fh: Fh, f: impl FnOnce(&File) -> R) -> Result<Option<R>> {
+        let handle = self.handles.get(fh)?;
+        match &*handle {
             // A packed file shares its content file with others: never handed over.
-            Handle::File(open) if open.is_whole_file() => open.file().ok().map(f),
-            Handle::File(_) => None,
-            Handle::Static(_) | Handle::Dir(_) => None,
+            Handle::File(open) if open.is_whole_file() => {
+                open.check_all(self.cache.verified())
+                    .map_err(|e| self.read_failed(open, e))?;
+                Ok(open.file().ok().map(f))
+            }
+            Handle::File(_) => Ok(None),
+            Handle::Static(_) | Handle::Dir(_) => Ok(None),
         }
     }
 }
@@ -342,29 +488,39 @@ mod tests {
         let pack = tmp.path().join("pack");
         std::fs::write(&pack, b"before|content|after").unwrap();
         let (offset, want) = (7u64, b"content");
-        let version = Arc::new(CachedVersion {
-            key: crate::cache::VersionKey::new(
-                crate::api::Kind::Volume,
-                &crate::ids::VersionId::parse(&"ab".repeat(32)).unwrap(),
-            ),
-            dir: tmp.path().to_path_buf(),
-            index: crate::archive::Index::build(&crate::archive::IndexTree::empty(0o755, 0, 0))
-                .unwrap(),
-            disk_bytes: 0,
-        });
-        let pin = || Pin::Version(version.clone());
+        let check = |sums: &[u32]| Check::Published {
+            ino: Ino(5),
+            node: 1,
+            sums: sums.into(),
+        };
+        let sums = [crate::archive::checksum(want)];
+        let published = PublishedFile {
+            size: 7,
+            blob: Arc::from(pack.as_path()),
+            offset,
+            id: crate::archive::BlobId { dev: 0, ino: 0 },
+            packed: true,
+            sums: sums.into(),
+        };
         let files = [
-            OpenFile::at(pack.clone(), offset, 7, pin()),
-            OpenFile::opened(File::open(&pack).unwrap(), offset, 7, pin()),
+            OpenFile::at(pack.clone(), offset, 7, check(&sums), Pin::Nothing),
+            OpenFile::published(
+                File::open(&pack).unwrap(),
+                Ino(5),
+                1,
+                &published,
+                Pin::Nothing,
+            ),
         ];
+        let verified = Verified::default();
         for f in &files {
             for at in 0..=9u64 {
                 for len in 0..=9u32 {
-                    let (data, _, from) = f.read(at, len).unwrap();
+                    let (data, _, span) = f.read(at, len, &verified).unwrap();
                     let start = (at as usize).min(want.len());
                     let end = (start + len as usize).min(want.len());
                     assert_eq!(data, &want[start..end], "at {at} len {len}");
-                    assert_eq!(from, offset + at);
+                    assert_eq!(span, (offset, 7), "the whole packed file is read");
                 }
             }
             assert!(
@@ -372,9 +528,15 @@ mod tests {
                 "a packed file is never handed to the kernel"
             );
         }
-        let empty = OpenFile::at(pack.clone(), 20, 0, pin());
-        assert_eq!(empty.read(0, 100).unwrap().0, b"");
-        let own = OpenFile::at(pack, 0, crate::archive::PACK_MAX, pin());
+        let empty = OpenFile::at(pack.clone(), 20, 0, check(&[0]), Pin::Nothing);
+        assert_eq!(empty.read(0, 100, &verified).unwrap().0, b"");
+        // A neighbour's checksum: the bytes are refused, not served.
+        let wrong = OpenFile::at(pack.clone(), 0, 7, check(&sums), Pin::Nothing);
+        assert!(matches!(
+            wrong.read(0, 1, &verified),
+            Err(FsError::Damaged(_))
+        ));
+        let own = OpenFile::at(pack, 0, crate::archive::PACK_MAX, check(&[]), Pin::Nothing);
         assert!(own.is_whole_file());
     }
 

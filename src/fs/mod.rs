@@ -383,9 +383,20 @@ impl Fs {
     }
 
     /// Read up to `size` bytes at `offset` of an open handle; short only at end of file.
+    /// A handle whose content was found damaged reads the version downloaded again, as a
+    /// read without a handle does.
     pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
         match &*self.handles.get(fh)? {
-            Handle::File(f) => Ok(f.read(offset, size)?.0),
+            Handle::File(f) if f.is_damaged() => match f.ino() {
+                Some(ino) => self.read_ino(ino, offset, size, 0),
+                None => Err(FsError::Damaged(crate::archive::Damage(
+                    "the file was found damaged".into(),
+                ))),
+            },
+            Handle::File(f) => match f.read(offset, size, self.cache.verified()) {
+                Ok((data, _, _)) => Ok(data),
+                Err(e) => Err(self.read_failed(f, e)),
+            },
             Handle::Static(data) => Ok(slice_at(data, offset, size)),
             Handle::Dir(_) => Err(FsError::IsDir),
         }
@@ -399,14 +410,17 @@ impl Fs {
         match self.content(ino)? {
             Content::Status => Ok(slice_at(&self.status_for(Some(reader)).text, offset, size)),
             Content::File(f, _) => {
-                let (data, file, at) = f.read(offset, size)?;
+                let (data, file, (at, len)) = f
+                    .read(offset, size, self.cache.verified())
+                    .map_err(|e| self.read_failed(&f, e))?;
                 // The kernel keeps what it read in the mount's own page cache: drop the
-                // blob's copy, so that a file read through the mount is cached once.
-                // Only advice: a failure changes nothing that matters.
+                // blob's copy (of the whole units read to check the request), so that a
+                // file read through the mount is cached once. Only advice: a failure
+                // changes nothing that matters.
                 let _ = nix::fcntl::posix_fadvise(
                     file,
                     at as libc::off_t,
-                    data.len() as libc::off_t,
+                    len as libc::off_t,
                     nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
                 );
                 Ok(data)

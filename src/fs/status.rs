@@ -54,6 +54,11 @@ pub fn render(
         pct(cache.used, cache.budget),
         cache.resident.len()
     );
+    let _ = writeln!(
+        s,
+        "damaged versions: {} (found damaged on disk, dropped, downloaded again at the next access)",
+        cache.damaged
+    );
     let _ = writeln!(s, "\ncached versions (most recently used first):");
     if cache.resident.is_empty() {
         let _ = writeln!(s, "  (none)");
@@ -243,6 +248,7 @@ mod tests {
                 Duration::from_secs(3),
             )],
             downloads: 4,
+            damaged: 2,
         };
         let text = render("vm0fs test", &a, &d, &snap, "/cache", |k| {
             (k.kind == Kind::Volume).then(|| "input-data".into())
@@ -263,6 +269,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("errors since start: 12"), "{text}");
+        assert!(text.contains("damaged versions: 2 "), "{text}");
         assert!(
             !text.contains("failure 1\n") && text.contains("failure 11"),
             "only the last 10: {text}"

@@ -1387,3 +1387,149 @@ fn a_corrupt_archive_is_downloaded_again_from_the_start() {
     assert!(fake.resumed_from.lock().is_empty());
     assert_eq!(fake.downloads.load(Ordering::SeqCst), 2);
 }
+
+/// The directory of the one version in the cache at `dir`.
+fn only_version_dir(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut found: Vec<_> = std::fs::read_dir(dir.join("versions"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.pop().unwrap()
+}
+
+/// Up to 8 MiB of `ino` without a handle, in 1 MiB reads as the kernel sends them.
+fn read_ino_all(fs: &Fs, ino: Ino) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let got = fs.read_ino(ino, out.len() as u64, 1 << 20, 1)?;
+        if got.is_empty() || out.len() > 8 << 20 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&got);
+    }
+}
+
+/// Content damaged under a running filesystem (a byte flipped in the pack, a file of its
+/// own cut short, the pack deleted) and across a restart (the checksum file damaged, the
+/// pack cut short): the read that finds it fails with `EIO` once, never with wrong bytes;
+/// the version is dropped and counted, and the next read downloads it again.
+#[test]
+fn damaged_content_is_eio_once_then_downloaded_again() {
+    let big: Vec<u8> = (0..(5u32 << 19)).map(|i| (i % 253) as u8).collect();
+    let fake = Arc::new(Fake::default());
+    let ids = fake.add(
+        Kind::Volume,
+        "v",
+        vec![Some(targz(&[
+            ("small", b"small content"),
+            ("big", &big),
+            ("other", b"other content"),
+        ]))],
+    );
+    for v in fake.versions.lock().get_mut("id-v").unwrap() {
+        v.size = Some(4 << 20);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| format!("volumes/v/{}/{name}", ids[0]);
+    let fs = fs_in(
+        fake.clone(),
+        Duration::from_secs(60),
+        Duration::ZERO,
+        dir.path(),
+    );
+    let ino = |fs: &Fs, name: &str| lookup_path(fs, &at(name)).unwrap().attr.ino;
+    // Listing the version waits until it is complete (committed).
+    let complete = |fs: &Fs| {
+        let version = lookup_path(fs, &format!("volumes/v/{}", ids[0])).unwrap();
+        assert_eq!(names(fs, version.attr.ino).len(), 5);
+    };
+    complete(&fs);
+    let downloads = || fake.downloads.load(Ordering::SeqCst);
+    assert_eq!(downloads(), 1);
+    let eio = |r: Result<Vec<u8>>| match r {
+        Err(e) => assert_eq!(e.errno(), libc::EIO, "{e}"),
+        Ok(data) => panic!("read {} bytes of damaged content", data.len()),
+    };
+
+    // A byte of `small` flipped in the pack (it lies first).
+    let vdir = only_version_dir(dir.path());
+    let mut pack = std::fs::read(vdir.join("pack")).unwrap();
+    pack[3] ^= 0x20;
+    std::fs::write(vdir.join("pack"), &pack).unwrap();
+    eio(fs.read_ino(ino(&fs, "small"), 0, 4096, 1));
+    assert!(fs.status_text().contains("damaged versions: 1 "));
+    assert_eq!(read_all(&fs, ino(&fs, "small")), b"small content");
+    assert_eq!(downloads(), 2);
+
+    // `big` cut short: its last block is missing. Through a handle opened before.
+    complete(&fs);
+    let vdir = only_version_dir(dir.path());
+    let big_ino = ino(&fs, "big");
+    let o = fs.open(big_ino, libc::O_RDONLY).unwrap();
+    let data = std::fs::read_dir(vdir.join("data"))
+        .unwrap()
+        .next()
+        .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(data.unwrap().path())
+        .unwrap();
+    f.set_len(3 << 19).unwrap();
+    assert_eq!(
+        fs.read(o.fh, 0, 4096).unwrap(),
+        &big[..4096],
+        "block 0 is whole"
+    );
+    eio(fs.read(o.fh, 2 << 20, 4096));
+    // The same handle then reads the version downloaded again.
+    assert_eq!(
+        fs.read(o.fh, 2 << 20, 4096).unwrap(),
+        &big[2 << 20..(2 << 20) + 4096]
+    );
+    fs.release(o.fh);
+    assert_eq!(read_ino_all(&fs, big_ino).unwrap(), big);
+    assert_eq!(downloads(), 3);
+
+    // The pack deleted (what a temp cleaner does).
+    complete(&fs);
+    std::fs::remove_file(only_version_dir(dir.path()).join("pack")).unwrap();
+    eio(fs.read_ino(ino(&fs, "other"), 0, 4096, 1));
+    assert_eq!(read_all(&fs, ino(&fs, "other")), b"other content");
+    assert_eq!(downloads(), 4);
+    assert!(fs.status_text().contains("damaged versions: 3 "));
+    complete(&fs);
+    drop(fs);
+
+    // Across a restart: the checksum file damaged (found when the version is opened), then
+    // the pack cut short (found by the scan at start). Each is downloaded again at once.
+    let vdir = only_version_dir(dir.path());
+    let mut checks = std::fs::read(vdir.join("checks.bin")).unwrap();
+    let last = checks.len() - 1;
+    checks[last] ^= 1;
+    std::fs::write(vdir.join("checks.bin"), &checks).unwrap();
+    let fs = fs_in(
+        fake.clone(),
+        Duration::from_secs(60),
+        Duration::ZERO,
+        dir.path(),
+    );
+    assert_eq!(read_all(&fs, ino(&fs, "small")), b"small content");
+    assert_eq!(downloads(), 5);
+    assert!(fs.status_text().contains("damaged versions: 1 "));
+    complete(&fs);
+    drop(fs);
+    let pack = only_version_dir(dir.path()).join("pack");
+    let len = std::fs::metadata(&pack).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
+    f.set_len(len - 1).unwrap();
+    let fs = fs_in(
+        fake.clone(),
+        Duration::from_secs(60),
+        Duration::ZERO,
+        dir.path(),
+    );
+    assert!(fs.status_text().contains("damaged versions: 1 "));
+    assert_eq!(read_all(&fs, ino(&fs, "other")), b"other content");
+    assert_eq!(downloads(), 6);
+}

@@ -341,6 +341,7 @@ impl Fs {
                 key: key.clone(),
                 dir: Default::default(),
                 index: empty_index(version.created_at),
+                checks: None,
                 disk_bytes: 0,
             })));
         }

@@ -182,15 +182,25 @@ impl fuser::Filesystem for FuseFs {
                     // Register the content file with the kernel, so that reads (and mmap)
                     // of this inode go straight to it without a round trip through the
                     // daemon.
+                    let mut damaged = None;
                     let backing = backings.share(ino(i), o.fh, || {
-                        match fs.with_open_file(o.fh, |f| reply.open_backing(f))? {
-                            Ok(id) => Some(id),
-                            Err(e) => {
+                        match fs.with_open_file(o.fh, |f| reply.open_backing(f)) {
+                            Ok(Some(Ok(id))) => Some(id),
+                            Ok(Some(Err(e))) => {
                                 tracing::debug!(ino = i.0, error = %e, "passthrough refused; serving reads through the daemon");
+                                None
+                            }
+                            Ok(None) => None,
+                            Err(e) => {
+                                damaged = Some(e);
                                 None
                             }
                         }
                     });
+                    if let Some(e) = damaged {
+                        fs.release(o.fh);
+                        return reply.error(fail("open", &e));
+                    }
                     // No FOPEN_KEEP_CACHE here: the kernel answers EIO to passthrough
                     // opens that carry it (the page cache is the backing file's own
                     // anyway).

@@ -122,8 +122,8 @@ impl Drop for Sandbox {
 }
 
 /// Every path under a cache directory is one the cache makes (see `src/cache/disk.rs`):
-/// `lock`, `FORMAT`, `versions|tmp|trash/<key>/{index.bin,meta.json,pack,data/<n>}`, and the
-/// saved listings `listings/{volumes,artifacts}{.json,/<16 hex>.json}` (see
+/// `lock`, `FORMAT`, `versions|tmp|trash/<key>/{index.bin,checks.bin,meta.json,pack,data/<n>}`,
+/// and the saved listings `listings/{volumes,artifacts}{.json,/<16 hex>.json}` (see
 /// `src/fs/saved.rs`), and the runs' files `runs{,-live}/<run id>/<file>` (see
 /// `src/cache/runs.rs`). Anything else (a name that came from an archive member) fails
 /// the test.
@@ -159,7 +159,7 @@ pub fn assert_cache_layout(cache: &Path) {
             ["partial", k] => key_ok(k) && meta.is_file(),
             ["versions" | "tmp" | "trash", k] => key_ok(k) && meta.is_dir(),
             ["versions" | "tmp" | "trash", k, "data"] => key_ok(k) && meta.is_dir(),
-            ["versions" | "tmp" | "trash", k, "index.bin" | "meta.json" | "pack"] => {
+            ["versions" | "tmp" | "trash", k, "index.bin" | "checks.bin" | "meta.json" | "pack"] => {
                 key_ok(k) && meta.is_file()
             }
             ["versions" | "tmp" | "trash", k, f] if f.starts_with("meta.json") => {

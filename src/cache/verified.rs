@@ -1,0 +1,370 @@
+//! The one reader of cached bytes: every byte the daemon serves from a cached version, or
+//! from a file published while its version is unpacked, is read here, as whole checked
+//! units (see `crate::archive::checks`: a block of 1 MiB of a file of its own, a whole
+//! packed file), compared with the unit's checksum, and only then sliced for the caller.
+//! A unit that cannot be read whole or fails its checksum is a [`Damage`], never bytes.
+//!
+//! The kernel asks for at most 1 MiB at a time, often 128 KiB: so that a block is not read
+//! and checked again for each request, the last units checked are kept in memory
+//! ([`VERIFIED_MEMORY`] bytes at most, least recently used dropped first). Their key is
+//! the opening of the version they belong to, their place in it and the checksum they
+//! passed, so a version downloaded again never meets the units of the one it replaced.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::archive::{checksum, unit_count, unit_span, Checks, Damage};
+
+/// How many bytes of checked units are kept in memory.
+pub const VERIFIED_MEMORY: usize = 8 << 20;
+
+/// Where the checksums of a file's units come from.
+#[derive(Clone, Copy)]
+pub enum Sums<'a> {
+    /// A complete version's `checks.bin`.
+    Stored { checks: &'a Checks },
+    /// Known in memory: a file published while its version is unpacked. `source` tells
+    /// this unpack's files from any other's (a fresh serial per unpack).
+    Known { source: u64, sums: &'a [u32] },
+}
+
+/// A file as the checking reader reads it: `size` bytes at `base` of the content file
+/// `file` (named `path` in messages), node `node` of its version.
+pub struct CheckedFile<'a> {
+    pub file: &'a File,
+    pub path: &'a Path,
+    pub base: u64,
+    pub size: u64,
+    pub packed: bool,
+    pub node: u32,
+    pub sums: Sums<'a>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct UnitKey {
+    source: u64,
+    node: u32,
+    /// Where the unit lies in its content file, and its length: with the checksum it
+    /// passed, the key names exactly the bytes that were checked.
+    at: u64,
+    len: u64,
+    crc: u32,
+}
+
+/// Units checked a moment ago, shared by every reader of the mount.
+pub struct Verified {
+    units: Mutex<Units>,
+    capacity: usize,
+}
+
+struct Units {
+    lru: lru::LruCache<UnitKey, Arc<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl Default for Verified {
+    fn default() -> Self {
+        Verified::with_capacity(VERIFIED_MEMORY)
+    }
+}
+
+impl CheckedFile<'_> {
+    fn key(&self, start: u64, len: u64, crc: u32) -> UnitKey {
+        let source = match self.sums {
+            Sums::Stored { checks } => checks.serial(),
+            Sums::Known { source, .. } => source,
+        };
+        UnitKey {
+            source,
+            node: self.node,
+            at: self.base.saturating_add(start),
+            len,
+            crc,
+        }
+    }
+
+    /// The checksum unit `unit` must pass.
+    fn expected(&self, count: u64, unit: u64) -> Result<u32, Damage> {
+        match self.sums {
+            Sums::Stored { checks } => checks.unit(self.node, count, unit),
+            Sums::Known { sums, .. } => match sums.get(unit as usize) {
+                Some(&crc) if sums.len() as u64 == count => Ok(crc),
+                _ => Err(Damage(format!(
+                    "{} checksums known for node {}, expected {count}",
+                    sums.len(),
+                    self.node
+                ))),
+            },
+        }
+    }
+
+    /// Read unit `unit` (`len` bytes at `start` of the content) whole and check it.
+    fn load(&self, unit: u64, start: u64, len: u64, crc: u32) -> Result<Vec<u8>, Damage> {
+        let n = usize::try_from(len).map_err(|_| Damage("a unit too large".into()))?;
+        let mut buf = vec![0u8; n];
+        let at = self.base.saturating_add(start);
+        if let Err(e) = self.file.read_exact_at(&mut buf, at) {
+            return Err(Damage(if e.kind() == io::ErrorKind::UnexpectedEof {
+                format!(
+                    "{}: shorter than the {} bytes at {at} of node {}",
+                    self.path.display(),
+                    len,
+                    self.node
+                )
+            } else {
+                format!("{}: {e}", self.path.display())
+            }));
+        }
+        if checksum(&buf) != crc {
+            return Err(Damage(format!(
+                "{}: unit {unit} of node {} ({len} bytes at {at}) fails its checksum",
+                self.path.display(),
+                self.node
+            )));
+        }
+        Ok(buf)
+    }
+}
+
+impl Verified {
+    pub fn with_capacity(capacity: usize) -> Verified {
+        Verified {
+            units: Mutex::new(Units {
+                lru: lru::LruCache::unbounded(),
+                bytes: 0,
+            }),
+            capacity,
+        }
+    }
+
+    /// Up to `len` bytes at `at` of `f` (short only at its end), every unit they lie in
+    /// checked first.
+    pub fn read(&self, f: &CheckedFile<'_>, at: u64, len: u32) -> Result<Vec<u8>, Damage> {
+        let end = at.saturating_add(u64::from(len)).min(f.size);
+        if at >= end {
+            return Ok(Vec::new());
+        }
+        let count = unit_count(f.size, f.packed);
+        let (first, last) = if f.packed {
+            (0, 0)
+        } else {
+            (
+                at / crate::archive::CHECK_BLOCK,
+                (end - 1) / crate::archive::CHECK_BLOCK,
+            )
+        };
+        let mut out = Vec::with_capacity((end - at) as usize);
+        for unit in first..=last {
+            let (start, ulen) = unit_span(f.size, f.packed, unit);
+            let bytes = self.unit(f, count, unit, start, ulen)?;
+            let from = (at.max(start) - start) as usize;
+            let to = (end.min(start + ulen) - start) as usize;
+            out.extend_from_slice(&bytes[from..to]);
+        }
+        Ok(out)
+    }
+
+    /// Check every unit of `f`, for a file handed to the kernel whole (passthrough): the
+    /// units are not kept.
+    pub fn check_all(&self, f: &CheckedFile<'_>) -> Result<(), Damage> {
+        let count = unit_count(f.size, f.packed);
+        for unit in 0..count {
+            let (start, len) = unit_span(f.size, f.packed, unit);
+            let crc = f.expected(count, unit)?;
+            let key = f.key(start, len, crc);
+            if self.units.lock().lru.contains(&key) {
+                continue;
+            }
+            f.load(unit, start, len, crc)?;
+        }
+        Ok(())
+    }
+
+    fn unit(
+        &self,
+        f: &CheckedFile<'_>,
+        count: u64,
+        unit: u64,
+        start: u64,
+        len: u64,
+    ) -> Result<Arc<Vec<u8>>, Damage> {
+        let crc = f.expected(count, unit)?;
+        let key = f.key(start, len, crc);
+        if let Some(bytes) = self.units.lock().lru.get(&key) {
+            return Ok(bytes.clone());
+        }
+        // Read without the lock: two readers of one unit may both read it, which costs a
+        // read and nothing else.
+        let bytes = Arc::new(f.load(unit, start, len, crc)?);
+        let mut units = self.units.lock();
+        if bytes.len() <= self.capacity && units.lru.put(key, bytes.clone()).is_none() {
+            units.bytes += bytes.len();
+        }
+        while units.bytes > self.capacity {
+            match units.lru.pop_lru() {
+                Some((_, old)) => units.bytes -= old.len(),
+                None => break,
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Bytes of checked units kept (for tests).
+    #[cfg(test)]
+    pub fn kept(&self) -> usize {
+        self.units.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::CHECK_BLOCK;
+
+    struct Case {
+        dir: tempfile::TempDir,
+        content: Vec<u8>,
+        sums: Vec<u32>,
+    }
+
+    /// A file of its own of 2.5 blocks at offset 0 of `data`, and its unit checksums.
+    fn own_file() -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..CHECK_BLOCK * 5 / 2).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("data"), &content).unwrap();
+        let sums = content.chunks(CHECK_BLOCK as usize).map(checksum).collect();
+        Case { dir, content, sums }
+    }
+
+    fn read(v: &Verified, c: &Case, at: u64, len: u32) -> Result<Vec<u8>, Damage> {
+        let path = c.dir.path().join("data");
+        let file = File::open(&path).unwrap();
+        let f = CheckedFile {
+            file: &file,
+            path: &path,
+            base: 0,
+            size: c.content.len() as u64,
+            packed: false,
+            node: 1,
+            sums: Sums::Known {
+                source: 1,
+                sums: &c.sums,
+            },
+        };
+        v.read(&f, at, len)
+    }
+
+    #[test]
+    fn reads_across_units_return_the_right_bytes() {
+        let c = own_file();
+        let v = Verified::default();
+        let size = c.content.len() as u64;
+        let b = CHECK_BLOCK;
+        for (at, len) in [
+            (0, 10),
+            (b - 3, 6),
+            (b - 1, (2 * b + 2) as u32),
+            (2 * b, 1 << 20),
+            (size - 1, 100),
+            (size, 1),
+            (size + 5, 1),
+            (0, u32::MAX),
+        ] {
+            let got = read(&v, &c, at, len).unwrap();
+            let from = (at.min(size)) as usize;
+            let to = (at.saturating_add(u64::from(len)).min(size)) as usize;
+            assert_eq!(got, &c.content[from..to], "at {at} len {len}");
+        }
+        assert!(v.kept() <= VERIFIED_MEMORY);
+    }
+
+    #[test]
+    fn a_flipped_byte_is_damage_in_its_unit_only() {
+        let c = own_file();
+        let mut bytes = c.content.clone();
+        bytes[CHECK_BLOCK as usize + 7] ^= 1;
+        std::fs::write(c.dir.path().join("data"), &bytes).unwrap();
+        let v = Verified::default();
+        assert_eq!(read(&v, &c, 0, 100).unwrap(), &c.content[..100]);
+        let err = read(&v, &c, CHECK_BLOCK + 100, 10).unwrap_err();
+        assert!(err.0.contains("fails its checksum"), "{err}");
+        let err = read(&v, &c, CHECK_BLOCK - 1, 2).unwrap_err();
+        assert!(err.0.contains("unit 1"), "{err}");
+    }
+
+    #[test]
+    fn a_short_or_missing_file_is_damage() {
+        let c = own_file();
+        let path = c.dir.path().join("data");
+        std::fs::write(&path, &c.content[..c.content.len() - 1]).unwrap();
+        let v = Verified::default();
+        let err = read(&v, &c, 0, u32::MAX).unwrap_err();
+        assert!(err.0.contains("shorter"), "{err}");
+        // Missing: the handle is opened by path first (as the filesystem does).
+        std::fs::remove_file(&path).unwrap();
+        assert!(File::open(&path).is_err());
+    }
+
+    /// A unit checked once is served from memory (the file no longer matters), and memory
+    /// stays within the capacity.
+    #[test]
+    fn checked_units_are_kept_within_the_capacity() {
+        let c = own_file();
+        let v = Verified::with_capacity(CHECK_BLOCK as usize * 2);
+        read(&v, &c, 0, 10).unwrap();
+        std::fs::write(c.dir.path().join("data"), vec![0u8; c.content.len()]).unwrap();
+        assert_eq!(
+            read(&v, &c, 5, 5).unwrap(),
+            &c.content[5..10],
+            "from memory"
+        );
+        read(&v, &c, CHECK_BLOCK, 1).unwrap_err();
+        assert!(v.kept() <= CHECK_BLOCK as usize * 2);
+    }
+
+    #[test]
+    fn a_packed_file_is_one_unit_at_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pack");
+        std::fs::write(&path, b"before|content|after").unwrap();
+        let file = File::open(&path).unwrap();
+        let sums = [checksum(b"content")];
+        let f = CheckedFile {
+            file: &file,
+            path: &path,
+            base: 7,
+            size: 7,
+            packed: true,
+            node: 3,
+            sums: Sums::Known {
+                source: 2,
+                sums: &sums,
+            },
+        };
+        let v = Verified::default();
+        for at in 0..=9u64 {
+            for len in 0..=9u32 {
+                let got = v.read(&f, at, len).unwrap();
+                let start = (at as usize).min(7);
+                let end = (start + len as usize).min(7);
+                assert_eq!(got, &b"content"[start..end], "at {at} len {len}");
+            }
+        }
+        v.check_all(&f).unwrap();
+        let wrong = [checksum(b"contenT")];
+        let f = CheckedFile {
+            sums: Sums::Known {
+                source: 3,
+                sums: &wrong,
+            },
+            ..f
+        };
+        assert!(v.read(&f, 0, 1).is_err());
+        assert!(v.check_all(&f).is_err());
+    }
+}
