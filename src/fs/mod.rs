@@ -83,7 +83,7 @@ use handles::{slice_at, DirHandle, Handle, Handles, OpenFile};
 use inode::{InodeTable, MetaNode, Resolved};
 use status::StatusTexts;
 use versions::{Complete, MissLog, Now, LATEST};
-use wait::{Turn, Waiters};
+use wait::{ThreadPolicy, Turn, Waiters};
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
 
@@ -536,7 +536,7 @@ impl Fs {
             Resolved::Meta(MetaNode::KindDir(kind)) => {
                 items.push(item(b".", here));
                 items.push(item(b"..", self.meta_attr(MetaNode::Root)?));
-                let storages = self.storages.get(&kind)?;
+                let storages = self.storages.get(&kind, &ThreadPolicy)?;
                 items.reserve(storages.len());
                 for (name, s) in storages.iter() {
                     let ino = self.inodes.lock().meta_ino(MetaNode::Storage {

@@ -165,7 +165,17 @@ impl RunsApi for FakeRuns {
 }
 
 fn fs_on(api: Arc<FakeRuns>, dir: &std::path::Path) -> Fs {
-    let cache = Cache::open(dir, 100 << 20).unwrap();
+    // The fetch threads of an earlier Fs on `dir` may still hold its cache for a moment
+    // after their last caller was answered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let cache = loop {
+        match Cache::open(dir, 100 << 20) {
+            Err(crate::cache::CacheError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            opened => break opened.unwrap(),
+        }
+    };
     Fs::new(
         Arc::new(NoStorages),
         cache,
