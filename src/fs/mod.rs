@@ -32,10 +32,11 @@
 //! is ever served. Inode numbers do not change at the end: published nodes carry the
 //! numbers of the finished index.
 //!
-//! Waiting is bounded: an operation waits for a download only on a waiter thread, never on
-//! a FUSE worker (see [`Fs::serve`] and `wait`), and a waiter lets go within
-//! [`crate::cache::WAIT_SLICE`] once the process that asked no longer wants the answer
-//! (`EINTR`). A panic in an operation is contained there too (`EIO`, see
+//! Waiting is bounded: an operation waits for a download, or for the API (a listing, a run,
+//! an agent: always through [`crate::metadata::Listings`], given the thread's policy), only
+//! on a waiter thread, never on a FUSE worker (see [`Fs::serve`] and `wait`), and a waiter
+//! lets go within [`crate::cache::WAIT_SLICE`] once the process that asked no longer wants
+//! the answer (`EINTR`). A panic in an operation is contained there too (`EIO`, see
 //! [`crate::panics`]).
 //!
 //! Reads come two ways: through a handle from `open` ([`Fs::read`]), or by inode alone

@@ -223,6 +223,9 @@ impl<S: ListingSource> Entry<S> {
     }
 }
 
+/// The entries of a source's listings, locked.
+type Held<'a, S> = MutexGuard<'a, HashMap<<S as ListingSource>::Key, Entry<S>>>;
+
 struct Shared<S: ListingSource> {
     source: S,
     timing: Timing,
@@ -403,10 +406,10 @@ impl<S: ListingSource> Listings<S> {
     /// where a caller of listings waits.
     fn wait_for_fetch<'a>(
         &'a self,
-        mut entries: MutexGuard<'a, HashMap<S::Key, Entry<S>>>,
+        mut entries: Held<'a, S>,
         key: &S::Key,
         patience: &dyn Patience,
-    ) -> Result<MutexGuard<'a, HashMap<S::Key, Entry<S>>>, Unavailable<S::Error>> {
+    ) -> Result<Held<'a, S>, Unavailable<S::Error>> {
         let e = &entries[key];
         let Some(started) = e.fetching else {
             return Ok(entries);

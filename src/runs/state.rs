@@ -111,6 +111,9 @@ pub struct RunState {
     misses: Mutex<HashMap<RunId, Instant>>,
     /// One fetch of a run's files at a time.
     locks: Mutex<HashMap<RunId, Arc<Mutex<()>>>>,
+    /// Held (written) while a live run's directory becomes a final one, so that a reader
+    /// finds it in one place or the other, never between (a local move, no request).
+    moving: parking_lot::RwLock<()>,
     /// [`FOLLOW_IDLE`], shorter in tests.
     follow_idle: Mutex<Duration>,
 }
@@ -126,6 +129,7 @@ impl RunState {
             details: Mutex::default(),
             misses: Mutex::default(),
             locks: Mutex::default(),
+            moving: parking_lot::RwLock::new(()),
             follow_idle: Mutex::new(FOLLOW_IDLE),
         })
     }
@@ -240,6 +244,7 @@ impl RunState {
     /// Where run `id`'s files are, if they are at hand (final in the cache, or live and
     /// kept): never a request, so any caller may ask. A live run's read keeps it followed.
     pub fn at_hand(self: &Arc<Self>, id: &RunId) -> Option<View> {
+        let _moving = self.moving.read();
         if let Some(view) = self.final_view(id) {
             return Some(view);
         }
@@ -468,11 +473,13 @@ impl RunState {
                 }
             }
         }
+        let moving = self.moving.write();
         let dir = self.store.commit(live.id.as_str(), &live.dir)?;
         live.done.store(true, Ordering::SeqCst);
         self.finals.lock().insert(live.id.clone(), run.clone());
         self.live.lock().remove(&live.id);
         self.details.lock().remove(&live.id);
+        drop(moving);
         tracing::debug!(run = %live.id, entries = st.logs.entries, "the run is final; its files are kept");
         Ok(View::Final { dir, run })
     }
