@@ -370,7 +370,10 @@ fn agents_and_agent_links_serve_from_disk_after_a_restart_with_the_api_down() {
     let emu = demo();
     let agents = api_agents(&emu);
     assert!(agents.len() >= 2, "{agents:?}");
-    let runs: Vec<String> = finished_runs(&emu).into_iter().take(4).collect();
+    let finished = finished_runs(&emu);
+    let runs: Vec<String> = finished.iter().take(4).cloned().collect();
+    let never_read = finished.last().unwrap().clone();
+    assert!(!runs.contains(&never_read));
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     let read_all = |m: &Mount| -> Vec<(String, Vec<u8>, Vec<u8>, SystemTime)> {
@@ -448,6 +451,12 @@ fn agents_and_agent_links_serve_from_disk_after_a_restart_with_the_api_down() {
         assert_eq!(read_all(&m), before);
         assert_eq!(links(&m), links_before);
         eprintln!("offline agents and links in {:?}", t.elapsed());
+        // A run never fetched fails within the bound, every time.
+        let path = m.join(&format!("runs/{never_read}/status"));
+        let t = Instant::now();
+        let out = within(BOUND, &mut cmd("cat", &[&path]));
+        assert!(!out.status.success(), "{out:?}");
+        eprintln!("a run never fetched: {:?} in {:?}", out.status, t.elapsed());
     }
     let saved = std::fs::read_dir(cache.join("listings/documents"))
         .unwrap()
