@@ -21,6 +21,8 @@
 //!   worker) gets [`Unavailable::WouldBlock`] instead of waiting, with the fetch started;
 //!   one that waits looks every [`WAIT_SLICE`] whether its caller still wants the answer,
 //!   and gets [`Unavailable::Interrupted`] as soon as it does not.
+//!   The bound counts from the start of the fetch, or from the last request of it that the
+//!   API answered (see [`answered`]): a fetch that makes progress is waited for.
 //! - **A missing name looks again.** When a name is missing from a listing older than
 //!   [`MISS_REFRESH_AFTER`], the listing is fetched again and the caller waits for it
 //!   (within the same bound), in case what is missing was just made.
@@ -56,6 +58,24 @@ pub const FIRST_FETCH_WAIT: Duration = Duration::from_secs(10);
 /// failure in a row, up to [`RETRY_BACKOFF_MAX`].
 pub const RETRY_BACKOFF_FIRST: Duration = Duration::from_secs(1);
 pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+thread_local! {
+    /// On a fetch's thread: tells the fetch's entry that the API answered.
+    static PROGRESS: std::cell::RefCell<Option<Box<dyn Fn()>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The API answered a request. Called by a source's API (here: the runs'); on the thread of
+/// a fetch, the fetch's callers' wait bound starts again from now, so that a fetch made of
+/// many requests that each answer (a long log, page by page) is waited for as long as it
+/// goes on, and only a fetch that gets no answer for [`FIRST_FETCH_WAIT`] is given up.
+/// Elsewhere it does nothing.
+pub fn answered() {
+    PROGRESS.with(|p| {
+        if let Some(f) = &*p.borrow() {
+            f()
+        }
+    });
+}
 
 /// Where one family of listings comes from.
 pub trait ListingSource: Send + Sync + 'static {
@@ -188,6 +208,8 @@ struct Entry<S: ListingSource> {
     fetched: Option<Instant>,
     /// When the fetch in progress started, if one is.
     fetching: Option<Instant>,
+    /// When the API last answered a request of the fetch in progress (see [`answered`]).
+    progress: Option<Instant>,
     /// Fetches ended so far: a caller knows that the fetch it waits for has ended when
     /// this moves.
     ended: u64,
@@ -201,6 +223,7 @@ impl<S: ListingSource> Default for Entry<S> {
             value: None,
             fetched: None,
             fetching: None,
+            progress: None,
             ended: 0,
             failure: None,
         }
@@ -208,6 +231,17 @@ impl<S: ListingSource> Default for Entry<S> {
 }
 
 impl<S: ListingSource> Entry<S> {
+    /// Until when callers wait for the fetch in progress: the bound, counted from its start
+    /// or from the last answer the API gave it.
+    fn wait_deadline(&self, first_wait: Duration) -> Option<Instant> {
+        let start = self.fetching?;
+        let since = match self.progress {
+            Some(p) if p > start => p,
+            _ => start,
+        };
+        Some(since + first_wait)
+    }
+
     fn stale(&self, max_age: Duration) -> bool {
         self.fetched.is_none_or(|t| t.elapsed() >= max_age)
     }
@@ -410,12 +444,12 @@ impl<S: ListingSource> Listings<S> {
         key: &S::Key,
         patience: &dyn Patience,
     ) -> Result<Held<'a, S>, Unavailable<S::Error>> {
+        let first_wait = self.shared.timing.first_wait;
         let e = &entries[key];
-        let Some(started) = e.fetching else {
+        let Some(deadline) = e.wait_deadline(first_wait) else {
             return Ok(entries);
         };
         let ended = e.ended;
-        let deadline = started + self.shared.timing.first_wait;
         if Instant::now() >= deadline {
             return Ok(entries);
         }
@@ -423,6 +457,10 @@ impl<S: ListingSource> Listings<S> {
             return Err(Unavailable::WouldBlock);
         }
         while entries[key].ended == ended {
+            // A fetch that gets answers (a long log, page by page) moves the deadline on.
+            let Some(deadline) = entries[key].wait_deadline(first_wait) else {
+                break;
+            };
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -448,6 +486,7 @@ impl<S: ListingSource> Listings<S> {
     /// Start fetching `key` in the background.
     fn start_fetch(&self, e: &mut Entry<S>, key: &S::Key) {
         e.fetching = Some(Instant::now());
+        e.progress = None;
         let listings = self.clone();
         let owned = key.clone();
         let spawned = std::thread::Builder::new()
@@ -464,7 +503,18 @@ impl<S: ListingSource> Listings<S> {
     /// The background side of a fetch: fetch, keep the outcome, wake the waiters.
     fn fetch(&self, key: &S::Key) {
         let shared = &*self.shared;
+        let progress: Box<dyn Fn()> = Box::new({
+            let listings = self.clone();
+            let key = key.clone();
+            move || {
+                if let Some(e) = listings.shared.entries.lock().get_mut(&key) {
+                    e.progress = Some(Instant::now());
+                }
+            }
+        });
+        PROGRESS.with(|p| *p.borrow_mut() = Some(progress));
         let outcome = catch_unwind(AssertUnwindSafe(|| shared.source.fetch(key)));
+        PROGRESS.with(|p| *p.borrow_mut() = None);
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(_) => {
@@ -551,6 +601,8 @@ mod tests {
         saved: Mutex<HashMap<u8, Vec<&'static str>>>,
         /// When the API last answered (for `answered_since`).
         answered: Mutex<Option<Instant>>,
+        /// Requests each fetch makes before its answer, each answered after this long.
+        pages: Mutex<Option<(usize, Duration)>>,
     }
 
     impl ListingSource for Script {
@@ -562,6 +614,13 @@ mod tests {
             self.fetches.fetch_add(1, Ordering::SeqCst);
             if let Some(gate) = &*self.gate.lock() {
                 let _ = gate.recv();
+            }
+            let pages = *self.pages.lock();
+            if let Some((n, each)) = pages {
+                for _ in 0..n {
+                    std::thread::sleep(each);
+                    answered();
+                }
             }
             // The last answer repeats.
             let mut answers = self.answers.lock();
@@ -970,5 +1029,27 @@ mod tests {
         assert_eq!(get(&l), Ok(vec!["b"]), "get serves the listing held");
         let err = l.renew(&1, &Caller::new(false)).unwrap_err();
         assert!(matches!(err, Unavailable::Failed(_)), "{err}");
+    }
+
+    /// A fetch made of many requests that each answer (a long log) is waited for past the
+    /// bound; the bound counts from its last answer.
+    #[test]
+    fn a_fetch_that_makes_progress_is_waited_for_past_the_bound() {
+        let mut t = timing(HOUR);
+        t.first_wait = Duration::from_millis(300);
+        let l = listings(t, &[Ok(vec!["a"])]);
+        *l.source().pages.lock() = Some((8, Duration::from_millis(100)));
+        let started = Instant::now();
+        assert_eq!(get(&l), Ok(vec!["a"]));
+        assert!(started.elapsed() >= Duration::from_millis(800));
+        // Without answers, the bound holds.
+        let mut t = timing(HOUR);
+        t.first_wait = Duration::from_millis(50);
+        let l = listings(t, &[Ok(vec!["a"])]);
+        let (go, gate) = mpsc::channel();
+        *l.source().gate.lock() = Some(gate);
+        let err = l.get(&1, &Unbounded).unwrap_err();
+        assert!(matches!(err, Unavailable::NoAnswer { .. }), "{err}");
+        go.send(()).unwrap();
     }
 }

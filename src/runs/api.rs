@@ -72,6 +72,10 @@ pub struct Reported {
 impl Reported {
     fn note<T>(&self, r: Result<T, ApiError>) -> Result<T, ApiError> {
         self.activity.api_result(&r);
+        if r.is_ok() {
+            // A fetch of many requests (a long log) goes on: its callers wait on.
+            crate::metadata::answered();
+        }
         r
     }
 }
