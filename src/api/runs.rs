@@ -219,7 +219,7 @@ fn string_field(json: &Value, key: &str) -> String {
 }
 
 impl Agent {
-    fn from_json(json: Value) -> Option<Agent> {
+    pub fn from_json(json: Value) -> Option<Agent> {
         let json = snake_keys(json, &[]);
         let id = str_field(&json, "id")?.to_string();
         let name = str_field(&json, "name")?.to_string();

@@ -30,8 +30,8 @@ use flate2::bufread::GzDecoder;
 use tar::EntryType;
 
 use super::blobs::{blob_path, index_path, pack_path, Pack, PACK_MAX};
-use super::encode::encoded_len;
 use super::checks::{checksum, Sums};
+use super::encode::encoded_len;
 use super::input::{
     is_tar_header, GzMembers, Shared, Source, TarInput, GZIP_MAGIC, MAX_MEMBER_METADATA,
     MAX_TRAILER, READ_BUFFER,

@@ -28,6 +28,11 @@ pub(super) fn reservation(a: Announced) -> u64 {
 /// See [`reservation`].
 const SLACK: u64 = 64 * 1024;
 
+/// The part of the room of a version of unknown size that its index may take (one in 16):
+/// with no file count, an archive may hold one member per 4 KiB of content
+/// ([`archive::member_cap`]), and each costs the index at most 256 bytes.
+const UNKNOWN_INDEX_SHARE: u64 = 16;
+
 /// The most the index of a version of `a` may take when unpacked under a byte limit of
 /// `max_bytes` with `need` bytes reserved: what [`reservation`] set aside for it, no more
 /// (the reservation is cut to the budget when it is larger).
@@ -242,19 +247,24 @@ impl Cache {
         let tmp = layout.new_tmp_dir(key)?;
         let outcome = (|| {
             let cancelled = || self.cancelled(key, flight);
-            // The unpack's limit: the announced size, or for an unknown size the room
-            // reserved, less what the index of that many bytes may take.
-            let max_bytes = match announced.size {
-                Some(size) => size.min(self.inner.budget),
-                None => need.saturating_sub(
-                    archive::index_allowance(announced.file_count.unwrap_or(0), need)
-                        .saturating_add(SLACK),
-                ),
+            // The unpack's limits: the announced size and the index room reserved for it;
+            // or, for an unknown size, the room reserved holds both: the index gets the
+            // share its members could take at most ([`UNKNOWN_INDEX_SHARE`]), the content
+            // the rest.
+            let (max_bytes, max_index_bytes) = match announced.size {
+                Some(size) => {
+                    let max_bytes = size.min(self.inner.budget);
+                    (max_bytes, index_room(announced, max_bytes, need))
+                }
+                None => {
+                    let index = need / UNKNOWN_INDEX_SHARE;
+                    (need - index, index)
+                }
             };
             let target = FetchTarget {
                 dir: &tmp,
                 max_bytes,
-                max_index_bytes: index_room(announced, max_bytes, need),
+                max_index_bytes,
                 publish: &**flight,
                 cancelled: &cancelled,
             };

@@ -50,12 +50,13 @@ pub enum FsError {
     /// downloaded again at the next access).
     #[error("{0}")]
     Damaged(crate::archive::Damage),
-    /// The operation would have to wait for a download, and its thread may not (a FUSE
-    /// worker: [`super::Fs::serve`] then runs it again on a waiter thread). Never answered.
-    #[error("the operation would wait for a download")]
+    /// The operation would have to wait for the network (a download, a listing, a run),
+    /// and its thread may not (a FUSE worker: [`super::Fs::serve`] then runs it again on a
+    /// waiter thread). Never answered.
+    #[error("the operation would wait for the network")]
     WouldBlock,
-    /// The process that asked got a signal (or is gone) while waiting for a download.
-    #[error("interrupted while waiting for a download")]
+    /// The process that asked got a signal (or is gone) while waiting for the network.
+    #[error("interrupted while waiting for the network")]
     Interrupted,
     /// The operation panicked (a bug, logged where it happened).
     #[error("internal error: {0}")]
@@ -142,6 +143,8 @@ impl From<Unavailable<ApiError>> for FsError {
         match e {
             Unavailable::Failed(e) => FsError::Remote(e),
             Unavailable::NoAnswer { waited } => FsError::NoAnswer { waited },
+            Unavailable::WouldBlock => FsError::WouldBlock,
+            Unavailable::Interrupted => FsError::Interrupted,
         }
     }
 }
@@ -155,6 +158,8 @@ impl From<Unavailable<VersionsFailed>> for FsError {
                 VersionsFailed::Api(e) => FsError::Remote(e.clone()),
             },
             Unavailable::NoAnswer { waited } => FsError::NoAnswer { waited },
+            Unavailable::WouldBlock => FsError::WouldBlock,
+            Unavailable::Interrupted => FsError::Interrupted,
         }
     }
 }

@@ -32,10 +32,11 @@
 //! is ever served. Inode numbers do not change at the end: published nodes carry the
 //! numbers of the finished index.
 //!
-//! Waiting is bounded: an operation waits for a download only on a waiter thread, never on
-//! a FUSE worker (see [`Fs::serve`] and `wait`), and a waiter lets go within
-//! [`crate::cache::WAIT_SLICE`] once the process that asked no longer wants the answer
-//! (`EINTR`). A panic in an operation is contained there too (`EIO`, see
+//! Waiting is bounded: an operation waits for a download, or for the API (a listing, a run,
+//! an agent: always through [`crate::metadata::Listings`], given the thread's policy), only
+//! on a waiter thread, never on a FUSE worker (see [`Fs::serve`] and `wait`), and a waiter
+//! lets go within [`crate::cache::WAIT_SLICE`] once the process that asked no longer wants
+//! the answer (`EINTR`). A panic in an operation is contained there too (`EIO`, see
 //! [`crate::panics`]).
 //!
 //! Reads come two ways: through a handle from `open` ([`Fs::read`]), or by inode alone
@@ -82,7 +83,7 @@ use handles::{slice_at, DirHandle, Handle, Handles, OpenFile};
 use inode::{InodeTable, MetaNode, Resolved};
 use status::StatusTexts;
 use versions::{Complete, MissLog, Now, LATEST};
-use wait::{Turn, Waiters};
+use wait::{ThreadPolicy, Turn, Waiters};
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
 
@@ -547,7 +548,7 @@ impl Fs {
             Resolved::Meta(MetaNode::KindDir(kind)) => {
                 items.push(item(b".", here));
                 items.push(item(b"..", self.meta_attr(MetaNode::Root)?));
-                let storages = self.storages.get(&kind)?;
+                let storages = self.storages.get(&kind, &ThreadPolicy)?;
                 items.reserve(storages.len());
                 for (name, s) in storages.iter() {
                     let ino = self.inodes.lock().meta_ino(MetaNode::Storage {

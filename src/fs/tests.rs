@@ -947,9 +947,18 @@ fn a_waiter_whose_process_is_gone_is_answered_eintr_and_the_download_stops() {
         move |r| tx.send(r).unwrap(),
     );
     let key = VersionKey::new(Kind::Artifact, &VersionId::parse(&id).unwrap());
+    // The listings are fetched first (on the waiter thread: the worker does not wait for
+    // them), then the download starts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fs.cache().snapshot().in_flight.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(fs.cache().snapshot().in_flight, vec![key.clone()]);
     // The operation waits on a waiter thread (an interest besides the one looked at here).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while fs.cache().in_flight(&key).unwrap().flight().interest() < 2 {
         assert!(
             std::time::Instant::now() < deadline,

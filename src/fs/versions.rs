@@ -233,13 +233,13 @@ impl Fs {
     /// The storage of `kind` named `name`.
     pub(super) fn find_storage(&self, kind: Kind, name: &str) -> Result<Storage> {
         self.storages
-            .find(&kind, |map| map.get(name).cloned())?
+            .find(&kind, &ThreadPolicy, |map| map.get(name).cloned())?
             .ok_or(FsError::NotFound)
     }
 
     /// The versions of a storage.
     pub(super) fn versions(&self, kind: Kind, storage: &StorageName) -> Result<Arc<VersionList>> {
-        Ok(self.versions.get(&(kind, storage.clone()))?)
+        Ok(self.versions.get(&(kind, storage.clone()), &ThreadPolicy)?)
     }
 
     /// The version of `storage` whose id is `id` or starts with it (a unique prefix).
@@ -261,9 +261,11 @@ impl Fs {
         storage: &StorageName,
         id: &str,
     ) -> Result<std::result::Result<Version, Miss>> {
-        let found = self.versions.find(&(kind, storage.clone()), |list| {
-            list.find(id).map(|r| r.cloned())
-        })?;
+        let found = self
+            .versions
+            .find(&(kind, storage.clone()), &ThreadPolicy, |list| {
+                list.find(id).map(|r| r.cloned())
+            })?;
         Ok(match found {
             Some(Ok(v)) => Ok(v),
             Some(Err(Ambiguous)) => Err(Miss::Ambiguous),

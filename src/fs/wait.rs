@@ -1,5 +1,6 @@
-//! Waiting for versions: how long an operation may wait for a download (the calling
-//! thread's [`Policy`]), whether the process that asked still wants the answer, and the
+//! Waiting for versions and for the API: how long an operation may wait for a download or
+//! a listing's fetch (the calling thread's [`Policy`], which both ask as their
+//! [`Patience`]), whether the process that asked still wants the answer, and the
 //! [`Waiters`]: the threads that run the operations that must wait, so that FUSE worker
 //! threads never do.
 //!

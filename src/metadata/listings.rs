@@ -13,10 +13,16 @@
 //! - **Failures are remembered.** After a failed fetch the next one waits for a backoff
 //!   (1 s, doubling up to 60 s); meanwhile a listing held is served, and an access that has
 //!   none gets the failure at once instead of running the whole retry cycle again.
-//! - **Bounded waits.** Only an access that has no listing at all waits for a fetch, and
-//!   only until the fetch has run for [`FIRST_FETCH_WAIT`]: then it gets
-//!   [`Unavailable::NoAnswer`] and the fetch goes on in the background. So a hung API never
-//!   holds a caller longer than that.
+//! - **Bounded waits, by the caller's patience.** Only an access that has no listing at
+//!   all waits for a fetch, and only until the fetch has run for [`FIRST_FETCH_WAIT`]: then
+//!   it gets [`Unavailable::NoAnswer`] and the fetch goes on in the background. So a hung
+//!   API never holds a caller longer than that. Every access that may wait names its
+//!   [`Patience`] (there is no other way in): a caller that may not block at all (a FUSE
+//!   worker) gets [`Unavailable::WouldBlock`] instead of waiting, with the fetch started;
+//!   one that waits looks every [`WAIT_SLICE`] whether its caller still wants the answer,
+//!   and gets [`Unavailable::Interrupted`] as soon as it does not.
+//!   The bound counts from the start of the fetch, or from the last request of it that the
+//!   API answered (see [`answered`]): a fetch that makes progress is waited for.
 //! - **A missing name looks again.** When a name is missing from a listing older than
 //!   [`MISS_REFRESH_AFTER`], the listing is fetched again and the caller waits for it
 //!   (within the same bound), in case what is missing was just made.
@@ -36,6 +42,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::cache::{Patience, WAIT_SLICE};
+
 /// How long a name that was just missing may be looked up again at the API before the TTL
 /// runs out: a user who pushed a version a moment ago finds it without waiting a whole TTL,
 /// and a tool that stats many missing names does not flood the API.
@@ -50,6 +58,24 @@ pub const FIRST_FETCH_WAIT: Duration = Duration::from_secs(10);
 /// failure in a row, up to [`RETRY_BACKOFF_MAX`].
 pub const RETRY_BACKOFF_FIRST: Duration = Duration::from_secs(1);
 pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+thread_local! {
+    /// On a fetch's thread: tells the fetch's entry that the API answered.
+    static PROGRESS: std::cell::RefCell<Option<Box<dyn Fn()>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The API answered a request. Called by a source's API (here: the runs'); on the thread of
+/// a fetch, the fetch's callers' wait bound starts again from now, so that a fetch made of
+/// many requests that each answer (a long log, page by page) is waited for as long as it
+/// goes on, and only a fetch that gets no answer for [`FIRST_FETCH_WAIT`] is given up.
+/// Elsewhere it does nothing.
+pub fn answered() {
+    PROGRESS.with(|p| {
+        if let Some(f) = &*p.borrow() {
+            f()
+        }
+    });
+}
 
 /// Where one family of listings comes from.
 pub trait ListingSource: Send + Sync + 'static {
@@ -97,6 +123,11 @@ pub enum Unavailable<E> {
     /// No listing is held and its fetch has not ended within [`Timing::first_wait`]; it
     /// goes on in the background.
     NoAnswer { waited: Duration },
+    /// The listing would have to be waited for, and the caller may not block (its
+    /// [`Patience`] says so); the fetch has been started.
+    WouldBlock,
+    /// The caller gave up while waiting (its [`Patience`] says so).
+    Interrupted,
 }
 
 impl<E> Clone for Unavailable<E> {
@@ -104,6 +135,8 @@ impl<E> Clone for Unavailable<E> {
         match self {
             Unavailable::Failed(e) => Unavailable::Failed(e.clone()),
             Unavailable::NoAnswer { waited } => Unavailable::NoAnswer { waited: *waited },
+            Unavailable::WouldBlock => Unavailable::WouldBlock,
+            Unavailable::Interrupted => Unavailable::Interrupted,
         }
     }
 }
@@ -117,6 +150,8 @@ impl<E: fmt::Display> fmt::Display for Unavailable<E> {
                 "the VM0 API has not answered within {} s; still trying in the background",
                 waited.as_secs()
             ),
+            Unavailable::WouldBlock => f.write_str("the listing would be waited for"),
+            Unavailable::Interrupted => f.write_str("interrupted while waiting for the VM0 API"),
         }
     }
 }
@@ -173,6 +208,8 @@ struct Entry<S: ListingSource> {
     fetched: Option<Instant>,
     /// When the fetch in progress started, if one is.
     fetching: Option<Instant>,
+    /// When the API last answered a request of the fetch in progress (see [`answered`]).
+    progress: Option<Instant>,
     /// Fetches ended so far: a caller knows that the fetch it waits for has ended when
     /// this moves.
     ended: u64,
@@ -186,6 +223,7 @@ impl<S: ListingSource> Default for Entry<S> {
             value: None,
             fetched: None,
             fetching: None,
+            progress: None,
             ended: 0,
             failure: None,
         }
@@ -193,6 +231,17 @@ impl<S: ListingSource> Default for Entry<S> {
 }
 
 impl<S: ListingSource> Entry<S> {
+    /// Until when callers wait for the fetch in progress: the bound, counted from its start
+    /// or from the last answer the API gave it.
+    fn wait_deadline(&self, first_wait: Duration) -> Option<Instant> {
+        let start = self.fetching?;
+        let since = match self.progress {
+            Some(p) if p > start => p,
+            _ => start,
+        };
+        Some(since + first_wait)
+    }
+
     fn stale(&self, max_age: Duration) -> bool {
         self.fetched.is_none_or(|t| t.elapsed() >= max_age)
     }
@@ -207,6 +256,9 @@ impl<S: ListingSource> Entry<S> {
                 .is_none_or(|f| Instant::now() >= f.retry_at || source.answered_since(f.at))
     }
 }
+
+/// The entries of a source's listings, locked.
+type Held<'a, S> = MutexGuard<'a, HashMap<<S as ListingSource>::Key, Entry<S>>>;
 
 struct Shared<S: ListingSource> {
     source: S,
@@ -247,8 +299,13 @@ impl<S: ListingSource> Listings<S> {
     }
 
     /// The listing of `key`: the one held, at once (refreshed in the background when it is
-    /// older than the TTL), else the one a fetch brings within the wait bound.
-    pub fn get(&self, key: &S::Key) -> Result<Arc<S::Value>, Unavailable<S::Error>> {
+    /// older than the TTL), else the one a fetch brings within the wait bound, waited for
+    /// as `patience` allows.
+    pub fn get(
+        &self,
+        key: &S::Key,
+        patience: &dyn Patience,
+    ) -> Result<Arc<S::Value>, Unavailable<S::Error>> {
         let mut entries = self.entries(key);
         let e = entries.get_mut(key).expect("made by entries()");
         if let Some(v) = e.value.clone() {
@@ -264,7 +321,7 @@ impl<S: ListingSource> Listings<S> {
             }
             self.start_fetch(e, key);
         }
-        let entries = self.wait_for_fetch(entries, key);
+        let entries = self.wait_for_fetch(entries, key, patience)?;
         let e = &entries[key];
         match (&e.value, &e.failure) {
             (Some(v), _) => Ok(v.clone()),
@@ -280,9 +337,10 @@ impl<S: ListingSource> Listings<S> {
     pub fn find<R>(
         &self,
         key: &S::Key,
+        patience: &dyn Patience,
         pick: impl Fn(&S::Value) -> Option<R>,
     ) -> Result<Option<R>, Unavailable<S::Error>> {
-        if let Some(found) = pick(&*self.get(key)?) {
+        if let Some(found) = pick(&*self.get(key, patience)?) {
             return Ok(Some(found));
         }
         let mut entries = self.entries(key);
@@ -293,12 +351,39 @@ impl<S: ListingSource> Listings<S> {
             }
             self.start_fetch(e, key);
         }
-        let entries = self.wait_for_fetch(entries, key);
+        let entries = self.wait_for_fetch(entries, key, patience)?;
         let e = &entries[key];
         match (&e.value, &e.failure) {
             (Some(v), _) => Ok(pick(v)),
             // A definite refusal took the listing away.
             (None, Some(f)) => Err(Unavailable::Failed(f.error.clone())),
+            (None, None) => Err(self.no_answer(e)),
+        }
+    }
+
+    /// The listing of `key` as a fetch that starts now brings it (or the fetch running, if
+    /// one is), waited for within the bound as `patience` allows: for a listing that must
+    /// be asked again whatever is held. During a backoff, the last failure at once.
+    pub fn renew(
+        &self,
+        key: &S::Key,
+        patience: &dyn Patience,
+    ) -> Result<Arc<S::Value>, Unavailable<S::Error>> {
+        let mut entries = self.entries(key);
+        let e = entries.get_mut(key).expect("made by entries()");
+        if e.fetching.is_none() {
+            if !e.due(&self.shared.source) {
+                let f = e.failure.as_ref().expect("not due: a failure");
+                return Err(Unavailable::Failed(f.error.clone()));
+            }
+            self.start_fetch(e, key);
+        }
+        let entries = self.wait_for_fetch(entries, key, patience)?;
+        let e = &entries[key];
+        match (&e.value, &e.failure) {
+            _ if e.fetching.is_some() => Err(self.no_answer(e)),
+            (_, Some(f)) => Err(Unavailable::Failed(f.error.clone())),
+            (Some(v), None) => Ok(v.clone()),
             (None, None) => Err(self.no_answer(e)),
         }
     }
@@ -350,34 +435,58 @@ impl<S: ListingSource> Listings<S> {
     }
 
     /// Wait until the fetch of `key` in progress ends, or until it has run for the wait
-    /// bound (at once if it already has).
+    /// bound (at once if it already has), as `patience` allows: not at all for a caller
+    /// that may not block, and no longer than its caller wants the answer. The one place
+    /// where a caller of listings waits.
     fn wait_for_fetch<'a>(
         &'a self,
-        mut entries: MutexGuard<'a, HashMap<S::Key, Entry<S>>>,
+        mut entries: Held<'a, S>,
         key: &S::Key,
-    ) -> MutexGuard<'a, HashMap<S::Key, Entry<S>>> {
+        patience: &dyn Patience,
+    ) -> Result<Held<'a, S>, Unavailable<S::Error>> {
+        let first_wait = self.shared.timing.first_wait;
         let e = &entries[key];
-        let Some(started) = e.fetching else {
-            return entries;
+        let Some(deadline) = e.wait_deadline(first_wait) else {
+            return Ok(entries);
         };
         let ended = e.ended;
-        let deadline = started + self.shared.timing.first_wait;
+        if Instant::now() >= deadline {
+            return Ok(entries);
+        }
+        if !patience.may_block() {
+            return Err(Unavailable::WouldBlock);
+        }
         while entries[key].ended == ended {
+            // A fetch that gets answers (a long log, page by page) moves the deadline on.
+            let Some(deadline) = entries[key].wait_deadline(first_wait) else {
+                break;
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let until = deadline.min(now + WAIT_SLICE);
             if self
                 .shared
                 .ended
-                .wait_until(&mut entries, deadline)
+                .wait_until(&mut entries, until)
                 .timed_out()
+                && Instant::now() < deadline
             {
-                break;
+                // Asked without the lock: the caller's patience may read /proc.
+                let gave_up = MutexGuard::unlocked(&mut entries, || patience.gave_up());
+                if gave_up {
+                    return Err(Unavailable::Interrupted);
+                }
             }
         }
-        entries
+        Ok(entries)
     }
 
     /// Start fetching `key` in the background.
     fn start_fetch(&self, e: &mut Entry<S>, key: &S::Key) {
         e.fetching = Some(Instant::now());
+        e.progress = None;
         let listings = self.clone();
         let owned = key.clone();
         let spawned = std::thread::Builder::new()
@@ -394,7 +503,18 @@ impl<S: ListingSource> Listings<S> {
     /// The background side of a fetch: fetch, keep the outcome, wake the waiters.
     fn fetch(&self, key: &S::Key) {
         let shared = &*self.shared;
+        let progress: Box<dyn Fn()> = Box::new({
+            let listings = self.clone();
+            let key = key.clone();
+            move || {
+                if let Some(e) = listings.shared.entries.lock().get_mut(&key) {
+                    e.progress = Some(Instant::now());
+                }
+            }
+        });
+        PROGRESS.with(|p| *p.borrow_mut() = Some(progress));
         let outcome = catch_unwind(AssertUnwindSafe(|| shared.source.fetch(key)));
+        PROGRESS.with(|p| *p.borrow_mut() = None);
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(_) => {
@@ -462,6 +582,7 @@ impl<S: ListingSource> Listings<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::Unbounded;
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
@@ -480,6 +601,8 @@ mod tests {
         saved: Mutex<HashMap<u8, Vec<&'static str>>>,
         /// When the API last answered (for `answered_since`).
         answered: Mutex<Option<Instant>>,
+        /// Requests each fetch makes before its answer, each answered after this long.
+        pages: Mutex<Option<(usize, Duration)>>,
     }
 
     impl ListingSource for Script {
@@ -491,6 +614,13 @@ mod tests {
             self.fetches.fetch_add(1, Ordering::SeqCst);
             if let Some(gate) = &*self.gate.lock() {
                 let _ = gate.recv();
+            }
+            let pages = *self.pages.lock();
+            if let Some((n, each)) = pages {
+                for _ in 0..n {
+                    std::thread::sleep(each);
+                    answered();
+                }
             }
             // The last answer repeats.
             let mut answers = self.answers.lock();
@@ -569,7 +699,9 @@ mod tests {
     }
 
     fn get(l: &Listings<Script>) -> Result<Vec<&'static str>, String> {
-        l.get(&1).map(|v| (*v).clone()).map_err(|e| e.to_string())
+        l.get(&1, &Unbounded)
+            .map(|v| (*v).clone())
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -678,12 +810,12 @@ mod tests {
         let l = listings(t, &[Ok(vec!["a"])]);
         let (go, gate) = mpsc::channel();
         *l.source().gate.lock() = Some(gate);
-        let err = l.get(&1).unwrap_err();
+        let err = l.get(&1, &Unbounded).unwrap_err();
         assert!(matches!(err, Unavailable::NoAnswer { .. }), "{err}");
         assert!(err.to_string().contains("not answered"), "{err}");
         // The bound is counted from the start of the fetch: this one has run past it.
         std::thread::scope(|s| {
-            let late = s.spawn(|| l.get(&1).map(|_| ()).unwrap_err());
+            let late = s.spawn(|| l.get(&1, &Unbounded).map(|_| ()).unwrap_err());
             let err = late.join().unwrap();
             assert!(matches!(err, Unavailable::NoAnswer { .. }), "{err}");
         });
@@ -716,9 +848,9 @@ mod tests {
     #[test]
     fn listings_of_different_keys_are_kept_apart() {
         let l = listings(timing(HOUR), &[Ok(vec!["one"]), Ok(vec!["two"])]);
-        assert_eq!(*l.get(&1).unwrap(), ["one"]);
-        assert_eq!(*l.get(&2).unwrap(), ["two"]);
-        assert_eq!(*l.get(&1).unwrap(), ["one"]);
+        assert_eq!(*l.get(&1, &Unbounded).unwrap(), ["one"]);
+        assert_eq!(*l.get(&2, &Unbounded).unwrap(), ["two"]);
+        assert_eq!(*l.get(&1, &Unbounded).unwrap(), ["one"]);
         assert_eq!(fetches(&l), 2);
     }
 
@@ -730,8 +862,8 @@ mod tests {
             |name: &'static str| move |v: &Vec<&'static str>| v.contains(&name).then_some(name);
         // Younger than MISS_REFRESH_AFTER: the miss is answered from the listing.
         let l = listings(timing(HOUR), &[Ok(vec!["a"])]);
-        assert_eq!(l.find(&1, pick("a")).unwrap(), Some("a"));
-        assert_eq!(l.find(&1, pick("new")).unwrap(), None);
+        assert_eq!(l.find(&1, &Unbounded, pick("a")).unwrap(), Some("a"));
+        assert_eq!(l.find(&1, &Unbounded, pick("new")).unwrap(), None);
         assert_eq!(fetches(&l), 1);
 
         // Older: one more fetch per miss, which finds a name made since.
@@ -746,25 +878,27 @@ mod tests {
                 Err("transient"),
             ],
         );
-        assert_eq!(l.find(&1, pick("a")).unwrap(), Some("a"));
+        assert_eq!(l.find(&1, &Unbounded, pick("a")).unwrap(), Some("a"));
         assert_eq!(fetches(&l), 1, "a hit fetches nothing");
-        assert_eq!(l.find(&1, pick("new")).unwrap(), Some("new"));
+        assert_eq!(l.find(&1, &Unbounded, pick("new")).unwrap(), Some("new"));
         assert_eq!(fetches(&l), 2);
-        assert_eq!(l.find(&1, pick("gone")).unwrap(), None);
+        assert_eq!(l.find(&1, &Unbounded, pick("gone")).unwrap(), None);
         assert_eq!(fetches(&l), 3, "one refetch per miss");
         // The refetched listing is the one held from then on.
-        assert_eq!(*l.get(&1).unwrap(), ["a", "new"]);
+        assert_eq!(*l.get(&1, &Unbounded).unwrap(), ["a", "new"]);
         assert_eq!(fetches(&l), 3);
         // A refresh that fails leaves the answer to the listing held.
-        assert_eq!(l.find(&1, pick("gone")).unwrap(), None);
-        assert_eq!(l.find(&1, pick("new")).unwrap(), Some("new"));
+        assert_eq!(l.find(&1, &Unbounded, pick("gone")).unwrap(), None);
+        assert_eq!(l.find(&1, &Unbounded, pick("new")).unwrap(), Some("new"));
     }
 
     #[test]
     fn find_passes_on_a_failed_fetch() {
         let l = listings(timing(HOUR), &[Err("final")]);
         assert_eq!(
-            l.find(&1, |v| v.first().copied()).unwrap_err().to_string(),
+            l.find(&1, &Unbounded, |v| v.first().copied())
+                .unwrap_err()
+                .to_string(),
             "final"
         );
     }
@@ -783,9 +917,139 @@ mod tests {
         assert_eq!(l.source().saved.lock()[&1], ["new"]);
 
         l.seed(&2, vec!["seeded"]);
-        assert_eq!(*l.get(&2).unwrap(), ["seeded"]);
+        assert_eq!(*l.get(&2, &Unbounded).unwrap(), ["seeded"]);
         assert_eq!(fetches(&l), 1, "a seeded listing is fresh");
         assert_eq!(l.source().saved.lock()[&2], ["seeded"]);
         assert!(l.peek(&3).is_none());
+    }
+    /// A caller's patience as a test sets it.
+    struct Caller {
+        may_block: bool,
+        gave_up: std::sync::atomic::AtomicBool,
+    }
+
+    impl Caller {
+        fn new(may_block: bool) -> Caller {
+            Caller {
+                may_block,
+                gave_up: Default::default(),
+            }
+        }
+    }
+
+    impl Patience for Caller {
+        fn may_block(&self) -> bool {
+            self.may_block
+        }
+        fn gave_up(&self) -> bool {
+            self.gave_up.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A caller that may not block is answered at once: from the listing held, or with
+    /// `WouldBlock` and the fetch started (which a later caller that may wait joins).
+    #[test]
+    fn a_caller_that_may_not_block_never_waits() {
+        let l = listings(timing(HOUR), &[Ok(vec!["a"])]);
+        let (go, gate) = mpsc::channel();
+        *l.source().gate.lock() = Some(gate);
+        let worker = Caller::new(false);
+        for _ in 0..3 {
+            let err = l.get(&1, &worker).unwrap_err();
+            assert!(matches!(err, Unavailable::WouldBlock), "{err}");
+            let err = l.find(&1, &worker, |v| v.first().copied()).unwrap_err();
+            assert!(matches!(err, Unavailable::WouldBlock), "{err}");
+        }
+        until("the fetch to start", || fetches(&l) == 1);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| get(&l));
+            go.send(()).unwrap();
+            assert_eq!(waiter.join().unwrap(), Ok(vec!["a"]));
+        });
+        *l.source().gate.lock() = None;
+        assert_eq!(fetches(&l), 1, "one fetch for every caller");
+        // Held: answered at once, even to a caller that may not block.
+        assert_eq!(*l.get(&1, &worker).unwrap(), ["a"]);
+        // A miss in a listing too young to look again is answered from it.
+        assert_eq!(l.find(&1, &worker, |_| None::<()>).unwrap(), None);
+    }
+
+    /// A waiting caller whose caller gives up is let go within a slice or two, long before
+    /// the bound; the fetch goes on and serves the next caller.
+    #[test]
+    fn a_waiting_caller_that_gives_up_is_let_go_at_once() {
+        let l = listings(timing(HOUR), &[Ok(vec!["a"])]);
+        let (go, gate) = mpsc::channel();
+        *l.source().gate.lock() = Some(gate);
+        let caller = Caller::new(true);
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| {
+                let r = l.get(&1, &caller).map(|_| ());
+                (r, Instant::now())
+            });
+            until("the fetch to start", || fetches(&l) == 1);
+            let gave_up = Instant::now();
+            caller.gave_up.store(true, Ordering::SeqCst);
+            let (r, answered) = waiting.join().unwrap();
+            assert!(matches!(r, Err(Unavailable::Interrupted)), "{r:?}");
+            assert!(
+                answered.duration_since(gave_up) < 20 * WAIT_SLICE,
+                "let go after {:?}",
+                answered.duration_since(gave_up)
+            );
+        });
+        go.send(()).unwrap();
+        *l.source().gate.lock() = None;
+        until("the fetch to end", || idle(&l));
+        assert_eq!(get(&l), Ok(vec!["a"]));
+        assert_eq!(fetches(&l), 1);
+    }
+
+    /// `renew` asks again whatever is held, waits within the bound, and passes a failure
+    /// on (remembered for the backoff).
+    #[test]
+    fn renew_fetches_again_and_passes_failures_on() {
+        let mut t = timing(HOUR);
+        t.backoff_first = HOUR;
+        t.backoff_max = HOUR;
+        let l = listings(t, &[Ok(vec!["a"]), Ok(vec!["b"]), Err("transient")]);
+        assert_eq!(get(&l), Ok(vec!["a"]));
+        assert_eq!(*l.renew(&1, &Unbounded).unwrap(), ["b"]);
+        assert_eq!(fetches(&l), 2);
+        assert_eq!(
+            l.renew(&1, &Unbounded).unwrap_err().to_string(),
+            "transient"
+        );
+        assert_eq!(
+            l.renew(&1, &Unbounded).unwrap_err().to_string(),
+            "transient",
+            "within the backoff"
+        );
+        assert_eq!(fetches(&l), 3);
+        assert_eq!(get(&l), Ok(vec!["b"]), "get serves the listing held");
+        let err = l.renew(&1, &Caller::new(false)).unwrap_err();
+        assert!(matches!(err, Unavailable::Failed(_)), "{err}");
+    }
+
+    /// A fetch made of many requests that each answer (a long log) is waited for past the
+    /// bound; the bound counts from its last answer.
+    #[test]
+    fn a_fetch_that_makes_progress_is_waited_for_past_the_bound() {
+        let mut t = timing(HOUR);
+        t.first_wait = Duration::from_millis(300);
+        let l = listings(t, &[Ok(vec!["a"])]);
+        *l.source().pages.lock() = Some((8, Duration::from_millis(100)));
+        let started = Instant::now();
+        assert_eq!(get(&l), Ok(vec!["a"]));
+        assert!(started.elapsed() >= Duration::from_millis(800));
+        // Without answers, the bound holds.
+        let mut t = timing(HOUR);
+        t.first_wait = Duration::from_millis(50);
+        let l = listings(t, &[Ok(vec!["a"])]);
+        let (go, gate) = mpsc::channel();
+        *l.source().gate.lock() = Some(gate);
+        let err = l.get(&1, &Unbounded).unwrap_err();
+        assert!(matches!(err, Unavailable::NoAnswer { .. }), "{err}");
+        go.send(()).unwrap();
     }
 }

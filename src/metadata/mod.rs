@@ -16,7 +16,7 @@ mod storages;
 mod versions;
 
 pub use listings::{
-    ListingSource, Listings, Timing, Unavailable, FIRST_FETCH_WAIT, MISS_REFRESH_AFTER,
+    answered, ListingSource, Listings, Timing, Unavailable, FIRST_FETCH_WAIT, MISS_REFRESH_AFTER,
 };
 pub use saved::Saved;
 pub use storages::{first_listing, storage_map, FirstListing, StorageMap, StorageSource};

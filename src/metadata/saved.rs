@@ -7,6 +7,8 @@
 //! CACHE/listings/artifacts.json
 //! CACHE/listings/volumes/<hash>.json       the versions of one storage; <hash>: FNV-1a
 //! CACHE/listings/artifacts/<hash>.json     (64 bits, hex) of its name, which is also inside
+//! CACHE/listings/documents/<hash>.json     another listing (the agents, an agent's files),
+//!                                          <hash> of what it is, which is also inside
 //! ```
 //!
 //! Each file is written whole after each successful fetch (a temporary file renamed over
@@ -112,6 +114,16 @@ struct File<T> {
     storage: Option<StorageName>,
     fetched_at: UnixTime,
     rows: Vec<T>,
+}
+
+/// A saved document of another room (the agents, an agent's files): what it is, when it
+/// was fetched, and its body.
+#[derive(Debug, Serialize, Deserialize)]
+struct Document<T> {
+    format: u32,
+    what: String,
+    fetched_at: UnixTime,
+    body: T,
 }
 
 impl From<&Storage> for SavedStorage {
@@ -250,13 +262,48 @@ impl Saved {
         remove(&self.versions_path(kind, storage));
     }
 
-    /// The rows of a saved file, if it exists, reads, and is the listing asked for.
-    fn read<T: for<'de> Deserialize<'de>>(
-        &self,
-        path: &Path,
-        kind: Kind,
-        storage: Option<&StorageName>,
-    ) -> Option<Vec<T>> {
+    fn document_path(&self, what: &str) -> PathBuf {
+        self.dir
+            .join("documents")
+            .join(format!("{:016x}.json", fnv1a(what.as_bytes())))
+    }
+
+    /// The document saved as `what` (for example "agents"), if one is, reads, and is that.
+    pub fn load_document<T: for<'de> Deserialize<'de>>(&self, what: &str) -> Option<T> {
+        let path = self.document_path(what);
+        let bytes = self.read_format(&path)?;
+        match serde_json::from_slice::<Document<T>>(&bytes) {
+            Ok(d) if d.what == what => Some(d.body),
+            // Another document whose name has the same hash.
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring a damaged saved listing");
+                None
+            }
+        }
+    }
+
+    /// Save `body` as the document `what`, replacing the one saved before.
+    pub fn save_document<T: Serialize>(&self, what: &str, body: &T) {
+        let path = self.document_path(what);
+        let doc = Document {
+            format: LISTINGS_FORMAT,
+            what: what.to_string(),
+            fetched_at: SystemTime::now().into(),
+            body,
+        };
+        let bytes = serde_json::to_vec(&doc).expect("a saved document always serializes");
+        if let Err(e) = write_atomic(&path, &bytes) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save a listing for later mounts");
+        }
+    }
+
+    pub fn forget_document(&self, what: &str) {
+        remove(&self.document_path(what));
+    }
+
+    /// The bytes of a saved file, if it exists, reads, and is of [`LISTINGS_FORMAT`].
+    fn read_format(&self, path: &Path) -> Option<Vec<u8>> {
         let bytes = match fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
@@ -271,16 +318,26 @@ impl Saved {
             format: u32,
         }
         match serde_json::from_slice::<Format>(&bytes) {
-            Ok(f) if f.format == LISTINGS_FORMAT => {}
+            Ok(f) if f.format == LISTINGS_FORMAT => Some(bytes),
             Ok(f) => {
                 tracing::info!(path = %path.display(), found = f.format, expected = LISTINGS_FORMAT, "ignoring a saved listing of another format");
-                return None;
+                None
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "ignoring a damaged saved listing");
-                return None;
+                None
             }
         }
+    }
+
+    /// The rows of a saved file, if it exists, reads, and is the listing asked for.
+    fn read<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &Path,
+        kind: Kind,
+        storage: Option<&StorageName>,
+    ) -> Option<Vec<T>> {
+        let bytes = self.read_format(path)?;
         match serde_json::from_slice::<File<T>>(&bytes) {
             Ok(f) if f.kind == kind && f.storage.as_ref() == storage => Some(f.rows),
             // Another storage whose name has the same hash: not this one's listing.
@@ -456,5 +513,35 @@ mod tests {
             LISTINGS_FORMAT, 1,
             "update the pinned records above with the bump"
         );
+    }
+
+    #[test]
+    fn documents_round_trip_are_private_and_told_apart() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let saved = Saved::new(dir.path());
+        assert_eq!(saved.load_document::<Vec<u32>>("agents"), None);
+        saved.save_document("agents", &vec![1u32, 2]);
+        saved.save_document("agent x", &vec![3u32]);
+        assert_eq!(saved.load_document::<Vec<u32>>("agents"), Some(vec![1, 2]));
+        assert_eq!(saved.load_document::<Vec<u32>>("agent x"), Some(vec![3]));
+        let path = saved.document_path("agents");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Another document under the same file name is not this one.
+        let other = fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"agents\"", "\"agentz\"");
+        fs::write(&path, other).unwrap();
+        assert_eq!(saved.load_document::<Vec<u32>>("agents"), None);
+        // Another format is ignored.
+        saved.save_document("agents", &vec![1u32]);
+        let old = fs::read_to_string(&path)
+            .unwrap()
+            .replace(&format!("\"format\":{LISTINGS_FORMAT}"), "\"format\":0");
+        fs::write(&path, old).unwrap();
+        assert_eq!(saved.load_document::<Vec<u32>>("agents"), None);
+        saved.forget_document("agent x");
+        assert_eq!(saved.load_document::<Vec<u32>>("agent x"), None);
     }
 }

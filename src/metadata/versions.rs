@@ -17,6 +17,7 @@ use crate::remote::Remote;
 use super::listings::{ListingSource, Listings, Unavailable};
 use super::saved::Saved;
 use super::storages::StorageSource;
+use crate::cache::Unbounded;
 
 /// The versions of one storage: in the order the API lists them (newest first), and by id.
 pub struct VersionList {
@@ -88,7 +89,7 @@ impl ListingSource for VersionSource {
     fn fetch(&self, (kind, name): &(Kind, StorageName)) -> Result<VersionList, VersionsFailed> {
         let storage = self
             .storages
-            .find(kind, |map| map.get(name.as_str()).cloned())
+            .find(kind, &Unbounded, |map| map.get(name.as_str()).cloned())
             .map_err(VersionsFailed::Storages)?
             .ok_or(VersionsFailed::NoStorage)?;
         let list = self.remote.list_versions(*kind, &storage.id);
@@ -106,7 +107,9 @@ impl ListingSource for VersionSource {
             VersionsFailed::Storages(Unavailable::Failed(e)) | VersionsFailed::Api(e) => {
                 !e.is_auth() && !e.is_not_found()
             }
-            VersionsFailed::Storages(Unavailable::NoAnswer { .. }) => true,
+            VersionsFailed::Storages(
+                Unavailable::NoAnswer { .. } | Unavailable::WouldBlock | Unavailable::Interrupted,
+            ) => true,
         }
     }
 

@@ -1,6 +1,9 @@
 //! What the runs ask of the API: one small trait, which the API client implements and the
-//! library tests replace with a fake, and the listings they keep (runs, agents, an agent's
-//! files) as [`ListingSource`]s of the generic [`crate::metadata::Listings`].
+//! library tests replace with a fake ([`Reported`] tells [`Activity`] the outcome of every
+//! call), and what they fetch as [`ListingSource`]s of the generic
+//! [`crate::metadata::Listings`] (runs, agents, an agent's files, a run's detail, a run's
+//! files), so that every wait for the API is bounded and interruptible in one place. The
+//! agents and their files are saved in the cache directory for mounts started offline.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -12,7 +15,10 @@ use serde_json::Value;
 use crate::api::{Agent, ApiError, Client, LogPage, LogQuery, Run, RunEvent, RunId, RunQuery};
 
 use crate::activity::Activity;
-use crate::metadata::ListingSource;
+use crate::metadata::{ListingSource, Saved};
+
+use super::files::SyncError;
+use super::state::RunState;
 
 /// A run's event stream being read.
 pub type Events = Box<dyn Iterator<Item = io::Result<RunEvent>> + Send>;
@@ -53,6 +59,51 @@ impl RunsApi for Client {
     }
     fn list_agent_versions(&self, id: &str) -> Result<Vec<Value>, ApiError> {
         Client::list_agent_versions(self, id)
+    }
+}
+
+/// The API with the outcome of every call told to [`Activity`]: whether the API answers,
+/// since when it fails and its last error, as the status file shows them.
+pub struct Reported {
+    pub api: Arc<dyn RunsApi>,
+    pub activity: Arc<Activity>,
+}
+
+impl Reported {
+    fn note<T>(&self, r: Result<T, ApiError>) -> Result<T, ApiError> {
+        self.activity.api_result(&r);
+        if r.is_ok() {
+            // A fetch of many requests (a long log) goes on: its callers wait on.
+            crate::metadata::answered();
+        }
+        r
+    }
+}
+
+impl RunsApi for Reported {
+    fn list_runs(&self, query: &RunQuery<'_>) -> Result<Vec<Run>, ApiError> {
+        self.note(self.api.list_runs(query))
+    }
+    fn get_run(&self, id: &RunId) -> Result<Run, ApiError> {
+        self.note(self.api.get_run(id))
+    }
+    fn run_logs(&self, id: &RunId, query: &LogQuery<'_>) -> Result<LogPage, ApiError> {
+        self.note(self.api.run_logs(id, query))
+    }
+    fn run_metrics(&self, id: &RunId) -> Result<Value, ApiError> {
+        self.note(self.api.run_metrics(id))
+    }
+    fn run_events(&self, id: &RunId, last_event_id: Option<u64>) -> Result<Events, ApiError> {
+        self.note(self.api.run_events(id, last_event_id))
+    }
+    fn list_agents(&self) -> Result<Vec<Agent>, ApiError> {
+        self.note(self.api.list_agents())
+    }
+    fn get_agent(&self, id: &str) -> Result<Agent, ApiError> {
+        self.note(self.api.get_agent(id))
+    }
+    fn list_agent_versions(&self, id: &str) -> Result<Vec<Value>, ApiError> {
+        self.note(self.api.list_agent_versions(id))
     }
 }
 
@@ -107,7 +158,6 @@ impl ListingSource for RunListSource {
             since,
             limit: Some(self.limit),
         });
-        self.activity.api_result(&runs);
         let runs: Vec<Arc<Run>> = runs?.into_iter().map(Arc::new).collect();
         let by_id = runs
             .iter()
@@ -130,10 +180,26 @@ impl ListingSource for RunListSource {
     }
 }
 
-/// The agents, by name.
+/// The agents, by name; saved in the cache directory for mounts started offline.
 pub struct AgentSource {
     pub api: Arc<dyn RunsApi>,
     pub activity: Arc<Activity>,
+    pub saved: Arc<Saved>,
+}
+
+/// What the agents listing is saved as.
+const SAVED_AGENTS: &str = "agents";
+
+/// What an agent's files are saved as.
+fn saved_agent(id: &str) -> String {
+    format!("agent {id}")
+}
+
+/// An agent's files as saved: the objects as the API gave them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedAgentFiles {
+    agent: Value,
+    versions: Vec<Value>,
 }
 
 impl ListingSource for AgentSource {
@@ -142,9 +208,9 @@ impl ListingSource for AgentSource {
     type Error = ApiError;
 
     fn fetch(&self, _: &()) -> Result<BTreeMap<String, Agent>, ApiError> {
-        let agents = self.api.list_agents();
-        self.activity.api_result(&agents);
-        Ok(agents?
+        Ok(self
+            .api
+            .list_agents()?
             .into_iter()
             .filter(|a| super::safe_name(&a.name))
             .map(|a| (a.name.clone(), a))
@@ -159,6 +225,26 @@ impl ListingSource for AgentSource {
         report_failure("agents", e, served_previous, streak, &self.activity);
     }
 
+    fn load(&self, _: &()) -> Option<BTreeMap<String, Agent>> {
+        let rows: Vec<Value> = self.saved.load_document(SAVED_AGENTS)?;
+        Some(
+            rows.into_iter()
+                .filter_map(Agent::from_json)
+                .filter(|a| super::safe_name(&a.name))
+                .map(|a| (a.name.clone(), a))
+                .collect(),
+        )
+    }
+
+    fn save(&self, _: &(), agents: &BTreeMap<String, Agent>) {
+        let rows: Vec<&Value> = agents.values().map(|a| &a.json).collect();
+        self.saved.save_document(SAVED_AGENTS, &rows);
+    }
+
+    fn forget(&self, _: &()) {
+        self.saved.forget_document(SAVED_AGENTS);
+    }
+
     fn answered_since(&self, t: std::time::Instant) -> bool {
         self.activity.answered_since(t)
     }
@@ -168,13 +254,32 @@ impl ListingSource for AgentSource {
 pub struct AgentFiles {
     pub agent_json: Vec<u8>,
     pub versions_json: Vec<u8>,
-    pub fetched: SystemTime,
+    /// The agent's `updated_at`: the files' mtime.
+    pub updated_at: SystemTime,
+    /// What they were rendered from, to save.
+    saved: SavedAgentFiles,
 }
 
-/// The files of an agent (by id): its detail and its versions.
+impl AgentFiles {
+    fn new(agent: Agent, versions: Vec<Value>) -> AgentFiles {
+        AgentFiles {
+            agent_json: super::files::pretty(&agent.json),
+            versions_json: super::files::pretty(&Value::Array(versions.clone())),
+            updated_at: agent.updated_at,
+            saved: SavedAgentFiles {
+                agent: agent.json,
+                versions,
+            },
+        }
+    }
+}
+
+/// The files of an agent (by id): its detail and its versions; saved in the cache
+/// directory for mounts started offline.
 pub struct AgentFilesSource {
     pub api: Arc<dyn RunsApi>,
     pub activity: Arc<Activity>,
+    pub saved: Arc<Saved>,
 }
 
 impl ListingSource for AgentFilesSource {
@@ -187,13 +292,22 @@ impl ListingSource for AgentFilesSource {
             .api
             .get_agent(id)
             .and_then(|a| Ok((a, self.api.list_agent_versions(id)?)));
-        self.activity.api_result(&both);
         let (agent, versions) = both?;
-        Ok(AgentFiles {
-            agent_json: super::files::pretty(&agent.json),
-            versions_json: super::files::pretty(&Value::Array(versions)),
-            fetched: SystemTime::now(),
-        })
+        Ok(AgentFiles::new(agent, versions))
+    }
+
+    fn load(&self, id: &String) -> Option<AgentFiles> {
+        let saved: SavedAgentFiles = self.saved.load_document(&saved_agent(id))?;
+        let agent = Agent::from_json(saved.agent)?;
+        Some(AgentFiles::new(agent, saved.versions))
+    }
+
+    fn save(&self, id: &String, files: &AgentFiles) {
+        self.saved.save_document(&saved_agent(id), &files.saved);
+    }
+
+    fn forget(&self, id: &String) {
+        self.saved.forget_document(&saved_agent(id));
     }
 
     fn serves_previous(&self, e: &ApiError) -> bool {
@@ -208,6 +322,96 @@ impl ListingSource for AgentFilesSource {
             streak,
             &self.activity,
         );
+    }
+
+    fn answered_since(&self, t: std::time::Instant) -> bool {
+        self.activity.answered_since(t)
+    }
+}
+
+/// A run's detail, asked of the API (by id): one request per run at a time, callers'
+/// waits bounded. What the mount knows of the run already serves as the copy held.
+pub struct RunDetailSource {
+    pub state: Arc<RunState>,
+    pub activity: Arc<Activity>,
+}
+
+impl ListingSource for RunDetailSource {
+    type Key = RunId;
+    type Value = Arc<Run>;
+    type Error = ApiError;
+
+    fn fetch(&self, id: &RunId) -> Result<Arc<Run>, ApiError> {
+        self.state.fetch_detail(id)
+    }
+
+    /// A run the API no longer has (or no longer shows) is not served from before.
+    fn serves_previous(&self, e: &ApiError) -> bool {
+        !e.is_auth() && !e.is_not_found()
+    }
+
+    fn report(&self, id: &RunId, e: &ApiError, served_previous: bool, streak: u32) {
+        // An unknown id is the user's: `ls runs/<anything>` must not count as a failure.
+        if !e.is_not_found() {
+            report_failure(
+                &format!("run {id}"),
+                e,
+                served_previous,
+                streak,
+                &self.activity,
+            );
+        }
+    }
+
+    fn load(&self, id: &RunId) -> Option<Arc<Run>> {
+        self.state.known(id)
+    }
+
+    fn answered_since(&self, t: std::time::Instant) -> bool {
+        self.activity.answered_since(t)
+    }
+}
+
+/// A run's files, fetched into the cache directory ([`RunState::view`]): a final run's
+/// once, a live run's so far. One fetch per run at a time, callers' waits bounded; the
+/// files are then at hand ([`RunState::at_hand`]), which is where callers find them (the
+/// value kept here is only the fetch's end, so that nothing of a run is held by it).
+pub struct RunFilesSource {
+    pub state: Arc<RunState>,
+    pub activity: Arc<Activity>,
+}
+
+impl ListingSource for RunFilesSource {
+    type Key = RunId;
+    type Value = ();
+    type Error = SyncError;
+
+    fn fetch(&self, id: &RunId) -> Result<(), SyncError> {
+        self.state.view(id).map(drop)
+    }
+
+    /// Callers always ask for a new fetch (`Listings::renew`): nothing is served from
+    /// before.
+    fn serves_previous(&self, _: &SyncError) -> bool {
+        false
+    }
+
+    fn report(&self, id: &RunId, e: &SyncError, served_previous: bool, streak: u32) {
+        match e {
+            SyncError::Api(e) if e.is_not_found() => {}
+            SyncError::Api(e) => report_failure(
+                &format!("the files of run {id}"),
+                e,
+                served_previous,
+                streak,
+                &self.activity,
+            ),
+            SyncError::Io(e) => {
+                tracing::warn!(run = %id, error = %e, "writing a run's files failed");
+                self.activity
+                    .error(format!("writing the files of run {id}: {e}"));
+            }
+        }
     }
 
     fn answered_since(&self, t: std::time::Instant) -> bool {

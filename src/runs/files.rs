@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -138,10 +139,17 @@ pub fn write_if_changed(path: &Path, content: &[u8]) -> io::Result<()> {
 /// Why a run's files could not be brought up to date.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
+    /// Shared, so that every caller waiting for the same fetch gets it.
     #[error("{0}")]
-    Api(#[from] ApiError),
+    Api(Arc<ApiError>),
     #[error("writing the run's files in the cache directory: {0}")]
     Io(#[from] io::Error),
+}
+
+impl From<ApiError> for SyncError {
+    fn from(e: ApiError) -> SyncError {
+        SyncError::Api(Arc::new(e))
+    }
 }
 
 /// Log pages asked per sync at most: 100,000 entries at 100 a page, with room for the

@@ -12,13 +12,17 @@ mod files;
 mod state;
 mod store;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::activity::Activity;
-use crate::metadata::{Listings, Timing};
+use crate::metadata::{Listings, Saved, Timing};
 
-pub use api::{AgentFiles, AgentFilesSource, AgentSource, Events, RunList, RunListSource, RunsApi};
+pub use api::{
+    AgentFiles, AgentFilesSource, AgentSource, Events, Reported, RunDetailSource, RunFilesSource,
+    RunList, RunListSource, RunsApi,
+};
 pub use files::{RunFile, SyncError};
 pub use state::{
     RunState, View, FOLLOW_IDLE, FOLLOW_POLL, MAX_FOLLOWED, MISS_MEMORY, UNFOLLOWED_REFRESH,
@@ -34,24 +38,54 @@ pub struct RunsConfig {
     pub limit: usize,
 }
 
-/// The runs and agents of a mount.
+/// The runs and agents of a mount. Every wait for the API goes through one of these
+/// [`Listings`], so it is bounded, interruptible and never on a FUSE worker (see
+/// `crate::metadata`'s listings).
 pub struct Runs {
     pub state: Arc<RunState>,
     pub lists: Listings<RunListSource>,
     pub agents: Listings<AgentSource>,
     pub agent_files: Listings<AgentFilesSource>,
+    /// Runs' details asked by id (served for [`UNFOLLOWED_REFRESH`], then refreshed in
+    /// the background).
+    pub details: Listings<RunDetailSource>,
+    /// Fetches of runs' files (always asked anew: `Listings::renew`).
+    pub files: Listings<RunFilesSource>,
 }
 
 impl Runs {
+    /// The runs and agents asked of `api` (every call's outcome told to `activity`), their
+    /// files under `store`, the agents saved in `cache_dir` for mounts started offline.
     pub fn new(
         api: Arc<dyn RunsApi>,
         store: RunStore,
         config: RunsConfig,
         activity: Arc<Activity>,
         metadata_ttl: Duration,
+        cache_dir: &Path,
     ) -> Runs {
         let timing = Timing::with_ttl(metadata_ttl);
+        let api: Arc<dyn RunsApi> = Arc::new(Reported {
+            api,
+            activity: activity.clone(),
+        });
+        let saved = Arc::new(Saved::new(cache_dir));
+        let state = RunState::new(api.clone(), store, activity.clone());
         Runs {
+            details: Listings::new(
+                RunDetailSource {
+                    state: state.clone(),
+                    activity: activity.clone(),
+                },
+                Timing::with_ttl(UNFOLLOWED_REFRESH),
+            ),
+            files: Listings::new(
+                RunFilesSource {
+                    state: state.clone(),
+                    activity: activity.clone(),
+                },
+                Timing::with_ttl(Duration::ZERO),
+            ),
             lists: Listings::new(
                 RunListSource {
                     api: api.clone(),
@@ -65,17 +99,19 @@ impl Runs {
                 AgentSource {
                     api: api.clone(),
                     activity: activity.clone(),
+                    saved: saved.clone(),
                 },
                 timing.clone(),
             ),
             agent_files: Listings::new(
                 AgentFilesSource {
-                    api: api.clone(),
+                    api,
                     activity,
+                    saved,
                 },
                 timing,
             ),
-            state: RunState::new(api, store),
+            state,
         }
     }
 }

@@ -3,6 +3,12 @@
 //! someone reads them (a follower thread per run, at most [`MAX_FOLLOWED`] at once, each
 //! stopping [`FOLLOW_IDLE`] after the last read), and turning into the final ones, with the
 //! same log state, when the run ends.
+//!
+//! Nothing here waits for a caller: the network is asked on threads of this module (the
+//! followers, the event readers, a refresh of a run read beyond [`MAX_FOLLOWED`]) or on
+//! the listings' fetch threads that run [`RunState::view`] (see `crate::runs`), and what a
+//! reader needs at once (a live run's detail) is kept under a lock of its own that no
+//! request is made under.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::activity::Activity;
 use crate::api::{ApiError, Run, RunEvent, RunId};
 
 use super::api::RunsApi;
@@ -46,7 +53,7 @@ impl View {
     pub fn run(&self) -> Arc<Run> {
         match self {
             View::Final { run, .. } => run.clone(),
-            View::Live(l) => l.state.lock().run.clone(),
+            View::Live(l) => l.run.lock().clone(),
         }
     }
 
@@ -66,6 +73,10 @@ impl View {
 pub struct Live {
     id: RunId,
     dir: PathBuf,
+    /// The run's detail as last fetched: never locked across a request, so a reader gets
+    /// it at once while the follower waits for the API.
+    run: Mutex<Arc<Run>>,
+    /// The files' state; the follower holds it during its requests.
     state: Mutex<LiveState>,
     last_read: Mutex<Instant>,
     following: AtomicBool,
@@ -73,10 +84,11 @@ pub struct Live {
     done: AtomicBool,
     /// Whether an event stream reader runs.
     streaming: AtomicBool,
+    /// Whether a refresh of the run (read while not followed) runs.
+    refreshing: AtomicBool,
 }
 
 struct LiveState {
-    run: Arc<Run>,
     logs: LogSync,
     synced: Instant,
     /// The last output event written, and whether the final one was.
@@ -89,6 +101,8 @@ struct LiveState {
 /// The runs' state shared by the filesystem and the follower threads.
 pub struct RunState {
     pub api: Arc<dyn RunsApi>,
+    /// Where a followed run's failing API is reported.
+    activity: Arc<Activity>,
     pub store: RunStore,
     live: Mutex<HashMap<RunId, Arc<Live>>>,
     finals: Mutex<HashMap<RunId, Arc<Run>>>,
@@ -97,20 +111,25 @@ pub struct RunState {
     misses: Mutex<HashMap<RunId, Instant>>,
     /// One fetch of a run's files at a time.
     locks: Mutex<HashMap<RunId, Arc<Mutex<()>>>>,
+    /// Held (written) while a live run's directory becomes a final one, so that a reader
+    /// finds it in one place or the other, never between (a local move, no request).
+    moving: parking_lot::RwLock<()>,
     /// [`FOLLOW_IDLE`], shorter in tests.
     follow_idle: Mutex<Duration>,
 }
 
 impl RunState {
-    pub fn new(api: Arc<dyn RunsApi>, store: RunStore) -> Arc<RunState> {
+    pub fn new(api: Arc<dyn RunsApi>, store: RunStore, activity: Arc<Activity>) -> Arc<RunState> {
         Arc::new(RunState {
             api,
+            activity,
             store,
             live: Mutex::default(),
             finals: Mutex::default(),
             details: Mutex::default(),
             misses: Mutex::default(),
             locks: Mutex::default(),
+            moving: parking_lot::RwLock::new(()),
             follow_idle: Mutex::new(FOLLOW_IDLE),
         })
     }
@@ -164,7 +183,7 @@ impl RunState {
         }
         let live = self.live.lock().get(id).cloned();
         if let Some(l) = live {
-            return Some(l.state.lock().run.clone());
+            return Some(l.run.lock().clone());
         }
         self.details.lock().get(id).map(|(r, _)| r.clone())
     }
@@ -178,7 +197,7 @@ impl RunState {
         let live = self.live.lock().get(id).cloned();
         if let Some(l) = live {
             if l.following.load(Ordering::SeqCst) {
-                return Some(l.state.lock().run.clone());
+                return Some(l.run.lock().clone());
             }
         }
         self.details
@@ -222,17 +241,25 @@ impl RunState {
         }
     }
 
-    /// Where run `id`'s files are, fetching them if needed: a final run's once, a live
-    /// run's so far (and followed from now on while it is read). `fresh`: a detail just
-    /// fetched, if the caller has one.
-    pub fn view(self: &Arc<Self>, id: &RunId) -> Result<View, SyncError> {
+    /// Where run `id`'s files are, if they are at hand (final in the cache, or live and
+    /// kept): never a request, so any caller may ask. A live run's read keeps it followed.
+    pub fn at_hand(self: &Arc<Self>, id: &RunId) -> Option<View> {
+        let _moving = self.moving.read();
         if let Some(view) = self.final_view(id) {
-            return Ok(view);
+            return Some(view);
         }
-        let live = self.live.lock().get(id).cloned();
-        if let Some(live) = live {
-            self.touch(&live);
-            return Ok(View::Live(live));
+        let live = self.live.lock().get(id).cloned()?;
+        self.touch(&live);
+        Some(View::Live(live))
+    }
+
+    /// Where run `id`'s files are, fetching them if needed: a final run's once, a live
+    /// run's so far (and followed from now on while it is read). It waits for the API as
+    /// long as that takes: callers go through `crate::runs::Runs::files`, which runs it
+    /// on a thread of its own and bounds their wait.
+    pub fn view(self: &Arc<Self>, id: &RunId) -> Result<View, SyncError> {
+        if let Some(view) = self.at_hand(id) {
+            return Ok(view);
         }
         let lock = self.lock_of(id);
         let _guard = lock.lock();
@@ -258,8 +285,8 @@ impl RunState {
         let live = Arc::new(Live {
             id: id.clone(),
             dir,
+            run: Mutex::new(run.clone()),
             state: Mutex::new(LiveState {
-                run: run.clone(),
                 logs,
                 synced: Instant::now(),
                 last_sequence: None,
@@ -271,6 +298,7 @@ impl RunState {
             following: AtomicBool::new(false),
             done: AtomicBool::new(false),
             streaming: AtomicBool::new(false),
+            refreshing: AtomicBool::new(false),
         });
         if run.is_final() {
             return self.finalize(&live, run);
@@ -299,7 +327,8 @@ impl RunState {
     }
 
     /// A read of a live run: it is followed (again) if there is room, else brought up to
-    /// date now when its last update is older than [`UNFOLLOWED_REFRESH`].
+    /// date in the background when its last update is older than [`UNFOLLOWED_REFRESH`]
+    /// (the reader is answered from the files as they are: it never waits for the API).
     pub fn touch(self: &Arc<Self>, live: &Arc<Live>) {
         *live.last_read.lock() = Instant::now();
         if live.done.load(Ordering::SeqCst) || live.following.load(Ordering::SeqCst) {
@@ -318,11 +347,33 @@ impl RunState {
                 }
             }
         }
-        let mut st = live.state.lock();
-        if st.synced.elapsed() >= UNFOLLOWED_REFRESH && !live.done.load(Ordering::SeqCst) {
-            if let Err(e) = self.poll(live, &mut st) {
-                tracing::debug!(run = %live.id, error = %e, "refreshing a live run failed");
-            }
+        let Some(st) = live.state.try_lock() else {
+            // Being brought up to date already.
+            return;
+        };
+        if st.synced.elapsed() < UNFOLLOWED_REFRESH || live.done.load(Ordering::SeqCst) {
+            return;
+        }
+        drop(st);
+        if live.refreshing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (state, l) = (self.clone(), live.clone());
+        let spawned = std::thread::Builder::new()
+            .name("vm0fs-refresh".into())
+            .spawn(move || {
+                let mut st = l.state.lock();
+                if !l.done.load(Ordering::SeqCst) {
+                    if let Err(e) = state.poll(&l, &mut st) {
+                        tracing::debug!(run = %l.id, error = %e, "refreshing a live run failed");
+                    }
+                }
+                drop(st);
+                l.refreshing.store(false, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a thread to refresh a live run");
+            live.refreshing.store(false, Ordering::SeqCst);
         }
     }
 
@@ -330,6 +381,7 @@ impl RunState {
     fn follow(self: Arc<Self>, live: Arc<Live>) {
         tracing::debug!(run = %live.id, "following a live run");
         self.start_events(&live);
+        let mut failing = false;
         loop {
             std::thread::sleep(FOLLOW_POLL);
             if live.done.load(Ordering::SeqCst) {
@@ -341,8 +393,18 @@ impl RunState {
                 break;
             }
             let mut st = live.state.lock();
-            if let Err(e) = self.poll(&live, &mut st) {
-                tracing::debug!(run = %live.id, error = %e, "following a live run: the API failed; trying again");
+            match self.poll(&live, &mut st) {
+                Ok(()) => failing = false,
+                // Once per outage: the status file counts it and names it.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(run = %live.id, error = %e, "following a live run: the API failed; serving its files as they are and trying again");
+                    self.activity
+                        .error(format!("following run {}: {e}", live.id));
+                }
+                Err(e) => {
+                    tracing::debug!(run = %live.id, error = %e, "following a live run: the API failed again");
+                }
             }
         }
         live.following.store(false, Ordering::SeqCst);
@@ -356,16 +418,17 @@ impl RunState {
             drop(self.finalize_locked(live, st, run)?);
             return Ok(());
         }
-        st.run = run;
+        *live.run.lock() = run;
         st.polls += 1;
         let metrics = st.polls.is_multiple_of(METRICS_EVERY);
         self.refresh(live, st, metrics)
     }
 
-    /// Bring a live run's files up to date with `st.run`.
+    /// Bring a live run's files up to date with its detail.
     fn refresh(&self, live: &Live, st: &mut LiveState, metrics: bool) -> Result<(), SyncError> {
         st.logs.sync(&*self.api, &live.id)?;
-        files::write_detail(&live.dir, &st.run)?;
+        let run = live.run.lock().clone();
+        files::write_detail(&live.dir, &run)?;
         if metrics {
             let m = self.api.run_metrics(&live.id)?;
             files::write_if_changed(&live.dir.join(RunFile::Metrics.name()), &files::pretty(&m))?;
@@ -396,7 +459,7 @@ impl RunState {
         // The logs of a final run are complete: this sync ends them, from where the live
         // files stopped (so nothing is missing and nothing written twice).
         st.logs.sync(&*self.api, &live.id)?;
-        st.run = run.clone();
+        *live.run.lock() = run.clone();
         files::write_detail(&live.dir, &run)?;
         let m = self.api.run_metrics(&live.id)?;
         files::write_if_changed(&live.dir.join(RunFile::Metrics.name()), &files::pretty(&m))?;
@@ -410,11 +473,13 @@ impl RunState {
                 }
             }
         }
+        let moving = self.moving.write();
         let dir = self.store.commit(live.id.as_str(), &live.dir)?;
         live.done.store(true, Ordering::SeqCst);
         self.finals.lock().insert(live.id.clone(), run.clone());
         self.live.lock().remove(&live.id);
         self.details.lock().remove(&live.id);
+        drop(moving);
         tracing::debug!(run = %live.id, entries = st.logs.entries, "the run is final; its files are kept");
         Ok(View::Final { dir, run })
     }

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::api::RunId;
-use crate::cache::Patience;
 use crate::ids::Ino;
+use crate::metadata::Unavailable;
 use crate::runs::{safe_name, RunFile, RunStore, Runs, RunsApi, RunsConfig, SyncError, View};
 
 use super::attr::{FileKind, TimedAttr, IMMUTABLE_TTL};
@@ -60,8 +60,23 @@ pub const AGENTS_DIR: &str = "agents";
 impl From<SyncError> for FsError {
     fn from(e: SyncError) -> FsError {
         match e {
-            SyncError::Api(e) => e.into(),
+            SyncError::Api(e) => FsError::Remote(e),
             SyncError::Io(e) => FsError::Io(e),
+        }
+    }
+}
+
+impl From<Unavailable<SyncError>> for FsError {
+    fn from(e: Unavailable<SyncError>) -> FsError {
+        match e {
+            Unavailable::Failed(e) => match &*e {
+                SyncError::Api(e) => FsError::Remote(e.clone()),
+                // Shared by every caller of the fetch: each gets its own copy.
+                SyncError::Io(e) => FsError::Io(io::Error::new(e.kind(), e.to_string())),
+            },
+            Unavailable::NoAnswer { waited } => FsError::NoAnswer { waited },
+            Unavailable::WouldBlock => FsError::WouldBlock,
+            Unavailable::Interrupted => FsError::Interrupted,
         }
     }
 }
@@ -168,8 +183,9 @@ impl Fs {
         self.run_detail(id)
     }
 
-    /// Run `id`'s detail (its artifact, volumes, error): kept, or asked of the API when a
-    /// live run's is more than a moment old.
+    /// Run `id`'s detail (its artifact, volumes, error): kept (a live run's refreshed in
+    /// the background once it is more than a moment old), else asked of the API within
+    /// the wait bound, as the thread's policy allows.
     fn run_detail(&self, id: &RunId) -> Result<Arc<crate::api::Run>> {
         let runs = self.runs()?;
         if let Some(run) = runs.state.known_detail(id) {
@@ -178,19 +194,25 @@ impl Fs {
         if runs.state.missed(id) {
             return Err(FsError::NotFound);
         }
-        Ok(runs.state.fetch_detail(id)?)
+        Ok((*runs.details.get(id, &ThreadPolicy)?).clone())
     }
 
-    /// Where a run's files are; fetching them waits, so never on a FUSE worker.
+    /// Where a run's files are: at hand at once, else fetched on a thread of their own and
+    /// waited for within the bound, as the thread's policy allows (never on a FUSE worker).
     fn run_view(&self, id: &RunId) -> Result<View> {
         let runs = self.runs()?;
         if runs.state.missed(id) {
             return Err(FsError::NotFound);
         }
-        if !ThreadPolicy.may_block() && !runs.state.ready(id) {
-            return Err(FsError::WouldBlock);
+        // Twice at most: a final run's files may leave the cache between the fetch and the
+        // look that follows it.
+        for _ in 0..2 {
+            if let Some(view) = runs.state.at_hand(id) {
+                return Ok(view);
+            }
+            runs.files.renew(id, &ThreadPolicy)?;
         }
-        Ok(runs.state.view(id)?)
+        runs.state.at_hand(id).ok_or(FsError::NotFound)
     }
 
     /// What `..` of a directory of the runs' tree is.
@@ -215,7 +237,7 @@ impl Fs {
             RunNode::AgentsDir => {
                 let runs = self.runs()?;
                 runs.agents
-                    .find(&(), |m| m.get(name).map(|_| ()))?
+                    .find(&(), &ThreadPolicy, |m| m.get(name).map(|_| ()))?
                     .ok_or(FsError::NotFound)?;
                 RunNode::Agent(name.to_string())
             }
@@ -332,18 +354,18 @@ impl Fs {
     fn find_agent(&self, name: &str) -> Result<crate::api::Agent> {
         self.runs()?
             .agents
-            .find(&(), |m| m.get(name).cloned())?
+            .find(&(), &ThreadPolicy, |m| m.get(name).cloned())?
             .ok_or(FsError::NotFound)
     }
 
     fn agent_file(&self, n: &RunNode, name: &str) -> Result<(Vec<u8>, SystemTime)> {
         let agent = self.find_agent(name)?;
-        let files = self.runs()?.agent_files.get(&agent.id)?;
+        let files = self.runs()?.agent_files.get(&agent.id, &ThreadPolicy)?;
         let bytes = match n {
             RunNode::AgentJson(_) => files.agent_json.clone(),
             _ => files.versions_json.clone(),
         };
-        Ok((bytes, files.fetched))
+        Ok((bytes, files.updated_at))
     }
 
     /// A link's target, the time it dates from and its TTL.
@@ -386,7 +408,10 @@ impl Fs {
             }
             RunNode::AgentRun(agent, id) => {
                 let agent = self.find_agent(agent)?;
-                let list = self.runs()?.lists.get(&Some(agent.id.clone()))?;
+                let list = self
+                    .runs()?
+                    .lists
+                    .get(&Some(agent.id.clone()), &ThreadPolicy)?;
                 let run = list.get(id).ok_or(FsError::NotFound)?;
                 Ok((
                     format!("../../../runs/{id}"),
@@ -445,7 +470,7 @@ impl Fs {
         match n {
             RunNode::RunsDir => {
                 let runs = self.runs()?;
-                match runs.lists.get(&None) {
+                match runs.lists.get(&None, &ThreadPolicy) {
                     Ok(list) => {
                         items.reserve(list.runs.len());
                         for run in &list.runs {
@@ -460,7 +485,9 @@ impl Fs {
                         }
                     }
                     // The API is away: the final runs kept in the cache are still there.
-                    Err(e) if !runs.state.store.ids().is_empty() => {
+                    Err(e @ (Unavailable::Failed(_) | Unavailable::NoAnswer { .. }))
+                        if !runs.state.store.ids().is_empty() =>
+                    {
                         tracing::warn!(error = %e, "listing runs failed; showing the final runs kept in the cache");
                         for id in runs.state.store.ids() {
                             let Some(id) = RunId::parse(&id) else {
@@ -476,7 +503,7 @@ impl Fs {
                 }
             }
             RunNode::AgentsDir => {
-                let agents = self.runs()?.agents.get(&())?;
+                let agents = self.runs()?.agents.get(&(), &ThreadPolicy)?;
                 for (name, a) in agents.iter() {
                     let ino = self.node_ino(RunNode::Agent(name.clone()));
                     items.push(item(
@@ -524,7 +551,10 @@ impl Fs {
             }
             RunNode::AgentRunsDir(name) => {
                 let agent = self.find_agent(&name)?;
-                let list = self.runs()?.lists.get(&Some(agent.id.clone()))?;
+                let list = self
+                    .runs()?
+                    .lists
+                    .get(&Some(agent.id.clone()), &ThreadPolicy)?;
                 for run in &list.runs {
                     let node = RunNode::AgentRun(name.clone(), run.id.clone());
                     let target = format!("../../../runs/{}", run.id);
@@ -556,6 +586,7 @@ impl Fs {
             config,
             self.activity.clone(),
             self.config.metadata_ttl,
+            self.cache.root(),
         ));
         Ok(self)
     }

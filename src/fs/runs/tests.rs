@@ -165,7 +165,17 @@ impl RunsApi for FakeRuns {
 }
 
 fn fs_on(api: Arc<FakeRuns>, dir: &std::path::Path) -> Fs {
-    let cache = Cache::open(dir, 100 << 20).unwrap();
+    // The fetch threads of an earlier Fs on `dir` may still hold its cache for a moment
+    // after their last caller was answered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let cache = loop {
+        match Cache::open(dir, 100 << 20) {
+            Err(crate::cache::CacheError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            opened => break opened.unwrap(),
+        }
+    };
     Fs::new(
         Arc::new(NoStorages),
         cache,
@@ -346,4 +356,39 @@ fn live_runs_are_followed_while_read_and_at_most_a_few_at_once() {
     // A new read follows the run again.
     cat(&fs, &format!("runs/{}/logs", ids[0]));
     assert_eq!(state.followed(), 1);
+}
+
+/// On a FUSE worker (`Policy::Never`) nothing of a run that is not held waits for the
+/// API: the access fails with `WouldBlock` (and is run again on a waiter thread); once the
+/// run is held, the same access is answered there at once.
+#[test]
+fn a_worker_never_waits_for_a_run_and_is_answered_from_what_is_held() {
+    use crate::fs::{with_policy, Policy};
+    let api = Arc::new(FakeRuns::default());
+    api.add(
+        RUN,
+        "completed",
+        (0..5).map(|n| entry(n as u64, n)).collect(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let fs = fs_on(api.clone(), dir.path());
+    let status = format!("runs/{RUN}/status");
+    let on_worker = |path: &str| with_policy(Policy::Never, || lookup(&fs, path));
+    assert!(
+        matches!(on_worker(&status), Err(FsError::WouldBlock)),
+        "{:?}",
+        on_worker(&status)
+    );
+    assert_eq!(cat(&fs, &status), "completed\n");
+    on_worker(&status).unwrap();
+    on_worker(&format!("runs/{RUN}/logs")).unwrap();
+    // The same holds for a listing never fetched.
+    let agents = with_policy(Policy::Never, || {
+        fs.lookup(
+            lookup(&fs, "agents").unwrap().attr.ino,
+            OsStr::new("nobody"),
+            None,
+        )
+    });
+    assert!(matches!(agents, Err(FsError::WouldBlock)), "{agents:?}");
 }
