@@ -29,7 +29,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::encode::{Source, SourceKind};
+use super::encode::{TreeSource, TreeSourceKind};
 
 /// Bump when the layout above changes; `tests::checks_format_is_pinned` pins it.
 pub const CHECKS_FORMAT_VERSION: u32 = 1;
@@ -111,12 +111,12 @@ impl Sums {
     }
 
     /// Write `checks.bin` for the finished `tree` into `dest`, synced like the index.
-    pub fn write(&self, tree: &impl Source, dest: &Path, pack_len: u64) -> io::Result<()> {
+    pub fn write(&self, tree: &impl TreeSource, dest: &Path, pack_len: u64) -> io::Result<()> {
         let mut own_files = 0u64;
         let mut own_bytes = 0u64;
         let mut total = 0u64;
         let units_of = |n: usize| -> io::Result<Option<(u64, u64)>> {
-            let SourceKind::File { size, packed, .. } = tree.node(n).kind else {
+            let TreeSourceKind::File { size, packed, .. } = tree.node(n).kind else {
                 return Ok(None);
             };
             let count = unit_count(size, packed.is_some());
@@ -131,7 +131,7 @@ impl Sums {
         for n in 0..tree.len() {
             if let Some((_, count)) = units_of(n)? {
                 total += count;
-                if let SourceKind::File {
+                if let TreeSourceKind::File {
                     size, packed: None, ..
                 } = tree.node(n).kind
                 {

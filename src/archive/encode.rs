@@ -1,5 +1,5 @@
 //! Writing an index: the byte image of [`Index`](super::Index) encoded from any tree that
-//! can be read node by node ([`Source`]), streamed to its destination section by section so
+//! can be read node by node ([`TreeSource`]), streamed to its destination section by section so
 //! that the image is never in memory as a whole (an unpack writes it straight to
 //! `index.bin`). The layout is described in `index.rs` and `doc/ARCHITECTURE.md`.
 
@@ -25,24 +25,24 @@ impl<W: Write> Sink<W> {
 /// A tree as [`encode`] reads it: nodes in number order, each directory's entries sorted
 /// by name. [`IndexTree`] is one; an unpack encodes its own work tree directly, without
 /// building an [`IndexTree`] first (see `tree.rs`).
-pub(crate) trait Source {
+pub(crate) trait TreeSource {
     fn len(&self) -> usize;
-    /// Node `n` (below [`Source::len`]).
-    fn node(&self, n: usize) -> SourceNode<'_>;
+    /// Node `n` (below [`TreeSource::len`]).
+    fn node(&self, n: usize) -> TreeSourceNode<'_>;
     /// The entries of directory `n`, sorted by name; nothing for other nodes.
     fn entries(&self, n: usize) -> impl Iterator<Item = (&[u8], u32)> + '_;
 }
 
-/// A node as a [`Source`] gives it.
-pub(crate) struct SourceNode<'a> {
-    pub kind: SourceKind<'a>,
+/// A node as a [`TreeSource`] gives it.
+pub(crate) struct TreeSourceNode<'a> {
+    pub kind: TreeSourceKind<'a>,
     pub perm: u16,
     pub nlink: u32,
     pub mtime_sec: i64,
     pub mtime_nsec: u32,
 }
 
-pub(crate) enum SourceKind<'a> {
+pub(crate) enum TreeSourceKind<'a> {
     Dir {
         parent: u32,
     },
@@ -54,23 +54,23 @@ pub(crate) enum SourceKind<'a> {
     Symlink(&'a [u8]),
 }
 
-impl Source for IndexTree {
+impl TreeSource for IndexTree {
     fn len(&self) -> usize {
         self.nodes.len()
     }
 
-    fn node(&self, n: usize) -> SourceNode<'_> {
+    fn node(&self, n: usize) -> TreeSourceNode<'_> {
         let node = &self.nodes[n];
         let kind = match &node.kind {
-            NodeKind::Dir { parent, .. } => SourceKind::Dir { parent: *parent },
-            NodeKind::File { size, blob, packed } => SourceKind::File {
+            NodeKind::Dir { parent, .. } => TreeSourceKind::Dir { parent: *parent },
+            NodeKind::File { size, blob, packed } => TreeSourceKind::File {
                 size: *size,
                 blob: *blob,
                 packed: *packed,
             },
-            NodeKind::Symlink { target } => SourceKind::Symlink(target),
+            NodeKind::Symlink { target } => TreeSourceKind::Symlink(target),
         };
-        SourceNode {
+        TreeSourceNode {
             kind,
             perm: node.perm,
             nlink: node.nlink,
@@ -89,16 +89,16 @@ impl Source for IndexTree {
 }
 
 /// The bytes of names node `n` adds (a directory's entry names, a symlink's target).
-fn name_len(tree: &impl Source, n: usize) -> u64 {
+fn name_len(tree: &impl TreeSource, n: usize) -> u64 {
     match tree.node(n).kind {
-        SourceKind::Dir { .. } => tree.entries(n).map(|(name, _)| name.len() as u64).sum(),
-        SourceKind::Symlink(target) => target.len() as u64,
-        SourceKind::File { .. } => 0,
+        TreeSourceKind::Dir { .. } => tree.entries(n).map(|(name, _)| name.len() as u64).sum(),
+        TreeSourceKind::Symlink(target) => target.len() as u64,
+        TreeSourceKind::File { .. } => 0,
     }
 }
 
 /// The entry count and the name bytes of `tree`.
-fn sizes(tree: &impl Source) -> (u64, u64) {
+fn sizes(tree: &impl TreeSource) -> (u64, u64) {
     let (mut entry_count, mut names_len) = (0u64, 0u64);
     for n in 0..tree.len() {
         entry_count += tree.entries(n).count() as u64;
@@ -108,7 +108,7 @@ fn sizes(tree: &impl Source) -> (u64, u64) {
 }
 
 /// The length of the image [`encode`] writes for `tree`, without writing it.
-pub(super) fn encoded_len(tree: &impl Source) -> u64 {
+pub(super) fn encoded_len(tree: &impl TreeSource) -> u64 {
     let (entries, names) = sizes(tree);
     (HEADER as u64)
         .saturating_add((tree.len() as u64).saturating_mul(NODE as u64))
@@ -119,7 +119,7 @@ pub(super) fn encoded_len(tree: &impl Source) -> u64 {
 /// Encode `tree` (checked) to `out`, section by section (header, nodes, entries, names),
 /// so that no copy of the image is ever in memory; the checksum is written last, at its
 /// place in the header.
-pub(super) fn encode<W: Write + Seek>(tree: &impl Source, out: W) -> io::Result<W> {
+pub(super) fn encode<W: Write + Seek>(tree: &impl TreeSource, out: W) -> io::Result<W> {
     let count = tree.len();
     let (entry_count, names_len) = sizes(tree);
     let node_count = u32::try_from(count)
@@ -143,17 +143,19 @@ pub(super) fn encode<W: Write + Seek>(tree: &impl Source, out: W) -> io::Result<
     for i in 0..count {
         let n = tree.node(i);
         let (kind, packed, a, b, c) = match n.kind {
-            SourceKind::Dir { parent } => {
+            TreeSourceKind::Dir { parent } => {
                 let len = tree.entries(i).count() as u64;
                 let first = first_entry;
                 first_entry += len;
                 (KIND_DIR, 0u8, parent, first, len)
             }
-            SourceKind::File { size, blob, packed } => match packed {
+            TreeSourceKind::File { size, blob, packed } => match packed {
                 Some(offset) => (KIND_FILE, 1, blob, size, offset),
                 None => (KIND_FILE, 0, blob, size, 0),
             },
-            SourceKind::Symlink(target) => (KIND_SYMLINK, 0, target.len() as u32, names_before, 0),
+            TreeSourceKind::Symlink(target) => {
+                (KIND_SYMLINK, 0, target.len() as u32, names_before, 0)
+            }
         };
         names_before += name_len(tree, i);
         let mut record = [0u8; NODE];
@@ -170,7 +172,7 @@ pub(super) fn encode<W: Write + Seek>(tree: &impl Source, out: W) -> io::Result<
     }
     let mut name_at = 0u64;
     for i in 0..count {
-        if let SourceKind::Symlink(target) = tree.node(i).kind {
+        if let TreeSourceKind::Symlink(target) = tree.node(i).kind {
             name_at += target.len() as u64;
         }
         for (name, node) in tree.entries(i) {
@@ -183,7 +185,7 @@ pub(super) fn encode<W: Write + Seek>(tree: &impl Source, out: W) -> io::Result<
         }
     }
     for i in 0..count {
-        if let SourceKind::Symlink(target) = tree.node(i).kind {
+        if let TreeSourceKind::Symlink(target) = tree.node(i).kind {
             sink.put(target)?;
         }
         for (name, _) in tree.entries(i) {

@@ -27,7 +27,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 
-use super::encode::{encode, Source};
+use super::encode::{encode, TreeSource};
 use std::path::Path;
 
 /// Bump when the byte image changes; `tests::index_format_is_pinned` pins the current one.
@@ -200,7 +200,7 @@ impl Index {
     /// version never exists in memory twice (the tree, then its image). The caller
     /// vouches for the tree's invariants ([`IndexTree::check`]); [`Index::open`] checks
     /// them again on what was written.
-    pub(crate) fn write(tree: &impl Source, path: &Path) -> io::Result<()> {
+    pub(crate) fn write(tree: &impl TreeSource, path: &Path) -> io::Result<()> {
         let file = File::create(path)?;
         let out = encode(tree, io::BufWriter::with_capacity(256 << 10, file))?;
         let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;

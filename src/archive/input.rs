@@ -54,12 +54,12 @@ fn copy_error(e: &io::Error) -> io::Error {
 
 /// The source, counted; its errors are recorded so they are reported as
 /// [`ArchiveError::Read`] whatever the decompressor or tar reader make of them.
-pub(super) struct Source<R> {
+pub(super) struct CountedInput<R> {
     pub(super) inner: R,
     pub(super) shared: Rc<Shared>,
 }
 
-impl<R: Read> Read for Source<R> {
+impl<R: Read> Read for CountedInput<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.inner.read(buf) {

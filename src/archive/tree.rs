@@ -13,7 +13,7 @@
 //! that node's number; only a node that loses its last name to a hard link leaves a hole,
 //! kept in the index as an empty directory that no name reaches.
 
-use super::encode::{Source, SourceKind, SourceNode};
+use super::encode::{TreeSource, TreeSourceKind, TreeSourceNode};
 use super::names::{Names, SortedNames};
 #[cfg(doc)]
 use super::IndexTree;
@@ -93,7 +93,7 @@ pub(super) struct Finished {
     pub renames: Vec<(u32, u32)>,
 }
 
-/// A finished tree as the index encoder reads it ([`Source`]): the work nodes, changed in
+/// A finished tree as the index encoder reads it ([`TreeSource`]): the work nodes, changed in
 /// place (link counts, final blob numbers, pack offsets), and the names sorted. Nothing is
 /// copied into an [`IndexTree`]: a large archive's tree is in memory once.
 pub(super) struct FinishedTree {
@@ -104,25 +104,25 @@ pub(super) struct FinishedTree {
     starts: Vec<u32>,
 }
 
-impl Source for FinishedTree {
+impl TreeSource for FinishedTree {
     fn len(&self) -> usize {
         self.nodes.len()
     }
 
-    fn node(&self, n: usize) -> SourceNode<'_> {
+    fn node(&self, n: usize) -> TreeSourceNode<'_> {
         let w = &self.nodes[n];
         let kind = match &w.kind {
-            Kind::Dir { parent, .. } => SourceKind::Dir { parent: *parent },
+            Kind::Dir { parent, .. } => TreeSourceKind::Dir { parent: *parent },
             // A hole: an empty directory that no name reaches.
-            Kind::Gone => SourceKind::Dir { parent: 0 },
-            Kind::File { size, blob, packed } => SourceKind::File {
+            Kind::Gone => TreeSourceKind::Dir { parent: 0 },
+            Kind::File { size, blob, packed } => TreeSourceKind::File {
                 size: *size,
                 blob: *blob,
                 packed: (*packed != NOT_PACKED).then_some(*packed),
             },
-            Kind::Symlink { target } => SourceKind::Symlink(target),
+            Kind::Symlink { target } => TreeSourceKind::Symlink(target),
         };
-        SourceNode {
+        TreeSourceNode {
             kind,
             perm: w.meta.perm,
             nlink: w.names,

@@ -33,7 +33,7 @@ use super::blobs::{blob_path, index_path, pack_path, Pack, PACK_MAX};
 use super::checks::{checksum, Sums};
 use super::encode::encoded_len;
 use super::input::{
-    is_tar_header, GzMembers, Shared, Source, TarInput, GZIP_MAGIC, MAX_MEMBER_METADATA,
+    is_tar_header, CountedInput, GzMembers, Shared, TarInput, GZIP_MAGIC, MAX_MEMBER_METADATA,
     MAX_TRAILER, READ_BUFFER,
 };
 use super::limits::{member_cap, stream_cap};
@@ -244,7 +244,7 @@ pub fn unpack_published(
 
     let mut input = BufReader::with_capacity(
         READ_BUFFER,
-        Source {
+        CountedInput {
             inner: reader,
             shared: Rc::clone(&shared),
         },
