@@ -162,7 +162,7 @@ impl Spools {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.kept.lock().len()
     }
 }
