@@ -322,7 +322,8 @@ fn live_runs_are_followed_while_read_and_at_most_a_few_at_once() {
     let fs = fs_on(api.clone(), dir.path());
     let state = fs.runs.as_ref().unwrap().state.clone();
     for id in &ids {
-        assert_eq!(cat(&fs, &format!("runs/{id}/status")), "running\n");
+        // The log (not `status`, which the detail alone makes) keeps the run's files.
+        assert_eq!(cat(&fs, &format!("runs/{id}/logs")).lines().count(), 1);
     }
     assert_eq!(state.followed(), MAX_FOLLOWED, "a bounded number");
     // Nobody reads them any more: they are let go, and the API is no longer asked.
