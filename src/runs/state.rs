@@ -114,8 +114,11 @@ pub struct RunState {
     /// The event streams being read, and the live runs waiting for one.
     streams: Mutex<Streams>,
     /// `metrics.json` of runs whose files are not kept, with when it was fetched.
-    metrics: Mutex<HashMap<RunId, (Arc<Vec<u8>>, Instant)>>,
+    metrics: Mutex<HashMap<RunId, Fetched>>,
 }
+
+/// A file's bytes, and when they were fetched.
+type Fetched = (Arc<Vec<u8>>, Instant);
 
 #[derive(Default)]
 struct Streams {
@@ -565,11 +568,16 @@ impl RunState {
         }
     }
 
+    /// Whether a live run is still read. Takes no lock of the run's state (which a poll
+    /// holds while it asks the API), as it is asked with the streams' lock held.
+    fn still_read(&self, live: &Live) -> bool {
+        !live.done.load(Ordering::SeqCst)
+            && live.last_read.lock().elapsed() < *self.follow_idle.lock()
+    }
+
     /// Whether a live run's events are still wanted.
     fn wants_events(&self, live: &Live) -> bool {
-        !live.done.load(Ordering::SeqCst)
-            && !live.state.lock().complete
-            && live.last_read.lock().elapsed() < *self.follow_idle.lock()
+        self.still_read(live) && !live.state.lock().complete
     }
 
     /// A stream thread: reads `live`'s events, then those of the runs waiting, in turn.
@@ -584,7 +592,7 @@ impl RunState {
             }
             let next = loop {
                 match streams.waiting.pop_front() {
-                    Some(l) if self.wants_events(&l) => break Some(l),
+                    Some(l) if self.still_read(&l) => break Some(l),
                     Some(l) => l.streaming.store(false, Ordering::SeqCst),
                     None => break None,
                 }

@@ -738,7 +738,7 @@ impl Fs {
                             }
                         }
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(e),
                 }
             }
             RunNode::AgentsDir => {
