@@ -120,8 +120,9 @@ pub struct RunState {
 /// A file's bytes, and when they were fetched.
 type Fetched = (Arc<Vec<u8>>, Instant);
 
-#[derive(Default)]
 struct Streams {
+    /// [`MAX_STREAMS`], smaller in tests.
+    max: usize,
     open: usize,
     waiting: VecDeque<Arc<Live>>,
 }
@@ -137,7 +138,11 @@ impl RunState {
             misses: Mutex::default(),
             locks: Mutex::default(),
             follow_idle: Mutex::new(FOLLOW_IDLE),
-            streams: Mutex::default(),
+            streams: Mutex::new(Streams {
+                max: MAX_STREAMS,
+                open: 0,
+                waiting: VecDeque::new(),
+            }),
             metrics: Mutex::default(),
         })
     }
@@ -146,6 +151,12 @@ impl RunState {
     /// which tests and `VM0FS_FOLLOW_IDLE_MS` do).
     pub fn set_follow_idle(&self, idle: Duration) {
         *self.follow_idle.lock() = idle;
+    }
+
+    /// How many event streams are read at once at most ([`MAX_STREAMS`] unless set).
+    #[cfg(test)]
+    pub fn set_max_streams(&self, max: usize) {
+        self.streams.lock().max = max.max(1);
     }
 
     /// Whether reading run `id`'s files now asks nothing of the API first: final in the
@@ -550,7 +561,7 @@ impl RunState {
         }
         {
             let mut streams = self.streams.lock();
-            if streams.open >= MAX_STREAMS {
+            if streams.open >= streams.max {
                 tracing::debug!(run = %live.id, "every event stream is taken; the run waits its turn");
                 streams.waiting.push_back(live.clone());
                 return;
@@ -632,6 +643,10 @@ impl RunState {
                         {
                             return true;
                         }
+                    }
+                    // A stream that ended is a turn's natural end when others wait.
+                    if self.wants_events(live) && !self.streams.lock().waiting.is_empty() {
+                        return true;
                     }
                 }
                 Err(e) if e.is_not_found() => return false,
