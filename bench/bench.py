@@ -72,6 +72,8 @@ CASES = [
     ("ls_volumes", "warm ls MOUNT/volumes: time, and API requests it makes (must be 0)"),
     ("runs_log", "first cat of a finished run's 100k-entry logs vs cat of the same file on local disk;"
      " its API requests, the daemon's peak RSS, and the requests of a second cat (must be 0)"),
+    ("runs_status", "cold `grep -H . runs/*/status` over 500 finished runs of 1,000 log entries each: time and"
+     " API requests (none to logs)"),
     ("live_tail", "latency from the emulator appending a log line to a live run to `tail -f` printing it"),
     ("tiny_cold_find", "cold find of a version of many tiny files (downloads and unpacks it) vs curl | tar -xzf;"
      " also its cache disk use against its content + 64 B per entry"),
@@ -116,6 +118,8 @@ TARGETS = {
     "runs_log_rss": ("<=", 128.0),  # MiB, absolute
     "runs_log_second_requests": ("<=", 0),  # absolute
     "live_tail": ("<=", 2000.0),  # ms, absolute (median)
+    "runs_status_log_requests": ("<=", 0),  # absolute
+    "runs_status_requests": ("<=", 520),  # absolute: a detail per run and the listing's pages
 }
 
 
@@ -837,6 +841,50 @@ class Bench:
         self.row("runs_log_requests", requests, "requests", note="log pages asked by that first cat")
         self.row("runs_log_rss", s["VmHWM"], "MiB", note="daemon peak RSS after it (VmRSS %.1f MiB)" % s["VmRSS"])
         self.row("runs_log_second_requests", second, "requests", note="API requests of a second cat")
+
+    def case_runs_status(self):
+        n = 500
+        made = self.emu.admin("/runs", {"agent": self.emu.agent(), "logs_total": 1000, "count": n})
+        ids = made["ids"]
+        local = os.path.join(self.run_dir, "runs-status-copy")
+        v = []
+        for rep_ in range(self.p["reps"]):
+            m = self.mount("status-%d" % rep_, "8G")
+            try:
+                runs = os.path.join(m.mnt, "runs")
+                self.emu.reset_counters()
+                t0 = time.time()
+                out = sh("grep -H . %s/*/status" % q(runs), capture=True)
+                v.append(time.time() - t0)
+                counts = self.emu.counters()
+            finally:
+                m.remove()
+                self.mounts.remove(m)
+            seen = sum(1 for line in out.splitlines() if any(i in line for i in ids))
+            if seen != n:
+                raise BenchError("grep -H . runs/*/status printed %d of the %d runs" % (seen, n))
+        # The baseline: the same grep over the same text on local disk.
+        for line in out.splitlines():
+            path, _, status = line.partition(":")
+            d = os.path.join(local, os.path.basename(os.path.dirname(path)))
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, "status"), "w") as f:
+                f.write(status + "\n")
+        b = []
+        for _ in range(self.p["reps"]):
+            t0 = time.time()
+            sh("grep -H . %s/*/status >/dev/null" % q(local))
+            b.append(time.time() - t0)
+        runs_requests = sum(c for k, c in counts.items() if k.startswith("runs.") and ":" not in k)
+        self.time_row("runs_status", b, v,
+                      "%d finished runs of 1,000 log entries each, each on a fresh mount; baseline: the same "
+                      "grep over the same files on local disk" % n)
+        self.row("runs_status_requests", runs_requests, "requests",
+                 note="run API requests of the last of those greps (%s)" %
+                      ", ".join("%s %d" % (k, c) for k, c in sorted(counts.items())
+                                if k.startswith("runs.") and ":" not in k))
+        self.row("runs_status_log_requests", counts.get("runs.logs", 0) + counts.get("runs.events", 0),
+                 "requests", note="log and event requests of that grep")
 
     def case_live_tail(self):
         probes = self.p["tail_probes"]

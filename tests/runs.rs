@@ -384,11 +384,354 @@ fn ls_of_1000_runs_costs_at_most_10_requests_and_none_within_the_ttl() {
     let m = Mount::new(&emu);
     emu.reset_counters();
     let listed = ok(Command::new("ls").arg("-l").arg(m.join("runs")));
-    assert_eq!(listed.lines().filter(|l| l.starts_with('d')).count(), 1_000);
+    let runs = |l: &&str| l.starts_with('d') && !l.ends_with(" by-status");
+    assert_eq!(listed.lines().filter(runs).count(), 1_000);
     let requests = emu.counter("runs.list");
     assert!((1..=10).contains(&requests), "{requests}");
     // Only the demo's live run is asked for its detail (its status may have changed).
     assert!(emu.counter("runs.get") <= 1, "{}", emu.counter("runs.get"));
     ok(Command::new("ls").arg("-l").arg(m.join("runs")));
     assert_eq!(emu.counter("runs.list"), requests, "none within the TTL");
+}
+
+/// A live run of `agent` that logs now and then and lasts ten minutes unless ended.
+fn live_run(emu: &Emulator, agent: &str) -> String {
+    emu.running()
+        .create_run(RunSpec {
+            log_rate: Some(2.0),
+            duration_ms: Some(600_000),
+            pending_ms: Some(0),
+            ..RunSpec::new(agent)
+        })
+        .unwrap()
+}
+
+/// The `sequence` of each output event in an `events.jsonl`.
+fn output_sequences(text: &str) -> Vec<u64> {
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "output")
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn cat_status_of_a_100k_entry_run_costs_its_detail_and_no_logs() {
+    let emu = demo(Shape::Snake);
+    let id = emu
+        .running()
+        .create_run(RunSpec {
+            logs_total: Some(100_000),
+            ..RunSpec::new("report-writer")
+        })
+        .unwrap();
+    let m = Mount::new(&emu);
+    emu.reset_counters();
+    let status = read(&m.join(&format!("runs/{id}/status")));
+    assert_eq!(status, "completed\n");
+    let counters = emu.counters();
+    let total: u64 = [
+        "runs.list",
+        "runs.get",
+        "runs.logs",
+        "runs.metrics",
+        "runs.events",
+    ]
+    .iter()
+    .map(|k| counters[*k].as_u64().unwrap_or(0))
+    .sum();
+    assert!(total <= 2, "{counters}");
+    assert_eq!(emu.counter("runs.logs"), 0);
+    // The other files the detail makes cost no logs or events either, and hold what the
+    // full fetch holds.
+    let cheap = ["run.json", "prompt", "metrics.json"];
+    let before: Vec<String> = cheap
+        .iter()
+        .map(|f| read(&m.join(&format!("runs/{id}/{f}"))))
+        .collect();
+    assert_eq!(emu.counter("runs.logs"), 0);
+    assert_eq!(emu.counter("runs.events"), 0);
+    assert_eq!(emu.counter("runs.metrics"), 1);
+    let logs = read(&m.join(&format!("runs/{id}/logs")));
+    assert_eq!(logs.lines().count(), 100_000);
+    let after: Vec<String> = cheap
+        .iter()
+        .map(|f| read(&m.join(&format!("runs/{id}/{f}"))))
+        .collect();
+    assert_eq!(after, before);
+}
+
+#[test]
+fn the_first_read_of_a_live_runs_events_is_not_empty() {
+    let emu = demo(Shape::Snake);
+    let id = live_run(&emu, "report-writer");
+    emu.running()
+        .append_output(&id, "text", serde_json::json!({"text": "hello"}))
+        .unwrap();
+    let m = Mount::new(&emu);
+    let path = m.join(&format!("runs/{id}/events.jsonl"));
+    let first = read(&path);
+    assert!(!first.is_empty(), "the first read of events.jsonl is empty");
+    assert!(
+        first.lines().next().unwrap().contains("\"status\""),
+        "{first}"
+    );
+}
+
+#[test]
+fn the_first_read_after_an_idle_time_is_what_the_api_says() {
+    let emu = demo(Shape::Snake);
+    let id = live_run(&emu, "report-writer");
+    // Nobody reading for 300 ms ends the following, instead of 30 s.
+    let m = Mount::with(
+        &emu,
+        MountOpts {
+            env: vec![("VM0FS_FOLLOW_IDLE_MS", "300".into())],
+            ..MountOpts::default()
+        },
+    );
+    let status = m.join(&format!("runs/{id}/status"));
+    let logs = m.join(&format!("runs/{id}/logs"));
+    assert_eq!(read(&status), "running\n");
+    read(&logs);
+    // Wait until the mount no longer asks about the run: nobody follows it.
+    let mut last = u64::MAX;
+    poll_until(
+        Duration::from_secs(30),
+        "the run no longer followed",
+        || {
+            let now = emu.counter("runs.get") + emu.counter("runs.events");
+            let quiet = now == last && emu.running().open_event_streams() == 0;
+            last = now;
+            quiet
+        },
+    );
+    // Meanwhile the run logs a line and fails.
+    emu.running()
+        .append_logs(
+            &id,
+            vec![NewLog {
+                kind: Default::default(),
+                level: "error".into(),
+                message: "logged while nobody read".into(),
+                metadata: None,
+            }],
+        )
+        .unwrap();
+    emu.running()
+        .finish_run(&id, Some(Outcome::Failed), Some("it broke".into()))
+        .unwrap();
+    assert_eq!(
+        read(&status),
+        "failed\n",
+        "the first read after the idle time"
+    );
+    assert_eq!(read(&logs), expected_lines(&emu, &id).join("\n") + "\n");
+    assert_eq!(read(&m.join(&format!("runs/{id}/error"))), "it broke\n");
+}
+
+#[test]
+fn a_run_the_api_no_longer_knows_is_gone_and_tail_f_ends() {
+    let emu = demo(Shape::Snake);
+    let id = live_run(&emu, "report-writer");
+    let m = Mount::new(&emu);
+    let logs = m.join(&format!("runs/{id}/logs"));
+    assert_eq!(read(&m.join(&format!("runs/{id}/status"))), "running\n");
+    let mut tail = Command::new("tail")
+        .arg("-f")
+        .arg(&logs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for route in ["runs.get", "runs.logs", "runs.metrics", "runs.events"] {
+        emu.fault(serde_json::json!({"route": route, "status": 404, "count": 0}));
+    }
+    poll_until(Duration::from_secs(20), "ENOENT for the gone run", || {
+        std::fs::metadata(m.join(&format!("runs/{id}/status")))
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT))
+    });
+    poll_until(Duration::from_secs(20), "tail -f to end", || {
+        tail.try_wait().unwrap().is_some()
+    });
+    let log = m.log_text();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains(&id) && l.contains("404"))
+        .count();
+    assert_eq!(warned, 1, "{log}");
+}
+
+#[test]
+fn twelve_live_runs_tailed_at_once_keep_every_output_event() {
+    let emu = demo(Shape::Snake);
+    let ids: Vec<String> = (0..12).map(|_| live_run(&emu, "report-writer")).collect();
+    let m = Mount::new(&emu);
+    let mut tails: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            Command::new("tail")
+                .arg("-f")
+                .arg(m.join(&format!("runs/{id}/events.jsonl")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    poll_until(Duration::from_secs(60), "a stream for every run", || {
+        emu.running().open_event_streams() >= 12
+    });
+    for round in 0..25 {
+        for id in &ids {
+            emu.running()
+                .append_output(id, "text", serde_json::json!({ "n": round }))
+                .unwrap();
+        }
+    }
+    for id in &ids {
+        emu.running()
+            .finish_run(id, Some(Outcome::Completed), None)
+            .unwrap();
+    }
+    for id in &ids {
+        let expected: Vec<u64> = emu
+            .running()
+            .run(id)
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e.sequence)
+            .collect();
+        assert!(expected.len() >= 25);
+        poll_until(Duration::from_secs(60), "the final events.jsonl", || {
+            let text = read(&m.join(&format!("runs/{id}/events.jsonl")));
+            text.contains("\"complete\"")
+        });
+        let text = read(&m.join(&format!("runs/{id}/events.jsonl")));
+        assert_eq!(output_sequences(&text), expected, "{id}: {text}");
+    }
+    for t in &mut tails {
+        t.kill().unwrap();
+        t.wait().unwrap();
+    }
+}
+
+#[test]
+fn latest_by_status_prefixes_and_log_levels() {
+    let emu = demo(Shape::Snake);
+    let m = Mount::new(&emu);
+    // `runs/latest` is the newest run; a run started now is listed within seconds, and
+    // becomes `latest` if it is the newest.
+    let first = emu.api_get("/runs?limit=1");
+    let newest = first["data"][0]["id"].as_str().unwrap();
+    let link = std::fs::read_link(m.join("runs/latest")).unwrap();
+    assert_eq!(link, Path::new(newest));
+    let id = emu
+        .running()
+        .create_run(RunSpec {
+            logs_total: Some(40),
+            ..RunSpec::new("report-writer")
+        })
+        .unwrap();
+    poll_until(Duration::from_secs(10), "the new run in ls runs", || {
+        sh(&format!("ls {}", m.join("runs").display()))
+            .lines()
+            .any(|l| l == id)
+    });
+    let now_newest = emu.api_get("/runs?limit=1")["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        std::fs::read_link(m.join("runs/latest")).unwrap(),
+        Path::new(&now_newest)
+    );
+    // A run started now is the newest: `latest` names it within seconds.
+    let started = live_run(&emu, "report-writer");
+    poll_until(
+        Duration::from_secs(10),
+        "runs/latest to be the new run",
+        || std::fs::read_link(m.join("runs/latest")).is_ok_and(|l| l == Path::new(&started)),
+    );
+    let agent = emu.api_get("/agents?name=report-writer")["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let newest_of_agent = emu.api_get(&format!("/runs?limit=1&agent_id={agent}"))["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        std::fs::read_link(m.join("agents/report-writer/runs/latest")).unwrap(),
+        Path::new("../../../runs").join(&newest_of_agent)
+    );
+    assert_eq!(
+        read(&m.join("agents/report-writer/runs/latest/run.json")),
+        read(&m.join(&format!("runs/{newest_of_agent}/run.json")))
+    );
+    // by-status: what the API's filter lists, each a link to the run.
+    for status in [
+        "pending",
+        "running",
+        "completed",
+        "failed",
+        "timeout",
+        "cancelled",
+    ] {
+        let listed = emu.api_get(&format!("/runs?limit=100&status={status}"));
+        let mut want: Vec<String> = listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .filter(|id| {
+                sh(&format!("ls {}", m.join("runs").display()))
+                    .lines()
+                    .any(|l| l == id)
+            })
+            .collect();
+        want.sort();
+        let dir = m.join(&format!("runs/by-status/{status}"));
+        let mut got: Vec<String> = sh(&format!("ls {}", dir.display()))
+            .lines()
+            .map(String::from)
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "{status}");
+        for id in &got {
+            assert_eq!(
+                std::fs::read_link(dir.join(id)).unwrap(),
+                Path::new("../..").join(id)
+            );
+            assert_eq!(read(&dir.join(id).join("status")), format!("{status}\n"));
+        }
+    }
+    // A unique prefix of 8 hex or more is a link to the full id; shorter ones are not.
+    let prefix = &id[..8];
+    assert_eq!(
+        std::fs::read_link(m.join(&format!("runs/{prefix}"))).unwrap(),
+        Path::new(&id)
+    );
+    assert_eq!(
+        read(&m.join(&format!("runs/{}/status", &id[..13]))),
+        "completed\n"
+    );
+    let short = std::fs::metadata(m.join(&format!("runs/{}", &id[..7]))).unwrap_err();
+    assert_eq!(short.raw_os_error(), Some(libc::ENOENT));
+    // logs.d/<level>: the lines of `logs` at that level, as awk picks them.
+    let logs = m.join(&format!("runs/{id}/logs"));
+    for level in ["debug", "info", "warn", "error"] {
+        let awk = sh(&format!("awk '$3==\"{level}\"' {}", logs.display()));
+        assert_eq!(
+            read(&m.join(&format!("runs/{id}/logs.d/{level}"))),
+            awk,
+            "{level}"
+        );
+    }
+    let levels = sh(&format!(
+        "ls {}",
+        m.join(&format!("runs/{id}/logs.d")).display()
+    ));
+    assert_eq!(levels, "debug\nerror\ninfo\nwarn\n");
 }

@@ -416,10 +416,11 @@ fn agents_and_agent_links_serve_from_disk_after_a_restart_with_the_api_down() {
     );
     let before = read_all(&m);
     let links_before = links(&m);
+    // Reading a run's log keeps its files (its `status` alone is made from its detail).
     for id in &runs {
         within(
             BOUND,
-            &mut cmd("cat", &[&m.join(&format!("runs/{id}/status"))]),
+            &mut cmd("cat", &[&m.join(&format!("runs/{id}/logs"))]),
         );
     }
     m.unmount();

@@ -146,6 +146,8 @@ pub struct LogQuery<'a> {
 pub struct RunQuery<'a> {
     /// Only the runs of this agent (by id).
     pub agent_id: Option<&'a str>,
+    /// Only the runs in this status (`running`, `failed`, ...).
+    pub status: Option<&'a str>,
     /// Only runs created at or after this time.
     pub since: Option<SystemTime>,
     /// At most this many runs (newest first); `None`: every run.
@@ -372,6 +374,9 @@ impl Client {
                     // `agentId`.
                     q.append_pair("agent_id", agent)
                         .append_pair("agentId", agent);
+                }
+                if let Some(status) = query.status {
+                    q.append_pair("status", status);
                 }
                 if let Some(since) = &since {
                     q.append_pair("since", since);

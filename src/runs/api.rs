@@ -111,6 +111,8 @@ impl RunsApi for Reported {
 pub struct RunList {
     pub runs: Vec<Arc<Run>>,
     pub by_id: BTreeMap<RunId, usize>,
+    /// When it was fetched.
+    pub fetched: std::time::Instant,
 }
 
 impl RunList {
@@ -137,13 +139,21 @@ fn report_failure(
     }
 }
 
-/// The runs listing: every run (key `None`) or an agent's (its id), created within
-/// `since` of now, at most `limit`.
+/// The runs listing: every run (key `None`) or, by `key`, an agent's (its id) or those in
+/// a status (as the API filters them), created within `since` of now, at most `limit`.
 pub struct RunListSource {
     pub api: Arc<dyn RunsApi>,
     pub activity: Arc<Activity>,
     pub since: Duration,
     pub limit: usize,
+    pub key: RunListKey,
+}
+
+/// What the key of a [`RunListSource`] filters by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunListKey {
+    AgentId,
+    Status,
 }
 
 impl ListingSource for RunListSource {
@@ -151,10 +161,15 @@ impl ListingSource for RunListSource {
     type Value = RunList;
     type Error = ApiError;
 
-    fn fetch(&self, agent: &Option<String>) -> Result<RunList, ApiError> {
+    fn fetch(&self, key: &Option<String>) -> Result<RunList, ApiError> {
         let since = SystemTime::now().checked_sub(self.since);
+        let (agent_id, status) = match self.key {
+            RunListKey::AgentId => (key.as_deref(), None),
+            RunListKey::Status => (None, key.as_deref()),
+        };
         let runs = self.api.list_runs(&RunQuery {
-            agent_id: agent.as_deref(),
+            agent_id,
+            status,
             since,
             limit: Some(self.limit),
         });
@@ -164,7 +179,11 @@ impl ListingSource for RunListSource {
             .enumerate()
             .map(|(i, r)| (r.id.clone(), i))
             .collect();
-        Ok(RunList { runs, by_id })
+        Ok(RunList {
+            runs,
+            by_id,
+            fetched: std::time::Instant::now(),
+        })
     }
 
     fn serves_previous(&self, e: &ApiError) -> bool {

@@ -62,6 +62,45 @@ impl RunFile {
     }
 }
 
+/// The levels `logs.d/` has a file for.
+pub const LEVELS: [&str; 4] = ["debug", "info", "warn", "error"];
+
+impl RunFile {
+    /// Whether the file is made from the run's detail (and metrics) alone, so that it can
+    /// be served without fetching the run's logs or events.
+    pub fn from_detail(self) -> bool {
+        matches!(
+            self,
+            RunFile::Json | RunFile::Status | RunFile::Prompt | RunFile::Error | RunFile::Metrics
+        )
+    }
+}
+
+/// What file `f` (one that the detail alone makes, other than `metrics.json`) holds for
+/// `run`, the same bytes [`write_detail`] writes; `None` for the other files, or an
+/// `error` the run does not have.
+pub fn detail_file(run: &Run, f: RunFile) -> Option<Vec<u8>> {
+    match f {
+        RunFile::Json => Some(pretty(&run.json)),
+        RunFile::Status => Some(line(&run.status)),
+        RunFile::Prompt => Some(line(&run.prompt)),
+        RunFile::Error if f.present(run) => Some(line(run.error.as_deref().unwrap_or_default())),
+        _ => None,
+    }
+}
+
+/// The lines of the `logs` file at `logs` whose level (third field) is `level`.
+pub fn level_lines(logs: &Path, level: &str) -> io::Result<Vec<u8>> {
+    let text = fs::read(logs)?;
+    let mut out = Vec::new();
+    for l in text.split_inclusive(|&b| b == b'\n') {
+        if l.split(|&b| b == b' ').nth(2) == Some(level.as_bytes()) && l.ends_with(b"\n") {
+            out.extend_from_slice(l);
+        }
+    }
+    Ok(out)
+}
+
 /// `value` pretty-printed, with a final newline.
 pub fn pretty(value: &Value) -> Vec<u8> {
     let mut out = serde_json::to_vec_pretty(value).unwrap_or_default();
@@ -113,13 +152,18 @@ pub fn event_line(event: &RunEvent) -> Vec<u8> {
 /// Write the files that a run's detail makes (`run.json`, `status`, `prompt`, `error`) in
 /// `dir`, each only when its content changed (so that a file's mtime moves only then).
 pub fn write_detail(dir: &Path, run: &Run) -> io::Result<()> {
-    write_if_changed(&dir.join(RunFile::Json.name()), &pretty(&run.json))?;
-    write_if_changed(&dir.join(RunFile::Status.name()), &line(&run.status))?;
-    write_if_changed(&dir.join(RunFile::Prompt.name()), &line(&run.prompt))?;
+    for f in [
+        RunFile::Json,
+        RunFile::Status,
+        RunFile::Prompt,
+        RunFile::Error,
+    ] {
+        if let Some(bytes) = detail_file(run, f) {
+            write_if_changed(&dir.join(f.name()), &bytes)?;
+        }
+    }
     let error = dir.join(RunFile::Error.name());
-    if RunFile::Error.present(run) {
-        write_if_changed(&error, &line(run.error.as_deref().unwrap_or_default()))?;
-    } else if error.exists() {
+    if !RunFile::Error.present(run) && error.exists() {
         fs::remove_file(&error)?;
     }
     Ok(())

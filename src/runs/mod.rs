@@ -21,11 +21,12 @@ use crate::metadata::{Listings, Saved, Timing};
 
 pub use api::{
     AgentFiles, AgentFilesSource, AgentSource, Events, Reported, RunDetailSource, RunFilesSource,
-    RunList, RunListSource, RunsApi,
+    RunList, RunListKey, RunListSource, RunsApi,
 };
-pub use files::{RunFile, SyncError};
+pub use files::{detail_file, level_lines, RunFile, SyncError, LEVELS};
 pub use state::{
-    RunState, View, FOLLOW_IDLE, FOLLOW_POLL, MAX_FOLLOWED, MISS_MEMORY, UNFOLLOWED_REFRESH,
+    RunState, View, FIRST_EVENT_WAIT, FOLLOW_IDLE, FOLLOW_POLL, MAX_FOLLOWED, MAX_STREAMS,
+    MISS_MEMORY, STREAM_TURN, UNFOLLOWED_REFRESH,
 };
 pub use store::{RunStore, RUN_COMPLETE};
 
@@ -38,12 +39,30 @@ pub struct RunsConfig {
     pub limit: usize,
 }
 
+/// How long a listing of runs (`runs/`, `agents/<name>/runs/`, `runs/by-status/<status>/`)
+/// is served before it is asked again, when the metadata TTL is longer: a run started a few
+/// seconds ago is in `ls runs`. Each refresh is one request per 100 runs listed.
+pub const RUNS_LIST_TTL: Duration = Duration::from_secs(5);
+
+/// The statuses a run can be in, as the API names them (`runs/by-status/<status>/`).
+pub const STATUSES: [&str; 6] = [
+    "pending",
+    "running",
+    "completed",
+    "failed",
+    "timeout",
+    "cancelled",
+];
+
 /// The runs and agents of a mount. Every wait for the API goes through one of these
 /// [`Listings`], so it is bounded, interruptible and never on a FUSE worker (see
 /// `crate::metadata`'s listings).
 pub struct Runs {
     pub state: Arc<RunState>,
+    /// Recent runs: all (key `None`) or an agent's (`Some(agent id)`).
     pub lists: Listings<RunListSource>,
+    /// Recent runs in a status (`Some(status)`), as the API's filter lists them.
+    pub by_status: Listings<RunListSource>,
     pub agents: Listings<AgentSource>,
     pub agent_files: Listings<AgentFilesSource>,
     /// Runs' details asked by id (served for [`UNFOLLOWED_REFRESH`], then refreshed in
@@ -71,6 +90,14 @@ impl Runs {
         });
         let saved = Arc::new(Saved::new(cache_dir));
         let state = RunState::new(api.clone(), store, activity.clone());
+        let run_timing = Timing::with_ttl(metadata_ttl.min(RUNS_LIST_TTL));
+        let run_list = |key| RunListSource {
+            api: api.clone(),
+            activity: activity.clone(),
+            since: config.since,
+            limit: config.limit,
+            key,
+        };
         Runs {
             details: Listings::new(
                 RunDetailSource {
@@ -86,15 +113,8 @@ impl Runs {
                 },
                 Timing::with_ttl(Duration::ZERO),
             ),
-            lists: Listings::new(
-                RunListSource {
-                    api: api.clone(),
-                    activity: activity.clone(),
-                    since: config.since,
-                    limit: config.limit,
-                },
-                timing.clone(),
-            ),
+            lists: Listings::new(run_list(RunListKey::AgentId), run_timing.clone()),
+            by_status: Listings::new(run_list(RunListKey::Status), run_timing),
             agents: Listings::new(
                 AgentSource {
                     api: api.clone(),

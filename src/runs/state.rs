@@ -1,16 +1,18 @@
 //! What the mount knows of each run, and keeping its files: a final run's files fetched
 //! once into the cache directory ([`RunStore`]); a live run's files growing in place while
 //! someone reads them (a follower thread per run, at most [`MAX_FOLLOWED`] at once, each
-//! stopping [`FOLLOW_IDLE`] after the last read), and turning into the final ones, with the
-//! same log state, when the run ends.
+//! stopping [`FOLLOW_IDLE`] after the last read; a run not followed is brought up to date
+//! before a read answers), its event stream recorded (at most [`MAX_STREAMS`] at once, the
+//! others waiting their turn), and turning into the final ones, with the same log state,
+//! when the run ends. A run the API no longer knows (404) is dropped.
 //!
-//! Nothing here waits for a caller: the network is asked on threads of this module (the
-//! followers, the event readers, a refresh of a run read beyond [`MAX_FOLLOWED`]) or on
-//! the listings' fetch threads that run [`RunState::view`] (see `crate::runs`), and what a
-//! reader needs at once (a live run's detail) is kept under a lock of its own that no
-//! request is made under.
+//! Nothing here waits for a caller on a FUSE worker: the network is asked on threads of
+//! this module (the followers, the event readers) or on the listings' fetch threads that
+//! run [`RunState::view`] (see `crate::runs`); what needs no request is answered by
+//! [`RunState::at_hand`], and what a reader needs at once (a live run's detail) is kept
+//! under a lock of its own that no request is made under.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -39,6 +41,16 @@ pub const UNFOLLOWED_REFRESH: Duration = Duration::from_secs(1);
 pub const MISS_MEMORY: Duration = Duration::from_secs(10);
 /// Metrics of a followed run are asked every this many polls.
 const METRICS_EVERY: u32 = 3;
+/// Event streams read at once at most. The API replays a live run's output events after
+/// `last_event_id` on a new stream (but not a finished run's), so a run waiting for a
+/// stream loses nothing unless it ends while it waits.
+pub const MAX_STREAMS: usize = 64;
+/// While runs wait for a stream, a stream gives its place up after this long (at its next
+/// event) and waits again at the back.
+pub const STREAM_TURN: Duration = Duration::from_secs(10);
+/// How long the first look at a live run waits for its first event (the API sends the
+/// status at once), so that the first read of `events.jsonl` is not empty.
+pub const FIRST_EVENT_WAIT: Duration = Duration::from_secs(2);
 
 /// Where a run's files are read from.
 #[derive(Clone)]
@@ -84,8 +96,6 @@ pub struct Live {
     done: AtomicBool,
     /// Whether an event stream reader runs.
     streaming: AtomicBool,
-    /// Whether a refresh of the run (read while not followed) runs.
-    refreshing: AtomicBool,
 }
 
 struct LiveState {
@@ -116,6 +126,20 @@ pub struct RunState {
     moving: parking_lot::RwLock<()>,
     /// [`FOLLOW_IDLE`], shorter in tests.
     follow_idle: Mutex<Duration>,
+    /// The event streams being read, and the live runs waiting for one.
+    streams: Mutex<Streams>,
+    /// `metrics.json` of runs whose files are not kept, with when it was fetched.
+    metrics: Mutex<HashMap<RunId, Fetched>>,
+}
+
+/// A file's bytes, and when they were fetched.
+type Fetched = (Arc<Vec<u8>>, Instant);
+
+struct Streams {
+    /// [`MAX_STREAMS`], smaller in tests.
+    max: usize,
+    open: usize,
+    waiting: VecDeque<Arc<Live>>,
 }
 
 impl RunState {
@@ -131,12 +155,59 @@ impl RunState {
             locks: Mutex::default(),
             moving: parking_lot::RwLock::new(()),
             follow_idle: Mutex::new(FOLLOW_IDLE),
+            streams: Mutex::new(Streams {
+                max: MAX_STREAMS,
+                open: 0,
+                waiting: VecDeque::new(),
+            }),
+            metrics: Mutex::default(),
         })
     }
 
-    #[cfg(test)]
+    /// How long a live run nobody reads is still followed ([`FOLLOW_IDLE`] unless set,
+    /// which tests and `VM0FS_FOLLOW_IDLE_MS` do).
     pub fn set_follow_idle(&self, idle: Duration) {
         *self.follow_idle.lock() = idle;
+    }
+
+    /// How many event streams are read at once at most ([`MAX_STREAMS`] unless set).
+    #[cfg(test)]
+    pub fn set_max_streams(&self, max: usize) {
+        self.streams.lock().max = max.max(1);
+    }
+
+    /// Whether reading run `id`'s files now asks nothing of the API first: final in the
+    /// cache, or live and followed or brought up to date a moment ago.
+    pub fn answers_now(&self, id: &RunId) -> bool {
+        if self.store.contains(id.as_str()) {
+            return true;
+        }
+        let live = self.live.lock().get(id).cloned();
+        let Some(live) = live else { return false };
+        if live.done.load(Ordering::SeqCst) || live.following.load(Ordering::SeqCst) {
+            return true;
+        }
+        // A poll holding the state is asking the API now.
+        live.state
+            .try_lock()
+            .is_some_and(|st| st.synced.elapsed() < UNFOLLOWED_REFRESH)
+    }
+
+    /// `metrics.json` of run `run` whose files are not kept: a final run's asked once, a
+    /// live run's at most once per [`UNFOLLOWED_REFRESH`].
+    pub fn metrics_file(&self, run: &Run) -> Result<Arc<Vec<u8>>, ApiError> {
+        if let Some((m, at)) = self.metrics.lock().get(&run.id) {
+            if run.is_final() || at.elapsed() < UNFOLLOWED_REFRESH {
+                return Ok(m.clone());
+            }
+        }
+        let m = Arc::new(files::pretty(&self.api.run_metrics(&run.id)?));
+        let mut metrics = self.metrics.lock();
+        if metrics.len() > 10_000 {
+            metrics.clear();
+        }
+        metrics.insert(run.id.clone(), (m.clone(), Instant::now()));
+        Ok(m)
     }
 
     /// How many live runs are followed now.
@@ -234,32 +305,54 @@ impl RunState {
             }
             Err(e) => {
                 if e.is_not_found() {
-                    self.remember_miss(id);
+                    self.forget_gone(id);
                 }
                 Err(e)
             }
         }
     }
 
-    /// Where run `id`'s files are, if they are at hand (final in the cache, or live and
-    /// kept): never a request, so any caller may ask. A live run's read keeps it followed.
+    /// Where run `id`'s files are, if that needs no request: final in the cache, or live
+    /// and followed or brought up to date a moment ago (a live run read after an idle
+    /// time is not at hand: [`RunState::view`] brings it up to date first). Any caller may
+    /// ask; a live run's read keeps it followed.
     pub fn at_hand(self: &Arc<Self>, id: &RunId) -> Option<View> {
         let _moving = self.moving.read();
         if let Some(view) = self.final_view(id) {
             return Some(view);
         }
         let live = self.live.lock().get(id).cloned()?;
-        self.touch(&live);
+        if !live.following.load(Ordering::SeqCst) && !live.done.load(Ordering::SeqCst) {
+            // A poll holding the state is asking the API now: not at hand either.
+            let fresh = live
+                .state
+                .try_lock()
+                .is_some_and(|st| st.synced.elapsed() < UNFOLLOWED_REFRESH);
+            if !fresh {
+                return None;
+            }
+        }
+        self.touch(&live, false).ok()?;
         Some(View::Live(live))
     }
 
     /// Where run `id`'s files are, fetching them if needed: a final run's once, a live
-    /// run's so far (and followed from now on while it is read). It waits for the API as
-    /// long as that takes: callers go through `crate::runs::Runs::files`, which runs it
-    /// on a thread of its own and bounds their wait.
+    /// run's so far (brought up to date first when nobody followed it, and followed from
+    /// now on while it is read). It waits for the API as long as that takes: callers go
+    /// through `crate::runs::Runs::files`, which runs it on a thread of its own and bounds
+    /// their wait.
     pub fn view(self: &Arc<Self>, id: &RunId) -> Result<View, SyncError> {
         if let Some(view) = self.at_hand(id) {
             return Ok(view);
+        }
+        let live = self.live.lock().get(id).cloned();
+        if let Some(live) = live {
+            self.touch(&live, true)?;
+            // A poll may have found it final (or gone) just now.
+            if live.done.load(Ordering::SeqCst) {
+                return self.final_view(id).ok_or_else(|| gone(id));
+            }
+            return Ok(View::Live(live));
         }
         let lock = self.lock_of(id);
         let _guard = lock.lock();
@@ -298,17 +391,32 @@ impl RunState {
             following: AtomicBool::new(false),
             done: AtomicBool::new(false),
             streaming: AtomicBool::new(false),
-            refreshing: AtomicBool::new(false),
         });
         if run.is_final() {
             return self.finalize(&live, run);
         }
-        {
-            let mut st = live.state.lock();
-            self.refresh(&live, &mut st, true)?;
+        let first = self.refresh(&live, &mut live.state.lock(), true);
+        if let Err(e) = first {
+            if matches!(&e, SyncError::Api(e) if e.is_not_found()) {
+                self.forget_gone(id);
+            }
+            if let Err(e) = std::fs::remove_dir_all(&live.dir) {
+                tracing::debug!(run = %id, error = %e, "removing the files of a run not fetched");
+            }
+            return Err(e);
         }
         self.live.lock().insert(id.clone(), live.clone());
-        self.touch(&live);
+        self.touch(&live, false)?;
+        // The stream sends the run's status at once: wait for it (briefly), so that the
+        // first read of `events.jsonl` is not empty.
+        let events = live.dir.join(RunFile::Events.name());
+        let until = Instant::now() + FIRST_EVENT_WAIT;
+        while Instant::now() < until
+            && !live.done.load(Ordering::SeqCst)
+            && std::fs::metadata(&events).is_ok_and(|m| m.len() == 0)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Ok(View::Live(live))
     }
 
@@ -326,61 +434,52 @@ impl RunState {
         locks.entry(id.clone()).or_default().clone()
     }
 
-    /// A read of a live run: it is followed (again) if there is room, else brought up to
-    /// date in the background when its last update is older than [`UNFOLLOWED_REFRESH`]
-    /// (the reader is answered from the files as they are: it never waits for the API).
-    pub fn touch(self: &Arc<Self>, live: &Arc<Live>) {
+    /// A read of a live run: its event stream is read (or waits its turn); with
+    /// `refresh`, a run not followed is first brought up to date when its last update is
+    /// older than [`UNFOLLOWED_REFRESH`] (the first read after an idle time answers what
+    /// the API says now, not what it said then: only on a thread that may wait, see
+    /// [`RunState::view`]); then it is followed (again) if there is room. Fails only when
+    /// the API says the run is gone; other failures leave what is known.
+    fn touch(self: &Arc<Self>, live: &Arc<Live>, refresh: bool) -> Result<(), SyncError> {
         *live.last_read.lock() = Instant::now();
-        if live.done.load(Ordering::SeqCst) || live.following.load(Ordering::SeqCst) {
-            return;
+        if live.done.load(Ordering::SeqCst) {
+            return Ok(());
         }
-        if self.followed() < MAX_FOLLOWED && !live.following.swap(true, Ordering::SeqCst) {
+        self.start_events(live);
+        if live.following.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if refresh {
+            let mut st = live.state.lock();
+            if st.synced.elapsed() >= UNFOLLOWED_REFRESH && !live.done.load(Ordering::SeqCst) {
+                match self.poll(live, &mut st) {
+                    Err(SyncError::Api(e)) if e.is_not_found() => return Err(SyncError::Api(e)),
+                    Err(e) => {
+                        tracing::debug!(run = %live.id, error = %e, "refreshing a live run failed")
+                    }
+                    Ok(()) => {}
+                }
+            }
+        }
+        if !live.done.load(Ordering::SeqCst)
+            && self.followed() < MAX_FOLLOWED
+            && !live.following.swap(true, Ordering::SeqCst)
+        {
             let (state, l) = (self.clone(), live.clone());
             let spawned = std::thread::Builder::new()
                 .name("vm0fs-follow".into())
                 .spawn(move || state.follow(l));
-            match spawned {
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot start a thread to follow a live run");
-                    live.following.store(false, Ordering::SeqCst);
-                }
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start a thread to follow a live run");
+                live.following.store(false, Ordering::SeqCst);
             }
         }
-        let Some(st) = live.state.try_lock() else {
-            // Being brought up to date already.
-            return;
-        };
-        if st.synced.elapsed() < UNFOLLOWED_REFRESH || live.done.load(Ordering::SeqCst) {
-            return;
-        }
-        drop(st);
-        if live.refreshing.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let (state, l) = (self.clone(), live.clone());
-        let spawned = std::thread::Builder::new()
-            .name("vm0fs-refresh".into())
-            .spawn(move || {
-                let mut st = l.state.lock();
-                if !l.done.load(Ordering::SeqCst) {
-                    if let Err(e) = state.poll(&l, &mut st) {
-                        tracing::debug!(run = %l.id, error = %e, "refreshing a live run failed");
-                    }
-                }
-                drop(st);
-                l.refreshing.store(false, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start a thread to refresh a live run");
-            live.refreshing.store(false, Ordering::SeqCst);
-        }
+        Ok(())
     }
 
     /// The follower of a live run: polls until nobody reads it or it ends.
     fn follow(self: Arc<Self>, live: Arc<Live>) {
         tracing::debug!(run = %live.id, "following a live run");
-        self.start_events(&live);
         let mut failing = false;
         loop {
             std::thread::sleep(FOLLOW_POLL);
@@ -413,7 +512,14 @@ impl RunState {
     /// One look at a live run: its detail, then its logs (and now and then its metrics);
     /// the run made final when it has ended.
     fn poll(&self, live: &Arc<Live>, st: &mut LiveState) -> Result<(), SyncError> {
-        let run = Arc::new(self.api.get_run(&live.id)?);
+        let run = match self.api.get_run(&live.id) {
+            Ok(run) => Arc::new(run),
+            Err(e) if e.is_not_found() => {
+                self.forget_gone(&live.id);
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         if run.is_final() {
             drop(self.finalize_locked(live, st, run)?);
             return Ok(());
@@ -437,6 +543,26 @@ impl RunState {
         }
         st.synced = Instant::now();
         Ok(())
+    }
+
+    /// The API says run `id` is gone (404): it is gone from the mount too (a live run's
+    /// files removed, its id remembered as unknown), so that reads fail with `ENOENT` and a
+    /// `tail -f` ends, instead of showing it running for ever. Said once at WARN when the
+    /// mount had shown the run.
+    fn forget_gone(&self, id: &RunId) {
+        let known = self.details.lock().remove(id).is_some();
+        let live = self.live.lock().remove(id);
+        self.remember_miss(id);
+        if let Some(live) = &live {
+            if !live.done.swap(true, Ordering::SeqCst) {
+                if let Err(e) = std::fs::remove_dir_all(&live.dir) {
+                    tracing::debug!(run = %id, error = %e, "removing the files of a gone run");
+                }
+            }
+        }
+        if known || live.is_some() {
+            tracing::warn!(run = %id, "the API no longer knows this run (404); it is gone from the mount");
+        }
     }
 
     /// Make `live`'s files final with `run` (its final detail).
@@ -484,56 +610,120 @@ impl RunState {
         Ok(View::Final { dir, run })
     }
 
-    /// Read the run's event stream on a thread of its own while it is followed, writing
-    /// each event as it comes.
+    /// Read the run's event stream on a thread of its own while it is read (until it ends
+    /// or nobody has read it for the idle time), or queue it for a stream when
+    /// [`MAX_STREAMS`] are read already.
     fn start_events(self: &Arc<Self>, live: &Arc<Live>) {
         if live.streaming.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (state, live) = (self.clone(), live.clone());
+        {
+            let mut streams = self.streams.lock();
+            if streams.open >= streams.max {
+                tracing::debug!(run = %live.id, "every event stream is taken; the run waits its turn");
+                streams.waiting.push_back(live.clone());
+                return;
+            }
+            streams.open += 1;
+        }
+        let (state, first) = (self.clone(), live.clone());
         let spawned = std::thread::Builder::new()
             .name("vm0fs-events".into())
-            .spawn({
-                let live = live.clone();
-                move || {
-                    while !live.done.load(Ordering::SeqCst)
-                        && live.following.load(Ordering::SeqCst)
-                    {
-                        let last = live.state.lock().last_sequence;
-                        match state.api.run_events(&live.id, last) {
-                            Ok(events) => {
-                                for event in events {
-                                    let Ok(event) = event else { break };
-                                    let mut st = live.state.lock();
-                                    if live.done.load(Ordering::SeqCst) {
-                                        break;
-                                    }
-                                    if let Err(e) = write_event(&live, &mut st, &event) {
-                                        tracing::debug!(run = %live.id, error = %e, "writing an event failed");
-                                    }
-                                    if !live.following.load(Ordering::SeqCst) {
-                                        break;
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                tracing::debug!(run = %live.id, error = %e, "the run's event stream failed");
-                                std::thread::sleep(FOLLOW_POLL * 5);
-                            }
-                        }
-                        if live.state.lock().complete {
-                            break;
-                        }
-                        // A stream that ended early (a proxy's timeout): not at once again.
-                        std::thread::sleep(FOLLOW_POLL);
-                    }
-                    live.streaming.store(false, Ordering::SeqCst);
-                }
-            });
-        if spawned.is_err() {
+            .spawn(move || state.stream_events(first));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a thread to read a run's events");
+            self.streams.lock().open -= 1;
             live.streaming.store(false, Ordering::SeqCst);
         }
     }
+
+    /// Whether a live run is still read. Takes no lock of the run's state (which a poll
+    /// holds while it asks the API), as it is asked with the streams' lock held.
+    fn still_read(&self, live: &Live) -> bool {
+        !live.done.load(Ordering::SeqCst)
+            && live.last_read.lock().elapsed() < *self.follow_idle.lock()
+    }
+
+    /// Whether a live run's events are still wanted.
+    fn wants_events(&self, live: &Live) -> bool {
+        self.still_read(live) && !live.state.lock().complete
+    }
+
+    /// A stream thread: reads `live`'s events, then those of the runs waiting, in turn.
+    fn stream_events(self: Arc<Self>, mut live: Arc<Live>) {
+        loop {
+            let requeue = self.read_events(&live);
+            let mut streams = self.streams.lock();
+            if requeue {
+                streams.waiting.push_back(live.clone());
+            } else {
+                live.streaming.store(false, Ordering::SeqCst);
+            }
+            let next = loop {
+                match streams.waiting.pop_front() {
+                    Some(l) if self.still_read(&l) => break Some(l),
+                    Some(l) => l.streaming.store(false, Ordering::SeqCst),
+                    None => break None,
+                }
+            };
+            match next {
+                Some(l) => live = l,
+                None => {
+                    streams.open -= 1;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Read `live`'s event stream, reconnecting after the last event written, while it is
+    /// wanted. Whether it gave its place up to a waiting run (and so must wait again).
+    fn read_events(&self, live: &Arc<Live>) -> bool {
+        let turn = Instant::now();
+        while self.wants_events(live) {
+            let last = live.state.lock().last_sequence;
+            match self.api.run_events(&live.id, last) {
+                Ok(events) => {
+                    for event in events {
+                        let Ok(event) = event else { break };
+                        let mut st = live.state.lock();
+                        if live.done.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        if let Err(e) = write_event(live, &mut st, &event) {
+                            tracing::debug!(run = %live.id, error = %e, "writing an event failed");
+                        }
+                        drop(st);
+                        if !self.wants_events(live) {
+                            return false;
+                        }
+                        if turn.elapsed() >= STREAM_TURN && !self.streams.lock().waiting.is_empty()
+                        {
+                            return true;
+                        }
+                    }
+                    // A stream that ended is a turn's natural end when others wait.
+                    if self.wants_events(live) && !self.streams.lock().waiting.is_empty() {
+                        return true;
+                    }
+                }
+                Err(e) if e.is_not_found() => return false,
+                Err(e) => {
+                    tracing::debug!(run = %live.id, error = %e, "the run's event stream failed");
+                    std::thread::sleep(FOLLOW_POLL * 5);
+                }
+            }
+            // A stream that ended early (a proxy's timeout): not at once again.
+            std::thread::sleep(FOLLOW_POLL);
+        }
+        false
+    }
+}
+
+/// The error of a run that went away while it was looked at.
+fn gone(id: &RunId) -> SyncError {
+    tracing::debug!(run = %id, "the run went away while it was looked at");
+    SyncError::Io(std::io::Error::from_raw_os_error(libc::ENOENT))
 }
 
 /// Write one event into `events.jsonl` unless it repeats one written (an output event

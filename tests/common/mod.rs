@@ -226,6 +226,8 @@ pub struct MountOpts<'a> {
     pub token: Option<&'a str>,
     pub extra: Vec<String>,
     pub cache: Option<PathBuf>,
+    /// Environment variables of the daemon (test knobs).
+    pub env: Vec<(&'a str, String)>,
 }
 
 impl Mount {
@@ -264,6 +266,7 @@ impl Mount {
             .args(&opts.extra)
             .env("VM0_TOKEN", opts.token.unwrap_or(&emu.token))
             .env("RUST_LOG", "vm0fs=debug")
+            .envs(opts.env.iter().map(|(k, v)| (*k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());

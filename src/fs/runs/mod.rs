@@ -7,6 +7,11 @@
 //! runs/<run-id>/agent           -> ../../agents/<agent_name>
 //! agents/<name>/{agent.json,versions.json}
 //! agents/<name>/runs/<run-id>   -> ../../../runs/<run-id>
+//! agents/<name>/runs/latest     -> ../../../runs/<its newest run-id>
+//! runs/latest                   -> <the newest run-id>
+//! runs/by-status/<status>/<id>  -> ../../<id>
+//! runs/<8+ hex prefix>          -> <run-id>   (when named, never listed)
+//! runs/<run-id>/logs.d/<level>  the lines of `logs` at that level
 //! ```
 //!
 //! This room holds the tree of those paths and the attributes, links and contents of each
@@ -28,7 +33,9 @@ use std::time::{Duration, SystemTime};
 use crate::api::RunId;
 use crate::ids::Ino;
 use crate::metadata::Unavailable;
-use crate::runs::{safe_name, RunFile, RunStore, Runs, RunsApi, RunsConfig, SyncError, View};
+use crate::runs::{
+    safe_name, RunFile, RunStore, Runs, RunsApi, RunsConfig, SyncError, View, RUNS_LIST_TTL,
+};
 
 use super::attr::{FileKind, TimedAttr, IMMUTABLE_TTL};
 use super::handles::{read_at, slice_at, Handle, OpenFile, OpenedHandle, Pin};
@@ -52,7 +59,28 @@ pub enum RunNode {
     AgentVersions(String),
     AgentRunsDir(String),
     AgentRun(String, RunId),
+    /// `runs/latest` and `agents/<name>/runs/latest`, with the run each named when looked
+    /// up: a new newest run makes a new node (the kernel may keep a link's target as long
+    /// as its inode).
+    Latest(RunId),
+    AgentLatest(String, RunId),
+    ByStatusDir,
+    StatusDir(&'static str),
+    StatusRun(&'static str, RunId),
+    /// A prefix of a run id, named in `runs/`.
+    Prefix(String),
+    LogsDir(RunId),
+    LevelLog(RunId, &'static str),
 }
+
+/// The names in `runs/` that are not run ids.
+pub const LATEST: &str = "latest";
+pub const BY_STATUS: &str = "by-status";
+pub const LOGS_DIR: &str = "logs.d";
+
+/// The environment variable that sets how long (in ms) a live run nobody reads is still
+/// followed, instead of [`crate::runs::FOLLOW_IDLE`]; for tests.
+pub const FOLLOW_IDLE_ENV: &str = "VM0FS_FOLLOW_IDLE_MS";
 
 pub const RUNS_DIR: &str = "runs";
 pub const AGENTS_DIR: &str = "agents";
@@ -89,8 +117,8 @@ pub enum Readable {
         size: u64,
         live: bool,
     },
-    /// An agent's file.
-    Bytes(Vec<u8>),
+    /// An agent's file, or a run's made when read; `live`: a later read may differ.
+    Bytes { data: Vec<u8>, live: bool },
 }
 
 impl Readable {
@@ -98,7 +126,7 @@ impl Readable {
     pub fn read_at(&self, offset: u64, size: u32) -> Result<Vec<u8>> {
         match self {
             Readable::File { file, .. } => read_at(file, offset, size),
-            Readable::Bytes(data) => Ok(slice_at(data, offset, size)),
+            Readable::Bytes { data, .. } => Ok(slice_at(data, offset, size)),
         }
     }
 }
@@ -116,10 +144,10 @@ impl Fs {
                 immutable: !live,
                 size,
             },
-            Readable::Bytes(data) => OpenedHandle {
+            Readable::Bytes { data, live } => OpenedHandle {
                 size: data.len() as u64,
                 fh: self.handles.add(Handle::Static(data)),
-                direct_io: false,
+                direct_io: live,
                 immutable: false,
             },
         }
@@ -215,6 +243,120 @@ impl Fs {
         runs.state.at_hand(id).ok_or(FsError::NotFound)
     }
 
+    /// A file of a run made from its detail (and metrics) alone, when its files are not
+    /// kept: reading `status` asks the API for the detail, never for the logs. `None`: the
+    /// file is read from the run's files.
+    fn detail_made(&self, id: &RunId, f: RunFile) -> Result<Option<(Vec<u8>, bool)>> {
+        let runs = self.runs()?;
+        if !f.from_detail() || runs.state.ready(id) {
+            return Ok(None);
+        }
+        let run = self.run_detail(id)?;
+        let data = match f {
+            RunFile::Metrics => runs.state.metrics_file(&run)?.to_vec(),
+            _ => crate::runs::detail_file(&run, f).ok_or(FsError::NotFound)?,
+        };
+        Ok(Some((data, !run.is_final())))
+    }
+
+    /// `logs.d/<level>` of a run: the lines of its `logs` at that level.
+    fn level_log(&self, id: &RunId, level: &str) -> Result<(Vec<u8>, View)> {
+        let view = self.run_view(id)?;
+        let data = crate::runs::level_lines(&view.dir().join(RunFile::Logs.name()), level);
+        match data {
+            Ok(data) => Ok((data, view)),
+            // The live directory may have just become the final one: look again once.
+            Err(_) => {
+                let view = self.run_view(id)?;
+                let data = crate::runs::level_lines(&view.dir().join(RunFile::Logs.name()), level)?;
+                Ok((data, view))
+            }
+        }
+    }
+
+    /// A listing of runs, fetched again (and waited for, within the listings' bound) when
+    /// it is older than [`RUNS_LIST_TTL`]: `ls runs` shows a run started seconds ago.
+    fn fresh_runs(
+        &self,
+        lists: &crate::metadata::Listings<crate::runs::RunListSource>,
+        key: &Option<String>,
+    ) -> std::result::Result<Arc<crate::runs::RunList>, Unavailable<crate::api::ApiError>> {
+        let list = lists.get(key, &ThreadPolicy)?;
+        if list.fetched.elapsed() <= RUNS_LIST_TTL {
+            return Ok(list);
+        }
+        // A pick that finds nothing in a stale listing has it fetched again and waited for
+        // (as the thread's policy allows: a FUSE worker hands the operation to a waiter).
+        match lists.find(key, &ThreadPolicy, |l| {
+            (l.fetched.elapsed() <= RUNS_LIST_TTL).then_some(())
+        }) {
+            Ok(_) => lists.get(key, &ThreadPolicy),
+            Err(e @ (Unavailable::WouldBlock | Unavailable::Interrupted)) => Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "refreshing a runs listing failed; serving the one held");
+                Ok(list)
+            }
+        }
+    }
+
+    /// The newest run (of agent `agent`, by name), as a listing at most [`RUNS_LIST_TTL`]
+    /// old says.
+    fn newest_run(&self, agent: Option<&str>) -> Result<RunId> {
+        let runs = self.runs()?;
+        let key = match agent {
+            Some(name) => Some(self.find_agent(name)?.id),
+            None => None,
+        };
+        let list = self.fresh_runs(&runs.lists, &key)?;
+        Ok(list.runs.first().ok_or(FsError::NotFound)?.id.clone())
+    }
+
+    /// The one run whose id starts with `prefix`, among the runs listed and kept.
+    fn run_by_prefix(&self, prefix: &str) -> Result<RunId> {
+        let runs = self.runs()?;
+        let start = RunId::parse(prefix).ok_or(FsError::NotFound)?;
+        let matching = |list: &crate::runs::RunList| -> Vec<RunId> {
+            list.by_id
+                .range(start.clone()..)
+                .take_while(|(id, _)| id.as_str().starts_with(prefix))
+                .map(|(id, _)| id.clone())
+                .take(2)
+                .collect()
+        };
+        let mut found: Vec<RunId> = runs
+            .lists
+            .find(&None, &ThreadPolicy, |l| {
+                let m: Vec<RunId> = matching(l);
+                (!m.is_empty()).then_some(m)
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        for id in runs.state.store.ids() {
+            if id.starts_with(prefix) {
+                if let Some(id) = RunId::parse(&id) {
+                    if !found.contains(&id) {
+                        found.push(id);
+                    }
+                }
+            }
+        }
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => {
+                tracing::info!(prefix, "no run id starts with this prefix");
+                Err(FsError::NotFound)
+            }
+            _ => {
+                tracing::info!(
+                    prefix,
+                    "ambiguous run id prefix: more than one run starts with it"
+                );
+                Err(FsError::NotFound)
+            }
+        }
+    }
+
     /// What `..` of a directory of the runs' tree is.
     pub(super) fn run_parent(&self, n: &RunNode) -> MetaNode {
         MetaNode::Run(match n {
@@ -222,6 +364,9 @@ impl Fs {
             RunNode::VolumesDir(id) => RunNode::Run(id.clone()),
             RunNode::Agent(_) => RunNode::AgentsDir,
             RunNode::AgentRunsDir(name) => RunNode::Agent(name.clone()),
+            RunNode::ByStatusDir => RunNode::RunsDir,
+            RunNode::StatusDir(_) => RunNode::ByStatusDir,
+            RunNode::LogsDir(id) => RunNode::Run(id.clone()),
             _ => return MetaNode::Root,
         })
     }
@@ -229,11 +374,39 @@ impl Fs {
     /// `lookup` of `name` in a directory of the runs' tree.
     pub(super) fn run_lookup(&self, dir: RunNode, name: &str) -> Result<TimedAttr> {
         let child = match dir {
+            RunNode::RunsDir if name == LATEST => RunNode::Latest(self.newest_run(None)?),
+            RunNode::RunsDir if name == BY_STATUS => RunNode::ByStatusDir,
+            RunNode::RunsDir if is_run_prefix(name) => {
+                self.run_by_prefix(name)?;
+                RunNode::Prefix(name.to_string())
+            }
             RunNode::RunsDir => {
                 let id = RunId::parse(name).ok_or(FsError::NotFound)?;
                 self.run_row(&id)?;
                 RunNode::Run(id)
             }
+            RunNode::ByStatusDir => RunNode::StatusDir(
+                crate::runs::STATUSES
+                    .into_iter()
+                    .find(|s| *s == name)
+                    .ok_or(FsError::NotFound)?,
+            ),
+            RunNode::StatusDir(status) => {
+                let id = RunId::parse(name).ok_or(FsError::NotFound)?;
+                let runs = self.runs()?;
+                let key = Some(status.to_string());
+                runs.by_status
+                    .find(&key, &ThreadPolicy, |l| l.get(&id).map(|_| ()))?
+                    .ok_or(FsError::NotFound)?;
+                RunNode::StatusRun(status, id)
+            }
+            RunNode::LogsDir(id) => RunNode::LevelLog(
+                id,
+                crate::runs::LEVELS
+                    .into_iter()
+                    .find(|l| *l == name)
+                    .ok_or(FsError::NotFound)?,
+            ),
             RunNode::AgentsDir => {
                 let runs = self.runs()?;
                 runs.agents
@@ -245,6 +418,7 @@ impl Fs {
                 "artifact" => RunNode::Artifact(id),
                 "volumes" => RunNode::VolumesDir(id),
                 "agent" => RunNode::AgentLink(id),
+                LOGS_DIR => RunNode::LogsDir(id),
                 _ => RunNode::File(id, RunFile::from_name(name).ok_or(FsError::NotFound)?),
             },
             RunNode::VolumesDir(id) => RunNode::Volume(id, name.to_string()),
@@ -254,11 +428,20 @@ impl Fs {
                 "runs" => RunNode::AgentRunsDir(agent),
                 _ => return Err(FsError::NotFound),
             },
+            RunNode::AgentRunsDir(agent) if name == LATEST => {
+                let id = self.newest_run(Some(&agent))?;
+                RunNode::AgentLatest(agent, id)
+            }
             RunNode::AgentRunsDir(agent) => {
                 let id = RunId::parse(name).ok_or(FsError::NotFound)?;
                 RunNode::AgentRun(agent, id)
             }
-            RunNode::File(..)
+            RunNode::Latest(_)
+            | RunNode::AgentLatest(..)
+            | RunNode::StatusRun(..)
+            | RunNode::Prefix(_)
+            | RunNode::LevelLog(..)
+            | RunNode::File(..)
             | RunNode::Artifact(_)
             | RunNode::Volume(..)
             | RunNode::AgentLink(_)
@@ -275,7 +458,34 @@ impl Fs {
         let meta_ttl = self.config.metadata_ttl;
         let dir = |mtime| self.timed(ino, FileKind::Directory, 0, mtime, meta_ttl);
         Ok(match n {
-            RunNode::RunsDir | RunNode::AgentsDir => dir(self.started),
+            RunNode::RunsDir | RunNode::AgentsDir | RunNode::ByStatusDir => dir(self.started),
+            RunNode::StatusDir(_) => {
+                self.timed(ino, FileKind::Directory, 0, self.started, Duration::ZERO)
+            }
+            RunNode::LogsDir(id) => {
+                let run = self.run_row(&id)?;
+                self.timed(
+                    ino,
+                    FileKind::Directory,
+                    0,
+                    run.created_at,
+                    self.link_ttl(&run),
+                )
+            }
+            RunNode::LevelLog(id, level) => {
+                let (data, view) = self.level_log(&id, level)?;
+                let run = view.run();
+                let (ttl, mtime) = if view.is_final() {
+                    (IMMUTABLE_TTL, run.completed_at.unwrap_or(run.created_at))
+                } else {
+                    let logs = std::fs::metadata(view.dir().join(RunFile::Logs.name()));
+                    (
+                        Duration::ZERO,
+                        logs.and_then(|m| m.modified()).unwrap_or(run.created_at),
+                    )
+                };
+                self.timed(ino, FileKind::RegularFile, data.len() as u64, mtime, ttl)
+            }
             RunNode::Run(id) => {
                 let run = self.run_row(&id)?;
                 let ttl = if run.is_final() {
@@ -286,6 +496,21 @@ impl Fs {
                 self.timed(ino, FileKind::Directory, 0, run.created_at, ttl)
             }
             RunNode::File(id, f) => {
+                if let Some((data, live)) = self.detail_made(&id, f)? {
+                    let run = self.run_detail(&id)?;
+                    let (ttl, mtime) = if live {
+                        (Duration::ZERO, run.created_at)
+                    } else {
+                        (IMMUTABLE_TTL, run.completed_at.unwrap_or(run.created_at))
+                    };
+                    return Ok(self.timed(
+                        ino,
+                        FileKind::RegularFile,
+                        data.len() as u64,
+                        mtime,
+                        ttl,
+                    ));
+                }
                 let view = self.run_view(&id)?;
                 let run = view.run();
                 if !f.present(&run) {
@@ -322,7 +547,11 @@ impl Fs {
             RunNode::Artifact(_)
             | RunNode::Volume(..)
             | RunNode::AgentLink(_)
-            | RunNode::AgentRun(..) => {
+            | RunNode::AgentRun(..)
+            | RunNode::Latest(_)
+            | RunNode::AgentLatest(..)
+            | RunNode::StatusRun(..)
+            | RunNode::Prefix(_) => {
                 let (target, mtime, ttl) = self.run_link(&n)?;
                 self.timed(ino, FileKind::Symlink, target.len() as u64, mtime, ttl)
             }
@@ -406,6 +635,20 @@ impl Fs {
                     IMMUTABLE_TTL,
                 ))
             }
+            RunNode::Latest(id) => Ok((id.to_string(), self.started, Duration::ZERO)),
+            RunNode::AgentLatest(_, id) => {
+                Ok((format!("../../../runs/{id}"), self.started, Duration::ZERO))
+            }
+            RunNode::Prefix(prefix) => {
+                let id = self.run_by_prefix(prefix)?;
+                Ok((id.to_string(), self.started, self.config.metadata_ttl))
+            }
+            RunNode::StatusRun(status, id) => {
+                let key = Some(status.to_string());
+                let list = self.runs()?.by_status.get(&key, &ThreadPolicy)?;
+                let run = list.get(id).ok_or(FsError::NotFound)?;
+                Ok((format!("../../{id}"), run.created_at, Duration::ZERO))
+            }
             RunNode::AgentRun(agent, id) => {
                 let agent = self.find_agent(agent)?;
                 let list = self
@@ -431,6 +674,9 @@ impl Fs {
     pub(super) fn run_content(&self, n: RunNode) -> Result<Readable> {
         match &n {
             RunNode::File(id, f) => {
+                if let Some((data, live)) = self.detail_made(id, *f)? {
+                    return Ok(Readable::Bytes { data, live });
+                }
                 // The live directory may have just become the final one: look again once.
                 let mut last = None;
                 for _ in 0..2 {
@@ -453,8 +699,16 @@ impl Fs {
                 }
                 Err(last.map_or(FsError::NotFound, FsError::Io))
             }
-            RunNode::AgentJson(name) | RunNode::AgentVersions(name) => {
-                Ok(Readable::Bytes(self.agent_file(&n, name)?.0))
+            RunNode::AgentJson(name) | RunNode::AgentVersions(name) => Ok(Readable::Bytes {
+                data: self.agent_file(&n, name)?.0,
+                live: false,
+            }),
+            RunNode::LevelLog(id, level) => {
+                let (data, view) = self.level_log(id, level)?;
+                Ok(Readable::Bytes {
+                    data,
+                    live: !view.is_final(),
+                })
             }
             _ => Err(FsError::IsDir),
         }
@@ -470,8 +724,22 @@ impl Fs {
         match n {
             RunNode::RunsDir => {
                 let runs = self.runs()?;
-                match runs.lists.get(&None, &ThreadPolicy) {
+                let node = RunNode::ByStatusDir;
+                let a = self.run_attr(self.node_ino(node.clone()), node)?;
+                items.push(item(BY_STATUS, a));
+                match self.fresh_runs(&runs.lists, &None) {
                     Ok(list) => {
+                        if let Some(newest) = list.runs.first() {
+                            let node = RunNode::Latest(newest.id.clone());
+                            let a = self.timed(
+                                self.node_ino(node),
+                                FileKind::Symlink,
+                                newest.id.as_str().len() as u64,
+                                self.started,
+                                Duration::ZERO,
+                            );
+                            items.push(item(LATEST, a));
+                        }
                         items.reserve(list.runs.len());
                         for run in &list.runs {
                             let ino = self.node_ino(RunNode::Run(run.id.clone()));
@@ -520,7 +788,10 @@ impl Fs {
                     let a = self.run_attr(self.node_ino(node.clone()), node)?;
                     items.push(item(f.name(), a));
                 }
-                let mut links = vec![("volumes", RunNode::VolumesDir(id.clone()))];
+                let mut links = vec![
+                    (LOGS_DIR, RunNode::LogsDir(id.clone())),
+                    ("volumes", RunNode::VolumesDir(id.clone())),
+                ];
                 if run.artifact_version.is_some() {
                     links.push(("artifact", RunNode::Artifact(id.clone())));
                 }
@@ -551,10 +822,19 @@ impl Fs {
             }
             RunNode::AgentRunsDir(name) => {
                 let agent = self.find_agent(&name)?;
-                let list = self
-                    .runs()?
-                    .lists
-                    .get(&Some(agent.id.clone()), &ThreadPolicy)?;
+                let list = self.fresh_runs(&self.runs()?.lists, &Some(agent.id.clone()))?;
+                if let Some(newest) = list.runs.first() {
+                    let node = RunNode::AgentLatest(name.clone(), newest.id.clone());
+                    let target = format!("../../../runs/{}", newest.id);
+                    let a = self.timed(
+                        self.node_ino(node),
+                        FileKind::Symlink,
+                        target.len() as u64,
+                        self.started,
+                        Duration::ZERO,
+                    );
+                    items.push(item(LATEST, a));
+                }
                 for run in &list.runs {
                     let node = RunNode::AgentRun(name.clone(), run.id.clone());
                     let target = format!("../../../runs/{}", run.id);
@@ -566,6 +846,36 @@ impl Fs {
                         meta_ttl,
                     );
                     items.push(item(run.id.as_str(), a));
+                }
+            }
+            RunNode::ByStatusDir => {
+                for status in crate::runs::STATUSES {
+                    let node = RunNode::StatusDir(status);
+                    let a = self.run_attr(self.node_ino(node.clone()), node)?;
+                    items.push(item(status, a));
+                }
+            }
+            RunNode::StatusDir(status) => {
+                let runs = self.runs()?;
+                let list = self.fresh_runs(&runs.by_status, &Some(status.to_string()))?;
+                for run in &list.runs {
+                    let node = RunNode::StatusRun(status, run.id.clone());
+                    let target = format!("../../{}", run.id);
+                    let a = self.timed(
+                        self.node_ino(node),
+                        FileKind::Symlink,
+                        target.len() as u64,
+                        run.created_at,
+                        Duration::ZERO,
+                    );
+                    items.push(item(run.id.as_str(), a));
+                }
+            }
+            RunNode::LogsDir(id) => {
+                for level in crate::runs::LEVELS {
+                    let node = RunNode::LevelLog(id.clone(), level);
+                    let a = self.run_attr(self.node_ino(node.clone()), node)?;
+                    items.push(item(level, a));
                 }
             }
             _ => return Err(FsError::NotDir),
@@ -580,14 +890,33 @@ impl Fs {
         config: RunsConfig,
     ) -> Result<Fs, crate::cache::CacheError> {
         let store = RunStore::open(&self.cache)?;
-        self.runs = Some(Runs::new(
+        let runs = Runs::new(
             api,
             store,
             config,
             self.activity.clone(),
             self.config.metadata_ttl,
             self.cache.root(),
-        ));
+        );
+        // A test knob: how long a live run nobody reads is still followed, so that a test
+        // of the first read after an idle time need not sleep the 30 s.
+        if let Some(ms) = std::env::var(FOLLOW_IDLE_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            runs.state.set_follow_idle(Duration::from_millis(ms));
+        }
+        self.runs = Some(runs);
         Ok(self)
     }
+}
+
+/// Whether `name` in `runs/` is a prefix of a run id rather than an id: 8 to 35 lowercase
+/// hex digits and dashes (a run id is a 36-character UUID).
+fn is_run_prefix(name: &str) -> bool {
+    (8..36).contains(&name.len())
+        && name.bytes().next().is_some_and(|b| b.is_ascii_hexdigit())
+        && name
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f' | b'-'))
 }

@@ -56,6 +56,8 @@ struct FakeRuns {
     down: AtomicBool,
     gets: AtomicUsize,
     log_pages: AtomicUsize,
+    /// Output event sequences of each run.
+    outputs: Mutex<HashMap<String, Vec<u64>>>,
 }
 
 impl FakeRuns {
@@ -134,7 +136,7 @@ impl RunsApi for FakeRuns {
         self.check("metrics")?;
         Ok(json!({"data": [], "summary": {"avg_cpu_percent": null}}))
     }
-    fn run_events(&self, id: &RunId, _: Option<u64>) -> Result<Events, ApiError> {
+    fn run_events(&self, id: &RunId, last: Option<u64>) -> Result<Events, ApiError> {
         self.check("events")?;
         let status = self.runs.lock()[id.as_str()]["status"]
             .as_str()
@@ -144,6 +146,18 @@ impl RunsApi for FakeRuns {
             status: status.clone(),
             json: json!({"status": status, "run_id": id.as_str()}),
         }];
+        // As the API: a live run's output events after `last_event_id`, a final one's none.
+        if !crate::api::is_final_status(&status) {
+            let outputs = self.outputs.lock().get(id.as_str()).cloned();
+            for n in outputs.unwrap_or_default() {
+                if last.is_none_or(|l| n > l) {
+                    events.push(RunEvent::Output {
+                        sequence: n,
+                        json: json!({"sequence": n, "type": "text", "data": {"n": n}}),
+                    });
+                }
+            }
+        }
         if crate::api::is_final_status(&status) {
             events.push(RunEvent::Complete {
                 status: status.clone(),
@@ -332,7 +346,8 @@ fn live_runs_are_followed_while_read_and_at_most_a_few_at_once() {
     let fs = fs_on(api.clone(), dir.path());
     let state = fs.runs.as_ref().unwrap().state.clone();
     for id in &ids {
-        assert_eq!(cat(&fs, &format!("runs/{id}/status")), "running\n");
+        // The log (not `status`, which the detail alone makes) keeps the run's files.
+        assert_eq!(cat(&fs, &format!("runs/{id}/logs")).lines().count(), 1);
     }
     assert_eq!(state.followed(), MAX_FOLLOWED, "a bounded number");
     // Nobody reads them any more: they are let go, and the API is no longer asked.
@@ -381,7 +396,11 @@ fn a_worker_never_waits_for_a_run_and_is_answered_from_what_is_held() {
     );
     assert_eq!(cat(&fs, &status), "completed\n");
     on_worker(&status).unwrap();
-    on_worker(&format!("runs/{RUN}/logs")).unwrap();
+    // Its log keeps the run's files; then they are at hand on a worker too.
+    let logs = format!("runs/{RUN}/logs");
+    assert!(matches!(on_worker(&logs), Err(FsError::WouldBlock)));
+    cat(&fs, &logs);
+    on_worker(&logs).unwrap();
     // The same holds for a listing never fetched.
     let agents = with_policy(Policy::Never, || {
         fs.lookup(
@@ -391,4 +410,65 @@ fn a_worker_never_waits_for_a_run_and_is_answered_from_what_is_held() {
         )
     });
     assert!(matches!(agents, Err(FsError::WouldBlock)), "{agents:?}");
+}
+
+#[test]
+fn live_runs_beyond_the_stream_limit_take_turns_and_lose_no_event() {
+    let api = Arc::new(FakeRuns::default());
+    // More runs than are followed, and than streams may be open.
+    let ids: Vec<String> = (0..MAX_FOLLOWED + 3)
+        .map(|i| format!("{RUN}-{i}"))
+        .collect();
+    for id in &ids {
+        api.add(id, "running", vec![entry(1, 1)]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fs = fs_on(api.clone(), dir.path());
+    let state = fs.runs.as_ref().unwrap().state.clone();
+    state.set_max_streams(3);
+    let read_all = || {
+        for id in &ids {
+            cat(&fs, &format!("runs/{id}/events.jsonl"));
+        }
+    };
+    read_all();
+    // Output events come to every run while they are read, then the runs end.
+    for n in 1..=5 {
+        for id in &ids {
+            api.outputs.lock().entry(id.clone()).or_default().push(n);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            read_all();
+            let seen = ids.iter().all(|id| {
+                cat(&fs, &format!("runs/{id}/events.jsonl")).contains(&format!("\"sequence\":{n}"))
+            });
+            if seen {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "output {n} never reached every run"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for id in &ids {
+        api.runs.lock().get_mut(id).unwrap()["status"] = json!("completed");
+    }
+    for id in &ids {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while lookup(&fs, &format!("runs/{id}/events.jsonl")).unwrap().ttl != IMMUTABLE_TTL {
+            assert!(Instant::now() < deadline, "{id} never became final");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let events = cat(&fs, &format!("runs/{id}/events.jsonl"));
+        let outputs: Vec<u64> = events
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["event"] == "output")
+            .map(|e| e["sequence"].as_u64().unwrap())
+            .collect();
+        assert_eq!(outputs, [1, 2, 3, 4, 5], "{id}: {events}");
+    }
 }
