@@ -24,6 +24,9 @@ pub struct StorageSource {
     pub remote: Arc<dyn Remote>,
     pub activity: Arc<Activity>,
     pub saved: Arc<Saved>,
+    /// Told of each listing fetched (the filesystem, to have the kernel drop the `latest`
+    /// links that moved).
+    pub listed: Option<Arc<dyn Fn(Kind, &StorageMap) + Send + Sync>>,
 }
 
 /// The storages the mount shows, by name, out of a listing of the API.
@@ -71,6 +74,9 @@ impl ListingSource for StorageSource {
 
     fn save(&self, kind: &Kind, map: &StorageMap) {
         self.saved.save_storages(*kind, map.values());
+        if let Some(listed) = &self.listed {
+            listed(*kind, map);
+        }
     }
 
     fn forget(&self, kind: &Kind) {
