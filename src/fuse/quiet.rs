@@ -30,29 +30,38 @@ impl<S: Subscriber> Layer<S> for QuietDroppedReplies {
 }
 
 fn is_dropped_reply(event: &Event<'_>) -> bool {
-    // fuser logs through `log`; bridged into tracing, the log's target is the event's.
-    let meta = event.metadata();
-    if *meta.level() != Level::ERROR || !meta.target().starts_with(TARGET) {
+    if *event.metadata().level() != Level::ERROR {
         return false;
     }
-    let mut message = Message(false);
-    event.record(&mut message);
-    message.0
+    let mut seen = Seen {
+        target: event.metadata().target() == TARGET,
+        message: false,
+    };
+    event.record(&mut seen);
+    seen.target && seen.message
 }
 
-/// Whether the event's message is [`DROPPED`].
-struct Message(bool);
+/// What the event says of itself. fuser logs through `log`: bridged into tracing, such an
+/// event has a target of its own (`log`) and the log's target in its `log.target` field.
+struct Seen {
+    target: bool,
+    message: bool,
+}
 
-impl Visit for Message {
+impl Visit for Seen {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}").starts_with(DROPPED);
+        match field.name() {
+            "message" => self.message = format!("{value:?}").starts_with(DROPPED),
+            "log.target" => self.target = format!("{value:?}").trim_matches('"') == TARGET,
+            _ => {}
         }
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0 = value.starts_with(DROPPED);
+        match field.name() {
+            "message" => self.message = value.starts_with(DROPPED),
+            "log.target" => self.target = value == TARGET,
+            _ => {}
         }
     }
 }
@@ -96,9 +105,13 @@ mod tests {
             tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: {enodev}");
             tracing::warn!(target: "fuser::reply", "Failed to send FUSE reply: {enoent}");
             tracing::error!(target: "vm0fs", "Failed to send FUSE reply: {enoent}");
+            // As `log` records reach tracing: target `log`, the log's target in a field.
+            let dropped = format!("Failed to send FUSE reply: {enoent}");
+            tracing::error!(target: "log", message = %dropped, log.target = "fuser::reply");
+            tracing::error!(target: "log", message = %dropped, log.target = "other");
         });
         let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(seen.len(), 4, "{seen:?}");
         assert!(seen[0].contains("No such device"), "{seen:?}");
     }
 }
