@@ -48,11 +48,11 @@ MODES = {
     "full": dict(cold_bytes=256 * MiB, big_bytes=1024 * MiB, tree_files=50_000, rss_files=100_000,
                  volumes=1000, cat_files=10_000, tiny_files=50_000, tiny_versions=10,
                  peer_files=20_000, peer_big=64 * MiB, reps=7, slow_reps=3, log_entries=100_000,
-                 tail_probes=10, flat_files=200_000, lstats=1000),
+                 tail_probes=10, flat_files=200_000, lstats=20_000),
     "quick": dict(cold_bytes=8 * MiB, big_bytes=32 * MiB, tree_files=2_000, rss_files=5_000,
                   volumes=100, cat_files=1_000, tiny_files=10_000, tiny_versions=3,
                   peer_files=1_000, peer_big=4 * MiB, reps=3, slow_reps=2, log_entries=10_000,
-                  tail_probes=3, flat_files=20_000, lstats=1000),
+                  tail_probes=3, flat_files=20_000, lstats=20_000),
 }
 DATA_PARAMS = ("cold_bytes", "big_bytes", "tree_files", "rss_files", "volumes", "tiny_files",
                "tiny_versions", "peer_files", "peer_big", "flat_files")
@@ -78,7 +78,7 @@ CASES = [
     ("tiny_rss", "daemon RSS after find over each of the tiny-file versions"),
     ("tiny_restart", "restart with the tiny-file versions cached, until ls of each answers"),
     ("tiny_evict", "removal of one evicted tiny-file version (a budget lowered at start trims half of them)"),
-    ("latest_lstat", "lstat of one file through `latest`, 1,000 times, vs through the version id; and the READLINKs"
+    ("latest_lstat", "lstat of one file through `latest`, 20,000 times, vs through the version id; and the READLINKs"
      " the daemon answered for them (must be 0)"),
     ("ls_l_latest", "ls -l of a directory of many files through `latest` vs through the version id"),
     ("python_open", "Python open(p, 'rb').read() of many small files, warm, vs local; and the log lines it left"

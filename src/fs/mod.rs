@@ -10,6 +10,8 @@
 //! - `content`: the inside of a version; `runs`: `runs/` and `agents/` as inodes;
 //! - `attr`: the attributes each kind of inode answers; `xattr`: the `user.vm0.*` ones;
 //! - `handles`: file and directory handles, and passthrough backing files;
+//! - `dir`: directory listings, served entry by entry from any position;
+//! - `kernel`: what the kernel keeps that can change (`latest`), and telling it so;
 //! - `status`: the status file; `error`: the error type and its errno;
 //! - `wait`: how long an operation may wait for a download, and the threads where the
 //!   operations that must wait do so ([`Fs::serve`]).

@@ -26,8 +26,11 @@ pub struct StorageSource {
     pub saved: Arc<Saved>,
     /// Told of each listing fetched (the filesystem, to have the kernel drop the `latest`
     /// links that moved).
-    pub listed: Option<Arc<dyn Fn(Kind, &StorageMap) + Send + Sync>>,
+    pub listed: Option<Listed>,
 }
+
+/// What is told of each storages listing fetched.
+pub type Listed = Arc<dyn Fn(Kind, &StorageMap) + Send + Sync>;
 
 /// The storages the mount shows, by name, out of a listing of the API.
 pub fn storage_map(kind: Kind, list: Vec<Storage>) -> StorageMap {
