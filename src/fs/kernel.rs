@@ -113,3 +113,70 @@ impl KernelNotes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+    use crate::api::Storage;
+    use crate::ids::StorageId;
+
+    /// Records what the kernel is told.
+    struct Told(Arc<Mutex<Vec<(u64, bool)>>>);
+
+    impl KernelCache for Told {
+        fn invalidate(&self, ino: Ino, data: bool) {
+            self.0.lock().push((ino.0, data));
+        }
+    }
+
+    fn id(c: char) -> VersionId {
+        VersionId::parse(&c.to_string().repeat(64)).unwrap()
+    }
+
+    fn listing(current: Option<VersionId>) -> StorageMap {
+        let name = StorageName::new("report");
+        let s = Storage {
+            id: StorageId::new("s1"),
+            name: name.clone(),
+            current_version_id: current,
+            size: 0,
+            file_count: 0,
+            created_at: UNIX_EPOCH,
+            updated_at: UNIX_EPOCH,
+        };
+        StorageMap::from([(name, s)])
+    }
+
+    #[test]
+    fn the_kernel_drops_a_latest_link_only_when_it_moves() {
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let notes = KernelNotes::default();
+        notes.set(Box::new(Told(told.clone())));
+        let name = StorageName::new("report");
+        let (kind, ino) = (Kind::Artifact, Ino(7));
+
+        notes.latest_shown(kind, &name, ino, &id('a'), true);
+        notes.latest_shown(kind, &name, ino, &id('a'), true);
+        notes.storages_listed(kind, &listing(Some(id('a'))));
+        notes.storages_listed(Kind::Volume, &StorageMap::new());
+        assert!(told.lock().is_empty(), "nothing moved");
+
+        // A listing refresh sees the move: the link and its target are dropped, once.
+        notes.storages_listed(kind, &listing(Some(id('b'))));
+        notes.latest_shown(kind, &name, ino, &id('b'), true);
+        assert_eq!(*told.lock(), [(7, true)]);
+
+        // A lookup sees it first; a READLINK (no telling) only notes it.
+        notes.latest_shown(kind, &name, ino, &id('c'), true);
+        notes.latest_shown(kind, &name, ino, &id('d'), false);
+        assert_eq!(*told.lock(), [(7, true), (7, true)]);
+
+        // The storage lost its current version: dropped, and forgotten.
+        notes.storages_listed(kind, &listing(None));
+        notes.storages_listed(kind, &listing(None));
+        assert_eq!(told.lock().len(), 3);
+    }
+}
