@@ -48,14 +48,14 @@ MODES = {
     "full": dict(cold_bytes=256 * MiB, big_bytes=1024 * MiB, tree_files=50_000, rss_files=100_000,
                  volumes=1000, cat_files=10_000, tiny_files=50_000, tiny_versions=10,
                  peer_files=20_000, peer_big=64 * MiB, reps=7, slow_reps=3, log_entries=100_000,
-                 tail_probes=10),
+                 tail_probes=10, flat_files=200_000, lstats=20_000),
     "quick": dict(cold_bytes=8 * MiB, big_bytes=32 * MiB, tree_files=2_000, rss_files=5_000,
                   volumes=100, cat_files=1_000, tiny_files=10_000, tiny_versions=3,
                   peer_files=1_000, peer_big=4 * MiB, reps=3, slow_reps=2, log_entries=10_000,
-                  tail_probes=3),
+                  tail_probes=3, flat_files=20_000, lstats=20_000),
 }
 DATA_PARAMS = ("cold_bytes", "big_bytes", "tree_files", "rss_files", "volumes", "tiny_files",
-               "tiny_versions", "peer_files", "peer_big")
+               "tiny_versions", "peer_files", "peer_big", "flat_files")
 
 # The cases in run order: name, what it measures.
 CASES = [
@@ -80,6 +80,12 @@ CASES = [
     ("tiny_rss", "daemon RSS after find over each of the tiny-file versions"),
     ("tiny_restart", "restart with the tiny-file versions cached, until ls of each answers"),
     ("tiny_evict", "removal of one evicted tiny-file version (a budget lowered at start trims half of them)"),
+    ("latest_lstat", "lstat of one file through `latest`, 20,000 times, vs through the version id; and the READLINKs"
+     " the daemon answered for them (must be 0)"),
+    ("ls_l_latest", "ls -l of a directory of many files through `latest` vs through the version id"),
+    ("python_open", "Python open(p, 'rb').read() of many small files, warm, vs local; and the log lines it left"
+     " (must be 0: each open() sends an ioctl, TCGETS)"),
+    ("fio_dio", "fio randread 4k, O_DIRECT, libaio: IOPS at iodepth 16 vs at iodepth 1 (skipped in --quick)"),
 ]
 CASE_NAMES = [c[0] for c in CASES]
 
@@ -120,6 +126,12 @@ TARGETS = {
     "live_tail": ("<=", 2000.0),  # ms, absolute (median)
     "runs_status_log_requests": ("<=", 0),  # absolute
     "runs_status_requests": ("<=", 520),  # absolute: a detail per run and the listing's pages
+    "latest_lstat": ("<=", 1.5),  # vs the same lstats through the version id
+    "latest_lstat_readlinks": ("<=", 0),  # absolute
+    "ls_l_latest": ("<=", 1.2),  # vs the same ls -l through the version id
+    "python_open": ("<=", 2.0),
+    "python_open_log_lines": ("<=", 0),  # absolute
+    "fio_dio": (">=", 3.0),  # IOPS at iodepth 16 / IOPS at iodepth 1
 }
 
 
@@ -324,7 +336,7 @@ def tail(path, n=30):
 class Mount:
     """One `vm0fs mount --foreground` in the background, with its own cache directory."""
 
-    def __init__(self, bench, name, cache_size="8G", cache=None):
+    def __init__(self, bench, name, cache_size="8G", cache=None, extra=()):
         self.bench = bench
         base = os.path.join(bench.run_dir, name)
         self.mnt = os.path.join(base, "mnt")
@@ -334,7 +346,7 @@ class Mount:
         os.makedirs(self.cache, exist_ok=True)
         argv = [vm0fs_bin(bench.args), "mount", self.mnt, "--foreground",
                 "--api-url", bench.emu.api_url, "--cache-dir", self.cache, "--cache-size", cache_size]
-        argv += bench.args.mount_arg
+        argv += bench.args.mount_arg + list(extra)
         env = dict(os.environ, VM0_TOKEN=bench.emu.token)
         self.log_file = open(self.log_path, "w")
         self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=self.log_file,
@@ -503,9 +515,9 @@ class Bench:
         log("starting the emulator")
         self.emu = Emulator(self, data)
 
-    def mount(self, name, cache_size="8G", cache=None):
+    def mount(self, name, cache_size="8G", cache=None, extra=()):
         self.mount_count += 1
-        m = Mount(self, "%s-%d" % (name, self.mount_count), cache_size, cache)
+        m = Mount(self, "%s-%d" % (name, self.mount_count), cache_size, cache, extra)
         self.mounts.append(m)
         return m
 
@@ -1064,6 +1076,96 @@ class Bench:
                      len(times), self.p["tiny_files"], how, n))
 
     # ----- peers ---------------------------------------------------------------------
+
+    def debug_mount(self):
+        """A mount logging at DEBUG (its READLINKs of `latest` are counted in the log)."""
+        if getattr(self, "debug", None) is None:
+            self.debug = self.mount("debug", extra=["--log-level", "debug"])
+        return self.debug
+
+    def case_latest_lstat(self):
+        m = self.debug_mount()
+        vid, _ = self.version("files-50k")
+        rel = ("pkg000", "mod0", "file000000.txt")
+        by_id = os.path.join(m.mnt, "artifacts", "files-50k", vid, *rel)
+        by_latest = os.path.join(m.mnt, "artifacts", "files-50k", "latest", *rel)
+        sh("cat %s %s >/dev/null" % (q(by_id), q(by_latest)))  # downloaded, both walked once
+        n = self.p["lstats"]
+        script = self.script("lstat.py", "import os, sys\nfor _ in range(%d):\n    os.lstat(sys.argv[1])\n" % n)
+        cmd = "python3 %s {path}" % q(script)
+        readlinks = lambda: self.log_count(m, "readlink of latest")  # noqa: E731
+        before = readlinks()
+        b, v = self.pairs(self.p["reps"], lambda: timed(cmd.format(path=q(by_id))),
+                          lambda: timed(cmd.format(path=q(by_latest))))
+        sent = readlinks() - before
+        self.time_row("latest_lstat", b, v, "%d lstats of one file (one python3 each side)" % n)
+        self.row("latest_lstat_readlinks", sent, "requests",
+                 note="READLINKs of latest answered during the %d x %d lstats through it" % (self.p["reps"], n))
+
+    def script(self, name, text):
+        """A Python script in the run directory; its path."""
+        path = os.path.join(self.run_dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def log_count(self, m, text):
+        with open(m.log_path, errors="replace") as f:
+            return sum(1 for line in f if text in line)
+
+    def case_ls_l_latest(self):
+        m = self.debug_mount()
+        vid, info = self.version("flat")
+        by_id = os.path.join(m.mnt, "artifacts", "flat", vid, "flat")
+        by_latest = os.path.join(m.mnt, "artifacts", "flat", "latest", "flat")
+        cmd = "ls -l {dir} >/dev/null"
+        sh(cmd.format(dir=q(by_id)))  # the download, and one listing of each
+        sh(cmd.format(dir=q(by_latest)))
+        b, v = self.pairs(self.p["reps"], lambda: timed(cmd.format(dir=q(by_id))),
+                          lambda: timed(cmd.format(dir=q(by_latest))))
+        self.time_row("ls_l_latest", b, v, "%d files in one directory; baseline: ls -l through the id" % info["files"])
+
+    def case_python_open(self):
+        root, info = self.warm_version("files-50k")
+        local = self.local_tree("files-50k")
+        m = self.main_mount()
+        n = self.p["cat_files"]
+        files = []
+        for d, dirs, names in os.walk(local):
+            dirs.sort()
+            files += [os.path.relpath(os.path.join(d, x), local) for x in sorted(names)]
+            if len(files) >= n:
+                break
+        lst = os.path.join(self.run_dir, "python-list")
+        with open(lst, "w") as f:
+            f.write("".join(x + "\n" for x in files[:n]))
+        script = self.script("open_read.py", "import sys\nfor p in open(sys.argv[1]).read().splitlines():\n"
+                             "    open(p, 'rb').read()\n")
+        cmd = "cd {dir} && python3 %s %s" % (q(script), q(lst))
+        sh(cmd.format(dir=q(local)))  # both sides' content in the page cache
+        sh(cmd.format(dir=q(root)))
+        lines = lambda: self.log_count(m, "ioctl")  # noqa: E731
+        before = lines()
+        b, v = self.pairs(self.p["reps"], lambda: timed(cmd.format(dir=q(local))),
+                          lambda: timed(cmd.format(dir=q(root))))
+        self.time_row("python_open", b, v, "%d files, open(p, 'rb').read() in one python3; content in the page cache" % n)
+        self.row("python_open_log_lines", lines() - before, "lines",
+                 note="log lines about ioctls left by the timed runs (one TCGETS per open())")
+
+    def case_fio_dio(self):
+        if self.mode == "quick":
+            log("  fio_dio: skipped in --quick")
+            return
+        if shutil.which("fio") is None:
+            raise BenchError("fio is not installed (scripts/bench.sh installs it)")
+        f, _, size = self.big_file_and_blob()
+        iops = {}
+        for depth in (1, 16):
+            out = sh("fio --name=dio --filename=%s --readonly --rw=randread --bs=4k --direct=1 --ioengine=libaio"
+                     " --iodepth=%d --runtime=5 --time_based --output-format=json" % (q(f), depth), capture=True)
+            iops[depth] = json.loads(out[out.index("{"):])["jobs"][0]["read"]["iops"]
+        self.row("fio_dio", iops[16], "IOPS", iops[1],
+                 note="%.0f MiB file, 5 s each; baseline: the same at iodepth 1" % (size / MiB))
 
     def peer_mount(self, tool, archive_name):
         """Mount `archive_name` with `tool`; the directory that holds its files."""

@@ -15,6 +15,7 @@ Layout written under DATA (the emulator's `--data`):
     artifacts/tiny-NN/v1.tar.gz      many tiny files (about 15 bytes each), 100 per directory
     artifacts/files-20k/v1.tar.gz    small text files (the peers' tree)
     artifacts/after-64m/v1.tar.gz    a 64 MiB file, then a small one (the peers' large file)
+    artifacts/flat/v1.tar.gz         one directory of many empty files (the large listings)
     volumes/vol-NNNN/v1.tar.gz       one tiny file each (the `ls MOUNT/volumes` case)
     manifest.json                    per archive: path, files, unpacked bytes, compressed bytes
 
@@ -175,6 +176,12 @@ def files_tiny(count, seed):
         yield "d%04d/f%06d.txt" % (i // 100, i), len(body), Fixed(body)
 
 
+def files_flat(count, seed):
+    """`count` empty files in one directory (the large-listing cases)."""
+    for i in range(count):
+        yield "flat/file-%07d-%d.txt" % (i, seed), 0, Fixed(b"")
+
+
 def files_after_big(total, seed):
     """A large file first, then a small one: reaching the second reads past the first."""
     yield "big.bin", total, Content(total, "alt", seed)
@@ -249,6 +256,7 @@ def ensure(data, params, log):
         ("artifacts/files-50k/v1.tar.gz", "files_many", (p["tree_files"], 4096, 5), data),
         ("artifacts/files-20k/v1.tar.gz", "files_many", (p["peer_files"], 4096, 13), data),
         ("artifacts/after-64m/v1.tar.gz", "files_after_big", (p["peer_big"], 17), data),
+        ("artifacts/flat/v1.tar.gz", "files_flat", (p["flat_files"], 19), data),
     ] + [
         ("artifacts/tiny-%02d/v1.tar.gz" % i, "files_tiny", (p["tiny_files"], i), data)
         for i in range(p["tiny_versions"])

@@ -82,6 +82,18 @@ for tool in gzip:gzip tar:tar lsblk:util-linux; do
     fi
 done
 
+# The O_DIRECT case runs fio (not in --quick, which skips it).
+quick=0
+for arg in "$@"; do
+    if [ "$arg" = "--quick" ]; then quick=1; fi
+done
+if [ "$quick" = 0 ] && ! command -v fio >/dev/null 2>&1; then
+    echo "installing fio" >&2
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq fio >/dev/null
+fi
+
 # --peers: the other tools that mount a tar.gz (ratarmount from PyPI, archivemount from Debian).
 for arg in "$@"; do
     if [ "$arg" = "--peers" ]; then

@@ -62,15 +62,29 @@ fn init_logging(level: &str, to: LogTo) -> anyhow::Result<()> {
         .map_err(|_| {
             anyhow::anyhow!("invalid --log-level {level:?}: use error, warn, info, debug or trace")
         })?;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
+    // Without fuser's ERROR for an answer to a request the kernel dropped: an interrupt.
+    let quiet = vm0fs::fuse::QuietDroppedReplies;
     match to {
-        LogTo::Held(log) => builder.with_ansi(false).with_writer(log).init(),
+        LogTo::Held(log) => builder
+            .with_ansi(false)
+            .with_writer(log)
+            .finish()
+            .with(quiet)
+            .init(),
         LogTo::Stderr => {
             use std::io::IsTerminal;
             let ansi = std::io::stderr().is_terminal();
-            builder.with_ansi(ansi).with_writer(|| LostStderr).init()
+            builder
+                .with_ansi(ansi)
+                .with_writer(|| LostStderr)
+                .finish()
+                .with(quiet)
+                .init()
         }
     }
     Ok(())

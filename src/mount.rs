@@ -25,7 +25,7 @@ use crate::api::{ApiError, Client, ClientConfig, Kind, RetryPolicy};
 use crate::cache::{Cache, CacheOptions};
 use crate::config::{Access, MountConfig, OnHangup};
 use crate::fs::{Fs, FsConfig};
-use crate::fuse::FuseFs;
+use crate::fuse::{FuseFs, KernelNotifier};
 use crate::metadata::{first_listing, FirstListing, Saved, FIRST_FETCH_WAIT};
 use crate::openfiles::OpenFiles;
 use crate::remote::Remote;
@@ -471,6 +471,7 @@ pub fn run(cfg: &MountConfig, ready: impl FnOnce(&Cache)) -> anyhow::Result<()> 
     // fuser answers the kernel's INIT here; the session never unmounts by itself.
     let session = fuser::Session::from_fd(fuse_fs, device, acl, fuse_cfg)
         .map_err(|e| undo(anyhow::Error::new(e).context("the FUSE session did not start")))?;
+    fs.set_kernel(Box::new(KernelNotifier::new(session.notifier())));
     // After INIT, which sets the read-ahead (the kernel applies the reply as it is
     // written), and before the first read is served.
     if let Some(entry) = mount_at(&cfg.mountpoint) {

@@ -571,6 +571,14 @@ impl<'a> Iterator for Entries<'a> {
         Some(e)
     }
 
+    /// Entry `n` from here, without reading the ones before it: a directory is listed a
+    /// reply at a time from any position.
+    fn nth(&mut self, n: usize) -> Option<Self::Item> {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.next = self.next.saturating_add(n).min(self.end);
+        self.next()
+    }
+
     fn size_hint(&self) -> (usize, Option<usize>) {
         let left = usize::try_from(self.end - self.next).unwrap_or(usize::MAX);
         (left, Some(left))

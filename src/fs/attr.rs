@@ -92,6 +92,7 @@ impl Fs {
             MetaNode::Latest { kind, name } => {
                 let s = self.find_storage(kind, name.as_str())?;
                 let target = s.current_version_id.ok_or(super::FsError::NotFound)?;
+                self.kernel.latest_shown(kind, &name, ino, &target, true);
                 let size = target.as_str().len() as u64;
                 self.attr(ino, FileKind::Symlink, size, 0o777, 1, s.updated_at)
             }
@@ -128,14 +129,20 @@ impl Fs {
                     return self.content_attr(&range, &v, 0);
                 }
                 // Until it is unpacked, its link count (and an archive's own "./" entry) are
-                // unknown: keep the kernel's copy short-lived so it picks up the real ones.
+                // unknown: the kernel keeps none of these attributes (zero TTL), so that the
+                // first question once the version is complete gets the final ones, which it
+                // then keeps for good. Asking again costs no API call (the listing is held).
                 let v = self.find_version(kind, &name, version.as_str())?;
                 let secs = v
                     .created_at
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                self.dir_attr(ino, 4096, UNIX_EPOCH + Duration::from_secs(secs))
+                let attr = self.dir_attr(ino, 4096, UNIX_EPOCH + Duration::from_secs(secs));
+                return Ok(TimedAttr {
+                    attr,
+                    ttl: Duration::ZERO,
+                });
             }
         };
         Ok(TimedAttr { attr, ttl })

@@ -4,8 +4,8 @@
 //! index, its checksums, or content that fails them) is turned into `EIO` and a
 //! re-download.
 
-use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 
 use crate::archive::{
     blob_path, pack_path, Damage, IndexError, NodeRefKind, PublishedKind, Stored,
@@ -17,7 +17,7 @@ use super::handles::{open_published, Check, OpenFile, Pin};
 use super::inode::{MetaNode, Range, Resolved};
 use super::versions::Now;
 use super::wait::ThreadPolicy;
-use super::{Content, DirItem, Fs, FsError, Result, TimedAttr};
+use super::{Content, Fs, FsError, Result, TimedAttr};
 
 impl Fs {
     /// The attributes of node `node` of a version: as published while it is being
@@ -116,25 +116,6 @@ impl Fs {
         };
         let open = OpenFile::at(path, offset, size, check, Pin::Version(v));
         Ok(Content::File(open, size))
-    }
-
-    pub(super) fn push_children(
-        &self,
-        items: &mut Vec<DirItem>,
-        range: &Range,
-        v: &CachedVersion,
-        node: u32,
-    ) -> Result<()> {
-        let entries = self.checked(v, v.index.entries(node))?;
-        items.reserve(entries.len());
-        for e in entries {
-            let (name, child) = self.checked(v, e)?;
-            items.push(DirItem {
-                name: OsString::from_vec(name.to_vec()),
-                entry: self.content_attr(range, v, child)?,
-            });
-        }
-        Ok(())
     }
 
     /// A read of a version's index: a damaged index fails the operation (`EIO`) and drops

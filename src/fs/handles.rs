@@ -17,7 +17,7 @@ use crate::archive::{Damage, PublishedFile};
 use crate::cache::{CachedVersion, CheckedFile, Interest, Sums, Verified};
 use crate::ids::{Fh, Ino};
 
-use super::{DirItem, Fs, FsError, Result};
+use super::{Fs, FsError, Listing, Result};
 
 /// Files at least this large are read through kernel passthrough (when available). Small
 /// files go through the page cache: once read, opening one again costs a single round trip,
@@ -277,12 +277,12 @@ impl OpenFile {
 
 /// An open directory. A listing of storages or versions is taken at `opendir` (it changes
 /// over time); a directory inside a version never changes and is listed at the first
-/// `readdir`, which often never comes: the kernel keeps such listings (`FOPEN_CACHE_DIR`)
-/// and then answers `readdir` itself, so `find` or `rsync` over a warm version only opens
-/// and closes directories.
+/// `readdir` (from its index, entry by entry: see `dir`), which often never comes: the
+/// kernel keeps such listings (`FOPEN_CACHE_DIR`) and then answers `readdir` itself, so
+/// `find` or `rsync` over a warm version only opens and closes directories.
 pub(super) struct DirHandle {
     pub ino: Ino,
-    pub items: OnceLock<Arc<Vec<DirItem>>>,
+    pub listing: OnceLock<Arc<Listing>>,
 }
 
 /// The open handles, by number.

@@ -10,6 +10,8 @@
 //! - `content`: the inside of a version; `runs`: `runs/` and `agents/` as inodes;
 //! - `attr`: the attributes each kind of inode answers; `xattr`: the `user.vm0.*` ones;
 //! - `handles`: file and directory handles, and passthrough backing files;
+//! - `dir`: directory listings, served entry by entry from any position;
+//! - `kernel`: what the kernel keeps that can change (`latest`), and telling it so;
 //! - `status`: the status file; `error`: the error type and its errno;
 //! - `wait`: how long an operation may wait for a download, and the threads where the
 //!   operations that must wait do so ([`Fs::serve`]).
@@ -46,9 +48,11 @@
 
 mod attr;
 mod content;
+mod dir;
 mod error;
 mod handles;
 mod inode;
+mod kernel;
 mod runs;
 mod status;
 mod versions;
@@ -72,8 +76,10 @@ use crate::metadata::{storage_map, Listings, Saved, StorageSource, Timing, Versi
 use crate::remote::Remote;
 
 pub use attr::{Attr, FileKind, TimedAttr, IMMUTABLE_TTL};
+pub use dir::Listing;
 pub use error::FsError;
 pub use handles::{Backings, OpenedHandle, PASSTHROUGH_MIN_SIZE};
+pub use kernel::KernelCache;
 pub use status::{STATUS_DIR, STATUS_FILE};
 pub use versions::version_at;
 pub use wait::{with_policy, Policy, WAITERS};
@@ -81,6 +87,7 @@ pub use wait::{with_policy, Policy, WAITERS};
 use content::waited;
 use handles::{slice_at, DirHandle, Handle, Handles, OpenFile};
 use inode::{InodeTable, MetaNode, Resolved};
+use kernel::KernelNotes;
 use status::StatusTexts;
 use versions::{Complete, MissLog, Now, LATEST};
 use wait::{ThreadPolicy, Turn, Waiters};
@@ -154,6 +161,8 @@ pub struct Fs {
     spools: Arc<Spools>,
     /// `runs/` and `agents/`, when shown (see [`Fs::with_runs`]).
     runs: Option<crate::runs::Runs>,
+    /// What the kernel holds that may change (`latest` links), and how to tell it.
+    kernel: Arc<KernelNotes>,
 }
 
 impl Fs {
@@ -163,11 +172,14 @@ impl Fs {
         // Listings are saved in the cache directory, for mounts started while the API is down.
         let saved = Arc::new(Saved::new(cache.root()));
         let cache_root = cache.root().to_path_buf();
+        let kernel = Arc::new(KernelNotes::default());
+        let told = kernel.clone();
         let storages = Listings::new(
             StorageSource {
                 remote: remote.clone(),
                 activity: activity.clone(),
                 saved: saved.clone(),
+                listed: Some(Arc::new(move |kind, map| told.storages_listed(kind, map))),
             },
             timing.clone(),
         );
@@ -197,7 +209,13 @@ impl Fs {
             waiters: Waiters::default(),
             spools,
             runs: None,
+            kernel,
         }
+    }
+
+    /// Tell `kernel` from now on when something it may hold changes (see `kernel`).
+    pub fn set_kernel(&self, kernel: Box<dyn KernelCache>) {
+        self.kernel.set(kernel);
     }
 
     pub fn cache(&self) -> &Cache {
@@ -331,10 +349,12 @@ impl Fs {
         match self.resolve(ino)? {
             Resolved::Meta(MetaNode::Latest { kind, name }) => {
                 let storage = self.find_storage(kind, name.as_str())?;
-                storage
-                    .current_version_id
-                    .map(|v| v.as_str().as_bytes().to_vec())
-                    .ok_or(FsError::NotFound)
+                let target = storage.current_version_id.ok_or(FsError::NotFound)?;
+                // The kernel keeps this answer as the link's target (`kernel`), and waits
+                // for it: it is not told to drop anything now.
+                self.kernel.latest_shown(kind, &name, ino, &target, false);
+                tracing::debug!(ino = ino.0, storage = %name, version = %target, "readlink of latest");
+                Ok(target.as_str().as_bytes().to_vec())
             }
             Resolved::Meta(MetaNode::PrefixLink { version, .. }) => {
                 Ok(version.as_str().as_bytes().to_vec())
@@ -433,7 +453,7 @@ impl Fs {
     /// Open a directory. The listing of a directory outside versions is taken now (it
     /// changes over time); one inside a version is listed at the first `readdir`.
     pub fn opendir(&self, ino: Ino) -> Result<OpenedHandle> {
-        let (immutable, items) = match self.resolve(ino)? {
+        let (immutable, listing) = match self.resolve(ino)? {
             // A version's root is always a directory.
             Resolved::Meta(MetaNode::Version { .. }) => (true, OnceLock::new()),
             Resolved::Content { range, node } => {
@@ -442,9 +462,9 @@ impl Fs {
                 }
                 (true, OnceLock::new())
             }
-            Resolved::Meta(_) => (false, OnceLock::from(Arc::new(self.dir_items(ino)?))),
+            Resolved::Meta(_) => (false, OnceLock::from(Arc::new(self.listing(ino)?))),
         };
-        let fh = self.handles.add(Handle::Dir(DirHandle { ino, items }));
+        let fh = self.handles.add(Handle::Dir(DirHandle { ino, listing }));
         Ok(OpenedHandle {
             fh,
             direct_io: false,
@@ -453,17 +473,17 @@ impl Fs {
         })
     }
 
-    /// The entries of an open directory (`.` and `..` included); the adapter skips to the
-    /// position the kernel asks for.
-    pub fn readdir(&self, fh: Fh) -> Result<Arc<Vec<DirItem>>> {
+    /// The listing of an open directory; the adapter takes its entries from the position
+    /// the kernel asks for ([`Fs::dir_item`]).
+    pub fn readdir(&self, fh: Fh) -> Result<Arc<Listing>> {
         match &*self.handles.get(fh)? {
             Handle::Dir(d) => {
-                if let Some(items) = d.items.get() {
-                    return Ok(items.clone());
+                if let Some(listing) = d.listing.get() {
+                    return Ok(listing.clone());
                 }
-                let items = Arc::new(self.dir_items(d.ino)?);
-                // Two first readdirs may race; both lists are the same.
-                Ok(d.items.get_or_init(|| items).clone())
+                let listing = Arc::new(self.listing(d.ino)?);
+                // Two first readdirs may race; both listings are the same.
+                Ok(d.listing.get_or_init(|| listing).clone())
             }
             Handle::File(_) | Handle::Static(_) => Err(FsError::NotDir),
         }
@@ -508,7 +528,7 @@ impl Fs {
         self.inodes.lock().resolve(ino).ok_or(FsError::NotFound)
     }
 
-    /// The entries of directory `ino`, `.` and `..` first.
+    /// The entries of directory `ino` outside versions, `.` and `..` first.
     fn dir_items(&self, ino: Ino) -> Result<Vec<DirItem>> {
         let mut items = Vec::new();
         let here = self.getattr(ino, None)?;
@@ -589,39 +609,15 @@ impl Fs {
                     }
                 }
             }
-            Resolved::Meta(MetaNode::Version {
-                kind,
-                name,
-                version,
-            }) => {
-                let range = self.range(kind, &name, &version);
-                let v = self.version(&range, Complete)?;
-                items.push(item(b".", self.content_attr(&range, &v, 0)?));
-                items.push(item(
-                    b"..",
-                    self.meta_attr(MetaNode::Storage { kind, name })?,
-                ));
-                self.push_children(&mut items, &range, &v, 0)?;
-            }
-            Resolved::Content { range, node } => {
-                let v = self.version(&range, Complete)?;
-                let parent = match self.checked(&v, v.index.get(node))?.map(|n| n.kind) {
-                    Some(NodeRefKind::Dir { parent, .. }) => parent,
-                    Some(_) => return Err(FsError::NotDir),
-                    None => return Err(FsError::NotFound),
-                };
-                items.push(item(b".", self.content_attr(&range, &v, node)?));
-                let parent_entry = if parent == 0 {
-                    self.getattr(range.root, None)?
-                } else {
-                    self.content_attr(&range, &v, parent)?
-                };
-                items.push(item(b"..", parent_entry));
-                self.push_children(&mut items, &range, &v, node)?;
-            }
             Resolved::Meta(
                 MetaNode::Latest { .. } | MetaNode::PrefixLink { .. } | MetaNode::StatusFile,
             ) => return Err(FsError::NotDir),
+            // Listed from the index, entry by entry (see `dir`).
+            Resolved::Meta(MetaNode::Version { .. }) | Resolved::Content { .. } => {
+                return Err(FsError::Internal(
+                    "a version's directory is listed from its index".into(),
+                ))
+            }
         }
         Ok(items)
     }

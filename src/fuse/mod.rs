@@ -25,14 +25,18 @@ use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 mod convert;
+mod quiet;
 
-use crate::fs::{Backings, Fs};
+pub use quiet::QuietDroppedReplies;
+
+use crate::fs::{Backings, Fs, KernelCache, Listing};
+use crate::ids::Ino;
 use convert::{fail, fh, file_attr, file_type, ino, xattr_reply};
 
 pub struct FuseFs {
@@ -59,6 +63,26 @@ impl FuseFs {
             no_open: false,
             passthrough: allow_passthrough,
             backings: Arc::default(),
+        }
+    }
+}
+
+/// The kernel's caches, told through the session's notifier (see `fs::kernel`).
+pub struct KernelNotifier(fuser::Notifier);
+
+impl KernelNotifier {
+    pub fn new(notifier: fuser::Notifier) -> KernelNotifier {
+        KernelNotifier(notifier)
+    }
+}
+
+impl KernelCache for KernelNotifier {
+    fn invalidate(&self, i: Ino, data: bool) {
+        // A negative offset: the attributes only; from 0 with no length: all the data too.
+        let offset = if data { 0 } else { -1 };
+        // An inode the kernel does not hold is nothing to drop (fuser takes that as done).
+        if let Err(e) = self.0.inval_inode(INodeNo(i.0), offset, 0) {
+            tracing::debug!(ino = i.0, error = %e, "the kernel did not take an invalidation");
         }
     }
 }
@@ -90,6 +114,13 @@ impl fuser::Filesystem for FuseFs {
             // The kernel then caches each inode's (absent) ACL, so `ls -l` stops asking the
             // daemon for `system.posix_acl_access` of every file on every listing.
             InitFlags::FUSE_POSIX_ACL,
+            // The kernel keeps each symlink's target in its page cache, so a path through
+            // `latest` or a prefix costs no READLINK. `latest` is the one link whose target
+            // changes: `Fs` has the kernel drop it when it moves (see `Fs::set_kernel`).
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            // O_DIRECT reads of one file are sent to the daemon as they come, not one at a
+            // time: an `io_submit` of 16 reads has 16 requests served on 16 threads.
+            InitFlags::FUSE_ASYNC_DIO,
         ] {
             let _ = config.add_capabilities(cap);
         }
@@ -155,6 +186,24 @@ impl fuser::Filesystem for FuseFs {
                 Err(e) => reply.error(fail("readlink", &e)),
             },
         );
+    }
+
+    /// No ioctl means anything here. Most come from `isatty` (`TCGETS`, at every Python
+    /// `open()`): `ENOTTY` is the answer a regular file gives, at once and without fuser's
+    /// `[Not Implemented]` warning (three log lines per call). The kernel sends each one
+    /// all the same: it remembers no refusal of ioctls (see doc/BENCHMARKS.md).
+    fn ioctl(
+        &self,
+        _: &Request,
+        _: INodeNo,
+        _: FileHandle,
+        _: IoctlFlags,
+        _: u32,
+        _: &[u8],
+        _: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     fn open(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -287,24 +336,25 @@ impl fuser::Filesystem for FuseFs {
         _ino: INodeNo,
         h: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
+        let fs = self.fs.clone();
         self.fs.serve(
             req.pid(),
             move |fs| fs.readdir(fh(h)),
-            move |r| {
-                let items = match r {
-                    Ok(items) => items,
-                    Err(e) => return reply.error(fail("readdir", &e)),
-                };
-                // An item's offset is the position of the next one.
-                for (i, item) in items.iter().enumerate().skip(offset as usize) {
-                    let (a, next) = (&item.entry.attr, i as u64 + 1);
-                    if reply.add(INodeNo(a.ino.0), next, file_type(a.kind), &item.name) {
-                        break;
-                    }
-                }
-                reply.ok();
+            move |r| match r {
+                Ok(listing) => fill(
+                    &fs,
+                    &listing,
+                    offset,
+                    "readdir",
+                    reply,
+                    |reply, at, item| {
+                        let a = &item.entry.attr;
+                        reply.add(INodeNo(a.ino.0), at, file_type(a.kind), &item.name)
+                    },
+                ),
+                Err(e) => reply.error(fail("readdir", &e)),
             },
         );
     }
@@ -315,24 +365,32 @@ impl fuser::Filesystem for FuseFs {
         _ino: INodeNo,
         h: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
+        let fs = self.fs.clone();
         self.fs.serve(
             req.pid(),
             move |fs| fs.readdir(fh(h)),
-            move |r| {
-                let items = match r {
-                    Ok(items) => items,
-                    Err(e) => return reply.error(fail("readdirplus", &e)),
-                };
-                for (i, item) in items.iter().enumerate().skip(offset as usize) {
-                    let (e, next) = (&item.entry, i as u64 + 1);
-                    let attr = file_attr(&e.attr);
-                    if reply.add(attr.ino, next, &item.name, &e.ttl, &attr, Generation(0)) {
-                        break;
-                    }
-                }
-                reply.ok();
+            move |r| match r {
+                Ok(listing) => fill(
+                    &fs,
+                    &listing,
+                    offset,
+                    "readdirplus",
+                    reply,
+                    |reply, at, item| {
+                        let attr = file_attr(&item.entry.attr);
+                        reply.add(
+                            attr.ino,
+                            at,
+                            &item.name,
+                            &item.entry.ttl,
+                            &attr,
+                            Generation(0),
+                        )
+                    },
+                ),
+                Err(e) => reply.error(fail("readdirplus", &e)),
             },
         );
     }
@@ -401,4 +459,56 @@ impl fuser::Filesystem for FuseFs {
             INodeNo, FileHandle, u64, INodeNo, FileHandle, u64, u64, CopyFileRangeFlags
         ) -> ReplyWrite;
     }
+}
+
+/// The directory replies, `ReplyDirectory` and `ReplyDirectoryPlus`.
+trait DirReply {
+    fn ok(self);
+    fn error(self, e: Errno);
+}
+
+impl DirReply for ReplyDirectory {
+    fn ok(self) {
+        ReplyDirectory::ok(self)
+    }
+    fn error(self, e: Errno) {
+        ReplyDirectory::error(self, e)
+    }
+}
+
+impl DirReply for ReplyDirectoryPlus {
+    fn ok(self) {
+        ReplyDirectoryPlus::ok(self)
+    }
+    fn error(self, e: Errno) {
+        ReplyDirectoryPlus::error(self, e)
+    }
+}
+
+/// Fill `reply` with the entries of `listing` from position `offset` until it is full
+/// (`add` says so) or the listing ends. An entry's offset is the position of the next one.
+/// An entry that cannot be read ends the reply there; with nothing in it, it fails.
+fn fill<R: DirReply>(
+    fs: &Fs,
+    listing: &Listing,
+    offset: u64,
+    op: &'static str,
+    mut reply: R,
+    mut add: impl FnMut(&mut R, u64, &crate::fs::DirItem) -> bool,
+) {
+    let mut at = offset;
+    loop {
+        match fs.dir_item(listing, at) {
+            Ok(Some(item)) => {
+                if add(&mut reply, at + 1, &item) {
+                    break;
+                }
+                at += 1;
+            }
+            Ok(None) => break,
+            Err(e) if at == offset => return reply.error(fail(op, &e)),
+            Err(_) => break,
+        }
+    }
+    reply.ok()
 }

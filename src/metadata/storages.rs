@@ -24,7 +24,13 @@ pub struct StorageSource {
     pub remote: Arc<dyn Remote>,
     pub activity: Arc<Activity>,
     pub saved: Arc<Saved>,
+    /// Told of each listing fetched (the filesystem, to have the kernel drop the `latest`
+    /// links that moved).
+    pub listed: Option<Listed>,
 }
+
+/// What is told of each storages listing fetched.
+pub type Listed = Arc<dyn Fn(Kind, &StorageMap) + Send + Sync>;
 
 /// The storages the mount shows, by name, out of a listing of the API.
 pub fn storage_map(kind: Kind, list: Vec<Storage>) -> StorageMap {
@@ -71,6 +77,9 @@ impl ListingSource for StorageSource {
 
     fn save(&self, kind: &Kind, map: &StorageMap) {
         self.saved.save_storages(*kind, map.values());
+        if let Some(listed) = &self.listed {
+            listed(*kind, map);
+        }
     }
 
     fn forget(&self, kind: &Kind) {
