@@ -192,7 +192,7 @@ impl MountArgs {
         // the environment), so that its messages name the same source.
         match self.api_url_source {
             ApiUrlSource::Flag | ApiUrlSource::MountOption => {
-                flag("--api-url", self.api_url.clone().into())
+                flag("--api-url", self.api_url.clone().into());
             }
             ApiUrlSource::Env | ApiUrlSource::Default => {}
         }

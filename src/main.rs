@@ -84,7 +84,7 @@ fn init_logging(level: &str, to: LogTo) -> anyhow::Result<()> {
                 .with_writer(|| LostStderr)
                 .finish()
                 .with(quiet)
-                .init()
+                .init();
         }
     }
     Ok(())
@@ -148,7 +148,7 @@ impl Write for HeldLog {
         match &mut *sink {
             LogSink::File(f) => f.write_all(buf)?,
             LogSink::Held(lines) if lines.len() + buf.len() <= HELD_LOG_MAX => {
-                lines.extend_from_slice(buf)
+                lines.extend_from_slice(buf);
             }
             LogSink::Held(_) => {}
         }

@@ -175,16 +175,16 @@ fn build_tar(members: &[Member]) -> Vec<u8> {
     for m in members {
         match m {
             Member::File { name, mode, data } => {
-                append(&mut tar, EntryType::Regular, name, b"", *mode, data)
+                append(&mut tar, EntryType::Regular, name, b"", *mode, data);
             }
             Member::Dir { name, mode } => {
-                append(&mut tar, EntryType::Directory, name, b"", *mode, b"")
+                append(&mut tar, EntryType::Directory, name, b"", *mode, b"");
             }
             Member::Symlink { name, target } => {
-                append(&mut tar, EntryType::Symlink, name, target, 0o777, b"")
+                append(&mut tar, EntryType::Symlink, name, target, 0o777, b"");
             }
             Member::HardLink { name, target } => {
-                append(&mut tar, EntryType::Link, name, target, 0o644, b"")
+                append(&mut tar, EntryType::Link, name, target, 0o644, b"");
             }
             Member::Pax { global, records } => {
                 let body: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
@@ -196,7 +196,7 @@ fn build_tar(members: &[Member]) -> Vec<u8> {
                 append(&mut tar, kind, b"PaxHeaders/x", b"", 0o644, &body);
             }
             Member::Other { kind, name, data } => {
-                append(&mut tar, EntryType::new(*kind), name, b"", 0o644, data)
+                append(&mut tar, EntryType::new(*kind), name, b"", 0o644, data);
             }
         }
     }

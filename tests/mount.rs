@@ -592,7 +592,7 @@ fn daemon_mode_returns_once_the_mount_answers() {
         .arg(dir.path()));
     assert!(!vm0fs::mount::is_mounted(dir.path()));
     // `vm0fs unmount` returned after the daemon exited: its lock on the cache is free now.
-    let lock = std::fs::File::open(cache.path().join("lock")).unwrap();
+    let lock = File::open(cache.path().join("lock")).unwrap();
     // SAFETY: flock on a descriptor owned by `lock`.
     let rc = unsafe {
         libc::flock(
@@ -635,7 +635,7 @@ fn the_status_file_shows_the_cache_and_its_versions() {
         text.lines()
             .any(|l| l.contains(&id) && l.ends_with("[in use]"))
     };
-    let held = std::fs::File::open(m.join("artifacts/report/latest/run.sh")).unwrap();
+    let held = File::open(m.join("artifacts/report/latest/run.sh")).unwrap();
     common::hostile::poll_until(
         std::time::Duration::from_secs(10),
         "the held version marked in use",

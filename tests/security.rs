@@ -503,7 +503,7 @@ fn the_object_store_never_receives_the_token_as_recorded_on_the_wire() {
 
 /// A mount of a [`FakeApi`] serving `storages` (every version's archive holds
 /// `a.txt` = `good\n`).
-fn hostile_api_mount(storages: Vec<FakeStorage>) -> (FakeApi, common::Mount) {
+fn hostile_api_mount(storages: Vec<FakeStorage>) -> (FakeApi, Mount) {
     let api = FakeApi::start(small_archive("good\n"), storages);
     let token = "vm0_test_6666666666666666666666666666666666666666666666666666666666666666";
     let args: Vec<String> = vec!["--api-url".into(), api.api_url.clone()];

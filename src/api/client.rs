@@ -780,7 +780,7 @@ mod tests {
         fn check<T: Send + Sync + Clone>() {}
         check::<Client>();
         fn send<T: Send>() {}
-        send::<super::super::Download>();
+        send::<Download>();
     }
 
     #[test]
@@ -837,7 +837,7 @@ mod tests {
             bool,
             &'a [&'a str],
         );
-        let cases: Vec<Case> = vec![
+        let cases: Vec<Case<'_>> = vec![
             (
                 401,
                 vec![rid],

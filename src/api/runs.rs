@@ -525,7 +525,7 @@ fn protocol(resource: &Resource, detail: &str) -> ApiError {
 
 /// A run's event stream being read (`text/event-stream`).
 pub struct RunEvents {
-    reader: BufReader<Box<dyn std::io::Read + Send>>,
+    reader: BufReader<Box<dyn Read + Send>>,
 }
 
 impl fmt::Debug for RunEvents {
@@ -701,7 +701,7 @@ mod tests {
             left: u64,
             started: bool,
         }
-        impl std::io::Read for Endless {
+        impl Read for Endless {
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
                 let head: &[u8] = b"event: output\ndata: ";
                 if !self.started {

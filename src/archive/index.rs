@@ -257,7 +257,7 @@ impl Index {
         let nodes = u32_at(b, 12);
         let entries = u64_at(b, 16);
         let names = u64_at(b, 24);
-        let expected = (nodes as u64)
+        let expected = u64::from(nodes)
             .checked_mul(NODE as u64)
             .and_then(|n| entries.checked_mul(ENTRY as u64)?.checked_add(n))
             .and_then(|n| n.checked_add(names)?.checked_add(HEADER as u64));

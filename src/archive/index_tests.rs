@@ -417,7 +417,7 @@ fn a_damaged_tree_is_refused_at_build_and_at_open() {
         assert!(tree.check().is_err(), "{what}: passed the check");
         let err = Index::build(&tree).unwrap_err();
         assert!(err.to_string().contains("damaged index"), "{what}: {err}");
-        let image = super::encode::encode(&tree, io::Cursor::new(Vec::new()))
+        let image = encode::encode(&tree, io::Cursor::new(Vec::new()))
             .unwrap()
             .into_inner();
         let err = Index::from_bytes(image).unwrap_err();

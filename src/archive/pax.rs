@@ -27,7 +27,7 @@ impl PaxFields {
                     b"size" => {
                         fields.size = std::str::from_utf8(ext.value_bytes())
                             .ok()
-                            .and_then(|v| v.parse().ok())
+                            .and_then(|v| v.parse().ok());
                     }
                     key if key.starts_with(b"GNU.sparse.") => fields.sparse = true,
                     _ => {}

@@ -814,7 +814,7 @@ fn repeated_entries_last_one_wins() {
                 assert!(
                     matches!(node(&u, path).kind, NodeKind::Symlink { .. }),
                     "{what}"
-                )
+                );
             }
         }
         assert_eq!(
@@ -1304,7 +1304,7 @@ fn progress_is_reported_every_few_mib_and_at_the_end() {
     };
     let mut calls = Vec::new();
     let u = unpack(&archive[..], &run.dest, &opts, &mut |s| {
-        calls.push((s.bytes, s.compressed_bytes))
+        calls.push((s.bytes, s.compressed_bytes));
     })
     .unwrap();
     check(&run, &u);
@@ -1733,7 +1733,7 @@ fn an_index_past_its_room_is_refused() {
     match err {
         ArchiveError::IndexTooLarge { bytes, limit: 4096 } => {
             // Names `e0` to `e99`.
-            assert_eq!(bytes, 64 + 101 * 40 + 100 * 16 + (10 * 2 + 90 * 3))
+            assert_eq!(bytes, 64 + 101 * 40 + 100 * 16 + (10 * 2 + 90 * 3));
         }
         other => panic!("{other:?}"),
     }

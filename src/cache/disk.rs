@@ -311,7 +311,7 @@ pub fn remove_all(path: &Path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "could not remove a cache directory")
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a cache directory");
         }
     }
 }

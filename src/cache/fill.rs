@@ -19,7 +19,7 @@ pub(super) fn reservation(a: Announced) -> u64 {
     let Some(size) = a.size else {
         return u64::MAX;
     };
-    let own_files = size / crate::archive::PACK_MAX + 1;
+    let own_files = size / archive::PACK_MAX + 1;
     size.saturating_add(archive::index_allowance(a.file_count.unwrap_or(0), size))
         .saturating_add(own_files.saturating_mul(4096))
         .saturating_add(SLACK)
@@ -53,7 +53,7 @@ impl Cache {
     pub(super) fn load(&self, key: &VersionKey) -> Option<Arc<CachedVersion>> {
         let dir = self.inner.layout.version_dir(key);
         // The index and the checksums are each checked whole (header, length, checksum).
-        let loaded = Index::open(&crate::archive::index_path(&dir))
+        let loaded = Index::open(&archive::index_path(&dir))
             .map_err(|e| Damage(format!("index.bin: {e}")))
             .and_then(|index| {
                 let checks = Checks::open(&dir, index.len(), true)?;
@@ -280,7 +280,7 @@ impl Cache {
                 key: key.clone(),
                 source,
             })?;
-            let disk_bytes = disk::disk_usage(&tmp) + 4096;
+            let disk_bytes = disk_usage(&tmp) + 4096;
             let meta = Completion {
                 format: CACHE_FORMAT_VERSION,
                 kind: key.kind,
@@ -295,7 +295,7 @@ impl Cache {
         })();
         if outcome.is_err() {
             // Nothing of a failed fetch is kept.
-            disk::remove_all(&tmp);
+            remove_all(&tmp);
         }
         outcome
     }
@@ -370,7 +370,7 @@ impl Cache {
 pub(super) fn purge(paths: Vec<PathBuf>) {
     for p in paths {
         let started = Instant::now();
-        disk::remove_all(&p);
+        remove_all(&p);
         tracing::info!(
             path = %p.display(),
             ms = format!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),

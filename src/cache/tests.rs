@@ -100,7 +100,7 @@ fn assert_within_budget(cache: &Cache) {
         snap.used,
         snap.budget
     );
-    let real = disk::disk_usage(&cache.root().join("versions"));
+    let real = disk_usage(&cache.root().join("versions"));
     assert!(
         real <= snap.budget,
         "real usage {real} > budget {}",
@@ -671,7 +671,7 @@ const UNKNOWN: Announced = Announced {
 fn a_version_of_unknown_size_is_unpacked_within_the_room_and_charged_its_real_usage() {
     let dir = TempDir::new().unwrap();
     let cache = Cache::open(dir.path(), 10 << 20).unwrap();
-    let seen = Arc::new(parking_lot::Mutex::new(0));
+    let seen = Arc::new(Mutex::new(0));
     let limit = seen.clone();
     let bytes = targz(4, 25 * 1024, 2);
     let v = get(&cache, &key(2), UNKNOWN, move |t| {
@@ -715,7 +715,7 @@ fn a_version_of_unknown_size_waits_for_room_held_by_an_open_version_not_past_it(
     let cache = Cache::open(dir.path(), 10 << 20).unwrap();
     // Held open: it cannot be evicted, and the new version gets the rest of the budget.
     let held = load(&cache, &key(1), 1).unwrap();
-    let seen = Arc::new(parking_lot::Mutex::new(0));
+    let seen = Arc::new(Mutex::new(0));
     let limit = seen.clone();
     let bytes = targz(4, 25 * 1024, 2);
     drop(

@@ -150,19 +150,19 @@ fn set_option(m: &mut MountArgs, o: &str) -> anyhow::Result<()> {
             "cache_dir" => m.cache_dir = Some(PathBuf::from(need()?)),
             "cache_size" => m.cache_size = need()?.parse().map_err(|e: String| anyhow::anyhow!(e))?,
             "metadata_ttl" => {
-                m.metadata_ttl = need()?.parse().with_context(|| format!("metadata_ttl={:?} is not a number of seconds", value))?
+                m.metadata_ttl = need()?.parse().with_context(|| format!("metadata_ttl={:?} is not a number of seconds", value))?;
             }
             "threads" => m.threads = need()?.parse().with_context(|| format!("threads={value:?} is not a number"))?,
             "downloads" => m.downloads = need()?.parse().with_context(|| format!("downloads={value:?} is not a number"))?,
             "log_level" => m.log_level = need()?.to_string(),
             "runs_since" => {
-                m.runs_since = super::parse_age(need()?).map_err(|e| anyhow::anyhow!("runs_since: {e}"))?
+                m.runs_since = super::parse_age(need()?).map_err(|e| anyhow::anyhow!("runs_since: {e}"))?;
             }
             "runs_limit" => {
-                m.runs_limit = need()?.parse().ok().filter(|n| *n >= 1).with_context(|| format!("runs_limit={value:?} is not a number of runs (at least 1)"))?
+                m.runs_limit = need()?.parse().ok().filter(|n| *n >= 1).with_context(|| format!("runs_limit={value:?} is not a number of runs (at least 1)"))?;
             }
             "progress_interval" => {
-                m.progress_interval = need()?.parse().with_context(|| format!("progress_interval={value:?} is not a number of seconds"))?
+                m.progress_interval = need()?.parse().with_context(|| format!("progress_interval={value:?} is not a number of seconds"))?;
             }
             "allow_other" => m.allow_other = true,
             "allow_root" => m.allow_root = true,

@@ -144,15 +144,13 @@ pub fn fetch(
             Err(_) if (target.cancelled)() => Err(FetchError::Stopped),
             // The cache passes the announced size as the limit (it already refused versions
             // larger than the budget), so passing it means the archive lied.
-            Err(archive::ArchiveError::TooLarge { .. })
-                if Some(target.max_bytes) == version.size =>
-            {
+            Err(ArchiveError::TooLarge { .. }) if Some(target.max_bytes) == version.size => {
                 Err(FetchError::LargerThanAnnounced {
                     announced: target.max_bytes,
                 })
             }
             // No size announced: the cache gave the room it had as the limit.
-            Err(archive::ArchiveError::TooLarge { .. }) if version.size.is_none() => {
+            Err(ArchiveError::TooLarge { .. }) if version.size.is_none() => {
                 Err(FetchError::LargerThanBudget {
                     room: target.max_bytes,
                 })
@@ -612,13 +610,10 @@ impl Read for ChannelReader<'_> {
             if self.done {
                 return Ok(0);
             }
-            let message = match self.download.next(&mut self.watch) {
-                Ok(m) => m,
-                // Stopped: an error that is not `Interrupted`, which readers would retry.
-                Err(_) => {
-                    self.done = true;
-                    return Err(io::Error::other("the download was stopped"));
-                }
+            // Stopped: an error that is not `Interrupted`, which readers would retry.
+            let Ok(message) = self.download.next(&mut self.watch) else {
+                self.done = true;
+                return Err(io::Error::other("the download was stopped"));
             };
             match message {
                 Message::Chunk(chunk) => {

@@ -252,7 +252,7 @@ impl Fs {
                     }
                     Turn::Interrupted => Err(FsError::Interrupted),
                 };
-                answer(result)
+                answer(result);
             }),
         });
     }
@@ -604,7 +604,7 @@ impl Fs {
                     }) {
                         Ok(entry) => items.push(item(v.id.as_str().as_bytes(), entry)),
                         Err(e) => {
-                            tracing::debug!(storage = %name, version = %v.id, error = %e, "version left out of the listing")
+                            tracing::debug!(storage = %name, version = %v.id, error = %e, "version left out of the listing");
                         }
                     }
                 }

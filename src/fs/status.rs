@@ -116,7 +116,7 @@ pub fn render(
     }
     let (count, recent) = activity.errors();
     let _ = writeln!(s, "\nerrors since start: {count}");
-    for (when, msg) in recent.iter() {
+    for (when, msg) in &recent {
         let _ = writeln!(s, "  {}  {msg}", format_time(*when));
     }
     s

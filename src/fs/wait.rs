@@ -381,7 +381,7 @@ mod tests {
         with_policy(Policy::Never, || {
             assert!(!ThreadPolicy.may_block());
             with_policy(Policy::Wait { requester: None }, || {
-                assert!(ThreadPolicy.may_block() && !ThreadPolicy.gave_up())
+                assert!(ThreadPolicy.may_block() && !ThreadPolicy.gave_up());
             });
             assert!(!ThreadPolicy.may_block());
             std::thread::spawn(|| assert!(ThreadPolicy.may_block()))

@@ -257,7 +257,7 @@ impl fuser::Filesystem for FuseFs {
                         return reply.opened_passthrough(handle, FopenFlags::FOPEN_NOFLUSH, &id);
                     }
                 }
-                reply.opened(handle, CACHED_OPEN)
+                reply.opened(handle, CACHED_OPEN);
             },
         );
     }
@@ -469,19 +469,19 @@ trait DirReply {
 
 impl DirReply for ReplyDirectory {
     fn ok(self) {
-        ReplyDirectory::ok(self)
+        ReplyDirectory::ok(self);
     }
     fn error(self, e: Errno) {
-        ReplyDirectory::error(self, e)
+        ReplyDirectory::error(self, e);
     }
 }
 
 impl DirReply for ReplyDirectoryPlus {
     fn ok(self) {
-        ReplyDirectoryPlus::ok(self)
+        ReplyDirectoryPlus::ok(self);
     }
     fn error(self, e: Errno) {
-        ReplyDirectoryPlus::error(self, e)
+        ReplyDirectoryPlus::error(self, e);
     }
 }
 
@@ -510,5 +510,5 @@ fn fill<R: DirReply>(
             Err(_) => break,
         }
     }
-    reply.ok()
+    reply.ok();
 }

@@ -72,7 +72,7 @@ thread_local! {
 pub fn answered() {
     PROGRESS.with(|p| {
         if let Some(f) = &*p.borrow() {
-            f()
+            f();
         }
     });
 }
@@ -515,20 +515,17 @@ impl<S: ListingSource> Listings<S> {
         PROGRESS.with(|p| *p.borrow_mut() = Some(progress));
         let outcome = catch_unwind(AssertUnwindSafe(|| shared.source.fetch(key)));
         PROGRESS.with(|p| *p.borrow_mut() = None);
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                // The panic was logged by the hook. Nothing changes but the end of the fetch:
-                // callers are answered from what is held, and the next access tries again.
-                let mut entries = shared.entries.lock();
-                if let Some(e) = entries.get_mut(key) {
-                    e.fetching = None;
-                    e.ended += 1;
-                }
-                drop(entries);
-                shared.ended.notify_all();
-                return;
+        let Ok(outcome) = outcome else {
+            // The panic was logged by the hook. Nothing changes but the end of the fetch:
+            // callers are answered from what is held, and the next access tries again.
+            let mut entries = shared.entries.lock();
+            if let Some(e) = entries.get_mut(key) {
+                e.fetching = None;
+                e.ended += 1;
             }
+            drop(entries);
+            shared.ended.notify_all();
+            return;
         };
         // Saved before the fetch is marked ended, so that the next fetch of the same
         // listing (which cannot start before) never has its copy overwritten by this one.

@@ -399,7 +399,7 @@ fn remove(path: &Path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot remove a saved listing")
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a saved listing");
         }
     }
 }
@@ -474,7 +474,7 @@ mod tests {
             br#"{"format":999,"kind":"Artifact","rows":[]}"#,
             br#"{"format":1,"kind":"Artifact","storage":null,"fetched_at":{"secs":0,"nanos":0},"rows":[{"id":1}]}"#,
         ] {
-            std::fs::write(&path, bad).unwrap();
+            fs::write(&path, bad).unwrap();
             assert_eq!(saved.load_storages(Kind::Artifact), None, "{bad:?}");
         }
         // The next save replaces it.

@@ -46,7 +46,7 @@ impl VersionList {
 
     /// The version whose id is `id` or starts with it: `None` when there is none,
     /// `Ambiguous` when the prefix is shared.
-    pub fn find(&self, id: &str) -> Option<std::result::Result<&Version, Ambiguous>> {
+    pub fn find(&self, id: &str) -> Option<Result<&Version, Ambiguous>> {
         let mut hits = self
             .by_id
             .range::<str, _>((Bound::Included(id), Bound::Unbounded))
@@ -180,7 +180,7 @@ mod tests {
             format!("bbbb1111{}", "0".repeat(56)),
         ];
         let list = VersionList::new(ids.iter().cloned().map(version).collect());
-        let cases: Vec<(&str, Option<std::result::Result<&str, Ambiguous>>)> = vec![
+        let cases: Vec<(&str, Option<Result<&str, Ambiguous>>)> = vec![
             (&ids[0], Some(Ok(&ids[0]))),
             (&ids[2], Some(Ok(&ids[2]))),
             ("aaaa2222", Some(Ok(&ids[1]))),

@@ -365,7 +365,7 @@ pub fn detach(mountpoint: &Path, lazy: bool) -> Result<(), DetachError> {
         };
         match err.raw_os_error() {
             Some(libc::EBUSY) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20))
+                std::thread::sleep(Duration::from_millis(20));
             }
             Some(libc::EBUSY) => return Err(DetachError::Busy),
             Some(libc::EPERM) => return detach_with_helper(mountpoint, lazy),

@@ -455,7 +455,7 @@ impl RunState {
                 match self.poll(live, &mut st) {
                     Err(SyncError::Api(e)) if e.is_not_found() => return Err(SyncError::Api(e)),
                     Err(e) => {
-                        tracing::debug!(run = %live.id, error = %e, "refreshing a live run failed")
+                        tracing::debug!(run = %live.id, error = %e, "refreshing a live run failed");
                     }
                     Ok(()) => {}
                 }

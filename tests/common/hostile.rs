@@ -226,7 +226,7 @@ fn walk(root: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) {
             }
         }
     }
-    inner(root, root, f)
+    inner(root, root, f);
 }
 
 /// Names under the cache's `versions/`.

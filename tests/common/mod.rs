@@ -235,12 +235,12 @@ impl Mount {
         Mount::with(emu, MountOpts::default())
     }
 
-    pub fn with(emu: &Emulator, opts: MountOpts) -> Mount {
+    pub fn with(emu: &Emulator, opts: MountOpts<'_>) -> Mount {
         Mount::try_with(emu, opts).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Mount, or the daemon's output if it exited before the mount answered.
-    pub fn try_with(emu: &Emulator, opts: MountOpts) -> Result<Mount, String> {
+    pub fn try_with(emu: &Emulator, opts: MountOpts<'_>) -> Result<Mount, String> {
         require_fuse();
         let dir = tempfile::Builder::new()
             .prefix("vm0fs-mnt")

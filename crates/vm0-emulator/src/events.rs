@@ -116,7 +116,7 @@ struct Snapshot {
     error: Option<String>,
 }
 
-fn stream_events(shared: &Shared, stream: &EventStream, out: &mut Out) -> io::Result<()> {
+fn stream_events(shared: &Shared, stream: &EventStream, out: &mut Out<'_>) -> io::Result<()> {
     out.head()?;
     let started = Instant::now();
     let mut heartbeats = 0u32;

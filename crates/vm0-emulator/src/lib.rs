@@ -481,7 +481,7 @@ mod tests {
         // The listener is gone: a connection is refused or closed without an answer.
         let after = http
             .get(format!("http://{api}/v1/volumes"))
-            .timeout(std::time::Duration::from_secs(2))
+            .timeout(Duration::from_secs(2))
             .send();
         assert!(after.is_err());
     }

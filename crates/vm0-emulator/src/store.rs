@@ -637,7 +637,7 @@ mod tests {
 
     #[test]
     fn ranges() {
-        let cases: &[RangeCase] = &[
+        let cases: &[RangeCase<'_>] = &[
             (None, 10, Ok(None)),
             (Some("bytes=0-"), 10, Ok(Some((0, 9)))),
             (Some("bytes=4-"), 10, Ok(Some((4, 9)))),

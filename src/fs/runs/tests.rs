@@ -185,7 +185,7 @@ fn fs_on(api: Arc<FakeRuns>, dir: &std::path::Path) -> Fs {
     let cache = loop {
         match Cache::open(dir, 100 << 20) {
             Err(crate::cache::CacheError::Locked { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5))
+                std::thread::sleep(Duration::from_millis(5));
             }
             opened => break opened.unwrap(),
         }

@@ -112,7 +112,7 @@ impl Server {
                         handler.as_ref(),
                         limits.max_connections,
                         &stop,
-                    )
+                    );
                 })?
         };
         let accept = {
@@ -128,7 +128,7 @@ impl Server {
                         &stop,
                         &connections,
                         &to_refuse,
-                    )
+                    );
                 })?
         };
         Ok(Server {
