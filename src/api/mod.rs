@@ -14,6 +14,7 @@ mod redirect;
 mod retry;
 mod rows;
 mod runs;
+mod transport;
 mod types;
 mod wire;
 

@@ -7,8 +7,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::outcome::ArchiveError;
 use super::publish::BlobId;
-use super::unpack::ArchiveError;
 
 /// Where the content of blob `blob` lives under a version directory, for a file of its
 /// own (at least [`PACK_MAX`] bytes).

@@ -49,6 +49,7 @@ pub(crate) mod index;
 mod input;
 mod limits;
 mod names;
+mod outcome;
 mod pax;
 mod publish;
 mod tree;
@@ -64,11 +65,9 @@ pub use index::{
     INDEX_FORMAT_VERSION,
 };
 pub use limits::{index_allowance, member_cap};
+pub use outcome::{ArchiveError, Skipped, UnpackOptions, UnpackStats, Unpacked, SKIPPED_KEPT};
 pub use publish::{BlobId, Publish, Published, PublishedFile, PublishedKind, PublishedNode, Step};
-pub use unpack::{
-    unpack, unpack_published, ArchiveError, Skipped, UnpackOptions, UnpackStats, Unpacked,
-    SKIPPED_KEPT,
-};
+pub use unpack::{unpack, unpack_published};
 
 #[cfg(test)]
 mod index_tests;

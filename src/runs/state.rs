@@ -21,11 +21,15 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::activity::Activity;
-use crate::api::{ApiError, Run, RunEvent, RunId};
+use crate::api::{ApiError, Run, RunId};
 
 use super::api::RunsApi;
 use super::files::{self, LogSync, RunFile, SyncError};
 use super::store::RunStore;
+
+mod events;
+
+use events::{write_event, Streams};
 
 /// How often a followed live run is asked for what is new. With `tail -f` looking once a
 /// second, a new log entry is printed within about 1.5 s of the API having it.
@@ -134,13 +138,6 @@ pub struct RunState {
 
 /// A file's bytes, and when they were fetched.
 type Fetched = (Arc<Vec<u8>>, Instant);
-
-struct Streams {
-    /// [`MAX_STREAMS`], smaller in tests.
-    max: usize,
-    open: usize,
-    waiting: VecDeque<Arc<Live>>,
-}
 
 impl RunState {
     pub fn new(api: Arc<dyn RunsApi>, store: RunStore, activity: Arc<Activity>) -> Arc<RunState> {
@@ -609,148 +606,10 @@ impl RunState {
         tracing::debug!(run = %live.id, entries = st.logs.entries, "the run is final; its files are kept");
         Ok(View::Final { dir, run })
     }
-
-    /// Read the run's event stream on a thread of its own while it is read (until it ends
-    /// or nobody has read it for the idle time), or queue it for a stream when
-    /// [`MAX_STREAMS`] are read already.
-    fn start_events(self: &Arc<Self>, live: &Arc<Live>) {
-        if live.streaming.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        {
-            let mut streams = self.streams.lock();
-            if streams.open >= streams.max {
-                tracing::debug!(run = %live.id, "every event stream is taken; the run waits its turn");
-                streams.waiting.push_back(live.clone());
-                return;
-            }
-            streams.open += 1;
-        }
-        let (state, first) = (self.clone(), live.clone());
-        let spawned = std::thread::Builder::new()
-            .name("vm0fs-events".into())
-            .spawn(move || state.stream_events(first));
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start a thread to read a run's events");
-            self.streams.lock().open -= 1;
-            live.streaming.store(false, Ordering::SeqCst);
-        }
-    }
-
-    /// Whether a live run is still read. Takes no lock of the run's state (which a poll
-    /// holds while it asks the API), as it is asked with the streams' lock held.
-    fn still_read(&self, live: &Live) -> bool {
-        !live.done.load(Ordering::SeqCst)
-            && live.last_read.lock().elapsed() < *self.follow_idle.lock()
-    }
-
-    /// Whether a live run's events are still wanted.
-    fn wants_events(&self, live: &Live) -> bool {
-        self.still_read(live) && !live.state.lock().complete
-    }
-
-    /// A stream thread: reads `live`'s events, then those of the runs waiting, in turn.
-    fn stream_events(self: Arc<Self>, mut live: Arc<Live>) {
-        loop {
-            let requeue = self.read_events(&live);
-            let mut streams = self.streams.lock();
-            if requeue {
-                streams.waiting.push_back(live.clone());
-            } else {
-                live.streaming.store(false, Ordering::SeqCst);
-            }
-            let next = loop {
-                match streams.waiting.pop_front() {
-                    Some(l) if self.still_read(&l) => break Some(l),
-                    Some(l) => l.streaming.store(false, Ordering::SeqCst),
-                    None => break None,
-                }
-            };
-            match next {
-                Some(l) => live = l,
-                None => {
-                    streams.open -= 1;
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Read `live`'s event stream, reconnecting after the last event written, while it is
-    /// wanted. Whether it gave its place up to a waiting run (and so must wait again).
-    fn read_events(&self, live: &Arc<Live>) -> bool {
-        let turn = Instant::now();
-        while self.wants_events(live) {
-            let last = live.state.lock().last_sequence;
-            match self.api.run_events(&live.id, last) {
-                Ok(events) => {
-                    for event in events {
-                        let Ok(event) = event else { break };
-                        let mut st = live.state.lock();
-                        if live.done.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        if let Err(e) = write_event(live, &mut st, &event) {
-                            tracing::debug!(run = %live.id, error = %e, "writing an event failed");
-                        }
-                        drop(st);
-                        if !self.wants_events(live) {
-                            return false;
-                        }
-                        if turn.elapsed() >= STREAM_TURN && !self.streams.lock().waiting.is_empty()
-                        {
-                            return true;
-                        }
-                    }
-                    // A stream that ended is a turn's natural end when others wait.
-                    if self.wants_events(live) && !self.streams.lock().waiting.is_empty() {
-                        return true;
-                    }
-                }
-                Err(e) if e.is_not_found() => return false,
-                Err(e) => {
-                    tracing::debug!(run = %live.id, error = %e, "the run's event stream failed");
-                    std::thread::sleep(FOLLOW_POLL * 5);
-                }
-            }
-            // A stream that ended early (a proxy's timeout): not at once again.
-            std::thread::sleep(FOLLOW_POLL);
-        }
-        false
-    }
 }
 
 /// The error of a run that went away while it was looked at.
 fn gone(id: &RunId) -> SyncError {
     tracing::debug!(run = %id, "the run went away while it was looked at");
     SyncError::Io(std::io::Error::from_raw_os_error(libc::ENOENT))
-}
-
-/// Write one event into `events.jsonl` unless it repeats one written (an output event
-/// seen before a reconnection, the same status again).
-fn write_event(live: &Live, st: &mut LiveState, event: &RunEvent) -> std::io::Result<()> {
-    match event {
-        RunEvent::Output { sequence, .. } => {
-            if st.last_sequence.is_some_and(|s| *sequence <= s) {
-                return Ok(());
-            }
-            st.last_sequence = Some(*sequence);
-        }
-        RunEvent::Status { status, .. } => {
-            if st.last_status.as_deref() == Some(status.as_str()) {
-                return Ok(());
-            }
-            st.last_status = Some(status.clone());
-        }
-        RunEvent::Complete { .. } => {
-            if st.complete {
-                return Ok(());
-            }
-            st.complete = true;
-        }
-    }
-    files::append_to(
-        &live.dir.join(RunFile::Events.name()),
-        &files::event_line(event),
-    )
 }
