@@ -62,8 +62,9 @@ show ls -l "$mnt/artifacts/agent-report"
 show find "$mnt/volumes/input-data/latest/"
 show cat "$mnt/artifacts/agent-report/latest/report.md"
 show ls -t "$mnt/runs" "$mnt/agents"
-# The demo's live run is the newest run of report-writer.
-live=$(ls -t "$mnt/agents/report-writer/runs" | head -n 1)
+# The demo's live run is the newest run of report-writer (shown by its id, not through
+# the agent's `latest` link to it).
+live=$(ls -t "$mnt/agents/report-writer/runs" | grep -vx latest | head -n 1)
 show ls -l "$mnt/runs/$live"
 show cat "$mnt/runs/$live/status"
 cat <<EOT
