@@ -265,7 +265,7 @@ impl Mount {
             .arg(&cache)
             .args(&opts.extra)
             .env("VM0_TOKEN", opts.token.unwrap_or(&emu.token))
-            .env("RUST_LOG", "vm0fs=debug")
+            .env("RUST_LOG", "vm0fs=debug,warn")
             .envs(opts.env.iter().map(|(k, v)| (*k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
