@@ -10,13 +10,13 @@ mod common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 
 use common::hostile::{is_cached, log_when, poll_until, RawMount};
-use common::{put_archive, seeded_archive, wait_timeout, Emulator, Mount};
+use common::{put_archive, seeded_archive, Emulator, Mount};
 use vm0_emulator::EmulatorConfig;
 
 /// Generous bound for any single access: far above what an answer from the cache takes,
@@ -60,25 +60,9 @@ fn api_addr(emu: &Emulator) -> SocketAddr {
     rest.split('/').next().unwrap().parse().unwrap()
 }
 
-/// Run `cmd` to its end, which must come within [`DEADLINE`].
-fn within_deadline(cmd: &mut Command) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    if wait_timeout(&mut child, DEADLINE).is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{cmd:?} did not return within {DEADLINE:?}: the mount waited for the API");
-    }
-    child.wait_with_output().unwrap()
-}
-
 /// Run `cmd` within the deadline; it must succeed. Its stdout.
 fn answers(cmd: &mut Command) -> String {
-    let out = within_deadline(cmd);
+    let out = common::run_within(DEADLINE, cmd);
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -204,7 +188,7 @@ fn a_hung_api_holds_no_access() {
         held_accesses(&m, &id);
     }
     // art-1's versions were never listed: nothing to answer from.
-    let out = within_deadline(&mut cmd("ls", m.join("artifacts/art-1")));
+    let out = common::run_within(DEADLINE, &mut cmd("ls", m.join("artifacts/art-1")));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("timed out"), "ETIMEDOUT expected: {err}");
@@ -241,10 +225,10 @@ fn a_restart_with_the_api_down_serves_the_cache_and_recovers() {
     let text = answers(&mut cmd("cat", m.join("artifacts/art-0/latest/a.txt")));
     assert_eq!(text, "archive 0\n");
     // Not cached: a clean error.
-    let out = within_deadline(&mut cmd(
-        "cat",
-        m.join(&format!("artifacts/art-1/{art1}/a.txt")),
-    ));
+    let out = common::run_within(
+        DEADLINE,
+        &mut cmd("cat", m.join(&format!("artifacts/art-1/{art1}/a.txt"))),
+    );
     assert!(!out.status.success(), "art-1 is not cached");
     let status = answers(&mut cmd("cat", m.join(".vm0fs/status")));
     assert!(status.contains("api: unreachable since"), "{status}");
@@ -256,7 +240,7 @@ fn a_restart_with_the_api_down_serves_the_cache_and_recovers() {
         Duration::from_secs(120),
         "the new storage to appear",
         || {
-            within_deadline(&mut cmd("ls", m.join("artifacts")))
+            common::run_within(DEADLINE, &mut cmd("ls", m.join("artifacts")))
                 .stdout
                 .windows(7)
                 .any(|w| w == b"art-new")
@@ -266,10 +250,10 @@ fn a_restart_with_the_api_down_serves_the_cache_and_recovers() {
     // began while it was away may still be in its retries: its callers get ETIMEDOUT
     // until it ends, so poll).
     poll_until(Duration::from_secs(120), "art-1 to be served", || {
-        let out = within_deadline(&mut cmd(
-            "cat",
-            m.join(&format!("artifacts/art-1/{art1}/a.txt")),
-        ));
+        let out = common::run_within(
+            DEADLINE,
+            &mut cmd("cat", m.join(&format!("artifacts/art-1/{art1}/a.txt"))),
+        );
         out.status.success() && out.stdout == b"archive 1\n"
     });
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use common::hostile::{poll_until, within};
-use common::{c_path, ok, put_archive, sh, tar_extract, vm0fs_bin, Emulator, Mount};
+use common::{c_path, ok, put_archive, sh, tar_extract, Emulator, Mount, MountOpts};
 use vm0_emulator::pack::ArchiveBuilder;
 
 /// Generous bound for anything that should happen at once.
@@ -27,32 +27,14 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// Mount with `extra` flags, logging every request fuser receives and every WARN and
 /// ERROR of any target (fuser's own included).
 fn mount(emu: &Emulator, extra: &[&str]) -> Mount {
-    common::require_fuse();
-    let dir = tempfile::Builder::new()
-        .prefix("vm0fs-mnt")
-        .tempdir()
-        .unwrap();
-    let work = tempfile::Builder::new()
-        .prefix("vm0fs-work")
-        .tempdir()
-        .unwrap();
-    let cache = work.path().join("cache");
-    let log = work.path().join("vm0fs.log");
-    let mut cmd = Command::new(vm0fs_bin());
-    cmd.arg("mount")
-        .arg(dir.path())
-        .arg("--foreground")
-        .arg("--api-url")
-        .arg(&emu.api_url)
-        .arg("--cache-dir")
-        .arg(&cache)
-        .args(extra)
-        .env("VM0_TOKEN", &emu.token)
-        .env("RUST_LOG", "vm0fs=debug,fuser::request=debug,warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    Mount::spawn(cmd, dir, cache, log, work).unwrap_or_else(|e| panic!("{e}"))
+    Mount::with(
+        emu,
+        MountOpts {
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: vec![("RUST_LOG", "vm0fs=debug,fuser::request=debug,warn".into())],
+            ..Default::default()
+        },
+    )
 }
 
 /// How many requests of operation `op` (`READLINK`, `IOCTL`, ...) the daemon received.

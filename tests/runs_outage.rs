@@ -35,23 +35,6 @@ fn demo() -> Emulator {
     })
 }
 
-/// Run `cmd` in a child process; it must end within `limit` (it is killed and the test
-/// fails otherwise). Its output.
-fn within(limit: Duration, cmd: &mut Command) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    if wait_timeout(&mut child, limit).is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{cmd:?} did not return within {limit:?}: the mount waited for the API");
-    }
-    child.wait_with_output().unwrap()
-}
-
 fn cmd(program: &str, args: &[&Path]) -> Command {
     let mut c = Command::new(program);
     c.args(args);
@@ -163,7 +146,10 @@ fn outage_while_a_live_run_is_tailed(outage: Outage) {
         std::fs::read_to_string(&out).is_ok_and(|t| t.lines().count() >= 5)
     });
     // Known before the outage: the run's agent link.
-    let agent = text(&within(BOUND, &mut cmd("readlink", &[&run("agent")])));
+    let agent = text(&common::run_within(
+        BOUND,
+        &mut cmd("readlink", &[&run("agent")]),
+    ));
 
     let emu = match outage {
         Outage::Unavailable => {
@@ -182,19 +168,28 @@ fn outage_while_a_live_run_is_tailed(outage: Outage) {
 
     // The live run tailed: answered from what the mount holds.
     let started = Instant::now();
-    let status = text(&within(BOUND, &mut cmd("cat", &[&run("status")])));
+    let status = text(&common::run_within(
+        BOUND,
+        &mut cmd("cat", &[&run("status")]),
+    ));
     assert_eq!(status, "running\n");
-    text(&within(
+    text(&common::run_within(
         BOUND,
         &mut cmd("ls", &[&m.join(&format!("runs/{id}"))]),
     ));
-    text(&within(
+    text(&common::run_within(
         BOUND,
         &mut cmd("stat", &[&run("logs"), &run("run.json")]),
     ));
-    text(&within(BOUND, &mut cmd("cat", &[&run("run.json")])));
+    text(&common::run_within(
+        BOUND,
+        &mut cmd("cat", &[&run("run.json")]),
+    ));
     assert_eq!(
-        text(&within(BOUND, &mut cmd("readlink", &[&run("agent")]))),
+        text(&common::run_within(
+            BOUND,
+            &mut cmd("readlink", &[&run("agent")])
+        )),
         agent
     );
     eprintln!(
@@ -207,7 +202,7 @@ fn outage_while_a_live_run_is_tailed(outage: Outage) {
         for file in ["status", "logs"] {
             let path = m.join(&format!("runs/{other}/{file}"));
             let t = Instant::now();
-            let out = within(BOUND, &mut cmd("cat", &[&path]));
+            let out = common::run_within(BOUND, &mut cmd("cat", &[&path]));
             eprintln!(
                 "{outage:?}: cat runs/{other}/{file}: {:?} in {:?}",
                 out.status,
@@ -215,8 +210,8 @@ fn outage_while_a_live_run_is_tailed(outage: Outage) {
             );
         }
     }
-    within(BOUND, &mut cmd("ls", &[&m.join("runs")]));
-    within(BOUND, &mut cmd("ls", &[&m.join("agents")]));
+    common::run_within(BOUND, &mut cmd("ls", &[&m.join("runs")]));
+    common::run_within(BOUND, &mut cmd("ls", &[&m.join("agents")]));
 
     // A cat waiting for a run never fetched ends at SIGINT. With the API gone or
     // failing fast there is no wait long enough to interrupt, so only a hung API tells.
@@ -227,7 +222,10 @@ fn outage_while_a_live_run_is_tailed(outage: Outage) {
     }
 
     // The status file answers, and names the run API's failure.
-    let status = text(&within(BOUND, &mut cmd("cat", &[&m.join(".vm0fs/status")])));
+    let status = text(&common::run_within(
+        BOUND,
+        &mut cmd("cat", &[&m.join(".vm0fs/status")]),
+    ));
     if outage != Outage::Hung {
         assert!(status.contains("api: unreachable since"), "{status}");
         let errors = status
@@ -287,19 +285,22 @@ fn threads_1_with_a_hung_api_answers_the_status_file_and_cached_content() {
         },
     );
     // A file of a volume, read once so that it is in the cache.
-    let volume = text(&within(SETTLE, &mut cmd("ls", &[&m.join("volumes")])))
-        .lines()
-        .next()
-        .expect("the demo has volumes")
-        .to_string();
-    let found = text(&within(
+    let volume = text(&common::run_within(
+        SETTLE,
+        &mut cmd("ls", &[&m.join("volumes")]),
+    ))
+    .lines()
+    .next()
+    .expect("the demo has volumes")
+    .to_string();
+    let found = text(&common::run_within(
         SETTLE,
         Command::new("find")
             .arg(m.join(&format!("volumes/{volume}/latest/")))
             .args(["-type", "f"]),
     ));
     let file = PathBuf::from(found.lines().next().expect("a file in the volume"));
-    let content = within(SETTLE, &mut cmd("cat", &[&file])).stdout;
+    let content = common::run_within(SETTLE, &mut cmd("cat", &[&file])).stdout;
 
     emu.fault(json!({"route": "*", "delay_ms": HANG_MS, "count": 0}));
     let before = emu.counter("runs.get");
@@ -320,12 +321,12 @@ fn threads_1_with_a_hung_api_answers_the_status_file_and_cached_content() {
     });
     for _ in 0..3 {
         let t = Instant::now();
-        let status = text(&within(
+        let status = text(&common::run_within(
             AT_ONCE,
             &mut cmd("cat", &[&m.join(".vm0fs/status")]),
         ));
         assert!(status.contains("vm0fs"), "{status}");
-        let again = within(AT_ONCE, &mut cmd("cat", &[&file]));
+        let again = common::run_within(AT_ONCE, &mut cmd("cat", &[&file]));
         assert_eq!(again.stdout, content);
         eprintln!("status file and cached file in {:?}", t.elapsed());
     }
@@ -377,7 +378,10 @@ fn agents_and_agent_links_serve_from_disk_after_a_restart_with_the_api_down() {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     let read_all = |m: &Mount| -> Vec<(String, Vec<u8>, Vec<u8>, SystemTime)> {
-        let listed = text(&within(BOUND, &mut cmd("ls", &[&m.join("agents")])));
+        let listed = text(&common::run_within(
+            BOUND,
+            &mut cmd("ls", &[&m.join("agents")]),
+        ));
         let names: Vec<&str> = listed.lines().collect();
         let mut expected: Vec<&str> = agents.iter().map(|a| a.0.as_str()).collect();
         expected.sort();
@@ -387,8 +391,8 @@ fn agents_and_agent_links_serve_from_disk_after_a_restart_with_the_api_down() {
             .map(|(name, _, _)| {
                 let json = m.join(&format!("agents/{name}/agent.json"));
                 let versions = m.join(&format!("agents/{name}/versions.json"));
-                let a = within(BOUND, &mut cmd("cat", &[&json]));
-                let v = within(BOUND, &mut cmd("cat", &[&versions]));
+                let a = common::run_within(BOUND, &mut cmd("cat", &[&json]));
+                let v = common::run_within(BOUND, &mut cmd("cat", &[&versions]));
                 assert!(a.status.success() && v.status.success(), "{a:?} {v:?}");
                 assert_eq!(mtime(&json), mtime(&versions));
                 (name.clone(), a.stdout, v.stdout, mtime(&json))
@@ -399,9 +403,12 @@ fn agents_and_agent_links_serve_from_disk_after_a_restart_with_the_api_down() {
         runs.iter()
             .map(|id| {
                 let link = m.join(&format!("runs/{id}/agent"));
-                let target = text(&within(BOUND, &mut cmd("readlink", &[&link])));
+                let target = text(&common::run_within(BOUND, &mut cmd("readlink", &[&link])));
                 // The link resolves: the agent's directory lists.
-                let inside = text(&within(BOUND, &mut cmd("ls", &[&link.join("")])));
+                let inside = text(&common::run_within(
+                    BOUND,
+                    &mut cmd("ls", &[&link.join("")]),
+                ));
                 assert!(inside.contains("agent.json"), "{id}: {inside}");
                 (id.clone(), target)
             })
@@ -418,7 +425,7 @@ fn agents_and_agent_links_serve_from_disk_after_a_restart_with_the_api_down() {
     let links_before = links(&m);
     // Reading a run's log keeps its files (its `status` alone is made from its detail).
     for id in &runs {
-        within(
+        common::run_within(
             BOUND,
             &mut cmd("cat", &[&m.join(&format!("runs/{id}/logs"))]),
         );
@@ -455,7 +462,7 @@ fn agents_and_agent_links_serve_from_disk_after_a_restart_with_the_api_down() {
         // A run never fetched fails within the bound, every time.
         let path = m.join(&format!("runs/{never_read}/status"));
         let t = Instant::now();
-        let out = within(BOUND, &mut cmd("cat", &[&path]));
+        let out = common::run_within(BOUND, &mut cmd("cat", &[&path]));
         assert!(!out.status.success(), "{out:?}");
         eprintln!("a run never fetched: {:?} in {:?}", out.status, t.elapsed());
     }

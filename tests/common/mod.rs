@@ -387,6 +387,24 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process
     }
 }
 
+/// Run `cmd` to its end (output captured, no standard input), which must come within
+/// `limit`: a command that hangs on the mount is killed and the test fails, so a hang
+/// never holds the suite.
+pub fn run_within(limit: Duration, cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if wait_timeout(&mut child, limit).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{cmd:?} did not return within {limit:?}: the mount waited for the API");
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// Run a command to completion, capturing its output.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()
