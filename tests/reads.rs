@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use common::hostile::{poll_until, within};
-use common::{c_path, ok, put_archive, sh, tar_extract, Emulator, Mount, MountOpts};
+use common::{c_path, ok, put_archive, run_within, sh, tar_extract, Emulator, Mount, MountOpts};
 use vm0_emulator::pack::ArchiveBuilder;
 
 /// Generous bound for anything that should happen at once.
@@ -303,4 +303,142 @@ fn an_interrupted_reader_leaves_no_error_line() {
         .filter(|l| l.contains(" DEBUG ") && l.contains("interrupted while waiting"))
         .count();
     assert_eq!(interrupted, 8, "each interrupted wait is logged at DEBUG");
+}
+
+/// Pages of `path` in the page cache, in bytes (`fincore`).
+fn resident_bytes(path: &Path) -> u64 {
+    let out = ok(Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path));
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("fincore said {out:?}"))
+}
+
+/// Every read path gives the archive's bytes, compared with `tar -xzf` of the same
+/// archive: buffered `cat` of a file of its own (not a multiple of any unit) and of a
+/// packed one, 4 KiB `O_DIRECT` reads on both sides of check-unit boundaries, and reads
+/// of odd sizes at odd offsets. A buffered read leaves the file cached once: the pages of
+/// the content file it read are dropped (the kernel holds the mount's copy).
+#[test]
+fn every_read_path_gives_the_archives_bytes_and_caches_once() {
+    let data = tempfile::tempdir().unwrap();
+    let big = vm0_emulator::pack::pattern((8 << 20) + 4321, 7);
+    let mut b = ArchiveBuilder::new();
+    b.file("big.bin", 0o644, 1_600_000_000, &big);
+    b.file("small.txt", 0o644, 1_600_000_000, &big[..70_000]);
+    let archive = put_archive(data.path(), "artifacts", "data", "v1", &b.finish());
+    let local = tar_extract(&archive);
+    let emu = Emulator::with_data(data.path());
+    let m = mount(&emu, &[]);
+    let version = m.join("artifacts/data/latest");
+
+    // What `run_within` returns is read once the child has exited: outputs read back
+    // through it stay under a pipe's 64 KiB, and whole files are compared with `cmp`.
+    let done = |what: &str, out: std::process::Output| -> Vec<u8> {
+        assert!(out.status.success(), "{what}: {out:?}");
+        out.stdout
+    };
+    for name in ["big.bin", "small.txt"] {
+        done(
+            &format!("cmp {name}"),
+            run_within(
+                DEADLINE,
+                Command::new("cmp")
+                    .arg(version.join(name))
+                    .arg(local.path().join(name)),
+            ),
+        );
+    }
+    // The content file of big.bin, once its version is complete.
+    let find_blob = || {
+        let found = ok(Command::new("find")
+            .arg(m.cache.join("versions"))
+            .args(["-path", "*/data/*", "-type", "f", "-size"])
+            .arg(format!("{}c", big.len())));
+        PathBuf::from(found.trim())
+    };
+    poll_until(DEADLINE, "big.bin's content file in versions/", || {
+        find_blob().is_file()
+    });
+    let blob = find_blob();
+    // Neither copy in the page cache (the unpack wrote the content file through it), then
+    // one `cat` through the mount.
+    let evict = |p: &Path| {
+        ok(Command::new("dd").arg(format!("if={}", p.display())).args([
+            "iflag=nocache",
+            "count=0",
+            "status=none",
+        ]));
+    };
+    evict(&blob);
+    evict(&version.join("big.bin"));
+    assert!(
+        resident_bytes(&blob) <= 64 << 10,
+        "the content file was not evicted"
+    );
+    done(
+        "cmp big.bin, its pages evicted",
+        run_within(
+            DEADLINE,
+            Command::new("cmp")
+                .arg(version.join("big.bin"))
+                .arg(local.path().join("big.bin")),
+        ),
+    );
+    let left = resident_bytes(&blob);
+    assert!(
+        left <= 1 << 20,
+        "{left} bytes of big.bin's content file stayed in the page cache after a cat of it"
+    );
+
+    let unit = 64 << 10;
+    let direct = |name: &str, at: usize, blocks: usize| -> Vec<u8> {
+        done(
+            &format!("dd iflag=direct of {name} at {at}"),
+            run_within(
+                DEADLINE,
+                Command::new("dd")
+                    .arg(format!("if={}", version.join(name).display()))
+                    .args(["iflag=direct", "bs=4096", "status=none"])
+                    .arg(format!("skip={}", at / 4096))
+                    .arg(format!("count={blocks}")),
+            ),
+        )
+    };
+    for at in [
+        0,
+        unit - 4096,
+        unit,
+        3 * unit + 8192,
+        (1 << 20) - 4096,
+        8 << 20,
+    ] {
+        let want = &big[at.min(big.len())..(at + 3 * 4096).min(big.len())];
+        assert_eq!(direct("big.bin", at, 3), want, "O_DIRECT at {at}");
+    }
+    assert_eq!(direct("small.txt", 65536, 2), &big[65536..70_000]);
+    for (at, len) in [
+        (1, 10),
+        (unit - 1, 2),
+        (unit * 5 - 3, 10_000),
+        (big.len() - 5, 99),
+    ] {
+        let out = done(
+            &format!("dd at {at} len {len}"),
+            run_within(
+                DEADLINE,
+                Command::new("dd")
+                    .arg(format!("if={}", version.join("big.bin").display()))
+                    .args(["iflag=skip_bytes,count_bytes", "bs=65536", "status=none"])
+                    .arg(format!("skip={at}"))
+                    .arg(format!("count={len}")),
+            ),
+        );
+        assert_eq!(
+            out,
+            &big[at..(at + len).min(big.len())],
+            "at {at} len {len}"
+        );
+    }
 }

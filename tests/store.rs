@@ -191,7 +191,7 @@ fn a_cache_of_the_previous_format_is_discarded_at_start() {
         std::fs::read_to_string(cache.path().join("FORMAT"))
             .unwrap()
             .trim(),
-        "4"
+        vm0fs::cache::CACHE_FORMAT_VERSION.to_string()
     );
     assert!(!old.join("data/0").exists(), "the old version was kept");
     assert_same_tree(&m.join(&format!("artifacts/old/{vid}")), &archive);
@@ -202,7 +202,8 @@ fn a_cache_of_the_previous_format_is_discarded_at_start() {
         .filter(|l| l.contains("incompatible vm0fs"))
         .collect();
     assert_eq!(lines.len(), 1, "{log}");
-    assert!(lines[0].contains("expected=4"), "{}", lines[0]);
+    let expected = format!("expected={}", vm0fs::cache::CACHE_FORMAT_VERSION);
+    assert!(lines[0].contains(&expected), "{}", lines[0]);
     drop(m);
 
     // The next start finds a cache of its own format: nothing cleared, nothing fetched.

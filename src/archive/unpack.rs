@@ -44,8 +44,10 @@ use super::tree::{normalize, Content, Freed, ModeTime, Prepared, Replaced, Slot,
 use super::Index;
 
 /// File content is decompressed straight into this buffer and written with one `write`
-/// per chunk (so a small file costs one `write`); one chunk is one checked unit.
-const WRITE_CHUNK: usize = super::checks::CHECK_BLOCK as usize;
+/// per chunk (so a small file, up to `PACK_MAX`, costs one `write`); a chunk holds whole
+/// checked units (`CHECK_BLOCK` divides it).
+const WRITE_CHUNK: usize = PACK_MAX as usize;
+const _: () = assert!(WRITE_CHUNK.is_multiple_of(super::checks::CHECK_BLOCK as usize));
 /// Call `progress` after at least this many content bytes.
 const PROGRESS_EVERY: u64 = 4 * 1024 * 1024;
 /// Linux's `PATH_MAX` including the terminating NUL: longer symlink targets cannot exist.
@@ -490,7 +492,7 @@ impl Unpacker<'_> {
             let mut file = self.pack.file.take().ok_or_else(|| {
                 Self::write_error(path.to_path_buf())(io::Error::other("the pack file is closed"))
             })?;
-            let copied = self.copy(entry, &mut file, &path, name, size);
+            let copied = self.copy(entry, &mut file, &path, name, size, true);
             self.pack.file = Some(file);
             let mut units = copied?;
             if units.is_empty() {
@@ -514,7 +516,7 @@ impl Unpacker<'_> {
                 .create_new(true)
                 .open(&path)
                 .map_err(Self::write_error(path.clone()))?;
-            let units = self.copy(entry, &mut file, &path, name, size)?;
+            let units = self.copy(entry, &mut file, &path, name, size, false)?;
             let written = file.metadata().map_err(Self::write_error(path.clone()))?;
             drop(file);
             let published = PublishedFile {
@@ -591,9 +593,9 @@ impl Unpacker<'_> {
     }
 
     /// Copy `size` bytes of content from `entry` to `file`, counting them and calling
-    /// `progress` now and then. Returns the checksum of each chunk written: chunks are
-    /// [`CHECK_BLOCK`](super::checks::CHECK_BLOCK) bytes, so these are the file's units
-    /// (for a packed file, its one unit, unless it is empty).
+    /// `progress` now and then. Returns the checksums of the file's units: one per
+    /// [`CHECK_BLOCK`](super::checks::CHECK_BLOCK) bytes, or for a `packed` file (smaller
+    /// than one chunk) one for its whole content, unless it is empty.
     fn copy<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
@@ -601,6 +603,7 @@ impl Unpacker<'_> {
         path: &Path,
         name: &[u8],
         size: u64,
+        packed: bool,
     ) -> Result<Vec<u32>, ArchiveError> {
         if size > 0 && self.buf.is_empty() {
             self.buf = vec![0; WRITE_CHUNK];
@@ -620,7 +623,12 @@ impl Unpacker<'_> {
             }
             file.write_all(&self.buf[..filled])
                 .map_err(Self::write_error(path.to_path_buf()))?;
-            units.push(checksum(&self.buf[..filled]));
+            if packed {
+                units.push(checksum(&self.buf[..filled]));
+            } else {
+                let block = super::checks::CHECK_BLOCK as usize;
+                units.extend(self.buf[..filled].chunks(block).map(checksum));
+            }
             left -= filled as u64;
             self.stats.bytes += filled as u64;
             self.unreported += filled as u64;

@@ -41,9 +41,9 @@ use crate::ids::VersionId;
 
 /// Bump when anything under `CACHE/` changes meaning; a cache of another format is cleared.
 /// `tests::format_is_pinned` fails when the serialized records change without a bump.
-/// Format 4: `checks.bin`, the checksums of the content, beside the index (format 3 had
-/// none; format 2: one file per member, a `postcard` index).
-pub const CACHE_FORMAT_VERSION: u32 = 4;
+/// Format 5: checksums of 64 KiB units (format 4 had 1 MiB; format 3 no `checks.bin`;
+/// format 2: one file per member, a `postcard` index).
+pub const CACHE_FORMAT_VERSION: u32 = 5;
 
 /// The completion record of a version (`meta.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -395,7 +395,7 @@ mod tests {
         };
         let json = serde_json::to_string(&meta).unwrap();
         let expected = format!(
-            r#"{{"format":4,"kind":"Artifact","id":"{}","disk_bytes":8192,"files":2,"bytes":10}}"#,
+            r#"{{"format":5,"kind":"Artifact","id":"{}","disk_bytes":8192,"files":2,"bytes":10}}"#,
             "ab".repeat(32)
         );
         assert_eq!(
@@ -403,7 +403,7 @@ mod tests {
             "serialized disk format appears to have changed, version bump required"
         );
         assert_eq!(
-            CACHE_FORMAT_VERSION, 4,
+            CACHE_FORMAT_VERSION, 5,
             "update the pinned record above with the bump"
         );
     }

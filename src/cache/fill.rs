@@ -69,6 +69,7 @@ impl Cache {
                     index,
                     checks: Some(checks),
                     disk_bytes: entry.disk_bytes,
+                    files: Default::default(),
                 });
                 entry.slot = Loaded::Ready(v.clone());
                 Some(v)
@@ -211,6 +212,7 @@ impl Cache {
             index: unpacked.index,
             checks: Some(unpacked.checks),
             disk_bytes,
+            files: Default::default(),
         });
         st.used += disk_bytes;
         st.lru.put(

@@ -40,6 +40,7 @@
 //! No lock is held across disk I/O: recording a use (`touch`) and moving an evicted
 //! version aside happen after the state lock is let go.
 
+mod bytes;
 mod disk;
 mod error;
 mod fill;
@@ -63,6 +64,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use crate::api::Kind;
 use crate::archive::{Index, Publish, Unpacked};
 use crate::size::ByteSize;
+pub use bytes::Bytes;
 pub use disk::{disk_usage, remove_all, CACHE_FORMAT_VERSION};
 use disk::{Completion, Layout};
 pub use error::{CacheError, SharedError};
@@ -117,6 +119,56 @@ pub struct CachedVersion {
     /// no directory).
     pub checks: Option<crate::archive::Checks>,
     pub disk_bytes: u64,
+    /// Its content files opened for reads.
+    pub files: ContentFiles,
+}
+
+/// How many content files of one version are kept open at most.
+const OPEN_FILES: usize = 8;
+
+/// The content files of a loaded version kept open, the most recently read first, so that
+/// a read (most come without a handle: see `crate::fuse`) costs no `open`, and the
+/// kernel's read-ahead of a content file, which lives in its open file, carries on from
+/// one request to the next instead of starting over at each. They close when the version
+/// is dropped from memory (evicted, or found damaged and no longer read).
+pub struct ContentFiles {
+    open: Mutex<lru::LruCache<PathBuf, Arc<std::fs::File>>>,
+}
+
+impl fmt::Debug for ContentFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ContentFiles({} open)", self.open.lock().len())
+    }
+}
+
+impl Default for ContentFiles {
+    fn default() -> Self {
+        ContentFiles {
+            open: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(OPEN_FILES).expect("not zero"),
+            )),
+        }
+    }
+}
+
+impl ContentFiles {
+    /// The content file at `path`, open. A file kept open that has lost its name since (a
+    /// temp cleaner deleted it) is opened again by its name, which fails: the content of
+    /// the cache is what its directory holds, not what this process still has open.
+    pub fn open(&self, path: &Path) -> std::io::Result<Arc<std::fs::File>> {
+        use std::os::unix::fs::MetadataExt;
+        let kept = self.open.lock().get(path).cloned();
+        if let Some(f) = kept {
+            if f.metadata().is_ok_and(|m| m.nlink() > 0) {
+                return Ok(f);
+            }
+            self.open.lock().pop(path);
+        }
+        // Opened without the lock: two first reads may both open it; one is kept.
+        let f = Arc::new(std::fs::File::open(path)?);
+        self.open.lock().put(path.to_path_buf(), f.clone());
+        Ok(f)
+    }
 }
 
 /// What the caller knows of a version before fetching it (from the API's version object).

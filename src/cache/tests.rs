@@ -729,3 +729,27 @@ fn a_version_of_unknown_size_waits_for_room_held_by_an_open_version_not_past_it(
     assert_eq!(*seen.lock(), room - room / 16);
     assert_within_budget(&cache);
 }
+
+/// A content file kept open serves its reads, but not once it has lost its name: the
+/// cache is what its directory holds, not what the daemon still has open.
+#[test]
+fn a_content_file_kept_open_is_given_up_once_deleted_or_replaced() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pack");
+    std::fs::write(&path, b"first").unwrap();
+    let files = ContentFiles::default();
+    let a = files.open(&path).unwrap();
+    assert!(Arc::ptr_eq(&a, &files.open(&path).unwrap()), "kept open");
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        files.open(&path).is_err(),
+        "deleted: not served from the open file"
+    );
+    std::fs::write(&path, b"second").unwrap();
+    let mut text = String::new();
+    (&*files.open(&path).unwrap())
+        .read_to_string(&mut text)
+        .unwrap();
+    assert_eq!(text, "second", "replaced: the file the name holds now");
+}

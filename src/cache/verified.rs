@@ -1,14 +1,18 @@
 //! The one reader of cached bytes: every byte the daemon serves from a cached version, or
 //! from a file published while its version is unpacked, is read here, as whole checked
-//! units (see `crate::archive::checks`: a block of 1 MiB of a file of its own, a whole
-//! packed file), compared with the unit's checksum, and only then sliced for the caller.
+//! units (see `crate::archive::checks`: a block of 64 KiB of a file of its own, a whole
+//! packed file), compared with the unit's checksum, and only then handed to the caller.
 //! A unit that cannot be read whole or fails its checksum is a [`Damage`], never bytes.
 //!
-//! The kernel asks for at most 1 MiB at a time, often 128 KiB: so that a block is not read
-//! and checked again for each request, the last units checked are kept in memory
-//! ([`VERIFIED_MEMORY`] bytes at most, least recently used dropped first). Their key is
-//! the opening of the version they belong to, their place in it and the checksum they
-//! passed, so a version downloaded again never meets the units of the one it replaced.
+//! A read covers whole units: the span of the units it touches is read with one `pread`
+//! into a buffer of the pool (`bytes`), each unit checked in place, and the caller gets
+//! the part it asked for, with no copy. The kernel's requests (128 KiB to 1 MiB, aligned)
+//! cover their units whole. A small read (a 4 KiB `O_DIRECT` read, a few bytes of a
+//! packed file) would read and check the same unit again for each of its neighbours: so
+//! a unit that a read covered only in part is kept in memory ([`VERIFIED_MEMORY`] bytes
+//! at most, least recently used dropped first). Its key is the opening of the version it
+//! belongs to, its place in it and the checksum it passed, so a version downloaded again
+//! never meets the units of the one it replaced.
 
 use std::fs::File;
 use std::io;
@@ -19,6 +23,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::archive::{checksum, unit_count, unit_span, Checks, Damage};
+
+use super::bytes::{self, Bytes};
 
 /// How many bytes of checked units are kept in memory.
 pub const VERIFIED_MEMORY: usize = 8 << 20;
@@ -88,46 +94,63 @@ impl CheckedFile<'_> {
         }
     }
 
-    /// The checksum unit `unit` must pass.
-    fn expected(&self, count: u64, unit: u64) -> Result<u32, Damage> {
+    /// The checksums units `units` must pass, appended to `out`.
+    fn expected(
+        &self,
+        count: u64,
+        units: std::ops::Range<u64>,
+        out: &mut Vec<u32>,
+    ) -> Result<(), Damage> {
         match self.sums {
-            Sums::Stored { checks } => checks.unit(self.node, count, unit),
-            Sums::Known { sums, .. } => match sums.get(unit as usize) {
-                Some(&crc) if sums.len() as u64 == count => Ok(crc),
-                _ => Err(Damage(format!(
-                    "{} checksums known for node {}, expected {count}",
-                    sums.len(),
-                    self.node
-                ))),
-            },
+            Sums::Stored { checks } => checks.units(self.node, count, units, out),
+            Sums::Known { sums, .. } => {
+                let known = (sums.len() as u64 == count)
+                    .then(|| sums.get(units.start as usize..units.end as usize))
+                    .flatten();
+                match known {
+                    Some(s) => {
+                        out.extend_from_slice(s);
+                        Ok(())
+                    }
+                    None => Err(Damage(format!(
+                        "{} checksums known for node {}, expected {count}",
+                        sums.len(),
+                        self.node
+                    ))),
+                }
+            }
         }
     }
 
-    /// Read unit `unit` (`len` bytes at `start` of the content) whole and check it.
-    fn load(&self, unit: u64, start: u64, len: u64, crc: u32) -> Result<Vec<u8>, Damage> {
-        let n = usize::try_from(len).map_err(|_| Damage("a unit too large".into()))?;
-        let mut buf = vec![0u8; n];
+    /// Read `buf.len()` bytes at `start` of the content into `buf`, whole.
+    fn read_span(&self, buf: &mut [u8], start: u64) -> Result<(), Damage> {
         let at = self.base.saturating_add(start);
-        if let Err(e) = self.file.read_exact_at(&mut buf, at) {
-            return Err(Damage(if e.kind() == io::ErrorKind::UnexpectedEof {
+        self.file.read_exact_at(buf, at).map_err(|e| {
+            Damage(if e.kind() == io::ErrorKind::UnexpectedEof {
                 format!(
                     "{}: shorter than the {} bytes at {at} of node {}",
                     self.path.display(),
-                    len,
+                    buf.len(),
                     self.node
                 )
             } else {
                 format!("{}: {e}", self.path.display())
-            }));
+            })
+        })
+    }
+
+    /// Whether `bytes`, unit `unit` (at `start` of the content), pass checksum `crc`.
+    fn check(&self, unit: u64, start: u64, bytes: &[u8], crc: u32) -> Result<(), Damage> {
+        if checksum(bytes) == crc {
+            return Ok(());
         }
-        if checksum(&buf) != crc {
-            return Err(Damage(format!(
-                "{}: unit {unit} of node {} ({len} bytes at {at}) fails its checksum",
-                self.path.display(),
-                self.node
-            )));
-        }
-        Ok(buf)
+        Err(Damage(format!(
+            "{}: unit {unit} of node {} ({} bytes at {}) fails its checksum",
+            self.path.display(),
+            self.node,
+            bytes.len(),
+            self.base.saturating_add(start)
+        )))
     }
 }
 
@@ -144,10 +167,10 @@ impl Verified {
 
     /// Up to `len` bytes at `at` of `f` (short only at its end), every unit they lie in
     /// checked first.
-    pub fn read(&self, f: &CheckedFile<'_>, at: u64, len: u32) -> Result<Vec<u8>, Damage> {
+    pub fn read(&self, f: &CheckedFile<'_>, at: u64, len: u32) -> Result<Bytes, Damage> {
         let end = at.saturating_add(u64::from(len)).min(f.size);
         if at >= end {
-            return Ok(Vec::new());
+            return Ok(Bytes::empty());
         }
         let count = unit_count(f.size, f.packed);
         let (first, last) = if f.packed {
@@ -158,51 +181,70 @@ impl Verified {
                 (end - 1) / crate::archive::CHECK_BLOCK,
             )
         };
-        let mut out = Vec::with_capacity((end - at) as usize);
-        for unit in first..=last {
-            let (start, ulen) = unit_span(f.size, f.packed, unit);
-            let bytes = self.unit(f, count, unit, start, ulen)?;
-            let from = (at.max(start) - start) as usize;
-            let to = (end.min(start + ulen) - start) as usize;
-            out.extend_from_slice(&bytes[from..to]);
+        let mut sums = Vec::with_capacity((last - first + 1) as usize);
+        f.expected(count, first..last + 1, &mut sums)?;
+        let span_start = unit_span(f.size, f.packed, first).0;
+        let span_end = {
+            let (start, len) = unit_span(f.size, f.packed, last);
+            start + len
+        };
+        // Within one unit, not all of it: kept for the reads of its neighbours.
+        let kept = (first == last && (at > span_start || end < span_end))
+            .then(|| f.key(span_start, span_end - span_start, sums[0]));
+        if let Some(key) = &kept {
+            if let Some(unit) = self.units.lock().lru.get(key) {
+                let from = (at - span_start) as usize;
+                return Ok(Bytes::copy_of(&unit[from..from + (end - at) as usize]));
+            }
         }
-        Ok(out)
+        let n = usize::try_from(span_end - span_start)
+            .map_err(|_| Damage("a read too large".into()))?;
+        let mut buf = bytes::take(n);
+        f.read_span(&mut buf[..n], span_start)?;
+        for (unit, &crc) in (first..=last).zip(&sums) {
+            let (start, ulen) = unit_span(f.size, f.packed, unit);
+            let from = (start - span_start) as usize;
+            f.check(unit, start, &buf[from..from + ulen as usize], crc)?;
+        }
+        if let Some(key) = kept {
+            self.keep(key, &buf[..n]);
+        }
+        let from = (at - span_start) as usize;
+        Ok(Bytes::within(buf, from, from + (end - at) as usize))
     }
 
     /// Check every unit of `f`, for a file handed to the kernel whole (passthrough): the
     /// units are not kept.
     pub fn check_all(&self, f: &CheckedFile<'_>) -> Result<(), Damage> {
         let count = unit_count(f.size, f.packed);
-        for unit in 0..count {
-            let (start, len) = unit_span(f.size, f.packed, unit);
-            let crc = f.expected(count, unit)?;
-            let key = f.key(start, len, crc);
-            if self.units.lock().lru.contains(&key) {
-                continue;
+        let mut sums = Vec::new();
+        let mut buf = Vec::new();
+        // In runs of units of about 1 MiB: few checksum reads, a bounded buffer.
+        let step = (crate::archive::PACK_MAX / crate::archive::CHECK_BLOCK).max(1);
+        let mut first = 0;
+        while first < count {
+            let last = (first + step).min(count);
+            sums.clear();
+            f.expected(count, first..last, &mut sums)?;
+            for (unit, &crc) in (first..last).zip(&sums) {
+                let (start, len) = unit_span(f.size, f.packed, unit);
+                let n = usize::try_from(len).map_err(|_| Damage("a unit too large".into()))?;
+                buf.resize(n, 0);
+                f.read_span(&mut buf, start)?;
+                f.check(unit, start, &buf, crc)?;
             }
-            f.load(unit, start, len, crc)?;
+            first = last;
         }
         Ok(())
     }
 
-    fn unit(
-        &self,
-        f: &CheckedFile<'_>,
-        count: u64,
-        unit: u64,
-        start: u64,
-        len: u64,
-    ) -> Result<Arc<Vec<u8>>, Damage> {
-        let crc = f.expected(count, unit)?;
-        let key = f.key(start, len, crc);
-        if let Some(bytes) = self.units.lock().lru.get(&key) {
-            return Ok(bytes.clone());
+    /// Keep a copy of unit `key`'s checked bytes, within the capacity.
+    fn keep(&self, key: UnitKey, bytes: &[u8]) {
+        if bytes.len() > self.capacity {
+            return;
         }
-        // Read without the lock: two readers of one unit may both read it, which costs a
-        // read and nothing else.
-        let bytes = Arc::new(f.load(unit, start, len, crc)?);
         let mut units = self.units.lock();
-        if bytes.len() <= self.capacity && units.lru.put(key, bytes.clone()).is_none() {
+        if units.lru.put(key, Arc::new(bytes.to_vec())).is_none() {
             units.bytes += bytes.len();
         }
         while units.bytes > self.capacity {
@@ -211,7 +253,6 @@ impl Verified {
                 None => break,
             }
         }
-        Ok(bytes)
     }
 
     /// Bytes of checked units kept (for tests).
@@ -241,7 +282,7 @@ mod tests {
         Case { dir, content, sums }
     }
 
-    fn read(v: &Verified, c: &Case, at: u64, len: u32) -> Result<Vec<u8>, Damage> {
+    fn read(v: &Verified, c: &Case, at: u64, len: u32) -> Result<Bytes, Damage> {
         let path = c.dir.path().join("data");
         let file = File::open(&path).unwrap();
         let f = CheckedFile {
@@ -325,6 +366,41 @@ mod tests {
         );
         read(&v, &c, CHECK_BLOCK, 1).unwrap_err();
         assert!(v.kept() <= CHECK_BLOCK as usize * 2);
+    }
+
+    /// A read of many units reads and checks them all, and one bad unit among them fails
+    /// the whole read: no byte of it is returned.
+    #[test]
+    fn one_bad_unit_fails_a_read_of_many() {
+        let c = own_file();
+        let mut bytes = c.content.clone();
+        bytes[CHECK_BLOCK as usize * 2 + 1] ^= 0x40;
+        std::fs::write(c.dir.path().join("data"), &bytes).unwrap();
+        let v = Verified::default();
+        let b = CHECK_BLOCK;
+        assert_eq!(
+            read(&v, &c, 0, (2 * b) as u32).unwrap(),
+            &c.content[..2 * b as usize]
+        );
+        let err = read(&v, &c, 10, (3 * b) as u32).unwrap_err();
+        assert!(err.0.contains("unit 2"), "{err}");
+        assert!(read(&v, &c, 2 * b, 1).is_err());
+    }
+
+    /// Reads that cover their units whole keep nothing in memory (a sequential reader does
+    /// not push out what small readers use); a read of part of one unit keeps that unit.
+    #[test]
+    fn only_units_read_in_part_are_kept() {
+        let c = own_file();
+        let v = Verified::default();
+        let b = CHECK_BLOCK;
+        read(&v, &c, 0, (2 * b) as u32).unwrap();
+        read(&v, &c, 2 * b, u32::MAX).unwrap();
+        assert_eq!(v.kept(), 0);
+        read(&v, &c, b + 4096, 4096).unwrap();
+        assert_eq!(v.kept(), b as usize);
+        read(&v, &c, b + 8192, 4096).unwrap();
+        assert_eq!(v.kept(), b as usize, "the same unit, from memory");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use parking_lot::Mutex;
 
 use crate::archive::{Damage, PublishedFile};
-use crate::cache::{CachedVersion, CheckedFile, Interest, Sums, Verified};
+use crate::cache::{Bytes, CachedVersion, CheckedFile, Interest, Sums, Verified};
 use crate::ids::{Fh, Ino};
 
 use super::{Fs, FsError, Listing, Result};
@@ -95,7 +95,7 @@ pub(super) enum Check {
 /// ([`Verified`]).
 pub(super) struct OpenFile {
     path: PathBuf,
-    file: OnceLock<File>,
+    file: OnceLock<Arc<File>>,
     offset: u64,
     size: u64,
     check: Check,
@@ -123,7 +123,7 @@ impl OpenFile {
     pub fn published(file: File, ino: Ino, node: u32, f: &PublishedFile, pin: Pin) -> OpenFile {
         OpenFile {
             path: f.blob.to_path_buf(),
-            file: OnceLock::from(file),
+            file: OnceLock::from(Arc::new(file)),
             offset: f.offset,
             size: f.size,
             check: Check::Published {
@@ -140,7 +140,7 @@ impl OpenFile {
     pub fn whole(file: File, pin: Pin) -> OpenFile {
         OpenFile {
             path: PathBuf::new(),
-            file: OnceLock::from(file),
+            file: OnceLock::from(Arc::new(file)),
             offset: 0,
             size: u64::MAX,
             check: Check::Unchecked,
@@ -238,7 +238,7 @@ impl OpenFile {
         at: u64,
         len: u32,
         verified: &Verified,
-    ) -> Result<(Vec<u8>, &File, (u64, u64))> {
+    ) -> Result<(Bytes, &File, (u64, u64))> {
         let file = self.file().map_err(|e| self.missing(e))?;
         let from = self.offset.saturating_add(at);
         match self.checked(file).map_err(FsError::Damaged)? {
@@ -257,7 +257,7 @@ impl OpenFile {
             None => {
                 let left = self.size.saturating_sub(at);
                 let len = u32::try_from(left).map_or(len, |l| l.min(len));
-                let data = read_at(file, from, len)?;
+                let data = Bytes::from(read_at(file, from, len)?);
                 let span = (from, data.len() as u64);
                 Ok((data, file, span))
             }
@@ -268,7 +268,10 @@ impl OpenFile {
         if let Some(f) = self.file.get() {
             return Ok(f);
         }
-        let f = File::open(&self.path)?;
+        let f = match &self.check {
+            Check::Version { version, .. } => version.files.open(&self.path)?,
+            Check::Published { .. } | Check::Unchecked => Arc::new(File::open(&self.path)?),
+        };
         // Two first reads may race; either file will do.
         let _ = self.file.set(f);
         Ok(self.file.get().expect("set just above"))

@@ -69,7 +69,7 @@ use parking_lot::Mutex;
 use crate::activity::Activity;
 use crate::api::Kind;
 use crate::archive::NodeRefKind;
-use crate::cache::Cache;
+use crate::cache::{Bytes, Cache};
 use crate::fetch::{Downloads, Spools};
 use crate::ids::{Fh, Ino};
 use crate::metadata::{storage_map, Listings, Saved, StorageSource, Timing, VersionSource};
@@ -91,6 +91,15 @@ use kernel::KernelNotes;
 use status::StatusTexts;
 use versions::{Complete, MissLog, Now, LATEST};
 use wait::{ThreadPolicy, Turn, Waiters};
+
+/// Whether the kernel keeps the pages a read returns (see [`Fs::read_ino_as`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caching {
+    /// A buffered read: the kernel keeps its pages in the mount's page cache.
+    Kernel,
+    /// An `O_DIRECT` read: nothing is kept by the kernel.
+    Direct,
+}
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
 
@@ -406,7 +415,7 @@ impl Fs {
     /// Read up to `size` bytes at `offset` of an open handle; short only at end of file.
     /// A handle whose content was found damaged reads the version downloaded again, as a
     /// read without a handle does.
-    pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Bytes> {
         match &*self.handles.get(fh)? {
             Handle::File(f) if f.is_damaged() => match f.ino() {
                 Some(ino) => self.read_ino(ino, offset, size, 0),
@@ -418,35 +427,54 @@ impl Fs {
                 Ok((data, _, _)) => Ok(data),
                 Err(e) => Err(self.read_failed(f, e)),
             },
-            Handle::Static(data) => Ok(slice_at(data, offset, size)),
+            Handle::Static(data) => Ok(slice_at(data, offset, size).into()),
             Handle::Dir(_) => Err(FsError::IsDir),
         }
     }
 
     /// Read up to `size` bytes at `offset` of file `ino`, with no handle: when the kernel
-    /// sends no `OPEN` (see `fuse.rs`). The version is pinned for the read and its content
-    /// file opened for it; a version evicted since an earlier read is fetched again.
-    /// `reader` is the pid reading (it keeps one status text for a moment).
-    pub fn read_ino(&self, ino: Ino, offset: u64, size: u32, reader: u32) -> Result<Vec<u8>> {
+    /// sends no `OPEN` (see `fuse.rs`). The version is pinned for the read; a version
+    /// evicted since an earlier read is fetched again. `reader` is the pid reading (it
+    /// keeps one status text for a moment).
+    pub fn read_ino(&self, ino: Ino, offset: u64, size: u32, reader: u32) -> Result<Bytes> {
+        self.read_ino_as(ino, offset, size, reader, Caching::Kernel)
+    }
+
+    /// [`Fs::read_ino`] for a reader whose pages the kernel keeps (`Caching::Kernel`) or
+    /// not (`Caching::Direct`, an `O_DIRECT` read).
+    pub fn read_ino_as(
+        &self,
+        ino: Ino,
+        offset: u64,
+        size: u32,
+        reader: u32,
+        caching: Caching,
+    ) -> Result<Bytes> {
         match self.content(ino)? {
-            Content::Status => Ok(slice_at(&self.status_for(Some(reader)).text, offset, size)),
+            Content::Status => {
+                Ok(slice_at(&self.status_for(Some(reader)).text, offset, size).into())
+            }
             Content::File(f, _) => {
                 let (data, file, (at, len)) = f
                     .read(offset, size, self.cache.verified())
                     .map_err(|e| self.read_failed(&f, e))?;
                 // The kernel keeps what it read in the mount's own page cache: drop the
-                // blob's copy (of the whole units read to check the request), so that a
-                // file read through the mount is cached once. Only advice: a failure
-                // changes nothing that matters.
-                let _ = nix::fcntl::posix_fadvise(
-                    file,
-                    at as libc::off_t,
-                    len as libc::off_t,
-                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-                );
+                // content file's copy of the units just read, so that a file read through
+                // the mount is cached once. Read-ahead of the content file, ahead of
+                // these units, is kept. A direct reader has no copy in the kernel: the
+                // content file's pages are its only cache, and are kept. Only advice: a
+                // failure changes nothing that matters.
+                if caching == Caching::Kernel {
+                    let _ = nix::fcntl::posix_fadvise(
+                        file,
+                        at as libc::off_t,
+                        len as libc::off_t,
+                        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                    );
+                }
                 Ok(data)
             }
-            Content::Run(r) => r.read_at(offset, size),
+            Content::Run(r) => r.read_at(offset, size).map(Bytes::from),
         }
     }
 

@@ -346,7 +346,7 @@ fn read_all(fs: &Fs, ino: Ino) -> Vec<u8> {
         data,
         "read_ino({ino})"
     );
-    data
+    data.to_vec()
 }
 
 /// A directory inside a version is listed at its first `readdir`, not at `opendir`: the
@@ -579,7 +579,7 @@ fn each_reader_of_the_status_file_keeps_one_text_for_a_moment() {
     assert_eq!(fs.getattr(status, Some(7)).unwrap().attr, first);
     let seen = fs.read_ino(status, 0, 1 << 20, 7).unwrap();
     assert_eq!(seen.len() as u64, first.size);
-    assert!(String::from_utf8(seen)
+    assert!(String::from_utf8(seen.to_vec())
         .unwrap()
         .contains("errors since start: 0"));
     // Any other reader sees the new text, and so does no reader in particular.
@@ -590,7 +590,9 @@ fn each_reader_of_the_status_file_keeps_one_text_for_a_moment() {
     );
     let now = fs.read_ino(status, 0, 1 << 20, 8).unwrap();
     assert_eq!(now.len() as u64, other.size);
-    assert!(String::from_utf8(now).unwrap().contains("something failed"));
+    assert!(String::from_utf8(now.to_vec())
+        .unwrap()
+        .contains("something failed"));
     assert!(fs.getattr(status, None).unwrap().attr.size > first.size);
     // A read past the end of the text gets nothing.
     assert!(fs.read_ino(status, other.size, 4096, 8).unwrap().is_empty());
@@ -1463,7 +1465,7 @@ fn damaged_content_is_eio_once_then_downloaded_again() {
     complete(&fs);
     let downloads = || fake.downloads.load(Ordering::SeqCst);
     assert_eq!(downloads(), 1);
-    let eio = |r: Result<Vec<u8>>| match r {
+    let eio = |r: Result<Bytes>| match r {
         Err(e) => assert_eq!(e.errno(), libc::EIO, "{e}"),
         Ok(data) => panic!("read {} bytes of damaged content", data.len()),
     };

@@ -345,6 +345,7 @@ impl Fs {
                 index: empty_index(version.created_at),
                 checks: None,
                 disk_bytes: 0,
+                files: Default::default(),
             })));
         }
         let announced = Announced {

@@ -35,7 +35,7 @@ mod quiet;
 
 pub use quiet::QuietDroppedReplies;
 
-use crate::fs::{Backings, Fs, KernelCache, Listing};
+use crate::fs::{Backings, Caching, Fs, KernelCache, Listing};
 use crate::ids::Ino;
 use convert::{fail, fh, file_attr, file_type, ino, xattr_reply};
 
@@ -269,16 +269,21 @@ impl fuser::Filesystem for FuseFs {
         h: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
         let (pid, no_open) = (req.pid(), self.no_open);
+        let caching = if flags.0 & libc::O_DIRECT != 0 {
+            Caching::Direct
+        } else {
+            Caching::Kernel
+        };
         self.fs.serve(
             pid,
             move |fs| {
                 if no_open {
-                    fs.read_ino(ino(i), offset, size, pid)
+                    fs.read_ino_as(ino(i), offset, size, pid, caching)
                 } else {
                     fs.read(fh(h), offset, size)
                 }

@@ -229,7 +229,7 @@ fn cat(fs: &Fs, path: &str) -> String {
         if chunk.is_empty() {
             return String::from_utf8(out).unwrap();
         }
-        out.extend(chunk);
+        out.extend_from_slice(&chunk);
     }
 }
 
