@@ -95,6 +95,9 @@ pub struct Live {
     /// The files' state; the follower holds it during its requests.
     state: Mutex<LiveState>,
     last_read: Mutex<Instant>,
+    /// When its files were last brought up to date (`LiveState::synced`), readable while a
+    /// poll holds the state: for the status file.
+    refreshed: Mutex<Instant>,
     following: AtomicBool,
     /// Set once the files have become the final ones (the directory is gone).
     done: AtomicBool,
@@ -134,6 +137,14 @@ pub struct RunState {
     streams: Mutex<Streams>,
     /// `metrics.json` of runs whose files are not kept, with when it was fetched.
     metrics: Mutex<HashMap<RunId, Fetched>>,
+}
+
+/// The live runs followed, as the status file shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Followed {
+    pub count: usize,
+    /// Since the last successful refresh of the one refreshed least recently.
+    pub oldest: Option<Duration>,
 }
 
 /// A file's bytes, and when they were fetched.
@@ -214,6 +225,23 @@ impl RunState {
             .values()
             .filter(|l| l.following.load(Ordering::SeqCst))
             .count()
+    }
+
+    /// The live runs followed now: how many, and how long ago the one least recently
+    /// brought up to date was (it grows while the API fails).
+    pub fn followed_ages(&self) -> Followed {
+        let live = self.live.lock();
+        let followed = live
+            .values()
+            .filter(|l| l.following.load(Ordering::SeqCst) && !l.done.load(Ordering::SeqCst));
+        let mut count = 0;
+        let mut oldest = None;
+        for l in followed {
+            count += 1;
+            let age = l.refreshed.lock().elapsed();
+            oldest = Some(oldest.map_or(age, |o: Duration| o.max(age)));
+        }
+        Followed { count, oldest }
     }
 
     /// Whether `id` was found unknown a moment ago.
@@ -385,6 +413,7 @@ impl RunState {
                 polls: 0,
             }),
             last_read: Mutex::new(Instant::now()),
+            refreshed: Mutex::new(Instant::now()),
             following: AtomicBool::new(false),
             done: AtomicBool::new(false),
             streaming: AtomicBool::new(false),
@@ -539,6 +568,7 @@ impl RunState {
             files::write_if_changed(&live.dir.join(RunFile::Metrics.name()), b"{}\n")?;
         }
         st.synced = Instant::now();
+        *live.refreshed.lock() = st.synced;
         Ok(())
     }
 
