@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::hostile::poll_until;
+use common::hostile::{poll_every, poll_until};
 use common::{ok, sh, tar_extract, Emulator, Mount, MountOpts};
 use serde_json::Value;
 use vm0_emulator::{EmulatorConfig, NewLog, Outcome, RunSpec, Shape};
@@ -734,4 +734,96 @@ fn latest_by_status_prefixes_and_log_levels() {
         m.join(&format!("runs/{id}/logs.d")).display()
     ));
     assert_eq!(levels, "debug\nerror\ninfo\nwarn\n");
+}
+
+/// More live runs read than event streams may be open (2 here, through the daemon's test
+/// knob): the runs take turns, so a run that waits for a stream is still polled (what it
+/// emits while it waits reaches its `events.jsonl`), and runs that end while they wait keep
+/// every output event the emulator made for them. The runs are quiet between the test's
+/// events: a stream that held its place until its run's next event would starve the others.
+#[test]
+fn live_runs_beyond_the_stream_limit_are_polled_and_end_with_every_output_event() {
+    const STREAMS: usize = 2;
+    const RUNS: usize = 6;
+    const ROUNDS: usize = 3;
+    let emu = demo(Shape::Snake);
+    let ids: Vec<String> = (0..RUNS)
+        .map(|_| {
+            emu.running()
+                .create_run(RunSpec {
+                    log_rate: Some(0.0),
+                    duration_ms: Some(600_000),
+                    pending_ms: Some(0),
+                    ..RunSpec::new("report-writer")
+                })
+                .unwrap()
+        })
+        .collect();
+    let m = Mount::with(
+        &emu,
+        MountOpts {
+            env: vec![("VM0FS_MAX_STREAMS", STREAMS.to_string())],
+            ..MountOpts::default()
+        },
+    );
+    let events = |id: &str| read(&m.join(&format!("runs/{id}/events.jsonl")));
+    let emitted = |id: &str| -> Vec<u64> {
+        emu.running()
+            .run(id)
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e.sequence)
+            .collect()
+    };
+    for id in &ids {
+        events(id);
+    }
+    poll_until(Duration::from_secs(30), "the streams to open", || {
+        emu.running().open_event_streams() >= STREAMS
+    });
+    for round in 0..ROUNDS {
+        for id in &ids {
+            emu.running()
+                .append_output(id, "text", serde_json::json!({ "round": round }))
+                .unwrap();
+        }
+        let started = std::time::Instant::now();
+        // Every run, the ones waiting for a stream too, gets this round's event while the
+        // test reads them (reading keeps them wanted).
+        poll_every(
+            Duration::from_millis(200),
+            Duration::from_secs(60),
+            "every run's events.jsonl to have the round's event",
+            || {
+                ids.iter()
+                    .all(|id| output_sequences(&events(id)) == emitted(id))
+            },
+        );
+        eprintln!(
+            "round {round}: every run had its event after {:?}",
+            started.elapsed()
+        );
+    }
+    // The runs end; at most STREAMS of them have a stream now: the others end waiting.
+    for (i, id) in ids.iter().enumerate() {
+        let outcome = if i % 2 == 0 {
+            Outcome::Failed
+        } else {
+            Outcome::Cancelled
+        };
+        emu.running().finish_run(id, Some(outcome), None).unwrap();
+    }
+    for id in &ids {
+        poll_every(
+            Duration::from_millis(200),
+            Duration::from_secs(60),
+            "the final events.jsonl",
+            || events(id).contains("\"complete\""),
+        );
+        let text = events(id);
+        let expected = emitted(id);
+        assert_eq!(expected.len(), ROUNDS, "{id}");
+        assert_eq!(output_sequences(&text), expected, "{id}: {text}");
+    }
 }

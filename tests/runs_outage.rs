@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
-use common::hostile::{poll_until, RawMount};
+use common::hostile::{poll_every, poll_until, RawMount};
 use common::{wait_timeout, Emulator, Mount, MountOpts};
 use vm0_emulator::{EmulatorConfig, RunSpec, Shape};
 
@@ -478,5 +478,127 @@ fn agents_and_agent_links_serve_from_disk_after_a_restart_with_the_api_down() {
         assert!(v["format"].is_u64(), "{}", p.display());
     }
     assert_eq!(saved.len(), agents.len() + 1, "{saved:?}");
+    m.unmount();
+}
+
+/// The age in seconds that the status file gives `name` on its `listings:` line (`volumes 4
+/// s old`), if it gives one in seconds.
+fn listing_age(status: &str, name: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("listings: "))?;
+    line.split(", ")
+        .find_map(|item| {
+            item.strip_prefix(&format!("{name} "))?
+                .strip_suffix(" s old")
+        })?
+        .parse()
+        .ok()
+}
+
+/// How many live runs the status file says are followed, and the age in seconds of the
+/// least recently refreshed (`live runs followed: 1, the least recently refreshed 3 s ago`).
+fn followed_age(status: &str) -> Option<(u64, u64)> {
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("live runs followed: "))?;
+    let (count, rest) = line.split_once(", the least recently refreshed ")?;
+    let age = rest.strip_suffix(" s ago")?;
+    Some((count.parse().ok()?, age.parse().ok()?))
+}
+
+/// The status file gives the age of each listing held and of the followed live run: with
+/// the API answering 503, the ages grow past the listing TTL (1 s here), as long as the
+/// test waits; once the API answers again, the next refresh starts them again from zero.
+#[test]
+fn the_status_file_gives_the_age_of_what_is_served_and_it_grows_in_an_outage() {
+    /// The ages looked for: well past the TTL.
+    const PAST_TTL: u64 = 4;
+    const LISTINGS: [&str; 4] = ["volumes", "artifacts", "runs", "agents"];
+    let emu = demo();
+    let id = live_run(&emu);
+    // Before the mount: it fetches its first listing as it starts.
+    let before_reads = Instant::now();
+    let m = Mount::with(
+        &emu,
+        MountOpts {
+            extra: vec!["--metadata-ttl".into(), "1".into()],
+            ..Default::default()
+        },
+    );
+    let status = || {
+        text(&common::run_within(
+            BOUND,
+            &mut cmd("cat", &[&m.join(".vm0fs/status")]),
+        ))
+    };
+    let run_logs = m.join(&format!("runs/{id}/logs"));
+    // Every listing asked (a stale one starts its refresh), the live run read (followed).
+    let read_all = || {
+        for dir in LISTINGS {
+            common::run_within(BOUND, &mut cmd("ls", &[&m.join(dir)]));
+        }
+        common::run_within(BOUND, &mut cmd("cat", &[&run_logs]));
+    };
+    read_all();
+    poll_until(SETTLE, "every listing held and the run followed", || {
+        read_all();
+        let s = status();
+        LISTINGS.iter().all(|l| listing_age(&s, l).is_some())
+            && followed_age(&s).is_some_and(|(n, _)| n == 1)
+    });
+
+    emu.fault(json!({"route": "*", "status": 503, "count": 0}));
+    let outage = Instant::now();
+    let mut last = String::new();
+    poll_every(
+        Duration::from_millis(250),
+        SETTLE,
+        "the ages to grow past the TTL, the API known to fail",
+        || {
+            read_all();
+            let asked = Instant::now();
+            last = status();
+            let answered = Instant::now();
+            let ages: Vec<u64> = LISTINGS
+                .iter()
+                .map(|l| listing_age(&last, l).unwrap_or_else(|| panic!("{l}:\n{last}")))
+                .collect();
+            let (followed, run_age) =
+                followed_age(&last).unwrap_or_else(|| panic!("no followed run:\n{last}"));
+            assert_eq!(followed, 1, "{last}");
+            // Each was last confirmed between the first reads and the outage: its age is
+            // at most the time since the first, and about at least the time since the other.
+            let upper = answered.duration_since(before_reads).as_secs();
+            let lower = asked.duration_since(outage).as_secs();
+            for (name, age) in LISTINGS.iter().zip(&ages).chain([(&"run", &run_age)]) {
+                assert!(
+                    *age <= upper && age + 1 >= lower,
+                    "{name}: {age} s old, not within [{lower} - 1, {upper}]:\n{last}"
+                );
+            }
+            // Also once the failures are known (the status file says so): they leave every
+            // age growing.
+            let grown = ages.iter().all(|&a| a >= PAST_TTL) && run_age >= PAST_TTL;
+            grown && last.contains("api: unreachable since")
+        },
+    );
+    eprintln!("during the outage, after {:?}:\n{last}", outage.elapsed());
+
+    emu.clear_faults();
+    let back = Instant::now();
+    poll_every(
+        Duration::from_millis(250),
+        SETTLE,
+        "the ages to start again",
+        || {
+            read_all();
+            last = status();
+            let since_back = back.elapsed().as_secs();
+            LISTINGS
+                .iter()
+                .all(|l| listing_age(&last, l).is_some_and(|a| a <= since_back))
+                && followed_age(&last).is_some_and(|(n, a)| n == 1 && a <= since_back)
+        },
+    );
+    assert!(last.contains("api: reachable"), "{last}");
     m.unmount();
 }

@@ -525,27 +525,34 @@ impl Client {
 
     /// A GET to the API with the token whose body the caller reads as it comes (a stream of
     /// server-sent events): one attempt, answered as soon as the head is in. An error answer
-    /// (JSON, before the stream starts) is mapped like any other.
+    /// (JSON, before the stream starts) is mapped like any other. With `within`, the whole
+    /// exchange ends by then (a read after it fails as a timeout): a connection of a bounded
+    /// length.
     pub(super) fn api_stream(
         &self,
         url: &Url,
         resource: &Resource,
+        within: Option<Duration>,
     ) -> Result<reqwest::blocking::Response, ApiError> {
-        let response = self
+        let mut request = self
             .inner
             .http
             .get(url.clone())
             .header(header::AUTHORIZATION, self.inner.authorization.clone())
-            .header(header::ACCEPT, "text/event-stream")
-            .send()
-            .map_err(|err| {
-                self.transport_error(
-                    resource,
-                    Server::Api,
-                    Some(url),
-                    Box::new(err.without_url()),
-                )
-            })?;
+            .header(header::ACCEPT, "text/event-stream");
+        if let Some(within) = within {
+            // A per-request timeout is a deadline for the head and the whole body (and
+            // bounds each read by the same), unlike the client's stall timeout.
+            request = request.timeout(within);
+        }
+        let response = request.send().map_err(|err| {
+            self.transport_error(
+                resource,
+                Server::Api,
+                Some(url),
+                Box::new(err.without_url()),
+            )
+        })?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);

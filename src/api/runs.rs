@@ -470,6 +470,17 @@ impl Client {
         id: &RunId,
         last_event_id: Option<u64>,
     ) -> Result<RunEvents, ApiError> {
+        self.run_events_within(id, last_event_id, None)
+    }
+
+    /// [`Client::run_events`] on a connection that lasts `within` at most, when given (the
+    /// iterator then ends with an error at that time, if the stream has not ended before).
+    pub fn run_events_within(
+        &self,
+        id: &RunId,
+        last_event_id: Option<u64>,
+        within: Option<std::time::Duration>,
+    ) -> Result<RunEvents, ApiError> {
         let resource = Resource {
             what: format!("the events of run {id}"),
             missing: format!("run {id}"),
@@ -481,7 +492,7 @@ impl Client {
                 .append_pair("last_event_id", &n)
                 .append_pair("lastEventId", &n);
         }
-        let response = self.api_stream(&url, &resource)?;
+        let response = self.api_stream(&url, &resource, within)?;
         Ok(RunEvents {
             reader: BufReader::new(Box::new(response)),
         })

@@ -1,5 +1,6 @@
 //! The status file, `MOUNT/.vm0fs/status`: what the mount is doing (whether the API
-//! answers, from [`Activity`]; downloads in flight with their progress, how long they have
+//! answers, from [`Activity`]; how old the listings and the followed live runs it serves
+//! are, from their rooms ([`Held`]); downloads in flight with their progress, how long they have
 //! run and whether they are stalled, from the fetch room's [`Downloads`]; the ones queued
 //! for a place in the download pool and the versions cached, from the cache's snapshot; the
 //! errors since start), rendered into a text, and the text each reader is shown
@@ -14,9 +15,12 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 
 use crate::activity::Activity;
+use crate::api::Kind;
 use crate::cache::{Snapshot, VersionKey};
 use crate::dates::format_time;
 use crate::fetch::{Downloads, STALL_AFTER};
+use crate::metadata::Age;
+use crate::runs::Followed;
 use crate::size::ByteSize;
 
 use super::Fs;
@@ -27,10 +31,66 @@ pub const STATUS_DIR: &str = ".vm0fs";
 /// The status file's name in [`STATUS_DIR`].
 pub const STATUS_FILE: &str = "status";
 
+/// How old what the mount answers without asking the API is.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    /// Each listing, by the name the status file gives it, and its age.
+    pub listings: Vec<(&'static str, Age)>,
+    /// The live runs followed (when `runs/` is shown).
+    pub followed: Option<Followed>,
+}
+
+/// A duration as the status file gives ages: in seconds below two minutes, then in
+/// minutes, hours, days (rounded down).
+pub fn age_text(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..120 => format!("{s} s"),
+        120..7_200 => format!("{} min", s / 60),
+        7_200..172_800 => format!("{} h", s / 3_600),
+        _ => format!("{} d", s / 86_400),
+    }
+}
+
+/// `listings: ...` (each listing's age: since the API last confirmed it) and, when runs are
+/// shown, `live runs followed: ...` (how many, and the age of the least recently refreshed).
+pub fn held_lines(held: &Held) -> String {
+    let listings: Vec<String> = held
+        .listings
+        .iter()
+        .map(|(name, age)| match age {
+            Age::Confirmed(d) => format!("{name} {} old", age_text(*d)),
+            Age::Saved => format!("{name} saved by an earlier mount, not confirmed yet"),
+            Age::Failed => format!("{name} none held (its fetch failed)"),
+            Age::Never => format!("{name} never fetched"),
+        })
+        .collect();
+    let mut s = format!("listings: {}", listings.join(", "));
+    match held.followed {
+        None => {}
+        Some(Followed { count: 0, .. }) => s.push_str(
+            "
+live runs followed: none",
+        ),
+        Some(Followed { count, oldest }) => {
+            let _ = write!(
+                s,
+                "
+live runs followed: {count}"
+            );
+            if let Some(oldest) = oldest {
+                let _ = write!(s, ", the least recently refreshed {} ago", age_text(oldest));
+            }
+        }
+    }
+    s
+}
+
 /// The text of the status file.
 pub fn render(
     header: &str,
     activity: &Activity,
+    held: &Held,
     downloads: &Downloads,
     cache: &Snapshot,
     root: &str,
@@ -46,6 +106,7 @@ pub fn render(
     };
     let _ = writeln!(s, "{header}");
     let _ = writeln!(s, "{}", activity.api_lines());
+    let _ = writeln!(s, "{}", held_lines(held));
     let _ = writeln!(
         s,
         "cache: {root}: {} used of {} ({:.1}%), {} versions",
@@ -203,11 +264,26 @@ impl Fs {
         render(
             &self.config.label,
             &self.activity,
+            &self.held(),
             &self.downloads,
             &snap,
             &root,
             |k| names.get(k).cloned(),
         )
+    }
+
+    /// How old the listings held and the followed live runs are.
+    fn held(&self) -> Held {
+        let mut listings = vec![
+            ("volumes", self.storages.age(&Kind::Volume)),
+            ("artifacts", self.storages.age(&Kind::Artifact)),
+        ];
+        let followed = self.runs.as_ref().map(|runs| {
+            listings.push(("runs", runs.lists.age(&None)));
+            listings.push(("agents", runs.agents.age(&())));
+            runs.state.followed_ages()
+        });
+        Held { listings, followed }
     }
 
     /// The status text `reader` is shown (see [`STATUS_HOLD`]).
@@ -219,7 +295,6 @@ impl Fs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Kind;
     use crate::cache::ResidentInfo;
     use crate::ids::VersionId;
 
@@ -250,9 +325,15 @@ mod tests {
             downloads: 4,
             damaged: 2,
         };
-        let text = render("vm0fs test", &a, &d, &snap, "/cache", |k| {
-            (k.kind == Kind::Volume).then(|| "input-data".into())
-        });
+        let text = render(
+            "vm0fs test",
+            &a,
+            &Held::default(),
+            &d,
+            &snap,
+            "/cache",
+            |k| (k.kind == Kind::Volume).then(|| "input-data".into()),
+        );
         assert!(
             text.contains(&format!("{}  queued for 3 s", "ef".repeat(32))),
             "{text}"
@@ -275,7 +356,82 @@ mod tests {
             "only the last 10: {text}"
         );
         d.finish(&key);
-        assert!(!render("", &a, &d, &snap, "", |_| None).contains("agent-report"));
+        assert!(!render("", &a, &Held::default(), &d, &snap, "", |_| None).contains("agent-report"));
+    }
+
+    #[test]
+    fn ages_read_in_seconds_then_minutes_hours_days() {
+        let cases = [
+            (0, "0 s"),
+            (4, "4 s"),
+            (119, "119 s"),
+            (120, "2 min"),
+            (7_199, "119 min"),
+            (7_200, "2 h"),
+            (172_799, "47 h"),
+            (172_800, "2 d"),
+        ];
+        for (secs, text) in cases {
+            assert_eq!(age_text(Duration::from_secs(secs)), text, "{secs}");
+        }
+    }
+
+    #[test]
+    fn the_held_lines_give_each_listing_and_the_followed_runs_their_age() {
+        let held = Held {
+            listings: vec![
+                ("volumes", Age::Confirmed(Duration::from_millis(4_900))),
+                ("artifacts", Age::Confirmed(Duration::from_secs(150))),
+                ("runs", Age::Saved),
+                ("agents", Age::Never),
+                ("more", Age::Failed),
+            ],
+            followed: Some(Followed {
+                count: 3,
+                oldest: Some(Duration::from_secs(12)),
+            }),
+        };
+        assert_eq!(
+            held_lines(&held),
+            "listings: volumes 4 s old, artifacts 2 min old, runs saved by an earlier mount, \
+             not confirmed yet, agents never fetched, more none held (its fetch failed)\n\
+             live runs followed: 3, the least recently refreshed 12 s ago"
+        );
+        let none = Held {
+            listings: vec![("volumes", Age::Never)],
+            followed: Some(Followed::default()),
+        };
+        assert_eq!(
+            held_lines(&none),
+            "listings: volumes never fetched\nlive runs followed: none"
+        );
+        let no_runs = Held {
+            listings: vec![("volumes", Age::Confirmed(Duration::ZERO))],
+            followed: None,
+        };
+        assert_eq!(held_lines(&no_runs), "listings: volumes 0 s old");
+        // In the status file, right after the API's lines.
+        let text = render(
+            "vm0fs test",
+            &Activity::default(),
+            &held,
+            &Downloads::default(),
+            &Snapshot {
+                budget: 1 << 30,
+                used: 0,
+                resident: vec![],
+                in_flight: vec![],
+                queued: vec![],
+                downloads: 4,
+                damaged: 0,
+            },
+            "/cache",
+            |_| None,
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "api: not asked yet", "{text}");
+        assert!(lines[2].starts_with("listings: volumes 4 s old"), "{text}");
+        assert!(lines[3].starts_with("live runs followed: 3"), "{text}");
     }
 
     #[test]

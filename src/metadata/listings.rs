@@ -156,6 +156,19 @@ impl<E: fmt::Display> fmt::Display for Unavailable<E> {
     }
 }
 
+/// How old a listing held is: what the status file shows of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Age {
+    /// Last fetched (confirmed by the API) this long ago.
+    Confirmed(Duration),
+    /// A copy saved by an earlier mount, not confirmed by the API in this one.
+    Saved,
+    /// None held: its last fetch failed (and none was held, or a refusal ended it).
+    Failed,
+    /// None held, none fetched yet.
+    Never,
+}
+
 /// The numbers of the rules in the module's documentation.
 #[derive(Debug, Clone)]
 pub struct Timing {
@@ -392,6 +405,20 @@ impl<S: ListingSource> Listings<S> {
     /// age; never fetches.
     pub fn peek(&self, key: &S::Key) -> Option<Arc<S::Value>> {
         self.entries(key)[key].value.clone()
+    }
+
+    /// How old the listing of `key` held is (for the status file); never fetches or loads.
+    pub fn age(&self, key: &S::Key) -> Age {
+        let entries = self.shared.entries.lock();
+        let Some(e) = entries.get(key) else {
+            return Age::Never;
+        };
+        match (&e.value, e.fetched, &e.failure) {
+            (Some(_), Some(at), _) => Age::Confirmed(at.elapsed()),
+            (Some(_), None, _) => Age::Saved,
+            (None, _, Some(_)) => Age::Failed,
+            (None, _, None) => Age::Never,
+        }
     }
 
     /// Take `value` as the listing of `key`, fetched just now (by someone else: the mount
@@ -919,6 +946,40 @@ mod tests {
         assert_eq!(l.source().saved.lock()[&2], ["seeded"]);
         assert!(l.peek(&3).is_none());
     }
+    /// The age of a listing is that of its last fetch: a failed refresh leaves it growing,
+    /// a fetch that comes resets it; a saved copy, a failure and nothing are told apart.
+    #[test]
+    fn the_age_of_a_listing_is_that_of_its_last_fetch() {
+        let mut t = timing(Duration::ZERO);
+        t.backoff_first = Duration::ZERO;
+        let l = listings(t, &[Ok(vec!["a"]), Err("transient"), Ok(vec!["b"])]);
+        assert_eq!(l.age(&1), Age::Never);
+        assert_eq!(get(&l), Ok(vec!["a"]));
+        let fetched = Instant::now();
+        assert_eq!(get(&l), Ok(vec!["a"]), "the refresh that fails starts");
+        until("the failed refresh", || idle(&l) && fetches(&l) == 2);
+        let at_least = fetched.elapsed();
+        let Age::Confirmed(grown) = l.age(&1) else {
+            panic!("{:?}", l.age(&1))
+        };
+        assert!(grown >= at_least, "the failure reset it: {grown:?}");
+        let asked = Instant::now();
+        assert_eq!(get(&l), Ok(vec!["a"]));
+        until("the refresh that comes", || idle(&l) && fetches(&l) == 3);
+        let Age::Confirmed(reset) = l.age(&1) else {
+            panic!("{:?}", l.age(&1))
+        };
+        assert!(reset <= asked.elapsed(), "not reset: {reset:?}");
+
+        let l = listings(timing(HOUR), &[Err("final")]);
+        assert_eq!(get(&l), Err("final".into()));
+        assert_eq!(l.age(&1), Age::Failed);
+        l.source().saved.lock().insert(2, vec!["old"]);
+        assert_eq!(l.age(&2), Age::Never, "not looked for yet");
+        assert!(l.peek(&2).is_some());
+        assert_eq!(l.age(&2), Age::Saved);
+    }
+
     /// A caller's patience as a test sets it.
     struct Caller {
         may_block: bool,

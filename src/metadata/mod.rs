@@ -16,7 +16,8 @@ mod storages;
 mod versions;
 
 pub use listings::{
-    answered, ListingSource, Listings, Timing, Unavailable, FIRST_FETCH_WAIT, MISS_REFRESH_AFTER,
+    answered, Age, ListingSource, Listings, Timing, Unavailable, FIRST_FETCH_WAIT,
+    MISS_REFRESH_AFTER,
 };
 pub use saved::Saved;
 pub use storages::{first_listing, storage_map, FirstListing, StorageMap, StorageSource};

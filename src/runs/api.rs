@@ -29,7 +29,14 @@ pub trait RunsApi: Send + Sync + 'static {
     fn get_run(&self, id: &RunId) -> Result<Run, ApiError>;
     fn run_logs(&self, id: &RunId, query: &LogQuery<'_>) -> Result<LogPage, ApiError>;
     fn run_metrics(&self, id: &RunId) -> Result<Value, ApiError>;
-    fn run_events(&self, id: &RunId, last_event_id: Option<u64>) -> Result<Events, ApiError>;
+    /// The run's event stream after `last_event_id`, on a connection that lasts `within`
+    /// at most when given.
+    fn run_events(
+        &self,
+        id: &RunId,
+        last_event_id: Option<u64>,
+        within: Option<Duration>,
+    ) -> Result<Events, ApiError>;
     fn list_agents(&self) -> Result<Vec<Agent>, ApiError>;
     fn get_agent(&self, id: &str) -> Result<Agent, ApiError>;
     fn list_agent_versions(&self, id: &str) -> Result<Vec<Value>, ApiError>;
@@ -48,8 +55,18 @@ impl RunsApi for Client {
     fn run_metrics(&self, id: &RunId) -> Result<Value, ApiError> {
         Client::run_metrics(self, id)
     }
-    fn run_events(&self, id: &RunId, last_event_id: Option<u64>) -> Result<Events, ApiError> {
-        Ok(Box::new(Client::run_events(self, id, last_event_id)?))
+    fn run_events(
+        &self,
+        id: &RunId,
+        last_event_id: Option<u64>,
+        within: Option<Duration>,
+    ) -> Result<Events, ApiError> {
+        Ok(Box::new(Client::run_events_within(
+            self,
+            id,
+            last_event_id,
+            within,
+        )?))
     }
     fn list_agents(&self) -> Result<Vec<Agent>, ApiError> {
         Client::list_agents(self)
@@ -93,8 +110,13 @@ impl RunsApi for Reported {
     fn run_metrics(&self, id: &RunId) -> Result<Value, ApiError> {
         self.note(self.api.run_metrics(id))
     }
-    fn run_events(&self, id: &RunId, last_event_id: Option<u64>) -> Result<Events, ApiError> {
-        self.note(self.api.run_events(id, last_event_id))
+    fn run_events(
+        &self,
+        id: &RunId,
+        last_event_id: Option<u64>,
+        within: Option<Duration>,
+    ) -> Result<Events, ApiError> {
+        self.note(self.api.run_events(id, last_event_id, within))
     }
     fn list_agents(&self) -> Result<Vec<Agent>, ApiError> {
         self.note(self.api.list_agents())

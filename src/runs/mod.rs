@@ -25,8 +25,8 @@ pub use api::{
 };
 pub use files::{detail_file, level_lines, RunFile, SyncError, LEVELS};
 pub use state::{
-    RunState, View, FIRST_EVENT_WAIT, FOLLOW_IDLE, FOLLOW_POLL, MAX_FOLLOWED, MAX_STREAMS,
-    MISS_MEMORY, STREAM_TURN, UNFOLLOWED_REFRESH,
+    Followed, RunState, View, FIRST_EVENT_WAIT, FOLLOW_IDLE, FOLLOW_POLL, MAX_FOLLOWED,
+    MAX_STREAMS, MIN_STREAM_TURN, MISS_MEMORY, STREAM_TURN, UNFOLLOWED_REFRESH,
 };
 pub use store::{RunStore, RUN_COMPLETE};
 

@@ -3,7 +3,7 @@
 //! someone reads them (a follower thread per run, at most [`MAX_FOLLOWED`] at once, each
 //! stopping [`FOLLOW_IDLE`] after the last read; a run not followed is brought up to date
 //! before a read answers), its event stream recorded (at most [`MAX_STREAMS`] at once, the
-//! others waiting their turn), and turning into the final ones, with the same log state,
+//! others taking turns), and turning into the final ones, with the same log state,
 //! when the run ends. A run the API no longer knows (404) is dropped.
 //!
 //! Nothing here waits for a caller on a FUSE worker: the network is asked on threads of
@@ -46,12 +46,19 @@ pub const MISS_MEMORY: Duration = Duration::from_secs(10);
 /// Metrics of a followed run are asked every this many polls.
 const METRICS_EVERY: u32 = 3;
 /// Event streams read at once at most. The API replays a live run's output events after
-/// `last_event_id` on a new stream (but not a finished run's), so a run waiting for a
-/// stream loses nothing unless it ends while it waits.
+/// `last_event_id` on a new stream (but not a finished run's), so the runs beyond wait for
+/// a stream in turn (see [`STREAM_TURN`]) and lose only what they emit after their last turn
+/// when they end before their next.
 pub const MAX_STREAMS: usize = 64;
-/// While runs wait for a stream, a stream gives its place up after this long (at its next
-/// event) and waits again at the back.
-pub const STREAM_TURN: Duration = Duration::from_secs(10);
+/// The longest a connection of an event stream lasts: then the run is read again on a new
+/// one, after the last event written, or waits at the back when others wait. The turns
+/// shrink as more runs wait, to `STREAM_TURN × streams / runs read` but not below
+/// [`MIN_STREAM_TURN`], so that every live run read is on a stream at least once per about
+/// `STREAM_TURN` (up to `STREAM_TURN / MIN_STREAM_TURN × MAX_STREAMS` runs; beyond, once per
+/// `runs / MAX_STREAMS × MIN_STREAM_TURN`).
+pub const STREAM_TURN: Duration = Duration::from_secs(5);
+/// The shortest turn: the head of the answer and the replay of what is new fit in it.
+pub const MIN_STREAM_TURN: Duration = Duration::from_secs(1);
 /// How long the first look at a live run waits for its first event (the API sends the
 /// status at once), so that the first read of `events.jsonl` is not empty.
 pub const FIRST_EVENT_WAIT: Duration = Duration::from_secs(2);
@@ -95,6 +102,9 @@ pub struct Live {
     /// The files' state; the follower holds it during its requests.
     state: Mutex<LiveState>,
     last_read: Mutex<Instant>,
+    /// When its files were last brought up to date (`LiveState::synced`), readable while a
+    /// poll holds the state: for the status file.
+    refreshed: Mutex<Instant>,
     following: AtomicBool,
     /// Set once the files have become the final ones (the directory is gone).
     done: AtomicBool,
@@ -136,6 +146,14 @@ pub struct RunState {
     metrics: Mutex<HashMap<RunId, Fetched>>,
 }
 
+/// The live runs followed, as the status file shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Followed {
+    pub count: usize,
+    /// Since the last successful refresh of the one refreshed least recently.
+    pub oldest: Option<Duration>,
+}
+
 /// A file's bytes, and when they were fetched.
 type Fetched = (Arc<Vec<u8>>, Instant);
 
@@ -167,8 +185,8 @@ impl RunState {
         *self.follow_idle.lock() = idle;
     }
 
-    /// How many event streams are read at once at most ([`MAX_STREAMS`] unless set).
-    #[cfg(test)]
+    /// How many event streams are read at once at most ([`MAX_STREAMS`] unless set, which
+    /// tests and `VM0FS_MAX_STREAMS` do).
     pub fn set_max_streams(&self, max: usize) {
         self.streams.lock().max = max.max(1);
     }
@@ -214,6 +232,23 @@ impl RunState {
             .values()
             .filter(|l| l.following.load(Ordering::SeqCst))
             .count()
+    }
+
+    /// The live runs followed now: how many, and how long ago the one least recently
+    /// brought up to date was (it grows while the API fails).
+    pub fn followed_ages(&self) -> Followed {
+        let live = self.live.lock();
+        let followed = live
+            .values()
+            .filter(|l| l.following.load(Ordering::SeqCst) && !l.done.load(Ordering::SeqCst));
+        let mut count = 0;
+        let mut oldest = None;
+        for l in followed {
+            count += 1;
+            let age = l.refreshed.lock().elapsed();
+            oldest = Some(oldest.map_or(age, |o: Duration| o.max(age)));
+        }
+        Followed { count, oldest }
     }
 
     /// Whether `id` was found unknown a moment ago.
@@ -385,6 +420,7 @@ impl RunState {
                 polls: 0,
             }),
             last_read: Mutex::new(Instant::now()),
+            refreshed: Mutex::new(Instant::now()),
             following: AtomicBool::new(false),
             done: AtomicBool::new(false),
             streaming: AtomicBool::new(false),
@@ -539,6 +575,7 @@ impl RunState {
             files::write_if_changed(&live.dir.join(RunFile::Metrics.name()), b"{}\n")?;
         }
         st.synced = Instant::now();
+        *live.refreshed.lock() = st.synced;
         Ok(())
     }
 
@@ -587,7 +624,7 @@ impl RunState {
         let m = self.api.run_metrics(&live.id)?;
         files::write_if_changed(&live.dir.join(RunFile::Metrics.name()), &files::pretty(&m))?;
         if !st.complete {
-            let events = self.api.run_events(&live.id, st.last_sequence)?;
+            let events = self.api.run_events(&live.id, st.last_sequence, None)?;
             for event in events {
                 let event = event?;
                 write_event(live, st, &event)?;

@@ -82,6 +82,10 @@ pub const LOGS_DIR: &str = "logs.d";
 /// followed, instead of [`crate::runs::FOLLOW_IDLE`]; for tests.
 pub const FOLLOW_IDLE_ENV: &str = "VM0FS_FOLLOW_IDLE_MS";
 
+/// The environment variable that sets how many event streams are read at once, instead of
+/// [`crate::runs::MAX_STREAMS`]; for tests of the runs that wait for one.
+pub const MAX_STREAMS_ENV: &str = "VM0FS_MAX_STREAMS";
+
 pub const RUNS_DIR: &str = "runs";
 pub const AGENTS_DIR: &str = "agents";
 
@@ -905,6 +909,13 @@ impl Fs {
             .and_then(|v| v.parse::<u64>().ok())
         {
             runs.state.set_follow_idle(Duration::from_millis(ms));
+        }
+        // Another: fewer event streams, so that a test reads more live runs than that.
+        if let Some(max) = std::env::var(MAX_STREAMS_ENV)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            runs.state.set_max_streams(max);
         }
         self.runs = Some(runs);
         Ok(self)

@@ -136,7 +136,12 @@ impl RunsApi for FakeRuns {
         self.check("metrics")?;
         Ok(json!({"data": [], "summary": {"avg_cpu_percent": null}}))
     }
-    fn run_events(&self, id: &RunId, last: Option<u64>) -> Result<Events, ApiError> {
+    fn run_events(
+        &self,
+        id: &RunId,
+        last: Option<u64>,
+        _: Option<Duration>,
+    ) -> Result<Events, ApiError> {
         self.check("events")?;
         let status = self.runs.lock()[id.as_str()]["status"]
             .as_str()

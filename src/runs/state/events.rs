@@ -1,17 +1,33 @@
 //! The event streams of live runs: every live run that is read has its stream recorded in
-//! its `events.jsonl`, at most [`super::MAX_STREAMS`] at once; the others wait their turn, and a
-//! stream gives its place up after [`STREAM_TURN`] while runs wait. A new stream starts
-//! after the last event written, so no event is missed or written twice.
+//! its `events.jsonl`, at most [`super::MAX_STREAMS`] at once. Each connection lasts a turn
+//! at most ([`turn`]: [`STREAM_TURN`], shorter as more runs wait); then the run is read on a
+//! new one, or waits at the back of the queue while others wait, so that every run read is
+//! on a stream at least once per about [`STREAM_TURN`]: a run that waits is polled, and one
+//! that ends while it waits has every output event it emitted up to its last turn. A new
+//! stream starts after the last event written (the API replays a live run's output events
+//! after `last_event_id`), so no event is missed or written twice.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use crate::api::RunEvent;
 
 use super::super::files::{self, RunFile};
-use super::{Live, LiveState, RunState, FOLLOW_POLL, STREAM_TURN};
+use super::{Live, LiveState, RunState, FOLLOW_POLL, MIN_STREAM_TURN, STREAM_TURN};
+
+/// How long a connection of an event stream lasts at most with `max` streams and `runs`
+/// live runs that want one (streamed and waiting): [`STREAM_TURN`] while every run has a
+/// stream; else shrunk so that a rotation through every run takes about [`STREAM_TURN`],
+/// but no shorter than [`MIN_STREAM_TURN`].
+pub(super) fn turn(max: usize, runs: usize) -> Duration {
+    if runs <= max {
+        return STREAM_TURN;
+    }
+    let share = STREAM_TURN.as_secs_f64() * max as f64 / runs as f64;
+    Duration::from_secs_f64(share).max(MIN_STREAM_TURN)
+}
 
 pub(super) struct Streams {
     /// [`super::MAX_STREAMS`], smaller in tests.
@@ -87,15 +103,20 @@ impl RunState {
         }
     }
 
-    /// Read `live`'s event stream, reconnecting after the last event written, while it is
-    /// wanted. Whether it gave its place up to a waiting run (and so must wait again).
+    /// Read `live`'s event stream, a turn per connection, reconnecting after the last event
+    /// written, while it is wanted. Whether it gave its place up to a waiting run (and so
+    /// must wait again).
     fn read_events(&self, live: &Arc<Live>) -> bool {
-        let turn = Instant::now();
         while self.wants_events(live) {
             let last = live.state.lock().last_sequence;
-            match self.api.run_events(&live.id, last) {
+            let within = {
+                let s = self.streams.lock();
+                turn(s.max, s.open + s.waiting.len())
+            };
+            match self.api.run_events(&live.id, last, Some(within)) {
                 Ok(events) => {
                     for event in events {
+                        // The turn's end (the connection's deadline), or a broken stream.
                         let Ok(event) = event else { break };
                         let mut st = live.state.lock();
                         if live.done.load(Ordering::SeqCst) {
@@ -108,12 +129,8 @@ impl RunState {
                         if !self.wants_events(live) {
                             return false;
                         }
-                        if turn.elapsed() >= STREAM_TURN && !self.streams.lock().waiting.is_empty()
-                        {
-                            return true;
-                        }
                     }
-                    // A stream that ended is a turn's natural end when others wait.
+                    // The turn is over: the place goes to a waiting run, if one waits.
                     if self.wants_events(live) && !self.streams.lock().waiting.is_empty() {
                         return true;
                     }
@@ -121,7 +138,11 @@ impl RunState {
                 Err(e) if e.is_not_found() => return false,
                 Err(e) => {
                     tracing::debug!(run = %live.id, error = %e, "the run's event stream failed");
+                    // Not at once again (the API fails), and not ahead of the runs waiting.
                     std::thread::sleep(FOLLOW_POLL * 5);
+                    if !self.streams.lock().waiting.is_empty() {
+                        return true;
+                    }
                 }
             }
             // A stream that ended early (a proxy's timeout): not at once again.
@@ -162,4 +183,29 @@ pub(super) fn write_event(
         &live.dir.join(RunFile::Events.name()),
         &files::event_line(event),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Turns are whole while every run has a stream, then shrink so that a rotation through
+    /// every run takes about [`STREAM_TURN`], down to [`MIN_STREAM_TURN`].
+    #[test]
+    fn turns_shrink_as_more_runs_wait_down_to_the_least() {
+        assert_eq!(turn(64, 1), STREAM_TURN);
+        assert_eq!(turn(64, 64), STREAM_TURN);
+        assert_eq!(turn(64, 128), STREAM_TURN / 2);
+        assert_eq!(turn(2, 5), STREAM_TURN * 2 / 5);
+        assert_eq!(turn(64, 320), MIN_STREAM_TURN);
+        assert_eq!(turn(64, 100_000), MIN_STREAM_TURN);
+        // A rotation through every run: turns of one stream one after the other.
+        for runs in [65, 100, 200, 320] {
+            let rotation = turn(64, runs).as_secs_f64() * runs as f64 / 64.0;
+            assert!(
+                (rotation - STREAM_TURN.as_secs_f64()).abs() < 1e-6,
+                "{runs}: {rotation}"
+            );
+        }
+    }
 }
