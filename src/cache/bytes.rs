@@ -17,7 +17,8 @@ use parking_lot::Mutex;
 const KEPT: usize = 8;
 
 /// The smallest and largest buffers kept: smaller ones cost nothing to allocate, larger
-/// ones are rare (a read spans at most 1 MiB plus a unit on each side).
+/// ones are rare (a read spans at most 1 MiB plus a unit on each side, and the room to
+/// align it for direct I/O).
 const KEEP_MIN: usize = 64 << 10;
 const KEEP_MAX: usize = 2 << 20;
 

@@ -76,7 +76,7 @@ pub use heap::large_buffers_unpooled;
 pub use held::{check_dir, LOG_FILE};
 use pool::Pool;
 pub use usage::{ResidentInfo, Snapshot};
-pub use verified::{CheckedFile, Sums, Verified, VERIFIED_MEMORY};
+pub use verified::{CheckedFile, Sums, Verified, DIRECT_MIN, VERIFIED_MEMORY};
 
 use crate::ids::VersionId;
 
@@ -132,7 +132,33 @@ const OPEN_FILES: usize = 8;
 /// one request to the next instead of starting over at each. They close when the version
 /// is dropped from memory (evicted, or found damaged and no longer read).
 pub struct ContentFiles {
-    open: Mutex<lru::LruCache<PathBuf, Arc<std::fs::File>>>,
+    open: Mutex<lru::LruCache<PathBuf, Arc<OpenContent>>>,
+}
+
+/// A content file kept open: for reads through the page cache, and (opened at its first
+/// use) for direct reads, which bypass it (see `Verified`).
+pub struct OpenContent {
+    pub file: Arc<std::fs::File>,
+    direct: OnceLock<Option<std::fs::File>>,
+}
+
+impl OpenContent {
+    /// The same file opened with `O_DIRECT` (through `/proc/self/fd`, so the very same
+    /// inode), or `None` where that cannot be (a file system without direct I/O, such as
+    /// tmpfs; no `/proc`).
+    pub fn direct(&self) -> Option<&std::fs::File> {
+        self.direct
+            .get_or_init(|| {
+                use std::os::fd::AsRawFd;
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+                    .ok()
+            })
+            .as_ref()
+    }
 }
 
 impl fmt::Debug for ContentFiles {
@@ -155,17 +181,20 @@ impl ContentFiles {
     /// The content file at `path`, open. A file kept open that has lost its name since (a
     /// temp cleaner deleted it) is opened again by its name, which fails: the content of
     /// the cache is what its directory holds, not what this process still has open.
-    pub fn open(&self, path: &Path) -> std::io::Result<Arc<std::fs::File>> {
+    pub fn open(&self, path: &Path) -> std::io::Result<Arc<OpenContent>> {
         use std::os::unix::fs::MetadataExt;
         let kept = self.open.lock().get(path).cloned();
         if let Some(f) = kept {
-            if f.metadata().is_ok_and(|m| m.nlink() > 0) {
+            if f.file.metadata().is_ok_and(|m| m.nlink() > 0) {
                 return Ok(f);
             }
             self.open.lock().pop(path);
         }
         // Opened without the lock: two first reads may both open it; one is kept.
-        let f = Arc::new(std::fs::File::open(path)?);
+        let f = Arc::new(OpenContent {
+            file: Arc::new(std::fs::File::open(path)?),
+            direct: OnceLock::new(),
+        });
         self.open.lock().put(path.to_path_buf(), f.clone());
         Ok(f)
     }

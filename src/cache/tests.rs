@@ -741,6 +741,12 @@ fn a_content_file_kept_open_is_given_up_once_deleted_or_replaced() {
     let files = ContentFiles::default();
     let a = files.open(&path).unwrap();
     assert!(Arc::ptr_eq(&a, &files.open(&path).unwrap()), "kept open");
+    // Its direct opening is the same file (where the file system has direct I/O).
+    if let Some(direct) = a.direct() {
+        use std::os::unix::fs::MetadataExt;
+        let (d, f) = (direct.metadata().unwrap(), a.file.metadata().unwrap());
+        assert_eq!((d.dev(), d.ino()), (f.dev(), f.ino()));
+    }
     std::fs::remove_file(&path).unwrap();
     assert!(
         files.open(&path).is_err(),
@@ -748,7 +754,7 @@ fn a_content_file_kept_open_is_given_up_once_deleted_or_replaced() {
     );
     std::fs::write(&path, b"second").unwrap();
     let mut text = String::new();
-    (&*files.open(&path).unwrap())
+    (&*files.open(&path).unwrap().file)
         .read_to_string(&mut text)
         .unwrap();
     assert_eq!(text, "second", "replaced: the file the name holds now");

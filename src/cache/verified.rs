@@ -29,6 +29,16 @@ use super::bytes::{self, Bytes};
 /// How many bytes of checked units are kept in memory.
 pub const VERIFIED_MEMORY: usize = 8 << 20;
 
+/// The smallest read of a file of its own made with direct I/O when the caller allows it
+/// (a buffered reader of the mount, whose pages the kernel keeps in the mount's own page
+/// cache): the content is read by the disk straight into the daemon's buffer, never copied
+/// from a page cache that would only hold a second copy. Smaller reads (random ones, whose
+/// neighbours may follow) go through the page cache.
+pub const DIRECT_MIN: u64 = 256 << 10;
+
+/// What direct I/O wants aligned: buffer, offset and length.
+const DIRECT_ALIGN: usize = 4096;
+
 /// Where the checksums of a file's units come from.
 #[derive(Clone, Copy)]
 pub enum Sums<'a> {
@@ -43,6 +53,9 @@ pub enum Sums<'a> {
 /// `file` (named `path` in messages), node `node` of its version.
 pub struct CheckedFile<'a> {
     pub file: &'a File,
+    /// The same file opened with `O_DIRECT`, for reads whose pages nobody would keep (see
+    /// [`DIRECT_MIN`]); `None` reads through the page cache.
+    pub direct: Option<&'a File>,
     pub path: &'a Path,
     pub base: u64,
     pub size: u64,
@@ -139,6 +152,45 @@ impl CheckedFile<'_> {
         })
     }
 
+    /// `n` bytes at `start` of the content read with direct I/O, when this read is one for
+    /// it: a buffer and where in it the bytes begin. `None` when it is not (no direct
+    /// opening, a packed file, a small read, an offset direct I/O cannot take) or when the
+    /// file system refuses the read (it is then made through the page cache).
+    fn read_direct(&self, start: u64, n: usize) -> Result<Option<(Vec<u8>, usize)>, Damage> {
+        let Some(direct) = self.direct else {
+            return Ok(None);
+        };
+        let at = self.base.saturating_add(start);
+        if self.packed || (n as u64) < DIRECT_MIN || !at.is_multiple_of(DIRECT_ALIGN as u64) {
+            return Ok(None);
+        }
+        let len = n.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+        let mut buf = bytes::take(len + DIRECT_ALIGN);
+        let origin = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        let mut filled = 0;
+        while filled < n {
+            match direct.read_at(&mut buf[origin + filled..origin + len], at + filled as u64) {
+                Ok(0) => {
+                    return Err(Damage(format!(
+                        "{}: shorter than the {n} bytes at {at} of node {}",
+                        self.path.display(),
+                        self.node
+                    )))
+                }
+                Ok(got) => filled += got,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Direct I/O refused (alignment, the file system): the page cache will do.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+                Err(e) => return Err(Damage(format!("{}: {e}", self.path.display()))),
+            }
+            // A short direct read ends on an aligned boundary, or at the end of the file.
+            if filled % DIRECT_ALIGN != 0 && filled < n {
+                return Ok(None);
+            }
+        }
+        Ok(Some((buf, origin)))
+    }
+
     /// Whether `bytes`, unit `unit` (at `start` of the content), pass checksum `crc`.
     fn check(&self, unit: u64, start: u64, bytes: &[u8], crc: u32) -> Result<(), Damage> {
         if checksum(bytes) == crc {
@@ -199,17 +251,24 @@ impl Verified {
         }
         let n = usize::try_from(span_end - span_start)
             .map_err(|_| Damage("a read too large".into()))?;
-        let mut buf = bytes::take(n);
-        f.read_span(&mut buf[..n], span_start)?;
+        let (buf, origin) = match f.read_direct(span_start, n)? {
+            Some(read) => read,
+            None => {
+                let mut buf = bytes::take(n);
+                f.read_span(&mut buf[..n], span_start)?;
+                (buf, 0)
+            }
+        };
+        let span = &buf[origin..origin + n];
         for (unit, &crc) in (first..=last).zip(&sums) {
             let (start, ulen) = unit_span(f.size, f.packed, unit);
             let from = (start - span_start) as usize;
-            f.check(unit, start, &buf[from..from + ulen as usize], crc)?;
+            f.check(unit, start, &span[from..from + ulen as usize], crc)?;
         }
         if let Some(key) = kept {
-            self.keep(key, &buf[..n]);
+            self.keep(key, span);
         }
-        let from = (at - span_start) as usize;
+        let from = origin + (at - span_start) as usize;
         Ok(Bytes::within(buf, from, from + (end - at) as usize))
     }
 
@@ -287,6 +346,7 @@ mod tests {
         let file = File::open(&path).unwrap();
         let f = CheckedFile {
             file: &file,
+            direct: None,
             path: &path,
             base: 0,
             size: c.content.len() as u64,
@@ -403,6 +463,57 @@ mod tests {
         assert_eq!(v.kept(), b as usize, "the same unit, from memory");
     }
 
+    /// Reads of a file of its own through its direct opening give the same bytes as
+    /// through the page cache, and damage is found the same way. (Where the file system
+    /// has no direct I/O, such as tmpfs, the opening fails and reads take the page cache,
+    /// which the other tests cover.)
+    #[test]
+    fn direct_reads_give_the_same_checked_bytes() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let content: Vec<u8> = (0..CHECK_BLOCK * 20 + 1234)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        std::fs::write(&path, &content).unwrap();
+        let sums: Vec<u32> = content.chunks(CHECK_BLOCK as usize).map(checksum).collect();
+        let file = File::open(&path).unwrap();
+        let direct = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .ok();
+        let f = CheckedFile {
+            file: &file,
+            direct: direct.as_ref(),
+            path: &path,
+            base: 0,
+            size: content.len() as u64,
+            packed: false,
+            node: 1,
+            sums: Sums::Known {
+                source: 9,
+                sums: &sums,
+            },
+        };
+        let v = Verified::default();
+        let b = CHECK_BLOCK;
+        for (at, len) in [(0, 1 << 20), (b + 5, 700_000), (b * 15, u32::MAX), (3, 10)] {
+            let got = v.read(&f, at, len).unwrap();
+            let end = at.saturating_add(u64::from(len)).min(content.len() as u64);
+            assert_eq!(
+                got,
+                &content[at as usize..end as usize],
+                "at {at} len {len}"
+            );
+        }
+        let mut bad = content.clone();
+        bad[(b * 7 + 3) as usize] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let err = v.read(&f, 0, 1 << 20).unwrap_err();
+        assert!(err.0.contains("unit 7"), "{err}");
+    }
+
     #[test]
     fn a_packed_file_is_one_unit_at_its_offset() {
         let dir = tempfile::tempdir().unwrap();
@@ -412,6 +523,7 @@ mod tests {
         let sums = [checksum(b"content")];
         let f = CheckedFile {
             file: &file,
+            direct: None,
             path: &path,
             base: 7,
             size: 7,

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use parking_lot::Mutex;
 
 use crate::archive::{Damage, PublishedFile};
-use crate::cache::{Bytes, CachedVersion, CheckedFile, Interest, Sums, Verified};
+use crate::cache::{Bytes, CachedVersion, CheckedFile, Interest, OpenContent, Sums, Verified};
 use crate::ids::{Fh, Ino};
 
 use super::{Fs, FsError, Listing, Result};
@@ -96,6 +96,8 @@ pub(super) enum Check {
 pub(super) struct OpenFile {
     path: PathBuf,
     file: OnceLock<Arc<File>>,
+    /// A version's content file as the version keeps it open (with its direct opening).
+    opened: OnceLock<Arc<OpenContent>>,
     offset: u64,
     size: u64,
     check: Check,
@@ -111,6 +113,7 @@ impl OpenFile {
         OpenFile {
             path,
             file: OnceLock::new(),
+            opened: OnceLock::new(),
             offset,
             size,
             check,
@@ -124,6 +127,7 @@ impl OpenFile {
         OpenFile {
             path: f.blob.to_path_buf(),
             file: OnceLock::from(Arc::new(file)),
+            opened: OnceLock::new(),
             offset: f.offset,
             size: f.size,
             check: Check::Published {
@@ -141,6 +145,7 @@ impl OpenFile {
         OpenFile {
             path: PathBuf::new(),
             file: OnceLock::from(Arc::new(file)),
+            opened: OnceLock::new(),
             offset: 0,
             size: u64::MAX,
             check: Check::Unchecked,
@@ -174,7 +179,12 @@ impl OpenFile {
     }
 
     /// The content file as the checking reader reads it, or `None` for an unchecked one.
-    fn checked<'a>(&'a self, file: &'a File) -> Result<Option<CheckedFile<'a>>, Damage> {
+    /// `direct`: whether large reads may bypass the page cache (see `Verified`).
+    fn checked<'a>(
+        &'a self,
+        file: &'a File,
+        direct: bool,
+    ) -> Result<Option<CheckedFile<'a>>, Damage> {
         let packed = self.size < crate::archive::PACK_MAX;
         let (node, sums) = match &self.check {
             Check::Unchecked => return Ok(None),
@@ -193,8 +203,14 @@ impl OpenFile {
                 (*node, Sums::Known { source, sums })
             }
         };
+        let direct = match (&self.check, direct) {
+            // Only a complete version's: a file being unpacked is still being written.
+            (Check::Version { .. }, true) => self.opened.get().and_then(|o| o.direct()),
+            _ => None,
+        };
         Ok(Some(CheckedFile {
             file,
+            direct,
             path: &self.path,
             base: self.offset,
             size: self.size,
@@ -207,7 +223,7 @@ impl OpenFile {
     /// Check the whole content, for a file handed to the kernel for passthrough reads.
     pub fn check_all(&self, verified: &Verified) -> Result<()> {
         let file = self.file().map_err(|e| self.missing(e))?;
-        match self.checked(file).map_err(FsError::Damaged)? {
+        match self.checked(file, false).map_err(FsError::Damaged)? {
             Some(f) => verified.check_all(&f).map_err(FsError::Damaged),
             None => Ok(()),
         }
@@ -232,16 +248,18 @@ impl OpenFile {
 
     /// Up to `len` bytes at `at` of the content (short only at its end), checked, and
     /// the span of the content file the read may have brought into the page cache (the
-    /// whole units it checked), for page-cache advice.
+    /// whole units it checked), for page-cache advice. `direct`: the caller's pages are
+    /// kept by the kernel, so a large read may bypass the page cache (see `Verified`).
     pub fn read(
         &self,
         at: u64,
         len: u32,
         verified: &Verified,
+        direct: bool,
     ) -> Result<(Bytes, &File, (u64, u64))> {
         let file = self.file().map_err(|e| self.missing(e))?;
         let from = self.offset.saturating_add(at);
-        match self.checked(file).map_err(FsError::Damaged)? {
+        match self.checked(file, direct).map_err(FsError::Damaged)? {
             Some(f) => {
                 let data = verified.read(&f, at, len).map_err(FsError::Damaged)?;
                 let span = if f.packed {
@@ -269,7 +287,12 @@ impl OpenFile {
             return Ok(f);
         }
         let f = match &self.check {
-            Check::Version { version, .. } => version.files.open(&self.path)?,
+            Check::Version { version, .. } => {
+                let opened = version.files.open(&self.path)?;
+                let file = opened.file.clone();
+                let _ = self.opened.set(opened);
+                file
+            }
             Check::Published { .. } | Check::Unchecked => Arc::new(File::open(&self.path)?),
         };
         // Two first reads may race; either file will do.
@@ -519,7 +542,7 @@ mod tests {
         for f in &files {
             for at in 0..=9u64 {
                 for len in 0..=9u32 {
-                    let (data, _, span) = f.read(at, len, &verified).unwrap();
+                    let (data, _, span) = f.read(at, len, &verified, false).unwrap();
                     let start = (at as usize).min(want.len());
                     let end = (start + len as usize).min(want.len());
                     assert_eq!(data, &want[start..end], "at {at} len {len}");
@@ -532,11 +555,11 @@ mod tests {
             );
         }
         let empty = OpenFile::at(pack.clone(), 20, 0, check(&[0]), Pin::Nothing);
-        assert_eq!(empty.read(0, 100, &verified).unwrap().0, b"");
+        assert_eq!(empty.read(0, 100, &verified, false).unwrap().0, b"");
         // A neighbour's checksum: the bytes are refused, not served.
         let wrong = OpenFile::at(pack.clone(), 0, 7, check(&sums), Pin::Nothing);
         assert!(matches!(
-            wrong.read(0, 1, &verified),
+            wrong.read(0, 1, &verified, false),
             Err(FsError::Damaged(_))
         ));
         let own = OpenFile::at(pack, 0, crate::archive::PACK_MAX, check(&[]), Pin::Nothing);

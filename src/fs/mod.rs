@@ -423,7 +423,7 @@ impl Fs {
                     "the file was found damaged".into(),
                 ))),
             },
-            Handle::File(f) => match f.read(offset, size, self.cache.verified()) {
+            Handle::File(f) => match f.read(offset, size, self.cache.verified(), false) {
                 Ok((data, _, _)) => Ok(data),
                 Err(e) => Err(self.read_failed(f, e)),
             },
@@ -455,16 +455,17 @@ impl Fs {
                 Ok(slice_at(&self.status_for(Some(reader)).text, offset, size).into())
             }
             Content::File(f, _) => {
-                let (data, file, (at, len)) = f
-                    .read(offset, size, self.cache.verified())
-                    .map_err(|e| self.read_failed(&f, e))?;
-                // The kernel keeps what it read in the mount's own page cache: drop the
-                // content file's copy of the units just read, so that a file read through
-                // the mount is cached once. Read-ahead of the content file, ahead of
-                // these units, is kept. A direct reader has no copy in the kernel: the
+                // The kernel keeps what a buffered reader reads in the mount's own page
+                // cache: a large read bypasses the content file's (direct I/O), and the
+                // copy a smaller one made there is dropped, so that a file read through
+                // the mount is cached once. A direct reader has no copy in the kernel: the
                 // content file's pages are its only cache, and are kept. Only advice: a
                 // failure changes nothing that matters.
-                if caching == Caching::Kernel {
+                let kernel = caching == Caching::Kernel;
+                let (data, file, (at, len)) = f
+                    .read(offset, size, self.cache.verified(), kernel)
+                    .map_err(|e| self.read_failed(&f, e))?;
+                if kernel {
                     let _ = nix::fcntl::posix_fadvise(
                         file,
                         at as libc::off_t,
