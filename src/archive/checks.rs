@@ -37,9 +37,8 @@ pub const CHECKS_FORMAT_VERSION: u32 = 2;
 
 /// The unit of a file of its own: 64 KiB. A read checks every unit it touches whole, so
 /// the unit is what a small random read costs (a 4 KiB `O_DIRECT` read of a 1 MiB unit
-/// read and checked 1 MiB); a sequential read of 1 MiB requests, aligned as the kernel
-/// sends them, reads exactly its 16 units in one `pread`. Checksums cost 4 bytes a unit,
-/// 64 KiB per GiB.
+/// read and checked 1 MiB); a 1 MiB request reads its 16 or 17 units in one read.
+/// Checksums cost 4 bytes a unit, 64 KiB per GiB.
 pub const CHECK_BLOCK: u64 = 64 << 10;
 
 const MAGIC: &[u8; 8] = b"VM0FSCRC";

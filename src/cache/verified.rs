@@ -6,13 +6,15 @@
 //!
 //! A read covers whole units: the span of the units it touches is read with one `pread`
 //! into a buffer of the pool (`bytes`), each unit checked in place, and the caller gets
-//! the part it asked for, with no copy. The kernel's requests (128 KiB to 1 MiB, aligned)
-//! cover their units whole. A small read (a 4 KiB `O_DIRECT` read, a few bytes of a
-//! packed file) would read and check the same unit again for each of its neighbours: so
-//! a unit that a read covered only in part is kept in memory ([`VERIFIED_MEMORY`] bytes
-//! at most, least recently used dropped first). Its key is the opening of the version it
-//! belongs to, its place in it and the checksum it passed, so a version downloaded again
-//! never meets the units of the one it replaced.
+//! the part it asked for, with no copy. A large read for a buffered reader of the mount is
+//! made with direct I/O ([`DIRECT_MIN`]): the kernel keeps what it reads in the mount's
+//! page cache, so a copy in the content file's page cache would only be a second one, and
+//! copying out of it cost the daemon most of its time. A read within one unit, not all of
+//! it (a 4 KiB `O_DIRECT` read, a few bytes of a packed file), would read and check that
+//! unit again for each of its neighbours: so such a unit is kept in memory
+//! ([`VERIFIED_MEMORY`] bytes at most, least recently used dropped first). Its key is the
+//! opening of the version it belongs to, its place in it and the checksum it passed, so a
+//! version downloaded again never meets the units of the one it replaced.
 
 use std::fs::File;
 use std::io;
