@@ -126,6 +126,16 @@ pub struct CachedVersion {
 /// How many content files of one version are kept open at most.
 const OPEN_FILES: usize = 8;
 
+/// How many content files all versions together keep open at most. Each loaded version
+/// keeps a few, and a mount may have thousands loaded: beyond this, a file is opened for
+/// its read and closed after, as if nothing were kept, so that the daemon never runs out
+/// of descriptors (the usual soft limit is 1,024; each kept file may hold a second
+/// descriptor, its direct opening).
+const OPEN_FILES_ALL: usize = 256;
+
+/// Content files kept open by all versions.
+static KEPT_OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The content files of a loaded version kept open, the most recently read first, so that
 /// a read (most come without a handle: see `crate::fuse`) costs no `open`, and the
 /// kernel's read-ahead of a content file, which lives in its open file, carries on from
@@ -177,6 +187,12 @@ impl Default for ContentFiles {
     }
 }
 
+impl Drop for ContentFiles {
+    fn drop(&mut self) {
+        KEPT_OPEN.fetch_sub(self.open.get_mut().len(), Ordering::Relaxed);
+    }
+}
+
 impl ContentFiles {
     /// The content file at `path`, open. A file kept open that has lost its name since (a
     /// temp cleaner deleted it) is opened again by its name, which fails: the content of
@@ -188,14 +204,25 @@ impl ContentFiles {
             if f.file.metadata().is_ok_and(|m| m.nlink() > 0) {
                 return Ok(f);
             }
-            self.open.lock().pop(path);
+            if self.open.lock().pop(path).is_some() {
+                KEPT_OPEN.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         // Opened without the lock: two first reads may both open it; one is kept.
         let f = Arc::new(OpenContent {
             file: Arc::new(std::fs::File::open(path)?),
             direct: OnceLock::new(),
         });
-        self.open.lock().put(path.to_path_buf(), f.clone());
+        let mut open = self.open.lock();
+        let room = open.contains(path)
+            || open.len() == OPEN_FILES
+            || KEPT_OPEN.load(Ordering::Relaxed) < OPEN_FILES_ALL;
+        if room {
+            // `push` hands back the entry it replaced or pushed out, if any.
+            if open.push(path.to_path_buf(), f.clone()).is_none() {
+                KEPT_OPEN.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         Ok(f)
     }
 }

@@ -759,3 +759,25 @@ fn a_content_file_kept_open_is_given_up_once_deleted_or_replaced() {
         .unwrap();
     assert_eq!(text, "second", "replaced: the file the name holds now");
 }
+
+/// However many versions keep files open, all of them together keep at most
+/// `OPEN_FILES_ALL`; a file beyond is still opened for its read. (Each test runs in a
+/// process of its own, so the count is this test's.)
+#[test]
+fn kept_content_files_are_bounded_across_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let versions: Vec<ContentFiles> = (0..OPEN_FILES_ALL / OPEN_FILES + 2)
+        .map(|_| ContentFiles::default())
+        .collect();
+    for (v, files) in versions.iter().enumerate() {
+        for n in 0..OPEN_FILES + 1 {
+            let path = dir.path().join(format!("{v}-{n}"));
+            std::fs::write(&path, b"x").unwrap();
+            assert!(files.open(&path).is_ok(), "{path:?} opened");
+        }
+    }
+    let kept = KEPT_OPEN.load(Ordering::Relaxed);
+    assert_eq!(kept, OPEN_FILES_ALL, "kept: {kept}");
+    drop(versions);
+    assert_eq!(KEPT_OPEN.load(Ordering::Relaxed), 0);
+}
