@@ -317,12 +317,19 @@ fn a_cache_dir_removed_under_a_running_mount_is_noticed_and_not_served_around() 
 fn without_home_a_user_other_than_root_is_refused_rather_than_given_a_cache_in_tmp() {
     let mnt = tempfile::tempdir().unwrap();
     std::os::unix::fs::chown(mnt.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    // A copy of the binary nobody can reach: the checkout may lie in a directory only
+    // root can enter.
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = bin_dir.path().join("vm0fs");
+    std::fs::copy(vm0fs_bin(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     // As nobody, with an environment that holds nothing but the token (a boot-time
     // mount, a bare service): no HOME, no XDG_CACHE_HOME.
     let out = run(Command::new("setpriv")
         .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
         .args(["env", "-i", "VM0_TOKEN=vm0_test_x", "TMPDIR=/tmp"])
-        .arg(vm0fs_bin())
+        .arg(&bin)
         .arg("mount")
         .arg(mnt.path())
         .args(["--api-url", "http://127.0.0.1:9/v1"]));
