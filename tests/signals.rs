@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::hostile::poll_until;
 use common::{ok, put_archive, run, vm0fs_bin, wait_timeout, Emulator, Mount, MountOpts};
@@ -107,11 +107,7 @@ fn a_daemonized_mount_outlives_sighup_sigusr1_sigusr2_and_sigpipe() {
     assert_eq!(stat_errno(mnt.path()), 0);
     ok(Command::new("ls").arg(mnt.path().join("volumes")));
     ok(Command::new(vm0fs_bin()).arg("unmount").arg(mnt.path()));
-    let deadline = Instant::now() + DEADLINE;
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "the daemon did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until(DEADLINE, "the daemon to exit", || !alive(pid));
 }
 
 /// An archive with a script that runs (mode 0755).

@@ -255,16 +255,22 @@ impl ChecksHeader {
 /// Read the header of the checksum file in `dir`, checked against its length (not its
 /// checksum): the cheap check of a version found at start.
 pub fn read_header(dir: &Path) -> Result<ChecksHeader, Damage> {
-    let path = checks_path(dir);
-    let mut file = File::open(&path).or_else(|e| damage(format!("checks.bin: {e}")))?;
+    open_header(dir).map(|(_, _, header, _)| header)
+}
+
+/// The checksum file in `dir`, open and read past its header: the file, the header's
+/// bytes, the header checked against the file's length (not its checksum), and the length.
+fn open_header(dir: &Path) -> Result<(File, [u8; HEADER], ChecksHeader, u64), Damage> {
+    let mut file = File::open(checks_path(dir)).or_else(|e| damage(format!("checks.bin: {e}")))?;
     let len = file
         .metadata()
         .or_else(|e| damage(format!("checks.bin: {e}")))?
         .len();
-    let mut h = [0u8; HEADER];
-    file.read_exact(&mut h)
+    let mut head = [0u8; HEADER];
+    file.read_exact(&mut head)
         .or_else(|_| damage(format!("checks.bin: {len} bytes, shorter than its header")))?;
-    ChecksHeader::decode(&h, len)
+    let header = ChecksHeader::decode(&head, len)?;
+    Ok((file, head, header, len))
 }
 
 /// The cheap check of a complete version directory found at start: the headers of the
@@ -351,16 +357,7 @@ impl Checks {
     /// and (with `verify`) its own checksum are checked. The file is held open: deleting
     /// it under a running daemon changes nothing.
     pub fn open(dir: &Path, nodes: u32, verify: bool) -> Result<Checks, Damage> {
-        let path = checks_path(dir);
-        let mut file = File::open(&path).or_else(|e| damage(format!("checks.bin: {e}")))?;
-        let len = file
-            .metadata()
-            .or_else(|e| damage(format!("checks.bin: {e}")))?
-            .len();
-        let mut head = [0u8; HEADER];
-        file.read_exact(&mut head)
-            .or_else(|_| damage(format!("checks.bin: {len} bytes, shorter than its header")))?;
-        let header = ChecksHeader::decode(&head, len)?;
+        let (mut file, head, header, len) = open_header(dir)?;
         if header.nodes != nodes {
             return damage(format!(
                 "checks.bin: {} nodes, but the index has {nodes}",

@@ -216,6 +216,15 @@ fn fs_on(api: Arc<FakeRuns>, dir: &std::path::Path) -> Fs {
     .unwrap()
 }
 
+/// Poll `f` until it holds, failing the test after 20 s.
+fn poll_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn lookup(fs: &Fs, path: &str) -> Result<TimedAttr, FsError> {
     let mut ino = Ino::ROOT;
     let mut entry = fs.getattr(Ino::ROOT, None)?;
@@ -316,11 +325,9 @@ fn a_live_run_becomes_final_without_a_gap_or_a_repeated_line() {
         .unwrap()
         .extend((150..400).map(|n| entry(ms(n), n)));
     api.runs.lock().get_mut(RUN).unwrap()["status"] = json!("completed");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while lookup(&fs, &format!("runs/{RUN}/logs")).unwrap().ttl != IMMUTABLE_TTL {
-        assert!(Instant::now() < deadline, "the run never became final");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until("the run to become final", || {
+        lookup(&fs, &format!("runs/{RUN}/logs")).unwrap().ttl == IMMUTABLE_TTL
+    });
     let all = cat(&fs, &format!("runs/{RUN}/logs"));
     let messages: Vec<&str> = all.lines().map(|l| l.split(' ').nth(4).unwrap()).collect();
     let expected: Vec<String> = (0..400).map(|n| n.to_string()).collect();
@@ -357,15 +364,7 @@ fn live_runs_are_followed_while_read_and_at_most_a_few_at_once() {
     assert_eq!(state.followed(), MAX_FOLLOWED, "a bounded number");
     // Nobody reads them any more: they are let go, and the API is no longer asked.
     state.set_follow_idle(Duration::from_millis(300));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while state.followed() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "still followed: {}",
-            state.followed()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until("every run to be let go", || state.followed() == 0);
     let asked = api.gets.load(Ordering::SeqCst);
     std::thread::sleep(FOLLOW_POLL * 3);
     assert_eq!(
@@ -442,31 +441,20 @@ fn live_runs_beyond_the_stream_limit_take_turns_and_lose_no_event() {
         for id in &ids {
             api.outputs.lock().entry(id.clone()).or_default().push(n);
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        poll_until(&format!("output {n} to reach every run"), || {
             read_all();
-            let seen = ids.iter().all(|id| {
+            ids.iter().all(|id| {
                 cat(&fs, &format!("runs/{id}/events.jsonl")).contains(&format!("\"sequence\":{n}"))
-            });
-            if seen {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "output {n} never reached every run"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            })
+        });
     }
     for id in &ids {
         api.runs.lock().get_mut(id).unwrap()["status"] = json!("completed");
     }
     for id in &ids {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while lookup(&fs, &format!("runs/{id}/events.jsonl")).unwrap().ttl != IMMUTABLE_TTL {
-            assert!(Instant::now() < deadline, "{id} never became final");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_until(&format!("{id} to become final"), || {
+            lookup(&fs, &format!("runs/{id}/events.jsonl")).unwrap().ttl == IMMUTABLE_TTL
+        });
         let events = cat(&fs, &format!("runs/{id}/events.jsonl"));
         let outputs: Vec<u64> = events
             .lines()
