@@ -134,8 +134,10 @@ fn many_small_file_versions_match_tar_and_hold_the_budget() {
     // The reservation covers the version being unpacked; the log and the saved listings
     // live in the cache directory too.
     assert!(
-        peak <= budget + 64 * 1024,
-        "peak usage {peak} over the budget {budget}"
+        peak.bytes <= budget + 64 * 1024,
+        "peak usage {} over the budget {budget}: {}",
+        peak.bytes,
+        peak.detail
     );
 
     // Each version is a handful of files whatever its member count, and a few hundred KiB.

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -260,54 +260,84 @@ pub fn tmp_entries(cache: &Path) -> Vec<String> {
 
 /// Allocated bytes under `path`, as the cache's budget counts them.
 pub fn disk_usage(path: &Path) -> u64 {
-    let mut total = std::fs::symlink_metadata(path)
-        .map(|m| m.blocks() * 512)
-        .unwrap_or(0);
-    walk(path, &mut |_, m| total += m.blocks() * 512);
-    total
+    usage_by_entry(path).0
 }
 
 /// The largest [`disk_usage`] of a directory seen while something runs: sampled on a
 /// thread every 2 ms (a sampling rate, not a wait) until [`DiskPeak::finish`].
 pub struct DiskPeak {
     stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    sampler: std::thread::JoinHandle<u64>,
+    sampler: std::thread::JoinHandle<(u64, Peak)>,
+}
+
+/// The largest usage seen, and what made it up (for the message of a test that fails).
+#[derive(Default)]
+pub struct Peak {
+    pub bytes: u64,
+    /// The top-level entries' and versions' bytes at that moment.
+    pub detail: String,
+}
+
+/// Allocated bytes under `root`, and by its first two levels of names (`versions/<id>`).
+/// Each inode counts once, as `du` counts: a hard link is not two files, and a directory
+/// renamed while the walk runs (`tmp/<id>` to `versions/<id>`, as a version is committed)
+/// can be met twice but is one.
+fn usage_by_entry(root: &Path) -> (u64, Vec<(String, u64)>) {
+    let mut total = std::fs::symlink_metadata(root)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0);
+    let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut seen = std::collections::HashSet::new();
+    walk(root, &mut |rel, m| {
+        if !seen.insert((m.dev(), m.ino())) {
+            return;
+        }
+        let bytes = m.blocks() * 512;
+        total += bytes;
+        let key: Vec<_> = rel.components().take(2).collect();
+        let key: PathBuf = key.iter().collect();
+        *by.entry(key.display().to_string()).or_default() += bytes;
+    });
+    (total, by.into_iter().filter(|(_, b)| *b > 0).collect())
 }
 
 impl DiskPeak {
     pub fn start(root: &Path) -> DiskPeak {
         let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(0));
         let sampler = {
-            let (stop, peak, root) = (stop.clone(), peak.clone(), root.to_path_buf());
+            let (stop, root) = (stop.clone(), root.to_path_buf());
             std::thread::spawn(move || {
                 let mut samples = 0u64;
+                let mut peak = Peak::default();
                 while !stop.load(Ordering::Relaxed) {
-                    peak.fetch_max(disk_usage(&root), Ordering::Relaxed);
+                    let (bytes, by) = usage_by_entry(&root);
+                    if bytes > peak.bytes {
+                        let detail: Vec<String> =
+                            by.iter().map(|(k, b)| format!("{k}: {b}")).collect();
+                        peak = Peak {
+                            bytes,
+                            detail: detail.join(", "),
+                        };
+                    }
                     samples += 1;
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                samples
+                (samples, peak)
             })
         };
-        DiskPeak {
-            stop,
-            peak,
-            sampler,
-        }
+        DiskPeak { stop, sampler }
     }
 
     /// Stop sampling: the peak, after checking that enough samples were taken for it to
     /// mean something.
-    pub fn finish(self) -> u64 {
+    pub fn finish(self) -> Peak {
         self.stop.store(true, Ordering::Relaxed);
-        let samples = self.sampler.join().unwrap();
+        let (samples, peak) = self.sampler.join().unwrap();
         assert!(
             samples > 10,
             "too few samples of the disk usage ({samples})"
         );
-        self.peak.load(Ordering::Relaxed)
+        peak
     }
 }
 
