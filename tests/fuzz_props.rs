@@ -453,11 +453,14 @@ fn check_index(dest: &Path, u: &Unpacked) {
         (files as u64, bytes),
         "stats"
     );
-    // The index survives its own serialization.
-    let path = dest.join("../index.bin");
-    u.index.save(&path).unwrap();
-    assert_eq!(Index::open(&path).unwrap().as_bytes(), u.index.as_bytes());
-    std::fs::remove_file(path).unwrap();
+    // The index survives its own serialization (into a file of its own: tests run side by
+    // side, and a path shared between them would be one's to delete under another).
+    let copy = tempfile::NamedTempFile::new().unwrap();
+    u.index.save(copy.path()).unwrap();
+    assert_eq!(
+        Index::open(copy.path()).unwrap().as_bytes(),
+        u.index.as_bytes()
+    );
 }
 
 proptest! {
