@@ -26,7 +26,9 @@ import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
+import threading
 import time
 import urllib.parse
 
@@ -86,6 +88,11 @@ CASES = [
     ("python_open", "Python open(p, 'rb').read() of many small files, warm, vs local; and the log lines it left"
      " (must be 0: each open() sends an ioctl, TCGETS)"),
     ("fio_dio", "fio randread 4k, O_DIRECT, libaio: IOPS at iodepth 16 vs at iodepth 1 (skipped in --quick)"),
+    ("large", "the mixed version under a budget of a third of it (skipped in --quick): find -ls after the first"
+     " pass vs the same on a mount it fits; the last member and a ~1 MiB one in the middle, cold after a"
+     " restart, vs a full download (and the store bytes for the last); rsync -aH of it all vs curl | tar -xzf"
+     " (and the cache's peak disk use against the budget); the seek index against the archive; rsync -aH of"
+     " the 1 GiB version under a third of it"),
 ]
 CASE_NAMES = [c[0] for c in CASES]
 
@@ -132,6 +139,14 @@ TARGETS = {
     "python_open": ("<=", 2.0),
     "python_open_log_lines": ("<=", 0),  # absolute
     "fio_dio": (">=", 3.0),  # IOPS at iodepth 16 / IOPS at iodepth 1
+    "large_find_ls": ("<=", 1.2),  # vs the same version on a mount it fits
+    "large_last_file": ("<=", 0.2),  # vs a full download (curl | tar -xzf)
+    "large_last_file_bytes": ("<=", 0.1),  # store bytes / the archive
+    "large_mid_1m": ("<=", 0.1),  # vs a full download
+    "large_rsync": ("<=", 1.5),  # vs curl | tar -xzf
+    "large_rsync_seq": ("<=", 1.5),  # vs curl | tar -xzf
+    "large_rsync_peak": ("<=", 1.0),  # the cache's peak disk use / the budget, absolute
+    "large_seek_index": ("<=", 0.01),  # seek.bin / the archive, absolute
 }
 
 
@@ -1074,6 +1089,152 @@ class Bench:
         self.row("tiny_evict", median(times), "ms", samples=times,
                  note="%d evictions of versions of %d files; %s; %d versions cached" % (
                      len(times), self.p["tiny_files"], how, n))
+
+    # ----- a version larger than the cache ---------------------------------------------
+
+    def case_large(self):
+        if self.mode == "quick":
+            log("  large: skipped in --quick")
+            return
+        name = "cold-mixed"
+        vid, info = self.version(name)
+        budget = info["bytes"] // 3
+        _, url = self.emu.presigned_url("artifacts", name)
+        # The members in archive order (regular files), for the last one and one in the middle.
+        members = []
+        with tarfile.open(info["path"], "r|gz") as tf:
+            for ti in tf:
+                if ti.isfile():
+                    members.append((ti.name, ti.size))
+        last = members[-1][0]
+        mid = min(members[len(members) // 3:], key=lambda m: abs(m[1] - MiB) if m[1] >= 512 * 1024 else 1 << 40)
+        dest = os.path.join(self.run_dir, "large-extract")
+
+        def download():
+            shutil.rmtree(dest, ignore_errors=True)
+            os.makedirs(dest)
+            sh("sync")
+            return timed("curl -sf %s | tar -xzf - -C %s" % (q(url), q(dest)))
+
+        full = [download() for _ in range(self.p["slow_reps"])]
+        # find -ls after the first pass, against the same version on a mount it fits.
+        fits, _ = self.warm_version(name)
+        cache = os.path.join(self.run_dir, "large-cache")
+        m = self.mount("large", str(budget), cache)
+        root = m.version_dir("artifacts", name, vid)
+        sh("ls -lR %s >/dev/null" % q(root))
+        b, v = self.pairs(self.p["reps"], lambda: timed("find %s -ls >/dev/null" % q(fits)),
+                          lambda: timed("find %s -ls >/dev/null" % q(root)))
+        self.time_row("large_find_ls", b, v, "%.0f MiB version, budget %.0f MiB, vs the version on a mount it fits" % (
+            info["bytes"] / MiB, budget / MiB))
+        seek = [os.path.join(cache, "versions", d, "seek.bin") for d in os.listdir(os.path.join(cache, "versions"))]
+        seek = [p for p in seek if os.path.exists(p)]
+        if not seek:
+            raise BenchError("no seek.bin: the version was not read as one larger than the cache")
+        self.row("large_seek_index", os.path.getsize(seek[0]) / info["compressed"], "x",
+                 note="%d B of seek index for a %.0f MiB archive" % (os.path.getsize(seek[0]), info["compressed"] / MiB))
+        m.stop()
+        self.mounts.remove(m)
+
+        # Cold after a restart (spans are emptied at start): one member, a few spans.
+        def cold_read(member):
+            times, sent = [], []
+            for _ in range(self.p["slow_reps"]):
+                mm = self.mount("large", str(budget), cache)
+                path = os.path.join(mm.version_dir("artifacts", name, vid), member)
+                self.emu.reset_counters()
+                times.append(timed("cat %s >/dev/null" % q(path)))
+                sent.append(self.emu.counters().get("store.bytes", 0))
+                mm.stop()
+                self.mounts.remove(mm)
+            return times, sent
+
+        times, sent = cold_read(last)
+        self.time_row("large_last_file", full, times, "`%s` (the archive's last member), vs a full download" % last)
+        self.row("large_last_file_bytes", median(sent) / info["compressed"], "x",
+                 note="%.1f MiB of the store for it, of a %.0f MiB archive" % (median(sent) / MiB, info["compressed"] / MiB))
+        times, _ = cold_read(mid[0])
+        self.time_row("large_mid_1m", full, times, "`%s` (%d B, a third of the way in), vs a full download" % mid)
+
+        # rsync of it all, the cache's disk use sampled all along.
+        runs, top = self.large_rsync(name, vid, budget, cache, dest)
+        self.time_row("large_rsync", full, runs, "rsync -aH to local disk, identical to tar -xzf (diff -r);"
+                      " `rsync` reads in name order, which here visits the archive 64 times over (16 x 4"
+                      " directories written round-robin)")
+        self.row("large_rsync_peak", top / budget, "x",
+                 note="peak %.1f MiB of cache disk use (its listings and top-level entries aside) for a budget"
+                      " of %.1f MiB (sampled every 50 ms)" % (top / MiB, budget / MiB))
+        shutil.rmtree(dest, ignore_errors=True)
+
+        # The same for a version whose name order is its archive order: one 1 GiB file.
+        name = "big"
+        vid, info = self.version(name)
+        budget = info["bytes"] // 3
+        _, url = self.emu.presigned_url("artifacts", name)
+        full = [download() for _ in range(self.p["slow_reps"])]
+        cache = os.path.join(self.run_dir, "large-cache-seq")
+        m = self.mount("large", str(budget), cache)
+        sh("ls -lR %s >/dev/null" % q(m.version_dir("artifacts", name, vid)))
+        m.stop()
+        self.mounts.remove(m)
+        runs, top = self.large_rsync(name, vid, budget, cache, dest)
+        self.time_row("large_rsync_seq", full, runs, "%.0f MiB version under a budget of %.0f MiB, rsync -aH of it"
+                      " (in archive order), identical to tar -xzf; peak cache disk use %.2f of the budget" % (
+                          info["bytes"] / MiB, budget / MiB, top / budget))
+        shutil.rmtree(dest, ignore_errors=True)
+
+    def large_rsync(self, name, vid, budget, cache, dest):
+        """`rsync -aH` of a version larger than the cache to local disk, each run on a fresh
+        mount (no span on disk): the times, and the cache's peak disk use over all runs.
+        The copy must be what `tar -xzf` made in `dest`."""
+        copy = os.path.join(self.run_dir, "large-copy")
+        peaks = []
+
+        def sample(stop, out):
+            top = 0
+            while not stop.is_set():
+                now, by = 0, {}
+                for d, dirs, files in os.walk(cache):
+                    for x in dirs + files:
+                        p = os.path.join(d, x)
+                        try:
+                            b = os.lstat(p).st_blocks * 512
+                        except OSError:
+                            continue
+                        now += b
+                        key = os.path.relpath(p, cache).split(os.sep)[0]
+                        by[key] = by.get(key, 0) + b
+                # What the budget governs: the saved API listings, the lock and format files
+                # and the top-level directories themselves live beside it (doc/SEMANTICS.md).
+                for key in ("listings", "lock", "FORMAT"):
+                    now -= by.get(key, 0)
+                for key in by:
+                    if key != "listings" and os.path.isdir(os.path.join(cache, key)):
+                        now -= os.lstat(os.path.join(cache, key)).st_blocks * 512
+                top = max(top, now)
+                time.sleep(0.05)
+            out.append(top)
+
+        runs = []
+        for _ in range(self.p["slow_reps"]):
+            shutil.rmtree(copy, ignore_errors=True)
+            mm = self.mount("large", str(budget), cache)
+            src = mm.version_dir("artifacts", name, vid)
+            sh("ls %s >/dev/null" % q(src))
+            stop, out = threading.Event(), []
+            t = threading.Thread(target=sample, args=(stop, out))
+            t.start()
+            sh("sync")
+            runs.append(timed("rsync -aH %s/ %s/" % (q(src), q(copy))))
+            stop.set()
+            t.join()
+            peaks.append(out[0])
+            mm.stop()
+            self.mounts.remove(mm)
+        if sh("diff -r %s %s" % (q(dest), q(copy)), check=False).returncode != 0:
+            raise BenchError("rsync -aH of %s differs from tar -xzf of its archive" % name)
+        shutil.rmtree(copy, ignore_errors=True)
+        return runs, max(peaks)
 
     # ----- peers ---------------------------------------------------------------------
 

@@ -61,6 +61,19 @@ pub trait Remote: Send + Sync + 'static {
         archive: &ArchiveRef,
         from: Option<&ResumePoint>,
     ) -> Result<RemoteArchive, ApiError>;
+
+    /// The bytes `from.offset..end` of the archive (of the object `from.etag` names). A
+    /// source that cannot ask for a range gives everything from `from.offset` on: the
+    /// caller reads what it needs.
+    fn download_range(
+        &self,
+        archive: &ArchiveRef,
+        from: &ResumePoint,
+        end: u64,
+    ) -> Result<RemoteArchive, ApiError> {
+        let _ = end;
+        self.download(archive, Some(from))
+    }
 }
 
 impl Remote for Client {
@@ -78,6 +91,20 @@ impl Remote for Client {
         from: Option<&ResumePoint>,
     ) -> Result<RemoteArchive, ApiError> {
         let d = Client::download_archive(self, archive, from)?;
+        let compressed_size = d.compressed_size;
+        Ok(RemoteArchive {
+            reader: Box::new(d),
+            compressed_size,
+        })
+    }
+
+    fn download_range(
+        &self,
+        archive: &ArchiveRef,
+        from: &ResumePoint,
+        end: u64,
+    ) -> Result<RemoteArchive, ApiError> {
+        let d = Client::download_archive_range(self, archive, from, end)?;
         let compressed_size = d.compressed_size;
         Ok(RemoteArchive {
             reader: Box::new(d),

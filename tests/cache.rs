@@ -258,12 +258,23 @@ fn when_every_version_is_in_use_a_new_one_is_refused_with_enospc() {
     }
 }
 
+/// A version so much larger than the budget that even its index and seek index cannot fit:
+/// refused with `EFBIG` before anything is downloaded, one clear ERROR line however many
+/// accesses.
 #[test]
-fn a_version_larger_than_the_whole_budget_is_efbig_with_a_clear_log_line() {
-    let data = data_with_versions(1, 2 * MIB as usize);
+fn a_version_whose_index_cannot_fit_is_efbig_with_a_clear_log_line() {
+    let data = data_with_versions(1, 64 * 1024);
+    // The API announces 200 GiB: its seek index alone would take about 1.6 GiB.
+    common::hostile::put_sidecar(
+        data.path(),
+        "artifacts",
+        "art-0",
+        "v1",
+        &serde_json::json!({"size": 200u64 << 30, "file_count": 4}),
+    );
     let emu = Emulator::with_data(data.path());
     let cache = tempfile::tempdir().unwrap();
-    let m = Mount::with(&emu, cache_opts(cache.path(), "1M"));
+    let m = Mount::with(&emu, cache_opts(cache.path(), "1G"));
     let err = std::fs::read(m.join("artifacts/art-0/latest/part-0.bin")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
     let log = m.log_text();
@@ -273,7 +284,7 @@ fn a_version_larger_than_the_whole_budget_is_efbig_with_a_clear_log_line() {
         .find(|l| l.contains(&v) && l.contains("budget"))
         .unwrap_or_else(|| panic!("no log line:\n{log}"));
     assert!(
-        line.contains("2.0 MiB") && line.contains("1.0 MiB") && line.contains("--cache-size"),
+        line.contains("200.0 GiB") && line.contains("1.0 GiB") && line.contains("--cache-size"),
         "{line}"
     );
     // Every access is refused again, but logged at ERROR once: a loop of 100 `stat`s does
@@ -290,6 +301,38 @@ fn a_version_larger_than_the_whole_budget_is_efbig_with_a_clear_log_line() {
         .collect();
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert_eq!(emu.counter("store.get"), 0, "nothing downloaded");
+}
+
+/// A version larger than the budget is listed from its index; a stretch of its archive
+/// that unpacks to more than the whole budget (one deflate block of 2 MiB, written at
+/// level 1, against a budget of 1 MiB) cannot be read: `EFBIG`, one clear ERROR line.
+#[test]
+fn a_span_larger_than_the_whole_budget_is_efbig_with_a_clear_log_line() {
+    let data = data_with_versions(1, 2 * MIB as usize);
+    let emu = Emulator::with_data(data.path());
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::with(&emu, cache_opts(cache.path(), "1M"));
+    let file = m.join("artifacts/art-0/latest/part-0.bin");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), MIB / 2);
+    let err = std::fs::read(&file).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+    let v = emu.current_version("artifacts", "art-0");
+    for i in 0..20 {
+        let path = m.join(&format!("artifacts/art-0/latest/part-{}.bin", i % 4));
+        let err = std::fs::read(&path).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+    }
+    let log = m.log_text();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains(&v))
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains("budget of 1.0 MiB") && errors[0].contains("--cache-size"),
+        "{}",
+        errors[0]
+    );
 }
 
 #[test]

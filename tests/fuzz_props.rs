@@ -275,6 +275,7 @@ fn unpack_checked(input: &[u8], max_bytes: u64) -> Result<Unpacked, String> {
         file_count: 0,
         max_index_bytes: u64::MAX,
         implied_dir_mtime: 1_234_567,
+        keep_content: true,
     };
     let result = unpack(input, &dest, &opts, &mut |_| {});
     // Nothing but `dest/data/<n>` regular files, whatever happened.
@@ -559,6 +560,7 @@ proptest! {
             file_count: 0,
             max_index_bytes: u64::MAX,
             implied_dir_mtime: 0,
+            keep_content: true,
         };
         let u = unpack(&gzip(&build_tar(&members))[..], tmp.path(), &opts, &mut |_| {}).unwrap();
         check_index(tmp.path(), &u);

@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let opts = UnpackOptions {
         max_bytes,
         implied_dir_mtime: 0,
+        keep_content: true,
     };
     let result = unpack(&input[..], &dest, &opts, &mut |_| {});
 

@@ -258,6 +258,17 @@ impl Client {
         Download::open(self.clone(), archive, from)
     }
 
+    /// The bytes `from.offset..end` of a version's archive (which must still be the
+    /// object `from.etag` names): one range request, resumed like a whole download.
+    pub fn download_archive_range(
+        &self,
+        archive: &ArchiveRef,
+        from: &ResumePoint,
+        end: u64,
+    ) -> Result<Download, ApiError> {
+        Download::open_range(self.clone(), archive, Some(from), Some(end))
+    }
+
     /// Asks the API for a presigned URL of a version's archive (`GET …/download`, 302).
     pub(crate) fn presign(
         &self,

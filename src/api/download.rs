@@ -64,7 +64,24 @@ impl Download {
         archive: &ArchiveRef,
         from: Option<&ResumePoint>,
     ) -> Result<Download, ApiError> {
+        Download::open_range(client, archive, from, None)
+    }
+
+    /// [`Download::open`], asking the store for the bytes before `end` only (a range
+    /// request `bytes=offset-(end-1)`): what a read of part of a version needs.
+    pub(crate) fn open_range(
+        client: Client,
+        archive: &ArchiveRef,
+        from: Option<&ResumePoint>,
+        end: Option<u64>,
+    ) -> Result<Download, ApiError> {
         let start = from.map_or(0, |p| p.offset);
+        if let Some(end) = end.filter(|end| *end <= start) {
+            return Err(ApiError::Protocol {
+                resource: Resource::archive(archive).what,
+                detail: format!("an empty range of the archive, bytes {start}-{end}"),
+            });
+        }
         let mut state = Resumer {
             resource: Resource::archive(archive),
             client,
@@ -76,6 +93,7 @@ impl Download {
             total: from.and_then(|p| p.total),
             etag: from.map(|p| p.etag.clone()),
             ended: false,
+            end,
             resumes: 0,
             last_progress: Instant::now(),
             streak: None,
@@ -172,6 +190,8 @@ struct Resumer {
     etag: Option<String>,
     /// The store said there is nothing past `delivered`.
     ended: bool,
+    /// Where a ranged download stops (exclusive): it asks the store for no byte past it.
+    end: Option<u64>,
     resumes: u32,
     /// When the last byte arrived (or the download started).
     last_progress: Instant,
@@ -239,6 +259,16 @@ impl Resumer {
     }
 
     fn read_resuming(&mut self, buf: &mut [u8]) -> Result<usize, ApiError> {
+        // A ranged download yields nothing past its end, even from a store that ignored
+        // the range and sends the whole object.
+        let buf = match self.end {
+            Some(end) => {
+                let left = end.saturating_sub(self.delivered);
+                let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+                &mut buf[..n]
+            }
+            None => buf,
+        };
         if buf.is_empty() || self.ended {
             return Ok(0);
         }
@@ -257,7 +287,12 @@ impl Resumer {
                     Err(OpenError::Retry(err)) => err,
                 },
                 Some(body) => match body.read(buf) {
-                    Ok(0) if self.total.is_some_and(|total| self.delivered < total) => {
+                    Ok(0)
+                        if self
+                            .end
+                            .or(self.total)
+                            .is_some_and(|end| self.delivered < end) =>
+                    {
                         io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "the connection closed before the end of the archive",
@@ -367,7 +402,7 @@ impl Resumer {
             (None, now) => self.etag = now,
         }
         match response.status().as_u16() {
-            206 if offset > 0 => {
+            206 if offset > 0 || self.end.is_some() => {
                 let raw = headers
                     .get(header::CONTENT_RANGE)
                     .and_then(|v| v.to_str().ok());
@@ -493,8 +528,15 @@ impl Resumer {
         let resource = &self.resource;
         client.with_retries(resource, || {
             let mut request = client.http().get(url.clone());
-            if offset > 0 {
-                request = request.header(header::RANGE, format!("bytes={offset}-"));
+            match self.end {
+                Some(end) => {
+                    let last = end - 1;
+                    request = request.header(header::RANGE, format!("bytes={offset}-{last}"));
+                }
+                None if offset > 0 => {
+                    request = request.header(header::RANGE, format!("bytes={offset}-"));
+                }
+                None => {}
             }
             let response = request.send().map_err(|err| {
                 client.transport_failure(resource, Server::ObjectStore, url, err.without_url())

@@ -7,10 +7,8 @@
 //! may read (and hold in memory) between two members, and the tar data as a whole.
 
 use std::cell::{Cell, RefCell};
-use std::io::{self, BufRead, Read};
+use std::io::{self, Read};
 use std::rc::Rc;
-
-use flate2::bufread::GzDecoder;
 
 /// Read buffer around the source: large reads keep the per-call overhead of the network
 /// stream and of the decompressor's input handling low.
@@ -76,39 +74,6 @@ impl<R: Read> Read for CountedInput<R> {
                 }
             }
         }
-    }
-}
-
-/// The decompressed content of all gzip members in a row (a gzip file may have several:
-/// `cat a.gz b.gz` is valid gzip). Like `gzip -d`, trailing bytes that do not start another
-/// member (zero padding from some tools) end the stream with a warning, not an error.
-pub(super) struct GzMembers<R> {
-    pub(super) decoder: Option<GzDecoder<R>>,
-}
-
-impl<R: BufRead> Read for GzMembers<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        while let Some(decoder) = self.decoder.as_mut() {
-            let n = decoder.read(buf)?;
-            if n > 0 {
-                return Ok(n);
-            }
-            // This member ended and its CRC and length matched; is there another one?
-            let Some(decoder) = self.decoder.take() else {
-                break;
-            };
-            let mut rest = decoder.into_inner();
-            let next = rest.fill_buf()?;
-            match next.first() {
-                None => {}
-                Some(&b) if b == GZIP_MAGIC[0] => self.decoder = Some(GzDecoder::new(rest)),
-                Some(_) => tracing::warn!("ignoring trailing data after the archive's gzip stream"),
-            }
-        }
-        Ok(0)
     }
 }
 

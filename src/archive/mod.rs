@@ -51,7 +51,9 @@ mod limits;
 mod names;
 mod outcome;
 mod pax;
+mod positions;
 mod publish;
+pub mod seek;
 mod tree;
 mod unpack;
 
@@ -66,10 +68,13 @@ pub use index::{
 };
 pub use limits::{index_allowance, member_cap};
 pub use outcome::{ArchiveError, Skipped, UnpackOptions, UnpackStats, Unpacked, SKIPPED_KEPT};
+pub use positions::{At, Positions, POSITIONS_FORMAT_VERSION};
 pub use publish::{BlobId, Publish, Published, PublishedFile, PublishedKind, PublishedNode, Step};
 pub use unpack::{unpack, unpack_published};
 
 #[cfg(test)]
 mod index_tests;
+#[cfg(test)]
+mod seek_tests;
 #[cfg(test)]
 mod tests;

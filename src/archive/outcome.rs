@@ -25,6 +25,10 @@ pub struct UnpackOptions {
     pub max_index_bytes: u64,
     /// mtime of directories the archive implies but has no entry for (seconds since epoch).
     pub implied_dir_mtime: i64,
+    /// Write the content of files (`false`: a version larger than the cache, whose first
+    /// pass keeps its tree, checksums and where each file lies in the tar stream, and
+    /// whose content is read later from the archive by ranges).
+    pub keep_content: bool,
 }
 
 impl UnpackOptions {
@@ -68,6 +72,13 @@ pub struct Unpacked {
     /// The checksums of its content (`checks.bin`), open.
     pub checks: super::Checks,
     pub stats: UnpackStats,
+    /// Where each file's content lies in the tar stream, by node.
+    pub positions: super::Positions,
+    /// The checkpoints of the gzip stream (`None` for an empty input).
+    pub seek: Option<super::seek::SeekIndex>,
+    /// The archive's `ETag` and length at the store, when the caller knows them (a
+    /// download does; see [`crate::cache::ArchiveOrigin`]).
+    pub origin: Option<crate::cache::ArchiveOrigin>,
 }
 
 /// Why an unpack failed. The caller deletes the version directory on any of these.

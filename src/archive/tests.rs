@@ -147,6 +147,7 @@ impl Run {
             file_count: 0,
             max_index_bytes: u64::MAX,
             implied_dir_mtime: IMPLIED_MTIME,
+            keep_content: true,
         };
         unpack(input, &self.dest, &opts, &mut |_| {})
     }
@@ -300,7 +301,7 @@ fn check_sums(run: &Run, tree: &IndexTree) {
             );
         }
     }
-    quick_check(&run.dest).unwrap();
+    quick_check(&run.dest, true).unwrap();
 }
 
 fn resolve(index: &Index, path: &str) -> Option<u32> {
@@ -1282,6 +1283,7 @@ fn missing_destination_is_a_write_error() {
         file_count: 0,
         max_index_bytes: u64::MAX,
         implied_dir_mtime: 0,
+        keep_content: true,
     };
     let missing = run.dest.join("missing");
     let err = unpack(&Tar::new().gz()[..], &missing, &opts, &mut |_| {}).unwrap_err();
@@ -1301,6 +1303,7 @@ fn progress_is_reported_every_few_mib_and_at_the_end() {
         file_count: 0,
         max_index_bytes: u64::MAX,
         implied_dir_mtime: 0,
+        keep_content: true,
     };
     let mut calls = Vec::new();
     let u = unpack(&archive[..], &run.dest, &opts, &mut |s| {
@@ -1443,6 +1446,7 @@ fn published_files_match_the_finished_index() {
         file_count: 0,
         max_index_bytes: u64::MAX,
         implied_dir_mtime: IMPLIED_MTIME,
+        keep_content: true,
     };
     let u = unpack_published(&tar.gz()[..], &run.dest, &opts, &mut |_| {}, &rec).unwrap();
     check(&run, &u);
@@ -1483,6 +1487,7 @@ fn a_directory_seen_before_its_own_member_is_shown_owner_only() {
         file_count: 0,
         max_index_bytes: u64::MAX,
         implied_dir_mtime: IMPLIED_MTIME,
+        keep_content: true,
     };
     let u = unpack_published(&tar.gz()[..], &run.dest, &opts, &mut |_| {}, &rec).unwrap();
     let (published, _) = rec.state.into_inner().unwrap();
@@ -1607,6 +1612,7 @@ fn packed_files_are_published_with_their_offset_in_the_pack() {
         file_count: 0,
         max_index_bytes: u64::MAX,
         implied_dir_mtime: IMPLIED_MTIME,
+        keep_content: true,
     };
     let u = unpack_published(
         &tar.gz()[..],
@@ -1641,6 +1647,7 @@ fn unpack_announced(
         file_count,
         max_index_bytes,
         implied_dir_mtime: 0,
+        keep_content: true,
     };
     unpack(archive, &run.dest, &opts, &mut |_| {})
 }

@@ -4,8 +4,9 @@
 //!
 //! ```text
 //! source -> CountedInput (counts, keeps the source's errors) -> BufReader (256 KiB)
-//!        -> GzMembers (gzip members, one after another) -> TarInput (keeps gzip errors,
-//!           bounds the metadata read per member) -> tar::Archive -> Unpacker
+//!        -> Checkpointer (gzip members, one after another, and the seek index: see `seek`)
+//!        -> TarInput (keeps gzip errors, bounds the metadata read per member)
+//!        -> tar::Archive -> Unpacker
 //! ```
 //!
 //! The wrappers (`input.rs`) exist so that an `io::Error` coming out of the tar reader can
@@ -19,27 +20,27 @@
 //! stream is only known at the end, which is why a version is committed only then.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use flate2::bufread::GzDecoder;
 use tar::EntryType;
 
 use super::blobs::{blob_path, index_path, pack_path, Pack, PACK_MAX};
 use super::checks::{checksum, Sums};
 use super::encode::encoded_len;
 use super::input::{
-    is_tar_header, CountedInput, GzMembers, Shared, TarInput, GZIP_MAGIC, MAX_MEMBER_METADATA,
-    MAX_TRAILER, READ_BUFFER,
+    is_tar_header, CountedInput, Shared, TarInput, GZIP_MAGIC, MAX_MEMBER_METADATA, MAX_TRAILER,
+    READ_BUFFER,
 };
 use super::limits::stream_cap;
 use super::outcome::{ArchiveError, Skipped, UnpackOptions, UnpackStats, Unpacked, SKIPPED_KEPT};
 use super::pax::{bad_size, member_meta, PaxFields};
 use super::publish::{BlobId, Publish, PublishedFile, PublishedKind, PublishedNode, Step};
+use super::seek::Checkpointer;
 use super::tree::{normalize, Content, Freed, ModeTime, Prepared, Replaced, Slot, Tree, Want};
 use super::Index;
 
@@ -106,6 +107,8 @@ pub fn unpack_published(
         dead_packed: 0,
         buf: Vec::new(),
         sums: Sums::default(),
+        positions: super::Positions::default(),
+        seek: None,
         unreported: 0,
         members: 0,
         stats: UnpackStats::default(),
@@ -125,9 +128,9 @@ pub fn unpack_published(
         [_, b, ..] if *b != GZIP_MAGIC[1] => return Err(ArchiveError::NotGzip),
         _ => {}
     }
-    let gunzip = GzMembers {
-        decoder: Some(GzDecoder::new(input)),
-    };
+    // Inflated with checkpoints of the decompressor's state: the seek index a version
+    // larger than the cache reads its content back by (see `seek`).
+    let gunzip = Checkpointer::new(input).map_err(|e| unpacker.error(e, false))?;
     let mut archive = tar::Archive::new(TarInput {
         inner: gunzip,
         shared: Rc::clone(&shared),
@@ -145,6 +148,11 @@ pub fn unpack_published(
             "ignoring data after the end of the archive's tar content"
         );
     }
+    let gunzip = rest.inner;
+    if gunzip.trailing_data() {
+        tracing::warn!("ignoring trailing data after the archive's gzip stream");
+    }
+    unpacker.seek = gunzip.into_index();
     unpacker.finish()
 }
 
@@ -168,6 +176,10 @@ struct Unpacker<'a> {
     buf: Vec<u8>,
     /// The checksums of the files written, computed as they are written.
     sums: Sums,
+    /// Where each file's content lies in the tar stream.
+    positions: super::Positions,
+    /// The gzip stream's checkpoints, once it was read to its end.
+    seek: Option<super::seek::SeekIndex>,
     /// Content bytes written since the last `progress` call.
     unreported: u64,
     /// Members read so far, against [`UnpackOptions::max_members`].
@@ -485,6 +497,18 @@ impl Unpacker<'_> {
                 "the archive has more than 2^32 files",
             )));
         }
+        // The tar reader reads the decompressed stream from its start: its positions are
+        // offsets in the tar stream. A GNU sparse member's stored data is a map of runs,
+        // so it is found again by its header.
+        // Such a member's content is kept on disk even when no other is (a version larger
+        // than the cache): it cannot be read from one run of the tar stream.
+        let (at, keep) = if entry.header().entry_type() == EntryType::GNUSparse {
+            let header = entry.raw_header_position();
+            (super::At::Sparse { header }, true)
+        } else {
+            let data = entry.raw_file_position();
+            (super::At::Data(data), self.opts.keep_content)
+        };
         let (published, disk_bytes, packed) = if size < PACK_MAX {
             let offset = self.pack.len;
             let path = self.pack.path.clone();
@@ -492,7 +516,16 @@ impl Unpacker<'_> {
             let mut file = self.pack.file.take().ok_or_else(|| {
                 Self::write_error(path.to_path_buf())(io::Error::other("the pack file is closed"))
             })?;
-            let copied = self.copy(entry, &mut file, &path, name, size, true);
+            let copied = if keep {
+                // At its offset: without content, the pack has holes where the other
+                // files would lie.
+                use std::io::Seek;
+                file.seek(io::SeekFrom::Start(offset))
+                    .map_err(Self::write_error(path.to_path_buf()))
+                    .and_then(|_| self.copy(entry, &mut file, &path, name, size, true))
+            } else {
+                self.copy(entry, &mut io::sink(), &path, name, size, true)
+            };
             self.pack.file = Some(file);
             let mut units = copied?;
             if units.is_empty() {
@@ -509,6 +542,19 @@ impl Unpacker<'_> {
                 sums: units.into(),
             };
             (published, 0, Some(offset))
+        } else if !keep {
+            // Read for its checksums only: nothing of it is written.
+            let path = blob_path(self.dest, blob);
+            let units = self.copy(entry, &mut io::sink(), &path, name, size, false)?;
+            let published = PublishedFile {
+                size,
+                blob: Arc::from(path),
+                offset: 0,
+                id: BlobId { dev: 0, ino: 0 },
+                packed: false,
+                sums: units.into(),
+            };
+            (published, 0, None)
         } else {
             let path = blob_path(self.dest, blob);
             let mut file = OpenOptions::new()
@@ -542,7 +588,10 @@ impl Unpacker<'_> {
         match self.tree.attach(dir, last, reuse, content, meta) {
             Ok(node) => {
                 self.sums.set(node, &published.sums);
-                self.publish_file(comps, published);
+                self.positions.set(node, at);
+                if self.opts.keep_content {
+                    self.publish_file(comps, published);
+                }
             }
             Err(reason) => {
                 self.free_blob(Some(Freed { blob, size, packed }));
@@ -599,7 +648,7 @@ impl Unpacker<'_> {
     fn copy<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
-        file: &mut File,
+        file: &mut impl Write,
         path: &Path,
         name: &[u8],
         size: u64,
@@ -662,6 +711,10 @@ impl Unpacker<'_> {
         }
         let path = blob_path(self.dest, blob);
         if let Err(e) = fs::remove_file(&path) {
+            if !self.opts.keep_content && e.kind() == io::ErrorKind::NotFound {
+                // Never written: a version without content keeps only its sparse files.
+                return;
+            }
             // Only disk space is at stake: the blob is no longer in the index.
             tracing::warn!(path = %path.display(), error = %e, "cannot delete a replaced file");
         }
@@ -674,8 +727,13 @@ impl Unpacker<'_> {
             tree: finished,
             renames,
         } = tree.finish();
+        // Without content there is no file to rename (the index has the new numbers).
         for (from, to) in renames {
             let (from, to) = (blob_path(self.dest, from), blob_path(self.dest, to));
+            if !self.opts.keep_content && !from.exists() {
+                // Never written (see `free_blob`): the index has its new number.
+                continue;
+            }
             fs::rename(&from, &to).map_err(Self::write_error(to))?;
         }
         let bytes = encoded_len(&finished);
@@ -727,6 +785,9 @@ impl Unpacker<'_> {
             index,
             checks,
             stats: self.stats,
+            positions: std::mem::take(&mut self.positions),
+            seek: self.seek.take(),
+            origin: None,
         })
     }
 }

@@ -10,7 +10,11 @@
 //!        data/<n>             contents of larger files, one each (written by crate::archive)
 //!        index.bin            the version's tree (crate::archive::Index), used mapped
 //!        checks.bin           the checksums of its content (crate::archive::Checks)
+//!        positions.bin        a version larger than the cache: where each file lies in
+//!        seek.bin             its tar stream, and the checkpoints of the gzip stream
 //!        meta.json            the completion record; its mtime is the version's last use
+//! CACHE/spans/<key>.<s>.<k>   spans of the tar streams of versions larger than the cache,
+//!                             read by range requests; removed at start
 //! CACHE/tmp/<key>.<pid>.<n>/  versions being unpacked; removed at start
 //! CACHE/trash/<...>/          evicted versions being deleted; removed at start
 //! CACHE/listings/             API listings saved for later mounts: written and read by
@@ -41,9 +45,10 @@ use crate::ids::VersionId;
 
 /// Bump when anything under `CACHE/` changes meaning; a cache of another format is cleared.
 /// `tests::format_is_pinned` fails when the serialized records change without a bump.
-/// Format 5: checksums of 64 KiB units (format 4 had 1 MiB; format 3 no `checks.bin`;
-/// format 2: one file per member, a `postcard` index).
-pub const CACHE_FORMAT_VERSION: u32 = 5;
+/// Format 6: versions larger than the cache (`positions.bin`, `seek.bin`, the archive in
+/// the completion record); format 5: checksums of 64 KiB units (format 4 had 1 MiB;
+/// format 3 no `checks.bin`; format 2: one file per member, a `postcard` index).
+pub const CACHE_FORMAT_VERSION: u32 = 6;
 
 /// The completion record of a version (`meta.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +60,20 @@ pub struct Completion {
     pub disk_bytes: u64,
     pub files: u64,
     pub bytes: u64,
+    /// A version larger than the cache (its content read from the archive by ranges): the
+    /// archive it was indexed from. Absent for a version whose content is on disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveOrigin>,
+}
+
+/// The archive a version larger than the cache was indexed from: range reads must find the
+/// very same object at the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveOrigin {
+    /// The object's `ETag` as the store sent it.
+    pub etag: String,
+    /// The archive's length in bytes.
+    pub len: u64,
 }
 
 /// A complete version found in the cache directory at start.
@@ -63,6 +82,8 @@ pub struct Found {
     pub key: VersionKey,
     pub disk_bytes: u64,
     pub last_used: SystemTime,
+    /// Set for a version larger than the cache (see [`Completion::archive`]).
+    pub archive: Option<ArchiveOrigin>,
 }
 
 pub struct Layout {
@@ -72,9 +93,10 @@ pub struct Layout {
 }
 
 /// What lives at the top of the cache directory: made private at every start.
-const TOP_DIRS: [&str; 7] = [
+const TOP_DIRS: [&str; 8] = [
     "versions",
     "tmp",
+    "spans",
     "trash",
     "partial",
     "listings",
@@ -125,7 +147,7 @@ impl Layout {
                     .map_err(|e| io_err(&format_path, e))?;
             }
         }
-        for sub in ["versions", "tmp", "trash"] {
+        for sub in ["versions", "tmp", "trash", "spans"] {
             let p = root.join(sub);
             fs::DirBuilder::new()
                 .recursive(true)
@@ -133,8 +155,9 @@ impl Layout {
                 .create(&p)
                 .map_err(|e| io_err(&p, e))?;
         }
-        // Leftovers of an interrupted run: never served, always removed.
-        for sub in ["tmp", "trash"] {
+        // Leftovers of an interrupted run: never served, always removed. (The spans of
+        // versions larger than the cache are kept for the run that fetched them.)
+        for sub in ["tmp", "trash", "spans"] {
             let dir = root.join(sub);
             if let Ok(entries) = fs::read_dir(&dir) {
                 for e in entries.flatten() {
@@ -153,6 +176,13 @@ impl Layout {
 
     pub fn version_dir(&self, key: &VersionKey) -> PathBuf {
         self.root.join("versions").join(key.dir_name())
+    }
+
+    /// Where span `k` of the tar stream of `key` (a version larger than the cache) is kept.
+    pub fn span_path(&self, key: &VersionKey, serial: u64, k: u32) -> PathBuf {
+        self.root
+            .join("spans")
+            .join(format!("{}.{serial}.{k}", key.dir_name()))
     }
 
     /// The error for a write into a directory this daemon no longer holds.
@@ -208,7 +238,8 @@ impl Layout {
                     if Some(key.dir_name().as_str())
                         == path.file_name().and_then(|n| n.to_str()) =>
                 {
-                    if let Err(problem) = crate::archive::quick_check(&path) {
+                    if let Err(problem) = crate::archive::quick_check(&path, meta.archive.is_none())
+                    {
                         tracing::warn!(version = %key, %problem, "a cached version is damaged; removing it, the next access downloads it again");
                         damaged += 1;
                         remove_all(&path);
@@ -221,6 +252,7 @@ impl Layout {
                         key,
                         disk_bytes: meta.disk_bytes,
                         last_used,
+                        archive: meta.archive,
                     });
                 }
                 _ => {
@@ -307,7 +339,14 @@ impl Layout {
 /// Delete a directory tree, logging (not failing) on error: a leftover is retried at the
 /// next start.
 pub fn remove_all(path: &Path) {
-    match fs::remove_dir_all(path) {
+    // A file (a span) is removed as a file: `remove_dir_all` refuses anything else.
+    let is_dir = fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+    let removed = if is_dir {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match removed {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => {
@@ -392,10 +431,11 @@ mod tests {
             disk_bytes: 8192,
             files: 2,
             bytes: 10,
+            archive: None,
         };
         let json = serde_json::to_string(&meta).unwrap();
         let expected = format!(
-            r#"{{"format":5,"kind":"Artifact","id":"{}","disk_bytes":8192,"files":2,"bytes":10}}"#,
+            r#"{{"format":6,"kind":"Artifact","id":"{}","disk_bytes":8192,"files":2,"bytes":10}}"#,
             "ab".repeat(32)
         );
         assert_eq!(
@@ -403,8 +443,19 @@ mod tests {
             "serialized disk format appears to have changed, version bump required"
         );
         assert_eq!(
-            CACHE_FORMAT_VERSION, 5,
+            CACHE_FORMAT_VERSION, 6,
             "update the pinned record above with the bump"
         );
+        // A version larger than the cache names its archive.
+        let streamed = Completion {
+            archive: Some(ArchiveOrigin {
+                etag: "\"e\"".into(),
+                len: 99,
+            }),
+            ..meta
+        };
+        assert!(serde_json::to_string(&streamed)
+            .unwrap()
+            .ends_with(r#""bytes":10,"archive":{"etag":"\"e\"","len":99}}"#));
     }
 }

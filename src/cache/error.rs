@@ -8,12 +8,23 @@ use crate::size::ByteSize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("{key} is {} unpacked, more than the whole cache budget of {}; raise --cache-size", ByteSize(*.size), ByteSize(*.budget))]
+    #[error("{key} is {} unpacked, and the cache budget of {} cannot hold even its index and seek checkpoints (about 1% of it, at least one span of its archive); raise --cache-size", ByteSize(*.size), ByteSize(*.budget))]
     TooLarge {
         key: VersionKey,
         size: u64,
         budget: u64,
     },
+    /// A span of the archive of a version larger than the cache (the stretch between two
+    /// checkpoints of its seek index) that unpacks to more than the whole budget.
+    #[error("{key} is larger than the cache, and a stretch of its archive between two checkpoints unpacks to {}, more than the whole cache budget of {}; raise --cache-size", ByteSize(*.span), ByteSize(*.budget))]
+    SpanTooLarge {
+        key: VersionKey,
+        span: u64,
+        budget: u64,
+    },
+    /// A version larger than the cache whose archive could not be indexed for range reads.
+    #[error("{key} is larger than the cache, and its archive cannot be read by ranges: {why}")]
+    Unindexed { key: VersionKey, why: String },
     #[error("no room in the cache for {key} ({} needed, budget {}): every cached version is in use; close files or raise --cache-size", ByteSize(*.needed), ByteSize(*.budget))]
     NoRoom {
         key: VersionKey,
@@ -73,8 +84,12 @@ impl CacheError {
     /// never tried.
     pub(super) fn remembered(&self) -> bool {
         match self {
-            CacheError::Fetch { .. } | CacheError::Io { .. } | CacheError::Panicked { .. } => true,
+            CacheError::Fetch { .. }
+            | CacheError::Io { .. }
+            | CacheError::Panicked { .. }
+            | CacheError::Unindexed { .. } => true,
             CacheError::TooLarge { .. }
+            | CacheError::SpanTooLarge { .. }
             | CacheError::NoRoom { .. }
             | CacheError::Locked { .. }
             | CacheError::NotOurs { .. }

@@ -28,6 +28,22 @@ pub(super) fn reservation(a: Announced) -> u64 {
 /// See [`reservation`].
 const SLACK: u64 = 64 * 1024;
 
+/// Room kept for a version larger than the cache, whose content is not kept: its index
+/// (as [`reservation`] counts it), its checksums (8 bytes a node, 4 a unit of 64 KiB),
+/// its positions (8 bytes a node) and its seek index (a checkpoint of at most 33 KiB per
+/// [`archive::seek::DEFAULT_SPACING`] of the archive, which is about as long as its
+/// content at most), and [`SLACK`].
+pub(super) fn streamed_reservation(size: u64, file_count: u64) -> u64 {
+    let nodes = file_count.saturating_mul(2).saturating_add(1);
+    let units = (size / archive::CHECK_BLOCK).saturating_add(file_count);
+    let checkpoints = size / archive::seek::DEFAULT_SPACING + 2;
+    archive::index_allowance(file_count, size)
+        .saturating_add(nodes.saturating_mul(16))
+        .saturating_add(units.saturating_mul(4))
+        .saturating_add(checkpoints.saturating_mul(33 * 1024))
+        .saturating_add(SLACK)
+}
+
 /// The part of the room of a version of unknown size that its index may take (one in 16):
 /// with no file count, an archive may hold one member per 4 KiB of content
 /// ([`archive::member_cap`]), and each costs the index at most 256 bytes.
@@ -45,24 +61,27 @@ fn index_room(a: Announced, max_bytes: u64, need: u64) -> u64 {
 /// Versions taken out of the LRU whose directories are still to be moved aside (see
 /// [`Cache::move_aside`]).
 #[must_use]
-pub(super) struct Evicted(Vec<VersionKey>);
+pub(super) struct Evicted(Vec<VersionKey>, Vec<PathBuf>);
 
 impl Cache {
     /// Read the index of a version found on disk at start. On failure (a damaged index), the
     /// version is dropped from the cache and `None` tells the caller to fetch it again.
     pub(super) fn load(&self, key: &VersionKey) -> Option<Arc<CachedVersion>> {
         let dir = self.inner.layout.version_dir(key);
-        // The index and the checksums are each checked whole (header, length, checksum).
+        let origin = self.inner.state.lock().lru.peek(key)?.archive.clone();
+        // The index and the checksums are each checked whole (header, length, checksum),
+        // and so are the positions and the seek index of a version larger than the cache.
         let loaded = Index::open(&archive::index_path(&dir))
             .map_err(|e| Damage(format!("index.bin: {e}")))
             .and_then(|index| {
                 let checks = Checks::open(&dir, index.len(), true)?;
-                Ok((index, checks))
+                let streamed = origin.map(|o| Streamed::open(&dir, o)).transpose()?;
+                Ok((index, checks, streamed))
             });
         let mut st = self.inner.state.lock();
         let entry = st.lru.get_mut(key)?;
         match loaded {
-            Ok((index, checks)) => {
+            Ok((index, checks, streamed)) => {
                 let v = Arc::new(CachedVersion {
                     key: key.clone(),
                     dir,
@@ -70,6 +89,7 @@ impl Cache {
                     checks: Some(checks),
                     disk_bytes: entry.disk_bytes,
                     files: Default::default(),
+                    streamed,
                 });
                 entry.slot = Loaded::Ready(v.clone());
                 Some(v)
@@ -82,7 +102,7 @@ impl Cache {
                 st.damaged += 1;
                 st.evicting.insert(key.clone());
                 drop(st);
-                purge(self.move_aside(Evicted(vec![key.clone()])));
+                purge(self.move_aside(Evicted(vec![key.clone()], self.drop_spans(key))));
                 None
             }
         }
@@ -102,7 +122,7 @@ impl Cache {
         st.damaged += 1;
         st.evicting.insert(key.clone());
         drop(st);
-        purge(self.move_aside(Evicted(vec![key.clone()])));
+        purge(self.move_aside(Evicted(vec![key.clone()], self.drop_spans(key))));
         true
     }
 
@@ -114,7 +134,14 @@ impl Cache {
         fetch: BoxedFetch,
     ) -> Outcome {
         let budget = self.inner.budget;
-        if let Some(size) = announced.size.filter(|size| *size > budget) {
+        // A version larger than the budget keeps its index and reads its content from the
+        // archive by ranges; only one whose index cannot fit is refused.
+        let streamed = announced.size.filter(|size| *size > budget);
+        let need = streamed.map_or_else(
+            || reservation(announced).min(budget),
+            |size| streamed_reservation(size, announced.file_count.unwrap_or(0)),
+        );
+        if let Some(size) = streamed.filter(|_| need > budget) {
             let err = CacheError::TooLarge {
                 key: key.clone(),
                 size,
@@ -127,7 +154,7 @@ impl Cache {
             }
             return Err(Arc::new(err));
         }
-        let mut need = reservation(announced).min(budget);
+        let mut need = need;
         let mut trash = Vec::new();
         let mut refuse_after: Option<Instant> = None;
         loop {
@@ -191,12 +218,12 @@ impl Cache {
         // within the budget plus the one version being unpacked.
         purge(trash);
 
-        let result = self.fetch_into_tmp(key, flight, announced, need, fetch);
+        let result = self.fetch_into_tmp(key, flight, announced, need, streamed.is_some(), fetch);
         let mut st = self.inner.state.lock();
         if let Some((_, r)) = st.reserved.remove(&flight.id) {
             st.used -= r;
         }
-        let (dir, unpacked, disk_bytes) = match result {
+        let (dir, unpacked, streamed, disk_bytes) = match result {
             Ok(ok) => ok,
             Err(e) => {
                 drop(st);
@@ -213,6 +240,7 @@ impl Cache {
             checks: Some(unpacked.checks),
             disk_bytes,
             files: Default::default(),
+            streamed,
         });
         st.used += disk_bytes;
         st.lru.put(
@@ -220,6 +248,7 @@ impl Cache {
             Resident {
                 slot: Loaded::Ready(v.clone()),
                 disk_bytes,
+                archive: v.streamed.as_ref().map(|s| s.origin.clone()),
                 last_used: SystemTime::now(),
                 last_touch: Instant::now(),
             },
@@ -243,8 +272,9 @@ impl Cache {
         flight: &Arc<Flight>,
         announced: Announced,
         need: u64,
+        streamed: bool,
         fetch: BoxedFetch,
-    ) -> Result<(PathBuf, Unpacked, u64), CacheError> {
+    ) -> Result<(PathBuf, Unpacked, Option<Streamed>, u64), CacheError> {
         let layout = &self.inner.layout;
         let tmp = layout.new_tmp_dir(key)?;
         let outcome = (|| {
@@ -254,6 +284,11 @@ impl Cache {
             // share its members could take at most ([`UNKNOWN_INDEX_SHARE`]), the content
             // the rest.
             let (max_bytes, max_index_bytes) = match announced.size {
+                // Its content is not written: the announced size bounds the tar stream.
+                Some(size) if streamed => (
+                    size,
+                    archive::index_allowance(announced.file_count.unwrap_or(0), size) + SLACK,
+                ),
                 Some(size) => {
                     let max_bytes = size.min(self.inner.budget);
                     (max_bytes, index_room(announced, max_bytes, need))
@@ -269,6 +304,7 @@ impl Cache {
                 max_index_bytes,
                 publish: &**flight,
                 cancelled: &cancelled,
+                keep_content: !streamed,
             };
             // A fetch that panics fails like one that errs: its temporary directory is
             // removed and its reservation returned below, and its flight ends.
@@ -278,10 +314,33 @@ impl Cache {
                     message: crate::panics::message(&*panic),
                 }
             })?;
-            let unpacked = fetched.map_err(|source| CacheError::Fetch {
+            let mut unpacked = fetched.map_err(|source| CacheError::Fetch {
                 key: key.clone(),
                 source,
             })?;
+            let streamed = if streamed {
+                let seek = unpacked.seek.take().ok_or_else(|| CacheError::Unindexed {
+                    key: key.clone(),
+                    why: "the archive's seek index was not built".into(),
+                })?;
+                let origin = unpacked
+                    .origin
+                    .take()
+                    .ok_or_else(|| CacheError::Unindexed {
+                        key: key.clone(),
+                        why: "the object store sent no ETag, so ranges of the archive could not \
+                          be checked to come from the same object"
+                            .into(),
+                    })?;
+                let s = Streamed::built(std::mem::take(&mut unpacked.positions), seek, origin);
+                s.save(&tmp).map_err(|source| CacheError::Io {
+                    path: tmp.clone(),
+                    source,
+                })?;
+                Some(s)
+            } else {
+                None
+            };
             let disk_bytes = disk_usage(&tmp) + 4096;
             let meta = Completion {
                 format: CACHE_FORMAT_VERSION,
@@ -290,10 +349,11 @@ impl Cache {
                 disk_bytes,
                 files: unpacked.stats.files,
                 bytes: unpacked.stats.bytes,
+                archive: streamed.as_ref().map(|s| s.origin.clone()),
             };
             self.wait_moved_aside(key);
             let dir = layout.commit(key, &tmp, &meta)?;
-            Ok((dir, unpacked, disk_bytes))
+            Ok((dir, unpacked, streamed, disk_bytes))
         })();
         if outcome.is_err() {
             // Nothing of a failed fetch is kept.
@@ -313,6 +373,7 @@ impl Cache {
         in_use: &HashSet<VersionKey>,
     ) -> Evicted {
         let mut victims = Vec::new();
+        let mut spans = Vec::new();
         while st.used > target {
             let victim = st
                 .lru
@@ -330,14 +391,39 @@ impl Cache {
             st.used -= entry.disk_bytes;
             tracing::info!(version = %victim, bytes = entry.disk_bytes, "evicting from the cache");
             st.evicting.insert(victim.clone());
+            let (bytes, paths) = st.spans.drop_version(&victim);
+            st.used -= bytes;
+            spans.extend(paths);
             victims.push(victim);
         }
-        Evicted(victims)
+        // Then the spans of versions larger than the cache that nobody reads.
+        while st.used > target {
+            let Some((bytes, path)) = st.spans.evict_one() else {
+                break;
+            };
+            st.used -= bytes;
+            spans.push(path);
+        }
+        Evicted(victims, spans)
+    }
+
+    /// Take the spans of `key` out of the table (the version is dropped): the paths to
+    /// delete.
+    pub(super) fn drop_spans(&self, key: &VersionKey) -> Vec<PathBuf> {
+        let mut st = self.inner.state.lock();
+        let (bytes, paths) = st.spans.drop_version(key);
+        st.used -= bytes;
+        paths
     }
 
     /// Move the directories of evicted versions out of sight (a rename each), without the
     /// lock; the paths to delete.
     pub(super) fn move_aside(&self, evicted: Evicted) -> Vec<PathBuf> {
+        // Spans are files of their own, deleted as they are (a reader holding one keeps
+        // its open file).
+        for span in &evicted.1 {
+            let _ = std::fs::remove_file(span);
+        }
         if evicted.0.is_empty() {
             return Vec::new();
         }

@@ -48,6 +48,7 @@ mod flight;
 mod heap;
 mod held;
 mod pool;
+mod spans;
 mod usage;
 mod verified;
 
@@ -65,6 +66,7 @@ use crate::api::Kind;
 use crate::archive::{Index, Publish, Unpacked};
 use crate::size::ByteSize;
 pub use bytes::Bytes;
+pub use disk::ArchiveOrigin;
 pub use disk::{disk_usage, remove_all, CACHE_FORMAT_VERSION};
 use disk::{Completion, Layout};
 pub use error::{CacheError, SharedError};
@@ -75,8 +77,9 @@ pub use flight::{
 pub use heap::large_buffers_unpooled;
 pub use held::{check_dir, LOG_FILE};
 use pool::Pool;
+pub use spans::{Span, SpanError, SpanFailure, SpanFill, SpanKey};
 pub use usage::{ResidentInfo, Snapshot};
-pub use verified::{CheckedFile, Sums, Verified, DIRECT_MIN, VERIFIED_MEMORY};
+pub use verified::{CheckedFile, ReadAt, Sums, Verified, DIRECT_MIN, VERIFIED_MEMORY};
 
 use crate::ids::VersionId;
 
@@ -121,7 +124,108 @@ pub struct CachedVersion {
     pub disk_bytes: u64,
     /// Its content files opened for reads.
     pub files: ContentFiles,
+    /// A version larger than the cache: what it keeps to read its content from the archive
+    /// (`None`: its content is on disk).
+    pub streamed: Option<Streamed>,
 }
+
+/// What a version larger than the cache keeps to read its content from its archive: where
+/// each file lies in the tar stream, the checkpoints of the gzip stream, and which object
+/// at the store they describe.
+#[derive(Debug)]
+pub struct Streamed {
+    pub positions: crate::archive::Positions,
+    /// The checkpoints, their windows left in `seek.bin` (32 KiB each once inflated: a
+    /// version of 100 GiB has 25,000 of them): read when a span is fetched.
+    pub seek: crate::archive::seek::SeekIndex,
+    windows: Vec<crate::archive::seek::WindowAt>,
+    /// `seek.bin`, held open (the windows are read from this opening).
+    seek_file: Option<std::fs::File>,
+    pub origin: ArchiveOrigin,
+}
+
+impl Streamed {
+    /// Read a version directory's positions and seek index (both untrusted: checked whole).
+    pub fn open(dir: &Path, origin: ArchiveOrigin) -> Result<Streamed, crate::archive::Damage> {
+        use crate::archive::Damage;
+        let read =
+            |name: &str| std::fs::read(dir.join(name)).map_err(|e| Damage(format!("{name}: {e}")));
+        let positions = crate::archive::Positions::decode(&read(POSITIONS_FILE)?)
+            .map_err(|e| Damage(format!("{POSITIONS_FILE}: {e}")))?;
+        let seek_file = std::fs::File::open(dir.join(SEEK_FILE))
+            .map_err(|e| Damage(format!("{SEEK_FILE}: {e}")))?;
+        let mut image = Vec::new();
+        std::io::Read::read_to_end(&mut &seek_file, &mut image)
+            .map_err(|e| Damage(format!("{SEEK_FILE}: {e}")))?;
+        let (seek, windows) = crate::archive::seek::SeekIndex::decode_lean(&image)
+            .map_err(|e| Damage(format!("{SEEK_FILE}: {e}")))?;
+        if seek.compressed_len != origin.len {
+            return Err(Damage(format!(
+                "{SEEK_FILE}: for an archive of {} bytes, the record says {}",
+                seek.compressed_len, origin.len
+            )));
+        }
+        Ok(Streamed {
+            positions,
+            seek,
+            windows,
+            seek_file: Some(seek_file),
+            origin,
+        })
+    }
+
+    /// What the first pass made, with its windows in memory until the version is loaded
+    /// again (a fetch keeps them: the process that built them may read them at once).
+    pub fn built(
+        positions: crate::archive::Positions,
+        seek: crate::archive::seek::SeekIndex,
+        origin: ArchiveOrigin,
+    ) -> Streamed {
+        Streamed {
+            positions,
+            seek,
+            windows: Vec::new(),
+            seek_file: None,
+            origin,
+        }
+    }
+
+    /// Checkpoint `k`, its window read from `seek.bin` when it is not held.
+    pub fn checkpoint(
+        &self,
+        k: usize,
+    ) -> Result<crate::archive::seek::Checkpoint, crate::archive::Damage> {
+        use crate::archive::Damage;
+        let mut point = self
+            .seek
+            .points
+            .get(k)
+            .cloned()
+            .ok_or_else(|| Damage(format!("{SEEK_FILE}: no checkpoint {k}")))?;
+        if let (Some(file), Some(at)) = (&self.seek_file, self.windows.get(k)) {
+            point.window = crate::archive::seek::read_window(file, at)
+                .map_err(|e| Damage(format!("{SEEK_FILE}: {e}")))?;
+        }
+        Ok(point)
+    }
+
+    /// Write what [`Streamed::open`] reads into a version directory being committed.
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        for (name, image) in [
+            (POSITIONS_FILE, self.positions.encode()),
+            (SEEK_FILE, self.seek.encode()),
+        ] {
+            let mut f = std::fs::File::create(dir.join(name))?;
+            std::io::Write::write_all(&mut f, &image)?;
+            f.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// The files of a version larger than the cache (see [`Streamed`]).
+pub const POSITIONS_FILE: &str = "positions.bin";
+pub const SEEK_FILE: &str = "seek.bin";
 
 /// How many content files of one version are kept open at most.
 const OPEN_FILES: usize = 8;
@@ -249,6 +353,9 @@ pub struct FetchTarget<'a> {
     /// shutting down. The fetch checks it between reads and returns any error; the flight
     /// ends with [`CacheError::Cancelled`] or [`CacheError::ShuttingDown`].
     pub cancelled: &'a (dyn Fn() -> bool + Sync),
+    /// Whether to write the content (`false`: a version larger than the cache, whose
+    /// fetch keeps its index, positions and seek index, see [`Streamed`]).
+    pub keep_content: bool,
 }
 
 /// A boxed fetch error, as fetch closures return it.
@@ -300,6 +407,8 @@ enum Loaded {
 struct Resident {
     slot: Loaded,
     disk_bytes: u64,
+    /// Set for a version larger than the cache: its archive.
+    archive: Option<ArchiveOrigin>,
     last_used: SystemTime,
     last_touch: Instant,
 }
@@ -349,6 +458,8 @@ struct State {
     /// Versions found damaged and dropped since start (at the scan and while serving).
     damaged: u64,
     shutting_down: bool,
+    /// Spans of versions larger than the cache, on disk and being fetched.
+    spans: spans::Spans,
 }
 
 /// The version cache. Cheap to share (`Arc` inside).
@@ -414,6 +525,7 @@ impl Cache {
             told_too_large: HashSet::new(),
             damaged,
             shutting_down: false,
+            spans: spans::Spans::default(),
         };
         for f in found {
             state.used += f.disk_bytes;
@@ -422,6 +534,7 @@ impl Cache {
                 Resident {
                     slot: Loaded::OnDisk,
                     disk_bytes: f.disk_bytes,
+                    archive: f.archive,
                     last_used: f.last_used,
                     last_touch: Instant::now(),
                 },

@@ -39,6 +39,7 @@ fn unpack_bytes(
         file_count: 0,
         max_index_bytes: u64::MAX,
         implied_dir_mtime: 0,
+        keep_content: true,
     };
     Ok(archive::unpack(bytes, t.dir, &opts, &mut |_| {})?)
 }

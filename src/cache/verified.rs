@@ -51,10 +51,23 @@ pub enum Sums<'a> {
     Known { source: u64, sums: &'a [u32] },
 }
 
+/// Where the checking reader reads content from: a content file, or the spans of the tar
+/// stream of a version larger than the cache.
+pub trait ReadAt: Sync {
+    /// Exactly `buf.len()` bytes at `at` (an `UnexpectedEof` error when there are fewer).
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, at)
+    }
+}
+
 /// A file as the checking reader reads it: `size` bytes at `base` of the content file
 /// `file` (named `path` in messages), node `node` of its version.
 pub struct CheckedFile<'a> {
-    pub file: &'a File,
+    pub file: &'a dyn ReadAt,
     /// The same file opened with `O_DIRECT`, for reads whose pages nobody would keep (see
     /// [`DIRECT_MIN`]); `None` reads through the page cache.
     pub direct: Option<&'a File>,

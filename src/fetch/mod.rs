@@ -18,8 +18,10 @@
 //! hands [`crate::cache::Cache::start`]) with a temporary directory and a byte limit; the
 //! network is reached through [`Remote`] only.
 
+use std::cell::RefCell;
 use std::io::{self, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant};
 use crate::activity::Activity;
 use crate::api::{ApiError, ArchiveRef, Kind, Version};
 use crate::archive::{self, ArchiveError, UnpackOptions, UnpackStats, Unpacked};
-use crate::cache::{FetchTarget, VersionKey, WAIT_SLICE};
+use crate::cache::{ArchiveOrigin, FetchTarget, VersionKey, WAIT_SLICE};
 use crate::ids::{StorageId, StorageName};
 use crate::remote::Remote;
 use crate::size::ByteSize;
@@ -113,12 +115,14 @@ pub fn fetch(
         let download = DownloadThread::spawn(remote, archive, from, meter.clone())
             .map_err(FetchError::Spawn)?;
         let compressed = download.started(&mut watch)?;
+        let origin = Rc::new(RefCell::new(None));
         let reader = ChannelReader {
             download,
             watch,
             buf: Vec::new(),
             pos: 0,
             done: false,
+            origin: origin.clone(),
         };
         let opts = UnpackOptions {
             max_bytes: target.max_bytes,
@@ -129,6 +133,7 @@ pub fn fetch(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0),
+            keep_content: target.keep_content,
         };
         let mut last_log = Instant::now();
         let mut progress = |s: &UnpackStats| {
@@ -139,7 +144,10 @@ pub fn fetch(
             }
         };
         match archive::unpack_published(reader, target.dir, &opts, &mut progress, target.publish) {
-            Ok(u) => Ok(u),
+            Ok(mut u) => {
+                u.origin = origin.take();
+                Ok(u)
+            }
             // Stopped on purpose: whatever the unpacker made of it.
             Err(_) if (target.cancelled)() => Err(FetchError::Stopped),
             // The cache passes the announced size as the limit (it already refused versions
@@ -258,8 +266,9 @@ enum Message {
         compressed: Option<u64>,
     },
     Chunk(Vec<u8>),
-    /// The whole archive was read.
-    End,
+    /// The whole archive was read: which object it was at the store, when the store told
+    /// (its `ETag`), for the range reads of a version larger than the cache.
+    End(Option<ArchiveOrigin>),
     /// The API refused the download (before any byte of it).
     Refused(ApiError),
     /// Reading the archive failed.
@@ -355,7 +364,7 @@ impl DownloadThread {
             Message::Started { compressed } => Ok(compressed),
             Message::Refused(e) => Err(FetchError::Api(e)),
             Message::Failed(e) => Err(ArchiveError::Read(e).into()),
-            Message::Chunk(_) | Message::End => {
+            Message::Chunk(_) | Message::End(_) => {
                 Err(ArchiveError::Read(io::Error::other("data before the response")).into())
             }
         }
@@ -489,7 +498,11 @@ fn download(
                 // Deleted before the unpacker hears of the end, so that the version is
                 // never complete while its spool still takes room.
                 drop(spool);
-                let _ = tx.send(Message::End);
+                let origin = source.resume_point().map(|p| ArchiveOrigin {
+                    etag: p.etag,
+                    len: p.offset,
+                });
+                let _ = tx.send(Message::End(origin));
                 return;
             }
             Ok(()) => tx.send(Message::Chunk(chunk)),
@@ -602,6 +615,8 @@ struct ChannelReader<'a> {
     buf: Vec<u8>,
     pos: usize,
     done: bool,
+    /// Set at the end of the archive (see [`Message::End`]).
+    origin: Rc<RefCell<Option<ArchiveOrigin>>>,
 }
 
 impl Read for ChannelReader<'_> {
@@ -620,8 +635,9 @@ impl Read for ChannelReader<'_> {
                     self.buf = chunk;
                     self.pos = 0;
                 }
-                Message::End => {
+                Message::End(origin) => {
                     self.done = true;
+                    *self.origin.borrow_mut() = origin;
                     return Ok(0);
                 }
                 Message::Failed(e) => {

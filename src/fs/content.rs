@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::archive::{
-    blob_path, pack_path, Damage, IndexError, NodeRefKind, PublishedKind, Stored,
+    blob_path, pack_path, At, Damage, IndexError, NodeRefKind, PublishedKind, Stored,
 };
 use crate::cache::{Available, CachedVersion, Stopped, VersionKey, Waited};
 use crate::ids::Ino;
@@ -105,6 +105,21 @@ impl Fs {
             Some(NodeRefKind::Dir { .. }) => return Err(FsError::IsDir),
             Some(NodeRefKind::Symlink { .. }) | None => return Err(FsError::NotFound),
         };
+        if let Some(streamed) = &v.streamed {
+            // A version larger than the cache: read from its archive, unless its content
+            // is on disk (a sparse file's, kept whole by the first pass).
+            if let Some(At::Data(at)) = streamed.positions.get(node) {
+                let check = Check::Streamed {
+                    version: v.clone(),
+                    ino,
+                    node,
+                    range,
+                    at,
+                };
+                let open = OpenFile::at(v.dir.clone(), 0, size, check, Pin::Version(v));
+                return Ok(Content::File(open, size));
+            }
+        }
         let (path, offset) = match stored {
             Stored::Own { blob } => (blob_path(&v.dir, blob), 0),
             Stored::Packed { offset } => (pack_path(&v.dir), offset),

@@ -81,7 +81,7 @@ impl FsError {
             // "Try again": nothing is wrong with the name, the answer is late.
             FsError::NoAnswer { .. } => libc::ETIMEDOUT,
             FsError::Cache(e) => match e.as_ref() {
-                CacheError::TooLarge { .. } => libc::EFBIG,
+                CacheError::TooLarge { .. } | CacheError::SpanTooLarge { .. } => libc::EFBIG,
                 CacheError::NoRoom { .. } => libc::ENOSPC,
                 CacheError::Io { source, .. } => disk_errno(source),
                 CacheError::Locked { .. }
@@ -90,6 +90,7 @@ impl FsError {
                 | CacheError::Spawn { .. }
                 | CacheError::Panicked { .. }
                 | CacheError::NotResident { .. }
+                | CacheError::Unindexed { .. }
                 | CacheError::ShuttingDown => libc::EIO,
                 // Only a flight nobody waits for is cancelled: nobody should see this.
                 CacheError::Cancelled { .. } => libc::EINTR,

@@ -17,6 +17,7 @@ use crate::archive::{Damage, PublishedFile};
 use crate::cache::{Bytes, CachedVersion, CheckedFile, Interest, OpenContent, Sums, Verified};
 use crate::ids::{Fh, Ino};
 
+use super::inode::Range;
 use super::{Fs, FsError, Listing, Result};
 
 /// Files at least this large are read through kernel passthrough (when available). Small
@@ -86,6 +87,15 @@ pub(super) enum Check {
     },
     /// A run's file: not part of a version (written by this daemon as its pages arrive).
     Unchecked,
+    /// Node `node` of a version larger than the cache, whose content is read from the
+    /// spans of its tar stream from offset `at` (see `streamed.rs`), against `checks.bin`.
+    Streamed {
+        version: Arc<CachedVersion>,
+        ino: Ino,
+        node: u32,
+        range: Range,
+        at: u64,
+    },
 }
 
 /// A file opened by the kernel: `size` bytes at `offset` of a content file (the version's
@@ -157,7 +167,7 @@ impl OpenFile {
     /// The version this file's content belongs to, when it is a complete one.
     pub fn version(&self) -> Option<&Arc<CachedVersion>> {
         match &self.check {
-            Check::Version { version, .. } => Some(version),
+            Check::Version { version, .. } | Check::Streamed { version, .. } => Some(version),
             Check::Published { .. } | Check::Unchecked => None,
         }
     }
@@ -165,9 +175,30 @@ impl OpenFile {
     /// The inode of a version's file.
     pub fn ino(&self) -> Option<Ino> {
         match &self.check {
-            Check::Version { ino, .. } | Check::Published { ino, .. } => Some(*ino),
+            Check::Version { ino, .. }
+            | Check::Published { ino, .. }
+            | Check::Streamed { ino, .. } => Some(*ino),
             Check::Unchecked => None,
         }
+    }
+
+    /// For a file of a version larger than the cache: its version, where it lies, its
+    /// node and the offset of its content in the tar stream.
+    pub fn streamed(&self) -> Option<(&Arc<CachedVersion>, &Range, u32, u64)> {
+        match &self.check {
+            Check::Streamed {
+                version,
+                range,
+                node,
+                at,
+                ..
+            } => Some((version, range, *node, *at)),
+            _ => None,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
     }
 
     pub fn is_damaged(&self) -> bool {
@@ -188,6 +219,11 @@ impl OpenFile {
         let packed = self.size < crate::archive::PACK_MAX;
         let (node, sums) = match &self.check {
             Check::Unchecked => return Ok(None),
+            Check::Streamed { .. } => {
+                return Err(Damage(
+                    "a file of a version larger than the cache has no content file".into(),
+                ))
+            }
             Check::Version { version, node, .. } => match &version.checks {
                 Some(checks) => (*node, Sums::Stored { checks }),
                 None => return Err(Damage("the version has no checksums".into())),
@@ -234,7 +270,7 @@ impl OpenFile {
     fn missing(&self, e: std::io::Error) -> FsError {
         match self.check {
             Check::Unchecked => e.into(),
-            Check::Version { .. } | Check::Published { .. } => {
+            Check::Version { .. } | Check::Published { .. } | Check::Streamed { .. } => {
                 FsError::Damaged(Damage(format!("{}: {e}", self.path.display())))
             }
         }
@@ -243,7 +279,7 @@ impl OpenFile {
     /// Whether the content is a whole file of its own (what passthrough can be given):
     /// the files not packed, which are those of at least `PACK_MAX` bytes, and whole files.
     pub fn is_whole_file(&self) -> bool {
-        self.size >= crate::archive::PACK_MAX
+        self.size >= crate::archive::PACK_MAX && self.streamed().is_none()
     }
 
     /// Up to `len` bytes at `at` of the content (short only at its end), checked, and
@@ -292,6 +328,12 @@ impl OpenFile {
                 let file = opened.file.clone();
                 let _ = self.opened.set(opened);
                 file
+            }
+            Check::Streamed { .. } => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "a file of a version larger than the cache is read from its archive",
+                ))
             }
             Check::Published { .. } | Check::Unchecked => Arc::new(File::open(&self.path)?),
         };

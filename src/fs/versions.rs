@@ -346,6 +346,7 @@ impl Fs {
                 checks: None,
                 disk_bytes: 0,
                 files: Default::default(),
+                streamed: None,
             })));
         }
         let announced = Announced {

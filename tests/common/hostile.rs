@@ -154,12 +154,21 @@ pub fn assert_cache_layout(cache: &Path) {
             ["runs" | "runs-live", id, f] => run_id_ok(id) && run_file_ok(f) && meta.is_file(),
             ["lock" | "FORMAT"] => meta.is_file(),
             [f] if f.starts_with("FORMAT") || f.starts_with("vm0fs.log") => meta.is_file(),
-            ["versions" | "tmp" | "trash" | "partial"] => meta.is_dir(),
+            ["versions" | "tmp" | "trash" | "partial" | "spans"] => meta.is_dir(),
+            // A span of the archive of a version larger than the cache: `<key>.<s>.<k>`.
+            ["spans", f] => {
+                let mut parts = f.rsplitn(3, '.');
+                let (k, serial, key) = (parts.next(), parts.next(), parts.next());
+                let digits = |s: Option<&str>| {
+                    s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                };
+                digits(k) && digits(serial) && key.is_some_and(key_ok) && meta.is_file()
+            }
             // The compressed bytes of a download, kept if it fails part way.
             ["partial", k] => key_ok(k) && meta.is_file(),
             ["versions" | "tmp" | "trash", k] => key_ok(k) && meta.is_dir(),
             ["versions" | "tmp" | "trash", k, "data"] => key_ok(k) && meta.is_dir(),
-            ["versions" | "tmp" | "trash", k, "index.bin" | "checks.bin" | "meta.json" | "pack"] => {
+            ["versions" | "tmp" | "trash", k, "index.bin" | "checks.bin" | "meta.json" | "pack" | "positions.bin" | "seek.bin"] => {
                 key_ok(k) && meta.is_file()
             }
             ["versions" | "tmp" | "trash", k, f] if f.starts_with("meta.json") => {

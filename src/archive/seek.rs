@@ -1,0 +1,1123 @@
+//! Random access into a gzip archive: the decompressor checkpoints ("access points") that
+//! let any byte range of the uncompressed stream be inflated again without decompressing
+//! everything before it.
+//!
+//! This is the technique of zlib's `examples/zran.c` (also used by SOCI's zinfo and by
+//! `indexed_gzip`). A deflate stream is a sequence of blocks; at the boundary between two
+//! blocks, the decoder's whole state is the bit position in the compressed stream and the
+//! last 32 KiB of output (the most a match can reach back). So while the archive is read
+//! once, front to back, [`Checkpointer`] records at some block boundaries a [`Checkpoint`]:
+//! the compressed offset of the next block's first whole byte, the 0 to 7 bits of the byte
+//! before it that still belong to the next block (and that byte), the uncompressed offset,
+//! and the window of output before it. Later, [`inflate_from`] starts a raw inflate there
+//! (`inflatePrime` for the stray bits, `inflateSetDictionary` for the window) and needs only
+//! the compressed bytes from [`Checkpoint::input`] on: what one HTTP range request returns.
+//!
+//! A checkpoint is recorded at the first block boundary after at least the spacing (in
+//! compressed bytes, as that is what a later range request costs) has passed since the
+//! previous one. The start of each gzip member's deflate data is a checkpoint too when as
+//! much has passed (it needs no window: a member starts with an empty history), and the
+//! first member's start always is one, so that every uncompressed offset has a checkpoint
+//! at or before it. [`SeekIndex`] is the list in a compact, versioned, checked byte image
+//! (each window deflated).
+//!
+//! The block boundaries and stray bits are only visible through zlib's C interface
+//! (`inflate(Z_BLOCK)`, `data_type`, `inflatePrime`), which flate2 does not expose: the
+//! module drives the same zlib-rs that flate2 runs on through `libz-rs-sys`, inside one
+//! small type (`raw::Inflater`) that holds all the unsafe code.
+//!
+//! This module owns the checkpoints and their encoding; where the index is stored, which
+//! range to fetch and how the content is checked afterwards belong to its callers.
+
+use std::fmt;
+use std::io::{self, BufRead, Read, Write};
+
+use flate2::write::DeflateEncoder;
+use flate2::{Compression, Decompress, FlushDecompress, Status};
+
+/// Bump when the byte image of [`SeekIndex`] changes; `seek_format_is_pinned` (in
+/// `seek_tests.rs`) pins the current one.
+pub const SEEK_FORMAT_VERSION: u32 = 1;
+/// Compressed bytes between two checkpoints, at least, unless told otherwise. At 4 MiB the
+/// index is about 0.4% of the archive for text-like data and 0.7% for incompressible data
+/// (under 1%; at 1 MiB it is 1.5 - 3%: see `doc/BENCHMARKS.md`), and a read inflates from
+/// 2 MiB of compressed data before it on average.
+pub const DEFAULT_SPACING: u64 = 4 << 20;
+/// The deflate window: the most output a checkpoint must keep.
+pub const WINDOW_SIZE: usize = 32 * 1024;
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// windowBits for a gzip member with its header and trailer (CRC-32, ISIZE) checked.
+const GZIP_BITS: i32 = 15 + 16;
+/// windowBits for a raw deflate stream (a resume starts in the middle of one).
+const RAW_BITS: i32 = -15;
+/// The gzip trailer: CRC-32 and ISIZE.
+const TRAILER: u8 = 8;
+/// Input buffer of [`Resume`]: large reads keep the per-call cost of the source low.
+const RESUME_BUFFER: usize = 128 * 1024;
+/// Consecutive inflate calls that consume, produce and reach nothing before the decoder is
+/// declared stuck (zlib always makes progress with input and room for output; this only
+/// turns a decoder bug into an error instead of a loop).
+const MAX_STALLS: u32 = 4;
+
+/// The state of the decoder at a deflate block boundary (or the start of a gzip member's
+/// deflate data), from which the uncompressed stream can be inflated again.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Compressed offset (from the start of the archive) of the first whole byte of the
+    /// next block: a resume reads the archive from here.
+    pub input: u64,
+    /// Uncompressed offset (across all members) of the first byte the next block produces.
+    pub output: u64,
+    /// How many high bits (0 to 7) of the byte at `input - 1` belong to the next block.
+    pub bits: u8,
+    /// The byte at `input - 1` when `bits > 0` (0 otherwise): kept so that a resume needs no
+    /// byte before `input`.
+    pub byte: u8,
+    /// Up to [`WINDOW_SIZE`] bytes of this member's output just before `output` (fewer
+    /// near the start of a member, none at its start).
+    pub window: Vec<u8>,
+}
+
+impl fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("input", &self.input)
+            .field("output", &self.output)
+            .field("bits", &self.bits)
+            .field("byte", &self.byte)
+            .field("window_len", &self.window.len())
+            .finish()
+    }
+}
+
+/// Where the forward pass is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Before a member (the first one, or after the trailer of the previous one).
+    NextMember,
+    /// Inside a member; `header` until the member's header has been read.
+    Member { header: bool },
+    /// After the last member (and before any trailing data).
+    Done,
+    /// After an error: every later read repeats it.
+    Failed,
+}
+
+/// A [`Read`] of the uncompressed content of a gzip stream of one or more members, which
+/// records [`Checkpoint`]s on the way.
+///
+/// Each member's CRC-32 and length (ISIZE) are checked against its trailer. As with
+/// `gzip -d`, bytes after the last member that do not start another member (zero padding
+/// some tools add) end the stream with a warning, not an error ([`Self::trailing_data`]).
+/// The checkpoints depend only on the archive and the spacing, not on the sizes of the
+/// reads.
+pub struct Checkpointer<R> {
+    input: R,
+    inflater: raw::Inflater,
+    spacing: u64,
+    pass: Pass,
+    /// The first error, repeated by every later read.
+    failure: Option<(io::ErrorKind, String)>,
+    points: Vec<Checkpoint>,
+    /// `(input, output)` of the last checkpoint recorded (kept when the list is taken).
+    last: Option<(u64, u64)>,
+    /// Compressed bytes consumed (the offset of the next unread byte).
+    compressed: u64,
+    uncompressed: u64,
+    /// The last byte the decoder consumed: the one at `compressed - 1`.
+    last_byte: u8,
+    member_start: u64,
+    members: u64,
+    stalls: u32,
+    trailing: bool,
+}
+
+impl<R: BufRead> Checkpointer<R> {
+    /// A checkpointer with [`DEFAULT_SPACING`].
+    pub fn new(input: R) -> io::Result<Self> {
+        Self::with_spacing(input, DEFAULT_SPACING)
+    }
+
+    /// A checkpointer that records a checkpoint every `spacing` compressed bytes or more
+    /// (0 is taken as 1).
+    pub fn with_spacing(input: R, spacing: u64) -> io::Result<Self> {
+        Ok(Self {
+            input,
+            inflater: raw::Inflater::new(GZIP_BITS)?,
+            spacing: spacing.max(1),
+            pass: Pass::NextMember,
+            failure: None,
+            points: Vec::new(),
+            last: None,
+            compressed: 0,
+            uncompressed: 0,
+            last_byte: 0,
+            member_start: 0,
+            members: 0,
+            stalls: 0,
+            trailing: false,
+        })
+    }
+
+    /// The checkpoints recorded so far (since the last [`Self::take_checkpoints`]).
+    pub fn checkpoints(&self) -> &[Checkpoint] {
+        &self.points
+    }
+
+    /// Moves the checkpoints recorded so far out (later ones are recorded as before).
+    pub fn take_checkpoints(&mut self) -> Vec<Checkpoint> {
+        std::mem::take(&mut self.points)
+    }
+
+    /// Compressed bytes consumed so far (at the end: the archive's length without any
+    /// trailing data).
+    pub fn compressed_bytes(&self) -> u64 {
+        self.compressed
+    }
+
+    /// Uncompressed bytes produced so far.
+    pub fn uncompressed_bytes(&self) -> u64 {
+        self.uncompressed
+    }
+
+    /// The spacing in use.
+    pub fn spacing(&self) -> u64 {
+        self.spacing
+    }
+
+    /// Whether the last member ended with a good trailer and nothing (or only trailing data)
+    /// followed: the stream was read to its end.
+    pub fn is_finished(&self) -> bool {
+        self.pass == Pass::Done
+    }
+
+    /// Whether bytes that do not start a gzip member followed the last member (ignored).
+    pub fn trailing_data(&self) -> bool {
+        self.trailing
+    }
+
+    /// The index of the whole archive, once it was read to its end ([`Self::is_finished`]);
+    /// `None` before (its lengths would be wrong).
+    pub fn into_index(self) -> Option<SeekIndex> {
+        let finished = self.is_finished();
+        finished.then_some(SeekIndex {
+            compressed_len: self.compressed,
+            uncompressed_len: self.uncompressed,
+            spacing: self.spacing,
+            points: self.points,
+        })
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.input
+    }
+
+    /// The source, positioned after the last byte the decoder consumed.
+    pub fn into_inner(self) -> R {
+        self.input
+    }
+
+    fn fail(&mut self, kind: io::ErrorKind, message: String) -> io::Error {
+        self.pass = Pass::Failed;
+        self.failure = Some((kind, message.clone()));
+        io::Error::new(kind, message)
+    }
+
+    /// Keeps a source error to repeat it.
+    fn source_error(&mut self, e: io::Error) -> io::Error {
+        self.pass = Pass::Failed;
+        self.failure = Some((e.kind(), e.to_string()));
+        e
+    }
+
+    /// Looks at what follows a member (or the start): another member, the end, or trailing
+    /// data.
+    fn next_member(&mut self) -> io::Result<()> {
+        let first = match fill_buf(&mut self.input) {
+            Ok(avail) => avail.first().copied(),
+            Err(e) => return Err(self.source_error(e)),
+        };
+        match first {
+            None if self.members == 0 => Err(self.fail(
+                io::ErrorKind::UnexpectedEof,
+                "the archive is empty: a gzip stream has at least one member".to_string(),
+            )),
+            None => {
+                self.pass = Pass::Done;
+                Ok(())
+            }
+            Some(b) if b != GZIP_MAGIC[0] && self.members > 0 => {
+                tracing::warn!(
+                    offset = self.compressed,
+                    "ignoring trailing data after the archive's gzip stream"
+                );
+                self.trailing = true;
+                self.pass = Pass::Done;
+                Ok(())
+            }
+            Some(_) => {
+                // A first byte that is not gzip's is left to zlib, whose header check names
+                // the fault.
+                if self.members > 0 {
+                    if let Err(e) = self.inflater.reset(GZIP_BITS) {
+                        return Err(self.fail(e.kind(), e.to_string()));
+                    }
+                }
+                self.members += 1;
+                self.member_start = self.compressed;
+                self.pass = Pass::Member { header: true };
+                Ok(())
+            }
+        }
+    }
+
+    /// Records a checkpoint at the decoder's position (a block boundary or the end of a
+    /// member's header) if it is due and moves the output forward.
+    fn maybe_record(&mut self, bits: u8) {
+        let due = match self.last {
+            None => true,
+            Some((input, output)) => {
+                self.compressed - input >= self.spacing && self.uncompressed > output
+            }
+        };
+        if !due {
+            return;
+        }
+        // Only a corrupted stream state makes this fail; a missing checkpoint costs only a
+        // longer inflate later.
+        let Ok(window) = self.inflater.window() else {
+            return;
+        };
+        self.points.push(Checkpoint {
+            input: self.compressed,
+            output: self.uncompressed,
+            bits,
+            byte: if bits > 0 { self.last_byte } else { 0 },
+            window,
+        });
+        self.last = Some((self.compressed, self.uncompressed));
+    }
+
+    /// One inflate call into `out`; returns the bytes written (0: call again).
+    fn step(&mut self, out: &mut [u8], header: bool) -> io::Result<usize> {
+        let next_due = match self.last {
+            None => 0,
+            Some((input, _)) => input.saturating_add(self.spacing),
+        };
+        // Stop at block boundaries only when a checkpoint is due (or at the end of the
+        // header, for the member start): between checkpoints the decoder runs freely, and
+        // its input is cut where one becomes due, so that where checkpoints fall does not
+        // depend on the sizes of the reads.
+        let due = header || self.compressed >= next_due;
+        let compressed = self.compressed;
+        let avail = match fill_buf(&mut self.input) {
+            Ok(avail) => avail,
+            Err(e) => return Err(self.source_error(e)),
+        };
+        let eof = avail.is_empty();
+        let limit = if due {
+            avail.len()
+        } else {
+            avail
+                .len()
+                .min(usize::try_from(next_due - compressed).unwrap_or(usize::MAX))
+        };
+        let flush = if due { raw::Z_BLOCK } else { raw::Z_NO_FLUSH };
+        let step = self.inflater.inflate(&avail[..limit], out, flush);
+        if step.read > 0 {
+            self.last_byte = avail[step.read - 1];
+        }
+        self.input.consume(step.read);
+        self.compressed += step.read as u64;
+        self.uncompressed += step.written as u64;
+        match step.code {
+            raw::Z_STREAM_END => {
+                self.pass = Pass::NextMember;
+                self.stalls = 0;
+                return Ok(step.written);
+            }
+            raw::Z_OK | raw::Z_BUF_ERROR => {}
+            _ => return Err(self.decode_error()),
+        }
+        // data_type: the unused bits of the last byte consumed (below 8 at a boundary),
+        // plus 64 in the last block, plus 128 at a block boundary or the end of the header.
+        let boundary = flush == raw::Z_BLOCK
+            && step.data_type & 0x80 != 0
+            && step.data_type & 0x40 == 0
+            && step.data_type & 0x38 == 0;
+        if boundary {
+            if header {
+                // The end of the member's header: the start of its deflate data is a
+                // checkpoint like a block boundary (with an empty window).
+                self.pass = Pass::Member { header: false };
+            }
+            // Below 8 (checked above).
+            self.maybe_record((step.data_type & 7) as u8);
+        }
+        if step.read == 0 && step.written == 0 && !boundary {
+            if eof {
+                return Err(self.fail(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the gzip stream ends in the middle of the member that starts at \
+                         compressed byte {}: the archive is truncated (download it again)",
+                        self.member_start
+                    ),
+                ));
+            }
+            self.stalls += 1;
+            if self.stalls >= MAX_STALLS {
+                return Err(self.fail(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the gzip decoder made no progress at compressed byte {}",
+                        self.compressed
+                    ),
+                ));
+            }
+        } else {
+            self.stalls = 0;
+        }
+        Ok(step.written)
+    }
+
+    fn decode_error(&mut self) -> io::Error {
+        let message = self.inflater.message();
+        let text = match message.as_str() {
+            "incorrect data check" => format!(
+                "the gzip member that starts at compressed byte {} fails its CRC-32 check: \
+                 the archive is damaged (download it again)",
+                self.member_start
+            ),
+            "incorrect length check" => format!(
+                "the gzip member that starts at compressed byte {} holds a different \
+                 length than its trailer (ISIZE) says: the archive is damaged (download it \
+                 again)",
+                self.member_start
+            ),
+            _ => format!(
+                "the gzip stream is damaged near compressed byte {} ({message}): the archive \
+                 is not a valid gzip file",
+                self.compressed
+            ),
+        };
+        self.fail(io::ErrorKind::InvalidData, text)
+    }
+}
+
+/// `input.fill_buf()`, retried when interrupted.
+fn fill_buf<R: BufRead>(input: &mut R) -> io::Result<&[u8]> {
+    loop {
+        match input.fill_buf() {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    input.fill_buf()
+}
+
+impl<R: BufRead> Read for Checkpointer<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match self.pass {
+                Pass::Done => return Ok(0),
+                Pass::Failed => {
+                    let (kind, message) = self
+                        .failure
+                        .clone()
+                        .unwrap_or((io::ErrorKind::Other, "the gzip stream failed".into()));
+                    return Err(io::Error::new(kind, message));
+                }
+                Pass::NextMember => self.next_member()?,
+                Pass::Member { header } => {
+                    let n = self.step(buf, header)?;
+                    if n > 0 {
+                        return Ok(n);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where a [`Resume`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Inflating a member (`raw`: the one the checkpoint lies in, whose header was not read
+    /// and whose trailer is not checked).
+    Member {
+        raw: bool,
+    },
+    /// Skipping the unchecked trailer of the member the checkpoint lies in.
+    Trailer(u8),
+    NextMember,
+    Done,
+    Failed,
+}
+
+/// The uncompressed stream from a [`Checkpoint`] on: see [`inflate_from`].
+pub struct Resume<R> {
+    input: R,
+    inflater: raw::Inflater,
+    buf: Box<[u8]>,
+    pos: usize,
+    end: usize,
+    eof: bool,
+    phase: Phase,
+    failure: Option<(io::ErrorKind, String)>,
+    /// Compressed offset of `buf[pos]` (for messages).
+    offset: u64,
+    stalls: u32,
+}
+
+/// Inflates the archive again from `point`: `compressed` must yield the archive's bytes
+/// from `point.input` on (to its end, or at least as far as the caller will read). The
+/// reader yields the uncompressed stream from `point.output` on, through the following
+/// gzip members; a stream cut short is an `UnexpectedEof` error, never a short read.
+///
+/// The CRC-32 of the member the checkpoint lies in cannot be checked from its middle and is
+/// not; the members after it are read from their headers and are checked. Callers check the
+/// content they read with their own checksums.
+pub fn inflate_from<R: Read>(point: &Checkpoint, compressed: R) -> io::Result<Resume<R>> {
+    Resume::new(point, compressed)
+}
+
+impl<R: Read> Resume<R> {
+    /// See [`inflate_from`].
+    pub fn new(point: &Checkpoint, compressed: R) -> io::Result<Self> {
+        if point.bits > 7 || point.window.len() > WINDOW_SIZE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a valid checkpoint: {point:?}"),
+            ));
+        }
+        let mut inflater = raw::Inflater::new(RAW_BITS)?;
+        if point.bits > 0 {
+            // The high `bits` bits of the byte before `input` start the next block.
+            inflater.prime(point.bits, point.byte >> (8 - point.bits))?;
+        }
+        inflater.set_dictionary(&point.window)?;
+        Ok(Self {
+            input: compressed,
+            inflater,
+            buf: vec![0; RESUME_BUFFER].into_boxed_slice(),
+            pos: 0,
+            end: 0,
+            eof: false,
+            phase: Phase::Member { raw: true },
+            failure: None,
+            offset: point.input,
+            stalls: 0,
+        })
+    }
+
+    pub fn into_inner(self) -> R {
+        self.input
+    }
+
+    fn fail(&mut self, kind: io::ErrorKind, message: String) -> io::Error {
+        self.phase = Phase::Failed;
+        self.failure = Some((kind, message.clone()));
+        io::Error::new(kind, message)
+    }
+
+    fn truncated(&mut self) -> io::Error {
+        self.fail(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the compressed data ends at byte {} of the archive, in the middle of a gzip \
+                 member: the range read is too short or the archive is truncated",
+                self.offset
+            ),
+        )
+    }
+
+    /// Makes input available unless the source is at its end.
+    fn refill(&mut self) -> io::Result<()> {
+        if self.pos < self.end || self.eof {
+            return Ok(());
+        }
+        loop {
+            match self.input.read(&mut self.buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.pos = 0;
+                    self.end = n;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.phase = Phase::Failed;
+                    self.failure = Some((e.kind(), e.to_string()));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        self.offset += n as u64;
+    }
+}
+
+impl<R: Read> Read for Resume<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match self.phase {
+                Phase::Done => return Ok(0),
+                Phase::Failed => {
+                    let (kind, message) = self
+                        .failure
+                        .clone()
+                        .unwrap_or((io::ErrorKind::Other, "the gzip stream failed".into()));
+                    return Err(io::Error::new(kind, message));
+                }
+                Phase::Trailer(left) => {
+                    self.refill()?;
+                    if self.pos == self.end {
+                        return Err(self.truncated());
+                    }
+                    let n = (self.end - self.pos).min(usize::from(left));
+                    self.consume(n);
+                    // n <= left, a u8.
+                    let left = left - n as u8;
+                    self.phase = if left == 0 {
+                        Phase::NextMember
+                    } else {
+                        Phase::Trailer(left)
+                    };
+                }
+                Phase::NextMember => {
+                    self.refill()?;
+                    if self.pos == self.end || self.buf[self.pos] != GZIP_MAGIC[0] {
+                        // The end, or trailing data (ignored, as by the forward pass).
+                        self.phase = Phase::Done;
+                        continue;
+                    }
+                    if let Err(e) = self.inflater.reset(GZIP_BITS) {
+                        return Err(self.fail(e.kind(), e.to_string()));
+                    }
+                    self.phase = Phase::Member { raw: false };
+                }
+                Phase::Member { raw } => {
+                    self.refill()?;
+                    let step =
+                        self.inflater
+                            .inflate(&self.buf[self.pos..self.end], out, raw::Z_NO_FLUSH);
+                    self.consume(step.read);
+                    match step.code {
+                        raw::Z_STREAM_END => {
+                            self.phase = if raw {
+                                Phase::Trailer(TRAILER)
+                            } else {
+                                Phase::NextMember
+                            };
+                        }
+                        raw::Z_OK | raw::Z_BUF_ERROR => {
+                            if step.read == 0 && step.written == 0 {
+                                if self.pos == self.end && self.eof {
+                                    return Err(self.truncated());
+                                }
+                                self.stalls += 1;
+                                if self.stalls >= MAX_STALLS {
+                                    let offset = self.offset;
+                                    return Err(self.fail(
+                                        io::ErrorKind::InvalidData,
+                                        format!(
+                                            "the gzip decoder made no progress at compressed \
+                                             byte {offset}"
+                                        ),
+                                    ));
+                                }
+                            } else {
+                                self.stalls = 0;
+                            }
+                        }
+                        _ => {
+                            let message = self.inflater.message();
+                            let offset = self.offset;
+                            return Err(self.fail(
+                                io::ErrorKind::InvalidData,
+                                format!(
+                                    "the gzip stream is damaged near compressed byte {offset} \
+                                     ({message}), or the checkpoint does not belong to it"
+                                ),
+                            ));
+                        }
+                    }
+                    if step.written > 0 {
+                        return Ok(step.written);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The checkpoints of a whole archive, with its lengths: what is stored beside it.
+///
+/// The byte image ([`Self::encode`], [`Self::decode`]), little-endian:
+///
+/// ```text
+/// header  48 bytes   magic "VM0FSEEK", format version (u32), point count (u32),
+///                    compressed_len (u64), uncompressed_len (u64), spacing (u64),
+///                    CRC-32 of the image without these 4 bytes (u32), 4 zero bytes
+/// points  each:      input (u64), output (u64), bits (u8), byte (u8), window length (u16),
+///                    deflated window length (u32), the window deflated (raw deflate)
+/// ```
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SeekIndex {
+    pub compressed_len: u64,
+    pub uncompressed_len: u64,
+    pub spacing: u64,
+    /// In order of offset, both offsets strictly increasing.
+    pub points: Vec<Checkpoint>,
+}
+
+/// Why a [`SeekIndex`] image was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeekError {
+    #[error("damaged seek index: not a seek index (bad magic bytes)")]
+    Magic,
+    #[error(
+        "seek index of format {found}, this build reads format {SEEK_FORMAT_VERSION}: \
+         build the index again"
+    )]
+    Version { found: u32 },
+    #[error("damaged seek index: its checksum does not match (build the index again)")]
+    Checksum,
+    #[error("damaged seek index: {0} (build the index again)")]
+    Damaged(String),
+}
+
+const MAGIC: &[u8; 8] = b"VM0FSEEK";
+const HEADER: usize = 48;
+const CRC_AT: usize = 40;
+/// The fixed part of a point: input, output, bits, byte, window length, packed length.
+const POINT: usize = 8 + 8 + 1 + 1 + 2 + 4;
+
+fn image_crc(image: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&image[..CRC_AT]);
+    h.update(&image[CRC_AT + 4..]);
+    h.finalize()
+}
+
+/// A little-endian cursor over an untrusted image: every read is checked.
+struct Cursor<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SeekError> {
+        if n > self.rest.len() {
+            return Err(SeekError::Damaged(
+                "it ends in the middle of a point".into(),
+            ));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], SeekError> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, SeekError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, SeekError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, SeekError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, SeekError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+}
+
+/// `window` deflated (raw deflate).
+fn deflate_window(window: &[u8]) -> Vec<u8> {
+    let mut encoder =
+        DeflateEncoder::new(Vec::with_capacity(window.len() / 2), Compression::new(6));
+    // Writes into a Vec cannot fail.
+    encoder
+        .write_all(window)
+        .expect("writing into a Vec cannot fail");
+    encoder.finish().expect("writing into a Vec cannot fail")
+}
+
+/// Inflates a stored window, which must inflate to exactly `len` bytes using all of `packed`.
+fn inflate_window(packed: &[u8], len: usize) -> Result<Vec<u8>, SeekError> {
+    let bad = || SeekError::Damaged("a checkpoint's window does not inflate".into());
+    // One byte of room more than expected, to see a window that would be longer.
+    let mut out = vec![0; len + 1];
+    let mut z = Decompress::new(false);
+    let status = z
+        .decompress(packed, &mut out, FlushDecompress::Finish)
+        .map_err(|_| bad())?;
+    if status != Status::StreamEnd
+        || z.total_in() != packed.len() as u64
+        || z.total_out() != len as u64
+    {
+        return Err(bad());
+    }
+    out.truncate(len);
+    Ok(out)
+}
+
+impl SeekIndex {
+    /// The checkpoint to resume from to read the uncompressed byte at `offset`: the last one
+    /// at or before it (`None` if the list has none there).
+    pub fn point_for(&self, offset: u64) -> Option<&Checkpoint> {
+        let after = self.points.partition_point(|p| p.output <= offset);
+        after.checked_sub(1).map(|i| &self.points[i])
+    }
+
+    /// The byte image (see the type's documentation).
+    ///
+    /// # Panics
+    ///
+    /// Never for an index made by [`Checkpointer`] or [`Self::decode`]; a hand-made one with
+    /// more than `u32::MAX` points or a window longer than [`WINDOW_SIZE`] is a bug of its
+    /// maker and panics.
+    pub fn encode(&self) -> Vec<u8> {
+        let count = u32::try_from(self.points.len()).expect("fewer than 2^32 checkpoints");
+        let mut image = Vec::with_capacity(HEADER + self.points.len() * (POINT + WINDOW_SIZE / 3));
+        image.extend_from_slice(MAGIC);
+        image.extend_from_slice(&SEEK_FORMAT_VERSION.to_le_bytes());
+        image.extend_from_slice(&count.to_le_bytes());
+        image.extend_from_slice(&self.compressed_len.to_le_bytes());
+        image.extend_from_slice(&self.uncompressed_len.to_le_bytes());
+        image.extend_from_slice(&self.spacing.to_le_bytes());
+        image.extend_from_slice(&[0; 8]);
+        for p in &self.points {
+            assert!(p.window.len() <= WINDOW_SIZE, "a window of at most 32 KiB");
+            let packed = deflate_window(&p.window);
+            image.extend_from_slice(&p.input.to_le_bytes());
+            image.extend_from_slice(&p.output.to_le_bytes());
+            image.push(p.bits);
+            image.push(p.byte);
+            // At most WINDOW_SIZE (32768), so within u16.
+            image.extend_from_slice(&(p.window.len() as u16).to_le_bytes());
+            // Deflate of 32 KiB is well under 4 GiB.
+            image.extend_from_slice(&(packed.len() as u32).to_le_bytes());
+            image.extend_from_slice(&packed);
+        }
+        let crc = image_crc(&image);
+        image[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        image
+    }
+
+    /// Reads an image made by [`Self::encode`], checking all of it: the input is untrusted
+    /// (a damaged image is an error, never a panic or an allocation larger than the image
+    /// allows).
+    pub fn decode(image: &[u8]) -> Result<SeekIndex, SeekError> {
+        Self::decode_with(image, true).map(|(index, _)| index)
+    }
+
+    /// [`Self::decode`] without holding the windows (32 KiB each once inflated): the points
+    /// with empty windows, and where each one's window lies in the image, to be read when
+    /// it is needed ([`read_window`]). Everything is checked as by `decode`, the windows
+    /// included (each is inflated once, then dropped).
+    pub fn decode_lean(image: &[u8]) -> Result<(SeekIndex, Vec<WindowAt>), SeekError> {
+        Self::decode_with(image, false)
+    }
+
+    fn decode_with(image: &[u8], keep: bool) -> Result<(SeekIndex, Vec<WindowAt>), SeekError> {
+        if image.len() < MAGIC.len() || &image[..MAGIC.len()] != MAGIC {
+            return Err(SeekError::Magic);
+        }
+        if image.len() < HEADER {
+            return Err(SeekError::Damaged("it is shorter than its header".into()));
+        }
+        let mut header = Cursor {
+            rest: &image[MAGIC.len()..HEADER],
+        };
+        let version = header.u32()?;
+        if version != SEEK_FORMAT_VERSION {
+            return Err(SeekError::Version { found: version });
+        }
+        let count = header.u32()?;
+        let compressed_len = header.u64()?;
+        let uncompressed_len = header.u64()?;
+        let spacing = header.u64()?;
+        let crc = header.u32()?;
+        let reserved = header.u32()?;
+        if crc != image_crc(image) {
+            return Err(SeekError::Checksum);
+        }
+        let damaged = |what: String| Err(SeekError::Damaged(what));
+        if reserved != 0 {
+            return damaged("its reserved header bytes are not zero".into());
+        }
+        if spacing == 0 {
+            return damaged("its spacing is 0".into());
+        }
+        let body = &image[HEADER..];
+        // Each point takes POINT bytes or more: bounds the allocation by the image's size.
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        if count > body.len() / POINT {
+            return damaged(format!("{count} points cannot fit in {} bytes", body.len()));
+        }
+        let mut points: Vec<Checkpoint> = Vec::with_capacity(count);
+        let mut windows: Vec<WindowAt> = Vec::with_capacity(count);
+        let mut cursor = Cursor { rest: body };
+        for i in 0..count {
+            let input = cursor.u64()?;
+            let output = cursor.u64()?;
+            let bits = cursor.u8()?;
+            let byte = cursor.u8()?;
+            let window_len = usize::from(cursor.u16()?);
+            let packed_len = usize::try_from(cursor.u32()?).unwrap_or(usize::MAX);
+            if bits > 7 || (bits == 0 && byte != 0) {
+                return damaged(format!("point {i} has bits {bits} and byte {byte}"));
+            }
+            if input >= compressed_len || output > uncompressed_len {
+                return damaged(format!(
+                    "point {i} at {input}/{output} lies past the archive's \
+                     {compressed_len}/{uncompressed_len} bytes"
+                ));
+            }
+            if let Some(prev) = points.last() {
+                if input <= prev.input || output <= prev.output {
+                    return damaged(format!("point {i} does not lie after the one before"));
+                }
+            }
+            if window_len > WINDOW_SIZE || window_len as u64 > output {
+                return damaged(format!(
+                    "point {i} has a window of {window_len} bytes at output {output}"
+                ));
+            }
+            let at = image.len() - cursor.rest.len();
+            let packed = cursor.take(packed_len)?;
+            let mut window = inflate_window(packed, window_len)?;
+            windows.push(WindowAt {
+                offset: at as u64,
+                packed_len,
+                len: window_len,
+            });
+            if !keep {
+                window = Vec::new();
+            }
+            points.push(Checkpoint {
+                input,
+                output,
+                bits,
+                byte,
+                window,
+            });
+        }
+        if !cursor.rest.is_empty() {
+            return damaged(format!("{} bytes follow its last point", cursor.rest.len()));
+        }
+        let index = SeekIndex {
+            compressed_len,
+            uncompressed_len,
+            spacing,
+            points,
+        };
+        Ok((index, windows))
+    }
+}
+
+/// Where a checkpoint's window lies in a seek index image (see [`SeekIndex::decode_lean`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowAt {
+    /// Offset of the deflated window in the image.
+    pub offset: u64,
+    pub packed_len: usize,
+    /// Its length once inflated.
+    pub len: usize,
+}
+
+/// Read and inflate the window `at` from the image in `file`. The file is read again, so
+/// it is untrusted again: a window of another length is an error; one whose bytes changed
+/// inflates to content that fails its checksums where it is read.
+pub fn read_window(file: &std::fs::File, at: &WindowAt) -> Result<Vec<u8>, SeekError> {
+    use std::os::unix::fs::FileExt;
+    let mut packed = vec![0; at.packed_len];
+    file.read_exact_at(&mut packed, at.offset).map_err(|e| {
+        SeekError::Damaged(format!("its window at {} cannot be read: {e}", at.offset))
+    })?;
+    inflate_window(&packed, at.len)
+}
+
+/// zlib's C interface (as implemented by zlib-rs): the only unsafe code of the module.
+mod raw {
+    use std::ffi::{c_int, c_uint, CStr};
+    use std::io;
+
+    use libz_rs_sys as z;
+
+    pub(super) use z::{Z_BLOCK, Z_BUF_ERROR, Z_NO_FLUSH, Z_OK, Z_STREAM_END};
+
+    /// The outcome of one [`Inflater::inflate`] call.
+    pub(super) struct Step {
+        pub(super) code: c_int,
+        pub(super) read: usize,
+        pub(super) written: usize,
+        pub(super) data_type: c_int,
+    }
+
+    /// An initialized inflate stream. The `z_stream` lives in a `Box` because zlib's state
+    /// points back to it (and checks that it did not move); between calls its input and
+    /// output pointers are null, so that it never refers to memory it does not own.
+    pub(super) struct Inflater {
+        strm: Box<z::z_stream>,
+    }
+
+    // SAFETY: the z_stream and the state it points to are owned by this value alone
+    // (allocated by inflateInit2_ through the Rust global allocator, which any thread may
+    // free), and between calls it holds no pointer to anything else (`next_in`/`next_out`
+    // are reset to null after each call; `msg` points to static strings).
+    unsafe impl Send for Inflater {}
+
+    fn error(what: &str, code: c_int) -> io::Error {
+        io::Error::other(format!("zlib {what} failed (code {code})"))
+    }
+
+    impl Inflater {
+        /// `inflateInit2` with `window_bits` (15 + 16: gzip; -15: raw deflate).
+        pub(super) fn new(window_bits: c_int) -> io::Result<Self> {
+            // Default sets zalloc/zfree/opaque to zlib-rs's Rust allocator.
+            let mut strm = Box::<z::z_stream>::default();
+            let size = c_int::try_from(size_of::<z::z_stream>())
+                .map_err(|_| error("inflateInit2", z::Z_VERSION_ERROR))?;
+            // SAFETY: `strm` is a valid, exclusively borrowed z_stream with zalloc, zfree and
+            // opaque set; zlibVersion() is a static NUL-terminated string; `size` is the size
+            // of the struct passed.
+            let code = unsafe { z::inflateInit2_(&mut *strm, window_bits, z::zlibVersion(), size) };
+            if code != Z_OK {
+                // The state was not allocated: nothing to end.
+                return Err(error("inflateInit2", code));
+            }
+            Ok(Self { strm })
+        }
+
+        /// One `inflate` call from `input` into `output` (each cut to 4 GiB).
+        pub(super) fn inflate(&mut self, input: &[u8], output: &mut [u8], flush: c_int) -> Step {
+            let avail_in = c_uint::try_from(input.len()).unwrap_or(c_uint::MAX);
+            let avail_out = c_uint::try_from(output.len()).unwrap_or(c_uint::MAX);
+            self.strm.next_in = input.as_ptr();
+            self.strm.avail_in = avail_in;
+            self.strm.next_out = output.as_mut_ptr();
+            self.strm.avail_out = avail_out;
+            // SAFETY: the stream was initialized by inflateInit2_ and has not moved (boxed);
+            // next_in/avail_in describe at most `input` and next_out/avail_out at most
+            // `output`, both borrowed for the length of this call, and inflate reads and
+            // writes only within them.
+            let code = unsafe { z::inflate(&mut *self.strm, flush) };
+            let read = (avail_in - self.strm.avail_in) as usize;
+            let written = (avail_out - self.strm.avail_out) as usize;
+            self.strm.next_in = std::ptr::null();
+            self.strm.avail_in = 0;
+            self.strm.next_out = std::ptr::null_mut();
+            self.strm.avail_out = 0;
+            Step {
+                code,
+                read,
+                written,
+                data_type: self.strm.data_type,
+            }
+        }
+
+        /// `inflatePrime`: the next `bits` bits of input are the low bits of `value`.
+        pub(super) fn prime(&mut self, bits: u8, value: u8) -> io::Result<()> {
+            // SAFETY: the stream was initialized by inflateInit2_ and has not moved.
+            let code =
+                unsafe { z::inflatePrime(&mut *self.strm, c_int::from(bits), c_int::from(value)) };
+            match code {
+                Z_OK => Ok(()),
+                _ => Err(error("inflatePrime", code)),
+            }
+        }
+
+        /// `inflateSetDictionary`: the window of a raw stream.
+        pub(super) fn set_dictionary(&mut self, window: &[u8]) -> io::Result<()> {
+            if window.is_empty() {
+                return Ok(());
+            }
+            let len =
+                c_uint::try_from(window.len()).map_err(|_| error("inflateSetDictionary", 0))?;
+            // SAFETY: the stream was initialized by inflateInit2_ and has not moved; the
+            // pointer and length describe `window`, which zlib only reads (copies).
+            let code = unsafe { z::inflateSetDictionary(&mut *self.strm, window.as_ptr(), len) };
+            match code {
+                Z_OK => Ok(()),
+                _ => Err(error("inflateSetDictionary", code)),
+            }
+        }
+
+        /// The decoder's window: up to 32 KiB of its latest output (this member's only).
+        pub(super) fn window(&mut self) -> io::Result<Vec<u8>> {
+            let mut len: c_uint = 0;
+            // SAFETY: the stream was initialized and has not moved; a null dictionary asks
+            // for the length alone, written to `len`, a valid c_uint.
+            let code =
+                unsafe { z::inflateGetDictionary(&*self.strm, std::ptr::null_mut(), &mut len) };
+            if code != Z_OK {
+                return Err(error("inflateGetDictionary", code));
+            }
+            let mut window = vec![0u8; len as usize];
+            let mut copied: c_uint = 0;
+            // SAFETY: as above; `window` has exactly `len` writable bytes, the length zlib
+            // just gave, and nothing changed the stream in between.
+            let code =
+                unsafe { z::inflateGetDictionary(&*self.strm, window.as_mut_ptr(), &mut copied) };
+            if code != Z_OK || copied != len {
+                return Err(error("inflateGetDictionary", code));
+            }
+            Ok(window)
+        }
+
+        /// `inflateReset2`: start a new stream (a member) with `window_bits`.
+        pub(super) fn reset(&mut self, window_bits: c_int) -> io::Result<()> {
+            // SAFETY: the stream was initialized by inflateInit2_ and has not moved.
+            let code = unsafe { z::inflateReset2(&mut *self.strm, window_bits) };
+            match code {
+                Z_OK => Ok(()),
+                _ => Err(error("inflateReset2", code)),
+            }
+        }
+
+        /// zlib's message for the last error.
+        pub(super) fn message(&self) -> String {
+            if self.strm.msg.is_null() {
+                return "no message".into();
+            }
+            // SAFETY: zlib-rs sets `msg` only to its own static NUL-terminated strings
+            // (zlib_rs::inflate asserts the NUL).
+            let msg = unsafe { CStr::from_ptr(self.strm.msg) };
+            msg.to_string_lossy().into_owned()
+        }
+    }
+
+    impl Drop for Inflater {
+        fn drop(&mut self) {
+            // SAFETY: the stream was initialized by inflateInit2_ (a value exists only
+            // then), has not moved, and is ended once, here.
+            unsafe { z::inflateEnd(&mut *self.strm) };
+        }
+    }
+}

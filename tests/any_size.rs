@@ -1,0 +1,295 @@
+//! Versions larger than the cache, through real mounts: listed from their index, read by
+//! range requests from the checkpoints of their seek index, copied whole with `rsync -a`
+//! within the budget at every moment, and what goes wrong on the way (an archive changed
+//! at the store, an expired URL, a corrupt range) failing one read at most.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::hostile::{disk_usage, DiskPeak};
+use common::{ok, put_archive, tar_extract, tree_listing, Emulator, Mount, MountOpts};
+use serde_json::json;
+use vm0_emulator::pack::{pattern, ArchiveBuilder};
+
+const MIB: u64 = 1 << 20;
+/// The cache budget of these tests; the version is about three times as large.
+const BUDGET: u64 = 12 * MIB;
+
+/// A version of about 37 MiB that does not compress (its spans of the archive are about
+/// 5 MiB each): a tiny first file, 2,000 small files (packed when cached whole), files of
+/// 1 to 3 MiB, a hard link, a symlink, an empty file, and a tiny last file.
+fn large_version() -> Vec<u8> {
+    // Compressed as `tar -z` compresses: in blocks of tens of KiB, where checkpoints fall.
+    let mut b = ArchiveBuilder::with_level(6);
+    b.file("aaa-first.txt", 0o644, 1_700_000_000, b"first file\n");
+    for i in 0..2000u64 {
+        let body = pattern(4096 + (i as usize % 7) * 100, i);
+        b.file(
+            &format!("small/d{:02}/f{i:04}.bin", i / 100),
+            0o644,
+            1_700_000_000 + i,
+            &body,
+        );
+    }
+    for i in 0..14u64 {
+        let len = (1 + i % 3) as usize * MIB as usize + 12_345;
+        b.file(
+            &format!("big/part-{i}.bin"),
+            0o640,
+            1_700_000_100,
+            &pattern(len, 100 + i),
+        );
+    }
+    b.file("empty", 0o644, 1_700_000_000, b"");
+    b.hardlink("big/link-to-part-0", "big/part-0.bin", 1_700_000_000);
+    b.symlink("sym", "aaa-first.txt", 1_700_000_000);
+    b.file("zzz-last.txt", 0o600, 1_700_000_200, b"last\n");
+    // Directories get members of their own, after their files as `tar -c` writes them:
+    // `tar -xzf` gives a directory it only implies the time of extraction.
+    for d in 0..20 {
+        b.dir(&format!("small/d{d:02}"), 0o755, 1_690_000_000);
+    }
+    b.dir("small", 0o755, 1_690_000_000);
+    b.dir("big", 0o750, 1_690_000_000);
+    b.finish()
+}
+
+struct Setup {
+    emu: Emulator,
+    archive: PathBuf,
+    _data: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let data = tempfile::tempdir().unwrap();
+    let archive = put_archive(data.path(), "volumes", "big", "v1", &large_version());
+    let emu = Emulator::with_data(data.path());
+    Setup {
+        emu,
+        archive,
+        _data: data,
+    }
+}
+
+fn mount(emu: &Emulator, cache: &Path) -> Mount {
+    Mount::with(
+        emu,
+        MountOpts {
+            cache: Some(cache.to_path_buf()),
+            extra: vec!["--cache-size".into(), BUDGET.to_string()],
+            ..Default::default()
+        },
+    )
+}
+
+fn archive_len(s: &Setup) -> u64 {
+    std::fs::metadata(&s.archive).unwrap().len()
+}
+
+/// The two trees agree in everything `ls -l` and `rsync -a` look at (the lines that
+/// differ, not the whole listings, when they do not).
+fn assert_same_listing(got: &Path, want: &Path) {
+    let (got, want) = (tree_listing(got), tree_listing(want));
+    let only = |a: &str, b: &str| -> Vec<String> {
+        let b: std::collections::HashSet<&str> = b.lines().collect();
+        a.lines()
+            .filter(|l| !b.contains(l))
+            .take(10)
+            .map(String::from)
+            .collect()
+    };
+    assert!(
+        got == want,
+        "only in the mount: {:?}\nonly in tar -xzf: {:?}",
+        only(&got, &want),
+        only(&want, &got)
+    );
+}
+
+/// The version's directory under `versions/` in the cache.
+fn version_dir(cache: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(cache.join("versions"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+#[test]
+fn a_version_three_times_the_cache_is_listed_read_and_copied_within_the_budget() {
+    let s = setup();
+    let len = archive_len(&s);
+    assert!(len > 3 * BUDGET - 2 * MIB, "the archive is {len} bytes");
+    let expected = tar_extract(&s.archive);
+    let cache = tempfile::tempdir().unwrap();
+    let m = mount(&s.emu, cache.path());
+    let sampler = DiskPeak::start(cache.path());
+    let version = m.join("volumes/big/latest");
+
+    // Listed as `tar -xzf` makes it: names, types, modes, sizes, times, links.
+    assert_same_listing(&version, expected.path());
+    // The first pass keeps the index, not the content.
+    let dir = version_dir(cache.path());
+    assert!(dir.join("seek.bin").is_file() && dir.join("positions.bin").is_file());
+    assert_eq!(std::fs::read_dir(dir.join("data")).unwrap().count(), 0);
+    let image = std::fs::read(dir.join("seek.bin")).unwrap();
+    assert!(
+        image.len() as u64 * 100 <= len,
+        "seek index {} bytes for {len}",
+        image.len()
+    );
+    // Checkpoints all along the archive: every span fits the budget many times over.
+    let seek = vm0fs::archive::seek::SeekIndex::decode(&image).unwrap();
+    let outputs: Vec<u64> = seek.points.iter().map(|p| p.output).collect();
+    assert_eq!(outputs.first(), Some(&0), "{outputs:?}");
+    for w in outputs.windows(2) {
+        assert!(w[1] - w[0] <= BUDGET / 2, "{outputs:?}");
+        assert!(w[1] - w[0] >= MIB, "{outputs:?}");
+    }
+
+    // Start, middle and end, each as the archive has it.
+    for f in [
+        "aaa-first.txt",
+        "small/d10/f1000.bin",
+        "big/part-3.bin",
+        "zzz-last.txt",
+    ] {
+        let got = std::fs::read(version.join(f)).unwrap();
+        assert!(
+            got == std::fs::read(expected.path().join(f)).unwrap(),
+            "{f}"
+        );
+    }
+
+    // Copied whole: what `tar -xzf` makes, byte for byte (`-H`: hard links too).
+    let copy = tempfile::tempdir().unwrap();
+    ok(Command::new("rsync")
+        .arg("-aH")
+        .arg(format!("{}/", version.display()))
+        .arg(copy.path()));
+    assert_same_listing(copy.path(), expected.path());
+    ok(Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(expected.path())
+        .arg(copy.path()));
+
+    let peak = sampler.finish();
+    // The log and the saved listings live beside the versions and spans.
+    assert!(
+        peak.bytes <= BUDGET + 64 * 1024,
+        "peak usage {} over the budget {BUDGET}: {}",
+        peak.bytes,
+        peak.detail
+    );
+    common::hostile::assert_cache_layout(cache.path());
+    // Ranges, not the whole archive per file: the archive once for the first pass, and
+    // its spans for the copy (some twice: `rsync` reads in name order, which is not the
+    // archive's, and the budget holds two spans).
+    let sent = s.emu.counter("store.bytes");
+    assert!(sent < 4 * len, "{sent} bytes sent for an archive of {len}");
+}
+
+#[test]
+fn a_late_file_read_after_a_restart_costs_a_span_not_the_archive() {
+    let s = setup();
+    let len = archive_len(&s);
+    let expected = tar_extract(&s.archive);
+    let cache = tempfile::tempdir().unwrap();
+    let m = mount(&s.emu, cache.path());
+    ok(Command::new("ls")
+        .arg("-lR")
+        .arg(m.join("volumes/big/latest/")));
+    std::fs::read(m.join("volumes/big/latest/aaa-first.txt")).unwrap();
+    let spans = || {
+        std::fs::read_dir(cache.path().join("spans"))
+            .unwrap()
+            .count()
+    };
+    assert!(spans() > 0, "no span kept");
+    drop(m);
+
+    // A new mount finds the index on disk and no span (each run fetches what it reads):
+    // the last file is one range away.
+    let m = mount(&s.emu, cache.path());
+    assert_eq!(spans(), 0, "spans of the previous run left in the cache");
+    s.emu.reset_counters();
+    let got = std::fs::read(m.join("volumes/big/latest/zzz-last.txt")).unwrap();
+    assert_eq!(got, b"last\n");
+    let got = std::fs::read(m.join("volumes/big/latest/big/part-2.bin")).unwrap();
+    assert!(got == std::fs::read(expected.path().join("big/part-2.bin")).unwrap());
+    let sent = s.emu.counter("store.bytes");
+    let gets = s.emu.counter("store.get");
+    assert!(gets >= 1, "{}", s.emu.counters());
+    // At most a few spans of 4 MiB of the archive, never the whole of it.
+    assert!(sent <= len / 2, "{sent} bytes sent for an archive of {len}");
+    assert!(!m.log_text().contains(" ERROR "), "{}", m.log_text());
+}
+
+#[test]
+fn an_archive_changed_at_the_store_is_indexed_again_never_mixed() {
+    let s = setup();
+    let expected = tar_extract(&s.archive);
+    let cache = tempfile::tempdir().unwrap();
+    let m = mount(&s.emu, cache.path());
+    let version = m.join("volumes/big/latest/");
+    ok(Command::new("ls").arg("-lR").arg(&version));
+
+    // The next answer of the store names another object: the read of that span fails, the
+    // index goes, and the version is indexed again from the store's object. (The kernel
+    // retries a page whose read-ahead failed, so the reader may see the bytes of the new
+    // index rather than the error.) Never a byte of one object under the other's index.
+    s.emu.reset_counters();
+    s.emu
+        .fault(json!({"route": "store.get", "etag": "\"replaced\"", "count": 1}));
+    let got = std::fs::read(version.join("big/part-4.bin"));
+    if let Err(e) = &got {
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    }
+    let log = m.log_text();
+    assert!(log.contains("changed at the store"), "{log}");
+    let got = std::fs::read(version.join("big/part-4.bin")).unwrap();
+    assert!(got == std::fs::read(expected.path().join("big/part-4.bin")).unwrap());
+    // One range, then the whole archive again for the new index, then ranges.
+    assert!(s.emu.counter("store.get") >= 2, "{}", s.emu.counters());
+    assert_eq!(
+        m.log_text().matches("downloading volume big").count(),
+        2,
+        "{}",
+        m.log_text()
+    );
+}
+
+#[test]
+fn an_expired_url_or_a_corrupt_range_fails_one_read_at_most() {
+    let s = setup();
+    let expected = tar_extract(&s.archive);
+    let cache = tempfile::tempdir().unwrap();
+    let m = mount(&s.emu, cache.path());
+    let version = m.join("volumes/big/latest/");
+    ok(Command::new("ls").arg("-lR").arg(&version));
+    let want = |f: &str| std::fs::read(expected.path().join(f)).unwrap();
+
+    // An expired URL (403) is asked for again: the read does not even fail.
+    s.emu.fault(json!({"route": "store.get", "status": 403, "body": "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>", "content_type": "application/xml", "count": 1}));
+    assert!(std::fs::read(version.join("big/part-1.bin")).unwrap() == want("big/part-1.bin"));
+
+    // A range cut short by the store: the read fails (or is served from a retry), and
+    // the daemon serves the next one right.
+    s.emu
+        .fault(json!({"route": "store.get", "corrupt": "garbage", "count": 1}));
+    let first = std::fs::read(version.join("small/d05/f0500.bin"));
+    if let Err(e) = &first {
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    } else {
+        assert!(first.unwrap() == want("small/d05/f0500.bin"));
+    }
+    assert!(
+        std::fs::read(version.join("small/d05/f0500.bin")).unwrap() == want("small/d05/f0500.bin")
+    );
+    assert!(disk_usage(cache.path()) <= BUDGET + 64 * 1024);
+}
