@@ -76,6 +76,16 @@ pub trait Remote: Send + Sync + 'static {
     }
 }
 
+impl From<Download> for RemoteArchive {
+    fn from(d: Download) -> RemoteArchive {
+        let compressed_size = d.compressed_size;
+        RemoteArchive {
+            reader: Box::new(d),
+            compressed_size,
+        }
+    }
+}
+
 impl Remote for Client {
     fn list_storages(&self, kind: Kind) -> Result<Vec<Storage>, ApiError> {
         Client::list_storages(self, kind)
@@ -90,12 +100,7 @@ impl Remote for Client {
         archive: &ArchiveRef,
         from: Option<&ResumePoint>,
     ) -> Result<RemoteArchive, ApiError> {
-        let d = Client::download_archive(self, archive, from)?;
-        let compressed_size = d.compressed_size;
-        Ok(RemoteArchive {
-            reader: Box::new(d),
-            compressed_size,
-        })
+        Client::download_archive(self, archive, from).map(RemoteArchive::from)
     }
 
     fn download_range(
@@ -104,11 +109,6 @@ impl Remote for Client {
         from: &ResumePoint,
         end: u64,
     ) -> Result<RemoteArchive, ApiError> {
-        let d = Client::download_archive_range(self, archive, from, end)?;
-        let compressed_size = d.compressed_size;
-        Ok(RemoteArchive {
-            reader: Box::new(d),
-            compressed_size,
-        })
+        Client::download_archive_range(self, archive, from, end).map(RemoteArchive::from)
     }
 }

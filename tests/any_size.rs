@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::hostile::{disk_usage, DiskPeak};
-use common::{ok, put_archive, tar_extract, tree_listing, Emulator, Mount, MountOpts};
+use common::{assert_same_listing, ok, put_archive, tar_extract, Emulator, Mount, MountOpts};
 use serde_json::json;
 use vm0_emulator::pack::{pattern, ArchiveBuilder};
 
@@ -88,24 +88,27 @@ fn archive_len(s: &Setup) -> u64 {
     std::fs::metadata(&s.archive).unwrap().len()
 }
 
-/// The two trees agree in everything `ls -l` and `rsync -a` look at (the lines that
-/// differ, not the whole listings, when they do not).
-fn assert_same_listing(got: &Path, want: &Path) {
-    let (got, want) = (tree_listing(got), tree_listing(want));
-    let only = |a: &str, b: &str| -> Vec<String> {
-        let b: std::collections::HashSet<&str> = b.lines().collect();
-        a.lines()
-            .filter(|l| !b.contains(l))
-            .take(10)
-            .map(String::from)
-            .collect()
-    };
-    assert!(
-        got == want,
-        "only in the mount: {:?}\nonly in tar -xzf: {:?}",
-        only(&got, &want),
-        only(&want, &got)
-    );
+/// A mount of the version after its first pass, and what `tar -xzf` makes of its archive.
+struct Indexed {
+    expected: tempfile::TempDir,
+    cache: tempfile::TempDir,
+    m: Mount,
+    /// `volumes/big/latest/` in the mount.
+    version: PathBuf,
+}
+
+fn indexed(s: &Setup) -> Indexed {
+    let expected = tar_extract(&s.archive);
+    let cache = tempfile::tempdir().unwrap();
+    let m = mount(&s.emu, cache.path());
+    let version = m.join("volumes/big/latest/");
+    ok(Command::new("ls").arg("-lR").arg(&version));
+    Indexed {
+        expected,
+        cache,
+        m,
+        version,
+    }
 }
 
 /// The version's directory under `versions/` in the cache.
@@ -233,11 +236,13 @@ fn a_late_file_read_after_a_restart_costs_a_span_not_the_archive() {
 #[test]
 fn an_archive_changed_at_the_store_is_indexed_again_never_mixed() {
     let s = setup();
-    let expected = tar_extract(&s.archive);
-    let cache = tempfile::tempdir().unwrap();
-    let m = mount(&s.emu, cache.path());
-    let version = m.join("volumes/big/latest/");
-    ok(Command::new("ls").arg("-lR").arg(&version));
+    let Indexed {
+        expected,
+        // Kept to the end: the cache directory of the mount.
+        cache: _cache,
+        m,
+        version,
+    } = indexed(&s);
 
     // The next answer of the store names another object: the read of that span fails, the
     // index goes, and the version is indexed again from the store's object. (The kernel
@@ -267,18 +272,20 @@ fn an_archive_changed_at_the_store_is_indexed_again_never_mixed() {
 #[test]
 fn an_expired_url_or_a_corrupt_range_fails_one_read_at_most() {
     let s = setup();
-    let expected = tar_extract(&s.archive);
-    let cache = tempfile::tempdir().unwrap();
-    let m = mount(&s.emu, cache.path());
-    let version = m.join("volumes/big/latest/");
-    ok(Command::new("ls").arg("-lR").arg(&version));
+    let Indexed {
+        expected,
+        cache,
+        // Kept to the end: dropping it unmounts.
+        m: _m,
+        version,
+    } = indexed(&s);
     let want = |f: &str| std::fs::read(expected.path().join(f)).unwrap();
 
     // An expired URL (403) is asked for again: the read does not even fail.
     s.emu.fault(json!({"route": "store.get", "status": 403, "body": "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>", "content_type": "application/xml", "count": 1}));
     assert!(std::fs::read(version.join("big/part-1.bin")).unwrap() == want("big/part-1.bin"));
 
-    // A range cut short by the store: the read fails (or is served from a retry), and
+    // A range of garbage from the store: the read fails (or is served from a retry), and
     // the daemon serves the next one right.
     s.emu
         .fault(json!({"route": "store.get", "corrupt": "garbage", "count": 1}));

@@ -258,6 +258,15 @@ fn when_every_version_is_in_use_a_new_one_is_refused_with_enospc() {
     }
 }
 
+/// The log's ERROR lines that name `version`.
+fn error_lines(m: &Mount, version: &str) -> Vec<String> {
+    m.log_text()
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains(version))
+        .map(String::from)
+        .collect()
+}
+
 /// A version so much larger than the budget that even its index and seek index cannot fit:
 /// refused with `EFBIG` before anything is downloaded, one clear ERROR line however many
 /// accesses.
@@ -294,11 +303,7 @@ fn a_version_whose_index_cannot_fit_is_efbig_with_a_clear_log_line() {
         let err = std::fs::metadata(&path).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
     }
-    let log = m.log_text();
-    let errors: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("ERROR") && l.contains(&v))
-        .collect();
+    let errors = error_lines(&m, &v);
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert_eq!(emu.counter("store.get"), 0, "nothing downloaded");
 }
@@ -322,11 +327,7 @@ fn a_span_larger_than_the_whole_budget_is_efbig_with_a_clear_log_line() {
         let err = std::fs::read(&path).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
     }
-    let log = m.log_text();
-    let errors: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("ERROR") && l.contains(&v))
-        .collect();
+    let errors = error_lines(&m, &v);
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert!(
         errors[0].contains("budget of 1.0 MiB") && errors[0].contains("--cache-size"),

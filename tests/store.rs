@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::hostile::{disk_usage, kill_9_during_an_unpack, DiskPeak};
-use common::{ok, put_archive, tar_extract, tree_listing, Emulator, Mount, MountOpts};
+use common::{assert_same_listing, ok, put_archive, tar_extract, Emulator, Mount, MountOpts};
 use vm0_emulator::pack::{pattern, ArchiveBuilder};
 
 const MIB: u64 = 1 << 20;
@@ -78,20 +78,7 @@ fn many_small_files(files: usize, seed: u64) -> Vec<u8> {
 /// mtimes, link counts and targets, and every byte.
 fn assert_same_tree(version: &Path, archive: &Path) {
     let expected = tar_extract(archive);
-    let (got, want) = (tree_listing(version), tree_listing(expected.path()));
-    let only = |a: &str, b: &str| -> Vec<String> {
-        let b: std::collections::HashSet<&str> = b.lines().collect();
-        a.lines()
-            .filter(|l| !b.contains(l))
-            .map(String::from)
-            .collect()
-    };
-    assert!(
-        got == want,
-        "only in the mount: {:?}\nonly in tar -xzf: {:?}",
-        only(&got, &want),
-        only(&want, &got)
-    );
+    assert_same_listing(version, expected.path());
     ok(Command::new("diff")
         .arg("-r")
         .arg("--no-dereference")

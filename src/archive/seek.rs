@@ -418,6 +418,14 @@ fn fill_buf<R: BufRead>(input: &mut R) -> io::Result<&[u8]> {
     input.fill_buf()
 }
 
+/// The error of a reader that failed before, for every later read.
+fn failed_again(failure: &Option<(io::ErrorKind, String)>) -> io::Error {
+    let (kind, message) = failure
+        .clone()
+        .unwrap_or((io::ErrorKind::Other, "the gzip stream failed".into()));
+    io::Error::new(kind, message)
+}
+
 impl<R: BufRead> Read for Checkpointer<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
@@ -426,13 +434,7 @@ impl<R: BufRead> Read for Checkpointer<R> {
         loop {
             match self.pass {
                 Pass::Done => return Ok(0),
-                Pass::Failed => {
-                    let (kind, message) = self
-                        .failure
-                        .clone()
-                        .unwrap_or((io::ErrorKind::Other, "the gzip stream failed".into()));
-                    return Err(io::Error::new(kind, message));
-                }
+                Pass::Failed => return Err(failed_again(&self.failure)),
                 Pass::NextMember => self.next_member()?,
                 Pass::Member { header } => {
                     let n = self.step(buf, header)?;
@@ -578,13 +580,7 @@ impl<R: Read> Read for Resume<R> {
         loop {
             match self.phase {
                 Phase::Done => return Ok(0),
-                Phase::Failed => {
-                    let (kind, message) = self
-                        .failure
-                        .clone()
-                        .unwrap_or((io::ErrorKind::Other, "the gzip stream failed".into()));
-                    return Err(io::Error::new(kind, message));
-                }
+                Phase::Failed => return Err(failed_again(&self.failure)),
                 Phase::Trailer(left) => {
                     self.refill()?;
                     if self.pos == self.end {

@@ -147,7 +147,7 @@ impl Cache {
                 size,
                 budget,
             };
-            if self.inner.state.lock().told_too_large.insert(key.clone()) {
+            if self.first_told_too_large(key) {
                 tracing::error!(version = %key, size, budget, "{err}");
             } else {
                 tracing::debug!(version = %key, size, budget, "{err}");

@@ -348,14 +348,15 @@ impl Cache {
             path: path.to_path_buf(),
             disk_bytes: meta.blocks() * 512,
         });
-        let in_use = self.in_use();
         let mut st = self.inner.state.lock();
         st.used = st.used.saturating_sub(need) + span.disk_bytes;
         st.spans.lru.put(key.clone(), span.clone());
-        let budget = self.inner.budget;
-        let evicted = self.evict_until(&mut st, budget, None, &in_use);
-        drop(st);
-        purge(self.move_aside(evicted));
+        // The reservation covered it, unless the file system allocated more than its
+        // length rounded up: only then is the in-use probe (a walk of `/proc`) asked.
+        if st.used > self.inner.budget {
+            drop(st);
+            self.charge(0);
+        }
         Ok(span)
     }
 }

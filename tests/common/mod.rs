@@ -443,6 +443,28 @@ pub fn tar_extract(archive: &Path) -> TempDir {
     out
 }
 
+/// The trees at `got` and `want` agree in everything [`tree_listing`] shows (a failure names
+/// the lines that differ, at most ten a side, not the whole listings).
+pub fn assert_same_listing(got_dir: &Path, want_dir: &Path) {
+    let (got, want) = (tree_listing(got_dir), tree_listing(want_dir));
+    let only = |a: &str, b: &str| -> Vec<String> {
+        let b: std::collections::HashSet<&str> = b.lines().collect();
+        a.lines()
+            .filter(|l| !b.contains(l))
+            .take(10)
+            .map(String::from)
+            .collect()
+    };
+    assert!(
+        got == want,
+        "only in {}: {:?}\nonly in {}: {:?}",
+        got_dir.display(),
+        only(&got, &want),
+        want_dir.display(),
+        only(&want, &got)
+    );
+}
+
 /// One line per path below `dir`: type, mode, size, mtime (ns), link count, link target,
 /// as `find -printf` reports them through `lstat`. Two trees with equal listings agree in
 /// everything `ls -l` and `rsync -a` look at.
