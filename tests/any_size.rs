@@ -197,6 +197,56 @@ fn a_version_three_times_the_cache_is_listed_read_and_copied_within_the_budget()
     assert!(sent < 4 * len, "{sent} bytes sent for an archive of {len}");
 }
 
+/// The first pass inflates the whole archive anyway: it keeps the spans of it that fit in
+/// the cache's free room, from the start, so that a reader of the first files after the
+/// pass asks the store for nothing, while the cache stays within its budget throughout.
+#[test]
+fn the_first_pass_keeps_the_spans_that_fit_and_the_start_is_read_without_a_request() {
+    let s = setup();
+    let expected = tar_extract(&s.archive);
+    let cache = tempfile::tempdir().unwrap();
+    let m = mount(&s.emu, cache.path());
+    let sampler = DiskPeak::start(cache.path());
+    let version = m.join("volumes/big/latest/");
+    ok(Command::new("ls").arg("-lR").arg(&version));
+    let kept = std::fs::read_dir(cache.path().join("spans"))
+        .unwrap()
+        .count();
+    assert!(kept > 0, "the first pass kept no span");
+
+    s.emu.reset_counters();
+    for f in [
+        "aaa-first.txt",
+        "small/d00/f0000.bin",
+        "small/d05/f0517.bin",
+    ] {
+        let got = std::fs::read(version.join(f)).unwrap();
+        assert!(
+            got == std::fs::read(expected.path().join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert_eq!(
+        s.emu.counter("store.get"),
+        0,
+        "the start of the archive was asked for again: {}",
+        s.emu.counters()
+    );
+    // The budget does not hold the whole version: its end is read by a range request.
+    let got = std::fs::read(version.join("zzz-last.txt")).unwrap();
+    assert_eq!(got, b"last\n");
+    assert!(s.emu.counter("store.get") >= 1, "{}", s.emu.counters());
+
+    let peak = sampler.finish();
+    assert!(
+        peak.bytes <= BUDGET + 64 * 1024,
+        "peak usage {} over the budget {BUDGET}: {}",
+        peak.bytes,
+        peak.detail
+    );
+    assert!(!m.log_text().contains(" ERROR "), "{}", m.log_text());
+}
+
 #[test]
 fn a_late_file_read_after_a_restart_costs_a_span_not_the_archive() {
     let s = setup();

@@ -405,6 +405,13 @@ impl Checks {
         self.serial
     }
 
+    /// Tell this opening by `serial` from now on: one from [`fresh_serial`] taken for it
+    /// before it was made (the first pass of a version larger than the cache keys the
+    /// spans it keeps by it).
+    pub fn adopt_serial(&mut self, serial: u64) {
+        self.serial = serial;
+    }
+
     /// The checksum of unit `unit` of node `node`, a file of `count` units.
     pub fn unit(&self, node: u32, count: u64, unit: u64) -> Result<u32, Damage> {
         let mut crc = Vec::with_capacity(1);

@@ -7,8 +7,11 @@
 //! may read (and hold in memory) between two members, and the tar data as a whole.
 
 use std::cell::{Cell, RefCell};
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::rc::Rc;
+
+use super::publish::Publish;
+use super::seek::Checkpointer;
 
 /// Read buffer around the source: large reads keep the per-call overhead of the network
 /// stream and of the decompressor's input handling low.
@@ -142,4 +145,56 @@ pub(super) fn is_tar_header(block: &[u8]) -> bool {
     };
     header.set_cksum();
     header.cksum().is_ok_and(|computed| computed == stored)
+}
+
+/// The decompressed stream, handed on to a [`Publish`] that wants it (a version larger than
+/// the cache keeps the spans of its first pass that fit), cut at each checkpoint the
+/// decompressor records, so that each byte is told with the span it belongs to.
+pub(super) struct Teed<'p, R> {
+    pub(super) inner: Checkpointer<R>,
+    publish: &'p dyn Publish,
+    /// Whether `publish` wants the stream (asked once).
+    on: bool,
+    /// Checkpoints told so far.
+    told: usize,
+}
+
+impl<'p, R: BufRead> Teed<'p, R> {
+    pub(super) fn new(inner: Checkpointer<R>, publish: &'p dyn Publish) -> Self {
+        Teed {
+            inner,
+            on: publish.wants_stream(),
+            publish,
+            told: 0,
+        }
+    }
+}
+
+impl<R: BufRead> Read for Teed<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut at = self.inner.uncompressed_bytes();
+        let n = self.inner.read(buf)?;
+        if !self.on {
+            return Ok(n);
+        }
+        // A checkpoint recorded during this read lies within its bytes: the decompressor
+        // records them at its output position, between two of the bytes it returns.
+        let mut rest = &buf[..n];
+        while let Some(point) = self.inner.checkpoints().get(self.told) {
+            let cut = usize::try_from(point.output.saturating_sub(at))
+                .map_or(rest.len(), |c| c.min(rest.len()));
+            if cut > 0 {
+                self.publish.stream(at, &rest[..cut]);
+            }
+            rest = &rest[cut..];
+            at += cut as u64;
+            let k = u32::try_from(self.told).unwrap_or(u32::MAX);
+            self.publish.checkpoint(k, point.output);
+            self.told += 1;
+        }
+        if !rest.is_empty() {
+            self.publish.stream(at, rest);
+        }
+        Ok(n)
+    }
 }

@@ -27,6 +27,24 @@ pub trait Publish: Sync {
     /// The name `name` in `dir` was taken by a later member; `gone` is the node that lost
     /// its last name with it (it is not valid until it is published again).
     fn withdraw(&self, dir: u32, name: &[u8], gone: Option<u32>);
+
+    /// Whether the unpack hands over the tar stream it inflates ([`Publish::stream`],
+    /// [`Publish::checkpoint`], [`Publish::stream_end`]): the first pass of a version larger
+    /// than the cache keeps the spans of it that fit.
+    fn wants_stream(&self) -> bool {
+        false
+    }
+
+    /// `bytes` of the tar stream at offset `at`: every byte once, in order.
+    fn stream(&self, _at: u64, _bytes: &[u8]) {}
+
+    /// Checkpoint `k` of the seek index was recorded at offset `at` of the tar stream: the
+    /// bytes from `at` on belong to span `k` (see `super::seek`).
+    fn checkpoint(&self, _k: u32, _at: u64) {}
+
+    /// The tar stream ended after `len` bytes, read to the end of the gzip stream and its
+    /// checksums good.
+    fn stream_end(&self, _len: u64) {}
 }
 
 /// Publishing nowhere (an unpack nobody reads early).

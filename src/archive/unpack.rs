@@ -33,8 +33,8 @@ use super::blobs::{blob_path, index_path, pack_path, Pack, PACK_MAX};
 use super::checks::{checksum, Sums};
 use super::encode::encoded_len;
 use super::input::{
-    is_tar_header, CountedInput, Shared, TarInput, GZIP_MAGIC, MAX_MEMBER_METADATA, MAX_TRAILER,
-    READ_BUFFER,
+    is_tar_header, CountedInput, Shared, TarInput, Teed, GZIP_MAGIC, MAX_MEMBER_METADATA,
+    MAX_TRAILER, READ_BUFFER,
 };
 use super::limits::stream_cap;
 use super::outcome::{ArchiveError, Skipped, UnpackOptions, UnpackStats, Unpacked, SKIPPED_KEPT};
@@ -132,7 +132,7 @@ pub fn unpack_published(
     // larger than the cache reads its content back by (see `seek`).
     let gunzip = Checkpointer::new(input).map_err(|e| unpacker.error(e, false))?;
     let mut archive = tar::Archive::new(TarInput {
-        inner: gunzip,
+        inner: Teed::new(gunzip, publish),
         shared: Rc::clone(&shared),
     });
     unpacker.members(&mut archive)?;
@@ -148,7 +148,10 @@ pub fn unpack_published(
             "ignoring data after the end of the archive's tar content"
         );
     }
-    let gunzip = rest.inner;
+    let gunzip = rest.inner.inner;
+    if gunzip.is_finished() {
+        publish.stream_end(gunzip.uncompressed_bytes());
+    }
     if gunzip.trailing_data() {
         tracing::warn!("ignoring trailing data after the archive's gzip stream");
     }

@@ -2,6 +2,7 @@
 //! directory under a reservation of the budget, committing it, and making room by
 //! evicting least recently used versions that are neither pinned nor open.
 
+use super::pass::PassSpans;
 #[allow(clippy::wildcard_imports)] // The policy in `mod.rs` and its filling are one type.
 use super::*;
 use crate::archive::{self, Checks, Damage};
@@ -227,6 +228,10 @@ impl Cache {
             Ok(ok) => ok,
             Err(e) => {
                 drop(st);
+                if streamed.is_some() {
+                    // The spans its first pass kept are keyed by checksums never used.
+                    purge(self.drop_spans(key));
+                }
                 if flight.cancel.load(Ordering::SeqCst) {
                     return Err(self.cancel_error(key));
                 }
@@ -298,11 +303,18 @@ impl Cache {
                     (need - index, index)
                 }
             };
+            // A version larger than the cache keeps what fits of the tar stream its first
+            // pass inflates (see `pass.rs`).
+            let pass = streamed.then(|| PassSpans::new(self, flight, key));
+            let publish: &dyn Publish = match &pass {
+                Some(pass) => pass,
+                None => &**flight,
+            };
             let target = FetchTarget {
                 dir: &tmp,
                 max_bytes,
                 max_index_bytes,
-                publish: &**flight,
+                publish,
                 cancelled: &cancelled,
                 keep_content: !streamed,
             };
@@ -318,6 +330,9 @@ impl Cache {
                 key: key.clone(),
                 source,
             })?;
+            if let Some(pass) = &pass {
+                unpacked.checks.adopt_serial(pass.serial);
+            }
             let streamed = if streamed {
                 let seek = unpacked.seek.take().ok_or_else(|| CacheError::Unindexed {
                     key: key.clone(),

@@ -47,6 +47,7 @@ mod fill;
 mod flight;
 mod heap;
 mod held;
+mod pass;
 mod pool;
 mod spans;
 mod usage;

@@ -36,6 +36,17 @@ pub struct Span {
     disk_bytes: u64,
 }
 
+impl Span {
+    pub(super) fn new(file: File, len: u64, path: PathBuf, disk_bytes: u64) -> Span {
+        Span {
+            file,
+            len,
+            path,
+            disk_bytes,
+        }
+    }
+}
+
 /// Why a span could not be had.
 #[derive(Debug, Clone)]
 pub enum SpanError {
@@ -342,12 +353,12 @@ impl Cache {
                 let _ = std::fs::remove_file(path);
                 fail(failure)
             })?;
-        let span = Arc::new(Span {
+        let span = Arc::new(Span::new(
             file,
-            len: meta.len(),
-            path: path.to_path_buf(),
-            disk_bytes: meta.blocks() * 512,
-        });
+            meta.len(),
+            path.to_path_buf(),
+            meta.blocks() * 512,
+        ));
         let mut st = self.inner.state.lock();
         st.used = st.used.saturating_sub(need) + span.disk_bytes;
         st.spans.lru.put(key.clone(), span.clone());

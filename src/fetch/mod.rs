@@ -110,6 +110,7 @@ pub fn fetch(
         let from = Origin {
             key: key.clone(),
             spools: spools.clone(),
+            spool: target.keep_content,
             what: what.clone(),
         };
         let download = DownloadThread::spawn(remote, archive, from, meter.clone())
@@ -404,6 +405,10 @@ struct ToUnpacker<'a> {
 struct Origin {
     key: VersionKey,
     spools: Arc<Spools>,
+    /// Whether a new download is spooled: not a version larger than the cache, whose first
+    /// pass keeps spans of its tar stream in the room a spool would take, and which serve
+    /// reads (a spool only helps a retry).
+    spool: bool,
     what: String,
 }
 
@@ -454,7 +459,8 @@ fn download(
             }
             Spool::continuing(kept).ok()
         }
-        None => origin.spools.create(&origin.key).ok(),
+        None if origin.spool => origin.spools.create(&origin.key).ok(),
+        None => None,
     };
     let mut source = archive.reader;
     // A stop before the end keeps what came for the next attempt, unless the unpacker
