@@ -1,21 +1,28 @@
 //! Versions larger than the cache, through real mounts: listed from their index, read by
 //! range requests from the checkpoints of their seek index, copied whole with `rsync -a`
 //! within the budget at every moment, and what goes wrong on the way (an archive changed
-//! at the store, an expired URL, a corrupt range) failing one read at most.
+//! at the store, an expired URL, a corrupt range) failing one read at most; a daemon
+//! killed in the middle of a first pass leaves nothing that the next run serves or keeps.
 
 mod common;
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-use common::hostile::{disk_usage, DiskPeak};
-use common::{assert_same_listing, ok, put_archive, tar_extract, Emulator, Mount, MountOpts};
+use common::hostile::{cached_versions, disk_usage, is_cached, poll_until, tmp_entries, DiskPeak};
+use common::{
+    assert_same_listing, ok, put_archive, tar_extract, wait_timeout, Emulator, Mount, MountOpts,
+};
 use serde_json::json;
 use vm0_emulator::pack::{pattern, ArchiveBuilder};
 
 const MIB: u64 = 1 << 20;
 /// The cache budget of these tests; the version is about three times as large.
 const BUDGET: u64 = 12 * MIB;
+/// How long a test waits for something it polls for before it fails.
+const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A version of about 37 MiB that does not compress (its spans of the archive are about
 /// 5 MiB each): a tiny first file, 2,000 small files (packed when cached whole), files of
@@ -349,4 +356,164 @@ fn an_expired_url_or_a_corrupt_range_fails_one_read_at_most() {
         std::fs::read(version.join("small/d05/f0500.bin")).unwrap() == want("small/d05/f0500.bin")
     );
     assert!(disk_usage(cache.path()) <= BUDGET + 64 * 1024);
+}
+
+/// A second version larger than the cache, of about 16 MiB in five files: the killed run
+/// reads its first file, so that the cache holds a span of that run when it is killed.
+fn second_large_version() -> Vec<u8> {
+    let mut b = ArchiveBuilder::with_level(6);
+    b.file("a.txt", 0o644, 1_700_000_000, b"other\n");
+    for i in 0..4u64 {
+        b.file(
+            &format!("part-{i}.bin"),
+            0o644,
+            1_700_000_000,
+            &pattern(4 * MIB as usize, 200 + i),
+        );
+    }
+    b.finish()
+}
+
+/// Names in a directory of the cache.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A daemon killed in the middle of the first pass of a version larger than the cache
+/// leaves its temporary directory in `tmp/` and the spans it fetched in `spans/`, none of
+/// which the next run may serve or count: the next mount on the same cache directory
+/// removes them, indexes the version again from its archive, and serves it as `tar -xzf`
+/// makes it.
+#[test]
+fn kill_9_in_the_first_pass_of_a_version_larger_than_the_cache_leaves_nothing_to_the_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let archive = put_archive(data.path(), "volumes", "big", "v1", &large_version());
+    put_archive(
+        data.path(),
+        "volumes",
+        "other",
+        "v1",
+        &second_large_version(),
+    );
+    let emu = Emulator::with_data(data.path());
+    let len = std::fs::metadata(&archive).unwrap().len();
+    let id = emu.current_version("volumes", "big");
+    let expected = tar_extract(&archive);
+    let cache = tempfile::tempdir().unwrap();
+    let mut m = mount(&emu, cache.path());
+
+    // A span of this run in `spans/`: the first file of the other version.
+    let got = std::fs::read(m.join("volumes/other/latest/a.txt")).unwrap();
+    assert_eq!(got, b"other\n");
+    let old_spans = names(&cache.path().join("spans"));
+    assert!(!old_spans.is_empty(), "no span kept before the kill");
+
+    // The store holds the archive of the large version half way through, and a `stat`
+    // inside it starts its first pass.
+    emu.fault(
+        json!({"route": "store.get", "version": id, "hold_after_bytes": len / 2, "count": 1}),
+    );
+    let mut stat = Command::new("stat")
+        .arg(m.join("volumes/big/latest/zzz-last.txt"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let key = format!("volumes-{id}.");
+    poll_until(DEADLINE, "the first pass held half way", || {
+        emu.counter("store.held") == 1
+            && tmp_entries(cache.path())
+                .iter()
+                .any(|t| t.starts_with(&key))
+    });
+    let old_tmp = tmp_entries(cache.path());
+    let pid = m.pid();
+    // The first pass's directory, named after the daemon that made it.
+    assert!(
+        old_tmp.len() == 1 && old_tmp[0].starts_with(&format!("{key}{pid}.")),
+        "{old_tmp:?}"
+    );
+
+    // `kill -9` of the daemon itself: the process that holds the cache's lock.
+    let lock = std::fs::read_to_string(cache.path().join("lock")).unwrap();
+    assert_eq!(
+        lock.trim(),
+        pid.to_string(),
+        "the lock names another process"
+    );
+    let mut daemon = m.take_child();
+    daemon.kill().unwrap();
+    let status = daemon.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    // The `stat` waiting on the dead mount returns (with an error), and the dead mount
+    // goes (a lazy unmount, as `Mount` does on drop).
+    let stat_status =
+        wait_timeout(&mut stat, DEADLINE).expect("stat returns once the daemon is dead");
+    assert!(
+        !stat_status.success(),
+        "stat through a killed daemon succeeded"
+    );
+    let log = m.log_text();
+    assert!(!log.contains("panic"), "{log}");
+    drop(m);
+    // What the killed pass left: its temporary directory, no version of its own.
+    assert_eq!(tmp_entries(cache.path()), old_tmp);
+    assert!(
+        !is_cached(cache.path(), &id),
+        "{:?}",
+        cached_versions(cache.path())
+    );
+    emu.clear_faults();
+    emu.post("release", &json!({}));
+
+    // A new mount on the same cache, the store no longer holding anything.
+    let m = mount(&emu, cache.path());
+    let version = m.join("volumes/big/latest");
+    assert_same_listing(&version, expected.path());
+    for f in [
+        "aaa-first.txt",
+        "small/d10/f1000.bin",
+        "big/part-7.bin",
+        "zzz-last.txt",
+    ] {
+        ok(Command::new("cmp")
+            .arg(version.join(f))
+            .arg(expected.path().join(f)));
+    }
+    // Indexed again by the new run: its own temporary directory became the version, and
+    // nothing of the killed run's is left beside it.
+    assert!(
+        is_cached(cache.path(), &id),
+        "{:?}",
+        cached_versions(cache.path())
+    );
+    let left: Vec<String> = tmp_entries(cache.path())
+        .into_iter()
+        .filter(|t| old_tmp.contains(t))
+        .collect();
+    assert!(left.is_empty(), "tmp/ of the killed run left: {left:?}");
+    poll_until(DEADLINE, "an empty tmp/ after the new first pass", || {
+        tmp_entries(cache.path()).is_empty()
+    });
+    // Only spans the new run fetched, all of the version it read.
+    let spans = names(&cache.path().join("spans"));
+    let kept: Vec<&String> = spans.iter().filter(|s| old_spans.contains(s)).collect();
+    assert!(kept.is_empty(), "spans of the killed run left: {kept:?}");
+    assert!(spans.iter().all(|s| s.starts_with(&key)), "{spans:?}");
+    // No spool of the killed download either.
+    assert_eq!(names(&cache.path().join("partial")), Vec::<String>::new());
+    common::hostile::assert_cache_layout(cache.path());
+    let log = m.log_text();
+    assert!(
+        log.contains("removing leftover of an interrupted run"),
+        "{log}"
+    );
+    assert!(!log.contains("panic") && !log.contains(" ERROR "), "{log}");
+    drop(m);
 }
