@@ -374,10 +374,13 @@ fn second_large_version() -> Vec<u8> {
     b.finish()
 }
 
-/// Names in a directory of the cache.
+/// Names in a directory of the cache (none when it was never made).
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        r => r.unwrap(),
+    };
+    let mut v: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
@@ -516,4 +519,146 @@ fn kill_9_in_the_first_pass_of_a_version_larger_than_the_cache_leaves_nothing_to
     );
     assert!(!log.contains("panic") && !log.contains(" ERROR "), "{log}");
     drop(m);
+}
+
+/// Where each regular file's content lies in the archive's tar stream: `(path, start, end)`.
+fn tar_positions(archive: &Path) -> Vec<(String, u64, u64)> {
+    let gz = flate2::read::GzDecoder::new(std::fs::File::open(archive).unwrap());
+    let mut tar = tar::Archive::new(gz);
+    let mut out = Vec::new();
+    for entry in tar.entries().unwrap() {
+        let entry = entry.unwrap();
+        if entry.header().entry_type() == tar::EntryType::Regular && entry.size() > 0 {
+            let start = entry.raw_file_position();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            out.push((path, start, start + entry.size()));
+        }
+    }
+    out
+}
+
+/// How long the tar stream that the first `n` bytes of the archive inflate to is.
+fn inflated_from_prefix(archive: &Path, n: u64) -> u64 {
+    use std::io::Read;
+    let prefix = std::fs::File::open(archive).unwrap().take(n);
+    let mut gz = flate2::read::GzDecoder::new(prefix);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0;
+    // Until the prefix ends in the middle of the stream (an error) or the stream does.
+    while let Ok(got @ 1..) = gz.read(&mut buf) {
+        total += got as u64;
+    }
+    total
+}
+
+/// Readers need not wait for the end of a first pass: a file the pass has gone by is read
+/// from the spans it kept, and from the one it is still writing, while the store still
+/// holds the rest of the archive (and without a request of their own).
+#[test]
+fn a_file_the_first_pass_has_gone_by_is_read_while_the_pass_runs() {
+    let s = setup();
+    let len = archive_len(&s);
+    let id = s.emu.current_version("volumes", "big");
+    let expected = tar_extract(&s.archive);
+    let cache = tempfile::tempdir().unwrap();
+    // Room for about two thirds of the version: the pass keeps every span it passes
+    // before the store holds the archive half way.
+    let m = Mount::with(
+        &s.emu,
+        MountOpts {
+            cache: Some(cache.path().to_path_buf()),
+            extra: vec!["--cache-size".into(), (24 * MIB).to_string()],
+            ..Default::default()
+        },
+    );
+    s.emu.fault(
+        json!({"route": "store.get", "version": id, "hold_after_bytes": len / 2, "count": 1}),
+    );
+    let version = m.join("volumes/big/latest");
+    // Starts the first pass, and waits for its end (the last file).
+    let mut stat = Command::new("stat")
+        .arg(version.join("zzz-last.txt"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let prefix = format!("volumes-{id}.");
+    // The spans written so far, by number, with their lengths on disk.
+    let spans = || -> Vec<(u32, u64)> {
+        let mut v: Vec<(u32, u64)> = std::fs::read_dir(cache.path().join("spans"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let k = name
+                    .strip_prefix(&prefix)?
+                    .rsplit('.')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((k, e.metadata().ok()?.len()))
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    // Held, and the pass about as far as what came before the hold takes it: the
+    // download hands the unpacker whole chunks of 256 KiB, so the last one received may
+    // wait for the rest of it.
+    let reach = inflated_from_prefix(&s.archive, len / 2);
+    poll_until(DEADLINE, "the first pass held half way", || {
+        let total: u64 = spans().iter().map(|(_, l)| l).sum();
+        s.emu.counter("store.held") == 1 && total + 320 * 1024 >= reach
+    });
+    let gets = s.emu.counter("store.get");
+    let written = spans();
+    assert!(
+        written
+            .iter()
+            .enumerate()
+            .all(|(i, (k, _))| *k as usize == i),
+        "the pass kept spans from the start, one after another: {written:?}"
+    );
+    // The last span is the one being written: where it starts in the tar stream, and
+    // how far it is written (at least; it may grow meanwhile).
+    let (_, last_len) = *written.last().unwrap();
+    let last_start: u64 = written[..written.len() - 1].iter().map(|(_, l)| l).sum();
+    let written_to = last_start + last_len;
+    let positions = tar_positions(&s.archive);
+    let in_progress = positions
+        .iter()
+        .rfind(|(_, start, end)| *end > last_start && *end <= written_to && *start < written_to)
+        .unwrap_or_else(|| {
+            panic!(
+                "no file ends in the span being written ({last_start}..{written_to}): {written:?}"
+            )
+        });
+    let early = &positions[0];
+    for (path, _, _) in [early, in_progress] {
+        // In a child with a deadline: a read that waited for the end of the pass would
+        // wait for as long as the store holds the archive.
+        let mut cmp = Command::new("cmp")
+            .arg(version.join(path))
+            .arg(expected.path().join(path))
+            .spawn()
+            .unwrap();
+        let status = wait_timeout(&mut cmp, DEADLINE).unwrap_or_else(|| {
+            let _ = cmp.kill();
+            panic!("{path}: the read waited for the end of the first pass")
+        });
+        assert!(status.success(), "{path} differs from the archive's");
+    }
+    // Still held: read before the pass ended, and from no request of their own.
+    assert_eq!(s.emu.counter("store.held"), 1);
+    assert!(!is_cached(cache.path(), &id));
+    assert_eq!(s.emu.counter("store.get"), gets, "{}", s.emu.counters());
+
+    s.emu.clear_faults();
+    s.emu.post("release", &json!({}));
+    let status = wait_timeout(&mut stat, DEADLINE).expect("the first pass ends");
+    assert!(status.success());
+    assert_same_listing(&version, expected.path());
+    ok(Command::new("cmp")
+        .arg(version.join("zzz-last.txt"))
+        .arg(expected.path().join("zzz-last.txt")));
+    assert!(!m.log_text().contains(" ERROR "), "{}", m.log_text());
 }

@@ -71,10 +71,30 @@ pub struct BlobId {
     pub ino: u64,
 }
 
+impl BlobId {
+    /// The identity of content that was not written (a version larger than the cache):
+    /// the file's bytes are read from the tar stream, at the published `offset`. `blob` is
+    /// the file's own blob number (each file's checksums are its own), or `u32::MAX` for
+    /// every packed file (one unit each, kept in its node).
+    pub const fn in_stream(blob: u32) -> BlobId {
+        BlobId {
+            dev: u64::MAX,
+            ino: blob as u64,
+        }
+    }
+
+    /// Whether the content is read from the tar stream ([`BlobId::in_stream`]).
+    pub const fn is_in_stream(&self) -> bool {
+        self.dev == u64::MAX
+    }
+}
+
 /// A complete regular file: `size` bytes at `offset` of the file `blob` (the pack, shared
 /// by every small file, or a file of its own at offset 0), and the checksums of its units
 /// (see `checks.rs`), computed as it was written: a published file is checked like a
-/// committed one.
+/// committed one. The content of a version larger than the cache is not written: its
+/// `id` is [`BlobId::in_stream`], `offset` is where it lies in the tar stream, and `blob`
+/// is empty.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublishedFile {
     pub size: u64,

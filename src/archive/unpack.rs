@@ -592,9 +592,17 @@ impl Unpacker<'_> {
             Ok(node) => {
                 self.sums.set(node, &published.sums);
                 self.positions.set(node, at);
-                if self.opts.keep_content {
-                    self.publish_file(comps, published);
-                }
+                let published = match at {
+                    // Not written: read from the tar stream where it lies.
+                    super::At::Data(data) if !keep => PublishedFile {
+                        blob: Arc::from(Path::new("")),
+                        offset: data,
+                        id: BlobId::in_stream(if packed.is_some() { u32::MAX } else { blob }),
+                        ..published
+                    },
+                    _ => published,
+                };
+                self.publish_file(comps, published);
             }
             Err(reason) => {
                 self.free_blob(Some(Freed { blob, size, packed }));

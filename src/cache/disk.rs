@@ -156,7 +156,8 @@ impl Layout {
                 .map_err(|e| io_err(&p, e))?;
         }
         // Leftovers of an interrupted run: never served, always removed. (The spans of
-        // versions larger than the cache are kept for the run that fetched them.)
+        // versions larger than the cache live as long as the run that fetched or kept
+        // them: their keys hold serials of that run's openings.)
         for sub in ["tmp", "trash", "spans"] {
             let dir = root.join(sub);
             if let Ok(entries) = fs::read_dir(&dir) {

@@ -331,7 +331,7 @@ impl Cache {
                 source,
             })?;
             if let Some(pass) = &pass {
-                unpacked.checks.adopt_serial(pass.serial);
+                unpacked.checks.adopt_serial(pass.serial());
             }
             let streamed = if streamed {
                 let seek = unpacked.seek.take().ok_or_else(|| CacheError::Unindexed {

@@ -12,13 +12,14 @@
 //! (`Cache::shutdown`), and its first end is the only one.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::archive::{Publish, Published, PublishedNode, Step};
 
+use super::pass::PassView;
 use super::{CachedVersion, SharedError};
 
 /// How long a waiter waits before it asks again whether its caller still wants the answer:
@@ -85,6 +86,9 @@ pub struct Flight {
     abandoned: AtomicBool,
     /// The fetch must stop: abandoned and confirmed by the cache, or the mount shuts down.
     pub(super) cancel: AtomicBool,
+    /// The first pass of a version larger than the cache: what its readers can read of it
+    /// while it runs.
+    pass: OnceLock<Arc<PassView>>,
 }
 
 struct FlightState {
@@ -120,7 +124,17 @@ impl Flight {
             interest: AtomicUsize::new(0),
             abandoned: AtomicBool::new(false),
             cancel: AtomicBool::new(false),
+            pass: OnceLock::new(),
         }
+    }
+
+    pub(super) fn set_pass(&self, view: Arc<PassView>) {
+        let _ = self.pass.set(view);
+    }
+
+    /// What can be read of a version larger than the cache while its first pass runs.
+    pub fn pass(&self) -> Option<&Arc<PassView>> {
+        self.pass.get()
     }
 
     /// A flight that has already ended with `error` (a remembered failure, or a refusal).

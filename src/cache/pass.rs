@@ -28,10 +28,17 @@ use crate::archive::{PublishedFile, Step};
 const STEP: u64 = 1 << 20;
 
 /// The spans of one first pass, and the flight it publishes to (a [`Publish`] that hands
-/// files and names on to the flight and keeps the stream).
+/// files and names on to the flight and keeps the stream). Its state is shared with the
+/// flight's readers ([`PassView`]).
 pub(super) struct PassSpans<'a> {
     cache: &'a Cache,
     flight: &'a Flight,
+    view: Arc<PassView>,
+}
+
+/// What readers of a version whose first pass is running can read of it: the spans kept so
+/// far (in the cache's table), and the one being written up to where it is written.
+pub struct PassView {
     version: VersionKey,
     /// The serial the version's checksums will carry ([`crate::archive::Checks::serial`]):
     /// the spans are keyed by it as the spans a reader fetches are.
@@ -41,6 +48,8 @@ pub(super) struct PassSpans<'a> {
 
 #[derive(Default)]
 struct PassState {
+    /// Where each span recorded so far starts in the tar stream.
+    starts: Vec<u64>,
     writing: Option<Writing>,
     /// The stream ended: nothing more is kept.
     ended: bool,
@@ -49,7 +58,7 @@ struct PassState {
 /// The span being written.
 struct Writing {
     k: u32,
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     len: u64,
     /// Room counted for it so far.
@@ -58,13 +67,21 @@ struct Writing {
 
 impl<'a> PassSpans<'a> {
     pub(super) fn new(cache: &'a Cache, flight: &'a Flight, version: &VersionKey) -> Self {
-        PassSpans {
-            cache,
-            flight,
+        let view = Arc::new(PassView {
             version: version.clone(),
             serial: crate::archive::fresh_serial(),
             state: Mutex::new(PassState::default()),
+        });
+        flight.set_pass(view.clone());
+        PassSpans {
+            cache,
+            flight,
+            view,
         }
+    }
+
+    pub(super) fn serial(&self) -> u64 {
+        self.view.serial
     }
 
     /// Start span `k` (after the previous one is kept).
@@ -80,7 +97,7 @@ impl<'a> PassSpans<'a> {
             .cache
             .inner
             .layout
-            .span_path(&self.version, self.serial, k);
+            .span_path(&self.view.version, self.view.serial, k);
         let opened = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -91,7 +108,7 @@ impl<'a> PassSpans<'a> {
             Ok(file) => {
                 st.writing = Some(Writing {
                     k,
-                    file,
+                    file: Arc::new(file),
                     path,
                     len: 0,
                     counted: 4096,
@@ -127,11 +144,18 @@ impl<'a> PassSpans<'a> {
             }
         };
         let key = SpanKey {
-            version: self.version.clone(),
-            serial: self.serial,
+            version: self.view.version.clone(),
+            serial: self.view.serial,
             k: w.k,
         };
-        let span = Arc::new(Span::new(w.file, w.len, w.path.clone(), disk_bytes));
+        // A reader may still hold the file it read the span from while it was written.
+        let file = Arc::try_unwrap(w.file).or_else(|file| file.try_clone());
+        let Ok(file) = file else {
+            let _ = std::fs::remove_file(&w.path);
+            self.cache.discharge(w.counted);
+            return;
+        };
+        let span = Arc::new(Span::new(file, w.len, w.path.clone(), disk_bytes));
         let mut cs = self.cache.inner.state.lock();
         if cs.spans.lru.contains(&key) || cs.spans.flights.contains_key(&key) {
             // Fetched meanwhile: that one stays.
@@ -154,6 +178,77 @@ impl<'a> PassSpans<'a> {
     }
 }
 
+impl PassView {
+    /// What tells the bytes read through this view from any other in the cache of checked
+    /// units (the serial of its version's opening, apart from the checksums' own).
+    pub fn source(&self) -> u64 {
+        (1 << 62) | self.serial
+    }
+}
+
+impl Cache {
+    /// Forget the kept spans among `spans` (read through `view`, their bytes found wrong):
+    /// a later read waits for the complete version and fetches them again.
+    pub fn drop_passing_spans(&self, view: &PassView, spans: &[(u64, Arc<Span>)]) {
+        let st = view.state.lock();
+        let ks: Vec<u32> = spans
+            .iter()
+            .filter_map(|(start, _)| st.starts.binary_search(start).ok())
+            .filter_map(|k| u32::try_from(k).ok())
+            .filter(|k| st.writing.as_ref().is_none_or(|w| w.k != *k))
+            .collect();
+        drop(st);
+        for k in ks {
+            self.drop_span(&SpanKey {
+                version: view.version.clone(),
+                serial: view.serial,
+                k,
+            });
+        }
+    }
+
+    /// The spans that hold offsets `t0..t1` of the tar stream of the version whose first
+    /// pass `view` is, each with the offset it starts at, if all of them are on disk now
+    /// (kept, or written that far). `None`: some are not (not kept for want of room, or
+    /// not inflated yet).
+    pub fn passing_spans(
+        &self,
+        view: &PassView,
+        t0: u64,
+        t1: u64,
+    ) -> Option<Vec<(u64, Arc<Span>)>> {
+        let st = view.state.lock();
+        let first = st.starts.partition_point(|s| *s <= t0).checked_sub(1)?;
+        let mut spans = Vec::new();
+        for (k, start) in st.starts.iter().enumerate().skip(first) {
+            if *start >= t1 {
+                break;
+            }
+            let k = u32::try_from(k).ok()?;
+            let span = match &st.writing {
+                Some(w) if w.k == k => {
+                    let end = start.saturating_add(w.len);
+                    if end < t1.min(st.starts.get(k as usize + 1).copied().unwrap_or(u64::MAX)) {
+                        return None;
+                    }
+                    let file = w.file.try_clone().ok()?;
+                    Arc::new(Span::new(file, w.len, w.path.clone(), 0))
+                }
+                _ => {
+                    let key = SpanKey {
+                        version: view.version.clone(),
+                        serial: view.serial,
+                        k,
+                    };
+                    self.inner.state.lock().spans.lru.get(&key)?.clone()
+                }
+            };
+            spans.push((*start, span));
+        }
+        Some(spans)
+    }
+}
+
 impl Publish for PassSpans<'_> {
     fn file(&self, steps: &[Step], file: &PublishedFile) {
         self.flight.file(steps, file);
@@ -168,7 +263,7 @@ impl Publish for PassSpans<'_> {
     }
 
     fn stream(&self, _at: u64, bytes: &[u8]) {
-        let mut st = self.state.lock();
+        let mut st = self.view.state.lock();
         let Some(w) = st.writing.as_mut() else {
             return;
         };
@@ -183,7 +278,7 @@ impl Publish for PassSpans<'_> {
             }
         }
         let written = if room {
-            w.file.write_all(bytes).map_err(|e| {
+            (&*w.file).write_all(bytes).map_err(|e| {
                 tracing::debug!(path = %w.path.display(), error = %e, "cannot keep the first pass's spans");
             })
         } else {
@@ -195,14 +290,15 @@ impl Publish for PassSpans<'_> {
         }
     }
 
-    fn checkpoint(&self, k: u32, _at: u64) {
-        let mut st = self.state.lock();
+    fn checkpoint(&self, k: u32, at: u64) {
+        let mut st = self.view.state.lock();
         self.keep(&mut st);
+        st.starts.push(at);
         self.start(&mut st, k);
     }
 
     fn stream_end(&self, _len: u64) {
-        let mut st = self.state.lock();
+        let mut st = self.view.state.lock();
         self.keep(&mut st);
         st.ended = true;
     }
@@ -211,7 +307,7 @@ impl Publish for PassSpans<'_> {
 impl Drop for PassSpans<'_> {
     fn drop(&mut self) {
         // A pass that ended early: the span it was writing is incomplete.
-        let mut st = self.state.lock();
+        let mut st = self.view.state.lock();
         self.abandon(&mut st);
     }
 }

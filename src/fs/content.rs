@@ -83,6 +83,26 @@ impl Fs {
             Available::Pending(flight) => match waited(flight.node(node, &ThreadPolicy))? {
                 Waited::Published(attrs) => match &attrs.kind {
                     PublishedKind::Dir => return Err(FsError::IsDir),
+                    PublishedKind::File(f) if f.id.is_in_stream() => {
+                        // A version larger than the cache: read from its first pass.
+                        match flight.flight().pass() {
+                            Some(view) => {
+                                let open = OpenFile::in_pass(
+                                    ino,
+                                    node,
+                                    f,
+                                    range,
+                                    view.clone(),
+                                    flight.clone(),
+                                );
+                                return Ok(Content::File(open, f.size));
+                            }
+                            None => {
+                                let r = waited(flight.wait(&ThreadPolicy))?;
+                                self.finished(&range.name, &flight, r)?
+                            }
+                        }
+                    }
                     PublishedKind::File(f) => match open_published(f) {
                         Some(file) => {
                             let pin = Pin::Flight(flight.clone());

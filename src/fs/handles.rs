@@ -14,7 +14,9 @@ use std::sync::{Arc, OnceLock, Weak};
 use parking_lot::Mutex;
 
 use crate::archive::{Damage, PublishedFile};
-use crate::cache::{Bytes, CachedVersion, CheckedFile, Interest, OpenContent, Sums, Verified};
+use crate::cache::{
+    Bytes, CachedVersion, CheckedFile, Interest, OpenContent, PassView, Sums, Verified,
+};
 use crate::ids::{Fh, Ino};
 
 use super::inode::Range;
@@ -87,6 +89,11 @@ pub(super) enum Check {
     },
     /// A run's file: not part of a version (written by this daemon as its pages arrive).
     Unchecked,
+    /// Node `node` of a version larger than the cache whose first pass is running, at
+    /// offset `at` of its tar stream: read from the spans the pass has kept or is writing,
+    /// else from the complete version once the pass ends (see `streamed.rs`). Its
+    /// checksums came with it, as a published file's do.
+    Passing(Box<InPass>),
     /// Node `node` of a version larger than the cache, whose content is read from the
     /// spans of its tar stream from offset `at` (see `streamed.rs`), against `checks.bin`.
     Streamed {
@@ -96,6 +103,17 @@ pub(super) enum Check {
         range: Range,
         at: u64,
     },
+}
+
+/// A file of a version whose first pass is running ([`Check::Passing`]).
+pub(super) struct InPass {
+    pub ino: Ino,
+    pub node: u32,
+    pub sums: Arc<[u32]>,
+    pub at: u64,
+    pub range: Range,
+    pub view: Arc<PassView>,
+    pub flight: Interest,
 }
 
 /// A file opened by the kernel: `size` bytes at `offset` of a content file (the version's
@@ -150,6 +168,33 @@ impl OpenFile {
         }
     }
 
+    /// A file of a version larger than the cache, published by its first pass (`f`, its
+    /// `id` [`crate::archive::BlobId::in_stream`]), read from the pass's spans.
+    pub fn in_pass(
+        ino: Ino,
+        node: u32,
+        f: &PublishedFile,
+        range: Range,
+        view: Arc<PassView>,
+        flight: Interest,
+    ) -> OpenFile {
+        OpenFile::at(
+            PathBuf::new(),
+            f.offset,
+            f.size,
+            Check::Passing(Box::new(InPass {
+                ino,
+                node,
+                sums: f.sums.clone(),
+                at: f.offset,
+                range,
+                view,
+                flight,
+            })),
+            Pin::Nothing,
+        )
+    }
+
     /// A whole file already open, read to its end (which may move: a live run's file).
     pub fn whole(file: File, pin: Pin) -> OpenFile {
         OpenFile {
@@ -168,7 +213,7 @@ impl OpenFile {
     pub fn version(&self) -> Option<&Arc<CachedVersion>> {
         match &self.check {
             Check::Version { version, .. } | Check::Streamed { version, .. } => Some(version),
-            Check::Published { .. } | Check::Unchecked => None,
+            Check::Published { .. } | Check::Passing(_) | Check::Unchecked => None,
         }
     }
 
@@ -178,6 +223,7 @@ impl OpenFile {
             Check::Version { ino, .. }
             | Check::Published { ino, .. }
             | Check::Streamed { ino, .. } => Some(*ino),
+            Check::Passing(p) => Some(p.ino),
             Check::Unchecked => None,
         }
     }
@@ -195,6 +241,19 @@ impl OpenFile {
             } => Some((version, range, *node, *at)),
             _ => None,
         }
+    }
+
+    /// For a file of a version larger than the cache whose first pass is running.
+    pub fn passing(&self) -> Option<&InPass> {
+        match &self.check {
+            Check::Passing(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether reads go to the spans of a tar stream (a version larger than the cache).
+    pub fn is_in_stream(&self) -> bool {
+        matches!(self.check, Check::Streamed { .. } | Check::Passing(_))
     }
 
     pub fn size(&self) -> u64 {
@@ -219,7 +278,7 @@ impl OpenFile {
         let packed = self.size < crate::archive::PACK_MAX;
         let (node, sums) = match &self.check {
             Check::Unchecked => return Ok(None),
-            Check::Streamed { .. } => {
+            Check::Streamed { .. } | Check::Passing(_) => {
                 return Err(Damage(
                     "a file of a version larger than the cache has no content file".into(),
                 ))
@@ -270,7 +329,10 @@ impl OpenFile {
     fn missing(&self, e: std::io::Error) -> FsError {
         match self.check {
             Check::Unchecked => e.into(),
-            Check::Version { .. } | Check::Published { .. } | Check::Streamed { .. } => {
+            Check::Version { .. }
+            | Check::Published { .. }
+            | Check::Streamed { .. }
+            | Check::Passing(_) => {
                 FsError::Damaged(Damage(format!("{}: {e}", self.path.display())))
             }
         }
@@ -279,7 +341,7 @@ impl OpenFile {
     /// Whether the content is a whole file of its own (what passthrough can be given):
     /// the files not packed, which are those of at least `PACK_MAX` bytes, and whole files.
     pub fn is_whole_file(&self) -> bool {
-        self.size >= crate::archive::PACK_MAX && self.streamed().is_none()
+        self.size >= crate::archive::PACK_MAX && !self.is_in_stream()
     }
 
     /// Up to `len` bytes at `at` of the content (short only at its end), checked, and
@@ -329,7 +391,7 @@ impl OpenFile {
                 let _ = self.opened.set(opened);
                 file
             }
-            Check::Streamed { .. } => {
+            Check::Streamed { .. } | Check::Passing(_) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "a file of a version larger than the cache is read from its archive",

@@ -424,7 +424,7 @@ impl Fs {
                     "the file was found damaged".into(),
                 ))),
             },
-            Handle::File(f) if f.streamed().is_some() => self.read_streamed(f, offset, size),
+            Handle::File(f) if f.is_in_stream() => self.read_streamed(f, offset, size),
             Handle::File(f) => match f.read(offset, size, self.cache.verified(), false) {
                 Ok((data, _, _)) => Ok(data),
                 Err(e) => Err(self.read_failed(f, e)),
@@ -456,7 +456,7 @@ impl Fs {
             Content::Status => {
                 Ok(slice_at(&self.status_for(Some(reader)).text, offset, size).into())
             }
-            Content::File(f, _) if f.streamed().is_some() => self.read_streamed(&f, offset, size),
+            Content::File(f, _) if f.is_in_stream() => self.read_streamed(&f, offset, size),
             Content::File(f, _) => {
                 // The kernel keeps what a buffered reader reads in the mount's own page
                 // cache: a large read bypasses the content file's (direct I/O), and the

@@ -1,6 +1,8 @@
 //! Reading the files of a version larger than the cache. Its first pass kept the tree, the
 //! checksums, where each file lies in the tar stream and the checkpoints of the gzip
-//! stream (`crate::cache::Streamed`), not its content. A read finds the spans of the tar
+//! stream (`crate::cache::Streamed`), and of its content only the spans that fit the
+//! cache's free room. While the pass runs, a file it has published is read from the spans
+//! it kept or is writing (`crate::cache::PassView`), else once the pass ends. A read finds the spans of the tar
 //! stream that hold the units it touches (a span runs from one checkpoint to the next),
 //! has the cache fetch those not on disk (one range request each, inflated from the
 //! checkpoint, see `crate::cache::Cache::span`), and reads through the cache's checking
@@ -14,17 +16,19 @@
 //! archive, and its spans never mix with the old one's.
 
 use std::io::{self, Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::api::{ApiError, ArchiveRef, ResumePoint};
 use crate::archive::seek::inflate_from;
-use crate::archive::{Damage, CHECK_BLOCK, PACK_MAX};
+use crate::archive::{At, Damage, CHECK_BLOCK, PACK_MAX};
 use crate::cache::{
     Bytes, CacheError, CachedVersion, CheckedFile, Patience, ReadAt, Span, SpanError, SpanFailure,
     SpanFill, SpanKey, Stopped, Streamed, Sums,
 };
 
-use super::handles::OpenFile;
+use super::content::waited;
+use super::handles::{InPass, OpenFile};
 use super::inode::Range;
 use super::wait::ThreadPolicy;
 use super::{Fs, FsError, Result};
@@ -68,34 +72,100 @@ fn span_bounds(streamed: &Streamed, k: u32) -> (u64, u64) {
     (start, end.saturating_sub(start))
 }
 
+/// The whole units a read of `len` bytes at `offset` of a file of `size` bytes touches
+/// (offsets in the file), the end of the read, and whether the file is packed (one unit);
+/// `None` for a read at or past the end.
+fn units(size: u64, offset: u64, len: u32) -> Option<(u64, u64, bool)> {
+    let end = offset.saturating_add(u64::from(len)).min(size);
+    if offset >= end {
+        return None;
+    }
+    let packed = size < PACK_MAX;
+    if packed {
+        return Some((0, size, true));
+    }
+    let first = offset / CHECK_BLOCK * CHECK_BLOCK;
+    let last = end
+        .div_ceil(CHECK_BLOCK)
+        .saturating_mul(CHECK_BLOCK)
+        .min(size);
+    Some((first, last, false))
+}
+
 impl Fs {
-    /// Up to `len` bytes at `offset` of `open`, a file of a version larger than the cache.
+    /// Up to `len` bytes at `offset` of `open`, a file of a version larger than the cache:
+    /// from the spans of its first pass while it runs, else from the complete version.
     pub(super) fn read_streamed(&self, open: &OpenFile, offset: u64, len: u32) -> Result<Bytes> {
+        if let Some(p) = open.passing() {
+            return self.read_passing(p, open.size(), offset, len);
+        }
         let Some((v, range, node, at)) = open.streamed() else {
             return Err(FsError::Damaged(Damage("not a streamed file".into())));
         };
+        self.read_in_version(v, range, node, at, open.size(), offset, len)
+    }
+
+    /// A read of a file published by the first pass of its version: from the spans the
+    /// pass kept or is writing when they hold the read; else (the pass kept no room for
+    /// them) from the complete version once the pass ends.
+    fn read_passing(&self, p: &InPass, size: u64, offset: u64, len: u32) -> Result<Bytes> {
+        let Some((from, to, packed)) = units(size, offset, len) else {
+            return Ok(Bytes::empty());
+        };
+        let (t0, t1) = (p.at.saturating_add(from), p.at.saturating_add(to));
+        if let Some(spans) = self.cache.passing_spans(&p.view, t0, t1) {
+            let source = SpanSource { spans };
+            let f = CheckedFile {
+                file: &source,
+                direct: None,
+                path: Path::new(""),
+                base: p.at,
+                size,
+                packed,
+                node: p.node,
+                sums: Sums::Known {
+                    source: p.view.source(),
+                    sums: &p.sums,
+                },
+            };
+            return self.cache.verified().read(&f, offset, len).map_err(|damage| {
+                self.cache.drop_passing_spans(&p.view, &source.spans);
+                tracing::warn!(version = %p.range.version, problem = %damage, "bytes kept by a first pass fail their checksums; the read fails and the next one reads them again");
+                FsError::Damaged(damage)
+            });
+        }
+        let r = waited(p.flight.wait(&ThreadPolicy))?;
+        let v = self.finished(&p.range.name, &p.flight, r)?;
+        let at = v.streamed.as_ref().and_then(|s| s.positions.get(p.node));
+        match at {
+            Some(At::Data(at)) => self.read_in_version(&v, &p.range, p.node, at, size, offset, len),
+            _ => Err(self.streamed_damage(
+                &v,
+                format!("node {} has no place in the tar stream", p.node),
+            )),
+        }
+    }
+
+    /// Up to `len` bytes at `offset` of node `node` of `v`, a version larger than the
+    /// cache, whose content lies at `at` of its tar stream.
+    #[allow(clippy::too_many_arguments)] // One read: where it is, and what it asks.
+    fn read_in_version(
+        &self,
+        v: &Arc<CachedVersion>,
+        range: &Range,
+        node: u32,
+        at: u64,
+        size: u64,
+        offset: u64,
+        len: u32,
+    ) -> Result<Bytes> {
         let (Some(streamed), Some(checks)) = (&v.streamed, &v.checks) else {
             return Err(FsError::Damaged(Damage(
                 "a version larger than the cache without its seek index".into(),
             )));
         };
-        let size = open.size();
-        let end = offset.saturating_add(u64::from(len)).min(size);
-        if offset >= end {
+        let Some((from, to, packed)) = units(size, offset, len) else {
             return Ok(Bytes::empty());
-        }
-        // The units the checking reader will read: a packed file is one unit.
-        let packed = size < PACK_MAX;
-        let (from, to) = if packed {
-            (0, size)
-        } else {
-            let first = offset / CHECK_BLOCK * CHECK_BLOCK;
-            (
-                first,
-                end.div_ceil(CHECK_BLOCK)
-                    .saturating_mul(CHECK_BLOCK)
-                    .min(size),
-            )
         };
         let (t0, t1) = match (at.checked_add(from), at.checked_add(to)) {
             (Some(t0), Some(t1)) if t1 <= streamed.seek.uncompressed_len => (t0, t1),
