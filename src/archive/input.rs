@@ -149,7 +149,9 @@ pub(super) fn is_tar_header(block: &[u8]) -> bool {
 
 /// The decompressed stream, handed on to a [`Publish`] that wants it (a version larger than
 /// the cache keeps the spans of its first pass that fit), cut at each checkpoint the
-/// decompressor records, so that each byte is told with the span it belongs to.
+/// decompressor records, so that each byte is told with the span it belongs to. Each
+/// checkpoint is told too, and its window then dropped from the decompressor's list: the
+/// [`Publish`] keeps what it needs (on disk), and an unpack holds no window.
 pub(super) struct Teed<'p, R> {
     pub(super) inner: Checkpointer<R>,
     publish: &'p dyn Publish,
@@ -174,25 +176,26 @@ impl<R: BufRead> Read for Teed<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut at = self.inner.uncompressed_bytes();
         let n = self.inner.read(buf)?;
-        if !self.on {
-            return Ok(n);
-        }
         // A checkpoint recorded during this read lies within its bytes: the decompressor
         // records them at its output position, between two of the bytes it returns.
         let mut rest = &buf[..n];
-        while let Some(point) = self.inner.checkpoints().get(self.told) {
-            let cut = usize::try_from(point.output.saturating_sub(at))
+        while let Some(output) = self.inner.checkpoints().get(self.told).map(|p| p.output) {
+            let cut = usize::try_from(output.saturating_sub(at))
                 .map_or(rest.len(), |c| c.min(rest.len()));
-            if cut > 0 {
+            if self.on && cut > 0 {
                 self.publish.stream(at, &rest[..cut]);
             }
             rest = &rest[cut..];
             at += cut as u64;
             let k = u32::try_from(self.told).unwrap_or(u32::MAX);
-            self.publish.checkpoint(k, point.output);
+            if let Some(point) = self.inner.checkpoints().get(self.told) {
+                self.publish.checkpoint(k, point);
+            }
+            // Whoever needs the window has it now; the pass does not hold them all.
+            drop(self.inner.take_window(self.told));
             self.told += 1;
         }
-        if !rest.is_empty() {
+        if self.on && !rest.is_empty() {
             self.publish.stream(at, rest);
         }
         Ok(n)

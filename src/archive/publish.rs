@@ -38,9 +38,10 @@ pub trait Publish: Sync {
     /// `bytes` of the tar stream at offset `at`: every byte once, in order.
     fn stream(&self, _at: u64, _bytes: &[u8]) {}
 
-    /// Checkpoint `k` of the seek index was recorded at offset `at` of the tar stream: the
-    /// bytes from `at` on belong to span `k` (see `super::seek`).
-    fn checkpoint(&self, _k: u32, _at: u64) {}
+    /// Checkpoint `k` of the seek index was recorded: the bytes of the tar stream from
+    /// `point.output` on belong to span `k` (see `super::seek`). Its window is dropped
+    /// after this call: one who needs it keeps it.
+    fn checkpoint(&self, _k: u32, _point: &super::seek::Checkpoint) {}
 
     /// The tar stream ended after `len` bytes, read to the end of the gzip stream and its
     /// checksums good.

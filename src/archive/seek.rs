@@ -165,6 +165,15 @@ impl<R: BufRead> Checkpointer<R> {
         &self.points
     }
 
+    /// Take the window of checkpoint `i` out of the list (its owner keeps it elsewhere, see
+    /// [`SeekWriter`]): a first pass need not hold 32 KiB per 4 MiB of archive.
+    pub fn take_window(&mut self, i: usize) -> Vec<u8> {
+        self.points
+            .get_mut(i)
+            .map(|p| std::mem::take(&mut p.window))
+            .unwrap_or_default()
+    }
+
     /// Moves the checkpoints recorded so far out (later ones are recorded as before).
     pub fn take_checkpoints(&mut self) -> Vec<Checkpoint> {
         std::mem::take(&mut self.points)
@@ -782,6 +791,124 @@ fn inflate_window(packed: &[u8], len: usize) -> Result<Vec<u8>, SeekError> {
     Ok(out)
 }
 
+/// Append the record of `p` to `image`: its fixed part, then its window deflated. Returns
+/// where the deflated window lies in `image` and its length.
+fn encode_point(image: &mut Vec<u8>, p: &Checkpoint) -> (usize, usize) {
+    assert!(p.window.len() <= WINDOW_SIZE, "a window of at most 32 KiB");
+    let packed = deflate_window(&p.window);
+    image.extend_from_slice(&p.input.to_le_bytes());
+    image.extend_from_slice(&p.output.to_le_bytes());
+    image.push(p.bits);
+    image.push(p.byte);
+    // At most WINDOW_SIZE (32768), so within u16.
+    image.extend_from_slice(&(p.window.len() as u16).to_le_bytes());
+    // Deflate of 32 KiB is well under 4 GiB.
+    image.extend_from_slice(&(packed.len() as u32).to_le_bytes());
+    let at = image.len();
+    image.extend_from_slice(&packed);
+    (at, packed.len())
+}
+
+/// Writes the image [`SeekIndex::encode`] makes one checkpoint at a time, as a first pass
+/// records them, so that no window stays in memory: each is deflated into the file at
+/// once, and read back from it when it is needed ([`read_window`]). The header, which
+/// counts the points and holds the image's checksum, is written last ([`Self::finish`]).
+pub struct SeekWriter {
+    file: std::fs::File,
+    len: u64,
+    count: u32,
+    /// The last point's offsets: the points must be pushed in increasing order.
+    last: Option<(u64, u64)>,
+}
+
+impl SeekWriter {
+    /// A new image at `path` (replacing any file there).
+    pub fn create(path: &std::path::Path) -> io::Result<SeekWriter> {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.write_all(&[0; HEADER])?;
+        Ok(SeekWriter {
+            file,
+            len: HEADER as u64,
+            count: 0,
+            last: None,
+        })
+    }
+
+    /// Append `point` (after every point pushed before it); where its window lies.
+    pub fn push(&mut self, point: &Checkpoint) -> io::Result<WindowAt> {
+        if self
+            .last
+            .is_some_and(|(input, output)| point.input <= input || point.output < output)
+            || point.window.len() > WINDOW_SIZE
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a checkpoint out of order: {point:?}"),
+            ));
+        }
+        let count = self
+            .count
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("more than 2^32 checkpoints"))?;
+        let mut record = Vec::with_capacity(POINT + WINDOW_SIZE / 2);
+        let (at, packed_len) = encode_point(&mut record, point);
+        self.file.write_all(&record)?;
+        let window = WindowAt {
+            offset: self.len + at as u64,
+            packed_len,
+            len: point.window.len(),
+        };
+        self.len += record.len() as u64;
+        self.count = count;
+        self.last = Some((point.input, point.output));
+        Ok(window)
+    }
+
+    /// The file being written (to read windows from while it is: see [`read_window`]).
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// Write the header of the archive's lengths and the spacing, with the checksum of
+    /// the whole image, and flush it to disk.
+    pub fn finish(
+        self,
+        compressed_len: u64,
+        uncompressed_len: u64,
+        spacing: u64,
+    ) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut header = Vec::with_capacity(HEADER);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&SEEK_FORMAT_VERSION.to_le_bytes());
+        header.extend_from_slice(&self.count.to_le_bytes());
+        header.extend_from_slice(&compressed_len.to_le_bytes());
+        header.extend_from_slice(&uncompressed_len.to_le_bytes());
+        header.extend_from_slice(&spacing.to_le_bytes());
+        header.extend_from_slice(&[0; 8]);
+        // The checksum covers the whole image but its own four bytes.
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&header[..CRC_AT]);
+        crc.update(&header[CRC_AT + 4..]);
+        let mut buf = vec![0u8; 256 << 10];
+        let mut at = HEADER as u64;
+        while at < self.len {
+            let n = usize::try_from(self.len - at).map_or(buf.len(), |l| l.min(buf.len()));
+            self.file.read_exact_at(&mut buf[..n], at)?;
+            crc.update(&buf[..n]);
+            at += n as u64;
+        }
+        header[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.finalize().to_le_bytes());
+        self.file.write_all_at(&header, 0)?;
+        self.file.sync_all()
+    }
+}
+
 impl SeekIndex {
     /// The checkpoint to resume from to read the uncompressed byte at `offset`: the last one
     /// at or before it (`None` if the list has none there).
@@ -808,17 +935,7 @@ impl SeekIndex {
         image.extend_from_slice(&self.spacing.to_le_bytes());
         image.extend_from_slice(&[0; 8]);
         for p in &self.points {
-            assert!(p.window.len() <= WINDOW_SIZE, "a window of at most 32 KiB");
-            let packed = deflate_window(&p.window);
-            image.extend_from_slice(&p.input.to_le_bytes());
-            image.extend_from_slice(&p.output.to_le_bytes());
-            image.push(p.bits);
-            image.push(p.byte);
-            // At most WINDOW_SIZE (32768), so within u16.
-            image.extend_from_slice(&(p.window.len() as u16).to_le_bytes());
-            // Deflate of 32 KiB is well under 4 GiB.
-            image.extend_from_slice(&(packed.len() as u32).to_le_bytes());
-            image.extend_from_slice(&packed);
+            encode_point(&mut image, p);
         }
         let crc = image_crc(&image);
         image[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());

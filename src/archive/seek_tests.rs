@@ -812,3 +812,34 @@ fn seek_a_lean_decode_reads_each_window_back_from_the_image() {
     file.set_len(windows.last().unwrap().offset + 1).unwrap();
     assert!(read_window(&file, windows.last().unwrap()).is_err());
 }
+
+#[test]
+fn seek_writer_makes_the_image_encode_makes_and_its_windows_read_back() {
+    let data = tar_like(7, 300, 64 << 10, 0.4);
+    let gz = gzip(&data, 6);
+    let (_, index) = checkpoint(&gz, 64 << 10);
+    assert!(index.points.len() > 3, "{}", index.points.len());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("seek.bin");
+    let mut writer = SeekWriter::create(&path).unwrap();
+    let mut windows = Vec::new();
+    for p in &index.points {
+        let at = writer.push(p).unwrap();
+        // Readable while the image is written.
+        assert_eq!(read_window(writer.file(), &at).unwrap(), p.window);
+        windows.push(at);
+    }
+    // Out of order: refused.
+    assert!(writer.push(&index.points[0]).is_err());
+    writer
+        .finish(index.compressed_len, index.uncompressed_len, index.spacing)
+        .unwrap();
+    let image = std::fs::read(&path).unwrap();
+    assert!(
+        image == index.encode(),
+        "the written image differs from encode's"
+    );
+    let (lean, at) = SeekIndex::decode_lean(&image).unwrap();
+    assert_eq!(at, windows);
+    assert_eq!(lean.points.len(), index.points.len());
+}

@@ -1765,3 +1765,21 @@ fn skipped_members_are_counted_past_the_first_few() {
     assert_eq!(u.stats.skipped.len(), SKIPPED_KEPT);
     assert_eq!(u.stats.skipped[0].member, "fifo0");
 }
+
+/// An unpack holds no checkpoint window (32 KiB per 4 MiB of archive): each is handed to
+/// the publisher and dropped, so a pass over an archive of any size holds none of them.
+#[test]
+fn an_unpack_holds_no_checkpoint_window() {
+    // Content that does not compress: several checkpoints of the default spacing.
+    let mut rng = fastrand::Rng::with_seed(3);
+    let noise: Vec<u8> = (0..14 << 20).map(|_| rng.u8(..)).collect();
+    let archive = Tar::new().file("noise.bin", &noise).gz();
+    let (run, u) = unpack_ok(&archive);
+    check(&run, &u);
+    let seek = u.seek.as_ref().expect("a seek index");
+    assert!(seek.points.len() >= 2, "{} checkpoints", seek.points.len());
+    assert!(
+        seek.points.iter().all(|p| p.window.is_empty()),
+        "windows held by the unpack"
+    );
+}

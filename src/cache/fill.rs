@@ -305,7 +305,13 @@ impl Cache {
             };
             // A version larger than the cache keeps what fits of the tar stream its first
             // pass inflates (see `pass.rs`).
-            let pass = streamed.then(|| PassSpans::new(self, flight, key));
+            let pass = streamed
+                .then(|| PassSpans::new(self, flight, key, &tmp))
+                .transpose()
+                .map_err(|source| CacheError::Io {
+                    path: tmp.join(SEEK_FILE),
+                    source,
+                })?;
             let publish: &dyn Publish = match &pass {
                 Some(pass) => pass,
                 None => &**flight,
@@ -333,28 +339,33 @@ impl Cache {
             if let Some(pass) = &pass {
                 unpacked.checks.adopt_serial(pass.serial());
             }
-            let streamed = if streamed {
-                let seek = unpacked.seek.take().ok_or_else(|| CacheError::Unindexed {
-                    key: key.clone(),
-                    why: "the archive's seek index was not built".into(),
-                })?;
-                let origin = unpacked
-                    .origin
-                    .take()
-                    .ok_or_else(|| CacheError::Unindexed {
+            let streamed = match &pass {
+                Some(pass) => {
+                    let unindexed = |why: String| CacheError::Unindexed {
                         key: key.clone(),
-                        why: "the object store sent no ETag, so ranges of the archive could not \
-                          be checked to come from the same object"
-                            .into(),
+                        why,
+                    };
+                    let seek = unpacked.seek.take().ok_or_else(|| {
+                        unindexed("the archive's seek index was not built".into())
                     })?;
-                let s = Streamed::built(std::mem::take(&mut unpacked.positions), seek, origin);
-                s.save(&tmp).map_err(|source| CacheError::Io {
-                    path: tmp.clone(),
-                    source,
-                })?;
-                Some(s)
-            } else {
-                None
+                    let origin = unpacked.origin.take().ok_or_else(|| {
+                        unindexed(
+                            "the object store sent no ETag, so ranges of the archive could not \
+                             be checked to come from the same object"
+                                .into(),
+                        )
+                    })?;
+                    pass.finish_seek(&seek).map_err(unindexed)?;
+                    Streamed::save_positions(&tmp, &unpacked.positions).map_err(|source| {
+                        CacheError::Io {
+                            path: tmp.clone(),
+                            source,
+                        }
+                    })?;
+                    // Read back as a later start reads it: checked whole, windows on disk.
+                    Some(Streamed::open(&tmp, origin).map_err(|damage| unindexed(damage.0))?)
+                }
+                None => None,
             };
             let disk_bytes = disk_usage(&tmp) + 4096;
             let meta = Completion {

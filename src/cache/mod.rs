@@ -138,11 +138,12 @@ pub struct CachedVersion {
 pub struct Streamed {
     pub positions: crate::archive::Positions,
     /// The checkpoints, their windows left in `seek.bin` (32 KiB each once inflated: a
-    /// version of 100 GiB has 25,000 of them): read when a span is fetched.
+    /// version of 100 GiB has 25,000 of them): read when a span is fetched. Never held in
+    /// memory, not even by the first pass (see `pass.rs`).
     pub seek: crate::archive::seek::SeekIndex,
     windows: Vec<crate::archive::seek::WindowAt>,
     /// `seek.bin`, held open (the windows are read from this opening).
-    seek_file: Option<std::fs::File>,
+    seek_file: std::fs::File,
     pub origin: ArchiveOrigin,
 }
 
@@ -171,28 +172,12 @@ impl Streamed {
             positions,
             seek,
             windows,
-            seek_file: Some(seek_file),
+            seek_file,
             origin,
         })
     }
 
-    /// What the first pass made, with its windows in memory until the version is loaded
-    /// again (a fetch keeps them: the process that built them may read them at once).
-    pub fn built(
-        positions: crate::archive::Positions,
-        seek: crate::archive::seek::SeekIndex,
-        origin: ArchiveOrigin,
-    ) -> Streamed {
-        Streamed {
-            positions,
-            seek,
-            windows: Vec::new(),
-            seek_file: None,
-            origin,
-        }
-    }
-
-    /// Checkpoint `k`, its window read from `seek.bin` when it is not held.
+    /// Checkpoint `k`, its window read from `seek.bin`.
     pub fn checkpoint(
         &self,
         k: usize,
@@ -204,24 +189,24 @@ impl Streamed {
             .get(k)
             .cloned()
             .ok_or_else(|| Damage(format!("{SEEK_FILE}: no checkpoint {k}")))?;
-        if let (Some(file), Some(at)) = (&self.seek_file, self.windows.get(k)) {
-            point.window = crate::archive::seek::read_window(file, at)
-                .map_err(|e| Damage(format!("{SEEK_FILE}: {e}")))?;
-        }
+        let at = self
+            .windows
+            .get(k)
+            .ok_or_else(|| Damage(format!("{SEEK_FILE}: no window {k}")))?;
+        point.window = crate::archive::seek::read_window(&self.seek_file, at)
+            .map_err(|e| Damage(format!("{SEEK_FILE}: {e}")))?;
         Ok(point)
     }
 
-    /// Write what [`Streamed::open`] reads into a version directory being committed.
-    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        for (name, image) in [
-            (POSITIONS_FILE, self.positions.encode()),
-            (SEEK_FILE, self.seek.encode()),
-        ] {
-            let mut f = std::fs::File::create(dir.join(name))?;
-            std::io::Write::write_all(&mut f, &image)?;
-            f.sync_all()?;
-        }
-        Ok(())
+    /// Write the positions [`Streamed::open`] reads into a version directory being
+    /// committed (its seek index was written by its first pass, see `pass.rs`).
+    pub fn save_positions(
+        dir: &Path,
+        positions: &crate::archive::Positions,
+    ) -> std::io::Result<()> {
+        let mut f = std::fs::File::create(dir.join(POSITIONS_FILE))?;
+        std::io::Write::write_all(&mut f, &positions.encode())?;
+        f.sync_all()
     }
 }
 

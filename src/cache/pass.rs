@@ -12,6 +12,10 @@
 //! used and make room for those it fetches. A span that finds no room is not kept; the
 //! next checkpoint tries again (room may have been given back meanwhile).
 //!
+//! The pass also writes the version's seek index as it goes ([`SeekWriter`]): each
+//! checkpoint's window (32 KiB) goes to disk when it is recorded, so that a pass over an
+//! archive of any size holds none of them in memory.
+//!
 //! Room is counted before bytes are written (in steps of [`STEP`]), so the disk never holds
 //! more than the budget. A pass that fails or is cancelled removes the span it was writing;
 //! the caller drops the spans it completed ([`super::Cache::drop_spans`]).
@@ -22,6 +26,7 @@ use std::os::unix::fs::MetadataExt;
 
 #[allow(clippy::wildcard_imports)] // The policy in `mod.rs` and its spans are one type.
 use super::*;
+use crate::archive::seek::{Checkpoint, SeekIndex, SeekWriter};
 use crate::archive::{PublishedFile, Step};
 
 /// How much room a span being written counts at a time.
@@ -50,6 +55,9 @@ pub struct PassView {
 struct PassState {
     /// Where each span recorded so far starts in the tar stream.
     starts: Vec<u64>,
+    /// The seek index, written as its checkpoints come (their windows go to disk at once:
+    /// see [`SeekWriter`]); `Err` once a write failed.
+    seek: Option<Result<SeekWriter, String>>,
     writing: Option<Writing>,
     /// The stream ended: nothing more is kept.
     ended: bool,
@@ -66,18 +74,49 @@ struct Writing {
 }
 
 impl<'a> PassSpans<'a> {
-    pub(super) fn new(cache: &'a Cache, flight: &'a Flight, version: &VersionKey) -> Self {
+    /// The pass of `version` into `dir`, whose seek index it writes there (`seek.bin`).
+    pub(super) fn new(
+        cache: &'a Cache,
+        flight: &'a Flight,
+        version: &VersionKey,
+        dir: &Path,
+    ) -> std::io::Result<Self> {
+        let seek = SeekWriter::create(&dir.join(SEEK_FILE))?;
         let view = Arc::new(PassView {
             version: version.clone(),
             serial: crate::archive::fresh_serial(),
-            state: Mutex::new(PassState::default()),
+            state: Mutex::new(PassState {
+                seek: Some(Ok(seek)),
+                ..PassState::default()
+            }),
         });
         flight.set_pass(view.clone());
-        PassSpans {
+        Ok(PassSpans {
             cache,
             flight,
             view,
+        })
+    }
+
+    /// Finish the seek index of the archive `index` describes (its points without their
+    /// windows, which are on disk already).
+    pub(super) fn finish_seek(&self, index: &SeekIndex) -> Result<(), String> {
+        let seek = self.view.state.lock().seek.take();
+        let writer = match seek {
+            Some(Ok(writer)) => writer,
+            Some(Err(why)) => return Err(why),
+            None => return Err("the seek index was finished already".into()),
+        };
+        let count = self.view.state.lock().starts.len();
+        if count != index.points.len() {
+            return Err(format!(
+                "{count} checkpoints written, the pass recorded {}",
+                index.points.len()
+            ));
         }
+        writer
+            .finish(index.compressed_len, index.uncompressed_len, index.spacing)
+            .map_err(|e| e.to_string())
     }
 
     pub(super) fn serial(&self) -> u64 {
@@ -290,10 +329,15 @@ impl Publish for PassSpans<'_> {
         }
     }
 
-    fn checkpoint(&self, k: u32, at: u64) {
+    fn checkpoint(&self, k: u32, point: &Checkpoint) {
         let mut st = self.view.state.lock();
+        if let Some(Ok(writer)) = &mut st.seek {
+            if let Err(e) = writer.push(point) {
+                st.seek = Some(Err(format!("{SEEK_FILE}: {e}")));
+            }
+        }
         self.keep(&mut st);
-        st.starts.push(at);
+        st.starts.push(point.output);
         self.start(&mut st, k);
     }
 
