@@ -662,3 +662,88 @@ fn a_file_the_first_pass_has_gone_by_is_read_while_the_pass_runs() {
         .arg(expected.path().join("zzz-last.txt")));
     assert!(!m.log_text().contains(" ERROR "), "{}", m.log_text());
 }
+
+/// A file the first pass went by without keeping (the cache had no room for its span) is
+/// read by a range request as soon as the checkpoints around it are recorded, before the
+/// pass ends: here while the store still holds the rest of the archive.
+#[test]
+fn a_file_the_first_pass_did_not_keep_is_read_by_a_range_before_the_pass_ends() {
+    let s = setup();
+    let len = archive_len(&s);
+    let id = s.emu.current_version("volumes", "big");
+    let expected = tar_extract(&s.archive);
+    let cache = tempfile::tempdir().unwrap();
+    let m = mount(&s.emu, cache.path());
+    s.emu.fault(
+        json!({"route": "store.get", "version": id, "hold_after_bytes": len / 2, "count": 1}),
+    );
+    let version = m.join("volumes/big/latest");
+    let mut stat = Command::new("stat")
+        .arg(version.join("zzz-last.txt"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    poll_until(DEADLINE, "the first pass held half way", || {
+        s.emu.counter("store.held") == 1
+    });
+    // What the pass kept: spans from the start, as many as the budget's free room holds.
+    let kept: u64 = std::fs::read_dir(cache.path().join("spans"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    let reach = inflated_from_prefix(&s.archive, len / 2);
+    let positions = tar_positions(&s.archive);
+    // A file after what was kept, and one more than a span (5 MiB) past it that the pass
+    // reaches before the hold: once that one is published, the checkpoint after the first
+    // one's span is recorded.
+    let dropped = positions
+        .iter()
+        .find(|(_, start, end)| *start >= kept && *end + 6 * MIB <= reach)
+        .unwrap_or_else(|| panic!("no file past the {kept} bytes kept: {positions:?}"));
+    let later = positions
+        .iter()
+        .find(|(_, start, end)| *start >= dropped.2 + 6 * MIB && *end + 320 * 1024 <= reach)
+        .unwrap_or_else(|| panic!("no file 6 MiB past {dropped:?} before {reach}"));
+    let run = |tool: &str, args: &[&Path]| {
+        let mut child = Command::new(tool)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // In a child with a deadline: a read that waited for the end of the pass would
+        // wait for as long as the store holds the archive.
+        let status = wait_timeout(&mut child, DEADLINE).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("{tool} {args:?} waited for the end of the first pass")
+        });
+        assert!(status.success(), "{tool} {args:?}: {status:?}");
+    };
+    run("stat", &[&version.join(&later.0)]);
+    let gets = s.emu.counter("store.get");
+    run(
+        "cmp",
+        &[&version.join(&dropped.0), &expected.path().join(&dropped.0)],
+    );
+    // Read by a range of its own while the whole download is still held.
+    assert_eq!(s.emu.counter("store.held"), 1);
+    assert!(!is_cached(cache.path(), &id));
+    assert!(
+        s.emu.counter("store.get") > gets,
+        "no range request: {}",
+        s.emu.counters()
+    );
+    assert!(disk_usage(cache.path()) <= BUDGET + 64 * 1024);
+
+    s.emu.clear_faults();
+    s.emu.post("release", &json!({}));
+    let status = wait_timeout(&mut stat, DEADLINE).expect("the first pass ends");
+    assert!(status.success());
+    // The span fetched during the pass serves the complete version too.
+    let gets = s.emu.counter("store.get");
+    ok(Command::new("cmp")
+        .arg(version.join(&dropped.0))
+        .arg(expected.path().join(&dropped.0)));
+    assert_eq!(s.emu.counter("store.get"), gets, "{}", s.emu.counters());
+    assert!(!m.log_text().contains(" ERROR "), "{}", m.log_text());
+}

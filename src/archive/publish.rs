@@ -35,6 +35,10 @@ pub trait Publish: Sync {
         false
     }
 
+    /// The archive is the object `etag` at the store, `len` bytes long (told before its
+    /// first byte, when the store names it).
+    fn archive(&self, _etag: &str, _len: u64) {}
+
     /// `bytes` of the tar stream at offset `at`: every byte once, in order.
     fn stream(&self, _at: u64, _bytes: &[u8]) {}
 

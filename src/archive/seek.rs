@@ -79,6 +79,19 @@ pub struct Checkpoint {
     pub window: Vec<u8>,
 }
 
+impl Checkpoint {
+    /// This checkpoint without its window (which its owner keeps elsewhere).
+    pub fn clone_lean(&self) -> Checkpoint {
+        Checkpoint {
+            input: self.input,
+            output: self.output,
+            bits: self.bits,
+            byte: self.byte,
+            window: Vec::new(),
+        }
+    }
+}
+
 impl fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Checkpoint")

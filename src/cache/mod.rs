@@ -77,7 +77,7 @@ pub use flight::{
 };
 pub use heap::large_buffers_unpooled;
 pub use held::{check_dir, LOG_FILE};
-pub use pass::PassView;
+pub use pass::{PassSpan, PassView, SpanRange};
 use pool::Pool;
 pub use spans::{Span, SpanError, SpanFailure, SpanFill, SpanKey};
 pub use usage::{ResidentInfo, Snapshot};

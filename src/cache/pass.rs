@@ -26,7 +26,7 @@ use std::os::unix::fs::MetadataExt;
 
 #[allow(clippy::wildcard_imports)] // The policy in `mod.rs` and its spans are one type.
 use super::*;
-use crate::archive::seek::{Checkpoint, SeekIndex, SeekWriter};
+use crate::archive::seek::{read_window, Checkpoint, SeekIndex, SeekWriter, WindowAt};
 use crate::archive::{PublishedFile, Step};
 
 /// How much room a span being written counts at a time.
@@ -49,18 +49,29 @@ pub struct PassView {
     /// the spans are keyed by it as the spans a reader fetches are.
     pub(super) serial: u64,
     state: Mutex<PassState>,
+    /// Told at each checkpoint and at the end: readers waiting for a span to be known.
+    changed: Condvar,
 }
 
 #[derive(Default)]
 struct PassState {
-    /// Where each span recorded so far starts in the tar stream.
-    starts: Vec<u64>,
+    /// The checkpoints recorded so far, without their windows (on disk: `windows`).
+    points: Vec<Checkpoint>,
+    windows: Vec<WindowAt>,
+    /// The seek index being written, opened again to read windows from.
+    seek_read: Option<File>,
+    /// The archive at the store (`ETag`, length), when the store named it.
+    origin: Option<(String, u64)>,
     /// The seek index, written as its checkpoints come (their windows go to disk at once:
     /// see [`SeekWriter`]); `Err` once a write failed.
     seek: Option<Result<SeekWriter, String>>,
     writing: Option<Writing>,
     /// The stream ended: nothing more is kept.
     ended: bool,
+    /// The bytes of the current span so far, kept or not, and the length of the one before:
+    /// the room a span asks for at its start.
+    current_len: u64,
+    last_len: u64,
 }
 
 /// The span being written.
@@ -82,13 +93,16 @@ impl<'a> PassSpans<'a> {
         dir: &Path,
     ) -> std::io::Result<Self> {
         let seek = SeekWriter::create(&dir.join(SEEK_FILE))?;
+        let seek_read = seek.file().try_clone()?;
         let view = Arc::new(PassView {
             version: version.clone(),
             serial: crate::archive::fresh_serial(),
             state: Mutex::new(PassState {
                 seek: Some(Ok(seek)),
+                seek_read: Some(seek_read),
                 ..PassState::default()
             }),
+            changed: Condvar::new(),
         });
         flight.set_pass(view.clone());
         Ok(PassSpans {
@@ -107,7 +121,7 @@ impl<'a> PassSpans<'a> {
             Some(Err(why)) => return Err(why),
             None => return Err("the seek index was finished already".into()),
         };
-        let count = self.view.state.lock().starts.len();
+        let count = self.view.state.lock().points.len();
         if count != index.points.len() {
             return Err(format!(
                 "{count} checkpoints written, the pass recorded {}",
@@ -128,8 +142,12 @@ impl<'a> PassSpans<'a> {
         if st.ended {
             return;
         }
-        // The file system's block for the file's last bytes, on top of its length.
-        if !self.cache.charge_free(4096) {
+        // Room for a span as long as the last one (spans are about as long as each other,
+        // each the same stretch of the archive), and the file system's block for its last
+        // bytes: a span that would not fit is not begun, rather than written in part and
+        // deleted.
+        let counted = st.last_len.div_ceil(4096) * 4096 + 4096;
+        if !self.cache.charge_free(counted) {
             return;
         }
         let path = self
@@ -150,11 +168,11 @@ impl<'a> PassSpans<'a> {
                     file: Arc::new(file),
                     path,
                     len: 0,
-                    counted: 4096,
+                    counted,
                 });
             }
             Err(e) => {
-                self.cache.discharge(4096);
+                self.cache.discharge(counted);
                 tracing::debug!(path = %path.display(), error = %e, "cannot keep the first pass's spans");
             }
         }
@@ -227,12 +245,12 @@ impl PassView {
 
 impl Cache {
     /// Forget the kept spans among `spans` (read through `view`, their bytes found wrong):
-    /// a later read waits for the complete version and fetches them again.
+    /// the next read fetches them again.
     pub fn drop_passing_spans(&self, view: &PassView, spans: &[(u64, Arc<Span>)]) {
         let st = view.state.lock();
         let ks: Vec<u32> = spans
             .iter()
-            .filter_map(|(start, _)| st.starts.binary_search(start).ok())
+            .filter_map(|(start, _)| st.points.binary_search_by_key(start, |p| p.output).ok())
             .filter_map(|k| u32::try_from(k).ok())
             .filter(|k| st.writing.as_ref().is_none_or(|w| w.k != *k))
             .collect();
@@ -247,44 +265,102 @@ impl Cache {
     }
 
     /// The spans that hold offsets `t0..t1` of the tar stream of the version whose first
-    /// pass `view` is, each with the offset it starts at, if all of them are on disk now
-    /// (kept, or written that far). `None`: some are not (not kept for want of room, or
-    /// not inflated yet).
-    pub fn passing_spans(
-        &self,
-        view: &PassView,
-        t0: u64,
-        t1: u64,
-    ) -> Option<Vec<(u64, Arc<Span>)>> {
+    /// pass `view` is, each with the offset it starts at: on disk (kept, or written that
+    /// far), or to fetch by a range request (passed by and not kept). `None`: some span is
+    /// not known well enough yet (the pass has not recorded its end, or the store did not
+    /// name the archive): wait for a change ([`PassView::wait_change`]).
+    pub fn passing_spans(&self, view: &PassView, t0: u64, t1: u64) -> Option<Vec<(u64, PassSpan)>> {
         let st = view.state.lock();
-        let first = st.starts.partition_point(|s| *s <= t0).checked_sub(1)?;
+        let first = st
+            .points
+            .partition_point(|p| p.output <= t0)
+            .checked_sub(1)?;
         let mut spans = Vec::new();
-        for (k, start) in st.starts.iter().enumerate().skip(first) {
-            if *start >= t1 {
+        for (k, point) in st.points.iter().enumerate().skip(first) {
+            let start = point.output;
+            if start >= t1 {
                 break;
             }
+            let next = st.points.get(k + 1);
             let k = u32::try_from(k).ok()?;
-            let span = match &st.writing {
-                Some(w) if w.k == k => {
-                    let end = start.saturating_add(w.len);
-                    if end < t1.min(st.starts.get(k as usize + 1).copied().unwrap_or(u64::MAX)) {
-                        return None;
-                    }
-                    let file = w.file.try_clone().ok()?;
-                    Arc::new(Span::new(file, w.len, w.path.clone(), 0))
-                }
-                _ => {
-                    let key = SpanKey {
-                        version: view.version.clone(),
-                        serial: view.serial,
-                        k,
-                    };
-                    self.inner.state.lock().spans.lru.get(&key)?.clone()
-                }
+            let key = SpanKey {
+                version: view.version.clone(),
+                serial: view.serial,
+                k,
             };
-            spans.push((*start, span));
+            if let Some(w) = st.writing.as_ref().filter(|w| w.k == k) {
+                let needed = t1.min(next.map_or(u64::MAX, |n| n.output));
+                if start.saturating_add(w.len) < needed {
+                    return None;
+                }
+                let file = w.file.try_clone().ok()?;
+                let span = Arc::new(Span::new(file, w.len, w.path.clone(), 0));
+                spans.push((start, PassSpan::Have(span)));
+                continue;
+            }
+            if let Some(span) = self.inner.state.lock().spans.lru.get(&key) {
+                spans.push((start, PassSpan::Have(span.clone())));
+                continue;
+            }
+            // Passed by and not kept: a range request from its checkpoint to the next.
+            let (next, (etag, total)) = (next?, st.origin.as_ref()?);
+            let window = match (&st.seek_read, st.windows.get(k as usize)) {
+                (Some(file), Some(at)) => read_window(file, at).map_err(|e| e.to_string()),
+                _ => Err(format!("{SEEK_FILE}: no window {k}")),
+            };
+            let input = point.input;
+            let point = window.map(|window| Checkpoint {
+                window,
+                ..point.clone_lean()
+            });
+            spans.push((
+                start,
+                PassSpan::Fetch(SpanRange {
+                    key,
+                    len: next.output - start,
+                    point,
+                    input,
+                    end: (next.input + 1).min(*total),
+                    etag: etag.clone(),
+                    total: *total,
+                }),
+            ));
         }
         Some(spans)
+    }
+}
+
+/// A span of a first pass, as a reader finds it ([`Cache::passing_spans`]).
+pub enum PassSpan {
+    /// On disk.
+    Have(Arc<Span>),
+    /// Passed by and not kept: to fetch with a range request.
+    Fetch(SpanRange),
+}
+
+/// What a range request for one span of an archive needs.
+pub struct SpanRange {
+    pub key: SpanKey,
+    /// The span's length in the tar stream.
+    pub len: u64,
+    /// Its checkpoint, with its window (or why the window could not be read).
+    pub point: Result<Checkpoint, String>,
+    /// The archive's bytes `input..end`: from the checkpoint to the next (and the byte a
+    /// block may share).
+    pub input: u64,
+    pub end: u64,
+    /// The object at the store: its `ETag` and whole length.
+    pub etag: String,
+    pub total: u64,
+}
+
+impl PassView {
+    /// Wait until the pass records a checkpoint or ends, or `timeout` passes.
+    pub fn wait_change(&self, timeout: Duration) {
+        let mut st = self.state.lock();
+        if !st.ended {
+            self.changed.wait_for(&mut st, timeout);
+        }
     }
 }
 
@@ -303,6 +379,7 @@ impl Publish for PassSpans<'_> {
 
     fn stream(&self, _at: u64, bytes: &[u8]) {
         let mut st = self.view.state.lock();
+        st.current_len += bytes.len() as u64;
         let Some(w) = st.writing.as_mut() else {
             return;
         };
@@ -331,20 +408,33 @@ impl Publish for PassSpans<'_> {
 
     fn checkpoint(&self, k: u32, point: &Checkpoint) {
         let mut st = self.view.state.lock();
-        if let Some(Ok(writer)) = &mut st.seek {
-            if let Err(e) = writer.push(point) {
-                st.seek = Some(Err(format!("{SEEK_FILE}: {e}")));
-            }
+        let window = match &mut st.seek {
+            Some(Ok(writer)) => writer.push(point).map_err(|e| format!("{SEEK_FILE}: {e}")),
+            Some(Err(why)) => Err(why.clone()),
+            None => Err("the seek index was finished already".into()),
+        };
+        match window {
+            Ok(at) => st.windows.push(at),
+            Err(why) => st.seek = Some(Err(why)),
         }
         self.keep(&mut st);
-        st.starts.push(point.output);
+        st.last_len = std::mem::take(&mut st.current_len);
+        st.points.push(point.clone_lean());
         self.start(&mut st, k);
+        drop(st);
+        self.view.changed.notify_all();
     }
 
     fn stream_end(&self, _len: u64) {
         let mut st = self.view.state.lock();
         self.keep(&mut st);
         st.ended = true;
+        drop(st);
+        self.view.changed.notify_all();
+    }
+
+    fn archive(&self, etag: &str, len: u64) {
+        self.view.state.lock().origin = Some((etag.to_string(), len));
     }
 }
 
@@ -353,5 +443,8 @@ impl Drop for PassSpans<'_> {
         // A pass that ended early: the span it was writing is incomplete.
         let mut st = self.view.state.lock();
         self.abandon(&mut st);
+        st.ended = true;
+        drop(st);
+        self.view.changed.notify_all();
     }
 }

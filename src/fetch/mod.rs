@@ -115,7 +115,10 @@ pub fn fetch(
         };
         let download = DownloadThread::spawn(remote, archive, from, meter.clone())
             .map_err(FetchError::Spawn)?;
-        let compressed = download.started(&mut watch)?;
+        let (compressed, at_store) = download.started(&mut watch)?;
+        if let Some(o) = &at_store {
+            target.publish.archive(&o.etag, o.len);
+        }
         let origin = Rc::new(RefCell::new(None));
         let reader = ChannelReader {
             download,
@@ -265,6 +268,9 @@ enum Message {
     /// The archive's response has come; its compressed size if known. Always first.
     Started {
         compressed: Option<u64>,
+        /// The object at the store, when it named it (`ETag`) and told its whole length:
+        /// a version larger than the cache reads ranges of it before the pass ends.
+        origin: Option<ArchiveOrigin>,
     },
     Chunk(Vec<u8>),
     /// The whole archive was read: which object it was at the store, when the store told
@@ -359,10 +365,13 @@ impl DownloadThread {
     }
 
     /// Wait for the archive's response (the API request and the store's headers); its
-    /// compressed size if known.
-    fn started(&self, watch: &mut Watch<'_>) -> Result<Option<u64>, FetchError> {
+    /// compressed size if known, and the object it is.
+    fn started(
+        &self,
+        watch: &mut Watch<'_>,
+    ) -> Result<(Option<u64>, Option<ArchiveOrigin>), FetchError> {
         match self.next(watch)? {
-            Message::Started { compressed } => Ok(compressed),
+            Message::Started { compressed, origin } => Ok((compressed, origin)),
             Message::Refused(e) => Err(FetchError::Api(e)),
             Message::Failed(e) => Err(ArchiveError::Read(e).into()),
             Message::Chunk(_) | Message::End(_) => {
@@ -444,6 +453,12 @@ fn download(
     if tx
         .send(Message::Started {
             compressed: archive.compressed_size,
+            origin: archive.reader.resume_point().and_then(|p| {
+                Some(ArchiveOrigin {
+                    etag: p.etag,
+                    len: p.total?,
+                })
+            }),
         })
         .is_err()
     {

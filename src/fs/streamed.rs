@@ -20,11 +20,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::api::{ApiError, ArchiveRef, ResumePoint};
-use crate::archive::seek::inflate_from;
+use crate::archive::seek::{inflate_from, Checkpoint};
 use crate::archive::{At, Damage, CHECK_BLOCK, PACK_MAX};
 use crate::cache::{
-    Bytes, CacheError, CachedVersion, CheckedFile, Patience, ReadAt, Span, SpanError, SpanFailure,
-    SpanFill, SpanKey, Stopped, Streamed, Sums,
+    Bytes, CacheError, CachedVersion, CheckedFile, PassSpan, Patience, ReadAt, Span, SpanError,
+    SpanFailure, SpanFill, SpanKey, Stopped, Streamed, Sums, VersionKey, WAIT_SLICE,
 };
 
 use super::content::waited;
@@ -106,34 +106,74 @@ impl Fs {
     }
 
     /// A read of a file published by the first pass of its version: from the spans the
-    /// pass kept or is writing when they hold the read; else (the pass kept no room for
-    /// them) from the complete version once the pass ends.
+    /// pass kept or is writing, and by range requests for those it passed by and did not
+    /// keep, as soon as the checkpoints around them are recorded; from the complete version
+    /// if the pass ends first.
     fn read_passing(&self, p: &InPass, size: u64, offset: u64, len: u32) -> Result<Bytes> {
         let Some((from, to, packed)) = units(size, offset, len) else {
             return Ok(Bytes::empty());
         };
         let (t0, t1) = (p.at.saturating_add(from), p.at.saturating_add(to));
-        if let Some(spans) = self.cache.passing_spans(&p.view, t0, t1) {
-            let source = SpanSource { spans };
-            let f = CheckedFile {
-                file: &source,
-                direct: None,
-                path: Path::new(""),
-                base: p.at,
-                size,
-                packed,
-                node: p.node,
-                sums: Sums::Known {
-                    source: p.view.source(),
-                    sums: &p.sums,
-                },
+        let planned = loop {
+            if let Some(spans) = self.cache.passing_spans(&p.view, t0, t1) {
+                break spans;
+            }
+            if p.flight.is_done() {
+                return self.read_after_pass(p, size, offset, len);
+            }
+            if !ThreadPolicy.may_block() {
+                return Err(FsError::WouldBlock);
+            }
+            p.view.wait_change(WAIT_SLICE);
+            if ThreadPolicy.gave_up() {
+                return Err(FsError::Interrupted);
+            }
+        };
+        let mut spans = Vec::with_capacity(planned.len());
+        for (start, span) in planned {
+            let span = match span {
+                PassSpan::Have(span) => span,
+                PassSpan::Fetch(r) => {
+                    let fill = || {
+                        let from = ResumePoint {
+                            offset: r.input,
+                            etag: r.etag.clone(),
+                            total: Some(r.total),
+                        };
+                        let point = r.point.clone().map_err(Damage);
+                        self.range_fill(&p.range, point, from, r.end, r.len)
+                    };
+                    match self.cache.span(&r.key, r.len, &ThreadPolicy, fill) {
+                        Ok(span) => span,
+                        Err(e) => return Err(self.span_failed(&r.key.version, r.key.k, e)),
+                    }
+                }
             };
-            return self.cache.verified().read(&f, offset, len).map_err(|damage| {
-                self.cache.drop_passing_spans(&p.view, &source.spans);
-                tracing::warn!(version = %p.range.version, problem = %damage, "bytes kept by a first pass fail their checksums; the read fails and the next one reads them again");
-                FsError::Damaged(damage)
-            });
+            spans.push((start, span));
         }
+        let source = SpanSource { spans };
+        let f = CheckedFile {
+            file: &source,
+            direct: None,
+            path: Path::new(""),
+            base: p.at,
+            size,
+            packed,
+            node: p.node,
+            sums: Sums::Known {
+                source: p.view.source(),
+                sums: &p.sums,
+            },
+        };
+        self.cache.verified().read(&f, offset, len).map_err(|damage| {
+            self.cache.drop_passing_spans(&p.view, &source.spans);
+            tracing::warn!(version = %p.range.version, problem = %damage, "bytes read during a first pass fail their checksums; the read fails and the next one reads them again");
+            FsError::Damaged(damage)
+        })
+    }
+
+    /// A read of a file published by a first pass that has ended: from the version.
+    fn read_after_pass(&self, p: &InPass, size: u64, offset: u64, len: u32) -> Result<Bytes> {
         let r = waited(p.flight.wait(&ThreadPolicy))?;
         let v = self.finished(&p.range.name, &p.flight, r)?;
         let at = v.streamed.as_ref().and_then(|s| s.positions.get(p.node));
@@ -278,19 +318,25 @@ impl Fs {
         });
         match got {
             Ok(span) => Ok((start, span)),
-            Err(SpanError::Stopped(Stopped::WouldBlock)) => Err(FsError::WouldBlock),
-            Err(SpanError::Stopped(Stopped::Interrupted)) => Err(FsError::Interrupted),
-            Err(SpanError::Failed(failure)) => {
+            Err(e) => Err(self.span_failed(&v.key, k, e)),
+        }
+    }
+
+    /// A span of version `key` that could not be had, as the read answers it.
+    fn span_failed(&self, key: &VersionKey, k: u32, e: SpanError) -> FsError {
+        match e {
+            SpanError::Stopped(Stopped::WouldBlock) => FsError::WouldBlock,
+            SpanError::Stopped(Stopped::Interrupted) => FsError::Interrupted,
+            SpanError::Failed(failure) => {
                 let why = &failure.why;
-                if failure.changed && self.cache.discard_damaged(&v.key) {
-                    tracing::warn!(version = %v.key, problem = %why, "the archive of a version larger than the cache changed at the store; its index is dropped, the next access builds it again");
+                if failure.changed && self.cache.discard_damaged(key) {
+                    tracing::warn!(version = %key, problem = %why, "the archive of a version larger than the cache changed at the store; its index is dropped, the next access builds it again");
                 } else {
-                    tracing::warn!(version = %v.key, span = k, problem = %why, "could not read a span of the archive of a version larger than the cache");
+                    tracing::warn!(version = %key, span = k, problem = %why, "could not read a span of the archive of a version larger than the cache");
                 }
-                Err(FsError::Io(io::Error::other(format!(
-                    "{}: reading span {k} of its archive failed: {why}",
-                    v.key
-                ))))
+                FsError::Io(io::Error::other(format!(
+                    "{key}: reading span {k} of its archive failed: {why}"
+                )))
             }
         }
     }
@@ -319,7 +365,6 @@ impl Fs {
     /// byte a block may share), inflated from the checkpoint, `span_len` bytes written.
     fn span_fill(&self, range: &Range, streamed: &Streamed, k: u32, span_len: u64) -> SpanFill {
         let points = &streamed.seek.points;
-        let point = streamed.checkpoint(k as usize);
         let end = points
             .get(k as usize + 1)
             .map_or(streamed.seek.compressed_len, |n| {
@@ -330,6 +375,19 @@ impl Fs {
             etag: streamed.origin.etag.clone(),
             total: Some(streamed.origin.len),
         };
+        self.range_fill(range, streamed.checkpoint(k as usize), from, end, span_len)
+    }
+
+    /// What fetches a span: the archive's bytes `from..end` with one range request,
+    /// inflated from `point`, `span_len` bytes written.
+    fn range_fill(
+        &self,
+        range: &Range,
+        point: std::result::Result<Checkpoint, Damage>,
+        from: ResumePoint,
+        end: u64,
+        span_len: u64,
+    ) -> SpanFill {
         let remote = self.remote.clone();
         let storage = self.find_storage(range.kind, range.name.as_str());
         let archive = storage.map(|s| {
