@@ -686,25 +686,8 @@ fn a_file_the_first_pass_did_not_keep_is_read_by_a_range_before_the_pass_ends() 
     poll_until(DEADLINE, "the first pass held half way", || {
         s.emu.counter("store.held") == 1
     });
-    // What the pass kept: spans from the start, as many as the budget's free room holds.
-    let kept: u64 = std::fs::read_dir(cache.path().join("spans"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.metadata().unwrap().len())
-        .sum();
     let reach = inflated_from_prefix(&s.archive, len / 2);
     let positions = tar_positions(&s.archive);
-    // A file after what was kept, and one more than a span (5 MiB) past it that the pass
-    // reaches before the hold: once that one is published, the checkpoint after the first
-    // one's span is recorded.
-    let dropped = positions
-        .iter()
-        .find(|(_, start, end)| *start >= kept && *end + 6 * MIB <= reach)
-        .unwrap_or_else(|| panic!("no file past the {kept} bytes kept: {positions:?}"));
-    let later = positions
-        .iter()
-        .find(|(_, start, end)| *start >= dropped.2 + 6 * MIB && *end + 320 * 1024 <= reach)
-        .unwrap_or_else(|| panic!("no file 6 MiB past {dropped:?} before {reach}"));
     let run = |tool: &str, args: &[&Path]| {
         let mut child = Command::new(tool)
             .args(args)
@@ -719,7 +702,25 @@ fn a_file_the_first_pass_did_not_keep_is_read_by_a_range_before_the_pass_ends() 
         });
         assert!(status.success(), "{tool} {args:?}: {status:?}");
     };
+    // The last file the pass reaches before the hold: once it is published, the pass is
+    // past every span before it, kept or not.
+    let later = positions
+        .iter()
+        .rfind(|(_, _, end)| *end + 320 * 1024 <= reach)
+        .unwrap();
     run("stat", &[&version.join(&later.0)]);
+    // What the pass kept: spans from the start, as many as the budget's free room holds.
+    let kept: u64 = std::fs::read_dir(cache.path().join("spans"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    // A file after what was kept, more than a span (5 MiB) before the end of `later`: the
+    // checkpoint after its span is recorded.
+    let dropped = positions
+        .iter()
+        .find(|(_, start, end)| *start >= kept && *end + 6 * MIB <= later.2)
+        .unwrap_or_else(|| panic!("no file between the {kept} bytes kept and {later:?}"));
     let gets = s.emu.counter("store.get");
     run(
         "cmp",

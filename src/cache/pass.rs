@@ -77,7 +77,7 @@ struct PassState {
 /// The span being written.
 struct Writing {
     k: u32,
-    file: Arc<File>,
+    file: File,
     path: PathBuf,
     len: u64,
     /// Room counted for it so far.
@@ -165,7 +165,7 @@ impl<'a> PassSpans<'a> {
             Ok(file) => {
                 st.writing = Some(Writing {
                     k,
-                    file: Arc::new(file),
+                    file,
                     path,
                     len: 0,
                     counted,
@@ -205,14 +205,7 @@ impl<'a> PassSpans<'a> {
             serial: self.view.serial,
             k: w.k,
         };
-        // A reader may still hold the file it read the span from while it was written.
-        let file = Arc::try_unwrap(w.file).or_else(|file| file.try_clone());
-        let Ok(file) = file else {
-            let _ = std::fs::remove_file(&w.path);
-            self.cache.discharge(w.counted);
-            return;
-        };
-        let span = Arc::new(Span::new(file, w.len, w.path.clone(), disk_bytes));
+        let span = Arc::new(Span::new(w.file, w.len, w.path.clone(), disk_bytes));
         let mut cs = self.cache.inner.state.lock();
         if cs.spans.lru.contains(&key) || cs.spans.flights.contains_key(&key) {
             // Fetched meanwhile: that one stays.
@@ -362,6 +355,12 @@ impl PassView {
             self.changed.wait_for(&mut st, timeout);
         }
     }
+
+    /// Whether the pass has ended (well or not): what it did not make readable, the
+    /// complete version will.
+    pub fn ended(&self) -> bool {
+        self.state.lock().ended
+    }
 }
 
 impl Publish for PassSpans<'_> {
@@ -394,7 +393,7 @@ impl Publish for PassSpans<'_> {
             }
         }
         let written = if room {
-            (&*w.file).write_all(bytes).map_err(|e| {
+            w.file.write_all(bytes).map_err(|e| {
                 tracing::debug!(path = %w.path.display(), error = %e, "cannot keep the first pass's spans");
             })
         } else {

@@ -118,7 +118,7 @@ impl Fs {
             if let Some(spans) = self.cache.passing_spans(&p.view, t0, t1) {
                 break spans;
             }
-            if p.flight.is_done() {
+            if p.view.ended() || p.flight.is_done() {
                 return self.read_after_pass(p, size, offset, len);
             }
             if !ThreadPolicy.may_block() {
