@@ -1168,39 +1168,36 @@ class Bench:
                       " of %.1f MiB (sampled every 50 ms)" % (top / MiB, budget / MiB))
         shutil.rmtree(dest, ignore_errors=True)
 
+        def rsync_after_first_pass(name, budget, cache_name):
+            """Full downloads of `name`, then `rsync -aH` of it on mounts of `budget` after its
+            first pass: the downloads' times, rsync's times and the cache's peak disk use."""
+            nonlocal url
+            vid, _ = self.version(name)
+            _, url = self.emu.presigned_url("artifacts", name)
+            full = [download() for _ in range(self.p["slow_reps"])]
+            cache = os.path.join(self.run_dir, cache_name)
+            m = self.mount("large", str(budget), cache)
+            sh("ls -lR %s >/dev/null" % q(m.version_dir("artifacts", name, vid)))
+            m.stop()
+            self.mounts.remove(m)
+            runs, top = self.large_rsync(name, vid, budget, cache, dest)
+            shutil.rmtree(dest, ignore_errors=True)
+            return full, runs, top
+
         # The same files in the order `tar -c` of their tree writes them: each directory's
         # files together, as most archives are.
-        name = "mixed-grouped"
-        vid, info = self.version(name)
-        _, url = self.emu.presigned_url("artifacts", name)
-        full = [download() for _ in range(self.p["slow_reps"])]
-        cache = os.path.join(self.run_dir, "large-cache-grouped")
-        m = self.mount("large", str(budget), cache)
-        sh("ls -lR %s >/dev/null" % q(m.version_dir("artifacts", name, vid)))
-        m.stop()
-        self.mounts.remove(m)
-        runs, top = self.large_rsync(name, vid, budget, cache, dest)
+        full, runs, top = rsync_after_first_pass("mixed-grouped", budget, "large-cache-grouped")
         self.time_row("large_rsync_grouped", full, runs, "the same files archived a directory at a time (as"
                       " `tar -c` of their tree writes them), rsync -aH, identical to tar -xzf; peak cache disk"
                       " use %.2f of the budget" % (top / budget))
-        shutil.rmtree(dest, ignore_errors=True)
 
         # The same for a version whose name order is its archive order: one 1 GiB file.
-        name = "big"
-        vid, info = self.version(name)
+        _, info = self.version("big")
         budget = info["bytes"] // 3
-        _, url = self.emu.presigned_url("artifacts", name)
-        full = [download() for _ in range(self.p["slow_reps"])]
-        cache = os.path.join(self.run_dir, "large-cache-seq")
-        m = self.mount("large", str(budget), cache)
-        sh("ls -lR %s >/dev/null" % q(m.version_dir("artifacts", name, vid)))
-        m.stop()
-        self.mounts.remove(m)
-        runs, top = self.large_rsync(name, vid, budget, cache, dest)
+        full, runs, top = rsync_after_first_pass("big", budget, "large-cache-seq")
         self.time_row("large_rsync_seq", full, runs, "%.0f MiB version under a budget of %.0f MiB, rsync -aH of it"
                       " (in archive order), identical to tar -xzf; peak cache disk use %.2f of the budget" % (
                           info["bytes"] / MiB, budget / MiB, top / budget))
-        shutil.rmtree(dest, ignore_errors=True)
 
     def large_rsync(self, name, vid, budget, cache, dest):
         """`rsync -aH` of a version larger than the cache to local disk, each run on a fresh

@@ -118,6 +118,14 @@ fn indexed(s: &Setup) -> Indexed {
     }
 }
 
+/// Assert that each of `files` reads in `version` as in `expected` (an extraction).
+fn assert_same_files(version: &Path, expected: &Path, files: &[&str]) {
+    for f in files {
+        let got = std::fs::read(version.join(f)).unwrap();
+        assert!(got == std::fs::read(expected.join(f)).unwrap(), "{f}");
+    }
+}
+
 /// The version's directory under `versions/` in the cache.
 fn version_dir(cache: &Path) -> PathBuf {
     let dirs: Vec<PathBuf> = std::fs::read_dir(cache.join("versions"))
@@ -162,18 +170,16 @@ fn a_version_three_times_the_cache_is_listed_read_and_copied_within_the_budget()
     }
 
     // Start, middle and end, each as the archive has it.
-    for f in [
-        "aaa-first.txt",
-        "small/d10/f1000.bin",
-        "big/part-3.bin",
-        "zzz-last.txt",
-    ] {
-        let got = std::fs::read(version.join(f)).unwrap();
-        assert!(
-            got == std::fs::read(expected.path().join(f)).unwrap(),
-            "{f}"
-        );
-    }
+    assert_same_files(
+        &version,
+        expected.path(),
+        &[
+            "aaa-first.txt",
+            "small/d10/f1000.bin",
+            "big/part-3.bin",
+            "zzz-last.txt",
+        ],
+    );
 
     // Copied whole: what `tar -xzf` makes, byte for byte (`-H`: hard links too).
     let copy = tempfile::tempdir().unwrap();
@@ -188,14 +194,7 @@ fn a_version_three_times_the_cache_is_listed_read_and_copied_within_the_budget()
         .arg(expected.path())
         .arg(copy.path()));
 
-    let peak = sampler.finish();
-    // The log and the saved listings live beside the versions and spans.
-    assert!(
-        peak.bytes <= BUDGET + 64 * 1024,
-        "peak usage {} over the budget {BUDGET}: {}",
-        peak.bytes,
-        peak.detail
-    );
+    sampler.finish().assert_within(BUDGET);
     common::hostile::assert_cache_layout(cache.path());
     // Ranges, not the whole archive per file: the archive once for the first pass, and
     // its spans for the copy (some twice: `rsync` reads in name order, which is not the
@@ -222,17 +221,15 @@ fn the_first_pass_keeps_the_spans_that_fit_and_the_start_is_read_without_a_reque
     assert!(kept > 0, "the first pass kept no span");
 
     s.emu.reset_counters();
-    for f in [
-        "aaa-first.txt",
-        "small/d00/f0000.bin",
-        "small/d05/f0517.bin",
-    ] {
-        let got = std::fs::read(version.join(f)).unwrap();
-        assert!(
-            got == std::fs::read(expected.path().join(f)).unwrap(),
-            "{f}"
-        );
-    }
+    assert_same_files(
+        &version,
+        expected.path(),
+        &[
+            "aaa-first.txt",
+            "small/d00/f0000.bin",
+            "small/d05/f0517.bin",
+        ],
+    );
     assert_eq!(
         s.emu.counter("store.get"),
         0,
@@ -244,13 +241,7 @@ fn the_first_pass_keeps_the_spans_that_fit_and_the_start_is_read_without_a_reque
     assert_eq!(got, b"last\n");
     assert!(s.emu.counter("store.get") >= 1, "{}", s.emu.counters());
 
-    let peak = sampler.finish();
-    assert!(
-        peak.bytes <= BUDGET + 64 * 1024,
-        "peak usage {} over the budget {BUDGET}: {}",
-        peak.bytes,
-        peak.detail
-    );
+    sampler.finish().assert_within(BUDGET);
     assert!(!m.log_text().contains(" ERROR "), "{}", m.log_text());
 }
 
@@ -551,14 +542,64 @@ fn inflated_from_prefix(archive: &Path, n: u64) -> u64 {
     total
 }
 
+/// A first pass the store holds half way through the archive: the version's id, how far
+/// the pass can inflate, and the `stat` (of the last file) that started it and waits for
+/// its end.
+struct HeldPass {
+    id: String,
+    reach: u64,
+    stat: std::process::Child,
+}
+
+fn hold_first_pass(s: &Setup, version: &Path) -> HeldPass {
+    let len = archive_len(s);
+    let id = s.emu.current_version("volumes", "big");
+    s.emu.fault(
+        json!({"route": "store.get", "version": id, "hold_after_bytes": len / 2, "count": 1}),
+    );
+    let stat = Command::new("stat")
+        .arg(version.join("zzz-last.txt"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    HeldPass {
+        id,
+        reach: inflated_from_prefix(&s.archive, len / 2),
+        stat,
+    }
+}
+
+impl HeldPass {
+    /// Let the store send the rest, and wait for the end of the pass.
+    fn release(mut self, s: &Setup) {
+        s.emu.clear_faults();
+        s.emu.post("release", &json!({}));
+        let status = wait_timeout(&mut self.stat, DEADLINE).expect("the first pass ends");
+        assert!(status.success());
+    }
+}
+
+/// Run `tool` in a child with a deadline, and assert that it succeeds: a read that waited
+/// for the end of a held first pass would wait for as long as the store holds it.
+fn within_deadline(tool: &str, args: &[&Path]) {
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait_timeout(&mut child, DEADLINE).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("{tool} {args:?} waited for the end of the first pass")
+    });
+    assert!(status.success(), "{tool} {args:?}: {status:?}");
+}
+
 /// Readers need not wait for the end of a first pass: a file the pass has gone by is read
 /// from the spans it kept, and from the one it is still writing, while the store still
 /// holds the rest of the archive (and without a request of their own).
 #[test]
 fn a_file_the_first_pass_has_gone_by_is_read_while_the_pass_runs() {
     let s = setup();
-    let len = archive_len(&s);
-    let id = s.emu.current_version("volumes", "big");
     let expected = tar_extract(&s.archive);
     let cache = tempfile::tempdir().unwrap();
     // Room for about two thirds of the version: the pass keeps every span it passes
@@ -571,16 +612,9 @@ fn a_file_the_first_pass_has_gone_by_is_read_while_the_pass_runs() {
             ..Default::default()
         },
     );
-    s.emu.fault(
-        json!({"route": "store.get", "version": id, "hold_after_bytes": len / 2, "count": 1}),
-    );
     let version = m.join("volumes/big/latest");
-    // Starts the first pass, and waits for its end (the last file).
-    let mut stat = Command::new("stat")
-        .arg(version.join("zzz-last.txt"))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let held = hold_first_pass(&s, &version);
+    let (id, reach) = (held.id.clone(), held.reach);
     let prefix = format!("volumes-{id}.");
     // The spans written so far, by number, with their lengths on disk.
     let spans = || -> Vec<(u32, u64)> {
@@ -604,7 +638,6 @@ fn a_file_the_first_pass_has_gone_by_is_read_while_the_pass_runs() {
     // Held, and the pass about as far as what came before the hold takes it: the
     // download hands the unpacker whole chunks of 256 KiB, so the last one received may
     // wait for the rest of it.
-    let reach = inflated_from_prefix(&s.archive, len / 2);
     poll_until(DEADLINE, "the first pass held half way", || {
         let total: u64 = spans().iter().map(|(_, l)| l).sum();
         s.emu.counter("store.held") == 1 && total + 320 * 1024 >= reach
@@ -634,28 +667,14 @@ fn a_file_the_first_pass_has_gone_by_is_read_while_the_pass_runs() {
         });
     let early = &positions[0];
     for (path, _, _) in [early, in_progress] {
-        // In a child with a deadline: a read that waited for the end of the pass would
-        // wait for as long as the store holds the archive.
-        let mut cmp = Command::new("cmp")
-            .arg(version.join(path))
-            .arg(expected.path().join(path))
-            .spawn()
-            .unwrap();
-        let status = wait_timeout(&mut cmp, DEADLINE).unwrap_or_else(|| {
-            let _ = cmp.kill();
-            panic!("{path}: the read waited for the end of the first pass")
-        });
-        assert!(status.success(), "{path} differs from the archive's");
+        within_deadline("cmp", &[&version.join(path), &expected.path().join(path)]);
     }
     // Still held: read before the pass ended, and from no request of their own.
     assert_eq!(s.emu.counter("store.held"), 1);
     assert!(!is_cached(cache.path(), &id));
     assert_eq!(s.emu.counter("store.get"), gets, "{}", s.emu.counters());
 
-    s.emu.clear_faults();
-    s.emu.post("release", &json!({}));
-    let status = wait_timeout(&mut stat, DEADLINE).expect("the first pass ends");
-    assert!(status.success());
+    held.release(&s);
     assert_same_listing(&version, expected.path());
     ok(Command::new("cmp")
         .arg(version.join("zzz-last.txt"))
@@ -669,46 +688,22 @@ fn a_file_the_first_pass_has_gone_by_is_read_while_the_pass_runs() {
 #[test]
 fn a_file_the_first_pass_did_not_keep_is_read_by_a_range_before_the_pass_ends() {
     let s = setup();
-    let len = archive_len(&s);
-    let id = s.emu.current_version("volumes", "big");
     let expected = tar_extract(&s.archive);
     let cache = tempfile::tempdir().unwrap();
     let m = mount(&s.emu, cache.path());
-    s.emu.fault(
-        json!({"route": "store.get", "version": id, "hold_after_bytes": len / 2, "count": 1}),
-    );
     let version = m.join("volumes/big/latest");
-    let mut stat = Command::new("stat")
-        .arg(version.join("zzz-last.txt"))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let held = hold_first_pass(&s, &version);
     poll_until(DEADLINE, "the first pass held half way", || {
         s.emu.counter("store.held") == 1
     });
-    let reach = inflated_from_prefix(&s.archive, len / 2);
     let positions = tar_positions(&s.archive);
-    let run = |tool: &str, args: &[&Path]| {
-        let mut child = Command::new(tool)
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        // In a child with a deadline: a read that waited for the end of the pass would
-        // wait for as long as the store holds the archive.
-        let status = wait_timeout(&mut child, DEADLINE).unwrap_or_else(|| {
-            let _ = child.kill();
-            panic!("{tool} {args:?} waited for the end of the first pass")
-        });
-        assert!(status.success(), "{tool} {args:?}: {status:?}");
-    };
     // The last file the pass reaches before the hold: once it is published, the pass is
     // past every span before it, kept or not.
     let later = positions
         .iter()
-        .rfind(|(_, _, end)| *end + 320 * 1024 <= reach)
+        .rfind(|(_, _, end)| *end + 320 * 1024 <= held.reach)
         .unwrap();
-    run("stat", &[&version.join(&later.0)]);
+    within_deadline("stat", &[&version.join(&later.0)]);
     // What the pass kept: spans from the start, as many as the budget's free room holds.
     let kept: u64 = std::fs::read_dir(cache.path().join("spans"))
         .unwrap()
@@ -722,13 +717,13 @@ fn a_file_the_first_pass_did_not_keep_is_read_by_a_range_before_the_pass_ends() 
         .find(|(_, start, end)| *start >= kept && *end + 6 * MIB <= later.2)
         .unwrap_or_else(|| panic!("no file between the {kept} bytes kept and {later:?}"));
     let gets = s.emu.counter("store.get");
-    run(
+    within_deadline(
         "cmp",
         &[&version.join(&dropped.0), &expected.path().join(&dropped.0)],
     );
     // Read by a range of its own while the whole download is still held.
     assert_eq!(s.emu.counter("store.held"), 1);
-    assert!(!is_cached(cache.path(), &id));
+    assert!(!is_cached(cache.path(), &held.id));
     assert!(
         s.emu.counter("store.get") > gets,
         "no range request: {}",
@@ -736,10 +731,7 @@ fn a_file_the_first_pass_did_not_keep_is_read_by_a_range_before_the_pass_ends() 
     );
     assert!(disk_usage(cache.path()) <= BUDGET + 64 * 1024);
 
-    s.emu.clear_faults();
-    s.emu.post("release", &json!({}));
-    let status = wait_timeout(&mut stat, DEADLINE).expect("the first pass ends");
-    assert!(status.success());
+    held.release(&s);
     // The span fetched during the pass serves the complete version too.
     let gets = s.emu.counter("store.get");
     ok(Command::new("cmp")

@@ -1,13 +1,15 @@
 //! Reading the files of a version larger than the cache. Its first pass kept the tree, the
 //! checksums, where each file lies in the tar stream and the checkpoints of the gzip
 //! stream (`crate::cache::Streamed`), and of its content only the spans that fit the
-//! cache's free room. While the pass runs, a file it has published is read from the spans
-//! it kept or is writing (`crate::cache::PassView`), else once the pass ends. A read finds the spans of the tar
+//! cache's free room (`crate::cache::PassView`). A read finds the spans of the tar
 //! stream that hold the units it touches (a span runs from one checkpoint to the next),
 //! has the cache fetch those not on disk (one range request each, inflated from the
 //! checkpoint, see `crate::cache::Cache::span`), and reads through the cache's checking
 //! reader as any cached file is read: no byte is served before its unit passed its
 //! checksum. A sequential reader near the end of a span has the next one fetched ahead.
+//! While the first pass runs, a file it has gone by is read the same way, from what its
+//! `PassView` says of each span: on disk (kept, or being written that far), or to fetch
+//! once the checkpoint after it is recorded.
 //!
 //! What goes wrong stays with the read: a span that cannot be fetched or inflated fails
 //! the read (`EIO`) and is not kept; a span whose bytes fail their checksums is dropped,
@@ -73,8 +75,8 @@ fn span_bounds(streamed: &Streamed, k: u32) -> (u64, u64) {
 }
 
 /// The whole units a read of `len` bytes at `offset` of a file of `size` bytes touches
-/// (offsets in the file), the end of the read, and whether the file is packed (one unit);
-/// `None` for a read at or past the end.
+/// (their start and end in the file), and whether the file is packed (one unit); `None`
+/// for a read at or past the end.
 fn units(size: u64, offset: u64, len: u32) -> Option<(u64, u64, bool)> {
     let end = offset.saturating_add(u64::from(len)).min(size);
     if offset >= end {
@@ -134,6 +136,7 @@ impl Fs {
             let span = match span {
                 PassSpan::Have(span) => span,
                 PassSpan::Fetch(r) => {
+                    self.check_span_fits(&r.key.version, r.len)?;
                     let fill = || {
                         let from = ResumePoint {
                             offset: r.input,
@@ -292,22 +295,7 @@ impl Fs {
         patience: &dyn Patience,
     ) -> Result<(u64, Arc<Span>)> {
         let (start, span_len) = span_bounds(streamed, k);
-        let budget = self.cache.usage().0;
-        if span_len > budget {
-            // The one thing that cannot work: a stretch of the archive between two
-            // checkpoints that the whole cache cannot hold.
-            let err = CacheError::SpanTooLarge {
-                key: v.key.clone(),
-                span: span_len,
-                budget,
-            };
-            if self.cache.first_told_too_large(&v.key) {
-                tracing::error!(version = %v.key, span = span_len, budget, "{err}");
-            } else {
-                tracing::debug!(version = %v.key, span = span_len, budget, "{err}");
-            }
-            return Err(FsError::Cache(Arc::new(err)));
-        }
+        self.check_span_fits(&v.key, span_len)?;
         let key = SpanKey {
             version: v.key.clone(),
             serial,
@@ -320,6 +308,27 @@ impl Fs {
             Ok(span) => Ok((start, span)),
             Err(e) => Err(self.span_failed(&v.key, k, e)),
         }
+    }
+
+    /// Refuse a span of version `key` that the whole cache cannot hold: the one thing that
+    /// cannot work (a stretch of the archive between two checkpoints that unpacks to more
+    /// than the budget).
+    fn check_span_fits(&self, key: &VersionKey, span_len: u64) -> Result<()> {
+        let budget = self.cache.usage().0;
+        if span_len <= budget {
+            return Ok(());
+        }
+        let err = CacheError::SpanTooLarge {
+            key: key.clone(),
+            span: span_len,
+            budget,
+        };
+        if self.cache.first_told_too_large(key) {
+            tracing::error!(version = %key, span = span_len, budget, "{err}");
+        } else {
+            tracing::debug!(version = %key, span = span_len, budget, "{err}");
+        }
+        Err(FsError::Cache(Arc::new(err)))
     }
 
     /// A span of version `key` that could not be had, as the read answers it.

@@ -287,6 +287,19 @@ pub struct Peak {
     pub detail: String,
 }
 
+impl Peak {
+    /// Assert that the peak was within `budget`, plus what lives beside the versions and
+    /// spans (the log and the saved listings: 64 KiB).
+    pub fn assert_within(&self, budget: u64) {
+        assert!(
+            self.bytes <= budget + 64 * 1024,
+            "peak usage {} over the budget {budget}: {}",
+            self.bytes,
+            self.detail
+        );
+    }
+}
+
 /// Allocated bytes under `root`, and by its first two levels of names (`versions/<id>`).
 /// Each inode counts once, as `du` counts: a hard link is not two files, and a directory
 /// renamed while the walk runs (`tmp/<id>` to `versions/<id>`, as a version is committed)
