@@ -208,10 +208,10 @@ impl<'a> PassSpans<'a> {
         let span = Arc::new(Span::new(w.file, w.len, w.path.clone(), disk_bytes));
         let mut cs = self.cache.inner.state.lock();
         if cs.spans.lru.contains(&key) || cs.spans.flights.contains_key(&key) {
-            // Fetched meanwhile: that one stays.
+            // Not expected: a reader fetches a span only once the pass has gone past it
+            // without keeping it (see `passing_spans`). The one in the table stays; it has
+            // the same path, so nothing is removed.
             cs.used = cs.used.saturating_sub(w.counted);
-            drop(cs);
-            let _ = std::fs::remove_file(&w.path);
             return;
         }
         cs.used = cs.used.saturating_sub(w.counted) + disk_bytes;
