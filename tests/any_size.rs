@@ -740,3 +740,44 @@ fn a_file_the_first_pass_did_not_keep_is_read_by_a_range_before_the_pass_ends() 
     assert_eq!(s.emu.counter("store.get"), gets, "{}", s.emu.counters());
     assert!(!m.log_text().contains(" ERROR "), "{}", m.log_text());
 }
+
+/// The seek index on disk is as untrusted as the rest of the cache directory: one whose
+/// bytes changed while no daemon ran is found at start (checked whole, a piece at a time),
+/// and the version is indexed again from its archive rather than read through it.
+#[test]
+fn a_damaged_seek_index_on_disk_is_found_and_the_version_indexed_again() {
+    let s = setup();
+    let Indexed {
+        expected,
+        cache,
+        m,
+        version: _,
+    } = indexed(&s);
+    drop(m);
+    let seek = version_dir(cache.path()).join("seek.bin");
+    let mut image = std::fs::read(&seek).unwrap();
+    // A byte of a window in the middle of the image.
+    let at = image.len() / 2;
+    image[at] ^= 0x20;
+    std::fs::write(&seek, &image).unwrap();
+
+    let m = mount(&s.emu, cache.path());
+    let version = m.join("volumes/big/latest");
+    s.emu.reset_counters();
+    assert_same_files(
+        &version,
+        expected.path(),
+        &["aaa-first.txt", "big/part-7.bin", "zzz-last.txt"],
+    );
+    // Indexed again: the whole archive once more.
+    assert!(
+        s.emu.counter("store.bytes") >= archive_len(&s),
+        "{}",
+        s.emu.counters()
+    );
+    let log = m.log_text();
+    assert!(log.contains("seek.bin"), "{log}");
+    assert!(!log.contains("panic"), "{log}");
+    let repaired = std::fs::read(version_dir(cache.path()).join("seek.bin")).unwrap();
+    assert!(vm0fs::archive::seek::SeekIndex::decode(&repaired).is_ok());
+}

@@ -734,46 +734,6 @@ fn image_crc(image: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// A little-endian cursor over an untrusted image: every read is checked.
-struct Cursor<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], SeekError> {
-        if n > self.rest.len() {
-            return Err(SeekError::Damaged(
-                "it ends in the middle of a point".into(),
-            ));
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], SeekError> {
-        let mut a = [0; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-
-    fn u8(&mut self) -> Result<u8, SeekError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, SeekError> {
-        Ok(u16::from_le_bytes(self.array()?))
-    }
-
-    fn u32(&mut self) -> Result<u32, SeekError> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, SeekError> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-}
-
 /// `window` deflated (raw deflate).
 fn deflate_window(window: &[u8]) -> Vec<u8> {
     let mut encoder =
@@ -971,100 +931,250 @@ impl SeekIndex {
     }
 
     fn decode_with(image: &[u8], keep: bool) -> Result<(SeekIndex, Vec<WindowAt>), SeekError> {
-        if image.len() < MAGIC.len() || &image[..MAGIC.len()] != MAGIC {
-            return Err(SeekError::Magic);
-        }
-        if image.len() < HEADER {
-            return Err(SeekError::Damaged("it is shorter than its header".into()));
-        }
-        let mut header = Cursor {
-            rest: &image[MAGIC.len()..HEADER],
-        };
-        let version = header.u32()?;
-        if version != SEEK_FORMAT_VERSION {
-            return Err(SeekError::Version { found: version });
-        }
-        let count = header.u32()?;
-        let compressed_len = header.u64()?;
-        let uncompressed_len = header.u64()?;
-        let spacing = header.u64()?;
-        let crc = header.u32()?;
-        let reserved = header.u32()?;
-        if crc != image_crc(image) {
-            return Err(SeekError::Checksum);
-        }
-        let damaged = |what: String| Err(SeekError::Damaged(what));
-        if reserved != 0 {
-            return damaged("its reserved header bytes are not zero".into());
-        }
-        if spacing == 0 {
-            return damaged("its spacing is 0".into());
-        }
-        let body = &image[HEADER..];
-        // Each point takes POINT bytes or more: bounds the allocation by the image's size.
-        let count = usize::try_from(count).unwrap_or(usize::MAX);
-        if count > body.len() / POINT {
-            return damaged(format!("{count} points cannot fit in {} bytes", body.len()));
-        }
-        let mut points: Vec<Checkpoint> = Vec::with_capacity(count);
-        let mut windows: Vec<WindowAt> = Vec::with_capacity(count);
-        let mut cursor = Cursor { rest: body };
-        for i in 0..count {
-            let input = cursor.u64()?;
-            let output = cursor.u64()?;
-            let bits = cursor.u8()?;
-            let byte = cursor.u8()?;
-            let window_len = usize::from(cursor.u16()?);
-            let packed_len = usize::try_from(cursor.u32()?).unwrap_or(usize::MAX);
-            if bits > 7 || (bits == 0 && byte != 0) {
-                return damaged(format!("point {i} has bits {bits} and byte {byte}"));
-            }
-            if input >= compressed_len || output > uncompressed_len {
-                return damaged(format!(
-                    "point {i} at {input}/{output} lies past the archive's \
-                     {compressed_len}/{uncompressed_len} bytes"
-                ));
-            }
-            if let Some(prev) = points.last() {
-                if input <= prev.input || output <= prev.output {
-                    return damaged(format!("point {i} does not lie after the one before"));
-                }
-            }
-            if window_len > WINDOW_SIZE || window_len as u64 > output {
-                return damaged(format!(
-                    "point {i} has a window of {window_len} bytes at output {output}"
-                ));
-            }
-            let at = image.len() - cursor.rest.len();
-            let packed = cursor.take(packed_len)?;
-            let mut window = inflate_window(packed, window_len)?;
-            windows.push(WindowAt {
-                offset: at as u64,
-                packed_len,
-                len: window_len,
-            });
-            if !keep {
-                window = Vec::new();
-            }
-            points.push(Checkpoint {
-                input,
-                output,
-                bits,
-                byte,
-                window,
-            });
-        }
-        if !cursor.rest.is_empty() {
-            return damaged(format!("{} bytes follow its last point", cursor.rest.len()));
-        }
-        let index = SeekIndex {
-            compressed_len,
-            uncompressed_len,
-            spacing,
-            points,
-        };
-        Ok((index, windows))
+        decode_from(image, image.len() as u64, keep)
     }
+
+    /// [`Self::decode_lean`] of the image in `file`, read in order a bounded piece at a time:
+    /// an index of any size is checked without holding its image (0.5 – 1 % of the archive)
+    /// in memory.
+    pub fn decode_lean_file(file: &std::fs::File) -> Result<(SeekIndex, Vec<WindowAt>), SeekError> {
+        let len = file
+            .metadata()
+            .map_err(|e| SeekError::Damaged(format!("it cannot be read: {e}")))?
+            .len();
+        decode_from(
+            io::BufReader::with_capacity(256 << 10, FromStart { file, pos: 0 }),
+            len,
+            false,
+        )
+    }
+}
+
+/// A file read from its start with `pread`, whatever its own offset (which a reader of its
+/// windows may share).
+struct FromStart<'a> {
+    file: &'a std::fs::File,
+    pos: u64,
+}
+
+impl Read for FromStart<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// The most bytes one window takes deflated: 32 KiB that do not compress, in stored
+/// blocks, and their few bytes of framing.
+const MAX_PACKED: usize = WINDOW_SIZE + 1024;
+
+/// An image read in order, a bounded piece at a time, its checksum taken as it goes.
+struct ImageReader<R> {
+    input: R,
+    /// Bytes of the image not read yet.
+    left: u64,
+    /// The offset of the next byte.
+    at: u64,
+    crc: crc32fast::Hasher,
+}
+
+impl<R: Read> ImageReader<R> {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), SeekError> {
+        if buf.len() as u64 > self.left {
+            return Err(SeekError::Damaged(
+                "it ends in the middle of a point".into(),
+            ));
+        }
+        self.input
+            .read_exact(buf)
+            .map_err(|e| SeekError::Damaged(format!("it cannot be read: {e}")))?;
+        self.crc.update(buf);
+        self.left -= buf.len() as u64;
+        self.at += buf.len() as u64;
+        Ok(())
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], SeekError> {
+        let mut a = [0; N];
+        self.fill(&mut a)?;
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, SeekError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, SeekError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, SeekError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, SeekError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    /// The checksum of the whole image: what is left is read (and hashed) too.
+    fn finish(mut self) -> Result<u32, SeekError> {
+        let mut buf = vec![0u8; 64 << 10];
+        while self.left > 0 {
+            let n = usize::try_from(self.left).map_or(buf.len(), |l| l.min(buf.len()));
+            self.fill(&mut buf[..n])?;
+        }
+        Ok(self.crc.finalize())
+    }
+}
+
+/// Read an image of `len` bytes from `input`, checking all of it: the input is untrusted (a
+/// damaged image is an error, never a panic or an allocation larger than the image allows).
+/// Its checksum is taken as it is read: an image whose points do not hold together is
+/// `Checksum` when its checksum is wrong too (a damaged file), `Damaged` when it is right
+/// (a writer's bug). With `keep`, the windows are held, else only where each lies.
+fn decode_from(
+    input: impl Read,
+    len: u64,
+    keep: bool,
+) -> Result<(SeekIndex, Vec<WindowAt>), SeekError> {
+    let mut r = ImageReader {
+        input,
+        left: len,
+        at: 0,
+        crc: crc32fast::Hasher::new(),
+    };
+    if len < MAGIC.len() as u64 || &r.array::<8>()? != MAGIC {
+        return Err(SeekError::Magic);
+    }
+    if len < HEADER as u64 {
+        return Err(SeekError::Damaged("it is shorter than its header".into()));
+    }
+    let version = r.u32()?;
+    if version != SEEK_FORMAT_VERSION {
+        return Err(SeekError::Version { found: version });
+    }
+    let count = r.u32()?;
+    let compressed_len = r.u64()?;
+    let uncompressed_len = r.u64()?;
+    let spacing = r.u64()?;
+    // The checksum's own bytes are not part of it.
+    let mut stored = [0u8; 4];
+    r.input
+        .read_exact(&mut stored)
+        .map_err(|e| SeekError::Damaged(format!("it cannot be read: {e}")))?;
+    r.left -= 4;
+    r.at += 4;
+    let stored = u32::from_le_bytes(stored);
+    let reserved = r.u32()?;
+    let header = Header {
+        count,
+        compressed_len,
+        uncompressed_len,
+        spacing,
+        reserved,
+    };
+    let parsed = decode_points(&mut r, &header, keep);
+    if r.finish()? != stored {
+        return Err(SeekError::Checksum);
+    }
+    let (points, windows) = parsed?;
+    let index = SeekIndex {
+        compressed_len,
+        uncompressed_len,
+        spacing,
+        points,
+    };
+    Ok((index, windows))
+}
+
+/// The fields of an image's header after the format version.
+struct Header {
+    count: u32,
+    compressed_len: u64,
+    uncompressed_len: u64,
+    spacing: u64,
+    reserved: u32,
+}
+
+/// The points of an image, read after its header, and where each one's window lies.
+fn decode_points<R: Read>(
+    r: &mut ImageReader<R>,
+    h: &Header,
+    keep: bool,
+) -> Result<(Vec<Checkpoint>, Vec<WindowAt>), SeekError> {
+    let damaged = |what: String| Err(SeekError::Damaged(what));
+    if h.reserved != 0 {
+        return damaged("its reserved header bytes are not zero".into());
+    }
+    if h.spacing == 0 {
+        return damaged("its spacing is 0".into());
+    }
+    // Each point takes POINT bytes or more: bounds the allocation by the image's size.
+    let count = usize::try_from(h.count).unwrap_or(usize::MAX);
+    if count as u64 > r.left / POINT as u64 {
+        return damaged(format!("{count} points cannot fit in {} bytes", r.left));
+    }
+    let mut points: Vec<Checkpoint> = Vec::with_capacity(count);
+    let mut windows: Vec<WindowAt> = Vec::with_capacity(count);
+    let mut packed = Vec::new();
+    for i in 0..count {
+        let input = r.u64()?;
+        let output = r.u64()?;
+        let bits = r.u8()?;
+        let byte = r.u8()?;
+        let window_len = usize::from(r.u16()?);
+        let packed_len = usize::try_from(r.u32()?).unwrap_or(usize::MAX);
+        if bits > 7 || (bits == 0 && byte != 0) {
+            return damaged(format!("point {i} has bits {bits} and byte {byte}"));
+        }
+        if input >= h.compressed_len || output > h.uncompressed_len {
+            return damaged(format!(
+                "point {i} at {input}/{output} lies past the archive's \
+                 {}/{} bytes",
+                h.compressed_len, h.uncompressed_len
+            ));
+        }
+        if let Some(prev) = points.last() {
+            if input <= prev.input || output <= prev.output {
+                return damaged(format!("point {i} does not lie after the one before"));
+            }
+        }
+        if window_len > WINDOW_SIZE || window_len as u64 > output {
+            return damaged(format!(
+                "point {i} has a window of {window_len} bytes at output {output}"
+            ));
+        }
+        if packed_len > MAX_PACKED {
+            return damaged(format!(
+                "point {i} has a window of {packed_len} bytes deflated"
+            ));
+        }
+        let at = r.at;
+        packed.resize(packed_len, 0);
+        r.fill(&mut packed)?;
+        let mut window = inflate_window(&packed, window_len)?;
+        windows.push(WindowAt {
+            offset: at,
+            packed_len,
+            len: window_len,
+        });
+        if !keep {
+            window = Vec::new();
+        }
+        points.push(Checkpoint {
+            input,
+            output,
+            bits,
+            byte,
+            window,
+        });
+    }
+    if r.left > 0 {
+        return damaged(format!("{} bytes follow its last point", r.left));
+    }
+    Ok((points, windows))
 }
 
 /// Where a checkpoint's window lies in a seek index image (see [`SeekIndex::decode_lean`]).

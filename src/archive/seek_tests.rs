@@ -843,3 +843,38 @@ fn seek_writer_makes_the_image_encode_makes_and_its_windows_read_back() {
     assert_eq!(at, windows);
     assert_eq!(lean.points.len(), index.points.len());
 }
+
+/// The image read from a file a piece at a time decodes as the image in memory does, and
+/// refuses what it refuses, with the same error: every truncation and every flipped byte.
+#[test]
+fn seek_an_index_read_from_its_file_decodes_as_its_image() {
+    let gz = gzip(&tar_like(19, 6, 20_000, 0.2), 6);
+    let image = small_index(&gz).encode();
+    let from_file = |image: &[u8]| {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(image).unwrap();
+        SeekIndex::decode_lean_file(&file)
+    };
+    assert_eq!(from_file(&image), SeekIndex::decode_lean(&image));
+    assert!(from_file(&image).is_ok());
+    for cut in (0..image.len()).step_by(7) {
+        assert_eq!(
+            from_file(&image[..cut]),
+            SeekIndex::decode_lean(&image[..cut]),
+            "cut at {cut}"
+        );
+    }
+    for at in (0..image.len()).step_by(3) {
+        let mut damaged = image.clone();
+        damaged[at] ^= 0x10;
+        let got = from_file(&damaged);
+        assert!(got.is_err(), "byte {at}");
+        assert_eq!(got, SeekIndex::decode_lean(&damaged), "byte {at}");
+        reseal(&mut damaged);
+        assert_eq!(
+            from_file(&damaged),
+            SeekIndex::decode_lean(&damaged),
+            "byte {at}"
+        );
+    }
+}

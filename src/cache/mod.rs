@@ -157,10 +157,8 @@ impl Streamed {
             .map_err(|e| Damage(format!("{POSITIONS_FILE}: {e}")))?;
         let seek_file = std::fs::File::open(dir.join(SEEK_FILE))
             .map_err(|e| Damage(format!("{SEEK_FILE}: {e}")))?;
-        let mut image = Vec::new();
-        std::io::Read::read_to_end(&mut &seek_file, &mut image)
-            .map_err(|e| Damage(format!("{SEEK_FILE}: {e}")))?;
-        let (seek, windows) = crate::archive::seek::SeekIndex::decode_lean(&image)
+        // Checked whole, read a piece at a time: the image is not held.
+        let (seek, windows) = crate::archive::seek::SeekIndex::decode_lean_file(&seek_file)
             .map_err(|e| Damage(format!("{SEEK_FILE}: {e}")))?;
         if seek.compressed_len != origin.len {
             return Err(Damage(format!(
