@@ -1199,6 +1199,23 @@ pub fn read_window(file: &std::fs::File, at: &WindowAt) -> Result<Vec<u8>, SeekE
     inflate_window(&packed, at.len)
 }
 
+/// Checkpoint `k` of `points` (held without their windows), its window read from the
+/// image in `file` where `windows` says it lies.
+pub fn read_checkpoint(
+    points: &[Checkpoint],
+    windows: &[WindowAt],
+    file: &std::fs::File,
+    k: usize,
+) -> Result<Checkpoint, SeekError> {
+    let (Some(point), Some(at)) = (points.get(k), windows.get(k)) else {
+        return Err(SeekError::Damaged(format!("it has no checkpoint {k}")));
+    };
+    Ok(Checkpoint {
+        window: read_window(file, at)?,
+        ..point.clone_lean()
+    })
+}
+
 /// zlib's C interface (as implemented by zlib-rs): the only unsafe code of the module.
 mod raw {
     use std::ffi::{c_int, c_uint, CStr};

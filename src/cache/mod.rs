@@ -180,20 +180,8 @@ impl Streamed {
         &self,
         k: usize,
     ) -> Result<crate::archive::seek::Checkpoint, crate::archive::Damage> {
-        use crate::archive::Damage;
-        let mut point = self
-            .seek
-            .points
-            .get(k)
-            .cloned()
-            .ok_or_else(|| Damage(format!("{SEEK_FILE}: no checkpoint {k}")))?;
-        let at = self
-            .windows
-            .get(k)
-            .ok_or_else(|| Damage(format!("{SEEK_FILE}: no window {k}")))?;
-        point.window = crate::archive::seek::read_window(&self.seek_file, at)
-            .map_err(|e| Damage(format!("{SEEK_FILE}: {e}")))?;
-        Ok(point)
+        crate::archive::seek::read_checkpoint(&self.seek.points, &self.windows, &self.seek_file, k)
+            .map_err(|e| crate::archive::Damage(format!("{SEEK_FILE}: {e}")))
     }
 
     /// Write the positions [`Streamed::open`] reads into a version directory being

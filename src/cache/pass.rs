@@ -26,7 +26,7 @@ use std::os::unix::fs::MetadataExt;
 
 #[allow(clippy::wildcard_imports)] // The policy in `mod.rs` and its spans are one type.
 use super::*;
-use crate::archive::seek::{read_window, Checkpoint, SeekIndex, SeekWriter, WindowAt};
+use crate::archive::seek::{read_checkpoint, Checkpoint, SeekIndex, SeekWriter, WindowAt};
 use crate::archive::{PublishedFile, Step};
 
 /// How much room a span being written counts at a time.
@@ -115,13 +115,14 @@ impl<'a> PassSpans<'a> {
     /// Finish the seek index of the archive `index` describes (its points without their
     /// windows, which are on disk already).
     pub(super) fn finish_seek(&self, index: &SeekIndex) -> Result<(), String> {
-        let seek = self.view.state.lock().seek.take();
+        let mut st = self.view.state.lock();
+        let (seek, count) = (st.seek.take(), st.points.len());
+        drop(st);
         let writer = match seek {
             Some(Ok(writer)) => writer,
             Some(Err(why)) => return Err(why),
             None => return Err("the seek index was finished already".into()),
         };
-        let count = self.view.state.lock().points.len();
         if count != index.points.len() {
             return Err(format!(
                 "{count} checkpoints written, the pass recorded {}",
@@ -297,15 +298,12 @@ impl Cache {
             }
             // Passed by and not kept: a range request from its checkpoint to the next.
             let (next, (etag, total)) = (next?, st.origin.as_ref()?);
-            let window = match (&st.seek_read, st.windows.get(k as usize)) {
-                (Some(file), Some(at)) => read_window(file, at).map_err(|e| e.to_string()),
-                _ => Err(format!("{SEEK_FILE}: no window {k}")),
-            };
             let input = point.input;
-            let point = window.map(|window| Checkpoint {
-                window,
-                ..point.clone_lean()
-            });
+            let point = match &st.seek_read {
+                Some(file) => read_checkpoint(&st.points, &st.windows, file, k as usize)
+                    .map_err(|e| format!("{SEEK_FILE}: {e}")),
+                None => Err(format!("{SEEK_FILE}: not open")),
+            };
             spans.push((
                 start,
                 PassSpan::Fetch(SpanRange {

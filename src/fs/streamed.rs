@@ -120,7 +120,8 @@ impl Fs {
             if let Some(spans) = self.cache.passing_spans(&p.view, t0, t1) {
                 break spans;
             }
-            if p.view.ended() || p.flight.is_done() {
+            // The pass ends (its `PassSpans` is dropped) before its flight does.
+            if p.view.ended() {
                 return self.read_after_pass(p, size, offset, len);
             }
             if !ThreadPolicy.may_block() {
