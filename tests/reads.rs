@@ -1,7 +1,8 @@
 //! Read paths at the kernel's speed, on real mounts: what the kernel keeps (symlink targets,
 //! a version root's final attributes) and what it is told when that changes, directory
-//! listings served by position from the index, and the requests that must leave no trace in
-//! the log (an ioctl, an interrupted reader).
+//! listings served by position from the index, how many inodes a walk makes the kernel
+//! create, and the requests that must leave no trace in the log (an ioctl, an interrupted
+//! reader).
 //!
 //! Requests are counted in the daemon's own log: fuser logs each request it receives at
 //! DEBUG (`fuser::request`), and the mounts here keep that target and every WARN and ERROR
@@ -218,6 +219,110 @@ fn a_large_directory_is_listed_by_position_from_the_index() {
         n
     };
     assert!(names(&big_by_latest) == names(&expected.path().join("big")));
+}
+
+/// LOOKUPs of a name starting with `prefix` the daemon received.
+fn lookups_of(m: &Mount, prefix: &str) -> usize {
+    let needle = format!("LOOKUP name \"{prefix}");
+    m.log_text().lines().filter(|l| l.contains(&needle)).count()
+}
+
+/// A version of three directories of 100 files each (`d0/f-000` .. `d2/f-099`), each file
+/// holding its own name; and its archive.
+fn three_dirs(data: &Path) -> PathBuf {
+    let mut b = ArchiveBuilder::new();
+    for d in 0..3 {
+        for f in 0..100 {
+            let name = format!("d{d}/f-{f:03}");
+            b.file(&name, 0o644, 1_600_000_000, name.as_bytes());
+        }
+    }
+    put_archive(data, "artifacts", "walk", "v1", &b.finish())
+}
+
+/// Sorted relative paths of everything under `dir`, by `find`.
+fn found(dir: &Path) -> Vec<String> {
+    let out = ok(Command::new("find")
+        .args([".", "-mindepth", "1"])
+        .current_dir(dir));
+    let mut names: Vec<String> = out.lines().map(str::to_string).collect();
+    names.sort();
+    names
+}
+
+/// A walk that reads names only (`find`) has the kernel make inodes of a directory's first
+/// entries only: a file past them is looked up when it is first looked at. That lookup
+/// shows a reader that wants the attributes, and every first reply is whole again.
+#[test]
+fn a_walk_for_names_gets_no_inode_for_every_file() {
+    let data = tempfile::tempdir().unwrap();
+    let archive = three_dirs(data.path());
+    let emu = Emulator::with_data(data.path());
+    let m = mount(&emu, &[]);
+    let id = emu.current_version("artifacts", "walk");
+    let root = m.join(&format!("artifacts/walk/{id}"));
+    let expected = tar_extract(&archive);
+    assert_eq!(found(&root), found(expected.path()));
+    assert_eq!(lookups_of(&m, "f-"), 0, "find looked no file up");
+
+    // The last file of a directory came without an inode: looking at it asks the daemon.
+    let last = root.join("d0/f-099");
+    let meta = std::fs::symlink_metadata(&last).unwrap();
+    let want = std::fs::symlink_metadata(expected.path().join("d0/f-099")).unwrap();
+    assert_eq!(
+        (meta.len(), meta.mode(), meta.mtime()),
+        (want.len(), want.mode(), want.mtime())
+    );
+    assert_eq!(
+        lookups_of(&m, "f-099"),
+        1,
+        "the file past the first reply is looked up"
+    );
+    // Its first entries came with theirs: no lookup.
+    std::fs::symlink_metadata(root.join("d0/f-000")).unwrap();
+    assert_eq!(
+        lookups_of(&m, "f-000"),
+        0,
+        "a file of the first reply has its inode"
+    );
+    assert!(loud_lines(&m).is_empty(), "{:#?}", loud_lines(&m));
+}
+
+/// A reader that reads a whole directory and then opens its files (`grep -r`) pays lookups
+/// for one directory's files past its first reply, not for every directory's: its lookups
+/// make the first replies whole again. What it reads is the archive's.
+#[test]
+fn a_reader_that_opens_what_it_listed_gets_whole_replies_again() {
+    let data = tempfile::tempdir().unwrap();
+    let archive = three_dirs(data.path());
+    let emu = Emulator::with_data(data.path());
+    let m = mount(&emu, &[]);
+    let id = emu.current_version("artifacts", "walk");
+    let root = m.join(&format!("artifacts/walk/{id}"));
+    let expected = tar_extract(&archive);
+    let grep = |dir: &Path| {
+        let out = ok(Command::new("grep")
+            .args(["-r", "f-"])
+            .arg(".")
+            .current_dir(dir));
+        let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    let got = grep(&root);
+    assert_eq!(got.len(), 300);
+    assert!(
+        got == grep(expected.path()),
+        "grep -r over the mount differs"
+    );
+    // 100 files a directory: without the whole replies, each directory's files past its
+    // first reply would be looked up (about 250 in all).
+    let files = lookups_of(&m, "f-");
+    assert!(
+        files <= 100,
+        "{files} lookups of files: more than one directory's worth"
+    );
+    assert!(loud_lines(&m).is_empty(), "{:#?}", loud_lines(&m));
 }
 
 /// The daemon's anonymous memory (`RssAnon` of `/proc/PID/status`), in bytes.

@@ -11,6 +11,7 @@
 //! - `attr`: the attributes each kind of inode answers; `xattr`: the `user.vm0.*` ones;
 //! - `handles`: file and directory handles, and passthrough backing files;
 //! - `dir`: directory listings, served entry by entry from any position;
+//! - `plus`: how many entries of a directory the kernel first gets with attributes;
 //! - `kernel`: what the kernel keeps that can change (`latest`), and telling it so;
 //! - `status`: the status file; `error`: the error type and its errno;
 //! - `wait`: how long an operation may wait for a download, and the threads where the
@@ -53,6 +54,7 @@ mod error;
 mod handles;
 mod inode;
 mod kernel;
+mod plus;
 mod runs;
 mod status;
 mod streamed;
@@ -89,6 +91,7 @@ use content::waited;
 use handles::{slice_at, DirHandle, Handle, Handles, OpenFile};
 use inode::{InodeTable, MetaNode, Resolved};
 use kernel::KernelNotes;
+use plus::PlusAdvice;
 use status::StatusTexts;
 use versions::{Complete, MissLog, Now, LATEST};
 use wait::{ThreadPolicy, Turn, Waiters};
@@ -173,6 +176,8 @@ pub struct Fs {
     runs: Option<crate::runs::Runs>,
     /// What the kernel holds that may change (`latest` links), and how to tell it.
     kernel: Arc<KernelNotes>,
+    /// How many entries a directory's first `READDIRPLUS` carries (see `plus`).
+    plus: PlusAdvice,
 }
 
 impl Fs {
@@ -220,6 +225,7 @@ impl Fs {
             spools,
             runs: None,
             kernel,
+            plus: PlusAdvice::default(),
         }
     }
 
@@ -289,6 +295,27 @@ impl Fs {
 
     /// `reader`: the pid asking, if any (it keeps one status text for a moment).
     pub fn lookup(&self, parent: Ino, name: &OsStr, reader: Option<u32>) -> Result<TimedAttr> {
+        let found = self.find_entry(parent, name, reader);
+        if let Ok(e) = &found {
+            let is_dir = e.attr.kind == FileKind::Directory;
+            self.plus
+                .looked_up(parent, is_dir, std::time::Instant::now());
+        }
+        found
+    }
+
+    /// How many entries a directory's first `READDIRPLUS` reply may carry now (`None`: as
+    /// many as fit); [`Fs::plus_reply_cut`] is told when it left entries out (see `plus`).
+    pub fn first_plus_reply(&self) -> Option<u64> {
+        self.plus.first_reply(std::time::Instant::now())
+    }
+
+    /// The first `READDIRPLUS` reply of directory `dir` left entries out (see `plus`).
+    pub fn plus_reply_cut(&self, dir: Ino) {
+        self.plus.cut(dir);
+    }
+
+    fn find_entry(&self, parent: Ino, name: &OsStr, reader: Option<u32>) -> Result<TimedAttr> {
         match self.resolve(parent)? {
             Resolved::Meta(MetaNode::Root) => {
                 if name == STATUS_DIR {

@@ -348,26 +348,32 @@ impl fuser::Filesystem for FuseFs {
             req.pid(),
             move |fs| fs.readdir(fh(h)),
             move |r| match r {
-                Ok(listing) => fill(
-                    &fs,
-                    &listing,
-                    offset,
-                    "readdir",
-                    reply,
-                    |reply, at, item| {
-                        let a = &item.entry.attr;
-                        reply.add(INodeNo(a.ino.0), at, file_type(a.kind), &item.name)
-                    },
-                ),
+                Ok(listing) => {
+                    fill(
+                        &fs,
+                        &listing,
+                        offset,
+                        None,
+                        "readdir",
+                        reply,
+                        |reply, at, item| {
+                            let a = &item.entry.attr;
+                            reply.add(INodeNo(a.ino.0), at, file_type(a.kind), &item.name)
+                        },
+                    );
+                }
                 Err(e) => reply.error(fail("readdir", &e)),
             },
         );
     }
 
+    /// The first reply of a directory may be cut short: the kernel makes an inode of every
+    /// entry it carries, and a reader that reads names only gets the rest by `readdir`
+    /// (see `fs::plus`).
     fn readdirplus(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        i: INodeNo,
         h: FileHandle,
         offset: u64,
         reply: ReplyDirectoryPlus,
@@ -377,24 +383,35 @@ impl fuser::Filesystem for FuseFs {
             req.pid(),
             move |fs| fs.readdir(fh(h)),
             move |r| match r {
-                Ok(listing) => fill(
-                    &fs,
-                    &listing,
-                    offset,
-                    "readdirplus",
-                    reply,
-                    |reply, at, item| {
-                        let attr = file_attr(&item.entry.attr);
-                        reply.add(
-                            attr.ino,
-                            at,
-                            &item.name,
-                            &item.entry.ttl,
-                            &attr,
-                            Generation(0),
-                        )
-                    },
-                ),
+                Ok(listing) => {
+                    let limit = if offset == 0 {
+                        fs.first_plus_reply()
+                    } else {
+                        None
+                    };
+                    let filled = fill(
+                        &fs,
+                        &listing,
+                        offset,
+                        limit,
+                        "readdirplus",
+                        reply,
+                        |reply, at, item| {
+                            let attr = file_attr(&item.entry.attr);
+                            reply.add(
+                                attr.ino,
+                                at,
+                                &item.name,
+                                &item.entry.ttl,
+                                &attr,
+                                Generation(0),
+                            )
+                        },
+                    );
+                    if filled == Filled::Cut {
+                        fs.plus_reply_cut(ino(i));
+                    }
+                }
                 Err(e) => reply.error(fail("readdirplus", &e)),
             },
         );
@@ -490,20 +507,37 @@ impl DirReply for ReplyDirectoryPlus {
     }
 }
 
+/// Whether a reply ended at its `limit` with entries left.
+#[derive(PartialEq, Eq)]
+enum Filled {
+    Whole,
+    Cut,
+}
+
 /// Fill `reply` with the entries of `listing` from position `offset` until it is full
-/// (`add` says so) or the listing ends. An entry's offset is the position of the next one.
-/// An entry that cannot be read ends the reply there; with nothing in it, it fails.
+/// (`add` says so), holds `limit` entries, or the listing ends. An entry's offset is the
+/// position of the next one. An entry that cannot be read ends the reply there; with
+/// nothing in it, it fails.
 fn fill<R: DirReply>(
     fs: &Fs,
     listing: &Listing,
     offset: u64,
+    limit: Option<u64>,
     op: &'static str,
     mut reply: R,
     mut add: impl FnMut(&mut R, u64, &crate::fs::DirItem) -> bool,
-) {
+) -> Filled {
     let mut at = offset;
     loop {
-        match fs.dir_item(listing, at) {
+        let item = fs.dir_item(listing, at);
+        if limit.is_some_and(|l| at - offset >= l) {
+            reply.ok();
+            return match item {
+                Ok(Some(_)) => Filled::Cut,
+                _ => Filled::Whole,
+            };
+        }
+        match item {
             Ok(Some(item)) => {
                 if add(&mut reply, at + 1, &item) {
                     break;
@@ -511,9 +545,13 @@ fn fill<R: DirReply>(
                 at += 1;
             }
             Ok(None) => break,
-            Err(e) if at == offset => return reply.error(fail(op, &e)),
+            Err(e) if at == offset => {
+                reply.error(fail(op, &e));
+                return Filled::Whole;
+            }
             Err(_) => break,
         }
     }
     reply.ok();
+    Filled::Whole
 }
