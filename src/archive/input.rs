@@ -85,6 +85,61 @@ impl<R: Read> Read for CountedInput<R> {
 pub(super) struct TarInput<R> {
     pub(super) inner: R,
     pub(super) shared: Rc<Shared>,
+    /// Where skipped bytes are read to (see the `Seek` impl); allocated on first use.
+    skipped: Vec<u8>,
+}
+
+impl<R> TarInput<R> {
+    pub(super) fn new(inner: R, shared: Rc<Shared>) -> Self {
+        TarInput {
+            inner,
+            shared,
+            skipped: Vec::new(),
+        }
+    }
+}
+
+/// Bytes read at a time when skipping.
+const SKIP_CHUNK: usize = 32 * 1024;
+
+/// Forward only, by reading: the tar reader skips each member's padding (and the content of
+/// a member it does not read) with a seek when its input can seek, and otherwise reads it
+/// into a fresh zeroed 32 KiB buffer, which for an archive of tiny files costs more than
+/// the rest of its parsing. Skipped bytes go through [`Read::read`] like any others, so
+/// every bound and count above holds for them.
+impl<R: Read> io::Seek for TarInput<R> {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        let io::SeekFrom::Current(ahead) = pos else {
+            return Err(io::Error::other(
+                "the tar stream can only be skipped forward",
+            ));
+        };
+        let mut left = u64::try_from(ahead)
+            .map_err(|_| io::Error::other("the tar stream can only be skipped forward"))?;
+        if left > 0 && self.skipped.is_empty() {
+            self.skipped = vec![0; SKIP_CHUNK];
+        }
+        let mut buf = std::mem::take(&mut self.skipped);
+        let result = (|| {
+            while left > 0 {
+                let want = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+                match self.read(&mut buf[..want]) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "unexpected EOF during skip",
+                        ))
+                    }
+                    Ok(n) => left -= n as u64,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(self.shared.tar_bytes.get())
+        })();
+        self.skipped = buf;
+        result
+    }
 }
 
 impl<R: Read> Read for TarInput<R> {
@@ -199,5 +254,44 @@ impl<R: BufRead> Read for Teed<'_, R> {
             self.publish.stream(at, rest);
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Seek, SeekFrom};
+
+    use super::*;
+
+    #[test]
+    fn a_skip_reads_forward_and_counts_what_it_skipped() {
+        let shared = Rc::new(Shared::default());
+        shared.stream_cap.set(u64::MAX);
+        let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let mut input = TarInput::new(&data[..], Rc::clone(&shared));
+        let mut first = [0u8; 10];
+        input.read_exact(&mut first).unwrap();
+        // Past a buffer's worth, landing where the next read starts.
+        assert_eq!(input.seek(SeekFrom::Current(70_000)).unwrap(), 70_010);
+        assert_eq!(shared.tar_bytes.get(), 70_010);
+        let mut next = [0u8; 1];
+        input.read_exact(&mut next).unwrap();
+        assert_eq!(next[0], data[70_010]);
+        // Never back, never from elsewhere, never past the end.
+        assert!(input.seek(SeekFrom::Current(-1)).is_err());
+        assert!(input.seek(SeekFrom::Start(0)).is_err());
+        let e = input.seek(SeekFrom::Current(1_000_000)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_skip_is_held_to_the_metadata_budget() {
+        let shared = Rc::new(Shared::default());
+        shared.stream_cap.set(u64::MAX);
+        shared.metadata_budget.set(Some(100));
+        let data = vec![0u8; 1000];
+        let mut input = TarInput::new(&data[..], Rc::clone(&shared));
+        assert!(input.seek(SeekFrom::Current(500)).is_err());
+        assert!(shared.metadata_exceeded.get());
     }
 }

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -50,6 +50,8 @@ use super::Index;
 const WRITE_CHUNK: usize = PACK_MAX as usize;
 const _: () = assert!(WRITE_CHUNK.is_multiple_of(super::checks::CHECK_BLOCK as usize));
 /// Call `progress` after at least this many content bytes.
+/// The decompressed stream is read this much at a time (see `unpack_published`).
+const TAR_BUFFER: usize = 64 * 1024;
 const PROGRESS_EVERY: u64 = 4 * 1024 * 1024;
 /// Linux's `PATH_MAX` including the terminating NUL: longer symlink targets cannot exist.
 const MAX_SYMLINK_TARGET: usize = 4095;
@@ -131,10 +133,12 @@ pub fn unpack_published(
     // Inflated with checkpoints of the decompressor's state: the seek index a version
     // larger than the cache reads its content back by (see `seek`).
     let gunzip = Checkpointer::new(input).map_err(|e| unpacker.error(e, false))?;
-    let mut archive = tar::Archive::new(TarInput {
-        inner: Teed::new(gunzip, publish),
-        shared: Rc::clone(&shared),
-    });
+    // The tar reader reads a header (512 bytes) or a small file's content at a time; from a
+    // buffer, the decompressor inflates large runs instead of a call per small read.
+    let mut archive = tar::Archive::new(TarInput::new(
+        BufReader::with_capacity(TAR_BUFFER, Teed::new(gunzip, publish)),
+        Rc::clone(&shared),
+    ));
     unpacker.members(&mut archive)?;
 
     // Read on to the end of the gzip stream so that its CRC is checked: a corrupt archive
@@ -148,7 +152,7 @@ pub fn unpack_published(
             "ignoring data after the end of the archive's tar content"
         );
     }
-    let gunzip = rest.inner.inner;
+    let gunzip = rest.inner.into_inner().inner;
     if gunzip.is_finished() {
         publish.stream_end(gunzip.uncompressed_bytes());
     }
@@ -157,6 +161,25 @@ pub fn unpack_published(
     }
     unpacker.seek = gunzip.into_index();
     unpacker.finish()
+}
+
+/// Writes to `file` from `offset` on (`pwrite`): one system call a write, where a seek
+/// and a write would be two, for every packed file.
+struct WriteAt<'f> {
+    file: &'f fs::File,
+    offset: u64,
+}
+
+impl Write for WriteAt<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 struct Unpacker<'a> {
@@ -228,8 +251,14 @@ impl Unpacker<'_> {
         move |source| ArchiveError::Write { path, source }
     }
 
-    fn members<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<(), ArchiveError> {
-        let mut entries = archive.entries().map_err(|e| self.error(e, true))?;
+    fn members<R: Read + io::Seek>(
+        &mut self,
+        archive: &mut tar::Archive<R>,
+    ) -> Result<(), ArchiveError> {
+        // With seek: skips go through `TarInput`'s own buffer (see its `Seek`).
+        let mut entries = archive
+            .entries_with_seek()
+            .map_err(|e| self.error(e, true))?;
         let mut first = true;
         // Stored content of the previous member left unread (a skipped member's): the tar
         // reader skips it on its way to the next header, so the budget allows for it.
@@ -516,16 +545,17 @@ impl Unpacker<'_> {
             let offset = self.pack.len;
             let path = self.pack.path.clone();
             // Taken out for the copy (which borrows the unpacker) and always put back.
-            let mut file = self.pack.file.take().ok_or_else(|| {
+            let file = self.pack.file.take().ok_or_else(|| {
                 Self::write_error(path.to_path_buf())(io::Error::other("the pack file is closed"))
             })?;
             let copied = if keep {
                 // At its offset: without content, the pack has holes where the other
                 // files would lie.
-                use std::io::Seek;
-                file.seek(io::SeekFrom::Start(offset))
-                    .map_err(Self::write_error(path.to_path_buf()))
-                    .and_then(|_| self.copy(entry, &mut file, &path, name, size, true))
+                let mut at = WriteAt {
+                    file: &file,
+                    offset,
+                };
+                self.copy(entry, &mut at, &path, name, size, true)
             } else {
                 self.copy(entry, &mut io::sink(), &path, name, size, true)
             };
