@@ -304,8 +304,9 @@ impl Fs {
         found
     }
 
-    /// How many entries a directory's first `READDIRPLUS` reply may carry now (`None`: as
-    /// many as fit); [`Fs::plus_reply_cut`] is told when it left entries out (see `plus`).
+    /// How many entries other than directories a directory's first `READDIRPLUS` reply may
+    /// carry now (`None`: as many as fit); [`Fs::plus_reply_cut`] is told when it left
+    /// entries out (see `plus`).
     pub fn first_plus_reply(&self) -> Option<u64> {
         self.plus.first_reply(std::time::Instant::now())
     }

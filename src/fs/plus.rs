@@ -9,10 +9,12 @@
 //! needs only names and types (`find`, `ls` without `-l`, `os.walk`) of a version of
 //! 50,000 tiny files spent half its time on 50,000 inodes it never used.
 //!
-//! So the first reply of a directory carries at most [`PROBE`] entries with attributes.
-//! A reader that looks at entries as it reads them (`ls -l`, `rsync`, `find -size`) has the
-//! kernel ask for the rest with attributes; it pays one more round trip per directory. A
-//! reader that only reads names gets the rest without inodes.
+//! So the first reply of a directory ends before its [`PROBE`]` + 1`th entry that is not a
+//! directory. Directories all come with it up to there: a walk descends into each, and one
+//! left out would cost a `LOOKUP` then. A reader that looks at entries as it reads them
+//! (`ls -l`, `rsync`, `find -size`) has the kernel ask for the rest with attributes; it pays
+//! one more round trip per directory. A reader that only reads names gets the rest without
+//! inodes.
 //!
 //! A reader that reads a whole directory first and then opens or stats its files (`grep
 //! -r`, `cp -r`, `tar -c`, `find | xargs cat`) would pay a `LOOKUP` for every file past
@@ -20,7 +22,7 @@
 //! lookup of a file in a directory whose first reply was cut shows such a reader: from then
 //! on, and until [`WHOLE_FOR`] after the last such lookup, first replies are whole again.
 //! What it costs is the lookups of that one directory. A lookup of a directory is no such
-//! sign: a walk that descends into a directory past the first reply looks it up either way.
+//! sign.
 
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
@@ -30,7 +32,7 @@ use parking_lot::Mutex;
 
 use crate::ids::Ino;
 
-/// Most entries (`.` and `..` included) a directory's first `READDIRPLUS` reply carries
+/// Most entries other than directories a directory's first `READDIRPLUS` reply carries
 /// while readers read names only.
 pub const PROBE: u64 = 16;
 /// How long first replies stay whole after a reader looked up a file it could have had
@@ -64,8 +66,8 @@ impl Default for PlusAdvice {
 }
 
 impl PlusAdvice {
-    /// How many entries the first `READDIRPLUS` reply of a directory may carry at `now`
-    /// (`None`: as many as fit).
+    /// How many entries other than directories the first `READDIRPLUS` reply of a
+    /// directory may carry at `now` (`None`: as many as fit).
     pub fn first_reply(&self, now: Instant) -> Option<u64> {
         let state = self.state.lock();
         match state.whole_until {

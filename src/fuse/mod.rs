@@ -35,7 +35,7 @@ mod quiet;
 
 pub use quiet::QuietDroppedReplies;
 
-use crate::fs::{Backings, Caching, Fs, KernelCache, Listing};
+use crate::fs::{Backings, Caching, FileKind, Fs, KernelCache, Listing};
 use crate::ids::Ino;
 use convert::{fail, fh, file_attr, file_type, ino, xattr_reply};
 
@@ -507,7 +507,7 @@ impl DirReply for ReplyDirectoryPlus {
     }
 }
 
-/// Whether a reply ended at its `limit` with entries left.
+/// Whether a reply ended at its `limit` with entries left (see [`fill`]).
 #[derive(PartialEq, Eq)]
 enum Filled {
     Whole,
@@ -515,9 +515,9 @@ enum Filled {
 }
 
 /// Fill `reply` with the entries of `listing` from position `offset` until it is full
-/// (`add` says so), holds `limit` entries, or the listing ends. An entry's offset is the
-/// position of the next one. An entry that cannot be read ends the reply there; with
-/// nothing in it, it fails.
+/// (`add` says so), the next entry would be the `limit + 1`th that is not a directory, or
+/// the listing ends. An entry's offset is the position of the next one. An entry that
+/// cannot be read ends the reply there; with nothing in it, it fails.
 fn fill<R: DirReply>(
     fs: &Fs,
     listing: &Listing,
@@ -528,17 +528,17 @@ fn fill<R: DirReply>(
     mut add: impl FnMut(&mut R, u64, &crate::fs::DirItem) -> bool,
 ) -> Filled {
     let mut at = offset;
+    let mut others = 0u64;
     loop {
-        let item = fs.dir_item(listing, at);
-        if limit.is_some_and(|l| at - offset >= l) {
-            reply.ok();
-            return match item {
-                Ok(Some(_)) => Filled::Cut,
-                _ => Filled::Whole,
-            };
-        }
-        match item {
+        match fs.dir_item(listing, at) {
             Ok(Some(item)) => {
+                if item.entry.attr.kind != FileKind::Directory {
+                    if limit.is_some_and(|l| others >= l) {
+                        reply.ok();
+                        return Filled::Cut;
+                    }
+                    others += 1;
+                }
                 if add(&mut reply, at + 1, &item) {
                     break;
                 }
