@@ -65,6 +65,15 @@ impl Pack {
             len: 0,
         })
     }
+
+    /// Another descriptor of the pack, for writes that say where they go.
+    pub fn handle(&self) -> Result<File, ArchiveError> {
+        let file = self.file.as_ref().ok_or_else(|| {
+            write_error(self.path.to_path_buf())(std::io::Error::other("the pack file is closed"))
+        })?;
+        file.try_clone()
+            .map_err(write_error(self.path.to_path_buf()))
+    }
 }
 
 fn write_error(path: PathBuf) -> impl FnOnce(std::io::Error) -> ArchiveError {

@@ -10,6 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::io::{self, BufRead, Read};
 use std::rc::Rc;
 
+use super::batch::Pending;
 use super::publish::Publish;
 use super::seek::Checkpointer;
 
@@ -54,14 +55,17 @@ fn copy_error(e: &io::Error) -> io::Error {
 }
 
 /// The source, counted; its errors are recorded so they are reported as
-/// [`ArchiveError::Read`] whatever the decompressor or tar reader make of them.
-pub(super) struct CountedInput<R> {
+/// [`ArchiveError::Read`] whatever the decompressor or tar reader make of them. Before each
+/// read, which may wait for the network, what `pending` gathered is written and published.
+pub(super) struct CountedInput<'w, R> {
     pub(super) inner: R,
     pub(super) shared: Rc<Shared>,
+    pub(super) pending: &'w Pending<'w>,
 }
 
-impl<R: Read> Read for CountedInput<R> {
+impl<R: Read> Read for CountedInput<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.pending.before_wait();
         loop {
             match self.inner.read(buf) {
                 Ok(n) => {

@@ -42,6 +42,7 @@
 //!
 //! This module knows nothing of HTTP, the cache budget's bookkeeping or inodes.
 
+mod batch;
 mod blobs;
 mod checks;
 mod encode;

@@ -5,8 +5,9 @@
 //! ```text
 //! source -> CountedInput (counts, keeps the source's errors) -> BufReader (256 KiB)
 //!        -> Checkpointer (gzip members, one after another, and the seek index: see `seek`)
+//!        -> Teed (the stream, for a version larger than the cache) -> BufReader (64 KiB)
 //!        -> TarInput (keeps gzip errors, bounds the metadata read per member)
-//!        -> tar::Archive -> Unpacker
+//!        -> tar::Archive -> Unpacker -> Pending (packed content and publishing: `batch`)
 //! ```
 //!
 //! The wrappers (`input.rs`) exist so that an `io::Error` coming out of the tar reader can
@@ -14,21 +15,24 @@
 //! each become their own [`ArchiveError`]. Pax records the `tar` crate leaves to its caller
 //! are read in `pax.rs`; this file holds the per-member rules.
 //!
-//! Each regular file is published ([`Publish`]) right after its blob is written and closed,
-//! and a name a later member takes over is withdrawn before that member writes anything.
+//! Each regular file is published ([`Publish`]) once its content is written: a file of its
+//! own right after it is closed, a packed one with the batch it is written in (see
+//! `batch`). A name a later member takes over is withdrawn, in that order, before anything
+//! of the new member is published.
 //! Published content is complete as the tar stream gave it; the gzip checksum of the whole
 //! stream is only known at the end, which is why a version is committed only then.
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use tar::EntryType;
 
+use super::batch::Pending;
 use super::blobs::{blob_path, index_path, pack_path, Pack, PACK_MAX};
 use super::checks::{checksum, Sums};
 use super::encode::encoded_len;
@@ -90,6 +94,7 @@ pub fn unpack_published(
         source,
     })?;
     let pack = Pack::create(dest)?;
+    let pending = Pending::new(pack.handle()?, publish);
     let implied = ModeTime {
         perm: 0o755,
         mtime_sec: opts.implied_dir_mtime,
@@ -99,7 +104,7 @@ pub fn unpack_published(
         dest,
         opts,
         progress,
-        publish,
+        pending: &pending,
         shared: Rc::clone(&shared),
         tree: Tree::new(implied),
         implied,
@@ -121,6 +126,7 @@ pub fn unpack_published(
         CountedInput {
             inner: reader,
             shared: Rc::clone(&shared),
+            pending: &pending,
         },
     );
     let start = input.fill_buf().map_err(|e| unpacker.error(e, false))?;
@@ -163,18 +169,17 @@ pub fn unpack_published(
     unpacker.finish()
 }
 
-/// Writes to `file` from `offset` on (`pwrite`): one system call a write, where a seek
-/// and a write would be two, for every packed file.
-struct WriteAt<'f> {
-    file: &'f fs::File,
+/// Packed content, handed to [`Pending`] to be written with the files around it.
+struct Gather<'a> {
+    pending: &'a Pending<'a>,
     offset: u64,
 }
 
-impl Write for WriteAt<'_> {
+impl Write for Gather<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write_at(buf, self.offset)?;
-        self.offset += n as u64;
-        Ok(n)
+        self.pending.content(self.offset, buf);
+        self.offset += buf.len() as u64;
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -186,7 +191,8 @@ struct Unpacker<'a> {
     dest: &'a Path,
     opts: &'a UnpackOptions,
     progress: &'a mut dyn FnMut(&UnpackStats),
-    publish: &'a dyn Publish,
+    /// Where files are published from, once their content is written (see `batch`).
+    pending: &'a Pending<'a>,
     shared: Rc<Shared>,
     tree: Tree,
     implied: ModeTime,
@@ -278,6 +284,9 @@ impl Unpacker<'_> {
             self.check_members()?;
             let name = entry.path_bytes().into_owned();
             left = self.member(&mut entry, &name)?;
+            if self.pending.failed() {
+                return self.pending.finish(&self.pack.path);
+            }
             // The directories a path implies are nodes too.
             self.check_members()?;
         }
@@ -544,23 +553,17 @@ impl Unpacker<'_> {
         let (published, disk_bytes, packed) = if size < PACK_MAX {
             let offset = self.pack.len;
             let path = self.pack.path.clone();
-            // Taken out for the copy (which borrows the unpacker) and always put back.
-            let file = self.pack.file.take().ok_or_else(|| {
-                Self::write_error(path.to_path_buf())(io::Error::other("the pack file is closed"))
-            })?;
-            let copied = if keep {
+            let mut units = if keep {
                 // At its offset: without content, the pack has holes where the other
                 // files would lie.
-                let mut at = WriteAt {
-                    file: &file,
+                let mut gather = Gather {
+                    pending: self.pending,
                     offset,
                 };
-                self.copy(entry, &mut at, &path, name, size, true)
+                self.copy(entry, &mut gather, &path, name, size, true)?
             } else {
-                self.copy(entry, &mut io::sink(), &path, name, size, true)
+                self.copy(entry, &mut io::sink(), &path, name, size, true)?
             };
-            self.pack.file = Some(file);
-            let mut units = copied?;
             if units.is_empty() {
                 // An empty packed file is one empty unit (see `checks::unit_count`).
                 units.push(checksum(&[]));
@@ -670,7 +673,7 @@ impl Unpacker<'_> {
                 }
             })
             .collect();
-        self.publish.file(&steps, &file);
+        self.pending.file(steps, file);
     }
 
     /// Withdraw what was published under a name a later member takes over, before anything
@@ -679,7 +682,7 @@ impl Unpacker<'_> {
         let (Some(r), Slot::Free { name, .. }) = (replaced, slot) else {
             return;
         };
-        self.publish.withdraw(r.dir, name, r.gone.then_some(r.node));
+        self.pending.withdraw(r.dir, name, r.gone.then_some(r.node));
     }
 
     /// Copy `size` bytes of content from `entry` to `file`, counting them and calling
@@ -763,6 +766,7 @@ impl Unpacker<'_> {
 
     /// Build the index, make blob numbers dense again, and measure the data directory.
     fn finish(mut self) -> Result<Unpacked, ArchiveError> {
+        self.pending.finish(&self.pack.path)?;
         let tree = std::mem::replace(&mut self.tree, Tree::new(self.implied));
         let super::tree::Finished {
             tree: finished,
