@@ -8,8 +8,8 @@
 //! the files gathered before it, and a name is withdrawn at once, after them (the file it
 //! named may be deleted right after).
 //!
-//! A batch is written when it holds [`BATCH_BYTES`] or [`BATCH_FILES`], at the end of the
-//! archive, and before every read of the source ([`Pending::before_wait`]): a download
+//! A batch is written when it would pass [`BATCH_BYTES`] or holds [`BATCH_FILES`], at the
+//! end of the archive, and before every read of the source ([`Pending::before_wait`]): a download
 //! that stalls never holds back what was unpacked before it.
 
 use std::cell::RefCell;
@@ -20,10 +20,12 @@ use std::path::Path;
 
 use super::publish::{Publish, PublishedFile, Step};
 
-/// Most content bytes gathered before they are written.
-pub(super) const BATCH_BYTES: usize = 256 * 1024;
-/// Most files gathered before they are written and published.
-pub(super) const BATCH_FILES: usize = 1024;
+/// Most content bytes gathered before they are written; content of that size or more is
+/// written at once (it gains nothing from company, and the buffer stays this small).
+pub(super) const BATCH_BYTES: usize = 64 * 1024;
+/// Most files gathered before they are written and published (each waits with its path's
+/// steps: a few hundred bytes).
+pub(super) const BATCH_FILES: usize = 256;
 
 /// What is gathered but not yet written or published.
 pub(super) struct Pending<'p> {
@@ -61,8 +63,20 @@ impl<'p> Pending<'p> {
     /// order it comes; a gap (a file not kept) first writes what was gathered.
     pub(super) fn content(&self, offset: u64, content: &[u8]) {
         let mut state = self.state.borrow_mut();
-        if !state.bytes.is_empty() && state.start + state.bytes.len() as u64 != offset {
+        let next = state.start + state.bytes.len() as u64;
+        if !state.bytes.is_empty()
+            && (next != offset || state.bytes.len() + content.len() > BATCH_BYTES)
+        {
             self.write(&mut state);
+        }
+        if content.len() >= BATCH_BYTES {
+            // Written now; the files gathered before it were just published.
+            if state.failed.is_none() {
+                if let Err(e) = state.pack.write_all_at(content, offset) {
+                    state.failed = Some(e);
+                }
+            }
+            return;
         }
         if state.bytes.is_empty() {
             state.start = offset;
@@ -78,7 +92,7 @@ impl<'p> Pending<'p> {
             return self.publish.file(&steps, &file);
         }
         state.files.push((steps, file));
-        if state.bytes.len() >= BATCH_BYTES || state.files.len() >= BATCH_FILES {
+        if state.files.len() >= BATCH_FILES {
             self.write(&mut state);
         }
     }
@@ -275,11 +289,44 @@ mod tests {
             pending.content(i, b"z");
             pending.file(Vec::new(), file_at(i, 1));
         }
-        assert_eq!(seen(&told).len(), BATCH_FILES);
+        assert_eq!(
+            seen(&told).len(),
+            BATCH_FILES,
+            "as many files as a batch holds"
+        );
+        // Content that would pass BATCH_BYTES writes what was gathered first.
+        let mut at = BATCH_FILES as u64;
+        let most = vec![1u8; BATCH_BYTES - 10];
+        pending.content(at, &most);
+        pending.file(Vec::new(), file_at(at, most.len() as u64));
+        at += most.len() as u64;
+        pending.content(at, b"0123456789ab");
+        assert_eq!(
+            seen(&told).len(),
+            BATCH_FILES + 1,
+            "written before the batch grew past"
+        );
+        pending.file(Vec::new(), file_at(at, 12));
+        at += 12;
+        // Content of BATCH_BYTES or more is written at once, after what is gathered.
         let big = vec![7u8; BATCH_BYTES];
-        pending.content(BATCH_FILES as u64, &big);
-        pending.file(Vec::new(), file_at(BATCH_FILES as u64, big.len() as u64));
-        assert_eq!(seen(&told).len(), BATCH_FILES + 1);
+        pending.content(at, &big);
+        assert_eq!(seen(&told).len(), BATCH_FILES + 2);
+        pending.file(Vec::new(), file_at(at, big.len() as u64));
+        assert_eq!(
+            seen(&told).len(),
+            BATCH_FILES + 3,
+            "nothing gathered: told at once"
+        );
+        let mut want = vec![b'z'; BATCH_FILES];
+        want.extend_from_slice(&most);
+        want.extend_from_slice(b"0123456789ab");
+        want.extend_from_slice(&big);
+        assert!(
+            std::fs::read(&told.pack).unwrap() == want,
+            "the pack's bytes"
+        );
+        pending.finish(&told.pack).unwrap();
     }
 
     #[test]
