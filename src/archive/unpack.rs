@@ -53,9 +53,9 @@ use super::Index;
 /// checked units (`CHECK_BLOCK` divides it).
 const WRITE_CHUNK: usize = PACK_MAX as usize;
 const _: () = assert!(WRITE_CHUNK.is_multiple_of(super::checks::CHECK_BLOCK as usize));
-/// Call `progress` after at least this many content bytes.
 /// The decompressed stream is read this much at a time (see `unpack_published`).
 const TAR_BUFFER: usize = 64 * 1024;
+/// Call `progress` after at least this many content bytes.
 const PROGRESS_EVERY: u64 = 4 * 1024 * 1024;
 /// Linux's `PATH_MAX` including the terminating NUL: longer symlink targets cannot exist.
 const MAX_SYMLINK_TARGET: usize = 4095;
