@@ -240,6 +240,35 @@ fn three_dirs(data: &Path) -> PathBuf {
     put_archive(data, "artifacts", "walk", "v1", &b.finish())
 }
 
+/// [`three_dirs`] mounted: the mount, the version's root in it, and the archive extracted
+/// by `tar -xzf`. Fields drop in order: the mount before the emulator it reads.
+struct Walk {
+    m: Mount,
+    root: PathBuf,
+    expected: tempfile::TempDir,
+    _emu: Emulator,
+    _data: tempfile::TempDir,
+}
+
+impl Walk {
+    fn new() -> Walk {
+        let data = tempfile::tempdir().unwrap();
+        let archive = three_dirs(data.path());
+        let emu = Emulator::with_data(data.path());
+        let m = mount(&emu, &[]);
+        let id = emu.current_version("artifacts", "walk");
+        let root = m.join(&format!("artifacts/walk/{id}"));
+        let expected = tar_extract(&archive);
+        Walk {
+            m,
+            root,
+            expected,
+            _emu: emu,
+            _data: data,
+        }
+    }
+}
+
 /// Sorted relative paths of everything under `dir`, by `find`.
 fn found(dir: &Path) -> Vec<String> {
     let out = ok(Command::new("find")
@@ -255,15 +284,10 @@ fn found(dir: &Path) -> Vec<String> {
 /// shows a reader that wants the attributes, and every first reply is whole again.
 #[test]
 fn a_walk_for_names_gets_no_inode_for_every_file() {
-    let data = tempfile::tempdir().unwrap();
-    let archive = three_dirs(data.path());
-    let emu = Emulator::with_data(data.path());
-    let m = mount(&emu, &[]);
-    let id = emu.current_version("artifacts", "walk");
-    let root = m.join(&format!("artifacts/walk/{id}"));
-    let expected = tar_extract(&archive);
-    assert_eq!(found(&root), found(expected.path()));
-    assert_eq!(lookups_of(&m, "f-"), 0, "find looked no file up");
+    let w = Walk::new();
+    let (m, root, expected) = (&w.m, &w.root, &w.expected);
+    assert_eq!(found(root), found(expected.path()));
+    assert_eq!(lookups_of(m, "f-"), 0, "find looked no file up");
 
     // The last file of a directory came without an inode: looking at it asks the daemon.
     let last = root.join("d0/f-099");
@@ -274,18 +298,18 @@ fn a_walk_for_names_gets_no_inode_for_every_file() {
         (want.len(), want.mode(), want.mtime())
     );
     assert_eq!(
-        lookups_of(&m, "f-099"),
+        lookups_of(m, "f-099"),
         1,
         "the file past the first reply is looked up"
     );
     // Its first entries came with theirs: no lookup.
     std::fs::symlink_metadata(root.join("d0/f-000")).unwrap();
     assert_eq!(
-        lookups_of(&m, "f-000"),
+        lookups_of(m, "f-000"),
         0,
         "a file of the first reply has its inode"
     );
-    assert!(loud_lines(&m).is_empty(), "{:#?}", loud_lines(&m));
+    assert!(loud_lines(m).is_empty(), "{:#?}", loud_lines(m));
 }
 
 /// A reader that reads a whole directory and then opens its files (`grep -r`) pays lookups
@@ -293,13 +317,8 @@ fn a_walk_for_names_gets_no_inode_for_every_file() {
 /// make the first replies whole again. What it reads is the archive's.
 #[test]
 fn a_reader_that_opens_what_it_listed_gets_whole_replies_again() {
-    let data = tempfile::tempdir().unwrap();
-    let archive = three_dirs(data.path());
-    let emu = Emulator::with_data(data.path());
-    let m = mount(&emu, &[]);
-    let id = emu.current_version("artifacts", "walk");
-    let root = m.join(&format!("artifacts/walk/{id}"));
-    let expected = tar_extract(&archive);
+    let w = Walk::new();
+    let (m, root, expected) = (&w.m, &w.root, &w.expected);
     let grep = |dir: &Path| {
         let out = ok(Command::new("grep")
             .args(["-r", "f-"])
@@ -309,7 +328,7 @@ fn a_reader_that_opens_what_it_listed_gets_whole_replies_again() {
         lines.sort();
         lines
     };
-    let got = grep(&root);
+    let got = grep(root);
     assert_eq!(got.len(), 300);
     assert!(
         got == grep(expected.path()),
@@ -317,12 +336,12 @@ fn a_reader_that_opens_what_it_listed_gets_whole_replies_again() {
     );
     // 100 files a directory: without the whole replies, each directory's files past its
     // first reply would be looked up (about 250 in all).
-    let files = lookups_of(&m, "f-");
+    let files = lookups_of(m, "f-");
     assert!(
         files <= 100,
         "{files} lookups of files: more than one directory's worth"
     );
-    assert!(loud_lines(&m).is_empty(), "{:#?}", loud_lines(&m));
+    assert!(loud_lines(m).is_empty(), "{:#?}", loud_lines(m));
 }
 
 /// The daemon's anonymous memory (`RssAnon` of `/proc/PID/status`), in bytes.
