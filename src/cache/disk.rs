@@ -395,6 +395,17 @@ fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
+/// Make directory `dir` (0700) if it is not there. Its parent must be: directories made
+/// while the mount runs are never made from the cache directory down, so that a cache
+/// directory removed under a running mount (by its owner, or by a test that ended while a
+/// download or refresh still ran) is not made again at a path the mount no longer owns.
+pub fn make_dir(dir: &Path) -> io::Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Close what an older vm0fs (or another umask) left open to others at the top of the
 /// cache directory: its directories become 0700, its files 0600. Links are never followed
 /// (`lstat`), and only entries of this user are touched.

@@ -68,7 +68,7 @@ use crate::archive::{Index, Publish, Unpacked};
 use crate::size::ByteSize;
 pub use bytes::Bytes;
 pub use disk::ArchiveOrigin;
-pub use disk::{disk_usage, remove_all, CACHE_FORMAT_VERSION};
+pub use disk::{disk_usage, make_dir, remove_all, CACHE_FORMAT_VERSION};
 use disk::{Completion, Layout};
 pub use error::{CacheError, SharedError};
 use fill::purge;

@@ -21,7 +21,7 @@
 use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -138,10 +138,7 @@ impl Spools {
     /// A new spool file for a download of `key`, empty.
     pub fn create(&self, key: &VersionKey) -> io::Result<Spool> {
         // Private: a spool holds the bytes of a version, whatever its files' modes.
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)?;
+        crate::cache::make_dir(&self.dir)?;
         let path = self.dir.join(key.dir_name());
         let file = fs::OpenOptions::new()
             .write(true)

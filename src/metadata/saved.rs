@@ -19,7 +19,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -293,7 +293,7 @@ impl Saved {
             body,
         };
         let bytes = serde_json::to_vec(&doc).expect("a saved document always serializes");
-        if let Err(e) = write_atomic(&path, &bytes) {
+        if let Err(e) = write_atomic(&self.dir, &path, &bytes) {
             tracing::warn!(path = %path.display(), error = %e, "cannot save a listing for later mounts");
         }
     }
@@ -364,21 +364,30 @@ impl Saved {
             rows,
         };
         let body = serde_json::to_vec(&file).expect("a saved listing always serializes");
-        if let Err(e) = write_atomic(path, &body) {
+        if let Err(e) = write_atomic(&self.dir, path, &body) {
             tracing::warn!(path = %path.display(), error = %e, "cannot save a listing for later mounts");
         }
     }
 }
 
-/// Replace `path` with `bytes` (mode 0600, its directories 0700 created as needed) so that a
-/// reader sees the old or the new content, never a part of it. Not synced: after a crash a
-/// file may be empty, which reads as damaged and is replaced at the next fetch.
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Replace `path` (below `dir`, the listings directory) with `bytes` (mode 0600, the
+/// directories from `dir` down created 0700 as needed) so that a reader sees the old or the
+/// new content, never a part of it. Not synced: after a crash a file may be empty, which
+/// reads as damaged and is replaced at the next fetch. The cache directory above `dir` is
+/// never made again: once it is gone (removed by its owner, or by a test that ended while a
+/// refresh was still running) nothing is saved, rather than a directory recreated at a path
+/// the mount no longer owns.
+fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
     let parent = path.parent().expect("saved listings live in a directory");
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(parent)?;
+    let below = parent.strip_prefix(dir).map_err(|_| {
+        io::Error::other(format!("{} is outside {}", path.display(), dir.display()))
+    })?;
+    let mut at = dir.to_path_buf();
+    crate::cache::make_dir(&at)?;
+    for part in below.components() {
+        at.push(part);
+        crate::cache::make_dir(&at)?;
+    }
     let tmp = path.with_extension(format!("{}.partial", std::process::id()));
     let written = fs::OpenOptions::new()
         .write(true)
@@ -460,6 +469,23 @@ mod tests {
         assert_eq!(saved.load_versions(Kind::Volume, &a), None);
         saved.forget_storages(Kind::Volume);
         assert!(!Saved::exist(dir.path()));
+    }
+
+    #[test]
+    fn a_removed_cache_directory_is_not_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        fs::create_dir(&cache).unwrap();
+        let saved = Saved::new(&cache);
+        saved.save_document("agents", &vec![1u32]);
+        saved.save_versions(Kind::Volume, &"a".into(), [version()].iter());
+        assert_eq!(saved.load_document::<Vec<u32>>("agents"), Some(vec![1]));
+        fs::remove_dir_all(&cache).unwrap();
+        // A save after the cache directory went away (a refresh that was still running).
+        saved.save_document("agents", &vec![2u32]);
+        saved.save_storages(Kind::Volume, [storage("a")].iter());
+        saved.save_versions(Kind::Volume, &"a".into(), [version()].iter());
+        assert!(!cache.exists(), "the cache directory was made again");
     }
 
     #[test]

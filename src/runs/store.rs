@@ -109,13 +109,11 @@ impl RunStore {
         self.state.lock().iter().map(|(k, _)| k.clone()).collect()
     }
 
-    /// The directory where live run `id`'s files grow (made if needed).
+    /// The directory where live run `id`'s files grow (made if needed, in the runs'
+    /// directory made at open).
     pub fn live_dir(&self, id: &str) -> io::Result<PathBuf> {
         let dir = self.live_root.join(id);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)?;
+        crate::cache::make_dir(&dir)?;
         Ok(dir)
     }
 
