@@ -178,6 +178,15 @@ pub struct Fs {
     kernel: Arc<KernelNotes>,
     /// How many entries a directory's first `READDIRPLUS` carries (see `plus`).
     plus: PlusAdvice,
+    /// Where the storages and versions listings are saved; closed when the `Fs` is dropped.
+    saved: Arc<Saved>,
+}
+
+/// A listing fetch still running in the background saves nothing once the `Fs` is gone.
+impl Drop for Fs {
+    fn drop(&mut self) {
+        self.saved.close();
+    }
 }
 
 impl Fs {
@@ -203,7 +212,7 @@ impl Fs {
                 remote: remote.clone(),
                 activity: activity.clone(),
                 storages: storages.clone(),
-                saved,
+                saved: saved.clone(),
             },
             timing,
         );
@@ -226,6 +235,7 @@ impl Fs {
             runs: None,
             kernel,
             plus: PlusAdvice::default(),
+            saved,
         }
     }
 

@@ -23,6 +23,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{Kind, Storage, Version};
@@ -40,6 +41,8 @@ pub fn dir_in(cache_dir: &Path) -> PathBuf {
 /// Where the listings of one cache directory are saved.
 pub struct Saved {
     dir: PathBuf,
+    /// Nothing is saved any more (see [`Saved::close`]); held while a file is written.
+    closed: Mutex<bool>,
 }
 
 /// A time as seconds and nanoseconds since 1970 (before it when `secs` is negative), so
@@ -199,7 +202,15 @@ impl Saved {
     pub fn new(cache_dir: &Path) -> Saved {
         Saved {
             dir: dir_in(cache_dir),
+            closed: Mutex::new(false),
         }
+    }
+
+    /// Save nothing from now on: called when the filesystem that owns these listings is
+    /// dropped, as a fetch still running in the background may end after it (and after its
+    /// cache directory is gone). Returns once no save is being written.
+    pub fn close(&self) {
+        *self.closed.lock() = true;
     }
 
     /// Whether a listing of storages was saved in `cache_dir`: what a mount needs to start
@@ -293,6 +304,10 @@ impl Saved {
             body,
         };
         let bytes = serde_json::to_vec(&doc).expect("a saved document always serializes");
+        let closed = self.closed.lock();
+        if *closed {
+            return;
+        }
         if let Err(e) = write_atomic(&self.dir, &path, &bytes) {
             tracing::warn!(path = %path.display(), error = %e, "cannot save a listing for later mounts");
         }
@@ -364,6 +379,10 @@ impl Saved {
             rows,
         };
         let body = serde_json::to_vec(&file).expect("a saved listing always serializes");
+        let closed = self.closed.lock();
+        if *closed {
+            return;
+        }
         if let Err(e) = write_atomic(&self.dir, path, &body) {
             tracing::warn!(path = %path.display(), error = %e, "cannot save a listing for later mounts");
         }
@@ -486,6 +505,16 @@ mod tests {
         saved.save_storages(Kind::Volume, [storage("a")].iter());
         saved.save_versions(Kind::Volume, &"a".into(), [version()].iter());
         assert!(!cache.exists(), "the cache directory was made again");
+    }
+
+    #[test]
+    fn a_closed_saved_saves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = Saved::new(dir.path());
+        saved.close();
+        saved.save_document("agents", &vec![1u32]);
+        saved.save_storages(Kind::Volume, [storage("a")].iter());
+        assert!(!dir_in(dir.path()).exists());
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct Runs {
     pub details: Listings<RunDetailSource>,
     /// Fetches of runs' files (always asked anew: `Listings::renew`).
     pub files: Listings<RunFilesSource>,
+    /// Where the agents' listings are saved; closed when the runs are dropped.
+    saved: Arc<Saved>,
 }
 
 impl Runs {
@@ -127,12 +129,20 @@ impl Runs {
                 AgentFilesSource {
                     api,
                     activity,
-                    saved,
+                    saved: saved.clone(),
                 },
                 timing,
             ),
             state,
+            saved,
         }
+    }
+}
+
+/// A fetch still running in the background saves nothing once the runs are gone.
+impl Drop for Runs {
+    fn drop(&mut self) {
+        self.saved.close();
     }
 }
 
