@@ -39,8 +39,9 @@ pub const PACK_MAX: u64 = 1 << 20;
 /// The pack file being written: appended to, never rewritten (a published file's bytes
 /// stay where a reader found them).
 pub(super) struct Pack {
-    /// `None` only while a member's content is copied into it.
-    pub file: Option<File>,
+    /// Kept open for the unpack's end (its size on disk); content is written through a
+    /// descriptor of its own ([`Pack::handle`]).
+    pub file: File,
     pub path: Arc<Path>,
     pub id: BlobId,
     pub len: u64,
@@ -56,7 +57,7 @@ impl Pack {
             .map_err(write_error(path.clone()))?;
         let meta = file.metadata().map_err(write_error(path.clone()))?;
         Ok(Pack {
-            file: Some(file),
+            file,
             path: Arc::from(path),
             id: BlobId {
                 dev: meta.dev(),
@@ -68,10 +69,8 @@ impl Pack {
 
     /// Another descriptor of the pack, for writes that say where they go.
     pub fn handle(&self) -> Result<File, ArchiveError> {
-        let file = self.file.as_ref().ok_or_else(|| {
-            write_error(self.path.to_path_buf())(std::io::Error::other("the pack file is closed"))
-        })?;
-        file.try_clone()
+        self.file
+            .try_clone()
             .map_err(write_error(self.path.to_path_buf()))
     }
 }

@@ -807,9 +807,7 @@ impl Unpacker<'_> {
         let image = fs::read(&path).map_err(Self::write_error(path))?;
         let index = Index::from_bytes(image).map_err(ArchiveError::Index)?;
         let pack = pack_path(self.dest);
-        let file = self.pack.file.as_ref().ok_or_else(|| {
-            Self::write_error(pack.clone())(io::Error::other("the pack file is closed"))
-        })?;
+        let file = &self.pack.file;
         // Not synced, like every content file: a cache survives a crash of the daemon
         // (the page cache keeps what was written); only the index, the checksums and the
         // commit rename are synced. After a power loss, content that did not reach the

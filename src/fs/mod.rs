@@ -178,7 +178,8 @@ pub struct Fs {
     kernel: Arc<KernelNotes>,
     /// How many entries a directory's first `READDIRPLUS` carries (see `plus`).
     plus: PlusAdvice,
-    /// Where the storages and versions listings are saved; closed when the `Fs` is dropped.
+    /// Where the listings (storages, versions, and the agents of `runs`) are saved; closed
+    /// when the `Fs` is dropped.
     saved: Arc<Saved>,
 }
 

@@ -12,7 +12,6 @@ mod files;
 mod state;
 mod store;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,27 +69,25 @@ pub struct Runs {
     pub details: Listings<RunDetailSource>,
     /// Fetches of runs' files (always asked anew: `Listings::renew`).
     pub files: Listings<RunFilesSource>,
-    /// Where the agents' listings are saved; closed when the runs are dropped.
-    saved: Arc<Saved>,
 }
 
 impl Runs {
     /// The runs and agents asked of `api` (every call's outcome told to `activity`), their
-    /// files under `store`, the agents saved in `cache_dir` for mounts started offline.
+    /// files under `store`, the agents saved in `saved` (the filesystem's saved listings)
+    /// for mounts started offline.
     pub fn new(
         api: Arc<dyn RunsApi>,
         store: RunStore,
         config: RunsConfig,
         activity: Arc<Activity>,
         metadata_ttl: Duration,
-        cache_dir: &Path,
+        saved: Arc<Saved>,
     ) -> Runs {
         let timing = Timing::with_ttl(metadata_ttl);
         let api: Arc<dyn RunsApi> = Arc::new(Reported {
             api,
             activity: activity.clone(),
         });
-        let saved = Arc::new(Saved::new(cache_dir));
         let state = RunState::new(api.clone(), store, activity.clone());
         let run_timing = Timing::with_ttl(metadata_ttl.min(RUNS_LIST_TTL));
         let run_list = |key| RunListSource {
@@ -129,20 +126,12 @@ impl Runs {
                 AgentFilesSource {
                     api,
                     activity,
-                    saved: saved.clone(),
+                    saved,
                 },
                 timing,
             ),
             state,
-            saved,
         }
-    }
-}
-
-/// A fetch still running in the background saves nothing once the runs are gone.
-impl Drop for Runs {
-    fn drop(&mut self) {
-        self.saved.close();
     }
 }
 

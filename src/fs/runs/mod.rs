@@ -900,7 +900,7 @@ impl Fs {
             config,
             self.activity.clone(),
             self.config.metadata_ttl,
-            self.cache.root(),
+            self.saved.clone(),
         );
         // A test knob: how long a live run nobody reads is still followed, so that a test
         // of the first read after an idle time need not sleep the 30 s.
