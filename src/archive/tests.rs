@@ -1783,3 +1783,80 @@ fn an_unpack_holds_no_checkpoint_window() {
         "windows held by the unpack"
     );
 }
+
+/// Where the unpack of many tiny files spends its time (not a pass/fail test): inflate
+/// alone, the unpack without a published state, and with the one a download keeps for
+/// readers (`cache::Flight`). Run it in release:
+/// `cargo test --release --lib unpack_benchmark -- --ignored --nocapture`.
+/// The destination is the temporary directory (`TMPDIR=/dev/shm` for memory).
+#[test]
+#[ignore = "a benchmark: run by hand in release"]
+fn unpack_benchmark() {
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    struct Keeps(Mutex<Published>);
+    impl Publish for Keeps {
+        fn file(&self, steps: &[Step], _: &PublishedFile) {
+            self.0.lock().unwrap().add(steps);
+        }
+        fn withdraw(&self, dir: u32, name: &[u8], gone: Option<u32>) {
+            self.0.lock().unwrap().withdraw(dir, name, gone);
+        }
+    }
+    fn times(label: &str, mut f: impl FnMut()) {
+        let mut ms: Vec<f64> = (0..7)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "{label}: median {:.1} ms, {:.1} - {:.1}",
+            ms[3], ms[0], ms[6]
+        );
+    }
+
+    // An archive named by VM0FS_UNPACK_ARCHIVE (`target/bench/data-full/artifacts/tiny-00/
+    // v1.tar.gz` is the bench's), else one like the bench's tiny-file versions: 50,000 files
+    // of about 15 bytes, 100 per directory, compressed as `tar -czf` does.
+    let gz = match std::env::var_os("VM0FS_UNPACK_ARCHIVE").filter(|p| !p.is_empty()) {
+        Some(path) => fs::read(&path).unwrap_or_else(|e| panic!("{path:?}: {e}")),
+        None => tiny_files_archive(),
+    };
+    println!("{} KB gzip", gz.len() / 1000);
+    times("inflate alone", || {
+        let mut out = io::sink();
+        io::copy(&mut flate2::read::GzDecoder::new(&gz[..]), &mut out).unwrap();
+    });
+    let opts = UnpackOptions {
+        max_bytes: u64::MAX,
+        file_count: 0,
+        max_index_bytes: u64::MAX,
+        implied_dir_mtime: IMPLIED_MTIME,
+        keep_content: true,
+    };
+    times("unpack, nothing published", || {
+        let run = Run::new();
+        unpack_published(&gz[..], &run.dest, &opts, &mut |_| {}, &()).unwrap();
+    });
+    times("unpack, published as a download keeps it", || {
+        let run = Run::new();
+        let keeps = Keeps(Mutex::new(Published::default()));
+        unpack_published(&gz[..], &run.dest, &opts, &mut |_| {}, &keeps).unwrap();
+    });
+}
+
+/// 50,000 files of about 15 bytes, 100 per directory, at gzip's default level.
+fn tiny_files_archive() -> Vec<u8> {
+    let mut tar = Tar::new();
+    for i in 0..50_000 {
+        let line = format!("line {i} of tiny\n");
+        tar = tar.file(&format!("d{:04}/f{i:06}.txt", i / 100), line.as_bytes());
+    }
+    let mut enc = GzEncoder::new(Vec::new(), Compression::default());
+    enc.write_all(&tar.tar()).unwrap();
+    enc.finish().unwrap()
+}
