@@ -1842,6 +1842,12 @@ fn unpack_benchmark() {
         let run = Run::new();
         unpack_published(&gz[..], &run.dest, &opts, &mut |_| {}, &()).unwrap();
     });
+    let run = Run::new();
+    unpack_published(&gz[..], &run.dest, &opts, &mut |_| {}, &()).unwrap();
+    let image = fs::read(index_path(&run.dest)).unwrap();
+    times("index checked", || {
+        Index::from_bytes(image.clone()).unwrap();
+    });
     times("unpack, published as a download keeps it", || {
         let run = Run::new();
         let keeps = Keeps(Mutex::new(Published::default()));
