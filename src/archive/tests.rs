@@ -142,14 +142,7 @@ impl Run {
     }
 
     fn unpack(&self, input: impl Read, max_bytes: u64) -> Result<Unpacked, ArchiveError> {
-        let opts = UnpackOptions {
-            max_bytes,
-            file_count: 0,
-            max_index_bytes: u64::MAX,
-            implied_dir_mtime: IMPLIED_MTIME,
-            keep_content: true,
-        };
-        unpack(input, &self.dest, &opts, &mut |_| {})
+        unpack(input, &self.dest, &options(max_bytes), &mut |_| {})
     }
 
     /// Nothing was created next to `dest`, and inside it only the pack, the index, the
@@ -179,6 +172,17 @@ impl Run {
             let name = e.file_name().into_string().unwrap();
             assert!(name.parse::<u32>().is_ok(), "unexpected blob name {name}");
         }
+    }
+}
+
+/// The options of these tests: content of at most `max_bytes`, no other limit.
+fn options(max_bytes: u64) -> UnpackOptions {
+    UnpackOptions {
+        max_bytes,
+        file_count: 0,
+        max_index_bytes: u64::MAX,
+        implied_dir_mtime: IMPLIED_MTIME,
+        keep_content: true,
     }
 }
 
@@ -1278,13 +1282,7 @@ fn trailing_garbage_after_gzip_is_ignored() {
 #[test]
 fn missing_destination_is_a_write_error() {
     let run = Run::new();
-    let opts = UnpackOptions {
-        max_bytes: u64::MAX,
-        file_count: 0,
-        max_index_bytes: u64::MAX,
-        implied_dir_mtime: 0,
-        keep_content: true,
-    };
+    let opts = options(u64::MAX);
     let missing = run.dest.join("missing");
     let err = unpack(&Tar::new().gz()[..], &missing, &opts, &mut |_| {}).unwrap_err();
     match err {
@@ -1298,13 +1296,7 @@ fn progress_is_reported_every_few_mib_and_at_the_end() {
     let size = 10 << 20;
     let archive = Tar::new().file("big", &pattern(size)).gz();
     let run = Run::new();
-    let opts = UnpackOptions {
-        max_bytes: u64::MAX,
-        file_count: 0,
-        max_index_bytes: u64::MAX,
-        implied_dir_mtime: 0,
-        keep_content: true,
-    };
+    let opts = options(u64::MAX);
     let mut calls = Vec::new();
     let u = unpack(&archive[..], &run.dest, &opts, &mut |s| {
         calls.push((s.bytes, s.compressed_bytes));
@@ -1441,13 +1433,7 @@ fn published_files_match_the_finished_index() {
         .hard_link("d/three", "d/e/one");
     let run = Run::new();
     let rec = Recorder::default();
-    let opts = UnpackOptions {
-        max_bytes: u64::MAX,
-        file_count: 0,
-        max_index_bytes: u64::MAX,
-        implied_dir_mtime: IMPLIED_MTIME,
-        keep_content: true,
-    };
+    let opts = options(u64::MAX);
     let u = unpack_published(&tar.gz()[..], &run.dest, &opts, &mut |_| {}, &rec).unwrap();
     check(&run, &u);
     let (published, events) = rec.state.into_inner().unwrap();
@@ -1482,13 +1468,7 @@ fn a_directory_seen_before_its_own_member_is_shown_owner_only() {
         .file("e/g", b"g");
     let run = Run::new();
     let rec = Recorder::default();
-    let opts = UnpackOptions {
-        max_bytes: u64::MAX,
-        file_count: 0,
-        max_index_bytes: u64::MAX,
-        implied_dir_mtime: IMPLIED_MTIME,
-        keep_content: true,
-    };
+    let opts = options(u64::MAX);
     let u = unpack_published(&tar.gz()[..], &run.dest, &opts, &mut |_| {}, &rec).unwrap();
     let (published, _) = rec.state.into_inner().unwrap();
     // `d` was only implied when `d/f` was published: its final mode could be stricter.
@@ -1607,13 +1587,7 @@ fn packed_files_are_published_with_their_offset_in_the_pack() {
         }
         fn withdraw(&self, _: u32, _: &[u8], _: Option<u32>) {}
     }
-    let opts = UnpackOptions {
-        max_bytes: u64::MAX,
-        file_count: 0,
-        max_index_bytes: u64::MAX,
-        implied_dir_mtime: IMPLIED_MTIME,
-        keep_content: true,
-    };
+    let opts = options(u64::MAX);
     let u = unpack_published(
         &tar.gz()[..],
         &run.dest,
@@ -1831,13 +1805,7 @@ fn unpack_benchmark() {
         let mut out = io::sink();
         io::copy(&mut flate2::read::GzDecoder::new(&gz[..]), &mut out).unwrap();
     });
-    let opts = UnpackOptions {
-        max_bytes: u64::MAX,
-        file_count: 0,
-        max_index_bytes: u64::MAX,
-        implied_dir_mtime: IMPLIED_MTIME,
-        keep_content: true,
-    };
+    let opts = options(u64::MAX);
     times("unpack, nothing published", || {
         let run = Run::new();
         unpack_published(&gz[..], &run.dest, &opts, &mut |_| {}, &()).unwrap();
