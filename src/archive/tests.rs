@@ -1759,8 +1759,9 @@ fn an_unpack_holds_no_checkpoint_window() {
 }
 
 /// Where the unpack of many tiny files spends its time (not a pass/fail test): inflate
-/// alone, the unpack without a published state, and with the one a download keeps for
-/// readers (`cache::Flight`). Run it in release:
+/// alone, the unpack without a published state and with the one a download keeps for
+/// readers (`cache::Flight`), the check of the index it wrote, and that published state on
+/// its own. Run it in release:
 /// `cargo test --release --lib unpack_benchmark -- --ignored --nocapture`.
 /// The destination is the temporary directory (`TMPDIR=/dev/shm` for memory).
 #[test]
