@@ -33,7 +33,7 @@ use std::sync::Arc;
 use tar::EntryType;
 
 use super::batch::Pending;
-use super::blobs::{blob_path, index_path, pack_path, Pack, PACK_MAX};
+use super::blobs::{blob_path, index_path, Pack, PACK_MAX};
 use super::checks::{checksum, Sums};
 use super::encode::encoded_len;
 use super::input::{
@@ -806,14 +806,17 @@ impl Unpacker<'_> {
         // in release builds too, on what the version will serve.
         let image = fs::read(&path).map_err(Self::write_error(path))?;
         let index = Index::from_bytes(image).map_err(ArchiveError::Index)?;
-        let pack = pack_path(self.dest);
-        let file = &self.pack.file;
         // Not synced, like every content file: a cache survives a crash of the daemon
         // (the page cache keeps what was written); only the index, the checksums and the
         // commit rename are synced. After a power loss, content that did not reach the
         // disk fails its checksums when read and the version is downloaded again (see
         // doc/SEMANTICS.md, "What a cached version survives").
-        let pack_blocks = file.metadata().map_err(Self::write_error(pack))?.blocks();
+        let pack_blocks = self
+            .pack
+            .file
+            .metadata()
+            .map_err(Self::write_error(self.pack.path.to_path_buf()))?
+            .blocks();
         let data_dir = self.dest.join("data");
         let dir_blocks = fs::metadata(&data_dir)
             .map_err(Self::write_error(data_dir))?

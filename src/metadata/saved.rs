@@ -23,7 +23,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{Kind, Storage, Version};
@@ -41,8 +41,9 @@ pub fn dir_in(cache_dir: &Path) -> PathBuf {
 /// Where the listings of one cache directory are saved.
 pub struct Saved {
     dir: PathBuf,
-    /// Nothing is saved any more (see [`Saved::close`]); held while a file is written.
-    closed: Mutex<bool>,
+    /// Nothing is saved any more (see [`Saved::close`]). Read-held while a file is
+    /// written, so that closing waits for the saves under way and saves run side by side.
+    closed: RwLock<bool>,
 }
 
 /// A time as seconds and nanoseconds since 1970 (before it when `secs` is negative), so
@@ -202,7 +203,7 @@ impl Saved {
     pub fn new(cache_dir: &Path) -> Saved {
         Saved {
             dir: dir_in(cache_dir),
-            closed: Mutex::new(false),
+            closed: RwLock::new(false),
         }
     }
 
@@ -210,7 +211,7 @@ impl Saved {
     /// dropped, as a fetch still running in the background may end after it (and after its
     /// cache directory is gone). Returns once no save is being written.
     pub fn close(&self) {
-        *self.closed.lock() = true;
+        *self.closed.write() = true;
     }
 
     /// Whether a listing of storages was saved in `cache_dir`: what a mount needs to start
@@ -304,13 +305,7 @@ impl Saved {
             body,
         };
         let bytes = serde_json::to_vec(&doc).expect("a saved document always serializes");
-        let closed = self.closed.lock();
-        if *closed {
-            return;
-        }
-        if let Err(e) = write_atomic(&self.dir, &path, &bytes) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot save a listing for later mounts");
-        }
+        self.store(&path, &bytes);
     }
 
     pub fn forget_document(&self, what: &str) {
@@ -379,11 +374,17 @@ impl Saved {
             rows,
         };
         let body = serde_json::to_vec(&file).expect("a saved listing always serializes");
-        let closed = self.closed.lock();
+        self.store(path, &body);
+    }
+
+    /// Write `bytes` at `path` unless closed; a failure is logged, as a listing that
+    /// cannot be saved is only missing for a later mount started offline.
+    fn store(&self, path: &Path, bytes: &[u8]) {
+        let closed = self.closed.read();
         if *closed {
             return;
         }
-        if let Err(e) = write_atomic(&self.dir, path, &body) {
+        if let Err(e) = write_atomic(&self.dir, path, bytes) {
             tracing::warn!(path = %path.display(), error = %e, "cannot save a listing for later mounts");
         }
     }
