@@ -89,6 +89,11 @@ CASES = [
     ("python_open", "Python open(p, 'rb').read() of many small files, warm, vs local; and the log lines it left"
      " (must be 0: each open() sends an ioctl, TCGETS)"),
     ("fio_dio", "fio randread 4k, O_DIRECT, libaio: IOPS at iodepth 16 vs at iodepth 1 (skipped in --quick)"),
+    ("fuse_floor", "the least a FUSE daemon costs here: examples/fuse_floor.rs answers every request at once"
+     " (from memory, and the large file's reads with one pread of its cache blob), replying as vm0fs does."
+     " Python open() of the tiny-file version's files, find over it after the kernel's dentries are dropped"
+     " (needs root), and the large file's sequential read with its pages evicted; on the floor against local"
+     " files, and on vm0fs against the floor"),
     ("large", "the mixed version under a budget of a third of it (skipped in --quick): find -ls after the first"
      " pass vs the same on a mount it fits; the last member and a ~1 MiB one in the middle, cold after a"
      " restart, vs a full download (and the store bytes for the last); rsync -aH of it all vs curl | tar -xzf"
@@ -142,6 +147,10 @@ TARGETS = {
     "python_open": ("<=", 2.0),
     "python_open_log_lines": ("<=", 0),  # absolute
     "fio_dio": (">=", 3.0),  # IOPS at iodepth 16 / IOPS at iodepth 1
+    # vm0fs against a daemon that does no work at all (the kernel's round trips alone).
+    "python_open_vs_floor": ("<=", 1.2),
+    "walk_vs_floor": ("<=", 1.2),
+    "warm_seq_vs_floor": (">=", 0.9),
     "large_find_ls": ("<=", 1.2),  # vs the same version on a mount it fits
     "large_last_file": ("<=", 0.2),  # vs a full download (curl | tar -xzf)
     "large_last_file_bytes": ("<=", 0.1),  # store bytes / the archive
@@ -1362,6 +1371,85 @@ class Bench:
             iops[depth] = json.loads(out[out.index("{"):])["jobs"][0]["read"]["iops"]
         self.row("fio_dio", iops[16], "IOPS", iops[1],
                  note="%.0f MiB file, 5 s each; baseline: the same at iodepth 1" % (size / MiB))
+
+    def case_fuse_floor(self):
+        name = "tiny-00"
+        root, info = self.warm_version(name)
+        local = self.local_tree(name)
+        big, blob, size = self.big_file_and_blob()
+        files = self.p["tiny_files"]
+        floor = os.path.join(self.run_dir, "fuse-floor")
+        os.makedirs(floor)
+        log_path = os.path.join(self.run_dir, "fuse-floor.log")
+        with open(log_path, "w") as log_file:
+            proc = subprocess.Popen([os.path.join(BIN, "examples", "fuse_floor"), floor, "--dirs",
+                                     str((files + 99) // 100), "--files", "100", "--file", blob],
+                                    stdout=log_file, stderr=log_file, start_new_session=True)
+        self.state.add("pids", proc.pid)
+        self.state.add("mounts", floor)
+        try:
+            first = os.path.join(floor, "d0000", "f000000.txt")
+            deadline = time.monotonic() + 30
+            while not os.path.exists(first):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    with open(log_path) as f:
+                        raise BenchError("fuse_floor did not mount at %s: %s" % (floor, f.read().strip()[-2000:]))
+                time.sleep(0.02)
+            self.floor_rows(root, local, floor)
+            self.floor_seq(big, blob, size, os.path.join(floor, "file"))
+        finally:
+            sh("umount -l %s" % q(floor), check=False)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            self.state.remove("mounts", floor)
+            self.state.remove("pids", proc.pid)
+
+    def floor_rows(self, vm0fs, local, floor):
+        """The same runs on local files, the floor and vm0fs, in turns (see `case_fuse_floor`)."""
+        trees = (("local", local), ("floor", floor), ("vm0fs", vm0fs))
+        n = min(self.p["cat_files"], self.p["tiny_files"])
+        lst = os.path.join(self.run_dir, "floor-list")
+        with open(lst, "w") as f:
+            f.write("".join("d%04d/f%06d.txt\n" % (i // 100, i) for i in range(n)))
+        script = self.script("open_read.py", "import sys\nfor p in open(sys.argv[1]).read().splitlines():\n"
+                             "    open(p, 'rb').read()\n")
+        cmd = "cd %s && python3 %s %s"
+        for _, tree in trees:
+            sh(cmd % (q(tree), q(script), q(lst)))  # every side's files in the page cache
+        opens = {side: [] for side, _ in trees}
+        for _ in range(self.p["reps"]):
+            for side, tree in trees:
+                opens[side].append(timed(cmd % (q(tree), q(script), q(lst))))
+        note = "%d files in %s's shape, open(p, 'rb').read() in one python3, warm" % (n, "tiny-00")
+        self.time_row("floor_python_open", opens["local"], opens["floor"], note + "; the floor vs local files")
+        self.time_row("python_open_vs_floor", opens["floor"], opens["vm0fs"], note + "; vm0fs vs the floor")
+        if os.geteuid() != 0:
+            log("  walk_vs_floor: skipped (dropping the kernel's dentries needs root)")
+            return
+        walks = {side: [] for side, _ in trees}
+        for _ in range(self.p["reps"]):
+            for side, tree in trees:
+                sh("sync; echo 2 > /proc/sys/vm/drop_caches")
+                walks[side].append(timed("find %s >/dev/null" % q(tree)))
+        note = "find over %d files in %d directories, the kernel's dentries and inodes dropped before each" % (
+            self.p["tiny_files"], (self.p["tiny_files"] + 99) // 100)
+        self.time_row("floor_walk", walks["local"], walks["floor"], note + "; the floor vs local files")
+        self.time_row("walk_vs_floor", walks["floor"], walks["vm0fs"], note + "; vm0fs vs the floor")
+
+    def floor_seq(self, big, blob, size, floor_file):
+        """The large file read in order, its pages evicted first, as `warm_seq` reads it: on
+        vm0fs, on the floor (one `pread` of the same cache blob per request) and the blob."""
+        reads = {"blob": [], "floor": [], "vm0fs": []}
+        for _ in range(self.p["reps"]):
+            for side, path in (("blob", blob), ("floor", floor_file), ("vm0fs", big)):
+                evict(big, floor_file, blob)
+                reads[side].append(timed("cat %s >/dev/null" % q(path)))
+        note = "%.0f MiB file, its pages (on the mount and of the cache blob) evicted before each read" % (size / MiB)
+        self.rate_row("floor_seq", size, reads["blob"], reads["floor"], note + "; the floor vs cat of the blob")
+        self.rate_row("warm_seq_vs_floor", size, reads["floor"], reads["vm0fs"], note + "; vm0fs vs the floor")
 
     def peer_mount(self, tool, archive_name):
         """Mount `archive_name` with `tool`; the directory that holds its files."""

@@ -35,8 +35,8 @@ for m in st.get("mounts", []):
             subprocess.run(["umount", "-l", m], stderr=subprocess.DEVNULL)
 for pid in st.get("pids", []):
     try:
-        # Only our own processes: the pid must still be vm0fs or the emulator.
-        if os.path.basename(os.readlink("/proc/%d/exe" % pid)) in ("vm0fs", "vm0-emulator"):
+        # Only our own processes: the pid must still be vm0fs, the emulator or the floor.
+        if os.path.basename(os.readlink("/proc/%d/exe" % pid)) in ("vm0fs", "vm0-emulator", "fuse_floor"):
             os.kill(pid, signal.SIGTERM)
     except OSError:
         pass
@@ -115,6 +115,8 @@ echo "bench: building vm0fs and the emulator (release)..." >&2
 # into the product's, and the measured vm0fs binary could differ from the one users build.
 cargo build --release --quiet -p vm0fs
 cargo build --release --quiet -p vm0-emulator
+# The fuse_floor case's daemon that does nothing (its own build, for the same reason).
+cargo build --release --quiet -p vm0fs --example fuse_floor
 
 # In the background so that a signal to this script reaches the benchmark, which then
 # cleans up (the EXIT trap above is the fallback if it cannot).

@@ -50,6 +50,7 @@ mod held;
 mod pass;
 mod pool;
 mod spans;
+mod stream;
 mod usage;
 mod verified;
 
@@ -80,6 +81,7 @@ pub use held::{check_dir, LOG_FILE};
 pub use pass::{PassSpan, PassView, SpanRange};
 use pool::Pool;
 pub use spans::{Span, SpanError, SpanFailure, SpanFill, SpanKey};
+pub use stream::ReadStream;
 pub use usage::{ResidentInfo, Snapshot};
 pub use verified::{CheckedFile, ReadAt, Sums, Verified, DIRECT_MIN, VERIFIED_MEMORY};
 
@@ -227,6 +229,9 @@ pub struct ContentFiles {
 pub struct OpenContent {
     pub file: Arc<std::fs::File>,
     direct: OnceLock<Option<std::fs::File>>,
+    /// Where the last read of it ended: which reads go through its page cache and which
+    /// of its pages are dropped after (see [`ReadStream`]).
+    pub stream: ReadStream,
 }
 
 impl OpenContent {
@@ -289,6 +294,7 @@ impl ContentFiles {
         let f = Arc::new(OpenContent {
             file: Arc::new(std::fs::File::open(path)?),
             direct: OnceLock::new(),
+            stream: ReadStream::default(),
         });
         let mut open = self.open.lock();
         let room = open.contains(path)

@@ -116,6 +116,10 @@ pub(super) struct InPass {
     pub flight: Interest,
 }
 
+/// What [`OpenFile::read`] read: the bytes, the content file they came from, and the range
+/// of that file (offset, length) whose pages to drop from the page cache now, if any.
+pub(super) type Read<'a> = (Bytes, &'a File, Option<(u64, u64)>);
+
 /// A file opened by the kernel: `size` bytes at `offset` of a content file (the version's
 /// pack, or a file of its own at offset 0). The content file itself is opened on the first
 /// read: a file whose pages the kernel already caches is then opened and closed without a
@@ -344,38 +348,48 @@ impl OpenFile {
         self.size >= crate::archive::PACK_MAX && !self.is_in_stream()
     }
 
-    /// Up to `len` bytes at `at` of the content (short only at its end), checked, and
-    /// the span of the content file the read may have brought into the page cache (the
-    /// whole units it checked), for page-cache advice. `direct`: the caller's pages are
-    /// kept by the kernel, so a large read may bypass the page cache (see `Verified`).
-    pub fn read(
-        &self,
-        at: u64,
-        len: u32,
-        verified: &Verified,
-        direct: bool,
-    ) -> Result<(Bytes, &File, (u64, u64))> {
+    /// Up to `len` bytes at `at` of the content (short only at its end), checked. With
+    /// `kernel` (the caller's pages are kept by the kernel, in the mount's own page cache),
+    /// also the range of the content file whose pages to drop now, so that what the reader
+    /// reads is cached once: a read of a file of its own that continues a sequential stream
+    /// goes through the content file's page cache (its read-ahead), and its pages are
+    /// dropped behind it a chunk at a time; any other large read bypasses the page cache
+    /// (direct I/O), and drops what it read at once (see `cache::ReadStream`).
+    pub fn read(&self, at: u64, len: u32, verified: &Verified, kernel: bool) -> Result<Read<'_>> {
         let file = self.file().map_err(|e| self.missing(e))?;
         let from = self.offset.saturating_add(at);
-        match self.checked(file, direct).map_err(FsError::Damaged)? {
+        // Only a complete version's file is kept open with a stream of its own.
+        let stream = self.opened.get().filter(|_| kernel).map(|o| &o.stream);
+        let sequential = stream.is_some_and(|s| s.continues(from));
+        match self
+            .checked(file, kernel && !sequential)
+            .map_err(FsError::Damaged)?
+        {
             Some(f) => {
                 let data = verified.read(&f, at, len).map_err(FsError::Damaged)?;
-                let span = if f.packed {
-                    (self.offset, self.size)
+                // The whole units the read checked: what it may have brought into the
+                // content file's page cache.
+                let (packed, span) = if f.packed {
+                    (true, (self.offset, self.size))
                 } else {
                     let block = crate::archive::CHECK_BLOCK;
                     let start = at / block * block;
                     let end = at.saturating_add(data.len() as u64).div_ceil(block) * block;
-                    (start, end.min(self.size).saturating_sub(start))
+                    (false, (start, end.min(self.size).saturating_sub(start)))
                 };
-                Ok((data, file, span))
+                let drop = match stream {
+                    _ if !kernel => None,
+                    Some(s) if !packed => s.advance(span, sequential, self.size),
+                    _ => Some(span),
+                };
+                Ok((data, file, drop))
             }
             None => {
                 let left = self.size.saturating_sub(at);
                 let len = u32::try_from(left).map_or(len, |l| l.min(len));
                 let data = Bytes::from(read_at(file, from, len)?);
                 let span = (from, data.len() as u64);
-                Ok((data, file, span))
+                Ok((data, file, kernel.then_some(span)))
             }
         }
     }
@@ -646,11 +660,11 @@ mod tests {
         for f in &files {
             for at in 0..=9u64 {
                 for len in 0..=9u32 {
-                    let (data, _, span) = f.read(at, len, &verified, false).unwrap();
+                    let (data, _, drop) = f.read(at, len, &verified, true).unwrap();
                     let start = (at as usize).min(want.len());
                     let end = (start + len as usize).min(want.len());
                     assert_eq!(data, &want[start..end], "at {at} len {len}");
-                    assert_eq!(span, (offset, 7), "the whole packed file is read");
+                    assert_eq!(drop, Some((offset, 7)), "the whole packed file is read");
                 }
             }
             assert!(

@@ -498,16 +498,16 @@ impl Fs {
             Content::File(f, _) if f.is_in_stream() => self.read_streamed(&f, offset, size),
             Content::File(f, _) => {
                 // The kernel keeps what a buffered reader reads in the mount's own page
-                // cache: a large read bypasses the content file's (direct I/O), and the
-                // copy a smaller one made there is dropped, so that a file read through
-                // the mount is cached once. A direct reader has no copy in the kernel: the
-                // content file's pages are its only cache, and are kept. Only advice: a
-                // failure changes nothing that matters.
+                // cache: the read says which of the content file's pages to drop, so that
+                // a file read through the mount is cached once (see `OpenFile::read`). A
+                // direct reader has no copy in the kernel: the content file's pages are
+                // its only cache, and are kept. Only advice: a failure changes nothing
+                // that matters.
                 let kernel = caching == Caching::Kernel;
-                let (data, file, (at, len)) = f
+                let (data, file, drop) = f
                     .read(offset, size, self.cache.verified(), kernel)
                     .map_err(|e| self.read_failed(&f, e))?;
-                if kernel {
+                if let Some((at, len)) = drop {
                     let _ = nix::fcntl::posix_fadvise(
                         file,
                         at as libc::off_t,
