@@ -53,8 +53,6 @@ struct Args {
     no_opendir: bool,
 }
 
-/// As `vm0fs::fs::plus::PROBE`: entries other than directories in a first `READDIRPLUS`.
-const PROBE: u64 = 16;
 /// Nothing here ever changes.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 const CONTENT: &[u8] = b"tiny file body\n";
@@ -177,17 +175,11 @@ impl Floor {
 }
 
 impl fuser::Filesystem for Floor {
-    /// What vm0fs asks for (`src/fuse/mod.rs`), so that the kernel behaves the same.
+    /// What vm0fs asks for (`vm0fs::fuse::ask_kernel`, and no `OPEN` as by default), so
+    /// that the kernel behaves the same.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        vm0fs::fuse::ask_kernel(config);
         for cap in [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_MAX_PAGES,
-            InitFlags::FUSE_ASYNC_READ,
-            InitFlags::FUSE_POSIX_ACL,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_ASYNC_DIO,
             InitFlags::FUSE_NO_OPEN_SUPPORT,
             InitFlags::FUSE_AUTO_INVAL_DATA,
         ] {
@@ -196,9 +188,6 @@ impl fuser::Filesystem for Floor {
         if self.no_opendir {
             let _ = config.add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         }
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(1 << 20);
-        let _ = config.set_max_background(64);
         Ok(())
     }
 
@@ -309,7 +298,7 @@ impl fuser::Filesystem for Floor {
             // vm0fs' first reply of a directory: its directories and at most PROBE other
             // entries (`src/fs/plus.rs`); the kernel reads the rest with plain READDIR.
             if offset == 0 && kind != FileType::Directory {
-                if others == PROBE {
+                if others == vm0fs::fs::PROBE {
                     break;
                 }
                 others += 1;

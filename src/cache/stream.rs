@@ -8,8 +8,8 @@
 //! keeps the disk busy ahead of the reader, and its pages are dropped behind it, a chunk
 //! of [`DROP_CHUNK`] at a time once the stream has moved a chunk past them, and all that
 //! is left at the end of the file. So a file read from start to end is cached once but
-//! for at most two chunks at a time (its last two are dropped when the read reaches the
-//! end; a reader that stops midway leaves them). Dropping a chunk at a time also spares
+//! for at most two chunks at a time and the read-ahead beyond them (its last two are
+//! dropped when the read reaches the end; a reader that stops midway leaves them). Dropping a chunk at a time also spares
 //! each request `POSIX_FADV_DONTNEED` of pages the kernel has only just added, which makes
 //! it drain every CPU's page lists.
 //!

@@ -83,6 +83,7 @@ pub use dir::Listing;
 pub use error::FsError;
 pub use handles::{Backings, OpenedHandle, PASSTHROUGH_MIN_SIZE};
 pub use kernel::KernelCache;
+pub use plus::PROBE;
 pub use status::{STATUS_DIR, STATUS_FILE};
 pub use versions::version_at;
 pub use wait::{with_policy, Policy, WAITERS};

@@ -87,6 +87,35 @@ impl KernelCache for KernelNotifier {
     }
 }
 
+/// What every session asks of the kernel at `INIT`, whatever its options: each optional
+/// (an older kernel without one still mounts). `examples/fuse_floor.rs` asks the same, so
+/// that the kernel treats the floor the benchmark measures against as it treats vm0fs.
+pub fn ask_kernel(config: &mut KernelConfig) {
+    for cap in [
+        InitFlags::FUSE_DO_READDIRPLUS,
+        InitFlags::FUSE_READDIRPLUS_AUTO,
+        InitFlags::FUSE_PARALLEL_DIROPS,
+        InitFlags::FUSE_MAX_PAGES,
+        InitFlags::FUSE_ASYNC_READ,
+        // The kernel then caches each inode's (absent) ACL, so `ls -l` stops asking the
+        // daemon for `system.posix_acl_access` of every file on every listing.
+        InitFlags::FUSE_POSIX_ACL,
+        // The kernel keeps each symlink's target in its page cache, so a path through
+        // `latest` or a prefix costs no READLINK. `latest` is the one link whose target
+        // changes: `Fs` has the kernel drop it when it moves (see `Fs::set_kernel`).
+        InitFlags::FUSE_CACHE_SYMLINKS,
+        // O_DIRECT reads of one file are sent to the daemon as they come, not one at a
+        // time: an `io_submit` of 16 reads has 16 requests served on 16 threads.
+        InitFlags::FUSE_ASYNC_DIO,
+    ] {
+        let _ = config.add_capabilities(cap);
+    }
+    // max_pages follows the largest of max_write and max_readahead: 1 MiB requests.
+    let _ = config.set_max_write(1 << 20);
+    let _ = config.set_max_readahead(1 << 20);
+    let _ = config.set_max_background(64);
+}
+
 /// Contents never change: keep the page cache across opens; and there is nothing to flush
 /// on close, so spare every `close(2)` a round trip to the daemon.
 const CACHED_OPEN: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
@@ -104,30 +133,7 @@ macro_rules! read_only {
 
 impl fuser::Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Each is optional: an older kernel without one still mounts.
-        for cap in [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_MAX_PAGES,
-            InitFlags::FUSE_ASYNC_READ,
-            // The kernel then caches each inode's (absent) ACL, so `ls -l` stops asking the
-            // daemon for `system.posix_acl_access` of every file on every listing.
-            InitFlags::FUSE_POSIX_ACL,
-            // The kernel keeps each symlink's target in its page cache, so a path through
-            // `latest` or a prefix costs no READLINK. `latest` is the one link whose target
-            // changes: `Fs` has the kernel drop it when it moves (see `Fs::set_kernel`).
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            // O_DIRECT reads of one file are sent to the daemon as they come, not one at a
-            // time: an `io_submit` of 16 reads has 16 requests served on 16 threads.
-            InitFlags::FUSE_ASYNC_DIO,
-        ] {
-            let _ = config.add_capabilities(cap);
-        }
-        // max_pages follows the largest of max_write and max_readahead: 1 MiB requests.
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(1 << 20);
-        let _ = config.set_max_background(64);
+        ask_kernel(config);
         // No OPEN and RELEASE (see the module docs). Then the status file, whose content
         // changes, cannot be opened with direct I/O: each new text of it has a new mtime,
         // and FUSE_AUTO_INVAL_DATA makes the kernel drop its cached pages when it sees that.
