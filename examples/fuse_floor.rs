@@ -351,11 +351,8 @@ fn attach(mountpoint: &std::path::Path) -> anyhow::Result<OwnedFd> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let device = attach(&args.mountpoint)?;
-    let mut config = fuser::Config::default();
-    config.n_threads = Some(args.threads.max(1));
-    config.clone_fd = true;
-    config.acl = SessionACL::All;
+    // Everything that can fail on input before the mount, so that a bad argument leaves
+    // no mount behind.
     let file = match &args.file {
         Some(path) => {
             let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -370,11 +367,21 @@ fn main() -> anyhow::Result<()> {
         no_opendir: args.no_opendir,
         file,
     };
-    let session = fuser::Session::from_fd(floor, device, SessionACL::All, config)
-        .context("the FUSE session did not start")?;
-    // Until the mount goes (`umount -l`).
-    session
-        .run()
-        .context("the FUSE session ended with an error")?;
-    Ok(())
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(args.threads.max(1));
+    config.clone_fd = true;
+    config.acl = SessionACL::All;
+    let device = attach(&args.mountpoint)?;
+    let served = fuser::Session::from_fd(floor, device, SessionACL::All, config)
+        .context("the FUSE session did not start")
+        // Until the mount goes (`umount -l`).
+        .and_then(|session| {
+            session
+                .run()
+                .context("the FUSE session ended with an error")
+        });
+    if served.is_err() {
+        let _ = nix::mount::umount2(&args.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+    }
+    served
 }
