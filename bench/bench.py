@@ -1307,6 +1307,12 @@ class Bench:
         self.row("latest_lstat_readlinks", sent, "requests",
                  note="READLINKs of latest answered during the %d x %d lstats through it" % (self.p["reps"], n))
 
+    def open_read_script(self):
+        """The Python script of `python_open` and `fuse_floor`: `open(p, 'rb').read()` of
+        each path listed in its argument, relative to its working directory."""
+        return self.script("open_read.py", "import sys\nfor p in open(sys.argv[1]).read().splitlines():\n"
+                           "    open(p, 'rb').read()\n")
+
     def script(self, name, text):
         """A Python script in the run directory; its path."""
         path = os.path.join(self.run_dir, name)
@@ -1344,8 +1350,7 @@ class Bench:
         lst = os.path.join(self.run_dir, "python-list")
         with open(lst, "w") as f:
             f.write("".join(x + "\n" for x in files[:n]))
-        script = self.script("open_read.py", "import sys\nfor p in open(sys.argv[1]).read().splitlines():\n"
-                             "    open(p, 'rb').read()\n")
+        script = self.open_read_script()
         cmd = "cd {dir} && python3 %s %s" % (q(script), q(lst))
         sh(cmd.format(dir=q(local)))  # both sides' content in the page cache
         sh(cmd.format(dir=q(root)))
@@ -1414,8 +1419,7 @@ class Bench:
         lst = os.path.join(self.run_dir, "floor-list")
         with open(lst, "w") as f:
             f.write("".join("d%04d/f%06d.txt\n" % (i // 100, i) for i in range(n)))
-        script = self.script("open_read.py", "import sys\nfor p in open(sys.argv[1]).read().splitlines():\n"
-                             "    open(p, 'rb').read()\n")
+        script = self.open_read_script()
         cmd = "cd %s && python3 %s %s"
         for _, tree in trees:
             sh(cmd % (q(tree), q(script), q(lst)))  # every side's files in the page cache

@@ -132,8 +132,7 @@ impl Floor {
     /// The entry at position `pos` of directory `ino` (`.` and `..` first).
     fn entry(&self, ino: INodeNo, pos: u64) -> Option<(INodeNo, FileType, String)> {
         let parent = match self.node(ino)? {
-            Node::Root => INodeNo(1),
-            Node::Dir(_) => INodeNo(1),
+            Node::Root | Node::Dir(_) => INodeNo(1),
             Node::File | Node::Big => return None,
         };
         match pos {

@@ -21,12 +21,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Pages of a sequential stream are dropped this many bytes at a time, one chunk behind.
-pub const DROP_CHUNK: u64 = 8 << 20;
+const DROP_CHUNK: u64 = 8 << 20;
 
 /// How far from where the last read ended a read may start and still continue the
 /// stream: the kernel's read-ahead has a few requests of up to 1 MiB in flight, served by
 /// different threads in any order.
-pub const STREAM_SLACK: u64 = 4 << 20;
+const STREAM_SLACK: u64 = 4 << 20;
 
 /// The sequential stream of one open content file: where its last read ended.
 #[derive(Debug, Default)]
