@@ -68,6 +68,8 @@ CASES = [
     ("warm_reread", "re-read of the large file, page cache kept, vs re-read of its blob"),
     ("find_ls", "find -ls over the warm many-file version vs the same tree on local disk"),
     ("ls_lR", "ls -lR of the same"),
+    ("ls_lR_cold", "ls -lR of the same as a first listing meets it: the kernel's dentries and inodes dropped"
+     " before each run on both sides (needs root)"),
     ("rsync_second", "second rsync -a of the version to a synced copy (nothing to send) vs local"),
     ("cat_small", "cat of many small files, warm, vs local"),
     ("rss_100k", "daemon peak RSS (VmHWM) after find over a cold 100k-file version"),
@@ -125,6 +127,7 @@ TARGETS = {
     "warm_reread": (">=", 0.95),
     "find_ls": ("<=", 1.5),
     "ls_lR": ("<=", 1.5),
+    "ls_lR_cold": ("<=", 1.5),
     "rsync_second": ("<=", 1.5),
     "cat_small": ("<=", 2.0),
     "rss_100k": ("<=", 32.0),  # MiB, absolute
@@ -771,6 +774,34 @@ class Bench:
 
     def case_ls_lR(self):
         self.tree_pair("ls_lR", "ls -lR {dir} >/dev/null", "ls -lR DIR")
+
+    def case_ls_lR_cold(self):
+        if not self.can_drop_dentries("ls_lR_cold"):
+            return
+        root, info = self.warm_version("files-50k")
+        local = self.local_tree("files-50k")
+        cmd = "ls -lR ."
+        b, v = self.pairs(self.p["reps"], lambda: self.timed_cold(local, cmd),
+                          lambda: self.timed_cold(root, cmd))
+        self.time_row("ls_lR_cold", b, v, "%d files; ls -lR . inside the tree, the kernel's dentries and inodes "
+                      "dropped before each run" % info["files"])
+
+    def can_drop_dentries(self, rows):
+        """Whether the kernel's dentries and inodes can be dropped here (root only); logs the
+        skipped `rows` when not."""
+        if sh("echo 2 > /proc/sys/vm/drop_caches", check=False).returncode == 0:
+            return True
+        log("  %s: skipped (the kernel's dentries cannot be dropped here: root only)" % rows)
+        return False
+
+    def timed_cold(self, tree, cmd):
+        """Seconds of `cmd` run inside `tree` after the kernel's dentries and inodes are dropped.
+        Timed from inside the tree: the path to a version on vm0fs (whose listings the API
+        refreshes once their TTL is out) is looked up by the `cd`, before the clock starts."""
+        sh("sync; echo 2 > /proc/sys/vm/drop_caches")
+        out = sh("cd %s && s=$(date +%%s%%N) && %s >/dev/null && e=$(date +%%s%%N) && echo $((e - s))"
+                 % (q(tree), cmd), capture=True)
+        return int(out.strip()) / 1e9
 
     def case_rsync_second(self):
         root, info = self.warm_version("files-50k")
@@ -1430,17 +1461,12 @@ class Bench:
         note = "%d files in %s's shape, open(p, 'rb').read() in one python3, warm" % (n, "tiny-00")
         self.time_row("floor_python_open", opens["local"], opens["floor"], note + "; the floor vs local files")
         self.time_row("python_open_vs_floor", opens["floor"], opens["vm0fs"], note + "; vm0fs vs the floor")
-        if sh("echo 2 > /proc/sys/vm/drop_caches", check=False).returncode != 0:
-            log("  walk_vs_floor: skipped (the kernel's dentries cannot be dropped here: root only)")
+        if not self.can_drop_dentries("floor_walk, walk_vs_floor"):
             return
         walks = {side: [] for side, _ in trees}
-        # Timed from inside the tree: the path to vm0fs' version (whose listings the API
-        # refreshes once their TTL is out) is looked up by the `cd`, before the clock starts.
-        walk = "cd %s && s=$(date +%%s%%N) && find . >/dev/null && e=$(date +%%s%%N) && echo $((e - s))"
         for _ in range(self.p["reps"]):
             for side, tree in trees:
-                sh("sync; echo 2 > /proc/sys/vm/drop_caches")
-                walks[side].append(int(sh(walk % q(tree), capture=True).strip()) / 1e9)
+                walks[side].append(self.timed_cold(tree, "find ."))
         note = "find . in a tree of %d files in %d directories, the kernel's dentries and inodes dropped before each" % (
             self.p["tiny_files"], (self.p["tiny_files"] + 99) // 100)
         self.time_row("floor_walk", walks["local"], walks["floor"], note + "; the floor vs local files")

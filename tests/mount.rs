@@ -700,15 +700,16 @@ fn extended_attributes_describe_storages_and_versions() {
         "{out}"
     );
 
-    // Labels and trusted attributes are not carried at all: "not supported", which `ls -l`
-    // remembers for the whole device. An unknown user attribute is simply absent.
+    // Labels, trusted attributes and ACLs are not carried at all: "not supported", which
+    // `ls -l` remembers for the whole device. An unknown user attribute is simply absent.
     let file = m.join(&format!("artifacts/report/{id}/README.md"));
     let path = c_path(&file);
     for (name, expected) in [
         ("security.selinux", libc::EOPNOTSUPP),
         ("trusted.x", libc::EOPNOTSUPP),
         ("user.vm0.nope", libc::ENODATA),
-        ("system.posix_acl_access", libc::ENODATA),
+        ("system.posix_acl_access", libc::EOPNOTSUPP),
+        ("system.posix_acl_default", libc::EOPNOTSUPP),
     ] {
         let cname = std::ffi::CString::new(name).unwrap();
         let mut buf = [0u8; 256];

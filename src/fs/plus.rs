@@ -11,10 +11,11 @@
 //!
 //! So the first reply of a directory ends before its [`PROBE`]` + 1`th entry that is not a
 //! directory. Directories all come with it up to there: a walk descends into each, and one
-//! left out would cost a `LOOKUP` then. A reader that looks at entries as it reads them
-//! (`ls -l`, `rsync`, `find -size`) has the kernel ask for the rest with attributes; it pays
-//! one more round trip per directory. A reader that only reads names gets the rest without
-//! inodes.
+//! left out would cost a `LOOKUP` then. One other entry is enough: a reader that looks at
+//! entries as it reads them (`ls -l`, `rsync`, `find -size`) looks at it before it reads
+//! on, and has the kernel ask for the rest with attributes; it pays one more round trip
+//! per directory. A reader that only reads names gets the rest without inodes. (The reply
+//! cannot be empty: an empty reply ends the directory.)
 //!
 //! A reader that reads a whole directory first and then opens or stats its files (`grep
 //! -r`, `cp -r`, `tar -c`, `find | xargs cat`) would pay a `LOOKUP` for every file past
@@ -33,8 +34,9 @@ use parking_lot::Mutex;
 use crate::ids::Ino;
 
 /// Most entries other than directories a directory's first `READDIRPLUS` reply carries
-/// while readers read names only.
-pub const PROBE: u64 = 16;
+/// while readers read names only. With 16, `find` over 50,000 tiny files in 500
+/// directories made 7,500 inodes more and walked about 24 ms slower (of 160 – 190 ms).
+pub const PROBE: u64 = 1;
 /// How long first replies stay whole after a reader looked up a file it could have had
 /// from one.
 pub const WHOLE_FOR: Duration = Duration::from_secs(10);

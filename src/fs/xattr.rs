@@ -21,15 +21,19 @@ impl Fs {
     }
 
     pub fn getxattr(&self, ino: Ino, name: &OsStr) -> Result<Vec<u8>> {
-        // `ls -l` asks every entry for its SELinux label, and the kernel caches no answer
-        // of a FUSE file system. "Not supported" (rather than "no such attribute") is
-        // the truth for these namespaces, and `ls` remembers it for the whole device, so
-        // a listing costs one such round trip instead of one per entry.
+        // `ls -l` asks every entry for its SELinux label and its ACL, and the kernel caches
+        // no answer of a FUSE file system (vm0fs does not ask it to handle ACLs, see
+        // `fuse::ask_kernel`). "Not supported" (rather than "no such attribute") is the
+        // truth for these namespaces, and `ls` remembers it for the whole device, so a
+        // listing costs one such round trip for each instead of one per entry.
         let bytes = name.as_encoded_bytes();
-        if bytes.starts_with(b"security.") || bytes.starts_with(b"trusted.") {
+        if [&b"security."[..], b"trusted.", b"system."]
+            .iter()
+            .any(|ns| bytes.starts_with(ns))
+        {
             return Err(FsError::NotSupported);
         }
-        // Other names (ACLs included) are answered without resolving anything.
+        // Any other name is answered without resolving anything.
         let name = name
             .to_str()
             .filter(|n| n.starts_with("user.vm0."))

@@ -97,9 +97,6 @@ pub fn ask_kernel(config: &mut KernelConfig) {
         InitFlags::FUSE_PARALLEL_DIROPS,
         InitFlags::FUSE_MAX_PAGES,
         InitFlags::FUSE_ASYNC_READ,
-        // The kernel then caches each inode's (absent) ACL, so `ls -l` stops asking the
-        // daemon for `system.posix_acl_access` of every file on every listing.
-        InitFlags::FUSE_POSIX_ACL,
         // The kernel keeps each symlink's target in its page cache, so a path through
         // `latest` or a prefix costs no READLINK. `latest` is the one link whose target
         // changes: `Fs` has the kernel drop it when it moves (see `Fs::set_kernel`).
@@ -110,6 +107,11 @@ pub fn ask_kernel(config: &mut KernelConfig) {
     ] {
         let _ = config.add_capabilities(cap);
     }
+    // Not `FUSE_POSIX_ACL`: with it the kernel asks the daemon for the ACL of every new
+    // inode, and takes "not supported" for a failed permission check. Without it the
+    // kernel checks the mode bits alone (`default_permissions`), and `ls -l`, which asks
+    // `system.posix_acl_access` itself, is told "not supported" once and stops asking for
+    // the device (see `Fs::getxattr`).
     // max_pages follows the largest of max_write and max_readahead: 1 MiB requests.
     let _ = config.set_max_write(1 << 20);
     let _ = config.set_max_readahead(1 << 20);
