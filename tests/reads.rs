@@ -335,7 +335,7 @@ fn a_reader_that_opens_what_it_listed_gets_whole_replies_again() {
         "grep -r over the mount differs"
     );
     // 100 files a directory: without the whole replies, each directory's files past its
-    // first reply would be looked up (297 in all).
+    // first reply would be looked up (all but `PROBE` of each).
     let files = lookups_of(m, "f-");
     assert!(
         files <= 100,
@@ -347,8 +347,8 @@ fn a_reader_that_opens_what_it_listed_gets_whole_replies_again() {
 /// `ls -l` asks every entry it lists for its SELinux label and its ACL, and the kernel
 /// caches neither answer of a FUSE file system that does not handle ACLs itself. "Not
 /// supported", the truth for this mount, has `ls` stop asking for the whole device: a
-/// listing of 300 files on fresh inodes costs two such round trips, not 600. What it shows
-/// is what `tar -xzf` gives (no `+` of an ACL either).
+/// listing of 300 files on fresh inodes costs two such round trips, not one per entry.
+/// What it shows is what `tar -xzf` gives (no `+` of an ACL either).
 #[test]
 fn ls_l_asks_no_attribute_of_every_entry() {
     let w = Walk::new();

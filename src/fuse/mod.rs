@@ -108,10 +108,10 @@ pub fn ask_kernel(config: &mut KernelConfig) {
         let _ = config.add_capabilities(cap);
     }
     // Not `FUSE_POSIX_ACL`: with it the kernel asks the daemon for the ACL of every new
-    // inode, and takes "not supported" for a failed permission check. Without it the
-    // kernel checks the mode bits alone (`default_permissions`), and `ls -l`, which asks
-    // `system.posix_acl_access` itself, is told "not supported" once and stops asking for
-    // the device (see `Fs::getxattr`).
+    // inode, and a "not supported" answer would fail other users' permission checks.
+    // Without it the kernel checks the mode bits alone (`default_permissions`), and
+    // `ls -l`, which asks `system.posix_acl_access` itself, is told "not supported" once
+    // and stops asking for the device (see `Fs::getxattr`).
     // max_pages follows the largest of max_write and max_readahead: 1 MiB requests.
     let _ = config.set_max_write(1 << 20);
     let _ = config.set_max_readahead(1 << 20);
