@@ -90,8 +90,8 @@ CASES = [
     ("ls_l_latest", "ls -l of a directory of many files through `latest` vs through the version id"),
     ("fuse_floor", "the least a FUSE daemon costs here: examples/fuse_floor.rs answers every request at once"
      " (from memory, and the large file's reads with one pread of its cache blob), replying as vm0fs does."
-     " Python open() of the tiny-file version's files, find over it after the kernel's dentries are dropped"
-     " (needs root), and the large file's sequential read with its pages evicted; on the floor against local"
+     " find over the tiny-file version after the kernel's dentries are dropped (needs root), Python open() of"
+     " its files, and the large file's sequential read with its pages evicted; on the floor against local"
      " files, and on vm0fs against the floor"),
     ("python_open", "Python open(p, 'rb').read() of many small files, warm, vs local; and the log lines it left"
      " (must be 0: each open() sends an ioctl, TCGETS)"),
