@@ -174,16 +174,11 @@ impl Floor {
 }
 
 impl fuser::Filesystem for Floor {
-    /// What vm0fs asks for (`vm0fs::fuse::ask_kernel`, and no `OPEN` as by default), so
+    /// What vm0fs asks for by default (`vm0fs::fuse::ask_kernel` and `ask_no_open`), so
     /// that the kernel behaves the same.
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         vm0fs::fuse::ask_kernel(config);
-        for cap in [
-            InitFlags::FUSE_NO_OPEN_SUPPORT,
-            InitFlags::FUSE_AUTO_INVAL_DATA,
-        ] {
-            let _ = config.add_capabilities(cap);
-        }
+        vm0fs::fuse::ask_no_open(config);
         if self.no_opendir {
             let _ = config.add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         }

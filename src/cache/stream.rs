@@ -9,9 +9,9 @@
 //! of [`DROP_CHUNK`] at a time once the stream has moved a chunk past them, and all that
 //! is left at the end of the file. So a file read from start to end is cached once but
 //! for at most two chunks at a time and the read-ahead beyond them (its last two are
-//! dropped when the read reaches the end; a reader that stops midway leaves them). Dropping a chunk at a time also spares
-//! each request `POSIX_FADV_DONTNEED` of pages the kernel has only just added, which makes
-//! it drain every CPU's page lists.
+//! dropped when the read reaches the end; a reader that stops midway leaves them).
+//! Dropping a chunk at a time also spares each request `POSIX_FADV_DONTNEED` of pages the
+//! kernel has only just added, which makes it drain every CPU's page lists.
 //!
 //! Any other read (a first read that does not start at the beginning, a seek, two readers
 //! of one file at once) reads a large span with direct I/O, which bypasses the page cache,

@@ -112,10 +112,24 @@ pub fn ask_kernel(config: &mut KernelConfig) {
     // Without it the kernel checks the mode bits alone (`default_permissions`), and
     // `ls -l`, which asks `system.posix_acl_access` itself, is told "not supported" once
     // and stops asking for the device (see `Fs::getxattr`).
+
     // max_pages follows the largest of max_write and max_readahead: 1 MiB requests.
     let _ = config.set_max_write(1 << 20);
     let _ = config.set_max_readahead(1 << 20);
     let _ = config.set_max_background(64);
+}
+
+/// No `OPEN` and `RELEASE` (see the module docs), asked by default (not with
+/// `--track-opens`); whether the kernel took both flags. Then the status file, whose
+/// content changes, cannot be opened with direct I/O: each new text of it has a new mtime,
+/// and `FUSE_AUTO_INVAL_DATA` makes the kernel drop its cached pages when it sees that.
+pub fn ask_no_open(config: &mut KernelConfig) -> bool {
+    config
+        .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
+        .is_ok()
+        && config
+            .add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA)
+            .is_ok()
 }
 
 /// Contents never change: keep the page cache across opens; and there is nothing to flush
@@ -136,16 +150,7 @@ macro_rules! read_only {
 impl fuser::Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         ask_kernel(config);
-        // No OPEN and RELEASE (see the module docs). Then the status file, whose content
-        // changes, cannot be opened with direct I/O: each new text of it has a new mtime,
-        // and FUSE_AUTO_INVAL_DATA makes the kernel drop its cached pages when it sees that.
-        self.no_open = !self.track_opens
-            && config
-                .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
-                .is_ok()
-            && config
-                .add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA)
-                .is_ok();
+        self.no_open = !self.track_opens && ask_no_open(config);
         // Passthrough (Linux 6.9+, needs CAP_SYS_ADMIN): reads of unpacked files go from the
         // kernel to the cache's files directly. It is handed over at OPEN, so only with
         // `--track-opens`. Without it, reads go through `read` below.
